@@ -1,0 +1,469 @@
+//! Reading checkpoints: safetensors files through a memory map (zero-copy),
+//! sharded Hugging Face directories, and collections of many checkpoints.
+//!
+//! The container is validated by the `safetensors` crate (header length,
+//! JSON, contiguous in-range offsets, sizes matching shape x dtype, all with
+//! checked arithmetic); this module adds the file and tensor names to every
+//! error and decodes the float dtypes the analysis reads.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use safetensors::tensor::{Dtype as StDtype, Metadata, SafeTensorError, TensorInfo};
+use safetensors::SafeTensors;
+
+use crate::error::{Error, Result};
+use crate::natsort::natural_cmp;
+
+/// Name of the index file of a sharded Hugging Face checkpoint.
+pub const SHARD_INDEX: &str = "model.safetensors.index.json";
+
+/// The floating-point storage types the analysis reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DType {
+    /// IEEE single precision.
+    F32,
+    /// IEEE half precision.
+    F16,
+    /// bfloat16.
+    BF16,
+    /// IEEE double precision.
+    F64,
+}
+
+impl DType {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            DType::F16 | DType::BF16 => 2,
+            DType::F32 => 4,
+            DType::F64 => 8,
+        }
+    }
+}
+
+/// One memory-mapped safetensors file.
+struct Shard {
+    path: PathBuf,
+    map: Mmap,
+    /// Offset of the data section (8 + header length).
+    data_start: usize,
+}
+
+/// Where one tensor lives.
+struct Entry {
+    shard: usize,
+    info: TensorInfo,
+}
+
+/// An opened checkpoint: one safetensors file, or the shards of a sharded
+/// directory, with its tensors and `__metadata__` map.
+pub struct Checkpoint {
+    path: PathBuf,
+    shards: Vec<Shard>,
+    tensors: HashMap<String, Entry>,
+    metadata: BTreeMap<String, String>,
+}
+
+/// A borrowed view of one tensor's bytes, with its name, dtype and shape.
+#[derive(Clone, Copy)]
+pub struct Tensor<'a> {
+    /// The tensor's name in the checkpoint.
+    pub name: &'a str,
+    /// The file holding it.
+    pub file: &'a Path,
+    /// Its storage type.
+    pub dtype: DType,
+    /// Its shape, as stored.
+    pub shape: &'a [usize],
+    bytes: &'a [u8],
+}
+
+impl<'a> Tensor<'a> {
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.bytes.len() / self.dtype.size()
+    }
+
+    /// True when the tensor holds no elements.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// The raw little-endian bytes (for upload to the GPU as stored).
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
+    /// Decodes elements `start .. start + out.len()` into `out`, widening to
+    /// f64. Panics if the range is out of bounds (callers size it from
+    /// [`Tensor::len`]).
+    pub fn decode_into(&self, start: usize, out: &mut [f64]) {
+        let size = self.dtype.size();
+        let bytes = &self.bytes[start * size..(start + out.len()) * size];
+        match self.dtype {
+            DType::F32 => {
+                for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                    *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64;
+                }
+            }
+            DType::F64 => {
+                for (o, c) in out.iter_mut().zip(bytes.chunks_exact(8)) {
+                    *o = f64::from_le_bytes(c.try_into().expect("8-byte chunk"));
+                }
+            }
+            DType::F16 => {
+                for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                    *o = half::f16::from_le_bytes([c[0], c[1]]).to_f64();
+                }
+            }
+            DType::BF16 => {
+                for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                    *o = half::bf16::from_le_bytes([c[0], c[1]]).to_f64();
+                }
+            }
+        }
+    }
+
+    /// All elements widened to f64.
+    pub fn to_f64(&self) -> Vec<f64> {
+        let mut v = vec![0.0; self.len()];
+        self.decode_into(0, &mut v);
+        v
+    }
+}
+
+impl Checkpoint {
+    /// Opens a checkpoint: a `.safetensors` file, a sharded directory (with
+    /// `model.safetensors.index.json`), that index file itself, or a
+    /// directory holding a single `model.safetensors`.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        if path.is_dir() {
+            let index = path.join(SHARD_INDEX);
+            if index.is_file() {
+                return Self::open_sharded(path, &index);
+            }
+            let single = path.join("model.safetensors");
+            if single.is_file() {
+                let mut ck = Self::open_file(&single)?;
+                ck.path = path.to_path_buf();
+                return Ok(ck);
+            }
+            return Err(Error::Malformed {
+                path: path.to_path_buf(),
+                reason: format!("directory has neither {SHARD_INDEX} nor model.safetensors"),
+            });
+        }
+        if path.file_name().is_some_and(|n| n == SHARD_INDEX) {
+            let dir = path.parent().unwrap_or(Path::new("."));
+            return Self::open_sharded(dir, path);
+        }
+        Self::open_file(path)
+    }
+
+    fn open_file(path: &Path) -> Result<Self> {
+        let (shard, meta) = map_shard(path)?;
+        let mut tensors = HashMap::new();
+        let metadata = record_tensors(path, &meta, 0, &mut tensors)?;
+        Ok(Checkpoint {
+            path: path.to_path_buf(),
+            shards: vec![shard],
+            tensors,
+            metadata,
+        })
+    }
+
+    fn open_sharded(dir: &Path, index_path: &Path) -> Result<Self> {
+        let bad = |reason: String| Error::BadIndex {
+            path: index_path.to_path_buf(),
+            reason,
+        };
+        let text = std::fs::read_to_string(index_path).map_err(|error| Error::Io {
+            path: index_path.to_path_buf(),
+            error,
+        })?;
+        let index: ShardIndex = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let mut files: Vec<&String> = index.weight_map.values().collect();
+        files.sort_by(|a, b| natural_cmp(a, b));
+        files.dedup();
+        if files.is_empty() {
+            return Err(bad("weight_map is empty".into()));
+        }
+        let mut shards = Vec::with_capacity(files.len());
+        let mut tensors = HashMap::new();
+        let mut metadata = BTreeMap::new();
+        for (i, file) in files.iter().enumerate() {
+            if Path::new(file)
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
+            {
+                return Err(bad(format!(
+                    "shard path `{file}` leaves the checkpoint directory"
+                )));
+            }
+            let (shard, meta) = map_shard(&dir.join(file))?;
+            for (k, v) in record_tensors(&shard.path, &meta, i, &mut tensors)? {
+                metadata.entry(k).or_insert(v);
+            }
+            shards.push(shard);
+        }
+        for (name, file) in &index.weight_map {
+            let found = tensors.get(name).map(|e| &shards[e.shard].path);
+            if found.is_none_or(|p| p != &dir.join(file)) {
+                return Err(bad(format!("tensor `{name}` is not in shard `{file}`")));
+            }
+        }
+        for (k, v) in index.metadata {
+            let v = match v {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            };
+            metadata.entry(k).or_insert(v);
+        }
+        Ok(Checkpoint {
+            path: dir.to_path_buf(),
+            shards,
+            tensors,
+            metadata,
+        })
+    }
+
+    /// The path that identifies this checkpoint (the file, or the directory
+    /// of a sharded checkpoint).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The merged `__metadata__` string map.
+    pub fn metadata(&self) -> &BTreeMap<String, String> {
+        &self.metadata
+    }
+
+    /// Names of all tensors, in natural order.
+    pub fn names(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.tensors.keys().map(String::as_str).collect();
+        v.sort_by(|a, b| natural_cmp(a, b));
+        v
+    }
+
+    /// Shape of a tensor, without checking its dtype.
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.tensors.get(name).map(|e| e.info.shape.as_slice())
+    }
+
+    /// Total bytes of tensor data over all shards.
+    pub fn data_bytes(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| (s.map.len() - s.data_start) as u64)
+            .sum()
+    }
+
+    /// A view of one tensor; errors name the tensor if it is missing or of a
+    /// dtype the analysis does not read.
+    pub fn tensor(&self, name: &str) -> Result<Tensor<'_>> {
+        let (name, entry) =
+            self.tensors
+                .get_key_value(name)
+                .ok_or_else(|| Error::MissingTensor {
+                    path: self.path.clone(),
+                    tensor: name.into(),
+                })?;
+        let shard = &self.shards[entry.shard];
+        let dtype = match entry.info.dtype {
+            StDtype::F32 => DType::F32,
+            StDtype::F16 => DType::F16,
+            StDtype::BF16 => DType::BF16,
+            StDtype::F64 => DType::F64,
+            other => {
+                return Err(Error::UnsupportedDtype {
+                    path: shard.path.clone(),
+                    tensor: name.into(),
+                    dtype: format!("{other:?}"),
+                });
+            }
+        };
+        // Offsets were validated against the file length by `read_metadata`;
+        // the checked arithmetic here keeps that guarantee local.
+        let (s, e) = entry.info.data_offsets;
+        let range = shard
+            .data_start
+            .checked_add(s)
+            .zip(shard.data_start.checked_add(e));
+        let bytes = range
+            .and_then(|(a, b)| shard.map.get(a..b))
+            .ok_or_else(|| Error::Malformed {
+                path: shard.path.clone(),
+                reason: format!("tensor `{name}`: data offsets {s}..{e} out of range"),
+            })?;
+        Ok(Tensor {
+            name,
+            file: &shard.path,
+            dtype,
+            shape: &entry.info.shape,
+            bytes,
+        })
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct ShardIndex {
+    #[serde(default)]
+    metadata: BTreeMap<String, serde_json::Value>,
+    weight_map: BTreeMap<String, String>,
+}
+
+/// Maps one safetensors file and validates its header; returns the shard
+/// and its parsed header.
+fn map_shard(path: &Path) -> Result<(Shard, Metadata)> {
+    let io = |error| Error::Io {
+        path: path.to_path_buf(),
+        error,
+    };
+    let file = File::open(path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    if len < 8 {
+        return Err(Error::Malformed {
+            path: path.to_path_buf(),
+            reason: format!("file is {len} bytes, shorter than the 8-byte header length"),
+        });
+    }
+    // SAFETY: the map is read-only; a file truncated by another process while
+    // mapped is outside what any reader of memory-mapped files can guard.
+    let map = unsafe { Mmap::map(&file) }.map_err(io)?;
+    let (n, meta) = SafeTensors::read_metadata(&map).map_err(|e| Error::Malformed {
+        path: path.to_path_buf(),
+        reason: describe(e),
+    })?;
+    // `read_metadata` checked that 8 + n + data length == file length.
+    Ok((
+        Shard {
+            path: path.to_path_buf(),
+            map,
+            data_start: n + 8,
+        },
+        meta,
+    ))
+}
+
+/// Records one shard's tensors under shard number `index`; returns its
+/// `__metadata__` map.
+fn record_tensors(
+    path: &Path,
+    meta: &Metadata,
+    index: usize,
+    tensors: &mut HashMap<String, Entry>,
+) -> Result<BTreeMap<String, String>> {
+    for (name, info) in meta.tensors() {
+        if tensors
+            .insert(
+                name.clone(),
+                Entry {
+                    shard: index,
+                    info: info.clone(),
+                },
+            )
+            .is_some()
+        {
+            return Err(Error::Malformed {
+                path: path.to_path_buf(),
+                reason: format!("tensor `{name}` appears in more than one shard"),
+            });
+        }
+    }
+    Ok(meta
+        .metadata()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect())
+}
+
+fn describe(e: SafeTensorError) -> String {
+    match e {
+        SafeTensorError::HeaderTooLarge => {
+            "declared header length is too large (over 100 MB)".into()
+        }
+        SafeTensorError::HeaderTooSmall => "file too short for the header length".into(),
+        SafeTensorError::InvalidHeaderLength => {
+            "declared header length runs past the end of the file".into()
+        }
+        SafeTensorError::InvalidHeader(e) => format!("header is not UTF-8: {e}"),
+        SafeTensorError::InvalidHeaderDeserialization(e) => {
+            format!("header is not valid JSON: {e}")
+        }
+        SafeTensorError::InvalidOffset(t) => {
+            format!("tensor `{t}`: data offsets overlap, leave gaps or run out of order")
+        }
+        SafeTensorError::TensorInvalidInfo => {
+            "a tensor's byte size does not match its shape and dtype".into()
+        }
+        SafeTensorError::MetadataIncompleteBuffer => {
+            "data section does not match the file length (truncated or trailing bytes)".into()
+        }
+        SafeTensorError::ValidationOverflow => {
+            "a tensor's shape overflows when multiplied out".into()
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Expands command-line paths into the checkpoints they hold: files as
+/// given, sharded directories as one checkpoint, other directories
+/// recursively (`*.safetensors` files and sharded subdirectories), and glob
+/// patterns. Order: arguments in order, each directory's entries in natural
+/// order; duplicates removed.
+pub fn collect_checkpoints(args: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for arg in args {
+        let text = arg.to_string_lossy();
+        if !arg.exists() && text.contains(['*', '?', '[']) {
+            let paths = glob::glob(&text).map_err(|e| Error::Io {
+                path: arg.clone(),
+                error: std::io::Error::other(e.to_string()),
+            })?;
+            let mut matched: Vec<PathBuf> = paths.filter_map(|p| p.ok()).collect();
+            matched.sort_by(|a, b| natural_cmp(&a.to_string_lossy(), &b.to_string_lossy()));
+            for p in matched {
+                walk(&p, true, &mut out)?;
+            }
+        } else if arg.exists() {
+            walk(arg, true, &mut out)?;
+        } else {
+            return Err(Error::Io {
+                path: arg.clone(),
+                error: std::io::Error::from(std::io::ErrorKind::NotFound),
+            });
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|p| seen.insert(p.clone()));
+    Ok(out)
+}
+
+fn walk(path: &Path, explicit: bool, out: &mut Vec<PathBuf>) -> Result<()> {
+    if path.is_dir() {
+        if path.join(SHARD_INDEX).is_file() {
+            out.push(path.to_path_buf());
+            return Ok(());
+        }
+        let io = |error| Error::Io {
+            path: path.to_path_buf(),
+            error,
+        };
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(io)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        entries.sort_by(|a, b| natural_cmp(&a.to_string_lossy(), &b.to_string_lossy()));
+        for e in entries {
+            walk(&e, false, out)?;
+        }
+    } else if explicit || path.extension().is_some_and(|e| e == "safetensors") {
+        out.push(path.to_path_buf());
+    }
+    Ok(())
+}

@@ -1,0 +1,177 @@
+//! Raw command-line flags (clap) and their validation into the library's
+//! settings. Nothing here computes; `main` dispatches.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use cntscope::engine::{AnalysisOptions, Device};
+use cntscope::graph::GraphOptions;
+use cntscope::spec::{Layout, Spec};
+
+/// Neural network checkpoints as Complex Network Theory graphs: node
+/// strength, layer fluctuation and link weights.
+#[derive(Debug, Parser)]
+#[command(name = "cntscope", version, about, long_about = None)]
+pub struct Cli {
+    /// Print more (the chosen engine, timings).
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the discovered graph: node sets, layers, tensors, geometry.
+    Inspect {
+        /// A safetensors file or sharded checkpoint directory.
+        checkpoint: PathBuf,
+        #[command(flatten)]
+        graph: GraphArgs,
+    },
+    /// Per-node strengths of one checkpoint as CSV.
+    Nodes {
+        /// A safetensors file or sharded checkpoint directory.
+        checkpoint: PathBuf,
+        #[command(flatten)]
+        graph: GraphArgs,
+        #[command(flatten)]
+        device: DeviceArgs,
+        /// Only node set K (0 = input).
+        #[arg(long, value_name = "K")]
+        layer: Option<usize>,
+        /// Write to FILE instead of standard output.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Measure every checkpoint under the paths into DIR.
+    Scan {
+        /// Files, directories (searched recursively) or glob patterns.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        #[command(flatten)]
+        graph: GraphArgs,
+        #[command(flatten)]
+        device: DeviceArgs,
+        /// Output directory.
+        #[arg(short, long, value_name = "DIR")]
+        output: PathBuf,
+        /// Checkpoints analysed at once (default: all cores).
+        #[arg(short, long)]
+        jobs: Option<usize>,
+        /// Bins of each histogram.
+        #[arg(long, default_value_t = 50)]
+        bins: usize,
+        /// Keep what an interrupted scan into DIR finished; do only the rest.
+        #[arg(long)]
+        resume: bool,
+    },
+}
+
+/// Flags that say how to read a checkpoint as a graph.
+#[derive(Debug, Args)]
+pub struct GraphArgs {
+    /// Network spec file (TOML).
+    #[arg(long, value_name = "FILE")]
+    pub spec: Option<PathBuf>,
+    /// One sample's shape: C,H,W or FEATURES (needed for convolutions).
+    #[arg(long, value_name = "C,H,W")]
+    pub input: Option<String>,
+    /// Weight layout (default: from the spec, else detected from names).
+    #[arg(long, value_enum)]
+    pub layout: Option<LayoutArg>,
+    /// Leave biases out of s_in.
+    #[arg(long)]
+    pub no_bias: bool,
+}
+
+/// `--layout` values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LayoutArg {
+    /// Dense [out, in], conv [Cout, Cin/g, kh, kw], flatten c,y,x.
+    Torch,
+    /// Dense [in, out], conv [kh, kw, Cin/g, Cout], flatten y,x,c.
+    Keras,
+}
+
+/// Flags that say where to compute.
+#[derive(Debug, Args)]
+pub struct DeviceArgs {
+    /// Where the reductions run.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    pub device: DeviceArg,
+    /// Use the GPU adapter whose name contains this text.
+    #[arg(long, value_name = "SUBSTRING")]
+    pub adapter: Option<String>,
+}
+
+/// `--device` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DeviceArg {
+    /// The f64 reference engine.
+    Cpu,
+    /// The GPU engine (fails clearly without an adapter).
+    Gpu,
+    /// The GPU when it helps, else the CPU.
+    Auto,
+}
+
+impl GraphArgs {
+    /// Validates the flags into graph options.
+    pub fn options(&self) -> anyhow::Result<GraphOptions> {
+        let spec = self.spec.as_deref().map(Spec::load).transpose()?;
+        let input = self.input.as_deref().map(parse_input).transpose()?;
+        let layout = self.layout.map(|l| match l {
+            LayoutArg::Torch => Layout::Torch,
+            LayoutArg::Keras => Layout::Keras,
+        });
+        Ok(GraphOptions {
+            spec,
+            input,
+            layout,
+            bias: self.no_bias.then_some(false),
+        })
+    }
+}
+
+impl DeviceArgs {
+    /// The validated device choice.
+    pub fn device(&self) -> Device {
+        match self.device {
+            DeviceArg::Cpu => Device::Cpu,
+            DeviceArg::Gpu => Device::Gpu,
+            DeviceArg::Auto => Device::Auto,
+        }
+    }
+}
+
+/// Parses `C,H,W` or `FEATURES`.
+fn parse_input(text: &str) -> anyhow::Result<Vec<usize>> {
+    let dims = text
+        .split([',', 'x'])
+        .map(|d| {
+            d.trim()
+                .parse::<usize>()
+                .with_context(|| format!("--input {text}: `{d}` is not a size"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if !matches!(dims.len(), 1 | 3) || dims.contains(&0) {
+        bail!("--input {text}: expected C,H,W or FEATURES with positive sizes");
+    }
+    Ok(dims)
+}
+
+/// Scan's analysis settings from its flags.
+pub fn analysis_options(bins: usize) -> anyhow::Result<AnalysisOptions> {
+    if bins == 0 {
+        bail!("--bins must be at least 1");
+    }
+    Ok(AnalysisOptions {
+        bins,
+        keep_values: false,
+    })
+}

@@ -1,0 +1,341 @@
+//! The CPU reference engine: f64 accumulation, one pass over each weight
+//! tensor, conv strengths in time proportional to weights + nodes.
+
+use crate::checkpoint::Tensor;
+use crate::error::Result;
+use crate::graph::{Conv, Layer, LayerKind};
+use crate::spec::Layout;
+use crate::stats::{Histogram, Moments};
+
+use super::{to_layout_order, Engine, LayerStrengths};
+
+/// Dense layers with at least this many weights are split over threads.
+const PARALLEL_MIN_WEIGHTS: usize = 1 << 20;
+
+/// The f64 reference engine.
+#[derive(Debug, Clone)]
+pub struct CpuEngine {
+    threads: usize,
+}
+
+impl CpuEngine {
+    /// An engine that may use `threads` threads inside one large layer.
+    pub fn new(threads: usize) -> Self {
+        CpuEngine {
+            threads: threads.max(1),
+        }
+    }
+}
+
+impl Default for CpuEngine {
+    fn default() -> Self {
+        CpuEngine::new(1)
+    }
+}
+
+impl Engine for CpuEngine {
+    fn name(&self) -> String {
+        "cpu".into()
+    }
+
+    fn layer_strengths(
+        &self,
+        layer: &Layer,
+        layout: Layout,
+        weight: &Tensor<'_>,
+        bias: Option<&Tensor<'_>>,
+    ) -> Result<LayerStrengths> {
+        // Dense node indices are already in the layout's order; conv
+        // strengths come out in c, y, x order.
+        let mut ls = match layer.kind {
+            LayerKind::Dense { inputs, outputs } => self.dense(layout, weight, inputs, outputs),
+            LayerKind::Conv(conv) => {
+                let ls = conv_strengths(layout, weight, &conv);
+                LayerStrengths {
+                    s_in: to_layout_order(ls.s_in, layer.output, layout),
+                    s_out: to_layout_order(ls.s_out, layer.input, layout),
+                    ..ls
+                }
+            }
+        };
+        if let Some(b) = bias {
+            add_bias(&mut ls.s_in, &b.to_f64(), layer, layout);
+        }
+        Ok(ls)
+    }
+
+    fn moments(&self, values: &[f64]) -> Result<Moments> {
+        Ok(Moments::from_slice(values))
+    }
+
+    fn histogram(&self, values: &[f64], lo: f64, hi: f64, bins: usize) -> Result<Histogram> {
+        let mut h = Histogram::for_range(lo, hi, bins);
+        h.add_all(values);
+        Ok(h)
+    }
+
+    fn weight_histogram(
+        &self,
+        weight: &Tensor<'_>,
+        lo: f64,
+        hi: f64,
+        bins: usize,
+    ) -> Result<Histogram> {
+        let mut h = Histogram::for_range(lo, hi, bins);
+        let mut buf = vec![0.0; 4096.min(weight.len())];
+        for start in (0..weight.len()).step_by(buf.len().max(1)) {
+            let chunk = &mut buf[..(weight.len() - start).min(4096)];
+            weight.decode_into(start, chunk);
+            h.add_all(chunk);
+        }
+        Ok(h)
+    }
+}
+
+/// Row sums, column sums and moments of a stored `rows x cols` matrix.
+struct RowColSums {
+    rows: Vec<f64>,
+    cols: Vec<f64>,
+    moments: Moments,
+}
+
+/// One pass over rows `r0..r1` of a stored matrix.
+fn row_col_sums(weight: &Tensor<'_>, cols: usize, r0: usize, r1: usize) -> RowColSums {
+    let mut out = RowColSums {
+        rows: Vec::with_capacity(r1 - r0),
+        cols: vec![0.0; cols],
+        moments: Moments::default(),
+    };
+    let mut buf = vec![0.0; cols];
+    for r in r0..r1 {
+        weight.decode_into(r * cols, &mut buf);
+        let sum: f64 = buf.iter().sum();
+        out.rows.push(sum);
+        for (c, x) in out.cols.iter_mut().zip(&buf) {
+            *c += x;
+        }
+        out.moments.merge(&Moments::from_slice_with_sum(&buf, sum));
+    }
+    out
+}
+
+impl CpuEngine {
+    /// Dense strengths: one pass over the stored matrix gives its row and
+    /// column sums; which is `s_in` depends on the layout.
+    fn dense(
+        &self,
+        layout: Layout,
+        weight: &Tensor<'_>,
+        inputs: usize,
+        outputs: usize,
+    ) -> LayerStrengths {
+        let (rows, cols) = match layout {
+            Layout::Torch => (outputs, inputs),
+            Layout::Keras => (inputs, outputs),
+        };
+        let threads = if rows * cols >= PARALLEL_MIN_WEIGHTS {
+            self.threads.min(rows)
+        } else {
+            1
+        };
+        let sums = if threads <= 1 {
+            row_col_sums(weight, cols, 0, rows)
+        } else {
+            let block = rows.div_ceil(threads);
+            let parts: Vec<RowColSums> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..rows)
+                    .step_by(block)
+                    .map(|r0| {
+                        s.spawn(move || row_col_sums(weight, cols, r0, (r0 + block).min(rows)))
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("dense worker panicked"))
+                    .collect()
+            });
+            let mut total = RowColSums {
+                rows: Vec::with_capacity(rows),
+                cols: vec![0.0; cols],
+                moments: Moments::default(),
+            };
+            for p in parts {
+                total.rows.extend(p.rows);
+                for (a, b) in total.cols.iter_mut().zip(&p.cols) {
+                    *a += b;
+                }
+                total.moments.merge(&p.moments);
+            }
+            total
+        };
+        let (s_in, s_out) = match layout {
+            Layout::Torch => (sums.rows, sums.cols),
+            Layout::Keras => (sums.cols, sums.rows),
+        };
+        LayerStrengths {
+            s_in,
+            s_out,
+            weights: sums.moments,
+        }
+    }
+}
+
+/// Flat index of `W[o, c', ky, kx]` in the stored tensor.
+#[inline]
+pub(crate) fn conv_index(
+    layout: Layout,
+    conv: &Conv,
+    o: usize,
+    ci: usize,
+    ky: usize,
+    kx: usize,
+) -> usize {
+    match layout {
+        Layout::Torch => ((o * conv.cin_g + ci) * conv.kh + ky) * conv.kw + kx,
+        Layout::Keras => ((ky * conv.kw + kx) * conv.cin_g + ci) * conv.cout + o,
+    }
+}
+
+/// Conv strengths without the unrolled graph. Summing the kernel over input
+/// channels gives `K[o, ky, kx]`, and over each group's output channels
+/// `Q[c, ky, kx]`; the pixel grid enters only through which taps are
+/// valid, which factorises by axis, so each node costs `O(kh + kw)`.
+fn conv_strengths(layout: Layout, weight: &Tensor<'_>, conv: &Conv) -> LayerStrengths {
+    let w = weight.to_f64();
+    let &Conv {
+        cout,
+        cin_g,
+        kh,
+        kw,
+        in_hw: [h, wd],
+        out_hw: [ho, wo],
+        geometry: g,
+    } = conv;
+    let cin = conv.cin();
+    let cout_g = cout / g.groups;
+    let taps = kh * kw;
+    let mut k_in = vec![0.0; cout * taps];
+    let mut q_out = vec![0.0; cin * taps];
+    for o in 0..cout {
+        let group = o / cout_g;
+        for ci in 0..cin_g {
+            let c = group * cin_g + ci;
+            for t in 0..taps {
+                let v = w[conv_index(layout, conv, o, ci, t / kw, t % kw)];
+                k_in[o * taps + t] += v;
+                q_out[c * taps + t] += v;
+            }
+        }
+    }
+    let mut moments = Moments::default();
+    for chunk in w.chunks(4096) {
+        moments.merge(&Moments::from_slice(chunk));
+    }
+    let [sh, sw] = g.stride;
+    let [ph, pw] = g.padding;
+    let [dh, dw] = g.dilation;
+    let s_in = separable(
+        &k_in,
+        kh,
+        kw,
+        &taps_into(ho, h, kh, sh, ph, dh),
+        &taps_into(wo, wd, kw, sw, pw, dw),
+    );
+    let s_out = separable(
+        &q_out,
+        kh,
+        kw,
+        &taps_from(h, ho, kh, sh, ph, dh),
+        &taps_from(wd, wo, kw, sw, pw, dw),
+    );
+    LayerStrengths {
+        s_in,
+        s_out,
+        weights: moments,
+    }
+}
+
+/// `valid[p * k + t]`: tap `t` of output position `p` lands inside the
+/// input (`0 <= p s - pad + t d < n_in`).
+pub(crate) fn taps_into(
+    n_out: usize,
+    n_in: usize,
+    k: usize,
+    s: usize,
+    pad: usize,
+    d: usize,
+) -> Vec<bool> {
+    let mut v = Vec::with_capacity(n_out * k);
+    for p in 0..n_out {
+        for t in 0..k {
+            let pos = (p * s + t * d) as i64 - pad as i64;
+            v.push(pos >= 0 && pos < n_in as i64);
+        }
+    }
+    v
+}
+
+/// `valid[y * k + t]`: some output position's tap `t` lands on input
+/// position `y` (`y + pad - t d` is a multiple of `s` within the output).
+pub(crate) fn taps_from(
+    n_in: usize,
+    n_out: usize,
+    k: usize,
+    s: usize,
+    pad: usize,
+    d: usize,
+) -> Vec<bool> {
+    let mut v = Vec::with_capacity(n_in * k);
+    for y in 0..n_in {
+        for t in 0..k {
+            let q = (y + pad) as i64 - (t * d) as i64;
+            v.push(q >= 0 && q % s as i64 == 0 && ((q / s as i64) as usize) < n_out);
+        }
+    }
+    v
+}
+
+/// `out[i, y, x] = sum_{ty, tx} kern[i, ty, tx] vy[y, ty] vx[x, tx]`, done
+/// as two contractions (over `tx`, then `ty`).
+fn separable(kern: &[f64], kh: usize, kw: usize, vy: &[bool], vx: &[bool]) -> Vec<f64> {
+    let (ny, nx) = (vy.len() / kh, vx.len() / kw);
+    let n = kern.len() / (kh * kw);
+    let mut out = Vec::with_capacity(n * ny * nx);
+    let mut rows = vec![0.0; kh * nx];
+    for k in kern.chunks_exact(kh * kw) {
+        for ty in 0..kh {
+            for x in 0..nx {
+                rows[ty * nx + x] = (0..kw)
+                    .filter(|&tx| vx[x * kw + tx])
+                    .map(|tx| k[ty * kw + tx])
+                    .sum();
+            }
+        }
+        for y in 0..ny {
+            for x in 0..nx {
+                out.push(
+                    (0..kh)
+                        .filter(|&ty| vy[y * kh + ty])
+                        .map(|ty| rows[ty * nx + x])
+                        .sum(),
+                );
+            }
+        }
+    }
+    debug_assert_eq!(out.len(), n * ny * nx);
+    out
+}
+
+/// Adds `b[o]` to the in-strength of every output node of channel (or
+/// neuron) `o`, in the layout's order.
+pub(crate) fn add_bias(s_in: &mut [f64], bias: &[f64], layer: &Layer, layout: Layout) {
+    let channels = bias.len();
+    let per_channel = s_in.len() / channels;
+    for (i, s) in s_in.iter_mut().enumerate() {
+        let o = match (layer.kind, layout) {
+            (LayerKind::Conv(_), Layout::Keras) => i % channels,
+            _ => i / per_channel,
+        };
+        *s += bias[o];
+    }
+}

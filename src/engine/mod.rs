@@ -1,0 +1,270 @@
+//! Engines compute the measures: per-layer strengths and link-weight
+//! statistics, per-node-set moments and histograms. The CPU engine is the
+//! f64 reference; the GPU engine runs the same primitives as WGSL kernels.
+//! [`analyze`] assembles a whole network from those primitives, so both
+//! engines share one definition of node strength.
+
+pub mod cpu;
+pub mod gpu;
+
+use crate::checkpoint::{Checkpoint, Tensor};
+use crate::error::{Error, Result};
+use crate::graph::{Layer, Network, NodeShape};
+use crate::spec::Layout;
+use crate::stats::{Histogram, Moments};
+
+pub use cpu::CpuEngine;
+pub use gpu::{GpuContext, GpuEngine};
+
+/// What one layer contributes to the node strengths, in the layout's node
+/// order, and its link-weight statistics.
+#[derive(Debug, Clone)]
+pub struct LayerStrengths {
+    /// In-strength of each output node (bias included when one was passed).
+    pub s_in: Vec<f64>,
+    /// Out-strength of each input node.
+    pub s_out: Vec<f64>,
+    /// Statistics of the layer's weights (biases excluded).
+    pub weights: Moments,
+}
+
+/// The primitives an engine provides. Each is checked against the CPU
+/// reference by the same tests on every engine.
+pub trait Engine: Send + Sync {
+    /// Short name (`cpu`, or `gpu (adapter name)`).
+    fn name(&self) -> String;
+
+    /// Strengths of one layer: `s_in` of its outputs (plus `bias` when
+    /// given), `s_out` of its inputs, in `layout`'s flatten order; and the
+    /// weights' moments.
+    fn layer_strengths(
+        &self,
+        layer: &Layer,
+        layout: Layout,
+        weight: &Tensor<'_>,
+        bias: Option<&Tensor<'_>>,
+    ) -> Result<LayerStrengths>;
+
+    /// Moments of a node set's values.
+    fn moments(&self, values: &[f64]) -> Result<Moments>;
+
+    /// Histogram of `values` on `bins` equal bins over `[lo, hi]`.
+    fn histogram(&self, values: &[f64], lo: f64, hi: f64, bins: usize) -> Result<Histogram>;
+
+    /// Histogram of a weight tensor's values on `bins` equal bins over `[lo, hi]`.
+    fn weight_histogram(
+        &self,
+        weight: &Tensor<'_>,
+        lo: f64,
+        hi: f64,
+        bins: usize,
+    ) -> Result<Histogram>;
+}
+
+/// What to compute besides the summaries.
+#[derive(Debug, Clone, Copy)]
+pub struct AnalysisOptions {
+    /// Bins of every histogram (link weights and node strengths).
+    pub bins: usize,
+    /// Keep per-node values (for `cntscope nodes`).
+    pub keep_values: bool,
+}
+
+impl Default for AnalysisOptions {
+    fn default() -> Self {
+        AnalysisOptions {
+            bins: 50,
+            keep_values: false,
+        }
+    }
+}
+
+/// Per-node values of one node set.
+#[derive(Debug, Clone)]
+pub struct NodeValues {
+    /// In-strength of each node (0 for the input set).
+    pub s_in: Vec<f64>,
+    /// Out-strength of each node (0 for the output set).
+    pub s_out: Vec<f64>,
+    /// `s_in + s_out`.
+    pub strength: Vec<f64>,
+}
+
+/// The measures of one node set.
+#[derive(Debug, Clone)]
+pub struct NodeSetResult {
+    /// The node set's name.
+    pub name: String,
+    /// Its shape.
+    pub shape: NodeShape,
+    /// Moments of `strength`: its std is the layer fluctuation.
+    pub strength: Moments,
+    /// Mean of `s_in`.
+    pub s_in_mean: f64,
+    /// Mean of `s_out`.
+    pub s_out_mean: f64,
+    /// Histogram of `strength`.
+    pub histogram: Histogram,
+    /// Per-node values, when asked for.
+    pub values: Option<NodeValues>,
+}
+
+/// The measures of one weighted layer.
+#[derive(Debug, Clone)]
+pub struct LayerResult {
+    /// The layer's name.
+    pub name: String,
+    /// `dense` or `conv2d`.
+    pub kind: &'static str,
+    /// The weight tensor.
+    pub weight: String,
+    /// Moments of the link weights.
+    pub weights: Moments,
+    /// Moments of the bias, when the layer has one.
+    pub bias: Option<Moments>,
+    /// Histogram of the link weights.
+    pub histogram: Histogram,
+}
+
+/// Everything measured on one checkpoint.
+#[derive(Debug, Clone)]
+pub struct Analysis {
+    /// `None` for a chain; otherwise why strengths are per layer only.
+    pub not_chain: Option<String>,
+    /// One entry per node set.
+    pub node_sets: Vec<NodeSetResult>,
+    /// One entry per weighted layer.
+    pub layers: Vec<LayerResult>,
+}
+
+/// Measures a network with `engine`: strengths per layer, assembled into
+/// node sets (`strength = s_in + s_out`), with moments and histograms.
+/// Non-finite weights or biases are an error naming the tensor.
+pub fn analyze(
+    engine: &dyn Engine,
+    net: &Network,
+    ck: &Checkpoint,
+    opts: &AnalysisOptions,
+) -> Result<Analysis> {
+    let mut strengths = Vec::with_capacity(net.layers.len());
+    let mut layers = Vec::with_capacity(net.layers.len());
+    for layer in &net.layers {
+        let w = ck.tensor(&layer.weight)?;
+        let b = layer.bias.as_deref().map(|b| ck.tensor(b)).transpose()?;
+        let bias_values = b.map(|b| b.to_f64());
+        if let (Some(b), Some(v)) = (&b, &bias_values) {
+            check_finite(ck, b.name, v.iter().copied())?;
+        }
+        let ls = engine.layer_strengths(
+            layer,
+            net.layout,
+            &w,
+            if net.bias { b.as_ref() } else { None },
+        )?;
+        if !(ls.weights.mean.is_finite() && ls.weights.m2.is_finite()) {
+            check_finite(ck, w.name, w.to_f64().into_iter())?;
+        }
+        let histogram = engine.weight_histogram(&w, ls.weights.min, ls.weights.max, opts.bins)?;
+        layers.push(LayerResult {
+            name: layer.name.clone(),
+            kind: match layer.kind {
+                crate::graph::LayerKind::Dense { .. } => "dense",
+                crate::graph::LayerKind::Conv(_) => "conv2d",
+            },
+            weight: layer.weight.clone(),
+            weights: ls.weights,
+            bias: bias_values.as_deref().map(Moments::from_slice),
+            histogram,
+        });
+        strengths.push(ls);
+    }
+    let mut node_sets = Vec::with_capacity(net.node_sets.len());
+    for set in &net.node_sets {
+        let n = set.shape.count();
+        let zeros = || vec![0.0; n];
+        let s_in = set
+            .in_layer
+            .map_or_else(zeros, |l| strengths[l].s_in.clone());
+        let s_out = set
+            .out_layer
+            .map_or_else(zeros, |l| strengths[l].s_out.clone());
+        debug_assert_eq!((s_in.len(), s_out.len()), (n, n), "node set {}", set.name);
+        let strength: Vec<f64> = s_in.iter().zip(&s_out).map(|(a, b)| a + b).collect();
+        let m = engine.moments(&strength)?;
+        let histogram = engine.histogram(&strength, m.min, m.max, opts.bins)?;
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / n as f64;
+        node_sets.push(NodeSetResult {
+            name: set.name.clone(),
+            shape: set.shape,
+            strength: m,
+            s_in_mean: mean(&s_in),
+            s_out_mean: mean(&s_out),
+            histogram,
+            values: opts.keep_values.then_some(NodeValues {
+                s_in,
+                s_out,
+                strength,
+            }),
+        });
+    }
+    Ok(Analysis {
+        not_chain: net.not_chain.clone(),
+        node_sets,
+        layers,
+    })
+}
+
+fn check_finite(ck: &Checkpoint, tensor: &str, values: impl Iterator<Item = f64>) -> Result<()> {
+    let count = values.filter(|v| !v.is_finite()).count() as u64;
+    if count > 0 {
+        return Err(Error::NonFinite {
+            path: ck.path().to_path_buf(),
+            tensor: tensor.to_string(),
+            count,
+        });
+    }
+    Ok(())
+}
+
+/// Reorders a feature map's values from `c, y, x` order to the layout's
+/// flatten order (`y, x, c` for keras); flat shapes are unchanged.
+pub fn to_layout_order(values: Vec<f64>, shape: NodeShape, layout: Layout) -> Vec<f64> {
+    match (shape, layout) {
+        (NodeShape::Map { c, h, w }, Layout::Keras) if c > 1 => {
+            let mut out = vec![0.0; values.len()];
+            for ch in 0..c {
+                for p in 0..h * w {
+                    out[p * c + ch] = values[ch * h * w + p];
+                }
+            }
+            out
+        }
+        _ => values,
+    }
+}
+
+/// Where the measures run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    /// The f64 reference engine.
+    Cpu,
+    /// The GPU engine; fails when no adapter exists.
+    Gpu,
+    /// The GPU when one exists and the work is large enough, else the CPU.
+    Auto,
+}
+
+/// Builds the engine for `device`. `threads` is what the CPU engine may use
+/// inside one layer; `adapter` picks a GPU adapter by name substring.
+pub fn select_engine(
+    device: Device,
+    adapter: Option<&str>,
+    threads: usize,
+) -> Result<Box<dyn Engine>> {
+    match device {
+        Device::Cpu | Device::Auto => Ok(Box::new(CpuEngine::new(threads))),
+        Device::Gpu => Ok(Box::new(GpuEngine::new(std::sync::Arc::new(
+            GpuContext::new(adapter)?,
+        )))),
+    }
+}

@@ -1,0 +1,147 @@
+//! The library's error type: every failure names the file and, where there
+//! is one, the tensor or layer it concerns.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong while reading, describing or measuring a
+/// checkpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file or directory could not be opened, mapped or read.
+    #[error("{path}: {error}")]
+    Io {
+        /// The file concerned.
+        path: PathBuf,
+        /// The operating system's error.
+        error: std::io::Error,
+    },
+
+    /// The safetensors container itself is malformed (truncated, bad header,
+    /// offsets out of range or overlapping, header length beyond the file).
+    #[error("{path}: malformed safetensors file: {reason}")]
+    Malformed {
+        /// The file concerned.
+        path: PathBuf,
+        /// What is wrong with it, naming the tensor where the format does.
+        reason: String,
+    },
+
+    /// A sharded checkpoint's index file is unreadable or inconsistent.
+    #[error("{path}: bad shard index: {reason}")]
+    BadIndex {
+        /// The index file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A tensor is stored in a dtype the analysis does not read.
+    #[error(
+        "{path}: tensor `{tensor}` has unsupported dtype {dtype} (supported: F32, F16, BF16, F64)"
+    )]
+    UnsupportedDtype {
+        /// The file holding the tensor.
+        path: PathBuf,
+        /// The tensor's name.
+        tensor: String,
+        /// The dtype as the file names it.
+        dtype: String,
+    },
+
+    /// A tensor the graph needs is not in the checkpoint.
+    #[error("{path}: tensor `{tensor}` not found")]
+    MissingTensor {
+        /// The checkpoint.
+        path: PathBuf,
+        /// The tensor's name.
+        tensor: String,
+    },
+
+    /// A tensor holds NaN or infinite values.
+    #[error("{path}: tensor `{tensor}` has {count} non-finite values (NaN or Inf)")]
+    NonFinite {
+        /// The checkpoint.
+        path: PathBuf,
+        /// The tensor's name.
+        tensor: String,
+        /// How many of its values are not finite.
+        count: u64,
+    },
+
+    /// The tensors do not form the network the spec or discovery describes
+    /// (wrong rank, a shape that breaks the chain, a bad conv geometry).
+    #[error("{path}: {reason}")]
+    Graph {
+        /// The checkpoint.
+        path: PathBuf,
+        /// What does not fit, naming the layers and tensors.
+        reason: String,
+    },
+
+    /// The network spec file is unreadable or invalid.
+    #[error("spec {path}: {reason}")]
+    Spec {
+        /// The spec file.
+        path: PathBuf,
+        /// What is wrong, with the line where the parser knows it.
+        reason: String,
+    },
+
+    /// The checkpoint has no dense or convolution weights at all.
+    #[error("{path}: no dense or convolution weight tensors found")]
+    NoLayers {
+        /// The checkpoint.
+        path: PathBuf,
+    },
+
+    /// The GPU engine was asked for and cannot run.
+    #[error("GPU engine unavailable: {0}")]
+    GpuUnavailable(String),
+
+    /// A GPU operation failed after the device was set up.
+    #[error("GPU error: {0}")]
+    Gpu(String),
+
+    /// Writing results failed.
+    #[error("writing {path}: {reason}")]
+    Output {
+        /// The output file.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
+}
+
+impl Error {
+    /// The tensor this error concerns, if any (for the `tensor` column of
+    /// `errors.csv`).
+    pub fn tensor(&self) -> Option<&str> {
+        match self {
+            Error::UnsupportedDtype { tensor, .. }
+            | Error::MissingTensor { tensor, .. }
+            | Error::NonFinite { tensor, .. } => Some(tensor),
+            _ => None,
+        }
+    }
+
+    /// A short machine-readable class for the `kind` column of `errors.csv`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Io { .. } => "io",
+            Error::Malformed { .. } => "malformed",
+            Error::BadIndex { .. } => "bad_index",
+            Error::UnsupportedDtype { .. } => "unsupported_dtype",
+            Error::MissingTensor { .. } => "missing_tensor",
+            Error::NonFinite { .. } => "non_finite",
+            Error::Graph { .. } => "graph",
+            Error::Spec { .. } => "spec",
+            Error::NoLayers { .. } => "no_layers",
+            Error::GpuUnavailable(_) => "gpu_unavailable",
+            Error::Gpu(_) => "gpu",
+            Error::Output { .. } => "output",
+        }
+    }
+}
+
+/// The library's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,23 @@
+//! cntscope reads neural network checkpoints as Complex Network Theory
+//! graphs (neurons are nodes, weights are links) and measures them: link
+//! weights, node strength and layer fluctuation, as defined in
+//! "Characterizing Learning Dynamics of Deep Neural Networks via Complex
+//! Networks" (ICTAI 2021), for single checkpoints and large collections.
+//!
+//! The pipeline: [`checkpoint::Checkpoint`] maps safetensors files,
+//! [`graph::Network`] reads them as a graph, an [`engine::Engine`] measures
+//! it, [`scan`] does so over collections and [`output`] writes the tables.
+
+#![warn(missing_docs)]
+
+pub mod checkpoint;
+pub mod engine;
+pub mod error;
+pub mod graph;
+pub mod natsort;
+pub mod output;
+pub mod scan;
+pub mod spec;
+pub mod stats;
+
+pub use error::{Error, Result};

@@ -1,0 +1,73 @@
+//! Natural ordering of names: digit runs compare as numbers, so `layers.2`
+//! sorts before `layers.10` and `epoch_9` before `epoch_10`.
+
+use std::cmp::Ordering;
+
+/// Compares two strings, treating each run of ASCII digits as one number.
+pub fn natural_cmp(a: &str, b: &str) -> Ordering {
+    let (mut a, mut b) = (a.as_bytes(), b.as_bytes());
+    loop {
+        match (a.first(), b.first()) {
+            (None, None) => return Ordering::Equal,
+            (None, Some(_)) => return Ordering::Less,
+            (Some(_), None) => return Ordering::Greater,
+            (Some(x), Some(y)) if x.is_ascii_digit() && y.is_ascii_digit() => {
+                let (da, ra) = split_digits(a);
+                let (db, rb) = split_digits(b);
+                let (ta, tb) = (trim_zeros(da), trim_zeros(db));
+                let ord = ta
+                    .len()
+                    .cmp(&tb.len())
+                    .then_with(|| ta.cmp(tb))
+                    .then_with(|| da.len().cmp(&db.len()));
+                if ord != Ordering::Equal {
+                    return ord;
+                }
+                (a, b) = (ra, rb);
+            }
+            (Some(x), Some(y)) => {
+                if x != y {
+                    return x.cmp(y);
+                }
+                (a, b) = (&a[1..], &b[1..]);
+            }
+        }
+    }
+}
+
+fn split_digits(s: &[u8]) -> (&[u8], &[u8]) {
+    let n = s.iter().take_while(|c| c.is_ascii_digit()).count();
+    s.split_at(n)
+}
+
+fn trim_zeros(s: &[u8]) -> &[u8] {
+    let n = s.iter().take_while(|&&c| c == b'0').count();
+    &s[n..]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::natural_cmp;
+
+    #[test]
+    fn digit_runs_compare_as_numbers() {
+        let mut v = vec![
+            "layers.10.weight",
+            "layers.2.weight",
+            "layers.1.weight",
+            "head",
+            "layers.02.weight",
+        ];
+        v.sort_by(|a, b| natural_cmp(a, b));
+        assert_eq!(
+            v,
+            [
+                "head",
+                "layers.1.weight",
+                "layers.2.weight",
+                "layers.02.weight",
+                "layers.10.weight"
+            ]
+        );
+    }
+}

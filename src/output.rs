@@ -1,0 +1,224 @@
+//! Output tables: the CSV headers and rows of `nodes`, `links`,
+//! `histograms` and `errors`, and atomic file writes (temporary file, then
+//! rename, so a reader never sees half a table).
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use crate::engine::{Analysis, NodeSetResult};
+use crate::error::{Error, Result};
+use crate::stats::{Histogram, Moments};
+
+/// Header of `cntscope nodes` output.
+pub const NODE_VALUES_HEADER: [&str; 5] = ["node_layer", "node", "s_in", "s_out", "strength"];
+
+/// Columns of `nodes.csv` before the metadata columns.
+pub const NODES_HEADER: [&str; 14] = [
+    "checkpoint",
+    "node_layer",
+    "nodes",
+    "strength_mean",
+    "fluctuation",
+    "strength_min",
+    "strength_max",
+    "strength_skewness",
+    "strength_kurtosis",
+    "s_in_mean",
+    "s_out_mean",
+    "node_set",
+    "shape",
+    "chain",
+];
+
+/// Columns of `links.csv` before the metadata columns.
+pub const LINKS_HEADER: [&str; 17] = [
+    "checkpoint",
+    "layer",
+    "name",
+    "kind",
+    "weight_tensor",
+    "count",
+    "mean",
+    "std",
+    "min",
+    "max",
+    "skewness",
+    "kurtosis",
+    "bias_count",
+    "bias_mean",
+    "bias_std",
+    "bias_min",
+    "bias_max",
+];
+
+/// Columns of `histograms.csv` (long format: one row per bin).
+pub const HISTOGRAMS_HEADER: [&str; 8] = [
+    "checkpoint",
+    "measure",
+    "index",
+    "name",
+    "bin",
+    "lo",
+    "hi",
+    "count",
+];
+
+/// Columns of `errors.csv`.
+pub const ERRORS_HEADER: [&str; 4] = ["checkpoint", "kind", "tensor", "message"];
+
+/// Formats a number for CSV: shortest text that reads back to the same f64.
+pub fn num(x: f64) -> String {
+    format!("{x}")
+}
+
+fn moment_cells(m: &Moments) -> [String; 5] {
+    [
+        num(m.mean),
+        num(m.std()),
+        num(m.min),
+        num(m.max),
+        m.n.to_string(),
+    ]
+}
+
+/// `nodes.csv` rows of one checkpoint (without metadata columns).
+pub fn node_rows(checkpoint: &str, a: &Analysis) -> Vec<Vec<String>> {
+    a.node_sets
+        .iter()
+        .enumerate()
+        .map(|(k, s)| node_row(checkpoint, k, s, a.not_chain.is_none()))
+        .collect()
+}
+
+fn node_row(checkpoint: &str, k: usize, s: &NodeSetResult, chain: bool) -> Vec<String> {
+    let m = &s.strength;
+    vec![
+        checkpoint.to_string(),
+        k.to_string(),
+        m.n.to_string(),
+        num(m.mean),
+        num(m.std()),
+        num(m.min),
+        num(m.max),
+        num(m.skewness()),
+        num(m.kurtosis()),
+        num(s.s_in_mean),
+        num(s.s_out_mean),
+        s.name.clone(),
+        s.shape.to_string(),
+        chain.to_string(),
+    ]
+}
+
+/// `links.csv` rows of one checkpoint (without metadata columns); layers
+/// are numbered from 1 (`L1..LK`).
+pub fn link_rows(checkpoint: &str, a: &Analysis) -> Vec<Vec<String>> {
+    a.layers
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let w = &l.weights;
+            let [mean, std, min, max, count] = moment_cells(w);
+            let mut row = vec![
+                checkpoint.to_string(),
+                (i + 1).to_string(),
+                l.name.clone(),
+                l.kind.to_string(),
+                l.weight.clone(),
+                count,
+                mean,
+                std,
+                min,
+                max,
+                num(w.skewness()),
+                num(w.kurtosis()),
+            ];
+            match &l.bias {
+                Some(b) => {
+                    let [mean, std, min, max, count] = moment_cells(b);
+                    row.extend([count, mean, std, min, max]);
+                }
+                None => row.extend([
+                    "0".to_string(),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                ]),
+            }
+            row
+        })
+        .collect()
+}
+
+/// `histograms.csv` rows of one checkpoint: link weights per layer
+/// (`measure = link_weight`, index = layer) and strengths per node set
+/// (`measure = strength`, index = node layer).
+pub fn histogram_rows(checkpoint: &str, a: &Analysis) -> Vec<Vec<String>> {
+    let mut rows = Vec::new();
+    let mut push = |measure: &str, index: usize, name: &str, h: &Histogram| {
+        let edges = h.edges();
+        for (b, &count) in h.counts.iter().enumerate() {
+            rows.push(vec![
+                checkpoint.to_string(),
+                measure.to_string(),
+                index.to_string(),
+                name.to_string(),
+                b.to_string(),
+                num(edges[b]),
+                num(edges[b + 1]),
+                count.to_string(),
+            ]);
+        }
+    };
+    for (i, l) in a.layers.iter().enumerate() {
+        push("link_weight", i + 1, &l.name, &l.histogram);
+    }
+    for (k, s) in a.node_sets.iter().enumerate() {
+        push("strength", k, &s.name, &s.histogram);
+    }
+    rows
+}
+
+/// Writes `path` atomically: `write` fills a temporary file beside it,
+/// which is flushed, synced and renamed over `path`.
+pub fn atomic_write(
+    path: &Path,
+    write: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
+) -> Result<()> {
+    let err = |e: std::io::Error| Error::Output {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp{}", std::process::id()));
+    let result = (|| {
+        let mut w = BufWriter::new(File::create(&tmp)?);
+        write(&mut w)?;
+        let file = w.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(err)
+}
+
+/// Writes CSV `rows` under `header` to `w`.
+pub fn write_csv<W: Write, H: AsRef<[u8]>>(
+    w: W,
+    header: &[H],
+    rows: impl IntoIterator<Item = Vec<String>>,
+) -> std::io::Result<()> {
+    let mut csv = csv::Writer::from_writer(w);
+    csv.write_record(header)?;
+    for row in rows {
+        csv.write_record(&row)?;
+    }
+    csv.flush()
+}

@@ -1,0 +1,142 @@
+//! Shared test helpers: writing safetensors files, the engines under test,
+//! and the one tolerance check every numeric test uses.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use cntscope::checkpoint::DType;
+use cntscope::engine::{CpuEngine, Engine, GpuContext, GpuEngine};
+use safetensors::tensor::{Dtype, TensorView};
+
+/// A tensor to write: name, storage dtype, shape, values (rounded to the
+/// dtype on write).
+pub struct T<'a> {
+    pub name: &'a str,
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    pub values: Vec<f64>,
+}
+
+impl<'a> T<'a> {
+    pub fn f32(name: &'a str, shape: &[usize], values: Vec<f64>) -> Self {
+        T {
+            name,
+            dtype: DType::F32,
+            shape: shape.to_vec(),
+            values,
+        }
+    }
+}
+
+/// The value as it reads back after storage in `dtype`.
+pub fn stored(v: f64, dtype: DType) -> f64 {
+    match dtype {
+        DType::F32 => v as f32 as f64,
+        DType::F64 => v,
+        DType::F16 => half::f16::from_f64(v).to_f64(),
+        DType::BF16 => half::bf16::from_f64(v).to_f64(),
+    }
+}
+
+fn encode(values: &[f64], dtype: DType) -> Vec<u8> {
+    let mut out = Vec::with_capacity(values.len() * dtype.size());
+    for &v in values {
+        match dtype {
+            DType::F32 => out.extend((v as f32).to_le_bytes()),
+            DType::F64 => out.extend(v.to_le_bytes()),
+            DType::F16 => out.extend(half::f16::from_f64(v).to_le_bytes()),
+            DType::BF16 => out.extend(half::bf16::from_f64(v).to_le_bytes()),
+        }
+    }
+    out
+}
+
+/// Writes a safetensors file with the tensors and `__metadata__`.
+pub fn write_st(path: &Path, tensors: &[T<'_>], metadata: &[(&str, &str)]) {
+    let bytes: Vec<Vec<u8>> = tensors.iter().map(|t| encode(&t.values, t.dtype)).collect();
+    let views: Vec<(String, TensorView<'_>)> = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|(t, b)| {
+            let dtype = match t.dtype {
+                DType::F32 => Dtype::F32,
+                DType::F64 => Dtype::F64,
+                DType::F16 => Dtype::F16,
+                DType::BF16 => Dtype::BF16,
+            };
+            (
+                t.name.to_string(),
+                TensorView::new(dtype, t.shape.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    let meta: Option<HashMap<String, String>> = (!metadata.is_empty()).then(|| {
+        metadata
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    });
+    safetensors::tensor::serialize_to_file(views, meta, path).unwrap();
+}
+
+/// Deterministic pseudo-random values in [-1, 1).
+pub fn values(n: usize, seed: u64) -> Vec<f64> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// Every engine to run a correctness test on: the CPU reference always,
+/// the GPU when an adapter exists. Without one the GPU is skipped with a
+/// message, unless `CNTSCOPE_REQUIRE_GPU=1` (set by CI), which makes the
+/// skip a failure.
+pub fn engines() -> Vec<Box<dyn Engine>> {
+    let mut v: Vec<Box<dyn Engine>> = vec![Box::new(CpuEngine::new(2))];
+    match GpuContext::new(None) {
+        Ok(ctx) => v.push(Box::new(GpuEngine::new(std::sync::Arc::new(ctx)))),
+        Err(e) => {
+            if std::env::var("CNTSCOPE_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+                panic!("CNTSCOPE_REQUIRE_GPU=1 but the GPU engine is unavailable: {e}");
+            }
+            eprintln!("SKIP gpu engine: {e}");
+        }
+    }
+    v
+}
+
+/// Checks `got` against `want` within `rel * max|want|` (SPEC section 7's
+/// form), and says where and by how much it failed.
+#[track_caller]
+pub fn assert_close(what: &str, got: &[f64], want: &[f64], rel: f64) {
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "{what}: {} values, expected {}",
+        got.len(),
+        want.len()
+    );
+    let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-30);
+    let tol = rel * scale;
+    let worst = got
+        .iter()
+        .zip(want)
+        .enumerate()
+        .map(|(i, (g, w))| (i, (g - w).abs()))
+        .fold(
+            (0, 0.0f64),
+            |a, b| if b.1 > a.1 || b.1.is_nan() { b } else { a },
+        );
+    let (i, dev) = worst;
+    if !(dev <= tol) {
+        panic!("{what}: node {i}: got {}, want {} (|diff| {dev:.3e} > tolerance {tol:.3e} = {rel:e} x max|want| {scale:.3e})", got[i], want[i]);
+    }
+}

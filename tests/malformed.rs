@@ -1,0 +1,313 @@
+//! Malformed and hostile files: each class gives an error naming the file
+//! (and the tensor where there is one), never a panic.
+
+mod common;
+
+use std::path::Path;
+
+use cntscope::checkpoint::{Checkpoint, DType};
+use cntscope::engine::{analyze, AnalysisOptions, CpuEngine};
+use cntscope::graph::{GraphOptions, Network};
+use cntscope::spec::Spec;
+use cntscope::Error;
+use common::{write_st, T};
+
+fn good_bytes() -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("g.safetensors");
+    write_st(
+        &p,
+        &[
+            T::f32("a.weight", &[3, 4], vec![0.5; 12]),
+            T::f32("a.bias", &[3], vec![0.1; 3]),
+        ],
+        &[],
+    );
+    std::fs::read(p).unwrap()
+}
+
+/// A file whose header JSON is replaced by `header` (data section kept).
+fn with_header(header: &str, data_len: usize) -> Vec<u8> {
+    let mut b = (header.len() as u64).to_le_bytes().to_vec();
+    b.extend(header.as_bytes());
+    b.extend(vec![0u8; data_len]);
+    b
+}
+
+/// Opens `bytes` as a checkpoint and measures it: returns the error text.
+fn error_of(bytes: &[u8]) -> (String, std::path::PathBuf, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.safetensors");
+    std::fs::write(&path, bytes).unwrap();
+    let result = Checkpoint::open(&path).and_then(|ck| {
+        let net = Network::build(&ck, &GraphOptions::default())?;
+        analyze(
+            &CpuEngine::default(),
+            &net,
+            &ck,
+            &AnalysisOptions::default(),
+        )
+        .map(|_| ())
+    });
+    let msg = result
+        .expect_err("malformed input must be an error")
+        .to_string();
+    (msg, path, dir)
+}
+
+#[track_caller]
+fn assert_names(msg: &str, path: &Path, parts: &[&str]) {
+    assert!(
+        msg.contains(&path.display().to_string()),
+        "error does not name the file: {msg}"
+    );
+    for p in parts {
+        assert!(msg.contains(p), "error does not mention `{p}`: {msg}");
+    }
+}
+
+#[test]
+fn truncated_file() {
+    let good = good_bytes();
+    for cut in [0, 5, 8, 20, good.len() / 2, good.len() - 1] {
+        let (msg, path, _d) = error_of(&good[..cut]);
+        assert_names(&msg, &path, &[]);
+    }
+}
+
+#[test]
+fn trailing_bytes() {
+    let mut b = good_bytes();
+    b.extend([1, 2, 3]);
+    let (msg, path, _d) = error_of(&b);
+    assert_names(&msg, &path, &["file length"]);
+}
+
+#[test]
+fn garbage_header() {
+    let (msg, path, _d) = error_of(&with_header("{not json at all", 0));
+    assert_names(&msg, &path, &["JSON"]);
+    let mut b = 4u64.to_le_bytes().to_vec();
+    b.extend([0xff, 0xfe, 0xfd, 0xfc]);
+    let (msg, path, _d) = error_of(&b);
+    assert_names(&msg, &path, &["UTF-8"]);
+}
+
+#[test]
+fn huge_declared_header_length() {
+    for n in [u64::MAX, 1 << 40, 99_000_000] {
+        let mut b = n.to_le_bytes().to_vec();
+        b.extend(b"{}");
+        let (msg, path, _d) = error_of(&b);
+        assert_names(&msg, &path, &["header length"]);
+    }
+}
+
+#[test]
+fn offsets_out_of_range_or_overlapping() {
+    let out_of_range = r#"{"a.weight":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]},"a.bias":{"dtype":"F32","shape":[2],"data_offsets":[16,1000000]}}"#;
+    let (msg, path, _d) = error_of(&with_header(out_of_range, 24));
+    assert_names(&msg, &path, &[]);
+    let overlapping = r#"{"a.weight":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]},"a.bias":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}}"#;
+    let (msg, path, _d) = error_of(&with_header(overlapping, 16));
+    assert_names(&msg, &path, &["a.bias"]);
+    let overflow = r#"{"a.weight":{"dtype":"F32","shape":[4294967296,4294967296,4294967296],"data_offsets":[0,16]}}"#;
+    let (msg, path, _d) = error_of(&with_header(overflow, 16));
+    assert_names(&msg, &path, &["overflow"]);
+}
+
+#[test]
+fn unsupported_dtype_names_tensor() {
+    let header = r#"{"a.weight":{"dtype":"I64","shape":[2,2],"data_offsets":[0,32]}}"#;
+    let (msg, path, _d) = error_of(&with_header(header, 32));
+    assert_names(&msg, &path, &["a.weight", "I64"]);
+}
+
+#[test]
+fn unsupported_dtype_elsewhere_is_ignored() {
+    // An integer buffer (like BatchNorm's num_batches_tracked) is not a layer.
+    let header = r#"{"a.weight":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]},"bn.num_batches_tracked":{"dtype":"I64","shape":[],"data_offsets":[16,24]}}"#;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ok.safetensors");
+    std::fs::write(&path, with_header(header, 24)).unwrap();
+    let ck = Checkpoint::open(&path).unwrap();
+    let net = Network::build(&ck, &GraphOptions::default()).unwrap();
+    analyze(
+        &CpuEngine::default(),
+        &net,
+        &ck,
+        &AnalysisOptions::default(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn non_finite_weights_name_tensor() {
+    for (bad, what) in [(f64::NAN, "NaN"), (f64::INFINITY, "Inf")] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nan.safetensors");
+        let mut w = vec![0.25; 12];
+        w[5] = bad;
+        w[7] = bad;
+        write_st(
+            &path,
+            &[
+                T::f32("a.weight", &[3, 4], w),
+                T {
+                    name: "a.bias",
+                    dtype: DType::F16,
+                    shape: vec![3],
+                    values: vec![0.0; 3],
+                },
+            ],
+            &[],
+        );
+        let ck = Checkpoint::open(&path).unwrap();
+        let net = Network::build(&ck, &GraphOptions::default()).unwrap();
+        let err = analyze(
+            &CpuEngine::default(),
+            &net,
+            &ck,
+            &AnalysisOptions::default(),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, Error::NonFinite { count: 2, .. }),
+            "{what}: {err}"
+        );
+        assert_names(&err.to_string(), &path, &["a.weight", "2 non-finite"]);
+    }
+}
+
+#[test]
+fn shape_that_breaks_the_chain_names_both_layers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.safetensors");
+    write_st(
+        &path,
+        &[
+            T::f32("first.weight", &[5, 4], vec![0.1; 20]),
+            T::f32("second.weight", &[3, 6], vec![0.1; 18]),
+        ],
+        &[],
+    );
+    let ck = Checkpoint::open(&path).unwrap();
+    let spec = Spec::parse(
+        "[[layers]]\nweight = \"first.weight\"\n[[layers]]\nweight = \"second.weight\"\n",
+        Path::new("s.toml"),
+    )
+    .unwrap();
+    let err = Network::build(
+        &ck,
+        &GraphOptions {
+            spec: Some(spec),
+            ..Default::default()
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert_names(&err, &path, &["first", "second"]);
+    // Without a spec, discovery falls back to layer-by-layer analysis.
+    let net = Network::build(&ck, &GraphOptions::default()).unwrap();
+    assert!(!net.is_chain());
+    assert_eq!(net.node_sets.len(), 4);
+    let a = analyze(
+        &CpuEngine::default(),
+        &net,
+        &ck,
+        &AnalysisOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(a.node_sets[0].strength.n, 4);
+    assert!(
+        (a.node_sets[0].strength.mean - 0.5).abs() < 1e-6,
+        "out-strength of first's inputs is 5 x 0.1"
+    );
+}
+
+#[test]
+fn bad_bias_shape_and_missing_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("b.safetensors");
+    write_st(
+        &path,
+        &[
+            T::f32("a.weight", &[3, 4], vec![0.1; 12]),
+            T::f32("a.bias", &[4], vec![0.1; 4]),
+        ],
+        &[],
+    );
+    let ck = Checkpoint::open(&path).unwrap();
+    let err = Network::build(&ck, &GraphOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert_names(&err, &path, &["a.bias", "3 outputs"]);
+    let spec = Spec::parse(
+        "[[layers]]\nweight = \"nope.weight\"\n",
+        Path::new("s.toml"),
+    )
+    .unwrap();
+    let err = Network::build(
+        &ck,
+        &GraphOptions {
+            spec: Some(spec),
+            ..Default::default()
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert_names(&err, &path, &["nope.weight", "not found"]);
+}
+
+#[test]
+fn conv_without_input_shape_is_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.safetensors");
+    write_st(
+        &path,
+        &[T::f32("c.weight", &[2, 1, 3, 3], vec![0.1; 18])],
+        &[],
+    );
+    let ck = Checkpoint::open(&path).unwrap();
+    let err = Network::build(&ck, &GraphOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--input"), "{err}");
+}
+
+#[test]
+fn random_mutations_never_panic() {
+    // Flip, overwrite and cut bytes of a valid file: every outcome is Ok or
+    // an error, never a panic (the harness would report it).
+    let good = good_bytes();
+    let mut s = 0x9e3779b97f4a7c15u64;
+    let mut next = || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.safetensors");
+    for _ in 0..2000 {
+        let mut b = good.clone();
+        for _ in 0..1 + next() % 4 {
+            let i = (next() as usize) % b.len();
+            b[i] = next() as u8;
+        }
+        if next() % 4 == 0 {
+            b.truncate((next() as usize) % b.len());
+        }
+        std::fs::write(&path, &b).unwrap();
+        if let Ok(ck) = Checkpoint::open(&path) {
+            if let Ok(net) = Network::build(&ck, &GraphOptions::default()) {
+                let _ = analyze(
+                    &CpuEngine::default(),
+                    &net,
+                    &ck,
+                    &AnalysisOptions::default(),
+                );
+            }
+        }
+    }
+}
