@@ -168,23 +168,13 @@ impl Checkpoint {
         let (shard, meta) = map_shard(path)?;
         let mut tensors = HashMap::new();
         let metadata = record_tensors(path, &meta, 0, &mut tensors)?;
-        Ok(Checkpoint {
-            path: path.to_path_buf(),
-            shards: vec![shard],
-            tensors,
-            metadata,
-        })
+        Ok(Checkpoint { path: path.to_path_buf(), shards: vec![shard], tensors, metadata })
     }
 
     fn open_sharded(dir: &Path, index_path: &Path) -> Result<Self> {
-        let bad = |reason: String| Error::BadIndex {
-            path: index_path.to_path_buf(),
-            reason,
-        };
-        let text = std::fs::read_to_string(index_path).map_err(|error| Error::Io {
-            path: index_path.to_path_buf(),
-            error,
-        })?;
+        let bad = |reason: String| Error::BadIndex { path: index_path.to_path_buf(), reason };
+        let text =
+            std::fs::read_to_string(index_path).map_err(|error| Error::Io { path: index_path.to_path_buf(), error })?;
         let index: ShardIndex = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
         let mut files: Vec<&String> = index.weight_map.values().collect();
         files.sort_by(|a, b| natural_cmp(a, b));
@@ -196,13 +186,8 @@ impl Checkpoint {
         let mut tensors = HashMap::new();
         let mut metadata = BTreeMap::new();
         for (i, file) in files.iter().enumerate() {
-            if Path::new(file)
-                .components()
-                .any(|c| !matches!(c, std::path::Component::Normal(_)))
-            {
-                return Err(bad(format!(
-                    "shard path `{file}` leaves the checkpoint directory"
-                )));
+            if Path::new(file).components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
+                return Err(bad(format!("shard path `{file}` leaves the checkpoint directory")));
             }
             let (shard, meta) = map_shard(&dir.join(file))?;
             for (k, v) in record_tensors(&shard.path, &meta, i, &mut tensors)? {
@@ -223,12 +208,7 @@ impl Checkpoint {
             };
             metadata.entry(k).or_insert(v);
         }
-        Ok(Checkpoint {
-            path: dir.to_path_buf(),
-            shards,
-            tensors,
-            metadata,
-        })
+        Ok(Checkpoint { path: dir.to_path_buf(), shards, tensors, metadata })
     }
 
     /// The path that identifies this checkpoint (the file, or the directory
@@ -256,22 +236,16 @@ impl Checkpoint {
 
     /// Total bytes of tensor data over all shards.
     pub fn data_bytes(&self) -> u64 {
-        self.shards
-            .iter()
-            .map(|s| (s.map.len() - s.data_start) as u64)
-            .sum()
+        self.shards.iter().map(|s| (s.map.len() - s.data_start) as u64).sum()
     }
 
     /// A view of one tensor; errors name the tensor if it is missing or of a
     /// dtype the analysis does not read.
     pub fn tensor(&self, name: &str) -> Result<Tensor<'_>> {
-        let (name, entry) =
-            self.tensors
-                .get_key_value(name)
-                .ok_or_else(|| Error::MissingTensor {
-                    path: self.path.clone(),
-                    tensor: name.into(),
-                })?;
+        let (name, entry) = self
+            .tensors
+            .get_key_value(name)
+            .ok_or_else(|| Error::MissingTensor { path: self.path.clone(), tensor: name.into() })?;
         let shard = &self.shards[entry.shard];
         let dtype = match entry.info.dtype {
             StDtype::F32 => DType::F32,
@@ -289,23 +263,12 @@ impl Checkpoint {
         // Offsets were validated against the file length by `read_metadata`;
         // the checked arithmetic here keeps that guarantee local.
         let (s, e) = entry.info.data_offsets;
-        let range = shard
-            .data_start
-            .checked_add(s)
-            .zip(shard.data_start.checked_add(e));
-        let bytes = range
-            .and_then(|(a, b)| shard.map.get(a..b))
-            .ok_or_else(|| Error::Malformed {
-                path: shard.path.clone(),
-                reason: format!("tensor `{name}`: data offsets {s}..{e} out of range"),
-            })?;
-        Ok(Tensor {
-            name,
-            file: &shard.path,
-            dtype,
-            shape: &entry.info.shape,
-            bytes,
-        })
+        let range = shard.data_start.checked_add(s).zip(shard.data_start.checked_add(e));
+        let bytes = range.and_then(|(a, b)| shard.map.get(a..b)).ok_or_else(|| Error::Malformed {
+            path: shard.path.clone(),
+            reason: format!("tensor `{name}`: data offsets {s}..{e} out of range"),
+        })?;
+        Ok(Tensor { name, file: &shard.path, dtype, shape: &entry.info.shape, bytes })
     }
 }
 
@@ -319,10 +282,7 @@ struct ShardIndex {
 /// Maps one safetensors file and validates its header; returns the shard
 /// and its parsed header.
 fn map_shard(path: &Path) -> Result<(Shard, Metadata)> {
-    let io = |error| Error::Io {
-        path: path.to_path_buf(),
-        error,
-    };
+    let io = |error| Error::Io { path: path.to_path_buf(), error };
     let file = File::open(path).map_err(io)?;
     let len = file.metadata().map_err(io)?.len();
     if len < 8 {
@@ -334,19 +294,10 @@ fn map_shard(path: &Path) -> Result<(Shard, Metadata)> {
     // SAFETY: the map is read-only; a file truncated by another process while
     // mapped is outside what any reader of memory-mapped files can guard.
     let map = unsafe { Mmap::map(&file) }.map_err(io)?;
-    let (n, meta) = SafeTensors::read_metadata(&map).map_err(|e| Error::Malformed {
-        path: path.to_path_buf(),
-        reason: describe(e),
-    })?;
+    let (n, meta) = SafeTensors::read_metadata(&map)
+        .map_err(|e| Error::Malformed { path: path.to_path_buf(), reason: describe(e) })?;
     // `read_metadata` checked that 8 + n + data length == file length.
-    Ok((
-        Shard {
-            path: path.to_path_buf(),
-            map,
-            data_start: n + 8,
-        },
-        meta,
-    ))
+    Ok((Shard { path: path.to_path_buf(), map, data_start: n + 8 }, meta))
 }
 
 /// Records one shard's tensors under shard number `index`; returns its
@@ -358,39 +309,21 @@ fn record_tensors(
     tensors: &mut HashMap<String, Entry>,
 ) -> Result<BTreeMap<String, String>> {
     for (name, info) in meta.tensors() {
-        if tensors
-            .insert(
-                name.clone(),
-                Entry {
-                    shard: index,
-                    info: info.clone(),
-                },
-            )
-            .is_some()
-        {
+        if tensors.insert(name.clone(), Entry { shard: index, info: info.clone() }).is_some() {
             return Err(Error::Malformed {
                 path: path.to_path_buf(),
                 reason: format!("tensor `{name}` appears in more than one shard"),
             });
         }
     }
-    Ok(meta
-        .metadata()
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .collect())
+    Ok(meta.metadata().clone().unwrap_or_default().into_iter().collect())
 }
 
 fn describe(e: SafeTensorError) -> String {
     match e {
-        SafeTensorError::HeaderTooLarge => {
-            "declared header length is too large (over 100 MB)".into()
-        }
+        SafeTensorError::HeaderTooLarge => "declared header length is too large (over 100 MB)".into(),
         SafeTensorError::HeaderTooSmall => "file too short for the header length".into(),
-        SafeTensorError::InvalidHeaderLength => {
-            "declared header length runs past the end of the file".into()
-        }
+        SafeTensorError::InvalidHeaderLength => "declared header length runs past the end of the file".into(),
         SafeTensorError::InvalidHeader(e) => format!("header is not UTF-8: {e}"),
         SafeTensorError::InvalidHeaderDeserialization(e) => {
             format!("header is not valid JSON: {e}")
@@ -398,15 +331,11 @@ fn describe(e: SafeTensorError) -> String {
         SafeTensorError::InvalidOffset(t) => {
             format!("tensor `{t}`: data offsets overlap, leave gaps or run out of order")
         }
-        SafeTensorError::TensorInvalidInfo => {
-            "a tensor's byte size does not match its shape and dtype".into()
-        }
+        SafeTensorError::TensorInvalidInfo => "a tensor's byte size does not match its shape and dtype".into(),
         SafeTensorError::MetadataIncompleteBuffer => {
             "data section does not match the file length (truncated or trailing bytes)".into()
         }
-        SafeTensorError::ValidationOverflow => {
-            "a tensor's shape overflows when multiplied out".into()
-        }
+        SafeTensorError::ValidationOverflow => "a tensor's shape overflows when multiplied out".into(),
         other => other.to_string(),
     }
 }
@@ -421,10 +350,8 @@ pub fn collect_checkpoints(args: &[PathBuf]) -> Result<Vec<PathBuf>> {
     for arg in args {
         let text = arg.to_string_lossy();
         if !arg.exists() && text.contains(['*', '?', '[']) {
-            let paths = glob::glob(&text).map_err(|e| Error::Io {
-                path: arg.clone(),
-                error: std::io::Error::other(e.to_string()),
-            })?;
+            let paths = glob::glob(&text)
+                .map_err(|e| Error::Io { path: arg.clone(), error: std::io::Error::other(e.to_string()) })?;
             let mut matched: Vec<PathBuf> = paths.filter_map(|p| p.ok()).collect();
             matched.sort_by(|a, b| natural_cmp(&a.to_string_lossy(), &b.to_string_lossy()));
             for p in matched {
@@ -433,10 +360,7 @@ pub fn collect_checkpoints(args: &[PathBuf]) -> Result<Vec<PathBuf>> {
         } else if arg.exists() {
             walk(arg, true, &mut out)?;
         } else {
-            return Err(Error::Io {
-                path: arg.clone(),
-                error: std::io::Error::from(std::io::ErrorKind::NotFound),
-            });
+            return Err(Error::Io { path: arg.clone(), error: std::io::Error::from(std::io::ErrorKind::NotFound) });
         }
     }
     let mut seen = std::collections::HashSet::new();
@@ -450,14 +374,9 @@ fn walk(path: &Path, explicit: bool, out: &mut Vec<PathBuf>) -> Result<()> {
             out.push(path.to_path_buf());
             return Ok(());
         }
-        let io = |error| Error::Io {
-            path: path.to_path_buf(),
-            error,
-        };
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
-            .map_err(io)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .collect();
+        let io = |error| Error::Io { path: path.to_path_buf(), error };
+        let mut entries: Vec<PathBuf> =
+            std::fs::read_dir(path).map_err(io)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
         entries.sort_by(|a, b| natural_cmp(&a.to_string_lossy(), &b.to_string_lossy()));
         for e in entries {
             walk(&e, false, out)?;

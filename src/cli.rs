@@ -70,6 +70,18 @@ pub enum Command {
         #[arg(long)]
         resume: bool,
     },
+    /// Run the CPU reference and the GPU engine on the same checkpoints and
+    /// report the largest deviation per node set (CSV on standard output).
+    Verify {
+        /// Files, directories (searched recursively) or glob patterns.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        #[command(flatten)]
+        graph: GraphArgs,
+        /// Use the GPU adapter whose name contains this text.
+        #[arg(long, value_name = "SUBSTRING")]
+        adapter: Option<String>,
+    },
 }
 
 /// Flags that say how to read a checkpoint as a graph.
@@ -129,12 +141,7 @@ impl GraphArgs {
             LayoutArg::Torch => Layout::Torch,
             LayoutArg::Keras => Layout::Keras,
         });
-        Ok(GraphOptions {
-            spec,
-            input,
-            layout,
-            bias: self.no_bias.then_some(false),
-        })
+        Ok(GraphOptions { spec, input, layout, bias: self.no_bias.then_some(false) })
     }
 }
 
@@ -153,11 +160,7 @@ impl DeviceArgs {
 fn parse_input(text: &str) -> anyhow::Result<Vec<usize>> {
     let dims = text
         .split([',', 'x'])
-        .map(|d| {
-            d.trim()
-                .parse::<usize>()
-                .with_context(|| format!("--input {text}: `{d}` is not a size"))
-        })
+        .map(|d| d.trim().parse::<usize>().with_context(|| format!("--input {text}: `{d}` is not a size")))
         .collect::<anyhow::Result<Vec<_>>>()?;
     if !matches!(dims.len(), 1 | 3) || dims.contains(&0) {
         bail!("--input {text}: expected C,H,W or FEATURES with positive sizes");
@@ -167,11 +170,8 @@ fn parse_input(text: &str) -> anyhow::Result<Vec<usize>> {
 
 /// Scan's analysis settings from its flags.
 pub fn analysis_options(bins: usize) -> anyhow::Result<AnalysisOptions> {
-    if bins == 0 {
-        bail!("--bins must be at least 1");
+    if bins == 0 || bins > cntscope::engine::gpu::MAX_BINS {
+        bail!("--bins must be between 1 and {}", cntscope::engine::gpu::MAX_BINS);
     }
-    Ok(AnalysisOptions {
-        bins,
-        keep_values: false,
-    })
+    Ok(AnalysisOptions { bins, keep_values: false })
 }

@@ -36,9 +36,7 @@ pub enum Error {
     },
 
     /// A tensor is stored in a dtype the analysis does not read.
-    #[error(
-        "{path}: tensor `{tensor}` has unsupported dtype {dtype} (supported: F32, F16, BF16, F64)"
-    )]
+    #[error("{path}: tensor `{tensor}` has unsupported dtype {dtype} (supported: F32, F16, BF16, F64)")]
     UnsupportedDtype {
         /// The file holding the tensor.
         path: PathBuf,

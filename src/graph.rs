@@ -180,23 +180,15 @@ impl Network {
     /// discovery from tensor names.
     pub fn build(ck: &Checkpoint, opts: &GraphOptions) -> Result<Network> {
         let spec = opts.spec.as_ref();
-        let layout = opts
-            .layout
-            .or(spec.and_then(|s| s.layout))
-            .unwrap_or_else(|| detect_layout(ck));
+        let layout = opts.layout.or(spec.and_then(|s| s.layout)).unwrap_or_else(|| detect_layout(ck));
         let bias = opts.bias.unwrap_or(true) && spec.and_then(|s| s.bias).unwrap_or(true);
-        let input = opts
-            .input
-            .clone()
-            .or_else(|| spec.and_then(|s| s.input.clone()));
+        let input = opts.input.clone().or_else(|| spec.and_then(|s| s.input.clone()));
         let candidates = match spec {
             Some(spec) => from_spec(spec),
             None => discover(ck, layout),
         };
         if candidates.is_empty() {
-            return Err(Error::NoLayers {
-                path: ck.path().to_path_buf(),
-            });
+            return Err(Error::NoLayers { path: ck.path().to_path_buf() });
         }
         let input = input.map(|v| match v[..] {
             [n] => NodeShape::Flat(n),
@@ -206,29 +198,14 @@ impl Network {
         match chain(ck, layout, &candidates, input) {
             Ok(layers) => {
                 let node_sets = chain_node_sets(&layers);
-                Ok(Network {
-                    layout,
-                    bias,
-                    layers,
-                    node_sets,
-                    not_chain: None,
-                })
+                Ok(Network { layout, bias, layers, node_sets, not_chain: None })
             }
             Err(e @ Error::Graph { .. }) if spec.is_none() => {
                 let layers = layer_by_layer(ck, layout, &candidates, input)?;
                 let node_sets = split_node_sets(&layers);
                 let reason = e.to_string();
-                let reason = reason
-                    .strip_prefix(&format!("{}: ", ck.path().display()))
-                    .unwrap_or(&reason)
-                    .to_string();
-                Ok(Network {
-                    layout,
-                    bias,
-                    layers,
-                    node_sets,
-                    not_chain: Some(reason),
-                })
+                let reason = reason.strip_prefix(&format!("{}: ", ck.path().display())).unwrap_or(&reason).to_string();
+                Ok(Network { layout, bias, layers, node_sets, not_chain: Some(reason) })
             }
             Err(e) => Err(e),
         }
@@ -242,11 +219,7 @@ impl Network {
 }
 
 fn detect_layout(ck: &Checkpoint) -> Layout {
-    if ck
-        .names()
-        .iter()
-        .any(|n| n.ends_with("kernel") || n.ends_with("kernel:0"))
-    {
+    if ck.names().iter().any(|n| n.ends_with("kernel") || n.ends_with("kernel:0")) {
         Layout::Keras
     } else {
         Layout::Torch
@@ -282,10 +255,8 @@ fn discover(ck: &Checkpoint, layout: Layout) -> Vec<Candidate> {
         if rank != 2 && rank != 4 {
             continue; // norms, embeddings of rank 1, scalars: not weighted layers
         }
-        let bias = bias_suffixes
-            .iter()
-            .map(|s| format!("{prefix}{s}"))
-            .find(|b| ck.shape(b).is_some_and(|s| s.len() == 1));
+        let bias =
+            bias_suffixes.iter().map(|s| format!("{prefix}{s}")).find(|b| ck.shape(b).is_some_and(|s| s.len() == 1));
         out.push(Candidate {
             weight: name.to_string(),
             bias,
@@ -317,14 +288,10 @@ enum Dims {
 }
 
 fn dims(ck: &Checkpoint, layout: Layout, c: &Candidate) -> Result<Dims> {
-    let graph = |reason: String| Error::Graph {
-        path: ck.path().to_path_buf(),
-        reason,
-    };
-    let shape = ck.shape(&c.weight).ok_or_else(|| Error::MissingTensor {
-        path: ck.path().to_path_buf(),
-        tensor: c.weight.clone(),
-    })?;
+    let graph = |reason: String| Error::Graph { path: ck.path().to_path_buf(), reason };
+    let shape = ck
+        .shape(&c.weight)
+        .ok_or_else(|| Error::MissingTensor { path: ck.path().to_path_buf(), tensor: c.weight.clone() })?;
     let d = match (layout, shape) {
         (Layout::Torch, &[o, i]) => Dims::Dense(o, i),
         (Layout::Keras, &[i, o]) => Dims::Dense(o, i),
@@ -338,24 +305,16 @@ fn dims(ck: &Checkpoint, layout: Layout, c: &Candidate) -> Result<Dims> {
         }
     };
     if shape.contains(&0) {
-        return Err(graph(format!(
-            "weight `{}` has an empty dimension: {shape:?}",
-            c.weight
-        )));
+        return Err(graph(format!("weight `{}` has an empty dimension: {shape:?}", c.weight)));
     }
     let out = match d {
         Dims::Dense(o, _) | Dims::Conv(o, ..) => o,
     };
     if let Some(b) = &c.bias {
-        let bshape = ck.shape(b).ok_or_else(|| Error::MissingTensor {
-            path: ck.path().to_path_buf(),
-            tensor: b.clone(),
-        })?;
+        let bshape =
+            ck.shape(b).ok_or_else(|| Error::MissingTensor { path: ck.path().to_path_buf(), tensor: b.clone() })?;
         if bshape != [out] {
-            return Err(graph(format!(
-                "bias `{b}` has shape {bshape:?}; layer `{}` has {out} outputs",
-                c.weight
-            )));
+            return Err(graph(format!("bias `{b}` has shape {bshape:?}; layer `{}` has {out} outputs", c.weight)));
         }
     }
     Ok(d)
@@ -368,14 +327,11 @@ fn make_conv(
     ch: usize,
     [h, w]: [usize; 2],
 ) -> std::result::Result<Conv, String> {
-    let groups =
-        match c.groups {
-            Some(g) => g,
-            None if ch % cin_g == 0 => ch / cin_g,
-            None => return Err(format!(
-                "layer `{name}` takes {cin_g} channels per group but its input has {ch} channels"
-            )),
-        };
+    let groups = match c.groups {
+        Some(g) => g,
+        None if ch % cin_g == 0 => ch / cin_g,
+        None => return Err(format!("layer `{name}` takes {cin_g} channels per group but its input has {ch} channels")),
+    };
     if cin_g * groups != ch {
         return Err(format!(
             "layer `{name}` takes {cin_g} x {groups} groups = {} channels but its input has {ch}",
@@ -383,9 +339,7 @@ fn make_conv(
         ));
     }
     if cout % groups != 0 {
-        return Err(format!(
-            "layer `{name}` has {cout} output channels, not divisible by {groups} groups"
-        ));
+        return Err(format!("layer `{name}` has {cout} output channels, not divisible by {groups} groups"));
     }
     let [sh, sw] = c.stride;
     let [ph, pw] = c.padding;
@@ -395,34 +349,13 @@ fn make_conv(
     let (Some(ho), Some(wo)) = (ho, wo) else {
         return Err(format!("layer `{name}`: the {kh}x{kw} kernel (dilation {dh}x{dw}, padding {ph}x{pw}) does not fit the {h}x{w} input"));
     };
-    let geometry = ConvGeometry {
-        stride: c.stride,
-        padding: c.padding,
-        dilation: c.dilation,
-        groups,
-    };
-    Ok(Conv {
-        cout,
-        cin_g,
-        kh,
-        kw,
-        in_hw: [h, w],
-        out_hw: [ho, wo],
-        geometry,
-    })
+    let geometry = ConvGeometry { stride: c.stride, padding: c.padding, dilation: c.dilation, groups };
+    Ok(Conv { cout, cin_g, kh, kw, in_hw: [h, w], out_hw: [ho, wo], geometry })
 }
 
 /// Builds the layers as a chain, each fed by the previous one's outputs.
-fn chain(
-    ck: &Checkpoint,
-    layout: Layout,
-    cands: &[Candidate],
-    input: Option<NodeShape>,
-) -> Result<Vec<Layer>> {
-    let graph = |reason: String| Error::Graph {
-        path: ck.path().to_path_buf(),
-        reason,
-    };
+fn chain(ck: &Checkpoint, layout: Layout, cands: &[Candidate], input: Option<NodeShape>) -> Result<Vec<Layer>> {
+    let graph = |reason: String| Error::Graph { path: ck.path().to_path_buf(), reason };
     let mut current = input;
     let mut prev_name = String::from("the input");
     let mut layers = Vec::with_capacity(cands.len());
@@ -437,32 +370,25 @@ fn chain(
                         in_shape.count()
                     )));
                 }
-                (
-                    LayerKind::Dense {
-                        inputs: i,
-                        outputs: o,
-                    },
-                    in_shape,
-                    NodeShape::Flat(o),
-                )
+                (LayerKind::Dense { inputs: i, outputs: o }, in_shape, NodeShape::Flat(o))
             }
             Dims::Conv(o, ci, kh, kw) => {
                 let (ch, hw) = match current {
                     Some(NodeShape::Map { c, h, w }) => (c, [h, w]),
-                    Some(s @ NodeShape::Flat(_)) => return Err(graph(format!("convolution `{name}` follows `{prev_name}`, whose {s} outputs are not a feature map"))),
-                    None => return Err(graph(format!("convolution `{name}` needs the input shape: give --input C,H,W or `input` in the spec"))),
+                    Some(s @ NodeShape::Flat(_)) => {
+                        return Err(graph(format!(
+                            "convolution `{name}` follows `{prev_name}`, whose {s} outputs are not a feature map"
+                        )))
+                    }
+                    None => {
+                        return Err(graph(format!(
+                            "convolution `{name}` needs the input shape: give --input C,H,W or `input` in the spec"
+                        )))
+                    }
                 };
                 let conv = make_conv(&name, c, (o, ci, kh, kw), ch, hw).map_err(graph)?;
-                let in_shape = NodeShape::Map {
-                    c: ch,
-                    h: hw[0],
-                    w: hw[1],
-                };
-                let out_shape = NodeShape::Map {
-                    c: o,
-                    h: conv.out_hw[0],
-                    w: conv.out_hw[1],
-                };
+                let in_shape = NodeShape::Map { c: ch, h: hw[0], w: hw[1] };
+                let out_shape = NodeShape::Map { c: o, h: conv.out_hw[0], w: conv.out_hw[1] };
                 (LayerKind::Conv(conv), in_shape, out_shape)
             }
         };
@@ -490,10 +416,7 @@ fn layer_by_layer(
     cands: &[Candidate],
     input: Option<NodeShape>,
 ) -> Result<Vec<Layer>> {
-    let graph = |reason: String| Error::Graph {
-        path: ck.path().to_path_buf(),
-        reason,
-    };
+    let graph = |reason: String| Error::Graph { path: ck.path().to_path_buf(), reason };
     let mut grid = match input {
         Some(NodeShape::Map { h, w, .. }) => Some([h, w]),
         _ => None,
@@ -502,31 +425,20 @@ fn layer_by_layer(
     for c in cands {
         let name = display_name(&c.weight);
         let (kind, in_shape, out_shape) = match dims(ck, layout, c)? {
-            Dims::Dense(o, i) => (
-                LayerKind::Dense {
-                    inputs: i,
-                    outputs: o,
-                },
-                NodeShape::Flat(i),
-                NodeShape::Flat(o),
-            ),
+            Dims::Dense(o, i) => (LayerKind::Dense { inputs: i, outputs: o }, NodeShape::Flat(i), NodeShape::Flat(o)),
             Dims::Conv(o, ci, kh, kw) => {
-                let hw = grid.ok_or_else(|| graph(format!("convolution `{name}` needs the input shape: give --input C,H,W or `input` in the spec")))?;
+                let hw = grid.ok_or_else(|| {
+                    graph(format!(
+                        "convolution `{name}` needs the input shape: give --input C,H,W or `input` in the spec"
+                    ))
+                })?;
                 let ch = ci * c.groups.unwrap_or(1);
                 let conv = make_conv(&name, c, (o, ci, kh, kw), ch, hw).map_err(graph)?;
                 grid = Some(conv.out_hw);
                 (
                     LayerKind::Conv(conv),
-                    NodeShape::Map {
-                        c: ch,
-                        h: hw[0],
-                        w: hw[1],
-                    },
-                    NodeShape::Map {
-                        c: o,
-                        h: conv.out_hw[0],
-                        w: conv.out_hw[1],
-                    },
+                    NodeShape::Map { c: ch, h: hw[0], w: hw[1] },
+                    NodeShape::Map { c: o, h: conv.out_hw[0], w: conv.out_hw[1] },
                 )
             }
         };
@@ -546,16 +458,8 @@ fn chain_node_sets(layers: &[Layer]) -> Vec<NodeSet> {
     let k = layers.len();
     (0..=k)
         .map(|i| NodeSet {
-            name: if i == 0 {
-                "input".into()
-            } else {
-                layers[i - 1].name.clone()
-            },
-            shape: if i == 0 {
-                layers[0].input
-            } else {
-                layers[i - 1].output
-            },
+            name: if i == 0 { "input".into() } else { layers[i - 1].name.clone() },
+            shape: if i == 0 { layers[0].input } else { layers[i - 1].output },
             in_layer: i.checked_sub(1),
             out_layer: (i < k).then_some(i),
         })
@@ -568,18 +472,8 @@ fn split_node_sets(layers: &[Layer]) -> Vec<NodeSet> {
         .enumerate()
         .flat_map(|(i, l)| {
             [
-                NodeSet {
-                    name: format!("{}:in", l.name),
-                    shape: l.input,
-                    in_layer: None,
-                    out_layer: Some(i),
-                },
-                NodeSet {
-                    name: format!("{}:out", l.name),
-                    shape: l.output,
-                    in_layer: Some(i),
-                    out_layer: None,
-                },
+                NodeSet { name: format!("{}:in", l.name), shape: l.input, in_layer: None, out_layer: Some(i) },
+                NodeSet { name: format!("{}:out", l.name), shape: l.output, in_layer: Some(i), out_layer: None },
             ]
         })
         .collect()

@@ -3,13 +3,16 @@
 mod cli;
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::Parser;
 
 use cntscope::checkpoint::{collect_checkpoints, Checkpoint};
-use cntscope::engine::{select_engine, AnalysisOptions, Device};
+use cntscope::engine::{select_engine, AnalysisOptions, CpuEngine, Engine, GpuContext, GpuEngine};
+use cntscope::graph::GraphOptions;
 use cntscope::graph::{LayerKind, Network};
 use cntscope::output::{atomic_write, num, write_csv, NODE_VALUES_HEADER};
 use cntscope::scan::{measure, scan, ScanOptions};
@@ -40,22 +43,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             inspect(&ck, &net, &mut std::io::stdout().lock())?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Nodes {
-            checkpoint,
-            graph,
-            device,
-            layer,
-            output,
-        } => {
+        Command::Nodes { checkpoint, graph, device, layer, output } => {
             let options = graph.options()?;
-            let engine = select_engine(device.device(), device.adapter.as_deref(), cores())?;
+            let size = checkpoint_bytes(&checkpoint);
+            let engine = select_engine(device.device(), device.adapter.as_deref(), cores(), size)?;
             if cli.verbose {
                 eprintln!("engine: {}", engine.name());
             }
-            let opts = AnalysisOptions {
-                keep_values: true,
-                ..AnalysisOptions::default()
-            };
+            let opts = AnalysisOptions { keep_values: true, ..AnalysisOptions::default() };
             let m = measure(&checkpoint, &options, engine.as_ref(), &opts)?;
             if let Some(reason) = &m.network.not_chain {
                 eprintln!("note: not a chain ({reason}); each layer's input and output side is its own node set");
@@ -63,43 +58,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let sets = &m.analysis.node_sets;
             if let Some(k) = layer {
                 if k >= sets.len() {
-                    bail!(
-                        "--layer {k}: the network has node layers 0..={}",
-                        sets.len() - 1
-                    );
+                    bail!("--layer {k}: the network has node layers 0..={}", sets.len() - 1);
                 }
             }
-            let rows = sets
-                .iter()
-                .enumerate()
-                .filter(|(k, _)| layer.is_none_or(|l| l == *k))
-                .flat_map(|(k, s)| {
-                    let v = s.values.as_ref().expect("values were asked for");
-                    (0..v.strength.len()).map(move |i| {
-                        vec![
-                            k.to_string(),
-                            i.to_string(),
-                            num(v.s_in[i]),
-                            num(v.s_out[i]),
-                            num(v.strength[i]),
-                        ]
-                    })
-                });
+            let rows = sets.iter().enumerate().filter(|(k, _)| layer.is_none_or(|l| l == *k)).flat_map(|(k, s)| {
+                let v = s.values.as_ref().expect("values were asked for");
+                (0..v.strength.len()).map(move |i| {
+                    vec![k.to_string(), i.to_string(), num(v.s_in[i]), num(v.s_out[i]), num(v.strength[i])]
+                })
+            });
             match output {
                 Some(path) => atomic_write(&path, |w| write_csv(w, &NODE_VALUES_HEADER, rows))?,
                 None => write_csv(std::io::stdout().lock(), &NODE_VALUES_HEADER, rows)?,
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Scan {
-            paths,
-            graph,
-            device,
-            output,
-            jobs,
-            bins,
-            resume,
-        } => {
+        Command::Scan { paths, graph, device, output, jobs, bins, resume } => {
             let opts = ScanOptions {
                 graph: graph.options()?,
                 analysis: cli::analysis_options(bins)?,
@@ -113,22 +87,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             // Few checkpoints: parallelism goes inside the layers instead.
             let threads = (opts.jobs / checkpoints.len()).max(1);
-            let engine = select_engine(device.device(), device.adapter.as_deref(), threads)?;
-            if cli.verbose || device.device() == Device::Gpu {
+            let largest = checkpoints.iter().map(|p| checkpoint_bytes(p)).max().unwrap_or(0);
+            let engine = select_engine(device.device(), device.adapter.as_deref(), threads, largest)?;
+            if cli.verbose {
                 eprintln!("engine: {}", engine.name());
             }
             let summary = scan(&checkpoints, &output, engine.as_ref(), &opts)?;
-            eprintln!(
-                "{} analysed, {} failed -> {}",
-                summary.analysed,
-                summary.failed,
-                output.display()
-            );
+            eprintln!("{} analysed, {} failed -> {}", summary.analysed, summary.failed, output.display());
             if summary.failed > 0 {
-                eprintln!(
-                    "failures are listed in {}",
-                    output.join("errors.csv").display()
-                );
+                eprintln!("failures are listed in {}", output.join("errors.csv").display());
             }
             Ok(ExitCode::from(match (summary.analysed, summary.failed) {
                 (_, 0) => 0,
@@ -136,50 +103,99 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 _ => 1,
             }))
         }
+        Command::Verify { paths, graph, adapter } => verify(&paths, &graph.options()?, adapter.as_deref(), cli.verbose),
     }
+}
+
+/// Bytes on disk of a checkpoint (a file, or the files of a directory).
+fn checkpoint_bytes(path: &Path) -> u64 {
+    if path.is_dir() {
+        std::fs::read_dir(path).map_or(0, |d| d.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum())
+    } else {
+        std::fs::metadata(path).map_or(0, |m| m.len())
+    }
+}
+
+/// Both engines on the same checkpoints; the largest deviation of the GPU
+/// from the CPU reference per node set, relative to the set's largest
+/// |strength| (SPEC section 7 allows 1e-5).
+fn verify(paths: &[PathBuf], graph: &GraphOptions, adapter: Option<&str>, verbose: bool) -> anyhow::Result<ExitCode> {
+    const TOLERANCE: f64 = 1e-5;
+    let checkpoints = collect_checkpoints(paths)?;
+    let cpu = CpuEngine::new(cores());
+    let gpu = GpuEngine::new(Arc::new(GpuContext::new(adapter)?));
+    eprintln!("engine: {}", gpu.name());
+    let opts = AnalysisOptions { keep_values: true, ..AnalysisOptions::default() };
+    let mut out = csv::Writer::from_writer(std::io::stdout().lock());
+    out.write_record([
+        "checkpoint",
+        "node_layer",
+        "node_set",
+        "nodes",
+        "max_abs_deviation",
+        "relative_deviation",
+        "within_tolerance",
+    ])?;
+    let (mut worst, mut failed) = (0.0f64, 0usize);
+    for path in &checkpoints {
+        let (a, b) = match (measure(path, graph, &cpu, &opts), measure(path, graph, &gpu, &opts)) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(e), _) | (_, Err(e)) => {
+                eprintln!("error: {e}");
+                failed += 1;
+                continue;
+            }
+        };
+        for (k, (sa, sb)) in a.analysis.node_sets.iter().zip(&b.analysis.node_sets).enumerate() {
+            let (va, vb) =
+                (&sa.values.as_ref().expect("asked for").strength, &sb.values.as_ref().expect("asked for").strength);
+            let scale = va.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(f64::MIN_POSITIVE);
+            let dev = va.iter().zip(vb).map(|(x, y)| (x - y).abs()).fold(0.0f64, f64::max);
+            let rel = dev / scale;
+            worst = worst.max(rel);
+            let row = [
+                path.display().to_string(),
+                k.to_string(),
+                sa.name.clone(),
+                va.len().to_string(),
+                num(dev),
+                num(rel),
+                (rel <= TOLERANCE).to_string(),
+            ];
+            out.write_record(&row)?;
+        }
+    }
+    out.flush()?;
+    if verbose || worst > TOLERANCE {
+        eprintln!("largest relative deviation: {worst:.3e} (tolerance {TOLERANCE:e})");
+    }
+    Ok(ExitCode::from(if failed == checkpoints.len() {
+        2
+    } else if worst > TOLERANCE || failed > 0 {
+        1
+    } else {
+        0
+    }))
 }
 
 fn inspect(ck: &Checkpoint, net: &Network, out: &mut impl Write) -> anyhow::Result<()> {
     let path = ck.path().display();
     writeln!(out, "checkpoint: {path}")?;
-    writeln!(
-        out,
-        "layout: {}, biases in s_in: {}",
-        net.layout,
-        if net.bias { "yes" } else { "no" }
-    )?;
+    writeln!(out, "layout: {}, biases in s_in: {}", net.layout, if net.bias { "yes" } else { "no" })?;
     if !ck.metadata().is_empty() {
-        let meta: Vec<String> = ck
-            .metadata()
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
+        let meta: Vec<String> = ck.metadata().iter().map(|(k, v)| format!("{k}={v}")).collect();
         writeln!(out, "metadata: {}", meta.join(", "))?;
     }
     writeln!(out, "node sets:")?;
     for (k, s) in net.node_sets.iter().enumerate() {
-        writeln!(
-            out,
-            "  V{k:<3} {:<24} {:>12}  {} nodes",
-            s.name,
-            s.shape.to_string(),
-            s.shape.count()
-        )?;
+        writeln!(out, "  V{k:<3} {:<24} {:>12}  {} nodes", s.name, s.shape.to_string(), s.shape.count())?;
     }
     writeln!(out, "layers:")?;
     for (i, l) in net.layers.iter().enumerate() {
         let shape = |t: &str| {
-            ck.shape(t)
-                .map(|s| format!("{t} {s:?}"))
-                .with_context(|| format!("{path}: tensor `{t}` not found"))
+            ck.shape(t).map(|s| format!("{t} {s:?}")).with_context(|| format!("{path}: tensor `{t}` not found"))
         };
-        let bias = l
-            .bias
-            .as_deref()
-            .map(shape)
-            .transpose()?
-            .map(|b| format!(" + {b}"))
-            .unwrap_or_default();
+        let bias = l.bias.as_deref().map(shape).transpose()?.map(|b| format!(" + {b}")).unwrap_or_default();
         let kind = match l.kind {
             LayerKind::Dense { .. } => "dense".to_string(),
             LayerKind::Conv(c) => {

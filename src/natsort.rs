@@ -15,11 +15,7 @@ pub fn natural_cmp(a: &str, b: &str) -> Ordering {
                 let (da, ra) = split_digits(a);
                 let (db, rb) = split_digits(b);
                 let (ta, tb) = (trim_zeros(da), trim_zeros(db));
-                let ord = ta
-                    .len()
-                    .cmp(&tb.len())
-                    .then_with(|| ta.cmp(tb))
-                    .then_with(|| da.len().cmp(&db.len()));
+                let ord = ta.len().cmp(&tb.len()).then_with(|| ta.cmp(tb)).then_with(|| da.len().cmp(&db.len()));
                 if ord != Ordering::Equal {
                     return ord;
                 }
@@ -51,23 +47,8 @@ mod tests {
 
     #[test]
     fn digit_runs_compare_as_numbers() {
-        let mut v = vec![
-            "layers.10.weight",
-            "layers.2.weight",
-            "layers.1.weight",
-            "head",
-            "layers.02.weight",
-        ];
+        let mut v = vec!["layers.10.weight", "layers.2.weight", "layers.1.weight", "head", "layers.02.weight"];
         v.sort_by(|a, b| natural_cmp(a, b));
-        assert_eq!(
-            v,
-            [
-                "head",
-                "layers.1.weight",
-                "layers.2.weight",
-                "layers.02.weight",
-                "layers.10.weight"
-            ]
-        );
+        assert_eq!(v, ["head", "layers.1.weight", "layers.2.weight", "layers.02.weight", "layers.10.weight"]);
     }
 }

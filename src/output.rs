@@ -53,16 +53,7 @@ pub const LINKS_HEADER: [&str; 17] = [
 ];
 
 /// Columns of `histograms.csv` (long format: one row per bin).
-pub const HISTOGRAMS_HEADER: [&str; 8] = [
-    "checkpoint",
-    "measure",
-    "index",
-    "name",
-    "bin",
-    "lo",
-    "hi",
-    "count",
-];
+pub const HISTOGRAMS_HEADER: [&str; 8] = ["checkpoint", "measure", "index", "name", "bin", "lo", "hi", "count"];
 
 /// Columns of `errors.csv`.
 pub const ERRORS_HEADER: [&str; 4] = ["checkpoint", "kind", "tensor", "message"];
@@ -73,22 +64,12 @@ pub fn num(x: f64) -> String {
 }
 
 fn moment_cells(m: &Moments) -> [String; 5] {
-    [
-        num(m.mean),
-        num(m.std()),
-        num(m.min),
-        num(m.max),
-        m.n.to_string(),
-    ]
+    [num(m.mean), num(m.std()), num(m.min), num(m.max), m.n.to_string()]
 }
 
 /// `nodes.csv` rows of one checkpoint (without metadata columns).
 pub fn node_rows(checkpoint: &str, a: &Analysis) -> Vec<Vec<String>> {
-    a.node_sets
-        .iter()
-        .enumerate()
-        .map(|(k, s)| node_row(checkpoint, k, s, a.not_chain.is_none()))
-        .collect()
+    a.node_sets.iter().enumerate().map(|(k, s)| node_row(checkpoint, k, s, a.not_chain.is_none())).collect()
 }
 
 fn node_row(checkpoint: &str, k: usize, s: &NodeSetResult, chain: bool) -> Vec<String> {
@@ -139,13 +120,7 @@ pub fn link_rows(checkpoint: &str, a: &Analysis) -> Vec<Vec<String>> {
                     let [mean, std, min, max, count] = moment_cells(b);
                     row.extend([count, mean, std, min, max]);
                 }
-                None => row.extend([
-                    "0".to_string(),
-                    String::new(),
-                    String::new(),
-                    String::new(),
-                    String::new(),
-                ]),
+                None => row.extend(["0".to_string(), String::new(), String::new(), String::new(), String::new()]),
             }
             row
         })
@@ -183,18 +158,9 @@ pub fn histogram_rows(checkpoint: &str, a: &Analysis) -> Vec<Vec<String>> {
 
 /// Writes `path` atomically: `write` fills a temporary file beside it,
 /// which is flushed, synced and renamed over `path`.
-pub fn atomic_write(
-    path: &Path,
-    write: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
-) -> Result<()> {
-    let err = |e: std::io::Error| Error::Output {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+pub fn atomic_write(path: &Path, write: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>) -> Result<()> {
+    let err = |e: std::io::Error| Error::Output { path: path.to_path_buf(), reason: e.to_string() };
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.tmp{}", std::process::id()));
     let result = (|| {
         let mut w = BufWriter::new(File::create(&tmp)?);

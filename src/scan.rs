@@ -59,20 +59,11 @@ pub struct Measured {
 }
 
 /// Opens, reads as a graph and measures one checkpoint.
-pub fn measure(
-    path: &Path,
-    graph: &GraphOptions,
-    engine: &dyn Engine,
-    opts: &AnalysisOptions,
-) -> Result<Measured> {
+pub fn measure(path: &Path, graph: &GraphOptions, engine: &dyn Engine, opts: &AnalysisOptions) -> Result<Measured> {
     let ck = Checkpoint::open(path)?;
     let network = Network::build(&ck, graph)?;
     let analysis = analyze(engine, &network, &ck, opts)?;
-    Ok(Measured {
-        metadata: ck.metadata().clone(),
-        network,
-        analysis,
-    })
+    Ok(Measured { metadata: ck.metadata().clone(), network, analysis })
 }
 
 /// One finished checkpoint, as a journal line.
@@ -92,13 +83,7 @@ struct Record {
     error: Option<[String; 3]>,
 }
 
-fn record(
-    id: &str,
-    path: &Path,
-    graph: &GraphOptions,
-    engine: &dyn Engine,
-    opts: &AnalysisOptions,
-) -> Record {
+fn record(id: &str, path: &Path, graph: &GraphOptions, engine: &dyn Engine, opts: &AnalysisOptions) -> Record {
     let empty = || Record {
         checkpoint: id.to_string(),
         metadata: BTreeMap::new(),
@@ -107,9 +92,7 @@ fn record(
         histograms: vec![],
         error: None,
     };
-    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        measure(path, graph, engine, opts)
-    }));
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| measure(path, graph, engine, opts)));
     match run {
         Ok(Ok(m)) => Record {
             nodes: output::node_rows(id, &m.analysis),
@@ -119,11 +102,7 @@ fn record(
             ..empty()
         },
         Ok(Err(e)) => Record {
-            error: Some([
-                e.kind().to_string(),
-                e.tensor().unwrap_or("").to_string(),
-                e.to_string(),
-            ]),
+            error: Some([e.kind().to_string(), e.tensor().unwrap_or("").to_string(), e.to_string()]),
             ..empty()
         },
         Err(panic) => {
@@ -147,10 +126,7 @@ fn record(
 /// Reads the journal's complete records; a torn last line (from a killed
 /// run) is cut off so appends continue cleanly.
 fn load_journal(path: &Path) -> Result<Vec<Record>> {
-    let io = |e: std::io::Error| Error::Output {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    };
+    let io = |e: std::io::Error| Error::Output { path: path.to_path_buf(), reason: e.to_string() };
     let Ok(file) = File::open(path) else {
         return Ok(vec![]);
     };
@@ -168,48 +144,25 @@ fn load_journal(path: &Path) -> Result<Vec<Record>> {
         }
         good_len += n as u64;
     }
-    OpenOptions::new()
-        .write(true)
-        .open(path)
-        .and_then(|f| f.set_len(good_len))
-        .map_err(io)?;
+    OpenOptions::new().write(true).open(path).and_then(|f| f.set_len(good_len)).map_err(io)?;
     Ok(records)
 }
 
 /// Scans checkpoints into `out_dir`: `nodes.csv`, `links.csv`,
 /// `histograms.csv`, `errors.csv` (and the journal they are rendered from).
-pub fn scan(
-    checkpoints: &[PathBuf],
-    out_dir: &Path,
-    engine: &dyn Engine,
-    opts: &ScanOptions,
-) -> Result<ScanSummary> {
-    let out_err = |e: std::io::Error| Error::Output {
-        path: out_dir.to_path_buf(),
-        reason: e.to_string(),
-    };
+pub fn scan(checkpoints: &[PathBuf], out_dir: &Path, engine: &dyn Engine, opts: &ScanOptions) -> Result<ScanSummary> {
+    let out_err = |e: std::io::Error| Error::Output { path: out_dir.to_path_buf(), reason: e.to_string() };
     std::fs::create_dir_all(out_dir).map_err(out_err)?;
     let journal_path = out_dir.join(JOURNAL);
-    let ids: Vec<String> = checkpoints
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect();
+    let ids: Vec<String> = checkpoints.iter().map(|p| p.display().to_string()).collect();
     let done: BTreeSet<String> = if opts.resume {
-        load_journal(&journal_path)?
-            .into_iter()
-            .map(|r| r.checkpoint)
-            .collect()
+        load_journal(&journal_path)?.into_iter().map(|r| r.checkpoint).collect()
     } else {
         File::create(&journal_path).map_err(out_err)?;
         BTreeSet::new()
     };
-    let todo: Vec<usize> = (0..checkpoints.len())
-        .filter(|&i| !done.contains(&ids[i]))
-        .collect();
-    let mut journal = OpenOptions::new()
-        .append(true)
-        .open(&journal_path)
-        .map_err(out_err)?;
+    let todo: Vec<usize> = (0..checkpoints.len()).filter(|&i| !done.contains(&ids[i])).collect();
+    let mut journal = OpenOptions::new().append(true).open(&journal_path).map_err(out_err)?;
 
     let next = AtomicUsize::new(0);
     let workers = opts.jobs.clamp(1, todo.len().max(1));
@@ -224,16 +177,7 @@ pub fn scan(
                 let Some(&i) = todo.get(next.fetch_add(1, Ordering::Relaxed)) else {
                     break;
                 };
-                if tx
-                    .send(record(
-                        &ids[i],
-                        &checkpoints[i],
-                        &opts.graph,
-                        engine,
-                        &opts.analysis,
-                    ))
-                    .is_err()
-                {
+                if tx.send(record(&ids[i], &checkpoints[i], &opts.graph, engine, &opts.analysis)).is_err() {
                     break;
                 }
             });
@@ -260,45 +204,22 @@ pub fn scan(
 /// Renders the tables from the journal, in input order, with the union of
 /// all checkpoints' metadata keys as trailing columns.
 fn render(journal_path: &Path, ids: &[String], out_dir: &Path) -> Result<ScanSummary> {
-    let mut by_id: HashMap<String, Record> = load_journal(journal_path)?
-        .into_iter()
-        .map(|r| (r.checkpoint.clone(), r))
-        .collect();
+    let mut by_id: HashMap<String, Record> =
+        load_journal(journal_path)?.into_iter().map(|r| (r.checkpoint.clone(), r)).collect();
     let ordered: Vec<Record> = ids.iter().filter_map(|id| by_id.remove(id)).collect();
-    let keys: BTreeSet<&str> = ordered
-        .iter()
-        .flat_map(|r| r.metadata.keys().map(String::as_str))
-        .collect();
-    let taken: BTreeSet<&str> = output::NODES_HEADER
-        .iter()
-        .chain(&output::LINKS_HEADER)
-        .copied()
-        .collect();
-    let meta_cols: Vec<String> = keys
-        .iter()
-        .map(|k| {
-            if taken.contains(k) {
-                format!("meta_{k}")
-            } else {
-                k.to_string()
-            }
-        })
-        .collect();
+    let keys: BTreeSet<&str> = ordered.iter().flat_map(|r| r.metadata.keys().map(String::as_str)).collect();
+    let taken: BTreeSet<&str> = output::NODES_HEADER.iter().chain(&output::LINKS_HEADER).copied().collect();
+    let meta_cols: Vec<String> =
+        keys.iter().map(|k| if taken.contains(k) { format!("meta_{k}") } else { k.to_string() }).collect();
     let header = |base: &[&'static str]| -> Vec<String> {
-        base.iter()
-            .map(|s| s.to_string())
-            .chain(meta_cols.iter().cloned())
-            .collect()
+        base.iter().map(|s| s.to_string()).chain(meta_cols.iter().cloned()).collect()
     };
     let with_meta = |rows: &[Vec<String>], r: &Record| -> Vec<Vec<String>> {
         rows.iter()
             .map(|row| {
                 row.iter()
                     .cloned()
-                    .chain(
-                        keys.iter()
-                            .map(|k| r.metadata.get(*k).cloned().unwrap_or_default()),
-                    )
+                    .chain(keys.iter().map(|k| r.metadata.get(*k).cloned().unwrap_or_default()))
                     .collect()
             })
             .collect()
@@ -306,42 +227,20 @@ fn render(journal_path: &Path, ids: &[String], out_dir: &Path) -> Result<ScanSum
     let nodes_header = header(&output::NODES_HEADER);
     let links_header = header(&output::LINKS_HEADER);
     atomic_write(&out_dir.join("nodes.csv"), |w| {
-        write_csv(
-            w,
-            &nodes_header,
-            ordered.iter().flat_map(|r| with_meta(&r.nodes, r)),
-        )
+        write_csv(w, &nodes_header, ordered.iter().flat_map(|r| with_meta(&r.nodes, r)))
     })?;
     atomic_write(&out_dir.join("links.csv"), |w| {
-        write_csv(
-            w,
-            &links_header,
-            ordered.iter().flat_map(|r| with_meta(&r.links, r)),
-        )
+        write_csv(w, &links_header, ordered.iter().flat_map(|r| with_meta(&r.links, r)))
     })?;
     atomic_write(&out_dir.join("histograms.csv"), |w| {
-        write_csv(
-            w,
-            &output::HISTOGRAMS_HEADER,
-            ordered.iter().flat_map(|r| r.histograms.iter().cloned()),
-        )
+        write_csv(w, &output::HISTOGRAMS_HEADER, ordered.iter().flat_map(|r| r.histograms.iter().cloned()))
     })?;
     let errors = ordered.iter().filter_map(|r| {
-        r.error.as_ref().map(|[kind, tensor, msg]| {
-            vec![
-                r.checkpoint.clone(),
-                kind.clone(),
-                tensor.clone(),
-                msg.clone(),
-            ]
-        })
+        r.error
+            .as_ref()
+            .map(|[kind, tensor, msg]| vec![r.checkpoint.clone(), kind.clone(), tensor.clone(), msg.clone()])
     });
-    atomic_write(&out_dir.join("errors.csv"), |w| {
-        write_csv(w, &output::ERRORS_HEADER, errors)
-    })?;
+    atomic_write(&out_dir.join("errors.csv"), |w| write_csv(w, &output::ERRORS_HEADER, errors))?;
     let failed = ordered.iter().filter(|r| r.error.is_some()).count();
-    Ok(ScanSummary {
-        analysed: ordered.len() - failed,
-        failed,
-    })
+    Ok(ScanSummary { analysed: ordered.len() - failed, failed })
 }

@@ -81,23 +81,16 @@ pub struct Spec {
 impl Spec {
     /// Parses spec text; `path` is only used in error messages.
     pub fn parse(text: &str, path: &Path) -> Result<Self> {
-        let spec: Spec = toml::from_str(text).map_err(|e| Error::Spec {
-            path: path.to_path_buf(),
-            reason: e.to_string().trim_end().to_string(),
-        })?;
+        let spec: Spec = toml::from_str(text)
+            .map_err(|e| Error::Spec { path: path.to_path_buf(), reason: e.to_string().trim_end().to_string() })?;
         if spec.layers.is_empty() {
-            return Err(Error::Spec {
-                path: path.to_path_buf(),
-                reason: "no [[layers]] listed".into(),
-            });
+            return Err(Error::Spec { path: path.to_path_buf(), reason: "no [[layers]] listed".into() });
         }
         if let Some(input) = &spec.input {
             if !matches!(input.len(), 1 | 3) || input.contains(&0) {
                 return Err(Error::Spec {
                     path: path.to_path_buf(),
-                    reason: format!(
-                        "input must be [C, H, W] or [features] with positive sizes, got {input:?}"
-                    ),
+                    reason: format!("input must be [C, H, W] or [features] with positive sizes, got {input:?}"),
                 });
             }
         }
@@ -123,10 +116,8 @@ impl Spec {
 
     /// Reads and parses a spec file.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Spec {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Spec { path: path.to_path_buf(), reason: e.to_string() })?;
         Self::parse(&text, path)
     }
 }
@@ -138,16 +129,15 @@ mod tests {
     #[test]
     fn unknown_key_names_key_and_line() {
         let text = "input = [4]\n\n[[layers]]\nweight = \"a.weight\"\nstrides = 2\n";
-        let err = Spec::parse(text, Path::new("s.toml"))
-            .unwrap_err()
-            .to_string();
+        let err = Spec::parse(text, Path::new("s.toml")).unwrap_err().to_string();
         assert!(err.contains("strides"), "{err}");
         assert!(err.contains("line 5"), "{err}");
     }
 
     #[test]
     fn pairs_and_defaults() {
-        let text = "input = [3, 8, 8]\nlayout = \"keras\"\n[[layers]]\nweight = \"c/kernel\"\nstride = [2, 1]\npadding = 1\n";
+        let text =
+            "input = [3, 8, 8]\nlayout = \"keras\"\n[[layers]]\nweight = \"c/kernel\"\nstride = [2, 1]\npadding = 1\n";
         let spec = Spec::parse(text, Path::new("s.toml")).unwrap();
         assert_eq!(spec.layout, Some(Layout::Keras));
         assert_eq!(spec.layers[0].stride.unwrap().hw(), [2, 1]);

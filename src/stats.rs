@@ -29,15 +29,7 @@ pub struct Moments {
 
 impl Default for Moments {
     fn default() -> Self {
-        Moments {
-            n: 0,
-            mean: 0.0,
-            m2: 0.0,
-            m3: 0.0,
-            m4: 0.0,
-            min: f64::INFINITY,
-            max: f64::NEG_INFINITY,
-        }
+        Moments { n: 0, mean: 0.0, m2: 0.0, m3: 0.0, m4: 0.0, min: f64::INFINITY, max: f64::NEG_INFINITY }
     }
 }
 
@@ -68,15 +60,7 @@ impl Moments {
             min = min.min(x);
             max = max.max(x);
         }
-        Moments {
-            n: xs.len() as u64,
-            mean,
-            m2,
-            m3,
-            m4,
-            min,
-            max,
-        }
+        Moments { n: xs.len() as u64, mean, m2, m3, m4, min, max }
     }
 
     /// Folds `other` into `self` as if both samples had been one.
@@ -94,10 +78,7 @@ impl Moments {
         let d_n = d / n;
         let d2 = d * d;
         let m2 = self.m2 + other.m2 + d2 * na * nb / n;
-        let m3 = self.m3
-            + other.m3
-            + d2 * d_n * na * nb * (na - nb) / n
-            + 3.0 * d_n * (na * other.m2 - nb * self.m2);
+        let m3 = self.m3 + other.m3 + d2 * d_n * na * nb * (na - nb) / n + 3.0 * d_n * (na * other.m2 - nb * self.m2);
         let m4 = self.m4
             + other.m4
             + d2 * d_n * d_n * na * nb * (na * na - na * nb + nb * nb) / n
@@ -173,11 +154,7 @@ impl Histogram {
         } else {
             (0.0, 1.0)
         };
-        Histogram {
-            lo,
-            hi,
-            counts: vec![0; bins.max(1)],
-        }
+        Histogram { lo, hi, counts: vec![0; bins.max(1)] }
     }
 
     /// Bin index of `x`, or `None` outside `[lo, hi]` (and for NaN).
@@ -203,9 +180,7 @@ impl Histogram {
     /// Edges `lo + i (hi - lo) / bins`, `i = 0..=bins`.
     pub fn edges(&self) -> Vec<f64> {
         let bins = self.counts.len();
-        (0..=bins)
-            .map(|i| self.lo + (self.hi - self.lo) * i as f64 / bins as f64)
-            .collect()
+        (0..=bins).map(|i| self.lo + (self.hi - self.lo) * i as f64 / bins as f64).collect()
     }
 }
 
@@ -215,21 +190,14 @@ mod tests {
 
     #[test]
     fn merge_equals_whole() {
-        let xs: Vec<f64> = (0..1001)
-            .map(|i| ((i * 7919) % 1000) as f64 * 0.013 - 3.0 + (i as f64).sin())
-            .collect();
+        let xs: Vec<f64> = (0..1001).map(|i| ((i * 7919) % 1000) as f64 * 0.013 - 3.0 + (i as f64).sin()).collect();
         let whole = Moments::from_slice(&xs);
         let mut merged = Moments::default();
         for chunk in xs.chunks(37) {
             merged.merge(&Moments::from_slice(chunk));
         }
         assert_eq!(whole.n, merged.n);
-        for (a, b) in [
-            (whole.mean, merged.mean),
-            (whole.m2, merged.m2),
-            (whole.m3, merged.m3),
-            (whole.m4, merged.m4),
-        ] {
+        for (a, b) in [(whole.mean, merged.mean), (whole.m2, merged.m2), (whole.m3, merged.m3), (whole.m4, merged.m4)] {
             assert!((a - b).abs() <= 1e-9 * a.abs().max(1.0), "{a} vs {b}");
         }
         assert_eq!((whole.min, whole.max), (merged.min, merged.max));

@@ -10,28 +10,18 @@ use cntscope::checkpoint::DType;
 use common::{values, write_st, T};
 
 fn cntscope(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cntscope"))
-        .args(args)
-        .output()
-        .expect("runs cntscope")
+    Command::new(env!("CARGO_BIN_EXE_cntscope")).args(args).output().expect("runs cntscope")
 }
 
 fn text(o: &Output) -> String {
-    format!(
-        "stdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    format!("stdout:\n{}\nstderr:\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
 /// Reads a CSV file as header + rows.
 fn csv(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
     let mut r = csv::Reader::from_path(path).unwrap();
     let header = r.headers().unwrap().iter().map(String::from).collect();
-    let rows = r
-        .records()
-        .map(|rec| rec.unwrap().iter().map(String::from).collect())
-        .collect();
+    let rows = r.records().map(|rec| rec.unwrap().iter().map(String::from).collect()).collect();
     (header, rows)
 }
 
@@ -59,37 +49,21 @@ fn nodes_csv_contract_and_options() {
     let out = String::from_utf8(o.stdout).unwrap();
     let mut lines = out.lines();
     assert_eq!(lines.next(), Some("node_layer,node,s_in,s_out,strength"));
-    let rows: Vec<Vec<f64>> = lines
-        .map(|l| l.split(',').map(|x| x.parse().unwrap()).collect())
-        .collect();
+    let rows: Vec<Vec<f64>> = lines.map(|l| l.split(',').map(|x| x.parse().unwrap()).collect()).collect();
     assert_eq!(rows.len(), 6 + 5 + 3);
     // Output node 0 of layer 2: s_in = row sum + bias, by hand.
-    let w2 = values(15, 3)
-        .into_iter()
-        .map(|x| x as f32 as f64)
-        .collect::<Vec<_>>();
+    let w2 = values(15, 3).into_iter().map(|x| x as f32 as f64).collect::<Vec<_>>();
     let b2 = values(3, 4)[0] as f32 as f64;
     let want = w2[..5].iter().sum::<f64>() + b2;
     let row = rows.iter().find(|r| r[0] == 2.0 && r[1] == 0.0).unwrap();
-    assert!(
-        (row[2] - want).abs() < 1e-9 && row[3] == 0.0 && row[4] == row[2],
-        "{row:?} vs {want}"
-    );
+    assert!((row[2] - want).abs() < 1e-9 && row[3] == 0.0 && row[4] == row[2], "{row:?} vs {want}");
     for r in &rows {
         assert!((r[2] + r[3] - r[4]).abs() < 1e-12);
     }
 
     // --layer and --no-bias, written to a file.
     let file = dir.path().join("v2.csv");
-    let o = cntscope(&[
-        "nodes",
-        ck.to_str().unwrap(),
-        "--layer",
-        "2",
-        "--no-bias",
-        "-o",
-        file.to_str().unwrap(),
-    ]);
+    let o = cntscope(&["nodes", ck.to_str().unwrap(), "--layer", "2", "--no-bias", "-o", file.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
     let (header, rows) = csv(&file);
     assert_eq!(header, ["node_layer", "node", "s_in", "s_out", "strength"]);
@@ -109,65 +83,28 @@ fn scan_records_failures_and_keeps_going() {
     mlp(&data.join("a_2.safetensors"), 10, "0.91");
     mlp(&data.join("a_10.safetensors"), 20, "0.42");
     mlp(&data.join("run/b.safetensors"), 30, "0.77");
-    std::fs::write(
-        data.join("broken.safetensors"),
-        b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":",
-    )
-    .unwrap();
+    std::fs::write(data.join("broken.safetensors"), b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":").unwrap();
     let mut nan = values(30, 5);
     nan[3] = f64::NAN;
-    write_st(
-        &data.join("diverged.safetensors"),
-        &[T::f32("net.0.weight", &[5, 6], nan)],
-        &[("accuracy", "0.1")],
-    );
+    write_st(&data.join("diverged.safetensors"), &[T::f32("net.0.weight", &[5, 6], nan)], &[("accuracy", "0.1")]);
     std::fs::write(data.join("notes.txt"), "not a checkpoint").unwrap();
 
     let out = dir.path().join("out");
-    let o = cntscope(&[
-        "scan",
-        data.to_str().unwrap(),
-        "--device",
-        "cpu",
-        "-o",
-        out.to_str().unwrap(),
-    ]);
+    let o = cntscope(&["scan", data.to_str().unwrap(), "--device", "cpu", "-o", out.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
 
     let (header, rows) = csv(&out.join("nodes.csv"));
-    assert_eq!(
-        &header[..5],
-        [
-            "checkpoint",
-            "node_layer",
-            "nodes",
-            "strength_mean",
-            "fluctuation"
-        ]
-    );
-    assert!(
-        header.contains(&"accuracy".to_string()) && header.contains(&"seed".to_string()),
-        "{header:?}"
-    );
+    assert_eq!(&header[..5], ["checkpoint", "node_layer", "nodes", "strength_mean", "fluctuation"]);
+    assert!(header.contains(&"accuracy".to_string()) && header.contains(&"seed".to_string()), "{header:?}");
     let acc = header.iter().position(|h| h == "accuracy").unwrap();
     // Three good MLPs x three node sets, in natural order of paths.
     assert_eq!(rows.len(), 9);
-    let order: Vec<&str> = rows
-        .iter()
-        .step_by(3)
-        .map(|r| r[0].rsplit('/').next().unwrap())
-        .collect();
-    assert_eq!(
-        order,
-        ["a_2.safetensors", "a_10.safetensors", "b.safetensors"]
-    );
+    let order: Vec<&str> = rows.iter().step_by(3).map(|r| r[0].rsplit('/').next().unwrap()).collect();
+    assert_eq!(order, ["a_2.safetensors", "a_10.safetensors", "b.safetensors"]);
     assert_eq!(rows[0][acc], "0.91");
 
     // Fluctuation of V0 of a_2: std (ddof 0) of the column sums of net.0.weight.
-    let w = values(30, 10)
-        .into_iter()
-        .map(|x| x as f32 as f64)
-        .collect::<Vec<_>>();
+    let w = values(30, 10).into_iter().map(|x| x as f32 as f64).collect::<Vec<_>>();
     let cols: Vec<f64> = (0..6).map(|i| (0..5).map(|j| w[j * 6 + i]).sum()).collect();
     let mean = cols.iter().sum::<f64>() / 6.0;
     let std = (cols.iter().map(|c| (c - mean).powi(2)).sum::<f64>() / 6.0).sqrt();
@@ -182,18 +119,9 @@ fn scan_records_failures_and_keeps_going() {
     let (eh, errors) = csv(&out.join("errors.csv"));
     assert_eq!(eh, ["checkpoint", "kind", "tensor", "message"]);
     assert_eq!(errors.len(), 2, "{errors:?}");
-    let diverged = errors
-        .iter()
-        .find(|e| e[0].ends_with("diverged.safetensors"))
-        .unwrap();
-    assert_eq!(
-        (diverged[1].as_str(), diverged[2].as_str()),
-        ("non_finite", "net.0.weight")
-    );
-    let broken = errors
-        .iter()
-        .find(|e| e[0].ends_with("broken.safetensors"))
-        .unwrap();
+    let diverged = errors.iter().find(|e| e[0].ends_with("diverged.safetensors")).unwrap();
+    assert_eq!((diverged[1].as_str(), diverged[2].as_str()), ("non_finite", "net.0.weight"));
+    let broken = errors.iter().find(|e| e[0].ends_with("broken.safetensors")).unwrap();
     assert_eq!(broken[1], "malformed");
     assert!(broken[3].contains("broken.safetensors"), "{broken:?}");
 }
@@ -208,10 +136,7 @@ fn exit_codes() {
     assert_eq!(o.status.code(), Some(2), "nothing analysed: {}", text(&o));
     let o = cntscope(&["scan", "-o", out.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2), "missing paths is bad usage");
-    let o = cntscope(&[
-        "nodes",
-        dir.path().join("missing.safetensors").to_str().unwrap(),
-    ]);
+    let o = cntscope(&["nodes", dir.path().join("missing.safetensors").to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
     let o = cntscope(&["inspect", bad.to_str().unwrap(), "--input", "3,x"]);
     assert_eq!(o.status.code(), Some(2));
@@ -228,18 +153,12 @@ fn sharded_checkpoint_equals_single_file() {
     let meta = [("accuracy", "0.8"), ("seed", "7")];
     write_st(
         &sharded.join("model-00001-of-00002.safetensors"),
-        &[
-            T::f32("net.0.weight", &[5, 6], values(30, 7)),
-            T::f32("net.0.bias", &[5], values(5, 8)),
-        ],
+        &[T::f32("net.0.weight", &[5, 6], values(30, 7)), T::f32("net.0.bias", &[5], values(5, 8))],
         &meta,
     );
     write_st(
         &sharded.join("model-00002-of-00002.safetensors"),
-        &[
-            T::f32("net.2.weight", &[3, 5], values(15, 9)),
-            T::f32("net.2.bias", &[3], values(3, 10)),
-        ],
+        &[T::f32("net.2.weight", &[3, 5], values(15, 9)), T::f32("net.2.bias", &[3], values(3, 10))],
         &meta,
     );
     let index = r#"{"metadata": {"total_size": 216}, "weight_map": {
@@ -248,26 +167,15 @@ fn sharded_checkpoint_equals_single_file() {
     std::fs::write(sharded.join("model.safetensors.index.json"), index).unwrap();
     let a = cntscope(&["nodes", single.to_str().unwrap()]);
     let b = cntscope(&["nodes", sharded.to_str().unwrap()]);
-    assert!(
-        a.status.success() && b.status.success(),
-        "{}\n{}",
-        text(&a),
-        text(&b)
-    );
+    assert!(a.status.success() && b.status.success(), "{}\n{}", text(&a), text(&b));
     assert_eq!(a.stdout, b.stdout);
 
     // A scan of the parent sees the sharded directory as one checkpoint.
     let out = dir.path().join("out");
-    let o = cntscope(&[
-        "scan",
-        dir.path().to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-    ]);
+    let o = cntscope(&["scan", dir.path().to_str().unwrap(), "-o", out.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
     let (header, rows) = csv(&out.join("nodes.csv"));
-    let checkpoints: std::collections::BTreeSet<&str> =
-        rows.iter().map(|r| r[0].as_str()).collect();
+    let checkpoints: std::collections::BTreeSet<&str> = rows.iter().map(|r| r[0].as_str()).collect();
     assert_eq!(checkpoints.len(), 2, "{checkpoints:?}");
     assert!(header.contains(&"total_size".to_string()));
 }
@@ -278,21 +186,10 @@ fn resume_after_interruption_gives_identical_output() {
     let data = dir.path().join("zoo");
     std::fs::create_dir(&data).unwrap();
     for i in 0..6 {
-        mlp(
-            &data.join(format!("m{i}.safetensors")),
-            100 + i,
-            &format!("0.{i}"),
-        );
+        mlp(&data.join(format!("m{i}.safetensors")), 100 + i, &format!("0.{i}"));
     }
     let full = dir.path().join("full");
-    let o = cntscope(&[
-        "scan",
-        data.to_str().unwrap(),
-        "-o",
-        full.to_str().unwrap(),
-        "--jobs",
-        "2",
-    ]);
+    let o = cntscope(&["scan", data.to_str().unwrap(), "-o", full.to_str().unwrap(), "--jobs", "2"]);
     assert!(o.status.success(), "{}", text(&o));
 
     // Simulate a kill after two checkpoints: journal with two records and a
@@ -301,20 +198,9 @@ fn resume_after_interruption_gives_identical_output() {
     std::fs::create_dir(&part).unwrap();
     let journal = std::fs::read_to_string(full.join("journal.jsonl")).unwrap();
     let lines: Vec<&str> = journal.lines().collect();
-    let torn = format!(
-        "{}\n{}\n{}",
-        lines[0],
-        lines[1],
-        &lines[2][..lines[2].len() / 2]
-    );
+    let torn = format!("{}\n{}\n{}", lines[0], lines[1], &lines[2][..lines[2].len() / 2]);
     std::fs::write(part.join("journal.jsonl"), torn).unwrap();
-    let o = cntscope(&[
-        "scan",
-        data.to_str().unwrap(),
-        "-o",
-        part.to_str().unwrap(),
-        "--resume",
-    ]);
+    let o = cntscope(&["scan", data.to_str().unwrap(), "-o", part.to_str().unwrap(), "--resume"]);
     assert!(o.status.success(), "{}", text(&o));
     for table in ["nodes.csv", "links.csv", "histograms.csv", "errors.csv"] {
         assert_eq!(
@@ -323,13 +209,7 @@ fn resume_after_interruption_gives_identical_output() {
             "{table} differs after resume"
         );
     }
-    assert_eq!(
-        std::fs::read_to_string(part.join("journal.jsonl"))
-            .unwrap()
-            .lines()
-            .count(),
-        6
-    );
+    assert_eq!(std::fs::read_to_string(part.join("journal.jsonl")).unwrap().lines().count(), 6);
 }
 
 #[test]
@@ -339,52 +219,22 @@ fn inspect_and_globs_and_dtypes() {
     write_st(
         &ck,
         &[
-            T {
-                name: "features.0.weight",
-                dtype: DType::F16,
-                shape: vec![4, 3, 3, 3],
-                values: values(108, 1),
-            },
-            T {
-                name: "features.0.bias",
-                dtype: DType::F16,
-                shape: vec![4],
-                values: values(4, 2),
-            },
-            T {
-                name: "head.weight",
-                dtype: DType::BF16,
-                shape: vec![2, 4 * 6 * 6],
-                values: values(288, 3),
-            },
+            T { name: "features.0.weight", dtype: DType::F16, shape: vec![4, 3, 3, 3], values: values(108, 1) },
+            T { name: "features.0.bias", dtype: DType::F16, shape: vec![4], values: values(4, 2) },
+            T { name: "head.weight", dtype: DType::BF16, shape: vec![2, 4 * 6 * 6], values: values(288, 3) },
         ],
         &[("epoch", "3")],
     );
     let o = cntscope(&["inspect", ck.to_str().unwrap(), "--input", "3,8,8"]);
     assert!(o.status.success(), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
-    for want in [
-        "V0",
-        "3x8x8",
-        "4x6x6",
-        "conv2d 3x3",
-        "features.0.weight [4, 3, 3, 3]",
-        "head",
-        "epoch=3",
-    ] {
+    for want in ["V0", "3x8x8", "4x6x6", "conv2d 3x3", "features.0.weight [4, 3, 3, 3]", "head", "epoch=3"] {
         assert!(out.contains(want), "inspect lacks `{want}`:\n{out}");
     }
     assert!(!out.contains("not a chain"));
     let pattern = format!("{}/*.safetensors", dir.path().display());
     let out_dir = dir.path().join("out");
-    let o = cntscope(&[
-        "scan",
-        &pattern,
-        "--input",
-        "3,8,8",
-        "-o",
-        out_dir.to_str().unwrap(),
-    ]);
+    let o = cntscope(&["scan", &pattern, "--input", "3,8,8", "-o", out_dir.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
     let (_, rows) = csv(&out_dir.join("nodes.csv"));
     assert_eq!(rows.len(), 3);

@@ -15,14 +15,7 @@ use common::{write_st, T};
 fn good_bytes() -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("g.safetensors");
-    write_st(
-        &p,
-        &[
-            T::f32("a.weight", &[3, 4], vec![0.5; 12]),
-            T::f32("a.bias", &[3], vec![0.1; 3]),
-        ],
-        &[],
-    );
+    write_st(&p, &[T::f32("a.weight", &[3, 4], vec![0.5; 12]), T::f32("a.bias", &[3], vec![0.1; 3])], &[]);
     std::fs::read(p).unwrap()
 }
 
@@ -41,26 +34,15 @@ fn error_of(bytes: &[u8]) -> (String, std::path::PathBuf, tempfile::TempDir) {
     std::fs::write(&path, bytes).unwrap();
     let result = Checkpoint::open(&path).and_then(|ck| {
         let net = Network::build(&ck, &GraphOptions::default())?;
-        analyze(
-            &CpuEngine::default(),
-            &net,
-            &ck,
-            &AnalysisOptions::default(),
-        )
-        .map(|_| ())
+        analyze(&CpuEngine::default(), &net, &ck, &AnalysisOptions::default()).map(|_| ())
     });
-    let msg = result
-        .expect_err("malformed input must be an error")
-        .to_string();
+    let msg = result.expect_err("malformed input must be an error").to_string();
     (msg, path, dir)
 }
 
 #[track_caller]
 fn assert_names(msg: &str, path: &Path, parts: &[&str]) {
-    assert!(
-        msg.contains(&path.display().to_string()),
-        "error does not name the file: {msg}"
-    );
+    assert!(msg.contains(&path.display().to_string()), "error does not name the file: {msg}");
     for p in parts {
         assert!(msg.contains(p), "error does not mention `{p}`: {msg}");
     }
@@ -132,13 +114,7 @@ fn unsupported_dtype_elsewhere_is_ignored() {
     std::fs::write(&path, with_header(header, 24)).unwrap();
     let ck = Checkpoint::open(&path).unwrap();
     let net = Network::build(&ck, &GraphOptions::default()).unwrap();
-    analyze(
-        &CpuEngine::default(),
-        &net,
-        &ck,
-        &AnalysisOptions::default(),
-    )
-    .unwrap();
+    analyze(&CpuEngine::default(), &net, &ck, &AnalysisOptions::default()).unwrap();
 }
 
 #[test]
@@ -153,28 +129,14 @@ fn non_finite_weights_name_tensor() {
             &path,
             &[
                 T::f32("a.weight", &[3, 4], w),
-                T {
-                    name: "a.bias",
-                    dtype: DType::F16,
-                    shape: vec![3],
-                    values: vec![0.0; 3],
-                },
+                T { name: "a.bias", dtype: DType::F16, shape: vec![3], values: vec![0.0; 3] },
             ],
             &[],
         );
         let ck = Checkpoint::open(&path).unwrap();
         let net = Network::build(&ck, &GraphOptions::default()).unwrap();
-        let err = analyze(
-            &CpuEngine::default(),
-            &net,
-            &ck,
-            &AnalysisOptions::default(),
-        )
-        .unwrap_err();
-        assert!(
-            matches!(err, Error::NonFinite { count: 2, .. }),
-            "{what}: {err}"
-        );
+        let err = analyze(&CpuEngine::default(), &net, &ck, &AnalysisOptions::default()).unwrap_err();
+        assert!(matches!(err, Error::NonFinite { count: 2, .. }), "{what}: {err}");
         assert_names(&err.to_string(), &path, &["a.weight", "2 non-finite"]);
     }
 }
@@ -185,10 +147,7 @@ fn shape_that_breaks_the_chain_names_both_layers() {
     let path = dir.path().join("m.safetensors");
     write_st(
         &path,
-        &[
-            T::f32("first.weight", &[5, 4], vec![0.1; 20]),
-            T::f32("second.weight", &[3, 6], vec![0.1; 18]),
-        ],
+        &[T::f32("first.weight", &[5, 4], vec![0.1; 20]), T::f32("second.weight", &[3, 6], vec![0.1; 18])],
         &[],
     );
     let ck = Checkpoint::open(&path).unwrap();
@@ -197,65 +156,27 @@ fn shape_that_breaks_the_chain_names_both_layers() {
         Path::new("s.toml"),
     )
     .unwrap();
-    let err = Network::build(
-        &ck,
-        &GraphOptions {
-            spec: Some(spec),
-            ..Default::default()
-        },
-    )
-    .unwrap_err()
-    .to_string();
+    let err = Network::build(&ck, &GraphOptions { spec: Some(spec), ..Default::default() }).unwrap_err().to_string();
     assert_names(&err, &path, &["first", "second"]);
     // Without a spec, discovery falls back to layer-by-layer analysis.
     let net = Network::build(&ck, &GraphOptions::default()).unwrap();
     assert!(!net.is_chain());
     assert_eq!(net.node_sets.len(), 4);
-    let a = analyze(
-        &CpuEngine::default(),
-        &net,
-        &ck,
-        &AnalysisOptions::default(),
-    )
-    .unwrap();
+    let a = analyze(&CpuEngine::default(), &net, &ck, &AnalysisOptions::default()).unwrap();
     assert_eq!(a.node_sets[0].strength.n, 4);
-    assert!(
-        (a.node_sets[0].strength.mean - 0.5).abs() < 1e-6,
-        "out-strength of first's inputs is 5 x 0.1"
-    );
+    assert!((a.node_sets[0].strength.mean - 0.5).abs() < 1e-6, "out-strength of first's inputs is 5 x 0.1");
 }
 
 #[test]
 fn bad_bias_shape_and_missing_tensor() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("b.safetensors");
-    write_st(
-        &path,
-        &[
-            T::f32("a.weight", &[3, 4], vec![0.1; 12]),
-            T::f32("a.bias", &[4], vec![0.1; 4]),
-        ],
-        &[],
-    );
+    write_st(&path, &[T::f32("a.weight", &[3, 4], vec![0.1; 12]), T::f32("a.bias", &[4], vec![0.1; 4])], &[]);
     let ck = Checkpoint::open(&path).unwrap();
-    let err = Network::build(&ck, &GraphOptions::default())
-        .unwrap_err()
-        .to_string();
+    let err = Network::build(&ck, &GraphOptions::default()).unwrap_err().to_string();
     assert_names(&err, &path, &["a.bias", "3 outputs"]);
-    let spec = Spec::parse(
-        "[[layers]]\nweight = \"nope.weight\"\n",
-        Path::new("s.toml"),
-    )
-    .unwrap();
-    let err = Network::build(
-        &ck,
-        &GraphOptions {
-            spec: Some(spec),
-            ..Default::default()
-        },
-    )
-    .unwrap_err()
-    .to_string();
+    let spec = Spec::parse("[[layers]]\nweight = \"nope.weight\"\n", Path::new("s.toml")).unwrap();
+    let err = Network::build(&ck, &GraphOptions { spec: Some(spec), ..Default::default() }).unwrap_err().to_string();
     assert_names(&err, &path, &["nope.weight", "not found"]);
 }
 
@@ -263,15 +184,9 @@ fn bad_bias_shape_and_missing_tensor() {
 fn conv_without_input_shape_is_explained() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.safetensors");
-    write_st(
-        &path,
-        &[T::f32("c.weight", &[2, 1, 3, 3], vec![0.1; 18])],
-        &[],
-    );
+    write_st(&path, &[T::f32("c.weight", &[2, 1, 3, 3], vec![0.1; 18])], &[]);
     let ck = Checkpoint::open(&path).unwrap();
-    let err = Network::build(&ck, &GraphOptions::default())
-        .unwrap_err()
-        .to_string();
+    let err = Network::build(&ck, &GraphOptions::default()).unwrap_err().to_string();
     assert!(err.contains("--input"), "{err}");
 }
 
@@ -301,12 +216,7 @@ fn random_mutations_never_panic() {
         std::fs::write(&path, &b).unwrap();
         if let Ok(ck) = Checkpoint::open(&path) {
             if let Ok(net) = Network::build(&ck, &GraphOptions::default()) {
-                let _ = analyze(
-                    &CpuEngine::default(),
-                    &net,
-                    &ck,
-                    &AnalysisOptions::default(),
-                );
+                let _ = analyze(&CpuEngine::default(), &net, &ck, &AnalysisOptions::default());
             }
         }
     }

@@ -39,24 +39,10 @@ impl Case {
         self.cout_g * self.groups
     }
     fn out_hw(&self) -> (usize, usize) {
-        let f = |n: usize, k: usize, s: usize, p: usize, d: usize| {
-            (n + 2 * p - d * (k - 1) - 1) / s + 1
-        };
+        let f = |n: usize, k: usize, s: usize, p: usize, d: usize| (n + 2 * p - d * (k - 1) - 1) / s + 1;
         (
-            f(
-                self.h,
-                self.kh,
-                self.stride[0],
-                self.padding[0],
-                self.dilation[0],
-            ),
-            f(
-                self.w,
-                self.kw,
-                self.stride[1],
-                self.padding[1],
-                self.dilation[1],
-            ),
+            f(self.h, self.kh, self.stride[0], self.padding[0], self.dilation[0]),
+            f(self.w, self.kw, self.stride[1], self.padding[1], self.dilation[1]),
         )
     }
 }
@@ -75,16 +61,10 @@ fn conv_edges(k: &Case, wc: &[f64]) -> Vec<(usize, usize, f64)> {
                     let wv = wc[((o * k.cin_g + ci) * k.kh + ky) * k.kw + kx];
                     for oy in 0..ho {
                         for ox in 0..wo {
-                            let y = (oy * k.stride[0] + ky * k.dilation[0]) as i64
-                                - k.padding[0] as i64;
-                            let x = (ox * k.stride[1] + kx * k.dilation[1]) as i64
-                                - k.padding[1] as i64;
+                            let y = (oy * k.stride[0] + ky * k.dilation[0]) as i64 - k.padding[0] as i64;
+                            let x = (ox * k.stride[1] + kx * k.dilation[1]) as i64 - k.padding[1] as i64;
                             if y >= 0 && x >= 0 && (y as usize) < k.h && (x as usize) < k.w {
-                                edges.push((
-                                    (c * k.h + y as usize) * k.w + x as usize,
-                                    (o * ho + oy) * wo + ox,
-                                    wv,
-                                ));
+                                edges.push(((c * k.h + y as usize) * k.w + x as usize, (o * ho + oy) * wo + ox, wv));
                             }
                         }
                     }
@@ -142,11 +122,7 @@ fn oracle(k: &Case, wc: &[f64], bc: &[f64], wd: &[f64], bd: &[f64]) -> [Vec<f64>
 fn run_case(k: &Case) -> (Vec<(String, Analysis)>, [Vec<f64>; 3]) {
     let (ho, wo) = k.out_hw();
     let n1 = k.cout() * ho * wo;
-    let r = |v: Vec<f64>| {
-        v.into_iter()
-            .map(|x| stored(x, k.dtype))
-            .collect::<Vec<_>>()
-    };
+    let r = |v: Vec<f64>| v.into_iter().map(|x| stored(x, k.dtype)).collect::<Vec<_>>();
     let wc = r(values(k.cout() * k.cin_g * k.kh * k.kw, k.seed));
     let bc = r(values(k.cout(), k.seed + 1));
     // Dense weights are drawn in c, y, x input order and stored in the
@@ -161,19 +137,13 @@ fn run_case(k: &Case) -> (Vec<(String, Analysis)>, [Vec<f64>; 3]) {
     }
     let bd = r(values(k.dense_out, k.seed + 3));
     let (conv_shape, conv_stored, dense_shape, dense_stored) = match k.layout {
-        Layout::Torch => (
-            vec![k.cout(), k.cin_g, k.kh, k.kw],
-            wc.clone(),
-            vec![k.dense_out, n1],
-            wd.clone(),
-        ),
+        Layout::Torch => (vec![k.cout(), k.cin_g, k.kh, k.kw], wc.clone(), vec![k.dense_out, n1], wd.clone()),
         Layout::Keras => {
             let mut cs = vec![0.0; wc.len()];
             for o in 0..k.cout() {
                 for ci in 0..k.cin_g {
                     for t in 0..k.kh * k.kw {
-                        cs[(t * k.cin_g + ci) * k.cout() + o] =
-                            wc[(o * k.cin_g + ci) * k.kh * k.kw + t];
+                        cs[(t * k.cin_g + ci) * k.cout() + o] = wc[(o * k.cin_g + ci) * k.kh * k.kw + t];
                     }
                 }
             }
@@ -183,43 +153,18 @@ fn run_case(k: &Case) -> (Vec<(String, Analysis)>, [Vec<f64>; 3]) {
                     ds[i * k.dense_out + j] = wd[j * n1 + i];
                 }
             }
-            (
-                vec![k.kh, k.kw, k.cin_g, k.cout()],
-                cs,
-                vec![n1, k.dense_out],
-                ds,
-            )
+            (vec![k.kh, k.kw, k.cin_g, k.cout()], cs, vec![n1, k.dense_out], ds)
         }
     };
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("case.safetensors");
     let mut tensors = vec![
-        T {
-            name: "conv.w",
-            dtype: k.dtype,
-            shape: conv_shape,
-            values: conv_stored,
-        },
-        T {
-            name: "fc.w",
-            dtype: k.dtype,
-            shape: dense_shape,
-            values: dense_stored,
-        },
+        T { name: "conv.w", dtype: k.dtype, shape: conv_shape, values: conv_stored },
+        T { name: "fc.w", dtype: k.dtype, shape: dense_shape, values: dense_stored },
     ];
     if k.with_bias {
-        tensors.push(T {
-            name: "conv.b",
-            dtype: k.dtype,
-            shape: vec![k.cout()],
-            values: bc.clone(),
-        });
-        tensors.push(T {
-            name: "fc.b",
-            dtype: k.dtype,
-            shape: vec![k.dense_out],
-            values: bd.clone(),
-        });
+        tensors.push(T { name: "conv.b", dtype: k.dtype, shape: vec![k.cout()], values: bc.clone() });
+        tensors.push(T { name: "fc.b", dtype: k.dtype, shape: vec![k.dense_out], values: bd.clone() });
     }
     write_st(&path, &tensors, &[]);
     let bias = |b: &str| {
@@ -239,23 +184,10 @@ fn run_case(k: &Case) -> (Vec<(String, Analysis)>, [Vec<f64>; 3]) {
     );
     let spec = Spec::parse(&spec, std::path::Path::new("case.toml")).unwrap();
     let ck = Checkpoint::open(&path).unwrap();
-    let net = Network::build(
-        &ck,
-        &GraphOptions {
-            spec: Some(spec),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let net = Network::build(&ck, &GraphOptions { spec: Some(spec), ..Default::default() }).unwrap();
     assert!(net.is_chain());
-    let opts = AnalysisOptions {
-        keep_values: true,
-        bins: 7,
-    };
-    let results = engines()
-        .iter()
-        .map(|e| (e.name(), analyze(e.as_ref(), &net, &ck, &opts).unwrap()))
-        .collect();
+    let opts = AnalysisOptions { keep_values: true, bins: 7 };
+    let results = engines().iter().map(|e| (e.name(), analyze(e.as_ref(), &net, &ck, &opts).unwrap())).collect();
     (results, oracle(k, &wc, &bc, &wd, &bd))
 }
 
@@ -265,21 +197,11 @@ fn check_case(k: &Case) {
         assert_eq!(a.node_sets.len(), 3);
         for (set, want) in a.node_sets.iter().zip(&want) {
             let v = set.values.as_ref().unwrap();
-            assert_close(
-                &format!("{engine} {} {k:?}", set.name),
-                &v.strength,
-                want,
-                1e-4,
-            );
+            assert_close(&format!("{engine} {} {k:?}", set.name), &v.strength, want, 1e-4);
             let n = want.len() as f64;
             let mean = want.iter().sum::<f64>() / n;
             let fluct = (want.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n).sqrt();
-            assert_close(
-                &format!("{engine} fluctuation of {}", set.name),
-                &[set.strength.std()],
-                &[fluct],
-                1e-6,
-            );
+            assert_close(&format!("{engine} fluctuation of {}", set.name), &[set.strength.std()], &[fluct], 1e-6);
         }
     }
 }
@@ -289,12 +211,7 @@ fn layout() -> impl Strategy<Value = Layout> {
 }
 
 fn dtype() -> impl Strategy<Value = DType> {
-    prop_oneof![
-        Just(DType::F32),
-        Just(DType::F64),
-        Just(DType::F16),
-        Just(DType::BF16)
-    ]
+    prop_oneof![Just(DType::F32), Just(DType::F64), Just(DType::F16), Just(DType::BF16)]
 }
 
 prop_compose! {
@@ -348,17 +265,7 @@ fn base_case() -> Case {
 #[test]
 fn odd_sizes_and_every_geometry() {
     let geometries = [
-        Case {
-            c: 3,
-            h: 37,
-            w: 61,
-            cout_g: 5,
-            cin_g: 3,
-            kh: 3,
-            kw: 5,
-            padding: [1, 2],
-            ..base_case()
-        },
+        Case { c: 3, h: 37, w: 61, cout_g: 5, cin_g: 3, kh: 3, kw: 5, padding: [1, 2], ..base_case() },
         Case {
             c: 4,
             h: 33,
@@ -441,105 +348,46 @@ fn all_ones_kernel_counts_valid_taps() {
     // inside), both as an output (s_in) and as an input (s_out).
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ones.safetensors");
-    write_st(
-        &path,
-        &[T::f32("c.weight", &[1, 1, 3, 3], vec![1.0; 9])],
-        &[],
-    );
+    write_st(&path, &[T::f32("c.weight", &[1, 1, 3, 3], vec![1.0; 9])], &[]);
     let spec = Spec::parse(
         "input = [1, 4, 4]\n[[layers]]\nweight = \"c.weight\"\npadding = 1\n",
         std::path::Path::new("s.toml"),
     )
     .unwrap();
     let ck = Checkpoint::open(&path).unwrap();
-    let net = Network::build(
-        &ck,
-        &GraphOptions {
-            spec: Some(spec),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let taps = [
-        4., 6., 6., 4., 6., 9., 9., 6., 6., 9., 9., 6., 4., 6., 6., 4.,
-    ];
+    let net = Network::build(&ck, &GraphOptions { spec: Some(spec), ..Default::default() }).unwrap();
+    let taps = [4., 6., 6., 4., 6., 9., 9., 6., 6., 9., 9., 6., 4., 6., 6., 4.];
     for e in engines() {
-        let a = analyze(
-            e.as_ref(),
-            &net,
-            &ck,
-            &AnalysisOptions {
-                keep_values: true,
-                bins: 4,
-            },
-        )
-        .unwrap();
-        let (v0, v1) = (
-            a.node_sets[0].values.as_ref().unwrap(),
-            a.node_sets[1].values.as_ref().unwrap(),
-        );
-        assert_close(
-            &format!("{} s_out of input pixels", e.name()),
-            &v0.s_out,
-            &taps,
-            1e-12,
-        );
-        assert_close(
-            &format!("{} s_in of output pixels", e.name()),
-            &v1.s_in,
-            &taps,
-            1e-12,
-        );
+        let a = analyze(e.as_ref(), &net, &ck, &AnalysisOptions { keep_values: true, bins: 4 }).unwrap();
+        let (v0, v1) = (a.node_sets[0].values.as_ref().unwrap(), a.node_sets[1].values.as_ref().unwrap());
+        assert_close(&format!("{} s_out of input pixels", e.name()), &v0.s_out, &taps, 1e-12);
+        assert_close(&format!("{} s_in of output pixels", e.name()), &v1.s_in, &taps, 1e-12);
         assert_eq!(v0.s_in, vec![0.0; 16]);
     }
 }
 
 #[test]
 fn torch_and_keras_layouts_give_the_same_strengths() {
-    let torch = Case {
-        c: 3,
-        h: 9,
-        w: 7,
-        cout_g: 4,
-        cin_g: 3,
-        kh: 3,
-        kw: 3,
-        padding: [1, 1],
-        stride: [2, 1],
-        ..base_case()
-    };
-    let keras = Case {
-        layout: Layout::Keras,
-        ..torch.clone()
-    };
+    let torch =
+        Case { c: 3, h: 9, w: 7, cout_g: 4, cin_g: 3, kh: 3, kw: 3, padding: [1, 1], stride: [2, 1], ..base_case() };
+    let keras = Case { layout: Layout::Keras, ..torch.clone() };
     let (rt, _) = run_case(&torch);
     let (rk, _) = run_case(&keras);
     for ((e, at), (_, ak)) in rt.iter().zip(&rk) {
         // Same canonical weights, different storage: the same node sets up to
-        // the flatten order, so the same fluctuations, and (for the conv
-        // input map) the same values once reordered.
+        // the flatten order, so the same summaries within SPEC section 7's
+        // tolerance (1e-5 of the set's largest |strength|; f32 engines sum
+        // in another order per layout), and for the conv input map the same
+        // values once reordered.
+        let summary = |m: &cntscope::stats::Moments| [m.std(), m.mean, m.min, m.max];
         for (st, sk) in at.node_sets.iter().zip(&ak.node_sets) {
-            assert_close(
-                &format!("{e} fluctuation of {}", st.name),
-                &[sk.strength.std()],
-                &[st.strength.std()],
-                1e-9,
-            );
-            assert_close(
-                &format!("{e} mean of {}", st.name),
-                &[sk.strength.mean],
-                &[st.strength.mean],
-                1e-9,
-            );
+            let what = format!("{e} [fluctuation, mean, min, max] of {}", st.name);
+            assert_close(&what, &summary(&sk.strength), &summary(&st.strength), 1e-5);
         }
-        let (t0, k0) = (
-            &at.node_sets[0].values.as_ref().unwrap().strength,
-            &ak.node_sets[0].values.as_ref().unwrap().strength,
-        );
-        let reordered: Vec<f64> = (0..t0.len())
-            .map(|i| k0[flat(Layout::Keras, (3, 9, 7), i)])
-            .collect();
-        assert_close(&format!("{e} input pixels"), &reordered, t0, 1e-12);
+        let (t0, k0) =
+            (&at.node_sets[0].values.as_ref().unwrap().strength, &ak.node_sets[0].values.as_ref().unwrap().strength);
+        let reordered: Vec<f64> = (0..t0.len()).map(|i| k0[flat(Layout::Keras, (3, 9, 7), i)]).collect();
+        assert_close(&format!("{e} input pixels"), &reordered, t0, 1e-6);
     }
 }
 
@@ -568,31 +416,15 @@ fn dense_odd_sizes_match_edge_list() {
         let ws: Vec<Vec<f64>> = sizes
             .windows(2)
             .enumerate()
-            .map(|(l, p)| {
-                values(p[0] * p[1], 100 + l as u64)
-                    .into_iter()
-                    .map(|x| stored(x, DType::F32))
-                    .collect()
-            })
+            .map(|(l, p)| values(p[0] * p[1], 100 + l as u64).into_iter().map(|x| stored(x, DType::F32)).collect())
             .collect();
         let bs: Vec<Vec<f64>> = sizes[1..]
             .iter()
             .enumerate()
-            .map(|(l, &n)| {
-                values(n, 200 + l as u64)
-                    .into_iter()
-                    .map(|x| stored(x, DType::F32))
-                    .collect()
-            })
+            .map(|(l, &n)| values(n, 200 + l as u64).into_iter().map(|x| stored(x, DType::F32)).collect())
             .collect();
-        let names: Vec<(String, String)> = (0..ws.len())
-            .map(|l| {
-                (
-                    format!("net.{}.weight", 2 * l),
-                    format!("net.{}.bias", 2 * l),
-                )
-            })
-            .collect();
+        let names: Vec<(String, String)> =
+            (0..ws.len()).map(|l| (format!("net.{}.weight", 2 * l), format!("net.{}.bias", 2 * l))).collect();
         let mut tensors = Vec::new();
         for (l, (wn, bn)) in names.iter().enumerate() {
             tensors.push(T::f32(wn, &[sizes[l + 1], sizes[l]], ws[l].clone()));
@@ -605,16 +437,7 @@ fn dense_odd_sizes_match_edge_list() {
         let net = Network::build(&ck, &GraphOptions::default()).unwrap();
         let want = dense_oracle(&sizes, &ws, &bs);
         for e in engines() {
-            let a = analyze(
-                e.as_ref(),
-                &net,
-                &ck,
-                &AnalysisOptions {
-                    keep_values: true,
-                    bins: 10,
-                },
-            )
-            .unwrap();
+            let a = analyze(e.as_ref(), &net, &ck, &AnalysisOptions { keep_values: true, bins: 10 }).unwrap();
             for (set, want) in a.node_sets.iter().zip(&want) {
                 assert_close(
                     &format!("{} {} {sizes:?}", e.name(), set.name),

@@ -7,7 +7,10 @@ use crate::graph::{Conv, Layer, LayerKind};
 use crate::spec::Layout;
 use crate::stats::{Histogram, Moments};
 
-use super::{to_layout_order, Engine, LayerStrengths};
+use super::{to_layout_order, Engine, LayerMeasures};
+
+/// Elements decoded at a time when streaming a tensor.
+const CHUNK: usize = 4096;
 
 /// Dense layers with at least this many weights are split over threads.
 const PARALLEL_MIN_WEIGHTS: usize = 1 << 20;
@@ -21,9 +24,7 @@ pub struct CpuEngine {
 impl CpuEngine {
     /// An engine that may use `threads` threads inside one large layer.
     pub fn new(threads: usize) -> Self {
-        CpuEngine {
-            threads: threads.max(1),
-        }
+        CpuEngine { threads: threads.max(1) }
     }
 }
 
@@ -38,57 +39,41 @@ impl Engine for CpuEngine {
         "cpu".into()
     }
 
-    fn layer_strengths(
+    fn layer(
         &self,
         layer: &Layer,
         layout: Layout,
         weight: &Tensor<'_>,
         bias: Option<&Tensor<'_>>,
-    ) -> Result<LayerStrengths> {
+        bins: usize,
+    ) -> Result<LayerMeasures> {
         // Dense node indices are already in the layout's order; conv
         // strengths come out in c, y, x order.
-        let mut ls = match layer.kind {
+        let (mut s_in, s_out, weights) = match layer.kind {
             LayerKind::Dense { inputs, outputs } => self.dense(layout, weight, inputs, outputs),
             LayerKind::Conv(conv) => {
-                let ls = conv_strengths(layout, weight, &conv);
-                LayerStrengths {
-                    s_in: to_layout_order(ls.s_in, layer.output, layout),
-                    s_out: to_layout_order(ls.s_out, layer.input, layout),
-                    ..ls
-                }
+                let (s_in, s_out, m) = conv_strengths(layout, weight, &conv);
+                (to_layout_order(s_in, layer.output, layout), to_layout_order(s_out, layer.input, layout), m)
             }
         };
         if let Some(b) = bias {
-            add_bias(&mut ls.s_in, &b.to_f64(), layer, layout);
+            add_bias(&mut s_in, &b.to_f64(), layer, layout);
         }
-        Ok(ls)
-    }
-
-    fn moments(&self, values: &[f64]) -> Result<Moments> {
-        Ok(Moments::from_slice(values))
-    }
-
-    fn histogram(&self, values: &[f64], lo: f64, hi: f64, bins: usize) -> Result<Histogram> {
-        let mut h = Histogram::for_range(lo, hi, bins);
-        h.add_all(values);
-        Ok(h)
-    }
-
-    fn weight_histogram(
-        &self,
-        weight: &Tensor<'_>,
-        lo: f64,
-        hi: f64,
-        bins: usize,
-    ) -> Result<Histogram> {
-        let mut h = Histogram::for_range(lo, hi, bins);
-        let mut buf = vec![0.0; 4096.min(weight.len())];
-        for start in (0..weight.len()).step_by(buf.len().max(1)) {
-            let chunk = &mut buf[..(weight.len() - start).min(4096)];
+        let mut histogram = Histogram::for_range(weights.min, weights.max, bins);
+        let mut buf = vec![0.0; CHUNK.min(weight.len())];
+        for start in (0..weight.len()).step_by(CHUNK) {
+            let chunk = &mut buf[..(weight.len() - start).min(CHUNK)];
             weight.decode_into(start, chunk);
-            h.add_all(chunk);
+            histogram.add_all(chunk);
         }
-        Ok(h)
+        Ok(LayerMeasures { s_in, s_out, weights, histogram })
+    }
+
+    fn distribution(&self, values: &[f64], bins: usize) -> Result<(Moments, Histogram)> {
+        let m = Moments::from_slice(values);
+        let mut h = Histogram::for_range(m.min, m.max, bins);
+        h.add_all(values);
+        Ok((m, h))
     }
 }
 
@@ -101,11 +86,7 @@ struct RowColSums {
 
 /// One pass over rows `r0..r1` of a stored matrix.
 fn row_col_sums(weight: &Tensor<'_>, cols: usize, r0: usize, r1: usize) -> RowColSums {
-    let mut out = RowColSums {
-        rows: Vec::with_capacity(r1 - r0),
-        cols: vec![0.0; cols],
-        moments: Moments::default(),
-    };
+    let mut out = RowColSums { rows: Vec::with_capacity(r1 - r0), cols: vec![0.0; cols], moments: Moments::default() };
     let mut buf = vec![0.0; cols];
     for r in r0..r1 {
         weight.decode_into(r * cols, &mut buf);
@@ -128,16 +109,12 @@ impl CpuEngine {
         weight: &Tensor<'_>,
         inputs: usize,
         outputs: usize,
-    ) -> LayerStrengths {
+    ) -> (Vec<f64>, Vec<f64>, Moments) {
         let (rows, cols) = match layout {
             Layout::Torch => (outputs, inputs),
             Layout::Keras => (inputs, outputs),
         };
-        let threads = if rows * cols >= PARALLEL_MIN_WEIGHTS {
-            self.threads.min(rows)
-        } else {
-            1
-        };
+        let threads = if rows * cols >= PARALLEL_MIN_WEIGHTS { self.threads.min(rows) } else { 1 };
         let sums = if threads <= 1 {
             row_col_sums(weight, cols, 0, rows)
         } else {
@@ -145,20 +122,12 @@ impl CpuEngine {
             let parts: Vec<RowColSums> = std::thread::scope(|s| {
                 let handles: Vec<_> = (0..rows)
                     .step_by(block)
-                    .map(|r0| {
-                        s.spawn(move || row_col_sums(weight, cols, r0, (r0 + block).min(rows)))
-                    })
+                    .map(|r0| s.spawn(move || row_col_sums(weight, cols, r0, (r0 + block).min(rows))))
                     .collect();
-                handles
-                    .into_iter()
-                    .map(|h| h.join().expect("dense worker panicked"))
-                    .collect()
+                handles.into_iter().map(|h| h.join().expect("dense worker panicked")).collect()
             });
-            let mut total = RowColSums {
-                rows: Vec::with_capacity(rows),
-                cols: vec![0.0; cols],
-                moments: Moments::default(),
-            };
+            let mut total =
+                RowColSums { rows: Vec::with_capacity(rows), cols: vec![0.0; cols], moments: Moments::default() };
             for p in parts {
                 total.rows.extend(p.rows);
                 for (a, b) in total.cols.iter_mut().zip(&p.cols) {
@@ -168,28 +137,16 @@ impl CpuEngine {
             }
             total
         };
-        let (s_in, s_out) = match layout {
-            Layout::Torch => (sums.rows, sums.cols),
-            Layout::Keras => (sums.cols, sums.rows),
-        };
-        LayerStrengths {
-            s_in,
-            s_out,
-            weights: sums.moments,
+        match layout {
+            Layout::Torch => (sums.rows, sums.cols, sums.moments),
+            Layout::Keras => (sums.cols, sums.rows, sums.moments),
         }
     }
 }
 
 /// Flat index of `W[o, c', ky, kx]` in the stored tensor.
 #[inline]
-pub(crate) fn conv_index(
-    layout: Layout,
-    conv: &Conv,
-    o: usize,
-    ci: usize,
-    ky: usize,
-    kx: usize,
-) -> usize {
+pub(crate) fn conv_index(layout: Layout, conv: &Conv, o: usize, ci: usize, ky: usize, kx: usize) -> usize {
     match layout {
         Layout::Torch => ((o * conv.cin_g + ci) * conv.kh + ky) * conv.kw + kx,
         Layout::Keras => ((ky * conv.kw + kx) * conv.cin_g + ci) * conv.cout + o,
@@ -200,17 +157,9 @@ pub(crate) fn conv_index(
 /// channels gives `K[o, ky, kx]`, and over each group's output channels
 /// `Q[c, ky, kx]`; the pixel grid enters only through which taps are
 /// valid, which factorises by axis, so each node costs `O(kh + kw)`.
-fn conv_strengths(layout: Layout, weight: &Tensor<'_>, conv: &Conv) -> LayerStrengths {
+fn conv_strengths(layout: Layout, weight: &Tensor<'_>, conv: &Conv) -> (Vec<f64>, Vec<f64>, Moments) {
     let w = weight.to_f64();
-    let &Conv {
-        cout,
-        cin_g,
-        kh,
-        kw,
-        in_hw: [h, wd],
-        out_hw: [ho, wo],
-        geometry: g,
-    } = conv;
+    let &Conv { cout, cin_g, kh, kw, in_hw: [h, wd], out_hw: [ho, wo], geometry: g } = conv;
     let cin = conv.cin();
     let cout_g = cout / g.groups;
     let taps = kh * kw;
@@ -228,43 +177,20 @@ fn conv_strengths(layout: Layout, weight: &Tensor<'_>, conv: &Conv) -> LayerStre
         }
     }
     let mut moments = Moments::default();
-    for chunk in w.chunks(4096) {
+    for chunk in w.chunks(CHUNK) {
         moments.merge(&Moments::from_slice(chunk));
     }
     let [sh, sw] = g.stride;
     let [ph, pw] = g.padding;
     let [dh, dw] = g.dilation;
-    let s_in = separable(
-        &k_in,
-        kh,
-        kw,
-        &taps_into(ho, h, kh, sh, ph, dh),
-        &taps_into(wo, wd, kw, sw, pw, dw),
-    );
-    let s_out = separable(
-        &q_out,
-        kh,
-        kw,
-        &taps_from(h, ho, kh, sh, ph, dh),
-        &taps_from(wd, wo, kw, sw, pw, dw),
-    );
-    LayerStrengths {
-        s_in,
-        s_out,
-        weights: moments,
-    }
+    let s_in = separable(&k_in, kh, kw, &taps_into(ho, h, kh, sh, ph, dh), &taps_into(wo, wd, kw, sw, pw, dw));
+    let s_out = separable(&q_out, kh, kw, &taps_from(h, ho, kh, sh, ph, dh), &taps_from(wd, wo, kw, sw, pw, dw));
+    (s_in, s_out, moments)
 }
 
 /// `valid[p * k + t]`: tap `t` of output position `p` lands inside the
 /// input (`0 <= p s - pad + t d < n_in`).
-pub(crate) fn taps_into(
-    n_out: usize,
-    n_in: usize,
-    k: usize,
-    s: usize,
-    pad: usize,
-    d: usize,
-) -> Vec<bool> {
+pub(crate) fn taps_into(n_out: usize, n_in: usize, k: usize, s: usize, pad: usize, d: usize) -> Vec<bool> {
     let mut v = Vec::with_capacity(n_out * k);
     for p in 0..n_out {
         for t in 0..k {
@@ -277,14 +203,7 @@ pub(crate) fn taps_into(
 
 /// `valid[y * k + t]`: some output position's tap `t` lands on input
 /// position `y` (`y + pad - t d` is a multiple of `s` within the output).
-pub(crate) fn taps_from(
-    n_in: usize,
-    n_out: usize,
-    k: usize,
-    s: usize,
-    pad: usize,
-    d: usize,
-) -> Vec<bool> {
+pub(crate) fn taps_from(n_in: usize, n_out: usize, k: usize, s: usize, pad: usize, d: usize) -> Vec<bool> {
     let mut v = Vec::with_capacity(n_in * k);
     for y in 0..n_in {
         for t in 0..k {
@@ -305,20 +224,12 @@ fn separable(kern: &[f64], kh: usize, kw: usize, vy: &[bool], vx: &[bool]) -> Ve
     for k in kern.chunks_exact(kh * kw) {
         for ty in 0..kh {
             for x in 0..nx {
-                rows[ty * nx + x] = (0..kw)
-                    .filter(|&tx| vx[x * kw + tx])
-                    .map(|tx| k[ty * kw + tx])
-                    .sum();
+                rows[ty * nx + x] = (0..kw).filter(|&tx| vx[x * kw + tx]).map(|tx| k[ty * kw + tx]).sum();
             }
         }
         for y in 0..ny {
             for x in 0..nx {
-                out.push(
-                    (0..kh)
-                        .filter(|&ty| vy[y * kh + ty])
-                        .map(|ty| rows[ty * nx + x])
-                        .sum(),
-                );
+                out.push((0..kh).filter(|&ty| vy[y * kh + ty]).map(|ty| rows[ty * nx + x]).sum());
             }
         }
     }

@@ -17,15 +17,17 @@ pub use cpu::CpuEngine;
 pub use gpu::{GpuContext, GpuEngine};
 
 /// What one layer contributes to the node strengths, in the layout's node
-/// order, and its link-weight statistics.
+/// order, and the distribution of its link weights.
 #[derive(Debug, Clone)]
-pub struct LayerStrengths {
+pub struct LayerMeasures {
     /// In-strength of each output node (bias included when one was passed).
     pub s_in: Vec<f64>,
     /// Out-strength of each input node.
     pub s_out: Vec<f64>,
-    /// Statistics of the layer's weights (biases excluded).
+    /// Moments of the layer's weights (biases excluded).
     pub weights: Moments,
+    /// Histogram of the weights over their `[min, max]`.
+    pub histogram: Histogram,
 }
 
 /// The primitives an engine provides. Each is checked against the CPU
@@ -34,31 +36,21 @@ pub trait Engine: Send + Sync {
     /// Short name (`cpu`, or `gpu (adapter name)`).
     fn name(&self) -> String;
 
-    /// Strengths of one layer: `s_in` of its outputs (plus `bias` when
-    /// given), `s_out` of its inputs, in `layout`'s flatten order; and the
-    /// weights' moments.
-    fn layer_strengths(
+    /// Measures one layer: `s_in` of its outputs (plus `bias` when given),
+    /// `s_out` of its inputs, in `layout`'s flatten order; the weights'
+    /// moments and a histogram of `bins` bins over their range.
+    fn layer(
         &self,
         layer: &Layer,
         layout: Layout,
         weight: &Tensor<'_>,
         bias: Option<&Tensor<'_>>,
-    ) -> Result<LayerStrengths>;
-
-    /// Moments of a node set's values.
-    fn moments(&self, values: &[f64]) -> Result<Moments>;
-
-    /// Histogram of `values` on `bins` equal bins over `[lo, hi]`.
-    fn histogram(&self, values: &[f64], lo: f64, hi: f64, bins: usize) -> Result<Histogram>;
-
-    /// Histogram of a weight tensor's values on `bins` equal bins over `[lo, hi]`.
-    fn weight_histogram(
-        &self,
-        weight: &Tensor<'_>,
-        lo: f64,
-        hi: f64,
         bins: usize,
-    ) -> Result<Histogram>;
+    ) -> Result<LayerMeasures>;
+
+    /// Moments of `values` and their histogram of `bins` bins over
+    /// `[min, max]`.
+    fn distribution(&self, values: &[f64], bins: usize) -> Result<(Moments, Histogram)>;
 }
 
 /// What to compute besides the summaries.
@@ -72,10 +64,7 @@ pub struct AnalysisOptions {
 
 impl Default for AnalysisOptions {
     fn default() -> Self {
-        AnalysisOptions {
-            bins: 50,
-            keep_values: false,
-        }
+        AnalysisOptions { bins: 50, keep_values: false }
     }
 }
 
@@ -140,12 +129,7 @@ pub struct Analysis {
 /// Measures a network with `engine`: strengths per layer, assembled into
 /// node sets (`strength = s_in + s_out`), with moments and histograms.
 /// Non-finite weights or biases are an error naming the tensor.
-pub fn analyze(
-    engine: &dyn Engine,
-    net: &Network,
-    ck: &Checkpoint,
-    opts: &AnalysisOptions,
-) -> Result<Analysis> {
+pub fn analyze(engine: &dyn Engine, net: &Network, ck: &Checkpoint, opts: &AnalysisOptions) -> Result<Analysis> {
     let mut strengths = Vec::with_capacity(net.layers.len());
     let mut layers = Vec::with_capacity(net.layers.len());
     for layer in &net.layers {
@@ -155,16 +139,10 @@ pub fn analyze(
         if let (Some(b), Some(v)) = (&b, &bias_values) {
             check_finite(ck, b.name, v.iter().copied())?;
         }
-        let ls = engine.layer_strengths(
-            layer,
-            net.layout,
-            &w,
-            if net.bias { b.as_ref() } else { None },
-        )?;
+        let ls = engine.layer(layer, net.layout, &w, if net.bias { b.as_ref() } else { None }, opts.bins)?;
         if !(ls.weights.mean.is_finite() && ls.weights.m2.is_finite()) {
             check_finite(ck, w.name, w.to_f64().into_iter())?;
         }
-        let histogram = engine.weight_histogram(&w, ls.weights.min, ls.weights.max, opts.bins)?;
         layers.push(LayerResult {
             name: layer.name.clone(),
             kind: match layer.kind {
@@ -174,7 +152,7 @@ pub fn analyze(
             weight: layer.weight.clone(),
             weights: ls.weights,
             bias: bias_values.as_deref().map(Moments::from_slice),
-            histogram,
+            histogram: ls.histogram.clone(),
         });
         strengths.push(ls);
     }
@@ -182,16 +160,11 @@ pub fn analyze(
     for set in &net.node_sets {
         let n = set.shape.count();
         let zeros = || vec![0.0; n];
-        let s_in = set
-            .in_layer
-            .map_or_else(zeros, |l| strengths[l].s_in.clone());
-        let s_out = set
-            .out_layer
-            .map_or_else(zeros, |l| strengths[l].s_out.clone());
+        let s_in = set.in_layer.map_or_else(zeros, |l| strengths[l].s_in.clone());
+        let s_out = set.out_layer.map_or_else(zeros, |l| strengths[l].s_out.clone());
         debug_assert_eq!((s_in.len(), s_out.len()), (n, n), "node set {}", set.name);
         let strength: Vec<f64> = s_in.iter().zip(&s_out).map(|(a, b)| a + b).collect();
-        let m = engine.moments(&strength)?;
-        let histogram = engine.histogram(&strength, m.min, m.max, opts.bins)?;
+        let (m, histogram) = engine.distribution(&strength, opts.bins)?;
         let mean = |v: &[f64]| v.iter().sum::<f64>() / n as f64;
         node_sets.push(NodeSetResult {
             name: set.name.clone(),
@@ -200,28 +173,16 @@ pub fn analyze(
             s_in_mean: mean(&s_in),
             s_out_mean: mean(&s_out),
             histogram,
-            values: opts.keep_values.then_some(NodeValues {
-                s_in,
-                s_out,
-                strength,
-            }),
+            values: opts.keep_values.then_some(NodeValues { s_in, s_out, strength }),
         });
     }
-    Ok(Analysis {
-        not_chain: net.not_chain.clone(),
-        node_sets,
-        layers,
-    })
+    Ok(Analysis { not_chain: net.not_chain.clone(), node_sets, layers })
 }
 
 fn check_finite(ck: &Checkpoint, tensor: &str, values: impl Iterator<Item = f64>) -> Result<()> {
     let count = values.filter(|v| !v.is_finite()).count() as u64;
     if count > 0 {
-        return Err(Error::NonFinite {
-            path: ck.path().to_path_buf(),
-            tensor: tensor.to_string(),
-            count,
-        });
+        return Err(Error::NonFinite { path: ck.path().to_path_buf(), tensor: tensor.to_string(), count });
     }
     Ok(())
 }
@@ -254,17 +215,33 @@ pub enum Device {
     Auto,
 }
 
+/// `--device auto` uses a real GPU only for checkpoints at least this
+/// large; below it, per-checkpoint transfer and submission latency cost
+/// more than the CPU's pass over the weights.
+pub const AUTO_GPU_MIN_BYTES: u64 = 64 << 20;
+
 /// Builds the engine for `device`. `threads` is what the CPU engine may use
-/// inside one layer; `adapter` picks a GPU adapter by name substring.
+/// inside one layer; `adapter` picks a GPU adapter by name substring;
+/// `largest_checkpoint` (bytes) guides `auto`.
 pub fn select_engine(
     device: Device,
     adapter: Option<&str>,
     threads: usize,
+    largest_checkpoint: u64,
 ) -> Result<Box<dyn Engine>> {
+    let gpu = |ctx: GpuContext| -> Box<dyn Engine> { Box::new(GpuEngine::new(std::sync::Arc::new(ctx))) };
     match device {
-        Device::Cpu | Device::Auto => Ok(Box::new(CpuEngine::new(threads))),
-        Device::Gpu => Ok(Box::new(GpuEngine::new(std::sync::Arc::new(
-            GpuContext::new(adapter)?,
-        )))),
+        Device::Cpu => Ok(Box::new(CpuEngine::new(threads))),
+        Device::Gpu => Ok(gpu(GpuContext::new(adapter)?)),
+        Device::Auto => {
+            if largest_checkpoint >= AUTO_GPU_MIN_BYTES {
+                if let Ok(ctx) = GpuContext::new(adapter) {
+                    if !ctx.is_software() {
+                        return Ok(gpu(ctx));
+                    }
+                }
+            }
+            Ok(Box::new(CpuEngine::new(threads)))
+        }
     }
 }

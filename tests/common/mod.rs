@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, OnceLock};
 
 use cntscope::checkpoint::DType;
 use cntscope::engine::{CpuEngine, Engine, GpuContext, GpuEngine};
@@ -20,12 +21,7 @@ pub struct T<'a> {
 
 impl<'a> T<'a> {
     pub fn f32(name: &'a str, shape: &[usize], values: Vec<f64>) -> Self {
-        T {
-            name,
-            dtype: DType::F32,
-            shape: shape.to_vec(),
-            values,
-        }
+        T { name, dtype: DType::F32, shape: shape.to_vec(), values }
     }
 }
 
@@ -65,31 +61,20 @@ pub fn write_st(path: &Path, tensors: &[T<'_>], metadata: &[(&str, &str)]) {
                 DType::F16 => Dtype::F16,
                 DType::BF16 => Dtype::BF16,
             };
-            (
-                t.name.to_string(),
-                TensorView::new(dtype, t.shape.clone(), b).unwrap(),
-            )
+            (t.name.to_string(), TensorView::new(dtype, t.shape.clone(), b).unwrap())
         })
         .collect();
-    let meta: Option<HashMap<String, String>> = (!metadata.is_empty()).then(|| {
-        metadata
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    });
+    let meta: Option<HashMap<String, String>> =
+        (!metadata.is_empty()).then(|| metadata.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
     safetensors::tensor::serialize_to_file(views, meta, path).unwrap();
 }
 
 /// Deterministic pseudo-random values in [-1, 1).
 pub fn values(n: usize, seed: u64) -> Vec<f64> {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     (0..n)
         .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             ((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
         })
         .collect()
@@ -101,40 +86,43 @@ pub fn values(n: usize, seed: u64) -> Vec<f64> {
 /// skip a failure.
 pub fn engines() -> Vec<Box<dyn Engine>> {
     let mut v: Vec<Box<dyn Engine>> = vec![Box::new(CpuEngine::new(2))];
-    match GpuContext::new(None) {
-        Ok(ctx) => v.push(Box::new(GpuEngine::new(std::sync::Arc::new(ctx)))),
+    if let Some(ctx) = gpu() {
+        v.push(Box::new(GpuEngine::new(ctx)));
+    }
+    v
+}
+
+/// The process's one GPU context, or `None` (with the skip message) where
+/// no adapter exists.
+pub fn gpu() -> Option<Arc<GpuContext>> {
+    static CTX: OnceLock<Option<Arc<GpuContext>>> = OnceLock::new();
+    CTX.get_or_init(|| match GpuContext::new(None) {
+        Ok(ctx) => Some(Arc::new(ctx)),
         Err(e) => {
             if std::env::var("CNTSCOPE_REQUIRE_GPU").is_ok_and(|v| v == "1") {
                 panic!("CNTSCOPE_REQUIRE_GPU=1 but the GPU engine is unavailable: {e}");
             }
             eprintln!("SKIP gpu engine: {e}");
+            None
         }
-    }
-    v
+    })
+    .clone()
 }
 
 /// Checks `got` against `want` within `rel * max|want|` (SPEC section 7's
 /// form), and says where and by how much it failed.
 #[track_caller]
 pub fn assert_close(what: &str, got: &[f64], want: &[f64], rel: f64) {
-    assert_eq!(
-        got.len(),
-        want.len(),
-        "{what}: {} values, expected {}",
-        got.len(),
-        want.len()
-    );
+    assert_eq!(got.len(), want.len(), "{what}: {} values, expected {}", got.len(), want.len());
     let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-30);
     let tol = rel * scale;
-    let worst = got
-        .iter()
-        .zip(want)
-        .enumerate()
-        .map(|(i, (g, w))| (i, (g - w).abs()))
-        .fold(
-            (0, 0.0f64),
-            |a, b| if b.1 > a.1 || b.1.is_nan() { b } else { a },
-        );
+    let worst = got.iter().zip(want).enumerate().map(|(i, (g, w))| (i, (g - w).abs())).fold((0, 0.0f64), |a, b| {
+        if b.1 > a.1 || b.1.is_nan() {
+            b
+        } else {
+            a
+        }
+    });
     let (i, dev) = worst;
     if !(dev <= tol) {
         panic!("{what}: node {i}: got {}, want {} (|diff| {dev:.3e} > tolerance {tol:.3e} = {rel:e} x max|want| {scale:.3e})", got[i], want[i]);

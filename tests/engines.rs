@@ -1,0 +1,119 @@
+//! Engine primitives against the CPU reference on odd sizes: node-set
+//! moments and histograms, link-weight statistics, and the GPU's chunked
+//! path for tensors larger than a binding (forced with a tiny chunk limit).
+
+mod common;
+
+use std::sync::Arc;
+
+use cntscope::checkpoint::{Checkpoint, DType};
+use cntscope::engine::{CpuEngine, Engine, GpuContext, GpuEngine};
+use cntscope::graph::{GraphOptions, Network};
+use cntscope::stats::{Histogram, Moments};
+use common::{assert_close, engines, values, write_st, T};
+
+const ODD_SIZES: [usize; 6] = [1, 700, 2257, 6 * 1024, 65_537, 1_000_003];
+
+fn summary(m: &Moments) -> [f64; 6] {
+    [m.mean, m.std(), m.min, m.max, m.skewness(), m.kurtosis()]
+}
+
+/// Histograms agree when the totals match and no bin differs by more than
+/// `slack` (values on a bin edge may fall either side in f32).
+#[track_caller]
+fn assert_histograms(what: &str, got: &Histogram, want: &Histogram, slack: u64) {
+    assert_eq!(got.counts.len(), want.counts.len(), "{what}: bins");
+    assert_eq!(got.counts.iter().sum::<u64>(), want.counts.iter().sum::<u64>(), "{what}: total count");
+    for (b, (g, w)) in got.counts.iter().zip(&want.counts).enumerate() {
+        assert!(g.abs_diff(*w) <= slack, "{what}: bin {b}: {g} vs {w}");
+    }
+}
+
+#[test]
+fn node_set_distributions_match_reference() {
+    let cpu = CpuEngine::default();
+    for (i, n) in ODD_SIZES.into_iter().enumerate() {
+        // Strength-like values: offset, skewed, heavy-ish tail.
+        let v: Vec<f64> = values(n, i as u64).iter().map(|x| 3.0 + x * x * x * 5.0 + x).collect();
+        let (want, want_h) = cpu.distribution(&v, 37).unwrap();
+        for e in engines() {
+            let (m, h) = e.distribution(&v, 37).unwrap();
+            assert_eq!(m.n, n as u64);
+            let scale = want.min.abs().max(want.max.abs());
+            // mean, std, min, max within 1e-5 of the set's largest value.
+            let got4 = [m.mean, m.std(), m.min, m.max, scale];
+            let want4 = [want.mean, want.std(), want.min, want.max, scale];
+            assert_close(&format!("{} n={n} [mean, std, min, max]", e.name()), &got4, &want4, 1e-5);
+            if n > 2 {
+                assert_close(
+                    &format!("{} n={n} [skew, kurt]", e.name()),
+                    &summary(&m)[4..],
+                    &summary(&want)[4..],
+                    1e-3,
+                );
+            }
+            assert_histograms(&format!("{} n={n}", e.name()), &h, &want_h, 2);
+        }
+    }
+}
+
+/// One dense layer `[rows, cols]` stored as `dtype`, measured by `engine`.
+fn dense_layer(
+    engine: &dyn Engine,
+    rows: usize,
+    cols: usize,
+    dtype: DType,
+    bins: usize,
+) -> cntscope::engine::LayerMeasures {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("d.safetensors");
+    let w: Vec<f64> = values(rows * cols, 42).into_iter().map(|x| 0.1 + x * 0.5).collect();
+    write_st(&path, &[T { name: "l.weight", dtype, shape: vec![rows, cols], values: w }], &[]);
+    let ck = Checkpoint::open(&path).unwrap();
+    let net = Network::build(&ck, &GraphOptions::default()).unwrap();
+    engine.layer(&net.layers[0], net.layout, &ck.tensor("l.weight").unwrap(), None, bins).unwrap()
+}
+
+#[test]
+fn link_weight_statistics_match_reference() {
+    let cpu = CpuEngine::default();
+    for (rows, cols) in [(700, 1), (6, 1024), (37, 61), (1025, 333)] {
+        for dtype in [DType::F32, DType::F16, DType::BF16, DType::F64] {
+            let want = dense_layer(&cpu, rows, cols, dtype, 50);
+            for e in engines() {
+                let got = dense_layer(e.as_ref(), rows, cols, dtype, 50);
+                let what = format!("{} {rows}x{cols} {dtype:?}", e.name());
+                assert_eq!(got.weights.n, want.weights.n, "{what}");
+                assert_close(
+                    &format!("{what} weights"),
+                    &summary(&got.weights)[..4],
+                    &summary(&want.weights)[..4],
+                    1e-5,
+                );
+                assert_close(&format!("{what} s_in"), &got.s_in, &want.s_in, 1e-5);
+                assert_close(&format!("{what} s_out"), &got.s_out, &want.s_out, 1e-5);
+                assert_histograms(&what, &got.histogram, &want.histogram, 2);
+            }
+        }
+    }
+}
+
+#[test]
+fn gpu_chunks_tensors_larger_than_a_binding() {
+    // A 64 KiB chunk limit splits these layers into many row chunks, with
+    // f16 chunks starting mid-word: the same path that lets an 8192 x 8192
+    // layer run on an adapter with 128 MiB bindings.
+    let Some(_) = common::gpu() else { return };
+    let small = Arc::new(GpuContext::with_chunk_limit(None, 64 << 10).unwrap());
+    let gpu = GpuEngine::new(small);
+    let cpu = CpuEngine::default();
+    for (rows, cols, dtype) in [(1001, 97, DType::F16), (513, 300, DType::F32), (77, 1023, DType::BF16)] {
+        let want = dense_layer(&cpu, rows, cols, dtype, 20);
+        let got = dense_layer(&gpu, rows, cols, dtype, 20);
+        let what = format!("chunked {rows}x{cols} {dtype:?}");
+        assert_close(&format!("{what} s_in"), &got.s_in, &want.s_in, 1e-5);
+        assert_close(&format!("{what} s_out"), &got.s_out, &want.s_out, 1e-5);
+        assert_close(&format!("{what} weights"), &summary(&got.weights)[..4], &summary(&want.weights)[..4], 1e-5);
+        assert_histograms(&what, &got.histogram, &want.histogram, 2);
+    }
+}
