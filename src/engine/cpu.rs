@@ -7,7 +7,7 @@ use crate::graph::{Conv, Layer, LayerKind};
 use crate::spec::Layout;
 use crate::stats::{Histogram, Moments};
 
-use super::{to_layout_order, Engine, LayerMeasures};
+use super::{dense_in_out, dense_storage, to_layout_order, Engine, LayerMeasures};
 
 /// Elements decoded at a time when streaming a tensor.
 const CHUNK: usize = 4096;
@@ -110,10 +110,7 @@ impl CpuEngine {
         inputs: usize,
         outputs: usize,
     ) -> (Vec<f64>, Vec<f64>, Moments) {
-        let (rows, cols) = match layout {
-            Layout::Torch => (outputs, inputs),
-            Layout::Keras => (inputs, outputs),
-        };
+        let (rows, cols) = dense_storage(layout, inputs, outputs);
         let threads = if rows * cols >= PARALLEL_MIN_WEIGHTS { self.threads.min(rows) } else { 1 };
         let sums = if threads <= 1 {
             row_col_sums(weight, cols, 0, rows)
@@ -137,10 +134,8 @@ impl CpuEngine {
             }
             total
         };
-        match layout {
-            Layout::Torch => (sums.rows, sums.cols, sums.moments),
-            Layout::Keras => (sums.cols, sums.rows, sums.moments),
-        }
+        let (s_in, s_out) = dense_in_out(layout, sums.rows, sums.cols);
+        (s_in, s_out, sums.moments)
     }
 }
 

@@ -19,7 +19,8 @@ use crate::graph::{Conv, Layer, LayerKind};
 use crate::spec::Layout;
 use crate::stats::{Histogram, Moments};
 
-use super::{Engine, LayerMeasures};
+use super::cpu::add_bias;
+use super::{dense_in_out, dense_storage, Engine, LayerMeasures};
 
 /// Threads per workgroup of every kernel.
 const WG: u32 = 256;
@@ -707,16 +708,11 @@ impl Engine for GpuEngine {
         let bias = bias.map(|b| b.to_f64());
         let (s_in, s_out, weights, histogram) = match layer.kind {
             LayerKind::Dense { inputs, outputs } => {
-                let (rows, cols) = match layout {
-                    Layout::Torch => (outputs, inputs),
-                    Layout::Keras => (inputs, outputs),
-                };
+                let (rows, cols) = dense_storage(layout, inputs, outputs);
                 let (row, col, m, h) = self.dense(&mut s, &t, rows, cols, bins)?;
-                let (mut s_in, s_out) = if layout == Layout::Torch { (row, col) } else { (col, row) };
+                let (mut s_in, s_out) = dense_in_out(layout, row, col);
                 if let Some(b) = &bias {
-                    for (v, b) in s_in.iter_mut().zip(b) {
-                        *v += b;
-                    }
+                    add_bias(&mut s_in, b, layer, layout);
                 }
                 (s_in, s_out, m, h)
             }

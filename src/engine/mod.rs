@@ -187,6 +187,23 @@ fn check_finite(ck: &Checkpoint, tensor: &str, values: impl Iterator<Item = f64>
     Ok(())
 }
 
+/// A dense layer's weight matrix as stored: `(rows, cols)` for `inputs ->
+/// outputs` links in `layout`.
+pub(crate) fn dense_storage(layout: Layout, inputs: usize, outputs: usize) -> (usize, usize) {
+    match layout {
+        Layout::Torch => (outputs, inputs),
+        Layout::Keras => (inputs, outputs),
+    }
+}
+
+/// Which of a stored dense matrix's row and column sums are `(s_in, s_out)`.
+pub(crate) fn dense_in_out<T>(layout: Layout, row_sums: T, col_sums: T) -> (T, T) {
+    match layout {
+        Layout::Torch => (row_sums, col_sums),
+        Layout::Keras => (col_sums, row_sums),
+    }
+}
+
 /// Reorders a feature map's values from `c, y, x` order to the layout's
 /// flatten order (`y, x, c` for keras); flat shapes are unchanged.
 pub fn to_layout_order(values: Vec<f64>, shape: NodeShape, layout: Layout) -> Vec<f64> {
