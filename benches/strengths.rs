@@ -59,18 +59,18 @@ fn bench_layers(c: &mut Criterion) {
         (
             "conv 128x64x3x3 on 32x32",
             vec![128, 64, 3, 3],
-            Some("input = [64, 32, 32]\n[[layers]]\nweight = \"w\"\npadding = 1\n"),
+            Some("input = [64, 32, 32]\n[[layers]]\nweight = \"w.weight\"\npadding = 1\n"),
         ),
     ];
     let mut group = c.benchmark_group("layer");
     group.sample_size(10).measurement_time(std::time::Duration::from_secs(4));
     for (label, shape, spec) in cases {
         let path = dir.path().join(format!("{}.safetensors", label.replace(' ', "_")));
-        write_tensor(&path, "w", &shape);
+        write_tensor(&path, "w.weight", &shape);
         let ck = Checkpoint::open(&path).unwrap();
         let spec = spec.map(|s| Spec::parse(s, Path::new("bench.toml")).unwrap());
         let net = Network::build(&ck, &GraphOptions { spec, ..Default::default() }).unwrap();
-        let w = ck.tensor("w").unwrap();
+        let w = ck.tensor("w.weight").unwrap();
         group.throughput(Throughput::Bytes(w.bytes().len() as u64));
         group.bench_function(BenchmarkId::new("read floor", label), |b| b.iter(|| black_box(read_floor(w.bytes()))));
         for (name, e) in &engines {

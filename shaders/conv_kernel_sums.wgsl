@@ -1,29 +1,16 @@
-// Convolution kernel sums, one thread per output: K[o, tap] = sum over the
-// input channels of W[o, c', tap] (for in-strengths), and Q[c, tap] = sum
+// Convolution kernel sums, one thread per output value: K[o, tap] = sum over
+// input channels of W[o, c', tap] (gives in-strengths), and Q[c, tap] = sum
 // over the output channels of c's group of W[o, c', tap] (out-strengths).
 
-struct Params {
-    cout: u32,
-    cin_g: u32,
-    taps: u32,      // kh * kw
-    cout_g: u32,    // output channels per group
-    groups: u32,
-    keras: u32,     // 1: stored [kh, kw, cin_g, cout]; 0: [cout, cin_g, kh, kw]
-    first: u32,
-    _pad: u32,
-}
+// Job (11 words): first workgroup, weight word offset, dtype, cout, cin_g,
+// taps (kh * kw), cout_g (outputs per group), groups, keras (1: stored
+// [kh, kw, cin_g, cout], 0: [cout, cin_g, kh, kw]), K offset, Q offset.
+const STRIDE: u32 = 11u;
 
 @group(0) @binding(0) var<storage, read> raw: array<u32>;
-@group(0) @binding(1) var<uniform> p: Params;
-@group(0) @binding(2) var<storage, read_write> k_in: array<f32>;
-@group(0) @binding(3) var<storage, read_write> q_out: array<f32>;
-
-fn weight(o: u32, ci: u32, tap: u32) -> f32 {
-    if (p.keras == 1u) {
-        return load(p.first + (tap * p.cin_g + ci) * p.cout + o);
-    }
-    return load(p.first + (o * p.cin_g + ci) * p.taps + tap);
-}
+@group(0) @binding(1) var<uniform> p: Dispatch;
+@group(0) @binding(2) var<storage, read> jobs: array<u32>;
+@group(0) @binding(3) var<storage, read_write> scratch: array<f32>;
 
 @compute @workgroup_size(256)
 fn main(
@@ -31,29 +18,44 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) t: u32,
 ) {
-    let i = group_index(wg, nwg) * 256u + t;
-    let n_k = p.cout * p.taps;
+    let id = group_index(wg, nwg);
+    if (id >= p.total) {
+        return;
+    }
+    let j = find_job(id, p.count, STRIDE) * STRIDE;
+    let i = (id - jobs[j]) * 256u + t;
+    let base = jobs[j + 1u];
+    let dtype = jobs[j + 2u];
+    let cout = jobs[j + 3u];
+    let cin_g = jobs[j + 4u];
+    let taps = jobs[j + 5u];
+    let cout_g = jobs[j + 6u];
+    let groups = jobs[j + 7u];
+    let keras = jobs[j + 8u] == 1u;
+    let n_k = cout * taps;
     if (i < n_k) {
-        let o = i / p.taps;
-        let tap = i % p.taps;
+        let o = i / taps;
+        let tap = i % taps;
         var s = 0.0;
-        for (var ci = 0u; ci < p.cin_g; ci++) {
-            s += weight(o, ci, tap);
+        for (var ci = 0u; ci < cin_g; ci++) {
+            let w = select((o * cin_g + ci) * taps + tap, (tap * cin_g + ci) * cout + o, keras);
+            s += load(base, dtype, w);
         }
-        k_in[i] = s;
+        scratch[jobs[j + 9u] + i] = s;
         return;
     }
-    let j = i - n_k;
-    if (j >= p.cin_g * p.groups * p.taps) {
+    let q = i - n_k;
+    if (q >= cin_g * groups * taps) {
         return;
     }
-    let c = j / p.taps;
-    let tap = j % p.taps;
-    let g = c / p.cin_g;
-    let ci = c % p.cin_g;
+    let c = q / taps;
+    let tap = q % taps;
+    let g = c / cin_g;
+    let ci = c % cin_g;
     var s = 0.0;
-    for (var o = g * p.cout_g; o < (g + 1u) * p.cout_g; o++) {
-        s += weight(o, ci, tap);
+    for (var o = g * cout_g; o < (g + 1u) * cout_g; o++) {
+        let w = select((o * cin_g + ci) * taps + tap, (tap * cin_g + ci) * cout + o, keras);
+        s += load(base, dtype, w);
     }
-    q_out[j] = s;
+    scratch[jobs[j + 10u] + q] = s;
 }

@@ -1,22 +1,22 @@
-// Dense layer, one pass over a block of ROWS rows of the stored matrix:
-// each thread walks its columns (strided by the workgroup size) down the
-// block, giving the column partial of the block and per-row partials; the
-// row partials are then reduced as a tree in workgroup memory.
+// Dense layers, one pass over the weights: a workgroup takes ROWS rows of
+// one stored matrix; each thread walks its columns (strided by the
+// workgroup size) down those rows, giving the block's column partial and
+// per-row partials; row partials are reduced as a tree in workgroup memory.
+// Row sums (+ bias) go to the layer's s_in or s_out region, column partials
+// to scratch for `column_sums`.
 
-struct Params {
-    rows: u32,      // rows in this chunk
-    cols: u32,
-    first: u32,     // element offset of the chunk's first row in `raw`
-    row_base: u32,  // index of the chunk's first row in `row_sums`
-}
-
+// Job (10 words): first block, weight word offset, dtype, first element,
+// rows, cols, partials offset (scratch), row destination, row bias (or NONE), pad.
+const STRIDE: u32 = 10u;
 const WG: u32 = 256u;
 const ROWS: u32 = 16u;
 
 @group(0) @binding(0) var<storage, read> raw: array<u32>;
-@group(0) @binding(1) var<uniform> p: Params;
-@group(0) @binding(2) var<storage, read_write> row_sums: array<f32>;
-@group(0) @binding(3) var<storage, read_write> col_parts: array<f32>;
+@group(0) @binding(1) var<uniform> p: Dispatch;
+@group(0) @binding(2) var<storage, read> jobs: array<u32>;
+@group(0) @binding(3) var<storage, read> biases: array<f32>;
+@group(0) @binding(4) var<storage, read_write> strengths: array<f32>;
+@group(0) @binding(5) var<storage, read_write> scratch: array<f32>;
 
 var<workgroup> tree: array<f32, WG>;
 
@@ -26,21 +26,31 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) t: u32,
 ) {
-    let block = group_index(wg, nwg);
-    let r0 = block * ROWS;
-    if (r0 >= p.rows) {
+    let id = group_index(wg, nwg);
+    if (id >= p.total) {
         return;
     }
-    let nr = min(ROWS, p.rows - r0);
+    let j = find_job(id, p.count, STRIDE) * STRIDE;
+    let block = id - jobs[j];
+    let base = jobs[j + 1u];
+    let dtype = jobs[j + 2u];
+    let first = jobs[j + 3u];
+    let rows = jobs[j + 4u];
+    let cols = jobs[j + 5u];
+    let parts = jobs[j + 6u];
+    let row_dst = jobs[j + 7u];
+    let row_bias = jobs[j + 8u];
+    let r0 = block * ROWS;
+    let nr = min(ROWS, rows - r0);
     var acc: array<f32, ROWS>;
-    for (var c = t; c < p.cols; c += WG) {
+    for (var c = t; c < cols; c += WG) {
         var col = 0.0;
         for (var r = 0u; r < nr; r++) {
-            let x = load(p.first + (r0 + r) * p.cols + c);
+            let x = load(base, dtype, first + (r0 + r) * cols + c);
             col += x;
             acc[r] += x;
         }
-        col_parts[block * p.cols + c] = col;
+        scratch[parts + block * cols + c] = col;
     }
     for (var r = 0u; r < nr; r++) {
         tree[t] = acc[r];
@@ -52,7 +62,11 @@ fn main(
             workgroupBarrier();
         }
         if (t == 0u) {
-            row_sums[p.row_base + r0 + r] = tree[0];
+            var v = tree[0];
+            if (row_bias != NONE) {
+                v += biases[row_bias + r0 + r];
+            }
+            strengths[row_dst + r0 + r] = v;
         }
         workgroupBarrier();
     }

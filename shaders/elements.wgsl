@@ -1,27 +1,22 @@
 // Reading tensor elements from raw little-endian words, as stored.
 // Prepended to every kernel that declares `raw: array<u32>`.
-// DTYPE: 0 = f32, 1 = f16, 2 = bf16 (two elements per word).
+// dtype: 0 = f32, 1 = f16, 2 = bf16 (two elements per word).
 
-override DTYPE: u32 = 0u;
-
-fn load(i: u32) -> f32 {
-    if (DTYPE == 0u) {
-        return bitcast<f32>(raw[i]);
+fn load(base: u32, dtype: u32, i: u32) -> f32 {
+    if (dtype == 0u) {
+        return bitcast<f32>(raw[base + i]);
     }
-    let word = raw[i >> 1u];
-    if (DTYPE == 1u) {
-        return half_to_f32(select(word & 0xffffu, word >> 16u, (i & 1u) == 1u));
+    let word = raw[base + (i >> 1u)];
+    let bits = select(word & 0xffffu, word >> 16u, (i & 1u) == 1u);
+    if (dtype == 1u) {
+        return half_to_f32(bits);
     }
     // bf16 is the high half of an f32.
-    if ((i & 1u) == 0u) {
-        return bitcast<f32>(word << 16u);
-    }
-    return bitcast<f32>(word & 0xffff0000u);
+    return bitcast<f32>(bits << 16u);
 }
 
-// IEEE half bits (low 16 bits of h) to f32, without needing the adapter's
-// f16 capabilities: normals and infinities/NaN by re-biasing, subnormals
-// by scaling.
+// IEEE half bits to f32 without the adapter's f16 capabilities: normals
+// and infinities/NaN by re-biasing the exponent, subnormals by scaling.
 fn half_to_f32(h: u32) -> f32 {
     let sign = (h & 0x8000u) << 16u;
     let e = (h >> 10u) & 0x1fu;
@@ -34,9 +29,4 @@ fn half_to_f32(h: u32) -> f32 {
         return bitcast<f32>(sign | 0x7f800000u | (m << 13u));
     }
     return bitcast<f32>(sign | ((e + 112u) << 23u) | (m << 13u));
-}
-
-// Linear workgroup index of a 2-D dispatch (x up to 65535, then y).
-fn group_index(wg: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return wg.x + wg.y * nwg.x;
 }

@@ -1,24 +1,16 @@
-// Histogram of n elements on `bins` equal bins over [lo, hi] (last bin
-// closed): counts go to workgroup-local atomics, then once per bin to the
-// global counts.
-
-struct Params {
-    n: u32,
-    first: u32,
-    bins: u32,
-    _pad: u32,
-    lo: f32,
-    hi: f32,
-    scale: f32,  // bins / (hi - lo)
-    _pad2: f32,
-}
+// Histograms of each reduction job's values on its bins over its range
+// (last bin closed): counts go to workgroup-local atomics, then once per
+// bin to the job's global counts.
 
 const WG: u32 = 256u;
 const MAX_BINS: u32 = 4096u;
 
 @group(0) @binding(0) var<storage, read> raw: array<u32>;
-@group(0) @binding(1) var<uniform> p: Params;
-@group(0) @binding(2) var<storage, read_write> counts: array<atomic<u32>>;
+@group(0) @binding(1) var<uniform> p: Dispatch;
+@group(0) @binding(2) var<storage, read> jobs: array<u32>;
+@group(0) @binding(3) var<storage, read> strengths: array<f32>;
+@group(0) @binding(4) var<storage, read> ranges: array<f32>;
+@group(0) @binding(5) var<storage, read_write> counts: array<atomic<u32>>;
 
 var<workgroup> local_counts: array<atomic<u32>, MAX_BINS>;
 
@@ -28,23 +20,39 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) t: u32,
 ) {
-    for (var b = t; b < p.bins; b += WG) {
+    let id = group_index(wg, nwg);
+    if (id >= p.total) {
+        return;
+    }
+    let job = find_job(id, p.count, STRIDE);
+    let j = job * STRIDE;
+    let bins = jobs[j + 10u];
+    if (bins == 0u) {
+        return;
+    }
+    for (var b = t; b < bins; b += WG) {
         atomicStore(&local_counts[b], 0u);
     }
     workgroupBarrier();
-    let stride = nwg.x * WG;
-    for (var i = wg.x * WG + t; i < p.n; i += stride) {
-        let x = load(p.first + i);
-        if (x >= p.lo && x <= p.hi) {
-            let b = min(u32((x - p.lo) * p.scale), p.bins - 1u);
+    let lo = ranges[job * 4u];
+    let hi = ranges[job * 4u + 1u];
+    let scale = ranges[job * 4u + 2u];
+    let g = id - jobs[j];
+    let stride = jobs[j + 1u] * WG;
+    let count = jobs[j + 7u];
+    for (var i = g * WG + t; i < count; i += stride) {
+        let x = value(j, i);
+        if (x >= lo && x <= hi) {
+            let b = min(u32((x - lo) * scale), bins - 1u);
             atomicAdd(&local_counts[b], 1u);
         }
     }
     workgroupBarrier();
-    for (var b = t; b < p.bins; b += WG) {
+    let out = jobs[j + 9u];
+    for (var b = t; b < bins; b += WG) {
         let c = atomicLoad(&local_counts[b]);
         if (c > 0u) {
-            atomicAdd(&counts[b], c);
+            atomicAdd(&counts[out + b], c);
         }
     }
 }

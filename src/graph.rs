@@ -118,6 +118,16 @@ pub enum LayerKind {
     Conv(Conv),
 }
 
+impl LayerKind {
+    /// `dense` or `conv2d`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            LayerKind::Dense { .. } => "dense",
+            LayerKind::Conv(_) => "conv2d",
+        }
+    }
+}
+
 /// One weighted layer of the graph.
 #[derive(Debug, Clone)]
 pub struct Layer {

@@ -16,7 +16,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::Checkpoint;
-use crate::engine::{analyze, Analysis, AnalysisOptions, Engine};
+use crate::engine::{Analysis, AnalysisOptions, Engine};
 use crate::error::{Error, Result};
 use crate::graph::{GraphOptions, Network};
 use crate::output::{self, atomic_write, write_csv};
@@ -62,7 +62,7 @@ pub struct Measured {
 pub fn measure(path: &Path, graph: &GraphOptions, engine: &dyn Engine, opts: &AnalysisOptions) -> Result<Measured> {
     let ck = Checkpoint::open(path)?;
     let network = Network::build(&ck, graph)?;
-    let analysis = analyze(engine, &network, &ck, opts)?;
+    let analysis = engine.analyze(&network, &ck, opts)?;
     Ok(Measured { metadata: ck.metadata().clone(), network, analysis })
 }
 
@@ -83,44 +83,85 @@ struct Record {
     error: Option<[String; 3]>,
 }
 
-fn record(id: &str, path: &Path, graph: &GraphOptions, engine: &dyn Engine, opts: &AnalysisOptions) -> Record {
-    let empty = || Record {
-        checkpoint: id.to_string(),
-        metadata: BTreeMap::new(),
-        nodes: vec![],
-        links: vec![],
-        histograms: vec![],
-        error: None,
-    };
-    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| measure(path, graph, engine, opts)));
-    match run {
-        Ok(Ok(m)) => Record {
-            nodes: output::node_rows(id, &m.analysis),
-            links: output::link_rows(id, &m.analysis),
-            histograms: output::histogram_rows(id, &m.analysis),
-            metadata: m.metadata,
-            ..empty()
-        },
-        Ok(Err(e)) => Record {
+impl Record {
+    fn new(id: &str) -> Self {
+        Record {
+            checkpoint: id.to_string(),
+            metadata: BTreeMap::new(),
+            nodes: vec![],
+            links: vec![],
+            histograms: vec![],
+            error: None,
+        }
+    }
+
+    fn measured(id: &str, metadata: BTreeMap<String, String>, a: &Analysis) -> Self {
+        Record {
+            nodes: output::node_rows(id, a),
+            links: output::link_rows(id, a),
+            histograms: output::histogram_rows(id, a),
+            metadata,
+            ..Record::new(id)
+        }
+    }
+
+    fn failed(id: &str, e: &Error) -> Self {
+        Record {
             error: Some([e.kind().to_string(), e.tensor().unwrap_or("").to_string(), e.to_string()]),
-            ..empty()
-        },
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or(panic.downcast_ref::<&str>().copied())
-                .unwrap_or("unknown");
-            Record {
+            ..Record::new(id)
+        }
+    }
+}
+
+/// Measures a batch of checkpoints (indices into `paths`) with one
+/// `analyze_batch`; every checkpoint gets a record, whatever fails. A panic
+/// (a bug) is recorded against the batch's checkpoints instead of ending
+/// the scan.
+fn batch_records(
+    batch: &[usize],
+    ids: &[String],
+    paths: &[PathBuf],
+    graph: &GraphOptions,
+    engine: &dyn Engine,
+    opts: &AnalysisOptions,
+) -> Vec<Record> {
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let opened: Vec<Result<(Checkpoint, Network)>> = batch
+            .iter()
+            .map(|&i| Checkpoint::open(&paths[i]).and_then(|ck| Network::build(&ck, graph).map(|net| (ck, net))))
+            .collect();
+        let items: Vec<(&Network, &Checkpoint)> = opened.iter().flatten().map(|(ck, net)| (net, ck)).collect();
+        let mut results = engine.analyze_batch(&items, opts).into_iter();
+        batch
+            .iter()
+            .zip(&opened)
+            .map(|(&i, o)| match o {
+                Err(e) => Record::failed(&ids[i], e),
+                Ok((ck, _)) => match results.next().expect("one result per network") {
+                    Ok(a) => Record::measured(&ids[i], ck.metadata().clone(), &a),
+                    Err(e) => Record::failed(&ids[i], &e),
+                },
+            })
+            .collect::<Vec<_>>()
+    }));
+    run.unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or(panic.downcast_ref::<&str>().copied())
+            .unwrap_or("unknown");
+        batch
+            .iter()
+            .map(|&i| Record {
                 error: Some([
                     "internal".into(),
                     String::new(),
-                    format!("{}: internal error (please report): {what}", path.display()),
+                    format!("{}: internal error (please report): {what}", paths[i].display()),
                 ]),
-                ..empty()
-            }
-        }
-    }
+                ..Record::new(&ids[i])
+            })
+            .collect()
+    })
 }
 
 /// Reads the journal's complete records; a torn last line (from a killed
@@ -165,20 +206,25 @@ pub fn scan(checkpoints: &[PathBuf], out_dir: &Path, engine: &dyn Engine, opts: 
     let mut journal = OpenOptions::new().append(true).open(&journal_path).map_err(out_err)?;
 
     let next = AtomicUsize::new(0);
-    let workers = opts.jobs.clamp(1, todo.len().max(1));
+    let batch = engine.batch_size().max(1);
+    let workers = opts.jobs.clamp(1, todo.len().div_ceil(batch).max(1));
     let show = opts.progress && std::io::stderr().is_terminal();
     let started = Instant::now();
     std::thread::scope(|s| -> Result<()> {
-        let (tx, rx) = mpsc::sync_channel::<Record>(workers * 2);
+        let (tx, rx) = mpsc::sync_channel::<Record>(workers * batch * 2);
         for _ in 0..workers {
             let tx = tx.clone();
             let (next, todo, ids) = (&next, &todo, &ids);
             s.spawn(move || loop {
-                let Some(&i) = todo.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                let start = next.fetch_add(batch, Ordering::Relaxed).min(todo.len());
+                let chunk = &todo[start..(start + batch).min(todo.len())];
+                if chunk.is_empty() {
                     break;
-                };
-                if tx.send(record(&ids[i], &checkpoints[i], &opts.graph, engine, &opts.analysis)).is_err() {
-                    break;
+                }
+                for rec in batch_records(chunk, ids, checkpoints, &opts.graph, engine, &opts.analysis) {
+                    if tx.send(rec).is_err() {
+                        return;
+                    }
                 }
             });
         }

@@ -239,3 +239,37 @@ fn inspect_and_globs_and_dtypes() {
     let (_, rows) = csv(&out_dir.join("nodes.csv"));
     assert_eq!(rows.len(), 3);
 }
+
+#[test]
+fn gpu_scan_matches_cpu_scan() {
+    if common::gpu().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("zoo");
+    std::fs::create_dir(&data).unwrap();
+    for i in 0..9 {
+        mlp(&data.join(format!("m{i}.safetensors")), 300 + i, &format!("0.{i}"));
+    }
+    std::fs::write(data.join("m4.safetensors"), b"truncated").unwrap();
+    let run = |device: &str| {
+        let out = dir.path().join(device);
+        let o = cntscope(&["scan", data.to_str().unwrap(), "--device", device, "-o", out.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        out
+    };
+    let (cpu, gpu) = (run("cpu"), run("gpu"));
+    let (hc, rc) = csv(&cpu.join("nodes.csv"));
+    let (hg, rg) = csv(&gpu.join("nodes.csv"));
+    assert_eq!(hc, hg);
+    assert_eq!(rc.len(), rg.len());
+    for (a, b) in rc.iter().zip(&rg) {
+        assert_eq!(a[..3], b[..3]);
+        let scale = a[5].parse::<f64>().unwrap().abs().max(a[6].parse::<f64>().unwrap().abs());
+        for col in 3..7 {
+            let (x, y): (f64, f64) = (a[col].parse().unwrap(), b[col].parse().unwrap());
+            assert!((x - y).abs() <= 1e-5 * scale, "{} column {}: {x} vs {y}", a[0], hc[col]);
+        }
+    }
+    assert_eq!(std::fs::read(cpu.join("errors.csv")).unwrap(), std::fs::read(gpu.join("errors.csv")).unwrap());
+}

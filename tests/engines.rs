@@ -117,3 +117,65 @@ fn gpu_chunks_tensors_larger_than_a_binding() {
         assert_histograms(&what, &got.histogram, &want.histogram, 2);
     }
 }
+
+#[test]
+fn gpu_batches_match_one_by_one_reference() {
+    // Mixed conv and dense networks, F16 and F32, with and without biases,
+    // one unreadable network in the middle; a small binding limit makes the
+    // batch flush several times. Every network must get the CPU's numbers
+    // and the failing one its own error.
+    let Some(_) = common::gpu() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut paths = Vec::new();
+    for i in 0..12u64 {
+        let path = dir.path().join(format!("n{i}.safetensors"));
+        let dtype = if i % 2 == 0 { DType::F32 } else { DType::F16 };
+        let mut tensors = vec![
+            T { name: "a.weight", dtype, shape: vec![4, 2, 3, 3], values: values(72, i) },
+            T { name: "b.weight", dtype, shape: vec![7, 4 * 6 * 6], values: values(7 * 144, i + 50) },
+        ];
+        if i % 3 != 0 {
+            tensors.push(T { name: "a.bias", dtype, shape: vec![4], values: values(4, i + 99) });
+            tensors.push(T { name: "b.bias", dtype, shape: vec![7], values: values(7, i + 98) });
+        }
+        if i == 5 {
+            tensors[1].shape = vec![7, 144];
+            tensors[1].values[3] = f64::NAN;
+        }
+        write_st(&path, &tensors, &[]);
+        paths.push(path);
+    }
+    let options = GraphOptions { input: Some(vec![2, 8, 8]), ..Default::default() };
+    let cks: Vec<Checkpoint> = paths.iter().map(|p| Checkpoint::open(p).unwrap()).collect();
+    let nets: Vec<Network> = cks.iter().map(|c| Network::build(c, &options).unwrap()).collect();
+    let items: Vec<(&Network, &Checkpoint)> = nets.iter().zip(&cks).collect();
+    let opts = cntscope::engine::AnalysisOptions { keep_values: true, bins: 9 };
+    let gpu = GpuEngine::new(Arc::new(GpuContext::with_chunk_limit(None, 16 << 10).unwrap()));
+    let batched = gpu.analyze_batch(&items, &opts);
+    assert_eq!(batched.len(), items.len());
+    for (i, (got, (net, ck))) in batched.iter().zip(&items).enumerate() {
+        let want = CpuEngine::default().analyze(net, ck, &opts);
+        if i == 5 {
+            let (g, w) = (got.as_ref().unwrap_err().to_string(), want.unwrap_err().to_string());
+            assert_eq!(g, w, "the failing network's error");
+            continue;
+        }
+        let (got, want) = (got.as_ref().unwrap(), want.unwrap());
+        for (g, w) in got.node_sets.iter().zip(&want.node_sets) {
+            let what = format!("network {i} node set {}", w.name);
+            let (gv, wv) = (&g.values.as_ref().unwrap().strength, &w.values.as_ref().unwrap().strength);
+            assert_close(&what, gv, wv, 1e-5);
+            let scale = w.strength.min.abs().max(w.strength.max.abs());
+            let got4 = [g.strength.mean, g.strength.std(), g.s_in_mean, g.s_out_mean, scale];
+            let want4 = [w.strength.mean, w.strength.std(), w.s_in_mean, w.s_out_mean, scale];
+            assert_close(&format!("{what} summaries"), &got4, &want4, 1e-5);
+            assert_histograms(&what, &g.histogram, &w.histogram, 1);
+        }
+        for (g, w) in got.layers.iter().zip(&want.layers) {
+            let what = format!("network {i} layer {}", w.name);
+            assert_close(&what, &summary(&g.weights)[..4], &summary(&w.weights)[..4], 1e-5);
+            assert_eq!(g.bias.map(|b| b.n), w.bias.map(|b| b.n), "{what} bias");
+            assert_histograms(&what, &g.histogram, &w.histogram, 1);
+        }
+    }
+}

@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 
 use cntscope::checkpoint::{Checkpoint, DType};
-use cntscope::engine::{analyze, AnalysisOptions, CpuEngine};
+use cntscope::engine::{AnalysisOptions, CpuEngine, Engine};
 use cntscope::graph::{GraphOptions, Network};
 use cntscope::spec::Spec;
 use cntscope::Error;
@@ -34,7 +34,7 @@ fn error_of(bytes: &[u8]) -> (String, std::path::PathBuf, tempfile::TempDir) {
     std::fs::write(&path, bytes).unwrap();
     let result = Checkpoint::open(&path).and_then(|ck| {
         let net = Network::build(&ck, &GraphOptions::default())?;
-        analyze(&CpuEngine::default(), &net, &ck, &AnalysisOptions::default()).map(|_| ())
+        CpuEngine::default().analyze(&net, &ck, &AnalysisOptions::default()).map(|_| ())
     });
     let msg = result.expect_err("malformed input must be an error").to_string();
     (msg, path, dir)
@@ -114,7 +114,7 @@ fn unsupported_dtype_elsewhere_is_ignored() {
     std::fs::write(&path, with_header(header, 24)).unwrap();
     let ck = Checkpoint::open(&path).unwrap();
     let net = Network::build(&ck, &GraphOptions::default()).unwrap();
-    analyze(&CpuEngine::default(), &net, &ck, &AnalysisOptions::default()).unwrap();
+    CpuEngine::default().analyze(&net, &ck, &AnalysisOptions::default()).unwrap();
 }
 
 #[test]
@@ -135,7 +135,7 @@ fn non_finite_weights_name_tensor() {
         );
         let ck = Checkpoint::open(&path).unwrap();
         let net = Network::build(&ck, &GraphOptions::default()).unwrap();
-        let err = analyze(&CpuEngine::default(), &net, &ck, &AnalysisOptions::default()).unwrap_err();
+        let err = CpuEngine::default().analyze(&net, &ck, &AnalysisOptions::default()).unwrap_err();
         assert!(matches!(err, Error::NonFinite { count: 2, .. }), "{what}: {err}");
         assert_names(&err.to_string(), &path, &["a.weight", "2 non-finite"]);
     }
@@ -162,7 +162,7 @@ fn shape_that_breaks_the_chain_names_both_layers() {
     let net = Network::build(&ck, &GraphOptions::default()).unwrap();
     assert!(!net.is_chain());
     assert_eq!(net.node_sets.len(), 4);
-    let a = analyze(&CpuEngine::default(), &net, &ck, &AnalysisOptions::default()).unwrap();
+    let a = CpuEngine::default().analyze(&net, &ck, &AnalysisOptions::default()).unwrap();
     assert_eq!(a.node_sets[0].strength.n, 4);
     assert!((a.node_sets[0].strength.mean - 0.5).abs() < 1e-6, "out-strength of first's inputs is 5 x 0.1");
 }
@@ -216,7 +216,7 @@ fn random_mutations_never_panic() {
         std::fs::write(&path, &b).unwrap();
         if let Ok(ck) = Checkpoint::open(&path) {
             if let Ok(net) = Network::build(&ck, &GraphOptions::default()) {
-                let _ = analyze(&CpuEngine::default(), &net, &ck, &AnalysisOptions::default());
+                let _ = CpuEngine::default().analyze(&net, &ck, &AnalysisOptions::default());
             }
         }
     }

@@ -5,7 +5,7 @@
 mod common;
 
 use cntscope::checkpoint::{Checkpoint, DType};
-use cntscope::engine::{analyze, Analysis, AnalysisOptions};
+use cntscope::engine::{Analysis, AnalysisOptions};
 use cntscope::graph::{GraphOptions, Network};
 use cntscope::spec::{Layout, Spec};
 use common::{assert_close, engines, stored, values, write_st, T};
@@ -187,7 +187,7 @@ fn run_case(k: &Case) -> (Vec<(String, Analysis)>, [Vec<f64>; 3]) {
     let net = Network::build(&ck, &GraphOptions { spec: Some(spec), ..Default::default() }).unwrap();
     assert!(net.is_chain());
     let opts = AnalysisOptions { keep_values: true, bins: 7 };
-    let results = engines().iter().map(|e| (e.name(), analyze(e.as_ref(), &net, &ck, &opts).unwrap())).collect();
+    let results = engines().iter().map(|e| (e.name(), e.analyze(&net, &ck, &opts).unwrap())).collect();
     (results, oracle(k, &wc, &bc, &wd, &bd))
 }
 
@@ -358,7 +358,7 @@ fn all_ones_kernel_counts_valid_taps() {
     let net = Network::build(&ck, &GraphOptions { spec: Some(spec), ..Default::default() }).unwrap();
     let taps = [4., 6., 6., 4., 6., 9., 9., 6., 6., 9., 9., 6., 4., 6., 6., 4.];
     for e in engines() {
-        let a = analyze(e.as_ref(), &net, &ck, &AnalysisOptions { keep_values: true, bins: 4 }).unwrap();
+        let a = e.analyze(&net, &ck, &AnalysisOptions { keep_values: true, bins: 4 }).unwrap();
         let (v0, v1) = (a.node_sets[0].values.as_ref().unwrap(), a.node_sets[1].values.as_ref().unwrap());
         assert_close(&format!("{} s_out of input pixels", e.name()), &v0.s_out, &taps, 1e-12);
         assert_close(&format!("{} s_in of output pixels", e.name()), &v1.s_in, &taps, 1e-12);
@@ -437,7 +437,7 @@ fn dense_odd_sizes_match_edge_list() {
         let net = Network::build(&ck, &GraphOptions::default()).unwrap();
         let want = dense_oracle(&sizes, &ws, &bs);
         for e in engines() {
-            let a = analyze(e.as_ref(), &net, &ck, &AnalysisOptions { keep_values: true, bins: 10 }).unwrap();
+            let a = e.analyze(&net, &ck, &AnalysisOptions { keep_values: true, bins: 10 }).unwrap();
             for (set, want) in a.node_sets.iter().zip(&want) {
                 assert_close(
                     &format!("{} {} {sizes:?}", e.name(), set.name),

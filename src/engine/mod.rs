@@ -51,6 +51,23 @@ pub trait Engine: Send + Sync {
     /// Moments of `values` and their histogram of `bins` bins over
     /// `[min, max]`.
     fn distribution(&self, values: &[f64], bins: usize) -> Result<(Moments, Histogram)>;
+
+    /// Measures one network.
+    fn analyze(&self, net: &Network, ck: &Checkpoint, opts: &AnalysisOptions) -> Result<Analysis> {
+        self.analyze_batch(&[(net, ck)], opts).pop().expect("one result per network")
+    }
+
+    /// Measures several networks, one result each, in order. The default
+    /// assembles each from [`Engine::layer`] and [`Engine::distribution`];
+    /// the GPU engine measures a whole batch in one submission.
+    fn analyze_batch(&self, items: &[(&Network, &Checkpoint)], opts: &AnalysisOptions) -> Vec<Result<Analysis>> {
+        items.iter().map(|&(net, ck)| assemble(self, net, ck, opts)).collect()
+    }
+
+    /// How many checkpoints a caller should hand to one `analyze_batch`.
+    fn batch_size(&self) -> usize {
+        1
+    }
 }
 
 /// What to compute besides the summaries.
@@ -126,10 +143,15 @@ pub struct Analysis {
     pub layers: Vec<LayerResult>,
 }
 
-/// Measures a network with `engine`: strengths per layer, assembled into
-/// node sets (`strength = s_in + s_out`), with moments and histograms.
-/// Non-finite weights or biases are an error naming the tensor.
-pub fn analyze(engine: &dyn Engine, net: &Network, ck: &Checkpoint, opts: &AnalysisOptions) -> Result<Analysis> {
+/// Measures a network with an engine's primitives: strengths per layer,
+/// assembled into node sets (`strength = s_in + s_out`), with moments and
+/// histograms. Non-finite weights or biases are an error naming the tensor.
+pub fn assemble<E: Engine + ?Sized>(
+    engine: &E,
+    net: &Network,
+    ck: &Checkpoint,
+    opts: &AnalysisOptions,
+) -> Result<Analysis> {
     let mut strengths = Vec::with_capacity(net.layers.len());
     let mut layers = Vec::with_capacity(net.layers.len());
     for layer in &net.layers {
@@ -145,10 +167,7 @@ pub fn analyze(engine: &dyn Engine, net: &Network, ck: &Checkpoint, opts: &Analy
         }
         layers.push(LayerResult {
             name: layer.name.clone(),
-            kind: match layer.kind {
-                crate::graph::LayerKind::Dense { .. } => "dense",
-                crate::graph::LayerKind::Conv(_) => "conv2d",
-            },
+            kind: layer.kind.name(),
             weight: layer.weight.clone(),
             weights: ls.weights,
             bias: bias_values.as_deref().map(Moments::from_slice),
@@ -179,7 +198,8 @@ pub fn analyze(engine: &dyn Engine, net: &Network, ck: &Checkpoint, opts: &Analy
     Ok(Analysis { not_chain: net.not_chain.clone(), node_sets, layers })
 }
 
-fn check_finite(ck: &Checkpoint, tensor: &str, values: impl Iterator<Item = f64>) -> Result<()> {
+/// An error naming `tensor` when any of its values is NaN or infinite.
+pub(crate) fn check_finite(ck: &Checkpoint, tensor: &str, values: impl Iterator<Item = f64>) -> Result<()> {
     let count = values.filter(|v| !v.is_finite()).count() as u64;
     if count > 0 {
         return Err(Error::NonFinite { path: ck.path().to_path_buf(), tensor: tensor.to_string(), count });
