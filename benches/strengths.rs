@@ -96,5 +96,54 @@ fn bench_reductions(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_layers, bench_reductions);
+/// A zoo of small networks (64-24-16-10 MLPs, as in a seed sweep): the
+/// per-checkpoint cost of each engine, the GPU measuring a whole batch per
+/// submission.
+fn bench_collection(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 1000;
+    let sizes = [64usize, 24, 16, 10];
+    let cks: Vec<Checkpoint> = (0..n)
+        .map(|i| {
+            let path = dir.path().join(format!("m{i}.safetensors"));
+            let mut s = 0x9e3779b97f4a7c15u64 ^ i as u64;
+            let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+            for l in 0..3 {
+                let shape = vec![sizes[l + 1], sizes[l]];
+                let bytes: Vec<u8> = (0..shape[0] * shape[1])
+                    .flat_map(|_| {
+                        s ^= s << 13;
+                        s ^= s >> 7;
+                        s ^= s << 17;
+                        (((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5).to_le_bytes()
+                    })
+                    .collect();
+                tensors.push((format!("net.{}.weight", 2 * l), shape, bytes));
+            }
+            let views: Vec<(String, TensorView<'_>)> = tensors
+                .iter()
+                .map(|(n, s, b)| (n.clone(), TensorView::new(Dtype::F32, s.clone(), b).unwrap()))
+                .collect();
+            safetensors::tensor::serialize_to_file(views, None, &path).unwrap();
+            Checkpoint::open(&path).unwrap()
+        })
+        .collect();
+    let nets: Vec<Network> = cks.iter().map(|ck| Network::build(ck, &GraphOptions::default()).unwrap()).collect();
+    let items: Vec<(&Network, &Checkpoint)> = nets.iter().zip(&cks).collect();
+    let opts = cntscope::engine::AnalysisOptions::default();
+    let mut group = c.benchmark_group("collection");
+    group.sample_size(10).measurement_time(std::time::Duration::from_secs(5));
+    group.throughput(Throughput::Elements(n as u64));
+    for (name, e) in engines() {
+        // The CPU engine of a scan runs one checkpoint per core.
+        let cpu_one = CpuEngine::new(1);
+        let e: &dyn Engine = if name == "cpu" { &cpu_one } else { e.as_ref() };
+        group.bench_function(BenchmarkId::new(name, "1000 MLPs 64-24-16-10"), |b| {
+            b.iter(|| black_box(e.analyze_batch(&items, &opts)))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_layers, bench_reductions, bench_collection);
 criterion_main!(benches);

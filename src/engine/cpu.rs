@@ -5,7 +5,7 @@ use crate::checkpoint::Tensor;
 use crate::error::Result;
 use crate::graph::{Conv, Layer, LayerKind};
 use crate::spec::Layout;
-use crate::stats::{Histogram, Moments};
+use crate::stats::{self, Histogram, Moments};
 
 use super::{dense_in_out, dense_storage, to_layout_order, Engine, LayerMeasures};
 
@@ -59,13 +59,19 @@ impl Engine for CpuEngine {
         if let Some(b) = bias {
             add_bias(&mut s_in, &b.to_f64(), layer, layout);
         }
-        let mut histogram = Histogram::for_range(weights.min, weights.max, bins);
-        let mut buf = vec![0.0; CHUNK.min(weight.len())];
-        for start in (0..weight.len()).step_by(CHUNK) {
-            let chunk = &mut buf[..(weight.len() - start).min(CHUNK)];
-            weight.decode_into(start, chunk);
-            histogram.add_all(chunk);
-        }
+        let empty = Histogram::for_range(weights.min, weights.max, bins);
+        let parts = self.split(weight.len(), |start, end| {
+            let mut h = empty.clone();
+            let mut buf = vec![0.0; CHUNK.min(end - start)];
+            for at in (start..end).step_by(CHUNK) {
+                let chunk = &mut buf[..(end - at).min(CHUNK)];
+                weight.decode_into(at, chunk);
+                h.add_all(chunk);
+            }
+            h
+        });
+        let mut histogram = empty;
+        parts.iter().for_each(|p| histogram.merge(p));
         Ok(LayerMeasures { s_in, s_out, weights, histogram })
     }
 
@@ -90,17 +96,37 @@ fn row_col_sums(weight: &Tensor<'_>, cols: usize, r0: usize, r1: usize) -> RowCo
     let mut buf = vec![0.0; cols];
     for r in r0..r1 {
         weight.decode_into(r * cols, &mut buf);
-        let sum: f64 = buf.iter().sum();
-        out.rows.push(sum);
-        for (c, x) in out.cols.iter_mut().zip(&buf) {
-            *c += x;
+        // Row sum in lanes and column sums in one sweep over the row.
+        let mut acc = [0.0; stats::LANES];
+        for (cs, xs) in out.cols.chunks_mut(stats::LANES).zip(buf.chunks(stats::LANES)) {
+            for ((c, x), a) in cs.iter_mut().zip(xs).zip(acc.iter_mut()) {
+                *c += x;
+                *a += x;
+            }
         }
+        let sum = stats::sum(&acc);
+        out.rows.push(sum);
         out.moments.merge(&Moments::from_slice_with_sum(&buf, sum));
     }
     out
 }
 
 impl CpuEngine {
+    /// Runs `f` over `0..n` elements split into one contiguous block per
+    /// thread (inline when `n` is small); results in block order.
+    fn split<T: Send>(&self, n: usize, f: impl Fn(usize, usize) -> T + Sync) -> Vec<T> {
+        let threads = if n >= PARALLEL_MIN_WEIGHTS { self.threads } else { 1 };
+        if threads <= 1 {
+            return vec![f(0, n)];
+        }
+        let block = n.div_ceil(threads);
+        std::thread::scope(|s| {
+            let f = &f;
+            let handles: Vec<_> = (0..n).step_by(block).map(|a| s.spawn(move || f(a, (a + block).min(n)))).collect();
+            handles.into_iter().map(|h| h.join().expect("worker panicked")).collect()
+        })
+    }
+
     /// Dense strengths: one pass over the stored matrix gives its row and
     /// column sums; which is `s_in` depends on the layout.
     fn dense(
@@ -111,29 +137,16 @@ impl CpuEngine {
         outputs: usize,
     ) -> (Vec<f64>, Vec<f64>, Moments) {
         let (rows, cols) = dense_storage(layout, inputs, outputs);
-        let threads = if rows * cols >= PARALLEL_MIN_WEIGHTS { self.threads.min(rows) } else { 1 };
-        let sums = if threads <= 1 {
-            row_col_sums(weight, cols, 0, rows)
-        } else {
-            let block = rows.div_ceil(threads);
-            let parts: Vec<RowColSums> = std::thread::scope(|s| {
-                let handles: Vec<_> = (0..rows)
-                    .step_by(block)
-                    .map(|r0| s.spawn(move || row_col_sums(weight, cols, r0, (r0 + block).min(rows))))
-                    .collect();
-                handles.into_iter().map(|h| h.join().expect("dense worker panicked")).collect()
-            });
-            let mut total =
-                RowColSums { rows: Vec::with_capacity(rows), cols: vec![0.0; cols], moments: Moments::default() };
-            for p in parts {
-                total.rows.extend(p.rows);
-                for (a, b) in total.cols.iter_mut().zip(&p.cols) {
-                    *a += b;
-                }
-                total.moments.merge(&p.moments);
+        let parts = self.split(rows * cols, |start, end| row_col_sums(weight, cols, start / cols, end / cols));
+        let mut sums =
+            RowColSums { rows: Vec::with_capacity(rows), cols: vec![0.0; cols], moments: Moments::default() };
+        for p in parts {
+            sums.rows.extend(p.rows);
+            for (a, b) in sums.cols.iter_mut().zip(&p.cols) {
+                *a += b;
             }
-            total
-        };
+            sums.moments.merge(&p.moments);
+        }
         let (s_in, s_out) = dense_in_out(layout, sums.rows, sums.cols);
         (s_in, s_out, sums.moments)
     }
