@@ -69,6 +69,27 @@ pub enum Command {
         /// Keep what an interrupted scan into DIR finished; do only the rest.
         #[arg(long)]
         resume: bool,
+        /// Stop at the first checkpoint that fails.
+        #[arg(long)]
+        strict: bool,
+        /// Only this part of the collection: checkpoint i when i % N == I
+        /// (0-based). Combine the parts with `cntscope merge`.
+        #[arg(long, value_name = "I/N")]
+        shard: Option<String>,
+        /// CSV of metadata keyed by checkpoint path (a `path` column), for
+        /// files that carry none; its values override the files' own.
+        #[arg(long, value_name = "FILE.csv")]
+        metadata: Option<PathBuf>,
+    },
+    /// Combine the output directories of `scan --shard` runs into the
+    /// tables one unsharded run would give.
+    Merge {
+        /// The shard runs' output directories.
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+        /// Output directory.
+        #[arg(short, long, value_name = "DIR")]
+        output: PathBuf,
     },
     /// Run the CPU reference and the GPU engine on the same checkpoints and
     /// report the largest deviation per node set (CSV on standard output).
@@ -166,6 +187,15 @@ fn parse_input(text: &str) -> anyhow::Result<Vec<usize>> {
         bail!("--input {text}: expected C,H,W or FEATURES with positive sizes");
     }
     Ok(dims)
+}
+
+/// Parses `I/N` with `I < N`.
+pub fn parse_shard(text: &str) -> anyhow::Result<(usize, usize)> {
+    let parsed = text.split_once('/').and_then(|(i, n)| Some((i.trim().parse().ok()?, n.trim().parse().ok()?)));
+    match parsed {
+        Some((i, n)) if n > 0 && i < n => Ok((i, n)),
+        _ => bail!("--shard {text}: expected I/N with 0 <= I < N"),
+    }
 }
 
 /// Scan's analysis settings from its flags.

@@ -15,7 +15,7 @@ use cntscope::engine::{select_engine, AnalysisOptions, CpuEngine, Engine, GpuCon
 use cntscope::graph::GraphOptions;
 use cntscope::graph::{LayerKind, Network};
 use cntscope::output::{atomic_write, num, write_csv, NODE_VALUES_HEADER};
-use cntscope::scan::{measure, scan, ScanOptions};
+use cntscope::scan::{measure, merge, scan, MetadataTable, ScanOptions, ScanSummary};
 
 use cli::{Cli, Command};
 
@@ -73,13 +73,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Scan { paths, graph, device, output, jobs, bins, resume } => {
+        Command::Scan { paths, graph, device, output, jobs, bins, resume, strict, shard, metadata } => {
             let opts = ScanOptions {
                 graph: graph.options()?,
                 analysis: cli::analysis_options(bins)?,
                 jobs: jobs.unwrap_or_else(cores).max(1),
                 resume,
                 progress: true,
+                strict,
+                shard: shard.as_deref().map(cli::parse_shard).transpose()?,
+                metadata: metadata.as_deref().map(MetadataTable::load).transpose()?,
             };
             let checkpoints = collect_checkpoints(&paths)?;
             if checkpoints.is_empty() {
@@ -93,18 +96,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprintln!("engine: {}", engine.name());
             }
             let summary = scan(&checkpoints, &output, engine.as_ref(), &opts)?;
-            eprintln!("{} analysed, {} failed -> {}", summary.analysed, summary.failed, output.display());
-            if summary.failed > 0 {
-                eprintln!("failures are listed in {}", output.join("errors.csv").display());
-            }
-            Ok(ExitCode::from(match (summary.analysed, summary.failed) {
-                (_, 0) => 0,
-                (0, _) => 2,
-                _ => 1,
-            }))
+            Ok(report(summary, &output))
         }
+        Command::Merge { dirs, output } => Ok(report(merge(&dirs, &output)?, &output)),
         Command::Verify { paths, graph, adapter } => verify(&paths, &graph.options()?, adapter.as_deref(), cli.verbose),
     }
+}
+
+/// Prints how a scan went; its exit code (0 all good, 1 some failed, 2
+/// none analysed).
+fn report(summary: ScanSummary, output: &Path) -> ExitCode {
+    eprintln!("{} analysed, {} failed -> {}", summary.analysed, summary.failed, output.display());
+    if summary.failed > 0 {
+        eprintln!("failures are listed in {}", output.join("errors.csv").display());
+    }
+    ExitCode::from(match (summary.analysed, summary.failed) {
+        (_, 0) => 0,
+        (0, _) => 2,
+        _ => 1,
+    })
 }
 
 /// Bytes on disk of a checkpoint (a file, or the files of a directory).

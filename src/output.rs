@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::engine::{Analysis, NodeSetResult};
 use crate::error::{Error, Result};
@@ -156,23 +156,52 @@ pub fn histogram_rows(checkpoint: &str, a: &Analysis) -> Vec<Vec<String>> {
     rows
 }
 
-/// Writes `path` atomically: `write` fills a temporary file beside it,
-/// which is flushed, synced and renamed over `path`.
-pub fn atomic_write(path: &Path, write: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>) -> Result<()> {
-    let err = |e: std::io::Error| Error::Output { path: path.to_path_buf(), reason: e.to_string() };
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp{}", std::process::id()));
-    let result = (|| {
-        let mut w = BufWriter::new(File::create(&tmp)?);
-        write(&mut w)?;
-        let file = w.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+/// A file written beside its final path and renamed over it on
+/// [`AtomicFile::commit`], so readers never see half a table; dropped
+/// without commit, the temporary file is removed.
+pub struct AtomicFile {
+    path: PathBuf,
+    tmp: PathBuf,
+    writer: Option<BufWriter<File>>,
+}
+
+impl AtomicFile {
+    /// Starts writing `path`.
+    pub fn create(path: &Path) -> Result<Self> {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let tmp = path.with_file_name(format!(".{name}.tmp{}", std::process::id()));
+        let file = File::create(&tmp).map_err(|e| Error::Output { path: path.to_path_buf(), reason: e.to_string() })?;
+        Ok(AtomicFile { path: path.to_path_buf(), tmp, writer: Some(BufWriter::new(file)) })
     }
-    result.map_err(err)
+
+    /// Where to write the contents.
+    pub fn writer(&mut self) -> &mut BufWriter<File> {
+        self.writer.as_mut().expect("not committed")
+    }
+
+    /// Flushes, syncs and renames the file into place.
+    pub fn commit(mut self) -> Result<()> {
+        let err = |e: std::io::Error| Error::Output { path: self.path.clone(), reason: e.to_string() };
+        let writer = self.writer.take().expect("not committed");
+        let file = writer.into_inner().map_err(|e| err(e.into_error()))?;
+        file.sync_all().map_err(err)?;
+        std::fs::rename(&self.tmp, &self.path).map_err(err)
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if self.writer.is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Writes `path` atomically: `write` fills an [`AtomicFile`].
+pub fn atomic_write(path: &Path, write: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>) -> Result<()> {
+    let mut file = AtomicFile::create(path)?;
+    write(file.writer()).map_err(|e| Error::Output { path: path.to_path_buf(), reason: e.to_string() })?;
+    file.commit()
 }
 
 /// Writes CSV `rows` under `header` to `w`.

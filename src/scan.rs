@@ -1,17 +1,19 @@
-//! Measuring collections: workers analyse checkpoints in parallel, every
-//! finished checkpoint (result or error) is appended to a journal at once,
-//! and the tables are rendered from the journal at the end. So a failing
-//! checkpoint never stops the rest, an interrupted scan keeps what it
-//! finished (`resume` does only the rest), and the final tables are in
-//! input order whatever the timing.
+//! Measuring collections: workers open and analyse checkpoints in parallel
+//! (in batches, for the GPU), a bounded queue carries their records to one
+//! writer that appends each finished checkpoint (result or error) to a
+//! journal at once, and the tables are rendered from the journal at the end
+//! by streaming it in input order. So memory does not grow with the
+//! collection, a failing checkpoint never stops the rest, an interrupted
+//! scan keeps what it finished (`resume` does only the rest), and shards of
+//! one collection run anywhere and merge into exactly the tables one run
+//! would give.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::io::{BufRead, BufReader, IsTerminal, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
@@ -19,7 +21,7 @@ use crate::checkpoint::Checkpoint;
 use crate::engine::{Analysis, AnalysisOptions, Engine};
 use crate::error::{Error, Result};
 use crate::graph::{GraphOptions, Network};
-use crate::output::{self, atomic_write, write_csv};
+use crate::output::{self, atomic_write, AtomicFile};
 
 /// Name of the journal file inside a scan's output directory.
 pub const JOURNAL: &str = "journal.jsonl";
@@ -37,6 +39,57 @@ pub struct ScanOptions {
     pub resume: bool,
     /// Report progress on standard error (only shown on a terminal).
     pub progress: bool,
+    /// Stop at the first failing checkpoint.
+    pub strict: bool,
+    /// Only checkpoints `i` with `i % n == k`: `Some((k, n))`.
+    pub shard: Option<(usize, usize)>,
+    /// Metadata for checkpoints whose files carry none (or to override).
+    pub metadata: Option<MetadataTable>,
+}
+
+/// Metadata columns from a CSV table keyed by checkpoint path (a `path` or
+/// `checkpoint` column); its values override the files' own.
+#[derive(Debug, Clone, Default)]
+pub struct MetadataTable {
+    rows: HashMap<PathBuf, BTreeMap<String, String>>,
+}
+
+impl MetadataTable {
+    /// Reads the table; paths are matched as given and after
+    /// canonicalisation.
+    pub fn load(path: &Path) -> Result<Self> {
+        let err = |reason: String| Error::Spec { path: path.to_path_buf(), reason };
+        let mut reader = csv::Reader::from_path(path).map_err(|e| err(e.to_string()))?;
+        let header: Vec<String> = reader.headers().map_err(|e| err(e.to_string()))?.iter().map(String::from).collect();
+        let key = header
+            .iter()
+            .position(|h| h == "path" || h == "checkpoint")
+            .ok_or_else(|| err("the metadata table needs a `path` or `checkpoint` column".into()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut rows = HashMap::new();
+        for (line, record) in reader.records().enumerate() {
+            let record = record.map_err(|e| err(format!("row {}: {e}", line + 2)))?;
+            let values: BTreeMap<String, String> = header
+                .iter()
+                .zip(record.iter())
+                .enumerate()
+                .filter(|&(i, _)| i != key)
+                .map(|(_, (h, v))| (h.clone(), v.to_string()))
+                .collect();
+            let p = PathBuf::from(&record[key]);
+            let resolved = if p.is_relative() && !p.exists() { base.join(&p) } else { p.clone() };
+            if let Ok(canonical) = resolved.canonicalize() {
+                rows.insert(canonical, values.clone());
+            }
+            rows.insert(p, values);
+        }
+        Ok(MetadataTable { rows })
+    }
+
+    /// The row for a checkpoint, if the table has one.
+    pub fn get(&self, checkpoint: &Path) -> Option<&BTreeMap<String, String>> {
+        self.rows.get(checkpoint).or_else(|| checkpoint.canonicalize().ok().and_then(|c| self.rows.get(&c)))
+    }
 }
 
 /// How a scan went.
@@ -70,6 +123,11 @@ pub fn measure(path: &Path, graph: &GraphOptions, engine: &dyn Engine, opts: &An
 #[derive(Debug, Serialize, Deserialize)]
 struct Record {
     checkpoint: String,
+    /// Position in the whole (unsharded) input list: the tables' order.
+    order: usize,
+    /// Bytes of tensor data (for progress).
+    #[serde(default)]
+    bytes: u64,
     #[serde(default)]
     metadata: BTreeMap<String, String>,
     #[serde(default)]
@@ -84,9 +142,11 @@ struct Record {
 }
 
 impl Record {
-    fn new(id: &str) -> Self {
+    fn new(id: &str, order: usize) -> Self {
         Record {
             checkpoint: id.to_string(),
+            order,
+            bytes: 0,
             metadata: BTreeMap::new(),
             nodes: vec![],
             links: vec![],
@@ -95,21 +155,20 @@ impl Record {
         }
     }
 
-    fn measured(id: &str, metadata: BTreeMap<String, String>, a: &Analysis) -> Self {
+    fn measured(id: &str, order: usize, ck: &Checkpoint, a: &Analysis) -> Self {
         Record {
             nodes: output::node_rows(id, a),
             links: output::link_rows(id, a),
             histograms: output::histogram_rows(id, a),
-            metadata,
-            ..Record::new(id)
+            metadata: ck.metadata().clone(),
+            bytes: ck.data_bytes(),
+            ..Record::new(id, order)
         }
     }
 
-    fn failed(id: &str, e: &Error) -> Self {
-        Record {
-            error: Some([e.kind().to_string(), e.tensor().unwrap_or("").to_string(), e.to_string()]),
-            ..Record::new(id)
-        }
+    fn failed(id: &str, order: usize, e: &Error) -> Self {
+        let error = [e.kind().to_string(), e.tensor().unwrap_or("").to_string(), e.to_string()];
+        Record { error: Some(error), ..Record::new(id, order) }
     }
 }
 
@@ -136,10 +195,10 @@ fn batch_records(
             .iter()
             .zip(&opened)
             .map(|(&i, o)| match o {
-                Err(e) => Record::failed(&ids[i], e),
+                Err(e) => Record::failed(&ids[i], i, e),
                 Ok((ck, _)) => match results.next().expect("one result per network") {
-                    Ok(a) => Record::measured(&ids[i], ck.metadata().clone(), &a),
-                    Err(e) => Record::failed(&ids[i], &e),
+                    Ok(a) => Record::measured(&ids[i], i, ck, &a),
+                    Err(e) => Record::failed(&ids[i], i, &e),
                 },
             })
             .collect::<Vec<_>>()
@@ -158,35 +217,58 @@ fn batch_records(
                     String::new(),
                     format!("{}: internal error (please report): {what}", paths[i].display()),
                 ]),
-                ..Record::new(&ids[i])
+                ..Record::new(&ids[i], i)
             })
             .collect()
     })
 }
 
-/// Reads the journal's complete records; a torn last line (from a killed
-/// run) is cut off so appends continue cleanly.
-fn load_journal(path: &Path) -> Result<Vec<Record>> {
+/// Where one record lies in a journal, and what rendering needs before
+/// reading it whole.
+struct Entry {
+    order: usize,
+    checkpoint: String,
+    file: usize,
+    offset: u64,
+    len: usize,
+    failed: bool,
+}
+
+/// The parts of a record the index needs (the rest is skipped unparsed).
+#[derive(Deserialize)]
+struct Head {
+    checkpoint: String,
+    order: usize,
+    #[serde(default)]
+    metadata: BTreeMap<String, String>,
+    #[serde(default)]
+    error: Option<serde::de::IgnoredAny>,
+}
+
+/// Indexes a journal's complete records; with `repair`, a torn last line
+/// (from a killed run) is cut off so appends continue cleanly. Returns the
+/// entries and the metadata keys seen.
+fn index_journal(path: &Path, file: usize, repair: bool, keys: &mut BTreeSet<String>) -> Result<Vec<Entry>> {
     let io = |e: std::io::Error| Error::Output { path: path.to_path_buf(), reason: e.to_string() };
-    let Ok(file) = File::open(path) else {
-        return Ok(vec![]);
-    };
-    let mut reader = BufReader::new(file);
-    let (mut records, mut good_len, mut line) = (Vec::new(), 0u64, String::new());
+    let Ok(f) = File::open(path) else { return Ok(vec![]) };
+    let mut reader = BufReader::new(f);
+    let (mut entries, mut offset, mut line) = (Vec::new(), 0u64, String::new());
     loop {
         line.clear();
         let n = reader.read_line(&mut line).map_err(io)?;
         if n == 0 || !line.ends_with('\n') {
             break;
         }
-        match serde_json::from_str::<Record>(&line) {
-            Ok(r) => records.push(r),
-            Err(_) => break,
-        }
-        good_len += n as u64;
+        let Ok(head) = serde_json::from_str::<Head>(&line) else { break };
+        keys.extend(head.metadata.into_keys());
+        let failed = head.error.is_some();
+        entries.push(Entry { order: head.order, checkpoint: head.checkpoint, file, offset, len: n, failed });
+        offset += n as u64;
     }
-    OpenOptions::new().write(true).open(path).and_then(|f| f.set_len(good_len)).map_err(io)?;
-    Ok(records)
+    if repair {
+        OpenOptions::new().write(true).open(path).and_then(|f| f.set_len(offset)).map_err(io)?;
+    }
+    Ok(entries)
 }
 
 /// Scans checkpoints into `out_dir`: `nodes.csv`, `links.csv`,
@@ -197,31 +279,35 @@ pub fn scan(checkpoints: &[PathBuf], out_dir: &Path, engine: &dyn Engine, opts: 
     let journal_path = out_dir.join(JOURNAL);
     let ids: Vec<String> = checkpoints.iter().map(|p| p.display().to_string()).collect();
     let done: BTreeSet<String> = if opts.resume {
-        load_journal(&journal_path)?.into_iter().map(|r| r.checkpoint).collect()
+        index_journal(&journal_path, 0, true, &mut BTreeSet::new())?.into_iter().map(|e| e.checkpoint).collect()
     } else {
         File::create(&journal_path).map_err(out_err)?;
         BTreeSet::new()
     };
-    let todo: Vec<usize> = (0..checkpoints.len()).filter(|&i| !done.contains(&ids[i])).collect();
+    let (shard, shards) = opts.shard.unwrap_or((0, 1));
+    let todo: Vec<usize> = (0..checkpoints.len()).filter(|&i| i % shards == shard && !done.contains(&ids[i])).collect();
     let mut journal = OpenOptions::new().append(true).open(&journal_path).map_err(out_err)?;
 
     let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
     let batch = engine.batch_size().max(1);
     let workers = opts.jobs.clamp(1, todo.len().div_ceil(batch).max(1));
-    let show = opts.progress && std::io::stderr().is_terminal();
-    let started = Instant::now();
+    let progress = Progress::new(opts.progress, todo.len());
     std::thread::scope(|s| -> Result<()> {
         let (tx, rx) = mpsc::sync_channel::<Record>(workers * batch * 2);
         for _ in 0..workers {
             let tx = tx.clone();
-            let (next, todo, ids) = (&next, &todo, &ids);
+            let (next, stop, todo, ids) = (&next, &stop, &todo, &ids);
             s.spawn(move || loop {
                 let start = next.fetch_add(batch, Ordering::Relaxed).min(todo.len());
                 let chunk = &todo[start..(start + batch).min(todo.len())];
-                if chunk.is_empty() {
+                if chunk.is_empty() || stop.load(Ordering::Relaxed) {
                     break;
                 }
-                for rec in batch_records(chunk, ids, checkpoints, &opts.graph, engine, &opts.analysis) {
+                for mut rec in batch_records(chunk, ids, checkpoints, &opts.graph, engine, &opts.analysis) {
+                    if let Some(extra) = opts.metadata.as_ref().and_then(|t| t.get(&checkpoints[rec.order])) {
+                        rec.metadata.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+                    }
                     if tx.send(rec).is_err() {
                         return;
                     }
@@ -229,64 +315,155 @@ pub fn scan(checkpoints: &[PathBuf], out_dir: &Path, engine: &dyn Engine, opts: 
             });
         }
         drop(tx);
-        for (k, rec) in rx.into_iter().enumerate() {
+        for rec in rx {
             let mut line = serde_json::to_string(&rec).expect("records serialise");
             line.push('\n');
             journal.write_all(line.as_bytes()).map_err(out_err)?;
-            if show {
-                let rate = (k + 1) as f64 / started.elapsed().as_secs_f64().max(1e-9);
-                eprint!("\r{}/{} checkpoints, {rate:.1}/s   ", k + 1, todo.len());
+            progress.record(rec.bytes);
+            if opts.strict && rec.error.is_some() {
+                stop.store(true, Ordering::Relaxed);
+                break;
             }
-        }
-        if show {
-            eprintln!();
         }
         Ok(())
     })?;
+    progress.finish();
     journal.sync_all().map_err(out_err)?;
-    render(&journal_path, &ids, out_dir)
+    render(&[journal_path], out_dir)
 }
 
-/// Renders the tables from the journal, in input order, with the union of
-/// all checkpoints' metadata keys as trailing columns.
-fn render(journal_path: &Path, ids: &[String], out_dir: &Path) -> Result<ScanSummary> {
-    let mut by_id: HashMap<String, Record> =
-        load_journal(journal_path)?.into_iter().map(|r| (r.checkpoint.clone(), r)).collect();
-    let ordered: Vec<Record> = ids.iter().filter_map(|id| by_id.remove(id)).collect();
-    let keys: BTreeSet<&str> = ordered.iter().flat_map(|r| r.metadata.keys().map(String::as_str)).collect();
+/// Combines the journals of shard runs (`scan --shard I/N` into each DIR)
+/// into `out_dir`: the same tables one unsharded run would give.
+pub fn merge(dirs: &[PathBuf], out_dir: &Path) -> Result<ScanSummary> {
+    let out_err = |e: std::io::Error| Error::Output { path: out_dir.to_path_buf(), reason: e.to_string() };
+    std::fs::create_dir_all(out_dir).map_err(out_err)?;
+    let journals: Vec<PathBuf> = dirs.iter().map(|d| d.join(JOURNAL)).collect();
+    for j in &journals {
+        if !j.is_file() {
+            return Err(Error::Output { path: j.clone(), reason: "no scan journal here".into() });
+        }
+    }
+    let summary = render(&journals, out_dir)?;
+    // The merged journal, so the merged directory can be merged or resumed again.
+    let merged = out_dir.join(JOURNAL);
+    if !journals.contains(&merged) {
+        atomic_write(&merged, |w| {
+            for j in &journals {
+                std::io::copy(&mut File::open(j)?, w)?;
+            }
+            Ok(())
+        })?;
+    }
+    Ok(summary)
+}
+
+/// Renders the tables from journals, streaming their records in input
+/// order (one record in memory at a time), with the union of all metadata
+/// keys as trailing columns. Each table is written atomically.
+fn render(journals: &[PathBuf], out_dir: &Path) -> Result<ScanSummary> {
+    let mut keys = BTreeSet::new();
+    let mut entries = Vec::new();
+    for (i, j) in journals.iter().enumerate() {
+        entries.extend(index_journal(j, i, false, &mut keys)?);
+    }
+    entries.sort_by_key(|e| e.order);
+    entries.dedup_by(|a, b| a.checkpoint == b.checkpoint);
+    let keys: Vec<String> = keys.into_iter().collect();
     let taken: BTreeSet<&str> = output::NODES_HEADER.iter().chain(&output::LINKS_HEADER).copied().collect();
-    let meta_cols: Vec<String> =
-        keys.iter().map(|k| if taken.contains(k) { format!("meta_{k}") } else { k.to_string() }).collect();
-    let header = |base: &[&'static str]| -> Vec<String> {
-        base.iter().map(|s| s.to_string()).chain(meta_cols.iter().cloned()).collect()
-    };
-    let with_meta = |rows: &[Vec<String>], r: &Record| -> Vec<Vec<String>> {
-        rows.iter()
-            .map(|row| {
-                row.iter()
-                    .cloned()
-                    .chain(keys.iter().map(|k| r.metadata.get(*k).cloned().unwrap_or_default()))
-                    .collect()
-            })
-            .collect()
-    };
-    let nodes_header = header(&output::NODES_HEADER);
-    let links_header = header(&output::LINKS_HEADER);
-    atomic_write(&out_dir.join("nodes.csv"), |w| {
-        write_csv(w, &nodes_header, ordered.iter().flat_map(|r| with_meta(&r.nodes, r)))
-    })?;
-    atomic_write(&out_dir.join("links.csv"), |w| {
-        write_csv(w, &links_header, ordered.iter().flat_map(|r| with_meta(&r.links, r)))
-    })?;
-    atomic_write(&out_dir.join("histograms.csv"), |w| {
-        write_csv(w, &output::HISTOGRAMS_HEADER, ordered.iter().flat_map(|r| r.histograms.iter().cloned()))
-    })?;
-    let errors = ordered.iter().filter_map(|r| {
-        r.error
-            .as_ref()
-            .map(|[kind, tensor, msg]| vec![r.checkpoint.clone(), kind.clone(), tensor.clone(), msg.clone()])
-    });
-    atomic_write(&out_dir.join("errors.csv"), |w| write_csv(w, &output::ERRORS_HEADER, errors))?;
-    let failed = ordered.iter().filter(|r| r.error.is_some()).count();
-    Ok(ScanSummary { analysed: ordered.len() - failed, failed })
+    let meta_cols = keys.iter().map(|k| if taken.contains(k.as_str()) { format!("meta_{k}") } else { k.clone() });
+    let header =
+        |base: &[&str]| -> Vec<String> { base.iter().map(|s| s.to_string()).chain(meta_cols.clone()).collect() };
+
+    let plain = |base: &[&str]| -> Vec<String> { base.iter().map(|s| s.to_string()).collect() };
+    let mut tables = [
+        (AtomicFile::create(&out_dir.join("nodes.csv"))?, header(&output::NODES_HEADER)),
+        (AtomicFile::create(&out_dir.join("links.csv"))?, header(&output::LINKS_HEADER)),
+        (AtomicFile::create(&out_dir.join("histograms.csv"))?, plain(&output::HISTOGRAMS_HEADER)),
+        (AtomicFile::create(&out_dir.join("errors.csv"))?, plain(&output::ERRORS_HEADER)),
+    ];
+    let mut writers: Vec<csv::Writer<&mut std::io::BufWriter<File>>> = Vec::new();
+    for (file, header) in tables.iter_mut() {
+        let mut w = csv::Writer::from_writer(file.writer());
+        w.write_record(header.iter()).map_err(|e| csv_err(out_dir, e))?;
+        writers.push(w);
+    }
+    let mut files: Vec<File> = journals
+        .iter()
+        .map(File::open)
+        .collect::<std::io::Result<_>>()
+        .map_err(|e| Error::Output { path: out_dir.to_path_buf(), reason: e.to_string() })?;
+    let mut line = Vec::new();
+    for e in &entries {
+        line.resize(e.len, 0);
+        let f = &mut files[e.file];
+        f.seek(SeekFrom::Start(e.offset))
+            .and_then(|_| f.read_exact(&mut line))
+            .map_err(|err| Error::Output { path: journals[e.file].clone(), reason: err.to_string() })?;
+        let r: Record = serde_json::from_slice(&line)
+            .map_err(|err| Error::Output { path: journals[e.file].clone(), reason: err.to_string() })?;
+        let meta: Vec<&str> = keys.iter().map(|k| r.metadata.get(k).map_or("", String::as_str)).collect();
+        for (rows, w) in [(&r.nodes, 0), (&r.links, 1)] {
+            for row in rows {
+                let cells = row.iter().map(String::as_str).chain(meta.iter().copied());
+                writers[w].write_record(cells).map_err(|err| csv_err(out_dir, err))?;
+            }
+        }
+        for row in &r.histograms {
+            writers[2].write_record(row).map_err(|err| csv_err(out_dir, err))?;
+        }
+        if let Some([kind, tensor, msg]) = &r.error {
+            writers[3].write_record([&r.checkpoint, kind, tensor, msg]).map_err(|err| csv_err(out_dir, err))?;
+        }
+    }
+    for w in writers.iter_mut() {
+        w.flush().map_err(|err| Error::Output { path: out_dir.to_path_buf(), reason: err.to_string() })?;
+    }
+    drop(writers);
+    for (file, _) in tables {
+        file.commit()?;
+    }
+    let failed = entries.iter().filter(|e| e.failed).count();
+    Ok(ScanSummary { analysed: entries.len() - failed, failed })
+}
+
+fn csv_err(dir: &Path, e: csv::Error) -> Error {
+    Error::Output { path: dir.to_path_buf(), reason: e.to_string() }
+}
+
+/// Progress on standard error: checkpoints, checkpoints/s, MB/s and ETA;
+/// hidden when standard error is not a terminal.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    bytes: std::sync::atomic::AtomicU64,
+    started: std::time::Instant,
+}
+
+impl Progress {
+    fn new(enabled: bool, total: usize) -> Self {
+        let bar = (enabled && std::io::stderr().is_terminal()).then(|| {
+            let bar = indicatif::ProgressBar::new(total as u64);
+            let style = indicatif::ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} checkpoints  {per_sec}  {msg}  ETA {eta}",
+            )
+            .expect("valid template");
+            bar.set_style(style);
+            bar
+        });
+        Progress { bar, bytes: 0.into(), started: std::time::Instant::now() }
+    }
+
+    fn record(&self, bytes: u64) {
+        let total = self.bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        if let Some(bar) = &self.bar {
+            let mb_s = total as f64 / 1e6 / self.started.elapsed().as_secs_f64().max(1e-9);
+            bar.set_message(format!("{mb_s:.0} MB/s"));
+            bar.inc(1);
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish();
+        }
+    }
 }

@@ -273,3 +273,66 @@ fn gpu_scan_matches_cpu_scan() {
     }
     assert_eq!(std::fs::read(cpu.join("errors.csv")).unwrap(), std::fs::read(gpu.join("errors.csv")).unwrap());
 }
+
+#[test]
+fn shards_merge_into_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("zoo");
+    std::fs::create_dir(&data).unwrap();
+    for i in 0..11 {
+        mlp(&data.join(format!("m{i}.safetensors")), 500 + i, &format!("0.{i}"));
+    }
+    std::fs::write(data.join("m7.safetensors"), b"broken").unwrap();
+    let whole = dir.path().join("whole");
+    let o = cntscope(&["scan", data.to_str().unwrap(), "-o", whole.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let mut parts = Vec::new();
+    for i in 0..4 {
+        let part = dir.path().join(format!("part{i}"));
+        let shard = format!("{i}/4");
+        let o = cntscope(&["scan", data.to_str().unwrap(), "--shard", &shard, "-o", part.to_str().unwrap()]);
+        assert!(o.status.code() == Some(0) || o.status.code() == Some(1), "{}", text(&o));
+        parts.push(part.to_str().unwrap().to_string());
+    }
+    let merged = dir.path().join("merged");
+    let mut args = vec!["merge"];
+    args.extend(parts.iter().map(String::as_str));
+    args.extend(["-o", merged.to_str().unwrap()]);
+    let o = cntscope(&args);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    for table in ["nodes.csv", "links.csv", "histograms.csv", "errors.csv"] {
+        assert_eq!(std::fs::read(whole.join(table)).unwrap(), std::fs::read(merged.join(table)).unwrap(), "{table}");
+    }
+    let o = cntscope(&["scan", data.to_str().unwrap(), "--shard", "4/4", "-o", merged.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "shard out of range is bad usage");
+}
+
+#[test]
+fn strict_stops_and_sidecar_metadata_fills_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("zoo");
+    std::fs::create_dir(&data).unwrap();
+    for i in 0..6 {
+        mlp(&data.join(format!("m{i}.safetensors")), 700 + i, "0.5");
+    }
+    std::fs::write(data.join("m0.safetensors"), b"broken").unwrap();
+    let out = dir.path().join("strict");
+    let o = cntscope(&["scan", data.to_str().unwrap(), "--strict", "--jobs", "1", "-o", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "stopped at the first checkpoint: {}", text(&o));
+    let (_, errors) = csv(&out.join("errors.csv"));
+    assert_eq!(errors.len(), 1);
+
+    let table = dir.path().join("meta.csv");
+    std::fs::write(&table, "path,lr,accuracy\nzoo/m1.safetensors,0.01,0.99\nzoo/m2.safetensors,0.1,\n").unwrap();
+    let out = dir.path().join("meta");
+    let o =
+        cntscope(&["scan", data.to_str().unwrap(), "--metadata", table.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let (header, rows) = csv(&out.join("nodes.csv"));
+    let (lr, acc) =
+        (header.iter().position(|h| h == "lr").unwrap(), header.iter().position(|h| h == "accuracy").unwrap());
+    let m1: Vec<&Vec<String>> = rows.iter().filter(|r| r[0].ends_with("m1.safetensors")).collect();
+    assert_eq!((m1[0][lr].as_str(), m1[0][acc].as_str()), ("0.01", "0.99"), "sidecar overrides the file's accuracy");
+    let m3 = rows.iter().find(|r| r[0].ends_with("m3.safetensors")).unwrap();
+    assert_eq!((m3[lr].as_str(), m3[acc].as_str()), ("", "0.5"));
+}

@@ -18,7 +18,10 @@ pub(super) const DENSE_ROWS: usize = 16;
 /// Threads per workgroup of the element-wise kernels.
 pub(super) const WG: usize = 256;
 /// Upper bound on the workgroups of one reduction job.
-pub(super) const REDUCE_GROUPS: usize = 64;
+pub(super) const REDUCE_GROUPS: usize = 1024;
+/// Elements per workgroup below which a reduction job gets no more
+/// workgroups: small jobs take one, a large tensor up to `REDUCE_GROUPS`.
+const REDUCE_PER_GROUP: usize = 8 * WG;
 /// Floats per moment partial (`moments.wgsl`).
 pub(super) const PARTIAL: usize = 8;
 
@@ -363,7 +366,7 @@ impl<'a> Plan<'a> {
 
     /// Plans moments (and, with `bins > 0`, a histogram) of `n` values.
     pub(super) fn add_reduction(&mut self, source: Source, n: usize, bins: usize) -> Reduction {
-        let groups = n.div_ceil(WG).clamp(1, REDUCE_GROUPS);
+        let groups = n.div_ceil(REDUCE_PER_GROUP).clamp(1, REDUCE_GROUPS);
         let r = Reduction { partials: self.partials_len, groups, counts: self.counts_len, bins };
         self.partials_len += groups;
         self.counts_len += bins;
