@@ -44,10 +44,30 @@ impl DType {
     }
 }
 
-/// One memory-mapped safetensors file.
+/// Files smaller than this are read into memory; larger ones are mapped
+/// (for a small file, one read costs less than mapping and unmapping).
+const MAP_MIN_BYTES: u64 = 1 << 20;
+
+/// A file's bytes: mapped (zero-copy) or, for small files, read.
+enum Bytes {
+    Mapped(Mmap),
+    Read(Vec<u8>),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped(m) => m,
+            Bytes::Read(v) => v,
+        }
+    }
+}
+
+/// One safetensors file.
 struct Shard {
     path: PathBuf,
-    map: Mmap,
+    map: Bytes,
     /// Offset of the data section (8 + header length).
     data_start: usize,
 }
@@ -291,9 +311,15 @@ fn map_shard(path: &Path) -> Result<(Shard, Metadata)> {
             reason: format!("file is {len} bytes, shorter than the 8-byte header length"),
         });
     }
-    // SAFETY: the map is read-only; a file truncated by another process while
-    // mapped is outside what any reader of memory-mapped files can guard.
-    let map = unsafe { Mmap::map(&file) }.map_err(io)?;
+    let map = if len >= MAP_MIN_BYTES {
+        // SAFETY: the map is read-only; a file truncated by another process
+        // while mapped is outside what any reader of mapped files can guard.
+        Bytes::Mapped(unsafe { Mmap::map(&file) }.map_err(io)?)
+    } else {
+        let mut v = Vec::with_capacity(len as usize);
+        std::io::Read::read_to_end(&mut &file, &mut v).map_err(io)?;
+        Bytes::Read(v)
+    };
     let (n, meta) = SafeTensors::read_metadata(&map)
         .map_err(|e| Error::Malformed { path: path.to_path_buf(), reason: describe(e) })?;
     // `read_metadata` checked that 8 + n + data length == file length.
@@ -370,19 +396,42 @@ pub fn collect_checkpoints(args: &[PathBuf]) -> Result<Vec<PathBuf>> {
 
 fn walk(path: &Path, explicit: bool, out: &mut Vec<PathBuf>) -> Result<()> {
     if path.is_dir() {
-        if path.join(SHARD_INDEX).is_file() {
-            out.push(path.to_path_buf());
-            return Ok(());
-        }
-        let io = |error| Error::Io { path: path.to_path_buf(), error };
-        let mut entries: Vec<PathBuf> =
-            std::fs::read_dir(path).map_err(io)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
-        entries.sort_by(|a, b| natural_cmp(&a.to_string_lossy(), &b.to_string_lossy()));
-        for e in entries {
-            walk(&e, false, out)?;
-        }
-    } else if explicit || path.extension().is_some_and(|e| e == "safetensors") {
+        return walk_dir(path, out);
+    }
+    if explicit || path.extension().is_some_and(|e| e == "safetensors") {
         out.push(path.to_path_buf());
+    }
+    Ok(())
+}
+
+/// A directory: itself if sharded, else its entries (file types from the
+/// listing, so no extra `stat` per file).
+fn walk_dir(path: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    if path.join(SHARD_INDEX).is_file() {
+        out.push(path.to_path_buf());
+        return Ok(());
+    }
+    let io = |error| Error::Io { path: path.to_path_buf(), error };
+    let mut entries: Vec<(PathBuf, bool)> = std::fs::read_dir(path)
+        .map_err(io)?
+        .filter_map(|e| e.ok())
+        .map(|e| {
+            let p = e.path();
+            let dir = match e.file_type() {
+                Ok(t) if t.is_symlink() => p.is_dir(),
+                Ok(t) => t.is_dir(),
+                Err(_) => false,
+            };
+            (p, dir)
+        })
+        .collect();
+    entries.sort_by(|a, b| natural_cmp(&a.0.to_string_lossy(), &b.0.to_string_lossy()));
+    for (p, dir) in entries {
+        if dir {
+            walk_dir(&p, out)?;
+        } else if p.extension().is_some_and(|e| e == "safetensors") {
+            out.push(p);
+        }
     }
     Ok(())
 }

@@ -90,7 +90,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             // Few checkpoints: parallelism goes inside the layers instead.
             let threads = (opts.jobs / checkpoints.len()).max(1);
-            let largest = checkpoints.iter().map(|p| checkpoint_bytes(p)).max().unwrap_or(0);
+            let auto = device.device() == cntscope::engine::Device::Auto;
+            let largest = if auto { checkpoints.iter().map(|p| checkpoint_bytes(p)).max().unwrap_or(0) } else { 0 };
             let engine = select_engine(device.device(), device.adapter.as_deref(), threads, largest)?;
             if cli.verbose {
                 eprintln!("engine: {}", engine.name());

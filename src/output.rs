@@ -52,8 +52,9 @@ pub const LINKS_HEADER: [&str; 17] = [
     "bias_max",
 ];
 
-/// Columns of `histograms.csv` (long format: one row per bin).
-pub const HISTOGRAMS_HEADER: [&str; 8] = ["checkpoint", "measure", "index", "name", "bin", "lo", "hi", "count"];
+/// Columns of `histograms.csv`: one row per histogram, `bins` equal bins
+/// over `[lo, hi]` (last bin closed), `counts` space-separated.
+pub const HISTOGRAMS_HEADER: [&str; 8] = ["checkpoint", "measure", "index", "name", "lo", "hi", "bins", "counts"];
 
 /// Columns of `errors.csv`.
 pub const ERRORS_HEADER: [&str; 4] = ["checkpoint", "kind", "tensor", "message"];
@@ -131,29 +132,14 @@ pub fn link_rows(checkpoint: &str, a: &Analysis) -> Vec<Vec<String>> {
 /// (`measure = link_weight`, index = layer) and strengths per node set
 /// (`measure = strength`, index = node layer).
 pub fn histogram_rows(checkpoint: &str, a: &Analysis) -> Vec<Vec<String>> {
-    let mut rows = Vec::new();
-    let mut push = |measure: &str, index: usize, name: &str, h: &Histogram| {
-        let edges = h.edges();
-        for (b, &count) in h.counts.iter().enumerate() {
-            rows.push(vec![
-                checkpoint.to_string(),
-                measure.to_string(),
-                index.to_string(),
-                name.to_string(),
-                b.to_string(),
-                num(edges[b]),
-                num(edges[b + 1]),
-                count.to_string(),
-            ]);
-        }
+    let row = |measure: &str, index: usize, name: &str, h: &Histogram| {
+        let counts: Vec<String> = h.counts.iter().map(u64::to_string).collect();
+        let cells = [measure, &index.to_string(), name, &num(h.lo), &num(h.hi), &h.counts.len().to_string()];
+        std::iter::once(checkpoint.to_string()).chain(cells.map(String::from)).chain([counts.join(" ")]).collect()
     };
-    for (i, l) in a.layers.iter().enumerate() {
-        push("link_weight", i + 1, &l.name, &l.histogram);
-    }
-    for (k, s) in a.node_sets.iter().enumerate() {
-        push("strength", k, &s.name, &s.histogram);
-    }
-    rows
+    let layers = a.layers.iter().enumerate().map(|(i, l)| row("link_weight", i + 1, &l.name, &l.histogram));
+    let sets = a.node_sets.iter().enumerate().map(|(k, s)| row("strength", k, &s.name, &s.histogram));
+    layers.chain(sets).collect()
 }
 
 /// A file written beside its final path and renamed over it on

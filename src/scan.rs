@@ -278,12 +278,17 @@ pub fn scan(checkpoints: &[PathBuf], out_dir: &Path, engine: &dyn Engine, opts: 
     std::fs::create_dir_all(out_dir).map_err(out_err)?;
     let journal_path = out_dir.join(JOURNAL);
     let ids: Vec<String> = checkpoints.iter().map(|p| p.display().to_string()).collect();
-    let done: BTreeSet<String> = if opts.resume {
-        index_journal(&journal_path, 0, true, &mut BTreeSet::new())?.into_iter().map(|e| e.checkpoint).collect()
+    // The journal's index (what rendering needs), kept as records are
+    // appended, so the tables are written without parsing it twice.
+    let mut keys = BTreeSet::new();
+    let mut entries = if opts.resume {
+        index_journal(&journal_path, 0, true, &mut keys)?
     } else {
         File::create(&journal_path).map_err(out_err)?;
-        BTreeSet::new()
+        Vec::new()
     };
+    let done: BTreeSet<String> = entries.iter().map(|e| e.checkpoint.clone()).collect();
+    let mut offset = std::fs::metadata(&journal_path).map_err(out_err)?.len();
     let (shard, shards) = opts.shard.unwrap_or((0, 1));
     let todo: Vec<usize> = (0..checkpoints.len()).filter(|&i| i % shards == shard && !done.contains(&ids[i])).collect();
     let mut journal = OpenOptions::new().append(true).open(&journal_path).map_err(out_err)?;
@@ -294,7 +299,7 @@ pub fn scan(checkpoints: &[PathBuf], out_dir: &Path, engine: &dyn Engine, opts: 
     let workers = opts.jobs.clamp(1, todo.len().div_ceil(batch).max(1));
     let progress = Progress::new(opts.progress, todo.len());
     std::thread::scope(|s| -> Result<()> {
-        let (tx, rx) = mpsc::sync_channel::<Record>(workers * batch * 2);
+        let (tx, rx) = mpsc::sync_channel::<Vec<Record>>(workers * 2);
         for _ in 0..workers {
             let tx = tx.clone();
             let (next, stop, todo, ids) = (&next, &stop, &todo, &ids);
@@ -304,32 +309,50 @@ pub fn scan(checkpoints: &[PathBuf], out_dir: &Path, engine: &dyn Engine, opts: 
                 if chunk.is_empty() || stop.load(Ordering::Relaxed) {
                     break;
                 }
-                for mut rec in batch_records(chunk, ids, checkpoints, &opts.graph, engine, &opts.analysis) {
+                let mut records = batch_records(chunk, ids, checkpoints, &opts.graph, engine, &opts.analysis);
+                for rec in records.iter_mut() {
                     if let Some(extra) = opts.metadata.as_ref().and_then(|t| t.get(&checkpoints[rec.order])) {
                         rec.metadata.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
                     }
-                    if tx.send(rec).is_err() {
-                        return;
-                    }
+                }
+                if tx.send(records).is_err() {
+                    return;
                 }
             });
         }
         drop(tx);
-        for rec in rx {
-            let mut line = serde_json::to_string(&rec).expect("records serialise");
-            line.push('\n');
-            journal.write_all(line.as_bytes()).map_err(out_err)?;
-            progress.record(rec.bytes);
-            if opts.strict && rec.error.is_some() {
-                stop.store(true, Ordering::Relaxed);
-                break;
+        let mut journal = std::io::BufWriter::new(&mut journal);
+        'receive: for records in rx {
+            for rec in records {
+                let mut line = serde_json::to_string(&rec).expect("records serialise");
+                line.push('\n');
+                journal.write_all(line.as_bytes()).map_err(out_err)?;
+                let failed = rec.error.is_some();
+                keys.extend(rec.metadata.into_keys());
+                entries.push(Entry {
+                    order: rec.order,
+                    checkpoint: rec.checkpoint,
+                    file: 0,
+                    offset,
+                    len: line.len(),
+                    failed,
+                });
+                offset += line.len() as u64;
+                progress.record(rec.bytes);
+                if opts.strict && failed {
+                    stop.store(true, Ordering::Relaxed);
+                    break 'receive;
+                }
             }
+            // A finished batch is on disk before the next is taken.
+            journal.flush().map_err(out_err)?;
         }
+        journal.flush().map_err(out_err)?;
         Ok(())
     })?;
     progress.finish();
     journal.sync_all().map_err(out_err)?;
-    render(&[journal_path], out_dir)
+    write_tables(&[journal_path], entries, keys, out_dir)
 }
 
 /// Combines the journals of shard runs (`scan --shard I/N` into each DIR)
@@ -343,7 +366,12 @@ pub fn merge(dirs: &[PathBuf], out_dir: &Path) -> Result<ScanSummary> {
             return Err(Error::Output { path: j.clone(), reason: "no scan journal here".into() });
         }
     }
-    let summary = render(&journals, out_dir)?;
+    let mut keys = BTreeSet::new();
+    let mut entries = Vec::new();
+    for (i, j) in journals.iter().enumerate() {
+        entries.extend(index_journal(j, i, false, &mut keys)?);
+    }
+    let summary = write_tables(&journals, entries, keys, out_dir)?;
     // The merged journal, so the merged directory can be merged or resumed again.
     let merged = out_dir.join(JOURNAL);
     if !journals.contains(&merged) {
@@ -357,15 +385,15 @@ pub fn merge(dirs: &[PathBuf], out_dir: &Path) -> Result<ScanSummary> {
     Ok(summary)
 }
 
-/// Renders the tables from journals, streaming their records in input
+/// Renders the tables from journals, streaming the indexed records in input
 /// order (one record in memory at a time), with the union of all metadata
 /// keys as trailing columns. Each table is written atomically.
-fn render(journals: &[PathBuf], out_dir: &Path) -> Result<ScanSummary> {
-    let mut keys = BTreeSet::new();
-    let mut entries = Vec::new();
-    for (i, j) in journals.iter().enumerate() {
-        entries.extend(index_journal(j, i, false, &mut keys)?);
-    }
+fn write_tables(
+    journals: &[PathBuf],
+    mut entries: Vec<Entry>,
+    keys: BTreeSet<String>,
+    out_dir: &Path,
+) -> Result<ScanSummary> {
     entries.sort_by_key(|e| e.order);
     entries.dedup_by(|a, b| a.checkpoint == b.checkpoint);
     let keys: Vec<String> = keys.into_iter().collect();

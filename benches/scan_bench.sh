@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The scan benchmark of BENCHMARKS.md: cntscope scan --device cpu against a
+# numpy script (benches/numpy_scan.py) and against merely reading the bytes,
+# on 5000 small checkpoints and one ~553 MB checkpoint. Checks that both
+# give the same fluctuations, then prints the times and ratios.
+#
+#   pip install numpy safetensors
+#   bash benches/scan_bench.sh [DIR]          # DIR defaults to /tmp/cntscope-bench
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dir="${1:-/tmp/cntscope-bench}"
+cargo build --release --quiet
+python3 benches/make_collections.py "$dir" >/dev/null
+bin=target/release/cntscope
+
+# Best of N wall-clock seconds of a command (files stay in the page cache:
+# every contender reads warm data).
+best() {
+    local n=$1; shift
+    python3 - "$n" "$@" <<'PY'
+import subprocess, sys, time
+n, cmd = int(sys.argv[1]), sys.argv[2:]
+best = float("inf")
+for _ in range(n):
+    t = time.perf_counter()
+    subprocess.run(cmd, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    best = min(best, time.perf_counter() - t)
+print(f"{best:.3f}")
+PY
+}
+
+compare() {  # numpy CSV, cntscope nodes.csv: largest relative difference of fluctuations
+    python3 - "$1" "$2" <<'PY'
+import csv, sys
+a = {(r["checkpoint"], r["node_layer"]): float(r["fluctuation"]) for r in csv.DictReader(open(sys.argv[1]))}
+b = {(r["checkpoint"], r["node_layer"]): float(r["fluctuation"]) for r in csv.DictReader(open(sys.argv[2]))}
+assert a.keys() == b.keys(), "different node sets"
+print(f"{max(abs(a[k] - b[k]) / max(abs(a[k]), 1e-30) for k in a):.1e}")
+PY
+}
+
+for name in small large; do
+    path="$dir/$name"
+    files=$(find "$path" -name '*.safetensors' | wc -l)
+    mb=$(du -sm "$path" | cut -f1)
+    cat "$path"/*.safetensors > /dev/null  # warm the page cache
+    t_read=$(best 3 sh -c "cat $path/*.safetensors > /dev/null")
+    t_numpy=$(best 3 python3 benches/numpy_scan.py "$dir/numpy-$name.csv" "$path")
+    t_cpu=$(best 3 "$bin" scan "$path" --device cpu -o "$dir/out-$name")
+    diff=$(compare "$dir/numpy-$name.csv" "$dir/out-$name/nodes.csv")
+    python3 - "$name" "$files" "$mb" "$t_read" "$t_numpy" "$t_cpu" "$diff" <<'PY'
+import sys
+name, files, mb, read, numpy_, cpu, diff = sys.argv[1:]
+read, numpy_, cpu = float(read), float(numpy_), float(cpu)
+print(f"| {name} ({files} files, {mb} MB) | {read:.3f} s | {numpy_:.3f} s | {cpu:.3f} s "
+      f"| {numpy_ / cpu:.1f}x | {cpu / read:.2f}x | {diff} |")
+PY
+done
