@@ -190,6 +190,19 @@ pub fn atomic_write(path: &Path, write: impl FnOnce(&mut BufWriter<File>) -> std
     file.commit()
 }
 
+/// One CSV-encoded row, without its line terminator.
+pub fn csv_line<I, T>(cells: I) -> String
+where
+    I: IntoIterator<Item = T>,
+    T: AsRef<[u8]>,
+{
+    let mut w = csv::WriterBuilder::new().terminator(csv::Terminator::Any(b'\n')).from_writer(Vec::new());
+    w.write_record(cells).expect("writing to memory");
+    let mut bytes = w.into_inner().expect("writing to memory");
+    bytes.pop();
+    String::from_utf8(bytes).expect("CSV of UTF-8 cells is UTF-8")
+}
+
 /// Writes CSV `rows` under `header` to `w`.
 pub fn write_csv<W: Write, H: AsRef<[u8]>>(
     w: W,

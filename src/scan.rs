@@ -131,11 +131,11 @@ struct Record {
     #[serde(default)]
     metadata: BTreeMap<String, String>,
     #[serde(default)]
-    nodes: Vec<Vec<String>>,
+    nodes: Vec<String>,
     #[serde(default)]
-    links: Vec<Vec<String>>,
+    links: Vec<String>,
     #[serde(default)]
-    histograms: Vec<Vec<String>>,
+    histograms: Vec<String>,
     /// `[kind, tensor, message]` when the checkpoint failed.
     #[serde(default)]
     error: Option<[String; 3]>,
@@ -157,9 +157,9 @@ impl Record {
 
     fn measured(id: &str, order: usize, ck: &Checkpoint, a: &Analysis) -> Self {
         Record {
-            nodes: output::node_rows(id, a),
-            links: output::link_rows(id, a),
-            histograms: output::histogram_rows(id, a),
+            nodes: output::node_rows(id, a).iter().map(output::csv_line).collect(),
+            links: output::link_rows(id, a).iter().map(output::csv_line).collect(),
+            histograms: output::histogram_rows(id, a).iter().map(output::csv_line).collect(),
             metadata: ck.metadata().clone(),
             bytes: ck.data_bytes(),
             ..Record::new(id, order)
@@ -409,53 +409,46 @@ fn write_tables(
         (AtomicFile::create(&out_dir.join("histograms.csv"))?, plain(&output::HISTOGRAMS_HEADER)),
         (AtomicFile::create(&out_dir.join("errors.csv"))?, plain(&output::ERRORS_HEADER)),
     ];
-    let mut writers: Vec<csv::Writer<&mut std::io::BufWriter<File>>> = Vec::new();
+    let write_err = |e: std::io::Error| Error::Output { path: out_dir.to_path_buf(), reason: e.to_string() };
     for (file, header) in tables.iter_mut() {
-        let mut w = csv::Writer::from_writer(file.writer());
-        w.write_record(header.iter()).map_err(|e| csv_err(out_dir, e))?;
-        writers.push(w);
+        writeln!(file.writer(), "{}", output::csv_line(header.iter())).map_err(write_err)?;
     }
-    let mut files: Vec<File> = journals
-        .iter()
-        .map(File::open)
-        .collect::<std::io::Result<_>>()
-        .map_err(|e| Error::Output { path: out_dir.to_path_buf(), reason: e.to_string() })?;
+    let mut files: Vec<File> = journals.iter().map(File::open).collect::<std::io::Result<_>>().map_err(write_err)?;
     let mut line = Vec::new();
     for e in &entries {
         line.resize(e.len, 0);
         let f = &mut files[e.file];
-        f.seek(SeekFrom::Start(e.offset))
-            .and_then(|_| f.read_exact(&mut line))
-            .map_err(|err| Error::Output { path: journals[e.file].clone(), reason: err.to_string() })?;
-        let r: Record = serde_json::from_slice(&line)
-            .map_err(|err| Error::Output { path: journals[e.file].clone(), reason: err.to_string() })?;
-        let meta: Vec<&str> = keys.iter().map(|k| r.metadata.get(k).map_or("", String::as_str)).collect();
-        for (rows, w) in [(&r.nodes, 0), (&r.links, 1)] {
+        let bad = |err: String| Error::Output { path: journals[e.file].clone(), reason: err };
+        f.seek(SeekFrom::Start(e.offset)).and_then(|_| f.read_exact(&mut line)).map_err(|err| bad(err.to_string()))?;
+        let r: Record = serde_json::from_slice(&line).map_err(|err| bad(err.to_string()))?;
+        // Rows are stored CSV-encoded; the metadata cells are appended here.
+        let meta = if keys.is_empty() {
+            String::new()
+        } else {
+            format!(",{}", output::csv_line(keys.iter().map(|k| r.metadata.get(k).map_or("", String::as_str))))
+        };
+        let [nodes, links, histograms, errors] = &mut tables;
+        for (rows, (file, _), suffix) in
+            [(&r.nodes, nodes, &meta), (&r.links, links, &meta), (&r.histograms, histograms, &String::new())]
+        {
             for row in rows {
-                let cells = row.iter().map(String::as_str).chain(meta.iter().copied());
-                writers[w].write_record(cells).map_err(|err| csv_err(out_dir, err))?;
+                let w = file.writer();
+                w.write_all(row.as_bytes())
+                    .and_then(|_| w.write_all(suffix.as_bytes()))
+                    .and_then(|_| w.write_all(b"\n"))
+                    .map_err(write_err)?;
             }
         }
-        for row in &r.histograms {
-            writers[2].write_record(row).map_err(|err| csv_err(out_dir, err))?;
-        }
         if let Some([kind, tensor, msg]) = &r.error {
-            writers[3].write_record([&r.checkpoint, kind, tensor, msg]).map_err(|err| csv_err(out_dir, err))?;
+            writeln!(errors.0.writer(), "{}", output::csv_line([&r.checkpoint, kind, tensor, msg]))
+                .map_err(write_err)?;
         }
     }
-    for w in writers.iter_mut() {
-        w.flush().map_err(|err| Error::Output { path: out_dir.to_path_buf(), reason: err.to_string() })?;
-    }
-    drop(writers);
     for (file, _) in tables {
         file.commit()?;
     }
     let failed = entries.iter().filter(|e| e.failed).count();
     Ok(ScanSummary { analysed: entries.len() - failed, failed })
-}
-
-fn csv_err(dir: &Path, e: csv::Error) -> Error {
-    Error::Output { path: dir.to_path_buf(), reason: e.to_string() }
 }
 
 /// Progress on standard error: checkpoints, checkpoints/s, MB/s and ETA;
