@@ -81,6 +81,23 @@ pub enum Command {
         #[arg(long, value_name = "FILE.csv")]
         metadata: Option<PathBuf>,
     },
+    /// Ensemble analysis: group checkpoints by a metadata column; pooled
+    /// densities, divergence matrices and the separation table, with figures.
+    Ensemble {
+        #[command(flatten)]
+        study: StudyArgs,
+    },
+    /// Individual analysis: measures along each training run, and a node-set
+    /// divergence matrix of one checkpoint, with figures.
+    Dynamics {
+        #[command(flatten)]
+        study: StudyArgs,
+    },
+    /// Both analyses and one self-contained HTML report (report.html).
+    Report {
+        #[command(flatten)]
+        study: StudyArgs,
+    },
     /// Combine the output directories of `scan --shard` runs into the
     /// tables one unsharded run would give.
     Merge {
@@ -103,6 +120,38 @@ pub enum Command {
         #[arg(long, value_name = "SUBSTRING")]
         adapter: Option<String>,
     },
+}
+
+/// Inputs and columns of the studies.
+#[derive(Debug, Args)]
+pub struct StudyArgs {
+    /// Checkpoints (files, directories, globs), or one `scan` output
+    /// directory to study without scanning again.
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    #[command(flatten)]
+    pub graph: GraphArgs,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// Output directory.
+    #[arg(short, long, value_name = "DIR")]
+    pub output: PathBuf,
+    /// Metadata column to group by.
+    #[arg(long, default_value = "accuracy")]
+    pub by: String,
+    /// Bin width of a numeric grouping column (bins start at 0); 0 groups by
+    /// the value as text.
+    #[arg(long, default_value_t = 0.1)]
+    pub width: f64,
+    /// Metadata column of the accuracy the separation table ranks against.
+    #[arg(long, default_value = "accuracy")]
+    pub accuracy: String,
+    /// Metadata column naming a training run.
+    #[arg(long, default_value = "run")]
+    pub run_by: String,
+    /// Metadata column ordering checkpoints within a run.
+    #[arg(long, default_value = "epoch")]
+    pub order_by: String,
 }
 
 /// Flags that say how to read a checkpoint as a graph.

@@ -11,13 +11,17 @@
 #![warn(missing_docs)]
 
 pub mod checkpoint;
+pub mod density;
 pub mod engine;
 pub mod error;
 pub mod graph;
 pub mod natsort;
 pub mod output;
+pub mod plot;
 pub mod scan;
+pub mod separation;
 pub mod spec;
 pub mod stats;
+pub mod study;
 
 pub use error::{Error, Result};

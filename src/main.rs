@@ -16,6 +16,7 @@ use cntscope::graph::GraphOptions;
 use cntscope::graph::{LayerKind, Network};
 use cntscope::output::{atomic_write, num, write_csv, NODE_VALUES_HEADER};
 use cntscope::scan::{measure, merge, scan, MetadataTable, ScanOptions, ScanSummary};
+use cntscope::study::{study, Grouping, StudyOptions};
 
 use cli::{Cli, Command};
 
@@ -100,8 +101,66 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(report(summary, &output))
         }
         Command::Merge { dirs, output } => Ok(report(merge(&dirs, &output)?, &output)),
+        Command::Ensemble { study } => run_study(study, true, false, cli.verbose),
+        Command::Dynamics { study } => run_study(study, false, true, cli.verbose),
+        Command::Report { study } => run_study(study, true, true, cli.verbose),
         Command::Verify { paths, graph, adapter } => verify(&paths, &graph.options()?, adapter.as_deref(), cli.verbose),
     }
+}
+
+/// A study: scans the checkpoints into `DIR/scan` (or takes the given scan
+/// directory), then writes the analyses, figures and report into `DIR`.
+fn run_study(args: cli::StudyArgs, ensemble: bool, dynamics: bool, verbose: bool) -> anyhow::Result<ExitCode> {
+    let opts = StudyOptions {
+        grouping: Grouping { column: args.by.clone(), width: (args.width > 0.0).then_some(args.width) },
+        accuracy: args.accuracy,
+        run: args.run_by,
+        order: args.order_by,
+        graph: args.graph.options()?,
+        ensemble,
+        dynamics,
+    };
+    let engine = select_engine(args.device.device(), args.device.adapter.as_deref(), cores(), 0)?;
+    if verbose {
+        eprintln!("engine: {}", engine.name());
+    }
+    let given_scan = match &args.paths[..] {
+        [dir] if dir.join("nodes.csv").is_file() && dir.join(cntscope::scan::JOURNAL).is_file() => Some(dir.clone()),
+        _ => None,
+    };
+    let scan_dir = match given_scan {
+        Some(dir) => dir,
+        None => {
+            let checkpoints = collect_checkpoints(&args.paths)?;
+            if checkpoints.is_empty() {
+                bail!("no checkpoints found under the given paths");
+            }
+            let scan_opts = ScanOptions {
+                graph: opts.graph.clone(),
+                analysis: AnalysisOptions::default(),
+                jobs: cores(),
+                resume: false,
+                progress: true,
+                strict: false,
+                shard: None,
+                metadata: None,
+            };
+            let dir = args.output.join("scan");
+            let summary = scan(&checkpoints, &dir, engine.as_ref(), &scan_opts)?;
+            eprintln!("{} analysed, {} failed -> {}", summary.analysed, summary.failed, dir.display());
+            dir
+        }
+    };
+    let summary = study(&scan_dir, &args.output, engine.as_ref(), &opts)?;
+    eprintln!(
+        "{} checkpoints, {} groups by {}, {} runs -> {}",
+        summary.checkpoints,
+        summary.groups,
+        opts.grouping.column,
+        summary.runs,
+        args.output.join(if ensemble && dynamics { "report.html" } else { "" }).display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Prints how a scan went; its exit code (0 all good, 1 some failed, 2

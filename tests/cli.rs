@@ -336,3 +336,65 @@ fn strict_stops_and_sidecar_metadata_fills_columns() {
     let m3 = rows.iter().find(|r| r[0].ends_with("m3.safetensors")).unwrap();
     assert_eq!((m3[lr].as_str(), m3[acc].as_str()), ("", "0.5"));
 }
+
+#[test]
+fn report_ranks_a_measure_that_tracks_accuracy() {
+    // Nine runs of a 6-5-3 MLP; the first layer's weights are scaled with
+    // accuracy, so the input nodes' fluctuation follows accuracy exactly
+    // (rho 1, AUROC 1), while an unrelated network would not.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("zoo");
+    std::fs::create_dir(&data).unwrap();
+    for run in 0..9u64 {
+        for epoch in 1..=2u64 {
+            let acc = 0.1 * run as f64 + 0.02 * epoch as f64;
+            let w0: Vec<f64> = values(30, 1).iter().map(|x| x * (1.0 + acc * 3.0)).collect();
+            let meta = [("accuracy", format!("{acc:.3}")), ("epoch", epoch.to_string()), ("run", format!("r{run}"))];
+            let meta: Vec<(&str, &str)> = meta.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            write_st(
+                &data.join(format!("r{run}-e{epoch}.safetensors")),
+                &[T::f32("net.0.weight", &[5, 6], w0), T::f32("net.2.weight", &[3, 5], values(15, 100 + run))],
+                &meta,
+            );
+        }
+    }
+    let out = dir.path().join("report");
+    let o = cntscope(&["report", data.to_str().unwrap(), "--width", "0.3", "-o", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    for f in
+        ["report.html", "separation.csv", "divergence.csv", "densities.csv", "dynamics.csv", "layer_divergence.csv"]
+    {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(html.contains("<svg") && html.contains("Spearman"), "report has figures and the table");
+    let (_, rows) = csv(&out.join("separation.csv"));
+    let row = rows.iter().find(|r| r[1] == "V0 input fluctuation").unwrap();
+    let (rho, auroc): (f64, f64) = (row[3].parse().unwrap(), row[4].parse().unwrap());
+    assert!((rho - 1.0).abs() < 1e-12 && auroc == 1.0 && row[5] == "higher", "{row:?}");
+    // Divergence matrices: zero on the diagonal, symmetric.
+    let (_, div) = csv(&out.join("divergence.csv"));
+    let groups: std::collections::BTreeSet<&str> = div.iter().map(|r| r[3].as_str()).collect();
+    assert_eq!(groups.len(), 3, "accuracy 0.12..0.84 in bins of 0.3: {groups:?}");
+    let js = |m: &str, i: &str, a: &str, b: &str| -> f64 {
+        div.iter().find(|r| r[0] == m && r[1] == i && r[3] == a && r[4] == b).unwrap()[8].parse().unwrap()
+    };
+    for a in &groups {
+        assert_eq!(js("strength", "0", a, a), 0.0);
+        for b in &groups {
+            assert!((js("strength", "0", a, b) - js("strength", "0", b, a)).abs() < 1e-12);
+        }
+    }
+    // Dynamics: one row per run, epoch and node set.
+    let (_, dynamics) = csv(&out.join("dynamics.csv"));
+    assert_eq!(dynamics.len(), 9 * 2 * 3);
+    // A scan directory can be studied again without scanning.
+    let again = dir.path().join("again");
+    let o =
+        cntscope(&["ensemble", out.join("scan").to_str().unwrap(), "--width", "0.3", "-o", again.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        std::fs::read(out.join("separation.csv")).unwrap(),
+        std::fs::read(again.join("separation.csv")).unwrap()
+    );
+}

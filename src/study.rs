@@ -1,0 +1,539 @@
+//! Studies of scanned populations, as in the paper: ensemble analysis
+//! (checkpoints grouped by a metadata column; pooled densities of link
+//! weights, node strengths and fluctuations per group; group x group
+//! divergence matrices; the separation table) and individual analysis
+//! (measures along each training run; a layer x layer divergence matrix of
+//! one checkpoint), with an HTML report that shows them all.
+//!
+//! Everything starts from a scan's tables; node strengths and link weights
+//! are pooled in one more pass over the checkpoints, into fine histograms
+//! on edges shared by every group (so pools merge and memory stays flat).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use crate::checkpoint::Checkpoint;
+use crate::density::{grid, jensen_shannon, symmetric_kl, Pool, GRID_POINTS};
+use crate::engine::{AnalysisOptions, Engine};
+use crate::error::{Error, Result};
+use crate::graph::{GraphOptions, Network};
+use crate::natsort::natural_cmp;
+use crate::output::{atomic_write, num, write_csv};
+use crate::plot::{self, Curve};
+use crate::separation::{rank_table, separation, Separation};
+
+/// How checkpoints are grouped.
+#[derive(Debug, Clone)]
+pub struct Grouping {
+    /// The metadata column (e.g. `accuracy`).
+    pub column: String,
+    /// Bin width for numeric values (bins start at 0); `None` groups by the
+    /// value as text.
+    pub width: Option<f64>,
+}
+
+impl Grouping {
+    /// The group of a value: a sort key and a label (`[0.8, 0.9)`).
+    pub fn group(&self, value: &str) -> Option<(f64, String)> {
+        match (self.width, value.trim().parse::<f64>()) {
+            (Some(w), Ok(v)) if v.is_finite() => {
+                let k = (v / w).floor();
+                let (lo, hi) = (k * w, (k + 1.0) * w);
+                Some((lo, format!("[{}, {})", trim(lo), trim(hi))))
+            }
+            (None, _) if !value.is_empty() => Some((f64::NAN, value.to_string())),
+            _ => None,
+        }
+    }
+}
+
+/// A number rounded for labels (bin edges of 0.1 print as 0.3, not 0.30000000000000004).
+fn trim(x: f64) -> String {
+    let s = format!("{:.6}", x);
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+/// What a study computes and from which columns.
+#[derive(Debug, Clone)]
+pub struct StudyOptions {
+    /// Groups of the ensemble analysis.
+    pub grouping: Grouping,
+    /// The accuracy column for the separation table.
+    pub accuracy: String,
+    /// The column naming a training run (individual analysis).
+    pub run: String,
+    /// The column ordering checkpoints within a run (`epoch`, `step`).
+    pub order: String,
+    /// How to read checkpoints as graphs.
+    pub graph: GraphOptions,
+    /// Run the ensemble analysis (densities, divergences, separation).
+    pub ensemble: bool,
+    /// Run the individual analysis (measures along each run).
+    pub dynamics: bool,
+}
+
+/// One row of a scan table, by column name.
+type Row = BTreeMap<String, String>;
+
+fn read_table(path: &Path) -> Result<Vec<Row>> {
+    let err = |e: csv::Error| Error::Output { path: path.to_path_buf(), reason: e.to_string() };
+    let mut r = csv::Reader::from_path(path).map_err(err)?;
+    let header: Vec<String> = r.headers().map_err(err)?.iter().map(String::from).collect();
+    r.records()
+        .map(|rec| Ok(header.iter().cloned().zip(rec.map_err(err)?.iter().map(String::from)).collect()))
+        .collect()
+}
+
+fn get(row: &Row, col: &str) -> f64 {
+    row.get(col).and_then(|v| v.parse().ok()).unwrap_or(f64::NAN)
+}
+
+/// A measure of one layer or node set: `(measure, index, name)`.
+type Key = (&'static str, usize, String);
+
+/// The pooled values of one measure, per group.
+struct Pools {
+    lo: f64,
+    hi: f64,
+    groups: BTreeMap<usize, Pool>,
+}
+
+impl Pools {
+    fn add(&mut self, group: usize, values: &[f64]) {
+        let (lo, hi) = (self.lo, self.hi);
+        self.groups.entry(group).or_insert_with(|| Pool::new(lo, hi)).add(values);
+    }
+}
+
+/// What a study wrote.
+#[derive(Debug, Clone, Default)]
+pub struct StudySummary {
+    /// Checkpoints in the study.
+    pub checkpoints: usize,
+    /// Groups of the ensemble analysis.
+    pub groups: usize,
+    /// Training runs of the individual analysis.
+    pub runs: usize,
+    /// Files written, relative to the output directory.
+    pub files: Vec<String>,
+}
+
+/// Runs the study on a finished scan in `scan_dir` and writes its tables,
+/// figures and `report.html` into `out_dir`.
+pub fn study(scan_dir: &Path, out_dir: &Path, engine: &dyn Engine, opts: &StudyOptions) -> Result<StudySummary> {
+    let nodes = read_table(&scan_dir.join("nodes.csv"))?;
+    let links = read_table(&scan_dir.join("links.csv"))?;
+    let mut summary = StudySummary::default();
+    let figures = out_dir.join("figures");
+    std::fs::create_dir_all(&figures).map_err(|e| Error::Output { path: figures.clone(), reason: e.to_string() })?;
+    let mut html = Report::default();
+
+    // Checkpoints and their groups.
+    let mut checkpoints: Vec<String> = nodes.iter().filter_map(|r| r.get("checkpoint").cloned()).collect();
+    checkpoints.dedup();
+    summary.checkpoints = checkpoints.len();
+    let meta: HashMap<&str, &Row> = nodes.iter().filter_map(|r| Some((r.get("checkpoint")?.as_str(), r))).collect();
+    let mut labels: Vec<(f64, String)> =
+        checkpoints.iter().filter_map(|c| opts.grouping.group(meta[c.as_str()].get(&opts.grouping.column)?)).collect();
+    labels.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| natural_cmp(&a.1, &b.1)));
+    labels.dedup_by(|a, b| a.1 == b.1);
+    let group_of: HashMap<&str, usize> = checkpoints
+        .iter()
+        .filter_map(|c| {
+            let (_, label) = opts.grouping.group(meta[c.as_str()].get(&opts.grouping.column)?)?;
+            Some((c.as_str(), labels.iter().position(|l| l.1 == label)?))
+        })
+        .collect();
+    let names: Vec<String> = labels.iter().map(|l| l.1.clone()).collect();
+    summary.groups = names.len();
+
+    if opts.ensemble {
+        // Pools: fluctuations from the table; strengths and weights in one pass.
+        let mut pools: BTreeMap<Key, Pools> = BTreeMap::new();
+        let range = |rows: &[Row], index_col: &str, lo: &str, hi: &str| {
+            let mut r: BTreeMap<(usize, String), (f64, f64)> = BTreeMap::new();
+            for row in rows {
+                let key = (
+                    get(row, index_col) as usize,
+                    row.get("node_set").or(row.get("name")).cloned().unwrap_or_default(),
+                );
+                let e = r.entry(key).or_insert((f64::INFINITY, f64::NEG_INFINITY));
+                e.0 = e.0.min(get(row, lo));
+                e.1 = e.1.max(get(row, hi));
+            }
+            r
+        };
+        for ((k, name), (lo, hi)) in range(&nodes, "node_layer", "strength_min", "strength_max") {
+            pools.insert(("strength", k, name.clone()), Pools { lo, hi, groups: BTreeMap::new() });
+            let flucts: Vec<(usize, f64)> = nodes
+                .iter()
+                .filter(|r| get(r, "node_layer") as usize == k)
+                .filter_map(|r| Some((*group_of.get(r.get("checkpoint")?.as_str())?, get(r, "fluctuation"))))
+                .collect();
+            let (flo, fhi) =
+                flucts.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), (_, v)| (a.min(*v), b.max(*v)));
+            let mut p = Pools { lo: flo, hi: fhi, groups: BTreeMap::new() };
+            for (g, v) in flucts {
+                p.add(g, &[v]);
+            }
+            pools.insert(("fluctuation", k, name), p);
+        }
+        for ((i, name), (lo, hi)) in range(&links, "layer", "min", "max") {
+            pools.insert(("link_weight", i, name), Pools { lo, hi, groups: BTreeMap::new() });
+        }
+        let analysis = AnalysisOptions { keep_values: true, bins: 1 };
+        for c in &checkpoints {
+            let Some(&g) = group_of.get(c.as_str()) else { continue };
+            let ck = Checkpoint::open(c)?;
+            let net = Network::build(&ck, &opts.graph)?;
+            let a = engine.analyze(&net, &ck, &analysis)?;
+            for (k, set) in a.node_sets.iter().enumerate() {
+                if let Some(p) = pools.get_mut(&("strength", k, set.name.clone())) {
+                    p.add(g, &set.values.as_ref().expect("asked for").strength);
+                }
+            }
+            for (i, layer) in net.layers.iter().enumerate() {
+                if let Some(p) = pools.get_mut(&("link_weight", i + 1, layer.name.clone())) {
+                    p.add(g, &ck.tensor(&layer.weight)?.to_f64());
+                }
+            }
+        }
+
+        // Densities, divergence matrices and their figures.
+        let mut divergence_rows = Vec::new();
+        let mut density_rows = Vec::new();
+        for ((measure, index, name), p) in &pools {
+            let present: Vec<(usize, &Pool)> = p.groups.iter().map(|(g, pool)| (*g, pool)).collect();
+            if present.is_empty() {
+                continue;
+            }
+            let (lo, hi) = present.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), (_, pool)| {
+                (a.min(pool.moments.min), b.max(pool.moments.max))
+            });
+            let common = grid(lo, hi, GRID_POINTS);
+            let mut curves = Vec::new();
+            for (g, pool) in &present {
+                let d = pool.density(&common);
+                for (x, y) in common.iter().zip(&d) {
+                    density_rows.push(vec![
+                        measure.to_string(),
+                        index.to_string(),
+                        name.clone(),
+                        names[*g].clone(),
+                        num(*x),
+                        num(*y),
+                    ]);
+                }
+                curves.push(Curve { name: names[*g].clone(), points: common.iter().copied().zip(d).collect() });
+            }
+            let mut js = vec![vec![0.0; present.len()]; present.len()];
+            let mut skl = js.clone();
+            for (a, (ga, pa)) in present.iter().enumerate() {
+                for (b, (gb, pb)) in present.iter().enumerate() {
+                    let g = grid(pa.moments.min.min(pb.moments.min), pa.moments.max.max(pb.moments.max), GRID_POINTS);
+                    let (da, db) = (pa.density(&g), pb.density(&g));
+                    js[a][b] = jensen_shannon(&da, &db);
+                    skl[a][b] = symmetric_kl(&da, &db);
+                    divergence_rows.push(vec![
+                        measure.to_string(),
+                        index.to_string(),
+                        name.clone(),
+                        names[*ga].clone(),
+                        names[*gb].clone(),
+                        pa.moments.n.to_string(),
+                        pb.moments.n.to_string(),
+                        num(skl[a][b]),
+                        num(js[a][b]),
+                    ]);
+                }
+            }
+            let group_labels: Vec<String> = present.iter().map(|(g, _)| names[*g].clone()).collect();
+            let what = format!(
+                "{} {} {name}",
+                measure.replace('_', " "),
+                if *measure == "link_weight" { format!("L{index}") } else { format!("V{index}") }
+            );
+            let stem = format!("{measure}_{index}");
+            let by = &opts.grouping.column;
+            let density = plot::lines(&format!("{what}: density by {by}"), measure, "density", &curves)
+                .map_err(|e| fig_err(out_dir, e))?;
+            let js_map = plot::heatmap(&format!("{what}: Jensen-Shannon"), &group_labels, &js)
+                .map_err(|e| fig_err(out_dir, e))?;
+            let skl_map = plot::heatmap(&format!("{what}: symmetric KL"), &group_labels, &skl)
+                .map_err(|e| fig_err(out_dir, e))?;
+            for (file, svg) in [
+                (format!("density_{stem}.svg"), &density),
+                (format!("js_{stem}.svg"), &js_map),
+                (format!("skl_{stem}.svg"), &skl_map),
+            ] {
+                write_text(&figures.join(&file), svg)?;
+                summary.files.push(format!("figures/{file}"));
+            }
+            html.section(&format!("Ensemble: {what}"), &[&density, &js_map, &skl_map]);
+        }
+        let header = ["measure", "index", "name", "group_a", "group_b", "n_a", "n_b", "symmetric_kl", "jensen_shannon"];
+        write_rows(out_dir, "divergence.csv", &header, divergence_rows, &mut summary)?;
+        write_rows(
+            out_dir,
+            "densities.csv",
+            &["measure", "index", "name", "group", "x", "density"],
+            density_rows,
+            &mut summary,
+        )?;
+
+        // The separation table.
+        let table = separation_table(&nodes, &links, &opts.accuracy);
+        let rows = table.iter().enumerate().map(|(i, s)| {
+            vec![
+                (i + 1).to_string(),
+                s.feature.clone(),
+                s.n.to_string(),
+                num(s.spearman),
+                num(s.auroc),
+                s.direction().to_string(),
+            ]
+        });
+        write_rows(
+            out_dir,
+            "separation.csv",
+            &["rank", "feature", "n", "spearman", "auroc", "direction"],
+            rows.collect(),
+            &mut summary,
+        )?;
+        html.separation(&opts.accuracy, &table);
+    }
+
+    // Individual analysis: measures along each training run.
+    let runs = if opts.dynamics { dynamics(&nodes, opts) } else { BTreeMap::new() };
+    summary.runs = runs.len();
+    if !runs.is_empty() {
+        let mut rows = Vec::new();
+        let mut by_set: BTreeMap<(usize, String), Vec<Curve>> = BTreeMap::new();
+        for (run, points) in &runs {
+            for (order, row) in points {
+                let k = get(row, "node_layer") as usize;
+                let set = row.get("node_set").cloned().unwrap_or_default();
+                rows.push(vec![
+                    run.clone(),
+                    num(*order),
+                    k.to_string(),
+                    set.clone(),
+                    row["fluctuation"].clone(),
+                    row["strength_mean"].clone(),
+                    row["strength_skewness"].clone(),
+                    row["strength_kurtosis"].clone(),
+                    row.get(&opts.accuracy).cloned().unwrap_or_default(),
+                ]);
+                let curves = by_set.entry((k, set)).or_default();
+                if curves.last().is_none_or(|c| &c.name != run) {
+                    curves.push(Curve { name: run.clone(), points: vec![] });
+                }
+                curves.last_mut().expect("just pushed").points.push((*order, get(row, "fluctuation")));
+            }
+        }
+        let header = [
+            "run",
+            &opts.order,
+            "node_layer",
+            "node_set",
+            "fluctuation",
+            "strength_mean",
+            "strength_skewness",
+            "strength_kurtosis",
+            &opts.accuracy,
+        ];
+        write_rows(out_dir, "dynamics.csv", &header, rows, &mut summary)?;
+        let mut svgs = Vec::new();
+        for ((k, set), curves) in &by_set {
+            let svg =
+                plot::lines(&format!("V{k} {set}: fluctuation along training"), &opts.order, "fluctuation", curves)
+                    .map_err(|e| fig_err(out_dir, e))?;
+            let file = format!("dynamics_{k}.svg");
+            write_text(&figures.join(&file), &svg)?;
+            summary.files.push(format!("figures/{file}"));
+            svgs.push(svg);
+        }
+        // Layer x layer divergence of the last checkpoint of the first run.
+        if let Some((run, points)) = runs.iter().next() {
+            if let Some((_, row)) = points.last() {
+                let svg = layer_divergence(row["checkpoint"].as_str(), run, engine, opts, out_dir, &mut summary)?;
+                svgs.push(svg);
+            }
+        }
+        let refs: Vec<&String> = svgs.iter().collect();
+        html.section(&format!("Individual: each run along {}", opts.order), &refs);
+    }
+    let page = html.finish(&summary, &opts.grouping.column);
+    write_text(&out_dir.join("report.html"), &page)?;
+    summary.files.push("report.html".into());
+    Ok(summary)
+}
+
+fn fig_err(dir: &Path, e: String) -> Error {
+    Error::Output { path: dir.to_path_buf(), reason: e }
+}
+
+fn write_text(path: &Path, text: &str) -> Result<()> {
+    atomic_write(path, |w| std::io::Write::write_all(w, text.as_bytes()))
+}
+
+fn write_rows(
+    dir: &Path,
+    file: &str,
+    header: &[&str],
+    rows: Vec<Vec<String>>,
+    summary: &mut StudySummary,
+) -> Result<()> {
+    atomic_write(&dir.join(file), |w| write_csv(w, header, rows))?;
+    summary.files.push(file.to_string());
+    Ok(())
+}
+
+/// Every per-checkpoint summary against accuracy: node sets' fluctuation,
+/// mean strength and shape, and layers' link-weight statistics.
+fn separation_table(nodes: &[Row], links: &[Row], accuracy: &str) -> Vec<Separation> {
+    let mut features: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+    let node_cols =
+        ["fluctuation", "strength_mean", "strength_skewness", "strength_kurtosis", "s_in_mean", "s_out_mean"];
+    for row in nodes {
+        let acc = get(row, accuracy);
+        for col in node_cols {
+            let name = format!("V{} {} {col}", row["node_layer"], row.get("node_set").map_or("", String::as_str));
+            features.entry(name).or_default().push((get(row, col), acc));
+        }
+    }
+    for row in links {
+        let acc = get(row, accuracy);
+        for col in ["mean", "std", "skewness", "kurtosis"] {
+            let name = format!("L{} {} link-weight {col}", row["layer"], row.get("name").map_or("", String::as_str));
+            features.entry(name).or_default().push((get(row, col), acc));
+        }
+    }
+    rank_table(features.iter().map(|(f, pairs)| separation(f, pairs)).collect())
+}
+
+/// Each training run's node-set rows, ordered by the order column.
+fn dynamics<'a>(nodes: &'a [Row], opts: &StudyOptions) -> BTreeMap<String, Vec<(f64, &'a Row)>> {
+    let mut runs: BTreeMap<String, Vec<(f64, &Row)>> = BTreeMap::new();
+    for row in nodes {
+        let order = get(row, &opts.order);
+        if order.is_nan() {
+            continue;
+        }
+        let run = row.get(&opts.run).cloned().unwrap_or_else(|| "all".into());
+        runs.entry(run).or_default().push((order, row));
+    }
+    for points in runs.values_mut() {
+        points.sort_by(|a, b| a.0.total_cmp(&b.0).then(get(a.1, "node_layer").total_cmp(&get(b.1, "node_layer"))));
+    }
+    runs
+}
+
+/// The node sets of one checkpoint, pairwise Jensen-Shannon of their
+/// strength densities.
+fn layer_divergence(
+    checkpoint: &str,
+    run: &str,
+    engine: &dyn Engine,
+    opts: &StudyOptions,
+    out_dir: &Path,
+    summary: &mut StudySummary,
+) -> Result<String> {
+    let ck = Checkpoint::open(PathBuf::from(checkpoint))?;
+    let net = Network::build(&ck, &opts.graph)?;
+    let a = engine.analyze(&net, &ck, &AnalysisOptions { keep_values: true, bins: 1 })?;
+    let pools: Vec<Pool> = a
+        .node_sets
+        .iter()
+        .map(|s| {
+            let mut p = Pool::new(s.strength.min, s.strength.max);
+            p.add(&s.values.as_ref().expect("asked for").strength);
+            p
+        })
+        .collect();
+    let labels: Vec<String> = a.node_sets.iter().enumerate().map(|(k, s)| format!("V{k} {}", s.name)).collect();
+    let mut js = vec![vec![0.0; pools.len()]; pools.len()];
+    let mut rows = Vec::new();
+    for (i, p) in pools.iter().enumerate() {
+        for (j, q) in pools.iter().enumerate() {
+            let g = grid(p.moments.min.min(q.moments.min), p.moments.max.max(q.moments.max), GRID_POINTS);
+            js[i][j] = jensen_shannon(&p.density(&g), &q.density(&g));
+            rows.push(vec![checkpoint.to_string(), labels[i].clone(), labels[j].clone(), num(js[i][j])]);
+        }
+    }
+    write_rows(
+        out_dir,
+        "layer_divergence.csv",
+        &["checkpoint", "node_set_a", "node_set_b", "jensen_shannon"],
+        rows,
+        summary,
+    )?;
+    let svg = plot::heatmap(&format!("{run}, last checkpoint: node sets, Jensen-Shannon"), &labels, &js)
+        .map_err(|e| fig_err(out_dir, e))?;
+    write_text(&out_dir.join("figures").join("layer_divergence.svg"), &svg)?;
+    summary.files.push("figures/layer_divergence.svg".into());
+    Ok(svg)
+}
+
+/// The self-contained HTML page: figures inline as SVG, tables inline.
+#[derive(Default)]
+struct Report {
+    body: String,
+}
+
+impl Report {
+    fn section(&mut self, title: &str, svgs: &[&String]) {
+        let _ = write!(self.body, "<h2>{}</h2>\n<div class=\"figs\">", escape(title));
+        for svg in svgs {
+            let _ = write!(self.body, "<figure>{svg}</figure>");
+        }
+        self.body.push_str("</div>\n");
+    }
+
+    fn separation(&mut self, accuracy: &str, table: &[Separation]) {
+        let _ = write!(
+            self.body,
+            "<h2>Which measure separates accurate from under-trained networks?</h2>\n<p>For every per-checkpoint \
+             summary: Spearman's rho with <code>{a}</code> over all checkpoints, and the AUROC of the summary for \
+             telling the top third of checkpoints by <code>{a}</code> from the bottom third (0.5: no separation; \
+             <em>higher</em>: larger in accurate networks). Strongest first; all rows in <code>separation.csv</code>.</p>\n\
+             <table><tr><th>#</th><th>summary</th><th>n</th><th>Spearman rho</th><th>AUROC</th><th>direction</th></tr>\n",
+            a = escape(accuracy)
+        );
+        for (i, s) in table.iter().take(25).enumerate() {
+            let _ = writeln!(
+                self.body,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.3}</td><td>{:.3}</td><td>{}</td></tr>",
+                i + 1,
+                escape(&s.feature),
+                s.n,
+                s.spearman,
+                s.auroc,
+                s.direction()
+            );
+        }
+        self.body.push_str("</table>\n");
+    }
+
+    fn finish(self, summary: &StudySummary, by: &str) -> String {
+        format!(
+            "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>cntscope report</title>\n<style>\
+             body{{font-family:sans-serif;max-width:1500px;margin:2em auto;color:#222}}\
+             table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}\
+             td:nth-child(2){{text-align:left}}.figs{{display:flex;flex-wrap:wrap;gap:8px}}figure{{margin:0}}\
+             </style></head><body>\n<h1>cntscope report</h1>\n<p>{} checkpoints in {} groups by <code>{}</code>; \
+             {} training runs. Node strength, layer fluctuation and link weights as defined in the README; tables \
+             beside this file.</p>\n{}</body></html>\n",
+            summary.checkpoints,
+            summary.groups,
+            escape(by),
+            summary.runs,
+            self.body
+        )
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
