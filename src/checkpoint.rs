@@ -292,6 +292,21 @@ impl Checkpoint {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::step_from_path;
+    use std::path::Path;
+
+    #[test]
+    fn steps_from_training_run_layouts() {
+        assert_eq!(step_from_path(Path::new("run/checkpoint_000120/model.safetensors")), Some(120));
+        assert_eq!(step_from_path(Path::new("run/checkpoint-500")), Some(500));
+        assert_eq!(step_from_path(Path::new("run/ckpt12.safetensors")), Some(12));
+        assert_eq!(step_from_path(Path::new("zoo/mlp-he-s0-e08.safetensors")), None);
+        assert_eq!(step_from_path(Path::new("checkpoints/final")), None);
+    }
+}
+
 #[derive(serde::Deserialize)]
 struct ShardIndex {
     #[serde(default)]
@@ -364,6 +379,18 @@ fn describe(e: SafeTensorError) -> String {
         SafeTensorError::ValidationOverflow => "a tensor's shape overflows when multiplied out".into(),
         other => other.to_string(),
     }
+}
+
+/// The training step in a training-run layout: the number in the last path
+/// component named like `checkpoint_000120`, `checkpoint-500`, `ckpt12`,
+/// `step_40` or `epoch-3` (file stem or folder).
+pub fn step_from_path(path: &Path) -> Option<u64> {
+    path.components().rev().find_map(|c| {
+        let name = Path::new(c.as_os_str()).file_stem()?.to_str()?.to_ascii_lowercase();
+        let rest = ["checkpoint", "ckpt", "step", "epoch"].iter().find_map(|p| name.strip_prefix(p))?;
+        let digits = rest.strip_prefix(['-', '_']).unwrap_or(rest);
+        (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())).then(|| digits.parse().ok()).flatten()
+    })
 }
 
 /// Expands command-line paths into the checkpoints they hold: files as

@@ -181,7 +181,7 @@ mod tests {
         // Both > 0 on the first two points only.
         let skl = 2.0 * (0.5 * 2f64.ln() + 0.25 * 0.5f64.ln());
         assert!((symmetric_kl(&p, &q) - skl).abs() < 1e-12);
-        let m = [0.375, 0.375, 0.25];
+        // m = (p + q) / 2 = [0.375, 0.375, 0.25]
         let js = 0.5 * (2.0 * 0.5 * (0.5f64 / 0.375).ln())
             + 0.5 * (2.0 * 0.25 * (0.25f64 / 0.375).ln() + 0.5 * (0.5f64 / 0.25).ln());
         assert!((jensen_shannon(&p, &q) - js).abs() < 1e-12, "{} vs {js}", jensen_shannon(&p, &q));

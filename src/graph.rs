@@ -339,7 +339,7 @@ fn make_conv(
 ) -> std::result::Result<Conv, String> {
     let groups = match c.groups {
         Some(g) => g,
-        None if ch % cin_g == 0 => ch / cin_g,
+        None if ch.is_multiple_of(cin_g) => ch / cin_g,
         None => return Err(format!("layer `{name}` takes {cin_g} channels per group but its input has {ch} channels")),
     };
     if cin_g * groups != ch {

@@ -156,11 +156,17 @@ impl Record {
     }
 
     fn measured(id: &str, order: usize, ck: &Checkpoint, a: &Analysis) -> Self {
+        let mut metadata = ck.metadata().clone();
+        if !metadata.contains_key("step") {
+            if let Some(step) = crate::checkpoint::step_from_path(ck.path()) {
+                metadata.insert("step".into(), step.to_string());
+            }
+        }
         Record {
             nodes: output::node_rows(id, a).iter().map(output::csv_line).collect(),
             links: output::link_rows(id, a).iter().map(output::csv_line).collect(),
             histograms: output::histogram_rows(id, a).iter().map(output::csv_line).collect(),
-            metadata: ck.metadata().clone(),
+            metadata,
             bytes: ck.data_bytes(),
             ..Record::new(id, order)
         }

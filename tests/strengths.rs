@@ -103,12 +103,12 @@ fn oracle(k: &Case, wc: &[f64], bc: &[f64], wd: &[f64], bd: &[f64]) -> [Vec<f64>
         }
     }
     if k.with_bias && k.use_bias {
-        for o in 0..n1 {
+        for (o, v) in v1.iter_mut().enumerate() {
             let ch = match k.layout {
                 Layout::Torch => o / (ho * wo),
                 Layout::Keras => o % k.cout(),
             };
-            v1[o] += bc[ch];
+            *v += bc[ch];
         }
         for j in 0..k.dense_out {
             v2[j] += bd[j];

@@ -124,7 +124,8 @@ pub fn assert_close(what: &str, got: &[f64], want: &[f64], rel: f64) {
         }
     });
     let (i, dev) = worst;
-    if !(dev <= tol) {
+    // NaN fails this comparison too, and so fails the check.
+    if dev.is_nan() || dev > tol {
         panic!("{what}: node {i}: got {}, want {} (|diff| {dev:.3e} > tolerance {tol:.3e} = {rel:e} x max|want| {scale:.3e})", got[i], want[i]);
     }
 }

@@ -172,9 +172,7 @@ impl GpuContext {
         let (device, queue) = pollster::block_on(chosen.request_device(&desc))
             .map_err(|e| Error::GpuUnavailable(format!("{}: {e}", describe(&info))))?;
         let max_binding =
-            u64::from(limits.max_storage_buffer_binding_size).min(limits.max_buffer_size).min(chunk_bytes.max(1024))
-                / 4
-                * 4;
+            limits.max_storage_buffer_binding_size.min(limits.max_buffer_size).min(chunk_bytes.max(1024)) / 4 * 4;
         use wgpu::BufferUsages as U;
         let slot = |usage| Slot { usage, buffer: None };
         let storage = U::STORAGE | U::COPY_DST | U::COPY_SRC;
