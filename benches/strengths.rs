@@ -14,18 +14,22 @@ use cntscope::spec::Spec;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use safetensors::tensor::{Dtype, TensorView};
 
-/// Writes one f32 tensor of `shape` with pseudo-random values.
-fn write_tensor(path: &Path, name: &str, shape: &[usize]) {
-    let n: usize = shape.iter().product();
-    let mut s = 0x2545f4914f6cdd1du64;
-    let bytes: Vec<u8> = (0..n)
+/// `n` pseudo-random f32 values in [-0.5, 0.5), as little-endian bytes.
+fn random_f32_bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut s = 0x2545f4914f6cdd1du64 ^ seed;
+    (0..n)
         .flat_map(|_| {
             s ^= s << 13;
             s ^= s >> 7;
             s ^= s << 17;
             (((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5).to_le_bytes()
         })
-        .collect();
+        .collect()
+}
+
+/// Writes one f32 tensor of `shape` with pseudo-random values.
+fn write_tensor(path: &Path, name: &str, shape: &[usize]) {
+    let bytes = random_f32_bytes(shape.iter().product(), 0);
     let view = TensorView::new(Dtype::F32, shape.to_vec(), &bytes).unwrap();
     safetensors::tensor::serialize_to_file([(name, view)], None, path).unwrap();
 }
@@ -106,20 +110,13 @@ fn bench_collection(c: &mut Criterion) {
     let cks: Vec<Checkpoint> = (0..n)
         .map(|i| {
             let path = dir.path().join(format!("m{i}.safetensors"));
-            let mut s = 0x9e3779b97f4a7c15u64 ^ i as u64;
-            let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-            for l in 0..3 {
-                let shape = vec![sizes[l + 1], sizes[l]];
-                let bytes: Vec<u8> = (0..shape[0] * shape[1])
-                    .flat_map(|_| {
-                        s ^= s << 13;
-                        s ^= s >> 7;
-                        s ^= s << 17;
-                        (((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5).to_le_bytes()
-                    })
-                    .collect();
-                tensors.push((format!("net.{}.weight", 2 * l), shape, bytes));
-            }
+            let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = (0..3)
+                .map(|l| {
+                    let shape = vec![sizes[l + 1], sizes[l]];
+                    let bytes = random_f32_bytes(shape[0] * shape[1], (i * 3 + l) as u64 + 1);
+                    (format!("net.{}.weight", 2 * l), shape, bytes)
+                })
+                .collect();
             let views: Vec<(String, TensorView<'_>)> = tensors
                 .iter()
                 .map(|(n, s, b)| (n.clone(), TensorView::new(Dtype::F32, s.clone(), b).unwrap()))

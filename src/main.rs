@@ -11,9 +11,8 @@ use anyhow::{bail, Context};
 use clap::Parser;
 
 use cntscope::checkpoint::{collect_checkpoints, Checkpoint};
-use cntscope::engine::{select_engine, AnalysisOptions, CpuEngine, Engine, GpuContext, GpuEngine};
-use cntscope::graph::GraphOptions;
-use cntscope::graph::{LayerKind, Network};
+use cntscope::engine::{select_engine, AnalysisOptions, CpuEngine, Device, Engine, GpuContext, GpuEngine};
+use cntscope::graph::{GraphOptions, LayerKind, Network};
 use cntscope::output::{atomic_write, num, write_csv, NODE_VALUES_HEADER};
 use cntscope::scan::{measure, merge, scan, MetadataTable, ScanOptions, ScanSummary};
 use cntscope::study::{study, Grouping, StudyOptions};
@@ -91,16 +90,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             // Few checkpoints: parallelism goes inside the layers instead.
             let threads = (opts.jobs / checkpoints.len()).max(1);
-            let auto = device.device() == cntscope::engine::Device::Auto;
+            let auto = device.device() == Device::Auto;
             let largest = if auto { checkpoints.iter().map(|p| checkpoint_bytes(p)).max().unwrap_or(0) } else { 0 };
             let engine = select_engine(device.device(), device.adapter.as_deref(), threads, largest)?;
             if cli.verbose {
                 eprintln!("engine: {}", engine.name());
             }
             let summary = scan(&checkpoints, &output, engine.as_ref(), &opts)?;
-            Ok(report(summary, &output))
+            Ok(scan_outcome(summary, &output))
         }
-        Command::Merge { dirs, output } => Ok(report(merge(&dirs, &output)?, &output)),
+        Command::Merge { dirs, output } => Ok(scan_outcome(merge(&dirs, &output)?, &output)),
         Command::Ensemble { study } => run_study(study, true, false, cli.verbose),
         Command::Dynamics { study } => run_study(study, false, true, cli.verbose),
         Command::Report { study } => run_study(study, true, true, cli.verbose),
@@ -165,7 +164,7 @@ fn run_study(args: cli::StudyArgs, ensemble: bool, dynamics: bool, verbose: bool
 
 /// Prints how a scan went; its exit code (0 all good, 1 some failed, 2
 /// none analysed).
-fn report(summary: ScanSummary, output: &Path) -> ExitCode {
+fn scan_outcome(summary: ScanSummary, output: &Path) -> ExitCode {
     eprintln!("{} analysed, {} failed -> {}", summary.analysed, summary.failed, output.display());
     if summary.failed > 0 {
         eprintln!("failures are listed in {}", output.join("errors.csv").display());
