@@ -46,6 +46,19 @@ impl Pool {
         }
     }
 
+    /// Adds values already binned on this pool's edges
+    /// ([`Histogram::range_for`] of its `lo, hi`, [`FINE_BINS`] bins), with their moments, and the values themselves
+    /// when the binner kept them (else the pool goes over to the binned KDE).
+    pub fn add_binned(&mut self, moments: &Moments, counts: &Histogram, values: Option<&[f64]>) {
+        debug_assert_eq!((counts.lo, counts.hi, counts.counts.len()), (self.fine.lo, self.fine.hi, FINE_BINS));
+        self.moments.merge(moments);
+        self.fine.merge(counts);
+        match (values, &mut self.values) {
+            (Some(xs), Some(v)) if v.len() + xs.len() <= EXACT_MAX => v.extend_from_slice(xs),
+            _ => self.values = None,
+        }
+    }
+
     /// Scott's bandwidth `std(ddof=1) n^(-1/5)`; where that is zero (one
     /// value, or all equal) the grid spacing `fallback` instead.
     pub fn bandwidth(&self, fallback: f64) -> f64 {

@@ -194,16 +194,22 @@ pub struct Histogram {
 }
 
 impl Histogram {
-    /// Empty histogram of `bins` bins over the range of `m` (widened by 0.5
-    /// either side when all values are equal, as numpy does).
-    pub fn for_range(min: f64, max: f64, bins: usize) -> Self {
-        let (lo, hi) = if min < max {
+    /// The `[lo, hi]` a histogram of values from `min` to `max` covers:
+    /// widened by 0.5 either side when all values are equal (as numpy
+    /// does), `[0, 1]` when there are none.
+    pub fn range_for(min: f64, max: f64) -> (f64, f64) {
+        if min < max {
             (min, max)
         } else if min.is_finite() {
             (min - 0.5, min + 0.5)
         } else {
             (0.0, 1.0)
-        };
+        }
+    }
+
+    /// Empty histogram of `bins` bins over [`Histogram::range_for`]`(min, max)`.
+    pub fn for_range(min: f64, max: f64, bins: usize) -> Self {
+        let (lo, hi) = Self::range_for(min, max);
         Histogram { lo, hi, counts: vec![0; bins.max(1)] }
     }
 

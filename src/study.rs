@@ -14,14 +14,15 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::checkpoint::Checkpoint;
-use crate::density::{grid, jensen_shannon, symmetric_kl, Pool, GRID_POINTS};
-use crate::engine::{AnalysisOptions, Engine};
+use crate::density::{grid, jensen_shannon, symmetric_kl, Pool, FINE_BINS, GRID_POINTS};
+use crate::engine::{AnalysisOptions, BinRanges, Binned, Engine};
 use crate::error::{Error, Result};
 use crate::graph::{GraphOptions, Network};
 use crate::natsort::natural_cmp;
 use crate::output::{atomic_write, num, write_csv};
 use crate::plot::{self, Curve};
 use crate::separation::{rank_table, separation, Separation};
+use crate::stats::Histogram;
 
 /// How checkpoints are grouped.
 #[derive(Debug, Clone)]
@@ -100,9 +101,24 @@ struct Pools {
 }
 
 impl Pools {
-    fn add(&mut self, group: usize, values: &[f64]) {
+    /// Pools over `[lo, hi]`, widened by a hair so that an engine's f32
+    /// rounding cannot put an extreme value outside the shared edges.
+    fn new(lo: f64, hi: f64) -> Self {
+        let pad = 1e-6 * (hi - lo).abs().max(lo.abs()).max(hi.abs()).max(f64::MIN_POSITIVE);
+        Pools { lo: lo - pad, hi: hi + pad, groups: BTreeMap::new() }
+    }
+
+    fn pool(&mut self, group: usize) -> &mut Pool {
         let (lo, hi) = (self.lo, self.hi);
-        self.groups.entry(group).or_insert_with(|| Pool::new(lo, hi)).add(values);
+        self.groups.entry(group).or_insert_with(|| Pool::new(lo, hi))
+    }
+
+    fn add(&mut self, group: usize, values: &[f64]) {
+        self.pool(group).add(values);
+    }
+
+    fn add_binned(&mut self, group: usize, b: &Binned) {
+        self.pool(group).add_binned(&b.moments, &b.histogram, b.values.as_deref());
     }
 }
 
@@ -165,7 +181,7 @@ pub fn study(scan_dir: &Path, out_dir: &Path, engine: &dyn Engine, opts: &StudyO
             r
         };
         for ((k, name), (lo, hi)) in range(&nodes, "node_layer", "strength_min", "strength_max") {
-            pools.insert(("strength", k, name.clone()), Pools { lo, hi, groups: BTreeMap::new() });
+            pools.insert(("strength", k, name.clone()), Pools::new(lo, hi));
             let flucts: Vec<(usize, f64)> = nodes
                 .iter()
                 .filter(|r| get(r, "node_layer") as usize == k)
@@ -173,33 +189,35 @@ pub fn study(scan_dir: &Path, out_dir: &Path, engine: &dyn Engine, opts: &StudyO
                 .collect();
             let (flo, fhi) =
                 flucts.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), (_, v)| (a.min(*v), b.max(*v)));
-            let mut p = Pools { lo: flo, hi: fhi, groups: BTreeMap::new() };
+            let mut p = Pools::new(flo, fhi);
             for (g, v) in flucts {
                 p.add(g, &[v]);
             }
             pools.insert(("fluctuation", k, name), p);
         }
         for ((i, name), (lo, hi)) in range(&links, "layer", "min", "max") {
-            pools.insert(("link_weight", i, name), Pools { lo, hi, groups: BTreeMap::new() });
+            pools.insert(("link_weight", i, name), Pools::new(lo, hi));
         }
-        let analysis = AnalysisOptions { keep_values: true, bins: 1 };
         for c in &checkpoints {
             let Some(&g) = group_of.get(c.as_str()) else { continue };
             let ck = Checkpoint::open(c)?;
             let net = Network::build(&ck, &opts.graph)?;
-            let a = engine.analyze(&net, &ck, &analysis)?;
-            for (k, set) in a.node_sets.iter().enumerate() {
-                if let Some(p) = pools.get_mut(&("strength", k, set.name.clone())) {
-                    p.add(g, &set.values.as_ref().expect("asked for").strength);
-                }
-            }
-            for (i, layer) in net.layers.iter().enumerate() {
-                if let Some(p) = pools.get_mut(&("link_weight", i + 1, layer.name.clone())) {
-                    p.add(g, &ck.tensor(&layer.weight)?.to_f64());
+            let set_keys: Vec<Key> =
+                net.node_sets.iter().enumerate().map(|(k, s)| ("strength", k, s.name.clone())).collect();
+            let layer_keys: Vec<Key> =
+                net.layers.iter().enumerate().map(|(i, l)| ("link_weight", i + 1, l.name.clone())).collect();
+            let range = |key: &Key| pools.get(key).map_or((0.0, 1.0), |p| Histogram::range_for(p.lo, p.hi));
+            let ranges = BinRanges {
+                node_sets: set_keys.iter().map(range).collect(),
+                layers: layer_keys.iter().map(range).collect(),
+            };
+            let binned = engine.binned(&net, &ck, &ranges, FINE_BINS)?;
+            for (key, b) in set_keys.iter().zip(&binned.node_sets).chain(layer_keys.iter().zip(&binned.layers)) {
+                if let Some(p) = pools.get_mut(key) {
+                    p.add_binned(g, b);
                 }
             }
         }
-
         // Densities, divergence matrices and their figures.
         let mut divergence_rows = Vec::new();
         let mut density_rows = Vec::new();

@@ -388,6 +388,29 @@ fn report_ranks_a_measure_that_tracks_accuracy() {
     // Dynamics: one row per run, epoch and node set.
     let (_, dynamics) = csv(&out.join("dynamics.csv"));
     assert_eq!(dynamics.len(), 9 * 2 * 3);
+    // The GPU engine pools on the GPU (binned KDE): the same divergences
+    // within 2%.
+    if common::gpu().is_some() {
+        let on_gpu = dir.path().join("gpu");
+        let o = cntscope(&[
+            "report",
+            data.to_str().unwrap(),
+            "--width",
+            "0.3",
+            "--device",
+            "gpu",
+            "-o",
+            on_gpu.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+        let (_, gpu_div) = csv(&on_gpu.join("divergence.csv"));
+        assert_eq!(gpu_div.len(), div.len());
+        for (c, g) in div.iter().zip(&gpu_div) {
+            assert_eq!(c[..5], g[..5]);
+            let (a, b): (f64, f64) = (c[8].parse().unwrap(), g[8].parse().unwrap());
+            assert!((a - b).abs() <= 0.02 * a.max(1e-3), "{c:?} vs {g:?}");
+        }
+    }
     // A scan directory can be studied again without scanning.
     let again = dir.path().join("again");
     let o =

@@ -179,3 +179,44 @@ fn gpu_batches_match_one_by_one_reference() {
         }
     }
 }
+
+#[test]
+fn binned_on_shared_edges_matches_reference() {
+    // The ensemble analysis pools node strengths and weights on edges shared
+    // by all checkpoints; the GPU bins them in one submission.
+    let Some(ctx) = common::gpu() else { return };
+    let gpu = GpuEngine::new(ctx);
+    let cpu = CpuEngine::default();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("b.safetensors");
+    write_st(
+        &path,
+        &[
+            T::f32("a.weight", &[37, 61], values(37 * 61, 3)),
+            T::f32("a.bias", &[37], values(37, 4)),
+            T { name: "b.weight", dtype: DType::F16, shape: vec![5, 37], values: values(185, 5) },
+        ],
+        &[],
+    );
+    let ck = Checkpoint::open(&path).unwrap();
+    let net = Network::build(&ck, &GraphOptions::default()).unwrap();
+    let ranges = cntscope::engine::BinRanges {
+        node_sets: vec![(-20.0, 20.0), (-40.0, 40.0), (-30.0, 30.0)],
+        layers: vec![(-1.0, 1.0), (-1.5, 1.5)],
+    };
+    let want = cpu.binned(&net, &ck, &ranges, 4096).unwrap();
+    let got = gpu.binned(&net, &ck, &ranges, 4096).unwrap();
+    for (what, g, w) in want
+        .node_sets
+        .iter()
+        .zip(&got.node_sets)
+        .map(|(w, g)| ("node set", g, w))
+        .chain(want.layers.iter().zip(&got.layers).map(|(w, g)| ("layer", g, w)))
+    {
+        assert_eq!((g.histogram.lo, g.histogram.hi), (w.histogram.lo, w.histogram.hi));
+        assert_histograms(what, &g.histogram, &w.histogram, 1);
+        let scale = w.moments.min.abs().max(w.moments.max.abs());
+        assert_close(what, &[g.moments.mean, g.moments.std(), scale], &[w.moments.mean, w.moments.std(), scale], 1e-5);
+        assert!(w.values.is_some() && g.values.is_none());
+    }
+}

@@ -64,10 +64,82 @@ pub trait Engine: Send + Sync {
         items.iter().map(|&(net, ck)| assemble(self, net, ck, opts)).collect()
     }
 
+    /// Node-set strengths and layer weights of one network, each binned on
+    /// the caller's `[lo, hi]` (edges shared by every checkpoint of a study,
+    /// so the counts merge), with their moments. The default measures with
+    /// [`Engine::analyze`] and also returns the values.
+    fn binned(&self, net: &Network, ck: &Checkpoint, ranges: &BinRanges, bins: usize) -> Result<BinnedNetwork> {
+        binned_by_values(self, net, ck, ranges, bins)
+    }
+
     /// How many checkpoints a caller should hand to one `analyze_batch`.
     fn batch_size(&self) -> usize {
         1
     }
+}
+
+/// The shared ranges of [`Engine::binned`]: one per node set, one per layer.
+#[derive(Debug, Clone, Default)]
+pub struct BinRanges {
+    /// `[lo, hi]` of each node set's strengths.
+    pub node_sets: Vec<(f64, f64)>,
+    /// `[lo, hi]` of each layer's weights.
+    pub layers: Vec<(f64, f64)>,
+}
+
+/// One distribution binned on given edges.
+#[derive(Debug, Clone)]
+pub struct Binned {
+    /// Moments of all the values.
+    pub moments: Moments,
+    /// Counts on the given edges.
+    pub histogram: Histogram,
+    /// The values themselves, where the engine has them at hand.
+    pub values: Option<Vec<f64>>,
+}
+
+/// A network's node sets and layers, binned.
+#[derive(Debug, Clone)]
+pub struct BinnedNetwork {
+    /// One per node set.
+    pub node_sets: Vec<Binned>,
+    /// One per layer.
+    pub layers: Vec<Binned>,
+}
+
+/// An empty histogram on exactly `[lo, hi]` (no widening).
+pub(crate) fn histogram_on((lo, hi): (f64, f64), bins: usize) -> Histogram {
+    Histogram { lo, hi, counts: vec![0; bins.max(1)] }
+}
+
+/// [`Engine::binned`] from the values: measured with `analyze`, weights
+/// decoded on the host.
+pub fn binned_by_values<E: Engine + ?Sized>(
+    engine: &E,
+    net: &Network,
+    ck: &Checkpoint,
+    ranges: &BinRanges,
+    bins: usize,
+) -> Result<BinnedNetwork> {
+    let a = engine.analyze(net, ck, &AnalysisOptions { keep_values: true, bins: 1 })?;
+    let bin = |values: Vec<f64>, range: (f64, f64)| {
+        let mut histogram = histogram_on(range, bins);
+        histogram.add_all(&values);
+        Binned { moments: Moments::from_slice(&values), histogram, values: Some(values) }
+    };
+    let node_sets = a
+        .node_sets
+        .into_iter()
+        .zip(&ranges.node_sets)
+        .map(|(s, &r)| bin(s.values.expect("asked for").strength, r))
+        .collect();
+    let layers = net
+        .layers
+        .iter()
+        .zip(&ranges.layers)
+        .map(|(l, &r)| Ok(bin(ck.tensor(&l.weight)?.to_f64(), r)))
+        .collect::<Result<_>>()?;
+    Ok(BinnedNetwork { node_sets, layers })
 }
 
 /// What to compute besides the summaries.

@@ -28,8 +28,8 @@ use crate::stats::{Histogram, Moments};
 
 use super::cpu::add_bias;
 use super::{
-    assemble, check_finite, dense_in_out, dense_storage, Analysis, AnalysisOptions, Engine, LayerMeasures, LayerResult,
-    NodeSetResult, NodeValues,
+    assemble, binned_by_values, check_finite, dense_in_out, dense_storage, histogram_on, Analysis, AnalysisOptions,
+    BinRanges, Binned, BinnedNetwork, Engine, LayerMeasures, LayerResult, NodeSetResult, NodeValues,
 };
 use plan::{Footprint, GpuTensor, Plan, Reduction, Source, PARTIAL};
 
@@ -683,6 +683,42 @@ impl Engine for GpuEngine {
         let region = plan.add_host_strengths(values.iter().map(|&v| v as f32).collect());
         let r = plan.add_reduction(Source::Strengths(region, None), values.len(), bins);
         Ok(self.ctx.run(&plan, false)?.distribution(&r))
+    }
+
+    /// One submission: the network's batch plan with its histograms on the
+    /// caller's ranges instead of their own.
+    fn binned(&self, net: &Network, ck: &Checkpoint, ranges: &BinRanges, bins: usize) -> Result<BinnedNetwork> {
+        if bins > MAX_BINS || Footprint::of_network(net, ck).largest() > self.ctx.max_binding {
+            return binned_by_values(self, net, ck, ranges, bins);
+        }
+        let mut plan = Plan::new();
+        let planned = self.plan_network(&mut plan, net, ck, bins)?;
+        let kernel_range = |(lo, hi): (f64, f64)| [lo as f32, hi as f32, (bins as f64 / (hi - lo)) as f32, 0.0];
+        let mut fixed = vec![[0.0, 1.0, 0.0, 0.0]; plan.reductions.count as usize];
+        for (r, &range) in planned.layers.iter().zip(&ranges.layers) {
+            fixed[r.job] = kernel_range(range);
+        }
+        for ((r, _, _), &range) in planned.node_sets.iter().zip(&ranges.node_sets) {
+            fixed[r.job] = kernel_range(range);
+        }
+        plan.fixed_ranges = Some(fixed);
+        let out = self.ctx.run(&plan, false)?;
+        let binned = |r: &Reduction, range| {
+            let mut histogram = histogram_on(range, bins);
+            histogram.counts.copy_from_slice(&out.counts[r.counts..r.counts + bins]);
+            Binned { moments: out.moments(r), histogram, values: None }
+        };
+        let mut layers = Vec::with_capacity(net.layers.len());
+        for ((layer, r), &range) in net.layers.iter().zip(&planned.layers).zip(&ranges.layers) {
+            let b = binned(r, range);
+            if !(b.moments.mean.is_finite() && b.moments.m2.is_finite()) {
+                check_finite(ck, &layer.weight, ck.tensor(&layer.weight)?.to_f64().into_iter())?;
+            }
+            layers.push(b);
+        }
+        let node_sets =
+            planned.node_sets.iter().zip(&ranges.node_sets).map(|((r, _, _), &range)| binned(r, range)).collect();
+        Ok(BinnedNetwork { node_sets, layers })
     }
 
     /// Checkpoints per batch: enough to amortise a submission many times over.

@@ -184,6 +184,8 @@ pub(super) enum Source {
 /// Where a reduction job's results land.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Reduction {
+    /// Its index in the reduction job table.
+    pub(super) job: usize,
     /// Index of its first partial.
     pub(super) partials: usize,
     /// Its partials (workgroups).
@@ -367,7 +369,13 @@ impl<'a> Plan<'a> {
     /// Plans moments (and, with `bins > 0`, a histogram) of `n` values.
     pub(super) fn add_reduction(&mut self, source: Source, n: usize, bins: usize) -> Reduction {
         let groups = n.div_ceil(REDUCE_PER_GROUP).clamp(1, REDUCE_GROUPS);
-        let r = Reduction { partials: self.partials_len, groups, counts: self.counts_len, bins };
+        let r = Reduction {
+            job: self.reductions.count as usize,
+            partials: self.partials_len,
+            groups,
+            counts: self.counts_len,
+            bins,
+        };
         self.partials_len += groups;
         self.counts_len += bins;
         let (src, dtype, a, b, lead) = match source {
