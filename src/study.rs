@@ -327,7 +327,9 @@ pub fn study(scan_dir: &Path, out_dir: &Path, engine: &dyn Engine, opts: &StudyO
     summary.runs = runs.len();
     if !runs.is_empty() {
         let mut rows = Vec::new();
-        let mut by_set: BTreeMap<(usize, String), Vec<Curve>> = BTreeMap::new();
+        // Curves per (measure, node set), one per run.
+        const PLOTTED: [(&str, &str); 2] = [("fluctuation", "fluctuation"), ("strength_mean", "mean strength")];
+        let mut by_set: BTreeMap<(usize, usize, String), Vec<Curve>> = BTreeMap::new();
         for (run, points) in &runs {
             for (order, row) in points {
                 let k = get(row, "node_layer") as usize;
@@ -343,11 +345,13 @@ pub fn study(scan_dir: &Path, out_dir: &Path, engine: &dyn Engine, opts: &StudyO
                     row["strength_kurtosis"].clone(),
                     row.get(&opts.accuracy).cloned().unwrap_or_default(),
                 ]);
-                let curves = by_set.entry((k, set)).or_default();
-                if curves.last().is_none_or(|c| &c.name != run) {
-                    curves.push(Curve { name: run.clone(), points: vec![] });
+                for (m, (col, _)) in PLOTTED.iter().enumerate() {
+                    let curves = by_set.entry((m, k, set.clone())).or_default();
+                    if curves.last().is_none_or(|c| &c.name != run) {
+                        curves.push(Curve { name: run.clone(), points: vec![] });
+                    }
+                    curves.last_mut().expect("just pushed").points.push((*order, get(row, col)));
                 }
-                curves.last_mut().expect("just pushed").points.push((*order, get(row, "fluctuation")));
             }
         }
         let header = [
@@ -363,11 +367,11 @@ pub fn study(scan_dir: &Path, out_dir: &Path, engine: &dyn Engine, opts: &StudyO
         ];
         write_rows(out_dir, "dynamics.csv", &header, rows, &mut summary)?;
         let mut svgs = Vec::new();
-        for ((k, set), curves) in &by_set {
-            let svg =
-                plot::lines(&format!("V{k} {set}: fluctuation along training"), &opts.order, "fluctuation", curves)
-                    .map_err(|e| fig_err(out_dir, e))?;
-            let file = format!("dynamics_{k}.svg");
+        for ((m, k, set), curves) in &by_set {
+            let (col, label) = PLOTTED[*m];
+            let svg = plot::lines(&format!("V{k} {set}: {label} along training"), &opts.order, label, curves)
+                .map_err(|e| fig_err(out_dir, e))?;
+            let file = format!("dynamics_{col}_{k}.svg");
             write_text(&figures.join(&file), &svg)?;
             summary.files.push(format!("figures/{file}"));
             svgs.push(svg);
