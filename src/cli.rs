@@ -152,6 +152,10 @@ pub struct StudyArgs {
     /// Metadata column ordering checkpoints within a run.
     #[arg(long, default_value = "epoch")]
     pub order_by: String,
+    /// Checkpoint of the node-set divergence matrix (default: the last of
+    /// the first run).
+    #[arg(long, value_name = "FILE")]
+    pub checkpoint: Option<PathBuf>,
 }
 
 /// Flags that say how to read a checkpoint as a graph.

@@ -118,6 +118,7 @@ fn run_study(args: cli::StudyArgs, ensemble: bool, dynamics: bool, verbose: bool
         graph: args.graph.options()?,
         ensemble,
         dynamics,
+        checkpoint: args.checkpoint,
     };
     let engine = select_engine(args.device.device(), args.device.adapter.as_deref(), cores(), 0)?;
     if verbose {

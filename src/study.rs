@@ -72,6 +72,9 @@ pub struct StudyOptions {
     pub ensemble: bool,
     /// Run the individual analysis (measures along each run).
     pub dynamics: bool,
+    /// The checkpoint of the node-set divergence matrix (default: the last
+    /// of the first run).
+    pub checkpoint: Option<PathBuf>,
 }
 
 /// One row of a scan table, by column name.
@@ -376,12 +379,15 @@ pub fn study(scan_dir: &Path, out_dir: &Path, engine: &dyn Engine, opts: &StudyO
             summary.files.push(format!("figures/{file}"));
             svgs.push(svg);
         }
-        // Layer x layer divergence of the last checkpoint of the first run.
-        if let Some((run, points)) = runs.iter().next() {
-            if let Some((_, row)) = points.last() {
-                let svg = layer_divergence(row["checkpoint"].as_str(), run, engine, opts, out_dir, &mut summary)?;
-                svgs.push(svg);
-            }
+        // Layer x layer divergence of one checkpoint (by default the last of
+        // the first run).
+        let last = runs
+            .iter()
+            .next()
+            .and_then(|(run, points)| Some((run.clone(), PathBuf::from(&points.last()?.1["checkpoint"]))));
+        let chosen = opts.checkpoint.clone().map(|c| (c.display().to_string(), c)).or(last);
+        if let Some((title, checkpoint)) = chosen {
+            svgs.push(layer_divergence(&checkpoint, &title, engine, opts, out_dir, &mut summary)?);
         }
         let refs: Vec<&String> = svgs.iter().collect();
         html.section(&format!("Individual: each run along {}", opts.order), &refs);
@@ -455,14 +461,14 @@ fn dynamics<'a>(nodes: &'a [Row], opts: &StudyOptions) -> BTreeMap<String, Vec<(
 /// The node sets of one checkpoint, pairwise Jensen-Shannon of their
 /// strength densities.
 fn layer_divergence(
-    checkpoint: &str,
-    run: &str,
+    checkpoint: &Path,
+    title: &str,
     engine: &dyn Engine,
     opts: &StudyOptions,
     out_dir: &Path,
     summary: &mut StudySummary,
 ) -> Result<String> {
-    let ck = Checkpoint::open(PathBuf::from(checkpoint))?;
+    let ck = Checkpoint::open(checkpoint)?;
     let net = Network::build(&ck, &opts.graph)?;
     let a = engine.analyze(&net, &ck, &AnalysisOptions { keep_values: true, bins: 1 })?;
     let pools: Vec<Pool> = a
@@ -481,7 +487,7 @@ fn layer_divergence(
         for (j, q) in pools.iter().enumerate() {
             let g = grid(p.moments.min.min(q.moments.min), p.moments.max.max(q.moments.max), GRID_POINTS);
             js[i][j] = jensen_shannon(&p.density(&g), &q.density(&g));
-            rows.push(vec![checkpoint.to_string(), labels[i].clone(), labels[j].clone(), num(js[i][j])]);
+            rows.push(vec![checkpoint.display().to_string(), labels[i].clone(), labels[j].clone(), num(js[i][j])]);
         }
     }
     write_rows(
@@ -491,8 +497,8 @@ fn layer_divergence(
         rows,
         summary,
     )?;
-    let svg = plot::heatmap(&format!("{run}, last checkpoint: node sets, Jensen-Shannon"), &labels, &js)
-        .map_err(|e| fig_err(out_dir, e))?;
+    let svg =
+        plot::heatmap(&format!("{title}: node sets, Jensen-Shannon"), &labels, &js).map_err(|e| fig_err(out_dir, e))?;
     write_text(&out_dir.join("figures").join("layer_divergence.svg"), &svg)?;
     summary.files.push("figures/layer_divergence.svg".into());
     Ok(svg)
