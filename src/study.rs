@@ -143,15 +143,14 @@ pub struct StudySummary {
 pub fn study(scan_dir: &Path, out_dir: &Path, engine: &dyn Engine, opts: &StudyOptions) -> Result<StudySummary> {
     let nodes = read_table(&scan_dir.join("nodes.csv"))?;
     let links = read_table(&scan_dir.join("links.csv"))?;
-    let mut summary = StudySummary::default();
     let figures = out_dir.join("figures");
     std::fs::create_dir_all(&figures).map_err(|e| Error::Output { path: figures.clone(), reason: e.to_string() })?;
-    let mut html = Report::default();
+    let mut study = Study { out_dir, figures, engine, opts, summary: StudySummary::default(), html: Report::default() };
 
     // Checkpoints and their groups.
     let mut checkpoints: Vec<String> = nodes.iter().filter_map(|r| r.get("checkpoint").cloned()).collect();
     checkpoints.dedup();
-    summary.checkpoints = checkpoints.len();
+    study.summary.checkpoints = checkpoints.len();
     let meta: HashMap<&str, &Row> = nodes.iter().filter_map(|r| Some((r.get("checkpoint")?.as_str(), r))).collect();
     let mut labels: Vec<(f64, String)> =
         checkpoints.iter().filter_map(|c| opts.grouping.group(meta[c.as_str()].get(&opts.grouping.column)?)).collect();
@@ -165,9 +164,63 @@ pub fn study(scan_dir: &Path, out_dir: &Path, engine: &dyn Engine, opts: &StudyO
         })
         .collect();
     let names: Vec<String> = labels.iter().map(|l| l.1.clone()).collect();
-    summary.groups = names.len();
+    study.summary.groups = names.len();
 
     if opts.ensemble {
+        study.ensemble(&nodes, &links, &checkpoints, &group_of, &names)?;
+    }
+    if opts.dynamics {
+        study.individual(&nodes)?;
+    }
+    let page = std::mem::take(&mut study.html).finish(&study.summary, &opts.grouping.column);
+    study.write_text("report.html", &page)?;
+    Ok(study.summary)
+}
+
+/// A study in progress: where it writes, what it has written.
+struct Study<'a> {
+    out_dir: &'a Path,
+    figures: PathBuf,
+    engine: &'a dyn Engine,
+    opts: &'a StudyOptions,
+    summary: StudySummary,
+    html: Report,
+}
+
+impl Study<'_> {
+    /// Writes `text` to `file` in the output directory, atomically.
+    fn write_text(&mut self, file: &str, text: &str) -> Result<()> {
+        atomic_write(&self.out_dir.join(file), |w| std::io::Write::write_all(w, text.as_bytes()))?;
+        self.summary.files.push(file.to_string());
+        Ok(())
+    }
+
+    /// Writes an SVG figure into `figures/`.
+    fn figure(&mut self, file: &str, svg: &str) -> Result<()> {
+        let path = self.figures.join(file);
+        atomic_write(&path, |w| std::io::Write::write_all(w, svg.as_bytes()))?;
+        self.summary.files.push(format!("figures/{file}"));
+        Ok(())
+    }
+
+    /// Writes a CSV table.
+    fn table(&mut self, file: &str, header: &[&str], rows: Vec<Vec<String>>) -> Result<()> {
+        atomic_write(&self.out_dir.join(file), |w| write_csv(w, header, rows))?;
+        self.summary.files.push(file.to_string());
+        Ok(())
+    }
+
+    /// Ensemble analysis: pooled densities per group, divergence matrices,
+    /// the separation table.
+    fn ensemble(
+        &mut self,
+        nodes: &[Row],
+        links: &[Row],
+        checkpoints: &[String],
+        group_of: &HashMap<&str, usize>,
+        names: &[String],
+    ) -> Result<()> {
+        let opts = self.opts;
         // Pools: fluctuations from the table; strengths and weights in one pass.
         let mut pools: BTreeMap<Key, Pools> = BTreeMap::new();
         let range = |rows: &[Row], index_col: &str, lo: &str, hi: &str| {
@@ -201,7 +254,7 @@ pub fn study(scan_dir: &Path, out_dir: &Path, engine: &dyn Engine, opts: &StudyO
         for ((i, name), (lo, hi)) in range(&links, "layer", "min", "max") {
             pools.insert(("link_weight", i, name), Pools::new(lo, hi));
         }
-        for c in &checkpoints {
+        for c in checkpoints {
             let Some(&g) = group_of.get(c.as_str()) else { continue };
             let ck = Checkpoint::open(c)?;
             let net = Network::build(&ck, &opts.graph)?;
@@ -214,7 +267,7 @@ pub fn study(scan_dir: &Path, out_dir: &Path, engine: &dyn Engine, opts: &StudyO
                 node_sets: set_keys.iter().map(range).collect(),
                 layers: layer_keys.iter().map(range).collect(),
             };
-            let binned = engine.binned(&net, &ck, &ranges, FINE_BINS)?;
+            let binned = self.engine.binned(&net, &ck, &ranges, FINE_BINS)?;
             for (key, b) in set_keys.iter().zip(&binned.node_sets).chain(layer_keys.iter().zip(&binned.layers)) {
                 if let Some(p) = pools.get_mut(key) {
                     p.add_binned(g, b);
@@ -278,33 +331,26 @@ pub fn study(scan_dir: &Path, out_dir: &Path, engine: &dyn Engine, opts: &StudyO
             let stem = format!("{measure}_{index}");
             let by = &opts.grouping.column;
             let density = plot::lines(&format!("{what}: density by {by}"), measure, "density", &curves)
-                .map_err(|e| fig_err(out_dir, e))?;
+                .map_err(|e| fig_err(self.out_dir, e))?;
             let js_map = plot::heatmap(&format!("{what}: Jensen-Shannon"), &group_labels, &js)
-                .map_err(|e| fig_err(out_dir, e))?;
+                .map_err(|e| fig_err(self.out_dir, e))?;
             let skl_map = plot::heatmap(&format!("{what}: symmetric KL"), &group_labels, &skl)
-                .map_err(|e| fig_err(out_dir, e))?;
+                .map_err(|e| fig_err(self.out_dir, e))?;
             for (file, svg) in [
                 (format!("density_{stem}.svg"), &density),
                 (format!("js_{stem}.svg"), &js_map),
                 (format!("skl_{stem}.svg"), &skl_map),
             ] {
-                write_text(&figures.join(&file), svg)?;
-                summary.files.push(format!("figures/{file}"));
+                self.figure(&file, svg)?;
             }
-            html.section(&format!("Ensemble: {what}"), &[&density, &js_map, &skl_map]);
+            self.html.section(&format!("Ensemble: {what}"), &[&density, &js_map, &skl_map]);
         }
         let header = ["measure", "index", "name", "group_a", "group_b", "n_a", "n_b", "symmetric_kl", "jensen_shannon"];
-        write_rows(out_dir, "divergence.csv", &header, divergence_rows, &mut summary)?;
-        write_rows(
-            out_dir,
-            "densities.csv",
-            &["measure", "index", "name", "group", "x", "density"],
-            density_rows,
-            &mut summary,
-        )?;
+        self.table("divergence.csv", &header, divergence_rows)?;
+        self.table("densities.csv", &["measure", "index", "name", "group", "x", "density"], density_rows)?;
 
         // The separation table.
-        let table = separation_table(&nodes, &links, &opts.accuracy);
+        let table = separation_table(nodes, links, &opts.accuracy);
         let rows = table.iter().enumerate().map(|(i, s)| {
             vec![
                 (i + 1).to_string(),
@@ -315,20 +361,20 @@ pub fn study(scan_dir: &Path, out_dir: &Path, engine: &dyn Engine, opts: &StudyO
                 s.direction().to_string(),
             ]
         });
-        write_rows(
-            out_dir,
-            "separation.csv",
-            &["rank", "feature", "n", "spearman", "auroc", "direction"],
-            rows.collect(),
-            &mut summary,
-        )?;
-        html.separation(&opts.accuracy, &table);
+        self.table("separation.csv", &["rank", "feature", "n", "spearman", "auroc", "direction"], rows.collect())?;
+        self.html.separation(&opts.accuracy, &table);
+        Ok(())
     }
 
-    // Individual analysis: measures along each training run.
-    let runs = if opts.dynamics { dynamics(&nodes, opts) } else { BTreeMap::new() };
-    summary.runs = runs.len();
-    if !runs.is_empty() {
+    /// Individual analysis: each run's measures along training, and one
+    /// checkpoint's node-set divergences.
+    fn individual(&mut self, nodes: &[Row]) -> Result<()> {
+        let opts = self.opts;
+        let runs = dynamics(nodes, opts);
+        self.summary.runs = runs.len();
+        if runs.is_empty() {
+            return Ok(());
+        }
         let mut rows = Vec::new();
         // Curves per (measure, node set), one per run.
         const PLOTTED: [(&str, &str); 2] = [("fluctuation", "fluctuation"), ("strength_mean", "mean strength")];
@@ -368,15 +414,14 @@ pub fn study(scan_dir: &Path, out_dir: &Path, engine: &dyn Engine, opts: &StudyO
             "strength_kurtosis",
             &opts.accuracy,
         ];
-        write_rows(out_dir, "dynamics.csv", &header, rows, &mut summary)?;
+        self.table("dynamics.csv", &header, rows)?;
         let mut svgs = Vec::new();
         for ((m, k, set), curves) in &by_set {
             let (col, label) = PLOTTED[*m];
             let svg = plot::lines(&format!("V{k} {set}: {label} along training"), &opts.order, label, curves)
-                .map_err(|e| fig_err(out_dir, e))?;
+                .map_err(|e| fig_err(self.out_dir, e))?;
             let file = format!("dynamics_{col}_{k}.svg");
-            write_text(&figures.join(&file), &svg)?;
-            summary.files.push(format!("figures/{file}"));
+            self.figure(&file, &svg)?;
             svgs.push(svg);
         }
         // Layer x layer divergence of one checkpoint (by default the last of
@@ -387,35 +432,49 @@ pub fn study(scan_dir: &Path, out_dir: &Path, engine: &dyn Engine, opts: &StudyO
             .and_then(|(run, points)| Some((run.clone(), PathBuf::from(&points.last()?.1["checkpoint"]))));
         let chosen = opts.checkpoint.clone().map(|c| (c.display().to_string(), c)).or(last);
         if let Some((title, checkpoint)) = chosen {
-            svgs.push(layer_divergence(&checkpoint, &title, engine, opts, out_dir, &mut summary)?);
+            svgs.push(self.layer_divergence(&checkpoint, &title)?);
         }
         let refs: Vec<&String> = svgs.iter().collect();
-        html.section(&format!("Individual: each run along {}", opts.order), &refs);
+        self.html.section(&format!("Individual: each run along {}", opts.order), &refs);
+        Ok(())
     }
-    let page = html.finish(&summary, &opts.grouping.column);
-    write_text(&out_dir.join("report.html"), &page)?;
-    summary.files.push("report.html".into());
-    Ok(summary)
+
+    /// The node sets of one checkpoint, pairwise Jensen-Shannon of their
+    /// strength densities.
+    fn layer_divergence(&mut self, checkpoint: &Path, title: &str) -> Result<String> {
+        let (engine, opts) = (self.engine, self.opts);
+        let ck = Checkpoint::open(checkpoint)?;
+        let net = Network::build(&ck, &opts.graph)?;
+        let a = engine.analyze(&net, &ck, &AnalysisOptions { keep_values: true, bins: 1 })?;
+        let pools: Vec<Pool> = a
+            .node_sets
+            .iter()
+            .map(|s| {
+                let mut p = Pool::new(s.strength.min, s.strength.max);
+                p.add(&s.values.as_ref().expect("asked for").strength);
+                p
+            })
+            .collect();
+        let labels: Vec<String> = a.node_sets.iter().enumerate().map(|(k, s)| format!("V{k} {}", s.name)).collect();
+        let mut js = vec![vec![0.0; pools.len()]; pools.len()];
+        let mut rows = Vec::new();
+        for (i, p) in pools.iter().enumerate() {
+            for (j, q) in pools.iter().enumerate() {
+                let g = grid(p.moments.min.min(q.moments.min), p.moments.max.max(q.moments.max), GRID_POINTS);
+                js[i][j] = jensen_shannon(&p.density(&g), &q.density(&g));
+                rows.push(vec![checkpoint.display().to_string(), labels[i].clone(), labels[j].clone(), num(js[i][j])]);
+            }
+        }
+        self.table("layer_divergence.csv", &["checkpoint", "node_set_a", "node_set_b", "jensen_shannon"], rows)?;
+        let svg = plot::heatmap(&format!("{title}: node sets, Jensen-Shannon"), &labels, &js)
+            .map_err(|e| fig_err(self.out_dir, e))?;
+        self.figure("layer_divergence.svg", &svg)?;
+        Ok(svg)
+    }
 }
 
 fn fig_err(dir: &Path, e: String) -> Error {
     Error::Output { path: dir.to_path_buf(), reason: e }
-}
-
-fn write_text(path: &Path, text: &str) -> Result<()> {
-    atomic_write(path, |w| std::io::Write::write_all(w, text.as_bytes()))
-}
-
-fn write_rows(
-    dir: &Path,
-    file: &str,
-    header: &[&str],
-    rows: Vec<Vec<String>>,
-    summary: &mut StudySummary,
-) -> Result<()> {
-    atomic_write(&dir.join(file), |w| write_csv(w, header, rows))?;
-    summary.files.push(file.to_string());
-    Ok(())
 }
 
 /// Every per-checkpoint summary against accuracy: node sets' fluctuation,
@@ -456,52 +515,6 @@ fn dynamics<'a>(nodes: &'a [Row], opts: &StudyOptions) -> BTreeMap<String, Vec<(
         points.sort_by(|a, b| a.0.total_cmp(&b.0).then(get(a.1, "node_layer").total_cmp(&get(b.1, "node_layer"))));
     }
     runs
-}
-
-/// The node sets of one checkpoint, pairwise Jensen-Shannon of their
-/// strength densities.
-fn layer_divergence(
-    checkpoint: &Path,
-    title: &str,
-    engine: &dyn Engine,
-    opts: &StudyOptions,
-    out_dir: &Path,
-    summary: &mut StudySummary,
-) -> Result<String> {
-    let ck = Checkpoint::open(checkpoint)?;
-    let net = Network::build(&ck, &opts.graph)?;
-    let a = engine.analyze(&net, &ck, &AnalysisOptions { keep_values: true, bins: 1 })?;
-    let pools: Vec<Pool> = a
-        .node_sets
-        .iter()
-        .map(|s| {
-            let mut p = Pool::new(s.strength.min, s.strength.max);
-            p.add(&s.values.as_ref().expect("asked for").strength);
-            p
-        })
-        .collect();
-    let labels: Vec<String> = a.node_sets.iter().enumerate().map(|(k, s)| format!("V{k} {}", s.name)).collect();
-    let mut js = vec![vec![0.0; pools.len()]; pools.len()];
-    let mut rows = Vec::new();
-    for (i, p) in pools.iter().enumerate() {
-        for (j, q) in pools.iter().enumerate() {
-            let g = grid(p.moments.min.min(q.moments.min), p.moments.max.max(q.moments.max), GRID_POINTS);
-            js[i][j] = jensen_shannon(&p.density(&g), &q.density(&g));
-            rows.push(vec![checkpoint.display().to_string(), labels[i].clone(), labels[j].clone(), num(js[i][j])]);
-        }
-    }
-    write_rows(
-        out_dir,
-        "layer_divergence.csv",
-        &["checkpoint", "node_set_a", "node_set_b", "jensen_shannon"],
-        rows,
-        summary,
-    )?;
-    let svg =
-        plot::heatmap(&format!("{title}: node sets, Jensen-Shannon"), &labels, &js).map_err(|e| fig_err(out_dir, e))?;
-    write_text(&out_dir.join("figures").join("layer_divergence.svg"), &svg)?;
-    summary.files.push("figures/layer_divergence.svg".into());
-    Ok(svg)
 }
 
 /// The self-contained HTML page: figures inline as SVG, tables inline.
