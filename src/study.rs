@@ -236,7 +236,7 @@ impl Study<'_> {
             }
             r
         };
-        for ((k, name), (lo, hi)) in range(&nodes, "node_layer", "strength_min", "strength_max") {
+        for ((k, name), (lo, hi)) in range(nodes, "node_layer", "strength_min", "strength_max") {
             pools.insert(("strength", k, name.clone()), Pools::new(lo, hi));
             let flucts: Vec<(usize, f64)> = nodes
                 .iter()
@@ -251,7 +251,7 @@ impl Study<'_> {
             }
             pools.insert(("fluctuation", k, name), p);
         }
-        for ((i, name), (lo, hi)) in range(&links, "layer", "min", "max") {
+        for ((i, name), (lo, hi)) in range(links, "layer", "min", "max") {
             pools.insert(("link_weight", i, name), Pools::new(lo, hi));
         }
         for c in checkpoints {
