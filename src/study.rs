@@ -520,6 +520,9 @@ fn dynamics<'a>(nodes: &'a [Row], opts: &StudyOptions) -> BTreeMap<String, Vec<(
 /// The self-contained HTML page: figures inline as SVG, tables inline.
 #[derive(Default)]
 struct Report {
+    /// The separation table: the answer, shown first.
+    lead: String,
+    /// Figure sections, in the order added.
     body: String,
 }
 
@@ -534,7 +537,7 @@ impl Report {
 
     fn separation(&mut self, accuracy: &str, table: &[Separation]) {
         let _ = write!(
-            self.body,
+            self.lead,
             "<h2>Which measure separates accurate from under-trained networks?</h2>\n<p>For every per-checkpoint \
              summary: Spearman's rho with <code>{a}</code> over all checkpoints, and the AUROC of the summary for \
              telling the top third of checkpoints by <code>{a}</code> from the bottom third (0.5: no separation; \
@@ -544,7 +547,7 @@ impl Report {
         );
         for (i, s) in table.iter().take(25).enumerate() {
             let _ = writeln!(
-                self.body,
+                self.lead,
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.3}</td><td>{:.3}</td><td>{}</td></tr>",
                 i + 1,
                 escape(&s.feature),
@@ -554,7 +557,7 @@ impl Report {
                 s.direction()
             );
         }
-        self.body.push_str("</table>\n");
+        self.lead.push_str("</table>\n");
     }
 
     fn finish(self, summary: &StudySummary, by: &str) -> String {
@@ -565,11 +568,12 @@ impl Report {
              td:nth-child(2){{text-align:left}}.figs{{display:flex;flex-wrap:wrap;gap:8px}}figure{{margin:0}}\
              </style></head><body>\n<h1>cntscope report</h1>\n<p>{} checkpoints in {} groups by <code>{}</code>; \
              {} training runs. Node strength, layer fluctuation and link weights as defined in the README; tables \
-             beside this file.</p>\n{}</body></html>\n",
+             beside this file.</p>\n{}{}</body></html>\n",
             summary.checkpoints,
             summary.groups,
             escape(by),
             summary.runs,
+            self.lead,
             self.body
         )
     }
