@@ -236,7 +236,7 @@ fn parse_input(text: &str) -> anyhow::Result<Vec<usize>> {
         .split([',', 'x'])
         .map(|d| d.trim().parse::<usize>().with_context(|| format!("--input {text}: `{d}` is not a size")))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    if !matches!(dims.len(), 1 | 3) || dims.contains(&0) {
+    if !cntscope::spec::is_input_shape(&dims) {
         bail!("--input {text}: expected C,H,W or FEATURES with positive sizes");
     }
     Ok(dims)

@@ -30,6 +30,15 @@ fn main() -> ExitCode {
     }
 }
 
+/// The checkpoints under the paths; none at all is bad usage.
+fn found_checkpoints(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let checkpoints = collect_checkpoints(paths)?;
+    if checkpoints.is_empty() {
+        bail!("no checkpoints found under the given paths");
+    }
+    Ok(checkpoints)
+}
+
 fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
@@ -84,10 +93,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 shard: shard.as_deref().map(cli::parse_shard).transpose()?,
                 metadata: metadata.as_deref().map(MetadataTable::load).transpose()?,
             };
-            let checkpoints = collect_checkpoints(&paths)?;
-            if checkpoints.is_empty() {
-                bail!("no checkpoints found under the given paths");
-            }
+            let checkpoints = found_checkpoints(&paths)?;
             // Few checkpoints: parallelism goes inside the layers instead.
             let threads = (opts.jobs / checkpoints.len()).max(1);
             let auto = device.device() == Device::Auto;
@@ -131,10 +137,7 @@ fn run_study(args: cli::StudyArgs, ensemble: bool, dynamics: bool, verbose: bool
     let scan_dir = match given_scan {
         Some(dir) => dir,
         None => {
-            let checkpoints = collect_checkpoints(&args.paths)?;
-            if checkpoints.is_empty() {
-                bail!("no checkpoints found under the given paths");
-            }
+            let checkpoints = found_checkpoints(&args.paths)?;
             let scan_opts = ScanOptions {
                 graph: opts.graph.clone(),
                 analysis: AnalysisOptions::default(),
@@ -191,7 +194,7 @@ fn checkpoint_bytes(path: &Path) -> u64 {
 /// |strength| (SPEC section 7 allows 1e-5).
 fn verify(paths: &[PathBuf], graph: &GraphOptions, adapter: Option<&str>, verbose: bool) -> anyhow::Result<ExitCode> {
     const TOLERANCE: f64 = 1e-5;
-    let checkpoints = collect_checkpoints(paths)?;
+    let checkpoints = found_checkpoints(paths)?;
     let cpu = CpuEngine::new(cores());
     let gpu = GpuEngine::new(Arc::new(GpuContext::new(adapter)?));
     eprintln!("engine: {}", gpu.name());

@@ -26,6 +26,12 @@ impl std::fmt::Display for Layout {
     }
 }
 
+/// True for a valid sample shape: `[C, H, W]` or `[features]`, all
+/// positive.
+pub fn is_input_shape(dims: &[usize]) -> bool {
+    matches!(dims.len(), 1 | 3) && !dims.contains(&0)
+}
+
 /// An integer or an `[h, w]` pair, as `stride`, `padding` and `dilation` accept.
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(untagged)]
@@ -87,7 +93,7 @@ impl Spec {
             return Err(Error::Spec { path: path.to_path_buf(), reason: "no [[layers]] listed".into() });
         }
         if let Some(input) = &spec.input {
-            if !matches!(input.len(), 1 | 3) || input.contains(&0) {
+            if !is_input_shape(input) {
                 return Err(Error::Spec {
                     path: path.to_path_buf(),
                     reason: format!("input must be [C, H, W] or [features] with positive sizes, got {input:?}"),

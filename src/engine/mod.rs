@@ -228,15 +228,10 @@ pub fn assemble<E: Engine + ?Sized>(
     let mut layers = Vec::with_capacity(net.layers.len());
     for layer in &net.layers {
         let w = ck.tensor(&layer.weight)?;
-        let b = layer.bias.as_deref().map(|b| ck.tensor(b)).transpose()?;
-        let bias_values = b.map(|b| b.to_f64());
-        if let (Some(b), Some(v)) = (&b, &bias_values) {
-            check_finite(ck, b.name, v.iter().copied())?;
-        }
-        let ls = engine.layer(layer, net.layout, &w, if net.bias { b.as_ref() } else { None }, opts.bins)?;
-        if !(ls.weights.mean.is_finite() && ls.weights.m2.is_finite()) {
-            check_finite(ck, w.name, w.to_f64().into_iter())?;
-        }
+        let bias_values = layer.bias.as_deref().map(|b| bias_values(ck, b)).transpose()?;
+        let b = layer.bias.as_deref().filter(|_| net.bias).map(|b| ck.tensor(b)).transpose()?;
+        let ls = engine.layer(layer, net.layout, &w, b.as_ref(), opts.bins)?;
+        check_weights(ck, &layer.weight, &ls.weights)?;
         layers.push(LayerResult {
             name: layer.name.clone(),
             kind: layer.kind.name(),
@@ -270,8 +265,26 @@ pub fn assemble<E: Engine + ?Sized>(
     Ok(Analysis { not_chain: net.not_chain.clone(), node_sets, layers })
 }
 
+/// A bias tensor's values, or an error naming it when any is NaN or
+/// infinite.
+pub(crate) fn bias_values(ck: &Checkpoint, name: &str) -> Result<Vec<f64>> {
+    let t = ck.tensor(name)?;
+    let v = t.to_f64();
+    check_finite(ck, t.name, v.iter().copied())?;
+    Ok(v)
+}
+
+/// Non-finite weights show as non-finite moments; then counts them and
+/// names the tensor in the error.
+pub(crate) fn check_weights(ck: &Checkpoint, weight: &str, m: &Moments) -> Result<()> {
+    if m.mean.is_finite() && m.m2.is_finite() {
+        return Ok(());
+    }
+    check_finite(ck, weight, ck.tensor(weight)?.to_f64().into_iter())
+}
+
 /// An error naming `tensor` when any of its values is NaN or infinite.
-pub(crate) fn check_finite(ck: &Checkpoint, tensor: &str, values: impl Iterator<Item = f64>) -> Result<()> {
+fn check_finite(ck: &Checkpoint, tensor: &str, values: impl Iterator<Item = f64>) -> Result<()> {
     let count = values.filter(|v| !v.is_finite()).count() as u64;
     if count > 0 {
         return Err(Error::NonFinite { path: ck.path().to_path_buf(), tensor: tensor.to_string(), count });

@@ -28,8 +28,8 @@ use crate::stats::{Histogram, Moments};
 
 use super::cpu::add_bias;
 use super::{
-    assemble, binned_by_values, check_finite, dense_in_out, dense_storage, histogram_on, Analysis, AnalysisOptions,
-    BinRanges, Binned, BinnedNetwork, Engine, LayerMeasures, LayerResult, NodeSetResult, NodeValues,
+    assemble, bias_values, binned_by_values, check_weights, dense_in_out, dense_storage, histogram_on, Analysis,
+    AnalysisOptions, BinRanges, Binned, BinnedNetwork, Engine, LayerMeasures, LayerResult, NodeSetResult, NodeValues,
 };
 use plan::{Footprint, GpuTensor, Plan, Reduction, Source, PARTIAL};
 
@@ -500,15 +500,7 @@ impl GpuEngine {
         let mut inputs = Vec::with_capacity(net.layers.len());
         for layer in &net.layers {
             let w = ck.tensor(&layer.weight)?;
-            let b = match layer.bias.as_deref() {
-                Some(name) => {
-                    let t = ck.tensor(name)?;
-                    let v = t.to_f64();
-                    check_finite(ck, t.name, v.iter().copied())?;
-                    Some(v)
-                }
-                None => None,
-            };
+            let b = layer.bias.as_deref().map(|name| bias_values(ck, name)).transpose()?;
             inputs.push((GpuTensor::new(&w), b));
         }
         let mut planned = Planned { layers: vec![], slots: vec![], node_sets: vec![], bias: vec![] };
@@ -543,9 +535,7 @@ impl GpuEngine {
         let mut layers = Vec::with_capacity(net.layers.len());
         for (i, layer) in net.layers.iter().enumerate() {
             let (weights, histogram) = out.distribution(&planned.layers[i]);
-            if !(weights.mean.is_finite() && weights.m2.is_finite()) {
-                check_finite(ck, &layer.weight, ck.tensor(&layer.weight)?.to_f64().into_iter())?;
-            }
+            check_weights(ck, &layer.weight, &weights)?;
             layers.push(LayerResult {
                 name: layer.name.clone(),
                 kind: layer.kind.name(),
@@ -711,9 +701,7 @@ impl Engine for GpuEngine {
         let mut layers = Vec::with_capacity(net.layers.len());
         for ((layer, r), &range) in net.layers.iter().zip(&planned.layers).zip(&ranges.layers) {
             let b = binned(r, range);
-            if !(b.moments.mean.is_finite() && b.moments.m2.is_finite()) {
-                check_finite(ck, &layer.weight, ck.tensor(&layer.weight)?.to_f64().into_iter())?;
-            }
+            check_weights(ck, &layer.weight, &b.moments)?;
             layers.push(b);
         }
         let node_sets =
