@@ -31,7 +31,7 @@ use super::{
     assemble, bias_values, binned_by_values, check_weights, dense_in_out, dense_storage, histogram_on, Analysis,
     AnalysisOptions, BinRanges, Binned, BinnedNetwork, Engine, LayerMeasures, LayerResult, NodeSetResult, NodeValues,
 };
-use plan::{Footprint, GpuTensor, Plan, Reduction, Source, PARTIAL};
+use plan::{kernel_range, Footprint, GpuTensor, Plan, Reduction, Source, PARTIAL};
 
 /// Largest histogram the kernel's workgroup memory holds.
 pub const MAX_BINS: usize = 4096;
@@ -505,13 +505,11 @@ impl GpuEngine {
         }
         let mut planned = Planned { layers: vec![], slots: vec![], node_sets: vec![], bias: vec![] };
         for (layer, (t, b)) in net.layers.iter().zip(inputs) {
-            let n = t.len();
-            let dtype = t.dtype;
-            let bias = b.as_deref().filter(|_| net.bias).map(|v| plan.add_bias(v));
             planned.bias.push(b.as_deref().map(Moments::from_slice));
-            let word = plan.add_tensor(t);
-            planned.slots.push(plan.add_layer(layer, net.layout, word, dtype, bias));
-            planned.layers.push(plan.add_reduction(Source::Weights(word, dtype, 0), n, bins));
+            let bias = b.as_deref().filter(|_| net.bias);
+            let (slots, weights) = plan.add_measured_layer(layer, net.layout, t, bias, bins);
+            planned.slots.push(slots);
+            planned.layers.push(weights);
         }
         for set in &net.node_sets {
             let s_in = set.in_layer.map(|l| planned.slots[l].s_in.0);
@@ -610,13 +608,13 @@ impl GpuEngine {
             moments.merge(&out.moments(&r));
         }
         let mut histogram = Histogram::for_range(moments.min, moments.max, bins);
-        let scale = (bins as f64 / (histogram.hi - histogram.lo)) as f32;
+        let range = kernel_range((histogram.lo, histogram.hi), bins);
         for &(r0, r1) in &chunks {
             let mut plan = Plan::new();
             let lead = t.lead(r0 * cols);
             let word = plan.add_tensor(t.chunk(r0 * cols, r1 * cols));
             let r = plan.add_reduction(Source::Weights(word, t.dtype, lead), (r1 - r0) * cols, bins);
-            plan.fixed_ranges = Some(vec![[histogram.lo as f32, histogram.hi as f32, scale, 0.0]]);
+            plan.fixed_ranges = Some(vec![range]);
             let out = self.ctx.run(&plan, false)?;
             for (a, b) in histogram.counts.iter_mut().zip(&out.counts[r.counts..r.counts + bins]) {
                 *a += b;
@@ -655,11 +653,7 @@ impl Engine for GpuEngine {
             return Ok(LayerMeasures { s_in, s_out, weights, histogram });
         }
         let mut plan = Plan::new();
-        let (n, dtype) = (t.len(), t.dtype);
-        let bias = bias.map(|b| plan.add_bias(&b));
-        let word = plan.add_tensor(t);
-        let slots = plan.add_layer(layer, layout, word, dtype, bias);
-        let r = plan.add_reduction(Source::Weights(word, dtype, 0), n, bins);
+        let (slots, r) = plan.add_measured_layer(layer, layout, t, bias.as_deref(), bins);
         let out = self.ctx.run(&plan, true)?;
         let (weights, histogram) = out.distribution(&r);
         Ok(LayerMeasures { s_in: out.strengths(slots.s_in), s_out: out.strengths(slots.s_out), weights, histogram })
@@ -683,13 +677,12 @@ impl Engine for GpuEngine {
         }
         let mut plan = Plan::new();
         let planned = self.plan_network(&mut plan, net, ck, bins)?;
-        let kernel_range = |(lo, hi): (f64, f64)| [lo as f32, hi as f32, (bins as f64 / (hi - lo)) as f32, 0.0];
         let mut fixed = vec![[0.0, 1.0, 0.0, 0.0]; plan.reductions.count as usize];
         for (r, &range) in planned.layers.iter().zip(&ranges.layers) {
-            fixed[r.job] = kernel_range(range);
+            fixed[r.job] = kernel_range(range, bins);
         }
         for ((r, _, _), &range) in planned.node_sets.iter().zip(&ranges.node_sets) {
-            fixed[r.job] = kernel_range(range);
+            fixed[r.job] = kernel_range(range, bins);
         }
         plan.fixed_ranges = Some(fixed);
         let out = self.ctx.run(&plan, false)?;

@@ -172,6 +172,12 @@ impl JobTable {
     }
 }
 
+/// A histogram range as the kernels take it (set by the host in
+/// [`Plan::fixed_ranges`]): `lo, hi, bins / (hi - lo)`.
+pub(super) fn kernel_range((lo, hi): (f64, f64), bins: usize) -> [f32; 4] {
+    [lo as f32, hi as f32, (bins as f64 / (hi - lo)) as f32, 0.0]
+}
+
 /// What a reduction job runs over.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Source {
@@ -310,6 +316,24 @@ impl<'a> Plan<'a> {
             LayerKind::Conv(conv) => self.add_conv(&conv, layout, word, dtype, bias, s_in, s_out),
         }
         LayerSlots { s_in: (s_in, s_in_len), s_out: (s_out, s_out_len) }
+    }
+
+    /// Plans one whole layer from its weights `t` (and bias values, added
+    /// to `s_in`): upload, strengths, and moments with a histogram of
+    /// `bins` bins of its weights.
+    pub(super) fn add_measured_layer(
+        &mut self,
+        layer: &Layer,
+        layout: Layout,
+        t: GpuTensor<'a>,
+        bias: Option<&[f64]>,
+        bins: usize,
+    ) -> (LayerSlots, Reduction) {
+        let (n, dtype) = (t.len(), t.dtype);
+        let bias = bias.map(|b| self.add_bias(b));
+        let word = self.add_tensor(t);
+        let slots = self.add_layer(layer, layout, word, dtype, bias);
+        (slots, self.add_reduction(Source::Weights(word, dtype, 0), n, bins))
     }
 
     /// Plans row and column sums of a stored `rows x cols` matrix.
