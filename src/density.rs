@@ -71,11 +71,6 @@ impl Pool {
         }
     }
 
-    /// True when the density is computed from the values themselves.
-    pub fn is_exact(&self) -> bool {
-        self.values.is_some()
-    }
-
     /// The KDE on `grid`, normalised to sum to 1 (all zeros for an empty
     /// pool).
     pub fn density(&self, grid: &[f64]) -> Vec<f64> {

@@ -151,18 +151,21 @@ pub fn study(scan_dir: &Path, out_dir: &Path, engine: &dyn Engine, opts: &StudyO
     let mut checkpoints: Vec<String> = nodes.iter().filter_map(|r| r.get("checkpoint").cloned()).collect();
     checkpoints.dedup();
     study.summary.checkpoints = checkpoints.len();
-    let meta: HashMap<&str, &Row> = nodes.iter().filter_map(|r| Some((r.get("checkpoint")?.as_str(), r))).collect();
-    let mut labels: Vec<(f64, String)> =
-        checkpoints.iter().filter_map(|c| opts.grouping.group(meta[c.as_str()].get(&opts.grouping.column)?)).collect();
+    // Each checkpoint's group, worked out once (every row of a checkpoint
+    // carries the same metadata).
+    let mut group: HashMap<&str, (f64, String)> = HashMap::new();
+    for r in &nodes {
+        if let (Some(c), Some(v)) = (r.get("checkpoint"), r.get(&opts.grouping.column)) {
+            if let Some(g) = opts.grouping.group(v) {
+                group.entry(c.as_str()).or_insert(g);
+            }
+        }
+    }
+    let mut labels: Vec<(f64, String)> = group.values().cloned().collect();
     labels.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| natural_cmp(&a.1, &b.1)));
     labels.dedup_by(|a, b| a.1 == b.1);
-    let group_of: HashMap<&str, usize> = checkpoints
-        .iter()
-        .filter_map(|c| {
-            let (_, label) = opts.grouping.group(meta[c.as_str()].get(&opts.grouping.column)?)?;
-            Some((c.as_str(), labels.iter().position(|l| l.1 == label)?))
-        })
-        .collect();
+    let group_of: HashMap<&str, usize> =
+        group.iter().filter_map(|(c, (_, label))| Some((*c, labels.iter().position(|l| &l.1 == label)?))).collect();
     let names: Vec<String> = labels.iter().map(|l| l.1.clone()).collect();
     study.summary.groups = names.len();
 

@@ -154,7 +154,7 @@ impl CpuEngine {
 
 /// Flat index of `W[o, c', ky, kx]` in the stored tensor.
 #[inline]
-pub(crate) fn conv_index(layout: Layout, conv: &Conv, o: usize, ci: usize, ky: usize, kx: usize) -> usize {
+fn conv_index(layout: Layout, conv: &Conv, o: usize, ci: usize, ky: usize, kx: usize) -> usize {
     match layout {
         Layout::Torch => ((o * conv.cin_g + ci) * conv.kh + ky) * conv.kw + kx,
         Layout::Keras => ((ky * conv.kw + kx) * conv.cin_g + ci) * conv.cout + o,
@@ -198,7 +198,7 @@ fn conv_strengths(layout: Layout, weight: &Tensor<'_>, conv: &Conv) -> (Vec<f64>
 
 /// `valid[p * k + t]`: tap `t` of output position `p` lands inside the
 /// input (`0 <= p s - pad + t d < n_in`).
-pub(crate) fn taps_into(n_out: usize, n_in: usize, k: usize, s: usize, pad: usize, d: usize) -> Vec<bool> {
+fn taps_into(n_out: usize, n_in: usize, k: usize, s: usize, pad: usize, d: usize) -> Vec<bool> {
     let mut v = Vec::with_capacity(n_out * k);
     for p in 0..n_out {
         for t in 0..k {
@@ -211,7 +211,7 @@ pub(crate) fn taps_into(n_out: usize, n_in: usize, k: usize, s: usize, pad: usiz
 
 /// `valid[y * k + t]`: some output position's tap `t` lands on input
 /// position `y` (`y + pad - t d` is a multiple of `s` within the output).
-pub(crate) fn taps_from(n_in: usize, n_out: usize, k: usize, s: usize, pad: usize, d: usize) -> Vec<bool> {
+fn taps_from(n_in: usize, n_out: usize, k: usize, s: usize, pad: usize, d: usize) -> Vec<bool> {
     let mut v = Vec::with_capacity(n_in * k);
     for y in 0..n_in {
         for t in 0..k {
