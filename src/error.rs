@@ -111,6 +111,11 @@ pub enum Error {
 }
 
 impl Error {
+    /// An [`Error::Output`] about `path`.
+    pub fn output(path: &std::path::Path, reason: impl std::fmt::Display) -> Self {
+        Error::Output { path: path.to_path_buf(), reason: reason.to_string() }
+    }
+
     /// The tensor this error concerns, if any (for the `tensor` column of
     /// `errors.csv`).
     pub fn tensor(&self) -> Option<&str> {

@@ -84,14 +84,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Scan { paths, graph, device, output, jobs, bins, resume, strict, shard, metadata } => {
             let opts = ScanOptions {
-                graph: graph.options()?,
                 analysis: cli::analysis_options(bins)?,
-                jobs: jobs.unwrap_or_else(cores).max(1),
                 resume,
-                progress: true,
                 strict,
                 shard: shard.as_deref().map(cli::parse_shard).transpose()?,
                 metadata: metadata.as_deref().map(MetadataTable::load).transpose()?,
+                ..ScanOptions::new(graph.options()?, jobs.unwrap_or_else(cores).max(1))
             };
             let checkpoints = found_checkpoints(&paths)?;
             // Few checkpoints: parallelism goes inside the layers instead.
@@ -138,16 +136,7 @@ fn run_study(args: cli::StudyArgs, ensemble: bool, dynamics: bool, verbose: bool
         Some(dir) => dir,
         None => {
             let checkpoints = found_checkpoints(&args.paths)?;
-            let scan_opts = ScanOptions {
-                graph: opts.graph.clone(),
-                analysis: AnalysisOptions::default(),
-                jobs: cores(),
-                resume: false,
-                progress: true,
-                strict: false,
-                shard: None,
-                metadata: None,
-            };
+            let scan_opts = ScanOptions::new(opts.graph.clone(), cores());
             let dir = args.output.join("scan");
             let summary = scan(&checkpoints, &dir, engine.as_ref(), &scan_opts)?;
             eprintln!("{} analysed, {} failed -> {}", summary.analysed, summary.failed, dir.display());

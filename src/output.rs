@@ -156,7 +156,7 @@ impl AtomicFile {
     pub fn create(path: &Path) -> Result<Self> {
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let tmp = path.with_file_name(format!(".{name}.tmp{}", std::process::id()));
-        let file = File::create(&tmp).map_err(|e| Error::Output { path: path.to_path_buf(), reason: e.to_string() })?;
+        let file = File::create(&tmp).map_err(|e| Error::output(path, e))?;
         Ok(AtomicFile { path: path.to_path_buf(), tmp, writer: Some(BufWriter::new(file)) })
     }
 
@@ -167,7 +167,7 @@ impl AtomicFile {
 
     /// Flushes, syncs and renames the file into place.
     pub fn commit(mut self) -> Result<()> {
-        let err = |e: std::io::Error| Error::Output { path: self.path.clone(), reason: e.to_string() };
+        let err = |e: std::io::Error| Error::output(&self.path, e);
         let writer = self.writer.take().expect("not committed");
         let file = writer.into_inner().map_err(|e| err(e.into_error()))?;
         file.sync_all().map_err(err)?;
@@ -186,7 +186,7 @@ impl Drop for AtomicFile {
 /// Writes `path` atomically: `write` fills an [`AtomicFile`].
 pub fn atomic_write(path: &Path, write: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>) -> Result<()> {
     let mut file = AtomicFile::create(path)?;
-    write(file.writer()).map_err(|e| Error::Output { path: path.to_path_buf(), reason: e.to_string() })?;
+    write(file.writer()).map_err(|e| Error::output(path, e))?;
     file.commit()
 }
 

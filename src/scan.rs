@@ -47,6 +47,23 @@ pub struct ScanOptions {
     pub metadata: Option<MetadataTable>,
 }
 
+impl ScanOptions {
+    /// A plain scan: default analysis, fresh output, progress on a
+    /// terminal, every checkpoint, no metadata table.
+    pub fn new(graph: GraphOptions, jobs: usize) -> Self {
+        ScanOptions {
+            graph,
+            analysis: AnalysisOptions::default(),
+            jobs,
+            resume: false,
+            progress: true,
+            strict: false,
+            shard: None,
+            metadata: None,
+        }
+    }
+}
+
 /// Metadata columns from a CSV table keyed by checkpoint path (a `path` or
 /// `checkpoint` column); its values override the files' own.
 #[derive(Debug, Clone, Default)]
@@ -255,7 +272,7 @@ struct Head {
 /// (from a killed run) is cut off so appends continue cleanly. Returns the
 /// entries and the metadata keys seen.
 fn index_journal(path: &Path, file: usize, repair: bool, keys: &mut BTreeSet<String>) -> Result<Vec<Entry>> {
-    let io = |e: std::io::Error| Error::Output { path: path.to_path_buf(), reason: e.to_string() };
+    let io = |e: std::io::Error| Error::output(path, e);
     let Ok(f) = File::open(path) else { return Ok(vec![]) };
     let mut reader = BufReader::new(f);
     let (mut entries, mut offset, mut line) = (Vec::new(), 0u64, String::new());
@@ -280,7 +297,7 @@ fn index_journal(path: &Path, file: usize, repair: bool, keys: &mut BTreeSet<Str
 /// Scans checkpoints into `out_dir`: `nodes.csv`, `links.csv`,
 /// `histograms.csv`, `errors.csv` (and the journal they are rendered from).
 pub fn scan(checkpoints: &[PathBuf], out_dir: &Path, engine: &dyn Engine, opts: &ScanOptions) -> Result<ScanSummary> {
-    let out_err = |e: std::io::Error| Error::Output { path: out_dir.to_path_buf(), reason: e.to_string() };
+    let out_err = |e: std::io::Error| Error::output(out_dir, e);
     std::fs::create_dir_all(out_dir).map_err(out_err)?;
     let journal_path = out_dir.join(JOURNAL);
     let ids: Vec<String> = checkpoints.iter().map(|p| p.display().to_string()).collect();
@@ -364,12 +381,12 @@ pub fn scan(checkpoints: &[PathBuf], out_dir: &Path, engine: &dyn Engine, opts: 
 /// Combines the journals of shard runs (`scan --shard I/N` into each DIR)
 /// into `out_dir`: the same tables one unsharded run would give.
 pub fn merge(dirs: &[PathBuf], out_dir: &Path) -> Result<ScanSummary> {
-    let out_err = |e: std::io::Error| Error::Output { path: out_dir.to_path_buf(), reason: e.to_string() };
+    let out_err = |e: std::io::Error| Error::output(out_dir, e);
     std::fs::create_dir_all(out_dir).map_err(out_err)?;
     let journals: Vec<PathBuf> = dirs.iter().map(|d| d.join(JOURNAL)).collect();
     for j in &journals {
         if !j.is_file() {
-            return Err(Error::Output { path: j.clone(), reason: "no scan journal here".into() });
+            return Err(Error::output(j, "no scan journal here"));
         }
     }
     let mut keys = BTreeSet::new();
@@ -415,7 +432,7 @@ fn write_tables(
         (AtomicFile::create(&out_dir.join("histograms.csv"))?, plain(&output::HISTOGRAMS_HEADER)),
         (AtomicFile::create(&out_dir.join("errors.csv"))?, plain(&output::ERRORS_HEADER)),
     ];
-    let write_err = |e: std::io::Error| Error::Output { path: out_dir.to_path_buf(), reason: e.to_string() };
+    let write_err = |e: std::io::Error| Error::output(out_dir, e);
     for (file, header) in tables.iter_mut() {
         writeln!(file.writer(), "{}", output::csv_line(header.iter())).map_err(write_err)?;
     }
@@ -424,7 +441,7 @@ fn write_tables(
     for e in &entries {
         line.resize(e.len, 0);
         let f = &mut files[e.file];
-        let bad = |err: String| Error::Output { path: journals[e.file].clone(), reason: err };
+        let bad = |err: String| Error::output(&journals[e.file], err);
         f.seek(SeekFrom::Start(e.offset)).and_then(|_| f.read_exact(&mut line)).map_err(|err| bad(err.to_string()))?;
         let r: Record = serde_json::from_slice(&line).map_err(|err| bad(err.to_string()))?;
         // Rows are stored CSV-encoded; the metadata cells are appended here.

@@ -81,7 +81,7 @@ pub struct StudyOptions {
 type Row = BTreeMap<String, String>;
 
 fn read_table(path: &Path) -> Result<Vec<Row>> {
-    let err = |e: csv::Error| Error::Output { path: path.to_path_buf(), reason: e.to_string() };
+    let err = |e: csv::Error| Error::output(path, e);
     let mut r = csv::Reader::from_path(path).map_err(err)?;
     let header: Vec<String> = r.headers().map_err(err)?.iter().map(String::from).collect();
     r.records()
@@ -144,7 +144,7 @@ pub fn study(scan_dir: &Path, out_dir: &Path, engine: &dyn Engine, opts: &StudyO
     let nodes = read_table(&scan_dir.join("nodes.csv"))?;
     let links = read_table(&scan_dir.join("links.csv"))?;
     let figures = out_dir.join("figures");
-    std::fs::create_dir_all(&figures).map_err(|e| Error::Output { path: figures.clone(), reason: e.to_string() })?;
+    std::fs::create_dir_all(&figures).map_err(|e| Error::output(&figures, e))?;
     let mut study = Study { out_dir, figures, engine, opts, summary: StudySummary::default(), html: Report::default() };
 
     // Checkpoints and their groups.
@@ -477,7 +477,7 @@ impl Study<'_> {
 }
 
 fn fig_err(dir: &Path, e: String) -> Error {
-    Error::Output { path: dir.to_path_buf(), reason: e }
+    Error::output(dir, e)
 }
 
 /// Every per-checkpoint summary against accuracy: node sets' fluctuation,
