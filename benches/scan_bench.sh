@@ -44,9 +44,13 @@ for name in small large; do
     files=$(find "$path" -name '*.safetensors' | wc -l)
     mb=$(du -sm "$path" | cut -f1)
     cat "$path"/*.safetensors > /dev/null  # warm the page cache
-    t_read=$(best 3 sh -c "cat $path/*.safetensors > /dev/null")
-    t_numpy=$(best 3 python3 benches/numpy_scan.py "$dir/numpy-$name.csv" "$path")
-    t_cpu=$(best 3 "$bin" scan "$path" --device cpu -o "$dir/out-$name")
+    t_read=$(best 5 sh -c "cat $path/*.safetensors > /dev/null")
+    t_numpy=$(best 5 python3 benches/numpy_scan.py "$dir/numpy-$name.csv" "$path")
+    # Into a fresh directory each time, as a new scan would (replacing an
+    # earlier scan's tables costs ext4 a flush of each on rename).
+    t_cpu=$(best 5 sh -c "$bin scan $path --device cpu -o \$(mktemp -d $dir/out-$name.XXXXXX)")
+    rm -rf "$dir/out-$name" "$dir/out-$name".*
+    "$bin" scan "$path" --device cpu -o "$dir/out-$name" >/dev/null 2>&1
     diff=$(compare "$dir/numpy-$name.csv" "$dir/out-$name/nodes.csv")
     python3 - "$name" "$files" "$mb" "$t_read" "$t_numpy" "$t_cpu" "$diff" <<'PY'
 import sys

@@ -1,18 +1,18 @@
 //! Reading checkpoints: safetensors files through a memory map (zero-copy),
 //! sharded Hugging Face directories, and collections of many checkpoints.
 //!
-//! The container is validated by the `safetensors` crate (header length,
-//! JSON, contiguous in-range offsets, sizes matching shape x dtype, all with
-//! checked arithmetic); this module adds the file and tensor names to every
-//! error and decodes the float dtypes the analysis reads.
+//! The header is parsed in one pass into the `safetensors` crate's types and
+//! validated here (header length, UTF-8 JSON, contiguous in-range offsets,
+//! sizes matching shape x dtype, all with checked arithmetic), so every
+//! error names the file and the tensor; this module also decodes the float
+//! dtypes the analysis reads.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
-use safetensors::tensor::{Dtype as StDtype, Metadata, SafeTensorError, TensorInfo};
-use safetensors::SafeTensors;
+use safetensors::tensor::{Dtype as StDtype, TensorInfo};
 
 use crate::error::{Error, Result};
 use crate::natsort::natural_cmp;
@@ -161,34 +161,42 @@ impl Checkpoint {
     /// directory holding a single `model.safetensors`.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        if path.is_dir() {
-            let index = path.join(SHARD_INDEX);
-            if index.is_file() {
-                return Self::open_sharded(path, &index);
-            }
-            let single = path.join("model.safetensors");
-            if single.is_file() {
-                let mut ck = Self::open_file(&single)?;
-                ck.path = path.to_path_buf();
-                return Ok(ck);
-            }
-            return Err(Error::Malformed {
-                path: path.to_path_buf(),
-                reason: format!("directory has neither {SHARD_INDEX} nor model.safetensors"),
-            });
-        }
         if path.file_name().is_some_and(|n| n == SHARD_INDEX) {
             let dir = path.parent().unwrap_or(Path::new("."));
             return Self::open_sharded(dir, path);
         }
-        Self::open_file(path)
+        // Open first and ask the handle what it is: one `stat` per file.
+        let io = |error| Error::Io { path: path.to_path_buf(), error };
+        let file = match File::open(path) {
+            Ok(file) => file,
+            Err(_) if path.is_dir() => return Self::open_dir(path),
+            Err(error) => return Err(io(error)),
+        };
+        let info = file.metadata().map_err(io)?;
+        if info.is_dir() {
+            return Self::open_dir(path);
+        }
+        let (shard, header) = read_shard(path, file, info.len())?;
+        let mut tensors = HashMap::new();
+        let metadata = record_tensors(path, header, 0, &mut tensors)?;
+        Ok(Checkpoint { path: path.to_path_buf(), shards: vec![shard], tensors, metadata })
     }
 
-    fn open_file(path: &Path) -> Result<Self> {
-        let (shard, meta) = map_shard(path)?;
-        let mut tensors = HashMap::new();
-        let metadata = record_tensors(path, &meta, 0, &mut tensors)?;
-        Ok(Checkpoint { path: path.to_path_buf(), shards: vec![shard], tensors, metadata })
+    fn open_dir(path: &Path) -> Result<Self> {
+        let index = path.join(SHARD_INDEX);
+        if index.is_file() {
+            return Self::open_sharded(path, &index);
+        }
+        let single = path.join("model.safetensors");
+        if single.is_file() {
+            let mut ck = Self::open(&single)?;
+            ck.path = path.to_path_buf();
+            return Ok(ck);
+        }
+        Err(Error::Malformed {
+            path: path.to_path_buf(),
+            reason: format!("directory has neither {SHARD_INDEX} nor model.safetensors"),
+        })
     }
 
     fn open_sharded(dir: &Path, index_path: &Path) -> Result<Self> {
@@ -210,7 +218,7 @@ impl Checkpoint {
                 return Err(bad(format!("shard path `{file}` leaves the checkpoint directory")));
             }
             let (shard, meta) = map_shard(&dir.join(file))?;
-            for (k, v) in record_tensors(&shard.path, &meta, i, &mut tensors)? {
+            for (k, v) in record_tensors(&shard.path, meta, i, &mut tensors)? {
                 metadata.entry(k).or_insert(v);
             }
             shards.push(shard);
@@ -314,71 +322,135 @@ struct ShardIndex {
     weight_map: BTreeMap<String, String>,
 }
 
-/// Maps one safetensors file and validates its header; returns the shard
-/// and its parsed header.
-fn map_shard(path: &Path) -> Result<(Shard, Metadata)> {
+/// Headers larger than this are rejected before parsing (as the
+/// `safetensors` crate does).
+const MAX_HEADER_BYTES: usize = 100_000_000;
+
+/// A parsed safetensors header: the `__metadata__` map and the tensors in
+/// file order.
+struct Header {
+    metadata: BTreeMap<String, String>,
+    tensors: Vec<(String, TensorInfo)>,
+}
+
+impl<'de> serde::Deserialize<'de> for Header {
+    /// One pass over the JSON object: `__metadata__` is the string map,
+    /// every other key a tensor (the `safetensors` crate's own parser goes
+    /// through `serde(flatten)`, which buffers every value first).
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Header;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a safetensors header object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<Header, A::Error> {
+                let mut header = Header { metadata: BTreeMap::new(), tensors: Vec::new() };
+                while let Some(key) = map.next_key::<String>()? {
+                    if key == "__metadata__" {
+                        header.metadata = map.next_value()?;
+                    } else {
+                        header.tensors.push((key, map.next_value()?));
+                    }
+                }
+                Ok(header)
+            }
+        }
+        d.deserialize_map(Visit)
+    }
+}
+
+/// Reads (or maps) one safetensors file and validates its header: length
+/// in range, UTF-8 JSON, each tensor's byte size equal to shape x dtype
+/// (checked arithmetic), data offsets contiguous from 0 to the end of the
+/// file. Returns the shard and its header, tensors in file order.
+fn map_shard(path: &Path) -> Result<(Shard, Header)> {
     let io = |error| Error::Io { path: path.to_path_buf(), error };
     let file = File::open(path).map_err(io)?;
     let len = file.metadata().map_err(io)?.len();
+    read_shard(path, file, len)
+}
+
+/// [`map_shard`] of an opened file of `len` bytes.
+fn read_shard(path: &Path, file: File, len: u64) -> Result<(Shard, Header)> {
+    let io = |error| Error::Io { path: path.to_path_buf(), error };
+    let bad = |reason: String| Error::Malformed { path: path.to_path_buf(), reason };
     if len < 8 {
-        return Err(Error::Malformed {
-            path: path.to_path_buf(),
-            reason: format!("file is {len} bytes, shorter than the 8-byte header length"),
-        });
+        return Err(bad(format!("file is {len} bytes, shorter than the 8-byte header length")));
     }
     let map = if len >= MAP_MIN_BYTES {
         // SAFETY: the map is read-only; a file truncated by another process
         // while mapped is outside what any reader of mapped files can guard.
         Bytes::Mapped(unsafe { Mmap::map(&file) }.map_err(io)?)
     } else {
-        let mut v = Vec::with_capacity(len as usize);
-        std::io::Read::read_to_end(&mut &file, &mut v).map_err(io)?;
+        // The length is known: one read, no size probing.
+        let mut v = vec![0; len as usize];
+        std::io::Read::read_exact(&mut &file, &mut v).map_err(io)?;
         Bytes::Read(v)
     };
-    let (n, meta) = SafeTensors::read_metadata(&map)
-        .map_err(|e| Error::Malformed { path: path.to_path_buf(), reason: describe(e) })?;
-    // `read_metadata` checked that 8 + n + data length == file length.
-    Ok((Shard { path: path.to_path_buf(), map, data_start: n + 8 }, meta))
+    let n = u64::from_le_bytes(map[..8].try_into().expect("8 bytes"));
+    if n > MAX_HEADER_BYTES as u64 {
+        return Err(bad(format!("declared header length {n} is too large (over 100 MB)")));
+    }
+    let data_start = 8 + n as usize;
+    let text = map
+        .get(8..data_start)
+        .ok_or_else(|| bad(format!("declared header length {n} runs past the end of the file")))?;
+    let text = std::str::from_utf8(text).map_err(|e| bad(format!("header is not UTF-8: {e}")))?;
+    let mut header: Header = serde_json::from_str(text).map_err(|e| bad(format!("header is not valid JSON: {e}")))?;
+    header.tensors.sort_by_key(|(_, info)| info.data_offsets);
+    let mut end = 0;
+    for (name, info) in &header.tensors {
+        let (s, e) = info.data_offsets;
+        if s != end || e < s {
+            return Err(bad(format!("tensor `{name}`: data offsets {s}..{e} overlap, leave gaps or run backwards")));
+        }
+        let bytes = info
+            .shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .and_then(|n| n.checked_mul(info.dtype.bitsize()))
+            .ok_or_else(|| bad(format!("tensor `{name}`: shape {:?} overflows when multiplied out", info.shape)))?;
+        if bytes % 8 != 0 || e - s != bytes / 8 {
+            return Err(bad(format!(
+                "tensor `{name}`: {} bytes of data, but shape {:?} of {:?} needs {} bits",
+                e - s,
+                info.shape,
+                info.dtype,
+                bytes
+            )));
+        }
+        end = e;
+    }
+    if (data_start as u64).checked_add(end as u64) != Some(len) {
+        return Err(bad(format!(
+            "file length does not match the header: the data section is {} bytes, the tensors cover {end} \
+             (truncated, or trailing bytes)",
+            len - data_start as u64
+        )));
+    }
+    Ok((Shard { path: path.to_path_buf(), map, data_start }, header))
 }
 
 /// Records one shard's tensors under shard number `index`; returns its
 /// `__metadata__` map.
 fn record_tensors(
     path: &Path,
-    meta: &Metadata,
+    header: Header,
     index: usize,
     tensors: &mut HashMap<String, Entry>,
 ) -> Result<BTreeMap<String, String>> {
-    for (name, info) in meta.tensors() {
-        if tensors.insert(name.clone(), Entry { shard: index, info: info.clone() }).is_some() {
+    tensors.reserve(header.tensors.len());
+    for (name, info) in header.tensors {
+        if tensors.contains_key(&name) {
             return Err(Error::Malformed {
                 path: path.to_path_buf(),
-                reason: format!("tensor `{name}` appears in more than one shard"),
+                reason: format!("tensor `{name}` appears twice"),
             });
         }
+        tensors.insert(name, Entry { shard: index, info });
     }
-    Ok(meta.metadata().clone().unwrap_or_default().into_iter().collect())
-}
-
-fn describe(e: SafeTensorError) -> String {
-    match e {
-        SafeTensorError::HeaderTooLarge => "declared header length is too large (over 100 MB)".into(),
-        SafeTensorError::HeaderTooSmall => "file too short for the header length".into(),
-        SafeTensorError::InvalidHeaderLength => "declared header length runs past the end of the file".into(),
-        SafeTensorError::InvalidHeader(e) => format!("header is not UTF-8: {e}"),
-        SafeTensorError::InvalidHeaderDeserialization(e) => {
-            format!("header is not valid JSON: {e}")
-        }
-        SafeTensorError::InvalidOffset(t) => {
-            format!("tensor `{t}`: data offsets overlap, leave gaps or run out of order")
-        }
-        SafeTensorError::TensorInvalidInfo => "a tensor's byte size does not match its shape and dtype".into(),
-        SafeTensorError::MetadataIncompleteBuffer => {
-            "data section does not match the file length (truncated or trailing bytes)".into()
-        }
-        SafeTensorError::ValidationOverflow => "a tensor's shape overflows when multiplied out".into(),
-        other => other.to_string(),
-    }
+    Ok(header.metadata)
 }
 
 /// The training step in a training-run layout: the number in the last path

@@ -6,9 +6,9 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use crate::engine::{Analysis, NodeSetResult};
+use crate::engine::Analysis;
 use crate::error::{Error, Result};
-use crate::stats::{Histogram, Moments};
+use crate::stats::Histogram;
 
 /// Header of `cntscope nodes` output.
 pub const NODE_VALUES_HEADER: [&str; 5] = ["node_layer", "node", "s_in", "s_out", "strength"];
@@ -61,69 +61,132 @@ pub const ERRORS_HEADER: [&str; 4] = ["checkpoint", "kind", "tensor", "message"]
 
 /// Formats a number for CSV: shortest text that reads back to the same f64.
 pub fn num(x: f64) -> String {
-    format!("{x}")
+    zmij::Buffer::new().format(x).to_string()
 }
 
-fn moment_cells(m: &Moments) -> [String; 5] {
-    [num(m.mean), num(m.std()), num(m.min), num(m.max), m.n.to_string()]
+/// CSV rows written into memory with reused buffers: the hot path of a
+/// scan formats every row here, so no cell allocates. A cell is quoted
+/// only when it holds a comma, a quote or a line break (RFC 4180, as the
+/// `csv` crate writes); rows end in `\n`.
+#[derive(Default)]
+pub struct RowWriter {
+    buf: Vec<u8>,
+    /// Cells written in the current row.
+    cells: usize,
 }
 
-/// `nodes.csv` rows of one checkpoint (without metadata columns).
-pub fn node_rows(checkpoint: &str, a: &Analysis) -> Vec<Vec<String>> {
-    a.node_sets.iter().enumerate().map(|(k, s)| node_row(checkpoint, k, s, a.not_chain.is_none())).collect()
+impl RowWriter {
+    /// A text cell.
+    pub fn text(&mut self, s: impl AsRef<[u8]>) -> &mut Self {
+        let s = s.as_ref();
+        if self.cells > 0 {
+            self.buf.push(b',');
+        }
+        self.cells += 1;
+        if s.iter().any(|b| matches!(b, b',' | b'"' | b'\n' | b'\r')) {
+            self.buf.push(b'"');
+            for part in s.split_inclusive(|&b| b == b'"') {
+                self.buf.extend_from_slice(part);
+                if part.last() == Some(&b'"') {
+                    self.buf.push(b'"');
+                }
+            }
+            self.buf.push(b'"');
+        } else {
+            self.buf.extend_from_slice(s);
+        }
+        self
+    }
+
+    /// A number cell: the shortest text that reads back to the same f64
+    /// (`NaN`, `inf` and `-inf` as Rust and numpy spell them).
+    pub fn num(&mut self, x: f64) -> &mut Self {
+        self.text(zmij::Buffer::new().format(x))
+    }
+
+    /// An integer cell.
+    pub fn int(&mut self, n: impl Into<u64>) -> &mut Self {
+        self.text(itoa::Buffer::new().format(n.into()))
+    }
+
+    /// A cell of space-separated integers.
+    pub fn ints(&mut self, values: &[u64]) -> &mut Self {
+        if self.cells > 0 {
+            self.buf.push(b',');
+        }
+        self.cells += 1;
+        let mut digits = itoa::Buffer::new();
+        for (i, &v) in values.iter().enumerate() {
+            if i > 0 {
+                self.buf.push(b' ');
+            }
+            self.buf.extend_from_slice(digits.format(v).as_bytes());
+        }
+        self
+    }
+
+    /// Ends the row.
+    pub fn end(&mut self) {
+        self.buf.push(b'\n');
+        self.cells = 0;
+    }
+
+    /// The rows written so far.
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Forgets the rows written so far (keeping the buffers).
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.cells = 0;
+    }
+
+    /// One row of `cells`, as text without its line terminator.
+    pub fn line<I: IntoIterator<Item = T>, T: AsRef<[u8]>>(cells: I) -> String {
+        let mut w = RowWriter::default();
+        for c in cells {
+            w.text(c);
+        }
+        String::from_utf8(w.buf).expect("CSV of UTF-8 cells is UTF-8")
+    }
 }
 
-fn node_row(checkpoint: &str, k: usize, s: &NodeSetResult, chain: bool) -> Vec<String> {
-    let m = &s.strength;
-    vec![
-        checkpoint.to_string(),
-        k.to_string(),
-        m.n.to_string(),
-        num(m.mean),
-        num(m.std()),
-        num(m.min),
-        num(m.max),
-        num(m.skewness()),
-        num(m.kurtosis()),
-        num(s.s_in_mean),
-        num(s.s_out_mean),
-        s.name.clone(),
-        s.shape.to_string(),
-        chain.to_string(),
-    ]
+/// `nodes.csv` rows of one checkpoint (without metadata columns); returns
+/// the byte length of each row.
+pub fn node_rows(w: &mut RowWriter, checkpoint: &str, a: &Analysis) -> Vec<u32> {
+    let chain = if a.not_chain.is_none() { "true" } else { "false" };
+    a.node_sets
+        .iter()
+        .enumerate()
+        .map(|(k, s)| {
+            let start = w.bytes().len();
+            let m = &s.strength;
+            w.text(checkpoint).int(k as u64).int(m.n).num(m.mean).num(m.std()).num(m.min).num(m.max);
+            w.num(m.skewness()).num(m.kurtosis()).num(s.s_in_mean).num(s.s_out_mean);
+            w.text(&s.name).text(s.shape.to_string()).text(chain).end();
+            (w.bytes().len() - start) as u32
+        })
+        .collect()
 }
 
 /// `links.csv` rows of one checkpoint (without metadata columns); layers
-/// are numbered from 1 (`L1..LK`).
-pub fn link_rows(checkpoint: &str, a: &Analysis) -> Vec<Vec<String>> {
+/// are numbered from 1 (`L1..LK`). Returns the byte length of each row.
+pub fn link_rows(w: &mut RowWriter, checkpoint: &str, a: &Analysis) -> Vec<u32> {
     a.layers
         .iter()
         .enumerate()
         .map(|(i, l)| {
-            let w = &l.weights;
-            let [mean, std, min, max, count] = moment_cells(w);
-            let mut row = vec![
-                checkpoint.to_string(),
-                (i + 1).to_string(),
-                l.name.clone(),
-                l.kind.to_string(),
-                l.weight.clone(),
-                count,
-                mean,
-                std,
-                min,
-                max,
-                num(w.skewness()),
-                num(w.kurtosis()),
-            ];
+            let start = w.bytes().len();
+            let m = &l.weights;
+            w.text(checkpoint).int(i as u64 + 1).text(&l.name).text(l.kind).text(&l.weight).int(m.n);
+            w.num(m.mean).num(m.std()).num(m.min).num(m.max).num(m.skewness()).num(m.kurtosis());
             match &l.bias {
-                Some(b) => {
-                    let [mean, std, min, max, count] = moment_cells(b);
-                    row.extend([count, mean, std, min, max]);
-                }
-                None => row.extend(["0".to_string(), String::new(), String::new(), String::new(), String::new()]),
-            }
-            row
+                Some(b) => w.int(b.n).num(b.mean).num(b.std()).num(b.min).num(b.max),
+                None => w.text("0").text("").text("").text("").text(""),
+            };
+            w.end();
+            (w.bytes().len() - start) as u32
         })
         .collect()
 }
@@ -131,15 +194,18 @@ pub fn link_rows(checkpoint: &str, a: &Analysis) -> Vec<Vec<String>> {
 /// `histograms.csv` rows of one checkpoint: link weights per layer
 /// (`measure = link_weight`, index = layer) and strengths per node set
 /// (`measure = strength`, index = node layer).
-pub fn histogram_rows(checkpoint: &str, a: &Analysis) -> Vec<Vec<String>> {
-    let row = |measure: &str, index: usize, name: &str, h: &Histogram| {
-        let counts: Vec<String> = h.counts.iter().map(u64::to_string).collect();
-        let cells = [measure, &index.to_string(), name, &num(h.lo), &num(h.hi), &h.counts.len().to_string()];
-        std::iter::once(checkpoint.to_string()).chain(cells.map(String::from)).chain([counts.join(" ")]).collect()
+pub fn histogram_rows(w: &mut RowWriter, checkpoint: &str, a: &Analysis) {
+    let mut row = |measure: &str, index: usize, name: &str, h: &Histogram| {
+        w.text(checkpoint).text(measure).int(index as u64).text(name).num(h.lo).num(h.hi);
+        w.int(h.counts.len() as u64);
+        w.ints(&h.counts).end();
     };
-    let layers = a.layers.iter().enumerate().map(|(i, l)| row("link_weight", i + 1, &l.name, &l.histogram));
-    let sets = a.node_sets.iter().enumerate().map(|(k, s)| row("strength", k, &s.name, &s.histogram));
-    layers.chain(sets).collect()
+    for (i, l) in a.layers.iter().enumerate() {
+        row("link_weight", i + 1, &l.name, &l.histogram);
+    }
+    for (k, s) in a.node_sets.iter().enumerate() {
+        row("strength", k, &s.name, &s.histogram);
+    }
 }
 
 /// A file written beside its final path and renamed over it on
@@ -166,11 +232,24 @@ impl AtomicFile {
     }
 
     /// Flushes, syncs and renames the file into place.
-    pub fn commit(mut self) -> Result<()> {
+    pub fn commit(self) -> Result<()> {
+        self.finish(true)
+    }
+
+    /// Flushes and renames the file into place without waiting for the
+    /// disk: still atomic for readers, for files rendered from a synced
+    /// source that can render them again after a crash.
+    pub fn publish(self) -> Result<()> {
+        self.finish(false)
+    }
+
+    fn finish(mut self, sync: bool) -> Result<()> {
         let err = |e: std::io::Error| Error::output(&self.path, e);
         let writer = self.writer.take().expect("not committed");
         let file = writer.into_inner().map_err(|e| err(e.into_error()))?;
-        file.sync_all().map_err(err)?;
+        if sync {
+            file.sync_all().map_err(err)?;
+        }
         std::fs::rename(&self.tmp, &self.path).map_err(err)
     }
 }
@@ -188,19 +267,6 @@ pub fn atomic_write(path: &Path, write: impl FnOnce(&mut BufWriter<File>) -> std
     let mut file = AtomicFile::create(path)?;
     write(file.writer()).map_err(|e| Error::output(path, e))?;
     file.commit()
-}
-
-/// One CSV-encoded row, without its line terminator.
-pub fn csv_line<I, T>(cells: I) -> String
-where
-    I: IntoIterator<Item = T>,
-    T: AsRef<[u8]>,
-{
-    let mut w = csv::WriterBuilder::new().terminator(csv::Terminator::Any(b'\n')).from_writer(Vec::new());
-    w.write_record(cells).expect("writing to memory");
-    let mut bytes = w.into_inner().expect("writing to memory");
-    bytes.pop();
-    String::from_utf8(bytes).expect("CSV of UTF-8 cells is UTF-8")
 }
 
 /// Writes CSV `rows` under `header` to `w`.

@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, IsTerminal, Read, Seek, SeekFrom, Write};
+use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -21,10 +21,10 @@ use crate::checkpoint::Checkpoint;
 use crate::engine::{Analysis, AnalysisOptions, Engine};
 use crate::error::{Error, Result};
 use crate::graph::{GraphOptions, Network};
-use crate::output::{self, atomic_write, AtomicFile};
+use crate::output::{self, atomic_write, AtomicFile, RowWriter};
 
 /// Name of the journal file inside a scan's output directory.
-pub const JOURNAL: &str = "journal.jsonl";
+pub const JOURNAL: &str = "scan.journal";
 
 /// Validated settings of a scan.
 #[derive(Debug, Clone)]
@@ -136,9 +136,17 @@ pub fn measure(path: &Path, graph: &GraphOptions, engine: &dyn Engine, opts: &An
     Ok(Measured { metadata: ck.metadata().clone(), network, analysis })
 }
 
-/// One finished checkpoint, as a journal line.
-#[derive(Debug, Serialize, Deserialize)]
-struct Record {
+/// How long a worker keeps finished records before appending them to the
+/// journal (so a kill loses at most this much work), and how many bytes.
+const FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+const FLUSH_BYTES: usize = 1 << 20;
+
+/// The head of one journal record: a JSON line, followed by the record's
+/// table rows, CSV-encoded (so rendering the tables copies bytes and never
+/// formats a number twice). The format is self-delimiting: journals
+/// concatenate into a journal.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Head {
     checkpoint: String,
     /// Position in the whole (unsharded) input list: the tables' order.
     order: usize,
@@ -147,66 +155,46 @@ struct Record {
     bytes: u64,
     #[serde(default)]
     metadata: BTreeMap<String, String>,
-    #[serde(default)]
-    nodes: Vec<String>,
-    #[serde(default)]
-    links: Vec<String>,
-    #[serde(default)]
-    histograms: Vec<String>,
     /// `[kind, tensor, message]` when the checkpoint failed.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     error: Option<[String; 3]>,
+    /// Byte length of each `nodes.csv` row that follows (metadata cells
+    /// are appended to each row when rendering).
+    #[serde(default)]
+    nodes: Vec<u32>,
+    /// Byte length of each `links.csv` row after those.
+    #[serde(default)]
+    links: Vec<u32>,
+    /// Byte length of the `histograms.csv` rows after those.
+    #[serde(default)]
+    histograms: usize,
 }
 
-impl Record {
-    fn new(id: &str, order: usize) -> Self {
-        Record {
-            checkpoint: id.to_string(),
-            order,
-            bytes: 0,
-            metadata: BTreeMap::new(),
-            nodes: vec![],
-            links: vec![],
-            histograms: vec![],
-            error: None,
-        }
+impl Head {
+    fn rows_len(&self) -> usize {
+        let sum = |v: &[u32]| v.iter().map(|&n| n as usize).sum::<usize>();
+        sum(&self.nodes) + sum(&self.links) + self.histograms
     }
+}
 
-    fn measured(id: &str, order: usize, ck: &Checkpoint, a: &Analysis) -> Self {
-        let mut metadata = ck.metadata().clone();
-        if !metadata.contains_key("step") {
-            if let Some(step) = crate::checkpoint::step_from_path(ck.path()) {
-                metadata.insert("step".into(), step.to_string());
-            }
-        }
-        Record {
-            nodes: output::node_rows(id, a).iter().map(output::csv_line).collect(),
-            links: output::link_rows(id, a).iter().map(output::csv_line).collect(),
-            histograms: output::histogram_rows(id, a).iter().map(output::csv_line).collect(),
-            metadata,
-            bytes: ck.data_bytes(),
-            ..Record::new(id, order)
-        }
-    }
+/// What measuring one checkpoint gave.
+type Outcome = std::result::Result<(Checkpoint, Analysis), [String; 3]>;
 
-    fn failed(id: &str, order: usize, e: &Error) -> Self {
-        let error = [e.kind().to_string(), e.tensor().unwrap_or("").to_string(), e.to_string()];
-        Record { error: Some(error), ..Record::new(id, order) }
-    }
+fn failure(e: &Error) -> [String; 3] {
+    [e.kind().to_string(), e.tensor().unwrap_or("").to_string(), e.to_string()]
 }
 
 /// Measures a batch of checkpoints (indices into `paths`) with one
-/// `analyze_batch`; every checkpoint gets a record, whatever fails. A panic
-/// (a bug) is recorded against the batch's checkpoints instead of ending
-/// the scan.
-fn batch_records(
+/// `analyze_batch`; every checkpoint gets an outcome, whatever fails. A
+/// panic (a bug) is recorded against the batch's checkpoints instead of
+/// ending the scan.
+fn measure_batch(
     batch: &[usize],
-    ids: &[String],
     paths: &[PathBuf],
     graph: &GraphOptions,
     engine: &dyn Engine,
     opts: &AnalysisOptions,
-) -> Vec<Record> {
+) -> Vec<Outcome> {
     let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let opened: Vec<Result<(Checkpoint, Network)>> = batch
             .iter()
@@ -214,15 +202,13 @@ fn batch_records(
             .collect();
         let items: Vec<(&Network, &Checkpoint)> = opened.iter().flatten().map(|(ck, net)| (net, ck)).collect();
         let mut results = engine.analyze_batch(&items, opts).into_iter();
-        batch
-            .iter()
-            .zip(&opened)
-            .map(|(&i, o)| match o {
-                Err(e) => Record::failed(&ids[i], i, e),
-                Ok((ck, _)) => match results.next().expect("one result per network") {
-                    Ok(a) => Record::measured(&ids[i], i, ck, &a),
-                    Err(e) => Record::failed(&ids[i], i, &e),
-                },
+        drop(items);
+        opened
+            .into_iter()
+            .map(|o| {
+                let (ck, _) = o.map_err(|e| failure(&e))?;
+                let analysis = results.next().expect("one result per network").map_err(|e| failure(&e))?;
+                Ok((ck, analysis))
             })
             .collect::<Vec<_>>()
     }));
@@ -232,17 +218,8 @@ fn batch_records(
             .map(String::as_str)
             .or(panic.downcast_ref::<&str>().copied())
             .unwrap_or("unknown");
-        batch
-            .iter()
-            .map(|&i| Record {
-                error: Some([
-                    "internal".into(),
-                    String::new(),
-                    format!("{}: internal error (please report): {what}", paths[i].display()),
-                ]),
-                ..Record::new(&ids[i], i)
-            })
-            .collect()
+        let message = |i: usize| format!("{}: internal error (please report): {what}", paths[i].display());
+        batch.iter().map(|&i| Err(["internal".into(), String::new(), message(i)])).collect()
     })
 }
 
@@ -257,36 +234,123 @@ struct Entry {
     failed: bool,
 }
 
-/// The parts of a record the index needs (the rest is skipped unparsed).
-#[derive(Deserialize)]
-struct Head {
-    checkpoint: String,
-    order: usize,
-    #[serde(default)]
-    metadata: BTreeMap<String, String>,
-    #[serde(default)]
-    error: Option<serde::de::IgnoredAny>,
+/// A worker's finished records, encoded, not yet in the journal; entry
+/// offsets are relative to `buf`.
+struct Pending {
+    buf: Vec<u8>,
+    entries: Vec<Entry>,
+    keys: BTreeSet<String>,
+    bytes: u64,
+    since: std::time::Instant,
+    rows: RowWriter,
 }
 
-/// Indexes a journal's complete records; with `repair`, a torn last line
-/// (from a killed run) is cut off so appends continue cleanly. Returns the
-/// entries and the metadata keys seen.
+impl Pending {
+    fn new() -> Self {
+        Pending {
+            buf: Vec::new(),
+            entries: Vec::new(),
+            keys: BTreeSet::new(),
+            bytes: 0,
+            since: std::time::Instant::now(),
+            rows: RowWriter::default(),
+        }
+    }
+
+    /// Encodes one checkpoint's record.
+    fn push(&mut self, id: &str, order: usize, outcome: Outcome, extra: Option<&BTreeMap<String, String>>) {
+        self.rows.clear();
+        let mut head = Head { checkpoint: id.to_string(), order, ..Head::default() };
+        match outcome {
+            Ok((ck, a)) => {
+                head.nodes = output::node_rows(&mut self.rows, id, &a);
+                head.links = output::link_rows(&mut self.rows, id, &a);
+                let before = self.rows.bytes().len();
+                output::histogram_rows(&mut self.rows, id, &a);
+                head.histograms = self.rows.bytes().len() - before;
+                head.bytes = ck.data_bytes();
+                head.metadata = ck.metadata().clone();
+                if !head.metadata.contains_key("step") {
+                    if let Some(step) = crate::checkpoint::step_from_path(ck.path()) {
+                        head.metadata.insert("step".into(), step.to_string());
+                    }
+                }
+            }
+            Err(error) => head.error = Some(error),
+        }
+        if let Some(extra) = extra {
+            head.metadata.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        for k in head.metadata.keys() {
+            if !self.keys.contains(k) {
+                self.keys.insert(k.clone());
+            }
+        }
+        let start = self.buf.len();
+        serde_json::to_writer(&mut self.buf, &head).expect("records serialise");
+        self.buf.push(b'\n');
+        self.buf.extend_from_slice(self.rows.bytes());
+        self.bytes += head.bytes;
+        let failed = head.error.is_some();
+        let len = self.buf.len() - start;
+        self.entries.push(Entry { order, checkpoint: head.checkpoint, file: 0, offset: start as u64, len, failed });
+    }
+
+    fn due(&self) -> bool {
+        self.buf.len() >= FLUSH_BYTES || self.since.elapsed() >= FLUSH_INTERVAL
+    }
+}
+
+/// The journal being appended to, with the index of what it holds.
+struct Journal {
+    file: File,
+    len: u64,
+    entries: Vec<Entry>,
+    keys: BTreeSet<String>,
+}
+
+impl Journal {
+    /// Appends a worker's pending records in one write.
+    fn append(&mut self, pending: &mut Pending) -> std::io::Result<()> {
+        self.file.write_all(&pending.buf)?;
+        for mut e in pending.entries.drain(..) {
+            e.offset += self.len;
+            self.entries.push(e);
+        }
+        self.len += pending.buf.len() as u64;
+        self.keys.append(&mut pending.keys);
+        pending.buf.clear();
+        pending.bytes = 0;
+        pending.since = std::time::Instant::now();
+        Ok(())
+    }
+}
+
+/// Indexes a journal's complete records; with `repair`, a torn last
+/// record (from a killed run) is cut off so appends continue cleanly.
+/// Returns the entries and the metadata keys seen.
 fn index_journal(path: &Path, file: usize, repair: bool, keys: &mut BTreeSet<String>) -> Result<Vec<Entry>> {
     let io = |e: std::io::Error| Error::output(path, e);
     let Ok(f) = File::open(path) else { return Ok(vec![]) };
+    let total = f.metadata().map_err(io)?.len();
     let mut reader = BufReader::new(f);
-    let (mut entries, mut offset, mut line) = (Vec::new(), 0u64, String::new());
+    let (mut entries, mut offset, mut line) = (Vec::new(), 0u64, Vec::new());
     loop {
         line.clear();
-        let n = reader.read_line(&mut line).map_err(io)?;
-        if n == 0 || !line.ends_with('\n') {
+        let n = reader.read_until(b'\n', &mut line).map_err(io)?;
+        if n == 0 || line.last() != Some(&b'\n') {
             break;
         }
-        let Ok(head) = serde_json::from_str::<Head>(&line) else { break };
+        let Ok(head) = serde_json::from_slice::<Head>(&line) else { break };
+        let len = n + head.rows_len();
+        if offset + len as u64 > total {
+            break;
+        }
+        reader.seek_relative(head.rows_len() as i64).map_err(io)?;
         keys.extend(head.metadata.into_keys());
         let failed = head.error.is_some();
-        entries.push(Entry { order: head.order, checkpoint: head.checkpoint, file, offset, len: n, failed });
-        offset += n as u64;
+        entries.push(Entry { order: head.order, checkpoint: head.checkpoint, file, offset, len, failed });
+        offset += len as u64;
     }
     if repair {
         OpenOptions::new().write(true).open(path).and_then(|f| f.set_len(offset)).map_err(io)?;
@@ -304,78 +368,81 @@ pub fn scan(checkpoints: &[PathBuf], out_dir: &Path, engine: &dyn Engine, opts: 
     // The journal's index (what rendering needs), kept as records are
     // appended, so the tables are written without parsing it twice.
     let mut keys = BTreeSet::new();
-    let mut entries = if opts.resume {
+    let entries = if opts.resume {
         index_journal(&journal_path, 0, true, &mut keys)?
     } else {
         File::create(&journal_path).map_err(out_err)?;
         Vec::new()
     };
-    let done: BTreeSet<String> = entries.iter().map(|e| e.checkpoint.clone()).collect();
-    let mut offset = std::fs::metadata(&journal_path).map_err(out_err)?.len();
+    let done: BTreeSet<&str> = entries.iter().map(|e| e.checkpoint.as_str()).collect();
     let (shard, shards) = opts.shard.unwrap_or((0, 1));
-    let todo: Vec<usize> = (0..checkpoints.len()).filter(|&i| i % shards == shard && !done.contains(&ids[i])).collect();
-    let mut journal = OpenOptions::new().append(true).open(&journal_path).map_err(out_err)?;
+    let todo: Vec<usize> =
+        (0..checkpoints.len()).filter(|&i| i % shards == shard && !done.contains(ids[i].as_str())).collect();
+    drop(done);
+    let file = OpenOptions::new().append(true).open(&journal_path).map_err(out_err)?;
+    let len = file.metadata().map_err(out_err)?.len();
+    let background = file.try_clone().map_err(out_err)?;
+    let journal = std::sync::Mutex::new(Journal { file, len, entries, keys });
 
+    // Workers claim batches, measure and encode them, and append their
+    // records to the journal themselves every FLUSH_INTERVAL: no writer
+    // thread, no queue, memory bounded by the workers' batches.
     let next = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
     let batch = engine.batch_size().max(1);
     let workers = opts.jobs.clamp(1, todo.len().div_ceil(batch).max(1));
     let progress = Progress::new(opts.progress, todo.len());
     std::thread::scope(|s| -> Result<()> {
-        let (tx, rx) = mpsc::sync_channel::<Vec<Record>>(workers * 2);
-        for _ in 0..workers {
-            let tx = tx.clone();
-            let (next, stop, todo, ids) = (&next, &stop, &todo, &ids);
-            s.spawn(move || loop {
+        let work = || -> Result<()> {
+            let mut pending = Pending::new();
+            let flush = |pending: &mut Pending| -> Result<()> {
+                let (count, bytes) = (pending.entries.len(), pending.bytes);
+                journal.lock().expect("journal lock").append(pending).map_err(out_err)?;
+                progress.record(count, bytes);
+                Ok(())
+            };
+            loop {
                 let start = next.fetch_add(batch, Ordering::Relaxed).min(todo.len());
                 let chunk = &todo[start..(start + batch).min(todo.len())];
                 if chunk.is_empty() || stop.load(Ordering::Relaxed) {
                     break;
                 }
-                let mut records = batch_records(chunk, ids, checkpoints, &opts.graph, engine, &opts.analysis);
-                for rec in records.iter_mut() {
-                    if let Some(extra) = opts.metadata.as_ref().and_then(|t| t.get(&checkpoints[rec.order])) {
-                        rec.metadata.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+                let outcomes = measure_batch(chunk, checkpoints, &opts.graph, engine, &opts.analysis);
+                for (&i, outcome) in chunk.iter().zip(outcomes) {
+                    if opts.strict && outcome.is_err() {
+                        stop.store(true, Ordering::Relaxed);
                     }
+                    let extra = opts.metadata.as_ref().and_then(|t| t.get(&checkpoints[i]));
+                    pending.push(&ids[i], i, outcome, extra);
                 }
-                if tx.send(records).is_err() {
-                    return;
-                }
-            });
-        }
-        drop(tx);
-        let mut journal = std::io::BufWriter::new(&mut journal);
-        'receive: for records in rx {
-            for rec in records {
-                let mut line = serde_json::to_string(&rec).expect("records serialise");
-                line.push('\n');
-                journal.write_all(line.as_bytes()).map_err(out_err)?;
-                let failed = rec.error.is_some();
-                keys.extend(rec.metadata.into_keys());
-                entries.push(Entry {
-                    order: rec.order,
-                    checkpoint: rec.checkpoint,
-                    file: 0,
-                    offset,
-                    len: line.len(),
-                    failed,
-                });
-                offset += line.len() as u64;
-                progress.record(rec.bytes);
-                if opts.strict && failed {
-                    stop.store(true, Ordering::Relaxed);
-                    break 'receive;
+                if pending.due() {
+                    flush(&mut pending)?;
                 }
             }
-            // A finished batch is on disk before the next is taken.
-            journal.flush().map_err(out_err)?;
-        }
-        journal.flush().map_err(out_err)?;
-        Ok(())
+            flush(&mut pending)
+        };
+        // The journal is synced in the background as it grows, so the disk
+        // keeps up with the workers and the last sync has little left.
+        let (finished, ticks) = mpsc::channel::<()>();
+        s.spawn(move || {
+            while let Err(mpsc::RecvTimeoutError::Timeout) = ticks.recv_timeout(FLUSH_INTERVAL) {
+                let _ = background.sync_data();
+            }
+        });
+        let handles: Vec<_> = (0..workers).map(|_| s.spawn(work)).collect();
+        let result = handles.into_iter().try_for_each(|h| h.join().expect("scan worker panicked"));
+        drop(finished);
+        result
     })?;
     progress.finish();
-    journal.sync_all().map_err(out_err)?;
-    write_tables(&[journal_path], entries, keys, out_dir)
+    let Journal { file, entries, keys, .. } = journal.into_inner().expect("journal lock");
+    // The journal is synced while the tables are rendered from it.
+    std::thread::scope(|s| {
+        let synced = s.spawn(|| file.sync_all().map_err(out_err));
+        let summary = write_tables(&[journal_path.clone()], entries, keys, out_dir);
+        synced.join().expect("sync thread panicked")?;
+        summary
+    })
 }
 
 /// Combines the journals of shard runs (`scan --shard I/N` into each DIR)
@@ -422,53 +489,72 @@ fn write_tables(
     let keys: Vec<String> = keys.into_iter().collect();
     let taken: BTreeSet<&str> = output::NODES_HEADER.iter().chain(&output::LINKS_HEADER).copied().collect();
     let meta_cols = keys.iter().map(|k| if taken.contains(k.as_str()) { format!("meta_{k}") } else { k.clone() });
-    let header =
-        |base: &[&str]| -> Vec<String> { base.iter().map(|s| s.to_string()).chain(meta_cols.clone()).collect() };
-
-    let plain = |base: &[&str]| -> Vec<String> { base.iter().map(|s| s.to_string()).collect() };
+    let header = |base: &[&str], meta: bool| -> String {
+        let extra = meta_cols.clone().filter(|_| meta);
+        RowWriter::line(base.iter().map(|s| s.to_string()).chain(extra))
+    };
     let mut tables = [
-        (AtomicFile::create(&out_dir.join("nodes.csv"))?, header(&output::NODES_HEADER)),
-        (AtomicFile::create(&out_dir.join("links.csv"))?, header(&output::LINKS_HEADER)),
-        (AtomicFile::create(&out_dir.join("histograms.csv"))?, plain(&output::HISTOGRAMS_HEADER)),
-        (AtomicFile::create(&out_dir.join("errors.csv"))?, plain(&output::ERRORS_HEADER)),
+        (AtomicFile::create(&out_dir.join("nodes.csv"))?, header(&output::NODES_HEADER, true)),
+        (AtomicFile::create(&out_dir.join("links.csv"))?, header(&output::LINKS_HEADER, true)),
+        (AtomicFile::create(&out_dir.join("histograms.csv"))?, header(&output::HISTOGRAMS_HEADER, false)),
+        (AtomicFile::create(&out_dir.join("errors.csv"))?, header(&output::ERRORS_HEADER, false)),
     ];
     let write_err = |e: std::io::Error| Error::output(out_dir, e);
     for (file, header) in tables.iter_mut() {
-        writeln!(file.writer(), "{}", output::csv_line(header.iter())).map_err(write_err)?;
+        writeln!(file.writer(), "{header}").map_err(write_err)?;
     }
-    let mut files: Vec<File> = journals.iter().map(File::open).collect::<std::io::Result<_>>().map_err(write_err)?;
-    let mut line = Vec::new();
+    let [nodes, links, histograms, errors] = tables.map(|(file, _)| file);
+    let (mut nodes, mut links, mut histograms, mut errors) = (nodes, links, histograms, errors);
+    // Records are read in input order, which jumps around the journals
+    // (workers append in chunks): map them and slice.
+    let maps = journals
+        .iter()
+        // SAFETY: read-only maps of journals this process has finished
+        // writing (or, merging, that finished runs wrote).
+        .map(|j| File::open(j).and_then(|f| unsafe { memmap2::Mmap::map(&f) }))
+        .collect::<std::io::Result<Vec<_>>>()
+        .map_err(write_err)?;
+    let mut suffix = RowWriter::default();
     for e in &entries {
-        line.resize(e.len, 0);
-        let f = &mut files[e.file];
         let bad = |err: String| Error::output(&journals[e.file], err);
-        f.seek(SeekFrom::Start(e.offset)).and_then(|_| f.read_exact(&mut line)).map_err(|err| bad(err.to_string()))?;
-        let r: Record = serde_json::from_slice(&line).map_err(|err| bad(err.to_string()))?;
-        // Rows are stored CSV-encoded; the metadata cells are appended here.
-        let meta = if keys.is_empty() {
-            String::new()
-        } else {
-            format!(",{}", output::csv_line(keys.iter().map(|k| r.metadata.get(k).map_or("", String::as_str))))
-        };
-        let [nodes, links, histograms, errors] = &mut tables;
-        for (rows, (file, _), suffix) in
-            [(&r.nodes, nodes, &meta), (&r.links, links, &meta), (&r.histograms, histograms, &String::new())]
-        {
-            for row in rows {
+        let record = usize::try_from(e.offset)
+            .ok()
+            .and_then(|start| maps[e.file].get(start..start.checked_add(e.len)?))
+            .ok_or_else(|| bad(format!("record at {} runs past the end of the journal", e.offset)))?;
+        let split = record.iter().position(|&b| b == b'\n').ok_or_else(|| bad("record without a head".into()))?;
+        let head: Head = serde_json::from_slice(&record[..split]).map_err(|err| bad(err.to_string()))?;
+        let mut rows = &record[split + 1..];
+        // The metadata cells, appended to every nodes and links row.
+        suffix.clear();
+        for k in &keys {
+            suffix.text(head.metadata.get(k).map_or("", String::as_str));
+        }
+        suffix.end();
+        let meta = suffix.bytes();
+        for (lens, file) in [(&head.nodes, &mut nodes), (&head.links, &mut links)] {
+            for &n in lens {
+                let (row, rest) = rows.split_at(n as usize);
+                rows = rest;
                 let w = file.writer();
-                w.write_all(row.as_bytes())
-                    .and_then(|_| w.write_all(suffix.as_bytes()))
-                    .and_then(|_| w.write_all(b"\n"))
-                    .map_err(write_err)?;
+                let cells = &row[..row.len() - 1];
+                let written = if keys.is_empty() {
+                    w.write_all(row)
+                } else {
+                    w.write_all(cells).and_then(|_| w.write_all(b",")).and_then(|_| w.write_all(meta))
+                };
+                written.map_err(write_err)?;
             }
         }
-        if let Some([kind, tensor, msg]) = &r.error {
-            writeln!(errors.0.writer(), "{}", output::csv_line([&r.checkpoint, kind, tensor, msg]))
+        histograms.writer().write_all(rows).map_err(write_err)?;
+        if let Some([kind, tensor, msg]) = &head.error {
+            writeln!(errors.writer(), "{}", RowWriter::line([&head.checkpoint, kind, tensor, msg]))
                 .map_err(write_err)?;
         }
     }
-    for (file, _) in tables {
-        file.commit()?;
+    // Tables are derived from the synced journal (`--resume` renders them
+    // again), so they are renamed into place without a disk flush each.
+    for table in [nodes, links, histograms, errors] {
+        table.publish()?;
     }
     let failed = entries.iter().filter(|e| e.failed).count();
     Ok(ScanSummary { analysed: entries.len() - failed, failed })
@@ -496,12 +582,12 @@ impl Progress {
         Progress { bar, bytes: 0.into(), started: std::time::Instant::now() }
     }
 
-    fn record(&self, bytes: u64) {
+    fn record(&self, checkpoints: usize, bytes: u64) {
         let total = self.bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
         if let Some(bar) = &self.bar {
             let mb_s = total as f64 / 1e6 / self.started.elapsed().as_secs_f64().max(1e-9);
             bar.set_message(format!("{mb_s:.0} MB/s"));
-            bar.inc(1);
+            bar.inc(checkpoints as u64);
         }
     }
 

@@ -222,7 +222,6 @@ impl Histogram {
         let (lo, hi) = (self.lo, self.hi);
         let bins = self.counts.len();
         let scale = bins as f64 / (hi - lo);
-        let mut sub = vec![[0u32; 4]; bins];
         let last = (bins - 1) as f64;
         let bin = |x: f64| {
             let t = ((x - lo) * scale).min(last);
@@ -230,6 +229,16 @@ impl Histogram {
             // `0 <= t <= bins - 1`, which fits a u32 (bins <= 4096).
             unsafe { t.to_int_unchecked::<u32>() as usize }
         };
+        if xs.len() < 16 * bins {
+            // Too few values for the sub-histograms to pay for themselves.
+            for &x in xs {
+                if x >= lo && x <= hi {
+                    self.counts[bin(x)] += 1;
+                }
+            }
+            return;
+        }
+        let mut sub = vec![[0u32; 4]; bins];
         for (k, chunk) in xs.chunks(u32::MAX as usize).enumerate() {
             if k > 0 {
                 self.flush(&mut sub);

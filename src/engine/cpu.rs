@@ -60,6 +60,11 @@ impl Engine for CpuEngine {
             add_bias(&mut s_in, &b.to_f64(), layer, layout);
         }
         let empty = Histogram::for_range(weights.min, weights.max, bins);
+        if weight.len() <= CHUNK {
+            let mut histogram = empty;
+            histogram.add_all(&weight.to_f64());
+            return Ok(LayerMeasures { s_in, s_out, weights, histogram });
+        }
         let parts = self.split(weight.len(), |start, end| {
             let mut h = empty.clone();
             let mut buf = vec![0.0; CHUNK.min(end - start)];
@@ -90,23 +95,32 @@ struct RowColSums {
     moments: Moments,
 }
 
-/// One pass over rows `r0..r1` of a stored matrix.
+/// One pass over rows `r0..r1` of a stored matrix, decoded a block of
+/// whole rows (about [`CHUNK`] elements) at a time; the block's moments
+/// take their mean from the row sums.
 fn row_col_sums(weight: &Tensor<'_>, cols: usize, r0: usize, r1: usize) -> RowColSums {
     let mut out = RowColSums { rows: Vec::with_capacity(r1 - r0), cols: vec![0.0; cols], moments: Moments::default() };
-    let mut buf = vec![0.0; cols];
-    for r in r0..r1 {
-        weight.decode_into(r * cols, &mut buf);
-        // Row sum in lanes and column sums in one sweep over the row.
-        let mut acc = [0.0; stats::LANES];
-        for (cs, xs) in out.cols.chunks_mut(stats::LANES).zip(buf.chunks(stats::LANES)) {
-            for ((c, x), a) in cs.iter_mut().zip(xs).zip(acc.iter_mut()) {
-                *c += x;
-                *a += x;
+    let block = (CHUNK / cols.max(1)).max(1);
+    let mut buf = vec![0.0; block.min(r1 - r0) * cols];
+    for b0 in (r0..r1).step_by(block) {
+        let rows = block.min(r1 - b0);
+        let buf = &mut buf[..rows * cols];
+        weight.decode_into(b0 * cols, buf);
+        let mut total = 0.0;
+        for row in buf.chunks_exact(cols) {
+            // Row sum in lanes and column sums in one sweep over the row.
+            let mut acc = [0.0; stats::LANES];
+            for (cs, xs) in out.cols.chunks_mut(stats::LANES).zip(row.chunks(stats::LANES)) {
+                for ((c, x), a) in cs.iter_mut().zip(xs).zip(acc.iter_mut()) {
+                    *c += x;
+                    *a += x;
+                }
             }
+            let sum = stats::sum(&acc);
+            out.rows.push(sum);
+            total += sum;
         }
-        let sum = stats::sum(&acc);
-        out.rows.push(sum);
-        out.moments.merge(&Moments::from_slice_with_sum(&buf, sum));
+        out.moments.merge(&Moments::from_slice_with_sum(buf, total));
     }
     out
 }
