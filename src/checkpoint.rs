@@ -147,6 +147,16 @@ impl<'a> Tensor<'a> {
         }
     }
 
+    /// The elements in place, when they are f32 stored aligned on a
+    /// little-endian machine (as safetensors writers align them): the
+    /// zero-copy path of the CPU engine.
+    pub fn as_f32(&self) -> Option<&'a [f32]> {
+        if self.dtype != DType::F32 || cfg!(target_endian = "big") {
+            return None;
+        }
+        bytemuck::try_cast_slice(self.bytes).ok()
+    }
+
     /// All elements widened to f64.
     pub fn to_f64(&self) -> Vec<f64> {
         let mut v = vec![0.0; self.len()];

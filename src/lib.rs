@@ -20,6 +20,7 @@ pub mod output;
 pub mod plot;
 pub mod scan;
 pub mod separation;
+pub mod simd;
 pub mod spec;
 pub mod stats;
 pub mod study;

@@ -503,8 +503,6 @@ fn write_tables(
     for (file, header) in tables.iter_mut() {
         writeln!(file.writer(), "{header}").map_err(write_err)?;
     }
-    let [nodes, links, histograms, errors] = tables.map(|(file, _)| file);
-    let (mut nodes, mut links, mut histograms, mut errors) = (nodes, links, histograms, errors);
     // Records are read in input order, which jumps around the journals
     // (workers append in chunks): map them and slice.
     let maps = journals
@@ -514,8 +512,7 @@ fn write_tables(
         .map(|j| File::open(j).and_then(|f| unsafe { memmap2::Mmap::map(&f) }))
         .collect::<std::io::Result<Vec<_>>>()
         .map_err(write_err)?;
-    let mut suffix = RowWriter::default();
-    for e in &entries {
+    let record = |e: &Entry| -> Result<(Head, &[u8])> {
         let bad = |err: String| Error::output(&journals[e.file], err);
         let record = usize::try_from(e.offset)
             .ok()
@@ -523,34 +520,56 @@ fn write_tables(
             .ok_or_else(|| bad(format!("record at {} runs past the end of the journal", e.offset)))?;
         let split = record.iter().position(|&b| b == b'\n').ok_or_else(|| bad("record without a head".into()))?;
         let head: Head = serde_json::from_slice(&record[..split]).map_err(|err| bad(err.to_string()))?;
-        let mut rows = &record[split + 1..];
-        // The metadata cells, appended to every nodes and links row.
-        suffix.clear();
-        for k in &keys {
-            suffix.text(head.metadata.get(k).map_or("", String::as_str));
-        }
-        suffix.end();
-        let meta = suffix.bytes();
-        for (lens, file) in [(&head.nodes, &mut nodes), (&head.links, &mut links)] {
-            for &n in lens {
+        Ok((head, &record[split + 1..]))
+    };
+    // Rows of `nodes` (part 0) or `links` (part 1), each with the metadata
+    // cells appended.
+    let rows_with_metadata = |part: usize, file: &mut AtomicFile| -> Result<()> {
+        let mut suffix = RowWriter::default();
+        for e in &entries {
+            let (head, rows) = record(e)?;
+            suffix.clear();
+            for k in &keys {
+                suffix.text(head.metadata.get(k).map_or("", String::as_str));
+            }
+            let sep: &[u8] = if keys.is_empty() { b"" } else { b"," };
+            let skip: usize = if part == 0 { 0 } else { head.nodes.iter().map(|&n| n as usize).sum() };
+            let mut rows = &rows[skip..];
+            for &n in if part == 0 { &head.nodes } else { &head.links } {
                 let (row, rest) = rows.split_at(n as usize);
                 rows = rest;
+                let cells = row.strip_suffix(b"\n").unwrap_or(row);
                 let w = file.writer();
-                let cells = &row[..row.len() - 1];
-                let written = if keys.is_empty() {
-                    w.write_all(row)
-                } else {
-                    w.write_all(cells).and_then(|_| w.write_all(b",")).and_then(|_| w.write_all(meta))
-                };
-                written.map_err(write_err)?;
+                w.write_all(cells)
+                    .and_then(|_| w.write_all(sep))
+                    .and_then(|_| w.write_all(suffix.bytes()))
+                    .and_then(|_| w.write_all(b"\n"))
+                    .map_err(write_err)?;
             }
         }
-        histograms.writer().write_all(rows).map_err(write_err)?;
-        if let Some([kind, tensor, msg]) = &head.error {
-            writeln!(errors.writer(), "{}", RowWriter::line([&head.checkpoint, kind, tensor, msg]))
-                .map_err(write_err)?;
+        Ok(())
+    };
+    let histogram_and_error_rows = |histograms: &mut AtomicFile, errors: &mut AtomicFile| -> Result<()> {
+        for e in &entries {
+            let (head, rows) = record(e)?;
+            histograms.writer().write_all(&rows[rows.len() - head.histograms..]).map_err(write_err)?;
+            if let Some([kind, tensor, msg]) = &head.error {
+                writeln!(errors.writer(), "{}", RowWriter::line([&head.checkpoint, kind, tensor, msg]))
+                    .map_err(write_err)?;
+            }
         }
-    }
+        Ok(())
+    };
+    // The tables are rendered side by side, one thread each.
+    let [mut nodes, mut links, mut histograms, mut errors] = tables.map(|(file, _)| file);
+    std::thread::scope(|s| -> Result<()> {
+        let threads = [
+            s.spawn(|| rows_with_metadata(0, &mut nodes)),
+            s.spawn(|| rows_with_metadata(1, &mut links)),
+            s.spawn(|| histogram_and_error_rows(&mut histograms, &mut errors)),
+        ];
+        threads.into_iter().try_for_each(|t| t.join().expect("render thread panicked"))
+    })?;
     // Tables are derived from the synced journal (`--resume` renders them
     // again), so they are renamed into place without a disk flush each.
     for table in [nodes, links, histograms, errors] {

@@ -29,6 +29,50 @@ fn fold(acc: &[f64; LANES]) -> f64 {
     ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
 }
 
+/// One-pass running statistics in four lanes: sums of powers 1-4 of
+/// `x - shift`, min and max. The CPU engine's sweeps fill them (portable or
+/// SIMD, value `k` of a row going to lane `k % 4`); [`Lanes::moments`]
+/// turns them into [`Moments`].
+#[derive(Debug, Clone, Copy)]
+pub struct Lanes {
+    /// The value the powers are taken about: near the mean.
+    pub shift: f64,
+    /// `p[k][l]`: sum of `(x - shift)^(k + 1)` over lane `l`.
+    pub p: [[f64; 4]; 4],
+    /// Smallest value per lane.
+    pub min: [f64; 4],
+    /// Largest value per lane.
+    pub max: [f64; 4],
+}
+
+impl Lanes {
+    /// Empty lanes about `shift`.
+    pub fn new(shift: f64) -> Self {
+        Lanes { shift, p: [[0.0; 4]; 4], min: [f64::INFINITY; 4], max: [f64::NEG_INFINITY; 4] }
+    }
+
+    /// Adds `x` to lane `l`.
+    #[inline(always)]
+    pub fn add(&mut self, l: usize, x: f64) {
+        let d = x - self.shift;
+        let d2 = d * d;
+        self.p[0][l] += d;
+        self.p[1][l] += d2;
+        self.p[2][l] += d2 * d;
+        self.p[3][l] += d2 * d2;
+        self.min[l] = if x < self.min[l] { x } else { self.min[l] };
+        self.max[l] = if x > self.max[l] { x } else { self.max[l] };
+    }
+
+    /// The moments of the `n` values added.
+    pub fn moments(&self, n: u64) -> Moments {
+        let fold = |p: &[f64; 4]| (p[0] + p[1]) + (p[2] + p[3]);
+        let min = self.min.into_iter().fold(f64::INFINITY, f64::min);
+        let max = self.max.into_iter().fold(f64::NEG_INFINITY, f64::max);
+        Moments::from_power_sums(n, self.shift, self.p.each_ref().map(fold), min, max)
+    }
+}
+
 /// Count, mean, central moment sums `M2..M4`, min and max of a sample.
 ///
 /// Built exactly from a slice by [`Moments::from_slice`] (two passes) and
@@ -111,6 +155,23 @@ impl Moments {
             min: min.iter().copied().fold(f64::INFINITY, f64::min),
             max: max.iter().copied().fold(f64::NEG_INFINITY, f64::max),
         }
+    }
+
+    /// Moments from sums of powers of the deviations `d = x - shift`:
+    /// `sums = [sum d, sum d^2, sum d^3, sum d^4]`. One pass suffices for
+    /// these; they are exact to rounding when `shift` is near the mean
+    /// (within a fraction of a standard deviation), as a sample's mean is.
+    pub fn from_power_sums(n: u64, shift: f64, sums: [f64; 4], min: f64, max: f64) -> Self {
+        if n == 0 {
+            return Self::default();
+        }
+        let nf = n as f64;
+        let [s1, s2, s3, s4] = sums;
+        let delta = s1 / nf;
+        let m2 = (s2 - s1 * delta).max(0.0);
+        let m3 = s3 - 3.0 * delta * s2 + 2.0 * nf * delta.powi(3);
+        let m4 = s4 - 4.0 * delta * s3 + 6.0 * delta * delta * s2 - 3.0 * nf * delta.powi(4);
+        Moments { n, mean: shift + delta, m2, m3, m4, min, max }
     }
 
     /// Folds `other` into `self` as if both samples had been one.
@@ -214,58 +275,84 @@ impl Histogram {
     }
 
     /// Counts every value of `xs` inside `[lo, hi]` (bin `(x - lo) * bins
-    /// / (hi - lo)`, as the GPU kernel computes it). Consecutive values
-    /// usually land in the same central bins, so counting goes to four
-    /// interleaved sub-histograms to keep the increments independent.
-    pub fn add_all(&mut self, xs: &[f64]) {
-        assert!(self.counts.len() <= u32::MAX as usize, "bins must fit a u32");
-        let (lo, hi) = (self.lo, self.hi);
+    /// / (hi - lo)`, as the GPU kernel computes it).
+    pub fn add_all<T: Copy + Into<f64>>(&mut self, xs: &[T]) {
+        let (lo, hi, scale, bins) = self.binning();
+        let last = f64::from(bins - 1);
+        self.count(xs.len(), |start, out| {
+            for (o, &x) in out.iter_mut().zip(&xs[start..]) {
+                let x: f64 = x.into();
+                // `as` saturates; values outside (and NaN) are discarded.
+                *o = if x >= lo && x <= hi { ((x - lo) * scale).min(last) as u32 } else { bins };
+            }
+        });
+    }
+
+    /// [`Histogram::add_all`] of f32 values, with the AVX2 bin loop where
+    /// the processor has it.
+    pub fn add_f32(&mut self, xs: &[f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if crate::simd::avx2() {
+            let (lo, hi, scale, bins) = self.binning();
+            return self.count(xs.len(), |start, out| {
+                // SAFETY: the processor has AVX2.
+                unsafe { crate::simd::histogram_bins(&xs[start..start + out.len()], lo, hi, scale, bins, out) }
+            });
+        }
+        self.add_all(xs)
+    }
+
+    /// `(lo, hi, bins / (hi - lo), bins)`.
+    fn binning(&self) -> (f64, f64, f64, u32) {
+        let bins = u32::try_from(self.counts.len()).ok().filter(|&b| b < u32::MAX).expect("bins fit a u32");
+        (self.lo, self.hi, f64::from(bins) / (self.hi - self.lo), bins)
+    }
+
+    /// Counts `n` values whose bins `fill(start, out)` writes a block at a
+    /// time (`bins` meaning outside). Large inputs count into four
+    /// interleaved sub-histograms, so consecutive increments of the same
+    /// central bin do not wait on each other.
+    fn count(&mut self, n: usize, mut fill: impl FnMut(usize, &mut [u32])) {
+        const BLOCK: usize = 1024;
         let bins = self.counts.len();
-        let scale = bins as f64 / (hi - lo);
-        let last = (bins - 1) as f64;
-        let bin = |x: f64| {
-            let t = ((x - lo) * scale).min(last);
-            // SAFETY: callers pass only `lo <= x <= hi` (so not NaN), hence
-            // `0 <= t <= bins - 1`, which fits a u32 (bins <= 4096).
-            unsafe { t.to_int_unchecked::<u32>() as usize }
-        };
-        if xs.len() < 16 * bins {
+        let mut index = [0u32; BLOCK];
+        if n < 16 * bins {
             // Too few values for the sub-histograms to pay for themselves.
-            for &x in xs {
-                if x >= lo && x <= hi {
-                    self.counts[bin(x)] += 1;
+            for start in (0..n).step_by(BLOCK) {
+                let out = &mut index[..BLOCK.min(n - start)];
+                fill(start, out);
+                for &i in out.iter() {
+                    if let Some(c) = self.counts.get_mut(i as usize) {
+                        *c += 1;
+                    }
                 }
             }
             return;
         }
-        let mut sub = vec![[0u32; 4]; bins];
-        for (k, chunk) in xs.chunks(u32::MAX as usize).enumerate() {
-            if k > 0 {
+        let mut sub = vec![[0u32; 4]; bins + 1];
+        let mut since_flush = 0usize;
+        for start in (0..n).step_by(BLOCK) {
+            let out = &mut index[..BLOCK.min(n - start)];
+            fill(start, out);
+            for (k, &i) in out.iter().enumerate() {
+                sub[i as usize][k & 3] += 1;
+            }
+            since_flush += out.len();
+            if since_flush > u32::MAX as usize - BLOCK {
                 self.flush(&mut sub);
-            }
-            let quads = chunk.chunks_exact(4);
-            let rest = quads.remainder();
-            for q in quads {
-                for (l, &x) in q.iter().enumerate() {
-                    if x >= lo && x <= hi {
-                        sub[bin(x)][l] += 1;
-                    }
-                }
-            }
-            for &x in rest {
-                if x >= lo && x <= hi {
-                    sub[bin(x)][0] += 1;
-                }
+                since_flush = 0;
             }
         }
         self.flush(&mut sub);
     }
 
+    /// Moves the sub-histograms' counts into `counts` (the discard bin is
+    /// left out by the zip) and clears them.
     fn flush(&mut self, sub: &mut [[u32; 4]]) {
-        for (c, s) in self.counts.iter_mut().zip(sub.iter_mut()) {
+        for (c, s) in self.counts.iter_mut().zip(sub.iter()) {
             *c += s.iter().map(|&v| u64::from(v)).sum::<u64>();
-            *s = [0; 4];
         }
+        sub.fill([0; 4]);
     }
 
     /// Adds another histogram's counts (same bins and range).
@@ -309,6 +396,23 @@ mod tests {
         assert!(m.skewness().abs() < 1e-15);
         assert!((m.kurtosis() - (-1.36)).abs() < 1e-12);
         assert!(Moments::from_slice(&[2.0, 2.0]).skewness().is_nan());
+    }
+
+    /// The f32 path (SIMD bins where the processor has them) counts
+    /// exactly as the generic one, edges, outside values and NaN included.
+    #[test]
+    fn f32_histogram_matches_generic() {
+        let mut xs: Vec<f32> = (0..5003).map(|i| ((i * 7919) % 2003) as f32 / 1000.0 - 1.0).collect();
+        xs.extend([-1.0, 1.0, 1.0000001, -1.0000001, f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0]);
+        for bins in [1, 7, 50, 333] {
+            let mut a = Histogram::for_range(-1.0, 1.0, bins);
+            let mut b = a.clone();
+            a.add_f32(&xs);
+            b.add_all(&xs);
+            assert_eq!(a.counts, b.counts, "{bins} bins");
+            let inside = xs.iter().filter(|&&x| (-1.0..=1.0).contains(&f64::from(x))).count();
+            assert_eq!(a.counts.iter().sum::<u64>(), inside as u64, "{bins} bins");
+        }
     }
 
     #[test]
