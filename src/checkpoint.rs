@@ -521,7 +521,8 @@ fn walk_dir(path: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
         return Ok(());
     }
     let io = |error| Error::Io { path: path.to_path_buf(), error };
-    let mut entries: Vec<(PathBuf, bool)> = std::fs::read_dir(path)
+    // Sorted by name, each converted to text once (not once per comparison).
+    let mut entries: Vec<(String, PathBuf, bool)> = std::fs::read_dir(path)
         .map_err(io)?
         .filter_map(|e| e.ok())
         .map(|e| {
@@ -531,11 +532,11 @@ fn walk_dir(path: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
                 Ok(t) => t.is_dir(),
                 Err(_) => false,
             };
-            (p, dir)
+            (p.to_string_lossy().into_owned(), p, dir)
         })
         .collect();
-    entries.sort_by(|a, b| natural_cmp(&a.0.to_string_lossy(), &b.0.to_string_lossy()));
-    for (p, dir) in entries {
+    entries.sort_by(|a, b| natural_cmp(&a.0, &b.0));
+    for (_, p, dir) in entries {
         if dir {
             walk_dir(&p, out)?;
         } else if p.extension().is_some_and(|e| e == "safetensors") {

@@ -120,7 +120,11 @@ impl RowWriter {
             if i > 0 {
                 self.buf.push(b' ');
             }
-            self.buf.extend_from_slice(digits.format(v).as_bytes());
+            // Histogram counts are mostly single digits, in the tails.
+            match u8::try_from(v) {
+                Ok(d) if d < 10 => self.buf.push(b'0' + d),
+                _ => self.buf.extend_from_slice(digits.format(v).as_bytes()),
+            }
         }
         self
     }
@@ -223,7 +227,7 @@ impl AtomicFile {
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let tmp = path.with_file_name(format!(".{name}.tmp{}", std::process::id()));
         let file = File::create(&tmp).map_err(|e| Error::output(path, e))?;
-        Ok(AtomicFile { path: path.to_path_buf(), tmp, writer: Some(BufWriter::new(file)) })
+        Ok(AtomicFile { path: path.to_path_buf(), tmp, writer: Some(BufWriter::with_capacity(1 << 20, file)) })
     }
 
     /// Where to write the contents.

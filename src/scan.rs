@@ -141,6 +141,9 @@ pub fn measure(path: &Path, graph: &GraphOptions, engine: &dyn Engine, opts: &An
 const FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
 const FLUSH_BYTES: usize = 1 << 20;
 
+/// How often the journal is synced in the background while it grows.
+const SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// The head of one journal record: a JSON line, followed by the record's
 /// table rows, CSV-encoded (so rendering the tables copies bytes and never
 /// formats a number twice). The format is self-delimiting: journals
@@ -425,7 +428,7 @@ pub fn scan(checkpoints: &[PathBuf], out_dir: &Path, engine: &dyn Engine, opts: 
         // keeps up with the workers and the last sync has little left.
         let (finished, ticks) = mpsc::channel::<()>();
         s.spawn(move || {
-            while let Err(mpsc::RecvTimeoutError::Timeout) = ticks.recv_timeout(FLUSH_INTERVAL) {
+            while let Err(mpsc::RecvTimeoutError::Timeout) = ticks.recv_timeout(SYNC_INTERVAL) {
                 let _ = background.sync_data();
             }
         });
@@ -504,55 +507,53 @@ fn write_tables(
         writeln!(file.writer(), "{header}").map_err(write_err)?;
     }
     // Records are read in input order, which jumps around the journals
-    // (workers append in chunks): map them and slice.
-    let maps = journals
-        .iter()
-        // SAFETY: read-only maps of journals this process has finished
-        // writing (or, merging, that finished runs wrote).
-        .map(|j| File::open(j).and_then(|f| unsafe { memmap2::Mmap::map(&f) }))
-        .collect::<std::io::Result<Vec<_>>>()
-        .map_err(write_err)?;
-    let record = |e: &Entry| -> Result<(Head, &[u8])> {
+    // (workers append in chunks): one positional read each, into a buffer
+    // per rendering thread, so memory stays flat however long the journal.
+    let files: Vec<File> = journals.iter().map(File::open).collect::<std::io::Result<_>>().map_err(write_err)?;
+    let record = |e: &Entry, buf: &mut Vec<u8>| -> Result<(Head, usize)> {
         let bad = |err: String| Error::output(&journals[e.file], err);
-        let record = usize::try_from(e.offset)
-            .ok()
-            .and_then(|start| maps[e.file].get(start..start.checked_add(e.len)?))
-            .ok_or_else(|| bad(format!("record at {} runs past the end of the journal", e.offset)))?;
-        let split = record.iter().position(|&b| b == b'\n').ok_or_else(|| bad("record without a head".into()))?;
-        let head: Head = serde_json::from_slice(&record[..split]).map_err(|err| bad(err.to_string()))?;
-        Ok((head, &record[split + 1..]))
+        buf.resize(e.len, 0);
+        read_at(&files[e.file], buf, e.offset).map_err(|err| bad(err.to_string()))?;
+        let split = buf.iter().position(|&b| b == b'\n').ok_or_else(|| bad("record without a head".into()))?;
+        let head: Head = serde_json::from_slice(&buf[..split]).map_err(|err| bad(err.to_string()))?;
+        if head.rows_len() != buf.len() - split - 1 {
+            return Err(bad(format!("record at {} does not match its head", e.offset)));
+        }
+        Ok((head, split + 1))
     };
-    // Rows of `nodes` (part 0) or `links` (part 1), each with the metadata
-    // cells appended.
-    let rows_with_metadata = |part: usize, file: &mut AtomicFile| -> Result<()> {
-        let mut suffix = RowWriter::default();
+    // Two threads render side by side: `nodes` and `links` rows (each with
+    // the metadata cells appended), and `histograms` and `errors` rows.
+    let rows_with_metadata = |nodes: &mut AtomicFile, links: &mut AtomicFile| -> Result<()> {
+        let (mut suffix, mut buf) = (RowWriter::default(), Vec::new());
         for e in &entries {
-            let (head, rows) = record(e)?;
+            let (head, start) = record(e, &mut buf)?;
             suffix.clear();
             for k in &keys {
                 suffix.text(head.metadata.get(k).map_or("", String::as_str));
             }
             let sep: &[u8] = if keys.is_empty() { b"" } else { b"," };
-            let skip: usize = if part == 0 { 0 } else { head.nodes.iter().map(|&n| n as usize).sum() };
-            let mut rows = &rows[skip..];
-            for &n in if part == 0 { &head.nodes } else { &head.links } {
-                let (row, rest) = rows.split_at(n as usize);
-                rows = rest;
-                let cells = row.strip_suffix(b"\n").unwrap_or(row);
+            let mut rows = &buf[start..];
+            for (lens, file) in [(&head.nodes, &mut *nodes), (&head.links, &mut *links)] {
                 let w = file.writer();
-                w.write_all(cells)
-                    .and_then(|_| w.write_all(sep))
-                    .and_then(|_| w.write_all(suffix.bytes()))
-                    .and_then(|_| w.write_all(b"\n"))
-                    .map_err(write_err)?;
+                for &n in lens {
+                    let (row, rest) = rows.split_at(n as usize);
+                    rows = rest;
+                    let cells = row.strip_suffix(b"\n").unwrap_or(row);
+                    w.write_all(cells)
+                        .and_then(|_| w.write_all(sep))
+                        .and_then(|_| w.write_all(suffix.bytes()))
+                        .and_then(|_| w.write_all(b"\n"))
+                        .map_err(write_err)?;
+                }
             }
         }
         Ok(())
     };
     let histogram_and_error_rows = |histograms: &mut AtomicFile, errors: &mut AtomicFile| -> Result<()> {
+        let mut buf = Vec::new();
         for e in &entries {
-            let (head, rows) = record(e)?;
-            histograms.writer().write_all(&rows[rows.len() - head.histograms..]).map_err(write_err)?;
+            let (head, _) = record(e, &mut buf)?;
+            histograms.writer().write_all(&buf[buf.len() - head.histograms..]).map_err(write_err)?;
             if let Some([kind, tensor, msg]) = &head.error {
                 writeln!(errors.writer(), "{}", RowWriter::line([&head.checkpoint, kind, tensor, msg]))
                     .map_err(write_err)?;
@@ -560,15 +561,11 @@ fn write_tables(
         }
         Ok(())
     };
-    // The tables are rendered side by side, one thread each.
     let [mut nodes, mut links, mut histograms, mut errors] = tables.map(|(file, _)| file);
     std::thread::scope(|s| -> Result<()> {
-        let threads = [
-            s.spawn(|| rows_with_metadata(0, &mut nodes)),
-            s.spawn(|| rows_with_metadata(1, &mut links)),
-            s.spawn(|| histogram_and_error_rows(&mut histograms, &mut errors)),
-        ];
-        threads.into_iter().try_for_each(|t| t.join().expect("render thread panicked"))
+        let other = s.spawn(|| histogram_and_error_rows(&mut histograms, &mut errors));
+        let ours = rows_with_metadata(&mut nodes, &mut links);
+        other.join().expect("render thread panicked").and(ours)
     })?;
     // Tables are derived from the synced journal (`--resume` renders them
     // again), so they are renamed into place without a disk flush each.
@@ -614,5 +611,30 @@ impl Progress {
         if let Some(bar) = &self.bar {
             bar.finish();
         }
+    }
+}
+
+/// Reads exactly `buf.len()` bytes at `offset`, without moving a shared
+/// cursor (so threads can read one file side by side).
+fn read_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+    }
+    #[cfg(windows)]
+    {
+        let (mut done, mut buf) = (0u64, buf);
+        while !buf.is_empty() {
+            match std::os::windows::fs::FileExt::seek_read(file, buf, offset + done) {
+                Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => {
+                    buf = &mut buf[n..];
+                    done += n as u64;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 }
