@@ -1,12 +1,12 @@
 //! Measuring collections: workers open and analyse checkpoints in parallel
-//! (in batches, for the GPU), a bounded queue carries their records to one
-//! writer that appends each finished checkpoint (result or error) to a
-//! journal at once, and the tables are rendered from the journal at the end
-//! by streaming it in input order. So memory does not grow with the
-//! collection, a failing checkpoint never stops the rest, an interrupted
-//! scan keeps what it finished (`resume` does only the rest), and shards of
-//! one collection run anywhere and merge into exactly the tables one run
-//! would give.
+//! (in batches, for the GPU), format each finished checkpoint's record
+//! (result or error) into a buffer of their own and append it to a journal
+//! every fraction of a second; the tables are rendered from the journal at
+//! the end, record by record in input order. So memory does not grow with
+//! the collection, a failing checkpoint never stops the rest, an
+//! interrupted scan keeps what it finished (`resume` does only the rest),
+//! and shards of one collection run anywhere and merge into exactly the
+//! tables one run would give.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};

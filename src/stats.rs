@@ -277,6 +277,23 @@ impl Histogram {
     /// Counts every value of `xs` inside `[lo, hi]` (bin `(x - lo) * bins
     /// / (hi - lo)`, as the GPU kernel computes it).
     pub fn add_all<T: Copy + Into<f64>>(&mut self, xs: &[T]) {
+        #[cfg(target_arch = "x86_64")]
+        if crate::simd::avx2() {
+            // SAFETY: the processor has AVX2.
+            return unsafe { self.add_all_avx2(xs) };
+        }
+        self.add_all_portable(xs)
+    }
+
+    /// [`Histogram::add_all`] compiled for AVX2 (the bin loop vectorises).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn add_all_avx2<T: Copy + Into<f64>>(&mut self, xs: &[T]) {
+        self.add_all_portable(xs)
+    }
+
+    #[inline(always)]
+    fn add_all_portable<T: Copy + Into<f64>>(&mut self, xs: &[T]) {
         let (lo, hi, scale, bins) = self.binning();
         let last = f64::from(bins - 1);
         self.count(xs.len(), |start, out| {
@@ -299,7 +316,7 @@ impl Histogram {
                 unsafe { crate::simd::histogram_bins(&xs[start..start + out.len()], lo, hi, scale, bins, out) }
             });
         }
-        self.add_all(xs)
+        self.add_all_portable(xs)
     }
 
     /// `(lo, hi, bins / (hi - lo), bins)`.
@@ -312,6 +329,7 @@ impl Histogram {
     /// time (`bins` meaning outside). Large inputs count into four
     /// interleaved sub-histograms, so consecutive increments of the same
     /// central bin do not wait on each other.
+    #[inline(always)]
     fn count(&mut self, n: usize, mut fill: impl FnMut(usize, &mut [u32])) {
         // Small: zeroing the buffer is paid on every call.
         const BLOCK: usize = 256;
