@@ -400,7 +400,11 @@ pub fn scan(checkpoints: &[PathBuf], out_dir: &Path, engine: &dyn Engine, opts: 
             let mut pending = Pending::new();
             let flush = |pending: &mut Pending| -> Result<()> {
                 let (count, bytes) = (pending.entries.len(), pending.bytes);
-                journal.lock().expect("journal lock").append(pending).map_err(out_err)?;
+                if let Err(e) = journal.lock().expect("journal lock").append(pending) {
+                    // Nothing more can be kept: stop every worker.
+                    stop.store(true, Ordering::Relaxed);
+                    return Err(out_err(e));
+                }
                 progress.record(count, bytes);
                 Ok(())
             };
