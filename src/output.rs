@@ -71,18 +71,25 @@ pub fn num(x: f64) -> String {
 #[derive(Default)]
 pub struct RowWriter {
     buf: Vec<u8>,
+    /// Where the current row starts in `buf`.
+    row_start: usize,
     /// Cells written in the current row.
     cells: usize,
 }
 
 impl RowWriter {
-    /// A text cell.
-    pub fn text(&mut self, s: impl AsRef<[u8]>) -> &mut Self {
-        let s = s.as_ref();
+    /// Starts a cell: the separator after the row's first.
+    fn cell(&mut self) {
         if self.cells > 0 {
             self.buf.push(b',');
         }
         self.cells += 1;
+    }
+
+    /// A text cell.
+    pub fn text(&mut self, s: impl AsRef<[u8]>) -> &mut Self {
+        let s = s.as_ref();
+        self.cell();
         if s.iter().any(|b| matches!(b, b',' | b'"' | b'\n' | b'\r')) {
             self.buf.push(b'"');
             for part in s.split_inclusive(|&b| b == b'"') {
@@ -111,10 +118,7 @@ impl RowWriter {
 
     /// A cell of space-separated integers.
     pub fn ints(&mut self, values: &[u64]) -> &mut Self {
-        if self.cells > 0 {
-            self.buf.push(b',');
-        }
-        self.cells += 1;
+        self.cell();
         let mut digits = itoa::Buffer::new();
         for (i, &v) in values.iter().enumerate() {
             if i > 0 {
@@ -129,10 +133,13 @@ impl RowWriter {
         self
     }
 
-    /// Ends the row.
-    pub fn end(&mut self) {
+    /// Ends the row; returns its length in bytes, line terminator included.
+    pub fn end(&mut self) -> u32 {
         self.buf.push(b'\n');
         self.cells = 0;
+        let len = self.buf.len() - self.row_start;
+        self.row_start = self.buf.len();
+        u32::try_from(len).expect("a CSV row under 4 GiB")
     }
 
     /// The rows written so far.
@@ -143,6 +150,7 @@ impl RowWriter {
     /// Forgets the rows written so far (keeping the buffers).
     pub fn clear(&mut self) {
         self.buf.clear();
+        self.row_start = 0;
         self.cells = 0;
     }
 
@@ -164,12 +172,10 @@ pub fn node_rows(w: &mut RowWriter, checkpoint: &str, a: &Analysis) -> Vec<u32> 
         .iter()
         .enumerate()
         .map(|(k, s)| {
-            let start = w.bytes().len();
             let m = &s.strength;
             w.text(checkpoint).int(k as u64).int(m.n).num(m.mean).num(m.std()).num(m.min).num(m.max);
             w.num(m.skewness()).num(m.kurtosis()).num(s.s_in_mean).num(s.s_out_mean);
-            w.text(&s.name).text(s.shape.to_string()).text(chain).end();
-            (w.bytes().len() - start) as u32
+            w.text(&s.name).text(s.shape.to_string()).text(chain).end()
         })
         .collect()
 }
@@ -181,7 +187,6 @@ pub fn link_rows(w: &mut RowWriter, checkpoint: &str, a: &Analysis) -> Vec<u32> 
         .iter()
         .enumerate()
         .map(|(i, l)| {
-            let start = w.bytes().len();
             let m = &l.weights;
             w.text(checkpoint).int(i as u64 + 1).text(&l.name).text(l.kind).text(&l.weight).int(m.n);
             w.num(m.mean).num(m.std()).num(m.min).num(m.max).num(m.skewness()).num(m.kurtosis());
@@ -189,27 +194,24 @@ pub fn link_rows(w: &mut RowWriter, checkpoint: &str, a: &Analysis) -> Vec<u32> 
                 Some(b) => w.int(b.n).num(b.mean).num(b.std()).num(b.min).num(b.max),
                 None => w.text("0").text("").text("").text("").text(""),
             };
-            w.end();
-            (w.bytes().len() - start) as u32
+            w.end()
         })
         .collect()
 }
 
 /// `histograms.csv` rows of one checkpoint: link weights per layer
 /// (`measure = link_weight`, index = layer) and strengths per node set
-/// (`measure = strength`, index = node layer).
-pub fn histogram_rows(w: &mut RowWriter, checkpoint: &str, a: &Analysis) {
+/// (`measure = strength`, index = node layer). Returns their byte length.
+pub fn histogram_rows(w: &mut RowWriter, checkpoint: &str, a: &Analysis) -> usize {
     let mut row = |measure: &str, index: usize, name: &str, h: &Histogram| {
         w.text(checkpoint).text(measure).int(index as u64).text(name).num(h.lo).num(h.hi);
         w.int(h.counts.len() as u64);
-        w.ints(&h.counts).end();
+        w.ints(&h.counts).end() as usize
     };
-    for (i, l) in a.layers.iter().enumerate() {
-        row("link_weight", i + 1, &l.name, &l.histogram);
-    }
-    for (k, s) in a.node_sets.iter().enumerate() {
-        row("strength", k, &s.name, &s.histogram);
-    }
+    let layers: usize =
+        a.layers.iter().enumerate().map(|(i, l)| row("link_weight", i + 1, &l.name, &l.histogram)).sum();
+    let sets: usize = a.node_sets.iter().enumerate().map(|(k, s)| row("strength", k, &s.name, &s.histogram)).sum();
+    layers + sets
 }
 
 /// A file written beside its final path and renamed over it on

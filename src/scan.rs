@@ -268,9 +268,7 @@ impl Pending {
             Ok((ck, a)) => {
                 head.nodes = output::node_rows(&mut self.rows, id, &a);
                 head.links = output::link_rows(&mut self.rows, id, &a);
-                let before = self.rows.bytes().len();
-                output::histogram_rows(&mut self.rows, id, &a);
-                head.histograms = self.rows.bytes().len() - before;
+                head.histograms = output::histogram_rows(&mut self.rows, id, &a);
                 head.bytes = ck.data_bytes();
                 head.metadata = ck.metadata().clone();
                 if !head.metadata.contains_key("step") {

@@ -104,18 +104,13 @@ impl Default for Moments {
 
 impl Moments {
     /// Exact moments of a slice: mean first, then central sums.
-    pub fn from_slice(xs: &[f64]) -> Self {
-        Self::from_slice_with_sum(xs, sum(xs))
-    }
-
-    /// As [`Moments::from_slice`] when the caller already has the sum.
     /// Accumulates in independent lanes, so the loop vectorises and each
     /// lane sums only every fourth value.
-    pub fn from_slice_with_sum(xs: &[f64], sum: f64) -> Self {
+    pub fn from_slice(xs: &[f64]) -> Self {
         if xs.is_empty() {
             return Self::default();
         }
-        let mean = sum / xs.len() as f64;
+        let mean = sum(xs) / xs.len() as f64;
         // Four lanes: five accumulators of four f64 fill the SSE2 registers.
         const L: usize = 4;
         let mut m2 = [0.0; L];
