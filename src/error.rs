@@ -55,17 +55,6 @@ pub enum Error {
         tensor: String,
     },
 
-    /// A tensor holds NaN or infinite values.
-    #[error("{path}: tensor `{tensor}` has {count} non-finite values (NaN or Inf)")]
-    NonFinite {
-        /// The checkpoint.
-        path: PathBuf,
-        /// The tensor's name.
-        tensor: String,
-        /// How many of its values are not finite.
-        count: u64,
-    },
-
     /// The tensors do not form the network the spec or discovery describes
     /// (wrong rank, a shape that breaks the chain, a bad conv geometry).
     #[error("{path}: {reason}")]
@@ -120,9 +109,7 @@ impl Error {
     /// `errors.csv`).
     pub fn tensor(&self) -> Option<&str> {
         match self {
-            Error::UnsupportedDtype { tensor, .. }
-            | Error::MissingTensor { tensor, .. }
-            | Error::NonFinite { tensor, .. } => Some(tensor),
+            Error::UnsupportedDtype { tensor, .. } | Error::MissingTensor { tensor, .. } => Some(tensor),
             _ => None,
         }
     }
@@ -135,7 +122,6 @@ impl Error {
             Error::BadIndex { .. } => "bad_index",
             Error::UnsupportedDtype { .. } => "unsupported_dtype",
             Error::MissingTensor { .. } => "missing_tensor",
-            Error::NonFinite { .. } => "non_finite",
             Error::Graph { .. } => "graph",
             Error::Spec { .. } => "spec",
             Error::NoLayers { .. } => "no_layers",

@@ -139,7 +139,7 @@ fn run_study(args: cli::StudyArgs, ensemble: bool, dynamics: bool, verbose: bool
             let scan_opts = ScanOptions::new(opts.graph.clone(), cores());
             let dir = args.output.join("scan");
             let summary = scan(&checkpoints, &dir, engine.as_ref(), &scan_opts)?;
-            eprintln!("{} analysed, {} failed -> {}", summary.analysed, summary.failed, dir.display());
+            report_scan(&summary, &dir);
             dir
         }
     };
@@ -158,15 +158,28 @@ fn run_study(args: cli::StudyArgs, ensemble: bool, dynamics: bool, verbose: bool
 /// Prints how a scan went; its exit code (0 all good, 1 some failed, 2
 /// none analysed).
 fn scan_outcome(summary: ScanSummary, output: &Path) -> ExitCode {
-    eprintln!("{} analysed, {} failed -> {}", summary.analysed, summary.failed, output.display());
-    if summary.failed > 0 {
-        eprintln!("failures are listed in {}", output.join("errors.csv").display());
-    }
+    report_scan(&summary, output);
     ExitCode::from(match (summary.analysed, summary.failed) {
         (_, 0) => 0,
         (0, _) => 2,
         _ => 1,
     })
+}
+
+/// Prints how a scan went: counts, where failures are listed, and a
+/// warning about checkpoints with NaN or infinite values.
+fn report_scan(summary: &ScanSummary, output: &Path) {
+    eprintln!("{} analysed, {} failed -> {}", summary.analysed, summary.failed, output.display());
+    if summary.failed > 0 {
+        eprintln!("failures are listed in {}", output.join("errors.csv").display());
+    }
+    if summary.non_finite > 0 {
+        eprintln!(
+            "warning: {} checkpoint(s) hold NaN or infinite weights or biases: counted in the `non_finite` \
+             columns of nodes.csv and links.csv, left out of every statistic",
+            summary.non_finite
+        );
+    }
 }
 
 /// Bytes on disk of a checkpoint (a file, or the files of a directory).

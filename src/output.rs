@@ -14,7 +14,7 @@ use crate::stats::Histogram;
 pub const NODE_VALUES_HEADER: [&str; 5] = ["node_layer", "node", "s_in", "s_out", "strength"];
 
 /// Columns of `nodes.csv` before the metadata columns.
-pub const NODES_HEADER: [&str; 14] = [
+pub const NODES_HEADER: [&str; 15] = [
     "checkpoint",
     "node_layer",
     "nodes",
@@ -29,10 +29,11 @@ pub const NODES_HEADER: [&str; 14] = [
     "node_set",
     "shape",
     "chain",
+    "non_finite",
 ];
 
 /// Columns of `links.csv` before the metadata columns.
-pub const LINKS_HEADER: [&str; 17] = [
+pub const LINKS_HEADER: [&str; 18] = [
     "checkpoint",
     "layer",
     "name",
@@ -50,6 +51,7 @@ pub const LINKS_HEADER: [&str; 17] = [
     "bias_std",
     "bias_min",
     "bias_max",
+    "non_finite",
 ];
 
 /// Columns of `histograms.csv`: one row per histogram, `bins` equal bins
@@ -175,7 +177,7 @@ pub fn node_rows(w: &mut RowWriter, checkpoint: &str, a: &Analysis) -> Vec<u32> 
             let m = &s.strength;
             w.text(checkpoint).int(k as u64).int(m.n).num(m.mean).num(m.std()).num(m.min).num(m.max);
             w.num(m.skewness()).num(m.kurtosis()).num(s.s_in_mean).num(s.s_out_mean);
-            w.text(&s.name).text(s.shape.to_string()).text(chain).end()
+            w.text(&s.name).text(s.shape.to_string()).text(chain).int(s.non_finite).end()
         })
         .collect()
 }
@@ -194,7 +196,7 @@ pub fn link_rows(w: &mut RowWriter, checkpoint: &str, a: &Analysis) -> Vec<u32> 
                 Some(b) => w.int(b.n).num(b.mean).num(b.std()).num(b.min).num(b.max),
                 None => w.text("0").text("").text("").text("").text(""),
             };
-            w.end()
+            w.int(l.non_finite).end()
         })
         .collect()
 }

@@ -116,6 +116,9 @@ pub struct ScanSummary {
     pub analysed: usize,
     /// Checkpoints that failed (listed in `errors.csv`).
     pub failed: usize,
+    /// Checkpoints analysed that hold NaN or infinite weights or biases
+    /// (counted per layer and node set in the `non_finite` columns).
+    pub non_finite: usize,
 }
 
 /// A checkpoint and its measures.
@@ -141,6 +144,11 @@ pub fn measure(path: &Path, graph: &GraphOptions, engine: &dyn Engine, opts: &An
 const FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
 const FLUSH_BYTES: usize = 1 << 20;
 
+/// The layout of a journal record's rows. Records of another layout (from
+/// an older build) are ignored: `--resume` measures those checkpoints again
+/// rather than mixing row layouts in one table.
+const FORMAT: u32 = 2;
+
 /// How often the journal is synced in the background while it grows.
 const SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
 
@@ -150,6 +158,9 @@ const SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
 /// concatenate into a journal.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Head {
+    /// [`FORMAT`] of the rows (absent, 0, before it was recorded).
+    #[serde(default)]
+    format: u32,
     checkpoint: String,
     /// Position in the whole (unsharded) input list: the tables' order.
     order: usize,
@@ -161,6 +172,9 @@ struct Head {
     /// `[kind, tensor, message]` when the checkpoint failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     error: Option<[String; 3]>,
+    /// True when some weight or bias is NaN or infinite.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    non_finite: bool,
     /// Byte length of each `nodes.csv` row that follows (metadata cells
     /// are appended to each row when rendering).
     #[serde(default)]
@@ -235,6 +249,7 @@ struct Entry {
     offset: u64,
     len: usize,
     failed: bool,
+    non_finite: bool,
 }
 
 /// A worker's finished records, encoded, not yet in the journal; entry
@@ -263,9 +278,10 @@ impl Pending {
     /// Encodes one checkpoint's record.
     fn push(&mut self, id: &str, order: usize, outcome: Outcome, extra: Option<&BTreeMap<String, String>>) {
         self.rows.clear();
-        let mut head = Head { checkpoint: id.to_string(), order, ..Head::default() };
+        let mut head = Head { format: FORMAT, checkpoint: id.to_string(), order, ..Head::default() };
         match outcome {
             Ok((ck, a)) => {
+                head.non_finite = a.layers.iter().any(|l| l.non_finite > 0);
                 head.nodes = output::node_rows(&mut self.rows, id, &a);
                 head.links = output::link_rows(&mut self.rows, id, &a);
                 head.histograms = output::histogram_rows(&mut self.rows, id, &a);
@@ -292,9 +308,10 @@ impl Pending {
         self.buf.push(b'\n');
         self.buf.extend_from_slice(self.rows.bytes());
         self.bytes += head.bytes;
-        let failed = head.error.is_some();
+        let (failed, non_finite) = (head.error.is_some(), head.non_finite);
         let len = self.buf.len() - start;
-        self.entries.push(Entry { order, checkpoint: head.checkpoint, file: 0, offset: start as u64, len, failed });
+        let offset = start as u64;
+        self.entries.push(Entry { order, checkpoint: head.checkpoint, file: 0, offset, len, failed, non_finite });
     }
 
     fn due(&self) -> bool {
@@ -348,9 +365,19 @@ fn index_journal(path: &Path, file: usize, repair: bool, keys: &mut BTreeSet<Str
             break;
         }
         reader.seek_relative(head.rows_len() as i64).map_err(io)?;
-        keys.extend(head.metadata.into_keys());
-        let failed = head.error.is_some();
-        entries.push(Entry { order: head.order, checkpoint: head.checkpoint, file, offset, len, failed });
+        if head.format == FORMAT {
+            keys.extend(head.metadata.into_keys());
+            let (failed, non_finite) = (head.error.is_some(), head.non_finite);
+            entries.push(Entry {
+                order: head.order,
+                checkpoint: head.checkpoint,
+                file,
+                offset,
+                len,
+                failed,
+                non_finite,
+            });
+        }
         offset += len as u64;
     }
     if repair {
@@ -444,7 +471,7 @@ pub fn scan(checkpoints: &[PathBuf], out_dir: &Path, engine: &dyn Engine, opts: 
     // The journal is synced while the tables are rendered from it.
     std::thread::scope(|s| {
         let synced = s.spawn(|| file.sync_all().map_err(out_err));
-        let summary = write_tables(&[journal_path.clone()], entries, keys, out_dir);
+        let summary = write_tables(std::slice::from_ref(&journal_path), entries, keys, out_dir);
         synced.join().expect("sync thread panicked")?;
         summary
     })
@@ -575,7 +602,8 @@ fn write_tables(
         table.publish()?;
     }
     let failed = entries.iter().filter(|e| e.failed).count();
-    Ok(ScanSummary { analysed: entries.len() - failed, failed })
+    let non_finite = entries.iter().filter(|e| e.non_finite).count();
+    Ok(ScanSummary { analysed: entries.len() - failed, failed, non_finite })
 }
 
 /// Progress on standard error: checkpoints, checkpoints/s, MB/s and ETA;

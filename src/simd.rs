@@ -33,7 +33,7 @@ pub fn avx2() -> bool {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 pub unsafe fn sweep_row(cols: &mut [f64], row: &[f32], lanes: &mut Lanes) -> f64 {
-    assert!(cols.len() == row.len() && row.len() % 8 == 0, "whole blocks of 8 columns");
+    assert!(cols.len() == row.len() && row.len().is_multiple_of(8), "whole blocks of 8 columns");
     let load = |a: &[f64; 4]| unsafe { _mm256_loadu_pd(a.as_ptr()) };
     let store = |a: &mut [f64; 4], v: __m256d| unsafe { _mm256_storeu_pd(a.as_mut_ptr(), v) };
     let shift = _mm256_set1_pd(lanes.shift);

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use crate::checkpoint::Checkpoint;
 use crate::density::{grid, jensen_shannon, symmetric_kl, Pool, FINE_BINS, GRID_POINTS};
-use crate::engine::{AnalysisOptions, BinRanges, Binned, Engine};
+use crate::engine::{AnalysisOptions, BinRanges, Binned, Engine, Finite};
 use crate::error::{Error, Result};
 use crate::graph::{GraphOptions, Network};
 use crate::natsort::natural_cmp;
@@ -454,7 +454,8 @@ impl Study<'_> {
             .iter()
             .map(|s| {
                 let mut p = Pool::new(s.strength.min, s.strength.max);
-                p.add(&s.values.as_ref().expect("asked for").strength);
+                // NaN and infinite strengths are left out, as in the scan.
+                p.add(&Finite::of(s.values.as_ref().expect("asked for").strength.clone()).values);
                 p
             })
             .collect();

@@ -121,9 +121,10 @@ fn gpu_chunks_tensors_larger_than_a_binding() {
 #[test]
 fn gpu_batches_match_one_by_one_reference() {
     // Mixed conv and dense networks, F16 and F32, with and without biases,
-    // one unreadable network in the middle; a small binding limit makes the
-    // batch flush several times. Every network must get the CPU's numbers
-    // and the failing one its own error.
+    // a network with a NaN weight and one that cannot be measured in the
+    // middle; a small binding limit makes the batch flush several times.
+    // Every network must get the CPU's numbers (the NaN one exactly: it is
+    // handed to the reference) and the failing one its own error.
     let Some(_) = common::gpu() else { return };
     let dir = tempfile::tempdir().unwrap();
     let mut paths = Vec::new();
@@ -139,10 +140,17 @@ fn gpu_batches_match_one_by_one_reference() {
             tensors.push(T { name: "b.bias", dtype, shape: vec![7], values: values(7, i + 98) });
         }
         if i == 5 {
-            tensors[1].shape = vec![7, 144];
             tensors[1].values[3] = f64::NAN;
         }
         write_st(&path, &tensors, &[]);
+        if i == 7 {
+            // An integer bias of the right shape: the graph builds, measuring fails.
+            let mut bytes = std::fs::read(&path).unwrap();
+            let (from, to) = (br#""F16","shape":[7]"#, br#""I16","shape":[7]"#);
+            let at = bytes.windows(from.len()).position(|w| w == from).expect("the bias in the header");
+            bytes[at..at + to.len()].copy_from_slice(to);
+            std::fs::write(&path, bytes).unwrap();
+        }
         paths.push(path);
     }
     let options = GraphOptions { input: Some(vec![2, 8, 8]), ..Default::default() };
@@ -155,9 +163,16 @@ fn gpu_batches_match_one_by_one_reference() {
     assert_eq!(batched.len(), items.len());
     for (i, (got, (net, ck))) in batched.iter().zip(&items).enumerate() {
         let want = CpuEngine::default().analyze(net, ck, &opts);
-        if i == 5 {
+        if i == 7 {
             let (g, w) = (got.as_ref().unwrap_err().to_string(), want.unwrap_err().to_string());
+            assert!(g.contains("`b.bias` has unsupported dtype I16"), "{g}");
             assert_eq!(g, w, "the failing network's error");
+            continue;
+        }
+        if i == 5 {
+            let (got, want) = (got.as_ref().unwrap(), want.unwrap());
+            assert_eq!(got.layers.iter().map(|l| l.non_finite).collect::<Vec<_>>(), [0, 1]);
+            assert_eq!(format!("{got:?}"), format!("{want:?}"), "the NaN network");
             continue;
         }
         let (got, want) = (got.as_ref().unwrap(), want.unwrap());

@@ -6,10 +6,9 @@ mod common;
 use std::path::Path;
 
 use cntscope::checkpoint::{Checkpoint, DType};
-use cntscope::engine::{AnalysisOptions, CpuEngine, Engine};
+use cntscope::engine::{AnalysisOptions, BinRanges, CpuEngine, Engine};
 use cntscope::graph::{GraphOptions, Network};
 use cntscope::spec::Spec;
-use cntscope::Error;
 use common::{write_st, T};
 
 fn good_bytes() -> Vec<u8> {
@@ -117,27 +116,57 @@ fn unsupported_dtype_elsewhere_is_ignored() {
     CpuEngine::default().analyze(&net, &ck, &AnalysisOptions::default()).unwrap();
 }
 
+/// NaN and Inf weights and biases do not fail a checkpoint: each layer
+/// counts its own, each node set the nodes they reach, and every statistic
+/// is over the finite values (hand-computed here), on every engine, and in
+/// the binned distributions of a study.
 #[test]
-fn non_finite_weights_name_tensor() {
-    for (bad, what) in [(f64::NAN, "NaN"), (f64::INFINITY, "Inf")] {
+fn non_finite_values_are_flagged_per_layer_and_node_set() {
+    for bad in [f64::NAN, f64::INFINITY] {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("nan.safetensors");
-        let mut w = vec![0.25; 12];
-        w[5] = bad;
-        w[7] = bad;
+        let path = dir.path().join("diverged.safetensors");
+        // a: 4 -> 3 with w[k] = (k + 1) / 8, except w[5] (row 1, column 1)
+        // and w[7] (row 1, column 3); b: 3 -> 2, its second bias bad.
+        let mut a: Vec<f64> = (0..12).map(|k| (k + 1) as f64 * 0.125).collect();
+        a[5] = bad;
+        a[7] = bad;
         write_st(
             &path,
             &[
-                T::f32("a.weight", &[3, 4], w),
-                T { name: "a.bias", dtype: DType::F16, shape: vec![3], values: vec![0.0; 3] },
+                T::f32("a.weight", &[3, 4], a),
+                T { name: "a.bias", dtype: DType::F16, shape: vec![3], values: vec![0.5; 3] },
+                T::f32("b.weight", &[2, 3], vec![0.25, 0.5, 0.75, 1.0, 1.25, 1.5]),
+                T::f32("b.bias", &[2], vec![0.25, bad]),
             ],
             &[],
         );
         let ck = Checkpoint::open(&path).unwrap();
         let net = Network::build(&ck, &GraphOptions::default()).unwrap();
-        let err = CpuEngine::default().analyze(&net, &ck, &AnalysisOptions::default()).unwrap_err();
-        assert!(matches!(err, Error::NonFinite { count: 2, .. }), "{what}: {err}");
-        assert_names(&err.to_string(), &path, &["a.weight", "2 non-finite"]);
+        for engine in common::engines() {
+            let what = format!("{bad} on {}", engine.name());
+            let r = engine.analyze(&net, &ck, &AnalysisOptions::default()).unwrap();
+            // Layers: (non-finite, finite weights, their mean, bias values kept).
+            let layers: Vec<_> = r.layers.iter().map(|l| (l.non_finite, l.weights.n, l.weights.mean)).collect();
+            assert_eq!(layers, [(2, 10, 0.8), (1, 6, 0.875)], "{what}");
+            assert_eq!(r.layers[0].histogram.counts.iter().sum::<u64>(), 10, "{what}");
+            let bias = r.layers[1].bias.unwrap();
+            assert_eq!((bias.n, bias.mean), (1, 0.25), "{what}");
+            // V0: column sums 1.875, bad, 2.625, bad. V1: rows of a + 0.5
+            // plus columns of b: 3, bad, 8. V2: 1.75, bad.
+            let sets: Vec<_> =
+                r.node_sets.iter().map(|s| (s.non_finite, s.strength.n, s.strength.mean, s.strength.std())).collect();
+            assert_eq!(sets, [(2, 2, 2.25, 0.375), (1, 2, 5.5, 2.5), (1, 1, 1.75, 0.0)], "{what}");
+            assert_eq!((r.node_sets[1].s_in_mean, r.node_sets[1].s_out_mean), (3.75, 1.75), "{what}");
+            for s in &r.node_sets {
+                assert_eq!(s.histogram.counts.iter().sum::<u64>(), s.strength.n, "{what}: {}", s.name);
+            }
+            // A study's binned distributions leave the same values out.
+            let ranges = BinRanges { node_sets: vec![(0.0, 10.0); 3], layers: vec![(0.0, 2.0); 2] };
+            let b = engine.binned(&net, &ck, &ranges, 16).unwrap();
+            let kept: Vec<(u64, u64)> =
+                b.node_sets.iter().chain(&b.layers).map(|d| (d.moments.n, d.histogram.counts.iter().sum())).collect();
+            assert_eq!(kept, [(2, 2), (2, 2), (1, 1), (10, 10), (6, 6)], "{what}");
+        }
     }
 }
 

@@ -8,7 +8,7 @@ pub mod cpu;
 pub mod gpu;
 
 use crate::checkpoint::{Checkpoint, Tensor};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::graph::{Layer, Network, NodeShape};
 use crate::spec::Layout;
 use crate::stats::{Histogram, Moments};
@@ -122,7 +122,9 @@ pub fn binned_by_values<E: Engine + ?Sized>(
     bins: usize,
 ) -> Result<BinnedNetwork> {
     let a = engine.analyze(net, ck, &AnalysisOptions { keep_values: true, bins: 1 })?;
+    // NaN and infinite values are left out of pooled distributions.
     let bin = |values: Vec<f64>, range: (f64, f64)| {
+        let values = Finite::of(values).values;
         let mut histogram = histogram_on(range, bins);
         histogram.add_all(&values);
         Binned { moments: Moments::from_slice(&values), histogram, values: Some(values) }
@@ -183,7 +185,10 @@ pub struct NodeSetResult {
     pub s_out_mean: f64,
     /// Histogram of `strength`.
     pub histogram: Histogram,
-    /// Per-node values, when asked for.
+    /// Nodes whose strength is NaN or infinite (they touch a NaN/Inf weight
+    /// or bias); every statistic above is over the other nodes.
+    pub non_finite: u64,
+    /// Per-node values (all nodes), when asked for.
     pub values: Option<NodeValues>,
 }
 
@@ -196,12 +201,14 @@ pub struct LayerResult {
     pub kind: &'static str,
     /// The weight tensor.
     pub weight: String,
-    /// Moments of the link weights.
+    /// Moments of the finite link weights.
     pub weights: Moments,
-    /// Moments of the bias, when the layer has one.
+    /// Moments of the finite bias values, when the layer has one.
     pub bias: Option<Moments>,
-    /// Histogram of the link weights.
+    /// Histogram of the finite link weights.
     pub histogram: Histogram,
+    /// NaN or infinite values among the weights and the bias.
+    pub non_finite: u64,
 }
 
 /// Everything measured on one checkpoint.
@@ -217,7 +224,8 @@ pub struct Analysis {
 
 /// Measures a network with an engine's primitives: strengths per layer,
 /// assembled into node sets (`strength = s_in + s_out`), with moments and
-/// histograms. Non-finite weights or biases are an error naming the tensor.
+/// histograms. NaN or infinite weights and biases are counted per layer
+/// (and the nodes they reach per node set) and left out of the statistics.
 pub fn assemble<E: Engine + ?Sized>(
     engine: &E,
     net: &Network,
@@ -228,17 +236,24 @@ pub fn assemble<E: Engine + ?Sized>(
     let mut layers = Vec::with_capacity(net.layers.len());
     for layer in &net.layers {
         let w = ck.tensor(&layer.weight)?;
-        let bias_values = layer.bias.as_deref().map(|b| bias_values(ck, b)).transpose()?;
+        let bias = layer.bias.as_deref().map(|b| Ok(Finite::of(ck.tensor(b)?.to_f64()))).transpose()?;
         let b = layer.bias.as_deref().filter(|_| net.bias).map(|b| ck.tensor(b)).transpose()?;
-        let ls = engine.layer(layer, net.layout, &w, b.as_ref(), opts.bins)?;
-        check_weights(ck, &layer.weight, &ls.weights)?;
+        let mut ls = engine.layer(layer, net.layout, &w, b.as_ref(), opts.bins)?;
+        let mut non_finite = bias.as_ref().map_or(0, |b| b.non_finite);
+        if !is_finite(&ls.weights) {
+            // Rare: measure the finite weights on their own.
+            let weights = Finite::of(w.to_f64());
+            (ls.weights, ls.histogram) = engine.distribution(&weights.values, opts.bins)?;
+            non_finite += weights.non_finite;
+        }
         layers.push(LayerResult {
             name: layer.name.clone(),
             kind: layer.kind.name(),
             weight: layer.weight.clone(),
             weights: ls.weights,
-            bias: bias_values.as_deref().map(Moments::from_slice),
+            bias: bias.map(|b| Moments::from_slice(&b.values)),
             histogram: ls.histogram.clone(),
+            non_finite,
         });
         strengths.push(ls);
     }
@@ -250,8 +265,13 @@ pub fn assemble<E: Engine + ?Sized>(
         let s_out = set.out_layer.map_or_else(zeros, |l| strengths[l].s_out.clone());
         debug_assert_eq!((s_in.len(), s_out.len()), (n, n), "node set {}", set.name);
         let strength: Vec<f64> = s_in.iter().zip(&s_out).map(|(a, b)| a + b).collect();
-        let (m, histogram) = engine.distribution(&strength, opts.bins)?;
-        let mean = |v: &[f64]| v.iter().sum::<f64>() / n as f64;
+        let finite = Finite::of(strength.clone());
+        let (m, histogram) = engine.distribution(&finite.values, opts.bins)?;
+        // Means over the nodes whose strength is finite, as the moments.
+        let mean = |v: &[f64]| {
+            let kept = v.iter().zip(&strength).filter(|(_, s)| s.is_finite()).map(|(x, _)| x);
+            kept.sum::<f64>() / finite.values.len() as f64
+        };
         node_sets.push(NodeSetResult {
             name: set.name.clone(),
             shape: set.shape,
@@ -259,37 +279,35 @@ pub fn assemble<E: Engine + ?Sized>(
             s_in_mean: mean(&s_in),
             s_out_mean: mean(&s_out),
             histogram,
+            non_finite: finite.non_finite,
             values: opts.keep_values.then_some(NodeValues { s_in, s_out, strength }),
         });
     }
     Ok(Analysis { not_chain: net.not_chain.clone(), node_sets, layers })
 }
 
-/// A bias tensor's values, or an error naming it when any is NaN or
-/// infinite.
-pub(crate) fn bias_values(ck: &Checkpoint, name: &str) -> Result<Vec<f64>> {
-    let t = ck.tensor(name)?;
-    let v = t.to_f64();
-    check_finite(ck, t.name, v.iter().copied())?;
-    Ok(v)
+/// True when moments were taken over finite values only: a NaN or an
+/// infinity among them leaves the mean or `m2` non-finite.
+pub(crate) fn is_finite(m: &Moments) -> bool {
+    m.mean.is_finite() && m.m2.is_finite()
 }
 
-/// Non-finite weights show as non-finite moments; then counts them and
-/// names the tensor in the error.
-pub(crate) fn check_weights(ck: &Checkpoint, weight: &str, m: &Moments) -> Result<()> {
-    if m.mean.is_finite() && m.m2.is_finite() {
-        return Ok(());
-    }
-    check_finite(ck, weight, ck.tensor(weight)?.to_f64().into_iter())
+/// The finite values of a sample, and how many others it had.
+#[derive(Debug, Clone, Default)]
+pub struct Finite {
+    /// The finite values, in order.
+    pub values: Vec<f64>,
+    /// How many values were NaN or infinite.
+    pub non_finite: u64,
 }
 
-/// An error naming `tensor` when any of its values is NaN or infinite.
-fn check_finite(ck: &Checkpoint, tensor: &str, values: impl Iterator<Item = f64>) -> Result<()> {
-    let count = values.filter(|v| !v.is_finite()).count() as u64;
-    if count > 0 {
-        return Err(Error::NonFinite { path: ck.path().to_path_buf(), tensor: tensor.to_string(), count });
+impl Finite {
+    /// Splits `values` (no copy when all are finite).
+    pub fn of(mut values: Vec<f64>) -> Self {
+        let n = values.len();
+        values.retain(|v| v.is_finite());
+        Finite { non_finite: (n - values.len()) as u64, values }
     }
-    Ok(())
 }
 
 /// A dense layer's weight matrix as stored: `(rows, cols)` for `inputs ->

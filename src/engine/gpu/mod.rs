@@ -27,9 +27,10 @@ use crate::spec::Layout;
 use crate::stats::{Histogram, Moments};
 
 use super::cpu::add_bias;
+use super::CpuEngine;
 use super::{
-    assemble, bias_values, binned_by_values, check_weights, dense_in_out, dense_storage, histogram_on, Analysis,
-    AnalysisOptions, BinRanges, Binned, BinnedNetwork, Engine, LayerMeasures, LayerResult, NodeSetResult, NodeValues,
+    assemble, binned_by_values, dense_in_out, dense_storage, histogram_on, is_finite, Analysis, AnalysisOptions,
+    BinRanges, Binned, BinnedNetwork, Engine, LayerMeasures, LayerResult, NodeSetResult, NodeValues,
 };
 use plan::{kernel_range, Footprint, GpuTensor, Plan, Reduction, Source, PARTIAL};
 
@@ -482,6 +483,21 @@ struct Planned {
     bias: Vec<Option<Moments>>,
 }
 
+impl Planned {
+    /// True when every weight and bias of the network was finite: biases
+    /// checked on the host; weights by their moments and, where the
+    /// histograms span the weights' own range (`own_ranges`), by every
+    /// weight being counted (a NaN falls in no bin).
+    fn is_finite(&self, out: &Output, own_ranges: bool) -> bool {
+        self.bias.iter().flatten().all(is_finite)
+            && self.layers.iter().all(|r| {
+                let m = out.moments(r);
+                let counted: u64 = out.counts[r.counts..r.counts + r.bins].iter().sum();
+                is_finite(&m) && m.min.is_finite() && m.max.is_finite() && (!own_ranges || counted == m.n)
+            })
+    }
+}
+
 /// The GPU engine over a shared context.
 pub struct GpuEngine {
     ctx: Arc<GpuContext>,
@@ -500,7 +516,7 @@ impl GpuEngine {
         let mut inputs = Vec::with_capacity(net.layers.len());
         for layer in &net.layers {
             let w = ck.tensor(&layer.weight)?;
-            let b = layer.bias.as_deref().map(|name| bias_values(ck, name)).transpose()?;
+            let b = layer.bias.as_deref().map(|name| ck.tensor(name).map(|t| t.to_f64())).transpose()?;
             inputs.push((GpuTensor::new(&w), b));
         }
         let mut planned = Planned { layers: vec![], slots: vec![], node_sets: vec![], bias: vec![] };
@@ -528,12 +544,25 @@ impl GpuEngine {
         Ok(planned)
     }
 
-    /// Reads one network's results out of a finished plan.
-    fn collect(&self, out: &Output, planned: &Planned, net: &Network, ck: &Checkpoint, keep: bool) -> Result<Analysis> {
+    /// Reads one network's results out of a finished plan. A network with
+    /// NaN or infinite weights or biases is measured again by the CPU
+    /// reference (WGSL lets a GPU assume values are finite, so its results
+    /// for those mean nothing).
+    fn collect(
+        &self,
+        out: &Output,
+        planned: &Planned,
+        net: &Network,
+        ck: &Checkpoint,
+        opts: &AnalysisOptions,
+    ) -> Result<Analysis> {
+        if !planned.is_finite(out, true) {
+            return assemble(&CpuEngine::default(), net, ck, opts);
+        }
+        let keep = opts.keep_values;
         let mut layers = Vec::with_capacity(net.layers.len());
         for (i, layer) in net.layers.iter().enumerate() {
             let (weights, histogram) = out.distribution(&planned.layers[i]);
-            check_weights(ck, &layer.weight, &weights)?;
             layers.push(LayerResult {
                 name: layer.name.clone(),
                 kind: layer.kind.name(),
@@ -541,6 +570,7 @@ impl GpuEngine {
                 weights,
                 bias: planned.bias[i],
                 histogram,
+                non_finite: 0,
             });
         }
         let node_sets = net
@@ -564,6 +594,7 @@ impl GpuEngine {
                     s_in_mean: mean(s_in),
                     s_out_mean: mean(s_out),
                     histogram,
+                    non_finite: 0,
                     values,
                 }
             })
@@ -686,17 +717,16 @@ impl Engine for GpuEngine {
         }
         plan.fixed_ranges = Some(fixed);
         let out = self.ctx.run(&plan, false)?;
+        if !planned.is_finite(&out, false) {
+            // NaN/Inf: measured by the CPU reference, those values left out.
+            return binned_by_values(self, net, ck, ranges, bins);
+        }
         let binned = |r: &Reduction, range| {
             let mut histogram = histogram_on(range, bins);
             histogram.counts.copy_from_slice(&out.counts[r.counts..r.counts + bins]);
             Binned { moments: out.moments(r), histogram, values: None }
         };
-        let mut layers = Vec::with_capacity(net.layers.len());
-        for ((layer, r), &range) in net.layers.iter().zip(&planned.layers).zip(&ranges.layers) {
-            let b = binned(r, range);
-            check_weights(ck, &layer.weight, &b.moments)?;
-            layers.push(b);
-        }
+        let layers = planned.layers.iter().zip(&ranges.layers).map(|(r, &range)| binned(r, range)).collect();
         let node_sets =
             planned.node_sets.iter().zip(&ranges.node_sets).map(|((r, _, _), &range)| binned(r, range)).collect();
         Ok(BinnedNetwork { node_sets, layers })
@@ -722,7 +752,7 @@ impl Engine for GpuEngine {
                     Ok(out) => {
                         for (i, p) in pending.drain(..) {
                             let (net, ck) = items[i];
-                            results[i] = Some(self.collect(&out, &p, net, ck, opts.keep_values));
+                            results[i] = Some(self.collect(&out, &p, net, ck, opts));
                         }
                     }
                     Err(e) => {
