@@ -202,7 +202,7 @@ pub enum DeviceArg {
     Cpu,
     /// The GPU engine (fails clearly without an adapter).
     Gpu,
-    /// The GPU when it helps, else the CPU.
+    /// The engine measured fastest for a scan (today the CPU; see BENCHMARKS.md).
     Auto,
 }
 

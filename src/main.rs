@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 
 use cntscope::checkpoint::{collect_checkpoints, Checkpoint};
-use cntscope::engine::{select_engine, AnalysisOptions, CpuEngine, Device, Engine, GpuContext, GpuEngine};
+use cntscope::engine::{select_engine, AnalysisOptions, CpuEngine, Engine, GpuContext, GpuEngine};
 use cntscope::graph::{GraphOptions, LayerKind, Network};
 use cntscope::output::{atomic_write, num, write_csv, NODE_VALUES_HEADER};
 use cntscope::scan::{measure, merge, scan, MetadataTable, ScanOptions, ScanSummary};
@@ -54,8 +54,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Nodes { checkpoint, graph, device, layer, output } => {
             let options = graph.options()?;
-            let size = checkpoint_bytes(&checkpoint);
-            let engine = select_engine(device.device(), device.adapter.as_deref(), cores(), size)?;
+            let engine = select_engine(device.device(), device.adapter.as_deref(), cores())?;
             if cli.verbose {
                 eprintln!("engine: {}", engine.name());
             }
@@ -94,9 +93,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let checkpoints = found_checkpoints(&paths)?;
             // Few checkpoints: parallelism goes inside the layers instead.
             let threads = (opts.jobs / checkpoints.len()).max(1);
-            let auto = device.device() == Device::Auto;
-            let largest = if auto { checkpoints.iter().map(|p| checkpoint_bytes(p)).max().unwrap_or(0) } else { 0 };
-            let engine = select_engine(device.device(), device.adapter.as_deref(), threads, largest)?;
+            let engine = select_engine(device.device(), device.adapter.as_deref(), threads)?;
             if cli.verbose {
                 eprintln!("engine: {}", engine.name());
             }
@@ -124,7 +121,7 @@ fn run_study(args: cli::StudyArgs, ensemble: bool, dynamics: bool, verbose: bool
         dynamics,
         checkpoint: args.checkpoint,
     };
-    let engine = select_engine(args.device.device(), args.device.adapter.as_deref(), cores(), 0)?;
+    let engine = select_engine(args.device.device(), args.device.adapter.as_deref(), cores())?;
     if verbose {
         eprintln!("engine: {}", engine.name());
     }
@@ -179,15 +176,6 @@ fn report_scan(summary: &ScanSummary, output: &Path) {
              columns of nodes.csv and links.csv, left out of every statistic",
             summary.non_finite
         );
-    }
-}
-
-/// Bytes on disk of a checkpoint (a file, or the files of a directory).
-fn checkpoint_bytes(path: &Path) -> u64 {
-    if path.is_dir() {
-        std::fs::read_dir(path).map_or(0, |d| d.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum())
-    } else {
-        std::fs::metadata(path).map_or(0, |m| m.len())
     }
 }
 

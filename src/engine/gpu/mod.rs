@@ -203,11 +203,6 @@ impl GpuContext {
         describe(&self.info)
     }
 
-    /// True when the adapter is a software rasteriser (llvmpipe/lavapipe).
-    pub fn is_software(&self) -> bool {
-        self.info.device_type == wgpu::DeviceType::Cpu
-    }
-
     /// The pipeline of `kernel`, created on first use.
     fn pipeline(&self, kernel: Kernel) -> wgpu::ComputePipeline {
         let mut cache = self.pipelines.lock().expect("pipeline cache poisoned");
