@@ -1,21 +1,27 @@
-//! AVX2 builds of the CPU engine's two hot loops, for x86-64 processors
-//! that have it (checked at run time with [`avx2`]); elsewhere the portable
-//! loops in [`crate::stats`] and the CPU engine run. Both put each value in
-//! the same lane; the AVX2 loop keeps two sets of lanes and adds them at
-//! the end, so sums agree to rounding and histogram counts exactly.
+//! AVX2 (with FMA) builds of the CPU engine's two hot loops, for x86-64
+//! processors that have them (checked at run time with [`avx2`]); elsewhere
+//! the portable loops in [`crate::stats`] and the CPU engine run. The sweep
+//! puts each value's powers in the same lane as the portable loop, so sums
+//! agree to rounding; the bin loop works in f32 and bins again in f64 every
+//! value within f32 rounding of a bin edge, so counts agree exactly. Both
+//! fetch memory ahead of their loads.
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-use crate::stats::Lanes;
+use crate::stats::{Binning, Lanes};
 
-/// True when this processor runs the AVX2 loops (the answer is cached by
-/// the standard library).
+/// How far ahead (in f32 values) the loops over weights fetch memory: the
+/// hardware prefetcher alone leaves them waiting on loads of a large tensor.
+const PREFETCH: usize = 2048;
+
+/// True when this processor runs the AVX2 loops (AVX2 with FMA, as every
+/// AVX2 processor has; the answers are cached by the standard library).
 #[inline]
 pub fn avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("avx2")
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -24,35 +30,33 @@ pub fn avx2() -> bool {
 }
 
 /// One sweep over a row of f32 weights whose length is a multiple of 8:
-/// adds each value to its column sum and to `lanes` (values `4k..4k+3` of
-/// every 8 to lanes 0-3 of the first set, `4k+4..` to the second, merged
-/// at the end), and returns the row's sum.
+/// adds each value to its column sum and to `lanes` (the powers 2-4 of
+/// values `4k..4k+3` of every 8 to lanes 0-3 of the first set, `4k+4..` to
+/// the second, merged at the end; the row's sum of deviations to lane 0),
+/// and returns the row's sum. Powers are fused multiply-adds; min and max
+/// are taken on the f32 values.
 ///
 /// # Safety
-/// The processor must have AVX2 ([`avx2`]).
+/// The processor must have AVX2 and FMA ([`avx2`]).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 pub unsafe fn sweep_row(cols: &mut [f64], row: &[f32], lanes: &mut Lanes) -> f64 {
     assert!(cols.len() == row.len() && row.len().is_multiple_of(8), "whole blocks of 8 columns");
     let load = |a: &[f64; 4]| unsafe { _mm256_loadu_pd(a.as_ptr()) };
     let store = |a: &mut [f64; 4], v: __m256d| unsafe { _mm256_storeu_pd(a.as_mut_ptr(), v) };
     let shift = _mm256_set1_pd(lanes.shift);
     let zero = _mm256_setzero_pd();
-    let [mut p1, mut p2, mut p3, mut p4] = lanes.p.each_ref().map(load);
-    let [mut q1, mut q2, mut q3, mut q4] = [zero; 4];
-    let (mut min, mut max) = (load(&lanes.min), load(&lanes.max));
-    let (mut min_b, mut max_b) = (min, max);
+    let [_, mut p2, mut p3, mut p4] = lanes.p.each_ref().map(load);
+    let [mut q2, mut q3, mut q4] = [zero; 3];
+    let (mut min, mut max) = (_mm256_set1_ps(f32::INFINITY), _mm256_set1_ps(f32::NEG_INFINITY));
     let (mut sum, mut sum_b) = (zero, zero);
     for (c, x) in cols.chunks_exact_mut(8).zip(row.chunks_exact(8)) {
         // SAFETY: each chunk holds 8 values; unaligned loads and stores.
-        let (xa, xb, ca, cb) = unsafe {
-            (
-                _mm256_cvtps_pd(_mm_loadu_ps(x.as_ptr())),
-                _mm256_cvtps_pd(_mm_loadu_ps(x.as_ptr().add(4))),
-                _mm256_loadu_pd(c.as_ptr()),
-                _mm256_loadu_pd(c.as_ptr().add(4)),
-            )
-        };
+        let (x8, ca, cb) =
+            unsafe { (_mm256_loadu_ps(x.as_ptr()), _mm256_loadu_pd(c.as_ptr()), _mm256_loadu_pd(c.as_ptr().add(4))) };
+        // Rows lie end to end: fetch ahead across them.
+        _mm_prefetch::<_MM_HINT_T0>(x.as_ptr().wrapping_add(PREFETCH).cast());
+        let (xa, xb) = (_mm256_cvtps_pd(_mm256_castps256_ps128(x8)), _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(x8)));
         unsafe {
             _mm256_storeu_pd(c.as_mut_ptr(), _mm256_add_pd(ca, xa));
             _mm256_storeu_pd(c.as_mut_ptr().add(4), _mm256_add_pd(cb, xb));
@@ -61,54 +65,105 @@ pub unsafe fn sweep_row(cols: &mut [f64], row: &[f32], lanes: &mut Lanes) -> f64
         sum_b = _mm256_add_pd(sum_b, xb);
         let (da, db) = (_mm256_sub_pd(xa, shift), _mm256_sub_pd(xb, shift));
         let (da2, db2) = (_mm256_mul_pd(da, da), _mm256_mul_pd(db, db));
-        p1 = _mm256_add_pd(p1, da);
-        q1 = _mm256_add_pd(q1, db);
-        p2 = _mm256_add_pd(p2, da2);
-        q2 = _mm256_add_pd(q2, db2);
-        p3 = _mm256_add_pd(p3, _mm256_mul_pd(da2, da));
-        q3 = _mm256_add_pd(q3, _mm256_mul_pd(db2, db));
-        p4 = _mm256_add_pd(p4, _mm256_mul_pd(da2, da2));
-        q4 = _mm256_add_pd(q4, _mm256_mul_pd(db2, db2));
-        // `min_pd(x, m)` is `x < m ? x : m`, as the portable loop.
-        min = _mm256_min_pd(xa, min);
-        min_b = _mm256_min_pd(xb, min_b);
-        max = _mm256_max_pd(xa, max);
-        max_b = _mm256_max_pd(xb, max_b);
+        p2 = _mm256_fmadd_pd(da, da, p2);
+        q2 = _mm256_fmadd_pd(db, db, q2);
+        p3 = _mm256_fmadd_pd(da2, da, p3);
+        q3 = _mm256_fmadd_pd(db2, db, q3);
+        p4 = _mm256_fmadd_pd(da2, da2, p4);
+        q4 = _mm256_fmadd_pd(db2, db2, q4);
+        // `min_ps(x, m)` is `x < m ? x : m`, as the portable loop.
+        min = _mm256_min_ps(x8, min);
+        max = _mm256_max_ps(x8, max);
     }
-    for (slot, (a, b)) in lanes.p.iter_mut().zip([(p1, q1), (p2, q2), (p3, q3), (p4, q4)]) {
+    for (slot, (a, b)) in lanes.p[1..].iter_mut().zip([(p2, q2), (p3, q3), (p4, q4)]) {
         store(slot, _mm256_add_pd(a, b));
     }
-    store(&mut lanes.min, _mm256_min_pd(min_b, min));
-    store(&mut lanes.max, _mm256_max_pd(max_b, max));
+    // The eight f32 lanes folded onto the four f64 lanes (`k` and `k + 4`).
+    let halves = |v: __m256| (_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let ((min_a, min_b), (max_a, max_b)) = (halves(min), halves(max));
+    let min4 = _mm256_min_pd(_mm256_cvtps_pd(_mm_min_ps(min_a, min_b)), load(&lanes.min));
+    let max4 = _mm256_max_pd(_mm256_cvtps_pd(_mm_max_ps(max_a, max_b)), load(&lanes.max));
+    store(&mut lanes.min, min4);
+    store(&mut lanes.max, max4);
     let mut s = [0.0; 4];
     store(&mut s, _mm256_add_pd(sum, sum_b));
-    (s[0] + s[1]) + (s[2] + s[3])
+    let total = (s[0] + s[1]) + (s[2] + s[3]);
+    lanes.p[0][0] += total - row.len() as f64 * lanes.shift;
+    total
 }
 
-/// Histogram bins of f32 values, four at a time: `(x - lo) * scale`
-/// truncated and capped at `bins - 1`, or `bins` (the discard bin) for
-/// values outside `[lo, hi]` and NaN: what the portable loop computes.
-///
-/// # Safety
-/// The processor must have AVX2 ([`avx2`]).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-pub unsafe fn histogram_bins(xs: &[f32], lo: f64, hi: f64, scale: f64, bins: u32, out: &mut [u32]) {
-    assert_eq!(xs.len(), out.len());
-    let (lo_v, hi_v, scale_v) = (_mm256_set1_pd(lo), _mm256_set1_pd(hi), _mm256_set1_pd(scale));
-    let last = _mm256_set1_pd(f64::from(bins - 1));
-    let discard = _mm256_set1_pd(f64::from(bins));
-    let quads = xs.len() / 4 * 4;
-    for (x, o) in xs[..quads].chunks_exact(4).zip(out[..quads].chunks_exact_mut(4)) {
-        // SAFETY: each chunk holds 4 values.
-        let x = unsafe { _mm256_cvtps_pd(_mm_loadu_ps(x.as_ptr())) };
-        let inside = _mm256_and_pd(_mm256_cmp_pd::<_CMP_GE_OQ>(x, lo_v), _mm256_cmp_pd::<_CMP_LE_OQ>(x, hi_v));
-        let t = _mm256_min_pd(_mm256_mul_pd(_mm256_sub_pd(x, lo_v), scale_v), last);
-        let t = _mm256_blendv_pd(discard, t, inside);
-        unsafe { _mm_storeu_si128(o.as_mut_ptr().cast(), _mm256_cvttpd_epi32(t)) };
+/// A [`Binning`] in the form of the f32 bin loop: the same bins, computed
+/// eight at a time in f32, with every value whose f32 position lies within
+/// the f32 error bound of a bin edge binned again in f64.
+#[derive(Debug, Clone, Copy)]
+pub struct F32Bins {
+    binning: Binning,
+    lo: f32,
+    scale: f32,
+    /// The smallest f32 `>= lo` and the largest `<= hi`: for f32 values,
+    /// `lo_in <= x <= hi_in` exactly when `lo <= x <= hi`.
+    lo_in: f32,
+    hi_in: f32,
+    /// Bound on `|(x - lo) * scale|` in f32 minus the same in f64, in bins.
+    eps: f32,
+}
+
+impl F32Bins {
+    /// The f32 form of `binning`, or `None` where f32 cannot hold it (a
+    /// range beyond f32, or one so narrow next to its distance from zero
+    /// that most values would need the f64 check).
+    pub fn new(binning: &Binning) -> Option<Self> {
+        let Binning { lo, hi, scale, bins } = *binning;
+        let (lo_f, hi_f, scale_f) = (lo as f32, hi as f32, scale as f32);
+        if !(lo_f.is_finite() && hi_f.is_finite() && scale_f.is_finite() && scale_f > 0.0) {
+            return None;
+        }
+        let lo_in = if f64::from(lo_f) < lo { lo_f.next_up() } else { lo_f };
+        let hi_in = if f64::from(hi_f) > hi { hi_f.next_down() } else { hi_f };
+        // Rounding lo, x - lo, the scale and the product to f32 each errs
+        // by at most 2^-24 of its size; for counted values `x - lo <= hi -
+        // lo`, so the position errs by at most 2^-24 (scale |lo| + 3 bins),
+        // and twice that covers the f64 computation's own rounding.
+        let eps = (scale * lo.abs() + 3.0 * f64::from(bins) + 1.0) * 2f64.powi(-23);
+        (eps < 0.25).then_some(F32Bins { binning: *binning, lo: lo_f, scale: scale_f, lo_in, hi_in, eps: eps as f32 })
     }
-    for (x, o) in xs[quads..].iter().zip(&mut out[quads..]) {
-        let x = f64::from(*x);
-        *o = if x >= lo && x <= hi { ((x - lo) * scale).min(f64::from(bins - 1)) as u32 } else { bins };
+
+    /// Writes the bin of each value of `xs` to `out`, as
+    /// [`Binning::bin`] would.
+    ///
+    /// # Safety
+    /// The processor must have AVX2 and FMA ([`avx2`]).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn bins(&self, xs: &[f32], out: &mut [u32]) {
+        assert_eq!(xs.len(), out.len());
+        let (lo, scale) = (_mm256_set1_ps(self.lo), _mm256_set1_ps(self.scale));
+        let (lo_in, hi_in) = (_mm256_set1_ps(self.lo_in), _mm256_set1_ps(self.hi_in));
+        let (eps, one_less) = (_mm256_set1_ps(self.eps), _mm256_set1_ps(1.0 - self.eps));
+        let last = _mm256_set1_ps((self.binning.bins - 1) as f32);
+        let discard = _mm256_set1_ps(self.binning.bins as f32);
+        let body = xs.len() / 8 * 8;
+        for (chunk, o) in xs[..body].chunks_exact(8).zip(out[..body].chunks_exact_mut(8)) {
+            // SAFETY: each chunk holds 8 values.
+            let x = unsafe { _mm256_loadu_ps(chunk.as_ptr()) };
+            _mm_prefetch::<_MM_HINT_T0>(chunk.as_ptr().wrapping_add(PREFETCH).cast());
+            let inside = _mm256_and_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(x, lo_in), _mm256_cmp_ps::<_CMP_LE_OQ>(x, hi_in));
+            let t = _mm256_mul_ps(_mm256_sub_ps(x, lo), scale);
+            let whole = _mm256_floor_ps(t);
+            let frac = _mm256_sub_ps(t, whole);
+            let near =
+                _mm256_or_ps(_mm256_cmp_ps::<_CMP_LT_OQ>(frac, eps), _mm256_cmp_ps::<_CMP_GT_OQ>(frac, one_less));
+            let bin = _mm256_blendv_ps(discard, _mm256_min_ps(whole, last), inside);
+            unsafe { _mm256_storeu_si256(o.as_mut_ptr().cast(), _mm256_cvttps_epi32(bin)) };
+            let mut recheck = _mm256_movemask_ps(_mm256_and_ps(near, inside));
+            while recheck != 0 {
+                let k = recheck.trailing_zeros() as usize;
+                o[k] = self.binning.bin(f64::from(chunk[k]));
+                recheck &= recheck - 1;
+            }
+        }
+        for (x, o) in xs[body..].iter().zip(&mut out[body..]) {
+            *o = self.binning.bin(f64::from(*x));
+        }
     }
 }
