@@ -19,6 +19,13 @@ use cntscope::study::{study, Grouping, StudyOptions};
 
 use cli::{Cli, Command};
 
+/// A scan allocates and frees small buffers for every checkpoint; with
+/// mimalloc a scan of 5000 small checkpoints takes 8% less time than with
+/// glibc's allocator (built without transparent huge pages, which cost more
+/// to zero than they save here and doubled the resident memory).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 
+use memmap2::Mmap;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::Checkpoint;
@@ -536,32 +537,42 @@ fn write_tables(
         writeln!(file.writer(), "{header}").map_err(write_err)?;
     }
     // Records are read in input order, which jumps around the journals
-    // (workers append in chunks): one positional read each, into a buffer
-    // per rendering thread, so memory stays flat however long the journal.
-    let files: Vec<File> = journals.iter().map(File::open).collect::<std::io::Result<_>>().map_err(write_err)?;
-    let record = |e: &Entry, buf: &mut Vec<u8>| -> Result<(Head, usize)> {
+    // (workers append in chunks): the journals are mapped, so each record is
+    // a slice of the page cache, nothing is copied or held beyond it, and
+    // memory stays flat however long the journal.
+    let maps: Vec<Mmap> = journals
+        .iter()
+        .map(|j| {
+            let file = File::open(j)?;
+            // SAFETY: the journals are complete and nothing writes them while mapped.
+            unsafe { Mmap::map(&file) }
+        })
+        .collect::<std::io::Result<_>>()
+        .map_err(write_err)?;
+    let record = |e: &Entry| -> Result<(Head, &[u8])> {
         let bad = |err: String| Error::output(&journals[e.file], err);
-        buf.resize(e.len, 0);
-        read_at(&files[e.file], buf, e.offset).map_err(|err| bad(err.to_string()))?;
-        let split = buf.iter().position(|&b| b == b'\n').ok_or_else(|| bad("record without a head".into()))?;
-        let head: Head = serde_json::from_slice(&buf[..split]).map_err(|err| bad(err.to_string()))?;
-        if head.rows_len() != buf.len() - split - 1 {
+        let bytes = usize::try_from(e.offset)
+            .ok()
+            .and_then(|start| maps[e.file].get(start..start.checked_add(e.len)?))
+            .ok_or_else(|| bad(format!("record at {} lies beyond the journal", e.offset)))?;
+        let split = bytes.iter().position(|&b| b == b'\n').ok_or_else(|| bad("record without a head".into()))?;
+        let head: Head = serde_json::from_slice(&bytes[..split]).map_err(|err| bad(err.to_string()))?;
+        if head.rows_len() != bytes.len() - split - 1 {
             return Err(bad(format!("record at {} does not match its head", e.offset)));
         }
-        Ok((head, split + 1))
+        Ok((head, &bytes[split + 1..]))
     };
     // Two threads render side by side: `nodes` and `links` rows (each with
     // the metadata cells appended), and `histograms` and `errors` rows.
     let rows_with_metadata = |nodes: &mut AtomicFile, links: &mut AtomicFile| -> Result<()> {
-        let (mut suffix, mut buf) = (RowWriter::default(), Vec::new());
+        let mut suffix = RowWriter::default();
         for e in &entries {
-            let (head, start) = record(e, &mut buf)?;
+            let (head, mut rows) = record(e)?;
             suffix.clear();
             for k in &keys {
                 suffix.text(head.metadata.get(k).map_or("", String::as_str));
             }
             let sep: &[u8] = if keys.is_empty() { b"" } else { b"," };
-            let mut rows = &buf[start..];
             for (lens, file) in [(&head.nodes, &mut *nodes), (&head.links, &mut *links)] {
                 let w = file.writer();
                 for &n in lens {
@@ -579,10 +590,9 @@ fn write_tables(
         Ok(())
     };
     let histogram_and_error_rows = |histograms: &mut AtomicFile, errors: &mut AtomicFile| -> Result<()> {
-        let mut buf = Vec::new();
         for e in &entries {
-            let (head, _) = record(e, &mut buf)?;
-            histograms.writer().write_all(&buf[buf.len() - head.histograms..]).map_err(write_err)?;
+            let (head, rows) = record(e)?;
+            histograms.writer().write_all(&rows[rows.len() - head.histograms..]).map_err(write_err)?;
             if let Some([kind, tensor, msg]) = &head.error {
                 writeln!(errors.writer(), "{}", RowWriter::line([&head.checkpoint, kind, tensor, msg]))
                     .map_err(write_err)?;
@@ -641,30 +651,5 @@ impl Progress {
         if let Some(bar) = &self.bar {
             bar.finish();
         }
-    }
-}
-
-/// Reads exactly `buf.len()` bytes at `offset`, without moving a shared
-/// cursor (so threads can read one file side by side).
-fn read_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-    #[cfg(unix)]
-    {
-        std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
-    }
-    #[cfg(windows)]
-    {
-        let (mut done, mut buf) = (0u64, buf);
-        while !buf.is_empty() {
-            match std::os::windows::fs::FileExt::seek_read(file, buf, offset + done) {
-                Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-                Ok(n) => {
-                    buf = &mut buf[n..];
-                    done += n as u64;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
     }
 }
