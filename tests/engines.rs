@@ -134,6 +134,21 @@ fn link_weight_statistics_match_reference() {
 }
 
 #[test]
+fn gpu_uploads_large_tensors_in_parallel() {
+    // Over 8 MiB: copied to the staging memory by several threads, in
+    // parts that do not divide the tensor evenly.
+    let Some(ctx) = common::gpu() else { return };
+    let gpu = GpuEngine::new(ctx);
+    let (rows, cols) = (1543, 1367);
+    let (want, weights) = dense_layer(&CpuEngine::default(), rows, cols, DType::F32, 50);
+    let (got, _) = dense_layer(&gpu, rows, cols, DType::F32, 50);
+    assert!(weights.len() * 4 > 8 << 20);
+    assert_close("parallel upload s_in", &got.s_in, &want.s_in, 1e-5);
+    assert_close("parallel upload s_out", &got.s_out, &want.s_out, 1e-5);
+    assert_histogram("parallel upload", &got.histogram, &want.histogram, &weights);
+}
+
+#[test]
 fn gpu_chunks_tensors_larger_than_a_binding() {
     // A 64 KiB chunk limit splits these layers into many row chunks, with
     // f16 chunks starting mid-word: the same path that lets an 8192 x 8192

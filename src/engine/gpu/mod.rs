@@ -38,6 +38,9 @@ use plan::{kernel_range, Footprint, GpuTensor, Plan, Reduction, Source, PARTIAL}
 pub const MAX_BINS: usize = 4096;
 /// Upper bound on one upload, whatever the adapter allows.
 const MAX_CHUNK_BYTES: u64 = 1 << 30;
+/// Uploads at least this large are copied to the staging memory by
+/// several threads.
+const PARALLEL_UPLOAD_BYTES: usize = 8 << 20;
 /// A batch is submitted once its weights reach this size.
 const BATCH_BYTES: u64 = 64 << 20;
 
@@ -241,10 +244,36 @@ impl GpuContext {
         slot.buffer.clone().expect("just created")
     }
 
-    /// Writes `bytes` at `offset`, padding the tail to a whole word.
+    /// Writes `bytes` at `offset`, padding the tail to a whole word. Large
+    /// writes are copied into the staging memory by several threads (one
+    /// thread's copy from a mapped checkpoint is slower than the transfer).
     fn write(&self, buffer: &wgpu::Buffer, offset: u64, bytes: &[u8]) {
         let whole = bytes.len() / 4 * 4;
-        if whole > 0 {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+        let view = NonZeroU64::new(whole as u64)
+            .filter(|_| whole >= PARALLEL_UPLOAD_BYTES && threads > 1)
+            .and_then(|size| self.queue.write_buffer_with(buffer, offset, size));
+        if let Some(mut view) = view {
+            let part = whole.div_ceil(threads).next_multiple_of(4);
+            // The staging memory can only be written, and its `WriteOnly`
+            // slices cannot move between threads: each thread gets the
+            // address of its own disjoint part.
+            struct Staging(std::ptr::NonNull<u8>);
+            // SAFETY: the parts written through it are disjoint, and the
+            // view outlives the threads.
+            unsafe impl Send for Staging {}
+            let staging = view.slice(..).as_raw_ptr().cast::<u8>();
+            std::thread::scope(|s| {
+                for (i, src) in bytes[..whole].chunks(part).enumerate() {
+                    let dst = Staging(staging);
+                    s.spawn(move || {
+                        let dst = dst;
+                        // SAFETY: `i * part + src.len() <= whole`, the view's length.
+                        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst.0.as_ptr().add(i * part), src.len()) }
+                    });
+                }
+            });
+        } else if whole > 0 {
             self.queue.write_buffer(buffer, offset, &bytes[..whole]);
         }
         if whole < bytes.len() {
