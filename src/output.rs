@@ -107,15 +107,22 @@ impl RowWriter {
         self
     }
 
+    /// A cell that needs no quoting (digits, signs, letters).
+    fn bare(&mut self, s: &str) -> &mut Self {
+        self.cell();
+        self.buf.extend_from_slice(s.as_bytes());
+        self
+    }
+
     /// A number cell: the shortest text that reads back to the same f64
     /// (`NaN`, `inf` and `-inf` as Rust and numpy spell them).
     pub fn num(&mut self, x: f64) -> &mut Self {
-        self.text(zmij::Buffer::new().format(x))
+        self.bare(zmij::Buffer::new().format(x))
     }
 
     /// An integer cell.
     pub fn int(&mut self, n: impl Into<u64>) -> &mut Self {
-        self.text(itoa::Buffer::new().format(n.into()))
+        self.bare(itoa::Buffer::new().format(n.into()))
     }
 
     /// A cell of space-separated integers.

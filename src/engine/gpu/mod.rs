@@ -27,10 +27,9 @@ use crate::spec::Layout;
 use crate::stats::{Histogram, Moments};
 
 use super::cpu::add_bias;
-use super::CpuEngine;
 use super::{
     assemble, binned_by_values, dense_in_out, dense_storage, histogram_on, is_finite, Analysis, AnalysisOptions,
-    BinRanges, Binned, BinnedNetwork, Engine, LayerMeasures, LayerResult, NodeSetResult, NodeValues,
+    BinRanges, Binned, BinnedNetwork, CpuEngine, Engine, LayerMeasures, LayerResult, NodeSetResult, NodeValues,
 };
 use plan::{kernel_range, Footprint, GpuTensor, Plan, Reduction, Source, PARTIAL};
 
@@ -267,6 +266,7 @@ impl GpuContext {
                 for (i, src) in bytes[..whole].chunks(part).enumerate() {
                     let dst = Staging(staging);
                     s.spawn(move || {
+                        // (Bound whole, so the closure takes the wrapper, not its field.)
                         let dst = dst;
                         // SAFETY: `i * part + src.len() <= whole`, the view's length.
                         unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst.0.as_ptr().add(i * part), src.len()) }
