@@ -14,17 +14,25 @@ python3 benches/make_collections.py "$dir" >/dev/null
 bin=target/release/cntscope
 
 # Best of N wall-clock seconds of a command (files stay in the page cache:
-# every contender reads warm data).
+# every contender reads warm data). An argument OUT becomes a fresh
+# directory for each run, as a new scan would write into (replacing an
+# earlier scan's tables costs ext4 a flush of each on rename); it is removed
+# after the run, and the disk synced, so no run pays for an earlier one's
+# writes.
 best() {
     local n=$1; shift
-    python3 - "$n" "$@" <<'PY'
-import subprocess, sys, time
-n, cmd = int(sys.argv[1]), sys.argv[2:]
+    python3 - "$n" "$dir" "$@" <<'PY'
+import os, shutil, subprocess, sys, tempfile, time
+n, base, cmd = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
 best = float("inf")
 for _ in range(n):
+    out = tempfile.mkdtemp(dir=base)
+    os.sync()
     t = time.perf_counter()
-    subprocess.run(cmd, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run([out if a == "OUT" else a for a in cmd], check=False,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     best = min(best, time.perf_counter() - t)
+    shutil.rmtree(out)
 print(f"{best:.3f}")
 PY
 }
@@ -46,10 +54,8 @@ for name in small large; do
     cat "$path"/*.safetensors > /dev/null  # warm the page cache
     t_read=$(best 5 sh -c "cat $path/*.safetensors > /dev/null")
     t_numpy=$(best 5 python3 benches/numpy_scan.py "$dir/numpy-$name.csv" "$path")
-    # Into a fresh directory each time, as a new scan would (replacing an
-    # earlier scan's tables costs ext4 a flush of each on rename).
-    t_cpu=$(best 5 sh -c "$bin scan $path --device cpu -o \$(mktemp -d $dir/out-$name.XXXXXX)")
-    rm -rf "$dir/out-$name" "$dir/out-$name".*
+    t_cpu=$(best 5 "$bin" scan "$path" --device cpu -o OUT)
+    rm -rf "$dir/out-$name"
     "$bin" scan "$path" --device cpu -o "$dir/out-$name" >/dev/null 2>&1
     diff=$(compare "$dir/numpy-$name.csv" "$dir/out-$name/nodes.csv")
     python3 - "$name" "$files" "$mb" "$t_read" "$t_numpy" "$t_cpu" "$diff" <<'PY'
