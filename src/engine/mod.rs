@@ -353,9 +353,9 @@ pub enum Device {
     Gpu,
     /// The engine measured fastest for this work: the CPU. Every weight
     /// byte is read once either way, and a GPU must also copy each one
-    /// over to itself after a start-up of about 0.35 s; on an NVIDIA H200
-    /// machine the CPU engine scanned a 528 MB checkpoint in 0.047 s, the
-    /// GPU engine in 0.45 s (BENCHMARKS.md).
+    /// over to itself after a start-up of about 0.25 s; on an NVIDIA H200
+    /// machine the CPU engine scanned a 528 MB checkpoint in 0.031 s, the
+    /// GPU engine in 0.32 s (BENCHMARKS.md).
     Auto,
 }
 
