@@ -521,7 +521,8 @@ fn walk_dir(path: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
         return Ok(());
     }
     let io = |error| Error::Io { path: path.to_path_buf(), error };
-    // Sorted by name, each converted to text once (not once per comparison).
+    // Sorted by file name (the directory is common to all), each converted
+    // to text once (not once per comparison).
     let mut entries: Vec<(String, PathBuf, bool)> = std::fs::read_dir(path)
         .map_err(io)?
         .filter_map(|e| e.ok())
@@ -532,7 +533,7 @@ fn walk_dir(path: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
                 Ok(t) => t.is_dir(),
                 Err(_) => false,
             };
-            (p.to_string_lossy().into_owned(), p, dir)
+            (e.file_name().to_string_lossy().into_owned(), p, dir)
         })
         .collect();
     entries.sort_by(|a, b| natural_cmp(&a.0, &b.0));

@@ -249,6 +249,8 @@ struct Entry {
     file: usize,
     offset: u64,
     len: usize,
+    /// Byte length of its `histograms.csv` rows (the record's last bytes).
+    histograms: usize,
     failed: bool,
     non_finite: bool,
 }
@@ -309,10 +311,10 @@ impl Pending {
         self.buf.push(b'\n');
         self.buf.extend_from_slice(self.rows.bytes());
         self.bytes += head.bytes;
-        let (failed, non_finite) = (head.error.is_some(), head.non_finite);
-        let len = self.buf.len() - start;
-        let offset = start as u64;
-        self.entries.push(Entry { order, checkpoint: head.checkpoint, file: 0, offset, len, failed, non_finite });
+        let (failed, non_finite, histograms) = (head.error.is_some(), head.non_finite, head.histograms);
+        let (len, offset) = (self.buf.len() - start, start as u64);
+        let checkpoint = head.checkpoint;
+        self.entries.push(Entry { order, checkpoint, file: 0, offset, len, histograms, failed, non_finite });
     }
 
     fn due(&self) -> bool {
@@ -375,6 +377,7 @@ fn index_journal(path: &Path, file: usize, repair: bool, keys: &mut BTreeSet<Str
                 file,
                 offset,
                 len,
+                histograms: head.histograms,
                 failed,
                 non_finite,
             });
@@ -549,12 +552,16 @@ fn write_tables(
         })
         .collect::<std::io::Result<_>>()
         .map_err(write_err)?;
-    let record = |e: &Entry| -> Result<(Head, &[u8])> {
-        let bad = |err: String| Error::output(&journals[e.file], err);
-        let bytes = usize::try_from(e.offset)
+    let bytes_of = |e: &Entry| -> Result<&[u8]> {
+        usize::try_from(e.offset)
             .ok()
             .and_then(|start| maps[e.file].get(start..start.checked_add(e.len)?))
-            .ok_or_else(|| bad(format!("record at {} lies beyond the journal", e.offset)))?;
+            .filter(|bytes| bytes.len() > e.histograms)
+            .ok_or_else(|| Error::output(&journals[e.file], format!("record at {} lies beyond the journal", e.offset)))
+    };
+    let record = |e: &Entry| -> Result<(Head, &[u8])> {
+        let bad = |err: String| Error::output(&journals[e.file], err);
+        let bytes = bytes_of(e)?;
         let split = bytes.iter().position(|&b| b == b'\n').ok_or_else(|| bad("record without a head".into()))?;
         let head: Head = serde_json::from_slice(&bytes[..split]).map_err(|err| bad(err.to_string()))?;
         if head.rows_len() != bytes.len() - split - 1 {
@@ -591,12 +598,15 @@ fn write_tables(
     };
     let histogram_and_error_rows = |histograms: &mut AtomicFile, errors: &mut AtomicFile| -> Result<()> {
         for e in &entries {
-            let (head, rows) = record(e)?;
-            histograms.writer().write_all(&rows[rows.len() - head.histograms..]).map_err(write_err)?;
-            if let Some([kind, tensor, msg]) = &head.error {
-                writeln!(errors.writer(), "{}", RowWriter::line([&head.checkpoint, kind, tensor, msg]))
-                    .map_err(write_err)?;
+            // Only a failure's head is read (for its error row).
+            if e.failed {
+                if let (Head { error: Some([kind, tensor, msg]), .. }, _) = record(e)? {
+                    writeln!(errors.writer(), "{}", RowWriter::line([&e.checkpoint, &kind, &tensor, &msg]))
+                        .map_err(write_err)?;
+                }
             }
+            let bytes = bytes_of(e)?;
+            histograms.writer().write_all(&bytes[bytes.len() - e.histograms..]).map_err(write_err)?;
         }
         Ok(())
     };
