@@ -482,9 +482,13 @@ pub fn step_from_path(path: &Path) -> Option<u64> {
 /// order; duplicates removed.
 pub fn collect_checkpoints(args: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
+    // Overlapping arguments (a folder and a file in it) or a glob matching
+    // a folder and files inside it can name a checkpoint twice.
+    let mut may_repeat = args.len() > 1;
     for arg in args {
         let text = arg.to_string_lossy();
         if !arg.exists() && text.contains(['*', '?', '[']) {
+            may_repeat = true;
             let paths = glob::glob(&text)
                 .map_err(|e| Error::Io { path: arg.clone(), error: std::io::Error::other(e.to_string()) })?;
             let mut matched: Vec<PathBuf> = paths.filter_map(|p| p.ok()).collect();
@@ -498,8 +502,10 @@ pub fn collect_checkpoints(args: &[PathBuf]) -> Result<Vec<PathBuf>> {
             return Err(Error::Io { path: arg.clone(), error: std::io::Error::from(std::io::ErrorKind::NotFound) });
         }
     }
-    let mut seen = std::collections::HashSet::new();
-    out.retain(|p| seen.insert(p.clone()));
+    if may_repeat {
+        let mut seen = std::collections::HashSet::new();
+        out.retain(|p| seen.insert(p.clone()));
+    }
     Ok(out)
 }
 

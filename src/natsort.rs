@@ -5,7 +5,15 @@ use std::cmp::Ordering;
 
 /// Compares two strings, treating each run of ASCII digits as one number.
 pub fn natural_cmp(a: &str, b: &str) -> Ordering {
-    let (mut a, mut b) = (a.as_bytes(), b.as_bytes());
+    // Skip the common prefix (names in one folder share most of theirs),
+    // back to the start of any digit run it cuts: that is where the
+    // comparison of runs has to begin.
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let mut start = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+    while start > 0 && a[start - 1].is_ascii_digit() {
+        start -= 1;
+    }
+    let (mut a, mut b) = (&a[start..], &b[start..]);
     loop {
         match (a.first(), b.first()) {
             (None, None) => return Ordering::Equal,
@@ -50,5 +58,9 @@ mod tests {
         let mut v = vec!["layers.10.weight", "layers.2.weight", "layers.1.weight", "head", "layers.02.weight"];
         v.sort_by(|a, b| natural_cmp(a, b));
         assert_eq!(v, ["head", "layers.1.weight", "layers.2.weight", "layers.02.weight", "layers.10.weight"]);
+        // Runs that the common prefix cuts: `19` against `2`, `100` against `99`.
+        let mut v = vec!["ckpt_19", "ckpt_2", "ckpt_100", "ckpt_99", "ckpt_1a", "ckpt_1"];
+        v.sort_by(|a, b| natural_cmp(a, b));
+        assert_eq!(v, ["ckpt_1", "ckpt_1a", "ckpt_2", "ckpt_19", "ckpt_99", "ckpt_100"]);
     }
 }
