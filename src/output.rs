@@ -107,8 +107,9 @@ impl RowWriter {
         self
     }
 
-    /// A cell that needs no quoting (digits, signs, letters).
-    fn bare(&mut self, s: &str) -> &mut Self {
+    /// A cell already CSV-encoded, or needing no quoting (digits, signs,
+    /// letters): written as it is.
+    pub fn raw(&mut self, s: &str) -> &mut Self {
         self.cell();
         self.buf.extend_from_slice(s.as_bytes());
         self
@@ -117,12 +118,12 @@ impl RowWriter {
     /// A number cell: the shortest text that reads back to the same f64
     /// (`NaN`, `inf` and `-inf` as Rust and numpy spell them).
     pub fn num(&mut self, x: f64) -> &mut Self {
-        self.bare(zmij::Buffer::new().format(x))
+        self.raw(zmij::Buffer::new().format(x))
     }
 
     /// An integer cell.
     pub fn int(&mut self, n: impl Into<u64>) -> &mut Self {
-        self.bare(itoa::Buffer::new().format(n.into()))
+        self.raw(itoa::Buffer::new().format(n.into()))
     }
 
     /// A cell of space-separated integers.
@@ -176,15 +177,16 @@ impl RowWriter {
 /// `nodes.csv` rows of one checkpoint (without metadata columns); returns
 /// the byte length of each row.
 pub fn node_rows(w: &mut RowWriter, checkpoint: &str, a: &Analysis) -> Vec<u32> {
+    let checkpoint = RowWriter::line([checkpoint]);
     let chain = if a.not_chain.is_none() { "true" } else { "false" };
     a.node_sets
         .iter()
         .enumerate()
         .map(|(k, s)| {
             let m = &s.strength;
-            w.text(checkpoint).int(k as u64).int(m.n).num(m.mean).num(m.std()).num(m.min).num(m.max);
+            w.raw(&checkpoint).int(k as u64).int(m.n).num(m.mean).num(m.std()).num(m.min).num(m.max);
             w.num(m.skewness()).num(m.kurtosis()).num(s.s_in_mean).num(s.s_out_mean);
-            w.text(&s.name).text(s.shape.to_string()).text(chain).int(s.non_finite).end()
+            w.text(&s.name).raw(&s.shape.to_string()).raw(chain).int(s.non_finite).end()
         })
         .collect()
 }
@@ -192,16 +194,17 @@ pub fn node_rows(w: &mut RowWriter, checkpoint: &str, a: &Analysis) -> Vec<u32> 
 /// `links.csv` rows of one checkpoint (without metadata columns); layers
 /// are numbered from 1 (`L1..LK`). Returns the byte length of each row.
 pub fn link_rows(w: &mut RowWriter, checkpoint: &str, a: &Analysis) -> Vec<u32> {
+    let checkpoint = RowWriter::line([checkpoint]);
     a.layers
         .iter()
         .enumerate()
         .map(|(i, l)| {
             let m = &l.weights;
-            w.text(checkpoint).int(i as u64 + 1).text(&l.name).text(l.kind).text(&l.weight).int(m.n);
+            w.raw(&checkpoint).int(i as u64 + 1).text(&l.name).raw(l.kind).text(&l.weight).int(m.n);
             w.num(m.mean).num(m.std()).num(m.min).num(m.max).num(m.skewness()).num(m.kurtosis());
             match &l.bias {
                 Some(b) => w.int(b.n).num(b.mean).num(b.std()).num(b.min).num(b.max),
-                None => w.text("0").text("").text("").text("").text(""),
+                None => w.raw("0").raw("").raw("").raw("").raw(""),
             };
             w.int(l.non_finite).end()
         })
@@ -212,8 +215,9 @@ pub fn link_rows(w: &mut RowWriter, checkpoint: &str, a: &Analysis) -> Vec<u32> 
 /// (`measure = link_weight`, index = layer) and strengths per node set
 /// (`measure = strength`, index = node layer). Returns their byte length.
 pub fn histogram_rows(w: &mut RowWriter, checkpoint: &str, a: &Analysis) -> usize {
+    let checkpoint = RowWriter::line([checkpoint]);
     let mut row = |measure: &str, index: usize, name: &str, h: &Histogram| {
-        w.text(checkpoint).text(measure).int(index as u64).text(name).num(h.lo).num(h.hi);
+        w.raw(&checkpoint).raw(measure).int(index as u64).text(name).num(h.lo).num(h.hi);
         w.int(h.counts.len() as u64);
         w.ints(&h.counts).end() as usize
     };
