@@ -113,19 +113,32 @@ pub fn gpu() -> Option<Arc<GpuContext>> {
 /// form), and says where and by how much it failed.
 #[track_caller]
 pub fn assert_close(what: &str, got: &[f64], want: &[f64], rel: f64) {
-    assert_eq!(got.len(), want.len(), "{what}: {} values, expected {}", got.len(), want.len());
     let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-30);
-    let tol = rel * scale;
-    let worst = got.iter().zip(want).enumerate().map(|(i, (g, w))| (i, (g - w).abs())).fold((0, 0.0f64), |a, b| {
-        if b.1 > a.1 || b.1.is_nan() {
-            b
+    assert_within(what, got, want, |_| rel * scale);
+}
+
+/// Checks `got[i]` against `want[i]` within `tol(i)`, and says where and by
+/// how much it failed (the worst value).
+#[track_caller]
+pub fn assert_within(what: &str, got: &[f64], want: &[f64], tol: impl Fn(usize) -> f64) {
+    assert_eq!(got.len(), want.len(), "{what}: {} values, expected {}", got.len(), want.len());
+    // The value furthest outside its tolerance (NaN counts as furthest).
+    let excess = |i: usize| {
+        let e = (got[i] - want[i]).abs() - tol(i);
+        if e.is_nan() {
+            f64::INFINITY
         } else {
-            a
+            e
         }
-    });
-    let (i, dev) = worst;
-    // NaN fails this comparison too, and so fails the check.
-    if dev.is_nan() || dev > tol {
-        panic!("{what}: node {i}: got {}, want {} (|diff| {dev:.3e} > tolerance {tol:.3e} = {rel:e} x max|want| {scale:.3e})", got[i], want[i]);
+    };
+    let Some(i) = (0..got.len()).max_by(|&a, &b| excess(a).total_cmp(&excess(b))) else { return };
+    if excess(i) > 0.0 {
+        panic!(
+            "{what}: node {i}: got {}, want {} (|diff| {:.3e} > tolerance {:.3e})",
+            got[i],
+            want[i],
+            (got[i] - want[i]).abs(),
+            tol(i)
+        );
     }
 }
