@@ -83,10 +83,13 @@ fn flat(layout: Layout, (c, h, w): (usize, usize, usize), i: usize) -> usize {
     }
 }
 
+/// One value per node of each node set: V0, V1, V2.
+type PerSet = [Vec<f64>; 3];
+
 /// Oracle strengths per node set (in the layout's order): V0, V1, V2;
 /// each link weight and bias passed through `f` first (`f64::abs` gives
 /// the magnitude of each node's sum, which bounds f32 rounding errors).
-fn oracle(k: &Case, wc: &[f64], bc: &[f64], wd: &[f64], bd: &[f64], f: fn(f64) -> f64) -> [Vec<f64>; 3] {
+fn oracle(k: &Case, wc: &[f64], bc: &[f64], wd: &[f64], bd: &[f64], f: fn(f64) -> f64) -> PerSet {
     let (ho, wo) = k.out_hw();
     let n1 = k.cout() * ho * wo;
     let mut v0 = vec![0.0; k.c * k.h * k.w];
@@ -123,7 +126,7 @@ fn oracle(k: &Case, wc: &[f64], bc: &[f64], wd: &[f64], bd: &[f64], f: fn(f64) -
 /// Writes the case as a checkpoint in its layout and dtype, with a spec;
 /// returns the analysis of every engine, the oracle and the magnitude of
 /// each node's sum.
-fn run_case(k: &Case) -> (Vec<(String, Analysis)>, [Vec<f64>; 3], [Vec<f64>; 3]) {
+fn run_case(k: &Case) -> (Vec<(String, Analysis)>, PerSet, PerSet) {
     let (ho, wo) = k.out_hw();
     let n1 = k.cout() * ho * wo;
     let r = |v: Vec<f64>| v.into_iter().map(|x| stored(x, k.dtype)).collect::<Vec<_>>();
