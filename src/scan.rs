@@ -572,25 +572,27 @@ fn write_tables(
     // Two threads render side by side: `nodes` and `links` rows (each with
     // the metadata cells appended), and `histograms` and `errors` rows.
     let rows_with_metadata = |nodes: &mut AtomicFile, links: &mut AtomicFile| -> Result<()> {
-        let mut suffix = RowWriter::default();
+        // The record's metadata cells, after a separator, ending the line.
+        let (mut suffix, mut line_end) = (RowWriter::default(), Vec::new());
         for e in &entries {
             let (head, mut rows) = record(e)?;
             suffix.clear();
             for k in &keys {
                 suffix.text(head.metadata.get(k).map_or("", String::as_str));
             }
-            let sep: &[u8] = if keys.is_empty() { b"" } else { b"," };
+            line_end.clear();
+            if !keys.is_empty() {
+                line_end.push(b',');
+            }
+            line_end.extend_from_slice(suffix.bytes());
+            line_end.push(b'\n');
             for (lens, file) in [(&head.nodes, &mut *nodes), (&head.links, &mut *links)] {
                 let w = file.writer();
                 for &n in lens {
                     let (row, rest) = rows.split_at(n as usize);
                     rows = rest;
                     let cells = row.strip_suffix(b"\n").unwrap_or(row);
-                    w.write_all(cells)
-                        .and_then(|_| w.write_all(sep))
-                        .and_then(|_| w.write_all(suffix.bytes()))
-                        .and_then(|_| w.write_all(b"\n"))
-                        .map_err(write_err)?;
+                    w.write_all(cells).and_then(|_| w.write_all(&line_end)).map_err(write_err)?;
                 }
             }
         }
