@@ -509,17 +509,23 @@ struct Planned {
 
 impl Planned {
     /// True when every weight and bias of the network was finite: biases
-    /// checked on the host; weights by their moments and, where the
-    /// histograms span the weights' own range (`own_ranges`), by every
-    /// weight being counted (a NaN falls in no bin).
+    /// checked on the host, weights by [`weights_finite`] (their counts
+    /// only where the histograms span the weights' own range).
     fn is_finite(&self, out: &Output, own_ranges: bool) -> bool {
         self.bias.iter().flatten().all(is_finite)
             && self.layers.iter().all(|r| {
-                let m = out.moments(r);
-                let counted: u64 = out.counts[r.counts..r.counts + r.bins].iter().sum();
-                is_finite(&m) && m.min.is_finite() && m.max.is_finite() && (!own_ranges || counted == m.n)
+                let counted = (own_ranges && r.bins > 0).then(|| out.counts[r.counts..r.counts + r.bins].iter().sum());
+                weights_finite(&out.moments(r), counted)
             })
     }
+}
+
+/// True when a GPU reduction of weights saw only finite values: its moments
+/// are finite and its histogram over the values' own range, where given
+/// (`counted`), holds every value. WGSL lets a GPU assume values are
+/// finite, so a NaN may show only as a value no bin counted.
+fn weights_finite(m: &Moments, counted: Option<u64>) -> bool {
+    is_finite(m) && m.min.is_finite() && m.max.is_finite() && counted.is_none_or(|c| c == m.n)
 }
 
 /// The GPU engine over a shared context.
@@ -626,6 +632,38 @@ impl GpuEngine {
         Ok(Analysis { not_chain: net.not_chain.clone(), node_sets, layers })
     }
 
+    /// [`Engine::layer`] on the GPU: one submission, or row chunks for a
+    /// dense layer larger than a binding.
+    fn measure_layer(
+        &self,
+        layer: &Layer,
+        layout: Layout,
+        weight: &Tensor<'_>,
+        bias: Option<&Tensor<'_>>,
+        bins: usize,
+    ) -> Result<LayerMeasures> {
+        let t = GpuTensor::new(weight);
+        let bias = bias.map(|b| b.to_f64());
+        let need = Footprint::of_layer(layer, layout, t.bytes.len() as u64);
+        if need.largest() > self.ctx.max_binding {
+            let LayerKind::Dense { inputs, outputs } = layer.kind else {
+                return Err(Error::Gpu(format!("convolution `{}` exceeds the adapter's binding limit", layer.name)));
+            };
+            let (rows, cols) = dense_storage(layout, inputs, outputs);
+            let (row, col, weights, histogram) = self.streamed_dense(&t, rows, cols, bins)?;
+            let (mut s_in, s_out) = dense_in_out(layout, row, col);
+            if let Some(b) = &bias {
+                add_bias(&mut s_in, b, layer, layout);
+            }
+            return Ok(LayerMeasures { s_in, s_out, weights, histogram });
+        }
+        let mut plan = Plan::new();
+        let (slots, r) = plan.add_measured_layer(layer, layout, t, bias.as_deref(), bins);
+        let out = self.ctx.run(&plan, true)?;
+        let (weights, histogram) = out.distribution(&r);
+        Ok(LayerMeasures { s_in: out.strengths(slots.s_in), s_out: out.strengths(slots.s_out), weights, histogram })
+    }
+
     /// A dense layer too large for one binding, streamed in row chunks: row
     /// sums and column partial sums per chunk (column sums accumulated in
     /// f64 on the host), then a second pass for the histogram.
@@ -692,26 +730,12 @@ impl Engine for GpuEngine {
         bias: Option<&Tensor<'_>>,
         bins: usize,
     ) -> Result<LayerMeasures> {
-        let t = GpuTensor::new(weight);
-        let bias = bias.map(|b| b.to_f64());
-        let need = Footprint::of_layer(layer, layout, t.bytes.len() as u64);
-        if need.largest() > self.ctx.max_binding {
-            let LayerKind::Dense { inputs, outputs } = layer.kind else {
-                return Err(Error::Gpu(format!("convolution `{}` exceeds the adapter's binding limit", layer.name)));
-            };
-            let (rows, cols) = dense_storage(layout, inputs, outputs);
-            let (row, col, weights, histogram) = self.streamed_dense(&t, rows, cols, bins)?;
-            let (mut s_in, s_out) = dense_in_out(layout, row, col);
-            if let Some(b) = &bias {
-                add_bias(&mut s_in, b, layer, layout);
-            }
-            return Ok(LayerMeasures { s_in, s_out, weights, histogram });
+        let m = self.measure_layer(layer, layout, weight, bias, bins)?;
+        if weights_finite(&m.weights, Some(m.histogram.counts.iter().sum())) {
+            return Ok(m);
         }
-        let mut plan = Plan::new();
-        let (slots, r) = plan.add_measured_layer(layer, layout, t, bias.as_deref(), bins);
-        let out = self.ctx.run(&plan, true)?;
-        let (weights, histogram) = out.distribution(&r);
-        Ok(LayerMeasures { s_in: out.strengths(slots.s_in), s_out: out.strengths(slots.s_out), weights, histogram })
+        // NaN/Inf weights: the GPU's sums mean nothing; the reference's do.
+        CpuEngine::default().layer(layer, layout, weight, bias, bins)
     }
 
     fn distribution(&self, values: &[f64], bins: usize) -> Result<(Moments, Histogram)> {
