@@ -632,38 +632,6 @@ impl GpuEngine {
         Ok(Analysis { not_chain: net.not_chain.clone(), node_sets, layers })
     }
 
-    /// [`Engine::layer`] on the GPU: one submission, or row chunks for a
-    /// dense layer larger than a binding.
-    fn measure_layer(
-        &self,
-        layer: &Layer,
-        layout: Layout,
-        weight: &Tensor<'_>,
-        bias: Option<&Tensor<'_>>,
-        bins: usize,
-    ) -> Result<LayerMeasures> {
-        let t = GpuTensor::new(weight);
-        let bias = bias.map(|b| b.to_f64());
-        let need = Footprint::of_layer(layer, layout, t.bytes.len() as u64);
-        if need.largest() > self.ctx.max_binding {
-            let LayerKind::Dense { inputs, outputs } = layer.kind else {
-                return Err(Error::Gpu(format!("convolution `{}` exceeds the adapter's binding limit", layer.name)));
-            };
-            let (rows, cols) = dense_storage(layout, inputs, outputs);
-            let (row, col, weights, histogram) = self.streamed_dense(&t, rows, cols, bins)?;
-            let (mut s_in, s_out) = dense_in_out(layout, row, col);
-            if let Some(b) = &bias {
-                add_bias(&mut s_in, b, layer, layout);
-            }
-            return Ok(LayerMeasures { s_in, s_out, weights, histogram });
-        }
-        let mut plan = Plan::new();
-        let (slots, r) = plan.add_measured_layer(layer, layout, t, bias.as_deref(), bins);
-        let out = self.ctx.run(&plan, true)?;
-        let (weights, histogram) = out.distribution(&r);
-        Ok(LayerMeasures { s_in: out.strengths(slots.s_in), s_out: out.strengths(slots.s_out), weights, histogram })
-    }
-
     /// A dense layer too large for one binding, streamed in row chunks: row
     /// sums and column partial sums per chunk (column sums accumulated in
     /// f64 on the host), then a second pass for the histogram.
@@ -730,7 +698,28 @@ impl Engine for GpuEngine {
         bias: Option<&Tensor<'_>>,
         bins: usize,
     ) -> Result<LayerMeasures> {
-        let m = self.measure_layer(layer, layout, weight, bias, bins)?;
+        let t = GpuTensor::new(weight);
+        let bias_values = bias.map(|b| b.to_f64());
+        let need = Footprint::of_layer(layer, layout, t.bytes.len() as u64);
+        let m = if need.largest() > self.ctx.max_binding {
+            // Larger than a binding: a dense layer goes in row chunks.
+            let LayerKind::Dense { inputs, outputs } = layer.kind else {
+                return Err(Error::Gpu(format!("convolution `{}` exceeds the adapter's binding limit", layer.name)));
+            };
+            let (rows, cols) = dense_storage(layout, inputs, outputs);
+            let (row, col, weights, histogram) = self.streamed_dense(&t, rows, cols, bins)?;
+            let (mut s_in, s_out) = dense_in_out(layout, row, col);
+            if let Some(b) = &bias_values {
+                add_bias(&mut s_in, b, layer, layout);
+            }
+            LayerMeasures { s_in, s_out, weights, histogram }
+        } else {
+            let mut plan = Plan::new();
+            let (slots, r) = plan.add_measured_layer(layer, layout, t, bias_values.as_deref(), bins);
+            let out = self.ctx.run(&plan, true)?;
+            let (weights, histogram) = out.distribution(&r);
+            LayerMeasures { s_in: out.strengths(slots.s_in), s_out: out.strengths(slots.s_out), weights, histogram }
+        };
         if weights_finite(&m.weights, Some(m.histogram.counts.iter().sum())) {
             return Ok(m);
         }
