@@ -265,12 +265,15 @@ pub fn assemble<E: Engine + ?Sized>(
         let s_out = set.out_layer.map_or_else(zeros, |l| strengths[l].s_out.clone());
         debug_assert_eq!((s_in.len(), s_out.len()), (n, n), "node set {}", set.name);
         let strength: Vec<f64> = s_in.iter().zip(&s_out).map(|(a, b)| a + b).collect();
-        let finite = Finite::of(strength.clone());
-        let (m, histogram) = engine.distribution(&finite.values, opts.bins)?;
+        // Strengths are NaN/Inf only next to NaN/Inf weights or biases: the
+        // finite ones are copied out only then.
+        let kept = (!strength.iter().all(|s| s.is_finite())).then(|| Finite::of(strength.clone()));
+        let values = kept.as_ref().map_or(&strength, |k| &k.values);
+        let (m, histogram) = engine.distribution(values, opts.bins)?;
         // Means over the nodes whose strength is finite, as the moments.
         let mean = |v: &[f64]| {
-            let kept = v.iter().zip(&strength).filter(|(_, s)| s.is_finite()).map(|(x, _)| x);
-            kept.sum::<f64>() / finite.values.len() as f64
+            let on_finite = v.iter().zip(&strength).filter(|(_, s)| s.is_finite()).map(|(x, _)| x);
+            on_finite.sum::<f64>() / values.len() as f64
         };
         node_sets.push(NodeSetResult {
             name: set.name.clone(),
@@ -279,7 +282,7 @@ pub fn assemble<E: Engine + ?Sized>(
             s_in_mean: mean(&s_in),
             s_out_mean: mean(&s_out),
             histogram,
-            non_finite: finite.non_finite,
+            non_finite: kept.as_ref().map_or(0, |k| k.non_finite),
             values: opts.keep_values.then_some(NodeValues { s_in, s_out, strength }),
         });
     }

@@ -248,9 +248,11 @@ impl GpuContext {
     /// thread's copy from a mapped checkpoint is slower than the transfer).
     fn write(&self, buffer: &wgpu::Buffer, offset: u64, bytes: &[u8]) {
         let whole = bytes.len() / 4 * 4;
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+        // (Asked only for large writes: the answer costs a few system calls.)
+        let threads = || std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+        let threads = if whole >= PARALLEL_UPLOAD_BYTES { threads() } else { 1 };
         let view = NonZeroU64::new(whole as u64)
-            .filter(|_| whole >= PARALLEL_UPLOAD_BYTES && threads > 1)
+            .filter(|_| threads > 1)
             .and_then(|size| self.queue.write_buffer_with(buffer, offset, size));
         if let Some(mut view) = view {
             let part = whole.div_ceil(threads).next_multiple_of(4);
