@@ -15,7 +15,7 @@ use memmap2::Mmap;
 use safetensors::tensor::{Dtype as StDtype, TensorInfo};
 
 use crate::error::{Error, Result};
-use crate::natsort::natural_cmp;
+use crate::natsort::sort_natural_by;
 
 /// Name of the index file of a sharded Hugging Face checkpoint.
 pub const SHARD_INDEX: &str = "model.safetensors.index.json";
@@ -51,7 +51,7 @@ const MAP_MIN_BYTES: u64 = 1 << 20;
 /// A file's bytes: mapped (zero-copy) or, for small files, read.
 enum Bytes {
     Mapped(Mmap),
-    Read(Vec<u8>),
+    Read(ReadBuf),
 }
 
 impl std::ops::Deref for Bytes {
@@ -59,8 +59,41 @@ impl std::ops::Deref for Bytes {
     fn deref(&self) -> &[u8] {
         match self {
             Bytes::Mapped(m) => m,
-            Bytes::Read(v) => v,
+            Bytes::Read(r) => &r.buf[..r.len],
         }
+    }
+}
+
+thread_local! {
+    /// The buffer the thread's last small file was read into.
+    static SPARE: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// A small file's bytes, read into its thread's spare buffer, which it
+/// gives back when dropped: a scan of thousands of small files reads them
+/// into one allocation per thread, zeroed once.
+struct ReadBuf {
+    /// At least `len` bytes, all initialised.
+    buf: Vec<u8>,
+    len: usize,
+}
+
+impl ReadBuf {
+    /// Reads `len` bytes of `file` (one `read` call when it has them).
+    fn read(mut file: &File, len: usize) -> std::io::Result<Self> {
+        let mut buf = SPARE.take();
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
+        std::io::Read::read_exact(&mut file, &mut buf[..len])?;
+        Ok(ReadBuf { buf, len })
+    }
+}
+
+impl Drop for ReadBuf {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.buf);
+        let _ = SPARE.try_with(|spare| spare.set(buf));
     }
 }
 
@@ -215,7 +248,7 @@ impl Checkpoint {
             std::fs::read_to_string(index_path).map_err(|error| Error::Io { path: index_path.to_path_buf(), error })?;
         let index: ShardIndex = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
         let mut files: Vec<&String> = index.weight_map.values().collect();
-        files.sort_by(|a, b| natural_cmp(a, b));
+        sort_natural_by(&mut files, |f| f);
         files.dedup();
         if files.is_empty() {
             return Err(bad("weight_map is empty".into()));
@@ -260,10 +293,15 @@ impl Checkpoint {
         &self.metadata
     }
 
+    /// Takes the `__metadata__` map out (leaving it empty).
+    pub fn take_metadata(&mut self) -> BTreeMap<String, String> {
+        std::mem::take(&mut self.metadata)
+    }
+
     /// Names of all tensors, in natural order.
     pub fn names(&self) -> Vec<&str> {
         let mut v: Vec<&str> = self.tensors.keys().map(String::as_str).collect();
-        v.sort_by(|a, b| natural_cmp(a, b));
+        sort_natural_by(&mut v, |n| n);
         v
     }
 
@@ -320,6 +358,8 @@ mod tests {
         assert_eq!(step_from_path(Path::new("run/checkpoint_000120/model.safetensors")), Some(120));
         assert_eq!(step_from_path(Path::new("run/checkpoint-500")), Some(500));
         assert_eq!(step_from_path(Path::new("run/ckpt12.safetensors")), Some(12));
+        assert_eq!(step_from_path(Path::new("run/Epoch-3.safetensors")), Some(3));
+        assert_eq!(step_from_path(Path::new("run/ckpt_/é.safetensors")), None);
         assert_eq!(step_from_path(Path::new("zoo/mlp-he-s0-e08.safetensors")), None);
         assert_eq!(step_from_path(Path::new("checkpoints/final")), None);
     }
@@ -394,9 +434,7 @@ fn read_shard(path: &Path, file: File, len: u64) -> Result<(Shard, Header)> {
         Bytes::Mapped(unsafe { Mmap::map(&file) }.map_err(io)?)
     } else {
         // The length is known: one read, no size probing.
-        let mut v = vec![0; len as usize];
-        std::io::Read::read_exact(&mut &file, &mut v).map_err(io)?;
-        Bytes::Read(v)
+        Bytes::Read(ReadBuf::read(&file, len as usize).map_err(io)?)
     };
     let n = u64::from_le_bytes(map[..8].try_into().expect("8 bytes"));
     if n > MAX_HEADER_BYTES as u64 {
@@ -468,8 +506,10 @@ fn record_tensors(
 /// `step_40` or `epoch-3` (file stem or folder).
 pub fn step_from_path(path: &Path) -> Option<u64> {
     path.components().rev().find_map(|c| {
-        let name = Path::new(c.as_os_str()).file_stem()?.to_str()?.to_ascii_lowercase();
-        let rest = ["checkpoint", "ckpt", "step", "epoch"].iter().find_map(|p| name.strip_prefix(p))?;
+        let name = Path::new(c.as_os_str()).file_stem()?.to_str()?;
+        let rest = ["checkpoint", "ckpt", "step", "epoch"]
+            .iter()
+            .find_map(|p| name.get(..p.len()).filter(|head| head.eq_ignore_ascii_case(p)).map(|_| &name[p.len()..]))?;
         let digits = rest.strip_prefix(['-', '_']).unwrap_or(rest);
         (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())).then(|| digits.parse().ok()).flatten()
     })
@@ -491,9 +531,10 @@ pub fn collect_checkpoints(args: &[PathBuf]) -> Result<Vec<PathBuf>> {
             may_repeat = true;
             let paths = glob::glob(&text)
                 .map_err(|e| Error::Io { path: arg.clone(), error: std::io::Error::other(e.to_string()) })?;
-            let mut matched: Vec<PathBuf> = paths.filter_map(|p| p.ok()).collect();
-            matched.sort_by(|a, b| natural_cmp(&a.to_string_lossy(), &b.to_string_lossy()));
-            for p in matched {
+            let mut matched: Vec<(String, PathBuf)> =
+                paths.filter_map(|p| p.ok()).map(|p| (p.to_string_lossy().into_owned(), p)).collect();
+            sort_natural_by(&mut matched, |(text, _)| text);
+            for (_, p) in matched {
                 walk(&p, true, &mut out)?;
             }
         } else if arg.exists() {
@@ -528,26 +569,30 @@ fn walk_dir(path: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     }
     let io = |error| Error::Io { path: path.to_path_buf(), error };
     // Sorted by file name (the directory is common to all), each converted
-    // to text once (not once per comparison).
-    let mut entries: Vec<(String, PathBuf, bool)> = std::fs::read_dir(path)
+    // to text once (not once per comparison); paths are built afterwards
+    // (from the name as it is, where it is not UTF-8).
+    let mut entries: Vec<(String, Option<std::ffi::OsString>, bool)> = std::fs::read_dir(path)
         .map_err(io)?
         .filter_map(|e| e.ok())
         .map(|e| {
-            let p = e.path();
             let dir = match e.file_type() {
-                Ok(t) if t.is_symlink() => p.is_dir(),
+                Ok(t) if t.is_symlink() => e.path().is_dir(),
                 Ok(t) => t.is_dir(),
                 Err(_) => false,
             };
-            (e.file_name().to_string_lossy().into_owned(), p, dir)
+            match e.file_name().into_string() {
+                Ok(name) => (name, None, dir),
+                Err(raw) => (raw.to_string_lossy().into_owned(), Some(raw), dir),
+            }
         })
         .collect();
-    entries.sort_by(|a, b| natural_cmp(&a.0, &b.0));
-    for (_, p, dir) in entries {
+    sort_natural_by(&mut entries, |(name, ..)| name);
+    for (name, raw, dir) in entries {
+        let file = || path.join(raw.as_deref().unwrap_or(name.as_ref()));
         if dir {
-            walk_dir(&p, out)?;
-        } else if p.extension().is_some_and(|e| e == "safetensors") {
-            out.push(p);
+            walk_dir(&file(), out)?;
+        } else if name.len() > ".safetensors".len() && name.ends_with(".safetensors") {
+            out.push(file());
         }
     }
     Ok(())

@@ -367,10 +367,10 @@ fn make_conv(
 fn chain(ck: &Checkpoint, layout: Layout, cands: &[Candidate], input: Option<NodeShape>) -> Result<Vec<Layer>> {
     let graph = |reason: String| Error::Graph { path: ck.path().to_path_buf(), reason };
     let mut current = input;
-    let mut prev_name = String::from("the input");
-    let mut layers = Vec::with_capacity(cands.len());
+    let mut layers: Vec<Layer> = Vec::with_capacity(cands.len());
     for c in cands {
         let name = display_name(&c.weight);
+        let prev_name = layers.last().map_or("the input", |l| &l.name);
         let (kind, in_shape, out_shape) = match dims(ck, layout, c)? {
             Dims::Dense(o, i) => {
                 let in_shape = current.unwrap_or(NodeShape::Flat(i));
@@ -404,14 +404,13 @@ fn chain(ck: &Checkpoint, layout: Layout, cands: &[Candidate], input: Option<Nod
         };
         current = Some(out_shape);
         layers.push(Layer {
-            name: name.clone(),
+            name,
             weight: c.weight.clone(),
             bias: c.bias.clone(),
             kind,
             input: in_shape,
             output: out_shape,
         });
-        prev_name = name;
     }
     Ok(layers)
 }

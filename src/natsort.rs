@@ -39,6 +39,16 @@ pub fn natural_cmp(a: &str, b: &str) -> Ordering {
     }
 }
 
+/// Sorts `v` in natural order of `key` (stable). Names whose natural order
+/// is their byte order (zero-padded numbers, as most tools write them) cost
+/// a byte sort and one pass that checks it.
+pub fn sort_natural_by<T>(v: &mut [T], key: impl Fn(&T) -> &str) {
+    v.sort_by(|a, b| key(a).cmp(key(b)));
+    if !v.windows(2).all(|w| natural_cmp(key(&w[0]), key(&w[1])).is_le()) {
+        v.sort_by(|a, b| natural_cmp(key(a), key(b)));
+    }
+}
+
 fn split_digits(s: &[u8]) -> (&[u8], &[u8]) {
     let n = s.iter().take_while(|c| c.is_ascii_digit()).count();
     s.split_at(n)
@@ -51,7 +61,7 @@ fn trim_zeros(s: &[u8]) -> &[u8] {
 
 #[cfg(test)]
 mod tests {
-    use super::natural_cmp;
+    use super::{natural_cmp, sort_natural_by};
 
     #[test]
     fn digit_runs_compare_as_numbers() {
@@ -62,5 +72,15 @@ mod tests {
         let mut v = vec!["ckpt_19", "ckpt_2", "ckpt_100", "ckpt_99", "ckpt_1a", "ckpt_1"];
         v.sort_by(|a, b| natural_cmp(a, b));
         assert_eq!(v, ["ckpt_1", "ckpt_1a", "ckpt_2", "ckpt_19", "ckpt_99", "ckpt_100"]);
+    }
+
+    #[test]
+    fn sorting_takes_byte_order_only_where_it_is_natural() {
+        let mut padded: Vec<String> = (0..50).rev().map(|i| format!("e{i:03}")).collect();
+        sort_natural_by(&mut padded, |s| s);
+        assert_eq!(padded, (0..50).map(|i| format!("e{i:03}")).collect::<Vec<_>>());
+        let mut v = vec!["b_10", "a_9", "b_9", "a_10", "b_100"];
+        sort_natural_by(&mut v, |s| s);
+        assert_eq!(v, ["a_9", "a_10", "b_9", "b_10", "b_100"]);
     }
 }

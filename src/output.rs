@@ -121,6 +121,13 @@ impl RowWriter {
         self.raw(zmij::Buffer::new().format(x))
     }
 
+    /// A cell of `x`'s `Display` text, which must need no quoting.
+    pub fn display(&mut self, x: impl std::fmt::Display) -> &mut Self {
+        self.cell();
+        write!(self.buf, "{x}").expect("writing to memory");
+        self
+    }
+
     /// An integer cell.
     pub fn int(&mut self, n: impl Into<u64>) -> &mut Self {
         self.raw(itoa::Buffer::new().format(n.into()))
@@ -174,33 +181,51 @@ impl RowWriter {
     }
 }
 
-/// `nodes.csv` rows of one checkpoint (without metadata columns); returns
-/// the byte length of each row.
-pub fn node_rows(w: &mut RowWriter, checkpoint: &str, a: &Analysis) -> Vec<u32> {
+/// Byte lengths of one checkpoint's rows, as [`rows`] wrote them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RowLengths {
+    /// Each `nodes.csv` row, line terminator included.
+    pub nodes: Vec<u32>,
+    /// Each `links.csv` row.
+    pub links: Vec<u32>,
+    /// All `histograms.csv` rows together.
+    pub histograms: usize,
+}
+
+/// One checkpoint's table rows, in this order: `nodes.csv` (without
+/// metadata columns), `links.csv` (likewise) and `histograms.csv`.
+pub fn rows(w: &mut RowWriter, checkpoint: &str, a: &Analysis) -> RowLengths {
     let checkpoint = RowWriter::line([checkpoint]);
+    RowLengths {
+        nodes: node_rows(w, &checkpoint, a),
+        links: link_rows(w, &checkpoint, a),
+        histograms: histogram_rows(w, &checkpoint, a),
+    }
+}
+
+/// `nodes.csv` rows; `checkpoint` is the encoded cell.
+fn node_rows(w: &mut RowWriter, checkpoint: &str, a: &Analysis) -> Vec<u32> {
     let chain = if a.not_chain.is_none() { "true" } else { "false" };
     a.node_sets
         .iter()
         .enumerate()
         .map(|(k, s)| {
             let m = &s.strength;
-            w.raw(&checkpoint).int(k as u64).int(m.n).num(m.mean).num(m.std()).num(m.min).num(m.max);
+            w.raw(checkpoint).int(k as u64).int(m.n).num(m.mean).num(m.std()).num(m.min).num(m.max);
             w.num(m.skewness()).num(m.kurtosis()).num(s.s_in_mean).num(s.s_out_mean);
-            w.text(&s.name).raw(&s.shape.to_string()).raw(chain).int(s.non_finite).end()
+            w.text(&s.name).display(s.shape).raw(chain).int(s.non_finite).end()
         })
         .collect()
 }
 
-/// `links.csv` rows of one checkpoint (without metadata columns); layers
-/// are numbered from 1 (`L1..LK`). Returns the byte length of each row.
-pub fn link_rows(w: &mut RowWriter, checkpoint: &str, a: &Analysis) -> Vec<u32> {
-    let checkpoint = RowWriter::line([checkpoint]);
+/// `links.csv` rows; layers are numbered from 1 (`L1..LK`).
+fn link_rows(w: &mut RowWriter, checkpoint: &str, a: &Analysis) -> Vec<u32> {
     a.layers
         .iter()
         .enumerate()
         .map(|(i, l)| {
             let m = &l.weights;
-            w.raw(&checkpoint).int(i as u64 + 1).text(&l.name).raw(l.kind).text(&l.weight).int(m.n);
+            w.raw(checkpoint).int(i as u64 + 1).text(&l.name).raw(l.kind).text(&l.weight).int(m.n);
             w.num(m.mean).num(m.std()).num(m.min).num(m.max).num(m.skewness()).num(m.kurtosis());
             match &l.bias {
                 Some(b) => w.int(b.n).num(b.mean).num(b.std()).num(b.min).num(b.max),
@@ -211,13 +236,12 @@ pub fn link_rows(w: &mut RowWriter, checkpoint: &str, a: &Analysis) -> Vec<u32> 
         .collect()
 }
 
-/// `histograms.csv` rows of one checkpoint: link weights per layer
-/// (`measure = link_weight`, index = layer) and strengths per node set
-/// (`measure = strength`, index = node layer). Returns their byte length.
-pub fn histogram_rows(w: &mut RowWriter, checkpoint: &str, a: &Analysis) -> usize {
-    let checkpoint = RowWriter::line([checkpoint]);
+/// `histograms.csv` rows: link weights per layer (`measure =
+/// link_weight`, index = layer) and strengths per node set (`measure =
+/// strength`, index = node layer).
+fn histogram_rows(w: &mut RowWriter, checkpoint: &str, a: &Analysis) -> usize {
     let mut row = |measure: &str, index: usize, name: &str, h: &Histogram| {
-        w.raw(&checkpoint).raw(measure).int(index as u64).text(name).num(h.lo).num(h.hi);
+        w.raw(checkpoint).raw(measure).int(index as u64).text(name).num(h.lo).num(h.hi);
         w.int(h.counts.len() as u64);
         w.ints(&h.counts).end() as usize
     };

@@ -151,7 +151,7 @@ const FLUSH_BYTES: usize = 1 << 20;
 const FORMAT: u32 = 2;
 
 /// How often the journal is synced in the background while it grows.
-const SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
+const SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// The head of one journal record: a JSON line, followed by the record's
 /// table rows, CSV-encoded (so rendering the tables copies bytes and never
@@ -260,17 +260,30 @@ struct Entry {
 struct Pending {
     buf: Vec<u8>,
     entries: Vec<Entry>,
+    /// The records again, with what writing their rows needs, when the
+    /// tables are streamed.
+    staged: Option<Vec<Staged>>,
     keys: BTreeSet<String>,
     bytes: u64,
     since: std::time::Instant,
     rows: RowWriter,
 }
 
+/// A record waiting for its turn in the [`TableStream`].
+struct Staged {
+    /// Position among the checkpoints this scan measures.
+    pos: usize,
+    /// Where its rows start in the buffer that holds it.
+    rows: usize,
+    head: Head,
+}
+
 impl Pending {
-    fn new() -> Self {
+    fn new(stream: bool) -> Self {
         Pending {
             buf: Vec::new(),
             entries: Vec::new(),
+            staged: stream.then(Vec::new),
             keys: BTreeSet::new(),
             bytes: 0,
             since: std::time::Instant::now(),
@@ -278,18 +291,18 @@ impl Pending {
         }
     }
 
-    /// Encodes one checkpoint's record.
-    fn push(&mut self, id: &str, order: usize, outcome: Outcome, extra: Option<&BTreeMap<String, String>>) {
+    /// Encodes one checkpoint's record; `pos` is its position among the
+    /// checkpoints this scan measures.
+    fn push(&mut self, id: &str, order: usize, pos: usize, outcome: Outcome, extra: Option<&BTreeMap<String, String>>) {
         self.rows.clear();
         let mut head = Head { format: FORMAT, checkpoint: id.to_string(), order, ..Head::default() };
         match outcome {
-            Ok((ck, a)) => {
+            Ok((mut ck, a)) => {
                 head.non_finite = a.layers.iter().any(|l| l.non_finite > 0);
-                head.nodes = output::node_rows(&mut self.rows, id, &a);
-                head.links = output::link_rows(&mut self.rows, id, &a);
-                head.histograms = output::histogram_rows(&mut self.rows, id, &a);
+                let lengths = output::rows(&mut self.rows, id, &a);
+                (head.nodes, head.links, head.histograms) = (lengths.nodes, lengths.links, lengths.histograms);
                 head.bytes = ck.data_bytes();
-                head.metadata = ck.metadata().clone();
+                head.metadata = ck.take_metadata();
                 if !head.metadata.contains_key("step") {
                     if let Some(step) = crate::checkpoint::step_from_path(ck.path()) {
                         head.metadata.insert("step".into(), step.to_string());
@@ -309,12 +322,23 @@ impl Pending {
         let start = self.buf.len();
         serde_json::to_writer(&mut self.buf, &head).expect("records serialise");
         self.buf.push(b'\n');
+        let rows = self.buf.len();
         self.buf.extend_from_slice(self.rows.bytes());
         self.bytes += head.bytes;
-        let (failed, non_finite, histograms) = (head.error.is_some(), head.non_finite, head.histograms);
         let (len, offset) = (self.buf.len() - start, start as u64);
-        let checkpoint = head.checkpoint;
-        self.entries.push(Entry { order, checkpoint, file: 0, offset, len, histograms, failed, non_finite });
+        self.entries.push(Entry {
+            order,
+            checkpoint: head.checkpoint.clone(),
+            file: 0,
+            offset,
+            len,
+            histograms: head.histograms,
+            failed: head.error.is_some(),
+            non_finite: head.non_finite,
+        });
+        if let Some(staged) = &mut self.staged {
+            staged.push(Staged { pos, rows, head });
+        }
     }
 
     fn due(&self) -> bool {
@@ -331,7 +355,8 @@ struct Journal {
 }
 
 impl Journal {
-    /// Appends a worker's pending records in one write.
+    /// Appends a worker's pending records in one write (leaving its
+    /// buffer and staged records to the caller).
     fn append(&mut self, pending: &mut Pending) -> std::io::Result<()> {
         self.file.write_all(&pending.buf)?;
         for mut e in pending.entries.drain(..) {
@@ -340,10 +365,141 @@ impl Journal {
         }
         self.len += pending.buf.len() as u64;
         self.keys.append(&mut pending.keys);
-        pending.buf.clear();
         pending.bytes = 0;
         pending.since = std::time::Instant::now();
         Ok(())
+    }
+}
+
+/// Bytes of records a [`TableStream`] may hold while they wait for an
+/// earlier one (a slow checkpoint); beyond it the stream gives up.
+const STREAM_HOLD_BYTES: usize = 32 << 20;
+
+/// The tables of a fresh scan, written while it runs: workers hand over
+/// their encoded records and each is written as soon as every record before
+/// it has been, so the tables are complete when the last checkpoint is
+/// measured. The metadata columns are those of the first record; when a
+/// later one brings another column, or the records waiting for a slow one
+/// would hold more than [`STREAM_HOLD_BYTES`], the stream gives up and the
+/// tables are rendered from the journal at the end instead (the same
+/// bytes).
+struct TableStream {
+    out_dir: PathBuf,
+    /// Created with the first record (its metadata keys are the columns);
+    /// `None` after giving up.
+    tables: Option<Tables>,
+    keys: Vec<String>,
+    /// Position of the record to write next.
+    next: usize,
+    /// Handed-over buffers with their records not yet written, in order.
+    waiting: Vec<(Vec<u8>, std::collections::VecDeque<Staged>)>,
+    held: usize,
+    /// Written-out buffers, for the workers to fill again.
+    spare: Vec<Vec<u8>>,
+    line_end: LineEnd,
+    gave_up: bool,
+}
+
+impl TableStream {
+    fn new(out_dir: &Path) -> Self {
+        TableStream {
+            out_dir: out_dir.to_path_buf(),
+            tables: None,
+            keys: Vec::new(),
+            next: 0,
+            waiting: Vec::new(),
+            held: 0,
+            spare: Vec::new(),
+            line_end: LineEnd::default(),
+            gave_up: false,
+        }
+    }
+
+    /// Takes a worker's buffer of records (`staged` in increasing
+    /// position), writes every record whose turn has come, and returns an
+    /// empty buffer for the worker to fill.
+    fn feed(&mut self, buf: Vec<u8>, staged: Vec<Staged>) -> Vec<u8> {
+        if !self.gave_up && !staged.is_empty() {
+            self.held += buf.len();
+            self.waiting.push((buf, staged.into()));
+            // A table that cannot be written is left to the rendering from
+            // the journal, which reports the error.
+            if self.write_ready().is_err() || self.held > STREAM_HOLD_BYTES {
+                self.give_up();
+            }
+        } else {
+            self.recycle(buf);
+        }
+        self.spare.pop().unwrap_or_default()
+    }
+
+    /// Writes records while the next one is at the front of a buffer.
+    fn write_ready(&mut self) -> Result<()> {
+        while let Some(i) = self.waiting.iter().position(|(_, s)| s.front().is_some_and(|r| r.pos == self.next)) {
+            let (buf, mut staged) = self.waiting.swap_remove(i);
+            while staged.front().is_some_and(|r| r.pos == self.next) {
+                let record = staged.pop_front().expect("checked");
+                if !self.write(&buf, &record)? {
+                    return Ok(());
+                }
+                self.next += 1;
+            }
+            if staged.is_empty() {
+                self.held -= buf.len();
+                self.recycle(buf);
+            } else {
+                self.waiting.push((buf, staged));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes one record's rows; false (having given up) when it brings a
+    /// metadata column the tables lack.
+    fn write(&mut self, buf: &[u8], record: &Staged) -> Result<bool> {
+        let head = &record.head;
+        if self.tables.is_none() {
+            self.keys = head.metadata.keys().cloned().collect();
+            self.tables = Some(Tables::create(&self.out_dir, &self.keys)?);
+        }
+        if !head.metadata.keys().all(|k| self.keys.binary_search(k).is_ok()) {
+            self.give_up();
+            return Ok(false);
+        }
+        let tables = self.tables.as_mut().expect("created above");
+        let err = |e: std::io::Error| Error::output(&self.out_dir, e);
+        let rows = &buf[record.rows..record.rows + head.rows_len()];
+        let line_end = self.line_end.of(&self.keys, &head.metadata);
+        node_and_link_rows(tables.nodes.writer(), tables.links.writer(), head, rows, line_end).map_err(err)?;
+        if let Some(error) = &head.error {
+            error_row(tables.errors.writer(), &head.checkpoint, error).map_err(err)?;
+        }
+        tables.histograms.writer().write_all(&rows[rows.len() - head.histograms..]).map_err(err)?;
+        Ok(true)
+    }
+
+    fn recycle(&mut self, mut buf: Vec<u8>) {
+        if self.spare.len() < 4 {
+            buf.clear();
+            self.spare.push(buf);
+        }
+    }
+
+    /// Stops streaming: the tables written so far are removed.
+    fn give_up(&mut self) {
+        self.gave_up = true;
+        self.tables = None;
+        self.waiting.clear();
+        self.held = 0;
+    }
+
+    /// Publishes the tables when all `total` records were written; false
+    /// when the tables must be rendered from the journal.
+    fn finish(self, total: usize) -> Result<bool> {
+        match self.tables {
+            Some(tables) if !self.gave_up && self.next == total => tables.publish().map(|_| true),
+            _ => Ok(false),
+        }
     }
 }
 
@@ -396,7 +552,7 @@ pub fn scan(checkpoints: &[PathBuf], out_dir: &Path, engine: &dyn Engine, opts: 
     let out_err = |e: std::io::Error| Error::output(out_dir, e);
     std::fs::create_dir_all(out_dir).map_err(out_err)?;
     let journal_path = out_dir.join(JOURNAL);
-    let ids: Vec<String> = checkpoints.iter().map(|p| p.display().to_string()).collect();
+    let ids: Vec<String> = checkpoints.iter().map(|p| p.to_string_lossy().into_owned()).collect();
     // The journal's index (what rendering needs), kept as records are
     // appended, so the tables are written without parsing it twice.
     let mut keys = BTreeSet::new();
@@ -414,6 +570,8 @@ pub fn scan(checkpoints: &[PathBuf], out_dir: &Path, engine: &dyn Engine, opts: 
     let file = OpenOptions::new().append(true).open(&journal_path).map_err(out_err)?;
     let len = file.metadata().map_err(out_err)?.len();
     let background = file.try_clone().map_err(out_err)?;
+    // A fresh journal: the tables are written as the records come.
+    let stream = (entries.is_empty() && !todo.is_empty()).then(|| std::sync::Mutex::new(TableStream::new(out_dir)));
     let journal = std::sync::Mutex::new(Journal { file, len, entries, keys });
 
     // Workers claim batches, measure and encode them, and append their
@@ -426,7 +584,7 @@ pub fn scan(checkpoints: &[PathBuf], out_dir: &Path, engine: &dyn Engine, opts: 
     let progress = Progress::new(opts.progress, todo.len());
     std::thread::scope(|s| -> Result<()> {
         let work = || -> Result<()> {
-            let mut pending = Pending::new();
+            let mut pending = Pending::new(stream.is_some());
             let flush = |pending: &mut Pending| -> Result<()> {
                 let (count, bytes) = (pending.entries.len(), pending.bytes);
                 if let Err(e) = journal.lock().expect("journal lock").append(pending) {
@@ -434,6 +592,15 @@ pub fn scan(checkpoints: &[PathBuf], out_dir: &Path, engine: &dyn Engine, opts: 
                     stop.store(true, Ordering::Relaxed);
                     return Err(out_err(e));
                 }
+                let buf = std::mem::take(&mut pending.buf);
+                match (&stream, &mut pending.staged) {
+                    (Some(stream), Some(staged)) => {
+                        let staged = std::mem::replace(staged, Vec::with_capacity(staged.len()));
+                        pending.buf = stream.lock().expect("stream lock").feed(buf, staged);
+                    }
+                    _ => pending.buf = buf,
+                }
+                pending.buf.clear();
                 progress.record(count, bytes);
                 Ok(())
             };
@@ -444,12 +611,12 @@ pub fn scan(checkpoints: &[PathBuf], out_dir: &Path, engine: &dyn Engine, opts: 
                     break;
                 }
                 let outcomes = measure_batch(chunk, checkpoints, &opts.graph, engine, &opts.analysis);
-                for (&i, outcome) in chunk.iter().zip(outcomes) {
+                for ((pos, &i), outcome) in (start..).zip(chunk).zip(outcomes) {
                     if opts.strict && outcome.is_err() {
                         stop.store(true, Ordering::Relaxed);
                     }
                     let extra = opts.metadata.as_ref().and_then(|t| t.get(&checkpoints[i]));
-                    pending.push(&ids[i], i, outcome, extra);
+                    pending.push(&ids[i], i, pos, outcome, extra);
                 }
                 if pending.due() {
                     flush(&mut pending)?;
@@ -472,10 +639,15 @@ pub fn scan(checkpoints: &[PathBuf], out_dir: &Path, engine: &dyn Engine, opts: 
     })?;
     progress.finish();
     let Journal { file, entries, keys, .. } = journal.into_inner().expect("journal lock");
-    // The journal is synced while the tables are rendered from it.
+    let stream = stream.map(|s| s.into_inner().expect("stream lock"));
+    // The journal is synced while the tables are published (or rendered
+    // from it, when they were not streamed whole).
     std::thread::scope(|s| {
         let synced = s.spawn(|| file.sync_all().map_err(out_err));
-        let summary = write_tables(std::slice::from_ref(&journal_path), entries, keys, out_dir);
+        let summary = match stream.map(|s| s.finish(todo.len())).transpose()? {
+            Some(true) => Ok(tally(&entries)),
+            _ => write_tables(std::slice::from_ref(&journal_path), entries, keys, out_dir),
+        };
         synced.join().expect("sync thread panicked")?;
         summary
     })
@@ -511,6 +683,104 @@ pub fn merge(dirs: &[PathBuf], out_dir: &Path) -> Result<ScanSummary> {
     Ok(summary)
 }
 
+/// The four tables being written, headers first; each is published
+/// (renamed into place) when complete.
+struct Tables {
+    nodes: AtomicFile,
+    links: AtomicFile,
+    histograms: AtomicFile,
+    errors: AtomicFile,
+}
+
+impl Tables {
+    /// Starts the tables in `out_dir`, with `keys` (sorted) as the trailing
+    /// metadata columns of `nodes.csv` and `links.csv` (prefixed `meta_`
+    /// where a key is a column name already).
+    fn create(out_dir: &Path, keys: &[String]) -> Result<Self> {
+        let taken: BTreeSet<&str> = output::NODES_HEADER.iter().chain(&output::LINKS_HEADER).copied().collect();
+        let meta_cols = keys.iter().map(|k| if taken.contains(k.as_str()) { format!("meta_{k}") } else { k.clone() });
+        let table = |name: &str, base: &[&str], meta: bool| -> Result<AtomicFile> {
+            let path = out_dir.join(name);
+            let mut file = AtomicFile::create(&path)?;
+            let extra = meta_cols.clone().filter(|_| meta);
+            let header = RowWriter::line(base.iter().map(|s| s.to_string()).chain(extra));
+            writeln!(file.writer(), "{header}").map_err(|e| Error::output(&path, e))?;
+            Ok(file)
+        };
+        Ok(Tables {
+            nodes: table("nodes.csv", &output::NODES_HEADER, true)?,
+            links: table("links.csv", &output::LINKS_HEADER, true)?,
+            histograms: table("histograms.csv", &output::HISTOGRAMS_HEADER, false)?,
+            errors: table("errors.csv", &output::ERRORS_HEADER, false)?,
+        })
+    }
+
+    /// Tables are derived from the synced journal (`--resume` renders them
+    /// again), so they are renamed into place without a disk flush each.
+    fn publish(self) -> Result<()> {
+        for table in [self.nodes, self.links, self.histograms, self.errors] {
+            table.publish()?;
+        }
+        Ok(())
+    }
+}
+
+/// The end of each `nodes.csv` and `links.csv` row of a record: its
+/// metadata cells under the tables' keys, then the line break.
+#[derive(Default)]
+struct LineEnd {
+    cells: RowWriter,
+    bytes: Vec<u8>,
+}
+
+impl LineEnd {
+    fn of(&mut self, keys: &[String], metadata: &BTreeMap<String, String>) -> &[u8] {
+        self.cells.clear();
+        for k in keys {
+            self.cells.text(metadata.get(k).map_or("", String::as_str));
+        }
+        self.bytes.clear();
+        if !keys.is_empty() {
+            self.bytes.push(b',');
+        }
+        self.bytes.extend_from_slice(self.cells.bytes());
+        self.bytes.push(b'\n');
+        &self.bytes
+    }
+}
+
+/// Writes a record's `nodes.csv` and `links.csv` rows (`rows` starts with
+/// them), each ended by `line_end`.
+fn node_and_link_rows(
+    nodes: &mut impl Write,
+    links: &mut impl Write,
+    head: &Head,
+    mut rows: &[u8],
+    line_end: &[u8],
+) -> std::io::Result<()> {
+    for (lens, w) in [(&head.nodes, nodes as &mut dyn Write), (&head.links, links)] {
+        for &n in lens {
+            let (row, rest) = rows.split_at(n as usize);
+            rows = rest;
+            w.write_all(row.strip_suffix(b"\n").unwrap_or(row))?;
+            w.write_all(line_end)?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes a failed checkpoint's `errors.csv` row.
+fn error_row(errors: &mut impl Write, checkpoint: &str, [kind, tensor, message]: &[String; 3]) -> std::io::Result<()> {
+    writeln!(errors, "{}", RowWriter::line([checkpoint, kind, tensor, message]))
+}
+
+/// The counts of a scan's records.
+fn tally(entries: &[Entry]) -> ScanSummary {
+    let failed = entries.iter().filter(|e| e.failed).count();
+    let non_finite = entries.iter().filter(|e| e.non_finite).count();
+    ScanSummary { analysed: entries.len() - failed, failed, non_finite }
+}
+
 /// Renders the tables from journals, streaming the indexed records in input
 /// order (one record in memory at a time), with the union of all metadata
 /// keys as trailing columns. Each table is written atomically.
@@ -523,22 +793,8 @@ fn write_tables(
     entries.sort_by_key(|e| e.order);
     entries.dedup_by(|a, b| a.checkpoint == b.checkpoint);
     let keys: Vec<String> = keys.into_iter().collect();
-    let taken: BTreeSet<&str> = output::NODES_HEADER.iter().chain(&output::LINKS_HEADER).copied().collect();
-    let meta_cols = keys.iter().map(|k| if taken.contains(k.as_str()) { format!("meta_{k}") } else { k.clone() });
-    let header = |base: &[&str], meta: bool| -> String {
-        let extra = meta_cols.clone().filter(|_| meta);
-        RowWriter::line(base.iter().map(|s| s.to_string()).chain(extra))
-    };
-    let mut tables = [
-        (AtomicFile::create(&out_dir.join("nodes.csv"))?, header(&output::NODES_HEADER, true)),
-        (AtomicFile::create(&out_dir.join("links.csv"))?, header(&output::LINKS_HEADER, true)),
-        (AtomicFile::create(&out_dir.join("histograms.csv"))?, header(&output::HISTOGRAMS_HEADER, false)),
-        (AtomicFile::create(&out_dir.join("errors.csv"))?, header(&output::ERRORS_HEADER, false)),
-    ];
+    let Tables { mut nodes, mut links, mut histograms, mut errors } = Tables::create(out_dir, &keys)?;
     let write_err = |e: std::io::Error| Error::output(out_dir, e);
-    for (file, header) in tables.iter_mut() {
-        writeln!(file.writer(), "{header}").map_err(write_err)?;
-    }
     // Records are read in input order, which jumps around the journals
     // (workers append in chunks): the journals are mapped, so each record is
     // a slice of the page cache, nothing is copied or held beyond it, and
@@ -572,29 +828,11 @@ fn write_tables(
     // Two threads render side by side: `nodes` and `links` rows (each with
     // the metadata cells appended), and `histograms` and `errors` rows.
     let rows_with_metadata = |nodes: &mut AtomicFile, links: &mut AtomicFile| -> Result<()> {
-        // The record's metadata cells, after a separator, ending the line.
-        let (mut suffix, mut line_end) = (RowWriter::default(), Vec::new());
+        let mut line_end = LineEnd::default();
         for e in &entries {
-            let (head, mut rows) = record(e)?;
-            suffix.clear();
-            for k in &keys {
-                suffix.text(head.metadata.get(k).map_or("", String::as_str));
-            }
-            line_end.clear();
-            if !keys.is_empty() {
-                line_end.push(b',');
-            }
-            line_end.extend_from_slice(suffix.bytes());
-            line_end.push(b'\n');
-            for (lens, file) in [(&head.nodes, &mut *nodes), (&head.links, &mut *links)] {
-                let w = file.writer();
-                for &n in lens {
-                    let (row, rest) = rows.split_at(n as usize);
-                    rows = rest;
-                    let cells = row.strip_suffix(b"\n").unwrap_or(row);
-                    w.write_all(cells).and_then(|_| w.write_all(&line_end)).map_err(write_err)?;
-                }
-            }
+            let (head, rows) = record(e)?;
+            let line_end = line_end.of(&keys, &head.metadata);
+            node_and_link_rows(nodes.writer(), links.writer(), &head, rows, line_end).map_err(write_err)?;
         }
         Ok(())
     };
@@ -602,9 +840,8 @@ fn write_tables(
         for e in &entries {
             // Only a failure's head is read (for its error row).
             if e.failed {
-                if let (Head { error: Some([kind, tensor, msg]), .. }, _) = record(e)? {
-                    writeln!(errors.writer(), "{}", RowWriter::line([&e.checkpoint, &kind, &tensor, &msg]))
-                        .map_err(write_err)?;
+                if let (Head { error: Some(error), .. }, _) = record(e)? {
+                    error_row(errors.writer(), &e.checkpoint, &error).map_err(write_err)?;
                 }
             }
             let bytes = bytes_of(e)?;
@@ -612,20 +849,13 @@ fn write_tables(
         }
         Ok(())
     };
-    let [mut nodes, mut links, mut histograms, mut errors] = tables.map(|(file, _)| file);
     std::thread::scope(|s| -> Result<()> {
         let other = s.spawn(|| histogram_and_error_rows(&mut histograms, &mut errors));
         let ours = rows_with_metadata(&mut nodes, &mut links);
         other.join().expect("render thread panicked").and(ours)
     })?;
-    // Tables are derived from the synced journal (`--resume` renders them
-    // again), so they are renamed into place without a disk flush each.
-    for table in [nodes, links, histograms, errors] {
-        table.publish()?;
-    }
-    let failed = entries.iter().filter(|e| e.failed).count();
-    let non_finite = entries.iter().filter(|e| e.non_finite).count();
-    Ok(ScanSummary { analysed: entries.len() - failed, failed, non_finite })
+    Tables { nodes, links, histograms, errors }.publish()?;
+    Ok(tally(&entries))
 }
 
 /// Progress on standard error: checkpoints, checkpoints/s, MB/s and ETA;

@@ -60,7 +60,7 @@ impl Engine for CpuEngine {
             add_bias(&mut s_in, &b.to_f64(), layer, layout);
         }
         let empty = Histogram::for_range(weights.min, weights.max, bins);
-        let parts = self.split(weight.len(), |start, end| {
+        let count = |start: usize, end: usize| {
             let mut h = empty.clone();
             match weight.as_f32() {
                 Some(xs) => h.add_f32(&xs[start..end]),
@@ -74,9 +74,8 @@ impl Engine for CpuEngine {
                 }
             }
             h
-        });
-        let mut histogram = empty;
-        parts.iter().for_each(|p| histogram.merge(p));
+        };
+        let histogram = self.split(weight.len(), count, |all, part| all.merge(&part));
         Ok(LayerMeasures { s_in, s_out, weights, histogram })
     }
 
@@ -163,17 +162,21 @@ fn sweep_f32(cols: &mut [f64], row: &[f32], lanes: &mut Lanes) -> f64 {
 
 impl CpuEngine {
     /// Runs `f` over `0..n` elements split into one contiguous block per
-    /// thread (inline when `n` is small); results in block order.
-    fn split<T: Send>(&self, n: usize, f: impl Fn(usize, usize) -> T + Sync) -> Vec<T> {
+    /// thread (inline when `n` is small) and folds the blocks' results in
+    /// order with `merge`.
+    fn split<T: Send>(&self, n: usize, f: impl Fn(usize, usize) -> T + Sync, merge: impl Fn(&mut T, T)) -> T {
         let threads = if n >= PARALLEL_MIN_WEIGHTS { self.threads } else { 1 };
         if threads <= 1 {
-            return vec![f(0, n)];
+            return f(0, n);
         }
         let block = n.div_ceil(threads);
         std::thread::scope(|s| {
             let f = &f;
             let handles: Vec<_> = (0..n).step_by(block).map(|a| s.spawn(move || f(a, (a + block).min(n)))).collect();
-            handles.into_iter().map(|h| h.join().expect("worker panicked")).collect()
+            let mut parts = handles.into_iter().map(|h| h.join().expect("worker panicked"));
+            let mut all = parts.next().expect("n > 0: one block at least");
+            parts.for_each(|p| merge(&mut all, p));
+            all
         })
     }
 
@@ -188,19 +191,21 @@ impl CpuEngine {
     ) -> (Vec<f64>, Vec<f64>, Moments) {
         let (rows, cols) = dense_storage(layout, inputs, outputs);
         // The power sums are taken about the mean of a first sample.
-        let mut first = vec![0.0; weight.len().min(1024)];
-        weight.decode_into(0, &mut first);
-        let shift = if first.is_empty() { 0.0 } else { stats::sum(&first) / first.len() as f64 };
-        let parts = self.split(rows * cols, |start, end| row_col_sums(weight, cols, start / cols, end / cols, shift));
-        let mut sums =
-            RowColSums { rows: Vec::with_capacity(rows), cols: vec![0.0; cols], moments: Moments::default() };
-        for p in parts {
-            sums.rows.extend(p.rows);
-            for (a, b) in sums.cols.iter_mut().zip(&p.cols) {
-                *a += b;
-            }
-            sums.moments.merge(&p.moments);
-        }
+        let mut first = [0.0; 1024];
+        let first = &mut first[..weight.len().min(1024)];
+        weight.decode_into(0, first);
+        let shift = if first.is_empty() { 0.0 } else { stats::sum(first) / first.len() as f64 };
+        let sums = self.split(
+            rows * cols,
+            |start, end| row_col_sums(weight, cols, start / cols, end / cols, shift),
+            |all, part| {
+                all.rows.extend(part.rows);
+                for (a, b) in all.cols.iter_mut().zip(&part.cols) {
+                    *a += b;
+                }
+                all.moments.merge(&part.moments);
+            },
+        );
         let (s_in, s_out) = dense_in_out(layout, sums.rows, sums.cols);
         (s_in, s_out, sums.moments)
     }

@@ -238,33 +238,35 @@ pub fn assemble<E: Engine + ?Sized>(
         let w = ck.tensor(&layer.weight)?;
         let bias = layer.bias.as_deref().map(|b| Ok(Finite::of(ck.tensor(b)?.to_f64()))).transpose()?;
         let b = layer.bias.as_deref().filter(|_| net.bias).map(|b| ck.tensor(b)).transpose()?;
-        let mut ls = engine.layer(layer, net.layout, &w, b.as_ref(), opts.bins)?;
+        let LayerMeasures { s_in, s_out, mut weights, mut histogram } =
+            engine.layer(layer, net.layout, &w, b.as_ref(), opts.bins)?;
         let mut non_finite = bias.as_ref().map_or(0, |b| b.non_finite);
-        if !is_finite(&ls.weights) {
+        if !is_finite(&weights) {
             // Rare: measure the finite weights on their own.
-            let weights = Finite::of(w.to_f64());
-            (ls.weights, ls.histogram) = engine.distribution(&weights.values, opts.bins)?;
-            non_finite += weights.non_finite;
+            let finite = Finite::of(w.to_f64());
+            (weights, histogram) = engine.distribution(&finite.values, opts.bins)?;
+            non_finite += finite.non_finite;
         }
         layers.push(LayerResult {
             name: layer.name.clone(),
             kind: layer.kind.name(),
             weight: layer.weight.clone(),
-            weights: ls.weights,
+            weights,
             bias: bias.map(|b| Moments::from_slice(&b.values)),
-            histogram: ls.histogram.clone(),
+            histogram,
             non_finite,
         });
-        strengths.push(ls);
+        strengths.push((s_in, s_out));
     }
     let mut node_sets = Vec::with_capacity(net.node_sets.len());
+    let mut zeros = Vec::new();
     for set in &net.node_sets {
         let n = set.shape.count();
-        let zeros = || vec![0.0; n];
-        let s_in = set.in_layer.map_or_else(zeros, |l| strengths[l].s_in.clone());
-        let s_out = set.out_layer.map_or_else(zeros, |l| strengths[l].s_out.clone());
+        zeros.resize(zeros.len().max(n), 0.0);
+        let s_in = set.in_layer.map_or(&zeros[..n], |l| &strengths[l].0[..]);
+        let s_out = set.out_layer.map_or(&zeros[..n], |l| &strengths[l].1[..]);
         debug_assert_eq!((s_in.len(), s_out.len()), (n, n), "node set {}", set.name);
-        let strength: Vec<f64> = s_in.iter().zip(&s_out).map(|(a, b)| a + b).collect();
+        let strength: Vec<f64> = s_in.iter().zip(s_out).map(|(a, b)| a + b).collect();
         // Strengths are NaN/Inf only next to NaN/Inf weights or biases: the
         // finite ones are copied out only then.
         let kept = (!strength.iter().all(|s| s.is_finite())).then(|| Finite::of(strength.clone()));
@@ -279,11 +281,11 @@ pub fn assemble<E: Engine + ?Sized>(
             name: set.name.clone(),
             shape: set.shape,
             strength: m,
-            s_in_mean: mean(&s_in),
-            s_out_mean: mean(&s_out),
+            s_in_mean: mean(s_in),
+            s_out_mean: mean(s_out),
             histogram,
             non_finite: kept.as_ref().map_or(0, |k| k.non_finite),
-            values: opts.keep_values.then_some(NodeValues { s_in, s_out, strength }),
+            values: opts.keep_values.then(|| NodeValues { s_in: s_in.to_vec(), s_out: s_out.to_vec(), strength }),
         });
     }
     Ok(Analysis { not_chain: net.not_chain.clone(), node_sets, layers })
