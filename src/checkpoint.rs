@@ -48,6 +48,11 @@ impl DType {
 /// (for a small file, one read costs less than mapping and unmapping).
 const MAP_MIN_BYTES: u64 = 1 << 20;
 
+/// Files are first read this far, in one call: a checkpoint of a model zoo
+/// fits, and a read of a regular file that returns less than it asked for
+/// has reached the end, so the file's size is never asked for.
+const FIRST_READ_BYTES: usize = 64 << 10;
+
 /// A file's bytes: mapped (zero-copy) or, for small files, read.
 enum Bytes {
     Mapped(Mmap),
@@ -79,14 +84,29 @@ struct ReadBuf {
 }
 
 impl ReadBuf {
-    /// Reads `len` bytes of `file` (one `read` call when it has them).
-    fn read(mut file: &File, len: usize) -> std::io::Result<Self> {
+    /// Reads up to `max` bytes of `file` in one call.
+    fn read_some(mut file: &File, max: usize) -> std::io::Result<Self> {
         let mut buf = SPARE.take();
-        if buf.len() < len {
-            buf.resize(len, 0);
+        if buf.len() < max {
+            buf.resize(max, 0);
         }
-        std::io::Read::read_exact(&mut file, &mut buf[..len])?;
-        Ok(ReadBuf { buf, len })
+        loop {
+            match std::io::Read::read(&mut file, &mut buf[..max]) {
+                Ok(len) => return Ok(ReadBuf { buf, len }),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Reads on to `len` bytes in all.
+    fn read_to(mut self, mut file: &File, len: usize) -> std::io::Result<Self> {
+        if self.buf.len() < len {
+            self.buf.resize(len, 0);
+        }
+        std::io::Read::read_exact(&mut file, &mut self.buf[self.len..len])?;
+        self.len = len;
+        Ok(self)
     }
 }
 
@@ -208,18 +228,20 @@ impl Checkpoint {
             let dir = path.parent().unwrap_or(Path::new("."));
             return Self::open_sharded(dir, path);
         }
-        // Open first and ask the handle what it is: one `stat` per file.
+        // Open and read first: a directory says so when read, so a file
+        // costs no `stat`.
         let io = |error| Error::Io { path: path.to_path_buf(), error };
         let file = match File::open(path) {
             Ok(file) => file,
             Err(_) if path.is_dir() => return Self::open_dir(path),
             Err(error) => return Err(io(error)),
         };
-        let info = file.metadata().map_err(io)?;
-        if info.is_dir() {
-            return Self::open_dir(path);
-        }
-        let (shard, header) = read_shard(path, file, info.len())?;
+        let bytes = match read_bytes(&file) {
+            Ok(bytes) => bytes,
+            Err(error) if error.kind() == std::io::ErrorKind::IsADirectory => return Self::open_dir(path),
+            Err(error) => return Err(io(error)),
+        };
+        let (shard, header) = parse_shard(path, bytes)?;
         let mut tensors = HashMap::new();
         let metadata = record_tensors(path, header, 0, &mut tensors)?;
         Ok(Checkpoint { path: path.to_path_buf(), shards: vec![shard], tensors, metadata })
@@ -395,7 +417,7 @@ impl<'de> serde::Deserialize<'de> for Header {
                 f.write_str("a safetensors header object")
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<Header, A::Error> {
-                let mut header = Header { metadata: BTreeMap::new(), tensors: Vec::new() };
+                let mut header = Header { metadata: BTreeMap::new(), tensors: Vec::with_capacity(16) };
                 while let Some(key) = map.next_key::<String>()? {
                     if key == "__metadata__" {
                         header.metadata = map.next_value()?;
@@ -410,32 +432,39 @@ impl<'de> serde::Deserialize<'de> for Header {
     }
 }
 
-/// Reads (or maps) one safetensors file and validates its header: length
-/// in range, UTF-8 JSON, each tensor's byte size equal to shape x dtype
-/// (checked arithmetic), data offsets contiguous from 0 to the end of the
-/// file. Returns the shard and its header, tensors in file order.
+/// Reads (or maps) one safetensors file and validates it ([`parse_shard`]).
 fn map_shard(path: &Path) -> Result<(Shard, Header)> {
     let io = |error| Error::Io { path: path.to_path_buf(), error };
-    let file = File::open(path).map_err(io)?;
-    let len = file.metadata().map_err(io)?.len();
-    read_shard(path, file, len)
+    let bytes = File::open(path).and_then(|file| read_bytes(&file)).map_err(io)?;
+    parse_shard(path, bytes)
 }
 
-/// [`map_shard`] of an opened file of `len` bytes.
-fn read_shard(path: &Path, file: File, len: u64) -> Result<(Shard, Header)> {
-    let io = |error| Error::Io { path: path.to_path_buf(), error };
+/// A file's bytes: read whole when small (one call for most), else mapped.
+fn read_bytes(file: &File) -> std::io::Result<Bytes> {
+    let first = ReadBuf::read_some(file, FIRST_READ_BYTES)?;
+    if first.len < FIRST_READ_BYTES {
+        return Ok(Bytes::Read(first));
+    }
+    let len = file.metadata()?.len();
+    if len >= MAP_MIN_BYTES {
+        // SAFETY: the map is read-only; a file truncated by another process
+        // while mapped is outside what any reader of mapped files can guard.
+        return Ok(Bytes::Mapped(unsafe { Mmap::map(file) }?));
+    }
+    let len = usize::try_from(len).map_err(std::io::Error::other)?;
+    Ok(Bytes::Read(first.read_to(file, len)?))
+}
+
+/// Validates a safetensors file's bytes: header length in range, UTF-8
+/// JSON, each tensor's byte size equal to shape x dtype (checked
+/// arithmetic), data offsets contiguous from 0 to the end of the file.
+/// Returns the shard and its header, tensors in file order.
+fn parse_shard(path: &Path, map: Bytes) -> Result<(Shard, Header)> {
     let bad = |reason: String| Error::Malformed { path: path.to_path_buf(), reason };
+    let len = map.len() as u64;
     if len < 8 {
         return Err(bad(format!("file is {len} bytes, shorter than the 8-byte header length")));
     }
-    let map = if len >= MAP_MIN_BYTES {
-        // SAFETY: the map is read-only; a file truncated by another process
-        // while mapped is outside what any reader of mapped files can guard.
-        Bytes::Mapped(unsafe { Mmap::map(&file) }.map_err(io)?)
-    } else {
-        // The length is known: one read, no size probing.
-        Bytes::Read(ReadBuf::read(&file, len as usize).map_err(io)?)
-    };
     let n = u64::from_le_bytes(map[..8].try_into().expect("8 bytes"));
     if n > MAX_HEADER_BYTES as u64 {
         return Err(bad(format!("declared header length {n} is too large (over 100 MB)")));

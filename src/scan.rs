@@ -145,6 +145,12 @@ pub fn measure(path: &Path, graph: &GraphOptions, engine: &dyn Engine, opts: &An
 const FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
 const FLUSH_BYTES: usize = 1 << 20;
 
+/// A worker's buffer of records: room for [`FLUSH_BYTES`] and the record
+/// that crosses it, so it is allocated (and its pages touched) once.
+fn record_buffer() -> Vec<u8> {
+    Vec::with_capacity(FLUSH_BYTES + FLUSH_BYTES / 4)
+}
+
 /// The layout of a journal record's rows. Records of another layout (from
 /// an older build) are ignored: `--resume` measures those checkpoints again
 /// rather than mixing row layouts in one table.
@@ -281,7 +287,7 @@ struct Staged {
 impl Pending {
     fn new(stream: bool) -> Self {
         Pending {
-            buf: Vec::new(),
+            buf: record_buffer(),
             entries: Vec::new(),
             staged: stream.then(Vec::new),
             keys: BTreeSet::new(),
@@ -430,7 +436,7 @@ impl TableStream {
         } else {
             self.recycle(buf);
         }
-        self.spare.pop().unwrap_or_default()
+        self.spare.pop().unwrap_or_else(record_buffer)
     }
 
     /// Writes records while the next one is at the front of a buffer.
@@ -479,7 +485,7 @@ impl TableStream {
     }
 
     fn recycle(&mut self, mut buf: Vec<u8>) {
-        if self.spare.len() < 4 {
+        if self.spare.len() < 8 {
             buf.clear();
             self.spare.push(buf);
         }
@@ -556,7 +562,7 @@ pub fn scan(checkpoints: &[PathBuf], out_dir: &Path, engine: &dyn Engine, opts: 
     // The journal's index (what rendering needs), kept as records are
     // appended, so the tables are written without parsing it twice.
     let mut keys = BTreeSet::new();
-    let entries = if opts.resume {
+    let mut entries = if opts.resume {
         index_journal(&journal_path, 0, true, &mut keys)?
     } else {
         File::create(&journal_path).map_err(out_err)?;
@@ -572,6 +578,7 @@ pub fn scan(checkpoints: &[PathBuf], out_dir: &Path, engine: &dyn Engine, opts: 
     let background = file.try_clone().map_err(out_err)?;
     // A fresh journal: the tables are written as the records come.
     let stream = (entries.is_empty() && !todo.is_empty()).then(|| std::sync::Mutex::new(TableStream::new(out_dir)));
+    entries.reserve(todo.len());
     let journal = std::sync::Mutex::new(Journal { file, len, entries, keys });
 
     // Workers claim batches, measure and encode them, and append their

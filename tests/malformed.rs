@@ -256,3 +256,34 @@ fn random_mutations_never_panic() {
         }
     }
 }
+
+/// Files of every length around the reader's thresholds (one read of 64
+/// KiB first, mapping from 1 MiB) read back whole, and the same files one
+/// byte short or four bytes long are rejected.
+#[test]
+fn lengths_around_the_read_thresholds() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.safetensors");
+    for threshold in [64usize << 10, 1 << 20] {
+        let mut lengths = Vec::new();
+        for n in threshold / 4 - 24..threshold / 4 + 4 {
+            let values: Vec<f64> = (0..n).map(|i| i as f64).collect();
+            write_st(&path, &[T::f32("x", &[n], values)], &[]);
+            let good = std::fs::read(&path).unwrap();
+            lengths.push(good.len());
+            let ck = Checkpoint::open(&path).unwrap();
+            let x = ck.tensor("x").unwrap().to_f64();
+            assert!(x.len() == n && x.iter().enumerate().all(|(i, &v)| v == i as f64), "{} bytes", good.len());
+            let mut long = good.clone();
+            long.extend([0; 4]);
+            for bad in [&good[..good.len() - 1], &long[..]] {
+                std::fs::write(&path, bad).unwrap();
+                let msg = Checkpoint::open(&path).err().expect("a file of the wrong length").to_string();
+                assert!(msg.contains("file length does not match"), "{} bytes: {msg}", bad.len());
+            }
+        }
+        for len in [threshold - 4, threshold, threshold + 4] {
+            assert!(lengths.contains(&len), "no file of {len} bytes among {lengths:?}");
+        }
+    }
+}
