@@ -124,7 +124,7 @@ impl F32Bins {
         // by at most 2^-24 of its size; for counted values `x - lo <= hi -
         // lo`, so the position errs by at most 2^-24 (scale |lo| + 3 bins),
         // and twice that covers the f64 computation's own rounding.
-        let eps = (scale * lo.abs() + 3.0 * f64::from(bins) + 1.0) * 2f64.powi(-23);
+        let eps = (scale * lo.abs() + 3.0 * f64::from(bins) + 1.0) * f64::from(f32::EPSILON);
         (eps < 0.25).then_some(F32Bins { binning: *binning, lo: lo_f, scale: scale_f, lo_in, hi_in, eps: eps as f32 })
     }
 

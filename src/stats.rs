@@ -222,7 +222,7 @@ impl Moments {
         if self.n == 0 || v <= 0.0 {
             return f64::NAN;
         }
-        (self.m3 / n) / v.powf(1.5)
+        (self.m3 / n) / (v * v.sqrt())
     }
 
     /// Excess kurtosis `m4 / m2^2 - 3` (biased, as `scipy.stats.kurtosis`);
