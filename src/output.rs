@@ -297,6 +297,20 @@ impl AtomicFile {
     }
 }
 
+/// Removes from `dir` the temporary files of the `names` (as
+/// [`AtomicFile`] names them) that writers killed before they finished
+/// left behind.
+pub fn remove_stale(dir: &Path, names: &[&str]) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let prefixes: Vec<String> = names.iter().map(|n| format!(".{n}.tmp")).collect();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if prefixes.iter().any(|p| name.to_string_lossy().starts_with(p.as_str())) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 impl Drop for AtomicFile {
     fn drop(&mut self) {
         if self.writer.is_some() {

@@ -557,6 +557,8 @@ fn index_journal(path: &Path, file: usize, repair: bool, keys: &mut BTreeSet<Str
 pub fn scan(checkpoints: &[PathBuf], out_dir: &Path, engine: &dyn Engine, opts: &ScanOptions) -> Result<ScanSummary> {
     let out_err = |e: std::io::Error| Error::output(out_dir, e);
     std::fs::create_dir_all(out_dir).map_err(out_err)?;
+    // Tables a killed run was writing.
+    output::remove_stale(out_dir, &TABLES);
     let journal_path = out_dir.join(JOURNAL);
     let ids: Vec<String> = checkpoints.iter().map(|p| p.to_string_lossy().into_owned()).collect();
     // The journal's index (what rendering needs), kept as records are
@@ -665,6 +667,7 @@ pub fn scan(checkpoints: &[PathBuf], out_dir: &Path, engine: &dyn Engine, opts: 
 pub fn merge(dirs: &[PathBuf], out_dir: &Path) -> Result<ScanSummary> {
     let out_err = |e: std::io::Error| Error::output(out_dir, e);
     std::fs::create_dir_all(out_dir).map_err(out_err)?;
+    output::remove_stale(out_dir, &TABLES);
     let journals: Vec<PathBuf> = dirs.iter().map(|d| d.join(JOURNAL)).collect();
     for j in &journals {
         if !j.is_file() {
@@ -689,6 +692,9 @@ pub fn merge(dirs: &[PathBuf], out_dir: &Path) -> Result<ScanSummary> {
     }
     Ok(summary)
 }
+
+/// The tables of a scan's output directory.
+const TABLES: [&str; 4] = ["nodes.csv", "links.csv", "histograms.csv", "errors.csv"];
 
 /// The four tables being written, headers first; each is published
 /// (renamed into place) when complete.
@@ -715,10 +721,10 @@ impl Tables {
             Ok(file)
         };
         Ok(Tables {
-            nodes: table("nodes.csv", &output::NODES_HEADER, true)?,
-            links: table("links.csv", &output::LINKS_HEADER, true)?,
-            histograms: table("histograms.csv", &output::HISTOGRAMS_HEADER, false)?,
-            errors: table("errors.csv", &output::ERRORS_HEADER, false)?,
+            nodes: table(TABLES[0], &output::NODES_HEADER, true)?,
+            links: table(TABLES[1], &output::LINKS_HEADER, true)?,
+            histograms: table(TABLES[2], &output::HISTOGRAMS_HEADER, false)?,
+            errors: table(TABLES[3], &output::ERRORS_HEADER, false)?,
         })
     }
 

@@ -207,8 +207,12 @@ fn resume_after_interruption_gives_identical_output() {
     std::fs::create_dir(&part).unwrap();
     let journal = std::fs::read(full.join("scan.journal")).unwrap();
     std::fs::write(part.join("scan.journal"), &journal[..journal.len() * 3 / 5]).unwrap();
+    // ... and the killed run's half-written tables.
+    let stale = part.join(".nodes.csv.tmp4242");
+    std::fs::write(&stale, "checkpoint,node_layer\n").unwrap();
     let o = cntscope(&["scan", data.to_str().unwrap(), "-o", part.to_str().unwrap(), "--resume"]);
     assert!(o.status.success(), "{}", text(&o));
+    assert!(!stale.exists(), "a killed run's temporary table is left behind");
     for table in ["nodes.csv", "links.csv", "histograms.csv", "errors.csv"] {
         assert_eq!(
             std::fs::read(full.join(table)).unwrap(),
