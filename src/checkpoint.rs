@@ -101,6 +101,9 @@ impl ReadBuf {
 
     /// Reads on to `len` bytes in all.
     fn read_to(mut self, mut file: &File, len: usize) -> std::io::Result<Self> {
+        if len < self.len {
+            return Err(std::io::Error::other("the file shrank while it was read"));
+        }
         if self.buf.len() < len {
             self.buf.resize(len, 0);
         }

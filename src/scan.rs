@@ -404,6 +404,8 @@ struct TableStream {
     spare: Vec<Vec<u8>>,
     line_end: LineEnd,
     gave_up: bool,
+    /// [`STREAM_HOLD_BYTES`] (smaller in tests).
+    hold_limit: usize,
 }
 
 impl TableStream {
@@ -418,6 +420,7 @@ impl TableStream {
             spare: Vec::new(),
             line_end: LineEnd::default(),
             gave_up: false,
+            hold_limit: STREAM_HOLD_BYTES,
         }
     }
 
@@ -430,7 +433,7 @@ impl TableStream {
             self.waiting.push((buf, staged.into()));
             // A table that cannot be written is left to the rendering from
             // the journal, which reports the error.
-            if self.write_ready().is_err() || self.held > STREAM_HOLD_BYTES {
+            if self.write_ready().is_err() || self.held > self.hold_limit {
                 self.give_up();
             }
         } else {
@@ -906,5 +909,63 @@ impl Progress {
         if let Some(bar) = &self.bar {
             bar.finish();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A worker's buffer of one-row records at `positions` (each with a
+    /// `nodes.csv` row naming it and metadata `{k: v}`).
+    fn records(positions: &[usize]) -> (Vec<u8>, Vec<Staged>) {
+        let (mut buf, mut staged) = (Vec::new(), Vec::new());
+        for &pos in positions {
+            buf.extend_from_slice(b"{head}\n");
+            let rows = buf.len();
+            let row = format!("c{pos},1\n");
+            buf.extend_from_slice(row.as_bytes());
+            let metadata = BTreeMap::from([("k".to_string(), format!("v{pos}"))]);
+            let head =
+                Head { checkpoint: format!("c{pos}"), nodes: vec![row.len() as u32], metadata, ..Head::default() };
+            staged.push(Staged { pos, rows, head });
+        }
+        (buf, staged)
+    }
+
+    #[test]
+    fn stream_writes_records_in_order_whatever_order_they_come_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut stream = TableStream::new(dir.path());
+        for positions in [&[1, 3][..], &[4, 5], &[0, 2, 6]] {
+            let (buf, staged) = records(positions);
+            stream.feed(buf, staged);
+        }
+        assert!(stream.finish(7).unwrap(), "streamed whole");
+        let nodes = std::fs::read_to_string(dir.path().join("nodes.csv")).unwrap();
+        let rows: Vec<&str> = nodes.lines().skip(1).collect();
+        let want: Vec<String> = (0..7).map(|i| format!("c{i},1,v{i}")).collect();
+        assert_eq!(rows, want);
+        assert!(nodes.starts_with("checkpoint,") && nodes.lines().next().unwrap().ends_with(",k"));
+    }
+
+    #[test]
+    fn stream_gives_up_beyond_its_hold_or_on_a_new_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut stream = TableStream::new(dir.path());
+        stream.hold_limit = 100;
+        for positions in [&[0][..], &[2, 3, 4], &[5, 6, 7, 8, 9, 10], &[1]] {
+            let (buf, staged) = records(positions);
+            stream.feed(buf, staged);
+            assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), if stream.gave_up { 0 } else { 4 });
+        }
+        assert!(stream.gave_up, "records 2-10 waited for 1 beyond the hold");
+        assert!(!stream.finish(11).unwrap());
+
+        let mut stream = TableStream::new(dir.path());
+        let (buf, mut staged) = records(&[0, 1]);
+        staged[1].head.metadata.insert("new".into(), "x".into());
+        stream.feed(buf, staged);
+        assert!(!stream.finish(2).unwrap(), "a column the header lacks");
     }
 }
