@@ -100,32 +100,65 @@ impl Pool {
 /// Adds `weight * exp(-z^2 / 2)`, `z = (x - center) / h`, at every point
 /// `x = x0 + i step` of `d`, as far as f64 does not underflow (so, as a
 /// direct evaluation would, tails far from the centre stay positive: the
-/// symmetric KL depends on them). Along a uniform grid the Gaussian obeys
-/// `g(z + s) = g(z) r`, with `r` itself multiplied by `exp(-s^2)` each step,
-/// so the walk outward from the nearest point costs two multiplications a
-/// point.
+/// symmetric KL depends on them), walking up and down from the point
+/// nearest the centre.
 fn gaussian_onto(d: &mut [f64], x0: f64, step: f64, center: f64, h: f64, weight: f64) {
     let last = d.len() - 1;
     let j0 = ((center - x0) / step).round().clamp(0.0, last as f64) as usize;
     let z0 = (x0 + j0 as f64 * step - center) / h;
     let s = step / h;
-    let k = (-s * s).exp();
-    for dir in [1.0, -1.0] {
-        let s = dir * s;
-        let mut g = (-0.5 * z0 * z0).exp();
-        let mut r = (-z0 * s - 0.5 * s * s).exp();
-        let mut j = j0 as isize;
-        if dir < 0.0 {
-            // The centre point was counted going up; start one below it.
-            g *= r;
-            r *= k;
-            j -= 1;
+    let (down, up) = d.split_at_mut(j0);
+    walk(up, false, z0, s, weight);
+    walk(down, true, z0 - s, -s, weight);
+}
+
+/// Chains of the walk of [`gaussian_onto`]: independent, so their
+/// multiplications overlap (and vectorise).
+const LANES: usize = 8;
+
+/// `|z|` beyond which `exp(-z^2 / 2)` underflows to zero in f64.
+const Z_UNDERFLOW: f64 = 38.7;
+
+/// Adds `weight * exp(-z_t^2 / 2)`, `z_t = z0 + t s`, to the `t`-th point
+/// of `d` in walking order (from its end when `reverse`), where `z_t`
+/// moves away from 0 (`z0` lies within `s / 2` of it, or beyond it in the
+/// direction of `s`), until it underflows. Along the walk the Gaussian
+/// obeys `g(z + L s) = g(z) r` with the ratio `r = exp(-L s z - L^2 s^2 /
+/// 2)` itself multiplied by `exp(-L^2 s^2)` each step: [`LANES`] chains
+/// `L` points apart cost two multiplications a point.
+fn walk(d: &mut [f64], reverse: bool, z0: f64, s: f64, weight: f64) {
+    let alive = ((Z_UNDERFLOW - z0 * s.signum()) / s.abs()).floor() + 1.0;
+    let n = d.len().min(alive.max(0.0) as usize);
+    let len = d.len();
+    let d = if reverse { &mut d[len - n..] } else { &mut d[..n] };
+    // Lane `p` holds the points `t = L b + t_p` in memory order.
+    let lane_t = |p: usize| if reverse { LANES - 1 - p } else { p };
+    let l = LANES as f64;
+    let (mut g, mut r) = ([0.0; LANES], [0.0; LANES]);
+    for p in 0..LANES {
+        let z = z0 + lane_t(p) as f64 * s;
+        g[p] = (-0.5 * z * z).exp();
+        r[p] = (-l * s * z - 0.5 * l * l * s * s).exp();
+    }
+    let k = (-l * l * s * s).exp();
+    let mut block = |points: &mut [f64]| {
+        for p in 0..LANES {
+            points[p] += weight * g[p];
+            g[p] *= r[p];
+            r[p] *= k;
         }
-        while (0..=last as isize).contains(&j) && g > 0.0 {
-            d[j as usize] += weight * g;
-            g *= r;
-            r *= k;
-            j += dir as isize;
+    };
+    let rest = n % LANES;
+    if reverse {
+        d.rchunks_exact_mut(LANES).for_each(&mut block);
+        // The first `rest` points, the walk's last: lanes `L - rest..`.
+        for (x, g) in d[..rest].iter_mut().zip(&g[LANES - rest..]) {
+            *x += weight * g;
+        }
+    } else {
+        d.chunks_exact_mut(LANES).for_each(&mut block);
+        for (x, g) in d[n - rest..].iter_mut().zip(&g) {
+            *x += weight * g;
         }
     }
 }
@@ -196,6 +229,36 @@ mod tests {
         assert_eq!(jensen_shannon(&p, &p), 0.0);
         let g = grid(-1.0, 1.0, 5);
         assert_eq!(g, [-1.0, -0.5, 0.0, 0.5, 1.0]);
+    }
+
+    /// The walk agrees with evaluating every point directly, wherever the
+    /// centre lies (inside the grid, off either end) and however wide the
+    /// kernel (a few grid steps to wider than the grid), on grids of every
+    /// length around the lane count: within 1e-11 of each value down to
+    /// 1e-280 (measured: 2.9e-12; a one-lane walk of the same points errs
+    /// by up to 1.0e-11), and nothing where the value underflows.
+    #[test]
+    fn gaussian_walk_matches_direct_evaluation() {
+        let mut worst = (0.0f64, String::new());
+        for n in [1, 2, 7, 8, 9, 17, 1000] {
+            let (x0, step) = (-1.0, 2.0 / n as f64);
+            for center in [-3.0, -1.0, -0.3137, 0.0, 0.77, 1.0 + 1e-9, 5.0] {
+                for h in [0.001, 0.013, 0.2, 3.0] {
+                    let mut d = vec![0.0; n];
+                    gaussian_onto(&mut d, x0, step, center, h, 2.5);
+                    for (i, &got) in d.iter().enumerate() {
+                        let z = (x0 + i as f64 * step - center) / h;
+                        let want = 2.5 * (-0.5 * z * z).exp();
+                        let err =
+                            if want > 1e-280 { (got - want).abs() / want } else { f64::from(u8::from(got > 1e-270)) };
+                        if err > worst.0 {
+                            worst = (err, format!("n {n} center {center} h {h} point {i}: {got:e} vs {want:e}"));
+                        }
+                    }
+                }
+            }
+        }
+        assert!(worst.0 <= 1e-11, "worst relative error {:e} at {}", worst.0, worst.1);
     }
 
     #[test]

@@ -304,14 +304,10 @@ impl Study<'_> {
                 }
                 curves.push(Curve { name: names[*g].clone(), points: common.iter().copied().zip(d).collect() });
             }
-            let mut js = vec![vec![0.0; present.len()]; present.len()];
-            let mut skl = js.clone();
+            let pools: Vec<&Pool> = present.iter().map(|(_, pool)| *pool).collect();
+            let (js, skl) = divergences(&pools);
             for (a, (ga, pa)) in present.iter().enumerate() {
                 for (b, (gb, pb)) in present.iter().enumerate() {
-                    let g = grid(pa.moments.min.min(pb.moments.min), pa.moments.max.max(pb.moments.max), GRID_POINTS);
-                    let (da, db) = (pa.density(&g), pb.density(&g));
-                    js[a][b] = jensen_shannon(&da, &db);
-                    skl[a][b] = symmetric_kl(&da, &db);
                     divergence_rows.push(vec![
                         measure.to_string(),
                         index.to_string(),
@@ -460,12 +456,10 @@ impl Study<'_> {
             })
             .collect();
         let labels: Vec<String> = a.node_sets.iter().enumerate().map(|(k, s)| format!("V{k} {}", s.name)).collect();
-        let mut js = vec![vec![0.0; pools.len()]; pools.len()];
+        let (js, _) = divergences(&pools.iter().collect::<Vec<_>>());
         let mut rows = Vec::new();
-        for (i, p) in pools.iter().enumerate() {
-            for (j, q) in pools.iter().enumerate() {
-                let g = grid(p.moments.min.min(q.moments.min), p.moments.max.max(q.moments.max), GRID_POINTS);
-                js[i][j] = jensen_shannon(&p.density(&g), &q.density(&g));
+        for i in 0..pools.len() {
+            for j in 0..pools.len() {
                 rows.push(vec![checkpoint.display().to_string(), labels[i].clone(), labels[j].clone(), num(js[i][j])]);
             }
         }
@@ -475,6 +469,25 @@ impl Study<'_> {
         self.figure("layer_divergence.svg", &svg)?;
         Ok(svg)
     }
+}
+
+/// Jensen-Shannon and symmetric KL divergences between every two pools,
+/// each pair's densities on a grid over both pools' range. Both are
+/// symmetric (term by term, so to the bit): each pair is computed once, and
+/// a pool against itself is 0.
+fn divergences(pools: &[&Pool]) -> (Vec<Vec<f64>>, Vec<Vec<f64>>) {
+    let n = pools.len();
+    let (mut js, mut skl) = (vec![vec![0.0; n]; n], vec![vec![0.0; n]; n]);
+    for a in 0..n {
+        for b in a + 1..n {
+            let (p, q) = (pools[a], pools[b]);
+            let g = grid(p.moments.min.min(q.moments.min), p.moments.max.max(q.moments.max), GRID_POINTS);
+            let (dp, dq) = (p.density(&g), q.density(&g));
+            (js[a][b], skl[a][b]) = (jensen_shannon(&dp, &dq), symmetric_kl(&dp, &dq));
+            (js[b][a], skl[b][a]) = (js[a][b], skl[a][b]);
+        }
+    }
+    (js, skl)
 }
 
 fn fig_err(dir: &Path, e: String) -> Error {
