@@ -59,9 +59,8 @@ impl Engine for CpuEngine {
         if let Some(b) = bias {
             add_bias(&mut s_in, &b.to_f64(), layer, layout);
         }
-        let empty = Histogram::for_range(weights.min, weights.max, bins);
         let count = |start: usize, end: usize| {
-            let mut h = empty.clone();
+            let mut h = Histogram::for_range(weights.min, weights.max, bins);
             match weight.as_f32() {
                 Some(xs) => h.add_f32(&xs[start..end]),
                 None => {
