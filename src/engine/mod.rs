@@ -1,8 +1,9 @@
 //! Engines compute the measures: per-layer strengths and link-weight
 //! statistics, per-node-set moments and histograms. The CPU engine is the
 //! f64 reference; the GPU engine runs the same primitives as WGSL kernels.
-//! [`analyze`] assembles a whole network from those primitives, so both
-//! engines share one definition of node strength.
+//! [`assemble`] (behind [`Engine::analyze`]) builds a whole network's
+//! measures from those primitives, so both engines share one definition of
+//! node strength.
 
 pub mod cpu;
 pub mod gpu;

@@ -4,7 +4,7 @@
 //! One [`GpuContext`] per process holds the device, the pipelines (created
 //! on first use, cached by kernel: shapes and dtypes are data in the job
 //! tables, not pipeline keys) and scratch buffers reused across batches.
-//! A batch of networks becomes one [`plan::Plan`]: every tensor uploaded as
+//! A batch of networks becomes one `plan::Plan`: every tensor uploaded as
 //! stored (F16/BF16 as raw halves, widened in the shader), then one
 //! submission of at most seven dispatches whatever the batch size, then one
 //! readback of moment partials and histogram counts (and strengths only when
