@@ -1,8 +1,9 @@
 //! Measuring collections: workers open and analyse checkpoints in parallel
 //! (in batches, for the GPU), format each finished checkpoint's record
 //! (result or error) into a buffer of their own and append it to a journal
-//! every fraction of a second; the tables are rendered from the journal at
-//! the end, record by record in input order. So memory does not grow with
+//! every fraction of a second, then write the records whose turn has come
+//! to the tables, in input order (or, when that cannot be done, the tables
+//! are rendered from the journal at the end). So memory does not grow with
 //! the collection, a failing checkpoint never stops the rest, an
 //! interrupted scan keeps what it finished (`resume` does only the rest),
 //! and shards of one collection run anywhere and merge into exactly the
@@ -586,9 +587,10 @@ pub fn scan(checkpoints: &[PathBuf], out_dir: &Path, engine: &dyn Engine, opts: 
     entries.reserve(todo.len());
     let journal = std::sync::Mutex::new(Journal { file, len, entries, keys });
 
-    // Workers claim batches, measure and encode them, and append their
-    // records to the journal themselves every FLUSH_INTERVAL: no writer
-    // thread, no queue, memory bounded by the workers' batches.
+    // Workers claim batches, measure and encode them, append their records
+    // to the journal themselves every FLUSH_INTERVAL and hand them to the
+    // table stream: no writer thread, no queue, memory bounded by the
+    // workers' buffers and the stream's hold.
     let next = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
     let batch = engine.batch_size().max(1);
