@@ -264,7 +264,7 @@ impl AtomicFile {
     /// Starts writing `path`.
     pub fn create(path: &Path) -> Result<Self> {
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let tmp = path.with_file_name(format!(".{name}.tmp{}", std::process::id()));
+        let tmp = path.with_file_name(format!("{}{}", temporary_prefix(&name), std::process::id()));
         let file = File::create(&tmp).map_err(|e| Error::output(path, e))?;
         Ok(AtomicFile { path: path.to_path_buf(), tmp, writer: Some(BufWriter::with_capacity(1 << 18, file)) })
     }
@@ -302,13 +302,20 @@ impl AtomicFile {
 /// left behind.
 pub fn remove_stale(dir: &Path, names: &[&str]) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
-    let prefixes: Vec<String> = names.iter().map(|n| format!(".{n}.tmp")).collect();
+    let prefixes: Vec<String> = names.iter().map(|n| temporary_prefix(n)).collect();
     for entry in entries.flatten() {
         let name = entry.file_name();
-        if prefixes.iter().any(|p| name.to_string_lossy().starts_with(p.as_str())) {
+        let name = name.to_string_lossy();
+        if prefixes.iter().any(|p| name.starts_with(p.as_str())) {
             let _ = std::fs::remove_file(entry.path());
         }
     }
+}
+
+/// How an [`AtomicFile`]'s temporary file for `name` begins (its writer's
+/// process id follows).
+fn temporary_prefix(name: &str) -> String {
+    format!(".{name}.tmp")
 }
 
 impl Drop for AtomicFile {

@@ -262,6 +262,23 @@ struct Entry {
     non_finite: bool,
 }
 
+impl Entry {
+    /// The entry of the record with `head`, `len` bytes at `offset` of
+    /// journal `file`.
+    fn new(head: &Head, file: usize, offset: u64, len: usize) -> Self {
+        Entry {
+            order: head.order,
+            checkpoint: head.checkpoint.clone(),
+            file,
+            offset,
+            len,
+            histograms: head.histograms,
+            failed: head.error.is_some(),
+            non_finite: head.non_finite,
+        }
+    }
+}
+
 /// A worker's finished records, encoded, not yet in the journal; entry
 /// offsets are relative to `buf`.
 struct Pending {
@@ -332,17 +349,7 @@ impl Pending {
         let rows = self.buf.len();
         self.buf.extend_from_slice(self.rows.bytes());
         self.bytes += head.bytes;
-        let (len, offset) = (self.buf.len() - start, start as u64);
-        self.entries.push(Entry {
-            order,
-            checkpoint: head.checkpoint.clone(),
-            file: 0,
-            offset,
-            len,
-            histograms: head.histograms,
-            failed: head.error.is_some(),
-            non_finite: head.non_finite,
-        });
+        self.entries.push(Entry::new(&head, 0, start as u64, self.buf.len() - start));
         if let Some(staged) = &mut self.staged {
             staged.push(Staged { pos, rows, head });
         }
@@ -400,7 +407,6 @@ struct TableStream {
     next: usize,
     /// Handed-over buffers with their records not yet written, in order.
     waiting: Vec<(Vec<u8>, std::collections::VecDeque<Staged>)>,
-    held: usize,
     /// Written-out buffers, for the workers to fill again.
     spare: Vec<Vec<u8>>,
     line_end: LineEnd,
@@ -417,7 +423,6 @@ impl TableStream {
             keys: Vec::new(),
             next: 0,
             waiting: Vec::new(),
-            held: 0,
             spare: Vec::new(),
             line_end: LineEnd::default(),
             gave_up: false,
@@ -430,11 +435,10 @@ impl TableStream {
     /// empty buffer for the worker to fill.
     fn feed(&mut self, buf: Vec<u8>, staged: Vec<Staged>) -> Vec<u8> {
         if !self.gave_up && !staged.is_empty() {
-            self.held += buf.len();
             self.waiting.push((buf, staged.into()));
             // A table that cannot be written is left to the rendering from
             // the journal, which reports the error.
-            if self.write_ready().is_err() || self.held > self.hold_limit {
+            if self.write_ready().is_err() || self.held() > self.hold_limit {
                 self.give_up();
             }
         } else {
@@ -455,7 +459,6 @@ impl TableStream {
                 self.next += 1;
             }
             if staged.is_empty() {
-                self.held -= buf.len();
                 self.recycle(buf);
             } else {
                 self.waiting.push((buf, staged));
@@ -488,6 +491,11 @@ impl TableStream {
         Ok(true)
     }
 
+    /// Bytes of the buffers waiting for an earlier record.
+    fn held(&self) -> usize {
+        self.waiting.iter().map(|(buf, _)| buf.len()).sum()
+    }
+
     fn recycle(&mut self, mut buf: Vec<u8>) {
         if self.spare.len() < 8 {
             buf.clear();
@@ -500,7 +508,6 @@ impl TableStream {
         self.gave_up = true;
         self.tables = None;
         self.waiting.clear();
-        self.held = 0;
     }
 
     /// Publishes the tables when all `total` records were written; false
@@ -535,18 +542,8 @@ fn index_journal(path: &Path, file: usize, repair: bool, keys: &mut BTreeSet<Str
         }
         reader.seek_relative(head.rows_len() as i64).map_err(io)?;
         if head.format == FORMAT {
+            entries.push(Entry::new(&head, file, offset, len));
             keys.extend(head.metadata.into_keys());
-            let (failed, non_finite) = (head.error.is_some(), head.non_finite);
-            entries.push(Entry {
-                order: head.order,
-                checkpoint: head.checkpoint,
-                file,
-                offset,
-                len,
-                histograms: head.histograms,
-                failed,
-                non_finite,
-            });
         }
         offset += len as u64;
     }
@@ -606,13 +603,10 @@ pub fn scan(checkpoints: &[PathBuf], out_dir: &Path, engine: &dyn Engine, opts: 
                     stop.store(true, Ordering::Relaxed);
                     return Err(out_err(e));
                 }
-                let buf = std::mem::take(&mut pending.buf);
-                match (&stream, &mut pending.staged) {
-                    (Some(stream), Some(staged)) => {
-                        let staged = std::mem::replace(staged, Vec::with_capacity(staged.len()));
-                        pending.buf = stream.lock().expect("stream lock").feed(buf, staged);
-                    }
-                    _ => pending.buf = buf,
+                if let (Some(stream), Some(staged)) = (&stream, &mut pending.staged) {
+                    let staged = std::mem::replace(staged, Vec::with_capacity(staged.len()));
+                    let buf = std::mem::take(&mut pending.buf);
+                    pending.buf = stream.lock().expect("stream lock").feed(buf, staged);
                 }
                 pending.buf.clear();
                 progress.record(count, bytes);
