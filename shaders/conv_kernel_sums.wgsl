@@ -2,15 +2,24 @@
 // input channels of W[o, c', tap] (gives in-strengths), and Q[c, tap] = sum
 // over the output channels of c's group of W[o, c', tap] (out-strengths).
 
-// Job (11 words): first workgroup, weight word offset, dtype, cout, cin_g,
+// Job (12 words): first workgroup, weight word offset, dtype, cout, cin_g,
 // taps (kh * kw), cout_g (outputs per group), groups, keras (1: stored
-// [kh, kw, cin_g, cout], 0: [cout, cin_g, kh, kw]), K offset, Q offset.
-const STRIDE: u32 = 11u;
+// [kh, kw, cin_g, cout], 0: [cout, cin_g, kh, kw]), K offset, Q offset,
+// scale region (in strengths, or NONE: a folded BatchNorm's factor per
+// output channel).
+const STRIDE: u32 = 12u;
 
 @group(0) @binding(0) var<storage, read> raw: array<u32>;
 @group(0) @binding(1) var<uniform> p: Dispatch;
 @group(0) @binding(2) var<storage, read> jobs: array<u32>;
 @group(0) @binding(3) var<storage, read_write> scratch: array<f32>;
+@group(0) @binding(4) var<storage, read> strengths: array<f32>;
+
+// The factor of output channel o's weights.
+fn scale_of(j: u32, o: u32) -> f32 {
+    let s = jobs[j + 11u];
+    return select(strengths[s + o], 1.0, s == NONE);
+}
 
 @compute @workgroup_size(256)
 fn main(
@@ -41,7 +50,7 @@ fn main(
             let w = select((o * cin_g + ci) * taps + tap, (tap * cin_g + ci) * cout + o, keras);
             s += load(base, dtype, w);
         }
-        scratch[jobs[j + 9u] + i] = s;
+        scratch[jobs[j + 9u] + i] = s * scale_of(j, o);
         return;
     }
     let q = i - n_k;
@@ -55,7 +64,7 @@ fn main(
     var s = 0.0;
     for (var o = g * cout_g; o < (g + 1u) * cout_g; o++) {
         let w = select((o * cin_g + ci) * taps + tap, (tap * cin_g + ci) * cout + o, keras);
-        s += load(base, dtype, w);
+        s += load(base, dtype, w) * scale_of(j, o);
     }
     scratch[jobs[j + 10u] + q] = s;
 }

@@ -6,8 +6,9 @@
 
 // Job (21 words): first workgroup, K offset, Q offset, bias (or NONE),
 // s_in destination, s_out destination, cin, h, w, cout, ho, wo, kh, kw,
-// sh, sw, ph, pw, dh, dw, keras (1: flatten y, x, c; 0: c, y, x).
-const STRIDE: u32 = 21u;
+// sh, sw, ph, pw, dh, dw, keras (1: flatten y, x, c; 0: c, y, x),
+// channel level (1: the grid is 1x1 and every tap counts).
+const STRIDE: u32 = 22u;
 
 @group(0) @binding(0) var<uniform> p: Dispatch;
 @group(0) @binding(1) var<storage, read> jobs: array<u32>;
@@ -42,6 +43,7 @@ fn main(
     let dh = jobs[j + 18u];
     let dw = jobs[j + 19u];
     let keras = jobs[j + 20u] == 1u;
+    let all = jobs[j + 21u] == 1u;
     let taps = kh * kw;
     let plane_out = ho * wo;
     let n_out = cout * plane_out;
@@ -54,12 +56,12 @@ fn main(
         var s = 0.0;
         for (var ky = 0u; ky < kh; ky++) {
             let y = i32(oy * sh + ky * dh) - i32(ph);
-            if (y < 0 || y >= i32(h)) {
+            if (!all && (y < 0 || y >= i32(h))) {
                 continue;
             }
             for (var kx = 0u; kx < kw; kx++) {
                 let x = i32(ox * sw + kx * dw) - i32(pw);
-                if (x >= 0 && x < i32(w)) {
+                if (all || (x >= 0 && x < i32(w))) {
                     s += scratch[k + ky * kw + kx];
                 }
             }
@@ -84,12 +86,12 @@ fn main(
     var s = 0.0;
     for (var ky = 0u; ky < kh; ky++) {
         let qy = i32(y + ph) - i32(ky * dh);
-        if (qy < 0 || qy % i32(sh) != 0 || qy / i32(sh) >= i32(ho)) {
+        if (!all && (qy < 0 || qy % i32(sh) != 0 || qy / i32(sh) >= i32(ho))) {
             continue;
         }
         for (var kx = 0u; kx < kw; kx++) {
             let qx = i32(x + pw) - i32(kx * dw);
-            if (qx >= 0 && qx % i32(sw) == 0 && qx / i32(sw) < i32(wo)) {
+            if (all || (qx >= 0 && qx % i32(sw) == 0 && qx / i32(sw) < i32(wo))) {
                 s += scratch[k + ky * kw + kx];
             }
         }

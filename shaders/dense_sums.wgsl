@@ -5,9 +5,11 @@
 // Row sums (+ bias) go to the layer's s_in or s_out region, column partials
 // to scratch for `column_sums`.
 
-// Job (10 words): first block, weight word offset, dtype, first element,
-// rows, cols, partials offset (scratch), row destination, row bias (or NONE), pad.
-const STRIDE: u32 = 10u;
+// Job (11 words): first block, weight word offset, dtype, first element,
+// rows, cols, partials offset (scratch), row destination, row bias (or NONE),
+// scale region (in strengths, or NONE: a folded BatchNorm's factor per
+// output), scale by column (1: the outputs are the columns, 0: the rows).
+const STRIDE: u32 = 11u;
 const WG: u32 = 256u;
 const ROWS: u32 = 16u;
 
@@ -42,11 +44,16 @@ fn main(
     let row_bias = jobs[j + 8u];
     let r0 = block * ROWS;
     let nr = min(ROWS, rows - r0);
+    let scale = jobs[j + 9u];
+    let by_col = jobs[j + 10u] == 1u;
     var acc: array<f32, ROWS>;
     for (var c = t; c < cols; c += WG) {
         var col = 0.0;
         for (var r = 0u; r < nr; r++) {
-            let x = load(base, dtype, first + (r0 + r) * cols + c);
+            var x = load(base, dtype, first + (r0 + r) * cols + c);
+            if (scale != NONE) {
+                x *= strengths[scale + select(r0 + r, c, by_col)];
+            }
             col += x;
             acc[r] += x;
         }

@@ -213,6 +213,12 @@ impl<'a> Tensor<'a> {
         bytemuck::try_cast_slice(self.bytes).ok()
     }
 
+    /// A view of f64 values held elsewhere (a BatchNorm-folded copy),
+    /// named and shaped as `like`.
+    pub fn f64_like(values: &'a [f64], like: &Tensor<'a>) -> Tensor<'a> {
+        Tensor { name: like.name, file: like.file, dtype: DType::F64, shape: like.shape, bytes: bytemuck::cast_slice(values) }
+    }
+
     /// All elements widened to f64.
     pub fn to_f64(&self) -> Vec<f64> {
         let mut v = vec![0.0; self.len()];
@@ -333,6 +339,14 @@ impl Checkpoint {
     /// Shape of a tensor, without checking its dtype.
     pub fn shape(&self, name: &str) -> Option<&[usize]> {
         self.tensors.get(name).map(|e| e.info.shape.as_slice())
+    }
+
+    /// True when the tensor exists and is stored in a float dtype the
+    /// analysis reads (integer buffers such as `num_batches_tracked` are not).
+    pub fn is_float(&self, name: &str) -> bool {
+        self.tensors
+            .get(name)
+            .is_some_and(|e| matches!(e.info.dtype, StDtype::F32 | StDtype::F16 | StDtype::BF16 | StDtype::F64))
     }
 
     /// Total bytes of tensor data over all shards.

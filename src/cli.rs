@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use cntscope::engine::{AnalysisOptions, Device};
 use cntscope::graph::GraphOptions;
-use cntscope::spec::{Layout, Spec};
+use cntscope::spec::{BnMode, Layout, Spec};
 
 /// Neural network checkpoints as Complex Network Theory graphs: node
 /// strength, layer fluctuation and link weights.
@@ -170,9 +170,24 @@ pub struct GraphArgs {
     /// Weight layout (default: from the spec, else detected from names).
     #[arg(long, value_enum)]
     pub layout: Option<LayoutArg>,
-    /// Leave biases out of s_in.
+    /// Leave biases (and BatchNorm shifts) out of s_in.
     #[arg(long)]
     pub no_bias: bool,
+    /// BatchNorm: fold into the layer before it, its own layer, or ignore
+    /// (default: from the spec, else fold).
+    #[arg(long, value_enum)]
+    pub bn: Option<BnArg>,
+}
+
+/// `--bn` values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum BnArg {
+    /// Folded into the weighted layer it follows, as inference engines do.
+    Fold,
+    /// Its own diagonal layer, with its own node set.
+    Layer,
+    /// Left out: strengths of the raw layers.
+    Ignore,
 }
 
 /// `--layout` values.
@@ -215,7 +230,12 @@ impl GraphArgs {
             LayoutArg::Torch => Layout::Torch,
             LayoutArg::Keras => Layout::Keras,
         });
-        Ok(GraphOptions { spec, input, layout, bias: self.no_bias.then_some(false) })
+        let bn = self.bn.map(|b| match b {
+            BnArg::Fold => BnMode::Fold,
+            BnArg::Layer => BnMode::Layer,
+            BnArg::Ignore => BnMode::Ignore,
+        });
+        Ok(GraphOptions { spec, input, layout, bias: self.no_bias.then_some(false), bn })
     }
 }
 

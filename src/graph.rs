@@ -1,12 +1,26 @@
-//! The network as a graph (SPEC sections 1-3): weighted layers (dense and
-//! 2-D convolution) linking node sets, built from a spec file or discovered
-//! from tensor names, with the chain check and the non-chain fallback.
+//! The network as a graph (SPEC sections 1-3): a DAG of node sets joined by
+//! layers. Weighted layers (dense, 2-D convolution, BatchNorm as a diagonal
+//! layer) carry learned link weights; fixed layers (pools, identity skips)
+//! carry constant ones. A layer reads a channel range of one set and writes
+//! a channel range of another, so residual adds (overlapping writers) and
+//! concatenations (disjoint writers) are ordinary graphs. A chain is the
+//! case where each set has one writer and one reader; the per-layer
+//! analysis is the DAG whose layers share no sets.
+//!
+//! Graphs come from a spec file ([`crate::spec`]) or from discovery
+//! ([`crate::discover`]); both become [`LayerSpec`] entries and one
+//! builder turns them into a [`Network`], checking every shape.
 
+use std::collections::HashMap;
 use std::fmt;
 
 use crate::checkpoint::Checkpoint;
+use crate::discover;
 use crate::error::{Error, Result};
-use crate::spec::{Layout, Spec};
+use crate::spec::{BnMode, EntryKind, LayerSpec, Layout, PoolName, Spec};
+
+/// Default BatchNorm epsilon (torch's).
+pub const DEFAULT_EPS: f64 = 1e-5;
 
 /// How to read a checkpoint as a graph: validated settings, whatever their
 /// source (spec file, command line, defaults).
@@ -18,8 +32,11 @@ pub struct GraphOptions {
     pub input: Option<Vec<usize>>,
     /// Layout; overrides the spec's; auto-detected from tensor names if unset.
     pub layout: Option<Layout>,
-    /// `Some(false)` leaves biases out of `s_in` (`--no-bias`).
+    /// `Some(false)` leaves biases and BatchNorm shifts out of `s_in`
+    /// (`--no-bias`).
     pub bias: Option<bool>,
+    /// BatchNorm treatment; overrides the spec's (default fold).
+    pub bn: Option<BnMode>,
 }
 
 /// The shape of a node set.
@@ -44,6 +61,37 @@ impl NodeShape {
         match self {
             NodeShape::Flat(n) => n,
             NodeShape::Map { c, h, w } => c * h * w,
+        }
+    }
+
+    /// Channels (features of a vector).
+    pub fn channels(self) -> usize {
+        match self {
+            NodeShape::Flat(n) => n,
+            NodeShape::Map { c, .. } => c,
+        }
+    }
+
+    /// The pixel grid of a map.
+    pub fn grid(self) -> Option<[usize; 2]> {
+        match self {
+            NodeShape::Flat(_) => None,
+            NodeShape::Map { h, w, .. } => Some([h, w]),
+        }
+    }
+
+    /// The same grid with `c` channels.
+    pub fn with_channels(self, c: usize) -> NodeShape {
+        match self {
+            NodeShape::Flat(_) => NodeShape::Flat(c),
+            NodeShape::Map { h, w, .. } => NodeShape::Map { c, h, w },
+        }
+    }
+
+    fn of(grid: Option<[usize; 2]>, c: usize) -> NodeShape {
+        match grid {
+            None => NodeShape::Flat(c),
+            Some([h, w]) => NodeShape::Map { c, h, w },
         }
     }
 }
@@ -81,12 +129,16 @@ pub struct Conv {
     pub kh: usize,
     /// Kernel width.
     pub kw: usize,
-    /// Input map height and width.
+    /// Input map height and width (`[1, 1]` at channel level).
     pub in_hw: [usize; 2],
-    /// Output map height and width.
+    /// Output map height and width (`[1, 1]` at channel level).
     pub out_hw: [usize; 2],
     /// Stride, padding, dilation, groups.
     pub geometry: ConvGeometry,
+    /// Measured at channel level (SPEC 2: the input grid is unknown;
+    /// channels are nodes and `c -> o` carries the sum of its kernel's
+    /// taps, as if every tap landed).
+    pub channel_level: bool,
 }
 
 impl Conv {
@@ -104,7 +156,96 @@ impl Conv {
     }
 }
 
-/// What a weighted layer computes.
+/// What a pool computes (SPEC 1.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolOp {
+    /// Max pool: the average of the window's taps inside the input.
+    Max,
+    /// Average pool; `count_include_pad` as torch's `AvgPool2d`.
+    Avg {
+        /// Padding cells count in the divisor.
+        count_include_pad: bool,
+    },
+    /// Adaptive average pool (torch's windows).
+    AdaptiveAvg,
+}
+
+/// A pooling layer's geometry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pool {
+    /// The operation.
+    pub op: PoolOp,
+    /// Window (unused by adaptive pools).
+    pub kernel: [usize; 2],
+    /// Stride (unused by adaptive pools).
+    pub stride: [usize; 2],
+    /// Zero padding (unused by adaptive pools).
+    pub padding: [usize; 2],
+    /// Input grid.
+    pub in_hw: [usize; 2],
+    /// Output grid.
+    pub out_hw: [usize; 2],
+}
+
+/// One output position's window along one axis: the input positions
+/// `start..end` inside the input, and its link weight's factor along this
+/// axis (`1 / divisor`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Window {
+    /// First input position inside the window.
+    pub start: usize,
+    /// One past the last.
+    pub end: usize,
+    /// This axis' factor of the link weight.
+    pub weight: f64,
+}
+
+impl Pool {
+    /// The windows of every output position along axis `a` (0: rows, 1:
+    /// columns). A link's weight is the product of its two axes' factors.
+    pub fn windows(&self, a: usize) -> Vec<Window> {
+        let (n, m) = (self.in_hw[a], self.out_hw[a]);
+        (0..m)
+            .map(|o| match self.op {
+                PoolOp::AdaptiveAvg => {
+                    let (start, end) = (o * n / m, ((o + 1) * n).div_ceil(m));
+                    Window { start, end, weight: 1.0 / (end - start) as f64 }
+                }
+                PoolOp::Max | PoolOp::Avg { .. } => {
+                    let first = (o * self.stride[a]) as i64 - self.padding[a] as i64;
+                    let last = first + self.kernel[a] as i64;
+                    let (start, end) = (first.max(0) as usize, (last.min(n as i64)).max(0) as usize);
+                    let inside = end.saturating_sub(start);
+                    let divisor = match self.op {
+                        PoolOp::Avg { count_include_pad: true } => self.kernel[a],
+                        _ => inside,
+                    };
+                    Window { start, end: end.max(start), weight: if inside == 0 { 0.0 } else { 1.0 / divisor as f64 } }
+                }
+            })
+            .collect()
+    }
+}
+
+/// A BatchNorm's tensors (SPEC 1.3): `y = a x + c` per channel, with
+/// `a = gamma / sqrt(var + eps)` and `c = beta - a mean`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Norm {
+    /// The tensor prefix (`bn1`).
+    pub prefix: String,
+    /// `gamma` (absent without affine parameters: 1).
+    pub weight: Option<String>,
+    /// `beta` (absent: 0).
+    pub bias: Option<String>,
+    /// Running mean.
+    pub mean: String,
+    /// Running variance.
+    pub var: String,
+    /// Epsilon.
+    pub eps: f64,
+}
+
+/// What a layer computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LayerKind {
     /// A dense (fully connected) layer with `inputs -> outputs` links.
@@ -113,50 +254,109 @@ pub enum LayerKind {
         inputs: usize,
         /// Output neurons.
         outputs: usize,
+        /// Stored `[in, out]` (keras, GPT-2's Conv1D, embeddings) rather
+        /// than `[out, in]`.
+        in_out: bool,
     },
     /// A 2-D convolution, unrolled over the pixel grid.
     Conv(Conv),
+    /// A BatchNorm as its own diagonal layer (its tensors in
+    /// [`Layer::norm`]).
+    Norm,
+    /// A pool (fixed).
+    Pool(Pool),
+    /// An identity skip (fixed).
+    Identity,
 }
 
 impl LayerKind {
-    /// `dense` or `conv2d`.
+    /// The kind as `links.csv` and `inspect` name it.
     pub fn name(&self) -> &'static str {
         match self {
             LayerKind::Dense { .. } => "dense",
             LayerKind::Conv(_) => "conv2d",
+            LayerKind::Norm => "batchnorm",
+            LayerKind::Pool(p) => match p.op {
+                PoolOp::Max => "maxpool",
+                PoolOp::Avg { .. } => "avgpool",
+                PoolOp::AdaptiveAvg => "adaptive_avgpool",
+            },
+            LayerKind::Identity => "identity",
         }
+    }
+
+    /// True for layers with learned link weights (a `links.csv` row).
+    pub fn is_weighted(&self) -> bool {
+        matches!(self, LayerKind::Dense { .. } | LayerKind::Conv(_) | LayerKind::Norm)
     }
 }
 
-/// One weighted layer of the graph.
+/// One layer of the graph.
 #[derive(Debug, Clone)]
 pub struct Layer {
-    /// Display name (the weight tensor's name without `.weight` / `/kernel`).
+    /// Display name.
     pub name: String,
-    /// Weight tensor name.
-    pub weight: String,
-    /// Bias tensor name, if the layer has one.
+    /// Weight tensor (dense and conv layers).
+    pub weight: Option<String>,
+    /// Bias tensor, if the layer has one.
     pub bias: Option<String>,
-    /// Dense or convolution, with sizes.
+    /// The BatchNorm folded into a dense or conv layer, or the BatchNorm
+    /// of a [`LayerKind::Norm`] layer.
+    pub norm: Option<Norm>,
+    /// What it computes, with sizes.
     pub kind: LayerKind,
-    /// Shape of the node set on the input side.
+    /// The node set it reads.
+    pub from: usize,
+    /// The channels `[a, b)` of `from` it reads.
+    pub from_channels: [usize; 2],
+    /// The node set it writes.
+    pub to: usize,
+    /// The first channel of `to` it writes.
+    pub offset: usize,
+    /// Shape of what it reads (channels `from_channels` of `from`).
     pub input: NodeShape,
-    /// Shape of the node set on the output side.
+    /// Shape of what it writes (at `offset` in `to`).
     pub output: NodeShape,
 }
 
-/// One node set `Vk` and the layers on either side of it.
+impl Layer {
+    /// The tensor `links.csv` names for the layer: its weight, or for a
+    /// BatchNorm layer the prefix.
+    pub fn tensor(&self) -> &str {
+        self.weight.as_deref().or(self.norm.as_ref().map(|n| n.prefix.as_str())).unwrap_or("")
+    }
+}
+
+/// One node set.
 #[derive(Debug, Clone)]
 pub struct NodeSet {
-    /// Its name (`input`, or the layer that produces it; `name:in` /
-    /// `name:out` when the network is not a chain).
+    /// Its name (`input`, or the entry or `to` that created it; `name:in`
+    /// / `name:out` in the per-layer analysis).
     pub name: String,
     /// Its shape.
     pub shape: NodeShape,
-    /// The layer whose outputs these nodes are (gives `s_in`).
-    pub in_layer: Option<usize>,
-    /// The layer whose inputs these nodes are (gives `s_out`).
-    pub out_layer: Option<usize>,
+}
+
+/// How a network's graph was obtained (the `graph` column of `nodes.csv`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GraphSource {
+    /// From a spec file.
+    Spec,
+    /// Discovered from tensor names and shapes (a chain).
+    Discovered,
+    /// The per-layer fallback: node strength across layers not defined.
+    PerLayer,
+}
+
+impl GraphSource {
+    /// `spec`, `discovered` or `per_layer`.
+    pub fn name(self) -> &'static str {
+        match self {
+            GraphSource::Spec => "spec",
+            GraphSource::Discovered => "discovered",
+            GraphSource::PerLayer => "per_layer",
+        }
+    }
 }
 
 /// A checkpoint read as a directed weighted graph.
@@ -164,25 +364,24 @@ pub struct NodeSet {
 pub struct Network {
     /// The weight layout.
     pub layout: Layout,
-    /// Whether biases count in `s_in`.
+    /// Whether biases and BatchNorm shifts count in `s_in`.
     pub bias: bool,
-    /// The weighted layers, in forward order.
+    /// BatchNorm treatment in force.
+    pub bn: BnMode,
+    /// The layers, in forward order (`L1..`).
     pub layers: Vec<Layer>,
-    /// The node sets: `V0..VK` for a chain, two per layer otherwise.
+    /// The node sets, `V0` the input.
     pub node_sets: Vec<NodeSet>,
-    /// `None` for a chain; otherwise why node strength across layers is not
-    /// defined and layers are analysed one by one.
+    /// How the graph was obtained.
+    pub source: GraphSource,
+    /// For the per-layer analysis: why node strength across layers is not
+    /// defined.
     pub not_chain: Option<String>,
-}
-
-/// A layer as listed (by the spec or by discovery), before shapes are known.
-struct Candidate {
-    weight: String,
-    bias: Option<String>,
-    stride: [usize; 2],
-    padding: [usize; 2],
-    dilation: [usize; 2],
-    groups: Option<usize>,
+    /// What was assumed rather than given (conv geometry, tensor
+    /// orientations, channel-level convolutions), for the user to see.
+    pub notes: Vec<String>,
+    /// Tensors the graph does not use, each with the reason.
+    pub unused: Vec<(String, String)>,
 }
 
 impl Network {
@@ -190,96 +389,645 @@ impl Network {
     /// discovery from tensor names.
     pub fn build(ck: &Checkpoint, opts: &GraphOptions) -> Result<Network> {
         let spec = opts.spec.as_ref();
-        let layout = opts.layout.or(spec.and_then(|s| s.layout)).unwrap_or_else(|| detect_layout(ck));
+        let layout = opts.layout.or(spec.and_then(|s| s.layout)).unwrap_or_else(|| discover::detect_layout(ck));
         let bias = opts.bias.unwrap_or(true) && spec.and_then(|s| s.bias).unwrap_or(true);
+        let bn = opts.bn.or(spec.and_then(|s| s.bn)).unwrap_or_default();
+        let eps = spec.and_then(|s| s.eps).unwrap_or(DEFAULT_EPS);
         let input = opts.input.clone().or_else(|| spec.and_then(|s| s.input.clone()));
-        let candidates = match spec {
-            Some(spec) => from_spec(spec),
-            None => discover(ck, layout),
-        };
-        if candidates.is_empty() {
-            return Err(Error::NoLayers { path: ck.path().to_path_buf() });
-        }
         let input = input.map(|v| match v[..] {
-            [n] => NodeShape::Flat(n),
             [c, h, w] => NodeShape::Map { c, h, w },
             _ => NodeShape::Flat(v.iter().product()),
         });
-        match chain(ck, layout, &candidates, input) {
-            Ok(layers) => {
-                let node_sets = chain_node_sets(&layers);
-                Ok(Network { layout, bias, layers, node_sets, not_chain: None })
+        let settings = Settings { layout, bias, bn, eps };
+        if let Some(spec) = spec {
+            let mut net = Builder::new(ck, settings, input, Some(spec)).build(&spec.layers)?;
+            net.source = GraphSource::Spec;
+            net.unused = unused_tensors(ck, &net, Vec::new());
+            return Ok(net);
+        }
+        let found = discover::discover(ck, layout);
+        if found.entries.is_empty() {
+            return Err(Error::NoLayers { path: ck.path().to_path_buf() });
+        }
+        let mut notes = found.notes.clone();
+        match discover::chain(ck, settings, input, &found.entries) {
+            Ok((mut net, order_note)) => {
+                net.source = GraphSource::Discovered;
+                notes.extend(order_note);
+                let assumed: Vec<&str> = net
+                    .layers
+                    .iter()
+                    .filter(|l| matches!(l.kind, LayerKind::Conv(_)))
+                    .map(|l| l.name.as_str())
+                    .collect();
+                if !assumed.is_empty() {
+                    notes.push(format!(
+                        "conv geometry assumed (no spec): stride 1, padding 0, dilation 1, groups from channel counts \
+                         for {}; give a spec (python/torch_to_spec.py writes one) for the real geometry",
+                        list(&assumed)
+                    ));
+                }
+                net.notes = notes;
+                net.unused = unused_tensors(ck, &net, found.unused);
+                Ok(net)
             }
-            Err(e @ Error::Graph { .. }) if spec.is_none() => {
-                let layers = layer_by_layer(ck, layout, &candidates, input)?;
-                let node_sets = split_node_sets(&layers);
+            Err(e @ Error::Graph { .. }) => {
                 let reason = e.to_string();
                 let reason = reason.strip_prefix(&format!("{}: ", ck.path().display())).unwrap_or(&reason).to_string();
-                Ok(Network { layout, bias, layers, node_sets, not_chain: Some(reason) })
+                let mut net = discover::per_layer(ck, settings, input, &found.entries)?;
+                notes.append(&mut net.notes);
+                net.notes = notes;
+                net.not_chain = Some(reason);
+                net.unused = unused_tensors(ck, &net, found.unused);
+                Ok(net)
             }
             Err(e) => Err(e),
         }
     }
 
-    /// True when the layers form a chain and node strength across layers is
-    /// defined.
+    /// True when node strength across layers is defined (not the per-layer
+    /// fallback).
     pub fn is_chain(&self) -> bool {
         self.not_chain.is_none()
     }
-}
 
-fn detect_layout(ck: &Checkpoint) -> Layout {
-    if ck.names().iter().any(|n| n.ends_with("kernel") || n.ends_with("kernel:0")) {
-        Layout::Keras
-    } else {
-        Layout::Torch
+    /// The layers with learned link weights, with their `L` number (from 1).
+    pub fn weighted_layers(&self) -> impl Iterator<Item = (usize, &Layer)> {
+        self.layers.iter().enumerate().filter(|(_, l)| l.kind.is_weighted()).map(|(i, l)| (i + 1, l))
     }
-}
 
-fn from_spec(spec: &Spec) -> Vec<Candidate> {
-    spec.layers
-        .iter()
-        .map(|l| Candidate {
-            weight: l.weight.clone(),
-            bias: l.bias.clone(),
-            stride: l.stride.map_or([1, 1], |p| p.hw()),
-            padding: l.padding.map_or([0, 0], |p| p.hw()),
-            dilation: l.dilation.map_or([1, 1], |p| p.hw()),
-            groups: l.groups,
-        })
-        .collect()
-}
-
-/// Weight tensors by natural order of names, each paired with its bias.
-fn discover(ck: &Checkpoint, layout: Layout) -> Vec<Candidate> {
-    let (weight_suffixes, bias_suffixes): (&[&str], &[&str]) = match layout {
-        Layout::Torch => (&["weight"], &["bias"]),
-        Layout::Keras => (&["kernel:0", "kernel"], &["bias:0", "bias"]),
-    };
-    let mut out = Vec::new();
-    for name in ck.names() {
-        let Some(prefix) = weight_suffixes.iter().find_map(|s| name.strip_suffix(s)) else {
-            continue;
-        };
-        let rank = ck.shape(name).map_or(0, <[usize]>::len);
-        if rank != 2 && rank != 4 {
-            continue; // norms, embeddings of rank 1, scalars: not weighted layers
+    /// Every tensor a layer reads.
+    pub fn used_tensors(&self) -> Vec<&str> {
+        let mut v = Vec::new();
+        for l in &self.layers {
+            v.extend(l.weight.as_deref());
+            v.extend(l.bias.as_deref());
+            if let Some(n) = &l.norm {
+                v.extend([n.mean.as_str(), n.var.as_str()]);
+                v.extend(n.weight.as_deref());
+                v.extend(n.bias.as_deref());
+            }
         }
-        let bias =
-            bias_suffixes.iter().map(|s| format!("{prefix}{s}")).find(|b| ck.shape(b).is_some_and(|s| s.len() == 1));
-        out.push(Candidate {
-            weight: name.to_string(),
-            bias,
-            stride: [1, 1],
-            padding: [0, 0],
-            dilation: [1, 1],
-            groups: None,
-        });
+        v
     }
-    out
+
+    /// For each node set, the one layer writing all of it and the one
+    /// layer reading all of it, when every set has at most one of each and
+    /// every layer is dense or conv without a folded BatchNorm (the shape
+    /// the GPU engine's batched path measures in one submission).
+    pub fn simple_sides(&self) -> Option<Vec<(Option<usize>, Option<usize>)>> {
+        let mut sides = vec![(None, None); self.node_sets.len()];
+        for (i, l) in self.layers.iter().enumerate() {
+            if !matches!(l.kind, LayerKind::Dense { .. } | LayerKind::Conv(_)) {
+                return None;
+            }
+            let full = |set: usize, shape: NodeShape| self.node_sets[set].shape.count() == shape.count();
+            if !full(l.from, l.input) || !full(l.to, l.output) || l.offset != 0 || l.from_channels[0] != 0 {
+                return None;
+            }
+            let (w, r) = (&mut sides[l.to].0, l.from);
+            if w.replace(i).is_some() {
+                return None;
+            }
+            if sides[r].1.replace(i).is_some() {
+                return None;
+            }
+        }
+        Some(sides)
+    }
 }
 
-fn display_name(weight: &str) -> String {
+fn list(names: &[&str]) -> String {
+    const SHOWN: usize = 6;
+    let mut s: Vec<String> = names.iter().take(SHOWN).map(|n| format!("`{n}`")).collect();
+    if names.len() > SHOWN {
+        s.push(format!("and {} more", names.len() - SHOWN));
+    }
+    s.join(", ")
+}
+
+/// Every tensor of the checkpoint no layer reads, with the reason:
+/// discovery's reasons where it gave one, else "not in the spec".
+fn unused_tensors(ck: &Checkpoint, net: &Network, mut known: Vec<(String, String)>) -> Vec<(String, String)> {
+    let used: std::collections::HashSet<&str> = net.used_tensors().into_iter().collect();
+    known.retain(|(t, _)| !used.contains(t.as_str()));
+    let named: std::collections::HashSet<String> = known.iter().map(|(t, _)| t.clone()).collect();
+    for name in ck.names() {
+        if !used.contains(name) && !named.contains(name) {
+            let why = match net.source {
+                GraphSource::Spec => "not named by the spec",
+                _ => "not part of any layer discovery recognised",
+            };
+            known.push((name.to_string(), why.to_string()));
+        }
+    }
+    known
+}
+
+/// The graph settings in force.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Settings {
+    pub(crate) layout: Layout,
+    pub(crate) bias: bool,
+    pub(crate) bn: BnMode,
+    pub(crate) eps: f64,
+}
+
+/// What a name means: a set, or a channel range of one.
+#[derive(Debug, Clone, Copy)]
+struct Ref {
+    set: usize,
+    range: Option<[usize; 2]>,
+}
+
+/// A node set while it is built.
+#[derive(Debug, Clone)]
+struct SetState {
+    name: String,
+    grid: Option<[usize; 2]>,
+    /// Channels written so far, as ranges.
+    written: Vec<[usize; 2]>,
+    /// The entry that read all of it (no more writes allowed after).
+    read_all: Option<String>,
+    /// Channel ranges read so far, with the reader.
+    read: Vec<([usize; 2], String)>,
+}
+
+impl SetState {
+    fn channels(&self) -> usize {
+        self.written.iter().map(|r| r[1]).max().unwrap_or(0)
+    }
+
+    /// The first channel of `[a, b)` no entry has written yet.
+    fn unwritten(&self, [a, b]: [usize; 2]) -> Option<usize> {
+        (a..b).find(|&c| !self.written.iter().any(|r| r[0] <= c && c < r[1]))
+    }
+
+    fn shape(&self, channels: usize) -> NodeShape {
+        NodeShape::of(self.grid, channels)
+    }
+}
+
+/// Turns entries into a network, checking each against the tensors and
+/// the sets built so far.
+pub(crate) struct Builder<'a> {
+    ck: &'a Checkpoint,
+    s: Settings,
+    spec: Option<&'a Spec>,
+    sets: Vec<SetState>,
+    layers: Vec<Layer>,
+    names: HashMap<String, Ref>,
+    last: Ref,
+    unused: Vec<(String, String)>,
+    /// Index of the entry being built (for errors).
+    at: usize,
+    label: String,
+}
+
+/// Sizes of a weight tensor, in canonical order: dense `(out, in)`, conv
+/// `(cout, cin_g, kh, kw)`.
+pub(crate) enum Dims {
+    Dense(usize, usize),
+    Conv(usize, usize, usize, usize),
+}
+
+impl<'a> Builder<'a> {
+    pub(crate) fn new(ck: &'a Checkpoint, s: Settings, input: Option<NodeShape>, spec: Option<&'a Spec>) -> Self {
+        let (grid, written) = match input {
+            Some(shape) => (shape.grid(), vec![[0, shape.channels()]]),
+            None => (None, Vec::new()),
+        };
+        let input_set = SetState { name: "input".into(), grid, written, read_all: None, read: Vec::new() };
+        let mut names = HashMap::new();
+        names.insert("input".to_string(), Ref { set: 0, range: None });
+        Builder {
+            ck,
+            s,
+            spec,
+            sets: vec![input_set],
+            layers: Vec::new(),
+            names,
+            last: Ref { set: 0, range: None },
+            unused: Vec::new(),
+            at: 0,
+            label: String::new(),
+        }
+    }
+
+    /// An error about the entry being built.
+    fn err(&self, reason: impl Into<String>) -> Error {
+        let reason = reason.into();
+        match self.spec {
+            Some(spec) => spec.entry_error(self.at, reason),
+            None => Error::Graph { path: self.ck.path().to_path_buf(), reason: format!("layer `{}`: {reason}", self.label) },
+        }
+    }
+
+    pub(crate) fn build(mut self, entries: &[LayerSpec]) -> Result<Network> {
+        for (i, e) in entries.iter().enumerate() {
+            self.at = i;
+            self.label = e.label();
+            self.entry(e)?;
+        }
+        for set in &self.sets[1..] {
+            if let Some(c) = set.unwritten([0, set.channels()]) {
+                return Err(Error::Graph {
+                    path: self.ck.path().to_path_buf(),
+                    reason: format!("channel {c} of node set `{}` is written by no entry", set.name),
+                });
+            }
+        }
+        if self.layers.is_empty() {
+            return Err(Error::NoLayers { path: self.ck.path().to_path_buf() });
+        }
+        let node_sets: Vec<NodeSet> =
+            self.sets.iter().map(|s| NodeSet { name: s.name.clone(), shape: s.shape(s.channels()) }).collect();
+        Ok(Network {
+            layout: self.s.layout,
+            bias: self.s.bias,
+            bn: self.s.bn,
+            layers: self.layers,
+            node_sets,
+            source: GraphSource::Discovered,
+            not_chain: None,
+            notes: Vec::new(),
+            unused: self.unused,
+        })
+    }
+
+    fn resolve(&self, name: &str) -> Result<Ref> {
+        self.names.get(name).copied().ok_or_else(|| {
+            self.err(format!("`from` names `{name}`, which is no earlier entry or set (nor `input`)"))
+        })
+    }
+
+    /// Reads channels of a set (all of them without a range): checks
+    /// they are all written, records the read, returns the range and shape.
+    fn read(&mut self, r: Ref, channels: Option<[usize; 2]>) -> Result<([usize; 2], NodeShape)> {
+        let whole = channels.or(r.range).is_none();
+        let set = &self.sets[r.set];
+        let range = channels.or(r.range).unwrap_or([0, set.channels()]);
+        if range[1] > set.channels() && set.channels() > 0 {
+            return Err(self.err(format!(
+                "reads channels [{}, {}) of `{}`, which has {} channels",
+                range[0],
+                range[1],
+                set.name,
+                set.channels()
+            )));
+        }
+        if let Some(c) = set.unwritten(range).filter(|_| set.channels() > 0) {
+            return Err(self.err(format!("reads channel {c} of `{}` before any entry writes it", set.name)));
+        }
+        let shape = set.shape(range[1] - range[0]);
+        let label = self.label.clone();
+        let set = &mut self.sets[r.set];
+        if whole {
+            set.read_all.get_or_insert(label);
+        } else {
+            set.read.push((range, label));
+        }
+        Ok((range, shape))
+    }
+
+    /// Where an entry writes `shape`: its `to` (an existing set, or a new
+    /// one of that name) at `offset`, else a new set named `default`.
+    fn target(&mut self, to: Option<&str>, offset: usize, shape: NodeShape, default: &str) -> Result<usize> {
+        let existing = match to {
+            Some("input") => return Err(self.err("cannot write into `input`")),
+            Some(name) => self.names.get(name).copied(),
+            None => None,
+        };
+        let Some(r) = existing else {
+            if offset != 0 && to.is_none() {
+                return Err(self.err("`offset` needs a `to`"));
+            }
+            let name = to.unwrap_or(default).to_string();
+            if self.names.contains_key(&name) {
+                return Err(self.err(format!("the name `{name}` is used twice")));
+            }
+            self.sets.push(SetState {
+                name: name.clone(),
+                grid: shape.grid(),
+                written: vec![[offset, offset + shape.channels()]],
+                read_all: None,
+                read: Vec::new(),
+            });
+            let set = self.sets.len() - 1;
+            self.names.insert(name, Ref { set, range: None });
+            return Ok(set);
+        };
+        if r.range.is_some() {
+            return Err(self.err(format!("`to` names `{}`, a channel range, not a node set", to.unwrap_or(""))));
+        }
+        let set = &self.sets[r.set];
+        if set.grid != shape.grid() {
+            return Err(self.err(format!(
+                "writes {shape} into `{}`, whose nodes are {}: the shapes do not add",
+                set.name,
+                set.shape(set.channels())
+            )));
+        }
+        let range = [offset, offset + shape.channels()];
+        if let Some(reader) = &set.read_all {
+            return Err(self.err(format!(
+                "writes into `{}` after entry `{reader}` read all of it: a set is read only after its last writer",
+                set.name
+            )));
+        }
+        if let Some((_, reader)) = set.read.iter().find(|(rr, _)| rr[0] < range[1] && range[0] < rr[1]) {
+            return Err(self.err(format!(
+                "writes channels [{}, {}) of `{}`, which entry `{reader}` already read",
+                range[0], range[1], set.name
+            )));
+        }
+        self.sets[r.set].written.push(range);
+        Ok(r.set)
+    }
+
+    fn entry(&mut self, e: &LayerSpec) -> Result<()> {
+        let kind = e.kind().map_err(|reason| self.err(reason))?;
+        let src = match &e.from {
+            Some(name) => self.resolve(name)?,
+            None => self.last,
+        };
+        if kind == EntryKind::Norm && self.s.bn == BnMode::Ignore {
+            if e.to.is_some() {
+                return Err(self.err("a BatchNorm-only entry with `to` cannot be ignored (--bn ignore)"));
+            }
+            let norm = self.norm(e, None)?;
+            self.unused.extend(norm_tensors(&norm).map(|t| (t, "BatchNorm ignored (bn = ignore)".to_string())));
+            // Its name now means what it reads.
+            let r = Ref { set: src.set, range: e.from_channels.or(src.range) };
+            if let Some(name) = &e.name {
+                self.define(name, r)?;
+            }
+            self.last = r;
+            return Ok(());
+        }
+        let (from_channels, input) = self.read(src, e.from_channels)?;
+        let offset = e.offset.unwrap_or(0);
+        let name = e.name.clone().unwrap_or_else(|| match &e.weight {
+            Some(w) => display_name(w),
+            None => e.to.clone().unwrap_or_default(),
+        });
+        let mut layer = Layer {
+            name: name.clone(),
+            weight: None,
+            bias: None,
+            norm: None,
+            kind: LayerKind::Identity,
+            from: src.set,
+            from_channels,
+            to: 0,
+            offset,
+            input,
+            output: input,
+        };
+        let mut then_norm = None;
+        match kind {
+            EntryKind::Weighted => {
+                let weight = e.weight.clone().expect("weighted");
+                layer.kind = self.weighted(e, &weight, input)?;
+                layer.output = match layer.kind {
+                    LayerKind::Dense { outputs, .. } => NodeShape::Flat(outputs),
+                    LayerKind::Conv(c) => NodeShape::Map { c: c.cout, h: c.out_hw[0], w: c.out_hw[1] },
+                    _ => unreachable!("weighted"),
+                };
+                if let LayerKind::Dense { inputs, .. } = layer.kind {
+                    if input.count() == 0 {
+                        // No --input: the input's size is what its first reader takes.
+                        layer.input = NodeShape::Flat(inputs);
+                        layer.from_channels = [0, inputs];
+                        self.sets[src.set].written = vec![[0, inputs]];
+                    }
+                }
+                layer.weight = Some(weight);
+                layer.bias = e.bias.clone();
+                if let Some(b) = &layer.bias {
+                    self.check_vector(b, layer.output.channels(), "bias")?;
+                }
+                if e.norm.is_some() {
+                    let norm = self.norm(e, Some(layer.output.channels()))?;
+                    match self.s.bn {
+                        BnMode::Fold => layer.norm = Some(norm),
+                        BnMode::Layer => then_norm = Some(norm),
+                        BnMode::Ignore => self
+                            .unused
+                            .extend(norm_tensors(&norm).map(|t| (t, "BatchNorm ignored (bn = ignore)".to_string()))),
+                    }
+                }
+            }
+            EntryKind::Pool(p) => {
+                let Some([h, w]) = input.grid() else {
+                    return Err(self.err(format!("a pool reads a feature map; `{}` is a vector", self.sets[src.set].name)));
+                };
+                let pool = self.pool(e, p, [h, w])?;
+                layer.kind = LayerKind::Pool(pool);
+                layer.output = NodeShape::Map { c: input.channels(), h: pool.out_hw[0], w: pool.out_hw[1] };
+            }
+            EntryKind::Identity => {}
+            EntryKind::Norm => {
+                layer.norm = Some(self.norm(e, Some(input.channels()))?);
+                layer.kind = LayerKind::Norm;
+            }
+        }
+        let out = match &then_norm {
+            // layer mode: the raw output is a set of its own, named after
+            // the entry; the BatchNorm writes the entry's target.
+            Some(_) => self.target(None, 0, layer.output, &name)?,
+            None => self.target(e.to.as_deref(), offset, layer.output, &name)?,
+        };
+        layer.to = out;
+        if then_norm.is_some() {
+            layer.offset = 0;
+        }
+        let output = layer.output;
+        self.layers.push(layer);
+        let mut wrote = out;
+        if let Some(norm) = then_norm {
+            let raw = Ref { set: out, range: None };
+            let (from_channels, input) = self.read(raw, None)?;
+            let prefix = norm.prefix.clone();
+            let to = self.target(e.to.as_deref(), offset, output, &prefix)?;
+            self.layers.push(Layer {
+                name: prefix,
+                weight: None,
+                bias: None,
+                norm: Some(norm),
+                kind: LayerKind::Norm,
+                from: out,
+                from_channels,
+                to,
+                offset,
+                input,
+                output,
+            });
+            wrote = to;
+            // The raw set's name is taken by the entry (which now means the
+            // BatchNorm's output).
+            self.names.remove(&name);
+        }
+        let r = Ref { set: wrote, range: None };
+        if e.name.is_some() || e.weight.is_some() {
+            if self.names.get(&name).is_some_and(|old| old.set != wrote) {
+                return Err(self.err(format!("the name `{name}` is used twice")));
+            }
+            self.names.insert(name, r);
+        }
+        if let Some(norm) = &e.norm {
+            self.names.entry(norm.clone()).or_insert(r);
+        }
+        self.last = r;
+        Ok(())
+    }
+
+    fn define(&mut self, name: &str, r: Ref) -> Result<()> {
+        if self.names.insert(name.to_string(), r).is_some() {
+            return Err(self.err(format!("the name `{name}` is used twice")));
+        }
+        Ok(())
+    }
+
+    fn check_vector(&self, tensor: &str, n: usize, what: &str) -> Result<()> {
+        let shape = self
+            .ck
+            .shape(tensor)
+            .ok_or_else(|| Error::MissingTensor { path: self.ck.path().to_path_buf(), tensor: tensor.into() })?;
+        if shape != [n] {
+            return Err(self.err(format!("{what} `{tensor}` has shape {shape:?}; the layer has {n} channels")));
+        }
+        Ok(())
+    }
+
+    /// The BatchNorm tensors of `e.norm`, each a vector of `channels` when
+    /// given.
+    fn norm(&self, e: &LayerSpec, channels: Option<usize>) -> Result<Norm> {
+        let prefix = e.norm.clone().expect("a norm entry");
+        let p = prefix.as_str();
+        let names = |suffixes: &[&str]| {
+            let seps: &[&str] = match self.s.layout {
+                Layout::Torch => &[".", "/"],
+                Layout::Keras => &["/", "."],
+            };
+            let mut found = None;
+            'search: for sep in seps {
+                for s in suffixes {
+                    for n in [format!("{p}{sep}{s}"), format!("{p}{sep}{s}:0")] {
+                        if self.ck.shape(&n).is_some() {
+                            found = Some(n);
+                            break 'search;
+                        }
+                    }
+                }
+            }
+            found
+        };
+        let mean = names(&["running_mean", "moving_mean"]);
+        let var = names(&["running_var", "moving_variance"]);
+        let (Some(mean), Some(var)) = (mean, var) else {
+            return Err(self.err(format!(
+                "BatchNorm `{prefix}`: no running statistics ({prefix}.running_mean / .running_var, or keras' \
+                 moving_mean / moving_variance) in the checkpoint"
+            )));
+        };
+        let norm = Norm {
+            weight: names(&["weight", "gamma"]),
+            bias: names(&["bias", "beta"]),
+            mean,
+            var,
+            eps: e.eps.unwrap_or(self.s.eps),
+            prefix: prefix.clone(),
+        };
+        let n = channels.unwrap_or_else(|| self.ck.shape(&norm.mean).map_or(0, |s| s.iter().product()));
+        for t in norm_tensors(&norm) {
+            self.check_vector(&t, n, &format!("BatchNorm `{prefix}`: tensor"))?;
+        }
+        Ok(norm)
+    }
+
+    fn pool(&self, e: &LayerSpec, p: PoolName, [h, w]: [usize; 2]) -> Result<Pool> {
+        let (op, kernel) = match p {
+            PoolName::Max => (PoolOp::Max, e.kernel.expect("checked").hw()),
+            PoolName::Avg => {
+                (PoolOp::Avg { count_include_pad: e.count_include_pad.unwrap_or(true) }, e.kernel.expect("checked").hw())
+            }
+            PoolName::AdaptiveAvg | PoolName::GlobalAvg => (PoolOp::AdaptiveAvg, [1, 1]),
+        };
+        let stride = e.stride.map_or(kernel, |s| s.hw());
+        let padding = e.padding.map_or([0, 0], |s| s.hw());
+        let out_hw = match p {
+            PoolName::AdaptiveAvg => e.output.expect("checked").hw(),
+            PoolName::GlobalAvg => [1, 1],
+            _ => {
+                if padding[0] * 2 > kernel[0] || padding[1] * 2 > kernel[1] {
+                    return Err(self.err(format!(
+                        "padding {}x{} is more than half the {}x{} window",
+                        padding[0], padding[1], kernel[0], kernel[1]
+                    )));
+                }
+                let ho = Conv::out_len(h, kernel[0], stride[0], padding[0], 1);
+                let wo = Conv::out_len(w, kernel[1], stride[1], padding[1], 1);
+                let (Some(ho), Some(wo)) = (ho, wo) else {
+                    return Err(self.err(format!(
+                        "the {}x{} window is larger than its padded {h}x{w} input",
+                        kernel[0], kernel[1]
+                    )));
+                };
+                [ho, wo]
+            }
+        };
+        if out_hw[0] > h || out_hw[1] > w {
+            if matches!(p, PoolName::AdaptiveAvg) {
+                return Err(self.err(format!("adaptive pool to {}x{} from a smaller {h}x{w} input", out_hw[0], out_hw[1])));
+            }
+        }
+        Ok(Pool { op, kernel, stride, padding, in_hw: [h, w], out_hw })
+    }
+
+    fn weighted(&self, e: &LayerSpec, weight: &str, input: NodeShape) -> Result<LayerKind> {
+        match dims(self.ck, self.s.layout, weight, e.in_out).map_err(|r| self.err(r))? {
+            Dims::Dense(o, i) => {
+                if input.count() != i && input.count() > 0 {
+                    return Err(self.err(format!("takes {i} inputs but reads {} ({input})", input.count())));
+                }
+                let in_out = e.in_out.unwrap_or(self.s.layout == Layout::Keras);
+                Ok(LayerKind::Dense { inputs: i, outputs: o, in_out })
+            }
+            Dims::Conv(o, ci, kh, kw) => {
+                let (ch, hw) = match input {
+                    NodeShape::Map { c, h, w } => (c, [h, w]),
+                    NodeShape::Flat(n) if n > 0 => {
+                        return Err(self.err(format!("a convolution reads a feature map, but its input is {n} features")))
+                    }
+                    NodeShape::Flat(_) => {
+                        return Err(self.err("a convolution needs the input shape: give --input C,H,W or `input` in the spec"))
+                    }
+                };
+                let geometry = ConvGeometry {
+                    stride: e.stride.map_or([1, 1], |p| p.hw()),
+                    padding: e.padding.map_or([0, 0], |p| p.hw()),
+                    dilation: e.dilation.map_or([1, 1], |p| p.hw()),
+                    groups: match e.groups {
+                        Some(g) => g,
+                        None if ch % ci == 0 => ch / ci,
+                        None => return Err(self.err(format!("takes {ci} channels per group but its input has {ch}"))),
+                    },
+                };
+                make_conv((o, ci, kh, kw), ch, hw, geometry, false).map_err(|r| self.err(r))
+                    .map(LayerKind::Conv)
+            }
+        }
+    }
+}
+
+/// A BatchNorm's tensors.
+pub(crate) fn norm_tensors(n: &Norm) -> impl Iterator<Item = String> + '_ {
+    n.weight.iter().chain(n.bias.iter()).chain([&n.mean, &n.var]).cloned()
+}
+
+/// The display name of a weight tensor: without `.weight` / `/kernel`.
+pub(crate) fn display_name(weight: &str) -> String {
     for s in [".weight", "/kernel:0", "/kernel", ":0"] {
         if let Some(p) = weight.strip_suffix(s) {
             if !p.is_empty() {
@@ -290,200 +1038,56 @@ fn display_name(weight: &str) -> String {
     weight.to_string()
 }
 
-/// Sizes of a weight tensor, in canonical order: dense `(out, in)`, conv
-/// `(cout, cin_g, kh, kw)`.
-enum Dims {
-    Dense(usize, usize),
-    Conv(usize, usize, usize, usize),
-}
-
-fn dims(ck: &Checkpoint, layout: Layout, c: &Candidate) -> Result<Dims> {
-    let graph = |reason: String| Error::Graph { path: ck.path().to_path_buf(), reason };
-    let shape = ck
-        .shape(&c.weight)
-        .ok_or_else(|| Error::MissingTensor { path: ck.path().to_path_buf(), tensor: c.weight.clone() })?;
+/// A weight tensor's sizes in canonical order; `in_out` overrides the
+/// layout's dense storage order.
+pub(crate) fn dims(
+    ck: &Checkpoint,
+    layout: Layout,
+    weight: &str,
+    in_out: Option<bool>,
+) -> std::result::Result<Dims, String> {
+    let Some(shape) = ck.shape(weight) else { return Err(format!("weight `{weight}` not found in the checkpoint")) };
+    let dense_in_out = in_out.unwrap_or(layout == Layout::Keras);
     let d = match (layout, shape) {
-        (Layout::Torch, &[o, i]) => Dims::Dense(o, i),
-        (Layout::Keras, &[i, o]) => Dims::Dense(o, i),
+        (_, &[a, b]) if dense_in_out => Dims::Dense(b, a),
+        (_, &[o, i]) => Dims::Dense(o, i),
         (Layout::Torch, &[o, ci, kh, kw]) => Dims::Conv(o, ci, kh, kw),
         (Layout::Keras, &[kh, kw, ci, o]) => Dims::Conv(o, ci, kh, kw),
-        _ => {
-            return Err(graph(format!(
-                "weight `{}` has shape {shape:?}; expected rank 2 (dense) or 4 (conv)",
-                c.weight
-            )))
-        }
+        _ => return Err(format!("weight `{weight}` has shape {shape:?}; expected rank 2 (dense) or 4 (conv)")),
     };
     if shape.contains(&0) {
-        return Err(graph(format!("weight `{}` has an empty dimension: {shape:?}", c.weight)));
-    }
-    let out = match d {
-        Dims::Dense(o, _) | Dims::Conv(o, ..) => o,
-    };
-    if let Some(b) = &c.bias {
-        let bshape =
-            ck.shape(b).ok_or_else(|| Error::MissingTensor { path: ck.path().to_path_buf(), tensor: b.clone() })?;
-        if bshape != [out] {
-            return Err(graph(format!("bias `{b}` has shape {bshape:?}; layer `{}` has {out} outputs", c.weight)));
-        }
+        return Err(format!("weight `{weight}` has an empty dimension: {shape:?}"));
     }
     Ok(d)
 }
 
-fn make_conv(
-    name: &str,
-    c: &Candidate,
+/// A convolution on a `ch x h x w` input, checked.
+pub(crate) fn make_conv(
     (cout, cin_g, kh, kw): (usize, usize, usize, usize),
     ch: usize,
     [h, w]: [usize; 2],
+    geometry: ConvGeometry,
+    channel_level: bool,
 ) -> std::result::Result<Conv, String> {
-    let groups = match c.groups {
-        Some(g) => g,
-        None if ch.is_multiple_of(cin_g) => ch / cin_g,
-        None => return Err(format!("layer `{name}` takes {cin_g} channels per group but its input has {ch} channels")),
-    };
+    let groups = geometry.groups;
     if cin_g * groups != ch {
-        return Err(format!(
-            "layer `{name}` takes {cin_g} x {groups} groups = {} channels but its input has {ch}",
-            cin_g * groups
-        ));
+        return Err(format!("takes {cin_g} x {groups} groups = {} channels but its input has {ch}", cin_g * groups));
     }
     if cout % groups != 0 {
-        return Err(format!("layer `{name}` has {cout} output channels, not divisible by {groups} groups"));
+        return Err(format!("has {cout} output channels, not divisible by {groups} groups"));
     }
-    let [sh, sw] = c.stride;
-    let [ph, pw] = c.padding;
-    let [dh, dw] = c.dilation;
+    if channel_level {
+        return Ok(Conv { cout, cin_g, kh, kw, in_hw: [1, 1], out_hw: [1, 1], geometry, channel_level });
+    }
+    let [sh, sw] = geometry.stride;
+    let [ph, pw] = geometry.padding;
+    let [dh, dw] = geometry.dilation;
     let ho = Conv::out_len(h, kh, sh, ph, dh);
     let wo = Conv::out_len(w, kw, sw, pw, dw);
     let (Some(ho), Some(wo)) = (ho, wo) else {
-        return Err(format!("layer `{name}`: the {kh}x{kw} kernel (dilation {dh}x{dw}, padding {ph}x{pw}) does not fit the {h}x{w} input"));
+        return Err(format!(
+            "the {kh}x{kw} kernel (dilation {dh}x{dw}, padding {ph}x{pw}) does not fit the {h}x{w} input"
+        ));
     };
-    let geometry = ConvGeometry { stride: c.stride, padding: c.padding, dilation: c.dilation, groups };
-    Ok(Conv { cout, cin_g, kh, kw, in_hw: [h, w], out_hw: [ho, wo], geometry })
-}
-
-/// Builds the layers as a chain, each fed by the previous one's outputs.
-fn chain(ck: &Checkpoint, layout: Layout, cands: &[Candidate], input: Option<NodeShape>) -> Result<Vec<Layer>> {
-    let graph = |reason: String| Error::Graph { path: ck.path().to_path_buf(), reason };
-    let mut current = input;
-    let mut layers: Vec<Layer> = Vec::with_capacity(cands.len());
-    for c in cands {
-        let name = display_name(&c.weight);
-        let prev_name = layers.last().map_or("the input", |l| &l.name);
-        let (kind, in_shape, out_shape) = match dims(ck, layout, c)? {
-            Dims::Dense(o, i) => {
-                let in_shape = current.unwrap_or(NodeShape::Flat(i));
-                if in_shape.count() != i {
-                    return Err(graph(format!(
-                        "layer `{name}` takes {i} inputs but `{prev_name}` gives {} ({in_shape})",
-                        in_shape.count()
-                    )));
-                }
-                (LayerKind::Dense { inputs: i, outputs: o }, in_shape, NodeShape::Flat(o))
-            }
-            Dims::Conv(o, ci, kh, kw) => {
-                let (ch, hw) = match current {
-                    Some(NodeShape::Map { c, h, w }) => (c, [h, w]),
-                    Some(s @ NodeShape::Flat(_)) => {
-                        return Err(graph(format!(
-                            "convolution `{name}` follows `{prev_name}`, whose {s} outputs are not a feature map"
-                        )))
-                    }
-                    None => {
-                        return Err(graph(format!(
-                            "convolution `{name}` needs the input shape: give --input C,H,W or `input` in the spec"
-                        )))
-                    }
-                };
-                let conv = make_conv(&name, c, (o, ci, kh, kw), ch, hw).map_err(graph)?;
-                let in_shape = NodeShape::Map { c: ch, h: hw[0], w: hw[1] };
-                let out_shape = NodeShape::Map { c: o, h: conv.out_hw[0], w: conv.out_hw[1] };
-                (LayerKind::Conv(conv), in_shape, out_shape)
-            }
-        };
-        current = Some(out_shape);
-        layers.push(Layer {
-            name,
-            weight: c.weight.clone(),
-            bias: c.bias.clone(),
-            kind,
-            input: in_shape,
-            output: out_shape,
-        });
-    }
-    Ok(layers)
-}
-
-/// Builds each layer on its own, for checkpoints that are not a chain.
-/// A convolution takes its channel count from its weight (groups 1 unless
-/// given) and its pixel grid from the last feature map seen (initially the
-/// `--input` shape's).
-fn layer_by_layer(
-    ck: &Checkpoint,
-    layout: Layout,
-    cands: &[Candidate],
-    input: Option<NodeShape>,
-) -> Result<Vec<Layer>> {
-    let graph = |reason: String| Error::Graph { path: ck.path().to_path_buf(), reason };
-    let mut grid = match input {
-        Some(NodeShape::Map { h, w, .. }) => Some([h, w]),
-        _ => None,
-    };
-    let mut layers = Vec::with_capacity(cands.len());
-    for c in cands {
-        let name = display_name(&c.weight);
-        let (kind, in_shape, out_shape) = match dims(ck, layout, c)? {
-            Dims::Dense(o, i) => (LayerKind::Dense { inputs: i, outputs: o }, NodeShape::Flat(i), NodeShape::Flat(o)),
-            Dims::Conv(o, ci, kh, kw) => {
-                let hw = grid.ok_or_else(|| {
-                    graph(format!(
-                        "convolution `{name}` needs the input shape: give --input C,H,W or `input` in the spec"
-                    ))
-                })?;
-                let ch = ci * c.groups.unwrap_or(1);
-                let conv = make_conv(&name, c, (o, ci, kh, kw), ch, hw).map_err(graph)?;
-                grid = Some(conv.out_hw);
-                (
-                    LayerKind::Conv(conv),
-                    NodeShape::Map { c: ch, h: hw[0], w: hw[1] },
-                    NodeShape::Map { c: o, h: conv.out_hw[0], w: conv.out_hw[1] },
-                )
-            }
-        };
-        layers.push(Layer {
-            name,
-            weight: c.weight.clone(),
-            bias: c.bias.clone(),
-            kind,
-            input: in_shape,
-            output: out_shape,
-        });
-    }
-    Ok(layers)
-}
-
-fn chain_node_sets(layers: &[Layer]) -> Vec<NodeSet> {
-    let k = layers.len();
-    (0..=k)
-        .map(|i| NodeSet {
-            name: if i == 0 { "input".into() } else { layers[i - 1].name.clone() },
-            shape: if i == 0 { layers[0].input } else { layers[i - 1].output },
-            in_layer: i.checked_sub(1),
-            out_layer: (i < k).then_some(i),
-        })
-        .collect()
-}
-
-fn split_node_sets(layers: &[Layer]) -> Vec<NodeSet> {
-    layers
-        .iter()
-        .enumerate()
-        .flat_map(|(i, l)| {
-            [
-                NodeSet { name: format!("{}:in", l.name), shape: l.input, in_layer: None, out_layer: Some(i) },
-                NodeSet { name: format!("{}:out", l.name), shape: l.output, in_layer: Some(i), out_layer: None },
-            ]
-        })
-        .collect()
+    Ok(Conv { cout, cin_g, kh, kw, in_hw: [h, w], out_hw: [ho, wo], geometry, channel_level })
 }

@@ -11,6 +11,7 @@
 #![warn(missing_docs)]
 
 pub mod checkpoint;
+pub mod discover;
 pub mod density;
 pub mod engine;
 pub mod error;

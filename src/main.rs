@@ -12,7 +12,7 @@ use clap::Parser;
 
 use cntscope::checkpoint::{collect_checkpoints, Checkpoint};
 use cntscope::engine::{select_engine, AnalysisOptions, CpuEngine, Engine, GpuContext, GpuEngine};
-use cntscope::graph::{GraphOptions, LayerKind, Network};
+use cntscope::graph::{GraphOptions, LayerKind, Network, PoolOp};
 use cntscope::output::{atomic_write, num, write_csv, NODE_VALUES_HEADER};
 use cntscope::scan::{measure, merge, scan, MetadataTable, ScanOptions, ScanSummary};
 use cntscope::study::{study, Grouping, StudyOptions};
@@ -56,6 +56,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let options = graph.options()?;
             let ck = Checkpoint::open(&checkpoint)?;
             let net = Network::build(&ck, &options)?;
+            print_notes(&net);
             inspect(&ck, &net, &mut std::io::stdout().lock())?;
             Ok(ExitCode::SUCCESS)
         }
@@ -67,9 +68,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let opts = AnalysisOptions { keep_values: true, ..AnalysisOptions::default() };
             let m = measure(&checkpoint, &options, engine.as_ref(), &opts)?;
-            if let Some(reason) = &m.network.not_chain {
-                eprintln!("note: not a chain ({reason}); each layer's input and output side is its own node set");
-            }
+            print_notes(&m.network);
             let sets = &m.analysis.node_sets;
             if let Some(k) = layer {
                 if k >= sets.len() {
@@ -173,6 +172,12 @@ fn scan_outcome(summary: ScanSummary, output: &Path) -> ExitCode {
 /// Prints how a scan went: counts, where failures are listed, and a
 /// warning about checkpoints with NaN or infinite values.
 fn report_scan(summary: &ScanSummary, output: &Path) {
+    for note in &summary.notes {
+        eprintln!("note: {note}");
+    }
+    if summary.notes.len() == cntscope::scan::Notes::MAX {
+        eprintln!("note: (further notes not shown; `cntscope inspect` shows a checkpoint's)");
+    }
     eprintln!("{} analysed, {} failed -> {}", summary.analysed, summary.failed, output.display());
     if summary.failed > 0 {
         eprintln!("failures are listed in {}", output.join("errors.csv").display());
@@ -248,10 +253,31 @@ fn verify(paths: &[PathBuf], graph: &GraphOptions, adapter: Option<&str>, verbos
     }))
 }
 
+/// Prints what the graph assumed (conv geometry, orientations, channel
+/// level) on standard error, where the user sees it.
+fn print_notes(net: &Network) {
+    for note in &net.notes {
+        eprintln!("note: {note}");
+    }
+    if let Some(reason) = &net.not_chain {
+        eprintln!(
+            "note: analysed layer by layer ({reason}); node strength across layers is not defined for it: give a \
+             spec (python/torch_to_spec.py writes one from the model's code)"
+        );
+    }
+}
+
 fn inspect(ck: &Checkpoint, net: &Network, out: &mut impl Write) -> anyhow::Result<()> {
     let path = ck.path().display();
     writeln!(out, "checkpoint: {path}")?;
-    writeln!(out, "layout: {}, biases in s_in: {}", net.layout, if net.bias { "yes" } else { "no" })?;
+    writeln!(
+        out,
+        "graph: {}, layout: {}, biases in s_in: {}, batchnorm: {}",
+        net.source.name(),
+        net.layout,
+        if net.bias { "yes" } else { "no" },
+        net.bn
+    )?;
     if !ck.metadata().is_empty() {
         let meta: Vec<String> = ck.metadata().iter().map(|(k, v)| format!("{k}={v}")).collect();
         writeln!(out, "metadata: {}", meta.join(", "))?;
@@ -261,38 +287,64 @@ fn inspect(ck: &Checkpoint, net: &Network, out: &mut impl Write) -> anyhow::Resu
         writeln!(out, "  V{k:<3} {:<24} {:>12}  {} nodes", s.name, s.shape.to_string(), s.shape.count())?;
     }
     writeln!(out, "layers:")?;
+    let shape = |t: &str| ck.shape(t).map(|s| format!("{t} {s:?}")).with_context(|| format!("{path}: tensor `{t}` not found"));
     for (i, l) in net.layers.iter().enumerate() {
-        let shape = |t: &str| {
-            ck.shape(t).map(|s| format!("{t} {s:?}")).with_context(|| format!("{path}: tensor `{t}` not found"))
-        };
-        let bias = l.bias.as_deref().map(shape).transpose()?.map(|b| format!(" + {b}")).unwrap_or_default();
+        let mut tensors = Vec::new();
+        if let Some(w) = &l.weight {
+            tensors.push(shape(w)?);
+        }
+        if let Some(b) = &l.bias {
+            tensors.push(format!("+ {}", shape(b)?));
+        }
+        if let Some(n) = &l.norm {
+            let how = if l.kind == LayerKind::Norm { "batchnorm" } else { "folded batchnorm" };
+            tensors.push(format!("{how} {} (eps {})", n.prefix, n.eps));
+        }
         let kind = match l.kind {
-            LayerKind::Dense { .. } => "dense".to_string(),
+            LayerKind::Dense { in_out: true, .. } => "dense (stored [in, out])".to_string(),
             LayerKind::Conv(c) => {
                 let g = c.geometry;
+                let level = if c.channel_level { " at channel level" } else { "" };
                 format!(
-                    "conv2d {}x{} stride {}x{} padding {}x{} dilation {}x{} groups {}",
-                    c.kh,
-                    c.kw,
-                    g.stride[0],
-                    g.stride[1],
-                    g.padding[0],
-                    g.padding[1],
-                    g.dilation[0],
-                    g.dilation[1],
-                    g.groups
+                    "conv2d {}x{} stride {}x{} padding {}x{} dilation {}x{} groups {}{level}",
+                    c.kh, c.kw, g.stride[0], g.stride[1], g.padding[0], g.padding[1], g.dilation[0], g.dilation[1], g.groups
                 )
             }
+            LayerKind::Pool(p) => match p.op {
+                PoolOp::AdaptiveAvg => format!("{} to {}x{}", l.kind.name(), p.out_hw[0], p.out_hw[1]),
+                _ => format!(
+                    "{} {}x{} stride {}x{} padding {}x{}{}",
+                    l.kind.name(),
+                    p.kernel[0],
+                    p.kernel[1],
+                    p.stride[0],
+                    p.stride[1],
+                    p.padding[0],
+                    p.padding[1],
+                    if p.op == (PoolOp::Avg { count_include_pad: false }) { " (padding not counted)" } else { "" }
+                ),
+            },
+            k => k.name().to_string(),
         };
-        writeln!(
-            out,
-            "  L{:<3} {:<24} {kind}: {}{bias}  ({} -> {})",
-            i + 1,
-            l.name,
-            shape(&l.weight)?,
-            l.input,
-            l.output
-        )?;
+        let (from, to) = (&net.node_sets[l.from], &net.node_sets[l.to]);
+        let read = if l.input.channels() == from.shape.channels() {
+            format!("V{}", l.from)
+        } else {
+            format!("V{}[{}..{}]", l.from, l.from_channels[0], l.from_channels[1])
+        };
+        let write = if l.output.channels() == to.shape.channels() {
+            format!("V{}", l.to)
+        } else {
+            format!("V{}[{}..{}]", l.to, l.offset, l.offset + l.output.channels())
+        };
+        let tensors = if tensors.is_empty() { String::new() } else { format!(": {}", tensors.join(" ")) };
+        writeln!(out, "  L{:<3} {:<24} {kind}{tensors}  ({read} {} -> {write} {})", i + 1, l.name, l.input, l.output)?;
+    }
+    if !net.unused.is_empty() {
+        writeln!(out, "unused tensors:")?;
+        for (t, why) in &net.unused {
+            writeln!(out, "  {t}: {why}")?;
+        }
     }
     if let Some(reason) = &net.not_chain {
         writeln!(out, "not a chain: {reason}")?;

@@ -14,7 +14,7 @@ use crate::stats::Histogram;
 pub const NODE_VALUES_HEADER: [&str; 5] = ["node_layer", "node", "s_in", "s_out", "strength"];
 
 /// Columns of `nodes.csv` before the metadata columns.
-pub const NODES_HEADER: [&str; 15] = [
+pub const NODES_HEADER: [&str; 16] = [
     "checkpoint",
     "node_layer",
     "nodes",
@@ -30,6 +30,7 @@ pub const NODES_HEADER: [&str; 15] = [
     "shape",
     "chain",
     "non_finite",
+    "graph",
 ];
 
 /// Columns of `links.csv` before the metadata columns.
@@ -213,7 +214,7 @@ fn node_rows(w: &mut RowWriter, checkpoint: &str, a: &Analysis) -> Vec<u32> {
             let m = &s.strength;
             w.raw(checkpoint).int(k as u64).int(m.n).num(m.mean).num(m.std()).num(m.min).num(m.max);
             w.num(m.skewness()).num(m.kurtosis()).num(s.s_in_mean).num(s.s_out_mean);
-            w.text(&s.name).display(s.shape).raw(chain).int(s.non_finite).end()
+            w.text(&s.name).display(s.shape).raw(chain).int(s.non_finite).raw(a.source.name()).end()
         })
         .collect()
 }
@@ -222,10 +223,9 @@ fn node_rows(w: &mut RowWriter, checkpoint: &str, a: &Analysis) -> Vec<u32> {
 fn link_rows(w: &mut RowWriter, checkpoint: &str, a: &Analysis) -> Vec<u32> {
     a.layers
         .iter()
-        .enumerate()
-        .map(|(i, l)| {
+        .map(|l| {
             let m = &l.weights;
-            w.raw(checkpoint).int(i as u64 + 1).text(&l.name).raw(l.kind).text(&l.weight).int(m.n);
+            w.raw(checkpoint).int(l.index as u64).text(&l.name).raw(l.kind).text(&l.weight).int(m.n);
             w.num(m.mean).num(m.std()).num(m.min).num(m.max).num(m.skewness()).num(m.kurtosis());
             match &l.bias {
                 Some(b) => w.int(b.n).num(b.mean).num(b.std()).num(b.min).num(b.max),
@@ -246,7 +246,7 @@ fn histogram_rows(w: &mut RowWriter, checkpoint: &str, a: &Analysis) -> usize {
         w.ints(&h.counts).end() as usize
     };
     let layers: usize =
-        a.layers.iter().enumerate().map(|(i, l)| row("link_weight", i + 1, &l.name, &l.histogram)).sum();
+        a.layers.iter().map(|l| row("link_weight", l.index, &l.name, &l.histogram)).sum();
     let sets: usize = a.node_sets.iter().enumerate().map(|(k, s)| row("strength", k, &s.name, &s.histogram)).sum();
     layers + sets
 }

@@ -112,7 +112,7 @@ impl MetadataTable {
 }
 
 /// How a scan went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ScanSummary {
     /// Checkpoints analysed.
     pub analysed: usize,
@@ -121,6 +121,38 @@ pub struct ScanSummary {
     /// Checkpoints analysed that hold NaN or infinite weights or biases
     /// (counted per layer and node set in the `non_finite` columns).
     pub non_finite: usize,
+    /// What graph building assumed (distinct notes, at most
+    /// [`Notes::MAX`]), for the user to see.
+    pub notes: Vec<String>,
+}
+
+/// The distinct notes of the networks a scan built.
+#[derive(Debug, Default)]
+pub struct Notes(std::sync::Mutex<Vec<String>>);
+
+impl Notes {
+    /// Notes kept; later ones are counted in a last line.
+    pub const MAX: usize = 20;
+
+    /// Records a network's notes (and the reason for a per-layer analysis).
+    pub fn add(&self, net: &Network) {
+        let per_layer = net.not_chain.as_ref().map(|r| {
+            format!("analysed layer by layer ({r}); node strength across layers is not defined for it: give a spec")
+        });
+        if net.notes.is_empty() && per_layer.is_none() {
+            return;
+        }
+        let mut v = self.0.lock().expect("notes lock");
+        for n in net.notes.iter().chain(&per_layer) {
+            if v.len() < Self::MAX && !v.contains(n) {
+                v.push(n.clone());
+            }
+        }
+    }
+
+    fn take(self) -> Vec<String> {
+        self.0.into_inner().expect("notes lock")
+    }
 }
 
 /// A checkpoint and its measures.
@@ -155,7 +187,7 @@ fn record_buffer() -> Vec<u8> {
 /// The layout of a journal record's rows. Records of another layout (from
 /// an older build) are ignored: `--resume` measures those checkpoints again
 /// rather than mixing row layouts in one table.
-const FORMAT: u32 = 2;
+const FORMAT: u32 = 3;
 
 /// How often the journal is synced in the background while it grows.
 const SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
@@ -219,12 +251,16 @@ fn measure_batch(
     graph: &GraphOptions,
     engine: &dyn Engine,
     opts: &AnalysisOptions,
+    notes: &Notes,
 ) -> Vec<Outcome> {
     let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let opened: Vec<Result<(Checkpoint, Network)>> = batch
             .iter()
             .map(|&i| Checkpoint::open(&paths[i]).and_then(|ck| Network::build(&ck, graph).map(|net| (ck, net))))
             .collect();
+        for (_, net) in opened.iter().flatten() {
+            notes.add(net);
+        }
         let items: Vec<(&Network, &Checkpoint)> = opened.iter().flatten().map(|(ck, net)| (net, ck)).collect();
         let mut results = engine.analyze_batch(&items, opts).into_iter();
         drop(items);
@@ -593,6 +629,7 @@ pub fn scan(checkpoints: &[PathBuf], out_dir: &Path, engine: &dyn Engine, opts: 
     let batch = engine.batch_size().max(1);
     let workers = opts.jobs.clamp(1, todo.len().div_ceil(batch).max(1));
     let progress = Progress::new(opts.progress, todo.len());
+    let notes = Notes::default();
     std::thread::scope(|s| -> Result<()> {
         let work = || -> Result<()> {
             let mut pending = Pending::new(stream.is_some());
@@ -618,7 +655,7 @@ pub fn scan(checkpoints: &[PathBuf], out_dir: &Path, engine: &dyn Engine, opts: 
                 if chunk.is_empty() || stop.load(Ordering::Relaxed) {
                     break;
                 }
-                let outcomes = measure_batch(chunk, checkpoints, &opts.graph, engine, &opts.analysis);
+                let outcomes = measure_batch(chunk, checkpoints, &opts.graph, engine, &opts.analysis, &notes);
                 for ((pos, &i), outcome) in (start..).zip(chunk).zip(outcomes) {
                     if opts.strict && outcome.is_err() {
                         stop.store(true, Ordering::Relaxed);
@@ -657,7 +694,7 @@ pub fn scan(checkpoints: &[PathBuf], out_dir: &Path, engine: &dyn Engine, opts: 
             _ => write_tables(std::slice::from_ref(&journal_path), entries, keys, out_dir),
         };
         synced.join().expect("sync thread panicked")?;
-        summary
+        summary.map(|s| ScanSummary { notes: notes.take(), ..s })
     })
 }
 
@@ -790,7 +827,7 @@ fn error_row(errors: &mut impl Write, checkpoint: &str, [kind, tensor, message]:
 fn tally(entries: &[Entry]) -> ScanSummary {
     let failed = entries.iter().filter(|e| e.failed).count();
     let non_finite = entries.iter().filter(|e| e.non_finite).count();
-    ScanSummary { analysed: entries.len() - failed, failed, non_finite }
+    ScanSummary { analysed: entries.len() - failed, failed, non_finite, notes: Vec::new() }
 }
 
 /// Renders the tables from journals, streaming the indexed records in input

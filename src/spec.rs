@@ -1,7 +1,11 @@
 //! The network spec file (TOML, SPEC section 3): input shape, layout, bias
-//! policy and the weighted layers in forward order with their geometry.
+//! and BatchNorm policy, and the entries of the graph in forward order:
+//! weighted layers (dense, conv), fixed layers (pools, identity skips) and
+//! BatchNorm-only entries, with `from` / `to` / `offset` for adds and
+//! concatenations. Version 1 files (weighted entries only) are valid
+//! version 2 files.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -26,13 +30,38 @@ impl std::fmt::Display for Layout {
     }
 }
 
+/// How BatchNorm tensors enter the graph (SPEC 1.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BnMode {
+    /// Folded into the weighted layer it follows (a diagonal layer where
+    /// it follows none).
+    #[default]
+    Fold,
+    /// Its own diagonal layer with its own output node set.
+    Layer,
+    /// Left out.
+    Ignore,
+}
+
+impl std::fmt::Display for BnMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BnMode::Fold => "fold",
+            BnMode::Layer => "layer",
+            BnMode::Ignore => "ignore",
+        })
+    }
+}
+
 /// True for a valid sample shape: `[C, H, W]` or `[features]`, all
 /// positive.
 pub fn is_input_shape(dims: &[usize]) -> bool {
     matches!(dims.len(), 1 | 3) && !dims.contains(&0)
 }
 
-/// An integer or an `[h, w]` pair, as `stride`, `padding` and `dilation` accept.
+/// An integer or an `[h, w]` pair, as `stride`, `padding`, `dilation` and
+/// `kernel` accept.
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(untagged)]
 pub enum Pair {
@@ -52,69 +81,231 @@ impl Pair {
     }
 }
 
-/// One `[[layers]]` entry.
-#[derive(Debug, Clone, Deserialize)]
+/// A fixed pooling layer's operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PoolName {
+    /// `MaxPool2d`: modelled as the average of the taps inside the input.
+    Max,
+    /// `AvgPool2d`.
+    Avg,
+    /// `AdaptiveAvgPool2d` (needs `output`).
+    AdaptiveAvg,
+    /// Global average pool (`AdaptiveAvgPool2d(1)`).
+    GlobalAvg,
+}
+
+/// One `[[layers]]` entry, as written.
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LayerSpec {
-    /// Name of the weight tensor.
-    pub weight: String,
+    /// The entry's name (default: the weight's name without `.weight` /
+    /// `/kernel`).
+    pub name: Option<String>,
+    /// Name of the weight tensor (a weighted entry).
+    pub weight: Option<String>,
     /// Name of the bias tensor, if any.
     pub bias: Option<String>,
-    /// Convolution stride (default 1).
+    /// BatchNorm tensor prefix (`bn1` for `bn1.weight`, `bn1.running_mean`,
+    /// ...): after the weighted layer, or a BatchNorm-only entry.
+    pub norm: Option<String>,
+    /// This entry's BatchNorm epsilon.
+    pub eps: Option<f64>,
+    /// Convolution or pool stride.
     pub stride: Option<Pair>,
-    /// Convolution zero padding (default 0).
+    /// Convolution or pool zero padding (default 0).
     pub padding: Option<Pair>,
     /// Convolution dilation (default 1).
     pub dilation: Option<Pair>,
     /// Convolution groups (default 1).
     pub groups: Option<usize>,
+    /// What it reads: an entry, a set, or `input` (default: what the
+    /// previous entry wrote).
+    pub from: Option<String>,
+    /// Only channels `[a, b)` of what it reads.
+    pub from_channels: Option<[usize; 2]>,
+    /// The set it writes (default: a new set named after the entry).
+    pub to: Option<String>,
+    /// First channel (or feature) it writes in its target.
+    pub offset: Option<usize>,
+    /// A pooling entry.
+    pub pool: Option<PoolName>,
+    /// Pool window.
+    pub kernel: Option<Pair>,
+    /// Average pool: padding cells count in the divisor (default true).
+    pub count_include_pad: Option<bool>,
+    /// Adaptive average pool output `[h, w]`.
+    pub output: Option<Pair>,
+    /// An identity skip connection.
+    pub identity: Option<bool>,
+    /// Dense storage `[in, out]` instead of the layout's (set by discovery
+    /// for GPT-2's Conv1D and embeddings; not a spec key).
+    #[serde(skip)]
+    pub in_out: Option<bool>,
+}
+
+/// What an entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    /// Dense or convolution weights.
+    Weighted,
+    /// A pool.
+    Pool(PoolName),
+    /// An identity skip.
+    Identity,
+    /// A BatchNorm on its own.
+    Norm,
+}
+
+impl LayerSpec {
+    /// The entry's kind, or why it has none (or several).
+    pub fn kind(&self) -> std::result::Result<EntryKind, String> {
+        let identity = self.identity == Some(true);
+        let kinds = [self.weight.is_some(), self.pool.is_some(), identity];
+        match kinds {
+            [true, false, false] => Ok(EntryKind::Weighted),
+            [false, true, false] => Ok(EntryKind::Pool(self.pool.expect("checked"))),
+            [false, false, true] if self.norm.is_none() => Ok(EntryKind::Identity),
+            [false, false, false] if self.norm.is_some() => Ok(EntryKind::Norm),
+            [false, false, false] => Err("has none of `weight`, `pool`, `identity` or `norm`".into()),
+            _ => Err("combines `weight`, `pool`, `identity` (or `identity` with `norm`): one entry, one layer".into()),
+        }
+    }
+
+    /// A label for error messages: the name, else the weight, else the kind.
+    pub fn label(&self) -> String {
+        if let Some(n) = self.name.as_ref().or(self.weight.as_ref()) {
+            return n.clone();
+        }
+        match (&self.pool, &self.norm, &self.to) {
+            (Some(p), ..) => format!("{p:?} pool").to_lowercase(),
+            (_, Some(n), _) => n.clone(),
+            (.., Some(t)) => format!("identity into {t}"),
+            _ => "unnamed".into(),
+        }
+    }
 }
 
 /// A parsed spec file.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default)]
 pub struct Spec {
     /// One sample's shape: `[C, H, W]` or `[features]`.
     pub input: Option<Vec<usize>>,
     /// Weight layout (default torch).
     pub layout: Option<Layout>,
-    /// Whether biases count in `s_in` (default true).
+    /// Whether biases (and BatchNorm shifts) count in `s_in` (default true).
     pub bias: Option<bool>,
-    /// The weighted layers in forward order.
+    /// BatchNorm treatment (default fold).
+    pub bn: Option<BnMode>,
+    /// BatchNorm epsilon (default 1e-5).
+    pub eps: Option<f64>,
+    /// The entries in forward order.
     pub layers: Vec<LayerSpec>,
+    /// The line each entry starts on (for error messages).
+    pub lines: Vec<usize>,
+    /// The file (for error messages).
+    pub path: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSpec {
+    input: Option<Vec<usize>>,
+    layout: Option<Layout>,
+    bias: Option<bool>,
+    bn: Option<BnMode>,
+    eps: Option<f64>,
+    layers: Vec<toml::Spanned<LayerSpec>>,
 }
 
 impl Spec {
     /// Parses spec text; `path` is only used in error messages.
     pub fn parse(text: &str, path: &Path) -> Result<Self> {
-        let spec: Spec = toml::from_str(text)
-            .map_err(|e| Error::Spec { path: path.to_path_buf(), reason: e.to_string().trim_end().to_string() })?;
-        if spec.layers.is_empty() {
-            return Err(Error::Spec { path: path.to_path_buf(), reason: "no [[layers]] listed".into() });
+        let err = |reason: String| Error::Spec { path: path.to_path_buf(), reason };
+        let raw: RawSpec = toml::from_str(text).map_err(|e| err(e.to_string().trim_end().to_string()))?;
+        if raw.layers.is_empty() {
+            return Err(err("no [[layers]] listed".into()));
         }
-        if let Some(input) = &spec.input {
+        if let Some(input) = &raw.input {
             if !is_input_shape(input) {
-                return Err(Error::Spec {
-                    path: path.to_path_buf(),
-                    reason: format!("input must be [C, H, W] or [features] with positive sizes, got {input:?}"),
-                });
+                return Err(err(format!("input must be [C, H, W] or [features] with positive sizes, got {input:?}")));
             }
         }
-        for l in &spec.layers {
-            let bad = [("stride", l.stride), ("dilation", l.dilation)]
-                .into_iter()
-                .find(|(_, p)| p.is_some_and(|p| p.hw().contains(&0)));
-            if let Some((key, _)) = bad {
-                return Err(Error::Spec {
-                    path: path.to_path_buf(),
-                    reason: format!("layer `{}`: {key} must be positive", l.weight),
-                });
+        let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
+        let lines: Vec<usize> = raw.layers.iter().map(|l| line_of(l.span().start)).collect();
+        let layers: Vec<LayerSpec> = raw.layers.into_iter().map(toml::Spanned::into_inner).collect();
+        let spec = Spec {
+            input: raw.input,
+            layout: raw.layout,
+            bias: raw.bias,
+            bn: raw.bn,
+            eps: raw.eps,
+            layers,
+            lines,
+            path: path.to_path_buf(),
+        };
+        if spec.eps.is_some_and(|e| !(e >= 0.0 && e.is_finite())) {
+            return Err(err("eps must be a finite number >= 0".into()));
+        }
+        for (i, l) in spec.layers.iter().enumerate() {
+            let entry = |reason: String| spec.entry_error(i, reason);
+            l.kind().map_err(entry)?;
+            let positive = [("stride", l.stride), ("dilation", l.dilation), ("kernel", l.kernel), ("output", l.output)];
+            if let Some((key, _)) = positive.into_iter().find(|(_, p)| p.is_some_and(|p| p.hw().contains(&0))) {
+                return Err(entry(format!("{key} must be positive")));
             }
             if l.groups == Some(0) {
-                return Err(Error::Spec {
-                    path: path.to_path_buf(),
-                    reason: format!("layer `{}`: groups must be positive", l.weight),
-                });
+                return Err(entry("groups must be positive".into()));
+            }
+            if l.eps.is_some_and(|e| !(e >= 0.0 && e.is_finite())) {
+                return Err(entry("eps must be a finite number >= 0".into()));
+            }
+            if let Some([a, b]) = l.from_channels {
+                if a >= b {
+                    return Err(entry(format!("from_channels [{a}, {b}] is empty")));
+                }
+            }
+            let kind = l.kind().expect("checked");
+            let misplaced: &[(&str, bool)] = match kind {
+                EntryKind::Weighted => &[
+                    ("kernel", l.kernel.is_some()),
+                    ("output", l.output.is_some()),
+                    ("count_include_pad", l.count_include_pad.is_some()),
+                ],
+                EntryKind::Pool(p) => &[
+                    ("bias", l.bias.is_some()),
+                    ("norm", l.norm.is_some()),
+                    ("groups", l.groups.is_some()),
+                    ("dilation", l.dilation.is_some()),
+                    ("kernel", l.kernel.is_some() && matches!(p, PoolName::AdaptiveAvg | PoolName::GlobalAvg)),
+                    ("output", l.output.is_some() && p != PoolName::AdaptiveAvg),
+                    ("count_include_pad", l.count_include_pad.is_some() && p != PoolName::Avg),
+                ],
+                EntryKind::Identity | EntryKind::Norm => &[
+                    ("bias", l.bias.is_some()),
+                    ("stride", l.stride.is_some()),
+                    ("padding", l.padding.is_some()),
+                    ("dilation", l.dilation.is_some()),
+                    ("groups", l.groups.is_some()),
+                    ("kernel", l.kernel.is_some()),
+                    ("output", l.output.is_some()),
+                    ("count_include_pad", l.count_include_pad.is_some()),
+                ],
+            };
+            if let Some((key, _)) = misplaced.iter().find(|(_, bad)| *bad) {
+                return Err(entry(format!("`{key}` does not apply to this kind of entry")));
+            }
+            match kind {
+                EntryKind::Pool(PoolName::Max | PoolName::Avg) if l.kernel.is_none() => {
+                    return Err(entry("a max or avg pool needs `kernel`".into()))
+                }
+                EntryKind::Pool(PoolName::AdaptiveAvg) if l.output.is_none() => {
+                    return Err(entry("an adaptive_avg pool needs `output = [h, w]`".into()))
+                }
+                EntryKind::Pool(_) | EntryKind::Identity | EntryKind::Norm if l.name.is_none() && l.to.is_none() => {
+                    return Err(entry("a fixed or BatchNorm-only entry needs a `name` (or a `to`)".into()))
+                }
+                _ => {}
             }
         }
         Ok(spec)
@@ -125,6 +316,12 @@ impl Spec {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::Spec { path: path.to_path_buf(), reason: e.to_string() })?;
         Self::parse(&text, path)
+    }
+
+    /// An error about entry `i`, naming it and its line.
+    pub fn entry_error(&self, i: usize, reason: String) -> Error {
+        let line = self.lines.get(i).map(|l| format!(" (line {l})")).unwrap_or_default();
+        Error::Spec { path: self.path.clone(), reason: format!("entry `{}`{line}: {reason}", self.layers[i].label()) }
     }
 }
 
@@ -149,5 +346,61 @@ mod tests {
         assert_eq!(spec.layers[0].stride.unwrap().hw(), [2, 1]);
         assert_eq!(spec.layers[0].padding.unwrap().hw(), [1, 1]);
         assert!(spec.layers[0].dilation.is_none());
+    }
+
+    #[test]
+    fn entry_errors_name_entry_and_line() {
+        let cases = [
+            ("[[layers]]\nweight = \"a\"\n\n[[layers]]\npool = \"max\"\nname = \"p\"\n", "needs `kernel`", "line 4"),
+            ("[[layers]]\nweight = \"a\"\npool = \"max\"\n", "one entry, one layer", "line 1"),
+            ("[[layers]]\nweight = \"a\"\n[[layers]]\nidentity = true\n", "needs a `name`", "line 3"),
+            ("[[layers]]\nname = \"x\"\npool = \"global_avg\"\nkernel = 2\n", "`kernel` does not apply", "`x`"),
+            ("[[layers]]\nweight = \"a\"\nfrom_channels = [3, 3]\n", "is empty", "`a`"),
+            ("[[layers]]\nname = \"p\"\npool = \"adaptive_avg\"\n", "needs `output", "line 1"),
+        ];
+        for (text, want, at) in cases {
+            let err = Spec::parse(text, Path::new("s.toml")).unwrap_err().to_string();
+            assert!(err.contains(want) && err.contains(at), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn v2_entries_parse() {
+        let text = r#"
+input = [3, 32, 32]
+bn = "layer"
+eps = 1e-3
+[[layers]]
+weight = "conv1.weight"
+norm = "bn1"
+stride = 2
+padding = 3
+[[layers]]
+name = "maxpool"
+pool = "max"
+kernel = 3
+stride = 2
+padding = 1
+[[layers]]
+identity = true
+from = "maxpool"
+to = "conv1"
+[[layers]]
+name = "gap"
+pool = "global_avg"
+"#;
+        let spec = Spec::parse(text, Path::new("s.toml")).unwrap();
+        assert_eq!(spec.bn, Some(BnMode::Layer));
+        let kinds: Vec<EntryKind> = spec.layers.iter().map(|l| l.kind().unwrap()).collect();
+        assert_eq!(
+            kinds,
+            [
+                EntryKind::Weighted,
+                EntryKind::Pool(PoolName::Max),
+                EntryKind::Identity,
+                EntryKind::Pool(PoolName::GlobalAvg)
+            ]
+        );
+        assert_eq!(spec.lines, [5, 10, 16, 20]);
     }
 }

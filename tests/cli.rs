@@ -228,8 +228,8 @@ fn resume_after_interruption_gives_identical_output() {
     let old = dir.path().join("old");
     std::fs::create_dir(&old).unwrap();
     let records = String::from_utf8(journal.clone()).unwrap();
-    assert_eq!(records.matches(r#"{"format":2,"#).count(), 6, "one head per checkpoint");
-    std::fs::write(old.join("scan.journal"), records.replace(r#"{"format":2,"#, "{")).unwrap();
+    assert_eq!(records.matches(r#"{"format":3,"#).count(), 6, "one head per checkpoint");
+    std::fs::write(old.join("scan.journal"), records.replace(r#"{"format":3,"#, "{")).unwrap();
     let o = cntscope(&["scan", data.to_str().unwrap(), "-o", old.to_str().unwrap(), "--resume"]);
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(std::fs::read(full.join("nodes.csv")).unwrap(), std::fs::read(old.join("nodes.csv")).unwrap());

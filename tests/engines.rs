@@ -106,7 +106,7 @@ fn dense_layer(
     let ck = Checkpoint::open(&path).unwrap();
     let net = Network::build(&ck, &GraphOptions::default()).unwrap();
     let w = ck.tensor("l.weight").unwrap();
-    (engine.layer(&net.layers[0], net.layout, &w, None, bins).unwrap(), w.to_f64())
+    (engine.layer(&net.layers[0], net.layout, &w, None, None, bins).unwrap(), w.to_f64())
 }
 
 #[test]

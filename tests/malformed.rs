@@ -163,7 +163,7 @@ fn non_finite_values_are_flagged_per_layer_and_node_set() {
             // A layer measured alone (how the GPU takes networks too large
             // to batch): the bad row's sum is not finite, the others exact.
             let w = ck.tensor("a.weight").unwrap();
-            let layer = engine.layer(&net.layers[0], net.layout, &w, None, 8).unwrap();
+            let layer = engine.layer(&net.layers[0], net.layout, &w, None, None, 8).unwrap();
             assert!(!layer.s_in[1].is_finite(), "{what}: {:?}", layer.s_in);
             assert_eq!((layer.s_in[0], layer.s_in[2]), (1.25, 5.25), "{what}");
             // A study's binned distributions leave the same values out.

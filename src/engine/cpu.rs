@@ -44,20 +44,30 @@ impl Engine for CpuEngine {
         layer: &Layer,
         layout: Layout,
         weight: &Tensor<'_>,
-        bias: Option<&Tensor<'_>>,
+        scale: Option<&[f64]>,
+        shift: Option<&[f64]>,
         bins: usize,
     ) -> Result<LayerMeasures> {
+        // A folded BatchNorm: the scaled weights, decoded once, are what
+        // every pass below reads.
+        let scaled = scale.map(|a| {
+            let mut v = weight.to_f64();
+            super::scale_weights(&mut v, layer, layout, a);
+            v
+        });
+        let weight = &scaled.as_deref().map_or(*weight, |v| Tensor::f64_like(v, weight));
         // Dense node indices are already in the layout's order; conv
         // strengths come out in c, y, x order.
         let (mut s_in, s_out, weights) = match layer.kind {
-            LayerKind::Dense { inputs, outputs } => self.dense(layout, weight, inputs, outputs),
+            LayerKind::Dense { inputs, outputs, in_out } => self.dense(in_out, weight, inputs, outputs),
             LayerKind::Conv(conv) => {
                 let (s_in, s_out, m) = conv_strengths(layout, weight, &conv);
                 (to_layout_order(s_in, layer.output, layout), to_layout_order(s_out, layer.input, layout), m)
             }
+            _ => unreachable!("Engine::layer measures dense and conv layers"),
         };
-        if let Some(b) = bias {
-            add_bias(&mut s_in, &b.to_f64(), layer, layout);
+        if let Some(b) = shift {
+            add_bias(&mut s_in, b, layer, layout);
         }
         let count = |start: usize, end: usize| {
             let mut h = Histogram::for_range(weights.min, weights.max, bins);
@@ -181,14 +191,8 @@ impl CpuEngine {
 
     /// Dense strengths: one pass over the stored matrix gives its row and
     /// column sums; which is `s_in` depends on the layout.
-    fn dense(
-        &self,
-        layout: Layout,
-        weight: &Tensor<'_>,
-        inputs: usize,
-        outputs: usize,
-    ) -> (Vec<f64>, Vec<f64>, Moments) {
-        let (rows, cols) = dense_storage(layout, inputs, outputs);
+    fn dense(&self, in_out: bool, weight: &Tensor<'_>, inputs: usize, outputs: usize) -> (Vec<f64>, Vec<f64>, Moments) {
+        let (rows, cols) = dense_storage(in_out, inputs, outputs);
         // The power sums are taken about the mean of a first sample.
         let mut first = [0.0; 1024];
         let first = &mut first[..weight.len().min(1024)];
@@ -205,7 +209,7 @@ impl CpuEngine {
                 all.moments.merge(&part.moments);
             },
         );
-        let (s_in, s_out) = dense_in_out(layout, sums.rows, sums.cols);
+        let (s_in, s_out) = dense_in_out(in_out, sums.rows, sums.cols);
         (s_in, s_out, sums.moments)
     }
 }
@@ -225,7 +229,7 @@ fn conv_index(layout: Layout, conv: &Conv, o: usize, ci: usize, ky: usize, kx: u
 /// valid, which factorises by axis, so each node costs `O(kh + kw)`.
 fn conv_strengths(layout: Layout, weight: &Tensor<'_>, conv: &Conv) -> (Vec<f64>, Vec<f64>, Moments) {
     let w = weight.to_f64();
-    let &Conv { cout, cin_g, kh, kw, in_hw: [h, wd], out_hw: [ho, wo], geometry: g } = conv;
+    let &Conv { cout, cin_g, kh, kw, in_hw: [h, wd], out_hw: [ho, wo], geometry: g, .. } = conv;
     let cin = conv.cin();
     let cout_g = cout / g.groups;
     let taps = kh * kw;
@@ -245,6 +249,11 @@ fn conv_strengths(layout: Layout, weight: &Tensor<'_>, conv: &Conv) -> (Vec<f64>
     let mut moments = Moments::default();
     for chunk in w.chunks(CHUNK) {
         moments.merge(&Moments::from_slice(chunk));
+    }
+    if conv.channel_level {
+        // Channels as nodes: every tap counts.
+        let total = |k: &[f64]| k.chunks_exact(taps).map(|t| t.iter().sum()).collect();
+        return (total(&k_in), total(&q_out), moments);
     }
     let [sh, sw] = g.stride;
     let [ph, pw] = g.padding;
@@ -309,8 +318,8 @@ pub(crate) fn add_bias(s_in: &mut [f64], bias: &[f64], layer: &Layer, layout: La
     let channels = bias.len();
     let per_channel = s_in.len() / channels;
     for (i, s) in s_in.iter_mut().enumerate() {
-        let o = match (layer.kind, layout) {
-            (LayerKind::Conv(_), Layout::Keras) => i % channels,
+        let o = match (layer.output, layout) {
+            (crate::graph::NodeShape::Map { .. }, Layout::Keras) => i % channels,
             _ => i / per_channel,
         };
         *s += bias[o];

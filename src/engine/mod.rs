@@ -6,11 +6,12 @@
 //! node strength.
 
 pub mod cpu;
+mod fixed;
 pub mod gpu;
 
 use crate::checkpoint::{Checkpoint, Tensor};
 use crate::error::Result;
-use crate::graph::{Layer, Network, NodeShape};
+use crate::graph::{GraphSource, Layer, LayerKind, Network, NodeShape, Norm};
 use crate::spec::Layout;
 use crate::stats::{Histogram, Moments};
 
@@ -37,15 +38,19 @@ pub trait Engine: Send + Sync {
     /// Short name (`cpu`, or `gpu (adapter name)`).
     fn name(&self) -> String;
 
-    /// Measures one layer: `s_in` of its outputs (plus `bias` when given),
-    /// `s_out` of its inputs, in `layout`'s flatten order; the weights'
-    /// moments and a histogram of `bins` bins over their range.
+    /// Measures one dense or conv layer: `s_in` of its outputs (plus
+    /// `shift` per output channel when given), `s_out` of its inputs, in
+    /// `layout`'s flatten order; the weights' moments and a histogram of
+    /// `bins` bins over their range. With `scale`, every weight of output
+    /// channel `o` counts as `scale[o] * W[o, ...]` (a folded BatchNorm),
+    /// in the strengths and in the statistics alike.
     fn layer(
         &self,
         layer: &Layer,
         layout: Layout,
         weight: &Tensor<'_>,
-        bias: Option<&Tensor<'_>>,
+        scale: Option<&[f64]>,
+        shift: Option<&[f64]>,
         bins: usize,
     ) -> Result<LayerMeasures>;
 
@@ -104,7 +109,7 @@ pub struct Binned {
 pub struct BinnedNetwork {
     /// One per node set.
     pub node_sets: Vec<Binned>,
-    /// One per layer.
+    /// One per weighted layer.
     pub layers: Vec<Binned>,
 }
 
@@ -137,10 +142,9 @@ pub fn binned_by_values<E: Engine + ?Sized>(
         .map(|(s, &r)| bin(s.values.expect("asked for").strength, r))
         .collect();
     let layers = net
-        .layers
-        .iter()
+        .weighted_layers()
         .zip(&ranges.layers)
-        .map(|(l, &r)| Ok(bin(ck.tensor(&l.weight)?.to_f64(), r)))
+        .map(|((_, l), &r)| Ok(bin(link_weights(net, l, ck)?, r)))
         .collect::<Result<_>>()?;
     Ok(BinnedNetwork { node_sets, layers })
 }
@@ -196,15 +200,18 @@ pub struct NodeSetResult {
 /// The measures of one weighted layer.
 #[derive(Debug, Clone)]
 pub struct LayerResult {
+    /// Its `L` number (from 1, counting fixed layers too).
+    pub index: usize,
     /// The layer's name.
     pub name: String,
-    /// `dense` or `conv2d`.
+    /// `dense`, `conv2d` or `batchnorm`.
     pub kind: &'static str,
     /// The weight tensor.
     pub weight: String,
     /// Moments of the finite link weights.
     pub weights: Moments,
-    /// Moments of the finite bias values, when the layer has one.
+    /// Moments of the finite bias values (after folding a BatchNorm: its
+    /// shift; a BatchNorm layer: `c`), when the layer has one.
     pub bias: Option<Moments>,
     /// Histogram of the finite link weights.
     pub histogram: Histogram,
@@ -217,6 +224,8 @@ pub struct LayerResult {
 pub struct Analysis {
     /// `None` for a chain; otherwise why strengths are per layer only.
     pub not_chain: Option<String>,
+    /// How the graph was obtained.
+    pub source: GraphSource,
     /// One entry per node set.
     pub node_sets: Vec<NodeSetResult>,
     /// One entry per weighted layer.
@@ -224,50 +233,74 @@ pub struct Analysis {
 }
 
 /// Measures a network with an engine's primitives: strengths per layer,
-/// assembled into node sets (`strength = s_in + s_out`), with moments and
-/// histograms. NaN or infinite weights and biases are counted per layer
-/// (and the nodes they reach per node set) and left out of the statistics.
+/// summed into node sets over every layer touching them (SPEC 1.5:
+/// `strength = s_in + s_out`), with moments and histograms. NaN or
+/// infinite weights and biases are counted per layer (and the nodes they
+/// reach per node set) and left out of the statistics.
 pub fn assemble<E: Engine + ?Sized>(
     engine: &E,
     net: &Network,
     ck: &Checkpoint,
     opts: &AnalysisOptions,
 ) -> Result<Analysis> {
-    let mut strengths = Vec::with_capacity(net.layers.len());
-    let mut layers = Vec::with_capacity(net.layers.len());
-    for layer in &net.layers {
-        let w = ck.tensor(&layer.weight)?;
-        let bias = layer.bias.as_deref().map(|b| Ok(Finite::of(ck.tensor(b)?.to_f64()))).transpose()?;
-        let b = layer.bias.as_deref().filter(|_| net.bias).map(|b| ck.tensor(b)).transpose()?;
-        let LayerMeasures { s_in, s_out, mut weights, mut histogram } =
-            engine.layer(layer, net.layout, &w, b.as_ref(), opts.bins)?;
-        let mut non_finite = bias.as_ref().map_or(0, |b| b.non_finite);
-        if !is_finite(&weights) {
-            // Rare: measure the finite weights on their own.
-            let finite = Finite::of(w.to_f64());
-            (weights, histogram) = engine.distribution(&finite.values, opts.bins)?;
-            non_finite += finite.non_finite;
-        }
-        layers.push(LayerResult {
-            name: layer.name.clone(),
-            kind: layer.kind.name(),
-            weight: layer.weight.clone(),
-            weights,
-            bias: bias.map(|b| Moments::from_slice(&b.values)),
-            histogram,
-            non_finite,
-        });
-        strengths.push((s_in, s_out));
+    let mut sums: Vec<(Vec<f64>, Vec<f64>)> =
+        net.node_sets.iter().map(|s| (vec![0.0; s.shape.count()], vec![0.0; s.shape.count()])).collect();
+    let mut layers = Vec::new();
+    for (i, layer) in net.layers.iter().enumerate() {
+        let (s_in, s_out) = match layer.kind {
+            LayerKind::Dense { .. } | LayerKind::Conv(_) => {
+                let weight = layer.weight.as_deref().expect("dense and conv layers have weights");
+                let w = ck.tensor(weight)?;
+                let p = LayerParams::of(net, layer, ck)?;
+                let bias = p.bias.map(Finite::of);
+                let LayerMeasures { s_in, s_out, mut weights, mut histogram } =
+                    engine.layer(layer, net.layout, &w, p.scale.as_deref(), p.shift.as_deref(), opts.bins)?;
+                let mut non_finite = bias.as_ref().map_or(0, |b| b.non_finite);
+                if !is_finite(&weights) {
+                    // Rare: measure the finite weights on their own.
+                    let finite = Finite::of(link_weights(net, layer, ck)?);
+                    (weights, histogram) = engine.distribution(&finite.values, opts.bins)?;
+                    non_finite += finite.non_finite;
+                }
+                layers.push(LayerResult {
+                    index: i + 1,
+                    name: layer.name.clone(),
+                    kind: layer.kind.name(),
+                    weight: layer.tensor().to_string(),
+                    weights,
+                    bias: bias.map(|b| Moments::from_slice(&b.values)),
+                    histogram,
+                    non_finite,
+                });
+                (s_in, s_out)
+            }
+            LayerKind::Norm => {
+                let (a, c) = norm_affine(ck, layer.norm.as_ref().expect("a BatchNorm layer has its tensors"))?;
+                let (s_in, s_out) = fixed::norm_strengths(layer, net.layout, &a, net.bias.then_some(&c[..]));
+                let weights = Finite::of(link_weights(net, layer, ck)?);
+                let shift = Finite::of(c);
+                let (m, histogram) = engine.distribution(&weights.values, opts.bins)?;
+                layers.push(LayerResult {
+                    index: i + 1,
+                    name: layer.name.clone(),
+                    kind: layer.kind.name(),
+                    weight: layer.tensor().to_string(),
+                    weights: m,
+                    bias: Some(Moments::from_slice(&shift.values)),
+                    histogram,
+                    non_finite: weights.non_finite + shift.non_finite,
+                });
+                (s_in, s_out)
+            }
+            LayerKind::Pool(_) | LayerKind::Identity => fixed::strengths(layer, net.layout),
+        };
+        let (to, from) = (&net.node_sets[layer.to], &net.node_sets[layer.from]);
+        scatter_add(&mut sums[layer.to].0, to.shape, layer.offset, &s_in, layer.output, net.layout);
+        scatter_add(&mut sums[layer.from].1, from.shape, layer.from_channels[0], &s_out, layer.input, net.layout);
     }
     let mut node_sets = Vec::with_capacity(net.node_sets.len());
-    let mut zeros = Vec::new();
-    for set in &net.node_sets {
-        let n = set.shape.count();
-        zeros.resize(zeros.len().max(n), 0.0);
-        let s_in = set.in_layer.map_or(&zeros[..n], |l| &strengths[l].0[..]);
-        let s_out = set.out_layer.map_or(&zeros[..n], |l| &strengths[l].1[..]);
-        debug_assert_eq!((s_in.len(), s_out.len()), (n, n), "node set {}", set.name);
-        let strength: Vec<f64> = s_in.iter().zip(s_out).map(|(a, b)| a + b).collect();
+    for (set, (s_in, s_out)) in net.node_sets.iter().zip(sums) {
+        let strength: Vec<f64> = s_in.iter().zip(&s_out).map(|(a, b)| a + b).collect();
         // Strengths are NaN/Inf only next to NaN/Inf weights or biases: the
         // finite ones are copied out only then.
         let kept = (!strength.iter().all(|s| s.is_finite())).then(|| Finite::of(strength.clone()));
@@ -282,14 +315,112 @@ pub fn assemble<E: Engine + ?Sized>(
             name: set.name.clone(),
             shape: set.shape,
             strength: m,
-            s_in_mean: mean(s_in),
-            s_out_mean: mean(s_out),
+            s_in_mean: mean(&s_in),
+            s_out_mean: mean(&s_out),
             histogram,
             non_finite: kept.as_ref().map_or(0, |k| k.non_finite),
-            values: opts.keep_values.then(|| NodeValues { s_in: s_in.to_vec(), s_out: s_out.to_vec(), strength }),
+            values: opts.keep_values.then_some(NodeValues { s_in, s_out, strength }),
         });
     }
-    Ok(Analysis { not_chain: net.not_chain.clone(), node_sets, layers })
+    Ok(Analysis { not_chain: net.not_chain.clone(), source: net.source, node_sets, layers })
+}
+
+/// Adds a layer's per-node values `src` (shape `part`, in the layout's
+/// order) into a node set of shape `set` at channel `offset`.
+pub(crate) fn scatter_add(dst: &mut [f64], set: NodeShape, offset: usize, src: &[f64], part: NodeShape, layout: Layout) {
+    debug_assert_eq!(src.len(), part.count());
+    match (set, layout) {
+        (NodeShape::Map { c, h, w }, Layout::Keras) if part.channels() != c => {
+            let pc = part.channels();
+            for p in 0..h * w {
+                for (d, s) in dst[p * c + offset..p * c + offset + pc].iter_mut().zip(&src[p * pc..(p + 1) * pc]) {
+                    *d += s;
+                }
+            }
+        }
+        _ => {
+            let start = offset * set.grid().map_or(1, |[h, w]| h * w);
+            for (d, s) in dst[start..start + src.len()].iter_mut().zip(src) {
+                *d += s;
+            }
+        }
+    }
+}
+
+/// A BatchNorm's per-channel `(a, c)`: `y = a x + c` (SPEC 1.3).
+pub fn norm_affine(ck: &Checkpoint, n: &Norm) -> Result<(Vec<f64>, Vec<f64>)> {
+    let mean = ck.tensor(&n.mean)?.to_f64();
+    let var = ck.tensor(&n.var)?.to_f64();
+    let gamma = n.weight.as_deref().map(|t| ck.tensor(t).map(|t| t.to_f64())).transpose()?;
+    let beta = n.bias.as_deref().map(|t| ck.tensor(t).map(|t| t.to_f64())).transpose()?;
+    let a: Vec<f64> =
+        var.iter().enumerate().map(|(i, v)| gamma.as_ref().map_or(1.0, |g| g[i]) / (v + n.eps).sqrt()).collect();
+    let c = a.iter().zip(&mean).enumerate().map(|(i, (a, m))| beta.as_ref().map_or(0.0, |b| b[i]) - a * m).collect();
+    Ok((a, c))
+}
+
+/// What a dense or conv layer's measurement needs besides its weights.
+#[derive(Debug, Clone, Default)]
+pub struct LayerParams {
+    /// Per-output-channel factor of a folded BatchNorm.
+    pub scale: Option<Vec<f64>>,
+    /// The layer's bias as reported (after folding: `a b + c`).
+    pub bias: Option<Vec<f64>>,
+    /// What `s_in` adds per output channel: the bias when biases count.
+    pub shift: Option<Vec<f64>>,
+}
+
+impl LayerParams {
+    /// The parameters of a dense or conv layer of `net`.
+    pub fn of(net: &Network, layer: &Layer, ck: &Checkpoint) -> Result<LayerParams> {
+        let bias = layer.bias.as_deref().map(|b| ck.tensor(b).map(|t| t.to_f64())).transpose()?;
+        let (scale, bias) = match &layer.norm {
+            None => (None, bias),
+            Some(n) => {
+                let (a, c) = norm_affine(ck, n)?;
+                let folded = (0..a.len()).map(|o| a[o] * bias.as_ref().map_or(0.0, |b| b[o]) + c[o]).collect();
+                (Some(a), Some(folded))
+            }
+        };
+        let shift = bias.clone().filter(|_| net.bias);
+        Ok(LayerParams { scale, bias, shift })
+    }
+}
+
+/// A weighted layer's link weights as `links.csv` describes them: the
+/// weights after folding (dense, conv), or one `a[c]` per node (a
+/// BatchNorm layer).
+pub fn link_weights(net: &Network, layer: &Layer, ck: &Checkpoint) -> Result<Vec<f64>> {
+    match (layer.kind, &layer.norm) {
+        (LayerKind::Norm, Some(n)) => {
+            let (a, _) = norm_affine(ck, n)?;
+            let mut v = vec![0.0; layer.output.count()];
+            fixed::per_channel(&mut v, layer.output, net.layout, |c| a[c]);
+            Ok(v)
+        }
+        _ => {
+            let w = ck.tensor(layer.weight.as_deref().unwrap_or(""))?;
+            let mut v = w.to_f64();
+            if let Some(n) = &layer.norm {
+                let (a, _) = norm_affine(ck, n)?;
+                scale_weights(&mut v, layer, net.layout, &a);
+            }
+            Ok(v)
+        }
+    }
+}
+
+/// Multiplies each stored weight of output channel `o` by `scale[o]`.
+pub(crate) fn scale_weights(values: &mut [f64], layer: &Layer, layout: Layout, scale: &[f64]) {
+    let n = scale.len();
+    let per = values.len() / n.max(1);
+    let outputs_last = match layer.kind {
+        LayerKind::Dense { in_out, .. } => in_out,
+        _ => layout == Layout::Keras,
+    };
+    for (i, v) in values.iter_mut().enumerate() {
+        *v *= scale[if outputs_last { i % n } else { i / per }];
+    }
 }
 
 /// True when moments were taken over finite values only: a NaN or an
@@ -317,19 +448,21 @@ impl Finite {
 }
 
 /// A dense layer's weight matrix as stored: `(rows, cols)` for `inputs ->
-/// outputs` links in `layout`.
-pub(crate) fn dense_storage(layout: Layout, inputs: usize, outputs: usize) -> (usize, usize) {
-    match layout {
-        Layout::Torch => (outputs, inputs),
-        Layout::Keras => (inputs, outputs),
+/// outputs` links, stored `[in, out]` when `in_out`.
+pub(crate) fn dense_storage(in_out: bool, inputs: usize, outputs: usize) -> (usize, usize) {
+    if in_out {
+        (inputs, outputs)
+    } else {
+        (outputs, inputs)
     }
 }
 
 /// Which of a stored dense matrix's row and column sums are `(s_in, s_out)`.
-pub(crate) fn dense_in_out<T>(layout: Layout, row_sums: T, col_sums: T) -> (T, T) {
-    match layout {
-        Layout::Torch => (row_sums, col_sums),
-        Layout::Keras => (col_sums, row_sums),
+pub(crate) fn dense_in_out<T>(in_out: bool, row_sums: T, col_sums: T) -> (T, T) {
+    if in_out {
+        (col_sums, row_sums)
+    } else {
+        (row_sums, col_sums)
     }
 }
 

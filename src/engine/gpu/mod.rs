@@ -29,7 +29,8 @@ use crate::stats::{Histogram, Moments};
 use super::cpu::add_bias;
 use super::{
     assemble, binned_by_values, dense_in_out, dense_storage, histogram_on, is_finite, Analysis, AnalysisOptions,
-    BinRanges, Binned, BinnedNetwork, CpuEngine, Engine, LayerMeasures, LayerResult, NodeSetResult, NodeValues,
+    BinRanges, Binned, BinnedNetwork, CpuEngine, Engine, LayerMeasures, LayerParams, LayerResult, NodeSetResult,
+    NodeValues,
 };
 use plan::{kernel_range, Footprint, GpuTensor, Plan, Reduction, Source, PARTIAL};
 
@@ -385,7 +386,7 @@ impl GpuContext {
         }
         self.dispatch(&mut enc, Kernel::DenseSums, size(&plan.dense), 1, &[w, job(0), bi, st, sc]);
         self.dispatch(&mut enc, Kernel::ColumnSums, size(&plan.columns), 0, &[job(1), bi, sc, st]);
-        self.dispatch(&mut enc, Kernel::ConvKernelSums, size(&plan.conv_sums), 1, &[w, job(2), sc]);
+        self.dispatch(&mut enc, Kernel::ConvKernelSums, size(&plan.conv_sums), 1, &[w, job(2), sc, st]);
         self.dispatch(&mut enc, Kernel::ConvStrengths, size(&plan.conv_strengths), 0, &[job(3), bi, sc, st]);
         let reductions = size(&plan.reductions);
         self.dispatch(&mut enc, Kernel::Moments, reductions, 1, &[w, job(4), st, pa]);
@@ -507,6 +508,8 @@ struct Planned {
     /// Per node set: strength, s_in and s_out reductions.
     node_sets: Vec<(Reduction, Option<Reduction>, Option<Reduction>)>,
     bias: Vec<Option<Moments>>,
+    /// Per node set: the layer writing it and the layer reading it.
+    sides: Vec<(Option<usize>, Option<usize>)>,
 }
 
 impl Planned {
@@ -544,24 +547,26 @@ impl GpuEngine {
     /// Adds one network to `plan`. Everything fallible (tensor lookups,
     /// biases) happens before the plan is touched, so a failing network
     /// leaves the batch intact.
+    /// Only networks of [`Network::simple_sides`] shape are planned.
     fn plan_network<'a>(&self, plan: &mut Plan<'a>, net: &Network, ck: &'a Checkpoint, bins: usize) -> Result<Planned> {
+        let sides = net.simple_sides().ok_or_else(|| Error::Gpu("not a network of the batched shape".into()))?;
         let mut inputs = Vec::with_capacity(net.layers.len());
         for layer in &net.layers {
-            let w = ck.tensor(&layer.weight)?;
-            let b = layer.bias.as_deref().map(|name| ck.tensor(name).map(|t| t.to_f64())).transpose()?;
-            inputs.push((GpuTensor::new(&w), b));
+            let w = ck.tensor(layer.weight.as_deref().expect("dense and conv layers have weights"))?;
+            inputs.push((GpuTensor::new(&w), LayerParams::of(net, layer, ck)?));
         }
-        let mut planned = Planned { layers: vec![], slots: vec![], node_sets: vec![], bias: vec![] };
-        for (layer, (t, b)) in net.layers.iter().zip(inputs) {
-            planned.bias.push(b.as_deref().map(Moments::from_slice));
-            let bias = b.as_deref().filter(|_| net.bias);
-            let (slots, weights) = plan.add_measured_layer(layer, net.layout, t, bias, bins);
+        let mut planned = Planned { layers: vec![], slots: vec![], node_sets: vec![], bias: vec![], sides: vec![] };
+        for (layer, (t, p)) in net.layers.iter().zip(inputs) {
+            planned.bias.push(p.bias.as_deref().map(Moments::from_slice));
+            let (slots, weights) =
+                plan.add_measured_layer(layer, net.layout, t, p.shift.as_deref(), p.scale.as_deref(), bins);
             planned.slots.push(slots);
             planned.layers.push(weights);
         }
-        for set in &net.node_sets {
-            let s_in = set.in_layer.map(|l| planned.slots[l].s_in.0);
-            let s_out = set.out_layer.map(|l| planned.slots[l].s_out.0);
+        planned.sides = sides;
+        for (set, &(in_layer, out_layer)) in net.node_sets.iter().zip(&planned.sides) {
+            let s_in = in_layer.map(|l| planned.slots[l].s_in.0);
+            let s_out = out_layer.map(|l| planned.slots[l].s_out.0);
             let n = set.shape.count();
             let (a, b) = match (s_in, s_out) {
                 (Some(a), b) => (a, b),
@@ -596,9 +601,10 @@ impl GpuEngine {
         for (i, layer) in net.layers.iter().enumerate() {
             let (weights, histogram) = out.distribution(&planned.layers[i]);
             layers.push(LayerResult {
+                index: i + 1,
                 name: layer.name.clone(),
                 kind: layer.kind.name(),
-                weight: layer.weight.clone(),
+                weight: layer.tensor().to_string(),
                 weights,
                 bias: planned.bias[i],
                 histogram,
@@ -608,14 +614,14 @@ impl GpuEngine {
         let node_sets = net
             .node_sets
             .iter()
-            .zip(&planned.node_sets)
-            .map(|(set, (strength, s_in, s_out))| {
+            .zip(planned.node_sets.iter().zip(&planned.sides))
+            .map(|(set, ((strength, s_in, s_out), &(in_layer, out_layer)))| {
                 let (m, histogram) = out.distribution(strength);
                 let mean = |r: &Option<Reduction>| r.as_ref().map_or(0.0, |r| out.moments(r).mean);
                 let values = keep.then(|| {
                     let n = set.shape.count();
-                    let s_in = set.in_layer.map_or_else(|| vec![0.0; n], |l| out.strengths(planned.slots[l].s_in));
-                    let s_out = set.out_layer.map_or_else(|| vec![0.0; n], |l| out.strengths(planned.slots[l].s_out));
+                    let s_in = in_layer.map_or_else(|| vec![0.0; n], |l| out.strengths(planned.slots[l].s_in));
+                    let s_out = out_layer.map_or_else(|| vec![0.0; n], |l| out.strengths(planned.slots[l].s_out));
                     let strength = s_in.iter().zip(&s_out).map(|(a, b)| a + b).collect();
                     NodeValues { s_in, s_out, strength }
                 });
@@ -631,7 +637,7 @@ impl GpuEngine {
                 }
             })
             .collect();
-        Ok(Analysis { not_chain: net.not_chain.clone(), node_sets, layers })
+        Ok(Analysis { not_chain: net.not_chain.clone(), source: net.source, node_sets, layers })
     }
 
     /// A dense layer too large for one binding, streamed in row chunks: row
@@ -661,8 +667,8 @@ impl GpuEngine {
             let word = plan.add_tensor(t.chunk(r0 * cols, r1 * cols));
             let row_dst = plan.alloc_strengths(r1 - r0);
             let col_dst = plan.alloc_strengths(cols);
-            plan.add_dense(word, t.dtype, lead, r1 - r0, cols, row_dst, None, col_dst, None);
-            let r = plan.add_reduction(Source::Weights(word, t.dtype, lead), (r1 - r0) * cols, 0);
+            plan.add_dense(word, t.dtype, lead, r1 - r0, cols, row_dst, None, col_dst, None, None);
+            let r = plan.add_reduction(Source::Weights(word, t.dtype, lead, None), (r1 - r0) * cols, 0);
             let out = self.ctx.run(&plan, true)?;
             row_sums.extend(out.strengths((row_dst, r1 - r0)));
             for (c, v) in col_sums.iter_mut().zip(out.strengths((col_dst, cols))) {
@@ -676,7 +682,7 @@ impl GpuEngine {
             let mut plan = Plan::new();
             let lead = t.lead(r0 * cols);
             let word = plan.add_tensor(t.chunk(r0 * cols, r1 * cols));
-            let r = plan.add_reduction(Source::Weights(word, t.dtype, lead), (r1 - r0) * cols, bins);
+            let r = plan.add_reduction(Source::Weights(word, t.dtype, lead, None), (r1 - r0) * cols, bins);
             plan.fixed_ranges = Some(vec![range]);
             let out = self.ctx.run(&plan, false)?;
             for (a, b) in histogram.counts.iter_mut().zip(&out.counts[r.counts..r.counts + bins]) {
@@ -697,27 +703,32 @@ impl Engine for GpuEngine {
         layer: &Layer,
         layout: Layout,
         weight: &Tensor<'_>,
-        bias: Option<&Tensor<'_>>,
+        scale: Option<&[f64]>,
+        shift: Option<&[f64]>,
         bins: usize,
     ) -> Result<LayerMeasures> {
         let t = GpuTensor::new(weight);
-        let bias_values = bias.map(|b| b.to_f64());
-        let need = Footprint::of_layer(layer, layout, t.bytes.len() as u64);
+        let need = Footprint::of_layer(layer, t.bytes.len() as u64);
         let m = if need.largest() > self.ctx.max_binding {
             // Larger than a binding: a dense layer goes in row chunks.
-            let LayerKind::Dense { inputs, outputs } = layer.kind else {
+            let LayerKind::Dense { inputs, outputs, in_out } = layer.kind else {
                 return Err(Error::Gpu(format!("convolution `{}` exceeds the adapter's binding limit", layer.name)));
             };
-            let (rows, cols) = dense_storage(layout, inputs, outputs);
+            if scale.is_some() {
+                // A BatchNorm folded into a layer beyond a binding: the
+                // streamed kernels take no factors; the reference does.
+                return CpuEngine::default().layer(layer, layout, weight, scale, shift, bins);
+            }
+            let (rows, cols) = dense_storage(in_out, inputs, outputs);
             let (row, col, weights, histogram) = self.streamed_dense(&t, rows, cols, bins)?;
-            let (mut s_in, s_out) = dense_in_out(layout, row, col);
-            if let Some(b) = &bias_values {
+            let (mut s_in, s_out) = dense_in_out(in_out, row, col);
+            if let Some(b) = shift {
                 add_bias(&mut s_in, b, layer, layout);
             }
             LayerMeasures { s_in, s_out, weights, histogram }
         } else {
             let mut plan = Plan::new();
-            let (slots, r) = plan.add_measured_layer(layer, layout, t, bias_values.as_deref(), bins);
+            let (slots, r) = plan.add_measured_layer(layer, layout, t, shift, scale, bins);
             let out = self.ctx.run(&plan, true)?;
             let (weights, histogram) = out.distribution(&r);
             LayerMeasures { s_in: out.strengths(slots.s_in), s_out: out.strengths(slots.s_out), weights, histogram }
@@ -726,7 +737,7 @@ impl Engine for GpuEngine {
             return Ok(m);
         }
         // NaN/Inf weights: the GPU's sums mean nothing; the reference's do.
-        CpuEngine::default().layer(layer, layout, weight, bias, bins)
+        CpuEngine::default().layer(layer, layout, weight, scale, shift, bins)
     }
 
     fn distribution(&self, values: &[f64], bins: usize) -> Result<(Moments, Histogram)> {
@@ -742,7 +753,8 @@ impl Engine for GpuEngine {
     /// One submission: the network's batch plan with its histograms on the
     /// caller's ranges instead of their own.
     fn binned(&self, net: &Network, ck: &Checkpoint, ranges: &BinRanges, bins: usize) -> Result<BinnedNetwork> {
-        if bins > MAX_BINS || Footprint::of_network(net, ck).largest() > self.ctx.max_binding {
+        let batched = net.simple_sides().is_some();
+        if !batched || bins > MAX_BINS || Footprint::of_network(net, ck).largest() > self.ctx.max_binding {
             return binned_by_values(self, net, ck, ranges, bins);
         }
         let mut plan = Plan::new();
@@ -804,8 +816,9 @@ impl Engine for GpuEngine {
             };
         for (i, &(net, ck)) in items.iter().enumerate() {
             let need = Footprint::of_network(net, ck);
-            if need.largest() > self.ctx.max_binding {
-                // Too large to batch: layer by layer, streaming big layers.
+            if need.largest() > self.ctx.max_binding || net.simple_sides().is_none() {
+                // Too large to batch, or a DAG (pools, adds, concatenations,
+                // BatchNorm layers): layer by layer, assembled on the host.
                 results[i] = Some(assemble(self, net, ck, opts));
                 continue;
             }

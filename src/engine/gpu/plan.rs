@@ -7,6 +7,7 @@ use std::borrow::Cow;
 
 use crate::checkpoint::{Checkpoint, DType, Tensor};
 use crate::graph::{Conv, Layer, LayerKind, Network};
+
 use crate::spec::Layout;
 
 use super::super::{dense_in_out, dense_storage};
@@ -105,17 +106,19 @@ impl Footprint {
     }
 
     /// What one layer adds, its weights taking `weight_bytes` on the GPU.
-    pub(super) fn of_layer(layer: &Layer, layout: Layout, weight_bytes: u64) -> Footprint {
+    pub(super) fn of_layer(layer: &Layer, weight_bytes: u64) -> Footprint {
         let scratch = match layer.kind {
-            LayerKind::Dense { inputs, outputs } => {
-                let (rows, cols) = dense_storage(layout, inputs, outputs);
+            LayerKind::Dense { inputs, outputs, in_out } => {
+                let (rows, cols) = dense_storage(in_out, inputs, outputs);
                 rows.div_ceil(DENSE_ROWS) * cols
             }
             LayerKind::Conv(c) => (c.cout + c.cin()) * c.kh * c.kw,
+            _ => 0,
         };
+        let scales = if layer.norm.is_some() { layer.output.channels() } else { 0 };
         Footprint {
             weights: weight_bytes.next_multiple_of(4),
-            strengths: 4 * (layer.input.count() + layer.output.count()) as u64,
+            strengths: 4 * (layer.input.count() + layer.output.count() + scales) as u64,
             scratch: 4 * scratch as u64,
             biases: 4 * layer.output.count() as u64,
         }
@@ -126,8 +129,9 @@ impl Footprint {
     pub(super) fn of_network(net: &Network, ck: &Checkpoint) -> Footprint {
         let mut f = Footprint::default();
         for layer in &net.layers {
-            let bytes = ck.tensor(&layer.weight).map_or(0, |t| (t.len() * gpu_size(t.dtype)) as u64);
-            f.add(Footprint::of_layer(layer, net.layout, bytes));
+            let tensor = layer.weight.as_deref().map(|w| ck.tensor(w));
+            let bytes = tensor.and_then(|t| t.ok()).map_or(0, |t| (t.len() * gpu_size(t.dtype)) as u64);
+            f.add(Footprint::of_layer(layer, bytes));
         }
         f
     }
@@ -178,11 +182,21 @@ pub(super) fn kernel_range((lo, hi): (f64, f64), bins: usize) -> [f32; 4] {
     [lo as f32, hi as f32, (bins as f64 / (hi - lo)) as f32, 0.0]
 }
 
+/// A folded BatchNorm's factors in the strengths buffer: element `i` of a
+/// tensor counts `region[(i / divisor) % count]` times.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Scale {
+    pub(super) region: u32,
+    pub(super) divisor: u32,
+    pub(super) count: u32,
+}
+
 /// What a reduction job runs over.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Source {
-    /// A tensor in the weights buffer: word offset, dtype, first element.
-    Weights(u32, GpuDType, u32),
+    /// A tensor in the weights buffer: word offset, dtype, first element,
+    /// and its factors when a BatchNorm is folded into it.
+    Weights(u32, GpuDType, u32, Option<Scale>),
     /// One strengths region, or the sum of two (s_in + s_out).
     Strengths(u32, Option<u32>),
 }
@@ -293,7 +307,9 @@ impl<'a> Plan<'a> {
     }
 
     /// Plans a layer's strengths from its weights at `word`; the biases at
-    /// offset `bias` are added to `s_in`.
+    /// offset `bias` are added to `s_in`; `scale` is the region of a folded
+    /// BatchNorm's factors.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn add_layer(
         &mut self,
         layer: &Layer,
@@ -301,39 +317,55 @@ impl<'a> Plan<'a> {
         word: u32,
         dtype: GpuDType,
         bias: Option<u32>,
+        scale: Option<u32>,
     ) -> LayerSlots {
         let s_in_len = layer.output.count();
         let s_out_len = layer.input.count();
         let s_in = self.alloc_strengths(s_in_len);
         let s_out = self.alloc_strengths(s_out_len);
         match layer.kind {
-            LayerKind::Dense { inputs, outputs } => {
-                let (rows, cols) = dense_storage(layout, inputs, outputs);
-                let (row_dst, col_dst) = dense_in_out(layout, s_in, s_out);
-                let (row_bias, col_bias) = dense_in_out(layout, bias, None);
-                self.add_dense(word, dtype, 0, rows, cols, row_dst, row_bias, col_dst, col_bias);
+            LayerKind::Dense { inputs, outputs, in_out } => {
+                let (rows, cols) = dense_storage(in_out, inputs, outputs);
+                let (row_dst, col_dst) = dense_in_out(in_out, s_in, s_out);
+                let (row_bias, col_bias) = dense_in_out(in_out, bias, None);
+                let scale = scale.map(|s| (s, in_out));
+                self.add_dense(word, dtype, 0, rows, cols, row_dst, row_bias, col_dst, col_bias, scale);
             }
-            LayerKind::Conv(conv) => self.add_conv(&conv, layout, word, dtype, bias, s_in, s_out),
+            LayerKind::Conv(conv) => self.add_conv(&conv, layout, word, dtype, bias, scale, s_in, s_out),
+            _ => unreachable!("only dense and conv layers are planned"),
         }
         LayerSlots { s_in: (s_in, s_in_len), s_out: (s_out, s_out_len) }
     }
 
     /// Plans one whole layer from its weights `t` (and bias values, added
-    /// to `s_in`): upload, strengths, and moments with a histogram of
-    /// `bins` bins of its weights.
+    /// to `s_in`; a folded BatchNorm's factors per output channel):
+    /// upload, strengths, and moments with a histogram of `bins` bins of
+    /// its (scaled) weights.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn add_measured_layer(
         &mut self,
         layer: &Layer,
         layout: Layout,
         t: GpuTensor<'a>,
         bias: Option<&[f64]>,
+        scale: Option<&[f64]>,
         bins: usize,
     ) -> (LayerSlots, Reduction) {
         let (n, dtype) = (t.len(), t.dtype);
         let bias = bias.map(|b| self.add_bias(b));
+        let scale = scale.map(|a| {
+            let outputs_last = match layer.kind {
+                LayerKind::Dense { in_out, .. } => in_out,
+                _ => layout == Layout::Keras,
+            };
+            let count = a.len();
+            let divisor = if outputs_last { 1 } else { n / count.max(1) };
+            let region = self.add_host_strengths(a.iter().map(|&v| v as f32).collect());
+            Scale { region, divisor: divisor as u32, count: count as u32 }
+        });
         let word = self.add_tensor(t);
-        let slots = self.add_layer(layer, layout, word, dtype, bias);
-        (slots, self.add_reduction(Source::Weights(word, dtype, 0), n, bins))
+        let slots = self.add_layer(layer, layout, word, dtype, bias, scale.map(|s| s.region));
+        (slots, self.add_reduction(Source::Weights(word, dtype, 0, scale), n, bins))
     }
 
     /// Plans row and column sums of a stored `rows x cols` matrix.
@@ -349,11 +381,14 @@ impl<'a> Plan<'a> {
         row_bias: Option<u32>,
         col_dst: u32,
         col_bias: Option<u32>,
+        scale: Option<(u32, bool)>,
     ) {
         let blocks = rows.div_ceil(DENSE_ROWS);
         let parts = self.scratch_len as u32;
         self.scratch_len += blocks * cols;
-        let fields = [word, dtype as u32, lead, rows as u32, cols as u32, parts, row_dst, row_bias.unwrap_or(NONE), 0];
+        let (scale, by_col) = scale.map_or((NONE, 0), |(s, by_col)| (s, u32::from(by_col)));
+        let row_bias = row_bias.unwrap_or(NONE);
+        let fields = [word, dtype as u32, lead, rows as u32, cols as u32, parts, row_dst, row_bias, scale, by_col];
         self.dense.push(blocks, &fields);
         let fields = [parts, blocks as u32, cols as u32, col_dst, col_bias.unwrap_or(NONE)];
         self.columns.push(cols.div_ceil(WG), &fields);
@@ -367,6 +402,7 @@ impl<'a> Plan<'a> {
         word: u32,
         dtype: GpuDType,
         bias: Option<u32>,
+        scale: Option<u32>,
         s_in: u32,
         s_out: u32,
     ) {
@@ -378,7 +414,7 @@ impl<'a> Plan<'a> {
         let q = k + (c.cout * taps) as u32;
         self.scratch_len += (c.cout + cin) * taps;
         let dims = [c.cout, c.cin_g, taps, c.cout / g.groups, g.groups].map(|v| v as u32);
-        let fields = [word, dtype as u32, dims[0], dims[1], dims[2], dims[3], dims[4], keras, k, q];
+        let fields = [word, dtype as u32, dims[0], dims[1], dims[2], dims[3], dims[4], keras, k, q, scale.unwrap_or(NONE)];
         self.conv_sums.push(((c.cout + cin) * taps).div_ceil(WG), &fields);
         let [h, w] = c.in_hw;
         let [ho, wo] = c.out_hw;
@@ -386,6 +422,7 @@ impl<'a> Plan<'a> {
         let mut fields: Vec<u32> = vec![k, q, bias.unwrap_or(NONE), s_in, s_out];
         fields.extend(dims.iter().chain(&[g.dilation[0], g.dilation[1]]).map(|&v| v as u32));
         fields.push(keras);
+        fields.push(u32::from(c.channel_level));
         let nodes = c.cout * ho * wo + cin * h * w;
         self.conv_strengths.push(nodes.div_ceil(WG), &fields);
     }
@@ -402,12 +439,26 @@ impl<'a> Plan<'a> {
         };
         self.partials_len += groups;
         self.counts_len += bins;
-        let (src, dtype, a, b, lead) = match source {
-            Source::Weights(word, dtype, lead) => (0, dtype as u32, word, NONE, lead),
-            Source::Strengths(a, b) => (1, 0, a, b.unwrap_or(NONE), 0),
+        let (src, dtype, a, b, lead, scale) = match source {
+            Source::Weights(word, dtype, lead, scale) => (0, dtype as u32, word, NONE, lead, scale),
+            Source::Strengths(a, b) => (1, 0, a, b.unwrap_or(NONE), 0, None),
         };
-        let fields =
-            [groups as u32, src, dtype, a, b, lead, n as u32, r.partials as u32, r.counts as u32, bins as u32, 0];
+        let scale = scale.map_or([NONE, 1, 1], |s| [s.region, s.divisor.max(1), s.count.max(1)]);
+        let fields = [
+            groups as u32,
+            src,
+            dtype,
+            a,
+            b,
+            lead,
+            n as u32,
+            r.partials as u32,
+            r.counts as u32,
+            bins as u32,
+            scale[0],
+            scale[1],
+            scale[2],
+        ];
         self.reductions.push(groups, &fields);
         r
     }

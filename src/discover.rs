@@ -1,0 +1,338 @@
+//! Discovery (SPEC 2): a graph from tensor names and shapes when no spec
+//! is given. Weighted tensors in natural order of names, each paired with
+//! its bias; BatchNorm tensors placed after the weighted layer they follow;
+//! integer buffers and normalisations without running statistics listed as
+//! unused. The chain is accepted only when every shape fits; otherwise the
+//! per-layer analysis, which never invents pixel grids. Everything assumed
+//! is recorded in [`Network::notes`].
+
+use crate::checkpoint::Checkpoint;
+use crate::error::{Error, Result};
+use crate::graph::{
+    dims, display_name, make_conv, norm_tensors, Builder, ConvGeometry, Dims, GraphSource, Layer, LayerKind,
+    Network, NodeSet, NodeShape, Norm, Settings,
+};
+use crate::spec::{BnMode, LayerSpec, Layout};
+
+/// What discovery found: entries in forward order, the tensors it will not
+/// use, and what it assumed.
+pub(crate) struct Discovered {
+    pub(crate) entries: Vec<LayerSpec>,
+    pub(crate) unused: Vec<(String, String)>,
+    pub(crate) notes: Vec<String>,
+}
+
+/// Keras when a tensor is named like a keras kernel.
+pub(crate) fn detect_layout(ck: &Checkpoint) -> Layout {
+    if ck.names().iter().any(|n| n.ends_with("kernel") || n.ends_with("kernel:0")) {
+        Layout::Keras
+    } else {
+        Layout::Torch
+    }
+}
+
+/// A tensor name split into its module prefix and its role suffix.
+fn split(name: &str) -> (&str, &str) {
+    let name_no_tf = name.strip_suffix(":0").unwrap_or(name);
+    match name_no_tf.rfind(['.', '/']) {
+        Some(i) => (&name[..i], &name_no_tf[i + 1..]),
+        None => ("", name_no_tf),
+    }
+}
+
+/// Module names whose `[vocab, d]` weight is an embedding table.
+fn is_embedding(prefix: &str) -> bool {
+    let last = prefix.rsplit(['.', '/']).next().unwrap_or(prefix).to_lowercase();
+    last.contains("emb") || matches!(last.as_str(), "wte" | "wpe" | "shared")
+}
+
+/// GPT-2's `Conv1D` modules, stored `[in, out]`.
+fn is_conv1d(prefix: &str) -> bool {
+    let last = prefix.rsplit(['.', '/']).next().unwrap_or(prefix);
+    matches!(last, "c_attn" | "c_proj" | "c_fc")
+}
+
+/// Finds the layers, in natural order of names.
+pub(crate) fn discover(ck: &Checkpoint, layout: Layout) -> Discovered {
+    let mut out = Discovered { entries: Vec::new(), unused: Vec::new(), notes: Vec::new() };
+    let names = ck.names();
+    // Module prefixes in the order their first tensor appears.
+    let mut prefixes: Vec<&str> = Vec::new();
+    for n in &names {
+        let (p, _) = split(n);
+        if !prefixes.contains(&p) {
+            prefixes.push(p);
+        }
+    }
+    let mut transposed = Vec::new();
+    let mut embeddings = Vec::new();
+    for prefix in prefixes {
+        let members: Vec<&str> = names.iter().copied().filter(|n| split(n).0 == prefix).collect();
+        let role = |roles: &[&str]| members.iter().copied().find(|n| roles.contains(&split(n).1));
+        let floats: Vec<&str> = members.iter().copied().filter(|n| ck.is_float(n)).collect();
+        for n in members.iter().filter(|n| !ck.is_float(n)) {
+            out.unused.push((n.to_string(), "not a float tensor (an integer buffer such as num_batches_tracked)".into()));
+        }
+        let weight = role(&["weight", "kernel"]).filter(|n| floats.contains(n));
+        let bias = role(&["bias", "beta"]).filter(|n| floats.contains(n));
+        let mean = role(&["running_mean", "moving_mean"]);
+        let var = role(&["running_var", "moving_variance"]);
+        let rank = |n: &str| ck.shape(n).map_or(0, <[usize]>::len);
+        let mut used: Vec<&str> = Vec::new();
+        if let (Some(_), Some(_)) = (mean, var) {
+            // A BatchNorm: after the weighted layer right before it.
+            let follows = out.entries.last_mut().filter(|e| e.norm.is_none() && e.weight.is_some());
+            match follows {
+                Some(e) => e.norm = Some(prefix.to_string()),
+                None => out.entries.push(LayerSpec { name: Some(prefix.to_string()), norm: Some(prefix.to_string()), ..LayerSpec::default() }),
+            }
+            used.extend([mean, var, weight, bias, role(&["gamma"])].into_iter().flatten());
+        } else if let Some(w) = weight.filter(|w| matches!(rank(w), 2 | 4)) {
+            let shape = ck.shape(w).expect("listed");
+            let mut e = LayerSpec { weight: Some(w.to_string()), ..LayerSpec::default() };
+            used.push(w);
+            if shape.len() == 2 && layout == Layout::Torch {
+                if is_embedding(prefix) {
+                    e.in_out = Some(true);
+                    embeddings.push(display_name(w));
+                } else if is_conv1d(prefix) || bias.is_some_and(|b| ck.shape(b) == Some(&[shape[1]][..]) && shape[0] != shape[1]) {
+                    e.in_out = Some(true);
+                    transposed.push(display_name(w));
+                }
+            }
+            let outputs = match dims(ck, layout, w, e.in_out) {
+                Ok(Dims::Dense(o, _)) | Ok(Dims::Conv(o, ..)) => o,
+                Err(_) => 0,
+            };
+            if let Some(b) = bias {
+                if ck.shape(b) == Some(&[outputs][..]) {
+                    e.bias = Some(b.to_string());
+                    used.push(b);
+                } else {
+                    out.unused.push((b.to_string(), format!("its shape fits no output of `{w}`")));
+                    used.push(b);
+                }
+            }
+            out.entries.push(e);
+        } else if weight.is_some_and(|w| rank(w) == 1) {
+            let why = "a normalisation without running statistics (LayerNorm / RMSNorm / GroupNorm): \
+                       per-sample, so not a layer of the weight graph";
+            for n in [weight, bias].into_iter().flatten() {
+                out.unused.push((n.to_string(), why.into()));
+                used.push(n);
+            }
+        }
+        for n in floats {
+            if !used.contains(&n) {
+                let why = match ck.shape(n).map(<[usize]>::len) {
+                    Some(r) if split(n).1 == "weight" || split(n).1 == "kernel" => {
+                        format!("a weight of rank {r}: neither dense (2) nor conv (4)")
+                    }
+                    _ => "not a weight, bias or BatchNorm tensor of a layer".to_string(),
+                };
+                out.unused.push((n.to_string(), why));
+            }
+        }
+    }
+    if !embeddings.is_empty() {
+        out.notes.push(format!(
+            "read as embeddings ([vocab, d] tables: each of the vocab rows is a one-hot input linked to d features): {}",
+            embeddings.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    if !transposed.is_empty() {
+        out.notes.push(format!(
+            "dense weights stored [in, out] (GPT-2's Conv1D, recognised by name or bias shape): {}",
+            transposed.iter().take(6).map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+                + if transposed.len() > 6 { ", ..." } else { "" }
+        ));
+    }
+    out
+}
+
+/// The entries as a chain: in natural order, else with their top-level
+/// modules in another order (torchvision's `classifier.*` sorts before
+/// `features.*`). Returns the network and a note when the order changed.
+pub(crate) fn chain(
+    ck: &Checkpoint,
+    s: Settings,
+    input: Option<NodeShape>,
+    entries: &[LayerSpec],
+) -> Result<(Network, Option<String>)> {
+    let first = Builder::new(ck, s, input, None).build(entries);
+    let Err(first_err @ Error::Graph { .. }) = first else { return first.map(|n| (n, None)) };
+    let top = |e: &LayerSpec| -> String {
+        let name = e.weight.as_deref().or(e.norm.as_deref()).unwrap_or("");
+        name.split(['.', '/']).next().unwrap_or("").to_string()
+    };
+    let mut groups: Vec<(String, Vec<LayerSpec>)> = Vec::new();
+    for e in entries {
+        match groups.last_mut() {
+            Some((g, v)) if *g == top(e) => v.push(e.clone()),
+            _ => groups.push((top(e), vec![e.clone()])),
+        }
+    }
+    if !(2..=4).contains(&groups.len()) {
+        return Err(first_err);
+    }
+    let mut order: Vec<usize> = (0..groups.len()).collect();
+    while next_permutation(&mut order) {
+        let reordered: Vec<LayerSpec> = order.iter().flat_map(|&g| groups[g].1.iter().cloned()).collect();
+        if let Ok(net) = Builder::new(ck, s, input, None).build(&reordered) {
+            let names: Vec<String> = order.iter().map(|&g| format!("`{}`", groups[g].0)).collect();
+            return Ok((net, Some(format!("modules taken in the order {} (the order in which their shapes form a chain)", names.join(", ")))));
+        }
+    }
+    Err(first_err)
+}
+
+/// Lexicographic next permutation; false after the last.
+fn next_permutation(v: &mut [usize]) -> bool {
+    let Some(i) = (1..v.len()).rev().find(|&i| v[i - 1] < v[i]) else { return false };
+    let j = (i..v.len()).rev().find(|&j| v[j] > v[i - 1]).expect("exists");
+    v.swap(i - 1, j);
+    v[i..].reverse();
+    true
+}
+
+/// The per-layer analysis: each weighted layer between two node sets of
+/// its own (`name:in`, `name:out`). A conv reads a known grid only as the
+/// first layer on the `--input` map; every other conv is measured at
+/// channel level. BatchNorms fold into the layer they follow when their
+/// size fits (or become their own layer with `--bn layer`); others are
+/// listed as unused.
+pub(crate) fn per_layer(ck: &Checkpoint, s: Settings, input: Option<NodeShape>, entries: &[LayerSpec]) -> Result<Network> {
+    let graph = |reason: String| Error::Graph { path: ck.path().to_path_buf(), reason };
+    let mut net = Network {
+        layout: s.layout,
+        bias: s.bias,
+        bn: s.bn,
+        layers: Vec::new(),
+        node_sets: Vec::new(),
+        source: GraphSource::PerLayer,
+        not_chain: None,
+        notes: Vec::new(),
+        unused: Vec::new(),
+    };
+    let mut channel_level = Vec::new();
+    for (i, e) in entries.iter().enumerate() {
+        let Some(w) = e.weight.as_deref() else {
+            let prefix = e.norm.as_deref().unwrap_or("");
+            for t in ck.names().into_iter().filter(|n| split(n).0 == prefix && ck.is_float(n)) {
+                net.unused.push((t.to_string(), format!("BatchNorm `{prefix}` follows no weighted layer; not placed in the per-layer analysis")));
+            }
+            continue;
+        };
+        let name = display_name(w);
+        let (kind, in_shape, out_shape) = match dims(ck, s.layout, w, e.in_out).map_err(|r| graph(format!("layer `{name}`: {r}")))? {
+            Dims::Dense(o, i) => (
+                LayerKind::Dense { inputs: i, outputs: o, in_out: e.in_out.unwrap_or(s.layout == Layout::Keras) },
+                NodeShape::Flat(i),
+                NodeShape::Flat(o),
+            ),
+            Dims::Conv(o, ci, kh, kw) => {
+                let grid = match input {
+                    Some(NodeShape::Map { c, h, w }) if i == 0 && c % ci == 0 => Some((c, [h, w])),
+                    _ => None,
+                };
+                let (ch, hw, level) = match grid {
+                    Some((c, hw)) => (c, hw, false),
+                    None => (ci, [1, 1], true),
+                };
+                let geometry = ConvGeometry { stride: [1, 1], padding: [0, 0], dilation: [1, 1], groups: ch / ci };
+                let conv = make_conv((o, ci, kh, kw), ch, hw, geometry, level)
+                    .or_else(|_| make_conv((o, ci, kh, kw), ci, [1, 1], ConvGeometry { groups: 1, ..geometry }, true))
+                    .map_err(|r| graph(format!("layer `{name}`: {r}")))?;
+                if conv.channel_level {
+                    channel_level.push(name.clone());
+                }
+                let (a, b) = if conv.channel_level { ([1, 1], [1, 1]) } else { (conv.in_hw, conv.out_hw) };
+                (
+                    LayerKind::Conv(conv),
+                    NodeShape::Map { c: conv.cin(), h: a[0], w: a[1] },
+                    NodeShape::Map { c: o, h: b[0], w: b[1] },
+                )
+            }
+        };
+        let bias = e.bias.clone().filter(|b| ck.shape(b) == Some(&[out_shape.channels()][..]));
+        let norm = e.norm.as_deref().map(|p| resolve_norm(ck, s, p, out_shape.channels()));
+        let base = net.node_sets.len();
+        net.node_sets.push(NodeSet { name: format!("{name}:in"), shape: in_shape });
+        net.node_sets.push(NodeSet { name: format!("{name}:out"), shape: out_shape });
+        let mut layer = Layer {
+            name: name.clone(),
+            weight: Some(w.to_string()),
+            bias,
+            norm: None,
+            kind,
+            from: base,
+            from_channels: [0, in_shape.channels()],
+            to: base + 1,
+            offset: 0,
+            input: in_shape,
+            output: out_shape,
+        };
+        match (norm, s.bn) {
+            (None, _) => net.layers.push(layer),
+            (Some(Err(why)), _) => {
+                for t in ck.names().into_iter().filter(|n| Some(split(n).0) == e.norm.as_deref() && ck.is_float(n)) {
+                    net.unused.push((t.to_string(), why.clone()));
+                }
+                net.layers.push(layer);
+            }
+            (Some(Ok(n)), BnMode::Fold) => {
+                layer.norm = Some(n);
+                net.layers.push(layer);
+            }
+            (Some(Ok(n)), BnMode::Ignore) => {
+                net.unused.extend(norm_tensors(&n).map(|t| (t, "BatchNorm ignored (bn = ignore)".to_string())));
+                net.layers.push(layer);
+            }
+            (Some(Ok(n)), BnMode::Layer) => {
+                net.layers.push(layer);
+                let bn_set = net.node_sets.len();
+                net.node_sets.push(NodeSet { name: n.prefix.clone(), shape: out_shape });
+                net.layers.push(Layer {
+                    name: n.prefix.clone(),
+                    weight: None,
+                    bias: None,
+                    norm: Some(n),
+                    kind: LayerKind::Norm,
+                    from: base + 1,
+                    from_channels: [0, out_shape.channels()],
+                    to: bn_set,
+                    offset: 0,
+                    input: out_shape,
+                    output: out_shape,
+                });
+            }
+        }
+    }
+    if net.layers.is_empty() {
+        return Err(Error::NoLayers { path: ck.path().to_path_buf() });
+    }
+    if !channel_level.is_empty() {
+        let shown: Vec<String> = channel_level.iter().take(6).map(|n| format!("`{n}`")).collect();
+        let more = if channel_level.len() > 6 { format!(" and {} more", channel_level.len() - 6) } else { String::new() };
+        net.notes.push(format!(
+            "convolutions measured at channel level (input grid unknown; each link c -> o carries the sum of its \
+             kernel's taps): {}{more}",
+            shown.join(", ")
+        ));
+    }
+    Ok(net)
+}
+
+/// The BatchNorm of tensor prefix `p` with `channels` channels, or why it
+/// cannot be placed.
+fn resolve_norm(ck: &Checkpoint, s: Settings, p: &str, channels: usize) -> std::result::Result<Norm, String> {
+    let find = |roles: &[&str]| ck.names().into_iter().find(|n| split(n).0 == p && roles.contains(&split(n).1)).map(str::to_string);
+    let (Some(mean), Some(var)) = (find(&["running_mean", "moving_mean"]), find(&["running_var", "moving_variance"])) else {
+        return Err(format!("BatchNorm `{p}` has no running statistics"));
+    };
+    let norm = Norm { prefix: p.into(), weight: find(&["weight", "gamma"]), bias: find(&["bias", "beta"]), mean, var, eps: s.eps };
+    if norm_tensors(&norm).any(|t| ck.shape(&t) != Some(&[channels][..])) {
+        return Err(format!("BatchNorm `{p}`: its size fits no output of the layer before it ({channels} channels)"));
+    }
+    Ok(norm)
+}

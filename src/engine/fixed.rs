@@ -1,0 +1,68 @@
+//! Strengths of the layers whose link weights follow from their geometry
+//! (SPEC 1.4: pools, identity skips) or from a few per-channel numbers (a
+//! BatchNorm as its own diagonal layer). Both engines take them from here:
+//! they read no weight tensor, and cost O(nodes).
+
+use crate::graph::{Layer, LayerKind, NodeShape};
+use crate::spec::Layout;
+
+/// Fills `out` (a node set of `shape` in the layout's order) with `f(c)`
+/// for each node of channel `c`.
+pub(crate) fn per_channel(out: &mut [f64], shape: NodeShape, layout: Layout, f: impl Fn(usize) -> f64) {
+    let c = shape.channels();
+    let plane = shape.count() / c.max(1);
+    for (i, v) in out.iter_mut().enumerate() {
+        let ch = match (shape, layout) {
+            (NodeShape::Map { .. }, Layout::Keras) => i % c,
+            _ => i / plane,
+        };
+        *v = f(ch);
+    }
+}
+
+/// `(s_in, s_out)` of a pool or identity layer, in the layout's order.
+pub(crate) fn strengths(layer: &Layer, layout: Layout) -> (Vec<f64>, Vec<f64>) {
+    match layer.kind {
+        LayerKind::Identity => (vec![1.0; layer.output.count()], vec![1.0; layer.input.count()]),
+        LayerKind::Pool(pool) => {
+            // A link's weight is the product of its two axes' factors, so
+            // both strengths factorise by axis too.
+            let axis = |a: usize| {
+                let windows = pool.windows(a);
+                let into: Vec<f64> = windows.iter().map(|w| (w.end - w.start) as f64 * w.weight).collect();
+                let mut from = vec![0.0; pool.in_hw[a]];
+                for w in &windows {
+                    for f in &mut from[w.start..w.end] {
+                        *f += w.weight;
+                    }
+                }
+                (into, from)
+            };
+            let ((in_y, out_y), (in_x, out_x)) = (axis(0), axis(1));
+            let grid = |ys: &[f64], xs: &[f64], shape: NodeShape| {
+                let plane: Vec<f64> = ys.iter().flat_map(|y| xs.iter().map(move |x| y * x)).collect();
+                let c = shape.channels();
+                let mut v = vec![0.0; shape.count()];
+                for (i, out) in v.iter_mut().enumerate() {
+                    *out = match layout {
+                        Layout::Torch => plane[i % plane.len()],
+                        Layout::Keras => plane[i / c],
+                    };
+                }
+                v
+            };
+            (grid(&in_y, &in_x, layer.output), grid(&out_y, &out_x, layer.input))
+        }
+        _ => unreachable!("only pools and identities are fixed"),
+    }
+}
+
+/// `(s_in, s_out)` of a BatchNorm layer: one link `a[c]` per node, its
+/// in-strength plus `shift[c]` when given.
+pub(crate) fn norm_strengths(layer: &Layer, layout: Layout, a: &[f64], shift: Option<&[f64]>) -> (Vec<f64>, Vec<f64>) {
+    let mut s_in = vec![0.0; layer.output.count()];
+    per_channel(&mut s_in, layer.output, layout, |c| a[c] + shift.map_or(0.0, |s| s[c]));
+    let mut s_out = vec![0.0; layer.input.count()];
+    per_channel(&mut s_out, layer.input, layout, |c| a[c]);
+    (s_in, s_out)
+}
