@@ -216,7 +216,13 @@ impl<'a> Tensor<'a> {
     /// A view of f64 values held elsewhere (a BatchNorm-folded copy),
     /// named and shaped as `like`.
     pub fn f64_like(values: &'a [f64], like: &Tensor<'a>) -> Tensor<'a> {
-        Tensor { name: like.name, file: like.file, dtype: DType::F64, shape: like.shape, bytes: bytemuck::cast_slice(values) }
+        Tensor {
+            name: like.name,
+            file: like.file,
+            dtype: DType::F64,
+            shape: like.shape,
+            bytes: bytemuck::cast_slice(values),
+        }
     }
 
     /// All elements widened to f64.

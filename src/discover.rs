@@ -9,8 +9,8 @@
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::graph::{
-    dims, display_name, make_conv, norm_tensors, Builder, ConvGeometry, Dims, GraphSource, Layer, LayerKind,
-    Network, NodeSet, NodeShape, Norm, Settings,
+    dims, display_name, make_conv, norm_tensors, Builder, ConvGeometry, Dims, GraphSource, Layer, LayerKind, Network,
+    NodeSet, NodeShape, Norm, Settings,
 };
 use crate::spec::{BnMode, LayerSpec, Layout};
 
@@ -71,7 +71,8 @@ pub(crate) fn discover(ck: &Checkpoint, layout: Layout) -> Discovered {
         let role = |roles: &[&str]| members.iter().copied().find(|n| roles.contains(&split(n).1));
         let floats: Vec<&str> = members.iter().copied().filter(|n| ck.is_float(n)).collect();
         for n in members.iter().filter(|n| !ck.is_float(n)) {
-            out.unused.push((n.to_string(), "not a float tensor (an integer buffer such as num_batches_tracked)".into()));
+            out.unused
+                .push((n.to_string(), "not a float tensor (an integer buffer such as num_batches_tracked)".into()));
         }
         let weight = role(&["weight", "kernel"]).filter(|n| floats.contains(n));
         let bias = role(&["bias", "beta"]).filter(|n| floats.contains(n));
@@ -84,7 +85,11 @@ pub(crate) fn discover(ck: &Checkpoint, layout: Layout) -> Discovered {
             let follows = out.entries.last_mut().filter(|e| e.norm.is_none() && e.weight.is_some());
             match follows {
                 Some(e) => e.norm = Some(prefix.to_string()),
-                None => out.entries.push(LayerSpec { name: Some(prefix.to_string()), norm: Some(prefix.to_string()), ..LayerSpec::default() }),
+                None => out.entries.push(LayerSpec {
+                    name: Some(prefix.to_string()),
+                    norm: Some(prefix.to_string()),
+                    ..LayerSpec::default()
+                }),
             }
             used.extend([mean, var, weight, bias, role(&["gamma"])].into_iter().flatten());
         } else if let Some(w) = weight.filter(|w| matches!(rank(w), 2 | 4)) {
@@ -95,7 +100,9 @@ pub(crate) fn discover(ck: &Checkpoint, layout: Layout) -> Discovered {
                 if is_embedding(prefix) {
                     e.in_out = Some(true);
                     embeddings.push(display_name(w));
-                } else if is_conv1d(prefix) || bias.is_some_and(|b| ck.shape(b) == Some(&[shape[1]][..]) && shape[0] != shape[1]) {
+                } else if is_conv1d(prefix)
+                    || bias.is_some_and(|b| ck.shape(b) == Some(&[shape[1]][..]) && shape[0] != shape[1])
+                {
                     e.in_out = Some(true);
                     transposed.push(display_name(w));
                 }
@@ -180,7 +187,13 @@ pub(crate) fn chain(
         let reordered: Vec<LayerSpec> = order.iter().flat_map(|&g| groups[g].1.iter().cloned()).collect();
         if let Ok(net) = Builder::new(ck, s, input, None).build(&reordered) {
             let names: Vec<String> = order.iter().map(|&g| format!("`{}`", groups[g].0)).collect();
-            return Ok((net, Some(format!("modules taken in the order {} (the order in which their shapes form a chain)", names.join(", ")))));
+            return Ok((
+                net,
+                Some(format!(
+                    "modules taken in the order {} (the order in which their shapes form a chain)",
+                    names.join(", ")
+                )),
+            ));
         }
     }
     Err(first_err)
@@ -201,7 +214,12 @@ fn next_permutation(v: &mut [usize]) -> bool {
 /// channel level. BatchNorms fold into the layer they follow when their
 /// size fits (or become their own layer with `--bn layer`); others are
 /// listed as unused.
-pub(crate) fn per_layer(ck: &Checkpoint, s: Settings, input: Option<NodeShape>, entries: &[LayerSpec]) -> Result<Network> {
+pub(crate) fn per_layer(
+    ck: &Checkpoint,
+    s: Settings,
+    input: Option<NodeShape>,
+    entries: &[LayerSpec],
+) -> Result<Network> {
     let graph = |reason: String| Error::Graph { path: ck.path().to_path_buf(), reason };
     let mut net = Network {
         layout: s.layout,
@@ -219,12 +237,17 @@ pub(crate) fn per_layer(ck: &Checkpoint, s: Settings, input: Option<NodeShape>, 
         let Some(w) = e.weight.as_deref() else {
             let prefix = e.norm.as_deref().unwrap_or("");
             for t in ck.names().into_iter().filter(|n| split(n).0 == prefix && ck.is_float(n)) {
-                net.unused.push((t.to_string(), format!("BatchNorm `{prefix}` follows no weighted layer; not placed in the per-layer analysis")));
+                net.unused.push((
+                    t.to_string(),
+                    format!("BatchNorm `{prefix}` follows no weighted layer; not placed in the per-layer analysis"),
+                ));
             }
             continue;
         };
         let name = display_name(w);
-        let (kind, in_shape, out_shape) = match dims(ck, s.layout, w, e.in_out).map_err(|r| graph(format!("layer `{name}`: {r}")))? {
+        let (kind, in_shape, out_shape) = match dims(ck, s.layout, w, e.in_out)
+            .map_err(|r| graph(format!("layer `{name}`: {r}")))?
+        {
             Dims::Dense(o, i) => (
                 LayerKind::Dense { inputs: i, outputs: o, in_out: e.in_out.unwrap_or(s.layout == Layout::Keras) },
                 NodeShape::Flat(i),
@@ -313,7 +336,8 @@ pub(crate) fn per_layer(ck: &Checkpoint, s: Settings, input: Option<NodeShape>, 
     }
     if !channel_level.is_empty() {
         let shown: Vec<String> = channel_level.iter().take(6).map(|n| format!("`{n}`")).collect();
-        let more = if channel_level.len() > 6 { format!(" and {} more", channel_level.len() - 6) } else { String::new() };
+        let more =
+            if channel_level.len() > 6 { format!(" and {} more", channel_level.len() - 6) } else { String::new() };
         net.notes.push(format!(
             "convolutions measured at channel level (input grid unknown; each link c -> o carries the sum of its \
              kernel's taps): {}{more}",
@@ -326,11 +350,21 @@ pub(crate) fn per_layer(ck: &Checkpoint, s: Settings, input: Option<NodeShape>, 
 /// The BatchNorm of tensor prefix `p` with `channels` channels, or why it
 /// cannot be placed.
 fn resolve_norm(ck: &Checkpoint, s: Settings, p: &str, channels: usize) -> std::result::Result<Norm, String> {
-    let find = |roles: &[&str]| ck.names().into_iter().find(|n| split(n).0 == p && roles.contains(&split(n).1)).map(str::to_string);
-    let (Some(mean), Some(var)) = (find(&["running_mean", "moving_mean"]), find(&["running_var", "moving_variance"])) else {
+    let find = |roles: &[&str]| {
+        ck.names().into_iter().find(|n| split(n).0 == p && roles.contains(&split(n).1)).map(str::to_string)
+    };
+    let (Some(mean), Some(var)) = (find(&["running_mean", "moving_mean"]), find(&["running_var", "moving_variance"]))
+    else {
         return Err(format!("BatchNorm `{p}` has no running statistics"));
     };
-    let norm = Norm { prefix: p.into(), weight: find(&["weight", "gamma"]), bias: find(&["bias", "beta"]), mean, var, eps: s.eps };
+    let norm = Norm {
+        prefix: p.into(),
+        weight: find(&["weight", "gamma"]),
+        bias: find(&["bias", "beta"]),
+        mean,
+        var,
+        eps: s.eps,
+    };
     if norm_tensors(&norm).any(|t| ck.shape(&t) != Some(&[channels][..])) {
         return Err(format!("BatchNorm `{p}`: its size fits no output of the layer before it ({channels} channels)"));
     }

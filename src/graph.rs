@@ -551,6 +551,8 @@ struct SetState {
     read_all: Option<String>,
     /// Channel ranges read so far, with the reader.
     read: Vec<([usize; 2], String)>,
+    /// The entry that created it.
+    creator: usize,
 }
 
 impl SetState {
@@ -597,7 +599,7 @@ impl<'a> Builder<'a> {
             Some(shape) => (shape.grid(), vec![[0, shape.channels()]]),
             None => (None, Vec::new()),
         };
-        let input_set = SetState { name: "input".into(), grid, written, read_all: None, read: Vec::new() };
+        let input_set = SetState { name: "input".into(), grid, written, read_all: None, read: Vec::new(), creator: 0 };
         let mut names = HashMap::new();
         names.insert("input".to_string(), Ref { set: 0, range: None });
         Builder {
@@ -619,7 +621,9 @@ impl<'a> Builder<'a> {
         let reason = reason.into();
         match self.spec {
             Some(spec) => spec.entry_error(self.at, reason),
-            None => Error::Graph { path: self.ck.path().to_path_buf(), reason: format!("layer `{}`: {reason}", self.label) },
+            None => {
+                Error::Graph { path: self.ck.path().to_path_buf(), reason: format!("layer `{}`: {reason}", self.label) }
+            }
         }
     }
 
@@ -631,10 +635,9 @@ impl<'a> Builder<'a> {
         }
         for set in &self.sets[1..] {
             if let Some(c) = set.unwritten([0, set.channels()]) {
-                return Err(Error::Graph {
-                    path: self.ck.path().to_path_buf(),
-                    reason: format!("channel {c} of node set `{}` is written by no entry", set.name),
-                });
+                self.at = set.creator;
+                self.label = entries[set.creator].label();
+                return Err(self.err(format!("channel {c} of node set `{}` is written by no entry", set.name)));
             }
         }
         if self.layers.is_empty() {
@@ -656,9 +659,10 @@ impl<'a> Builder<'a> {
     }
 
     fn resolve(&self, name: &str) -> Result<Ref> {
-        self.names.get(name).copied().ok_or_else(|| {
-            self.err(format!("`from` names `{name}`, which is no earlier entry or set (nor `input`)"))
-        })
+        self.names
+            .get(name)
+            .copied()
+            .ok_or_else(|| self.err(format!("`from` names `{name}`, which is no earlier entry or set (nor `input`)")))
     }
 
     /// Reads channels of a set (all of them without a range): checks
@@ -712,6 +716,7 @@ impl<'a> Builder<'a> {
                 written: vec![[offset, offset + shape.channels()]],
                 read_all: None,
                 read: Vec::new(),
+                creator: self.at,
             });
             let set = self.sets.len() - 1;
             self.names.insert(name, Ref { set, range: None });
@@ -820,7 +825,9 @@ impl<'a> Builder<'a> {
             }
             EntryKind::Pool(p) => {
                 let Some([h, w]) = input.grid() else {
-                    return Err(self.err(format!("a pool reads a feature map; `{}` is a vector", self.sets[src.set].name)));
+                    return Err(
+                        self.err(format!("a pool reads a feature map; `{}` is a vector", self.sets[src.set].name))
+                    );
                 };
                 let pool = self.pool(e, p, [h, w])?;
                 layer.kind = LayerKind::Pool(pool);
@@ -949,9 +956,10 @@ impl<'a> Builder<'a> {
     fn pool(&self, e: &LayerSpec, p: PoolName, [h, w]: [usize; 2]) -> Result<Pool> {
         let (op, kernel) = match p {
             PoolName::Max => (PoolOp::Max, e.kernel.expect("checked").hw()),
-            PoolName::Avg => {
-                (PoolOp::Avg { count_include_pad: e.count_include_pad.unwrap_or(true) }, e.kernel.expect("checked").hw())
-            }
+            PoolName::Avg => (
+                PoolOp::Avg { count_include_pad: e.count_include_pad.unwrap_or(true) },
+                e.kernel.expect("checked").hw(),
+            ),
             PoolName::AdaptiveAvg | PoolName::GlobalAvg => (PoolOp::AdaptiveAvg, [1, 1]),
         };
         let stride = e.stride.map_or(kernel, |s| s.hw());
@@ -979,7 +987,9 @@ impl<'a> Builder<'a> {
         };
         if out_hw[0] > h || out_hw[1] > w {
             if matches!(p, PoolName::AdaptiveAvg) {
-                return Err(self.err(format!("adaptive pool to {}x{} from a smaller {h}x{w} input", out_hw[0], out_hw[1])));
+                return Err(
+                    self.err(format!("adaptive pool to {}x{} from a smaller {h}x{w} input", out_hw[0], out_hw[1]))
+                );
             }
         }
         Ok(Pool { op, kernel, stride, padding, in_hw: [h, w], out_hw })
@@ -998,10 +1008,14 @@ impl<'a> Builder<'a> {
                 let (ch, hw) = match input {
                     NodeShape::Map { c, h, w } => (c, [h, w]),
                     NodeShape::Flat(n) if n > 0 => {
-                        return Err(self.err(format!("a convolution reads a feature map, but its input is {n} features")))
+                        return Err(
+                            self.err(format!("a convolution reads a feature map, but its input is {n} features"))
+                        )
                     }
                     NodeShape::Flat(_) => {
-                        return Err(self.err("a convolution needs the input shape: give --input C,H,W or `input` in the spec"))
+                        return Err(
+                            self.err("a convolution needs the input shape: give --input C,H,W or `input` in the spec")
+                        )
                     }
                 };
                 let geometry = ConvGeometry {
@@ -1014,8 +1028,7 @@ impl<'a> Builder<'a> {
                         None => return Err(self.err(format!("takes {ci} channels per group but its input has {ch}"))),
                     },
                 };
-                make_conv((o, ci, kh, kw), ch, hw, geometry, false).map_err(|r| self.err(r))
-                    .map(LayerKind::Conv)
+                make_conv((o, ci, kh, kw), ch, hw, geometry, false).map_err(|r| self.err(r)).map(LayerKind::Conv)
             }
         }
     }
@@ -1027,7 +1040,7 @@ pub(crate) fn norm_tensors(n: &Norm) -> impl Iterator<Item = String> + '_ {
 }
 
 /// The display name of a weight tensor: without `.weight` / `/kernel`.
-pub(crate) fn display_name(weight: &str) -> String {
+pub fn display_name(weight: &str) -> String {
     for s in [".weight", "/kernel:0", "/kernel", ":0"] {
         if let Some(p) = weight.strip_suffix(s) {
             if !p.is_empty() {

@@ -11,8 +11,8 @@
 #![warn(missing_docs)]
 
 pub mod checkpoint;
-pub mod discover;
 pub mod density;
+pub mod discover;
 pub mod engine;
 pub mod error;
 pub mod graph;

@@ -287,7 +287,8 @@ fn inspect(ck: &Checkpoint, net: &Network, out: &mut impl Write) -> anyhow::Resu
         writeln!(out, "  V{k:<3} {:<24} {:>12}  {} nodes", s.name, s.shape.to_string(), s.shape.count())?;
     }
     writeln!(out, "layers:")?;
-    let shape = |t: &str| ck.shape(t).map(|s| format!("{t} {s:?}")).with_context(|| format!("{path}: tensor `{t}` not found"));
+    let shape =
+        |t: &str| ck.shape(t).map(|s| format!("{t} {s:?}")).with_context(|| format!("{path}: tensor `{t}` not found"));
     for (i, l) in net.layers.iter().enumerate() {
         let mut tensors = Vec::new();
         if let Some(w) = &l.weight {
@@ -307,7 +308,15 @@ fn inspect(ck: &Checkpoint, net: &Network, out: &mut impl Write) -> anyhow::Resu
                 let level = if c.channel_level { " at channel level" } else { "" };
                 format!(
                     "conv2d {}x{} stride {}x{} padding {}x{} dilation {}x{} groups {}{level}",
-                    c.kh, c.kw, g.stride[0], g.stride[1], g.padding[0], g.padding[1], g.dilation[0], g.dilation[1], g.groups
+                    c.kh,
+                    c.kw,
+                    g.stride[0],
+                    g.stride[1],
+                    g.padding[0],
+                    g.padding[1],
+                    g.dilation[0],
+                    g.dilation[1],
+                    g.groups
                 )
             }
             LayerKind::Pool(p) => match p.op {

@@ -245,8 +245,7 @@ fn histogram_rows(w: &mut RowWriter, checkpoint: &str, a: &Analysis) -> usize {
         w.int(h.counts.len() as u64);
         w.ints(&h.counts).end() as usize
     };
-    let layers: usize =
-        a.layers.iter().map(|l| row("link_weight", l.index, &l.name, &l.histogram)).sum();
+    let layers: usize = a.layers.iter().map(|l| row("link_weight", l.index, &l.name, &l.histogram)).sum();
     let sets: usize = a.node_sets.iter().enumerate().map(|(k, s)| row("strength", k, &s.name, &s.histogram)).sum();
     layers + sets
 }

@@ -174,8 +174,11 @@ impl LayerSpec {
 
     /// A label for error messages: the name, else the weight, else the kind.
     pub fn label(&self) -> String {
-        if let Some(n) = self.name.as_ref().or(self.weight.as_ref()) {
+        if let Some(n) = &self.name {
             return n.clone();
+        }
+        if let Some(w) = &self.weight {
+            return crate::graph::display_name(w);
         }
         match (&self.pool, &self.norm, &self.to) {
             (Some(p), ..) => format!("{p:?} pool").to_lowercase(),

@@ -263,8 +263,7 @@ impl Study<'_> {
             let net = Network::build(&ck, &opts.graph)?;
             let set_keys: Vec<Key> =
                 net.node_sets.iter().enumerate().map(|(k, s)| ("strength", k, s.name.clone())).collect();
-            let layer_keys: Vec<Key> =
-                net.weighted_layers().map(|(i, l)| ("link_weight", i, l.name.clone())).collect();
+            let layer_keys: Vec<Key> = net.weighted_layers().map(|(i, l)| ("link_weight", i, l.name.clone())).collect();
             let range = |key: &Key| pools.get(key).map_or((0.0, 1.0), |p| Histogram::range_for(p.lo, p.hi));
             let ranges = BinRanges {
                 node_sets: set_keys.iter().map(range).collect(),

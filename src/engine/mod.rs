@@ -327,7 +327,14 @@ pub fn assemble<E: Engine + ?Sized>(
 
 /// Adds a layer's per-node values `src` (shape `part`, in the layout's
 /// order) into a node set of shape `set` at channel `offset`.
-pub(crate) fn scatter_add(dst: &mut [f64], set: NodeShape, offset: usize, src: &[f64], part: NodeShape, layout: Layout) {
+pub(crate) fn scatter_add(
+    dst: &mut [f64],
+    set: NodeShape,
+    offset: usize,
+    src: &[f64],
+    part: NodeShape,
+    layout: Layout,
+) {
     debug_assert_eq!(src.len(), part.count());
     match (set, layout) {
         (NodeShape::Map { c, h, w }, Layout::Keras) if part.channels() != c => {

@@ -414,7 +414,8 @@ impl<'a> Plan<'a> {
         let q = k + (c.cout * taps) as u32;
         self.scratch_len += (c.cout + cin) * taps;
         let dims = [c.cout, c.cin_g, taps, c.cout / g.groups, g.groups].map(|v| v as u32);
-        let fields = [word, dtype as u32, dims[0], dims[1], dims[2], dims[3], dims[4], keras, k, q, scale.unwrap_or(NONE)];
+        let fields =
+            [word, dtype as u32, dims[0], dims[1], dims[2], dims[3], dims[4], keras, k, q, scale.unwrap_or(NONE)];
         self.conv_sums.push(((c.cout + cin) * taps).div_ceil(WG), &fields);
         let [h, w] = c.in_hw;
         let [ho, wo] = c.out_hw;

@@ -1,0 +1,626 @@
+//! The DAG graph (SPEC 1.3-1.6) checked against an oracle that builds the
+//! explicit edge list of every layer kind: convolutions (strided, padded,
+//! dilated, depthwise), dense layers, every pool (with padding and
+//! overlapping windows), identity skips, residual adds, concatenations
+//! read by channel ranges, and BatchNorm folded, as its own layer and
+//! ignored; in both layouts. Each network is written as a safetensors
+//! file with a spec file; every engine is checked node set by node set.
+
+mod common;
+
+use std::collections::HashMap;
+
+use cntscope::checkpoint::Checkpoint;
+use cntscope::engine::AnalysisOptions;
+use cntscope::graph::{GraphOptions, Network};
+use cntscope::spec::{BnMode, Layout, Spec};
+use common::{assert_within, engines, values, write_st, T};
+
+/// A layer of a test network, as the oracle understands it.
+#[derive(Clone, Debug)]
+enum K {
+    Conv {
+        cout: usize,
+        groups: usize,
+        k: [usize; 2],
+        s: [usize; 2],
+        p: [usize; 2],
+        d: [usize; 2],
+        bias: bool,
+        norm: bool,
+    },
+    Dense {
+        out: usize,
+        bias: bool,
+        norm: bool,
+    },
+    /// `op`: max, avg, adaptive_avg, global_avg.
+    Pool {
+        op: &'static str,
+        k: [usize; 2],
+        s: [usize; 2],
+        p: [usize; 2],
+        include_pad: bool,
+        out: [usize; 2],
+    },
+    Identity,
+    Norm,
+}
+
+#[derive(Clone, Debug)]
+struct E {
+    name: &'static str,
+    kind: K,
+    from: Option<&'static str>,
+    from_ch: Option<[usize; 2]>,
+    to: Option<&'static str>,
+    offset: usize,
+}
+
+fn e(name: &'static str, kind: K) -> E {
+    E { name, kind, from: None, from_ch: None, to: None, offset: 0 }
+}
+
+fn conv(name: &'static str, cout: usize, k: usize, s: usize, p: usize) -> E {
+    e(name, K::Conv { cout, groups: 1, k: [k, k], s: [s, s], p: [p, p], d: [1, 1], bias: true, norm: true })
+}
+
+/// A node set: channels, grid (flat: 1 x 1 and `flat`).
+#[derive(Clone, Copy, Debug)]
+struct S {
+    c: usize,
+    h: usize,
+    w: usize,
+    flat: bool,
+}
+
+impl S {
+    fn n(&self) -> usize {
+        self.c * self.h * self.w
+    }
+    /// The layout's index of node (c, y, x).
+    fn at(&self, layout: Layout, c: usize, y: usize, x: usize) -> usize {
+        match layout {
+            Layout::Keras if !self.flat => (y * self.w + x) * self.c + c,
+            _ => (c * self.h + y) * self.w + x,
+        }
+    }
+}
+
+/// The oracle: every link (and bias) as an explicit edge between nodes
+/// `(set, [c, y, x])`, summed per node once the sets have their final
+/// shapes (a concatenation grows its set as layers write into it).
+struct Oracle {
+    sets: Vec<S>,
+    edges: Vec<((usize, [usize; 3]), Option<(usize, [usize; 3])>, f64)>,
+}
+
+type Node = (usize, [usize; 3]);
+
+impl Oracle {
+    fn link(&mut self, from: Node, to: Node, w: f64) {
+        self.edges.push((to, Some(from), w));
+    }
+    /// A bias: into node b's in-strength only.
+    fn bias(&mut self, to: Node, w: f64) {
+        self.edges.push((to, None, w));
+    }
+    /// Per set: each node's strength and the magnitude of its sum (for
+    /// the f32 bound), in the layout's order.
+    fn sums(&self, layout: Layout) -> (Vec<Vec<f64>>, Vec<Vec<f64>>) {
+        let mut s: Vec<Vec<f64>> = self.sets.iter().map(|x| vec![0.0; x.n()]).collect();
+        let mut m = s.clone();
+        for &(to, from, w) in &self.edges {
+            for (set, [c, y, x]) in std::iter::once(to).chain(from) {
+                let i = self.sets[set].at(layout, c, y, x);
+                s[set][i] += w;
+                m[set][i] += w.abs();
+            }
+        }
+        (s, m)
+    }
+}
+
+/// Builds the network's tensors, spec text and oracle.
+fn build(entries: &[E], input: S, layout: Layout, bn: BnMode, seed: u64) -> (Vec<T<'static>>, String, Oracle) {
+    let mut tensors: Vec<T<'static>> = Vec::new();
+    let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+    let mut spec = format!(
+        "input = [{}]\nlayout = \"{layout}\"\nbn = \"{bn}\"\n",
+        if input.flat { input.c.to_string() } else { format!("{}, {}, {}", input.c, input.h, input.w) }
+    );
+    let mut o = Oracle { sets: vec![input], edges: Vec::new() };
+    let mut names: HashMap<&str, usize> = HashMap::from([("input", 0)]);
+    let mut last = 0usize;
+    let seed = std::cell::Cell::new(seed);
+    let draw = |n: usize, lo: f64, hi: f64| {
+        seed.set(seed.get() + 1);
+        values(n, seed.get())
+            .into_iter()
+            .map(|v| lo + (v + 1.0) / 2.0 * (hi - lo))
+            .map(|v| v as f32 as f64)
+            .collect::<Vec<_>>()
+    };
+    // Creates or finds the target set; returns its index.
+    fn target(
+        o: &mut Oracle,
+        names: &mut HashMap<&'static str, usize>,
+        to: Option<&'static str>,
+        default: &'static str,
+        s: S,
+        offset: usize,
+    ) -> usize {
+        match to.and_then(|t| names.get(t).copied()) {
+            Some(i) => {
+                let set = &mut o.sets[i];
+                set.c = set.c.max(offset + s.c);
+                i
+            }
+            None => {
+                let mut s = s;
+                s.c += offset;
+                o.sets.push(s);
+                names.insert(to.unwrap_or(default), o.sets.len() - 1);
+                o.sets.len() - 1
+            }
+        }
+    }
+    for en in entries {
+        let src = en.from.map_or(last, |f| names[f]);
+        let sset = o.sets[src];
+        let [a, b] = en.from_ch.unwrap_or([0, sset.c]);
+        let cin = b - a;
+        let mut entry = format!("\n[[layers]]\nname = \"{}\"\n", en.name);
+        if let Some(f) = en.from {
+            entry += &format!("from = \"{f}\"\n");
+        }
+        if let Some([a, b]) = en.from_ch {
+            entry += &format!("from_channels = [{a}, {b}]\n");
+        }
+        if let Some(t) = en.to {
+            entry += &format!("to = \"{t}\"\n");
+        }
+        if en.offset > 0 {
+            entry += &format!("offset = {}\n", en.offset);
+        }
+        // A BatchNorm's a and c for `n` channels, written as tensors.
+        let norm = |prefix: &str, n: usize, tensors: &mut Vec<T<'static>>| -> (Vec<f64>, Vec<f64>) {
+            let gamma = draw(n, 0.5, 1.5);
+            let beta = draw(n, -0.5, 0.5);
+            let mean = draw(n, -0.3, 0.3);
+            let var = draw(n, 0.2, 2.0);
+            for (suffix, v) in [("weight", &gamma), ("bias", &beta), ("running_mean", &mean), ("running_var", &var)] {
+                tensors.push(T::f32(leak(format!("{prefix}.{suffix}")), &[n], v.clone()));
+            }
+            let a: Vec<f64> = (0..n).map(|i| gamma[i] / (var[i] + 1e-5).sqrt()).collect();
+            let c = (0..n).map(|i| beta[i] - a[i] * mean[i]).collect();
+            (a, c)
+        };
+        let (out_set, raw_name);
+        match &en.kind {
+            K::Conv { cout, groups, k, s, p, d, bias, norm: has_norm } => {
+                let (cout, g) = (*cout, *groups);
+                let cin_g = cin / g;
+                let ho = (sset.h + 2 * p[0] - d[0] * (k[0] - 1) - 1) / s[0] + 1;
+                let wo = (sset.w + 2 * p[1] - d[1] * (k[1] - 1) - 1) / s[1] + 1;
+                let wv = draw(cout * cin_g * k[0] * k[1], -1.0, 1.0);
+                let bv = draw(cout, -0.5, 0.5);
+                let wname = leak(format!("{}.weight", en.name));
+                let stored = match layout {
+                    Layout::Torch => (vec![cout, cin_g, k[0], k[1]], wv.clone()),
+                    Layout::Keras => {
+                        let mut st = vec![0.0; wv.len()];
+                        for oc in 0..cout {
+                            for ci in 0..cin_g {
+                                for t in 0..k[0] * k[1] {
+                                    st[(t * cin_g + ci) * cout + oc] = wv[(oc * cin_g + ci) * k[0] * k[1] + t];
+                                }
+                            }
+                        }
+                        (vec![k[0], k[1], cin_g, cout], st)
+                    }
+                };
+                tensors.push(T::f32(wname, &stored.0, stored.1));
+                entry += &format!(
+                    "weight = \"{wname}\"\nstride = [{}, {}]\npadding = [{}, {}]\ndilation = [{}, {}]\ngroups = {g}\n",
+                    s[0], s[1], p[0], p[1], d[0], d[1]
+                );
+                if *bias {
+                    let bname = leak(format!("{}.bias", en.name));
+                    tensors.push(T::f32(bname, &[cout], bv.clone()));
+                    entry += &format!("bias = \"{bname}\"\n");
+                }
+                let (scale, shift) = if *has_norm {
+                    let prefix = format!("{}_bn", en.name);
+                    entry += &format!("norm = \"{prefix}\"\n");
+                    let (a, c) = norm(&prefix, cout, &mut tensors);
+                    match bn {
+                        BnMode::Fold => (a, c),
+                        _ => (vec![1.0; cout], vec![0.0; cout]),
+                    }
+                } else {
+                    (vec![1.0; cout], vec![0.0; cout])
+                };
+                let oshape = S { c: cout, h: ho, w: wo, flat: false };
+                let layer_mode = *has_norm && bn == BnMode::Layer;
+                let t = if layer_mode {
+                    target(&mut o, &mut names, None, en.name, oshape, 0)
+                } else {
+                    target(&mut o, &mut names, en.to, en.name, oshape, en.offset)
+                };
+                let off = if layer_mode { 0 } else { en.offset };
+                for oc in 0..cout {
+                    let grp = oc / (cout / g);
+                    for ci in 0..cin_g {
+                        let ch = a + grp * cin_g + ci;
+                        for ky in 0..k[0] {
+                            for kx in 0..k[1] {
+                                let wt = scale[oc] * wv[((oc * cin_g + ci) * k[0] + ky) * k[1] + kx];
+                                for oy in 0..ho {
+                                    for ox in 0..wo {
+                                        let y = (oy * s[0] + ky * d[0]) as i64 - p[0] as i64;
+                                        let x = (ox * s[1] + kx * d[1]) as i64 - p[1] as i64;
+                                        if y >= 0 && x >= 0 && (y as usize) < sset.h && (x as usize) < sset.w {
+                                            o.link((src, [ch, y as usize, x as usize]), (t, [off + oc, oy, ox]), wt);
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    for oy in 0..ho {
+                        for ox in 0..wo {
+                            let b = if *bias { scale[oc] * bv[oc] } else { 0.0 } + shift[oc];
+                            o.bias((t, [off + oc, oy, ox]), b);
+                        }
+                    }
+                }
+                out_set = t;
+                raw_name = layer_mode.then(|| format!("{}_bn", en.name));
+            }
+            K::Dense { out, bias, norm: has_norm } => {
+                let n_in = cin * sset.h * sset.w;
+                let wv = draw(out * n_in, -1.0, 1.0);
+                let bv = draw(*out, -0.5, 0.5);
+                let wname = leak(format!("{}.weight", en.name));
+                // Inputs are indexed in the layout's flatten order of the read channels.
+                let part = S { c: cin, ..sset };
+                let stored = match layout {
+                    Layout::Torch => (vec![*out, n_in], wv.clone()),
+                    Layout::Keras => {
+                        let mut st = vec![0.0; wv.len()];
+                        for j in 0..*out {
+                            for i in 0..n_in {
+                                st[i * out + j] = wv[j * n_in + i];
+                            }
+                        }
+                        (vec![n_in, *out], st)
+                    }
+                };
+                tensors.push(T::f32(wname, &stored.0, stored.1));
+                entry += &format!("weight = \"{wname}\"\n");
+                if *bias {
+                    let bname = leak(format!("{}.bias", en.name));
+                    tensors.push(T::f32(bname, &[*out], bv.clone()));
+                    entry += &format!("bias = \"{bname}\"\n");
+                }
+                let (scale, shift) = if *has_norm {
+                    let prefix = format!("{}_bn", en.name);
+                    entry += &format!("norm = \"{prefix}\"\n");
+                    let (a, c) = norm(&prefix, *out, &mut tensors);
+                    match bn {
+                        BnMode::Fold => (a, c),
+                        _ => (vec![1.0; *out], vec![0.0; *out]),
+                    }
+                } else {
+                    (vec![1.0; *out], vec![0.0; *out])
+                };
+                let layer_mode = *has_norm && bn == BnMode::Layer;
+                let oshape = S { c: *out, h: 1, w: 1, flat: true };
+                let (t, off) = if layer_mode {
+                    (target(&mut o, &mut names, None, en.name, oshape, 0), 0)
+                } else {
+                    (target(&mut o, &mut names, en.to, en.name, oshape, en.offset), en.offset)
+                };
+                for ch in 0..cin {
+                    for y in 0..sset.h {
+                        for x in 0..sset.w {
+                            let i = part.at(layout, ch, y, x);
+                            for j in 0..*out {
+                                o.link((src, [a + ch, y, x]), (t, [off + j, 0, 0]), scale[j] * wv[j * n_in + i]);
+                            }
+                        }
+                    }
+                }
+                for j in 0..*out {
+                    let b = if *bias { scale[j] * bv[j] } else { 0.0 } + shift[j];
+                    o.bias((t, [off + j, 0, 0]), b);
+                }
+                out_set = t;
+                raw_name = layer_mode.then(|| format!("{}_bn", en.name));
+            }
+            K::Pool { op, k, s, p, include_pad, out } => {
+                entry += &format!("pool = \"{op}\"\n");
+                let (ho, wo) = match *op {
+                    "adaptive_avg" => {
+                        entry += &format!("output = [{}, {}]\n", out[0], out[1]);
+                        (out[0], out[1])
+                    }
+                    "global_avg" => (1, 1),
+                    _ => {
+                        entry += &format!(
+                            "kernel = [{}, {}]\nstride = [{}, {}]\npadding = [{}, {}]\n",
+                            k[0], k[1], s[0], s[1], p[0], p[1]
+                        );
+                        if *op == "avg" {
+                            entry += &format!("count_include_pad = {include_pad}\n");
+                        }
+                        ((sset.h + 2 * p[0] - k[0]) / s[0] + 1, (sset.w + 2 * p[1] - k[1]) / s[1] + 1)
+                    }
+                };
+                let t = target(&mut o, &mut names, en.to, en.name, S { c: cin, h: ho, w: wo, flat: false }, en.offset);
+                for ch in 0..cin {
+                    for oy in 0..ho {
+                        for ox in 0..wo {
+                            // The window's input cells (inside the input) and its divisor.
+                            let (ys, xs, div): (Vec<usize>, Vec<usize>, f64) = match *op {
+                                "adaptive_avg" | "global_avg" => {
+                                    let ys: Vec<usize> = (oy * sset.h / ho..((oy + 1) * sset.h).div_ceil(ho)).collect();
+                                    let xs: Vec<usize> = (ox * sset.w / wo..((ox + 1) * sset.w).div_ceil(wo)).collect();
+                                    let n = (ys.len() * xs.len()) as f64;
+                                    (ys, xs, n)
+                                }
+                                _ => {
+                                    let inside = |o: usize, k: usize, s: usize, p: usize, n: usize| {
+                                        (0..k)
+                                            .map(|t| (o * s + t) as i64 - p as i64)
+                                            .filter(|&v| v >= 0 && (v as usize) < n)
+                                            .map(|v| v as usize)
+                                            .collect::<Vec<_>>()
+                                    };
+                                    let ys = inside(oy, k[0], s[0], p[0], sset.h);
+                                    let xs = inside(ox, k[1], s[1], p[1], sset.w);
+                                    let n = if *op == "avg" && *include_pad {
+                                        (k[0] * k[1]) as f64
+                                    } else {
+                                        (ys.len() * xs.len()) as f64
+                                    };
+                                    (ys, xs, n)
+                                }
+                            };
+                            for &y in &ys {
+                                for &x in &xs {
+                                    o.link((src, [a + ch, y, x]), (t, [en.offset + ch, oy, ox]), 1.0 / div);
+                                }
+                            }
+                        }
+                    }
+                }
+                out_set = t;
+                raw_name = None;
+            }
+            K::Identity => {
+                entry += "identity = true\n";
+                let t = target(&mut o, &mut names, en.to, en.name, S { c: cin, ..sset }, en.offset);
+                for ch in 0..cin {
+                    for y in 0..sset.h {
+                        for x in 0..sset.w {
+                            o.link((src, [a + ch, y, x]), (t, [en.offset + ch, y, x]), 1.0);
+                        }
+                    }
+                }
+                out_set = t;
+                raw_name = None;
+            }
+            K::Norm => {
+                entry += &format!("norm = \"{}\"\n", en.name);
+                let (na, nc) = norm(en.name, cin, &mut tensors);
+                if bn == BnMode::Ignore {
+                    names.insert(en.name, src);
+                    spec += &entry;
+                    last = src;
+                    continue;
+                }
+                let t = target(&mut o, &mut names, en.to, en.name, S { c: cin, ..sset }, en.offset);
+                for ch in 0..cin {
+                    for y in 0..sset.h {
+                        for x in 0..sset.w {
+                            o.link((src, [a + ch, y, x]), (t, [en.offset + ch, y, x]), na[ch]);
+                            o.bias((t, [en.offset + ch, y, x]), nc[ch]);
+                        }
+                    }
+                }
+                out_set = t;
+                raw_name = None;
+            }
+        }
+        let mut wrote = out_set;
+        if let Some(prefix) = raw_name {
+            // layer mode: the BatchNorm after the raw conv output.
+            let raw = o.sets[out_set];
+            let (na, nc) = norm_values(&tensors, &prefix);
+            let t = target(&mut o, &mut names, en.to, leak(prefix.clone()), raw, en.offset);
+            for ch in 0..raw.c {
+                for y in 0..raw.h {
+                    for x in 0..raw.w {
+                        o.link((out_set, [ch, y, x]), (t, [en.offset + ch, y, x]), na[ch]);
+                        o.bias((t, [en.offset + ch, y, x]), nc[ch]);
+                    }
+                }
+            }
+            wrote = t;
+        }
+        names.insert(en.name, wrote);
+        last = wrote;
+        spec += &entry;
+    }
+    (tensors, spec, o)
+}
+
+/// A BatchNorm's a and c from the tensors already drawn.
+fn norm_values(tensors: &[T<'_>], prefix: &str) -> (Vec<f64>, Vec<f64>) {
+    let get = |s: &str| tensors.iter().find(|t| t.name == format!("{prefix}.{s}")).unwrap().values.clone();
+    let (g, b, m, v) = (get("weight"), get("bias"), get("running_mean"), get("running_var"));
+    let a: Vec<f64> = (0..g.len()).map(|i| g[i] / (v[i] + 1e-5).sqrt()).collect();
+    let c = (0..g.len()).map(|i| b[i] - a[i] * m[i]).collect();
+    (a, c)
+}
+
+/// Writes the network, builds it from its spec, and checks every engine's
+/// strengths per node set against the oracle.
+fn check(what: &str, entries: &[E], input: S, layout: Layout, bn: BnMode) {
+    let (tensors, spec_text, oracle) = build(entries, input, layout, bn, 7);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("net.safetensors");
+    write_st(&path, &tensors, &[]);
+    let spec = Spec::parse(&spec_text, std::path::Path::new("net.toml"))
+        .unwrap_or_else(|e| panic!("{what}: {e}\n{spec_text}"));
+    let ck = Checkpoint::open(&path).unwrap();
+    let net = Network::build(&ck, &GraphOptions { spec: Some(spec), ..Default::default() })
+        .unwrap_or_else(|e| panic!("{what}: {e}\n{spec_text}"));
+    assert_eq!(net.node_sets.len(), oracle.sets.len(), "{what}: node sets\n{spec_text}");
+    let (strength, magnitude) = oracle.sums(layout);
+    let opts = AnalysisOptions { keep_values: true, bins: 9 };
+    for engine in engines() {
+        let a = engine.analyze(&net, &ck, &opts).unwrap();
+        let cpu = engine.name() == "cpu";
+        for (k, set) in a.node_sets.iter().enumerate() {
+            let got = &set.values.as_ref().unwrap().strength;
+            let (want, mag) = (&strength[k], &magnitude[k]);
+            let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-30);
+            let tol = |i: usize| if cpu { 1e-9 * scale } else { 1e-5 * scale + 1e-6 * mag[i] };
+            assert_within(&format!("{what}, {}, V{k} {}", engine.name(), set.name), got, want, tol);
+            // The moments are of the same values.
+            let mean = want.iter().sum::<f64>() / want.len() as f64;
+            assert!((set.strength.mean - mean).abs() <= 1e-5 * scale.max(1.0), "{what}: V{k} mean");
+        }
+    }
+}
+
+fn map(c: usize, h: usize, w: usize) -> S {
+    S { c, h, w, flat: false }
+}
+
+/// A ResNet-like network: strided padded conv with BatchNorm, a padded
+/// overlapping max pool, a basic block (identity add), a downsampling
+/// block (strided 1x1 conv added to a strided 3x3), an average pool that
+/// leaves padding out of its divisor, a global average pool and a head.
+fn resnet_like() -> Vec<E> {
+    vec![
+        conv("conv1", 4, 3, 2, 1),
+        e("pool", K::Pool { op: "max", k: [3, 3], s: [2, 2], p: [1, 1], include_pad: true, out: [0, 0] }),
+        conv("b1c1", 4, 3, 1, 1),
+        E { to: Some("b1"), ..conv("b1c2", 4, 3, 1, 1) },
+        E { from: Some("pool"), to: Some("b1"), ..e("skip1", K::Identity) },
+        E { from: Some("b1"), ..conv("b2c1", 6, 3, 2, 1) },
+        E { to: Some("b2"), ..conv("b2c2", 6, 3, 1, 1) },
+        E { from: Some("b1"), to: Some("b2"), ..conv("down", 6, 1, 2, 0) },
+        E {
+            from: Some("b2"),
+            ..e("avg", K::Pool { op: "avg", k: [2, 2], s: [1, 1], p: [1, 1], include_pad: false, out: [0, 0] })
+        },
+        e("gap", K::Pool { op: "global_avg", k: [1, 1], s: [1, 1], p: [0, 0], include_pad: true, out: [1, 1] }),
+        e("fc", K::Dense { out: 3, bias: true, norm: false }),
+    ]
+}
+
+#[test]
+fn residual_network_in_every_bn_mode() {
+    for layout in [Layout::Torch, Layout::Keras] {
+        for bn in [BnMode::Fold, BnMode::Layer, BnMode::Ignore] {
+            check(&format!("resnet-like {layout} bn={bn}"), &resnet_like(), map(3, 9, 11), layout, bn);
+        }
+    }
+}
+
+/// A DenseNet-like block: the block's set holds the input's channels (an
+/// identity), then each layer reads the channels filled so far and writes
+/// the next ones; a BatchNorm-only entry after the concatenation, a
+/// depthwise dilated conv, an average pool counting its padding, an
+/// adaptive pool to a grid that does not divide the input, and a
+/// BatchNorm1d folded into the head.
+fn densenet_like() -> Vec<E> {
+    let grow = |name, a, b, off| E {
+        from: Some("block"),
+        from_ch: Some([a, b]),
+        to: Some("block"),
+        offset: off,
+        ..e(name, K::Conv { cout: 3, groups: 1, k: [3, 3], s: [1, 1], p: [1, 1], d: [1, 1], bias: false, norm: false })
+    };
+    vec![
+        E { to: Some("block"), ..e("stem", K::Identity) },
+        grow("g1", 0, 2, 2),
+        grow("g2", 0, 5, 5),
+        E { from: Some("block"), ..e("bn_post", K::Norm) },
+        e("dw", K::Conv { cout: 8, groups: 8, k: [3, 3], s: [1, 1], p: [2, 2], d: [2, 2], bias: true, norm: false }),
+        e("avg", K::Pool { op: "avg", k: [3, 3], s: [2, 2], p: [1, 1], include_pad: true, out: [0, 0] }),
+        e("ada", K::Pool { op: "adaptive_avg", k: [1, 1], s: [1, 1], p: [0, 0], include_pad: true, out: [2, 3] }),
+        e("head", K::Dense { out: 5, bias: true, norm: true }),
+    ]
+}
+
+#[test]
+fn concatenation_read_by_channel_ranges() {
+    for layout in [Layout::Torch, Layout::Keras] {
+        check(&format!("densenet-like {layout}"), &densenet_like(), map(2, 7, 6), layout, BnMode::Fold);
+        check(&format!("densenet-like {layout} bn=layer"), &densenet_like(), map(2, 7, 6), layout, BnMode::Layer);
+    }
+}
+
+/// Two dense branches of one vector concatenated, then a residual add of
+/// two dense layers into one set.
+#[test]
+fn dense_branches_concatenate_and_add() {
+    let d = |name, out| e(name, K::Dense { out, bias: true, norm: false });
+    let entries = vec![
+        E { to: Some("cat"), ..d("left", 3) },
+        E { from: Some("input"), to: Some("cat"), offset: 3, ..d("right", 4) },
+        E { from: Some("cat"), ..d("h1", 5) },
+        E { from: Some("cat"), to: Some("h1"), ..d("h1b", 5) },
+        d("out", 2),
+    ];
+    check("dense branches", &entries, S { c: 6, h: 1, w: 1, flat: true }, Layout::Torch, BnMode::Fold);
+}
+
+#[test]
+fn misfits_are_errors_naming_the_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("net.safetensors");
+    let w = |name: &'static str, shape: &[usize]| T::f32(name, shape, values(shape.iter().product(), 1));
+    write_st(
+        &path,
+        &[
+            w("a.weight", &[4, 3, 3, 3]),
+            w("b.weight", &[4, 4, 3, 3]),
+            w("c.weight", &[6, 4, 1, 1]),
+            w("fc.weight", &[2, 64]),
+            w("bn.weight", &[5]),
+            w("bn.running_mean", &[5]),
+            w("bn.running_var", &[5]),
+        ],
+        &[],
+    );
+    let ck = Checkpoint::open(&path).unwrap();
+    let head = "input = [3, 4, 4]\n[[layers]]\nweight = \"a.weight\"\npadding = 1\n";
+    let cases = [
+        ("[[layers]]\nweight = \"b.weight\"\nfrom = \"nowhere\"\n", "`nowhere`, which is no earlier entry"),
+        ("[[layers]]\nweight = \"b.weight\"\nstride = 2\n[[layers]]\nidentity = true\nfrom = \"a\"\nto = \"b\"\n", "shapes do not add"),
+        ("[[layers]]\nweight = \"b.weight\"\npadding = 1\n[[layers]]\nidentity = true\nfrom = \"input\"\nto = \"a\"\n", "after entry `b` read all of it"),
+        ("[[layers]]\nweight = \"b.weight\"\npadding = 1\nto = \"cat\"\noffset = 2\n", "channel 0 of node set `cat` is written by no entry"),
+        ("[[layers]]\nweight = \"b.weight\"\npadding = 1\nnorm = \"bn\"\n", "BatchNorm `bn`: tensor `bn.weight` has shape [5]"),
+        ("[[layers]]\nweight = \"b.weight\"\nnorm = \"nobn\"\n", "no running statistics"),
+        ("[[layers]]\nname = \"p\"\npool = \"max\"\nkernel = 7\n", "larger than its padded 4x4 input"),
+        ("[[layers]]\nname = \"a\"\npool = \"max\"\nkernel = 2\n", "the name `a` is used twice"),
+        ("[[layers]]\nweight = \"fc.weight\"\n[[layers]]\nweight = \"b.weight\"\n", "reads a feature map"),
+    ];
+    for (tail, want) in cases {
+        let text = format!("{head}{tail}");
+        let err = Spec::parse(&text, std::path::Path::new("s.toml"))
+            .and_then(|spec| Network::build(&ck, &GraphOptions { spec: Some(spec), ..Default::default() }))
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(want), "{tail:?}: {err}");
+        assert!(err.contains("line "), "{tail:?}: names no line: {err}");
+    }
+}
