@@ -2,8 +2,8 @@
 // max as a tree over the job's workgroup partials (one workgroup a job),
 // widened by 0.5 either side when all values are equal, as numpy does.
 
-// Job: the reduction job table (12 words); one workgroup per job.
-const STRIDE: u32 = 12u;
+// Job: the reduction job table (14 words, values.wgsl); one workgroup per job.
+const STRIDE: u32 = 14u; // a reduction job (values.wgsl)
 const WG: u32 = 64u;
 
 @group(0) @binding(0) var<uniform> p: Dispatch;

@@ -129,9 +129,10 @@ pub(crate) fn discover(ck: &Checkpoint, layout: Layout) -> Discovered {
                 used.push(n);
             }
         }
-        for n in floats {
+        for n in members {
             if !used.contains(&n) {
                 let why = match ck.shape(n).map(<[usize]>::len) {
+                    _ if !ck.is_float(n) => "not a float tensor (an integer buffer such as num_batches_tracked)".into(),
                     Some(r) if split(n).1 == "weight" || split(n).1 == "kernel" => {
                         format!("a weight of rank {r}: neither dense (2) nor conv (4)")
                     }
