@@ -69,13 +69,11 @@ pub(crate) fn discover(ck: &Checkpoint, layout: Layout) -> Discovered {
     for prefix in prefixes {
         let members: Vec<&str> = names.iter().copied().filter(|n| split(n).0 == prefix).collect();
         let role = |roles: &[&str]| members.iter().copied().find(|n| roles.contains(&split(n).1));
-        let floats: Vec<&str> = members.iter().copied().filter(|n| ck.is_float(n)).collect();
-        for n in members.iter().filter(|n| !ck.is_float(n)) {
-            out.unused
-                .push((n.to_string(), "not a float tensor (an integer buffer such as num_batches_tracked)".into()));
-        }
-        let weight = role(&["weight", "kernel"]).filter(|n| floats.contains(n));
-        let bias = role(&["bias", "beta"]).filter(|n| floats.contains(n));
+        // A weight or bias of another dtype is still the layer's: measuring
+        // it then fails with an error naming it, rather than a layer
+        // silently measured without it.
+        let weight = role(&["weight", "kernel"]);
+        let bias = role(&["bias", "beta"]);
         let mean = role(&["running_mean", "moving_mean"]);
         let var = role(&["running_var", "moving_variance"]);
         let rank = |n: &str| ck.shape(n).map_or(0, <[usize]>::len);

@@ -985,13 +985,6 @@ impl<'a> Builder<'a> {
                 [ho, wo]
             }
         };
-        if out_hw[0] > h || out_hw[1] > w {
-            if matches!(p, PoolName::AdaptiveAvg) {
-                return Err(
-                    self.err(format!("adaptive pool to {}x{} from a smaller {h}x{w} input", out_hw[0], out_hw[1]))
-                );
-            }
-        }
         Ok(Pool { op, kernel, stride, padding, in_hw: [h, w], out_hw })
     }
 

@@ -1,0 +1,54 @@
+//! Networks built by torchvision (and by hand with torch), their specs
+//! written by `python/torch_to_spec.py`, and per-node strengths computed by
+//! torch itself (`tests/fixtures/torch/make_fixtures.py`: conv2d of an
+//! all-ones input, autograd for the out-strengths): both engines must
+//! agree node set by node set, in every BatchNorm mode. The fixtures are
+//! committed, so this needs no torch.
+
+mod common;
+
+use std::path::PathBuf;
+
+use cntscope::checkpoint::Checkpoint;
+use cntscope::engine::AnalysisOptions;
+use cntscope::graph::{GraphOptions, Network};
+use cntscope::spec::{BnMode, Spec};
+use common::{assert_within, engines};
+
+const NETWORKS: [&str; 5] = ["resnet_tiny", "vgg_bn_tiny", "mobilenet_v2_tiny", "densenet_tiny", "handmade"];
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/torch").join(name)
+}
+
+#[test]
+fn strengths_match_torch_in_every_bn_mode() {
+    let engines = engines();
+    for name in NETWORKS {
+        let ck = Checkpoint::open(fixture(&format!("{name}.safetensors"))).unwrap();
+        let expected = Checkpoint::open(fixture(&format!("{name}.expected.safetensors"))).unwrap();
+        let spec = Spec::load(&fixture(&format!("{name}.toml"))).unwrap();
+        for bn in [BnMode::Fold, BnMode::Layer, BnMode::Ignore] {
+            let opts = GraphOptions { spec: Some(spec.clone()), bn: Some(bn), ..Default::default() };
+            let net = Network::build(&ck, &opts).unwrap_or_else(|e| panic!("{name} bn={bn}: {e}"));
+            let sets = expected
+                .names()
+                .iter()
+                .filter(|n| n.starts_with(&format!("{bn}/")) && n.ends_with("/strength"))
+                .count();
+            assert_eq!(net.node_sets.len(), sets, "{name} bn={bn}: node sets");
+            for engine in &engines {
+                let cpu = engine.name() == "cpu";
+                let a = engine.analyze(&net, &ck, &AnalysisOptions { keep_values: true, bins: 10 }).unwrap();
+                for (k, set) in a.node_sets.iter().enumerate() {
+                    let want = expected.tensor(&format!("{bn}/V{k}/strength")).unwrap().to_f64();
+                    let magnitude = expected.tensor(&format!("{bn}/V{k}/magnitude")).unwrap().to_f64();
+                    let got = &set.values.as_ref().unwrap().strength;
+                    let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+                    let tol = |i: usize| if cpu { 1e-9 * scale } else { 1e-5 * scale + 1e-6 * magnitude[i] };
+                    assert_within(&format!("{name} bn={bn} {} V{k} {}", engine.name(), set.name), got, &want, tol);
+                }
+            }
+        }
+    }
+}
