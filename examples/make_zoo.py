@@ -9,21 +9,29 @@ Two architectures, saved with PyTorch state_dict naming (nn.Sequential):
   flatten (c, y, x), Linear 256-10 (net.0, net.2, net.5; geometry in
   examples/zoo/cnn.toml).
 
+and two trained with PyTorch (real torch modules, saved from their
+state_dict; specs written from the code by python/torch_to_spec.py):
+- bncnn: Conv 1->8 3x3 pad 1, BatchNorm, ReLU, MaxPool 2, Conv 8->16 3x3
+  pad 1, BatchNorm, ReLU, MaxPool 2, flatten, Linear 64-10
+  (examples/zoo/bncnn.toml);
+- resnet: Conv 1->8 + BatchNorm stem, a basic residual block (identity
+  skip), a downsampling block (stride 2, 1x1 conv + BatchNorm skip), global
+  average pool, Linear 16-10 (examples/zoo/resnet.toml).
+
 Seeds x init scales (He-normal std times 0.3, 1 and 3) x epochs, SGD with
-momentum, trained with JAX on the CPU. Every file carries `accuracy` (test),
+momentum, on the CPU (JAX for mlp/cnn, PyTorch for bncnn/resnet). Every file carries `accuracy` (test),
 `epoch`, `seed`, `init`, `arch` and `run` in its `__metadata__`. Under-
 trained (early epochs, bad init scales) and accurate networks both appear.
 
-    pip install "jax[cpu]" numpy scikit-learn safetensors
+    pip install "jax[cpu]" torch numpy scikit-learn safetensors
     python3 examples/make_zoo.py examples/zoo            # the shipped subset
+    python3 examples/make_zoo.py examples/zoo --arch bncnn resnet   # only those
     python3 examples/make_zoo.py /data/zoo --seeds 20 --epochs 30
 """
 
 import argparse
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from safetensors.numpy import save_file
 from sklearn.datasets import load_digits
@@ -33,6 +41,9 @@ INITS = {"small": 0.3, "he": 1.0, "large": 3.0}
 
 
 def init_params(arch, key, scale):
+    import jax
+    import jax.numpy as jnp
+
     def he(key, shape, fan_in):
         return scale * jax.random.normal(key, shape) * jnp.sqrt(2.0 / fan_in)
 
@@ -51,6 +62,8 @@ def init_params(arch, key, scale):
 
 
 def forward(arch, p, x):
+    import jax
+
     if arch == "mlp":
         h = jax.nn.relu(x @ p["net.0"]["weight"].T + p["net.0"]["bias"])
         h = jax.nn.relu(h @ p["net.2"]["weight"].T + p["net.2"]["bias"])
@@ -63,7 +76,10 @@ def forward(arch, p, x):
 
 
 def train(arch, seed, init, epochs, data, out, lr=0.02, batch=32):
-    x_tr, x_te, y_tr, y_te = data
+    import jax
+    import jax.numpy as jnp
+
+    x_tr, x_te, y_tr, y_te = [jnp.asarray(a) for a in data]
     params = init_params(arch, jax.random.PRNGKey(seed), INITS[init])
     velocity = jax.tree_util.tree_map(jnp.zeros_like, params)
 
@@ -91,21 +107,110 @@ def train(arch, seed, init, epochs, data, out, lr=0.02, batch=32):
     print(f"{run}: test accuracy {acc:.3f}")
 
 
+def torch_model(arch):
+    """The PyTorch populations' networks."""
+    import torch.nn as nn
+
+    if arch == "bncnn":
+        return nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(64, 10),
+        )
+
+    class Block(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(cout)
+            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(cout)
+            self.down = None
+            if stride != 1 or cin != cout:
+                self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+        def forward(self, x):
+            h = nn.functional.relu(self.bn1(self.conv1(x)))
+            h = self.bn2(self.conv2(h))
+            return nn.functional.relu(h + (x if self.down is None else self.down(x)))
+
+    class ResNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(1, 8, 3, padding=1, bias=False)
+            self.bn1 = nn.BatchNorm2d(8)
+            self.block1 = Block(8, 8, 1)
+            self.block2 = Block(8, 16, 2)
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.fc = nn.Linear(16, 10)
+
+        def forward(self, x):
+            x = nn.functional.relu(self.bn1(self.conv1(x)))
+            x = self.pool(self.block2(self.block1(x)))
+            return self.fc(x.flatten(1))
+
+    return ResNet()
+
+
+def train_torch(arch, seed, init, epochs, data, out, lr=0.02, batch=32):
+    import torch
+    from safetensors.torch import save_file as save_torch
+
+    torch.manual_seed(seed)
+    x_tr, x_te, y_tr, y_te = (torch.as_tensor(a) for a in data)
+    x_tr, x_te = x_tr.reshape(-1, 1, 8, 8), x_te.reshape(-1, 1, 8, 8)
+    model = torch_model(arch)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+                fan_in = m.weight[0].numel()
+                m.weight.normal_(0.0, INITS[init] * (2.0 / fan_in) ** 0.5)
+                if m.bias is not None:
+                    m.bias.zero_()
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    rng = np.random.default_rng(seed)
+    run = f"{arch}-{init}-s{seed}"
+    for epoch in range(1, epochs + 1):
+        model.train()
+        order = rng.permutation(len(y_tr))
+        for i in range(0, len(order), batch):
+            b = torch.as_tensor(order[i : i + batch])
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x_tr[b]), y_tr[b]).backward()
+            opt.step()
+        model.eval()
+        with torch.no_grad():
+            acc = float((model(x_te).argmax(1) == y_te).float().mean())
+        meta = {"accuracy": f"{acc:.4f}", "epoch": str(epoch), "seed": str(seed), "init": init, "arch": arch, "run": run}
+        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        save_torch(state, str(out / arch / f"{run}-e{epoch:02d}.safetensors"), metadata=meta)
+    print(f"{run}: test accuracy {acc:.3f}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("out", type=Path)
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--arch", nargs="+", default=["mlp", "cnn", "bncnn", "resnet"])
     args = ap.parse_args()
     x, y = load_digits(return_X_y=True)
     x = (x / 16.0).astype(np.float32)
-    data = [jnp.asarray(a) for a in train_test_split(x, y, test_size=0.3, random_state=0, stratify=y)]
-    for arch in ("mlp", "cnn"):
+    data = train_test_split(x, y, test_size=0.3, random_state=0, stratify=y)
+    for arch in args.arch:
         (args.out / arch).mkdir(parents=True, exist_ok=True)
         for init in INITS:
             for seed in range(args.seeds):
-                train(arch, seed, init, args.epochs, data, args.out)
-    (args.out / "cnn.toml").write_text(CNN_SPEC)
+                (train if arch in ("mlp", "cnn") else train_torch)(arch, seed, init, args.epochs, data, args.out)
+        if arch == "cnn":
+            (args.out / "cnn.toml").write_text(CNN_SPEC)
+        elif arch in ("bncnn", "resnet"):
+            import sys
+
+            sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "python"))
+            from torch_to_spec import spec_from_module
+
+            (args.out / f"{arch}.toml").write_text(spec_from_module(torch_model(arch), (1, 8, 8)))
 
 
 CNN_SPEC = """# Geometry of the example CNNs (examples/make_zoo.py).

@@ -66,6 +66,8 @@ pub(crate) fn discover(ck: &Checkpoint, layout: Layout) -> Discovered {
     }
     let mut transposed = Vec::new();
     let mut embeddings = Vec::new();
+    // BatchNorms: prefix, channels, and how many weighted layers precede it.
+    let mut norms: Vec<(&str, usize, usize)> = Vec::new();
     for prefix in prefixes {
         let members: Vec<&str> = names.iter().copied().filter(|n| split(n).0 == prefix).collect();
         let role = |roles: &[&str]| members.iter().copied().find(|n| roles.contains(&split(n).1));
@@ -79,16 +81,9 @@ pub(crate) fn discover(ck: &Checkpoint, layout: Layout) -> Discovered {
         let rank = |n: &str| ck.shape(n).map_or(0, <[usize]>::len);
         let mut used: Vec<&str> = Vec::new();
         if let (Some(_), Some(_)) = (mean, var) {
-            // A BatchNorm: after the weighted layer right before it.
-            let follows = out.entries.last_mut().filter(|e| e.norm.is_none() && e.weight.is_some());
-            match follows {
-                Some(e) => e.norm = Some(prefix.to_string()),
-                None => out.entries.push(LayerSpec {
-                    name: Some(prefix.to_string()),
-                    norm: Some(prefix.to_string()),
-                    ..LayerSpec::default()
-                }),
-            }
+            // A BatchNorm: placed once every weighted layer is known.
+            let channels = ck.shape(mean.expect("checked")).map_or(0, |s| s.iter().product());
+            norms.push((prefix, channels, out.entries.len()));
             used.extend([mean, var, weight, bias, role(&["gamma"])].into_iter().flatten());
         } else if let Some(w) = weight.filter(|w| matches!(rank(w), 2 | 4)) {
             let shape = ck.shape(w).expect("listed");
@@ -140,6 +135,7 @@ pub(crate) fn discover(ck: &Checkpoint, layout: Layout) -> Discovered {
             }
         }
     }
+    place_norms(ck, layout, &mut out.entries, &norms);
     if !embeddings.is_empty() {
         out.notes.push(format!(
             "read as embeddings ([vocab, d] tables: each of the vocab rows is a one-hot input linked to d features): {}",
@@ -154,6 +150,47 @@ pub(crate) fn discover(ck: &Checkpoint, layout: Layout) -> Discovered {
         ));
     }
     out
+}
+
+/// Places each BatchNorm after the weighted layer it belongs to: the one
+/// right before it in natural order, else its sibling by name (`bn2` of
+/// `conv2`, `downsample.1` of `downsample.0`); its size must fit that
+/// layer's outputs. A BatchNorm that fits none becomes a BatchNorm-only
+/// entry where it stands.
+fn place_norms(ck: &Checkpoint, layout: Layout, entries: &mut Vec<LayerSpec>, norms: &[(&str, usize, usize)]) {
+    let outputs = |e: &LayerSpec| match e.weight.as_deref().map(|w| dims(ck, layout, w, e.in_out)) {
+        Some(Ok(Dims::Dense(o, _))) | Some(Ok(Dims::Conv(o, ..))) => o,
+        _ => 0,
+    };
+    let parent = |name: &str| name.rfind(['.', '/']).map_or("", |i| &name[..i]).to_string();
+    let last = |name: &str| name.rsplit(['.', '/']).next().unwrap_or(name).to_string();
+    let digits = |s: &str| s.trim_start_matches(|c: char| !c.is_ascii_digit()).to_string();
+    let sibling = |bn: &str, e: &LayerSpec| {
+        let w = display_name(e.weight.as_deref().unwrap_or(""));
+        if parent(&w) != parent(bn) {
+            return false;
+        }
+        let (a, b) = (last(bn), last(&w));
+        match (a.parse::<usize>(), b.parse::<usize>()) {
+            (Ok(i), Ok(j)) => j + 1 == i,
+            _ => !digits(&a).is_empty() && digits(&a) == digits(&b),
+        }
+    };
+    let mut alone = Vec::new();
+    for &(prefix, channels, at) in norms {
+        let fits = |e: &LayerSpec| e.weight.is_some() && e.norm.is_none() && outputs(e) == channels;
+        let before = at.checked_sub(1).filter(|&j| fits(&entries[j]));
+        let partner =
+            before.or_else(|| (0..entries.len()).find(|&j| fits(&entries[j]) && sibling(prefix, &entries[j])));
+        match partner {
+            Some(j) => entries[j].norm = Some(prefix.to_string()),
+            None => alone.push((at, prefix)),
+        }
+    }
+    for (at, prefix) in alone.into_iter().rev() {
+        let e = LayerSpec { name: Some(prefix.to_string()), norm: Some(prefix.to_string()), ..LayerSpec::default() };
+        entries.insert(at, e);
+    }
 }
 
 /// The entries as a chain: in natural order, else with their top-level

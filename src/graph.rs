@@ -992,7 +992,8 @@ impl<'a> Builder<'a> {
         match dims(self.ck, self.s.layout, weight, e.in_out).map_err(|r| self.err(r))? {
             Dims::Dense(o, i) => {
                 if input.count() != i && input.count() > 0 {
-                    return Err(self.err(format!("takes {i} inputs but reads {} ({input})", input.count())));
+                    let shape = if input.grid().is_some() { format!(" ({input})") } else { String::new() };
+                    return Err(self.err(format!("takes {i} inputs but reads {}{shape}", input.count())));
                 }
                 let in_out = e.in_out.unwrap_or(self.s.layout == Layout::Keras);
                 Ok(LayerKind::Dense { inputs: i, outputs: o, in_out })

@@ -303,11 +303,13 @@ fn inspect(ck: &Checkpoint, net: &Network, out: &mut impl Write) -> anyhow::Resu
         }
         let kind = match l.kind {
             LayerKind::Dense { in_out: true, .. } => "dense (stored [in, out])".to_string(),
+            LayerKind::Conv(c) if c.channel_level => {
+                format!("conv2d {}x{} groups {} at channel level (input grid unknown)", c.kh, c.kw, c.geometry.groups)
+            }
             LayerKind::Conv(c) => {
                 let g = c.geometry;
-                let level = if c.channel_level { " at channel level" } else { "" };
                 format!(
-                    "conv2d {}x{} stride {}x{} padding {}x{} dilation {}x{} groups {}{level}",
+                    "conv2d {}x{} stride {}x{} padding {}x{} dilation {}x{} groups {}",
                     c.kh,
                     c.kw,
                     g.stride[0],
