@@ -582,6 +582,20 @@ fn dense_branches_concatenate_and_add() {
     check("dense branches", &entries, S { c: 6, h: 1, w: 1, flat: true }, Layout::Torch, BnMode::Fold);
 }
 
+/// Kernels larger than the CPU engine's decoding block (4096 values), with
+/// runs (taps, or output channels in keras) that do not divide it.
+#[test]
+fn large_kernels_cross_decoding_blocks() {
+    let big = |name, cout, k: [usize; 2]| {
+        e(name, K::Conv { cout, groups: 1, k, s: [1, 2], p: [2, 1], d: [1, 1], bias: true, norm: true })
+    };
+    let entries =
+        vec![big("wide", 20, [3, 3]), big("big", 23, [5, 3]), e("fc", K::Dense { out: 3, bias: false, norm: false })];
+    for layout in [Layout::Torch, Layout::Keras] {
+        check(&format!("large kernels {layout}"), &entries, map(3, 11, 9), layout, BnMode::Fold);
+    }
+}
+
 #[test]
 fn misfits_are_errors_naming_the_entries() {
     let dir = tempfile::tempdir().unwrap();

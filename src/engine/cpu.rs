@@ -214,41 +214,68 @@ impl CpuEngine {
     }
 }
 
-/// Flat index of `W[o, c', ky, kx]` in the stored tensor.
-#[inline]
-fn conv_index(layout: Layout, conv: &Conv, o: usize, ci: usize, ky: usize, kx: usize) -> usize {
-    match layout {
-        Layout::Torch => ((o * conv.cin_g + ci) * conv.kh + ky) * conv.kw + kx,
-        Layout::Keras => ((ky * conv.kw + kx) * conv.cin_g + ci) * conv.cout + o,
-    }
-}
-
 /// Conv strengths without the unrolled graph. Summing the kernel over input
 /// channels gives `K[o, ky, kx]`, and over each group's output channels
 /// `Q[c, ky, kx]`; the pixel grid enters only through which taps are
 /// valid, which factorises by axis, so each node costs `O(kh + kw)`.
 fn conv_strengths(layout: Layout, weight: &Tensor<'_>, conv: &Conv) -> (Vec<f64>, Vec<f64>, Moments) {
-    let w = weight.to_f64();
     let &Conv { cout, cin_g, kh, kw, in_hw: [h, wd], out_hw: [ho, wo], geometry: g, .. } = conv;
     let cin = conv.cin();
     let cout_g = cout / g.groups;
     let taps = kh * kw;
     let mut k_in = vec![0.0; cout * taps];
     let mut q_out = vec![0.0; cin * taps];
-    for o in 0..cout {
-        let group = o / cout_g;
-        for ci in 0..cin_g {
-            let c = group * cin_g + ci;
-            for t in 0..taps {
-                let v = w[conv_index(layout, conv, o, ci, t / kw, t % kw)];
-                k_in[o * taps + t] += v;
-                q_out[c * taps + t] += v;
+    // One pass in storage order, a block of decoded values at a time (f32
+    // read in place): each value goes to its K and Q cells and the moments.
+    let mut moments = Moments::default();
+    // Blocks of whole runs (a run: the values sharing their K and Q rows).
+    let run = if layout == Layout::Torch { taps } else { cout };
+    let block_len = (CHUNK / run).max(1) * run;
+    let mut buf = vec![0.0; block_len.min(weight.len())];
+    let f32s = weight.as_f32();
+    let mut at = 0;
+    while at < weight.len() {
+        let n = block_len.min(weight.len() - at);
+        let block: &[f64] = match f32s {
+            Some(xs) => {
+                for (b, &x) in buf[..n].iter_mut().zip(&xs[at..at + n]) {
+                    *b = f64::from(x);
+                }
+                &buf[..n]
+            }
+            None => {
+                weight.decode_into(at, &mut buf[..n]);
+                &buf[..n]
+            }
+        };
+        moments.merge(&Moments::from_slice(block));
+        match layout {
+            // [cout, cin_g, kh, kw]: runs of `taps` values share (o, ci).
+            Layout::Torch => {
+                for (r, run) in block.chunks_exact(taps).enumerate() {
+                    let row = (at / taps) + r;
+                    let (o, ci) = (row / cin_g, row % cin_g);
+                    let c = (o / cout_g) * cin_g + ci;
+                    for ((k, q), &v) in k_in[o * taps..][..taps].iter_mut().zip(&mut q_out[c * taps..][..taps]).zip(run)
+                    {
+                        *k += v;
+                        *q += v;
+                    }
+                }
+            }
+            // [kh, kw, cin_g, cout]: runs of `cout` values share (tap, ci).
+            Layout::Keras => {
+                for (r, run) in block.chunks_exact(cout).enumerate() {
+                    let row = (at / cout) + r;
+                    let (t, ci) = (row / cin_g, row % cin_g);
+                    for (o, &v) in run.iter().enumerate() {
+                        k_in[o * taps + t] += v;
+                        q_out[((o / cout_g) * cin_g + ci) * taps + t] += v;
+                    }
+                }
             }
         }
-    }
-    let mut moments = Moments::default();
-    for chunk in w.chunks(CHUNK) {
-        moments.merge(&Moments::from_slice(chunk));
+        at += n;
     }
     if conv.channel_level {
         // Channels as nodes: every tap counts.
@@ -263,52 +290,81 @@ fn conv_strengths(layout: Layout, weight: &Tensor<'_>, conv: &Conv) -> (Vec<f64>
     (s_in, s_out, moments)
 }
 
-/// `valid[p * k + t]`: tap `t` of output position `p` lands inside the
-/// input (`0 <= p s - pad + t d < n_in`).
-fn taps_into(n_out: usize, n_in: usize, k: usize, s: usize, pad: usize, d: usize) -> Vec<bool> {
-    let mut v = Vec::with_capacity(n_out * k);
-    for p in 0..n_out {
-        for t in 0..k {
+/// Per position along one axis, the kernel taps that count there: a list
+/// of tap indices, `start[p]..start[p + 1]` of `taps`.
+struct AxisTaps {
+    start: Vec<usize>,
+    taps: Vec<usize>,
+}
+
+impl AxisTaps {
+    fn build(n: usize, valid: impl Fn(usize, usize) -> bool, k: usize) -> Self {
+        let mut a = AxisTaps { start: Vec::with_capacity(n + 1), taps: Vec::new() };
+        for p in 0..n {
+            a.start.push(a.taps.len());
+            a.taps.extend((0..k).filter(|&t| valid(p, t)));
+        }
+        a.start.push(a.taps.len());
+        a
+    }
+
+    fn len(&self) -> usize {
+        self.start.len() - 1
+    }
+
+    fn at(&self, p: usize) -> &[usize] {
+        &self.taps[self.start[p]..self.start[p + 1]]
+    }
+}
+
+/// Taps of output position `p` that land inside the input
+/// (`0 <= p s - pad + t d < n_in`).
+fn taps_into(n_out: usize, n_in: usize, k: usize, s: usize, pad: usize, d: usize) -> AxisTaps {
+    AxisTaps::build(
+        n_out,
+        |p, t| {
             let pos = (p * s + t * d) as i64 - pad as i64;
-            v.push(pos >= 0 && pos < n_in as i64);
-        }
-    }
-    v
+            pos >= 0 && pos < n_in as i64
+        },
+        k,
+    )
 }
 
-/// `valid[y * k + t]`: some output position's tap `t` lands on input
-/// position `y` (`y + pad - t d` is a multiple of `s` within the output).
-fn taps_from(n_in: usize, n_out: usize, k: usize, s: usize, pad: usize, d: usize) -> Vec<bool> {
-    let mut v = Vec::with_capacity(n_in * k);
-    for y in 0..n_in {
-        for t in 0..k {
+/// Taps by which some output position reaches input position `y` (`y +
+/// pad - t d` is a multiple of `s` within the output).
+fn taps_from(n_in: usize, n_out: usize, k: usize, s: usize, pad: usize, d: usize) -> AxisTaps {
+    AxisTaps::build(
+        n_in,
+        |y, t| {
             let q = (y + pad) as i64 - (t * d) as i64;
-            v.push(q >= 0 && q % s as i64 == 0 && ((q / s as i64) as usize) < n_out);
-        }
-    }
-    v
+            q >= 0 && q % s as i64 == 0 && ((q / s as i64) as usize) < n_out
+        },
+        k,
+    )
 }
 
-/// `out[i, y, x] = sum_{ty, tx} kern[i, ty, tx] vy[y, ty] vx[x, tx]`, done
-/// as two contractions (over `tx`, then `ty`).
-fn separable(kern: &[f64], kh: usize, kw: usize, vy: &[bool], vx: &[bool]) -> Vec<f64> {
-    let (ny, nx) = (vy.len() / kh, vx.len() / kw);
+/// `out[i, y, x] = sum_{ty in vy[y], tx in vx[x]} kern[i, ty, tx]`, done as
+/// two contractions (over `tx`, then `ty`).
+fn separable(kern: &[f64], kh: usize, kw: usize, vy: &AxisTaps, vx: &AxisTaps) -> Vec<f64> {
+    let (ny, nx) = (vy.len(), vx.len());
     let n = kern.len() / (kh * kw);
-    let mut out = Vec::with_capacity(n * ny * nx);
+    let mut out = vec![0.0; n * ny * nx];
     let mut rows = vec![0.0; kh * nx];
-    for k in kern.chunks_exact(kh * kw) {
+    for (k, plane) in kern.chunks_exact(kh * kw).zip(out.chunks_exact_mut(ny * nx)) {
         for ty in 0..kh {
-            for x in 0..nx {
-                rows[ty * nx + x] = (0..kw).filter(|&tx| vx[x * kw + tx]).map(|tx| k[ty * kw + tx]).sum();
+            let krow = &k[ty * kw..(ty + 1) * kw];
+            for (x, r) in rows[ty * nx..(ty + 1) * nx].iter_mut().enumerate() {
+                *r = vx.at(x).iter().map(|&tx| krow[tx]).sum();
             }
         }
-        for y in 0..ny {
-            for x in 0..nx {
-                out.push((0..kh).filter(|&ty| vy[y * kh + ty]).map(|ty| rows[ty * nx + x]).sum());
+        for (y, line) in plane.chunks_exact_mut(nx).enumerate() {
+            for &ty in vy.at(y) {
+                for (o, r) in line.iter_mut().zip(&rows[ty * nx..(ty + 1) * nx]) {
+                    *o += r;
+                }
             }
         }
     }
-    debug_assert_eq!(out.len(), n * ny * nx);
     out
 }
 

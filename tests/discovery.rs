@@ -1,0 +1,168 @@
+//! Discovery without a spec never gives a wrong number without a word:
+//! BatchNorms placed and folded, assumed conv geometry reported, convs of
+//! unknown grid measured at channel level, transformers analysed per layer
+//! (GPT-2's Conv1D, embeddings), every unused tensor listed with a reason,
+//! and the `graph` column of nodes.csv saying how the graph was obtained.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use cntscope::checkpoint::Checkpoint;
+use cntscope::engine::AnalysisOptions;
+use cntscope::graph::{GraphOptions, GraphSource, LayerKind, Network};
+use common::{engines, values, write_st, T};
+
+fn fixture(dir: &str, name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(dir).join(name)
+}
+
+fn cntscope(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cntscope")).args(args).output().expect("runs cntscope")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Every tensor is either read by a layer or listed as unused with a reason.
+fn accounted(ck: &Checkpoint, net: &Network) {
+    let used: BTreeSet<&str> = net.used_tensors().into_iter().collect();
+    let unused: BTreeSet<&str> = net.unused.iter().map(|(t, _)| t.as_str()).collect();
+    for name in ck.names() {
+        assert!(
+            used.contains(name) != unused.contains(name),
+            "`{name}`: used {} / unused {}",
+            used.contains(name),
+            unused.contains(name)
+        );
+    }
+    assert!(net.unused.iter().all(|(_, why)| !why.is_empty()));
+}
+
+fn dense(net: &Network, name: &str) -> (usize, usize, bool) {
+    let l = net.layers.iter().find(|l| l.name == name).unwrap_or_else(|| panic!("no layer `{name}`"));
+    match l.kind {
+        LayerKind::Dense { inputs, outputs, in_out } => (inputs, outputs, in_out),
+        k => panic!("`{name}` is {k:?}"),
+    }
+}
+
+#[test]
+fn transformers_are_analysed_per_layer() {
+    for model in ["gpt2", "bert", "llama"] {
+        let ck = Checkpoint::open(fixture("hf", &format!("{model}.safetensors"))).unwrap();
+        let net = Network::build(&ck, &GraphOptions::default()).unwrap_or_else(|e| panic!("{model}: {e}"));
+        assert_eq!(net.source, GraphSource::PerLayer, "{model}");
+        accounted(&ck, &net);
+        let norms = net.unused.iter().filter(|(_, why)| why.contains("LayerNorm")).count();
+        assert!(norms >= 4, "{model}: the normalisations are listed as unused: {:?}", net.unused);
+        for e in engines() {
+            e.analyze(&net, &ck, &AnalysisOptions::default())
+                .unwrap_or_else(|err| panic!("{model} {}: {err}", e.name()));
+        }
+        match model {
+            "gpt2" => {
+                // Conv1D weights are [in, out]: c_attn maps 16 features to 48.
+                assert_eq!(dense(&net, "transformer.h.0.attn.c_attn"), (16, 48, true));
+                assert_eq!(dense(&net, "transformer.h.0.mlp.c_proj"), (64, 16, true));
+                assert_eq!(dense(&net, "transformer.wte"), (64, 16, true), "vocab one-hot inputs to 16 features");
+                assert!(net.notes.iter().any(|n| n.contains("Conv1D")), "{:?}", net.notes);
+            }
+            "bert" => {
+                assert_eq!(dense(&net, "embeddings.word_embeddings"), (64, 16, true));
+                assert_eq!(dense(&net, "encoder.layer.0.intermediate.dense"), (16, 32, false));
+            }
+            _ => {
+                assert_eq!(dense(&net, "model.embed_tokens"), (64, 16, true));
+                assert_eq!(dense(&net, "lm_head"), (16, 64, false));
+                assert!(net.notes.iter().any(|n| n.contains("embeddings")), "{:?}", net.notes);
+            }
+        }
+    }
+}
+
+#[test]
+fn batchnorms_fold_into_their_layers_and_unknown_grids_stay_channels() {
+    // torchvision naming: `bn1` sorts before `conv1`, `downsample.1` after
+    // `downsample.0`; num_batches_tracked is an integer buffer.
+    let ck = Checkpoint::open(fixture("torch", "resnet_tiny.safetensors")).unwrap();
+    let net = Network::build(&ck, &GraphOptions::default()).unwrap();
+    accounted(&ck, &net);
+    assert_eq!(net.source, GraphSource::PerLayer);
+    let folded: Vec<&str> = net.layers.iter().filter_map(|l| l.norm.as_ref().map(|n| n.prefix.as_str())).collect();
+    for bn in ["bn1", "layer1.0.bn1", "layer1.0.bn2", "layer1.1.downsample.1", "layer2.0.bn3"] {
+        assert!(folded.contains(&bn), "`{bn}` folded: {folded:?}");
+    }
+    assert!(net.layers.iter().all(|l| l.kind != LayerKind::Norm), "every BatchNorm found its layer");
+    assert!(net.unused.iter().any(|(t, why)| t.ends_with("num_batches_tracked") && why.contains("integer")));
+    for l in &net.layers {
+        if let LayerKind::Conv(c) = l.kind {
+            assert!(c.channel_level, "`{}`: no grid is invented", l.name);
+        }
+    }
+    assert!(net.notes.iter().any(|n| n.contains("channel level")), "{:?}", net.notes);
+}
+
+/// A conv-conv-dense chain stored with torchvision's module names
+/// (`classifier.*` sorts before `features.*`), strides 2.
+fn strided_chain(path: &Path) {
+    let t = |name, shape: &[usize]| T::f32(name, shape, values(shape.iter().product(), 3));
+    write_st(
+        path,
+        &[
+            t("classifier.0.weight", &[5, 8 * 2 * 2]),
+            t("features.0.weight", &[4, 3, 3, 3]),
+            t("features.3.weight", &[8, 4, 3, 3]),
+        ],
+        &[],
+    );
+}
+
+#[test]
+fn assumed_geometry_is_reported_and_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("net.safetensors");
+    strided_chain(&path);
+    let p = path.to_str().unwrap();
+    // As a chain in module order with stride 1, padding 0: 3x8x8 -> 4x6x6
+    // -> 8x4x4 does not reach classifier.0's 32 inputs, so per layer.
+    let o = cntscope(&["inspect", p, "--input", "3,8,8"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("analysed layer by layer"), "{}", stderr(&o));
+    // With an input where the assumed geometry fits, the chain is taken,
+    // and the assumption is said.
+    let o = cntscope(&["inspect", p, "--input", "3,6,6"]);
+    let err = stderr(&o);
+    assert!(err.contains("conv geometry assumed (no spec): stride 1, padding 0"), "{err}");
+    assert!(err.contains("modules taken in the order `features`, `classifier`"), "{err}");
+    let out = dir.path().join("scan");
+    let o = cntscope(&["scan", p, "--input", "3,6,6", "-o", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("conv geometry assumed"), "scan says it too: {}", stderr(&o));
+    let table = std::fs::read_to_string(out.join("nodes.csv")).unwrap();
+    let header: Vec<&str> = table.lines().next().unwrap().split(',').collect();
+    let col = header.iter().position(|h| *h == "graph").expect("a graph column");
+    assert!(table.lines().skip(1).all(|l| l.split(',').nth(col) == Some("discovered")), "{table}");
+    // A spec: no note, `graph` = spec.
+    let spec = dir.path().join("s.toml");
+    std::fs::write(&spec, "input = [3, 8, 8]\n[[layers]]\nweight = \"features.0.weight\"\npadding = 1\nstride = 2\n[[layers]]\nweight = \"features.3.weight\"\npadding = 1\nstride = 2\n[[layers]]\nweight = \"classifier.0.weight\"\n").unwrap();
+    let out = dir.path().join("spec");
+    let o = cntscope(&["scan", p, "--spec", spec.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    assert!(o.status.success() && !stderr(&o).contains("note:"), "{}", stderr(&o));
+    let table = std::fs::read_to_string(out.join("nodes.csv")).unwrap();
+    assert!(table.lines().skip(1).all(|l| l.split(',').nth(col) == Some("spec")), "{table}");
+}
+
+#[test]
+fn inspect_lists_every_unused_tensor() {
+    let p = fixture("hf", "gpt2.safetensors");
+    let o = cntscope(&["inspect", p.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("unused tensors:"), "{out}");
+    assert!(out.contains("transformer.ln_f.weight: a normalisation without running statistics"), "{out}");
+    assert!(out.contains("dense (stored [in, out])"), "{out}");
+}
