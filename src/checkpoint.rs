@@ -213,6 +213,15 @@ impl<'a> Tensor<'a> {
         bytemuck::try_cast_slice(self.bytes).ok()
     }
 
+    /// The elements in place, when they are f64 stored aligned (a folded
+    /// copy made by [`Tensor::f64_like`], or an f64 checkpoint).
+    pub fn as_f64(&self) -> Option<&'a [f64]> {
+        if self.dtype != DType::F64 || cfg!(target_endian = "big") {
+            return None;
+        }
+        bytemuck::try_cast_slice(self.bytes).ok()
+    }
+
     /// A view of f64 values held elsewhere (a BatchNorm-folded copy),
     /// named and shaped as `like`.
     pub fn f64_like(values: &'a [f64], like: &Tensor<'a>) -> Tensor<'a> {

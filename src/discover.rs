@@ -105,13 +105,11 @@ pub(crate) fn discover(ck: &Checkpoint, layout: Layout) -> Discovered {
                 Err(_) => 0,
             };
             if let Some(b) = bias {
-                if ck.shape(b) == Some(&[outputs][..]) {
-                    e.bias = Some(b.to_string());
-                    used.push(b);
-                } else {
-                    out.unused.push((b.to_string(), format!("its shape fits no output of `{w}`")));
-                    used.push(b);
-                }
+                // A bias that fits no output is still the layer's: the graph
+                // then fails, naming it.
+                let _ = outputs;
+                e.bias = Some(b.to_string());
+                used.push(b);
             }
             out.entries.push(e);
         } else if weight.is_some_and(|w| rank(w) == 1) {
@@ -313,7 +311,16 @@ pub(crate) fn per_layer(
                 )
             }
         };
-        let bias = e.bias.clone().filter(|b| ck.shape(b) == Some(&[out_shape.channels()][..]));
+        if let Some(b) = &e.bias {
+            let shape = ck.shape(b).unwrap_or(&[]);
+            if shape != [out_shape.channels()] {
+                return Err(graph(format!(
+                    "layer `{name}`: bias `{b}` has shape {shape:?}; the layer has {} outputs",
+                    out_shape.channels()
+                )));
+            }
+        }
+        let bias = e.bias.clone();
         let norm = e.norm.as_deref().map(|p| resolve_norm(ck, s, p, out_shape.channels()));
         let base = net.node_sets.len();
         net.node_sets.push(NodeSet { name: format!("{name}:in"), shape: in_shape });

@@ -620,7 +620,14 @@ impl<'a> Builder<'a> {
     fn err(&self, reason: impl Into<String>) -> Error {
         let reason = reason.into();
         match self.spec {
-            Some(spec) => spec.entry_error(self.at, reason),
+            // A spec that does not fit the checkpoint: both named.
+            Some(spec) => {
+                let Error::Spec { path, reason } = spec.entry_error(self.at, reason) else { unreachable!() };
+                Error::Graph {
+                    path: self.ck.path().to_path_buf(),
+                    reason: format!("spec {}: {reason}", path.display()),
+                }
+            }
             None => {
                 Error::Graph { path: self.ck.path().to_path_buf(), reason: format!("layer `{}`: {reason}", self.label) }
             }
@@ -793,7 +800,7 @@ impl<'a> Builder<'a> {
         match kind {
             EntryKind::Weighted => {
                 let weight = e.weight.clone().expect("weighted");
-                layer.kind = self.weighted(e, &weight, input)?;
+                layer.kind = self.weighted(e, &weight, src.set, input)?;
                 layer.output = match layer.kind {
                     LayerKind::Dense { outputs, .. } => NodeShape::Flat(outputs),
                     LayerKind::Conv(c) => NodeShape::Map { c: c.cout, h: c.out_hw[0], w: c.out_hw[1] },
@@ -988,12 +995,13 @@ impl<'a> Builder<'a> {
         Ok(Pool { op, kernel, stride, padding, in_hw: [h, w], out_hw })
     }
 
-    fn weighted(&self, e: &LayerSpec, weight: &str, input: NodeShape) -> Result<LayerKind> {
+    fn weighted(&self, e: &LayerSpec, weight: &str, from: usize, input: NodeShape) -> Result<LayerKind> {
         match dims(self.ck, self.s.layout, weight, e.in_out).map_err(|r| self.err(r))? {
             Dims::Dense(o, i) => {
                 if input.count() != i && input.count() > 0 {
                     let shape = if input.grid().is_some() { format!(" ({input})") } else { String::new() };
-                    return Err(self.err(format!("takes {i} inputs but reads {}{shape}", input.count())));
+                    let from = &self.sets[from].name;
+                    return Err(self.err(format!("takes {i} inputs but `{from}` gives {}{shape}", input.count())));
                 }
                 let in_out = e.in_out.unwrap_or(self.s.layout == Layout::Keras);
                 Ok(LayerKind::Dense { inputs: i, outputs: o, in_out })

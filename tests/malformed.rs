@@ -208,8 +208,17 @@ fn bad_bias_shape_and_missing_tensor() {
     let path = dir.path().join("b.safetensors");
     write_st(&path, &[T::f32("a.weight", &[3, 4], vec![0.1; 12]), T::f32("a.bias", &[4], vec![0.1; 4])], &[]);
     let ck = Checkpoint::open(&path).unwrap();
-    let err = Network::build(&ck, &GraphOptions::default()).unwrap_err().to_string();
+    // A [3, 4] weight with a bias of 4 is read as stored [in, out] (GPT-2's
+    // Conv1D), and says so.
+    let net = Network::build(&ck, &GraphOptions::default()).unwrap();
+    assert!(net.notes.iter().any(|n| n.contains("[in, out]")), "{:?}", net.notes);
+    // A bias that fits neither orientation is an error naming it.
+    let path = dir.path().join("b5.safetensors");
+    write_st(&path, &[T::f32("a.weight", &[3, 4], vec![0.1; 12]), T::f32("a.bias", &[5], vec![0.1; 5])], &[]);
+    let ck5 = Checkpoint::open(&path).unwrap();
+    let err = Network::build(&ck5, &GraphOptions::default()).unwrap_err().to_string();
     assert_names(&err, &path, &["a.bias", "3 outputs"]);
+    let path = dir.path().join("b.safetensors");
     let spec = Spec::parse("[[layers]]\nweight = \"nope.weight\"\n", Path::new("s.toml")).unwrap();
     let err = Network::build(&ck, &GraphOptions { spec: Some(spec), ..Default::default() }).unwrap_err().to_string();
     assert_names(&err, &path, &["nope.weight", "not found"]);
@@ -221,8 +230,10 @@ fn conv_without_input_shape_is_explained() {
     let path = dir.path().join("c.safetensors");
     write_st(&path, &[T::f32("c.weight", &[2, 1, 3, 3], vec![0.1; 18])], &[]);
     let ck = Checkpoint::open(&path).unwrap();
-    let err = Network::build(&ck, &GraphOptions::default()).unwrap_err().to_string();
-    assert!(err.contains("--input"), "{err}");
+    // Without --input the grid is unknown: measured at channel level, and said.
+    let net = Network::build(&ck, &GraphOptions::default()).unwrap();
+    assert!(net.notes.iter().any(|n| n.contains("channel level")), "{:?}", net.notes);
+    assert!(net.not_chain.as_deref().is_some_and(|r| r.contains("--input")), "{:?}", net.not_chain);
 }
 
 #[test]

@@ -71,9 +71,10 @@ impl Engine for CpuEngine {
         }
         let count = |start: usize, end: usize| {
             let mut h = Histogram::for_range(weights.min, weights.max, bins);
-            match weight.as_f32() {
-                Some(xs) => h.add_f32(&xs[start..end]),
-                None => {
+            match (weight.as_f32(), weight.as_f64()) {
+                (Some(xs), _) => h.add_f32(&xs[start..end]),
+                (_, Some(xs)) => h.add_all(&xs[start..end]),
+                _ => {
                     let mut buf = vec![0.0; CHUNK.min(end - start)];
                     for at in (start..end).step_by(CHUNK) {
                         let chunk = &mut buf[..(end - at).min(CHUNK)];
@@ -232,18 +233,19 @@ fn conv_strengths(layout: Layout, weight: &Tensor<'_>, conv: &Conv) -> (Vec<f64>
     let run = if layout == Layout::Torch { taps } else { cout };
     let block_len = (CHUNK / run).max(1) * run;
     let mut buf = vec![0.0; block_len.min(weight.len())];
-    let f32s = weight.as_f32();
+    let (f32s, f64s) = (weight.as_f32(), weight.as_f64());
     let mut at = 0;
     while at < weight.len() {
         let n = block_len.min(weight.len() - at);
-        let block: &[f64] = match f32s {
-            Some(xs) => {
+        let block: &[f64] = match (f32s, f64s) {
+            (_, Some(xs)) => &xs[at..at + n],
+            (Some(xs), _) => {
                 for (b, &x) in buf[..n].iter_mut().zip(&xs[at..at + n]) {
                     *b = f64::from(x);
                 }
                 &buf[..n]
             }
-            None => {
+            _ => {
                 weight.decode_into(at, &mut buf[..n]);
                 &buf[..n]
             }

@@ -247,79 +247,45 @@ pub fn assemble<E: Engine + ?Sized>(
         net.node_sets.iter().map(|s| (vec![0.0; s.shape.count()], vec![0.0; s.shape.count()])).collect();
     let mut layers = Vec::new();
     for (i, layer) in net.layers.iter().enumerate() {
-        let (s_in, s_out) = match layer.kind {
-            LayerKind::Dense { .. } | LayerKind::Conv(_) => {
-                let weight = layer.weight.as_deref().expect("dense and conv layers have weights");
-                let w = ck.tensor(weight)?;
-                let p = LayerParams::of(net, layer, ck)?;
-                let bias = p.bias.map(Finite::of);
-                let LayerMeasures { s_in, s_out, mut weights, mut histogram } =
-                    engine.layer(layer, net.layout, &w, p.scale.as_deref(), p.shift.as_deref(), opts.bins)?;
-                let mut non_finite = bias.as_ref().map_or(0, |b| b.non_finite);
-                if !is_finite(&weights) {
-                    // Rare: measure the finite weights on their own.
-                    let finite = Finite::of(link_weights(net, layer, ck)?);
-                    (weights, histogram) = engine.distribution(&finite.values, opts.bins)?;
-                    non_finite += finite.non_finite;
-                }
-                layers.push(LayerResult {
-                    index: i + 1,
-                    name: layer.name.clone(),
-                    kind: layer.kind.name(),
-                    weight: layer.tensor().to_string(),
-                    weights,
-                    bias: bias.map(|b| Moments::from_slice(&b.values)),
-                    histogram,
-                    non_finite,
-                });
-                (s_in, s_out)
-            }
-            LayerKind::Norm => {
-                let (a, c) = norm_affine(ck, layer.norm.as_ref().expect("a BatchNorm layer has its tensors"))?;
-                let (s_in, s_out) = fixed::norm_strengths(layer, net.layout, &a, net.bias.then_some(&c[..]));
-                let weights = Finite::of(link_weights(net, layer, ck)?);
-                let shift = Finite::of(c);
-                let (m, histogram) = engine.distribution(&weights.values, opts.bins)?;
-                layers.push(LayerResult {
-                    index: i + 1,
-                    name: layer.name.clone(),
-                    kind: layer.kind.name(),
-                    weight: layer.tensor().to_string(),
-                    weights: m,
-                    bias: Some(Moments::from_slice(&shift.values)),
-                    histogram,
-                    non_finite: weights.non_finite + shift.non_finite,
-                });
-                (s_in, s_out)
-            }
-            LayerKind::Pool(_) | LayerKind::Identity => fixed::strengths(layer, net.layout),
-        };
+        let (s_in, s_out, result) = measure_layer(engine, net, ck, i, layer, opts)?;
+        layers.extend(result);
         let (to, from) = (&net.node_sets[layer.to], &net.node_sets[layer.from]);
         scatter_add(&mut sums[layer.to].0, to.shape, layer.offset, &s_in, layer.output, net.layout);
         scatter_add(&mut sums[layer.from].1, from.shape, layer.from_channels[0], &s_out, layer.input, net.layout);
     }
     let mut node_sets = Vec::with_capacity(net.node_sets.len());
-    for (set, (s_in, s_out)) in net.node_sets.iter().zip(sums) {
-        let strength: Vec<f64> = s_in.iter().zip(&s_out).map(|(a, b)| a + b).collect();
+    for (set, (mut s_in, s_out)) in net.node_sets.iter().zip(sums) {
+        // Means of s_in and s_out over the nodes whose strength is finite,
+        // as the moments are.
+        let (mut sum_in, mut sum_out, mut finite) = (0.0, 0.0, 0usize);
+        for (a, b) in s_in.iter().zip(&s_out) {
+            if (a + b).is_finite() {
+                (sum_in, sum_out, finite) = (sum_in + a, sum_out + b, finite + 1);
+            }
+        }
+        let (values, strength) = if opts.keep_values {
+            let strength: Vec<f64> = s_in.iter().zip(&s_out).map(|(a, b)| a + b).collect();
+            (Some(NodeValues { s_in, s_out, strength: Vec::new() }), strength)
+        } else {
+            // Summed in place: no third vector.
+            for (a, b) in s_in.iter_mut().zip(&s_out) {
+                *a += b;
+            }
+            (None, s_in)
+        };
         // Strengths are NaN/Inf only next to NaN/Inf weights or biases: the
         // finite ones are copied out only then.
-        let kept = (!strength.iter().all(|s| s.is_finite())).then(|| Finite::of(strength.clone()));
-        let values = kept.as_ref().map_or(&strength, |k| &k.values);
-        let (m, histogram) = engine.distribution(values, opts.bins)?;
-        // Means over the nodes whose strength is finite, as the moments.
-        let mean = |v: &[f64]| {
-            let on_finite = v.iter().zip(&strength).filter(|(_, s)| s.is_finite()).map(|(x, _)| x);
-            on_finite.sum::<f64>() / values.len() as f64
-        };
+        let kept = (finite < strength.len()).then(|| Finite::of(strength.clone()));
+        let (m, histogram) = engine.distribution(kept.as_ref().map_or(&strength, |k| &k.values), opts.bins)?;
         node_sets.push(NodeSetResult {
             name: set.name.clone(),
             shape: set.shape,
             strength: m,
-            s_in_mean: mean(&s_in),
-            s_out_mean: mean(&s_out),
+            s_in_mean: sum_in / finite as f64,
+            s_out_mean: sum_out / finite as f64,
             histogram,
             non_finite: kept.as_ref().map_or(0, |k| k.non_finite),
-            values: opts.keep_values.then_some(NodeValues { s_in, s_out, strength }),
+            values: values.map(|v| NodeValues { strength, ..v }),
         });
     }
     Ok(Analysis { not_chain: net.not_chain.clone(), source: net.source, node_sets, layers })
@@ -428,6 +394,67 @@ pub(crate) fn scale_weights(values: &mut [f64], layer: &Layer, layout: Layout, s
     for (i, v) in values.iter_mut().enumerate() {
         *v *= scale[if outputs_last { i % n } else { i / per }];
     }
+}
+
+/// One layer's `(s_in, s_out)` and, for a weighted layer, its link-weight
+/// measures.
+fn measure_layer<E: Engine + ?Sized>(
+    engine: &E,
+    net: &Network,
+    ck: &Checkpoint,
+    i: usize,
+    layer: &Layer,
+    opts: &AnalysisOptions,
+) -> Result<(Vec<f64>, Vec<f64>, Option<LayerResult>)> {
+    let mut result = None;
+    let (s_in, s_out) = match layer.kind {
+        LayerKind::Dense { .. } | LayerKind::Conv(_) => {
+            let weight = layer.weight.as_deref().expect("dense and conv layers have weights");
+            let w = ck.tensor(weight)?;
+            let p = LayerParams::of(net, layer, ck)?;
+            let bias = p.bias.map(Finite::of);
+            let LayerMeasures { s_in, s_out, mut weights, mut histogram } =
+                engine.layer(layer, net.layout, &w, p.scale.as_deref(), p.shift.as_deref(), opts.bins)?;
+            let mut non_finite = bias.as_ref().map_or(0, |b| b.non_finite);
+            if !is_finite(&weights) {
+                // Rare: measure the finite weights on their own.
+                let finite = Finite::of(link_weights(net, layer, ck)?);
+                (weights, histogram) = engine.distribution(&finite.values, opts.bins)?;
+                non_finite += finite.non_finite;
+            }
+            result = Some(LayerResult {
+                index: i + 1,
+                name: layer.name.clone(),
+                kind: layer.kind.name(),
+                weight: layer.tensor().to_string(),
+                weights,
+                bias: bias.map(|b| Moments::from_slice(&b.values)),
+                histogram,
+                non_finite,
+            });
+            (s_in, s_out)
+        }
+        LayerKind::Norm => {
+            let (a, c) = norm_affine(ck, layer.norm.as_ref().expect("a BatchNorm layer has its tensors"))?;
+            let (s_in, s_out) = fixed::norm_strengths(layer, net.layout, &a, net.bias.then_some(&c[..]));
+            let weights = Finite::of(link_weights(net, layer, ck)?);
+            let shift = Finite::of(c);
+            let (m, histogram) = engine.distribution(&weights.values, opts.bins)?;
+            result = Some(LayerResult {
+                index: i + 1,
+                name: layer.name.clone(),
+                kind: layer.kind.name(),
+                weight: layer.tensor().to_string(),
+                weights: m,
+                bias: Some(Moments::from_slice(&shift.values)),
+                histogram,
+                non_finite: weights.non_finite + shift.non_finite,
+            });
+            (s_in, s_out)
+        }
+        LayerKind::Pool(_) | LayerKind::Identity => fixed::strengths(layer, net.layout),
+    };
+    Ok((s_in, s_out, result))
 }
 
 /// True when moments were taken over finite values only: a NaN or an
