@@ -243,51 +243,37 @@ pub fn assemble<E: Engine + ?Sized>(
     ck: &Checkpoint,
     opts: &AnalysisOptions,
 ) -> Result<Analysis> {
-    let mut sums: Vec<(Vec<f64>, Vec<f64>)> =
-        net.node_sets.iter().map(|s| (vec![0.0; s.shape.count()], vec![0.0; s.shape.count()])).collect();
+    // A node set's sums exist from its first layer to its last, then its
+    // measures are taken and its memory freed: memory follows the sets
+    // alive at once, not the whole network.
+    let mut last = vec![0usize; net.node_sets.len()];
+    for (i, l) in net.layers.iter().enumerate() {
+        last[l.to] = i;
+        last[l.from] = last[l.from].max(i);
+    }
+    let mut sums: Vec<Option<(Vec<f64>, Vec<f64>)>> = vec![None; net.node_sets.len()];
+    let mut results: Vec<Option<NodeSetResult>> = vec![None; net.node_sets.len()];
     let mut layers = Vec::new();
     for (i, layer) in net.layers.iter().enumerate() {
         let (s_in, s_out, result) = measure_layer(engine, net, ck, i, layer, opts)?;
         layers.extend(result);
-        let (to, from) = (&net.node_sets[layer.to], &net.node_sets[layer.from]);
-        scatter_add(&mut sums[layer.to].0, to.shape, layer.offset, &s_in, layer.output, net.layout);
-        scatter_add(&mut sums[layer.from].1, from.shape, layer.from_channels[0], &s_out, layer.input, net.layout);
-    }
-    let mut node_sets = Vec::with_capacity(net.node_sets.len());
-    for (set, (mut s_in, s_out)) in net.node_sets.iter().zip(sums) {
-        // Means of s_in and s_out over the nodes whose strength is finite,
-        // as the moments are.
-        let (mut sum_in, mut sum_out, mut finite) = (0.0, 0.0, 0usize);
-        for (a, b) in s_in.iter().zip(&s_out) {
-            if (a + b).is_finite() {
-                (sum_in, sum_out, finite) = (sum_in + a, sum_out + b, finite + 1);
+        for (set, offset, values, part, inward) in [
+            (layer.to, layer.offset, &s_in, layer.output, true),
+            (layer.from, layer.from_channels[0], &s_out, layer.input, false),
+        ] {
+            let n = net.node_sets[set].shape.count();
+            let (a, b) = sums[set].get_or_insert_with(|| (vec![0.0; n], vec![0.0; n]));
+            scatter_add(if inward { a } else { b }, net.node_sets[set].shape, offset, values, part, net.layout);
+        }
+        for set in [layer.to, layer.from] {
+            if last[set] == i {
+                if let Some((s_in, s_out)) = sums[set].take() {
+                    results[set] = Some(node_set_result(engine, &net.node_sets[set], s_in, s_out, opts)?);
+                }
             }
         }
-        let (values, strength) = if opts.keep_values {
-            let strength: Vec<f64> = s_in.iter().zip(&s_out).map(|(a, b)| a + b).collect();
-            (Some(NodeValues { s_in, s_out, strength: Vec::new() }), strength)
-        } else {
-            // Summed in place: no third vector.
-            for (a, b) in s_in.iter_mut().zip(&s_out) {
-                *a += b;
-            }
-            (None, s_in)
-        };
-        // Strengths are NaN/Inf only next to NaN/Inf weights or biases: the
-        // finite ones are copied out only then.
-        let kept = (finite < strength.len()).then(|| Finite::of(strength.clone()));
-        let (m, histogram) = engine.distribution(kept.as_ref().map_or(&strength, |k| &k.values), opts.bins)?;
-        node_sets.push(NodeSetResult {
-            name: set.name.clone(),
-            shape: set.shape,
-            strength: m,
-            s_in_mean: sum_in / finite as f64,
-            s_out_mean: sum_out / finite as f64,
-            histogram,
-            non_finite: kept.as_ref().map_or(0, |k| k.non_finite),
-            values: values.map(|v| NodeValues { strength, ..v }),
-        });
     }
+    let node_sets = results.into_iter().map(|r| r.expect("every node set touches a layer")).collect();
     Ok(Analysis { not_chain: net.not_chain.clone(), source: net.source, node_sets, layers })
 }
 
@@ -394,6 +380,48 @@ pub(crate) fn scale_weights(values: &mut [f64], layer: &Layer, layout: Layout, s
     for (i, v) in values.iter_mut().enumerate() {
         *v *= scale[if outputs_last { i % n } else { i / per }];
     }
+}
+
+/// The measures of one node set from its summed `s_in` and `s_out`.
+fn node_set_result<E: Engine + ?Sized>(
+    engine: &E,
+    set: &crate::graph::NodeSet,
+    mut s_in: Vec<f64>,
+    s_out: Vec<f64>,
+    opts: &AnalysisOptions,
+) -> Result<NodeSetResult> {
+    // Means of s_in and s_out over the nodes whose strength is finite,
+    // as the moments are.
+    let (mut sum_in, mut sum_out, mut finite) = (0.0, 0.0, 0usize);
+    for (a, b) in s_in.iter().zip(&s_out) {
+        if (a + b).is_finite() {
+            (sum_in, sum_out, finite) = (sum_in + a, sum_out + b, finite + 1);
+        }
+    }
+    let (values, strength) = if opts.keep_values {
+        let strength: Vec<f64> = s_in.iter().zip(&s_out).map(|(a, b)| a + b).collect();
+        (Some(NodeValues { s_in, s_out, strength: Vec::new() }), strength)
+    } else {
+        // Summed in place: no third vector.
+        for (a, b) in s_in.iter_mut().zip(&s_out) {
+            *a += b;
+        }
+        (None, s_in)
+    };
+    // Strengths are NaN/Inf only next to NaN/Inf weights or biases: the
+    // finite ones are copied out only then.
+    let kept = (finite < strength.len()).then(|| Finite::of(strength.clone()));
+    let (m, histogram) = engine.distribution(kept.as_ref().map_or(&strength, |k| &k.values), opts.bins)?;
+    Ok(NodeSetResult {
+        name: set.name.clone(),
+        shape: set.shape,
+        strength: m,
+        s_in_mean: sum_in / finite as f64,
+        s_out_mean: sum_out / finite as f64,
+        histogram,
+        non_finite: kept.as_ref().map_or(0, |k| k.non_finite),
+        values: values.map(|v| NodeValues { strength, ..v }),
+    })
 }
 
 /// One layer's `(s_in, s_out)` and, for a weighted layer, its link-weight
