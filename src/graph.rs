@@ -21,6 +21,8 @@ use crate::spec::{BnMode, EntryKind, LayerSpec, Layout, PoolName, Spec};
 
 /// Default BatchNorm epsilon (torch's).
 pub const DEFAULT_EPS: f64 = 1e-5;
+/// Default BatchNorm epsilon in the keras layout (keras').
+pub const KERAS_EPS: f64 = 1e-3;
 
 /// How to read a checkpoint as a graph: validated settings, whatever their
 /// source (spec file, command line, defaults).
@@ -392,7 +394,8 @@ impl Network {
         let layout = opts.layout.or(spec.and_then(|s| s.layout)).unwrap_or_else(|| discover::detect_layout(ck));
         let bias = opts.bias.unwrap_or(true) && spec.and_then(|s| s.bias).unwrap_or(true);
         let bn = opts.bn.or(spec.and_then(|s| s.bn)).unwrap_or_default();
-        let eps = spec.and_then(|s| s.eps).unwrap_or(DEFAULT_EPS);
+        // Keras' BatchNormalization defaults to 1e-3, torch's to 1e-5.
+        let eps = spec.and_then(|s| s.eps).unwrap_or(if layout == Layout::Keras { KERAS_EPS } else { DEFAULT_EPS });
         let input = opts.input.clone().or_else(|| spec.and_then(|s| s.input.clone()));
         let input = input.map(|v| match v[..] {
             [c, h, w] => NodeShape::Map { c, h, w },
