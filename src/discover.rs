@@ -267,6 +267,8 @@ pub(crate) fn per_layer(
         unused: Vec::new(),
     };
     let mut channel_level = Vec::new();
+    // BatchNorms left out of this analysis (said in a note).
+    let mut unplaced: Vec<String> = Vec::new();
     for (i, e) in entries.iter().enumerate() {
         let Some(w) = e.weight.as_deref() else {
             let prefix = e.norm.as_deref().unwrap_or("");
@@ -276,6 +278,7 @@ pub(crate) fn per_layer(
                     format!("BatchNorm `{prefix}` follows no weighted layer; not placed in the per-layer analysis"),
                 ));
             }
+            unplaced.push(prefix.to_string());
             continue;
         };
         let name = display_name(w);
@@ -344,6 +347,7 @@ pub(crate) fn per_layer(
                 for t in ck.names().into_iter().filter(|n| Some(split(n).0) == e.norm.as_deref() && ck.is_float(n)) {
                     net.unused.push((t.to_string(), why.clone()));
                 }
+                unplaced.push(e.norm.clone().unwrap_or_default());
                 net.layers.push(layer);
             }
             (Some(Ok(n)), BnMode::Fold) => {
@@ -376,6 +380,14 @@ pub(crate) fn per_layer(
     }
     if net.layers.is_empty() {
         return Err(Error::NoLayers { path: ck.path().to_path_buf() });
+    }
+    if !unplaced.is_empty() {
+        let shown: Vec<String> = unplaced.iter().take(6).map(|n| format!("`{n}`")).collect();
+        let more = if unplaced.len() > 6 { format!(" and {} more", unplaced.len() - 6) } else { String::new() };
+        net.notes.push(format!(
+            "BatchNorms left out (no weighted layer of their size before them; give a spec): {}{more}",
+            shown.join(", ")
+        ));
     }
     if !channel_level.is_empty() {
         let shown: Vec<String> = channel_level.iter().take(6).map(|n| format!("`{n}`")).collect();
