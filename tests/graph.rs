@@ -132,6 +132,8 @@ fn build(entries: &[E], input: S, layout: Layout, bn: BnMode, seed: u64) -> (Vec
     let mut o = Oracle { sets: vec![input], edges: Vec::new() };
     let mut names: HashMap<&str, usize> = HashMap::from([("input", 0)]);
     let mut last = 0usize;
+    // The BatchNorm epsilon the spec leaves to the layout's default.
+    let eps = if layout == Layout::Keras { 1e-3 } else { 1e-5 };
     let seed = std::cell::Cell::new(seed);
     let draw = |n: usize, lo: f64, hi: f64| {
         seed.set(seed.get() + 1);
@@ -192,7 +194,7 @@ fn build(entries: &[E], input: S, layout: Layout, bn: BnMode, seed: u64) -> (Vec
             for (suffix, v) in [("weight", &gamma), ("bias", &beta), ("running_mean", &mean), ("running_var", &var)] {
                 tensors.push(T::f32(leak(format!("{prefix}.{suffix}")), &[n], v.clone()));
             }
-            let a: Vec<f64> = (0..n).map(|i| gamma[i] / (var[i] + 1e-5).sqrt()).collect();
+            let a: Vec<f64> = (0..n).map(|i| gamma[i] / (var[i] + eps).sqrt()).collect();
             let c = (0..n).map(|i| beta[i] - a[i] * mean[i]).collect();
             (a, c)
         };
@@ -438,7 +440,7 @@ fn build(entries: &[E], input: S, layout: Layout, bn: BnMode, seed: u64) -> (Vec
         if let Some(prefix) = raw_name {
             // layer mode: the BatchNorm after the raw conv output.
             let raw = o.sets[out_set];
-            let (na, nc) = norm_values(&tensors, &prefix);
+            let (na, nc) = norm_values(&tensors, &prefix, eps);
             let t = target(&mut o, &mut names, en.to, leak(prefix.clone()), raw, en.offset);
             for ch in 0..raw.c {
                 for y in 0..raw.h {
@@ -458,10 +460,10 @@ fn build(entries: &[E], input: S, layout: Layout, bn: BnMode, seed: u64) -> (Vec
 }
 
 /// A BatchNorm's a and c from the tensors already drawn.
-fn norm_values(tensors: &[T<'_>], prefix: &str) -> (Vec<f64>, Vec<f64>) {
+fn norm_values(tensors: &[T<'_>], prefix: &str, eps: f64) -> (Vec<f64>, Vec<f64>) {
     let get = |s: &str| tensors.iter().find(|t| t.name == format!("{prefix}.{s}")).unwrap().values.clone();
     let (g, b, m, v) = (get("weight"), get("bias"), get("running_mean"), get("running_var"));
-    let a: Vec<f64> = (0..g.len()).map(|i| g[i] / (v[i] + 1e-5).sqrt()).collect();
+    let a: Vec<f64> = (0..g.len()).map(|i| g[i] / (v[i] + eps).sqrt()).collect();
     let c = (0..g.len()).map(|i| b[i] - a[i] * m[i]).collect();
     (a, c)
 }
