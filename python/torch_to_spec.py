@@ -95,6 +95,16 @@ def _owner(node) -> str:
     return keys[-1][0] if keys else ""
 
 
+def _adaptive_pool(fields: dict, node):
+    """An adaptive average pool's entry fields, from its traced output size."""
+    out = node.meta["tensor_meta"].shape[-2:]
+    if list(out) == [1, 1]:
+        fields["pool"] = "global_avg"
+    else:
+        fields["pool"] = "adaptive_avg"
+        fields["output"] = [int(out[0]), int(out[1])]
+
+
 def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn: str = "fold") -> str:
     """The spec (TOML text) of ``model`` for one sample of ``input_shape``
     (``(C, H, W)`` or ``(features,)``)."""
@@ -284,12 +294,7 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
                         fields["count_include_pad"] = False
                     out_channels = inp.channels
                 else:  # AdaptiveAvgPool2d
-                    out = n.meta["tensor_meta"].shape[-2:]
-                    if list(out) == [1, 1]:
-                        fields["pool"] = "global_avg"
-                    else:
-                        fields["pool"] = "adaptive_avg"
-                        fields["output"] = [int(out[0]), int(out[1])]
+                    _adaptive_pool(fields, n)
                     out_channels = inp.channels
             else:
                 # functional pools
@@ -298,12 +303,7 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
                 inp = ref[root[n.args[0]]]
                 out_channels = inp.channels
                 if n.target is F.adaptive_avg_pool2d:
-                    out = n.meta["tensor_meta"].shape[-2:]
-                    if list(out) == [1, 1]:
-                        fields["pool"] = "global_avg"
-                    else:
-                        fields["pool"] = "adaptive_avg"
-                        fields["output"] = [int(out[0]), int(out[1])]
+                    _adaptive_pool(fields, n)
                 else:
                     raise TraceError(f"node `{n.name}`: functional {n.target.__name__}: use the nn module instead")
             source(fields, inp)

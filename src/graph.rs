@@ -476,7 +476,7 @@ impl Network {
 
     /// For each node set, the one layer writing all of it and the one
     /// layer reading all of it, when every set has at most one of each and
-    /// every layer is dense or conv without a folded BatchNorm (the shape
+    /// every layer is dense or conv (a folded BatchNorm allowed: the shape
     /// the GPU engine's batched path measures in one submission).
     pub fn simple_sides(&self) -> Option<Vec<(Option<usize>, Option<usize>)>> {
         let mut sides = vec![(None, None); self.node_sets.len()];
