@@ -265,10 +265,46 @@ impl Checkpoint {
             Err(error) if error.kind() == std::io::ErrorKind::IsADirectory => return Self::open_dir(path),
             Err(error) => return Err(io(error)),
         };
+        if crate::zip::is_zip(&bytes) {
+            return Self::open_torch(path, bytes);
+        }
+        if crate::torch::is_legacy(&bytes) {
+            return Err(Error::Torch {
+                path: path.to_path_buf(),
+                reason: "the legacy format of torch < 1.6, which is read only by executing it: load it in Python \
+                         and save it again with torch.save (torch >= 1.6 writes the zip format), or as safetensors"
+                    .into(),
+            });
+        }
         let (shard, header) = parse_shard(path, bytes)?;
         let mut tensors = HashMap::new();
         let metadata = record_tensors(path, header, 0, &mut tensors)?;
         Ok(Checkpoint { path: path.to_path_buf(), shards: vec![shard], tensors, metadata })
+    }
+
+    /// A `torch.save` zip archive: tensors read in place from the archive's
+    /// stored entries, strided views from a buffer of their own.
+    fn open_torch(path: &Path, bytes: Bytes) -> Result<Self> {
+        let t = crate::torch::read(&bytes).map_err(|reason| Error::Torch { path: path.to_path_buf(), reason })?;
+        let mut tensors = HashMap::with_capacity(t.tensors.len());
+        for (name, mut info, place) in t.tensors {
+            let (shard, range) = match place {
+                crate::torch::Place::Archive(s, e) => (0, (s, e)),
+                crate::torch::Place::Gathered(s, e) => (1, (s, e)),
+            };
+            info.data_offsets = range;
+            tensors.insert(name, Entry { shard, info });
+        }
+        let mut shards = vec![Shard { path: path.to_path_buf(), map: bytes, data_start: 0 }];
+        if !t.gathered.is_empty() {
+            let len = t.gathered.len();
+            shards.push(Shard {
+                path: path.to_path_buf(),
+                map: Bytes::Read(ReadBuf { buf: t.gathered, len }),
+                data_start: 0,
+            });
+        }
+        Ok(Checkpoint { path: path.to_path_buf(), shards, tensors, metadata: t.metadata })
     }
 
     fn open_dir(path: &Path) -> Result<Self> {
@@ -615,10 +651,19 @@ fn walk(path: &Path, explicit: bool, out: &mut Vec<PathBuf>) -> Result<()> {
     if path.is_dir() {
         return walk_dir(path, out);
     }
-    if explicit || path.extension().is_some_and(|e| e == "safetensors") {
+    if explicit || is_checkpoint_name(&path.file_name().unwrap_or_default().to_string_lossy()) {
         out.push(path.to_path_buf());
     }
     Ok(())
+}
+
+/// File names a directory scan takes as checkpoints: safetensors files,
+/// PyTorch files (`.pt`, `.pth`, `.bin`, `.ckpt`) and the extensionless
+/// `checkpoints` of Ray Tune trials. What each holds is decided by its
+/// bytes when opened.
+fn is_checkpoint_name(name: &str) -> bool {
+    let ext = |e: &str| name.len() > e.len() && name.ends_with(e);
+    ext(".safetensors") || ext(".pt") || ext(".pth") || ext(".bin") || ext(".ckpt") || name == "checkpoints"
 }
 
 /// A directory: itself if sharded, else its entries (file types from the
@@ -652,7 +697,7 @@ fn walk_dir(path: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
         let file = || path.join(raw.as_deref().unwrap_or(name.as_ref()));
         if dir {
             walk_dir(&file(), out)?;
-        } else if name.len() > ".safetensors".len() && name.ends_with(".safetensors") {
+        } else if is_checkpoint_name(&name) {
             out.push(file());
         }
     }

@@ -26,6 +26,17 @@ pub enum Error {
         reason: String,
     },
 
+    /// A PyTorch checkpoint is malformed, or holds what the restricted
+    /// unpickler refuses (a global other than tensors, storages and plain
+    /// containers: nothing is ever executed).
+    #[error("{path}: PyTorch checkpoint: {reason}")]
+    Torch {
+        /// The file concerned.
+        path: PathBuf,
+        /// What is wrong with it, or what was refused.
+        reason: String,
+    },
+
     /// A sharded checkpoint's index file is unreadable or inconsistent.
     #[error("{path}: bad shard index: {reason}")]
     BadIndex {
@@ -119,6 +130,7 @@ impl Error {
         match self {
             Error::Io { .. } => "io",
             Error::Malformed { .. } => "malformed",
+            Error::Torch { .. } => "torch",
             Error::BadIndex { .. } => "bad_index",
             Error::UnsupportedDtype { .. } => "unsupported_dtype",
             Error::MissingTensor { .. } => "missing_tensor",

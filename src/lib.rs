@@ -18,6 +18,7 @@ pub mod error;
 pub mod graph;
 pub mod natsort;
 pub mod output;
+pub mod pickle;
 pub mod plot;
 pub mod scan;
 pub mod separation;
@@ -25,5 +26,7 @@ pub mod simd;
 pub mod spec;
 pub mod stats;
 pub mod study;
+pub mod torch;
+pub mod zip;
 
 pub use error::{Error, Result};

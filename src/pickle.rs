@@ -1,0 +1,472 @@
+//! A restricted unpickler: exactly what `torch.save` writes for a
+//! state_dict (protocols 2 to 5: containers, scalars, strings, the
+//! persistent ids of tensor storages, `collections.OrderedDict`,
+//! `torch._utils._rebuild_tensor_v2` and `_rebuild_parameter`, the typed
+//! storage classes). Nothing is ever called or imported: those globals are
+//! recognised by name and rebuilt as data, and any other global is refused
+//! with an error naming it. Input size bounds the work (every opcode reads
+//! at least one byte); containers are shared, never copied, so memo
+//! references cannot multiply memory; nesting is bounded, and dropping a
+//! deep structure does not recurse.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+/// The storage classes of `torch.save`, by element type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageType {
+    /// `FloatStorage`.
+    F32,
+    /// `HalfStorage`.
+    F16,
+    /// `BFloat16Storage`.
+    BF16,
+    /// `DoubleStorage`.
+    F64,
+    /// `LongStorage`.
+    I64,
+    /// `IntStorage`.
+    I32,
+    /// `ShortStorage`.
+    I16,
+    /// `CharStorage`.
+    I8,
+    /// `ByteStorage`.
+    U8,
+    /// `BoolStorage`.
+    Bool,
+}
+
+impl StorageType {
+    fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "FloatStorage" => StorageType::F32,
+            "HalfStorage" => StorageType::F16,
+            "BFloat16Storage" => StorageType::BF16,
+            "DoubleStorage" => StorageType::F64,
+            "LongStorage" => StorageType::I64,
+            "IntStorage" => StorageType::I32,
+            "ShortStorage" => StorageType::I16,
+            "CharStorage" => StorageType::I8,
+            "ByteStorage" => StorageType::U8,
+            "BoolStorage" => StorageType::Bool,
+            _ => return None,
+        })
+    }
+
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            StorageType::F64 | StorageType::I64 => 8,
+            StorageType::F32 | StorageType::I32 => 4,
+            StorageType::F16 | StorageType::BF16 | StorageType::I16 => 2,
+            StorageType::I8 | StorageType::U8 | StorageType::Bool => 1,
+        }
+    }
+}
+
+/// A tensor storage named by a persistent id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Storage {
+    /// Its key: the archive entry `data/<key>`.
+    pub key: String,
+    /// Element type.
+    pub dtype: StorageType,
+    /// Elements it holds.
+    pub numel: usize,
+}
+
+/// A tensor: a strided view of a storage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorRef {
+    /// The storage.
+    pub storage: Rc<Storage>,
+    /// First element, in elements.
+    pub offset: usize,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Strides, in elements.
+    pub stride: Vec<usize>,
+}
+
+/// The globals this unpickler knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Global {
+    /// `collections.OrderedDict`.
+    OrderedDict,
+    /// `torch._utils._rebuild_tensor_v2`.
+    RebuildTensor,
+    /// `torch._utils._rebuild_parameter` (and `_with_state`).
+    RebuildParameter,
+    /// A typed storage class.
+    Storage(StorageType),
+}
+
+/// A value of the pickle.
+#[derive(Debug, Clone)]
+pub enum Value {
+    /// `None`.
+    None,
+    /// A bool.
+    Bool(bool),
+    /// An integer that fits 64 bits.
+    Int(i64),
+    /// A float.
+    Float(f64),
+    /// A string.
+    Str(Rc<str>),
+    /// Bytes.
+    Bytes(Rc<[u8]>),
+    /// A tuple.
+    Tuple(Rc<Vec<Value>>),
+    /// A list.
+    List(Rc<RefCell<Vec<Value>>>),
+    /// A dict (or OrderedDict), in insertion order.
+    Dict(Rc<RefCell<Vec<(Value, Value)>>>),
+    /// A known global.
+    Global(Global),
+    /// A storage.
+    Storage(Rc<Storage>),
+    /// A tensor.
+    Tensor(Rc<TensorRef>),
+}
+
+impl Drop for Value {
+    /// Drops nested containers with an explicit stack, so a deeply nested
+    /// pickle cannot overflow the call stack when its values are dropped.
+    fn drop(&mut self) {
+        let mut stack: Vec<Value> = Vec::new();
+        let take = |v: &mut Value, stack: &mut Vec<Value>| match v {
+            Value::List(l) if Rc::strong_count(l) == 1 => stack.append(&mut l.borrow_mut()),
+            Value::Dict(d) if Rc::strong_count(d) == 1 => {
+                for (k, v) in d.borrow_mut().drain(..) {
+                    stack.push(k);
+                    stack.push(v);
+                }
+            }
+            Value::Tuple(t) if Rc::strong_count(t) == 1 => {
+                if let Some(t) = Rc::get_mut(t) {
+                    stack.append(t);
+                }
+            }
+            _ => {}
+        };
+        take(self, &mut stack);
+        while let Some(mut v) = stack.pop() {
+            take(&mut v, &mut stack);
+        }
+    }
+}
+
+/// How deep `MARK`s may nest.
+const MAX_MARKS: usize = 1000;
+
+fn err<T>(at: usize, what: impl std::fmt::Display) -> Result<T, String> {
+    Err(format!("pickle byte {at}: {what}"))
+}
+
+/// Unpickles `data`; `Err` says what was refused or malformed and where.
+pub fn load(data: &[u8]) -> Result<Value, String> {
+    let mut stack: Vec<Value> = Vec::new();
+    let mut marks: Vec<usize> = Vec::new();
+    let mut memo: HashMap<u32, Value> = HashMap::new();
+    let mut pos = 0usize;
+    let take = |pos: &mut usize, n: usize| -> Result<&[u8], String> {
+        let end = pos.checked_add(n).filter(|&e| e <= data.len());
+        let Some(end) = end else { return err(*pos, format!("{n} bytes needed past the end (truncated pickle)")) };
+        let s = &data[*pos..end];
+        *pos = end;
+        Ok(s)
+    };
+    let u32le = |b: &[u8]| u32::from_le_bytes(b.try_into().expect("4 bytes"));
+    let pop = |stack: &mut Vec<Value>, at: usize| stack.pop().map_or_else(|| err(at, "stack underflow"), Ok);
+    let pop_mark = |stack: &mut Vec<Value>, marks: &mut Vec<usize>, at: usize| -> Result<Vec<Value>, String> {
+        let m = marks.pop().map_or_else(|| err(at, "no MARK to pop to"), Ok)?;
+        if m > stack.len() {
+            return err(at, "MARK above the stack");
+        }
+        Ok(stack.split_off(m))
+    };
+    loop {
+        let at = pos;
+        let op = *take(&mut pos, 1)?.first().expect("one byte");
+        match op {
+            0x80 => {
+                take(&mut pos, 1)?; // PROTO
+            }
+            0x95 => {
+                take(&mut pos, 8)?; // FRAME: the length only frames the data
+            }
+            b'.' => return pop(&mut stack, at), // STOP
+            b'(' => {
+                if marks.len() >= MAX_MARKS {
+                    return err(at, format!("MARKs nested deeper than {MAX_MARKS}"));
+                }
+                marks.push(stack.len());
+            }
+            b'}' => stack.push(Value::Dict(Rc::default())),
+            b']' => stack.push(Value::List(Rc::default())),
+            b')' => stack.push(Value::Tuple(Rc::default())),
+            b't' => {
+                let items = pop_mark(&mut stack, &mut marks, at)?;
+                stack.push(Value::Tuple(Rc::new(items)));
+            }
+            0x85..=0x87 => {
+                let n = usize::from(op - 0x84);
+                if stack.len() < n {
+                    return err(at, "stack underflow");
+                }
+                let items = stack.split_off(stack.len() - n);
+                stack.push(Value::Tuple(Rc::new(items)));
+            }
+            b'X' | 0x8c | 0x8d | b'B' | b'C' | 0x8e => {
+                let n = match op {
+                    0x8c | b'C' => usize::from(take(&mut pos, 1)?[0]),
+                    b'X' | b'B' => u32le(take(&mut pos, 4)?) as usize,
+                    _ => {
+                        let n = u64::from_le_bytes(take(&mut pos, 8)?.try_into().expect("8 bytes"));
+                        usize::try_from(n).map_or_else(|_| err(at, "length too large"), Ok)?
+                    }
+                };
+                let bytes = take(&mut pos, n)?;
+                stack.push(if matches!(op, b'X' | 0x8c | 0x8d) {
+                    match std::str::from_utf8(bytes) {
+                        Ok(s) => Value::Str(s.into()),
+                        Err(_) => return err(at, "a string that is not UTF-8"),
+                    }
+                } else {
+                    Value::Bytes(bytes.into())
+                });
+            }
+            b'J' => stack.push(Value::Int(i64::from(i32::from_le_bytes(take(&mut pos, 4)?.try_into().expect("4"))))),
+            b'K' => stack.push(Value::Int(i64::from(take(&mut pos, 1)?[0]))),
+            b'M' => stack.push(Value::Int(i64::from(u16::from_le_bytes(take(&mut pos, 2)?.try_into().expect("2"))))),
+            0x8a => {
+                let n = usize::from(take(&mut pos, 1)?[0]);
+                let b = take(&mut pos, n)?;
+                if n > 8 {
+                    return err(at, format!("an integer of {n} bytes"));
+                }
+                let mut v = [if b.last().is_some_and(|&x| x & 0x80 != 0) { 0xff } else { 0 }; 8];
+                v[..n].copy_from_slice(b);
+                stack.push(Value::Int(i64::from_le_bytes(v)));
+            }
+            b'G' => stack.push(Value::Float(f64::from_be_bytes(take(&mut pos, 8)?.try_into().expect("8")))),
+            b'N' => stack.push(Value::None),
+            0x88 => stack.push(Value::Bool(true)),
+            0x89 => stack.push(Value::Bool(false)),
+            b'c' => {
+                let line = |pos: &mut usize| -> Result<String, String> {
+                    let rest = &data[*pos..];
+                    let n =
+                        rest.iter().position(|&b| b == b'\n').map_or_else(|| err(*pos, "unterminated GLOBAL"), Ok)?;
+                    let s = String::from_utf8_lossy(&rest[..n]).into_owned();
+                    *pos += n + 1;
+                    Ok(s)
+                };
+                let module = line(&mut pos)?;
+                let name = line(&mut pos)?;
+                stack.push(Value::Global(global(&module, &name).map_or_else(|e| err(at, e), Ok)?));
+            }
+            0x93 => {
+                let name = pop(&mut stack, at)?;
+                let module = pop(&mut stack, at)?;
+                let (Value::Str(module), Value::Str(name)) = (&module, &name) else {
+                    return err(at, "STACK_GLOBAL of non-strings");
+                };
+                stack.push(Value::Global(global(module, name).map_or_else(|e| err(at, e), Ok)?));
+            }
+            b'R' | 0x81 => {
+                let args = pop(&mut stack, at)?;
+                let f = pop(&mut stack, at)?;
+                let Value::Tuple(args) = &args else { return err(at, "REDUCE with arguments that are not a tuple") };
+                stack.push(call(&f, args).map_or_else(|e| err(at, e), Ok)?);
+            }
+            b'b' => {
+                // BUILD: state set on an object (a state_dict's `_metadata`).
+                let _state = pop(&mut stack, at)?;
+                if stack.is_empty() {
+                    return err(at, "BUILD on an empty stack");
+                }
+            }
+            b's' => {
+                let v = pop(&mut stack, at)?;
+                let k = pop(&mut stack, at)?;
+                match stack.last() {
+                    Some(Value::Dict(d)) => d.borrow_mut().push((k, v)),
+                    _ => return err(at, "SETITEM on something that is not a dict"),
+                }
+            }
+            b'u' => {
+                let items = pop_mark(&mut stack, &mut marks, at)?;
+                if items.len() % 2 != 0 {
+                    return err(at, "SETITEMS with an odd number of items");
+                }
+                match stack.last() {
+                    Some(Value::Dict(d)) => {
+                        let mut d = d.borrow_mut();
+                        let mut it = items.into_iter();
+                        while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                            d.push((k, v));
+                        }
+                    }
+                    _ => return err(at, "SETITEMS on something that is not a dict"),
+                }
+            }
+            b'a' | b'e' => {
+                let items = if op == b'a' { vec![pop(&mut stack, at)?] } else { pop_mark(&mut stack, &mut marks, at)? };
+                match stack.last() {
+                    Some(Value::List(l)) => l.borrow_mut().extend(items),
+                    _ => return err(at, "APPEND on something that is not a list"),
+                }
+            }
+            b'q' | b'r' | 0x94 => {
+                let key = match op {
+                    b'q' => u32::from(take(&mut pos, 1)?[0]),
+                    b'r' => u32le(take(&mut pos, 4)?),
+                    _ => memo.len() as u32,
+                };
+                let top = stack.last().map_or_else(|| err(at, "PUT on an empty stack"), Ok)?;
+                memo.insert(key, top.clone());
+            }
+            b'h' | b'j' => {
+                let key = if op == b'h' { u32::from(take(&mut pos, 1)?[0]) } else { u32le(take(&mut pos, 4)?) };
+                let v = memo.get(&key).map_or_else(|| err(at, format!("GET of memo {key}, never put")), Ok)?;
+                stack.push(v.clone());
+            }
+            b'Q' => {
+                let pid = pop(&mut stack, at)?;
+                stack.push(persistent(&pid).map_or_else(|e| err(at, e), Ok)?);
+            }
+            b'0' => {
+                pop(&mut stack, at)?;
+            }
+            b'1' => {
+                pop_mark(&mut stack, &mut marks, at)?;
+            }
+            b'2' => {
+                let top = stack.last().map_or_else(|| err(at, "DUP on an empty stack"), Ok)?.clone();
+                stack.push(top);
+            }
+            other => return err(at, format!("opcode 0x{other:02x} is not one torch.save writes for tensors; refused")),
+        }
+    }
+}
+
+/// The known globals; any other is refused, naming it.
+fn global(module: &str, name: &str) -> Result<Global, String> {
+    match (module, name) {
+        ("collections", "OrderedDict") => Ok(Global::OrderedDict),
+        ("torch._utils", "_rebuild_tensor_v2") => Ok(Global::RebuildTensor),
+        ("torch._utils", "_rebuild_parameter" | "_rebuild_parameter_with_state") => Ok(Global::RebuildParameter),
+        ("torch", s) if StorageType::from_name(s).is_some() => {
+            Ok(Global::Storage(StorageType::from_name(s).expect("checked")))
+        }
+        _ => Err(format!(
+            "refused global `{module}.{name}`: only tensors, storages, OrderedDict and plain containers are read \
+             (nothing from a file is ever executed)"
+        )),
+    }
+}
+
+fn int(v: &Value, what: &str) -> Result<usize, String> {
+    match v {
+        Value::Int(i) => usize::try_from(*i).map_err(|_| format!("{what} is negative: {i}")),
+        _ => Err(format!("{what} is not an integer")),
+    }
+}
+
+fn ints(v: &Value, what: &str) -> Result<Vec<usize>, String> {
+    match v {
+        Value::Tuple(t) => t.iter().map(|x| int(x, what)).collect(),
+        _ => Err(format!("{what} is not a tuple")),
+    }
+}
+
+/// A known global applied to its arguments, as data.
+fn call(f: &Value, args: &[Value]) -> Result<Value, String> {
+    match f {
+        Value::Global(Global::OrderedDict) if args.is_empty() => Ok(Value::Dict(Rc::default())),
+        Value::Global(Global::RebuildTensor) => {
+            let [storage, offset, shape, stride, ..] = args else {
+                return Err("_rebuild_tensor_v2 with fewer than 4 arguments".into());
+            };
+            let Value::Storage(storage) = storage else {
+                return Err("_rebuild_tensor_v2 of something not a storage".into());
+            };
+            let (shape, stride) = (ints(shape, "a tensor size")?, ints(stride, "a tensor stride")?);
+            if shape.len() != stride.len() {
+                return Err(format!("a tensor of {} sizes but {} strides", shape.len(), stride.len()));
+            }
+            let offset = int(offset, "a storage offset")?;
+            Ok(Value::Tensor(Rc::new(TensorRef { storage: storage.clone(), offset, shape, stride })))
+        }
+        Value::Global(Global::RebuildParameter) => match args.first() {
+            Some(t @ Value::Tensor(_)) => Ok(t.clone()),
+            _ => Err("_rebuild_parameter of something not a tensor".into()),
+        },
+        Value::Global(g) => Err(format!("{g:?} called with arguments it does not take")),
+        _ => Err("REDUCE of something that is not a known global".into()),
+    }
+}
+
+/// A storage from its persistent id `('storage', type, key, location, numel)`.
+fn persistent(pid: &Value) -> Result<Value, String> {
+    let Value::Tuple(t) = pid else { return Err("a persistent id that is not a tuple".into()) };
+    match &t[..] {
+        [Value::Str(tag), Value::Global(Global::Storage(dtype)), Value::Str(key), _location, numel, ..]
+            if &**tag == "storage" =>
+        {
+            Ok(Value::Storage(Rc::new(Storage {
+                key: key.to_string(),
+                dtype: *dtype,
+                numel: int(numel, "a storage size")?,
+            })))
+        }
+        _ => Err("a persistent id that is not a tensor storage".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_globals_it_does_not_know() {
+        // `cos\nsystem\n(S'touch /tmp/x'\ntR.` in protocol 2 form.
+        let mut p = vec![0x80, 2];
+        p.extend(b"cposix\nsystem\n");
+        p.extend(b"X\x0c\x00\x00\x00touch /tmp/x");
+        p.extend([0x85, b'R', b'.']);
+        let e = load(&p).unwrap_err();
+        assert!(e.contains("refused global `posix.system`"), "{e}");
+        let mut p = vec![0x80, 4, 0x8c, 8];
+        p.extend(b"builtins");
+        p.extend([0x8c, 4]);
+        p.extend(b"eval");
+        p.extend([0x93, b'.']);
+        assert!(load(&p).unwrap_err().contains("`builtins.eval`"));
+    }
+
+    #[test]
+    fn deep_nesting_neither_overflows_nor_hangs() {
+        // 200000 nested one-element tuples, then dropped.
+        let mut p = vec![0x80, 2, b'N'];
+        p.extend(std::iter::repeat_n(0x85u8, 200_000));
+        p.push(b'.');
+        let v = load(&p).unwrap();
+        drop(v);
+        // Marks nested beyond the bound are refused.
+        let mut p = vec![0x80, 2];
+        p.extend(std::iter::repeat_n(b'(', 5000));
+        assert!(load(&p).unwrap_err().contains("deeper than"));
+        // Memo references share, never copy: 60 doublings of a list stay small.
+        let mut p = vec![0x80, 2, b']', b'q', 0];
+        for _ in 0..60 {
+            p.extend([b'h', 0, b'a', b'q', 0]);
+        }
+        p.push(b'.');
+        assert!(load(&p).is_ok());
+    }
+}

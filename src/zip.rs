@@ -1,0 +1,207 @@
+//! The part of the zip format `torch.save` writes: stored (uncompressed)
+//! entries, found through the central directory (zip64 included). Nothing
+//! is ever inflated, so a compressed entry (a zip bomb among them) is
+//! refused, never expanded. Every offset read from the file is checked
+//! against the file's length with checked arithmetic.
+
+/// One stored entry: its name and where its bytes are in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ZipEntry {
+    /// The name as the archive spells it.
+    pub name: String,
+    /// First byte of the entry's data.
+    pub start: usize,
+    /// Its length in bytes.
+    pub len: usize,
+}
+
+const EOCD: u32 = 0x0605_4b50;
+const EOCD64_LOCATOR: u32 = 0x0706_4b50;
+const EOCD64: u32 = 0x0606_4b50;
+const CENTRAL: u32 = 0x0201_4b50;
+const LOCAL: u32 = 0x0403_4b50;
+/// Entries an archive may list (a state_dict has one per tensor storage).
+const MAX_ENTRIES: usize = 1 << 20;
+
+fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(b.get(at..at.checked_add(2)?)?.try_into().ok()?))
+}
+
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(at..at.checked_add(4)?)?.try_into().ok()?))
+}
+
+fn u64_at(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(b.get(at..at.checked_add(8)?)?.try_into().ok()?))
+}
+
+/// True when the bytes start like a zip archive.
+pub fn is_zip(bytes: &[u8]) -> bool {
+    bytes.starts_with(b"PK\x03\x04")
+}
+
+/// The stored entries of a zip archive, or what is wrong with it.
+pub fn entries(b: &[u8]) -> Result<Vec<ZipEntry>, String> {
+    let trunc = |what: &str| format!("truncated zip archive: {what} lies past the end of the file");
+    // The end-of-central-directory record: in the last 64 KiB + 22 bytes.
+    let lowest = b.len().saturating_sub(22 + 0xffff);
+    let eocd = (lowest..=b.len().saturating_sub(22))
+        .rev()
+        .find(|&i| u32_at(b, i) == Some(EOCD))
+        .ok_or("not a complete zip archive: no end-of-central-directory record (truncated?)")?;
+    let mut count = usize::from(u16_at(b, eocd + 10).ok_or_else(|| trunc("the directory record"))?);
+    let mut size = u32_at(b, eocd + 12).ok_or_else(|| trunc("the directory record"))? as u64;
+    let mut offset = u32_at(b, eocd + 16).ok_or_else(|| trunc("the directory record"))? as u64;
+    if count == 0xffff || size == 0xffff_ffff || offset == 0xffff_ffff {
+        // zip64: a locator right before the record points at the zip64 record.
+        let loc = eocd
+            .checked_sub(20)
+            .filter(|&l| u32_at(b, l) == Some(EOCD64_LOCATOR))
+            .ok_or("zip64 archive without its locator")?;
+        let at = u64_at(b, loc + 8).ok_or_else(|| trunc("the zip64 locator"))?;
+        let at = usize::try_from(at).map_err(|_| trunc("the zip64 record"))?;
+        if u32_at(b, at) != Some(EOCD64) {
+            return Err("zip64 locator points at no zip64 record".into());
+        }
+        count = usize::try_from(u64_at(b, at + 32).ok_or_else(|| trunc("the zip64 record"))?).unwrap_or(usize::MAX);
+        size = u64_at(b, at + 40).ok_or_else(|| trunc("the zip64 record"))?;
+        offset = u64_at(b, at + 48).ok_or_else(|| trunc("the zip64 record"))?;
+    }
+    if count > MAX_ENTRIES {
+        return Err(format!("the archive lists {count} entries (at most {MAX_ENTRIES} are read)"));
+    }
+    let dir_start = usize::try_from(offset).map_err(|_| trunc("the central directory"))?;
+    let dir_end = usize::try_from(size).ok().and_then(|s| dir_start.checked_add(s)).filter(|&e| e <= b.len());
+    let dir_end = dir_end.ok_or_else(|| trunc("the central directory"))?;
+    let mut out = Vec::with_capacity(count);
+    let mut at = dir_start;
+    for _ in 0..count {
+        if at.checked_add(46).is_none_or(|e| e > dir_end) || u32_at(b, at) != Some(CENTRAL) {
+            return Err(format!("central directory entry {} is malformed", out.len()));
+        }
+        let method = u16_at(b, at + 10).expect("bounds checked");
+        let mut csize = u64::from(u32_at(b, at + 20).expect("bounds checked"));
+        let mut usize_ = u64::from(u32_at(b, at + 24).expect("bounds checked"));
+        let name_len = usize::from(u16_at(b, at + 28).expect("bounds checked"));
+        let extra_len = usize::from(u16_at(b, at + 30).expect("bounds checked"));
+        let comment_len = usize::from(u16_at(b, at + 32).expect("bounds checked"));
+        let mut local = u64::from(u32_at(b, at + 42).expect("bounds checked"));
+        let name_at = at + 46;
+        let extra_at = name_at.checked_add(name_len).ok_or_else(|| trunc("an entry name"))?;
+        let next = extra_at.checked_add(extra_len).and_then(|e| e.checked_add(comment_len));
+        let next = next.filter(|&e| e <= dir_end).ok_or_else(|| trunc("a central directory entry"))?;
+        let name = String::from_utf8_lossy(&b[name_at..extra_at]).into_owned();
+        // zip64 sizes and offset in the extra field (id 1), in this order,
+        // each present only where the 32-bit field is saturated.
+        let mut e = extra_at;
+        while e + 4 <= extra_at + extra_len {
+            let (id, len) = (u16_at(b, e).expect("bounds"), usize::from(u16_at(b, e + 2).expect("bounds")));
+            if id == 1 {
+                let mut f = e + 4;
+                for v in [&mut usize_, &mut csize, &mut local] {
+                    if *v == 0xffff_ffff && f + 8 <= e + 4 + len {
+                        *v = u64_at(b, f).ok_or_else(|| trunc("a zip64 field"))?;
+                        f += 8;
+                    }
+                }
+            }
+            e = e.saturating_add(4 + len);
+        }
+        if method != 0 {
+            return Err(format!(
+                "entry `{name}` is compressed (method {method}, {usize_} bytes declared): only stored entries are \
+                 read, nothing is inflated"
+            ));
+        }
+        if csize != usize_ {
+            return Err(format!("stored entry `{name}` declares {csize} stored bytes but {usize_} uncompressed"));
+        }
+        let local = usize::try_from(local).map_err(|_| trunc("a local header"))?;
+        if u32_at(b, local) != Some(LOCAL) {
+            return Err(format!("entry `{name}`: no local header where the directory says"));
+        }
+        let lname = usize::from(u16_at(b, local + 26).ok_or_else(|| trunc("a local header"))?);
+        let lextra = usize::from(u16_at(b, local + 28).ok_or_else(|| trunc("a local header"))?);
+        let start = local.checked_add(30 + lname + lextra).ok_or_else(|| trunc("an entry's data"))?;
+        let len = usize::try_from(csize).map_err(|_| trunc("an entry's data"))?;
+        if start.checked_add(len).is_none_or(|end| end > b.len()) {
+            return Err(format!("entry `{name}`: its {len} bytes lie past the end of the file (truncated?)"));
+        }
+        out.push(ZipEntry { name, start, len });
+        at = next;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stored archive as the zip format lays it out.
+    fn archive(files: &[(&str, &[u8])], method: u16) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut central = Vec::new();
+        for (name, data) in files {
+            let local = out.len() as u32;
+            out.extend(LOCAL.to_le_bytes());
+            out.extend([20, 0, 0, 0]);
+            out.extend(method.to_le_bytes());
+            out.extend([0; 8]); // time, date, crc
+            out.extend((data.len() as u32).to_le_bytes());
+            out.extend((data.len() as u32).to_le_bytes());
+            out.extend((name.len() as u16).to_le_bytes());
+            out.extend(0u16.to_le_bytes());
+            out.extend(name.as_bytes());
+            out.extend(*data);
+            central.extend(CENTRAL.to_le_bytes());
+            central.extend([20, 0, 20, 0, 0, 0]);
+            central.extend(method.to_le_bytes());
+            central.extend([0; 8]);
+            central.extend((data.len() as u32).to_le_bytes());
+            central.extend((data.len() as u32).to_le_bytes());
+            central.extend((name.len() as u16).to_le_bytes());
+            central.extend([0; 12]);
+            central.extend(local.to_le_bytes());
+            central.extend(name.as_bytes());
+        }
+        let dir = out.len() as u32;
+        out.extend(&central);
+        out.extend(EOCD.to_le_bytes());
+        out.extend([0; 4]);
+        out.extend((files.len() as u16).to_le_bytes());
+        out.extend((files.len() as u16).to_le_bytes());
+        out.extend((central.len() as u32).to_le_bytes());
+        out.extend(dir.to_le_bytes());
+        out.extend([0, 0]);
+        out
+    }
+
+    #[test]
+    fn stored_entries_are_found() {
+        let a = archive(&[("x/data.pkl", b"hello"), ("x/data/0", b"12345678")], 0);
+        let e = entries(&a).unwrap();
+        assert_eq!(e.len(), 2);
+        assert_eq!(&a[e[1].start..e[1].start + e[1].len], b"12345678");
+        assert_eq!(e[0].name, "x/data.pkl");
+    }
+
+    #[test]
+    fn compressed_and_truncated_archives_are_refused() {
+        let a = archive(&[("x/data.pkl", b"hello")], 8);
+        assert!(entries(&a).unwrap_err().contains("compressed"));
+        let a = archive(&[("x/data.pkl", b"hello"), ("x/data/0", b"12345678")], 0);
+        for cut in [1, 10, 30, a.len() / 2, a.len() - 1] {
+            assert!(entries(&a[..cut]).is_err(), "cut at {cut}");
+        }
+        // Every single-byte change: an error or entries inside the file, never a panic.
+        for i in 0..a.len() {
+            for v in [0u8, 0xff, a[i].wrapping_add(1)] {
+                let mut m = a.clone();
+                m[i] = v;
+                if let Ok(es) = entries(&m) {
+                    assert!(es.iter().all(|e| e.start + e.len <= m.len()));
+                }
+            }
+        }
+    }
+}
