@@ -1,0 +1,125 @@
+//! PyTorch checkpoints written by real `torch.save` (tests/fixtures/pt,
+//! made by its make_fixtures.py): plain, wrapped (`state_dict`, `model`,
+//! Lightning's `model.` prefix, DataParallel's `module.`), f16 / bf16,
+//! shared storages, non-contiguous views and a Ray Tune `checkpoints` file
+//! give exactly the tables of the same weights saved as safetensors;
+//! hostile files are refused by name and nothing in them runs; random byte
+//! mutations never panic.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use cntscope::checkpoint::Checkpoint;
+use cntscope::engine::{AnalysisOptions, CpuEngine, Engine};
+use cntscope::graph::{GraphOptions, Network};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pt")
+}
+
+fn scan(dir: &Path, out: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_cntscope"))
+        .args(["scan", dir.to_str().unwrap(), "-o", out.to_str().unwrap()])
+        .output()
+        .unwrap()
+}
+
+/// A table's rows, each cut to the columns before the metadata columns
+/// and without the checkpoint's name; and the header.
+fn measures(path: &Path, last: &str) -> (Vec<String>, Vec<Vec<String>>) {
+    let mut r = csv::Reader::from_path(path).unwrap();
+    let header: Vec<String> = r.headers().unwrap().iter().map(String::from).collect();
+    let end = header.iter().position(|h| h == last).unwrap() + 1;
+    let rows = r.records().map(|rec| rec.unwrap().iter().take(end).skip(1).map(String::from).collect()).collect();
+    (header, rows)
+}
+
+#[test]
+fn torch_save_files_equal_their_safetensors_twins() {
+    let dir = tempfile::tempdir().unwrap();
+    let (good, twin) = (dir.path().join("good"), dir.path().join("twin"));
+    assert!(scan(&fixtures().join("good"), &good).status.success());
+    assert!(scan(&fixtures().join("twin"), &twin).status.success());
+    for (table, last) in [("nodes.csv", "graph"), ("links.csv", "non_finite")] {
+        let (_, a) = measures(&good.join(table), last);
+        let (_, b) = measures(&twin.join(table), last);
+        assert_eq!(a.len(), b.len(), "{table}: rows");
+        assert!(a.len() >= 20, "{table}: every file measured");
+        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+            assert_eq!(x, y, "{table} row {i}");
+        }
+    }
+    // Wrappers' scalars are metadata columns.
+    let mut r = csv::Reader::from_path(good.join("nodes.csv")).unwrap();
+    let header: Vec<String> = r.headers().unwrap().iter().map(String::from).collect();
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap_or_else(|| panic!("no `{name}` column"));
+    let (epoch, step) = (col("epoch"), col("global_step"));
+    let rows: Vec<csv::StringRecord> = r.records().map(|r| r.unwrap()).collect();
+    let of = |file: &str| rows.iter().find(|r| r[0].ends_with(file)).unwrap();
+    assert_eq!(&of("lightning.ckpt")[epoch], "3");
+    assert_eq!(&of("lightning.ckpt")[step], "120");
+    assert_eq!(&of("wrapped.pth")[epoch], "3");
+    // The Ray Tune trial's step comes from its folder name.
+    assert_eq!(&of("checkpoint_000003/checkpoints")[col("step")], "3");
+}
+
+#[test]
+fn hostile_files_are_refused_and_nothing_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let o = scan(&fixtures().join("hostile"), &out);
+    assert_eq!(o.status.code(), Some(2), "nothing could be analysed");
+    assert!(!fixtures().join("PWNED").exists(), "a pickle's os.system ran");
+    let errors = std::fs::read_to_string(out.join("errors.csv")).unwrap();
+    for (file, want) in [
+        ("system.pt", "refused global `posix.system`"),
+        ("eval.pt", "refused global `__builtin__.eval`"),
+        ("deep.pt", "nested deeper than"),
+        ("wrong_storage_size.pt", "declares 100 elements of 4 bytes but holds 24 bytes"),
+        ("huge_storage.pt", "declares 2684354560 elements"),
+        ("offset_past_storage.pt", "reaches past its storage"),
+        ("missing_storage.pt", "storage `7` is not in the archive"),
+        ("zip_bomb.pt", "is compressed"),
+        ("truncated.pt", "truncated"),
+        ("legacy.pt", "legacy format of torch < 1.6"),
+    ] {
+        let line = errors.lines().find(|l| l.contains(file)).unwrap_or_else(|| panic!("no errors.csv row for {file}"));
+        assert!(line.contains(",torch,") && line.contains(want), "{file}: {line}");
+    }
+}
+
+#[test]
+fn random_mutations_never_panic() {
+    let good = std::fs::read(fixtures().join("good/plain.pt")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.pt");
+    let mut s = 0x2545f4914f6cdd1du64;
+    let mut next = || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s
+    };
+    let (mut ok, mut refused) = (0, 0);
+    for _ in 0..1500 {
+        let mut m = good.clone();
+        for _ in 0..1 + next() % 4 {
+            let at = (next() % m.len() as u64) as usize;
+            match next() % 3 {
+                0 => m[at] ^= 1 << (next() % 8),
+                1 => m[at] = next() as u8,
+                _ => m.truncate(at.max(1)),
+            }
+        }
+        std::fs::write(&path, &m).unwrap();
+        let measured = Checkpoint::open(&path).and_then(|ck| {
+            let net = Network::build(&ck, &GraphOptions::default())?;
+            CpuEngine::default().analyze(&net, &ck, &AnalysisOptions::default())
+        });
+        match measured {
+            Ok(_) => ok += 1,
+            Err(_) => refused += 1,
+        }
+    }
+    assert!(refused > 0 && ok + refused == 1500, "{ok} measured, {refused} refused");
+}
