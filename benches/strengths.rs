@@ -79,7 +79,7 @@ fn bench_layers(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("read floor", label), |b| b.iter(|| black_box(read_floor(w.bytes()))));
         for (name, e) in &engines {
             group.bench_function(BenchmarkId::new(*name, label), |b| {
-                b.iter(|| black_box(e.layer(&net.layers[0], net.layout, &w, None, 50).unwrap()))
+                b.iter(|| black_box(e.layer(&net.layers[0], net.layout, &w, None, None, 50).unwrap()))
             });
         }
     }

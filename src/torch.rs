@@ -1,5 +1,5 @@
-//! PyTorch checkpoints as `torch.save` writes them (the zip format of torch
-//! >= 1.6): the pickle `*/data.pkl` read by the restricted unpickler
+//! PyTorch checkpoints as `torch.save` writes them (the zip format of
+//! torch 1.6 and later): the pickle `*/data.pkl` read by the restricted unpickler
 //! ([`crate::pickle`]), each storage `*/data/<key>` read in place from the
 //! archive's stored entries. A contiguous tensor is a range of its storage
 //! (zero-copy, shared storages shared); a strided view is gathered into a
@@ -139,12 +139,15 @@ fn gather(storage: &[u8], t: &TensorRef, size: usize, out: &mut Vec<u8>) {
     }
 }
 
+/// Tensors by name.
+type Named = Vec<(String, TensorRef)>;
+
 /// Keys under which wrappers keep the model's weights, in preference order.
 const STATE_KEYS: [&str; 7] = ["state_dict", "model_state_dict", "model", "module", "net", "network", "weights"];
 
 /// Tensors of a dict (nested dicts flattened with `.`), by name, and
 /// whether any value was a tensor.
-fn tensors_of(d: &Value, prefix: &str, depth: usize, out: &mut Vec<(String, TensorRef)>) {
+fn tensors_of(d: &Value, prefix: &str, depth: usize, out: &mut Named) {
     let Value::Dict(d) = d else { return };
     if depth > 8 {
         return;
@@ -172,7 +175,7 @@ fn get<'a>(d: &'a [(Value, Value)], key: &str) -> Option<&'a Value> {
 /// first of [`STATE_KEYS`] holding tensors, else the only nested dict that
 /// does; with a `module.` / `model.` prefix common to every name removed.
 /// Also the wrapper's scalar entries, as metadata.
-fn state_dict(root: &Value) -> Result<(Vec<(String, TensorRef)>, BTreeMap<String, String>), String> {
+fn state_dict(root: &Value) -> Result<(Named, BTreeMap<String, String>), String> {
     let Value::Dict(top) = root else { return Err("the pickle holds no dict of tensors".into()) };
     let top = top.borrow();
     let direct = top.iter().any(|(_, v)| matches!(v, Value::Tensor(_)));
@@ -190,7 +193,7 @@ fn state_dict(root: &Value) -> Result<(Vec<(String, TensorRef)>, BTreeMap<String
         found = match chosen {
             Some(t) => t,
             None => {
-                let with: Vec<(String, Vec<(String, TensorRef)>)> = top
+                let with: Vec<(String, Named)> = top
                     .iter()
                     .filter_map(|(k, v)| {
                         let Value::Str(k) = k else { return None };

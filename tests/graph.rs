@@ -92,9 +92,11 @@ impl S {
 /// shapes (a concatenation grows its set as layers write into it).
 struct Oracle {
     sets: Vec<S>,
-    edges: Vec<((usize, [usize; 3]), Option<(usize, [usize; 3])>, f64)>,
+    /// (target node, source node or none for a bias, weight).
+    edges: Vec<(Node, Option<Node>, f64)>,
 }
 
+/// A node: its set and `[c, y, x]`.
 type Node = (usize, [usize; 3]);
 
 impl Oracle {
