@@ -16,6 +16,7 @@ pub mod discover;
 pub mod engine;
 pub mod error;
 pub mod graph;
+pub mod layouts;
 pub mod natsort;
 pub mod output;
 pub mod pickle;

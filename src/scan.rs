@@ -363,6 +363,10 @@ impl Pending {
                 (head.nodes, head.links, head.histograms) = (lengths.nodes, lengths.links, lengths.histograms);
                 head.bytes = ck.data_bytes();
                 head.metadata = ck.take_metadata();
+                // A Ray Tune trial's params and results fill in what the file lacks.
+                for (k, v) in crate::layouts::trial_metadata(ck.path()) {
+                    head.metadata.entry(k).or_insert(v);
+                }
                 if !head.metadata.contains_key("step") {
                     if let Some(step) = crate::checkpoint::step_from_path(ck.path()) {
                         head.metadata.insert("step".into(), step.to_string());
