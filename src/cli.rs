@@ -80,6 +80,11 @@ pub enum Command {
         /// files that carry none; its values override the files' own.
         #[arg(long, value_name = "FILE.csv")]
         metadata: Option<PathBuf>,
+        /// Metadata from each checkpoint's path: a regex whose named groups
+        /// (`(?P<seed>\d+)`) become columns, or `cnt-dnns` for the file
+        /// names of the paper's own code.
+        #[arg(long, value_name = "REGEX")]
+        name_pattern: Option<String>,
     },
     /// Ensemble analysis: group checkpoints by a metadata column; pooled
     /// densities, divergence matrices and the separation table, with figures.

@@ -2,7 +2,8 @@
 //! them: Ray Tune trial folders (the Model Zoos' layout), where
 //! `<trial>/checkpoint_<N>/checkpoints` sits beside `<trial>/params.json`
 //! (the trial's config) and `<trial>/result.json` (one JSON object per
-//! reported iteration).
+//! reported iteration); and file names that hold a run's settings, read
+//! with a pattern of named groups (`--name-pattern`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -62,4 +63,60 @@ pub fn trial_metadata(path: &Path) -> BTreeMap<String, String> {
         }
     }
     out
+}
+
+/// A pattern of named groups matched against each checkpoint's path; each
+/// group that matches becomes a metadata column.
+#[derive(Debug, Clone)]
+pub struct NamePattern(regex::Regex);
+
+impl NamePattern {
+    /// The file names of the paper's own code (CNT-DNNs' `train_vision.py`):
+    /// `CIFAR10_cnn_nlayers-5_init-random-normal_support-0.05_seed-7_realaccuracy-0.4143_binaccuracy-0.4000.npy`.
+    pub const CNT_DNNS: &'static str = r"(?P<dataset>[A-Za-z0-9]+)_(?P<arch>[A-Za-z0-9]+)_nlayers-(?P<nlayers>\d+)_init-(?P<init>[A-Za-z0-9-]+)_support-(?P<support>[0-9.eE+-]+)_seed-(?P<seed>\d+)_realaccuracy-(?P<accuracy>[0-9.]+)_binaccuracy-(?P<binaccuracy>[0-9.]+)";
+
+    /// Parses a pattern (`cnt-dnns` names [`NamePattern::CNT_DNNS`]); it
+    /// must have at least one named group.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = if text == "cnt-dnns" { Self::CNT_DNNS } else { text };
+        let re = regex::Regex::new(text).map_err(|e| format!("--name-pattern: {e}"))?;
+        if re.capture_names().flatten().next().is_none() {
+            return Err("--name-pattern: the pattern has no named group `(?P<name>...)`".into());
+        }
+        Ok(NamePattern(re))
+    }
+
+    /// The named groups that match `path`, as metadata.
+    pub fn metadata(&self, path: &str) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        if let Some(c) = self.0.captures(path) {
+            for name in self.0.capture_names().flatten() {
+                if let Some(m) = c.name(name) {
+                    out.insert(name.to_string(), m.as_str().to_string());
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cnt_dnns_names_become_columns() {
+        let p = NamePattern::parse("cnt-dnns").unwrap();
+        let m = p.metadata(
+            "w/CIFAR10_cnn_nlayers-5_init-random-normal_support-0.05_seed-7_realaccuracy-0.4143_binaccuracy-0.4000.npy",
+        );
+        let get = |k: &str| m.get(k).map(String::as_str);
+        assert_eq!(get("init"), Some("random-normal"));
+        assert_eq!(get("support"), Some("0.05"));
+        assert_eq!(get("seed"), Some("7"));
+        assert_eq!(get("accuracy"), Some("0.4143"));
+        assert_eq!(get("arch"), Some("cnn"));
+        assert!(NamePattern::parse("no groups").is_err());
+        assert!(NamePattern::parse("(?P<x>[").is_err());
+    }
 }

@@ -13,6 +13,7 @@ use clap::Parser;
 use cntscope::checkpoint::{collect_checkpoints, Checkpoint};
 use cntscope::engine::{select_engine, AnalysisOptions, CpuEngine, Engine, GpuContext, GpuEngine};
 use cntscope::graph::{GraphOptions, LayerKind, Network, PoolOp};
+use cntscope::layouts::NamePattern;
 use cntscope::output::{atomic_write, num, write_csv, NODE_VALUES_HEADER};
 use cntscope::scan::{measure, merge, scan, MetadataTable, ScanOptions, ScanSummary};
 use cntscope::study::{study, Grouping, StudyOptions};
@@ -87,13 +88,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Scan { paths, graph, device, output, jobs, bins, resume, strict, shard, metadata } => {
+        Command::Scan { paths, graph, device, output, jobs, bins, resume, strict, shard, metadata, name_pattern } => {
             let opts = ScanOptions {
                 analysis: cli::analysis_options(bins)?,
                 resume,
                 strict,
                 shard: shard.as_deref().map(cli::parse_shard).transpose()?,
                 metadata: metadata.as_deref().map(MetadataTable::load).transpose()?,
+                name_pattern: name_pattern
+                    .as_deref()
+                    .map(NamePattern::parse)
+                    .transpose()
+                    .map_err(anyhow::Error::msg)?,
                 ..ScanOptions::new(graph.options()?, jobs.unwrap_or_else(cores).max(1))
             };
             let checkpoints = found_checkpoints(&paths)?;

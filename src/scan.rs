@@ -47,6 +47,9 @@ pub struct ScanOptions {
     pub shard: Option<(usize, usize)>,
     /// Metadata for checkpoints whose files carry none (or to override).
     pub metadata: Option<MetadataTable>,
+    /// Metadata read from each checkpoint's path (filling what the file
+    /// lacks).
+    pub name_pattern: Option<crate::layouts::NamePattern>,
 }
 
 impl ScanOptions {
@@ -62,6 +65,7 @@ impl ScanOptions {
             strict: false,
             shard: None,
             metadata: None,
+            name_pattern: None,
         }
     }
 }
@@ -353,7 +357,15 @@ impl Pending {
 
     /// Encodes one checkpoint's record; `pos` is its position among the
     /// checkpoints this scan measures.
-    fn push(&mut self, id: &str, order: usize, pos: usize, outcome: Outcome, extra: Option<&BTreeMap<String, String>>) {
+    fn push(
+        &mut self,
+        id: &str,
+        order: usize,
+        pos: usize,
+        outcome: Outcome,
+        extra: Option<&BTreeMap<String, String>>,
+        named: Option<BTreeMap<String, String>>,
+    ) {
         self.rows.clear();
         let mut head = Head { format: FORMAT, checkpoint: id.to_string(), order, ..Head::default() };
         match outcome {
@@ -363,8 +375,9 @@ impl Pending {
                 (head.nodes, head.links, head.histograms) = (lengths.nodes, lengths.links, lengths.histograms);
                 head.bytes = ck.data_bytes();
                 head.metadata = ck.take_metadata();
-                // A Ray Tune trial's params and results fill in what the file lacks.
-                for (k, v) in crate::layouts::trial_metadata(ck.path()) {
+                // A Ray Tune trial's params and results, and the groups of
+                // --name-pattern, fill in what the file lacks.
+                for (k, v) in crate::layouts::trial_metadata(ck.path()).into_iter().chain(named.into_iter().flatten()) {
                     head.metadata.entry(k).or_insert(v);
                 }
                 if !head.metadata.contains_key("step") {
@@ -665,7 +678,8 @@ pub fn scan(checkpoints: &[PathBuf], out_dir: &Path, engine: &dyn Engine, opts: 
                         stop.store(true, Ordering::Relaxed);
                     }
                     let extra = opts.metadata.as_ref().and_then(|t| t.get(&checkpoints[i]));
-                    pending.push(&ids[i], i, pos, outcome, extra);
+                    let named = opts.name_pattern.as_ref().map(|p| p.metadata(&ids[i]));
+                    pending.push(&ids[i], i, pos, outcome, extra, named);
                 }
                 if pending.due() {
                     flush(&mut pending)?;

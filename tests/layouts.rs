@@ -82,3 +82,36 @@ fn ray_tune_trials_are_scanned_and_studied_as_they_are() {
     let table = std::fs::read_to_string(study.join("separation.csv")).unwrap();
     assert!(table.lines().count() > 5, "{table}");
 }
+
+#[test]
+fn name_patterns_become_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    for (seed, acc) in [(3, "0.9100"), (4, "0.4200")] {
+        let name = format!(
+            "MNIST_fc_nlayers-5_init-random-normal_support-0.05_seed-{seed}_realaccuracy-{acc}_binaccuracy-0.4000.pt"
+        );
+        checkpoint(&dir.path().join(name), seed);
+    }
+    let out = dir.path().join("scan");
+    let o =
+        cntscope(&["scan", dir.path().to_str().unwrap(), "--name-pattern", "cnt-dnns", "-o", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut r = csv::Reader::from_path(out.join("nodes.csv")).unwrap();
+    let header: Vec<String> = r.headers().unwrap().iter().map(String::from).collect();
+    for col in ["dataset", "arch", "nlayers", "init", "support", "seed", "accuracy", "binaccuracy"] {
+        assert!(header.iter().any(|h| h == col), "no `{col}` column: {header:?}");
+    }
+    let acc = header.iter().position(|h| h == "accuracy").unwrap();
+    let rows: Vec<csv::StringRecord> = r.records().map(|r| r.unwrap()).collect();
+    assert!(rows.iter().any(|r| &r[acc] == "0.9100") && rows.iter().any(|r| &r[acc] == "0.4200"));
+    let o = cntscope(&[
+        "scan",
+        dir.path().to_str().unwrap(),
+        "--name-pattern",
+        "nothing named",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no named group"));
+}
