@@ -265,6 +265,16 @@ impl Checkpoint {
             Err(error) if error.kind() == std::io::ErrorKind::IsADirectory => return Self::open_dir(path),
             Err(error) => return Err(io(error)),
         };
+        if crate::numpy::is_npz(&bytes) {
+            let n =
+                crate::numpy::read_npz(&bytes).map_err(|reason| Error::Numpy { path: path.to_path_buf(), reason })?;
+            return Ok(Self::from_arrays(path, bytes, n));
+        }
+        if bytes.starts_with(crate::numpy::MAGIC) {
+            let n =
+                crate::numpy::read_npy(&bytes).map_err(|reason| Error::Numpy { path: path.to_path_buf(), reason })?;
+            return Ok(Self::from_arrays(path, bytes, n));
+        }
         if crate::zip::is_zip(&bytes) {
             return Self::open_torch(path, bytes);
         }
@@ -305,6 +315,30 @@ impl Checkpoint {
             });
         }
         Ok(Checkpoint { path: path.to_path_buf(), shards, tensors, metadata: t.metadata })
+    }
+
+    /// A NumPy file's arrays: in place in the file, or in a buffer of
+    /// their own.
+    fn from_arrays(path: &Path, bytes: Bytes, n: crate::numpy::NumpyCheckpoint) -> Self {
+        let mut tensors = HashMap::with_capacity(n.arrays.len());
+        for a in n.arrays {
+            let (shard, range) = match a.place {
+                crate::torch::Place::Archive(s, e) => (0, (s, e)),
+                crate::torch::Place::Gathered(s, e) => (1, (s, e)),
+            };
+            tensors.insert(
+                a.name,
+                Entry { shard, info: TensorInfo { dtype: a.dtype, shape: a.shape, data_offsets: range } },
+            );
+        }
+        let mut shards = vec![Shard { path: path.to_path_buf(), map: bytes, data_start: 0 }];
+        let len = n.gathered.len();
+        shards.push(Shard {
+            path: path.to_path_buf(),
+            map: Bytes::Read(ReadBuf { buf: n.gathered, len }),
+            data_start: 0,
+        });
+        Checkpoint { path: path.to_path_buf(), shards, tensors, metadata: BTreeMap::new() }
     }
 
     fn open_dir(path: &Path) -> Result<Self> {
@@ -663,7 +697,14 @@ fn walk(path: &Path, explicit: bool, out: &mut Vec<PathBuf>) -> Result<()> {
 /// bytes when opened.
 fn is_checkpoint_name(name: &str) -> bool {
     let ext = |e: &str| name.len() > e.len() && name.ends_with(e);
-    ext(".safetensors") || ext(".pt") || ext(".pth") || ext(".bin") || ext(".ckpt") || name == "checkpoints"
+    ext(".safetensors")
+        || ext(".pt")
+        || ext(".pth")
+        || ext(".bin")
+        || ext(".ckpt")
+        || ext(".npz")
+        || ext(".npy")
+        || name == "checkpoints"
 }
 
 /// A directory: itself if sharded, else its entries (file types from the

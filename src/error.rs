@@ -37,6 +37,15 @@ pub enum Error {
         reason: String,
     },
 
+    /// A NumPy file is malformed, or not a checkpoint of named weights.
+    #[error("{path}: NumPy file: {reason}")]
+    Numpy {
+        /// The file concerned.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
     /// A sharded checkpoint's index file is unreadable or inconsistent.
     #[error("{path}: bad shard index: {reason}")]
     BadIndex {
@@ -131,6 +140,7 @@ impl Error {
             Error::Io { .. } => "io",
             Error::Malformed { .. } => "malformed",
             Error::Torch { .. } => "torch",
+            Error::Numpy { .. } => "numpy",
             Error::BadIndex { .. } => "bad_index",
             Error::UnsupportedDtype { .. } => "unsupported_dtype",
             Error::MissingTensor { .. } => "missing_tensor",

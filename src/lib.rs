@@ -18,6 +18,7 @@ pub mod error;
 pub mod graph;
 pub mod layouts;
 pub mod natsort;
+pub mod numpy;
 pub mod output;
 pub mod pickle;
 pub mod plot;

@@ -101,6 +101,35 @@ pub enum Global {
     RebuildParameter,
     /// A typed storage class.
     Storage(StorageType),
+    /// `numpy.core.multiarray._reconstruct` (or `numpy._core`).
+    NumpyReconstruct,
+    /// `numpy.ndarray`.
+    NdArray,
+    /// `numpy.dtype`.
+    NumpyDtype,
+}
+
+/// A numpy array's contents, as its pickled state gives them.
+#[derive(Debug, Clone)]
+pub enum ArrayData {
+    /// The raw bytes of a numeric array.
+    Bytes(Rc<[u8]>),
+    /// The items of an object array.
+    Objects(Vec<Value>),
+}
+
+/// A numpy array rebuilt as data: dtype string (`<f4`, `|O`), shape,
+/// order and contents.
+#[derive(Debug, Clone, Default)]
+pub struct ArrayState {
+    /// The dtype as numpy spells it (byte order and code).
+    pub descr: Option<String>,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Column-major data.
+    pub fortran: bool,
+    /// Contents.
+    pub data: Option<ArrayData>,
 }
 
 /// A value of the pickle.
@@ -130,6 +159,10 @@ pub enum Value {
     Storage(Rc<Storage>),
     /// A tensor.
     Tensor(Rc<TensorRef>),
+    /// A numpy array.
+    Array(Rc<RefCell<ArrayState>>),
+    /// A numpy dtype: its code (`f4`) and byte order once set.
+    DType(Rc<RefCell<(String, String)>>),
 }
 
 impl Drop for Value {
@@ -284,10 +317,22 @@ pub fn load(data: &[u8]) -> Result<Value, String> {
                 stack.push(call(&f, args).map_or_else(|e| err(at, e), Ok)?);
             }
             b'b' => {
-                // BUILD: state set on an object (a state_dict's `_metadata`).
-                let _state = pop(&mut stack, at)?;
-                if stack.is_empty() {
-                    return err(at, "BUILD on an empty stack");
+                // BUILD: state set on an object (a state_dict's `_metadata`
+                // is left; a numpy array's or dtype's state is kept as data).
+                let state = pop(&mut stack, at)?;
+                match stack.last() {
+                    None => return err(at, "BUILD on an empty stack"),
+                    Some(Value::Array(a)) => {
+                        build_array(&mut a.borrow_mut(), &state).map_or_else(|e| err(at, e), Ok)?
+                    }
+                    Some(Value::DType(d)) => {
+                        if let Value::Tuple(t) = &state {
+                            if let Some(Value::Str(order)) = t.get(1) {
+                                d.borrow_mut().1 = order.to_string();
+                            }
+                        }
+                    }
+                    Some(_) => {}
                 }
             }
             b's' => {
@@ -360,6 +405,9 @@ fn global(module: &str, name: &str) -> Result<Global, String> {
         ("collections", "OrderedDict") => Ok(Global::OrderedDict),
         ("torch._utils", "_rebuild_tensor_v2") => Ok(Global::RebuildTensor),
         ("torch._utils", "_rebuild_parameter" | "_rebuild_parameter_with_state") => Ok(Global::RebuildParameter),
+        ("numpy.core.multiarray" | "numpy._core.multiarray", "_reconstruct") => Ok(Global::NumpyReconstruct),
+        ("numpy", "ndarray") => Ok(Global::NdArray),
+        ("numpy", "dtype") => Ok(Global::NumpyDtype),
         ("torch", s) if StorageType::from_name(s).is_some() => {
             Ok(Global::Storage(StorageType::from_name(s).expect("checked")))
         }
@@ -406,9 +454,37 @@ fn call(f: &Value, args: &[Value]) -> Result<Value, String> {
             Some(t @ Value::Tensor(_)) => Ok(t.clone()),
             _ => Err("_rebuild_parameter of something not a tensor".into()),
         },
+        Value::Global(Global::NumpyReconstruct) if matches!(args.first(), Some(Value::Global(Global::NdArray))) => {
+            Ok(Value::Array(Rc::default()))
+        }
+        Value::Global(Global::NumpyDtype) => match args.first() {
+            Some(Value::Str(code)) => Ok(Value::DType(Rc::new(RefCell::new((code.to_string(), "<".into()))))),
+            _ => Err("numpy.dtype of something that is not a type code".into()),
+        },
         Value::Global(g) => Err(format!("{g:?} called with arguments it does not take")),
         _ => Err("REDUCE of something that is not a known global".into()),
     }
+}
+
+/// A numpy array's state `(version, shape, dtype, is_fortran, data)`.
+fn build_array(a: &mut ArrayState, state: &Value) -> Result<(), String> {
+    let Value::Tuple(t) = state else { return Err("a numpy array state that is not a tuple".into()) };
+    let [_, shape, Value::DType(d), fortran, data] = &t[..] else {
+        return Err("a numpy array state that is not (version, shape, dtype, order, data)".into());
+    };
+    let (code, order) = d.borrow().clone();
+    let code = if code.starts_with('O') { "O".to_string() } else { code };
+    let order = if order == "=" { "<".to_string() } else { order };
+    a.descr = Some(format!("{order}{code}"));
+    a.shape = ints(shape, "an array shape")?;
+    a.fortran = matches!(fortran, Value::Bool(true));
+    a.data = Some(match data {
+        Value::Bytes(b) => ArrayData::Bytes(b.clone()),
+        Value::Str(s) => ArrayData::Bytes(s.as_bytes().into()),
+        Value::List(l) => ArrayData::Objects(l.borrow().clone()),
+        _ => return Err("a numpy array state without data".into()),
+    });
+    Ok(())
 }
 
 /// A storage from its persistent id `('storage', type, key, location, numel)`.

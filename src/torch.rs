@@ -53,7 +53,7 @@ fn dtype(s: StorageType) -> Dtype {
 
 /// Reads a torch zip archive.
 pub(crate) fn read(bytes: &[u8]) -> Result<TorchCheckpoint, String> {
-    let entries = zip::entries(bytes)?;
+    let entries = zip::stored(bytes)?;
     let pkl: Vec<&zip::ZipEntry> = entries.iter().filter(|e| e.name.ends_with("data.pkl")).collect();
     let [pkl] = pkl[..] else {
         return Err(format!("a zip archive with {} `data.pkl` entries: not a torch.save checkpoint", pkl.len()));

@@ -4,11 +4,14 @@
 //! refused, never expanded. Every offset read from the file is checked
 //! against the file's length with checked arithmetic.
 
-/// One stored entry: its name and where its bytes are in the file.
+/// One entry: its name and where its bytes are in the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ZipEntry {
     /// The name as the archive spells it.
     pub name: String,
+    /// Its compression method (0: stored). Readers take stored entries only
+    /// ([`stored`]).
+    pub method: u16,
     /// First byte of the entry's data.
     pub start: usize,
     /// Its length in bytes.
@@ -40,7 +43,21 @@ pub fn is_zip(bytes: &[u8]) -> bool {
     bytes.starts_with(b"PK\x03\x04")
 }
 
-/// The stored entries of a zip archive, or what is wrong with it.
+/// The entries of a zip archive when every one is stored (uncompressed);
+/// a compressed one is refused, never inflated.
+pub fn stored(b: &[u8]) -> Result<Vec<ZipEntry>, String> {
+    let entries = entries(b)?;
+    if let Some(e) = entries.iter().find(|e| e.method != 0) {
+        return Err(format!(
+            "entry `{}` is compressed (method {}): only stored entries are read, nothing is inflated",
+            e.name, e.method
+        ));
+    }
+    Ok(entries)
+}
+
+/// The entries of a zip archive (compressed ones listed, not read), or
+/// what is wrong with it.
 pub fn entries(b: &[u8]) -> Result<Vec<ZipEntry>, String> {
     let trunc = |what: &str| format!("truncated zip archive: {what} lies past the end of the file");
     // The end-of-central-directory record: in the last 64 KiB + 22 bytes.
@@ -107,13 +124,7 @@ pub fn entries(b: &[u8]) -> Result<Vec<ZipEntry>, String> {
             }
             e = e.saturating_add(4 + len);
         }
-        if method != 0 {
-            return Err(format!(
-                "entry `{name}` is compressed (method {method}, {usize_} bytes declared): only stored entries are \
-                 read, nothing is inflated"
-            ));
-        }
-        if csize != usize_ {
+        if method == 0 && csize != usize_ {
             return Err(format!("stored entry `{name}` declares {csize} stored bytes but {usize_} uncompressed"));
         }
         let local = usize::try_from(local).map_err(|_| trunc("a local header"))?;
@@ -127,7 +138,7 @@ pub fn entries(b: &[u8]) -> Result<Vec<ZipEntry>, String> {
         if start.checked_add(len).is_none_or(|end| end > b.len()) {
             return Err(format!("entry `{name}`: its {len} bytes lie past the end of the file (truncated?)"));
         }
-        out.push(ZipEntry { name, start, len });
+        out.push(ZipEntry { name, method, start, len });
         at = next;
     }
     Ok(out)
@@ -188,7 +199,7 @@ mod tests {
     #[test]
     fn compressed_and_truncated_archives_are_refused() {
         let a = archive(&[("x/data.pkl", b"hello")], 8);
-        assert!(entries(&a).unwrap_err().contains("compressed"));
+        assert!(stored(&a).unwrap_err().contains("compressed"));
         let a = archive(&[("x/data.pkl", b"hello"), ("x/data/0", b"12345678")], 0);
         for cut in [1, 10, 30, a.len() / 2, a.len() - 1] {
             assert!(entries(&a[..cut]).is_err(), "cut at {cut}");
