@@ -28,21 +28,7 @@ for name in ["resnet18", "vgg11_bn", "mobilenet_v2"]:
             mod.weight.data.uniform_(0.5, 1.5); mod.bias.data.uniform_(-0.3, 0.3)
     save_file({k: v.contiguous() for k, v in m.state_dict().items()}, path)
 PY
-best() {  # best of 3 wall-clock seconds; OUT becomes a fresh directory
-    "$py" - "$dir" "$@" <<'PY'
-import os, shutil, subprocess, sys, tempfile, time
-base, cmd = sys.argv[1], sys.argv[2:]
-best = float("inf")
-for _ in range(3):
-    out = tempfile.mkdtemp(dir=base)
-    os.sync()
-    t = time.perf_counter()
-    subprocess.run([out if a == "OUT" else a for a in cmd], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    best = min(best, time.perf_counter() - t)
-    shutil.rmtree(out)
-print(f"{best:.3f}")
-PY
-}
+best() { "$py" benches/best.py 3 "$dir" "$@"; }  # best of 3; OUT becomes a fresh directory
 # torch's own start-up (imports), reported apart from its computation.
 t_imp=$(best "$py" -c "import torch, tomllib; from safetensors.torch import load_file")
 echo "| network | MB | read (cat) | torch (imports $t_imp s excluded) | cntscope cpu | gpu | cpu vs torch | cpu vs read |"

@@ -28,21 +28,7 @@ for name in ["small", "large"]:
         torch.save(load_file(str(f)), dst)
 PY
 bin=target/release/cntscope
-best() {  # best of 3; OUT becomes a fresh directory
-    "$py" - "$dir" "$@" <<'PY'
-import os, shutil, subprocess, sys, tempfile, time
-base, cmd = sys.argv[1], sys.argv[2:]
-best = float("inf")
-for _ in range(3):
-    out = tempfile.mkdtemp(dir=base)
-    os.sync()
-    t = time.perf_counter()
-    subprocess.run([out if a == "OUT" else a for a in cmd], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    best = min(best, time.perf_counter() - t)
-    shutil.rmtree(out)
-print(f"{best:.3f}")
-PY
-}
+best() { "$py" benches/best.py 3 "$dir" "$@"; }  # best of 3; OUT becomes a fresh directory
 echo "| collection | read .pt (cat) | torch.load script | cntscope .pt | cntscope safetensors | .pt vs safetensors | .pt vs torch |"
 echo "|---|---|---|---|---|---|---|"
 for name in small large; do

@@ -296,8 +296,30 @@ impl Checkpoint {
     /// stored entries, strided views from a buffer of their own.
     fn open_torch(path: &Path, bytes: Bytes) -> Result<Self> {
         let t = crate::torch::read(&bytes).map_err(|reason| Error::Torch { path: path.to_path_buf(), reason })?;
-        let mut tensors = HashMap::with_capacity(t.tensors.len());
-        for (name, mut info, place) in t.tensors {
+        Ok(Self::from_parts(path, bytes, t.tensors, t.gathered, t.metadata))
+    }
+
+    /// A NumPy file's arrays, in place or gathered likewise.
+    fn from_arrays(path: &Path, bytes: Bytes, n: crate::numpy::NumpyCheckpoint) -> Self {
+        let tensors = n
+            .arrays
+            .into_iter()
+            .map(|a| (a.name, TensorInfo { dtype: a.dtype, shape: a.shape, data_offsets: (0, 0) }, a.place))
+            .collect();
+        Self::from_parts(path, bytes, tensors, n.gathered, BTreeMap::new())
+    }
+
+    /// A checkpoint of one file whose tensors lie in the file itself (shard
+    /// 0) or in a buffer of copies (shard 1).
+    fn from_parts(
+        path: &Path,
+        bytes: Bytes,
+        found: Vec<(String, TensorInfo, crate::torch::Place)>,
+        gathered: Vec<u8>,
+        metadata: BTreeMap<String, String>,
+    ) -> Self {
+        let mut tensors = HashMap::with_capacity(found.len());
+        for (name, mut info, place) in found {
             let (shard, range) = match place {
                 crate::torch::Place::Archive(s, e) => (0, (s, e)),
                 crate::torch::Place::Gathered(s, e) => (1, (s, e)),
@@ -306,39 +328,17 @@ impl Checkpoint {
             tensors.insert(name, Entry { shard, info });
         }
         let mut shards = vec![Shard { path: path.to_path_buf(), map: bytes, data_start: 0 }];
-        if !t.gathered.is_empty() {
-            let len = t.gathered.len();
+        if !gathered.is_empty() {
+            // (Not for an empty buffer: a dropped ReadBuf becomes its
+            // thread's spare read buffer.)
+            let len = gathered.len();
             shards.push(Shard {
                 path: path.to_path_buf(),
-                map: Bytes::Read(ReadBuf { buf: t.gathered, len }),
+                map: Bytes::Read(ReadBuf { buf: gathered, len }),
                 data_start: 0,
             });
         }
-        Ok(Checkpoint { path: path.to_path_buf(), shards, tensors, metadata: t.metadata })
-    }
-
-    /// A NumPy file's arrays: in place in the file, or in a buffer of
-    /// their own.
-    fn from_arrays(path: &Path, bytes: Bytes, n: crate::numpy::NumpyCheckpoint) -> Self {
-        let mut tensors = HashMap::with_capacity(n.arrays.len());
-        for a in n.arrays {
-            let (shard, range) = match a.place {
-                crate::torch::Place::Archive(s, e) => (0, (s, e)),
-                crate::torch::Place::Gathered(s, e) => (1, (s, e)),
-            };
-            tensors.insert(
-                a.name,
-                Entry { shard, info: TensorInfo { dtype: a.dtype, shape: a.shape, data_offsets: range } },
-            );
-        }
-        let mut shards = vec![Shard { path: path.to_path_buf(), map: bytes, data_start: 0 }];
-        let len = n.gathered.len();
-        shards.push(Shard {
-            path: path.to_path_buf(),
-            map: Bytes::Read(ReadBuf { buf: n.gathered, len }),
-            data_start: 0,
-        });
-        Checkpoint { path: path.to_path_buf(), shards, tensors, metadata: BTreeMap::new() }
+        Checkpoint { path: path.to_path_buf(), shards, tensors, metadata }
     }
 
     fn open_dir(path: &Path) -> Result<Self> {
