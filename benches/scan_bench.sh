@@ -19,23 +19,7 @@ bin=target/release/cntscope
 # earlier scan's tables costs ext4 a flush of each on rename); it is removed
 # after the run, and the disk synced, so no run pays for an earlier one's
 # writes.
-best() {
-    local n=$1; shift
-    python3 - "$n" "$dir" "$@" <<'PY'
-import os, shutil, subprocess, sys, tempfile, time
-n, base, cmd = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
-best = float("inf")
-for _ in range(n):
-    out = tempfile.mkdtemp(dir=base)
-    os.sync()
-    t = time.perf_counter()
-    subprocess.run([out if a == "OUT" else a for a in cmd], check=False,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    best = min(best, time.perf_counter() - t)
-    shutil.rmtree(out)
-print(f"{best:.3f}")
-PY
-}
+best() { local n=$1; shift; python3 benches/best.py "$n" "$dir" "$@"; }
 
 compare() {  # numpy CSV, cntscope nodes.csv: largest relative difference of fluctuations
     python3 - "$1" "$2" <<'PY'
