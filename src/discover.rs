@@ -9,8 +9,8 @@
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::graph::{
-    dims, display_name, make_conv, norm_tensors, Builder, ConvGeometry, Dims, GraphSource, Layer, LayerKind, Network,
-    NodeSet, NodeShape, Norm, Settings,
+    dims, display_name, find_norm, make_conv, norm_tensors, Builder, ConvGeometry, Dims, GraphSource, Layer, LayerKind,
+    Network, NodeSet, NodeShape, Norm, Settings,
 };
 use crate::spec::{BnMode, LayerSpec, Layout};
 
@@ -405,21 +405,7 @@ pub(crate) fn per_layer(
 /// The BatchNorm of tensor prefix `p` with `channels` channels, or why it
 /// cannot be placed.
 fn resolve_norm(ck: &Checkpoint, s: Settings, p: &str, channels: usize) -> std::result::Result<Norm, String> {
-    let find = |roles: &[&str]| {
-        ck.names().into_iter().find(|n| split(n).0 == p && roles.contains(&split(n).1)).map(str::to_string)
-    };
-    let (Some(mean), Some(var)) = (find(&["running_mean", "moving_mean"]), find(&["running_var", "moving_variance"]))
-    else {
-        return Err(format!("BatchNorm `{p}` has no running statistics"));
-    };
-    let norm = Norm {
-        prefix: p.into(),
-        weight: find(&["weight", "gamma"]),
-        bias: find(&["bias", "beta"]),
-        mean,
-        var,
-        eps: s.eps,
-    };
+    let norm = find_norm(ck, s.layout, p, s.eps).ok_or_else(|| format!("BatchNorm `{p}` has no running statistics"))?;
     if norm_tensors(&norm).any(|t| ck.shape(&t) != Some(&[channels][..])) {
         return Err(format!("BatchNorm `{p}`: its size fits no output of the layer before it ({channels} channels)"));
     }

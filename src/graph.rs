@@ -322,6 +322,16 @@ pub struct Layer {
 }
 
 impl Layer {
+    /// True when the output channel is the last (fastest) axis of the
+    /// stored weights (`[in, out]` dense, keras convs), false when it is
+    /// the first (torch).
+    pub fn outputs_last(&self, layout: Layout) -> bool {
+        match self.kind {
+            LayerKind::Dense { in_out, .. } => in_out,
+            _ => layout == Layout::Keras,
+        }
+    }
+
     /// The tensor `links.csv` names for the layer: its weight, or for a
     /// BatchNorm layer the prefix.
     pub fn tensor(&self) -> &str {
@@ -921,40 +931,11 @@ impl<'a> Builder<'a> {
     /// given.
     fn norm(&self, e: &LayerSpec, channels: Option<usize>) -> Result<Norm> {
         let prefix = e.norm.clone().expect("a norm entry");
-        let p = prefix.as_str();
-        let names = |suffixes: &[&str]| {
-            let seps: &[&str] = match self.s.layout {
-                Layout::Torch => &[".", "/"],
-                Layout::Keras => &["/", "."],
-            };
-            let mut found = None;
-            'search: for sep in seps {
-                for s in suffixes {
-                    for n in [format!("{p}{sep}{s}"), format!("{p}{sep}{s}:0")] {
-                        if self.ck.shape(&n).is_some() {
-                            found = Some(n);
-                            break 'search;
-                        }
-                    }
-                }
-            }
-            found
-        };
-        let mean = names(&["running_mean", "moving_mean"]);
-        let var = names(&["running_var", "moving_variance"]);
-        let (Some(mean), Some(var)) = (mean, var) else {
+        let Some(norm) = find_norm(self.ck, self.s.layout, &prefix, e.eps.unwrap_or(self.s.eps)) else {
             return Err(self.err(format!(
                 "BatchNorm `{prefix}`: no running statistics ({prefix}.running_mean / .running_var, or keras' \
                  moving_mean / moving_variance) in the checkpoint"
             )));
-        };
-        let norm = Norm {
-            weight: names(&["weight", "gamma"]),
-            bias: names(&["bias", "beta"]),
-            mean,
-            var,
-            eps: e.eps.unwrap_or(self.s.eps),
-            prefix: prefix.clone(),
         };
         let n = channels.unwrap_or_else(|| self.ck.shape(&norm.mean).map_or(0, |s| s.iter().product()));
         for t in norm_tensors(&norm) {
@@ -1037,6 +1018,29 @@ impl<'a> Builder<'a> {
             }
         }
     }
+}
+
+/// The BatchNorm of tensor prefix `p` (`p.running_mean`, keras'
+/// `p/moving_mean`, ... with or without `:0`), or `None` without running
+/// statistics. Sizes are the caller's to check.
+pub(crate) fn find_norm(ck: &Checkpoint, layout: Layout, p: &str, eps: f64) -> Option<Norm> {
+    let seps: &[&str] = match layout {
+        Layout::Torch => &[".", "/"],
+        Layout::Keras => &["/", "."],
+    };
+    let find = |suffixes: &[&str]| {
+        seps.iter()
+            .flat_map(|sep| suffixes.iter().flat_map(move |s| [format!("{p}{sep}{s}"), format!("{p}{sep}{s}:0")]))
+            .find(|n| ck.shape(n).is_some())
+    };
+    Some(Norm {
+        mean: find(&["running_mean", "moving_mean"])?,
+        var: find(&["running_var", "moving_variance"])?,
+        weight: find(&["weight", "gamma"]),
+        bias: find(&["bias", "beta"]),
+        eps,
+        prefix: p.to_string(),
+    })
 }
 
 /// A BatchNorm's tensors.

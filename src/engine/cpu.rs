@@ -373,14 +373,9 @@ fn separable(kern: &[f64], kh: usize, kw: usize, vy: &AxisTaps, vx: &AxisTaps) -
 /// Adds `b[o]` to the in-strength of every output node of channel (or
 /// neuron) `o`, in the layout's order.
 pub(crate) fn add_bias(s_in: &mut [f64], bias: &[f64], layer: &Layer, layout: Layout) {
-    let channels = bias.len();
-    let per_channel = s_in.len() / channels;
+    let channel = super::fixed::channel_of(layer.output, layout);
     for (i, s) in s_in.iter_mut().enumerate() {
-        let o = match (layer.output, layout) {
-            (crate::graph::NodeShape::Map { .. }, Layout::Keras) => i % channels,
-            _ => i / per_channel,
-        };
-        *s += bias[o];
+        *s += bias[channel(i)];
     }
 }
 

@@ -6,17 +6,20 @@
 use crate::graph::{Layer, LayerKind, NodeShape};
 use crate::spec::Layout;
 
+/// The channel of node `i` of a node set of `shape`, in the layout's order.
+pub(crate) fn channel_of(shape: NodeShape, layout: Layout) -> impl Fn(usize) -> usize {
+    let c = shape.channels().max(1);
+    let plane = (shape.count() / c).max(1);
+    let channels_last = matches!(shape, NodeShape::Map { .. }) && layout == Layout::Keras;
+    move |i| if channels_last { i % c } else { i / plane }
+}
+
 /// Fills `out` (a node set of `shape` in the layout's order) with `f(c)`
 /// for each node of channel `c`.
 pub(crate) fn per_channel(out: &mut [f64], shape: NodeShape, layout: Layout, f: impl Fn(usize) -> f64) {
-    let c = shape.channels();
-    let plane = shape.count() / c.max(1);
+    let channel = channel_of(shape, layout);
     for (i, v) in out.iter_mut().enumerate() {
-        let ch = match (shape, layout) {
-            (NodeShape::Map { .. }, Layout::Keras) => i % c,
-            _ => i / plane,
-        };
-        *v = f(ch);
+        *v = f(channel(i));
     }
 }
 

@@ -351,12 +351,7 @@ impl LayerParams {
 /// BatchNorm layer).
 pub fn link_weights(net: &Network, layer: &Layer, ck: &Checkpoint) -> Result<Vec<f64>> {
     match (layer.kind, &layer.norm) {
-        (LayerKind::Norm, Some(n)) => {
-            let (a, _) = norm_affine(ck, n)?;
-            let mut v = vec![0.0; layer.output.count()];
-            fixed::per_channel(&mut v, layer.output, net.layout, |c| a[c]);
-            Ok(v)
-        }
+        (LayerKind::Norm, Some(n)) => Ok(norm_link_weights(layer, net.layout, &norm_affine(ck, n)?.0)),
         _ => {
             let w = ck.tensor(layer.weight.as_deref().unwrap_or(""))?;
             let mut v = w.to_f64();
@@ -369,14 +364,18 @@ pub fn link_weights(net: &Network, layer: &Layer, ck: &Checkpoint) -> Result<Vec
     }
 }
 
+/// A BatchNorm layer's link weights: `a[c]` for each node of channel `c`.
+fn norm_link_weights(layer: &Layer, layout: Layout, a: &[f64]) -> Vec<f64> {
+    let mut v = vec![0.0; layer.output.count()];
+    fixed::per_channel(&mut v, layer.output, layout, |c| a[c]);
+    v
+}
+
 /// Multiplies each stored weight of output channel `o` by `scale[o]`.
 pub(crate) fn scale_weights(values: &mut [f64], layer: &Layer, layout: Layout, scale: &[f64]) {
     let n = scale.len();
     let per = values.len() / n.max(1);
-    let outputs_last = match layer.kind {
-        LayerKind::Dense { in_out, .. } => in_out,
-        _ => layout == Layout::Keras,
-    };
+    let outputs_last = layer.outputs_last(layout);
     for (i, v) in values.iter_mut().enumerate() {
         *v *= scale[if outputs_last { i % n } else { i / per }];
     }
@@ -465,7 +464,7 @@ fn measure_layer<E: Engine + ?Sized>(
         LayerKind::Norm => {
             let (a, c) = norm_affine(ck, layer.norm.as_ref().expect("a BatchNorm layer has its tensors"))?;
             let (s_in, s_out) = fixed::norm_strengths(layer, net.layout, &a, net.bias.then_some(&c[..]));
-            let weights = Finite::of(link_weights(net, layer, ck)?);
+            let weights = Finite::of(norm_link_weights(layer, net.layout, &a));
             let shift = Finite::of(c);
             let (m, histogram) = engine.distribution(&weights.values, opts.bins)?;
             result = Some(LayerResult {

@@ -354,10 +354,7 @@ impl<'a> Plan<'a> {
         let (n, dtype) = (t.len(), t.dtype);
         let bias = bias.map(|b| self.add_bias(b));
         let scale = scale.map(|a| {
-            let outputs_last = match layer.kind {
-                LayerKind::Dense { in_out, .. } => in_out,
-                _ => layout == Layout::Keras,
-            };
+            let outputs_last = layer.outputs_last(layout);
             let count = a.len();
             let divisor = if outputs_last { 1 } else { n / count.max(1) };
             let region = self.add_host_strengths(a.iter().map(|&v| v as f32).collect());
