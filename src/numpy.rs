@@ -156,26 +156,40 @@ fn gather_fortran(data: &[u8], shape: &[usize], elem: usize, out: &mut Vec<u8>) 
     }
 }
 
-/// One numeric array at `base` of the file (`b` is the `.npy`'s bytes).
-fn numeric(name: String, b: &[u8], base: usize, h: &Header, gathered: &mut Vec<u8>) -> Result<Array, String> {
+/// One numeric array whose row-major (or Fortran-ordered) bytes are
+/// `data`: in place at `base` of the file when given and row-major, else
+/// copied into `gathered` in row-major order.
+fn numeric(
+    name: String,
+    h: &Header,
+    data: &[u8],
+    base: Option<usize>,
+    gathered: &mut Vec<u8>,
+) -> Result<Array, String> {
     let dt = dtype(&h.descr).map_err(|e| format!("array `{name}`: {e}"))?;
     let numel =
         h.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or(format!("array `{name}`: size overflows"))?;
     let bytes = numel.checked_mul(size(dt)).ok_or(format!("array `{name}`: size overflows"))?;
-    if h.data.checked_add(bytes) != Some(b.len()) {
+    if bytes != data.len() {
         return Err(format!(
             "array `{name}`: shape {:?} of {} needs {bytes} bytes, the file holds {}",
             h.shape,
             h.descr,
-            b.len() - h.data
+            data.len()
         ));
     }
-    let place = if h.fortran && h.shape.iter().filter(|&&d| d > 1).count() > 1 {
-        let start = gathered.len();
-        gather_fortran(&b[h.data..], &h.shape, size(dt), gathered);
-        crate::torch::Place::Gathered(start, gathered.len())
-    } else {
-        crate::torch::Place::Archive(base + h.data, base + h.data + bytes)
+    let fortran = h.fortran && h.shape.iter().filter(|&&d| d > 1).count() > 1;
+    let place = match base {
+        Some(at) if !fortran => crate::torch::Place::Archive(at, at + bytes),
+        _ => {
+            let start = gathered.len();
+            if fortran {
+                gather_fortran(data, &h.shape, size(dt), gathered);
+            } else {
+                gathered.extend_from_slice(data);
+            }
+            crate::torch::Place::Gathered(start, gathered.len())
+        }
     };
     Ok(Array { name, dtype: dt, shape: h.shape.clone(), place })
 }
@@ -187,7 +201,7 @@ pub(crate) fn read_npz(bytes: &[u8]) -> Result<NumpyCheckpoint, String> {
         let b = &bytes[e.start..e.start + e.len];
         let name = e.name.trim_end_matches(".npy").to_string();
         let h = header(b).map_err(|m| format!("array `{name}`: {m}"))?;
-        out.arrays.push(numeric(name, b, e.start, &h, &mut out.gathered)?);
+        out.arrays.push(numeric(name, &h, &b[h.data..], Some(e.start + h.data), &mut out.gathered)?);
     }
     Ok(out)
 }
@@ -222,15 +236,7 @@ pub(crate) fn read_npy(bytes: &[u8]) -> Result<NumpyCheckpoint, String> {
             format!("layer{}/kernel", layer - 1)
         };
         let h = Header { descr: descr.clone(), fortran: arr.fortran, shape: arr.shape.clone(), data: 0 };
-        let start = out.gathered.len();
-        out.gathered.extend_from_slice(data);
-        let mut a = numeric(name, &out.gathered[start..], 0, &h, &mut Vec::new())?;
-        if h.fortran && h.shape.iter().filter(|&&d| d > 1).count() > 1 {
-            let copy = out.gathered.split_off(start);
-            gather_fortran(&copy, &h.shape, size(a.dtype), &mut out.gathered);
-        }
-        a.place = crate::torch::Place::Gathered(start, out.gathered.len());
-        out.arrays.push(a);
+        out.arrays.push(numeric(name, &h, data, None, &mut out.gathered)?);
     }
     Ok(out)
 }
