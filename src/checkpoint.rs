@@ -252,17 +252,11 @@ impl Checkpoint {
             let dir = path.parent().unwrap_or(Path::new("."));
             return Self::open_sharded(dir, path);
         }
-        // Open and read first: a directory says so when read, so a file
-        // costs no `stat`.
         let io = |error| Error::Io { path: path.to_path_buf(), error };
-        let file = match File::open(path) {
-            Ok(file) => file,
+        let bytes = match read_file(path) {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return Self::open_dir(path),
             Err(_) if path.is_dir() => return Self::open_dir(path),
-            Err(error) => return Err(io(error)),
-        };
-        let bytes = match read_bytes(&file) {
-            Ok(bytes) => bytes,
-            Err(error) if error.kind() == std::io::ErrorKind::IsADirectory => return Self::open_dir(path),
             Err(error) => return Err(io(error)),
         };
         if crate::numpy::is_npz(&bytes) {
@@ -537,17 +531,39 @@ impl<'de> serde::Deserialize<'de> for Header {
 /// Reads (or maps) one safetensors file and validates it ([`parse_shard`]).
 fn map_shard(path: &Path) -> Result<(Shard, Header)> {
     let io = |error| Error::Io { path: path.to_path_buf(), error };
-    let bytes = File::open(path).and_then(|file| read_bytes(&file)).map_err(io)?;
+    let bytes = read_file(path).and_then(|b| b.ok_or_else(|| std::io::Error::other("a directory"))).map_err(io)?;
     parse_shard(path, bytes)
 }
 
-/// A file's bytes: read whole when small (one call for most), else mapped.
-fn read_bytes(file: &File) -> std::io::Result<Bytes> {
+/// A file's bytes, `None` for a directory. The file is opened without
+/// blocking (a FIFO would wait for a writer) and a FIFO or a device is
+/// refused before any read (it could block or never end).
+fn read_file(path: &Path) -> std::io::Result<Option<Bytes>> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = options.open(path)?;
+    let meta = file.metadata()?;
+    if meta.is_dir() {
+        return Ok(None);
+    }
+    if let Some(what) = crate::collection::special(&meta.file_type()) {
+        return Err(std::io::Error::other(format!("{what}, not a checkpoint file: not read")));
+    }
+    read_bytes(&file, meta.len()).map(Some)
+}
+
+/// A regular file's bytes (`len` as its metadata says): read whole when
+/// small (one call for most), else mapped.
+fn read_bytes(file: &File, len: u64) -> std::io::Result<Bytes> {
     let first = ReadBuf::read_some(file, FIRST_READ_BYTES)?;
     if first.len < FIRST_READ_BYTES {
         return Ok(Bytes::Read(first));
     }
-    let len = file.metadata()?.len();
     if len >= MAP_MIN_BYTES {
         // SAFETY: the map is read-only; a file truncated by another process
         // while mapped is outside what any reader of mapped files can guard.
@@ -584,19 +600,19 @@ fn parse_shard(path: &Path, map: Bytes) -> Result<(Shard, Header)> {
         if s != end || e < s {
             return Err(bad(format!("tensor `{name}`: data offsets {s}..{e} overlap, leave gaps or run backwards")));
         }
-        let bytes = info
+        let bits = info
             .shape
             .iter()
             .try_fold(1usize, |a, &d| a.checked_mul(d))
             .and_then(|n| n.checked_mul(info.dtype.bitsize()))
             .ok_or_else(|| bad(format!("tensor `{name}`: shape {:?} overflows when multiplied out", info.shape)))?;
-        if bytes % 8 != 0 || e - s != bytes / 8 {
+        if bits % 8 != 0 || e - s != bits / 8 {
+            let needs = if bits % 8 == 0 { format!("{} bytes", bits / 8) } else { format!("{bits} bits") };
             return Err(bad(format!(
-                "tensor `{name}`: {} bytes of data, but shape {:?} of {:?} needs {} bits",
+                "tensor `{name}`: {} bytes of data, but shape {:?} of {:?} needs {needs}",
                 e - s,
                 info.shape,
                 info.dtype,
-                bytes
             )));
         }
         end = e;
@@ -646,101 +662,3 @@ pub fn step_from_path(path: &Path) -> Option<u64> {
     })
 }
 
-/// Expands command-line paths into the checkpoints they hold: files as
-/// given, sharded directories as one checkpoint, other directories
-/// recursively (`*.safetensors` files and sharded subdirectories), and glob
-/// patterns. Order: arguments in order, each directory's entries in natural
-/// order; duplicates removed.
-pub fn collect_checkpoints(args: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    // Overlapping arguments (a folder and a file in it) or a glob matching
-    // a folder and files inside it can name a checkpoint twice.
-    let mut may_repeat = args.len() > 1;
-    for arg in args {
-        let text = arg.to_string_lossy();
-        if !arg.exists() && text.contains(['*', '?', '[']) {
-            may_repeat = true;
-            let paths = glob::glob(&text)
-                .map_err(|e| Error::Io { path: arg.clone(), error: std::io::Error::other(e.to_string()) })?;
-            let mut matched: Vec<(String, PathBuf)> =
-                paths.filter_map(|p| p.ok()).map(|p| (p.to_string_lossy().into_owned(), p)).collect();
-            sort_natural_by(&mut matched, |(text, _)| text);
-            for (_, p) in matched {
-                walk(&p, true, &mut out)?;
-            }
-        } else if arg.exists() {
-            walk(arg, true, &mut out)?;
-        } else {
-            return Err(Error::Io { path: arg.clone(), error: std::io::Error::from(std::io::ErrorKind::NotFound) });
-        }
-    }
-    if may_repeat {
-        let mut seen = std::collections::HashSet::new();
-        out.retain(|p| seen.insert(p.clone()));
-    }
-    Ok(out)
-}
-
-fn walk(path: &Path, explicit: bool, out: &mut Vec<PathBuf>) -> Result<()> {
-    if path.is_dir() {
-        return walk_dir(path, out);
-    }
-    if explicit || is_checkpoint_name(&path.file_name().unwrap_or_default().to_string_lossy()) {
-        out.push(path.to_path_buf());
-    }
-    Ok(())
-}
-
-/// File names a directory scan takes as checkpoints: safetensors files,
-/// PyTorch files (`.pt`, `.pth`, `.bin`, `.ckpt`) and the extensionless
-/// `checkpoints` of Ray Tune trials. What each holds is decided by its
-/// bytes when opened.
-fn is_checkpoint_name(name: &str) -> bool {
-    let ext = |e: &str| name.len() > e.len() && name.ends_with(e);
-    ext(".safetensors")
-        || ext(".pt")
-        || ext(".pth")
-        || ext(".bin")
-        || ext(".ckpt")
-        || ext(".npz")
-        || ext(".npy")
-        || name == "checkpoints"
-}
-
-/// A directory: itself if sharded, else its entries (file types from the
-/// listing, so no extra `stat` per file).
-fn walk_dir(path: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    if path.join(SHARD_INDEX).is_file() {
-        out.push(path.to_path_buf());
-        return Ok(());
-    }
-    let io = |error| Error::Io { path: path.to_path_buf(), error };
-    // Sorted by file name (the directory is common to all), each converted
-    // to text once (not once per comparison); paths are built afterwards
-    // (from the name as it is, where it is not UTF-8).
-    let mut entries: Vec<(String, Option<std::ffi::OsString>, bool)> = std::fs::read_dir(path)
-        .map_err(io)?
-        .filter_map(|e| e.ok())
-        .map(|e| {
-            let dir = match e.file_type() {
-                Ok(t) if t.is_symlink() => e.path().is_dir(),
-                Ok(t) => t.is_dir(),
-                Err(_) => false,
-            };
-            match e.file_name().into_string() {
-                Ok(name) => (name, None, dir),
-                Err(raw) => (raw.to_string_lossy().into_owned(), Some(raw), dir),
-            }
-        })
-        .collect();
-    sort_natural_by(&mut entries, |(name, ..)| name);
-    for (name, raw, dir) in entries {
-        let file = || path.join(raw.as_deref().unwrap_or(name.as_ref()));
-        if dir {
-            walk_dir(&file(), out)?;
-        } else if is_checkpoint_name(&name) {
-            out.push(file());
-        }
-    }
-    Ok(())
-}

@@ -61,8 +61,8 @@ pub enum Command {
         #[arg(short, long, value_name = "DIR")]
         output: PathBuf,
         /// Checkpoints analysed at once (default: all cores).
-        #[arg(short, long)]
-        jobs: Option<usize>,
+        #[arg(short, long, value_parser = clap::value_parser!(u32).range(1..))]
+        jobs: Option<u32>,
         /// Bins of each histogram.
         #[arg(long, default_value_t = 50)]
         bins: usize,

@@ -109,6 +109,18 @@ pub enum Error {
     #[error("GPU error: {0}")]
     Gpu(String),
 
+    /// A scan directory cannot be used as asked: another process writes
+    /// it, its journal or manifest is damaged or unreadable, or what it
+    /// holds does not fit the scan, resume or merge asked for (the reason
+    /// says what differs and what to do).
+    #[error("{path}: {reason}")]
+    ScanDir {
+        /// The directory (or the file in it) concerned.
+        path: PathBuf,
+        /// What is wrong, and how to go on.
+        reason: String,
+    },
+
     /// Writing results failed.
     #[error("writing {path}: {reason}")]
     Output {
@@ -149,6 +161,7 @@ impl Error {
             Error::NoLayers { .. } => "no_layers",
             Error::GpuUnavailable(_) => "gpu_unavailable",
             Error::Gpu(_) => "gpu",
+            Error::ScanDir { .. } => "scan_dir",
             Error::Output { .. } => "output",
         }
     }

@@ -86,6 +86,11 @@ impl NamePattern {
         Ok(NamePattern(re))
     }
 
+    /// The pattern's text (`cnt-dnns` expanded).
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+
     /// The named groups that match `path`, as metadata.
     pub fn metadata(&self, path: &str) -> BTreeMap<String, String> {
         let mut out = BTreeMap::new();

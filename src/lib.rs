@@ -11,12 +11,14 @@
 #![warn(missing_docs)]
 
 pub mod checkpoint;
+pub mod collection;
 pub mod density;
 pub mod discover;
 pub mod engine;
 pub mod error;
 pub mod graph;
 pub mod layouts;
+pub mod manifest;
 pub mod natsort;
 pub mod numpy;
 pub mod output;

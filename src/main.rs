@@ -10,7 +10,8 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use clap::Parser;
 
-use cntscope::checkpoint::{collect_checkpoints, Checkpoint};
+use cntscope::checkpoint::Checkpoint;
+use cntscope::collection::{self, Collection};
 use cntscope::engine::{select_engine, AnalysisOptions, CpuEngine, Engine, GpuContext, GpuEngine};
 use cntscope::graph::{GraphOptions, LayerKind, Network, PoolOp};
 use cntscope::layouts::NamePattern;
@@ -39,12 +40,44 @@ fn main() -> ExitCode {
 }
 
 /// The checkpoints under the paths; none at all is bad usage.
-fn found_checkpoints(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
-    let checkpoints = collect_checkpoints(paths)?;
-    if checkpoints.is_empty() {
+fn found_checkpoints(paths: &[PathBuf]) -> anyhow::Result<Collection> {
+    let found = collection::collect(paths)?;
+    if found.paths.is_empty() {
         bail!("no checkpoints found under the given paths");
     }
-    Ok(checkpoints)
+    Ok(found)
+}
+
+/// On Ctrl-C (or SIGTERM, as Slurm sends at a time limit) during a scan into
+/// `dir`: says that what was finished is kept and how to finish, then
+/// exits (130 / 143). The journal holds every record appended so far; a
+/// torn last one is cut off by `--resume`.
+fn on_interrupt_explain_resume(dir: &Path) {
+    #[cfg(unix)]
+    {
+        static MESSAGE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+        let text = format!(
+            "\ninterrupted: the checkpoints finished so far are kept in {}; run the same command with --resume to \
+             measure only the rest\n",
+            dir.display()
+        );
+        if MESSAGE.set(text.into_bytes()).is_err() {
+            return;
+        }
+        extern "C" fn handler(signal: libc::c_int) {
+            if let Some(m) = MESSAGE.get() {
+                // SAFETY: write(2) and _exit(2) are async-signal-safe; the
+                // message was built before the handler was installed.
+                unsafe { libc::write(2, m.as_ptr().cast(), m.len()) };
+            }
+            unsafe { libc::_exit(128 + signal) };
+        }
+        // SAFETY: the handler only calls async-signal-safe functions.
+        unsafe {
+            libc::signal(libc::SIGINT, handler as *const () as libc::sighandler_t);
+            libc::signal(libc::SIGTERM, handler as *const () as libc::sighandler_t);
+        }
+    }
 }
 
 fn cores() -> usize {
@@ -100,19 +133,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .map(NamePattern::parse)
                     .transpose()
                     .map_err(anyhow::Error::msg)?,
-                ..ScanOptions::new(graph.options()?, jobs.unwrap_or_else(cores).max(1))
+                ..ScanOptions::new(graph.options()?, jobs.map_or_else(cores, |j| j as usize))
             };
             let checkpoints = found_checkpoints(&paths)?;
             // Few checkpoints: parallelism goes inside the layers instead.
-            let threads = (opts.jobs / checkpoints.len()).max(1);
+            let threads = (opts.jobs / checkpoints.paths.len()).max(1);
             let engine = select_engine(device.device(), device.adapter.as_deref(), threads)?;
             if cli.verbose {
                 eprintln!("engine: {}", engine.name());
             }
+            on_interrupt_explain_resume(&output);
             let summary = scan(&checkpoints, &output, engine.as_ref(), &opts)?;
             Ok(scan_outcome(summary, &output))
         }
-        Command::Merge { dirs, output } => Ok(scan_outcome(merge(&dirs, &output)?, &output)),
+        Command::Merge { dirs, output } => {
+            // Merged is success: failed checkpoints are rows of errors.csv,
+            // reported, not a failed merge.
+            let summary = merge(&dirs, &output)?;
+            eprintln!("merged all {} shards", summary.shards);
+            report_scan(&summary, &output);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Ensemble { study } => run_study(study, true, false, cli.verbose),
         Command::Dynamics { study } => run_study(study, false, true, cli.verbose),
         Command::Report { study } => run_study(study, true, true, cli.verbose),
@@ -138,7 +179,10 @@ fn run_study(args: cli::StudyArgs, ensemble: bool, dynamics: bool, verbose: bool
         eprintln!("engine: {}", engine.name());
     }
     let given_scan = match &args.paths[..] {
-        [dir] if dir.join("nodes.csv").is_file() && dir.join(cntscope::scan::JOURNAL).is_file() => Some(dir.clone()),
+        [dir] if dir.join(cntscope::manifest::MANIFEST).is_file() || dir.join(cntscope::scan::JOURNAL).is_file() => {
+            cntscope::manifest::Manifest::require_complete(dir)?;
+            Some(dir.clone())
+        }
         _ => None,
     };
     let scan_dir = match given_scan {
@@ -147,6 +191,7 @@ fn run_study(args: cli::StudyArgs, ensemble: bool, dynamics: bool, verbose: bool
             let checkpoints = found_checkpoints(&args.paths)?;
             let scan_opts = ScanOptions::new(opts.graph.clone(), cores());
             let dir = args.output.join("scan");
+            on_interrupt_explain_resume(&dir);
             let summary = scan(&checkpoints, &dir, engine.as_ref(), &scan_opts)?;
             report_scan(&summary, &dir);
             dir
@@ -184,6 +229,11 @@ fn report_scan(summary: &ScanSummary, output: &Path) {
     if summary.notes.len() == cntscope::scan::Notes::MAX {
         eprintln!("note: (further notes not shown; `cntscope inspect` shows a checkpoint's)");
     }
+    if summary.kept > 0 && summary.kept == summary.analysed + summary.failed {
+        eprintln!("nothing left to do: all {} checkpoints were in the journal already", summary.kept);
+    } else if summary.kept > 0 {
+        eprintln!("{} checkpoints were in the journal already; the rest measured now", summary.kept);
+    }
     eprintln!("{} analysed, {} failed -> {}", summary.analysed, summary.failed, output.display());
     if summary.failed > 0 {
         eprintln!("failures are listed in {}", output.join("errors.csv").display());
@@ -207,6 +257,9 @@ fn verify(paths: &[PathBuf], graph: &GraphOptions, adapter: Option<&str>, verbos
     let gpu = GpuEngine::new(Arc::new(GpuContext::new(adapter)?));
     eprintln!("engine: {}", gpu.name());
     let opts = AnalysisOptions { keep_values: true, ..AnalysisOptions::default() };
+    for (path, why) in checkpoints.problems() {
+        eprintln!("error: {}: {why}", path.display());
+    }
     let mut out = csv::Writer::from_writer(std::io::stdout().lock());
     out.write_record([
         "checkpoint",
@@ -218,7 +271,7 @@ fn verify(paths: &[PathBuf], graph: &GraphOptions, adapter: Option<&str>, verbos
         "within_tolerance",
     ])?;
     let (mut worst, mut failed) = (0.0f64, 0usize);
-    for path in &checkpoints {
+    for path in checkpoints.paths.iter().filter(|p| checkpoints.problem(p).is_none()) {
         let (a, b) = match (measure(path, graph, &cpu, &opts), measure(path, graph, &gpu, &opts)) {
             (Ok(a), Ok(b)) => (a, b),
             (Err(e), _) | (_, Err(e)) => {
@@ -250,7 +303,8 @@ fn verify(paths: &[PathBuf], graph: &GraphOptions, adapter: Option<&str>, verbos
     if verbose || worst > TOLERANCE {
         eprintln!("largest relative deviation: {worst:.3e} (tolerance {TOLERANCE:e})");
     }
-    Ok(ExitCode::from(if failed == checkpoints.len() {
+    let failed = failed + (checkpoints.paths.len() - checkpoints.readable());
+    Ok(ExitCode::from(if failed == checkpoints.paths.len() {
         2
     } else if worst > TOLERANCE || failed > 0 {
         1

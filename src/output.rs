@@ -212,7 +212,8 @@ fn node_rows(w: &mut RowWriter, checkpoint: &str, a: &Analysis) -> Vec<u32> {
         .enumerate()
         .map(|(k, s)| {
             let m = &s.strength;
-            w.raw(checkpoint).int(k as u64).int(m.n).num(m.mean).num(m.std()).num(m.min).num(m.max);
+            let (mean, min, max) = m.location();
+            w.raw(checkpoint).int(k as u64).int(m.n).num(mean).num(m.std()).num(min).num(max);
             w.num(m.skewness()).num(m.kurtosis()).num(s.s_in_mean).num(s.s_out_mean);
             w.text(&s.name).display(s.shape).raw(chain).int(s.non_finite).raw(a.source.name()).end()
         })
@@ -225,10 +226,14 @@ fn link_rows(w: &mut RowWriter, checkpoint: &str, a: &Analysis) -> Vec<u32> {
         .iter()
         .map(|l| {
             let m = &l.weights;
+            let (mean, min, max) = m.location();
             w.raw(checkpoint).int(l.index as u64).text(&l.name).raw(l.kind).text(&l.weight).int(m.n);
-            w.num(m.mean).num(m.std()).num(m.min).num(m.max).num(m.skewness()).num(m.kurtosis());
+            w.num(mean).num(m.std()).num(min).num(max).num(m.skewness()).num(m.kurtosis());
             match &l.bias {
-                Some(b) => w.int(b.n).num(b.mean).num(b.std()).num(b.min).num(b.max),
+                Some(b) => {
+                    let (mean, min, max) = b.location();
+                    w.int(b.n).num(mean).num(b.std()).num(min).num(max)
+                }
                 None => w.raw("0").raw("").raw("").raw("").raw(""),
             };
             w.int(l.non_finite).end()
@@ -256,7 +261,41 @@ fn histogram_rows(w: &mut RowWriter, checkpoint: &str, a: &Analysis) -> usize {
 pub struct AtomicFile {
     path: PathBuf,
     tmp: PathBuf,
-    writer: Option<BufWriter<File>>,
+    writer: Option<BufWriter<Sink>>,
+}
+
+/// The file under an [`AtomicFile`]. For the tests of what a full disk
+/// does, `CNTSCOPE_TEST_DISK_FULL=NAME:BYTES` makes writes to files named
+/// NAME fail beyond BYTES, as a full disk would (`StorageFull`).
+pub struct Sink {
+    file: File,
+    room: Option<u64>,
+}
+
+impl Sink {
+    fn new(file: File, name: &str) -> Self {
+        let room = std::env::var("CNTSCOPE_TEST_DISK_FULL").ok().and_then(|v| {
+            let (n, bytes) = v.rsplit_once(':')?;
+            (n == name).then(|| bytes.parse().ok()).flatten()
+        });
+        Sink { file, room }
+    }
+}
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Some(room) = &mut self.room {
+            if buf.len() as u64 > *room {
+                return Err(std::io::Error::new(std::io::ErrorKind::StorageFull, "No space left on device"));
+            }
+            *room -= buf.len() as u64;
+        }
+        self.file.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
 }
 
 impl AtomicFile {
@@ -265,33 +304,42 @@ impl AtomicFile {
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let tmp = path.with_file_name(format!("{}{}", temporary_prefix(&name), std::process::id()));
         let file = File::create(&tmp).map_err(|e| Error::output(path, e))?;
-        Ok(AtomicFile { path: path.to_path_buf(), tmp, writer: Some(BufWriter::with_capacity(1 << 18, file)) })
+        let sink = Sink::new(file, &name);
+        Ok(AtomicFile { path: path.to_path_buf(), tmp, writer: Some(BufWriter::with_capacity(1 << 18, sink)) })
+    }
+
+    /// The directory the file goes into.
+    pub fn dir(&self) -> &Path {
+        self.path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
     }
 
     /// Where to write the contents.
-    pub fn writer(&mut self) -> &mut BufWriter<File> {
+    pub fn writer(&mut self) -> &mut BufWriter<Sink> {
         self.writer.as_mut().expect("not committed")
     }
 
     /// Flushes, syncs and renames the file into place.
-    pub fn commit(self) -> Result<()> {
-        self.finish(true)
+    pub fn commit(mut self) -> Result<()> {
+        self.sync()?;
+        self.publish()
     }
 
-    /// Flushes and renames the file into place without waiting for the
-    /// disk: still atomic for readers, for files rendered from a synced
-    /// source that can render them again after a crash.
-    pub fn publish(self) -> Result<()> {
-        self.finish(false)
+    /// Flushes the contents and waits for the disk to hold them (the file
+    /// stays temporary).
+    pub fn sync(&mut self) -> Result<()> {
+        let err = |e: std::io::Error| Error::output(&self.path, e);
+        let writer = self.writer.as_mut().expect("not committed");
+        writer.flush().map_err(err)?;
+        writer.get_ref().file.sync_all().map_err(err)
     }
 
-    fn finish(mut self, sync: bool) -> Result<()> {
+    /// Flushes and renames the file into place (after [`AtomicFile::sync`]
+    /// where the disk must hold it first).
+    pub fn publish(mut self) -> Result<()> {
         let err = |e: std::io::Error| Error::output(&self.path, e);
         let writer = self.writer.take().expect("not committed");
-        let file = writer.into_inner().map_err(|e| err(e.into_error()))?;
-        if sync {
-            file.sync_all().map_err(err)?;
-        }
+        let sink = writer.into_inner().map_err(|e| err(e.into_error()))?;
+        drop(sink);
         std::fs::rename(&self.tmp, &self.path).map_err(err)
     }
 }
@@ -326,7 +374,7 @@ impl Drop for AtomicFile {
 }
 
 /// Writes `path` atomically: `write` fills an [`AtomicFile`].
-pub fn atomic_write(path: &Path, write: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>) -> Result<()> {
+pub fn atomic_write(path: &Path, write: impl FnOnce(&mut BufWriter<Sink>) -> std::io::Result<()>) -> Result<()> {
     let mut file = AtomicFile::create(path)?;
     write(file.writer()).map_err(|e| Error::output(path, e))?;
     file.commit()

@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -20,6 +20,8 @@ use memmap2::Mmap;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::Checkpoint;
+use crate::collection::{checkpoint_id, Collection};
+use crate::manifest::{shard_text, CollectionId, DirLock, Manifest, MANIFEST};
 use crate::engine::{Analysis, AnalysisOptions, Engine};
 use crate::error::{Error, Result};
 use crate::graph::{GraphOptions, Network};
@@ -70,11 +72,45 @@ impl ScanOptions {
     }
 }
 
+impl ScanOptions {
+    /// Every setting that shapes the tables, by name, as the manifest
+    /// records them (`--resume` and `merge` compare them): the graph
+    /// options in full (a spec by its contents, not its path), bins,
+    /// metadata table (by digest) and name pattern. Engine, jobs and
+    /// progress shape no byte of the tables and are not recorded.
+    pub fn settings(&self) -> BTreeMap<String, String> {
+        let g = &self.graph;
+        let show = |v: &dyn std::fmt::Debug| format!("{v:?}");
+        let spec = g.spec.as_ref().map(|spec| {
+            // Where the file is and which line each entry is on are no
+            // part of what it says.
+            let content = crate::spec::Spec { path: PathBuf::new(), lines: Vec::new(), ..spec.clone() };
+            format!("{:016x}", crate::manifest::digest(show(&content).as_bytes()))
+        });
+        let mut out = BTreeMap::from([
+            ("bins".to_string(), self.analysis.bins.to_string()),
+            ("spec".to_string(), spec.unwrap_or_else(|| "none".into())),
+            ("input".to_string(), show(&g.input)),
+            ("layout".to_string(), show(&g.layout)),
+            ("bias".to_string(), show(&g.bias)),
+            ("bn".to_string(), show(&g.bn)),
+            ("metadata".to_string(), self.metadata.as_ref().map_or("none".into(), |t| format!("{:016x}", t.digest))),
+            ("name_pattern".to_string(), self.name_pattern.as_ref().map_or("none".into(), |p| p.as_str().to_string())),
+        ]);
+        // Whatever graph option is added later is recorded too.
+        let graph = GraphOptions { spec: None, ..g.clone() };
+        out.insert("graph".into(), show(&graph));
+        out
+    }
+}
+
 /// Metadata columns from a CSV table keyed by checkpoint path (a `path` or
 /// `checkpoint` column); its values override the files' own.
 #[derive(Debug, Clone, Default)]
 pub struct MetadataTable {
     rows: HashMap<PathBuf, BTreeMap<String, String>>,
+    /// Digest of the file's bytes (the scan's manifest records it).
+    digest: u64,
 }
 
 impl MetadataTable {
@@ -82,7 +118,9 @@ impl MetadataTable {
     /// canonicalisation.
     pub fn load(path: &Path) -> Result<Self> {
         let err = |reason: String| Error::Spec { path: path.to_path_buf(), reason };
-        let mut reader = csv::Reader::from_path(path).map_err(|e| err(e.to_string()))?;
+        let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+        let digest = crate::manifest::digest(&bytes);
+        let mut reader = csv::Reader::from_reader(&bytes[..]);
         let header: Vec<String> = reader.headers().map_err(|e| err(e.to_string()))?.iter().map(String::from).collect();
         let key = header
             .iter()
@@ -106,7 +144,7 @@ impl MetadataTable {
             }
             rows.insert(p, values);
         }
-        Ok(MetadataTable { rows })
+        Ok(MetadataTable { rows, digest })
     }
 
     /// The row for a checkpoint, if the table has one.
@@ -126,8 +164,12 @@ pub struct ScanSummary {
     /// (counted per layer and node set in the `non_finite` columns).
     pub non_finite: usize,
     /// What graph building assumed (distinct notes, at most
-    /// [`Notes::MAX`]), for the user to see.
+    /// [`Notes::MAX`]) and what the scan repaired, for the user to see.
     pub notes: Vec<String>,
+    /// Checkpoints whose records an earlier run (`--resume`) had kept.
+    pub kept: usize,
+    /// Shards merged (by `merge`).
+    pub shards: usize,
 }
 
 /// The distinct notes of the networks a scan built.
@@ -191,7 +233,7 @@ fn record_buffer() -> Vec<u8> {
 /// The layout of a journal record's rows. Records of another layout (from
 /// an older build) are ignored: `--resume` measures those checkpoints again
 /// rather than mixing row layouts in one table.
-const FORMAT: u32 = 3;
+const FORMAT: u32 = 4;
 
 /// How often the journal is synced in the background while it grows.
 const SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
@@ -238,6 +280,34 @@ impl Head {
     }
 }
 
+/// Bytes before a record's head: its checksum as 16 hex digits, a space.
+const SUM_LEN: usize = 17;
+
+/// Longest head line read from a journal (a damaged journal may hold no
+/// line break for gigabytes).
+const MAX_HEAD_BYTES: u64 = 64 << 20;
+
+/// A record's checksum: of its head's JSON and its rows.
+fn record_sum(head: &[u8], rows: &[u8]) -> u64 {
+    let mut d = crate::manifest::Digest::default();
+    d.update(head);
+    d.update(rows);
+    d.finish()
+}
+
+/// A record's head line (its line break included): checksum and head, or
+/// `None` when it is not one.
+fn parse_head(line: &[u8]) -> Option<(u64, &[u8], Head)> {
+    let line = line.strip_suffix(b"\n")?;
+    let (sum, json) = (line.get(..SUM_LEN - 1)?, line.get(SUM_LEN..)?);
+    if line[SUM_LEN - 1] != b' ' {
+        return None;
+    }
+    let sum = u64::from_str_radix(std::str::from_utf8(sum).ok()?, 16).ok()?;
+    let head: Head = serde_json::from_slice(json).ok()?;
+    (head.format == FORMAT).then_some((sum, json, head))
+}
+
 /// What measuring one checkpoint gave.
 type Outcome = std::result::Result<(Checkpoint, Analysis), [String; 3]>;
 
@@ -251,17 +321,19 @@ fn failure(e: &Error) -> [String; 3] {
 /// ending the scan.
 fn measure_batch(
     batch: &[usize],
-    paths: &[PathBuf],
+    collection: &Collection,
     graph: &GraphOptions,
     engine: &dyn Engine,
     opts: &AnalysisOptions,
     notes: &Notes,
 ) -> Vec<Outcome> {
+    let paths = &collection.paths;
     let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let opened: Vec<Result<(Checkpoint, Network)>> = batch
-            .iter()
-            .map(|&i| Checkpoint::open(&paths[i]).and_then(|ck| Network::build(&ck, graph).map(|net| (ck, net))))
-            .collect();
+        let open = |path: &Path| match collection.problem(path) {
+            Some(why) => Err(Error::Io { path: path.to_path_buf(), error: std::io::Error::other(why) }),
+            None => Checkpoint::open(path).and_then(|ck| Network::build(&ck, graph).map(|net| (ck, net))),
+        };
+        let opened: Vec<Result<(Checkpoint, Network)>> = batch.iter().map(|&i| open(&paths[i])).collect();
         for (_, net) in opened.iter().flatten() {
             notes.add(net);
         }
@@ -300,13 +372,16 @@ struct Entry {
     histograms: usize,
     failed: bool,
     non_finite: bool,
+    /// The record's checksum ([`record_sum`]).
+    sum: u64,
 }
 
 impl Entry {
     /// The entry of the record with `head`, `len` bytes at `offset` of
     /// journal `file`.
-    fn new(head: &Head, file: usize, offset: u64, len: usize) -> Self {
+    fn new(head: &Head, file: usize, offset: u64, len: usize, sum: u64) -> Self {
         Entry {
+            sum,
             order: head.order,
             checkpoint: head.checkpoint.clone(),
             file,
@@ -397,12 +472,15 @@ impl Pending {
             }
         }
         let start = self.buf.len();
+        self.buf.extend_from_slice(&[b' '; SUM_LEN]);
         serde_json::to_writer(&mut self.buf, &head).expect("records serialise");
         self.buf.push(b'\n');
         let rows = self.buf.len();
         self.buf.extend_from_slice(self.rows.bytes());
+        let sum = record_sum(&self.buf[start + SUM_LEN..rows - 1], &self.buf[rows..]);
+        write!(&mut self.buf[start..start + SUM_LEN], "{sum:016x} ").expect("16 hex digits and a space");
         self.bytes += head.bytes;
-        self.entries.push(Entry::new(&head, 0, start as u64, self.buf.len() - start));
+        self.entries.push(Entry::new(&head, 0, start as u64, self.buf.len() - start, sum));
         if let Some(staged) = &mut self.staged {
             staged.push(Staged { pos, rows, head });
         }
@@ -573,59 +651,121 @@ impl TableStream {
     }
 }
 
-/// Indexes a journal's complete records; with `repair`, a torn last
-/// record (from a killed run) is cut off so appends continue cleanly.
-/// Returns the entries and the metadata keys seen.
-fn index_journal(path: &Path, file: usize, repair: bool, keys: &mut BTreeSet<String>) -> Result<Vec<Entry>> {
-    let io = |e: std::io::Error| Error::output(path, e);
-    let Ok(f) = File::open(path) else { return Ok(vec![]) };
+/// A journal's intact records.
+#[derive(Default)]
+struct JournalIndex {
+    entries: Vec<Entry>,
+    /// `(offset, length)` when bytes that are no intact record (a torn
+    /// record, what a power cut leaves, bytes altered or inserted) follow
+    /// the intact ones at `offset`.
+    damaged: Option<(u64, u64)>,
+}
+
+/// Indexes a journal's records up to the first that is torn or damaged
+/// (each record's checksum is verified); with `repair`, what follows is cut
+/// off so appends continue cleanly (those checkpoints are measured again).
+/// Metadata keys seen are added to `keys`. No journal is an empty one.
+fn index_journal(path: &Path, file: usize, repair: bool, keys: &mut BTreeSet<String>) -> Result<JournalIndex> {
+    let io = |e: std::io::Error| Error::ScanDir { path: path.to_path_buf(), reason: format!("reading the journal: {e}") };
+    let f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(JournalIndex::default()),
+        Err(e) => return Err(io(e)),
+    };
     let total = f.metadata().map_err(io)?.len();
     let mut reader = BufReader::new(f);
-    let (mut entries, mut offset, mut line) = (Vec::new(), 0u64, Vec::new());
+    let (mut entries, mut offset, mut line, mut rows) = (Vec::new(), 0u64, Vec::new(), Vec::new());
     loop {
         line.clear();
-        let n = reader.read_until(b'\n', &mut line).map_err(io)?;
-        if n == 0 || line.last() != Some(&b'\n') {
-            break;
-        }
-        let Ok(head) = serde_json::from_slice::<Head>(&line) else { break };
+        let n = (&mut reader).take(MAX_HEAD_BYTES).read_until(b'\n', &mut line).map_err(io)?;
+        let Some((sum, json, head)) = parse_head(&line) else { break };
         let len = n + head.rows_len();
         if offset + len as u64 > total {
             break;
         }
-        reader.seek_relative(head.rows_len() as i64).map_err(io)?;
-        if head.format == FORMAT {
-            entries.push(Entry::new(&head, file, offset, len));
-            keys.extend(head.metadata.into_keys());
+        rows.resize(head.rows_len(), 0);
+        reader.read_exact(&mut rows).map_err(io)?;
+        if record_sum(json, &rows) != sum {
+            break;
         }
+        entries.push(Entry::new(&head, file, offset, len, sum));
+        keys.extend(head.metadata.into_keys());
         offset += len as u64;
     }
-    if repair {
+    if repair && offset < total {
         OpenOptions::new().write(true).open(path).and_then(|f| f.set_len(offset)).map_err(io)?;
     }
-    Ok(entries)
+    Ok(JournalIndex { entries, damaged: (offset < total).then_some((offset, total)) })
 }
 
-/// Scans checkpoints into `out_dir`: `nodes.csv`, `links.csv`,
-/// `histograms.csv`, `errors.csv` (and the journal they are rendered from).
-pub fn scan(checkpoints: &[PathBuf], out_dir: &Path, engine: &dyn Engine, opts: &ScanOptions) -> Result<ScanSummary> {
+/// Scans a collection into `out_dir`: `nodes.csv`, `links.csv`,
+/// `histograms.csv`, `errors.csv`, the journal they are rendered from and
+/// the manifest that says what the directory holds. The directory is
+/// locked for the scan; an earlier scan's tables are removed when it
+/// starts, and the new ones published together at the end, the manifest
+/// marked complete last. `--resume` continues only a scan of the same
+/// collection with the same settings (else [`Error::ScanDir`] says what
+/// differs); with no scan there yet, it simply starts.
+pub fn scan(collection: &Collection, out_dir: &Path, engine: &dyn Engine, opts: &ScanOptions) -> Result<ScanSummary> {
     let out_err = |e: std::io::Error| Error::output(out_dir, e);
-    std::fs::create_dir_all(out_dir).map_err(out_err)?;
-    // Tables a killed run was writing.
-    output::remove_stale(out_dir, &TABLES);
+    let _lock = open_scan_dir(out_dir)?;
+    let checkpoints = &collection.paths;
+    let ids: Vec<String> = checkpoints.iter().map(|p| checkpoint_id(p)).collect();
+    let (shard, shards) = opts.shard.unwrap_or((0, 1));
+    let manifest = Manifest {
+        format: FORMAT,
+        version: env!("CARGO_PKG_VERSION").into(),
+        settings: opts.settings(),
+        shard: [shard, shards],
+        collection: CollectionId::of(collection, &collection.roots),
+        complete: false,
+    };
     let journal_path = out_dir.join(JOURNAL);
-    let ids: Vec<String> = checkpoints.iter().map(|p| p.to_string_lossy().into_owned()).collect();
     // The journal's index (what rendering needs), kept as records are
     // appended, so the tables are written without parsing it twice.
     let mut keys = BTreeSet::new();
-    let mut entries = if opts.resume {
-        index_journal(&journal_path, 0, true, &mut keys)?
-    } else {
-        File::create(&journal_path).map_err(out_err)?;
-        Vec::new()
+    let mut notes = Vec::new();
+    let earlier = if opts.resume { Manifest::read(out_dir)? } else { None };
+    let mut entries = match earlier {
+        Some(earlier) => {
+            resumable(out_dir, &earlier, &manifest)?;
+            let index = index_journal(&journal_path, 0, true, &mut keys)?;
+            if let Some((at, len)) = index.damaged {
+                notes.push(format!(
+                    "{}: bytes {at}..{len} were no intact record (a torn or damaged record): cut off, their \
+                     checkpoints measured again",
+                    journal_path.display()
+                ));
+            }
+            check_records(&journal_path, &index.entries, &ids, [shard, shards])?;
+            index.entries
+        }
+        None => {
+            if opts.resume && std::fs::metadata(&journal_path).is_ok_and(|m| m.len() > 0) {
+                return Err(Error::ScanDir {
+                    path: out_dir.to_path_buf(),
+                    reason: format!(
+                        "{JOURNAL} without a {MANIFEST}: an older cntscope's scan (or not a scan), which --resume \
+                         cannot check; scan again without --resume, or into another directory"
+                    ),
+                });
+            }
+            // A fresh scan: no earlier scan's journal, manifest or tables
+            // stays beside it.
+            remove_if_present(&out_dir.join(MANIFEST))?;
+            File::create(&journal_path).map_err(out_err)?;
+            Vec::new()
+        }
     };
+    // From here the directory says it holds this scan, unfinished, and no
+    // table of an earlier run stays beside it.
+    manifest.write(out_dir)?;
+    for table in TABLES {
+        remove_if_present(&out_dir.join(table))?;
+    }
+    output::remove_stale(out_dir, &TABLES);
+    let kept = entries.len();
     let done: BTreeSet<&str> = entries.iter().map(|e| e.checkpoint.as_str()).collect();
-    let (shard, shards) = opts.shard.unwrap_or((0, 1));
     let todo: Vec<usize> =
         (0..checkpoints.len()).filter(|&i| i % shards == shard && !done.contains(ids[i].as_str())).collect();
     drop(done);
@@ -646,7 +786,7 @@ pub fn scan(checkpoints: &[PathBuf], out_dir: &Path, engine: &dyn Engine, opts: 
     let batch = engine.batch_size().max(1);
     let workers = opts.jobs.clamp(1, todo.len().div_ceil(batch).max(1));
     let progress = Progress::new(opts.progress, todo.len());
-    let notes = Notes::default();
+    let graph_notes = Notes::default();
     std::thread::scope(|s| -> Result<()> {
         let work = || -> Result<()> {
             let mut pending = Pending::new(stream.is_some());
@@ -672,7 +812,7 @@ pub fn scan(checkpoints: &[PathBuf], out_dir: &Path, engine: &dyn Engine, opts: 
                 if chunk.is_empty() || stop.load(Ordering::Relaxed) {
                     break;
                 }
-                let outcomes = measure_batch(chunk, checkpoints, &opts.graph, engine, &opts.analysis, &notes);
+                let outcomes = measure_batch(chunk, collection, &opts.graph, engine, &opts.analysis, &graph_notes);
                 for ((pos, &i), outcome) in (start..).zip(chunk).zip(outcomes) {
                     if opts.strict && outcome.is_err() {
                         stop.store(true, Ordering::Relaxed);
@@ -712,39 +852,232 @@ pub fn scan(checkpoints: &[PathBuf], out_dir: &Path, engine: &dyn Engine, opts: 
             _ => write_tables(std::slice::from_ref(&journal_path), entries, keys, out_dir),
         };
         synced.join().expect("sync thread panicked")?;
-        summary.map(|s| ScanSummary { notes: notes.take(), ..s })
+        let summary = summary?;
+        // Last: the tables are complete.
+        Manifest { complete: true, ..manifest }.write(out_dir)?;
+        notes.extend(graph_notes.take());
+        Ok(ScanSummary { notes, kept, ..summary })
     })
 }
 
-/// Combines the journals of shard runs (`scan --shard I/N` into each DIR)
-/// into `out_dir`: the same tables one unsharded run would give.
-pub fn merge(dirs: &[PathBuf], out_dir: &Path) -> Result<ScanSummary> {
-    let out_err = |e: std::io::Error| Error::output(out_dir, e);
-    std::fs::create_dir_all(out_dir).map_err(out_err)?;
-    output::remove_stale(out_dir, &TABLES);
-    let journals: Vec<PathBuf> = dirs.iter().map(|d| d.join(JOURNAL)).collect();
-    for j in &journals {
-        if !j.is_file() {
-            return Err(Error::output(j, "no scan journal here"));
+/// Makes `dir` a directory this process alone writes (created if need be);
+/// the lock is held while the value lives.
+fn open_scan_dir(dir: &Path) -> Result<DirLock> {
+    if std::fs::metadata(dir).is_ok_and(|m| !m.is_dir()) {
+        return Err(Error::ScanDir {
+            path: dir.to_path_buf(),
+            reason: "is a file, not a directory: the output is a directory of tables (give a new or a scan's \
+                     directory)"
+                .into(),
+        });
+    }
+    std::fs::create_dir_all(dir).map_err(|e| Error::output(dir, e))?;
+    DirLock::exclusive(dir)
+}
+
+fn remove_if_present(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::output(path, e)),
+        _ => Ok(()),
+    }
+}
+
+/// Whether the scan recorded as `earlier` can be continued as `now`: the
+/// same settings, shard and collection, or a refusal that says what
+/// differs and how to go on.
+fn resumable(dir: &Path, earlier: &Manifest, now: &Manifest) -> Result<()> {
+    let how = "run it as before, or scan afresh (without --resume, or into another directory)";
+    let differences = earlier.setting_differences(now);
+    if !differences.is_empty() {
+        return Err(Error::ScanDir {
+            path: dir.to_path_buf(),
+            reason: format!(
+                "cannot resume: the scan here was made with other settings ({}); {how}",
+                differences.join("; ")
+            ),
+        });
+    }
+    if let Some(d) = earlier.collection.difference(&now.collection, true) {
+        return Err(Error::ScanDir {
+            path: dir.to_path_buf(),
+            reason: format!("cannot resume: this is not the collection the scan here is of: {d}; {how}"),
+        });
+    }
+    Ok(())
+}
+
+/// Checks that a journal's records are of the checkpoints of `shard` of
+/// the collection named `ids`, each once at its place.
+fn check_records(journal: &Path, entries: &[Entry], ids: &[String], [shard, shards]: [usize; 2]) -> Result<()> {
+    let mut seen = vec![false; ids.len()];
+    for e in entries {
+        let fits = e.order < ids.len() && ids[e.order] == e.checkpoint && e.order % shards == shard;
+        if !fits || std::mem::replace(&mut seen[e.order], true) {
+            return Err(Error::ScanDir {
+                path: journal.to_path_buf(),
+                reason: format!(
+                    "holds a record of `{}` (position {}) that is not {} of this collection's shard {}: the \
+                     journal is another scan's or damaged; scan afresh",
+                    e.checkpoint,
+                    e.order,
+                    if fits { "once" } else { "a checkpoint" },
+                    shard_text([shard, shards])
+                ),
+            });
         }
     }
-    let mut keys = BTreeSet::new();
-    let mut entries = Vec::new();
-    for (i, j) in journals.iter().enumerate() {
-        entries.extend(index_journal(j, i, false, &mut keys)?);
+    Ok(())
+}
+
+/// Combines the shards of one scan (`scan --shard I/N` into each DIR) into
+/// `out_dir`: the same tables one unsharded run gives. Refused, naming the
+/// directories, unless every shard `0..N` is there, complete, of the same
+/// collection with the same settings, and holds exactly its checkpoints
+/// (a shard given twice is taken once if both copies hold the same
+/// records).
+pub fn merge(dirs: &[PathBuf], out_dir: &Path) -> Result<ScanSummary> {
+    let refuse = |path: &Path, reason: String| Error::ScanDir { path: path.to_path_buf(), reason };
+    let canonical = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+    if dirs.iter().any(|d| canonical(d) == canonical(out_dir)) {
+        return Err(refuse(out_dir, "is one of the shards: merge writes its tables into a directory of their own".into()));
     }
+    if let Some(dir) = dirs.iter().find(|d| !d.is_dir()) {
+        return Err(refuse(dir, "no such directory".into()));
+    }
+    let _read_locks = dirs.iter().map(|d| DirLock::shared(d)).collect::<Result<Vec<_>>>()?;
+    let mut shards: Vec<(&PathBuf, Manifest)> = Vec::new();
+    for dir in dirs {
+        let m = Manifest::read(dir)?.ok_or_else(|| {
+            refuse(dir, format!("no {MANIFEST}: not a scan directory, or one written by an older cntscope (scan again)"))
+        })?;
+        if !m.complete {
+            return Err(refuse(
+                dir,
+                format!(
+                    "shard {} did not finish: run its scan again with --resume, then merge",
+                    shard_text(m.shard)
+                ),
+            ));
+        }
+        shards.push((dir, m));
+    }
+    let (first_dir, first) = shards[0].clone();
+    let n = first.shard[1];
+    for (dir, m) in &shards[1..] {
+        let mut differences = first.setting_differences(m);
+        differences.retain(|d| !d.starts_with("shard:"));
+        if !differences.is_empty() {
+            return Err(refuse(
+                dir,
+                format!("scanned with other settings than {} ({})", first_dir.display(), differences.join("; ")),
+            ));
+        }
+        if let Some(d) = first.collection.difference(&m.collection, false) {
+            return Err(refuse(dir, format!("a scan of another collection than {}: {d}", first_dir.display())));
+        }
+        if m.shard[1] != n {
+            return Err(refuse(
+                dir,
+                format!(
+                    "is shard {} but {} is shard {}: all shards must come from one split",
+                    shard_text(m.shard),
+                    first_dir.display(),
+                    shard_text(first.shard)
+                ),
+            ));
+        }
+    }
+    // Each shard's journal, indexed and checked; a shard given twice is
+    // taken once when both hold the same records.
+    let ids_of = |dir: &Path, entries: &[Entry], shard: usize| -> Result<()> {
+        let expected = (0..first.collection.entries).filter(|i| i % n == shard).count();
+        let mut orders: Vec<usize> = entries.iter().map(|e| e.order).collect();
+        orders.sort_unstable();
+        orders.dedup();
+        let fits = orders.len() == entries.len()
+            && orders.len() == expected
+            && orders.iter().all(|&o| o % n == shard && o < first.collection.entries);
+        if fits {
+            Ok(())
+        } else {
+            Err(refuse(
+                &dir.join(JOURNAL),
+                format!(
+                    "holds {} records where shard {} has {expected} checkpoints (damaged, or another scan's): scan \
+                     the shard again",
+                    entries.len(),
+                    shard_text([shard, n])
+                ),
+            ))
+        }
+    };
+    let mut keys = BTreeSet::new();
+    let mut taken: BTreeMap<usize, (&PathBuf, Vec<Entry>)> = BTreeMap::new();
+    for (dir, m) in &shards {
+        let mut shard_keys = BTreeSet::new();
+        let index = index_journal(&dir.join(JOURNAL), 0, false, &mut shard_keys)?;
+        if let Some((at, len)) = index.damaged {
+            return Err(refuse(
+                &dir.join(JOURNAL),
+                format!("bytes {at}..{len} are no intact record (torn or damaged): run its scan again with --resume"),
+            ));
+        }
+        ids_of(dir, &index.entries, m.shard[0])?;
+        match taken.get(&m.shard[0]) {
+            Some((other, entries)) => {
+                let same = entries.len() == index.entries.len()
+                    && entries.iter().zip(&index.entries).all(|(a, b)| a.order == b.order && a.sum == b.sum);
+                if !same {
+                    return Err(refuse(
+                        dir,
+                        format!(
+                            "is shard {} as {} is, with other records: give one of them",
+                            shard_text(m.shard),
+                            other.display()
+                        ),
+                    ));
+                }
+            }
+            None => {
+                keys.append(&mut shard_keys);
+                taken.insert(m.shard[0], (dir, index.entries));
+            }
+        }
+    }
+    let missing: Vec<String> = (0..n).filter(|i| !taken.contains_key(i)).map(|i| shard_text([i, n])).collect();
+    if !missing.is_empty() {
+        return Err(refuse(
+            out_dir,
+            format!(
+                "cannot merge: shard(s) {} missing (a merge needs every shard 0..{} of the split)",
+                missing.join(", "),
+                n.saturating_sub(1)
+            ),
+        ));
+    }
+    let journals: Vec<PathBuf> = taken.values().map(|(dir, _)| dir.join(JOURNAL)).collect();
+    let entries: Vec<Entry> = taken
+        .into_values()
+        .enumerate()
+        .flat_map(|(file, (_, entries))| entries.into_iter().map(move |e| Entry { file, ..e }))
+        .collect();
+
+    let _lock = open_scan_dir(out_dir)?;
+    remove_if_present(&out_dir.join(MANIFEST))?;
+    for table in TABLES {
+        remove_if_present(&out_dir.join(table))?;
+    }
+    output::remove_stale(out_dir, &TABLES);
     let summary = write_tables(&journals, entries, keys, out_dir)?;
     // The merged journal, so the merged directory can be merged or resumed again.
-    let merged = out_dir.join(JOURNAL);
-    if !journals.contains(&merged) {
-        atomic_write(&merged, |w| {
-            for j in &journals {
-                std::io::copy(&mut File::open(j)?, w)?;
-            }
-            Ok(())
-        })?;
-    }
-    Ok(summary)
+    atomic_write(&out_dir.join(JOURNAL), |w| {
+        for j in &journals {
+            std::io::copy(&mut File::open(j)?, w)?;
+        }
+        Ok(())
+    })?;
+    Manifest { shard: [0, 1], complete: true, ..first }.write(out_dir)?;
+    Ok(ScanSummary { shards: n, ..summary })
 }
 
 /// The tables of a scan's output directory.
@@ -764,8 +1097,7 @@ impl Tables {
     /// metadata columns of `nodes.csv` and `links.csv` (prefixed `meta_`
     /// where a key is a column name already).
     fn create(out_dir: &Path, keys: &[String]) -> Result<Self> {
-        let taken: BTreeSet<&str> = output::NODES_HEADER.iter().chain(&output::LINKS_HEADER).copied().collect();
-        let meta_cols = keys.iter().map(|k| if taken.contains(k.as_str()) { format!("meta_{k}") } else { k.clone() });
+        let meta_cols = metadata_columns(keys).into_iter();
         let table = |name: &str, base: &[&str], meta: bool| -> Result<AtomicFile> {
             let path = out_dir.join(name);
             let mut file = AtomicFile::create(&path)?;
@@ -782,14 +1114,43 @@ impl Tables {
         })
     }
 
-    /// Tables are derived from the synced journal (`--resume` renders them
-    /// again), so they are renamed into place without a disk flush each.
+    /// Publishes the four tables together: each is flushed and synced as a
+    /// temporary file first (a full disk fails here, before any table is
+    /// in place), then all are renamed into place and the directory
+    /// synced. The manifest is marked complete after this, so a reader
+    /// never takes a partial set for a scan's tables.
     fn publish(self) -> Result<()> {
-        for table in [self.nodes, self.links, self.histograms, self.errors] {
+        let mut tables = [self.nodes, self.links, self.histograms, self.errors];
+        for table in &mut tables {
+            table.sync()?;
+        }
+        let dir = tables[0].dir().to_path_buf();
+        for table in tables {
             table.publish()?;
         }
-        Ok(())
+        File::open(&dir).and_then(|d| d.sync_all()).map_err(|e| Error::output(&dir, e))
     }
+}
+
+/// The column names of metadata `keys` (sorted): each key, prefixed
+/// `meta_` as often as needed to differ from the tables' own columns and
+/// from every other key's column (`checkpoint` and `meta_checkpoint`
+/// become the columns `meta_meta_checkpoint` and `meta_checkpoint`).
+fn metadata_columns(keys: &[String]) -> Vec<String> {
+    let mut taken: BTreeSet<String> =
+        output::NODES_HEADER.iter().chain(&output::LINKS_HEADER).map(|s| s.to_string()).collect();
+    // Keys keep their own names where they can: only a clash is renamed.
+    let own: BTreeSet<&str> = keys.iter().map(String::as_str).collect();
+    keys.iter()
+        .map(|k| {
+            let mut name = k.clone();
+            while taken.contains(&name) || (name != *k && own.contains(name.as_str())) {
+                name = format!("meta_{name}");
+            }
+            taken.insert(name.clone());
+            name
+        })
+        .collect()
 }
 
 /// The end of each `nodes.csv` and `links.csv` row of a record: its
@@ -845,7 +1206,7 @@ fn error_row(errors: &mut impl Write, checkpoint: &str, [kind, tensor, message]:
 fn tally(entries: &[Entry]) -> ScanSummary {
     let failed = entries.iter().filter(|e| e.failed).count();
     let non_finite = entries.iter().filter(|e| e.non_finite).count();
-    ScanSummary { analysed: entries.len() - failed, failed, non_finite, notes: Vec::new() }
+    ScanSummary { analysed: entries.len() - failed, failed, non_finite, ..ScanSummary::default() }
 }
 
 /// Renders the tables from journals, streaming the indexed records in input
@@ -876,17 +1237,19 @@ fn write_tables(
         .collect::<std::io::Result<_>>()
         .map_err(write_err)?;
     let bytes_of = |e: &Entry| -> Result<&[u8]> {
+        let journal = &journals[e.file];
         usize::try_from(e.offset)
             .ok()
             .and_then(|start| maps[e.file].get(start..start.checked_add(e.len)?))
             .filter(|bytes| bytes.len() > e.histograms)
-            .ok_or_else(|| Error::output(&journals[e.file], format!("record at {} lies beyond the journal", e.offset)))
+            .ok_or_else(|| Error::ScanDir { path: journal.clone(), reason: format!("record at {} lies beyond the journal", e.offset) })
     };
     let record = |e: &Entry| -> Result<(Head, &[u8])> {
-        let bad = |err: String| Error::output(&journals[e.file], err);
+        let bad = |reason: String| Error::ScanDir { path: journals[e.file].clone(), reason };
         let bytes = bytes_of(e)?;
         let split = bytes.iter().position(|&b| b == b'\n').ok_or_else(|| bad("record without a head".into()))?;
-        let head: Head = serde_json::from_slice(&bytes[..split]).map_err(|err| bad(err.to_string()))?;
+        let json = bytes.get(SUM_LEN..split).ok_or_else(|| bad("record without a head".into()))?;
+        let head: Head = serde_json::from_slice(json).map_err(|err| bad(err.to_string()))?;
         if head.rows_len() != bytes.len() - split - 1 {
             return Err(bad(format!("record at {} does not match its head", e.offset)));
         }

@@ -199,6 +199,16 @@ impl Moments {
         self.max = self.max.max(other.max);
     }
 
+    /// Mean, smallest and largest value as reported: NaN when there are no
+    /// values (never a 0.0 that looks like a measurement, nor infinities).
+    pub fn location(&self) -> (f64, f64, f64) {
+        if self.n == 0 {
+            (f64::NAN, f64::NAN, f64::NAN)
+        } else {
+            (self.mean, self.min, self.max)
+        }
+    }
+
     /// Population variance (ddof = 0).
     pub fn variance(&self) -> f64 {
         if self.n == 0 {

@@ -207,6 +207,8 @@ fn resume_after_interruption_gives_identical_output() {
     std::fs::create_dir(&part).unwrap();
     let journal = std::fs::read(full.join("scan.journal")).unwrap();
     std::fs::write(part.join("scan.journal"), &journal[..journal.len() * 3 / 5]).unwrap();
+    let manifest = std::fs::read_to_string(full.join("scan.manifest")).unwrap();
+    std::fs::write(part.join("scan.manifest"), manifest.replace(r#""complete": true"#, r#""complete": false"#)).unwrap();
     // ... and the killed run's half-written tables.
     let stale = part.join(".nodes.csv.tmp4242");
     std::fs::write(&stale, "checkpoint,node_layer\n").unwrap();
@@ -223,18 +225,15 @@ fn resume_after_interruption_gives_identical_output() {
     let resumed = std::fs::read(part.join("scan.journal")).unwrap();
     assert_eq!(resumed.len(), journal.len(), "the resumed journal holds every record once");
 
-    // A journal from an older build (rows of another layout, no `format`):
-    // its checkpoints are measured again, never mixed into the tables.
+    // A journal without a manifest (an older build's) cannot be checked:
+    // refused, never mixed into the tables.
     let old = dir.path().join("old");
     std::fs::create_dir(&old).unwrap();
-    let records = String::from_utf8(journal.clone()).unwrap();
-    assert_eq!(records.matches(r#"{"format":3,"#).count(), 6, "one head per checkpoint");
-    std::fs::write(old.join("scan.journal"), records.replace(r#"{"format":3,"#, "{")).unwrap();
+    std::fs::write(old.join("scan.journal"), &journal).unwrap();
     let o = cntscope(&["scan", data.to_str().unwrap(), "-o", old.to_str().unwrap(), "--resume"]);
-    assert!(o.status.success(), "{}", text(&o));
-    assert_eq!(std::fs::read(full.join("nodes.csv")).unwrap(), std::fs::read(old.join("nodes.csv")).unwrap());
-    let again = std::fs::metadata(old.join("scan.journal")).unwrap().len() as usize;
-    assert_eq!(again, journal.len() * 2 - 6 * r#""format":2,"#.len(), "every checkpoint measured again");
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("without a scan.manifest"), "{}", text(&o));
+    assert!(!old.join("nodes.csv").exists());
 }
 
 #[test]

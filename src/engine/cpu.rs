@@ -12,8 +12,12 @@ use super::{dense_in_out, dense_storage, to_layout_order, Engine, LayerMeasures}
 /// Elements decoded at a time when streaming a tensor.
 const CHUNK: usize = 4096;
 
-/// Dense layers with at least this many weights are split over threads.
+/// Dense layers with at least this many weights are split into blocks
+/// (measured in parallel).
 const PARALLEL_MIN_WEIGHTS: usize = 1 << 20;
+
+/// Weights per block of a split layer (rounded up to whole rows).
+const BLOCK_WEIGHTS: usize = 1 << 18;
 
 /// The f64 reference engine.
 #[derive(Debug, Clone)]
@@ -85,7 +89,7 @@ impl Engine for CpuEngine {
             }
             h
         };
-        let histogram = self.split(weight.len(), count, |all, part| all.merge(&part));
+        let histogram = self.split(weight.len(), 1, count, |all, part| all.merge(&part));
         Ok(LayerMeasures { s_in, s_out, weights, histogram })
     }
 
@@ -171,23 +175,47 @@ fn sweep_f32(cols: &mut [f64], row: &[f32], lanes: &mut Lanes) -> f64 {
 }
 
 impl CpuEngine {
-    /// Runs `f` over `0..n` elements split into one contiguous block per
-    /// thread (inline when `n` is small) and folds the blocks' results in
-    /// order with `merge`.
-    fn split<T: Send>(&self, n: usize, f: impl Fn(usize, usize) -> T + Sync, merge: impl Fn(&mut T, T)) -> T {
-        let threads = if n >= PARALLEL_MIN_WEIGHTS { self.threads } else { 1 };
-        if threads <= 1 {
+    /// Runs `f` over `0..n` elements in blocks of whole `unit`s (rows),
+    /// about [`BLOCK_WEIGHTS`] each, and folds the blocks' results in block
+    /// order with `merge`. The blocks depend only on `n` and `unit`, never
+    /// on the thread count, so neither do the (floating-point) results:
+    /// shards measured on machines with any number of cores merge to the
+    /// bytes of one run. Threads take a round of consecutive blocks at a
+    /// time (so at most `threads` results are held), inline when `n` is
+    /// small.
+    fn split<T: Send>(
+        &self,
+        n: usize,
+        unit: usize,
+        f: impl Fn(usize, usize) -> T + Sync,
+        merge: impl Fn(&mut T, T),
+    ) -> T {
+        if n < PARALLEL_MIN_WEIGHTS {
             return f(0, n);
         }
-        let block = n.div_ceil(threads);
-        std::thread::scope(|s| {
-            let f = &f;
-            let handles: Vec<_> = (0..n).step_by(block).map(|a| s.spawn(move || f(a, (a + block).min(n)))).collect();
-            let mut parts = handles.into_iter().map(|h| h.join().expect("worker panicked"));
-            let mut all = parts.next().expect("n > 0: one block at least");
-            parts.for_each(|p| merge(&mut all, p));
-            all
-        })
+        let unit = unit.max(1);
+        let block = BLOCK_WEIGHTS.div_ceil(unit) * unit;
+        let starts: Vec<usize> = (0..n).step_by(block).collect();
+        let run = |a: usize| f(a, (a + block).min(n));
+        let mut all: Option<T> = None;
+        for round in starts.chunks(self.threads) {
+            let parts: Vec<T> = if round.len() == 1 {
+                vec![run(round[0])]
+            } else {
+                std::thread::scope(|s| {
+                    let run = &run;
+                    let handles: Vec<_> = round.iter().map(|&a| s.spawn(move || run(a))).collect();
+                    handles.into_iter().map(|h| h.join().expect("worker panicked")).collect()
+                })
+            };
+            for part in parts {
+                match &mut all {
+                    Some(all) => merge(all, part),
+                    None => all = Some(part),
+                }
+            }
+        }
+        all.expect("n > 0: one block at least")
     }
 
     /// Dense strengths: one pass over the stored matrix gives its row and
@@ -201,6 +229,7 @@ impl CpuEngine {
         let shift = if first.is_empty() { 0.0 } else { stats::sum(first) / first.len() as f64 };
         let sums = self.split(
             rows * cols,
+            cols,
             |start, end| row_col_sums(weight, cols, start / cols, end / cols, shift),
             |all, part| {
                 all.rows.extend(part.rows);

@@ -132,6 +132,36 @@ pub struct GpuContext {
     buffers: Mutex<Buffers>,
 }
 
+/// Mesa's Vulkan drivers print `error: XDG_RUNTIME_DIR is invalid or not
+/// set` in every process that lacks one (a CI job, `sudo`, a cron job):
+/// where it is unset, the process gets a private one (mode 0700 under the
+/// temporary directory) before the first adapter is looked for.
+fn private_runtime_dir() {
+    #[cfg(unix)]
+    {
+        static DONE: std::sync::Once = std::sync::Once::new();
+        DONE.call_once(|| {
+            if std::env::var_os("XDG_RUNTIME_DIR").is_some() {
+                return;
+            }
+            use std::os::unix::fs::DirBuilderExt;
+            // SAFETY: getuid has no preconditions.
+            let uid = unsafe { libc::getuid() };
+            let dir = std::env::temp_dir().join(format!("cntscope-runtime-{uid}"));
+            let made = std::fs::DirBuilder::new().mode(0o700).create(&dir);
+            let ours = std::fs::symlink_metadata(&dir).is_ok_and(|m| {
+                use std::os::unix::fs::MetadataExt;
+                m.is_dir() && m.uid() == uid && m.mode() & 0o077 == 0
+            });
+            if ours && (made.is_ok() || dir.is_dir()) {
+                // Before any GPU thread exists (Once), and only this
+                // variable.
+                std::env::set_var("XDG_RUNTIME_DIR", &dir);
+            }
+        });
+    }
+}
+
 impl GpuContext {
     /// Opens a device on the adapter whose name contains `adapter`
     /// (case-insensitive), or else the best one available (discrete, then
@@ -144,6 +174,7 @@ impl GpuContext {
     /// once (further capped by the adapter's limits), so larger tensors are
     /// streamed in chunks. Tests use a small limit to exercise that path.
     pub fn with_chunk_limit(adapter: Option<&str>, chunk_bytes: u64) -> Result<Self> {
+        private_runtime_dir();
         let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
         let names: Vec<String> = adapters.iter().map(|a| describe(&a.get_info())).collect();

@@ -1,0 +1,283 @@
+//! Finding the checkpoints of a collection: command-line paths expanded
+//! into checkpoint files (and sharded directories) in a stable order, each
+//! directory followed once, and every entry that cannot be a checkpoint (a
+//! FIFO, a device, an unreadable directory, a symlink loop) kept as a
+//! problem to report rather than opened or followed.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use crate::checkpoint::SHARD_INDEX;
+use crate::error::{Error, Result};
+use crate::natsort::sort_natural_by;
+
+/// What the paths given to a scan hold.
+#[derive(Debug, Clone, Default)]
+pub struct Collection {
+    /// The checkpoints, and in their place each entry that cannot be one
+    /// (see [`Collection::problem`]), in scan order.
+    pub paths: Vec<PathBuf>,
+    /// Why an entry of `paths` is not read (it becomes an `errors.csv` row).
+    problems: HashMap<PathBuf, String>,
+    /// The paths it was collected from, as given.
+    pub roots: Vec<PathBuf>,
+}
+
+impl Collection {
+    /// A collection of exactly these paths, nothing looked at.
+    pub fn of(paths: Vec<PathBuf>) -> Self {
+        Collection { roots: paths.clone(), paths, problems: HashMap::new() }
+    }
+
+    /// Why `path` is not read as a checkpoint, if it is not.
+    pub fn problem(&self, path: &Path) -> Option<&str> {
+        self.problems.get(path).map(String::as_str)
+    }
+
+    /// The entries that are not read, with why, in scan order.
+    pub fn problems(&self) -> impl Iterator<Item = (&Path, &str)> {
+        self.paths.iter().filter_map(|p| self.problem(p).map(|why| (p.as_path(), why)))
+    }
+
+    /// How many entries are checkpoints to read.
+    pub fn readable(&self) -> usize {
+        self.paths.len() - self.problems.len()
+    }
+}
+
+/// Expands command-line paths into the checkpoints they hold: files as
+/// given, sharded directories as one checkpoint, other directories
+/// recursively (checkpoint files by name and sharded subdirectories), and
+/// glob patterns. Order: arguments in order, each directory's entries in
+/// natural order; duplicates removed. Each directory is followed once (by
+/// device and inode), so a symlink loop or a second link to a directory is
+/// a problem entry, as are unreadable directories and FIFOs, sockets and
+/// devices (never opened). A path that does not exist is an error.
+pub fn collect(args: &[PathBuf]) -> Result<Collection> {
+    let mut walk = Walk::default();
+    // Overlapping arguments (a folder and a file in it) or a glob matching
+    // a folder and files inside it can name a checkpoint twice.
+    let mut may_repeat = args.len() > 1;
+    for arg in args {
+        let text = arg.to_string_lossy();
+        if std::fs::symlink_metadata(arg).is_err() && text.contains(['*', '?', '[']) {
+            may_repeat = true;
+            let paths = glob::glob(&text)
+                .map_err(|e| Error::Io { path: arg.clone(), error: std::io::Error::other(e.to_string()) })?;
+            let mut matched: Vec<(String, PathBuf)> =
+                paths.filter_map(|p| p.ok()).map(|p| (p.to_string_lossy().into_owned(), p)).collect();
+            sort_natural_by(&mut matched, |(text, _)| text);
+            for (_, p) in matched {
+                walk.explicit(&p);
+            }
+        } else if std::fs::symlink_metadata(arg).is_ok() {
+            walk.explicit(arg);
+        } else {
+            return Err(Error::Io { path: arg.clone(), error: std::io::Error::other("no such file or directory") });
+        }
+    }
+    let Walk { mut out, problems, .. } = walk;
+    if may_repeat {
+        let mut seen = HashSet::new();
+        out.retain(|p| seen.insert(p.clone()));
+    }
+    Ok(Collection { paths: out, problems, roots: args.to_vec() })
+}
+
+/// The state of a walk: what was found, and the directories entered.
+#[derive(Default)]
+struct Walk {
+    out: Vec<PathBuf>,
+    problems: HashMap<PathBuf, String>,
+    /// (device, inode) of each directory entered, with its path.
+    entered: HashMap<(u64, u64), PathBuf>,
+}
+
+impl Walk {
+    /// A path named on the command line: a file is taken whatever its
+    /// name, a directory is walked.
+    fn explicit(&mut self, path: &Path) {
+        match std::fs::metadata(path) {
+            Ok(m) if m.is_dir() => self.dir(path, &m),
+            Ok(m) => match special(&m.file_type()) {
+                Some(what) => self.problem(path, format!("{what}, not a checkpoint file: not opened")),
+                None => self.out.push(path.to_path_buf()),
+            },
+            // A dangling symlink, or one in a loop: opening says which.
+            Err(e) => self.problem(path, e.to_string()),
+        }
+    }
+
+    fn problem(&mut self, path: &Path, why: String) {
+        self.out.push(path.to_path_buf());
+        self.problems.insert(path.to_path_buf(), why);
+    }
+
+    /// A directory: itself if sharded, else its entries (file types from
+    /// the listing, so a plain file costs no `stat`).
+    fn dir(&mut self, path: &Path, meta: &std::fs::Metadata) {
+        if let Some(key) = identity(meta) {
+            if let Some(first) = self.entered.get(&key) {
+                let why = if path.starts_with(first) {
+                    format!("a symlink loop: the directory {} again, not followed", first.display())
+                } else {
+                    format!("the directory {} again (by a link), not followed", first.display())
+                };
+                return self.problem(path, why);
+            }
+            self.entered.insert(key, path.to_path_buf());
+        }
+        if path.join(SHARD_INDEX).is_file() {
+            self.out.push(path.to_path_buf());
+            return;
+        }
+        let listing = match std::fs::read_dir(path) {
+            Ok(listing) => listing,
+            Err(e) => return self.problem(path, format!("directory cannot be read: {e}")),
+        };
+        // Sorted by file name (the directory is common to all), each
+        // converted to text once (not once per comparison); paths are built
+        // afterwards (from the name as it is, where it is not UTF-8).
+        let mut entries: Vec<(String, std::ffi::OsString, Option<std::fs::FileType>)> = Vec::new();
+        for entry in listing {
+            match entry {
+                Ok(e) => {
+                    let name = e.file_name();
+                    entries.push((name.to_string_lossy().into_owned(), name, e.file_type().ok()));
+                }
+                Err(e) => return self.problem(path, format!("directory cannot be listed: {e}")),
+            }
+        }
+        sort_natural_by(&mut entries, |(text, ..)| text);
+        for (text, name, kind) in entries {
+            let file = path.join(&name);
+            match kind {
+                Some(t) if t.is_dir() => self.dir_entry(&file),
+                Some(t) if t.is_symlink() => match std::fs::metadata(&file) {
+                    Ok(m) if m.is_dir() => self.dir(&file, &m),
+                    Ok(m) if is_checkpoint_name(&text) => match special(&m.file_type()) {
+                        Some(what) => self.problem(&file, format!("a symlink to {what}: not opened")),
+                        None => self.out.push(file),
+                    },
+                    Ok(_) => {}
+                    Err(e) if is_checkpoint_name(&text) => self.problem(&file, format!("a broken symlink: {e}")),
+                    Err(_) => {}
+                },
+                Some(t) if is_checkpoint_name(&text) => match special(&t) {
+                    Some(what) => self.problem(&file, format!("{what}, not a checkpoint file: not opened")),
+                    None => self.out.push(file),
+                },
+                None if is_checkpoint_name(&text) => self.out.push(file),
+                _ => {}
+            }
+        }
+    }
+
+    fn dir_entry(&mut self, path: &Path) {
+        match std::fs::metadata(path) {
+            Ok(m) => self.dir(path, &m),
+            Err(e) => self.problem(path, format!("directory cannot be read: {e}")),
+        }
+    }
+}
+
+/// A directory's (device, inode), where the platform has them.
+fn identity(meta: &std::fs::Metadata) -> Option<(u64, u64)> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        Some((meta.dev(), meta.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        None
+    }
+}
+
+/// What a file that is neither a regular file nor a directory is ("a
+/// FIFO", "a socket", "a device"); `None` for regular files.
+pub fn special(t: &std::fs::FileType) -> Option<&'static str> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if t.is_fifo() {
+            return Some("a FIFO");
+        }
+        if t.is_socket() {
+            return Some("a socket");
+        }
+        if t.is_char_device() {
+            return Some("a character device");
+        }
+        if t.is_block_device() {
+            return Some("a block device");
+        }
+    }
+    let _ = t;
+    None
+}
+
+/// File names a directory scan takes as checkpoints: safetensors files,
+/// PyTorch files (`.pt`, `.pth`, `.bin`, `.ckpt`), NumPy files (`.npz`,
+/// `.npy`) and the extensionless `checkpoints` of Ray Tune trials. What
+/// each holds is decided by its bytes when opened.
+fn is_checkpoint_name(name: &str) -> bool {
+    let ext = |e: &str| name.len() > e.len() && name.ends_with(e);
+    ext(".safetensors")
+        || ext(".pt")
+        || ext(".pth")
+        || ext(".bin")
+        || ext(".ckpt")
+        || ext(".npz")
+        || ext(".npy")
+        || name == "checkpoints"
+}
+
+/// A checkpoint's name in the tables (the `checkpoint` column), losslessly:
+/// the path as given where it is UTF-8 without backslashes; otherwise each
+/// byte that is not UTF-8 written `\xNN` and each backslash `\\`, so two
+/// paths that differ only in such bytes keep distinct names (and `--resume`
+/// and `merge`, which match by name, keep both).
+pub fn checkpoint_id(path: &Path) -> String {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let bytes = path.as_os_str().as_bytes();
+        if let Ok(text) = std::str::from_utf8(bytes) {
+            if !text.contains('\\') {
+                return text.to_string();
+            }
+        }
+        let mut out = String::with_capacity(bytes.len() + 8);
+        for chunk in bytes.utf8_chunks() {
+            out.push_str(&chunk.valid().replace('\\', "\\\\"));
+            for b in chunk.invalid() {
+                out.push_str(&format!("\\x{b:02x}"));
+            }
+        }
+        out
+    }
+    #[cfg(not(unix))]
+    {
+        path.to_string_lossy().into_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[cfg(unix)]
+    fn ids_are_lossless_and_distinct() {
+        use std::os::unix::ffi::OsStrExt;
+        let id = |b: &[u8]| checkpoint_id(Path::new(std::ffi::OsStr::from_bytes(b)));
+        assert_eq!(id(b"zoo/a.safetensors"), "zoo/a.safetensors");
+        assert_eq!(id(b"zoo/\xff.pt"), "zoo/\\xff.pt");
+        assert_ne!(id(b"zoo/\xff.pt"), id(b"zoo/\xfe.pt"));
+        // A literal `\xff` in a valid name cannot collide with the byte.
+        assert_eq!(id(b"zoo/\\xff.pt"), "zoo/\\\\xff.pt");
+        assert_ne!(id(b"zoo/\\xff.pt"), id(b"zoo/\xff.pt"));
+    }
+}
