@@ -6,6 +6,8 @@
 //! per-layer analysis, which never invents pixel grids. Everything assumed
 //! is recorded in [`Network::notes`].
 
+use std::collections::HashMap;
+
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::graph::{
@@ -52,24 +54,32 @@ fn is_conv1d(prefix: &str) -> bool {
     matches!(last, "c_attn" | "c_proj" | "c_fc")
 }
 
+/// The tensors of each module prefix, prefixes in the order their first
+/// tensor appears (one pass: checkpoints can hold 10^5 modules).
+fn modules<'a>(names: &[&'a str]) -> Vec<(&'a str, Vec<&'a str>)> {
+    let mut at: HashMap<&str, usize> = HashMap::new();
+    let mut out: Vec<(&str, Vec<&str>)> = Vec::new();
+    for &n in names {
+        let (p, _) = split(n);
+        let i = *at.entry(p).or_insert_with(|| {
+            out.push((p, Vec::new()));
+            out.len() - 1
+        });
+        out[i].1.push(n);
+    }
+    out
+}
+
 /// Finds the layers, in natural order of names.
 pub(crate) fn discover(ck: &Checkpoint, layout: Layout) -> Discovered {
     let mut out = Discovered { entries: Vec::new(), unused: Vec::new(), notes: Vec::new() };
     let names = ck.names();
-    // Module prefixes in the order their first tensor appears.
-    let mut prefixes: Vec<&str> = Vec::new();
-    for n in &names {
-        let (p, _) = split(n);
-        if !prefixes.contains(&p) {
-            prefixes.push(p);
-        }
-    }
+    let modules = modules(&names);
     let mut transposed = Vec::new();
     let mut embeddings = Vec::new();
     // BatchNorms: prefix, channels, and how many weighted layers precede it.
     let mut norms: Vec<(&str, usize, usize)> = Vec::new();
-    for prefix in prefixes {
-        let members: Vec<&str> = names.iter().copied().filter(|n| split(n).0 == prefix).collect();
+    for (prefix, members) in modules {
         let role = |roles: &[&str]| members.iter().copied().find(|n| roles.contains(&split(n).1));
         // A weight or bias of another dtype is still the layer's: measuring
         // it then fails with an error naming it, rather than a layer
@@ -267,12 +277,17 @@ pub(crate) fn per_layer(
         unused: Vec::new(),
     };
     let mut channel_level = Vec::new();
+    let names = ck.names();
+    let modules: HashMap<&str, Vec<&str>> = modules(&names).into_iter().collect();
+    let tensors_of = |prefix: &str| -> Vec<&str> {
+        modules.get(prefix).into_iter().flatten().copied().filter(|n| ck.is_float(n)).collect()
+    };
     // BatchNorms left out of this analysis (said in a note).
     let mut unplaced: Vec<String> = Vec::new();
     for (i, e) in entries.iter().enumerate() {
         let Some(w) = e.weight.as_deref() else {
             let prefix = e.norm.as_deref().unwrap_or("");
-            for t in ck.names().into_iter().filter(|n| split(n).0 == prefix && ck.is_float(n)) {
+            for t in tensors_of(prefix) {
                 net.unused.push((
                     t.to_string(),
                     format!("BatchNorm `{prefix}` follows no weighted layer; not placed in the per-layer analysis"),
@@ -344,7 +359,7 @@ pub(crate) fn per_layer(
         match (norm, s.bn) {
             (None, _) => net.layers.push(layer),
             (Some(Err(why)), _) => {
-                for t in ck.names().into_iter().filter(|n| Some(split(n).0) == e.norm.as_deref() && ck.is_float(n)) {
+                for t in tensors_of(e.norm.as_deref().unwrap_or_default()) {
                     net.unused.push((t.to_string(), why.clone()));
                 }
                 unplaced.push(e.norm.clone().unwrap_or_default());

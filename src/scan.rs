@@ -441,12 +441,15 @@ impl Pending {
         extra: Option<&BTreeMap<String, String>>,
         named: Option<BTreeMap<String, String>>,
     ) {
-        self.rows.clear();
         let mut head = Head { format: FORMAT, checkpoint: id.to_string(), order, ..Head::default() };
+        self.rows.clear();
         match outcome {
             Ok((mut ck, a)) => {
                 head.non_finite = a.layers.iter().any(|l| l.non_finite > 0);
                 let lengths = output::rows(&mut self.rows, id, &a);
+                // The measures are not held beyond their rows (a
+                // checkpoint can have 10^5 layers).
+                drop(a);
                 (head.nodes, head.links, head.histograms) = (lengths.nodes, lengths.links, lengths.histograms);
                 head.bytes = ck.data_bytes();
                 head.metadata = ck.take_metadata();
@@ -476,9 +479,14 @@ impl Pending {
         serde_json::to_writer(&mut self.buf, &head).expect("records serialise");
         self.buf.push(b'\n');
         let rows = self.buf.len();
+        self.buf.reserve_exact(self.rows.bytes().len());
         self.buf.extend_from_slice(self.rows.bytes());
         let sum = record_sum(&self.buf[start + SUM_LEN..rows - 1], &self.buf[rows..]);
         write!(&mut self.buf[start..start + SUM_LEN], "{sum:016x} ").expect("16 hex digits and a space");
+        if self.rows.bytes().len() > FLUSH_BYTES {
+            // A huge record's row buffer is not kept for the next.
+            self.rows = RowWriter::default();
+        }
         self.bytes += head.bytes;
         self.entries.push(Entry::new(&head, 0, start as u64, self.buf.len() - start, sum));
         if let Some(staged) = &mut self.staged {

@@ -322,8 +322,10 @@ fn shards_merge_into_one_run() {
     let mut args = vec!["merge"];
     args.extend(parts.iter().map(String::as_str));
     args.extend(["-o", merged.to_str().unwrap()]);
+    // Merged is success; the failed checkpoint is reported, a row of errors.csv.
     let o = cntscope(&args);
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("1 failed"), "{}", text(&o));
     for table in ["nodes.csv", "links.csv", "histograms.csv", "errors.csv"] {
         assert_eq!(std::fs::read(whole.join(table)).unwrap(), std::fs::read(merged.join(table)).unwrap(), "{table}");
     }
