@@ -661,4 +661,3 @@ pub fn step_from_path(path: &Path) -> Option<u64> {
         (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())).then(|| digits.parse().ok()).flatten()
     })
 }
-

@@ -8,6 +8,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use cntscope::engine::{AnalysisOptions, Device};
 use cntscope::graph::GraphOptions;
+use cntscope::layouts::NamePattern;
+use cntscope::scan::{MetadataTable, ScanOptions};
 use cntscope::spec::{BnMode, Layout, Spec};
 
 /// Neural network checkpoints as Complex Network Theory graphs: node
@@ -60,48 +62,40 @@ pub enum Command {
         /// Output directory.
         #[arg(short, long, value_name = "DIR")]
         output: PathBuf,
-        /// Checkpoints analysed at once (default: all cores).
-        #[arg(short, long, value_parser = clap::value_parser!(u32).range(1..))]
-        jobs: Option<u32>,
-        /// Bins of each histogram.
-        #[arg(long, default_value_t = 50)]
-        bins: usize,
+        #[command(flatten)]
+        scan: ScanArgs,
         /// Keep what an interrupted scan into DIR finished; do only the rest.
         #[arg(long)]
         resume: bool,
-        /// Stop at the first checkpoint that fails.
-        #[arg(long)]
-        strict: bool,
         /// Only this part of the collection: checkpoint i when i % N == I
         /// (0-based). Combine the parts with `cntscope merge`.
         #[arg(long, value_name = "I/N")]
         shard: Option<String>,
-        /// CSV of metadata keyed by checkpoint path (a `path` column), for
-        /// files that carry none; its values override the files' own.
-        #[arg(long, value_name = "FILE.csv")]
-        metadata: Option<PathBuf>,
-        /// Metadata from each checkpoint's path: a regex whose named groups
-        /// (`(?P<seed>\d+)`) become columns, or `cnt-dnns` for the file
-        /// names of the paper's own code.
-        #[arg(long, value_name = "REGEX")]
-        name_pattern: Option<String>,
     },
     /// Ensemble analysis: group checkpoints by a metadata column; pooled
     /// densities, divergence matrices and the separation table, with figures.
     Ensemble {
         #[command(flatten)]
-        study: StudyArgs,
+        input: StudyInput,
+        #[command(flatten)]
+        ensemble: EnsembleArgs,
     },
     /// Individual analysis: measures along each training run, and a node-set
     /// divergence matrix of one checkpoint, with figures.
     Dynamics {
         #[command(flatten)]
-        study: StudyArgs,
+        input: StudyInput,
+        #[command(flatten)]
+        dynamics: DynamicsArgs,
     },
     /// Both analyses and one self-contained HTML report (report.html).
     Report {
         #[command(flatten)]
-        study: StudyArgs,
+        input: StudyInput,
+        #[command(flatten)]
+        ensemble: EnsembleArgs,
+        #[command(flatten)]
+        dynamics: DynamicsArgs,
     },
     /// Combine the output directories of `scan --shard` runs into the
     /// tables one unsharded run would give.
@@ -127,9 +121,33 @@ pub enum Command {
     },
 }
 
-/// Inputs and columns of the studies.
+/// What a scan measures and how (shared by `scan` and the studies, which
+/// scan their inputs first).
 #[derive(Debug, Args)]
-pub struct StudyArgs {
+pub struct ScanArgs {
+    /// Checkpoints analysed at once (default: all cores).
+    #[arg(short, long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub jobs: Option<u32>,
+    /// Bins of each histogram.
+    #[arg(long, default_value_t = 50)]
+    pub bins: usize,
+    /// Stop at the first checkpoint that fails.
+    #[arg(long)]
+    pub strict: bool,
+    /// CSV of metadata keyed by checkpoint path (a `path` column), for
+    /// files that carry none; its values override the files' own.
+    #[arg(long, value_name = "FILE.csv")]
+    pub metadata: Option<PathBuf>,
+    /// Metadata from each checkpoint's path: a regex whose named groups
+    /// (`(?P<seed>\d+)`) become columns, or `cnt-dnns` for the file
+    /// names of the paper's own code.
+    #[arg(long, value_name = "REGEX")]
+    pub name_pattern: Option<String>,
+}
+
+/// Inputs of a study.
+#[derive(Debug, Args)]
+pub struct StudyInput {
     /// Checkpoints (files, directories, globs), or one `scan` output
     /// directory to study without scanning again.
     #[arg(required = true)]
@@ -138,9 +156,20 @@ pub struct StudyArgs {
     pub graph: GraphArgs,
     #[command(flatten)]
     pub device: DeviceArgs,
+    #[command(flatten)]
+    pub scan: ScanArgs,
     /// Output directory.
     #[arg(short, long, value_name = "DIR")]
     pub output: PathBuf,
+    /// Metadata column of the accuracy (the separation table ranks
+    /// against it; dynamics.csv carries it).
+    #[arg(long, default_value = "accuracy")]
+    pub accuracy: String,
+}
+
+/// Columns and rules of the ensemble analysis.
+#[derive(Debug, Args)]
+pub struct EnsembleArgs {
     /// Metadata column to group by.
     #[arg(long, default_value = "accuracy")]
     pub by: String,
@@ -148,9 +177,24 @@ pub struct StudyArgs {
     /// the value as text.
     #[arg(long, default_value_t = 0.1)]
     pub width: f64,
-    /// Metadata column of the accuracy the separation table ranks against.
-    #[arg(long, default_value = "accuracy")]
-    pub accuracy: String,
+    /// Drop per-checkpoint values beyond M standard deviations of their
+    /// group's mean (the paper's outlier rule), per measure.
+    #[arg(long, value_name = "M")]
+    pub outliers: Option<f64>,
+    /// At most N checkpoints per group: a deterministic sample (by a digest
+    /// of each checkpoint's name).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub per_group: Option<u32>,
+    /// Also compute the separation table within each setting of these
+    /// metadata columns (`init,size`): one table per combination, so a
+    /// confound cannot pass for separation.
+    #[arg(long, value_name = "COLUMNS", value_delimiter = ',')]
+    pub within: Vec<String>,
+}
+
+/// Columns of the individual analysis.
+#[derive(Debug, Args)]
+pub struct DynamicsArgs {
     /// Metadata column naming a training run.
     #[arg(long, default_value = "run")]
     pub run_by: String,
@@ -273,6 +317,25 @@ pub fn parse_shard(text: &str) -> anyhow::Result<(usize, usize)> {
     match parsed {
         Some((i, n)) if n > 0 && i < n => Ok((i, n)),
         _ => bail!("--shard {text}: expected I/N with 0 <= I < N"),
+    }
+}
+
+impl ScanArgs {
+    /// The validated scan settings (for a fresh, unsharded scan; the caller
+    /// sets resume and shard).
+    pub fn options(&self, graph: GraphOptions, cores: usize) -> anyhow::Result<ScanOptions> {
+        Ok(ScanOptions {
+            analysis: analysis_options(self.bins)?,
+            strict: self.strict,
+            metadata: self.metadata.as_deref().map(MetadataTable::load).transpose()?,
+            name_pattern: self
+                .name_pattern
+                .as_deref()
+                .map(NamePattern::parse)
+                .transpose()
+                .map_err(anyhow::Error::msg)?,
+            ..ScanOptions::new(graph, self.jobs.map_or(cores, |j| j as usize))
+        })
     }
 }
 

@@ -121,6 +121,16 @@ pub enum Error {
         reason: String,
     },
 
+    /// A study cannot run as asked (a column that is not in the scan's
+    /// tables, a table that cannot be read).
+    #[error("{path}: {reason}")]
+    Study {
+        /// The table concerned.
+        path: PathBuf,
+        /// What is wrong, with what there is instead.
+        reason: String,
+    },
+
     /// Writing results failed.
     #[error("writing {path}: {reason}")]
     Output {
@@ -162,6 +172,7 @@ impl Error {
             Error::GpuUnavailable(_) => "gpu_unavailable",
             Error::Gpu(_) => "gpu",
             Error::ScanDir { .. } => "scan_dir",
+            Error::Study { .. } => "study",
             Error::Output { .. } => "output",
         }
     }

@@ -14,9 +14,8 @@ use cntscope::checkpoint::Checkpoint;
 use cntscope::collection::{self, Collection};
 use cntscope::engine::{select_engine, AnalysisOptions, CpuEngine, Engine, GpuContext, GpuEngine};
 use cntscope::graph::{GraphOptions, LayerKind, Network, PoolOp};
-use cntscope::layouts::NamePattern;
 use cntscope::output::{atomic_write, num, write_csv, NODE_VALUES_HEADER};
-use cntscope::scan::{measure, merge, scan, MetadataTable, ScanOptions, ScanSummary};
+use cntscope::scan::{measure, merge, scan, ScanOptions, ScanSummary};
 use cntscope::study::{study, Grouping, StudyOptions};
 
 use cli::{Cli, Command};
@@ -121,19 +120,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Scan { paths, graph, device, output, jobs, bins, resume, strict, shard, metadata, name_pattern } => {
+        Command::Scan { paths, graph, device, output, scan: scan_args, resume, shard } => {
             let opts = ScanOptions {
-                analysis: cli::analysis_options(bins)?,
                 resume,
-                strict,
                 shard: shard.as_deref().map(cli::parse_shard).transpose()?,
-                metadata: metadata.as_deref().map(MetadataTable::load).transpose()?,
-                name_pattern: name_pattern
-                    .as_deref()
-                    .map(NamePattern::parse)
-                    .transpose()
-                    .map_err(anyhow::Error::msg)?,
-                ..ScanOptions::new(graph.options()?, jobs.map_or_else(cores, |j| j as usize))
+                ..scan_args.options(graph.options()?, cores())?
             };
             let checkpoints = found_checkpoints(&paths)?;
             // Few checkpoints: parallelism goes inside the layers instead.
@@ -154,59 +145,90 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             report_scan(&summary, &output);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Ensemble { study } => run_study(study, true, false, cli.verbose),
-        Command::Dynamics { study } => run_study(study, false, true, cli.verbose),
-        Command::Report { study } => run_study(study, true, true, cli.verbose),
+        Command::Ensemble { input, ensemble } => run_study(input, Some(ensemble), None, cli.verbose),
+        Command::Dynamics { input, dynamics } => run_study(input, None, Some(dynamics), cli.verbose),
+        Command::Report { input, ensemble, dynamics } => run_study(input, Some(ensemble), Some(dynamics), cli.verbose),
         Command::Verify { paths, graph, adapter } => verify(&paths, &graph.options()?, adapter.as_deref(), cli.verbose),
     }
 }
 
 /// A study: scans the checkpoints into `DIR/scan` (or takes the given scan
 /// directory), then writes the analyses, figures and report into `DIR`.
-fn run_study(args: cli::StudyArgs, ensemble: bool, dynamics: bool, verbose: bool) -> anyhow::Result<ExitCode> {
+/// Its exit code is the scan's: 1 when some checkpoints failed (they are
+/// listed in the report), and nothing written but an error when none was
+/// analysed.
+fn run_study(
+    input: cli::StudyInput,
+    ensemble: Option<cli::EnsembleArgs>,
+    dynamics: Option<cli::DynamicsArgs>,
+    verbose: bool,
+) -> anyhow::Result<ExitCode> {
+    let graph = input.graph.options()?;
+    let e = ensemble.as_ref();
+    let d = dynamics.as_ref();
     let opts = StudyOptions {
-        grouping: Grouping { column: args.by.clone(), width: (args.width > 0.0).then_some(args.width) },
-        accuracy: args.accuracy,
-        run: args.run_by,
-        order: args.order_by,
-        graph: args.graph.options()?,
-        ensemble,
-        dynamics,
-        checkpoint: args.checkpoint,
+        grouping: Grouping {
+            column: e.map_or_else(|| "accuracy".into(), |e| e.by.clone()),
+            width: e.map_or(Some(0.1), |e| (e.width > 0.0).then_some(e.width)),
+        },
+        accuracy: input.accuracy.clone(),
+        run: d.map_or_else(|| "run".into(), |d| d.run_by.clone()),
+        order: d.map_or_else(|| "epoch".into(), |d| d.order_by.clone()),
+        graph: graph.clone(),
+        ensemble: e.is_some(),
+        dynamics: d.is_some(),
+        checkpoint: d.and_then(|d| d.checkpoint.clone()),
+        outliers: e.and_then(|e| e.outliers),
+        per_group: e.and_then(|e| e.per_group).map(|n| n as usize),
+        within: e.map_or_else(Vec::new, |e| e.within.clone()),
     };
-    let engine = select_engine(args.device.device(), args.device.adapter.as_deref(), cores())?;
+    let engine = select_engine(input.device.device(), input.device.adapter.as_deref(), cores())?;
     if verbose {
         eprintln!("engine: {}", engine.name());
     }
-    let given_scan = match &args.paths[..] {
+    let given_scan = match &input.paths[..] {
         [dir] if dir.join(cntscope::manifest::MANIFEST).is_file() || dir.join(cntscope::scan::JOURNAL).is_file() => {
             cntscope::manifest::Manifest::require_complete(dir)?;
             Some(dir.clone())
         }
         _ => None,
     };
-    let scan_dir = match given_scan {
-        Some(dir) => dir,
+    let (scan_dir, summary) = match given_scan {
+        Some(dir) => {
+            let summary = cntscope::scan::summarize(&dir)?;
+            (dir, summary)
+        }
         None => {
-            let checkpoints = found_checkpoints(&args.paths)?;
-            let scan_opts = ScanOptions::new(opts.graph.clone(), cores());
-            let dir = args.output.join("scan");
+            let checkpoints = found_checkpoints(&input.paths)?;
+            let scan_opts = input.scan.options(graph, cores())?;
+            let dir = input.output.join("scan");
             on_interrupt_explain_resume(&dir);
             let summary = scan(&checkpoints, &dir, engine.as_ref(), &scan_opts)?;
             report_scan(&summary, &dir);
-            dir
+            (dir, summary)
         }
     };
-    let summary = study(&scan_dir, &args.output, engine.as_ref(), &opts)?;
-    eprintln!(
-        "{} checkpoints, {} groups by {}, {} runs -> {}",
-        summary.checkpoints,
-        summary.groups,
-        opts.grouping.column,
-        summary.runs,
-        args.output.join(if ensemble && dynamics { "report.html" } else { "" }).display()
-    );
-    Ok(ExitCode::SUCCESS)
+    if summary.analysed == 0 {
+        bail!(
+            "nothing to study: no checkpoint was analysed ({} failed, listed in {})",
+            summary.failed,
+            scan_dir.join("errors.csv").display()
+        );
+    }
+    let done = study(&scan_dir, &input.output, engine.as_ref(), &opts)?;
+    let plural = |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    let mut what = vec![plural(done.checkpoints, "checkpoint", "checkpoints")];
+    if opts.ensemble {
+        what.push(format!("{} by {}", plural(done.groups, "group", "groups"), opts.grouping.column));
+    }
+    if opts.dynamics {
+        what.push(plural(done.runs, "run", "runs"));
+    }
+    if summary.failed > 0 {
+        what.push(format!("{} failed (listed in the report)", summary.failed));
+    }
+    eprintln!("{} -> {}", what.join(", "), input.output.join("report.html").display());
+    Ok(ExitCode::from(if summary.failed > 0 { 1 } else { 0 }))
 }
 
 /// Prints how a scan went; its exit code (0 all good, 1 some failed, 2

@@ -98,10 +98,7 @@ impl CollectionId {
             entries: collection.paths.len(),
             digest: format!("{:016x}", d.finish()),
             first: collection.paths.first().map(|p| checkpoint_id(p)),
-            roots: roots
-                .iter()
-                .map(|r| checkpoint_id(&r.canonicalize().unwrap_or_else(|_| r.to_path_buf())))
-                .collect(),
+            roots: roots.iter().map(|r| checkpoint_id(&r.canonicalize().unwrap_or_else(|_| r.to_path_buf()))).collect(),
         }
     }
 
@@ -188,11 +185,7 @@ impl Manifest {
             }
         }
         if self.shard != other.shard {
-            out.push(format!(
-                "shard: {} -> {}",
-                shard_text(self.shard),
-                shard_text(other.shard)
-            ));
+            out.push(format!("shard: {} -> {}", shard_text(self.shard), shard_text(other.shard)));
         }
         out
     }
@@ -249,12 +242,8 @@ impl DirLock {
     fn take(dir: &Path, exclusive: bool) -> Result<Self> {
         let path = dir.join(LOCK);
         let io = |e: std::io::Error| Error::ScanDir { path: path.clone(), reason: format!("cannot lock: {e}") };
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(exclusive)
-            .create(exclusive)
-            .truncate(false)
-            .open(&path);
+        let mut file =
+            std::fs::OpenOptions::new().read(true).write(exclusive).create(exclusive).truncate(false).open(&path);
         if !exclusive && file.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) {
             // Never written to by a scan of this version: nobody holds it.
             file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path);

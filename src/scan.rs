@@ -21,10 +21,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::Checkpoint;
 use crate::collection::{checkpoint_id, Collection};
-use crate::manifest::{shard_text, CollectionId, DirLock, Manifest, MANIFEST};
 use crate::engine::{Analysis, AnalysisOptions, Engine};
 use crate::error::{Error, Result};
 use crate::graph::{GraphOptions, Network};
+use crate::manifest::{shard_text, CollectionId, DirLock, Manifest, MANIFEST};
 use crate::output::{self, atomic_write, AtomicFile, RowWriter};
 
 /// Name of the journal file inside a scan's output directory.
@@ -674,7 +674,8 @@ struct JournalIndex {
 /// off so appends continue cleanly (those checkpoints are measured again).
 /// Metadata keys seen are added to `keys`. No journal is an empty one.
 fn index_journal(path: &Path, file: usize, repair: bool, keys: &mut BTreeSet<String>) -> Result<JournalIndex> {
-    let io = |e: std::io::Error| Error::ScanDir { path: path.to_path_buf(), reason: format!("reading the journal: {e}") };
+    let io =
+        |e: std::io::Error| Error::ScanDir { path: path.to_path_buf(), reason: format!("reading the journal: {e}") };
     let f = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(JournalIndex::default()),
@@ -868,6 +869,14 @@ pub fn scan(collection: &Collection, out_dir: &Path, engine: &dyn Engine, opts: 
     })
 }
 
+/// How the finished scan in `dir` went (from its journal).
+pub fn summarize(dir: &Path) -> Result<ScanSummary> {
+    let mut entries = index_journal(&dir.join(JOURNAL), 0, false, &mut BTreeSet::new())?.entries;
+    entries.sort_by_key(|e| e.order);
+    entries.dedup_by(|a, b| a.checkpoint == b.checkpoint);
+    Ok(tally(&entries))
+}
+
 /// Makes `dir` a directory this process alone writes (created if need be);
 /// the lock is held while the value lives.
 fn open_scan_dir(dir: &Path) -> Result<DirLock> {
@@ -947,7 +956,10 @@ pub fn merge(dirs: &[PathBuf], out_dir: &Path) -> Result<ScanSummary> {
     let refuse = |path: &Path, reason: String| Error::ScanDir { path: path.to_path_buf(), reason };
     let canonical = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
     if dirs.iter().any(|d| canonical(d) == canonical(out_dir)) {
-        return Err(refuse(out_dir, "is one of the shards: merge writes its tables into a directory of their own".into()));
+        return Err(refuse(
+            out_dir,
+            "is one of the shards: merge writes its tables into a directory of their own".into(),
+        ));
     }
     if let Some(dir) = dirs.iter().find(|d| !d.is_dir()) {
         return Err(refuse(dir, "no such directory".into()));
@@ -956,15 +968,15 @@ pub fn merge(dirs: &[PathBuf], out_dir: &Path) -> Result<ScanSummary> {
     let mut shards: Vec<(&PathBuf, Manifest)> = Vec::new();
     for dir in dirs {
         let m = Manifest::read(dir)?.ok_or_else(|| {
-            refuse(dir, format!("no {MANIFEST}: not a scan directory, or one written by an older cntscope (scan again)"))
+            refuse(
+                dir,
+                format!("no {MANIFEST}: not a scan directory, or one written by an older cntscope (scan again)"),
+            )
         })?;
         if !m.complete {
             return Err(refuse(
                 dir,
-                format!(
-                    "shard {} did not finish: run its scan again with --resume, then merge",
-                    shard_text(m.shard)
-                ),
+                format!("shard {} did not finish: run its scan again with --resume, then merge", shard_text(m.shard)),
             ));
         }
         shards.push((dir, m));
@@ -1250,7 +1262,10 @@ fn write_tables(
             .ok()
             .and_then(|start| maps[e.file].get(start..start.checked_add(e.len)?))
             .filter(|bytes| bytes.len() > e.histograms)
-            .ok_or_else(|| Error::ScanDir { path: journal.clone(), reason: format!("record at {} lies beyond the journal", e.offset) })
+            .ok_or_else(|| Error::ScanDir {
+                path: journal.clone(),
+                reason: format!("record at {} lies beyond the journal", e.offset),
+            })
     };
     let record = |e: &Entry| -> Result<(Head, &[u8])> {
         let bad = |reason: String| Error::ScanDir { path: journals[e.file].clone(), reason };

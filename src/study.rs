@@ -75,18 +75,28 @@ pub struct StudyOptions {
     /// The checkpoint of the node-set divergence matrix (default: the last
     /// of the first run).
     pub checkpoint: Option<PathBuf>,
+    /// Per-checkpoint values beyond this many standard deviations of their
+    /// group's mean are dropped (the paper's outlier rule), per measure.
+    pub outliers: Option<f64>,
+    /// At most this many checkpoints per group (a deterministic sample).
+    pub per_group: Option<usize>,
+    /// Metadata columns whose settings each get a separation table.
+    pub within: Vec<String>,
 }
 
 /// One row of a scan table, by column name.
 type Row = BTreeMap<String, String>;
 
-fn read_table(path: &Path) -> Result<Vec<Row>> {
-    let err = |e: csv::Error| Error::output(path, e);
+/// A scan table: its header and rows.
+fn read_table(path: &Path) -> Result<(Vec<String>, Vec<Row>)> {
+    let err = |e: csv::Error| Error::Study { path: path.to_path_buf(), reason: format!("reading the table: {e}") };
     let mut r = csv::Reader::from_path(path).map_err(err)?;
     let header: Vec<String> = r.headers().map_err(err)?.iter().map(String::from).collect();
-    r.records()
+    let rows = r
+        .records()
         .map(|rec| Ok(header.iter().cloned().zip(rec.map_err(err)?.iter().map(String::from)).collect()))
-        .collect()
+        .collect::<Result<_>>()?;
+    Ok((header, rows))
 }
 
 fn get(row: &Row, col: &str) -> f64 {
@@ -141,8 +151,32 @@ pub struct StudySummary {
 /// Runs the study on a finished scan in `scan_dir` and writes its tables,
 /// figures and `report.html` into `out_dir`.
 pub fn study(scan_dir: &Path, out_dir: &Path, engine: &dyn Engine, opts: &StudyOptions) -> Result<StudySummary> {
-    let nodes = read_table(&scan_dir.join("nodes.csv"))?;
-    let links = read_table(&scan_dir.join("links.csv"))?;
+    let (header, nodes) = read_table(&scan_dir.join("nodes.csv"))?;
+    let (_, links) = read_table(&scan_dir.join("links.csv"))?;
+    let (_, errors) = read_table(&scan_dir.join("errors.csv"))?;
+    // A column that is not there is an error listing those that are, never
+    // an empty study.
+    let mut needed: Vec<(&str, &str)> = Vec::new();
+    if opts.ensemble {
+        needed.extend([("--by", opts.grouping.column.as_str()), ("--accuracy", opts.accuracy.as_str())]);
+        needed.extend(opts.within.iter().map(|c| ("--within", c.as_str())));
+    }
+    if opts.dynamics {
+        needed.extend([("--run-by", opts.run.as_str()), ("--order-by", opts.order.as_str())]);
+    }
+    for (flag, column) in needed {
+        if !header.iter().any(|h| h == column) {
+            let metadata: Vec<&str> =
+                header.iter().map(String::as_str).filter(|h| !crate::output::NODES_HEADER.contains(h)).collect();
+            return Err(Error::Study {
+                path: scan_dir.join("nodes.csv"),
+                reason: format!(
+                    "{flag} {column}: no such column; the metadata columns are: {}",
+                    if metadata.is_empty() { "(none)".to_string() } else { metadata.join(", ") }
+                ),
+            });
+        }
+    }
     let figures = out_dir.join("figures");
     std::fs::create_dir_all(&figures).map_err(|e| Error::output(&figures, e))?;
     let mut study = Study { out_dir, figures, engine, opts, summary: StudySummary::default(), html: Report::default() };
@@ -164,17 +198,36 @@ pub fn study(scan_dir: &Path, out_dir: &Path, engine: &dyn Engine, opts: &StudyO
     let mut labels: Vec<(f64, String)> = group.values().cloned().collect();
     labels.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| natural_cmp(&a.1, &b.1)));
     labels.dedup_by(|a, b| a.1 == b.1);
-    let group_of: HashMap<&str, usize> =
+    let mut group_of: HashMap<&str, usize> =
         group.iter().filter_map(|(c, (_, label))| Some((*c, labels.iter().position(|l| &l.1 == label)?))).collect();
+    // --per-group: a deterministic sample of each group (the checkpoints
+    // whose names have the smallest digests).
+    if let Some(cap) = opts.per_group {
+        let mut members: BTreeMap<usize, Vec<&str>> = BTreeMap::new();
+        for (&c, &g) in &group_of {
+            members.entry(g).or_default().push(c);
+        }
+        let mut keep = std::collections::HashSet::new();
+        for (_, mut cs) in members {
+            cs.sort_by_key(|c| (crate::manifest::digest(c.as_bytes()), *c));
+            keep.extend(cs.into_iter().take(cap));
+        }
+        group_of.retain(|c, _| keep.contains(c));
+    }
+    let in_study =
+        |r: &Row| opts.per_group.is_none() || r.get("checkpoint").is_some_and(|c| group_of.contains_key(c.as_str()));
+    let nodes_in: Vec<Row> = nodes.iter().filter(|r| in_study(r)).cloned().collect();
+    let links_in: Vec<Row> = links.iter().filter(|r| in_study(r)).cloned().collect();
     let names: Vec<String> = labels.iter().map(|l| l.1.clone()).collect();
     study.summary.groups = names.len();
 
     if opts.ensemble {
-        study.ensemble(&nodes, &links, &checkpoints, &group_of, &names)?;
+        study.ensemble(&nodes_in, &links_in, &checkpoints, &group_of, &names)?;
     }
     if opts.dynamics {
         study.individual(&nodes)?;
     }
+    study.html.failures(&errors);
     let page = std::mem::take(&mut study.html).finish(&study.summary, &opts.grouping.column);
     study.write_text("report.html", &page)?;
     Ok(study.summary)
@@ -246,6 +299,7 @@ impl Study<'_> {
                 .filter(|r| get(r, "node_layer") as usize == k)
                 .filter_map(|r| Some((*group_of.get(r.get("checkpoint")?.as_str())?, get(r, "fluctuation"))))
                 .collect();
+            let flucts = without_outliers(flucts, |v| *v, opts.outliers);
             let (flo, fhi) =
                 flucts.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), (_, v)| (a.min(*v), b.max(*v)));
             let mut p = Pools::new(flo, fhi);
@@ -347,8 +401,43 @@ impl Study<'_> {
         self.table("divergence.csv", &header, divergence_rows)?;
         self.table("densities.csv", &["measure", "index", "name", "group", "x", "density"], density_rows)?;
 
-        // The separation table.
-        let table = separation_table(nodes, links, &opts.accuracy);
+        // The separation table, over all checkpoints and within each
+        // setting of the --within columns.
+        let group = |r: &Row| r.get("checkpoint").and_then(|c| group_of.get(c.as_str()).copied());
+        let table = separation_table(nodes, links, &opts.accuracy, &group, opts.outliers);
+        if !opts.within.is_empty() {
+            let setting = |r: &Row| -> Vec<String> {
+                opts.within.iter().map(|c| r.get(c).cloned().unwrap_or_default()).collect()
+            };
+            let mut settings: Vec<Vec<String>> = nodes.iter().map(setting).collect();
+            settings.sort_by(|a, b| {
+                a.iter().zip(b).map(|(x, y)| natural_cmp(x, y)).find(|o| o.is_ne()).unwrap_or(std::cmp::Ordering::Equal)
+            });
+            settings.dedup();
+            let mut rows = Vec::new();
+            for value in &settings {
+                let n: Vec<Row> = nodes.iter().filter(|r| &setting(r) == value).cloned().collect();
+                let l: Vec<Row> = links.iter().filter(|r| &setting(r) == value).cloned().collect();
+                let within = separation_table(&n, &l, &opts.accuracy, &group, opts.outliers);
+                for (i, s) in within.iter().enumerate() {
+                    let mut row = value.clone();
+                    row.extend([
+                        (i + 1).to_string(),
+                        s.feature.clone(),
+                        s.n.to_string(),
+                        num(s.spearman),
+                        num(s.auroc),
+                        s.direction().to_string(),
+                    ]);
+                    rows.push(row);
+                }
+                let label: Vec<String> = opts.within.iter().zip(value).map(|(c, v)| format!("{c}={v}")).collect();
+                self.html.separation_within(&label.join(", "), &opts.accuracy, &within);
+            }
+            let mut header: Vec<&str> = opts.within.iter().map(String::as_str).collect();
+            header.extend(["rank", "feature", "n", "spearman", "auroc", "direction"]);
+            self.table("separation_within.csv", &header, rows)?;
+        }
         let rows = table.iter().enumerate().map(|(i, s)| {
             vec![
                 (i + 1).to_string(),
@@ -495,25 +584,68 @@ fn fig_err(dir: &Path, e: String) -> Error {
 
 /// Every per-checkpoint summary against accuracy: node sets' fluctuation,
 /// mean strength and shape, and layers' link-weight statistics.
-fn separation_table(nodes: &[Row], links: &[Row], accuracy: &str) -> Vec<Separation> {
-    let mut features: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+/// With `outliers = Some(m)`, each checkpoint's value beyond `m` standard
+/// deviations of its group's mean is dropped (groups by their index; a
+/// group of equal values keeps them all; NaN values are kept for the
+/// caller to skip).
+fn without_outliers<T>(items: Vec<(usize, T)>, value: impl Fn(&T) -> f64, outliers: Option<f64>) -> Vec<(usize, T)> {
+    let Some(m) = outliers else { return items };
+    let mut stats: HashMap<usize, crate::stats::Moments> = HashMap::new();
+    let mut values: HashMap<usize, Vec<f64>> = HashMap::new();
+    for (g, t) in &items {
+        let v = value(t);
+        if v.is_finite() {
+            values.entry(*g).or_default().push(v);
+        }
+    }
+    for (g, v) in values {
+        stats.insert(g, crate::stats::Moments::from_slice(&v));
+    }
+    items
+        .into_iter()
+        .filter(|(g, t)| {
+            let v = value(t);
+            !v.is_finite() || stats.get(g).is_none_or(|s| (v - s.mean).abs() <= m * s.std())
+        })
+        .collect()
+}
+
+fn separation_table(
+    nodes: &[Row],
+    links: &[Row],
+    accuracy: &str,
+    group: &dyn Fn(&Row) -> Option<usize>,
+    outliers: Option<f64>,
+) -> Vec<Separation> {
+    let mut features: BTreeMap<String, Vec<(usize, (f64, f64))>> = BTreeMap::new();
     let node_cols =
         ["fluctuation", "strength_mean", "strength_skewness", "strength_kurtosis", "s_in_mean", "s_out_mean"];
     for row in nodes {
         let acc = get(row, accuracy);
+        let g = group(row).unwrap_or(usize::MAX);
         for col in node_cols {
             let name = format!("V{} {} {col}", row["node_layer"], row.get("node_set").map_or("", String::as_str));
-            features.entry(name).or_default().push((get(row, col), acc));
+            features.entry(name).or_default().push((g, (get(row, col), acc)));
         }
     }
     for row in links {
         let acc = get(row, accuracy);
+        let g = group(row).unwrap_or(usize::MAX);
         for col in ["mean", "std", "skewness", "kurtosis"] {
             let name = format!("L{} {} link-weight {col}", row["layer"], row.get("name").map_or("", String::as_str));
-            features.entry(name).or_default().push((get(row, col), acc));
+            features.entry(name).or_default().push((g, (get(row, col), acc)));
         }
     }
-    rank_table(features.iter().map(|(f, pairs)| separation(f, pairs)).collect())
+    rank_table(
+        features
+            .into_iter()
+            .map(|(f, items)| {
+                let pairs: Vec<(f64, f64)> =
+                    without_outliers(items, |(v, _)| *v, outliers).into_iter().map(|(_, p)| p).collect();
+                separation(&f, &pairs)
+            })
+            .collect(),
+    )
 }
 
 /// Each training run's node-set rows, ordered by the order column.
@@ -571,6 +703,56 @@ impl Report {
                 s.spearman,
                 s.auroc,
                 s.direction()
+            );
+        }
+        self.lead.push_str("</table>\n");
+    }
+
+    fn separation_within(&mut self, setting: &str, accuracy: &str, table: &[Separation]) {
+        let _ = write!(
+            self.lead,
+            "<h3>Within {}</h3>\n<p>The same table over the checkpoints of this setting only (all rows in \
+             <code>separation_within.csv</code>).</p>\n<table><tr><th>#</th><th>summary</th><th>n</th>\
+             <th>Spearman rho with {}</th><th>AUROC</th><th>direction</th></tr>\n",
+            escape(setting),
+            escape(accuracy)
+        );
+        for (i, s) in table.iter().take(10).enumerate() {
+            let _ = writeln!(
+                self.lead,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.3}</td><td>{:.3}</td><td>{}</td></tr>",
+                i + 1,
+                escape(&s.feature),
+                s.n,
+                s.spearman,
+                s.auroc,
+                s.direction()
+            );
+        }
+        self.lead.push_str("</table>\n");
+    }
+
+    /// The checkpoints the scan could not analyse, named where the reader
+    /// sees them.
+    fn failures(&mut self, errors: &[Row]) {
+        if errors.is_empty() {
+            return;
+        }
+        let _ = write!(
+            self.lead,
+            "<h2>{} checkpoint(s) could not be analysed</h2>\n<p>They are in no figure or table of this report \
+             (all of them in the scan's <code>errors.csv</code>).</p>\n<table><tr><th>checkpoint</th><th>kind</th>\
+             <th>message</th></tr>\n",
+            errors.len()
+        );
+        for r in errors.iter().take(200) {
+            let cell = |c: &str| escape(r.get(c).map_or("", String::as_str));
+            let _ = writeln!(
+                self.lead,
+                "<tr><td>{}</td><td>{}</td><td style=\"text-align:left\">{}</td></tr>",
+                cell("checkpoint"),
+                cell("kind"),
+                cell("message")
             );
         }
         self.lead.push_str("</table>\n");

@@ -208,7 +208,8 @@ fn resume_after_interruption_gives_identical_output() {
     let journal = std::fs::read(full.join("scan.journal")).unwrap();
     std::fs::write(part.join("scan.journal"), &journal[..journal.len() * 3 / 5]).unwrap();
     let manifest = std::fs::read_to_string(full.join("scan.manifest")).unwrap();
-    std::fs::write(part.join("scan.manifest"), manifest.replace(r#""complete": true"#, r#""complete": false"#)).unwrap();
+    std::fs::write(part.join("scan.manifest"), manifest.replace(r#""complete": true"#, r#""complete": false"#))
+        .unwrap();
     // ... and the killed run's half-written tables.
     let stale = part.join(".nodes.csv.tmp4242");
     std::fs::write(&stale, "checkpoint,node_layer\n").unwrap();

@@ -469,7 +469,10 @@ fn metadata_columns_never_share_a_name() {
         let header: Vec<&str> = text.lines().next().unwrap().split(',').collect();
         let unique: std::collections::BTreeSet<&&str> = header.iter().collect();
         assert_eq!(unique.len(), header.len(), "{table}: {header:?}");
-        assert!(header.ends_with(&["meta_meta_checkpoint", "meta_count", "meta_checkpoint"][..]), "{table}: {header:?}");
+        assert!(
+            header.ends_with(&["meta_meta_checkpoint", "meta_count", "meta_checkpoint"][..]),
+            "{table}: {header:?}"
+        );
     }
 }
 
@@ -514,7 +517,10 @@ fn numbers_do_not_depend_on_the_thread_count() {
     // Layers large enough to be split over threads, with odd sizes.
     write_st(
         &data.join("big.safetensors"),
-        &[T::f32("fc1.weight", &[1031, 1237], values(1031 * 1237, 5)), T::f32("fc2.weight", &[7, 1031], values(7 * 1031, 6))],
+        &[
+            T::f32("fc1.weight", &[1031, 1237], values(1031 * 1237, 5)),
+            T::f32("fc2.weight", &[7, 1031], values(7 * 1031, 6)),
+        ],
         &[],
     );
     let outs: Vec<PathBuf> = [1, 2, 3, 7]
