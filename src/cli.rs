@@ -162,17 +162,17 @@ pub struct StudyInput {
     #[arg(short, long, value_name = "DIR")]
     pub output: PathBuf,
     /// Metadata column of the accuracy (the separation table ranks
-    /// against it; dynamics.csv carries it).
-    #[arg(long, default_value = "accuracy")]
-    pub accuracy: String,
+    /// against it; dynamics.csv carries it) [default: accuracy].
+    #[arg(long, value_name = "COLUMN")]
+    pub accuracy: Option<String>,
 }
 
 /// Columns and rules of the ensemble analysis.
 #[derive(Debug, Args)]
 pub struct EnsembleArgs {
-    /// Metadata column to group by.
-    #[arg(long, default_value = "accuracy")]
-    pub by: String,
+    /// Metadata column to group by [default: accuracy].
+    #[arg(long, value_name = "COLUMN")]
+    pub by: Option<String>,
     /// Bin width of a numeric grouping column (bins start at 0); 0 groups by
     /// the value as text.
     #[arg(long, default_value_t = 0.1)]
@@ -195,12 +195,12 @@ pub struct EnsembleArgs {
 /// Columns of the individual analysis.
 #[derive(Debug, Args)]
 pub struct DynamicsArgs {
-    /// Metadata column naming a training run.
-    #[arg(long, default_value = "run")]
-    pub run_by: String,
-    /// Metadata column ordering checkpoints within a run.
-    #[arg(long, default_value = "epoch")]
-    pub order_by: String,
+    /// Metadata column naming a training run [default: run].
+    #[arg(long, value_name = "COLUMN")]
+    pub run_by: Option<String>,
+    /// Metadata column ordering checkpoints within a run [default: epoch].
+    #[arg(long, value_name = "COLUMN")]
+    pub order_by: Option<String>,
     /// Checkpoint of the node-set divergence matrix (default: the last of
     /// the first run).
     #[arg(long, value_name = "FILE")]

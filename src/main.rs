@@ -166,14 +166,25 @@ fn run_study(
     let graph = input.graph.options()?;
     let e = ensemble.as_ref();
     let d = dynamics.as_ref();
+    // Columns given by name must exist; a default that does not leaves its
+    // analysis empty, with a note.
+    let mut required = Vec::new();
+    let mut column = |flag: &str, given: Option<&String>, default: &str| {
+        if let Some(c) = given {
+            required.push((flag.to_string(), c.clone()));
+        }
+        given.cloned().unwrap_or_else(|| default.to_string())
+    };
+    let accuracy = column("--accuracy", input.accuracy.as_ref(), "accuracy");
+    let by = column("--by", e.and_then(|e| e.by.as_ref()), "accuracy");
+    let run = column("--run-by", d.and_then(|d| d.run_by.as_ref()), "run");
+    let order = column("--order-by", d.and_then(|d| d.order_by.as_ref()), "epoch");
     let opts = StudyOptions {
-        grouping: Grouping {
-            column: e.map_or_else(|| "accuracy".into(), |e| e.by.clone()),
-            width: e.map_or(Some(0.1), |e| (e.width > 0.0).then_some(e.width)),
-        },
-        accuracy: input.accuracy.clone(),
-        run: d.map_or_else(|| "run".into(), |d| d.run_by.clone()),
-        order: d.map_or_else(|| "epoch".into(), |d| d.order_by.clone()),
+        grouping: Grouping { column: by, width: e.map_or(Some(0.1), |e| (e.width > 0.0).then_some(e.width)) },
+        accuracy,
+        run,
+        order,
+        required,
         graph: graph.clone(),
         ensemble: e.is_some(),
         dynamics: d.is_some(),
@@ -216,6 +227,9 @@ fn run_study(
         );
     }
     let done = study(&scan_dir, &input.output, engine.as_ref(), &opts)?;
+    for note in &done.notes {
+        eprintln!("note: {note}");
+    }
     let plural = |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
     let mut what = vec![plural(done.checkpoints, "checkpoint", "checkpoints")];
     if opts.ensemble {

@@ -82,6 +82,10 @@ pub struct StudyOptions {
     pub per_group: Option<usize>,
     /// Metadata columns whose settings each get a separation table.
     pub within: Vec<String>,
+    /// Columns named on the command line, with the flag that named them:
+    /// each must exist (a default column that does not leaves its analysis
+    /// empty, with a note).
+    pub required: Vec<(String, String)>,
 }
 
 /// One row of a scan table, by column name.
@@ -146,6 +150,8 @@ pub struct StudySummary {
     pub runs: usize,
     /// Files written, relative to the output directory.
     pub files: Vec<String>,
+    /// What the study could not do, for the user to see.
+    pub notes: Vec<String>,
 }
 
 /// Runs the study on a finished scan in `scan_dir` and writes its tables,
@@ -154,15 +160,22 @@ pub fn study(scan_dir: &Path, out_dir: &Path, engine: &dyn Engine, opts: &StudyO
     let (header, nodes) = read_table(&scan_dir.join("nodes.csv"))?;
     let (_, links) = read_table(&scan_dir.join("links.csv"))?;
     let (_, errors) = read_table(&scan_dir.join("errors.csv"))?;
+    let mut study_notes = Vec::new();
     // A column that is not there is an error listing those that are, never
     // an empty study.
-    let mut needed: Vec<(&str, &str)> = Vec::new();
+    let mut needed: Vec<(&str, &str)> = opts.required.iter().map(|(f, c)| (f.as_str(), c.as_str())).collect();
+    needed.extend(opts.within.iter().map(|c| ("--within", c.as_str())));
+    let mut defaults: Vec<(&str, &str)> = Vec::new();
     if opts.ensemble {
-        needed.extend([("--by", opts.grouping.column.as_str()), ("--accuracy", opts.accuracy.as_str())]);
-        needed.extend(opts.within.iter().map(|c| ("--within", c.as_str())));
+        defaults.extend([("--by", opts.grouping.column.as_str()), ("--accuracy", opts.accuracy.as_str())]);
     }
     if opts.dynamics {
-        needed.extend([("--run-by", opts.run.as_str()), ("--order-by", opts.order.as_str())]);
+        defaults.extend([("--run-by", opts.run.as_str()), ("--order-by", opts.order.as_str())]);
+    }
+    for (flag, column) in defaults {
+        if !header.iter().any(|h| h == column) && !needed.iter().any(|(f, _)| *f == flag) {
+            study_notes.push(format!("no `{column}` column: the analysis that needs it is empty (give {flag} COLUMN)"));
+        }
     }
     for (flag, column) in needed {
         if !header.iter().any(|h| h == column) {
@@ -179,7 +192,8 @@ pub fn study(scan_dir: &Path, out_dir: &Path, engine: &dyn Engine, opts: &StudyO
     }
     let figures = out_dir.join("figures");
     std::fs::create_dir_all(&figures).map_err(|e| Error::output(&figures, e))?;
-    let mut study = Study { out_dir, figures, engine, opts, summary: StudySummary::default(), html: Report::default() };
+    let summary = StudySummary { notes: study_notes, ..StudySummary::default() };
+    let mut study = Study { out_dir, figures, engine, opts, summary, html: Report::default() };
 
     // Checkpoints and their groups.
     let mut checkpoints: Vec<String> = nodes.iter().filter_map(|r| r.get("checkpoint").cloned()).collect();
@@ -419,36 +433,15 @@ impl Study<'_> {
                 let n: Vec<Row> = nodes.iter().filter(|r| &setting(r) == value).cloned().collect();
                 let l: Vec<Row> = links.iter().filter(|r| &setting(r) == value).cloned().collect();
                 let within = separation_table(&n, &l, &opts.accuracy, &group, opts.outliers);
-                for (i, s) in within.iter().enumerate() {
-                    let mut row = value.clone();
-                    row.extend([
-                        (i + 1).to_string(),
-                        s.feature.clone(),
-                        s.n.to_string(),
-                        num(s.spearman),
-                        num(s.auroc),
-                        s.direction().to_string(),
-                    ]);
-                    rows.push(row);
-                }
+                rows.extend(separation_csv(&within).map(|cells| [value.clone(), cells].concat()));
                 let label: Vec<String> = opts.within.iter().zip(value).map(|(c, v)| format!("{c}={v}")).collect();
                 self.html.separation_within(&label.join(", "), &opts.accuracy, &within);
             }
             let mut header: Vec<&str> = opts.within.iter().map(String::as_str).collect();
-            header.extend(["rank", "feature", "n", "spearman", "auroc", "direction"]);
+            header.extend(SEPARATION_HEADER);
             self.table("separation_within.csv", &header, rows)?;
         }
-        let rows = table.iter().enumerate().map(|(i, s)| {
-            vec![
-                (i + 1).to_string(),
-                s.feature.clone(),
-                s.n.to_string(),
-                num(s.spearman),
-                num(s.auroc),
-                s.direction().to_string(),
-            ]
-        });
-        self.table("separation.csv", &["rank", "feature", "n", "spearman", "auroc", "direction"], rows.collect())?;
+        self.table("separation.csv", &SEPARATION_HEADER, separation_csv(&table).collect())?;
         self.html.separation(&opts.accuracy, &table);
         Ok(())
     }
@@ -584,6 +577,23 @@ fn fig_err(dir: &Path, e: String) -> Error {
 
 /// Every per-checkpoint summary against accuracy: node sets' fluctuation,
 /// mean strength and shape, and layers' link-weight statistics.
+/// Columns of `separation.csv` (and the last of `separation_within.csv`).
+const SEPARATION_HEADER: [&str; 6] = ["rank", "feature", "n", "spearman", "auroc", "direction"];
+
+/// A separation table's CSV rows, ranked from 1.
+fn separation_csv(table: &[Separation]) -> impl Iterator<Item = Vec<String>> + '_ {
+    table.iter().enumerate().map(|(i, s)| {
+        vec![
+            (i + 1).to_string(),
+            s.feature.clone(),
+            s.n.to_string(),
+            num(s.spearman),
+            num(s.auroc),
+            s.direction().to_string(),
+        ]
+    })
+}
+
 /// With `outliers = Some(m)`, each checkpoint's value beyond `m` standard
 /// deviations of its group's mean is dropped (groups by their index; a
 /// group of equal values keeps them all; NaN values are kept for the
@@ -693,7 +703,12 @@ impl Report {
              <table><tr><th>#</th><th>summary</th><th>n</th><th>Spearman rho</th><th>AUROC</th><th>direction</th></tr>\n",
             a = escape(accuracy)
         );
-        for (i, s) in table.iter().take(25).enumerate() {
+        self.separation_rows(table, 25);
+    }
+
+    /// The first `limit` rows of a separation table, and the table's end.
+    fn separation_rows(&mut self, table: &[Separation], limit: usize) {
+        for (i, s) in table.iter().take(limit).enumerate() {
             let _ = writeln!(
                 self.lead,
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.3}</td><td>{:.3}</td><td>{}</td></tr>",
@@ -717,19 +732,7 @@ impl Report {
             escape(setting),
             escape(accuracy)
         );
-        for (i, s) in table.iter().take(10).enumerate() {
-            let _ = writeln!(
-                self.lead,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.3}</td><td>{:.3}</td><td>{}</td></tr>",
-                i + 1,
-                escape(&s.feature),
-                s.n,
-                s.spearman,
-                s.auroc,
-                s.direction()
-            );
-        }
-        self.lead.push_str("</table>\n");
+        self.separation_rows(table, 10);
     }
 
     /// The checkpoints the scan could not analyse, named where the reader

@@ -25,18 +25,9 @@ fn csv(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
     (header, rows)
 }
 
-/// A 6-5-3 MLP in torch naming with metadata.
+/// A 6-5-3 MLP in torch naming with its accuracy and seed as metadata.
 fn mlp(path: &Path, seed: u64, accuracy: &str) {
-    write_st(
-        path,
-        &[
-            T::f32("net.0.weight", &[5, 6], values(30, seed)),
-            T::f32("net.0.bias", &[5], values(5, seed + 1)),
-            T::f32("net.2.weight", &[3, 5], values(15, seed + 2)),
-            T::f32("net.2.bias", &[3], values(3, seed + 3)),
-        ],
-        &[("accuracy", accuracy), ("seed", &seed.to_string())],
-    );
+    common::mlp(path, seed, &[("accuracy", accuracy), ("seed", &seed.to_string())]);
 }
 
 #[test]

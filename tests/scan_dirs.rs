@@ -24,18 +24,9 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// A 6-5-3 MLP.
+/// A 6-5-3 MLP whose accuracy is `0.{seed}`.
 fn mlp(path: &Path, seed: u64) {
-    write_st(
-        path,
-        &[
-            T::f32("net.0.weight", &[5, 6], values(30, seed)),
-            T::f32("net.0.bias", &[5], values(5, seed + 1)),
-            T::f32("net.2.weight", &[3, 5], values(15, seed + 2)),
-            T::f32("net.2.bias", &[3], values(3, seed + 3)),
-        ],
-        &[("accuracy", &format!("0.{seed}"))],
-    );
+    common::mlp(path, seed, &[("accuracy", &format!("0.{seed}"))]);
 }
 
 /// A folder of `n` MLPs.

@@ -48,6 +48,21 @@ fn encode(values: &[f64], dtype: DType) -> Vec<u8> {
     out
 }
 
+/// A 6-5-3 MLP in torch naming (weights and biases from `seed`) with
+/// `metadata`.
+pub fn mlp(path: &Path, seed: u64, metadata: &[(&str, &str)]) {
+    write_st(
+        path,
+        &[
+            T::f32("net.0.weight", &[5, 6], values(30, seed)),
+            T::f32("net.0.bias", &[5], values(5, seed + 1)),
+            T::f32("net.2.weight", &[3, 5], values(15, seed + 2)),
+            T::f32("net.2.bias", &[3], values(3, seed + 3)),
+        ],
+        metadata,
+    );
+}
+
 /// Writes a safetensors file with the tensors and `__metadata__`.
 pub fn write_st(path: &Path, tensors: &[T<'_>], metadata: &[(&str, &str)]) {
     let bytes: Vec<Vec<u8>> = tensors.iter().map(|t| encode(&t.values, t.dtype)).collect();
