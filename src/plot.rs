@@ -15,6 +15,25 @@ pub struct Curve {
     pub name: String,
     /// `(x, y)` points in order.
     pub points: Vec<(f64, f64)>,
+    /// What its colour shows (e.g. the run's final accuracy): curves are
+    /// coloured on the viridis scale by it; `None` colours them in order.
+    pub value: Option<f64>,
+}
+
+/// Each curve's colour: by its value where curves have one (low to high),
+/// else by its place in order.
+fn colours(curves: &[Curve]) -> Vec<RGBColor> {
+    let values: Vec<f64> = curves.iter().filter_map(|c| c.value).filter(|v| v.is_finite()).collect();
+    let (lo, hi) = values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+    curves
+        .iter()
+        .enumerate()
+        .map(|(i, c)| match c.value {
+            Some(v) if v.is_finite() && hi > lo => ViridisRGB::get_color(0.9 * (v - lo) / (hi - lo)),
+            Some(v) if v.is_finite() => shade(0, 1),
+            _ => shade(i, curves.len()),
+        })
+        .collect()
 }
 
 /// Colour `i` of `n` on the viridis scale (low to high).
@@ -28,10 +47,10 @@ fn err<E: std::fmt::Debug>(e: E) -> String {
     format!("plot: {e:?}")
 }
 
-/// Curves coloured in order on the viridis scale (for groups, low to high
-/// accuracy), with a legend.
-pub fn lines(title: &str, x_label: &str, y_label: &str, curves: &[Curve]) -> Result<String, String> {
-    let pts = curves.iter().flat_map(|c| c.points.iter()).filter(|(x, y)| x.is_finite() && y.is_finite());
+/// The range of the finite points of `curves`, padded; a unit square when
+/// there are none.
+fn extent<'a>(curves: impl Iterator<Item = &'a Curve>) -> ((f64, f64), (f64, f64)) {
+    let pts = curves.flat_map(|c| c.points.iter()).filter(|(x, y)| x.is_finite() && y.is_finite());
     let (mut x0, mut x1, mut y0, mut y1) = (f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY);
     for &(x, y) in pts {
         (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
@@ -41,52 +60,113 @@ pub fn lines(title: &str, x_label: &str, y_label: &str, curves: &[Curve]) -> Res
     }
     let pad = |a: f64, b: f64| if a < b { (b - a) * 0.04 } else { 0.5 };
     let (px, py) = (pad(x0, x1), pad(y0, y1));
+    ((x0 - px, x1 + px), (y0 - py, y1 + py))
+}
+
+/// Curves in one panel, with the legend beside the plot (never over the
+/// lines); coloured by their values where they have them (the legend's
+/// title `colour` says what), else in order.
+pub fn lines(title: &str, x_label: &str, y_label: &str, colour: &str, curves: &[Curve]) -> Result<String, String> {
+    let ((x0, x1), (y0, y1)) = extent(curves.iter());
+    let colors = colours(curves);
     let mut svg = String::new();
     {
-        let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
+        let root = SVGBackend::with_string(&mut svg, (SIZE.0 + 200, SIZE.1)).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
-        let mut chart = ChartBuilder::on(&root)
+        let (plot, legend) = root.split_horizontally(SIZE.0);
+        let mut chart = ChartBuilder::on(&plot)
             .caption(title, ("sans-serif", 18))
             .margin(12)
             .x_label_area_size(36)
             .y_label_area_size(56)
-            .build_cartesian_2d((x0 - px)..(x1 + px), (y0 - py)..(y1 + py))
+            .build_cartesian_2d(x0..x1, y0..y1)
             .map_err(err)?;
         chart.configure_mesh().x_desc(x_label).y_desc(y_label).light_line_style(WHITE.mix(0.0)).draw().map_err(err)?;
-        for (i, c) in curves.iter().enumerate() {
-            let color = shade(i, curves.len());
+        for (c, &color) in curves.iter().zip(&colors) {
             let series = LineSeries::new(
                 c.points.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite()),
                 color.stroke_width(2),
             );
-            chart
-                .draw_series(series)
-                .map_err(err)?
-                .label(c.name.clone())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+            chart.draw_series(series).map_err(err)?;
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.3))
-            .position(SeriesLabelPosition::UpperRight)
-            .draw()
-            .map_err(err)?;
+        // The legend: at most 30 entries, then how many more.
+        let font = ("sans-serif", 12).into_font();
+        legend.draw(&Text::new(colour.to_string(), (8, 40), font.clone().style(FontStyle::Bold))).map_err(err)?;
+        let shown = curves.len().min(30);
+        for (k, (c, &color)) in curves.iter().zip(&colors).take(shown).enumerate() {
+            let y = 58 + 15 * k as i32;
+            legend.draw(&PathElement::new(vec![(8, y), (26, y)], color.stroke_width(3))).map_err(err)?;
+            legend.draw(&Text::new(c.name.clone(), (32, y - 6), font.clone())).map_err(err)?;
+        }
+        if curves.len() > shown {
+            let y = 58 + 15 * shown as i32;
+            legend.draw(&Text::new(format!("... {} more", curves.len() - shown), (8, y - 6), font)).map_err(err)?;
+        }
         root.present().map_err(err)?;
     }
     Ok(svg)
 }
 
-/// A square matrix as a heatmap (darker = smaller), with each cell's value.
+/// Densities of several groups as small multiples: one panel per group on a
+/// shared x axis, each with its own y scale (so a narrow density never
+/// flattens the others), titled with the group's name and size.
+pub fn densities(title: &str, x_label: &str, y_label: &str, curves: &[Curve]) -> Result<String, String> {
+    let ((x0, x1), _) = extent(curves.iter());
+    let colors = colours(curves);
+    let n = curves.len().max(1);
+    let cols = n.clamp(1, 3);
+    let rows = n.div_ceil(cols);
+    let (w, h) = (300 * cols as u32, 48 + 210 * rows as u32);
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (w, h)).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        let root = root.titled(title, ("sans-serif", 18)).map_err(err)?;
+        let panels = root.split_evenly((rows, cols));
+        for ((c, &color), panel) in curves.iter().zip(&colors).zip(&panels) {
+            let (_, (y0, y1)) = extent(std::iter::once(c));
+            let mut chart = ChartBuilder::on(panel)
+                .caption(&c.name, ("sans-serif", 13))
+                .margin(6)
+                .x_label_area_size(30)
+                .y_label_area_size(50)
+                .build_cartesian_2d(x0..x1, 0f64.min(y0)..y1)
+                .map_err(err)?;
+            chart
+                .configure_mesh()
+                .x_desc(x_label)
+                .y_desc(y_label)
+                .x_labels(4)
+                .y_labels(4)
+                .light_line_style(WHITE.mix(0.0))
+                .draw()
+                .map_err(err)?;
+            let pts: Vec<(f64, f64)> =
+                c.points.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite()).collect();
+            chart
+                .draw_series(AreaSeries::new(pts, 0.0, color.mix(0.25)).border_style(color.stroke_width(2)))
+                .map_err(err)?;
+        }
+        root.present().map_err(err)?;
+    }
+    Ok(svg)
+}
+
+/// A square matrix as a heatmap (darker = smaller), each cell's value
+/// written in it, a colour bar beside it; an infinite cell is grey with a
+/// dark outline and says `inf`, a NaN cell is light grey and says `NaN`
+/// (never the colour of 0).
 pub fn heatmap(title: &str, labels: &[String], values: &[Vec<f64>]) -> Result<String, String> {
     let n = labels.len();
     let max = values.iter().flatten().copied().filter(|v| v.is_finite()).fold(0.0f64, f64::max).max(f64::MIN_POSITIVE);
+    let non_finite = values.iter().flatten().any(|v| !v.is_finite());
     let mut svg = String::new();
     {
-        let root = SVGBackend::with_string(&mut svg, (560, 520)).into_drawing_area();
+        let root = SVGBackend::with_string(&mut svg, (660, 520)).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
+        let (matrix, bar) = root.split_horizontally(560);
         let n = n as i32;
-        let mut chart = ChartBuilder::on(&root)
+        let mut chart = ChartBuilder::on(&matrix)
             .caption(title, ("sans-serif", 18))
             .margin(12)
             .x_label_area_size(70)
@@ -106,24 +186,93 @@ pub fn heatmap(title: &str, labels: &[String], values: &[Vec<f64>]) -> Result<St
             .y_label_formatter(&label)
             .draw()
             .map_err(err)?;
+        let grey = RGBColor(150, 150, 150);
         for (i, row) in values.iter().enumerate() {
             for (j, &v) in row.iter().enumerate() {
-                let t = if v.is_finite() { v / max } else { 0.0 };
                 let (x, y) = (j as i32, i as i32);
                 let corners = [
                     (SegmentValue::Exact(x), SegmentValue::Exact(y)),
                     (SegmentValue::Exact(x + 1), SegmentValue::Exact(y + 1)),
                 ];
-                chart
-                    .draw_series(std::iter::once(Rectangle::new(corners, ViridisRGB::get_color(t).filled())))
-                    .map_err(err)?;
-                let color = if t > 0.6 { BLACK } else { WHITE };
-                let style = ("sans-serif", 12).into_font().color(&color).pos(Pos::new(HPos::Center, VPos::Center));
+                let (fill, text, ink) = if v.is_finite() {
+                    let t = v / max;
+                    (ViridisRGB::get_color(t), format!("{v:.3}"), if t > 0.6 { BLACK } else { WHITE })
+                } else if v.is_nan() {
+                    (RGBColor(225, 225, 225), "NaN".to_string(), BLACK)
+                } else {
+                    (RGBColor(190, 190, 190), "inf".to_string(), BLACK)
+                };
+                chart.draw_series(std::iter::once(Rectangle::new(corners.clone(), fill.filled()))).map_err(err)?;
+                if v.is_infinite() {
+                    chart.draw_series(std::iter::once(Rectangle::new(corners, grey.stroke_width(3)))).map_err(err)?;
+                }
+                let style = ("sans-serif", 12).into_font().color(&ink).pos(Pos::new(HPos::Center, VPos::Center));
                 let at = (SegmentValue::CenterOf(x), SegmentValue::CenterOf(y));
-                chart.draw_series(std::iter::once(Text::new(format!("{v:.3}"), at, style))).map_err(err)?;
+                chart.draw_series(std::iter::once(Text::new(text, at, style))).map_err(err)?;
             }
+        }
+        // The colour bar: 0 at the bottom, the largest finite value at the top.
+        let (top, bottom) = (60i32, 420i32);
+        let steps = 60;
+        for k in 0..steps {
+            let t = k as f64 / (steps - 1) as f64;
+            let y = bottom - ((bottom - top) as f64 * t) as i32;
+            bar.draw(&Rectangle::new([(10, y - 7), (34, y)], ViridisRGB::get_color(t).filled())).map_err(err)?;
+        }
+        bar.draw(&Rectangle::new([(10, top - 7), (34, bottom)], BLACK.stroke_width(1))).map_err(err)?;
+        let font = ("sans-serif", 12).into_font();
+        bar.draw(&Text::new(format!("{max:.3}"), (38, top - 10), font.clone())).map_err(err)?;
+        bar.draw(&Text::new("0".to_string(), (38, bottom - 8), font.clone())).map_err(err)?;
+        if non_finite {
+            bar.draw(&Rectangle::new([(10, bottom + 20), (34, bottom + 34)], RGBColor(190, 190, 190).filled()))
+                .map_err(err)?;
+            bar.draw(&Text::new("inf".to_string(), (38, bottom + 21), font.clone())).map_err(err)?;
+            bar.draw(&Rectangle::new([(10, bottom + 40), (34, bottom + 54)], RGBColor(225, 225, 225).filled()))
+                .map_err(err)?;
+            bar.draw(&Text::new("NaN".to_string(), (38, bottom + 41), font)).map_err(err)?;
         }
         root.present().map_err(err)?;
     }
     Ok(svg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The texts an SVG shows.
+    fn texts(svg: &str) -> Vec<String> {
+        svg.split("<text")
+            .skip(1)
+            .filter_map(|t| Some(t.split_once('>')?.1.split_once("</text>")?.0.trim().to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn heatmaps_mark_infinite_and_nan_cells_and_have_a_colour_bar() {
+        let labels = vec!["a".to_string(), "b".to_string()];
+        let svg = heatmap("t", &labels, &[vec![0.0, f64::INFINITY], vec![f64::NAN, 2.0]]).unwrap();
+        let shown = texts(&svg);
+        assert!(shown.iter().any(|t| t == "inf") && shown.iter().any(|t| t == "NaN"), "{shown:?}");
+        // The colour of 0 (viridis' dark end) is not an infinite cell's.
+        assert!(svg.contains("#BEBEBE") || svg.to_lowercase().contains("#bebebe"));
+        assert!(shown.iter().filter(|t| *t == "2.000").count() == 2, "the cell and the colour bar's top: {shown:?}");
+    }
+
+    #[test]
+    fn densities_give_every_group_its_own_panel_and_scale() {
+        let curve = |name: &str, peak: f64| Curve {
+            name: name.into(),
+            points: (0..50).map(|i| (i as f64, if i == 25 { peak } else { 0.001 })).collect(),
+            value: None,
+        };
+        let svg =
+            densities("t", "x", "density", &[curve("narrow (n = 3)", 5.0), curve("wide (n = 900)", 0.01)]).unwrap();
+        let shown = texts(&svg);
+        assert!(shown.iter().any(|t| t == "narrow (n = 3)") && shown.iter().any(|t| t == "wide (n = 900)"));
+        // The wide group's panel has its own axis, up to its own peak (a
+        // shared one would end at 5).
+        let ticks: Vec<f64> = shown.iter().filter_map(|t| t.parse().ok()).collect();
+        assert!(ticks.iter().any(|&v| v > 0.0 && v < 0.02), "{shown:?}");
+    }
 }

@@ -347,6 +347,7 @@ impl Study<'_> {
         // Densities, divergence matrices and their figures.
         let mut divergence_rows = Vec::new();
         let mut density_rows = Vec::new();
+        let by = &opts.grouping.column;
         for ((measure, index, name), p) in &pools {
             let present: Vec<(usize, &Pool)> = p.groups.iter().map(|(g, pool)| (*g, pool)).collect();
             if present.is_empty() {
@@ -369,7 +370,8 @@ impl Study<'_> {
                         num(*y),
                     ]);
                 }
-                curves.push(Curve { name: names[*g].clone(), points: common.iter().copied().zip(d).collect() });
+                let name = format!("{by} {} (n = {})", names[*g], pool.moments.n);
+                curves.push(Curve { name, points: common.iter().copied().zip(d).collect(), value: None });
             }
             let pools: Vec<&Pool> = present.iter().map(|(_, pool)| *pool).collect();
             let (js, skl) = divergences(&pools);
@@ -395,9 +397,13 @@ impl Study<'_> {
                 if *measure == "link_weight" { format!("L{index}") } else { format!("V{index}") }
             );
             let stem = format!("{measure}_{index}");
-            let by = &opts.grouping.column;
-            let density = plot::lines(&format!("{what}: density by {by}"), measure, "density", &curves)
-                .map_err(|e| fig_err(self.out_dir, e))?;
+            let density = plot::densities(
+                &format!("{what}: density by {by} (each panel its own scale)"),
+                measure,
+                "density (sums to 1 on the grid)",
+                &curves,
+            )
+            .map_err(|e| fig_err(self.out_dir, e))?;
             let js_map = plot::heatmap(&format!("{what}: Jensen-Shannon"), &group_labels, &js)
                 .map_err(|e| fig_err(self.out_dir, e))?;
             let skl_map = plot::heatmap(&format!("{what}: symmetric KL"), &group_labels, &skl)
@@ -460,6 +466,12 @@ impl Study<'_> {
         const PLOTTED: [(&str, &str); 2] = [("fluctuation", "fluctuation"), ("strength_mean", "mean strength")];
         let mut by_set: BTreeMap<(usize, usize, String), Vec<Curve>> = BTreeMap::new();
         for (run, points) in &runs {
+            // Runs are coloured by their final accuracy.
+            let last = points.last().map(|(_, r)| get(r, &opts.accuracy)).filter(|a| a.is_finite());
+            let name = match last {
+                Some(a) => format!("{run} ({})", trim(a)),
+                None => run.clone(),
+            };
             for (order, row) in points {
                 let k = get(row, "node_layer") as usize;
                 let set = row.get("node_set").cloned().unwrap_or_default();
@@ -476,8 +488,8 @@ impl Study<'_> {
                 ]);
                 for (m, (col, _)) in PLOTTED.iter().enumerate() {
                     let curves = by_set.entry((m, k, set.clone())).or_default();
-                    if curves.last().is_none_or(|c| &c.name != run) {
-                        curves.push(Curve { name: run.clone(), points: vec![] });
+                    if curves.last().is_none_or(|c| c.name != name) {
+                        curves.push(Curve { name: name.clone(), points: vec![], value: last });
                     }
                     curves.last_mut().expect("just pushed").points.push((*order, get(row, col)));
                 }
@@ -498,7 +510,8 @@ impl Study<'_> {
         let mut svgs = Vec::new();
         for ((m, k, set), curves) in &by_set {
             let (col, label) = PLOTTED[*m];
-            let svg = plot::lines(&format!("V{k} {set}: {label} along training"), &opts.order, label, curves)
+            let colour = format!("run (final {})", opts.accuracy);
+            let svg = plot::lines(&format!("V{k} {set}: {label} along training"), &opts.order, label, &colour, curves)
                 .map_err(|e| fig_err(self.out_dir, e))?;
             let file = format!("dynamics_{col}_{k}.svg");
             self.figure(&file, &svg)?;
@@ -545,8 +558,9 @@ impl Study<'_> {
             }
         }
         self.table("layer_divergence.csv", &["checkpoint", "node_set_a", "node_set_b", "jensen_shannon"], rows)?;
-        let svg = plot::heatmap(&format!("{title}: node sets, Jensen-Shannon"), &labels, &js)
-            .map_err(|e| fig_err(self.out_dir, e))?;
+        let svg =
+            plot::heatmap(&format!("{title}: node sets, Jensen-Shannon ({})", checkpoint.display()), &labels, &js)
+                .map_err(|e| fig_err(self.out_dir, e))?;
         self.figure("layer_divergence.svg", &svg)?;
         Ok(svg)
     }
