@@ -178,11 +178,12 @@ impl CpuEngine {
     /// Runs `f` over `0..n` elements in blocks of whole `unit`s (rows),
     /// about [`BLOCK_WEIGHTS`] each, and folds the blocks' results in block
     /// order with `merge`. The blocks depend only on `n` and `unit`, never
-    /// on the thread count, so neither do the (floating-point) results:
-    /// shards measured on machines with any number of cores merge to the
-    /// bytes of one run. Threads take a round of consecutive blocks at a
-    /// time (so at most `threads` results are held), inline when `n` is
-    /// small.
+    /// on the thread count, and the fold is always left to right, so
+    /// neither do the (floating-point) results: shards measured on
+    /// machines with any number of cores merge to the bytes of one run.
+    /// Worker threads claim blocks in order and hand them to this thread,
+    /// which folds each as soon as those before it are in (inline when `n`
+    /// is small).
     fn split<T: Send>(
         &self,
         n: usize,
@@ -193,27 +194,42 @@ impl CpuEngine {
         if n < PARALLEL_MIN_WEIGHTS {
             return f(0, n);
         }
-        let unit = unit.max(1);
-        let block = BLOCK_WEIGHTS.div_ceil(unit) * unit;
-        let starts: Vec<usize> = (0..n).step_by(block).collect();
-        let run = |a: usize| f(a, (a + block).min(n));
+        let block = BLOCK_WEIGHTS.div_ceil(unit.max(1)) * unit.max(1);
+        let count = n.div_ceil(block);
+        let run = |i: usize| f(i * block, ((i + 1) * block).min(n));
         let mut all: Option<T> = None;
-        for round in starts.chunks(self.threads) {
-            let parts: Vec<T> = if round.len() == 1 {
-                vec![run(round[0])]
-            } else {
-                std::thread::scope(|s| {
-                    let run = &run;
-                    let handles: Vec<_> = round.iter().map(|&a| s.spawn(move || run(a))).collect();
-                    handles.into_iter().map(|h| h.join().expect("worker panicked")).collect()
-                })
-            };
-            for part in parts {
-                match &mut all {
-                    Some(all) => merge(all, part),
-                    None => all = Some(part),
+        let mut fold = |part: T| match &mut all {
+            Some(all) => merge(all, part),
+            None => all = Some(part),
+        };
+        let threads = self.threads.min(count);
+        if threads <= 1 {
+            (0..count).for_each(|i| fold(run(i)));
+        } else {
+            let next = std::sync::atomic::AtomicUsize::new(0);
+            let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, T)>(threads);
+            std::thread::scope(|s| {
+                for _ in 0..threads {
+                    let (tx, next, run) = (tx.clone(), &next, &run);
+                    s.spawn(move || loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if i >= count || tx.send((i, run(i))).is_err() {
+                            break;
+                        }
+                    });
                 }
-            }
+                drop(tx);
+                // Blocks that finished before an earlier one wait here.
+                let mut waiting = std::collections::BTreeMap::new();
+                let mut due = 0;
+                for (i, part) in rx {
+                    waiting.insert(i, part);
+                    while let Some(part) = waiting.remove(&due) {
+                        fold(part);
+                        due += 1;
+                    }
+                }
+            });
         }
         all.expect("n > 0: one block at least")
     }
