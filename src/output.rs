@@ -324,6 +324,12 @@ impl AtomicFile {
         self.publish()
     }
 
+    /// Flushes the contents to the file (it stays temporary).
+    pub fn flush(&mut self) -> Result<()> {
+        let err = |e: std::io::Error| Error::output(&self.path, e);
+        self.writer.as_mut().expect("not committed").flush().map_err(err)
+    }
+
     /// Flushes the contents and waits for the disk to hold them (the file
     /// stays temporary).
     pub fn sync(&mut self) -> Result<()> {
