@@ -157,6 +157,12 @@ pub struct StudySummary {
 /// Runs the study on a finished scan in `scan_dir` and writes its tables,
 /// figures and `report.html` into `out_dir`.
 pub fn study(scan_dir: &Path, out_dir: &Path, engine: &dyn Engine, opts: &StudyOptions) -> Result<StudySummary> {
+    // The scan is read while no scan writes it; the study's directory is
+    // written by this study alone.
+    let _reading = crate::manifest::DirLock::shared(scan_dir)?;
+    std::fs::create_dir_all(out_dir).map_err(|e| Error::output(out_dir, e))?;
+    let same = out_dir.canonicalize().ok() == scan_dir.canonicalize().ok();
+    let _writing = if same { None } else { Some(crate::manifest::DirLock::exclusive(out_dir)?) };
     let (header, nodes) = read_table(&scan_dir.join("nodes.csv"))?;
     let (_, links) = read_table(&scan_dir.join("links.csv"))?;
     let (_, errors) = read_table(&scan_dir.join("errors.csv"))?;
