@@ -76,8 +76,9 @@ impl ScanOptions {
     /// Every setting that shapes the tables, by name, as the manifest
     /// records them (`--resume` and `merge` compare them): the graph
     /// options in full (a spec by its contents, not its path), bins,
-    /// metadata table (by digest) and name pattern. Engine, jobs and
-    /// progress shape no byte of the tables and are not recorded.
+    /// metadata table (by digest) and name pattern (the scan adds the
+    /// engine). Jobs and progress shape no byte of the tables and are not
+    /// recorded.
     pub fn settings(&self) -> BTreeMap<String, String> {
         let g = &self.graph;
         let show = |v: &dyn std::fmt::Debug| format!("{v:?}");
@@ -724,7 +725,14 @@ pub fn scan(collection: &Collection, out_dir: &Path, engine: &dyn Engine, opts: 
     let manifest = Manifest {
         format: FORMAT,
         version: env!("CARGO_PKG_VERSION").into(),
-        settings: opts.settings(),
+        settings: {
+            // The engine shapes the last digits (the GPU sums in f32), so
+            // one directory holds one engine's numbers.
+            let mut settings = opts.settings();
+            let engine = engine.name();
+            settings.insert("engine".into(), engine.split(':').next().unwrap_or(&engine).to_string());
+            settings
+        },
         shard: [shard, shards],
         collection: CollectionId::of(collection, &collection.roots),
         complete: false,

@@ -87,6 +87,8 @@ fn resume_continues_only_a_compatible_scan() {
     refused(&["scan", s(&data), "-o", s(&out), "--resume", "--no-bias"], "bias");
     refused(&["scan", s(&data), "-o", s(&out), "--resume", "--shard", "0/2"], "shard: none -> 0/2");
     refused(&["scan", s(&data), "-o", s(&out), "--resume", "--name-pattern", "m(?P<n>\\d+)"], "name_pattern");
+    // The engine shapes the last digits: one directory, one engine.
+    refused(&["scan", s(&data), "-o", s(&out), "--resume", "--device", "gpu"], "engine: cpu -> gpu");
     // The same collection spelt another way: names would differ.
     let other_spelling = format!("{}/./", s(&data));
     refused(&["scan", &other_spelling, "-o", s(&out), "--resume"], "give the paths as the scan did");
