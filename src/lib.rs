@@ -4,9 +4,11 @@
 //! "Characterizing Learning Dynamics of Deep Neural Networks via Complex
 //! Networks" (ICTAI 2021), for single checkpoints and large collections.
 //!
-//! The pipeline: [`checkpoint::Checkpoint`] maps safetensors files,
-//! [`graph::Network`] reads them as a graph, an [`engine::Engine`] measures
-//! it, [`scan`] does so over collections and [`output`] writes the tables.
+//! The pipeline: [`collection`] finds the checkpoints,
+//! [`checkpoint::Checkpoint`] maps each, [`graph::Network`] reads it as a
+//! graph, an [`engine::Engine`] measures it, [`scan`] does so over
+//! collections (its directory described by [`manifest`]) and [`output`]
+//! writes the tables.
 
 #![warn(missing_docs)]
 
