@@ -33,10 +33,12 @@ architecture (6000 in all). Then:
     cntscope ensemble scan-fc -o study-fc --within init,size
     cntscope dynamics OUT/fc -o dynamics-fc                           # runs along training
 
-Time on the 2-core development machine (NumPy's BLAS, while a build ran):
-8.4 minutes for --per-setting 20 (600 networks, 1140 checkpoints); fc-big
-and cnn-big take most of it, so the full design (--per-setting 200) is
-about an hour and a half there, not yet the few minutes aimed at.
+Time on the 2-core development machine (NumPy's BLAS): 8.4 minutes for
+--per-setting 20 (600 networks, 1140 checkpoints) while a build ran; alone,
+20 networks of a setting take 12 s for fc-big and 29 s for cnn-big, the
+two that dominate, and time grows linearly with the count, so the full
+design (--per-setting 200) is estimated at about 45 minutes there: not yet
+the few minutes aimed at.
 """
 
 import argparse
@@ -133,7 +135,7 @@ class Nets:
         else:
             gh = gflat.reshape(self.r, -1, self.width, 36).transpose(0, 1, 3, 2)
             gz = gh * (z1 > 0)  # (R, B, 36, F)
-            gw0 = np.einsum("rbpk,rbpf->rkf", x, gz)
+            gw0 = np.matmul(x.reshape(self.r, -1, 9).transpose(0, 2, 1), gz.reshape(self.r, -1, self.width))
             gb0 = gz.sum((1, 2))
         for w, gw in ((self.w[0], gw0), (self.w[1], gw1)):
             w -= LR * gw
