@@ -204,11 +204,8 @@ fn run_study(
         }
         _ => None,
     };
-    let (scan_dir, summary) = match given_scan {
-        Some(dir) => {
-            let summary = cntscope::scan::summarize(&dir)?;
-            (dir, summary)
-        }
+    let scan_dir = match given_scan {
+        Some(dir) => dir,
         None => {
             let checkpoints = found_checkpoints(&input.paths)?;
             let scan_opts = input.scan.options(graph, cores())?;
@@ -216,16 +213,9 @@ fn run_study(
             on_interrupt_explain_resume(&dir);
             let summary = scan(&checkpoints, &dir, engine.as_ref(), &scan_opts)?;
             report_scan(&summary, &dir);
-            (dir, summary)
+            dir
         }
     };
-    if summary.analysed == 0 {
-        bail!(
-            "nothing to study: no checkpoint was analysed ({} failed, listed in {})",
-            summary.failed,
-            scan_dir.join("errors.csv").display()
-        );
-    }
     let done = study(&scan_dir, &input.output, engine.as_ref(), &opts)?;
     for note in &done.notes {
         eprintln!("note: {note}");
@@ -238,11 +228,11 @@ fn run_study(
     if opts.dynamics {
         what.push(plural(done.runs, "run", "runs"));
     }
-    if summary.failed > 0 {
-        what.push(format!("{} failed (listed in the report)", summary.failed));
+    if done.failed > 0 {
+        what.push(format!("{} failed (listed in the report)", done.failed));
     }
     eprintln!("{} -> {}", what.join(", "), input.output.join("report.html").display());
-    Ok(ExitCode::from(if summary.failed > 0 { 1 } else { 0 }))
+    Ok(ExitCode::from(if done.failed > 0 { 1 } else { 0 }))
 }
 
 /// Prints how a scan went; its exit code (0 all good, 1 some failed, 2

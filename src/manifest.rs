@@ -77,8 +77,8 @@ pub struct CollectionId {
 }
 
 impl CollectionId {
-    /// The identity of `collection`, whose paths were given as `roots`.
-    pub fn of(collection: &Collection, roots: &[PathBuf]) -> Self {
+    /// The identity of `collection`.
+    pub fn of(collection: &Collection) -> Self {
         // Each entry's name, size and modification time, stat'ed on all
         // cores (a collection can hold 10^5 files), digested in order.
         let item = |path: &PathBuf| {
@@ -110,7 +110,11 @@ impl CollectionId {
             entries: collection.paths.len(),
             digest: format!("{:016x}", d.finish()),
             first: collection.paths.first().map(|p| checkpoint_id(p)),
-            roots: roots.iter().map(|r| checkpoint_id(&r.canonicalize().unwrap_or_else(|_| r.to_path_buf()))).collect(),
+            roots: collection
+                .roots
+                .iter()
+                .map(|r| checkpoint_id(&r.canonicalize().unwrap_or_else(|_| r.to_path_buf())))
+                .collect(),
         }
     }
 
@@ -184,8 +188,8 @@ impl Manifest {
         atomic_write(&dir.join(MANIFEST), |w| w.write_all(&text))
     }
 
-    /// The settings of `self` that differ from `other`'s, as
-    /// `name: then -> now`.
+    /// The settings (and record format) of `self` that differ from
+    /// `other`'s, as `name: then -> now`; the shard is not a setting.
     pub fn setting_differences(&self, other: &Manifest) -> Vec<String> {
         let mut out = Vec::new();
         if self.format != other.format {
@@ -198,9 +202,6 @@ impl Manifest {
                 let show = |v: Option<&String>| v.map_or("(unset)".to_string(), |v| v.clone());
                 out.push(format!("{name}: {} -> {}", show(a), show(b)));
             }
-        }
-        if self.shard != other.shard {
-            out.push(format!("shard: {} -> {}", shard_text(self.shard), shard_text(other.shard)));
         }
         out
     }

@@ -70,9 +70,7 @@ impl ScanOptions {
             name_pattern: None,
         }
     }
-}
 
-impl ScanOptions {
     /// Every setting that shapes the tables, by name, as the manifest
     /// records them (`--resume` and `merge` compare them): the graph
     /// options in full (a spec by its contents, not its path), bins,
@@ -231,9 +229,9 @@ fn record_buffer() -> Vec<u8> {
     Vec::with_capacity(FLUSH_BYTES + FLUSH_BYTES / 4)
 }
 
-/// The layout of a journal record's rows. Records of another layout (from
-/// an older build) are ignored: `--resume` measures those checkpoints again
-/// rather than mixing row layouts in one table.
+/// The layout of a journal record (checksum, head, rows). The manifest
+/// records it: `--resume` and `merge` refuse a journal of another layout,
+/// and a record of another layout inside a journal counts as damage.
 const FORMAT: u32 = 4;
 
 /// How often the journal is synced in the background while it grows.
@@ -734,7 +732,7 @@ pub fn scan(collection: &Collection, out_dir: &Path, engine: &dyn Engine, opts: 
             settings
         },
         shard: [shard, shards],
-        collection: CollectionId::of(collection, &collection.roots),
+        collection: CollectionId::of(collection),
         complete: false,
         tables: BTreeMap::new(),
     };
@@ -778,10 +776,7 @@ pub fn scan(collection: &Collection, out_dir: &Path, engine: &dyn Engine, opts: 
     // From here the directory says it holds this scan, unfinished, and no
     // table of an earlier run stays beside it.
     manifest.write(out_dir)?;
-    for table in TABLES {
-        remove_if_present(&out_dir.join(table))?;
-    }
-    output::remove_stale(out_dir, &TABLES);
+    remove_tables(out_dir)?;
     let kept = entries.len();
     let done: BTreeSet<&str> = entries.iter().map(|e| e.checkpoint.as_str()).collect();
     let todo: Vec<usize> =
@@ -878,14 +873,6 @@ pub fn scan(collection: &Collection, out_dir: &Path, engine: &dyn Engine, opts: 
     })
 }
 
-/// How the finished scan in `dir` went (from its journal).
-pub fn summarize(dir: &Path) -> Result<ScanSummary> {
-    let mut entries = index_journal(&dir.join(JOURNAL), 0, false, &mut BTreeSet::new())?.entries;
-    entries.sort_by_key(|e| e.order);
-    entries.dedup_by(|a, b| a.checkpoint == b.checkpoint);
-    Ok(tally(&entries))
-}
-
 /// The size of each published table in `dir`.
 fn table_sizes(dir: &Path) -> Result<BTreeMap<String, u64>> {
     TABLES
@@ -912,6 +899,16 @@ fn open_scan_dir(dir: &Path) -> Result<DirLock> {
     DirLock::exclusive(dir)
 }
 
+/// Removes the tables of an earlier run from `dir`, published or left
+/// half-written by a killed one.
+fn remove_tables(dir: &Path) -> Result<()> {
+    for table in TABLES {
+        remove_if_present(&dir.join(table))?;
+    }
+    output::remove_stale(dir, &TABLES);
+    Ok(())
+}
+
 fn remove_if_present(path: &Path) -> Result<()> {
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::output(path, e)),
@@ -924,7 +921,10 @@ fn remove_if_present(path: &Path) -> Result<()> {
 /// differs and how to go on.
 fn resumable(dir: &Path, earlier: &Manifest, now: &Manifest) -> Result<()> {
     let how = "run it as before, or scan afresh (without --resume, or into another directory)";
-    let differences = earlier.setting_differences(now);
+    let mut differences = earlier.setting_differences(now);
+    if earlier.shard != now.shard {
+        differences.push(format!("shard: {} -> {}", shard_text(earlier.shard), shard_text(now.shard)));
+    }
     if !differences.is_empty() {
         return Err(Error::ScanDir {
             path: dir.to_path_buf(),
@@ -1004,8 +1004,7 @@ pub fn merge(dirs: &[PathBuf], out_dir: &Path) -> Result<ScanSummary> {
     let (first_dir, first) = shards[0].clone();
     let n = first.shard[1];
     for (dir, m) in &shards[1..] {
-        let mut differences = first.setting_differences(m);
-        differences.retain(|d| !d.starts_with("shard:"));
+        let differences = first.setting_differences(m);
         if !differences.is_empty() {
             return Err(refuse(
                 dir,
@@ -1029,7 +1028,7 @@ pub fn merge(dirs: &[PathBuf], out_dir: &Path) -> Result<ScanSummary> {
     }
     // Each shard's journal, indexed and checked; a shard given twice is
     // taken once when both hold the same records.
-    let ids_of = |dir: &Path, entries: &[Entry], shard: usize| -> Result<()> {
+    let check_shard = |dir: &Path, entries: &[Entry], shard: usize| -> Result<()> {
         let expected = (0..first.collection.entries).filter(|i| i % n == shard).count();
         let mut orders: Vec<usize> = entries.iter().map(|e| e.order).collect();
         orders.sort_unstable();
@@ -1062,7 +1061,7 @@ pub fn merge(dirs: &[PathBuf], out_dir: &Path) -> Result<ScanSummary> {
                 format!("bytes {at}..{len} are no intact record (torn or damaged): run its scan again with --resume"),
             ));
         }
-        ids_of(dir, &index.entries, m.shard[0])?;
+        check_shard(dir, &index.entries, m.shard[0])?;
         match taken.get(&m.shard[0]) {
             Some((other, entries)) => {
                 let same = entries.len() == index.entries.len()
@@ -1104,10 +1103,7 @@ pub fn merge(dirs: &[PathBuf], out_dir: &Path) -> Result<ScanSummary> {
 
     let _lock = open_scan_dir(out_dir)?;
     remove_if_present(&out_dir.join(MANIFEST))?;
-    for table in TABLES {
-        remove_if_present(&out_dir.join(table))?;
-    }
-    output::remove_stale(out_dir, &TABLES);
+    remove_tables(out_dir)?;
     let summary = write_tables(&journals, entries, keys, out_dir)?;
     // The merged journal, so the merged directory can be merged or resumed again.
     atomic_write(&out_dir.join(JOURNAL), |w| {

@@ -148,6 +148,8 @@ pub struct StudySummary {
     pub groups: usize,
     /// Training runs of the individual analysis.
     pub runs: usize,
+    /// Checkpoints the scan could not analyse (listed in the report).
+    pub failed: usize,
     /// Files written, relative to the output directory.
     pub files: Vec<String>,
     /// What the study could not do, for the user to see.
@@ -160,12 +162,21 @@ pub fn study(scan_dir: &Path, out_dir: &Path, engine: &dyn Engine, opts: &StudyO
     // The scan is read while no scan writes it; the study's directory is
     // written by this study alone.
     let _reading = crate::manifest::DirLock::shared(scan_dir)?;
-    std::fs::create_dir_all(out_dir).map_err(|e| Error::output(out_dir, e))?;
-    let same = out_dir.canonicalize().ok() == scan_dir.canonicalize().ok();
-    let _writing = if same { None } else { Some(crate::manifest::DirLock::exclusive(out_dir)?) };
     let (header, nodes) = read_table(&scan_dir.join("nodes.csv"))?;
     let (_, links) = read_table(&scan_dir.join("links.csv"))?;
     let (_, errors) = read_table(&scan_dir.join("errors.csv"))?;
+    if nodes.is_empty() {
+        return Err(Error::Study {
+            path: scan_dir.to_path_buf(),
+            reason: format!(
+                "nothing to study: no checkpoint was analysed ({} failed, listed in errors.csv)",
+                errors.len()
+            ),
+        });
+    }
+    std::fs::create_dir_all(out_dir).map_err(|e| Error::output(out_dir, e))?;
+    let same = out_dir.canonicalize().ok() == scan_dir.canonicalize().ok();
+    let _writing = if same { None } else { Some(crate::manifest::DirLock::exclusive(out_dir)?) };
     let mut study_notes = Vec::new();
     // A column that is not there is an error listing those that are, never
     // an empty study.
@@ -198,7 +209,7 @@ pub fn study(scan_dir: &Path, out_dir: &Path, engine: &dyn Engine, opts: &StudyO
     }
     let figures = out_dir.join("figures");
     std::fs::create_dir_all(&figures).map_err(|e| Error::output(&figures, e))?;
-    let summary = StudySummary { notes: study_notes, ..StudySummary::default() };
+    let summary = StudySummary { notes: study_notes, failed: errors.len(), ..StudySummary::default() };
     let mut study = Study { out_dir, figures, engine, opts, summary, html: Report::default() };
 
     // Checkpoints and their groups.
