@@ -53,10 +53,12 @@ const MAP_MIN_BYTES: u64 = 1 << 20;
 /// has reached the end, so the file's size is never asked for.
 const FIRST_READ_BYTES: usize = 64 << 10;
 
-/// A file's bytes: mapped (zero-copy) or, for small files, read.
+/// A file's bytes: mapped (zero-copy) or, for small files, read; or an
+/// in-memory tensor's, held by their owner (a Python array).
 enum Bytes {
     Mapped(Mmap),
     Read(ReadBuf),
+    Held(Box<dyn AsRef<[u8]> + Send + Sync>),
 }
 
 impl std::ops::Deref for Bytes {
@@ -65,6 +67,7 @@ impl std::ops::Deref for Bytes {
         match self {
             Bytes::Mapped(m) => m,
             Bytes::Read(r) => &r.buf[..r.len],
+            Bytes::Held(h) => (**h).as_ref(),
         }
     }
 }
@@ -118,6 +121,19 @@ impl Drop for ReadBuf {
         let buf = std::mem::take(&mut self.buf);
         let _ = SPARE.try_with(|spare| spare.set(buf));
     }
+}
+
+/// A tensor in memory, for [`Checkpoint::from_memory`].
+pub struct MemoryTensor {
+    /// Its name (as in a state dict).
+    pub name: String,
+    /// Its dtype as safetensors names it: `F32`, `F16`, `BF16`, `F64`, or
+    /// an integer or bool type (read as a buffer, never as weights).
+    pub dtype: String,
+    /// Its shape.
+    pub shape: Vec<usize>,
+    /// Its bytes, C order, little-endian, held by their owner.
+    pub data: Box<dyn AsRef<[u8]> + Send + Sync>,
 }
 
 /// One safetensors file.
@@ -333,6 +349,45 @@ impl Checkpoint {
             });
         }
         Checkpoint { path: path.to_path_buf(), shards, tensors, metadata }
+    }
+
+    /// A checkpoint of tensors in memory (a network being trained, handed
+    /// over from Python), named `path` in tables and errors. Each tensor's
+    /// bytes stay where their owner keeps them (zero-copy); their length is
+    /// checked against shape x dtype.
+    pub fn from_memory(
+        path: impl Into<PathBuf>,
+        tensors: Vec<MemoryTensor>,
+        metadata: BTreeMap<String, String>,
+    ) -> Result<Self> {
+        let path = path.into();
+        let mut shards = Vec::with_capacity(tensors.len());
+        let mut index = HashMap::with_capacity(tensors.len());
+        for t in tensors {
+            let bad = |reason: String| Error::Malformed {
+                path: path.clone(),
+                reason: format!("tensor `{}`: {reason}", t.name),
+            };
+            let dtype = serde_json::from_value::<StDtype>(serde_json::Value::String(t.dtype.clone()))
+                .ok()
+                .filter(|d| d.bitsize() % 8 == 0)
+                .ok_or_else(|| bad(format!("unknown dtype {}", t.dtype)))?;
+            let want = t
+                .shape
+                .iter()
+                .try_fold(dtype.bitsize() / 8, |n, &d| n.checked_mul(d))
+                .ok_or_else(|| bad(format!("shape {:?} is too large", t.shape)))?;
+            let len = (*t.data).as_ref().len();
+            if len != want {
+                return Err(bad(format!("{len} bytes for shape {:?} of {}", t.shape, t.dtype)));
+            }
+            let info = TensorInfo { dtype, shape: t.shape, data_offsets: (0, len) };
+            if index.insert(t.name.clone(), Entry { shard: shards.len(), info }).is_some() {
+                return Err(bad("given twice".into()));
+            }
+            shards.push(Shard { path: path.clone(), map: Bytes::Held(t.data), data_start: 0 });
+        }
+        Ok(Checkpoint { path, shards, tensors: index, metadata })
     }
 
     fn open_dir(path: &Path) -> Result<Self> {

@@ -131,6 +131,14 @@ pub enum Error {
         reason: String,
     },
 
+    /// A scan was stopped before it finished (Ctrl-C in Python): what was
+    /// measured is kept in the directory's journal, no table was published.
+    #[error("{path}: interrupted; the checkpoints finished so far are kept: scan again with resume to measure only the rest")]
+    Interrupted {
+        /// The scan directory.
+        path: PathBuf,
+    },
+
     /// Writing results failed.
     #[error("writing {path}: {reason}")]
     Output {
@@ -156,6 +164,27 @@ impl Error {
         }
     }
 
+    /// The file or directory this error concerns, if any.
+    pub fn path(&self) -> Option<&std::path::Path> {
+        match self {
+            Error::Io { path, .. }
+            | Error::Malformed { path, .. }
+            | Error::Torch { path, .. }
+            | Error::Numpy { path, .. }
+            | Error::BadIndex { path, .. }
+            | Error::UnsupportedDtype { path, .. }
+            | Error::MissingTensor { path, .. }
+            | Error::Graph { path, .. }
+            | Error::Spec { path, .. }
+            | Error::NoLayers { path }
+            | Error::ScanDir { path, .. }
+            | Error::Study { path, .. }
+            | Error::Interrupted { path }
+            | Error::Output { path, .. } => Some(path),
+            Error::GpuUnavailable(_) | Error::Gpu(_) => None,
+        }
+    }
+
     /// A short machine-readable class for the `kind` column of `errors.csv`.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -173,6 +202,7 @@ impl Error {
             Error::Gpu(_) => "gpu",
             Error::ScanDir { .. } => "scan_dir",
             Error::Study { .. } => "study",
+            Error::Interrupted { .. } => "interrupted",
             Error::Output { .. } => "output",
         }
     }

@@ -1,6 +1,7 @@
-//! The `cntscope` command line.
+//! The `cntscope` command line. The Python package runs this same file as
+//! its `cntscope` command (and its study functions through [`run`]).
 
-mod cli;
+pub(crate) mod cli;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -28,18 +29,36 @@ use cli::{Cli, Command};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    ExitCode::from(run_args(std::env::args_os()))
+}
+
+/// True in a process that is the command line (not a Python session using
+/// the library): only there does Ctrl-C during a scan exit the process.
+static COMMAND_LINE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The command line on `args` (the program name first), as a process: its
+/// exit code.
+pub(crate) fn run_args(args: impl IntoIterator<Item = impl Into<std::ffi::OsString> + Clone>) -> u8 {
+    COMMAND_LINE.store(true, std::sync::atomic::Ordering::Relaxed);
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Help and version on stdout, exit 0; usage errors exit 2.
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(2)
+            2
         }
     }
 }
 
 /// The checkpoints under the paths; none at all is bad usage.
-fn found_checkpoints(paths: &[PathBuf]) -> anyhow::Result<Collection> {
+pub(crate) fn found_checkpoints(paths: &[PathBuf]) -> anyhow::Result<Collection> {
     let found = collection::collect(paths)?;
     if found.paths.is_empty() {
         bail!("no checkpoints found under the given paths");
@@ -53,7 +72,7 @@ fn found_checkpoints(paths: &[PathBuf]) -> anyhow::Result<Collection> {
 /// torn last one is cut off by `--resume`.
 fn on_interrupt_explain_resume(dir: &Path) {
     #[cfg(unix)]
-    {
+    if COMMAND_LINE.load(std::sync::atomic::Ordering::Relaxed) {
         static MESSAGE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
         let text = format!(
             "\ninterrupted: the checkpoints finished so far are kept in {}; run the same command with --resume to \
@@ -79,11 +98,12 @@ fn on_interrupt_explain_resume(dir: &Path) {
     }
 }
 
-fn cores() -> usize {
+pub(crate) fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+/// Runs one parsed command.
+pub(crate) fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Inspect { checkpoint, graph } => {
             let options = graph.options()?;
@@ -91,7 +111,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let net = Network::build(&ck, &options)?;
             print_notes(&net);
             inspect(&ck, &net, &mut std::io::stdout().lock())?;
-            Ok(ExitCode::SUCCESS)
+            Ok(0)
         }
         Command::Nodes { checkpoint, graph, device, layer, output } => {
             let options = graph.options()?;
@@ -118,7 +138,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Some(path) => atomic_write(&path, |w| write_csv(w, &NODE_VALUES_HEADER, rows))?,
                 None => write_csv(std::io::stdout().lock(), &NODE_VALUES_HEADER, rows)?,
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(0)
         }
         Command::Scan { paths, graph, device, output, scan: scan_args, resume, shard } => {
             let opts = ScanOptions {
@@ -143,7 +163,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let summary = merge(&dirs, &output)?;
             eprintln!("merged all {} shards", summary.shards);
             report_scan(&summary, &output);
-            Ok(ExitCode::SUCCESS)
+            Ok(0)
         }
         Command::Ensemble { input, ensemble } => run_study(input, Some(ensemble), None, cli.verbose),
         Command::Dynamics { input, dynamics } => run_study(input, None, Some(dynamics), cli.verbose),
@@ -162,7 +182,7 @@ fn run_study(
     ensemble: Option<cli::EnsembleArgs>,
     dynamics: Option<cli::DynamicsArgs>,
     verbose: bool,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<u8> {
     let graph = input.graph.options()?;
     let e = ensemble.as_ref();
     let d = dynamics.as_ref();
@@ -232,18 +252,18 @@ fn run_study(
         what.push(format!("{} failed (listed in the report)", done.failed));
     }
     eprintln!("{} -> {}", what.join(", "), input.output.join("report.html").display());
-    Ok(ExitCode::from(if done.failed > 0 { 1 } else { 0 }))
+    Ok(if done.failed > 0 { 1 } else { 0 })
 }
 
 /// Prints how a scan went; its exit code (0 all good, 1 some failed, 2
 /// none analysed).
-fn scan_outcome(summary: ScanSummary, output: &Path) -> ExitCode {
+fn scan_outcome(summary: ScanSummary, output: &Path) -> u8 {
     report_scan(&summary, output);
-    ExitCode::from(match (summary.analysed, summary.failed) {
+    match (summary.analysed, summary.failed) {
         (_, 0) => 0,
         (0, _) => 2,
         _ => 1,
-    })
+    }
 }
 
 /// Prints how a scan went: counts, where failures are listed, and a
@@ -276,7 +296,7 @@ fn report_scan(summary: &ScanSummary, output: &Path) {
 /// Both engines on the same checkpoints; the largest deviation of the GPU
 /// from the CPU reference per node set, relative to the set's largest
 /// |strength| (SPEC section 7 allows 1e-5).
-fn verify(paths: &[PathBuf], graph: &GraphOptions, adapter: Option<&str>, verbose: bool) -> anyhow::Result<ExitCode> {
+fn verify(paths: &[PathBuf], graph: &GraphOptions, adapter: Option<&str>, verbose: bool) -> anyhow::Result<u8> {
     const TOLERANCE: f64 = 1e-5;
     let checkpoints = found_checkpoints(paths)?;
     let cpu = CpuEngine::new(cores());
@@ -330,18 +350,18 @@ fn verify(paths: &[PathBuf], graph: &GraphOptions, adapter: Option<&str>, verbos
         eprintln!("largest relative deviation: {worst:.3e} (tolerance {TOLERANCE:e})");
     }
     let failed = failed + (checkpoints.paths.len() - checkpoints.readable());
-    Ok(ExitCode::from(if failed == checkpoints.paths.len() {
+    Ok(if failed == checkpoints.paths.len() {
         2
     } else if worst > TOLERANCE || failed > 0 {
         1
     } else {
         0
-    }))
+    })
 }
 
 /// Prints what the graph assumed (conv geometry, orientations, channel
 /// level) on standard error, where the user sees it.
-fn print_notes(net: &Network) {
+pub(crate) fn print_notes(net: &Network) {
     for note in &net.notes {
         eprintln!("note: {note}");
     }

@@ -52,6 +52,35 @@ pub struct ScanOptions {
     /// Metadata read from each checkpoint's path (filling what the file
     /// lacks).
     pub name_pattern: Option<crate::layouts::NamePattern>,
+    /// Progress and a stop for another thread (the Python binding's).
+    pub control: Option<std::sync::Arc<ScanControl>>,
+}
+
+/// A running scan seen from another thread: how far it is, and a way to
+/// stop it (Ctrl-C in Python). Stopped, the scan finishes the checkpoints
+/// in hand, keeps all it measured in its journal, publishes no table and
+/// returns [`Error::Interrupted`]; `resume` then measures only the rest.
+#[derive(Debug, Default)]
+pub struct ScanControl {
+    stop: AtomicBool,
+    done: AtomicUsize,
+    total: AtomicUsize,
+}
+
+impl ScanControl {
+    /// Asks the scan to stop.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Checkpoints measured so far, and to measure in all, by this run.
+    pub fn progress(&self) -> (usize, usize) {
+        (self.done.load(Ordering::Relaxed), self.total.load(Ordering::Relaxed))
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
 }
 
 impl ScanOptions {
@@ -68,6 +97,7 @@ impl ScanOptions {
             shard: None,
             metadata: None,
             name_pattern: None,
+            control: None,
         }
     }
 
@@ -799,6 +829,11 @@ pub fn scan(collection: &Collection, out_dir: &Path, engine: &dyn Engine, opts: 
     let batch = engine.batch_size().max(1);
     let workers = opts.jobs.clamp(1, todo.len().div_ceil(batch).max(1));
     let progress = Progress::new(opts.progress, todo.len());
+    let control = opts.control.as_deref();
+    if let Some(c) = control {
+        c.total.store(todo.len(), Ordering::Relaxed);
+    }
+    let stopped = || control.is_some_and(ScanControl::stopped);
     let graph_notes = Notes::default();
     std::thread::scope(|s| -> Result<()> {
         let work = || -> Result<()> {
@@ -817,12 +852,15 @@ pub fn scan(collection: &Collection, out_dir: &Path, engine: &dyn Engine, opts: 
                 }
                 pending.buf.clear();
                 progress.record(count, bytes);
+                if let Some(c) = control {
+                    c.done.fetch_add(count, Ordering::Relaxed);
+                }
                 Ok(())
             };
             loop {
                 let start = next.fetch_add(batch, Ordering::Relaxed).min(todo.len());
                 let chunk = &todo[start..(start + batch).min(todo.len())];
-                if chunk.is_empty() || stop.load(Ordering::Relaxed) {
+                if chunk.is_empty() || stop.load(Ordering::Relaxed) || stopped() {
                     break;
                 }
                 let outcomes = measure_batch(chunk, collection, &opts.graph, engine, &opts.analysis, &graph_notes);
@@ -855,6 +893,12 @@ pub fn scan(collection: &Collection, out_dir: &Path, engine: &dyn Engine, opts: 
     })?;
     progress.finish();
     let Journal { file, entries, keys, .. } = journal.into_inner().expect("journal lock");
+    if entries.len() < kept + todo.len() && stopped() {
+        // What was measured is kept; the tables (and a complete
+        // manifest) wait for the rest.
+        file.sync_all().map_err(out_err)?;
+        return Err(Error::Interrupted { path: out_dir.to_path_buf() });
+    }
     let stream = stream.map(|s| s.into_inner().expect("stream lock"));
     // The journal is synced while the tables are published (or rendered
     // from it, when they were not streamed whole).
@@ -1170,6 +1214,28 @@ impl Tables {
         }
         File::open(&dir).and_then(|d| d.sync_all()).map_err(|e| Error::output(&dir, e))
     }
+}
+
+/// One network's four tables (`nodes.csv`, `links.csv`, `histograms.csv`,
+/// `errors.csv`, headers included), byte for byte as a scan of it alone
+/// with this `metadata` would write them: what Python's `analyze` reads.
+pub fn network_tables(id: &str, analysis: &Analysis, metadata: &BTreeMap<String, String>) -> [Vec<u8>; 4] {
+    let keys: Vec<String> = metadata.keys().cloned().collect();
+    let header = |base: &[&str], meta: bool| {
+        let extra = metadata_columns(&keys).into_iter().filter(|_| meta);
+        let mut line = RowWriter::line(base.iter().map(|s| s.to_string()).chain(extra)).into_bytes();
+        line.push(b'\n');
+        line
+    };
+    let mut w = RowWriter::default();
+    let lengths = output::rows(&mut w, id, analysis);
+    let head = Head { nodes: lengths.nodes, links: lengths.links, histograms: lengths.histograms, ..Head::default() };
+    let (mut nodes, mut links) = (header(&output::NODES_HEADER, true), header(&output::LINKS_HEADER, true));
+    let line_end = LineEnd::default().of(&keys, metadata).to_vec();
+    node_and_link_rows(&mut nodes, &mut links, &head, w.bytes(), &line_end).expect("writing to memory");
+    let mut histograms = header(&output::HISTOGRAMS_HEADER, false);
+    histograms.extend_from_slice(&w.bytes()[w.bytes().len() - head.histograms..]);
+    [nodes, links, histograms, header(&output::ERRORS_HEADER, false)]
 }
 
 /// The column names of metadata `keys` (sorted): each key, prefixed
