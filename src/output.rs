@@ -182,6 +182,49 @@ impl RowWriter {
     }
 }
 
+/// Where table rows go, cell by cell: CSV text ([`RowWriter`]) or typed
+/// columns ([`Columns`]). The tables' rows are written once, against this.
+pub trait Cells {
+    /// A text cell.
+    fn text(&mut self, s: &str) -> &mut Self;
+    /// A number cell.
+    fn num(&mut self, x: f64) -> &mut Self;
+    /// An integer cell.
+    fn int(&mut self, n: u64) -> &mut Self;
+    /// A cell of space-separated integers (histogram counts).
+    fn ints(&mut self, values: &[u64]) -> &mut Self;
+    /// `true` or `false`.
+    fn flag(&mut self, b: bool) -> &mut Self;
+    /// An empty cell (a value that does not exist, NaN when read).
+    fn empty(&mut self) -> &mut Self;
+    /// Ends the row; returns its length in bytes where it has one.
+    fn end(&mut self) -> u32;
+}
+
+impl Cells for RowWriter {
+    fn text(&mut self, s: &str) -> &mut Self {
+        RowWriter::text(self, s)
+    }
+    fn num(&mut self, x: f64) -> &mut Self {
+        RowWriter::num(self, x)
+    }
+    fn int(&mut self, n: u64) -> &mut Self {
+        RowWriter::int(self, n)
+    }
+    fn ints(&mut self, values: &[u64]) -> &mut Self {
+        RowWriter::ints(self, values)
+    }
+    fn flag(&mut self, b: bool) -> &mut Self {
+        self.raw(if b { "true" } else { "false" })
+    }
+    fn empty(&mut self) -> &mut Self {
+        self.raw("")
+    }
+    fn end(&mut self) -> u32 {
+        RowWriter::end(self)
+    }
+}
+
 /// Byte lengths of one checkpoint's rows, as [`rows`] wrote them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RowLengths {
@@ -196,45 +239,45 @@ pub struct RowLengths {
 /// One checkpoint's table rows, in this order: `nodes.csv` (without
 /// metadata columns), `links.csv` (likewise) and `histograms.csv`.
 pub fn rows(w: &mut RowWriter, checkpoint: &str, a: &Analysis) -> RowLengths {
-    let checkpoint = RowWriter::line([checkpoint]);
     RowLengths {
-        nodes: node_rows(w, &checkpoint, a),
-        links: link_rows(w, &checkpoint, a),
-        histograms: histogram_rows(w, &checkpoint, a),
+        nodes: node_rows(w, checkpoint, a),
+        links: link_rows(w, checkpoint, a),
+        histograms: histogram_rows(w, checkpoint, a).iter().map(|&n| n as usize).sum(),
     }
 }
 
-/// `nodes.csv` rows; `checkpoint` is the encoded cell.
-fn node_rows(w: &mut RowWriter, checkpoint: &str, a: &Analysis) -> Vec<u32> {
-    let chain = if a.not_chain.is_none() { "true" } else { "false" };
+/// `nodes.csv` rows (without metadata cells): one per node set.
+pub fn node_rows<W: Cells>(w: &mut W, checkpoint: &str, a: &Analysis) -> Vec<u32> {
     a.node_sets
         .iter()
         .enumerate()
         .map(|(k, s)| {
             let m = &s.strength;
             let (mean, min, max) = m.location();
-            w.raw(checkpoint).int(k as u64).int(m.n).num(mean).num(m.std()).num(min).num(max);
+            w.text(checkpoint).int(k as u64).int(m.n).num(mean).num(m.std()).num(min).num(max);
             w.num(m.skewness()).num(m.kurtosis()).num(s.s_in_mean).num(s.s_out_mean);
-            w.text(&s.name).display(s.shape).raw(chain).int(s.non_finite).raw(a.source.name()).end()
+            w.text(&s.name).text(&s.shape.to_string()).flag(a.not_chain.is_none()).int(s.non_finite);
+            w.text(a.source.name()).end()
         })
         .collect()
 }
 
-/// `links.csv` rows; layers are numbered from 1 (`L1..LK`).
-fn link_rows(w: &mut RowWriter, checkpoint: &str, a: &Analysis) -> Vec<u32> {
+/// `links.csv` rows (without metadata cells); layers are numbered from 1
+/// (`L1..LK`).
+pub fn link_rows<W: Cells>(w: &mut W, checkpoint: &str, a: &Analysis) -> Vec<u32> {
     a.layers
         .iter()
         .map(|l| {
             let m = &l.weights;
             let (mean, min, max) = m.location();
-            w.raw(checkpoint).int(l.index as u64).text(&l.name).raw(l.kind).text(&l.weight).int(m.n);
+            w.text(checkpoint).int(l.index as u64).text(&l.name).text(l.kind).text(&l.weight).int(m.n);
             w.num(mean).num(m.std()).num(min).num(max).num(m.skewness()).num(m.kurtosis());
             match &l.bias {
                 Some(b) => {
                     let (mean, min, max) = b.location();
                     w.int(b.n).num(mean).num(b.std()).num(min).num(max)
                 }
-                None => w.raw("0").raw("").raw("").raw("").raw(""),
+                None => w.int(0).empty().empty().empty().empty(),
             };
             w.int(l.non_finite).end()
         })
@@ -244,15 +287,262 @@ fn link_rows(w: &mut RowWriter, checkpoint: &str, a: &Analysis) -> Vec<u32> {
 /// `histograms.csv` rows: link weights per layer (`measure =
 /// link_weight`, index = layer) and strengths per node set (`measure =
 /// strength`, index = node layer).
-fn histogram_rows(w: &mut RowWriter, checkpoint: &str, a: &Analysis) -> usize {
+pub fn histogram_rows<W: Cells>(w: &mut W, checkpoint: &str, a: &Analysis) -> Vec<u32> {
     let mut row = |measure: &str, index: usize, name: &str, h: &Histogram| {
-        w.raw(checkpoint).raw(measure).int(index as u64).text(name).num(h.lo).num(h.hi);
-        w.int(h.counts.len() as u64);
-        w.ints(&h.counts).end() as usize
+        w.text(checkpoint).text(measure).int(index as u64).text(name).num(h.lo).num(h.hi);
+        w.int(h.counts.len() as u64).ints(&h.counts).end()
     };
-    let layers: usize = a.layers.iter().map(|l| row("link_weight", l.index, &l.name, &l.histogram)).sum();
-    let sets: usize = a.node_sets.iter().enumerate().map(|(k, s)| row("strength", k, &s.name, &s.histogram)).sum();
-    layers + sets
+    let layers = a.layers.iter().map(|l| row("link_weight", l.index, &l.name, &l.histogram));
+    let layers: Vec<u32> = layers.collect();
+    let sets = a.node_sets.iter().enumerate().map(|(k, s)| row("strength", k, &s.name, &s.histogram));
+    layers.into_iter().chain(sets.collect::<Vec<_>>()).collect()
+}
+
+/// A table as typed columns: each column int64, float64, bool or text, as
+/// a reader of its CSV infers them (`pandas.read_csv`: integers when every
+/// cell is one, booleans when every cell is `true`/`false`, floats when
+/// every cell is a number or empty, else text). Numbers are the measured
+/// f64s themselves (the CSV's shortest round-trip text reads back to the
+/// same bits, so both agree).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Values {
+    /// Integers.
+    I64(Vec<i64>),
+    /// Numbers, NaN for empty cells.
+    F64(Vec<f64>),
+    /// Booleans.
+    Bool(Vec<bool>),
+    /// Text, `None` for empty cells.
+    Text(Vec<Option<String>>),
+}
+
+impl Values {
+    /// The column of these text cells, typed as a CSV reader would.
+    pub fn infer<S: AsRef<str>>(cells: &[S]) -> Values {
+        if cells.is_empty() {
+            // As `read_csv` reads a header alone: text columns.
+            return Values::Text(Vec::new());
+        }
+        let cells = || cells.iter().map(|c| c.as_ref());
+        if let Some(v) = cells().map(|c| c.parse::<i64>().ok()).collect::<Option<Vec<_>>>() {
+            return Values::I64(v);
+        }
+        if let Some(v) = cells().map(truth).collect::<Option<Vec<_>>>() {
+            return Values::Bool(v);
+        }
+        let float = |c: &str| if c.is_empty() { Some(f64::NAN) } else { c.parse::<f64>().ok() };
+        if let Some(v) = cells().map(float).collect::<Option<Vec<_>>>() {
+            return Values::F64(v);
+        }
+        Values::Text(cells().map(|c| (!c.is_empty()).then(|| c.to_string())).collect())
+    }
+
+    /// Number of cells.
+    pub fn len(&self) -> usize {
+        match self {
+            Values::I64(v) => v.len(),
+            Values::F64(v) => v.len(),
+            Values::Bool(v) => v.len(),
+            Values::Text(v) => v.len(),
+        }
+    }
+
+    /// True when the column has no cells.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// `true`/`false` as CSV readers spell them.
+fn truth(c: &str) -> Option<bool> {
+    match c {
+        "true" | "True" | "TRUE" => Some(true),
+        "false" | "False" | "FALSE" => Some(false),
+        _ => None,
+    }
+}
+
+/// One cell as [`Columns`] keeps it until the column's type is known.
+#[derive(Debug, Clone)]
+enum Cell {
+    Num(f64),
+    Int(u64),
+    Text(String),
+}
+
+/// Rows collected as typed columns (the Python binding's tables), with
+/// `suffix` cells (a checkpoint's metadata) appended to every row.
+#[derive(Debug, Default)]
+pub struct Columns {
+    cells: Vec<Vec<Cell>>,
+    at: usize,
+    suffix: Vec<String>,
+}
+
+impl Columns {
+    /// Columns whose every row ends in these cells.
+    pub fn with_suffix(suffix: Vec<String>) -> Self {
+        Columns { suffix, ..Columns::default() }
+    }
+
+    fn push(&mut self, cell: Cell) -> &mut Self {
+        if self.cells.len() <= self.at {
+            self.cells.push(Vec::new());
+        }
+        self.cells[self.at].push(cell);
+        self.at += 1;
+        self
+    }
+
+    /// The columns under their `names` (a table without rows has every
+    /// column empty, as text, as its CSV reads).
+    pub fn finish(self, names: Vec<String>) -> Vec<(String, Values)> {
+        let mut cells = self.cells.into_iter();
+        names.into_iter().map(|n| (n, typed(cells.next().unwrap_or_default()))).collect()
+    }
+}
+
+/// A column's type from its cells, as [`Values::infer`] types their CSV
+/// text: a number's text never reads as an integer (it always has a point,
+/// an exponent or is `NaN`/`inf`), an integer's always does.
+fn typed(cells: Vec<Cell>) -> Values {
+    let all = |f: fn(&Cell) -> bool| cells.iter().all(f);
+    if cells.is_empty() {
+        return Values::Text(Vec::new());
+    }
+    if all(|c| matches!(c, Cell::Int(_))) {
+        return Values::I64(cells.iter().map(|c| if let Cell::Int(n) = c { *n as i64 } else { 0 }).collect());
+    }
+    if all(|c| matches!(c, Cell::Num(_) | Cell::Int(_)) || matches!(c, Cell::Text(t) if t.is_empty())) {
+        let v = cells.iter().map(|c| match c {
+            Cell::Num(x) => *x,
+            Cell::Int(n) => *n as f64,
+            Cell::Text(_) => f64::NAN,
+        });
+        return Values::F64(v.collect());
+    }
+    let text: Vec<String> = cells
+        .into_iter()
+        .map(|c| match c {
+            Cell::Num(x) => num(x),
+            Cell::Int(n) => n.to_string(),
+            Cell::Text(t) => t,
+        })
+        .collect();
+    Values::infer(&text)
+}
+
+impl Cells for Columns {
+    fn text(&mut self, s: &str) -> &mut Self {
+        self.push(Cell::Text(s.to_string()))
+    }
+    fn num(&mut self, x: f64) -> &mut Self {
+        self.push(Cell::Num(x))
+    }
+    fn int(&mut self, n: u64) -> &mut Self {
+        self.push(Cell::Int(n))
+    }
+    fn ints(&mut self, values: &[u64]) -> &mut Self {
+        let mut w = RowWriter::default();
+        w.ints(values);
+        self.push(Cell::Text(String::from_utf8(w.buf).expect("digits")))
+    }
+    fn flag(&mut self, b: bool) -> &mut Self {
+        self.push(Cell::Text(if b { "true" } else { "false" }.into()))
+    }
+    fn empty(&mut self) -> &mut Self {
+        self.push(Cell::Text(String::new()))
+    }
+    fn end(&mut self) -> u32 {
+        for k in 0..self.suffix.len() {
+            let cell = Cell::Text(self.suffix[k].clone());
+            self.push(cell);
+        }
+        self.at = 0;
+        0
+    }
+}
+
+/// A CSV table (header first, as this crate writes them: RFC 4180, `\n`
+/// line ends) read into typed columns ([`Values::infer`]). Errors say the
+/// line.
+pub fn read_table(csv: &[u8]) -> std::result::Result<Vec<(String, Values)>, String> {
+    let text = std::str::from_utf8(csv).map_err(|e| format!("not UTF-8: {e}"))?;
+    let mut rows = Records { rest: text, line: 1 };
+    let names: Vec<String> = rows.next().transpose()?.unwrap_or_default().into_iter().map(|c| c.into_owned()).collect();
+    let mut cells: Vec<Vec<std::borrow::Cow<'_, str>>> = vec![Vec::new(); names.len()];
+    while let Some(row) = rows.next() {
+        let row = row?;
+        if row.len() != names.len() {
+            return Err(format!("line {}: {} cells under {} columns", rows.line - 1, row.len(), names.len()));
+        }
+        for (column, cell) in cells.iter_mut().zip(row) {
+            column.push(cell);
+        }
+    }
+    Ok(names.into_iter().zip(cells).map(|(n, c)| (n, Values::infer(&c))).collect())
+}
+
+/// The rows of CSV text, cells borrowed where they need no unquoting. (The
+/// `csv` crate reads the same, but building its reader costs more than a
+/// small table's whole parse.)
+struct Records<'a> {
+    rest: &'a str,
+    line: usize,
+}
+
+impl<'a> Iterator for Records<'a> {
+    type Item = std::result::Result<Vec<std::borrow::Cow<'a, str>>, String>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        use std::borrow::Cow;
+        if self.rest.is_empty() {
+            return None;
+        }
+        let mut row = Vec::new();
+        let mut s = self.rest;
+        loop {
+            let (cell, after): (Cow<'a, str>, &'a str) = if let Some(quoted) = s.strip_prefix('"') {
+                let mut cell = String::new();
+                let mut q = quoted;
+                loop {
+                    let Some(end) = q.find('"') else {
+                        return Some(Err(format!("line {}: a quoted cell is not closed", self.line)));
+                    };
+                    cell.push_str(&q[..end]);
+                    if q[end + 1..].starts_with('"') {
+                        cell.push('"');
+                        q = &q[end + 2..];
+                    } else {
+                        self.line += cell.matches('\n').count();
+                        break (Cow::Owned(cell), &q[end + 1..]);
+                    }
+                }
+            } else {
+                let end = s.bytes().position(|b| b == b',' || b == b'\n').unwrap_or(s.len());
+                (Cow::Borrowed(s[..end].strip_suffix('\r').unwrap_or(&s[..end])), &s[end..])
+            };
+            row.push(cell);
+            match after.as_bytes().first() {
+                Some(b',') => s = &after[1..],
+                Some(b'\n') => {
+                    self.rest = &after[1..];
+                    break;
+                }
+                Some(b'\r') if after[1..].starts_with('\n') => {
+                    self.rest = &after[2..];
+                    break;
+                }
+                None => {
+                    self.rest = "";
+                    break;
+                }
+                Some(_) => return Some(Err(format!("line {}: text after a quoted cell", self.line))),
+            }
+        }
+        self.line += 1;
+        Some(Ok(row))
+    }
 }
 
 /// A file written beside its final path and renamed over it on

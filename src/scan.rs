@@ -25,7 +25,7 @@ use crate::engine::{Analysis, AnalysisOptions, Engine};
 use crate::error::{Error, Result};
 use crate::graph::{GraphOptions, Network};
 use crate::manifest::{shard_text, CollectionId, DirLock, Manifest, MANIFEST};
-use crate::output::{self, atomic_write, AtomicFile, RowWriter};
+use crate::output::{self, atomic_write, AtomicFile, Columns, RowWriter};
 
 /// Name of the journal file inside a scan's output directory.
 pub const JOURNAL: &str = "scan.journal";
@@ -1216,26 +1216,33 @@ impl Tables {
     }
 }
 
-/// One network's four tables (`nodes.csv`, `links.csv`, `histograms.csv`,
-/// `errors.csv`, headers included), byte for byte as a scan of it alone
-/// with this `metadata` would write them: what Python's `analyze` reads.
-pub fn network_tables(id: &str, analysis: &Analysis, metadata: &BTreeMap<String, String>) -> [Vec<u8>; 4] {
+/// One network's four tables (`nodes`, `links`, `histograms`, `errors`)
+/// as typed columns, with the columns and values a scan of it alone with
+/// this `metadata` would write as CSV (what Python's `analyze` returns;
+/// no CSV text in between).
+pub fn network_columns(
+    id: &str,
+    analysis: &Analysis,
+    metadata: &BTreeMap<String, String>,
+) -> [Vec<(String, output::Values)>; 4] {
     let keys: Vec<String> = metadata.keys().cloned().collect();
-    let header = |base: &[&str], meta: bool| {
-        let extra = metadata_columns(&keys).into_iter().filter(|_| meta);
-        let mut line = RowWriter::line(base.iter().map(|s| s.to_string()).chain(extra)).into_bytes();
-        line.push(b'\n');
-        line
+    let meta = metadata_columns(&keys);
+    let names = |base: &[&str], with_meta: bool| -> Vec<String> {
+        let extra = meta.iter().filter(|_| with_meta).cloned();
+        base.iter().map(|s| s.to_string()).chain(extra).collect()
     };
-    let mut w = RowWriter::default();
-    let lengths = output::rows(&mut w, id, analysis);
-    let head = Head { nodes: lengths.nodes, links: lengths.links, histograms: lengths.histograms, ..Head::default() };
-    let (mut nodes, mut links) = (header(&output::NODES_HEADER, true), header(&output::LINKS_HEADER, true));
-    let line_end = LineEnd::default().of(&keys, metadata).to_vec();
-    node_and_link_rows(&mut nodes, &mut links, &head, w.bytes(), &line_end).expect("writing to memory");
-    let mut histograms = header(&output::HISTOGRAMS_HEADER, false);
-    histograms.extend_from_slice(&w.bytes()[w.bytes().len() - head.histograms..]);
-    [nodes, links, histograms, header(&output::ERRORS_HEADER, false)]
+    let suffix: Vec<String> = metadata.values().cloned().collect();
+    let (mut nodes, mut links) = (Columns::with_suffix(suffix.clone()), Columns::with_suffix(suffix));
+    let mut histograms = Columns::default();
+    output::node_rows(&mut nodes, id, analysis);
+    output::link_rows(&mut links, id, analysis);
+    output::histogram_rows(&mut histograms, id, analysis);
+    [
+        nodes.finish(names(&output::NODES_HEADER, true)),
+        links.finish(names(&output::LINKS_HEADER, true)),
+        histograms.finish(names(&output::HISTOGRAMS_HEADER, false)),
+        Columns::default().finish(names(&output::ERRORS_HEADER, false)),
+    ]
 }
 
 /// The column names of metadata `keys` (sorted): each key, prefixed

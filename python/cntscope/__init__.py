@@ -53,27 +53,38 @@ class CntscopeNote(UserWarning):
 
 class Tables:
     """The tables of a scan or of :func:`analyze`: ``nodes``, ``links``,
-    ``histograms`` and ``errors`` as pandas DataFrames (built on first
-    access), with the CSV contracts' columns and dtypes.
+    ``histograms`` and ``errors`` as pandas DataFrames, with the CSV
+    contracts' columns and dtypes. A table is parsed (and its DataFrame
+    built) when first asked for, so a scan costs what the command line's
+    does and a table nobody reads costs nothing.
 
     ``columns(name)`` gives one table as a dict of NumPy arrays without
     building a DataFrame (the cheap path inside a training loop).
     """
 
-    __slots__ = ("_raw", "_frames", "notes", "summary")
+    __slots__ = ("_raw", "_csv", "_frames", "notes", "summary")
 
-    def __init__(self, raw: Sequence[list], notes: Sequence[str] = (), summary: Optional[dict] = None):
-        self._raw = dict(zip(TABLE_NAMES, raw))
+    def __init__(self, raw: Optional[Sequence[list]] = None, notes: Sequence[str] = (),
+                 summary: Optional[dict] = None, csv: Optional[Sequence[bytes]] = None):
+        self._raw = dict(zip(TABLE_NAMES, raw)) if raw is not None else {}
+        self._csv = dict(zip(TABLE_NAMES, csv)) if csv is not None else {}
         self._frames: dict = {}
         #: What the graph assumed (also issued as :class:`CntscopeNote`).
         self.notes = list(notes)
         #: For a scan: counts of analysed, failed and kept checkpoints.
         self.summary = summary or {}
 
+    def _table(self, name: str) -> list:
+        if name not in self._raw:
+            if name not in self._csv:
+                raise KeyError(f"no table {name!r}: the tables are {', '.join(TABLE_NAMES)}")
+            self._raw[name] = _native.parse_table(self._csv.pop(name))
+        return self._raw[name]
+
     def columns(self, name: str) -> "dict[str, np.ndarray]":
         """Table ``name`` as ``{column: array}`` (numbers as float64, int64
         or bool arrays, text as object arrays with NaN for empty cells)."""
-        return _columns(self._raw[name])
+        return _columns(self._table(name))
 
     def frame(self, name: str):
         """Table ``name`` as a pandas DataFrame."""
@@ -107,8 +118,8 @@ class Tables:
         return iter(self.frame(n) for n in TABLE_NAMES)
 
     def __repr__(self) -> str:
-        sizes = ", ".join(f"{n}: {len(next(iter(_columns(self._raw[n]).values()), ()))} rows" for n in TABLE_NAMES)
-        return f"Tables({sizes})"
+        counts = ", ".join(f"{k}={v}" for k, v in self.summary.items() if k in ("analysed", "failed"))
+        return f"Tables({', '.join(TABLE_NAMES)}{'; ' + counts if counts else ''})"
 
 
 def _columns(raw: list) -> "dict[str, np.ndarray]":
@@ -187,10 +198,20 @@ _DTYPES = {
 }
 
 
+# The same, by NumPy dtype, for the fast path: native little-endian arrays.
+_BY_DTYPE = {np.dtype(f"<{k}{n}"): v for (k, n), v in _DTYPES.items() if k != "b"}
+_BY_DTYPE[np.dtype(bool)] = "BOOL"
+
+
 def _tensor(name: str, value: Any):
     """``(name, dtype, shape, buffer)`` of an array-like, read in place when
     it is a C-contiguous little-endian array (NumPy, or a CPU torch tensor
     through ``.numpy()``; bfloat16 through its 16-bit pattern)."""
+    if type(value) is np.ndarray and value.flags.c_contiguous:
+        dtype = _BY_DTYPE.get(value.dtype)
+        if dtype is not None:
+            # (A 0-d array exports no shape through the buffer protocol.)
+            return (name, dtype, value.shape, value if value.ndim else value.reshape(1))
     dtype = None
     if hasattr(value, "detach") and hasattr(value, "cpu"):
         # A torch tensor (torch is not imported here): as NumPy, in place.
@@ -211,7 +232,7 @@ def _tensor(name: str, value: Any):
     if arr.dtype.byteorder == ">":
         arr = arr.astype(arr.dtype.newbyteorder("<"))
     arr = np.ascontiguousarray(arr)  # a copy only when it is not C-ordered
-    return (name, dtype, list(arr.shape), arr)
+    return (name, dtype, arr.shape, arr if arr.ndim else arr.reshape(1))
 
 
 def analyze(
@@ -305,15 +326,23 @@ def scan(
 def _scan_into(opts, paths, out, callback) -> Tables:
     summary = opts.scan(paths, out, callback)
     _note(summary["notes"])
-    raw = [_native.read_table(os.path.join(out, f"{n}.csv")) for n in TABLE_NAMES]
-    return Tables(raw, summary["notes"], summary)
+    return Tables(notes=summary["notes"], summary=summary, csv=_read_csv(out))
+
+
+def _read_csv(directory: str) -> "list[bytes]":
+    csv = []
+    for name in TABLE_NAMES:
+        with open(os.path.join(directory, f"{name}.csv"), "rb") as f:
+            csv.append(f.read())
+    return csv
 
 
 def read_scan(directory: PathLike) -> Tables:
-    """The tables of a finished scan directory (``cntscope scan -o DIR``)."""
+    """The tables of a finished scan directory (``cntscope scan -o DIR``);
+    an unfinished or damaged one raises :class:`CntscopeError`."""
     directory = os.fspath(directory)
-    raw = [_native.read_table(os.path.join(directory, f"{n}.csv")) for n in TABLE_NAMES]
-    return Tables(raw)
+    _native.require_complete(directory)
+    return Tables(csv=_read_csv(directory))
 
 
 def _study(command: str, paths, out, study: Mapping[str, Any], options: Mapping[str, Any]) -> "dict[str, Any]":
@@ -335,10 +364,8 @@ def _study(command: str, paths, out, study: Mapping[str, Any], options: Mapping[
     graph = {k: v for k, v in options.items() if k not in ("resume", "shard", "progress")}
     args = [command, scan_dir, "--output", out] + _flags(study) + _flags(graph)
     code = _native.run(args)
-    tables = {
-        p.stem: pd.DataFrame(_columns(_native.read_table(str(p))))
-        for p in sorted(Path(out).glob("*.csv"))
-    }
+    csvs = sorted(Path(out).glob("*.csv"))
+    tables = {p.stem: pd.DataFrame(_columns(t)) for p, t in zip(csvs, _native.read_tables([str(p) for p in csvs]))}
     tables["report"] = os.path.join(out, "report.html")
     tables["exit_code"] = code
     return tables

@@ -23,7 +23,7 @@ use pyo3::types::PyDict;
 use cntscope::checkpoint::{Checkpoint, MemoryTensor};
 use cntscope::engine::{select_engine, AnalysisOptions, Device, Engine};
 use cntscope::graph::{GraphOptions, Network};
-use cntscope::scan::{network_tables, ScanControl, ScanOptions};
+use cntscope::scan::{network_columns, ScanControl, ScanOptions};
 
 use cli_main::cli::{Cli, Command};
 use tables::Table;
@@ -182,12 +182,11 @@ impl Options {
         let measured = py.detach(|| -> cntscope::Result<_> {
             let net = Network::build(&ck, &self.graph)?;
             let analysis = engine.analyze(&net, &ck, opts)?;
-            Ok((network_tables(&name, &analysis, ck.metadata()), notes(&net)))
+            Ok((network_columns(&name, &analysis, ck.metadata()), notes(&net)))
         });
-        let (csv, notes) = measured.map_err(lib_err)?;
-        let tables = csv.iter().map(|t| tables::parse(t).map_err(to_py)).collect::<PyResult<_>>()?;
+        let (columns, notes) = measured.map_err(lib_err)?;
         drop(ck);
-        Ok((tables, notes))
+        Ok((columns.into_iter().map(Table).collect(), notes))
     }
 
     /// Per-node strengths of one checkpoint file (as `cntscope nodes`):
@@ -227,6 +226,9 @@ struct Held(PyUntypedBuffer);
 
 impl AsRef<[u8]> for Held {
     fn as_ref(&self) -> &[u8] {
+        if self.0.len_bytes() == 0 {
+            return &[];
+        }
         // SAFETY: the buffer stays acquired (its exporter keeps the memory
         // alive and in place) while `Held` lives; it was checked to be
         // C-contiguous, so its `len_bytes` bytes are one run from `buf_ptr`.
@@ -234,14 +236,38 @@ impl AsRef<[u8]> for Held {
     }
 }
 
-/// A table of a scan directory (or any CSV the study commands write), as
-/// typed columns.
+/// Tables of a scan directory (or any CSV the study commands write), as
+/// typed columns: read and parsed on every core, the interpreter released.
 #[pyfunction]
-fn read_table(py: Python<'_>, path: PathBuf) -> PyResult<Table> {
-    let bytes = py
-        .detach(|| std::fs::read(&path))
-        .map_err(|error| lib_err(cntscope::Error::Io { path: path.clone(), error }))?;
-    tables::parse(&bytes).map_err(|e| to_py(e.context(path.display().to_string())))
+fn read_tables(py: Python<'_>, paths: Vec<PathBuf>) -> PyResult<Vec<Table>> {
+    let read = |path: &PathBuf| -> cntscope::Result<Table> {
+        let bytes = std::fs::read(path).map_err(|error| cntscope::Error::Io { path: path.clone(), error })?;
+        let columns = cntscope::output::read_table(&bytes)
+            .map_err(|reason| cntscope::Error::Study { path: path.clone(), reason })?;
+        Ok(Table(columns))
+    };
+    py.detach(|| {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = paths.iter().map(|p| s.spawn(move || read(p))).collect();
+            handles.into_iter().map(|h| h.join().expect("table reader panicked")).collect::<cntscope::Result<Vec<_>>>()
+        })
+    })
+    .map_err(lib_err)
+}
+
+/// Refuses a directory that holds no finished scan (an unfinished,
+/// interrupted or damaged one), as the study commands do.
+#[pyfunction]
+fn require_complete(py: Python<'_>, dir: PathBuf) -> PyResult<()> {
+    py.detach(|| cntscope::manifest::Manifest::require_complete(&dir)).map(|_| ()).map_err(lib_err)
+}
+
+/// A table's CSV bytes (as `read_tables` reads them from a file) parsed
+/// into typed columns, the interpreter released.
+#[pyfunction]
+fn parse_table(py: Python<'_>, csv: pyo3::pybacked::PyBackedBytes) -> PyResult<Table> {
+    let columns = py.detach(|| cntscope::output::read_table(&csv));
+    columns.map(Table).map_err(PyValueError::new_err)
 }
 
 /// Runs the command line on `args` (without the program name) as a study
@@ -264,5 +290,5 @@ fn main(py: Python<'_>, argv: Vec<String>) -> u8 {
 #[pymodule]
 mod _native {
     #[pymodule_export]
-    use super::{main, read_table, run, CntscopeError, Options};
+    use super::{main, parse_table, read_tables, require_complete, run, CntscopeError, Options};
 }

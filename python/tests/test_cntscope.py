@@ -169,7 +169,7 @@ def test_analyze_reads_any_memory_order_and_integer_buffers():
     fortran = {k: np.asfortranarray(v) for k, v in weights.items()}
     assert not fortran["net.0.weight"].flags.c_contiguous
     strided = {k: np.repeat(v, 2, axis=-1)[..., ::2] for k, v in weights.items()}
-    with_buffers = {**weights, "steps": np.array(10, dtype=np.int64)}
+    with_buffers = {**weights, "steps": np.array(10, dtype=np.int64), "none": np.zeros((0, 3), np.float32)}
     for other in (fortran, strided, with_buffers):
         assert_same_table(cntscope.analyze(other).nodes, base.nodes, "nodes")
     cols = base.columns("nodes")
@@ -271,9 +271,36 @@ def test_ctrl_c_stops_a_scan_with_nothing_half_written(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         cntscope.scan(zoo, out=out, jobs=1, progress=interrupt)
     assert not (out / "nodes.csv").exists(), "no table published"
+    with pytest.raises(cntscope.CntscopeError, match="resume") as unfinished:
+        cntscope.read_scan(out)
+    assert unfinished.value.kind == "scan_dir"
     manifest = json.loads((out / "scan.manifest").read_text())
     assert manifest["complete"] is False
     assert calls[-1] < 20000
     rest = cntscope.scan(zoo, out=out, jobs=1, resume=True, progress=False)
     assert rest.summary["kept"] > 0 and rest.summary["kept"] + rest.summary["analysed"] >= 20000
     assert len(rest.nodes) == 4 * 20000 and rest.nodes["checkpoint"].is_monotonic_increasing
+
+
+# ---------------------------------------------------------------- torch (where installed)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16", "float64"])
+def test_torch_state_dicts_are_read_as_their_arrays(dtype):
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 24), torch.nn.ReLU(), torch.nn.Linear(24, 10))
+    model = model.to(getattr(torch, dtype))
+    # state_dict() (detached) and named_parameters() (requiring grad) alike.
+    sd = model.state_dict()
+    params = dict(model.named_parameters())
+    bits = {k: v.view(torch.int16).numpy().view(np.uint16) if dtype == "bfloat16" else v.numpy() for k, v in sd.items()}
+    if dtype == "bfloat16":
+        ml_dtypes = pytest.importorskip("ml_dtypes")
+        bits = {k: v.view(ml_dtypes.bfloat16) for k, v in bits.items()}
+    want = cntscope.analyze(bits).nodes
+    assert_same_table(cntscope.analyze(sd).nodes, want, "state_dict")
+    assert_same_table(cntscope.analyze(params).nodes, want, "parameters")
+    # A transposed (non-contiguous) view is copied, not misread.
+    t = {k: (v.t().contiguous().t() if v.ndim == 2 else v) for k, v in sd.items()}
+    assert_same_table(cntscope.analyze(t).nodes, want, "strided")
