@@ -264,6 +264,12 @@ impl Checkpoint {
     /// directory holding a single `model.safetensors`.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
+        if let Some((matrix, row)) = crate::flat::split(path) {
+            return Self::open_row(path, &matrix, row);
+        }
+        if let Some(e) = crate::flat::matrix_error(path) {
+            return Err(e);
+        }
         if path.file_name().is_some_and(|n| n == SHARD_INDEX) {
             let dir = path.parent().unwrap_or(Path::new("."));
             return Self::open_sharded(dir, path);
@@ -388,6 +394,35 @@ impl Checkpoint {
             shards.push(Shard { path: path.clone(), map: Bytes::Held(t.data), data_start: 0 });
         }
         Ok(Checkpoint { path, shards, tensors: index, metadata })
+    }
+
+    /// Row `row` of a flat-matrix zoo: its tensors in place in the mapped
+    /// matrix, its metrics row as metadata.
+    fn open_row(path: &Path, matrix: &Path, row: usize) -> Result<Self> {
+        let zoo = crate::flat::Zoo::get(matrix)?;
+        if row >= zoo.rows {
+            return Err(Error::FlatZoo {
+                path: matrix.to_path_buf(),
+                reason: format!("row {row} asked for; the matrix has {} rows", zoo.rows),
+            });
+        }
+        let metadata = zoo.metadata(row)?;
+        let item = zoo.dtype.bitsize() / 8;
+        let tensors = zoo
+            .layout
+            .iter()
+            .map(|v| {
+                let info = TensorInfo {
+                    dtype: zoo.dtype,
+                    shape: v.shape.clone(),
+                    data_offsets: (v.start * item, v.end * item),
+                };
+                (v.name.clone(), Entry { shard: 0, info })
+            })
+            .collect();
+        let bytes = Bytes::Held(Box::new(crate::flat::RowBytes { zoo, row }));
+        let shard = Shard { path: path.to_path_buf(), map: bytes, data_start: 0 };
+        Ok(Checkpoint { path: path.to_path_buf(), shards: vec![shard], tensors, metadata })
     }
 
     fn open_dir(path: &Path) -> Result<Self> {

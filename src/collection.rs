@@ -72,6 +72,9 @@ pub fn collect(args: &[PathBuf]) -> Result<Collection> {
             }
         } else if std::fs::symlink_metadata(arg).is_ok() {
             walk.explicit(arg);
+        } else if crate::flat::split(arg).is_some_and(|(matrix, _)| matrix.is_file()) {
+            // One row of a flat-matrix zoo, named as a scan names it.
+            walk.out.push(arg.clone());
         } else {
             return Err(Error::Io { path: arg.clone(), error: std::io::Error::other("no such file or directory") });
         }
@@ -101,10 +104,26 @@ impl Walk {
             Ok(m) if m.is_dir() => self.dir(path, &m),
             Ok(m) => match special(&m.file_type()) {
                 Some(what) => self.problem(path, format!("{what}, not a checkpoint file: not opened")),
+                // A zoo's matrix named itself: its rows.
+                None if path.file_name().is_some_and(|n| n == crate::flat::MATRIX)
+                    && crate::flat::is_zoo(path.parent().unwrap_or(Path::new("."))) =>
+                {
+                    self.zoo(path.parent().unwrap_or(Path::new(".")))
+                }
                 None => self.out.push(path.to_path_buf()),
             },
             // A dangling symlink, or one in a loop: opening says which.
             Err(e) => self.problem(path, e.to_string()),
+        }
+    }
+
+    /// A flat-matrix zoo: one checkpoint per row of its matrix.
+    fn zoo(&mut self, dir: &Path) {
+        match crate::flat::rows(dir) {
+            Ok(rows) => self.out.extend(rows),
+            // Opening the matrix says what is wrong (an error row of its
+            // own kind).
+            Err(_) => self.out.push(dir.join(crate::flat::MATRIX)),
         }
     }
 
@@ -130,6 +149,9 @@ impl Walk {
         if path.join(SHARD_INDEX).is_file() {
             self.out.push(path.to_path_buf());
             return;
+        }
+        if crate::flat::is_zoo(path) {
+            return self.zoo(path);
         }
         let listing = match std::fs::read_dir(path) {
             Ok(listing) => listing,

@@ -46,6 +46,16 @@ pub enum Error {
         reason: String,
     },
 
+    /// A flat-matrix zoo (matrix, layout table, metrics table) is
+    /// malformed or inconsistent.
+    #[error("{path}: flat-matrix zoo: {reason}")]
+    FlatZoo {
+        /// The file concerned.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
     /// A sharded checkpoint's index file is unreadable or inconsistent.
     #[error("{path}: bad shard index: {reason}")]
     BadIndex {
@@ -171,6 +181,7 @@ impl Error {
             | Error::Malformed { path, .. }
             | Error::Torch { path, .. }
             | Error::Numpy { path, .. }
+            | Error::FlatZoo { path, .. }
             | Error::BadIndex { path, .. }
             | Error::UnsupportedDtype { path, .. }
             | Error::MissingTensor { path, .. }
@@ -192,6 +203,7 @@ impl Error {
             Error::Malformed { .. } => "malformed",
             Error::Torch { .. } => "torch",
             Error::Numpy { .. } => "numpy",
+            Error::FlatZoo { .. } => "flat_zoo",
             Error::BadIndex { .. } => "bad_index",
             Error::UnsupportedDtype { .. } => "unsupported_dtype",
             Error::MissingTensor { .. } => "missing_tensor",

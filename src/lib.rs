@@ -18,6 +18,7 @@ pub mod density;
 pub mod discover;
 pub mod engine;
 pub mod error;
+pub mod flat;
 pub mod graph;
 pub mod layouts;
 pub mod manifest;

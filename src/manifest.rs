@@ -82,7 +82,7 @@ impl CollectionId {
         // Each entry's name, size and modification time, stat'ed on all
         // cores (a collection can hold 10^5 files), digested in order.
         let item = |path: &PathBuf| {
-            let (size, mtime) = std::fs::metadata(path).map_or((u64::MAX, 0), |m| {
+            let (size, mtime) = std::fs::metadata(crate::flat::file_of(path)).map_or((u64::MAX, 0), |m| {
                 let mtime = m
                     .modified()
                     .ok()

@@ -34,6 +34,22 @@ pub(crate) fn is_npz(bytes: &[u8]) -> bool {
     zip::is_zip(bytes) && zip::entries(bytes).is_ok_and(|e| !e.is_empty() && e.iter().all(|e| e.name.ends_with(".npy")))
 }
 
+/// A `.npy` matrix's header, for readers that map the data themselves
+/// (the flat-matrix zoos).
+pub(crate) struct MatrixHeader {
+    pub(crate) dtype: Dtype,
+    pub(crate) fortran: bool,
+    pub(crate) shape: Vec<usize>,
+    /// Where the data starts.
+    pub(crate) data: usize,
+}
+
+/// The header of a `.npy` file (checked as data, never evaluated).
+pub(crate) fn matrix_header(b: &[u8]) -> Result<MatrixHeader, String> {
+    let h = header(b)?;
+    Ok(MatrixHeader { dtype: dtype(&h.descr)?, fortran: h.fortran, shape: h.shape, data: h.data })
+}
+
 /// The header of a `.npy`: dtype (as numpy writes it), Fortran order,
 /// shape, and where the data starts.
 struct Header {

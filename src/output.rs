@@ -483,6 +483,12 @@ pub fn read_table(csv: &[u8]) -> std::result::Result<Vec<(String, Values)>, Stri
     Ok(names.into_iter().zip(cells).map(|(n, c)| (n, Values::infer(&c))).collect())
 }
 
+/// The cells of one CSV line (as [`read_table`] reads a row).
+pub fn read_row(line: &str) -> std::result::Result<Vec<String>, String> {
+    let row = Records { rest: line, line: 1 }.next().transpose()?.unwrap_or_default();
+    Ok(row.into_iter().map(|c| c.into_owned()).collect())
+}
+
 /// The rows of CSV text, cells borrowed where they need no unquoting. (The
 /// `csv` crate reads the same, but building its reader costs more than a
 /// small table's whole parse.)

@@ -271,16 +271,23 @@ def nodes(checkpoint: PathLike, **options: Any):
     return pd.DataFrame(_columns(raw))
 
 
-def _progress_bar(total_hint: Optional[int] = None) -> Optional[Callable[[int, int], None]]:
-    """A tqdm bar where a person can see one (a terminal or a notebook,
-    when tqdm is installed); None otherwise."""
+def _progress(progress) -> "tuple[Optional[Callable[[int, int], None]], bool]":
+    """The progress callback, and whether the command line's own bar is
+    shown instead: a callable as given; otherwise (None or True) a tqdm bar
+    where a person can see one (a notebook, or a terminal), the command
+    line's bar on a terminal without tqdm, nothing where nobody looks."""
+    if callable(progress):
+        return progress, False
+    if progress is False:
+        return None, False
+    in_notebook = "ipykernel" in sys.modules
+    terminal = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+    if not (in_notebook or terminal):
+        return None, False
     try:
         from tqdm.auto import tqdm
     except ImportError:
-        return None
-    in_notebook = "ipykernel" in sys.modules
-    if not in_notebook and not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty()):
-        return None
+        return None, terminal
     bar = None
 
     def update(done: int, total: int) -> None:
@@ -291,7 +298,7 @@ def _progress_bar(total_hint: Optional[int] = None) -> Optional[Callable[[int, i
         if done >= total:
             bar.close()
 
-    return update
+    return update, False
 
 
 def scan(
@@ -315,16 +322,16 @@ def scan(
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     paths = [os.fspath(p) for p in paths]
-    callback = progress if callable(progress) else (_progress_bar() if progress in (None, True) else None)
+    callback, bar = _progress(progress)
     opts = _options(options)
     if out is not None:
-        return _scan_into(opts, paths, os.fspath(out), callback)
+        return _scan_into(opts, paths, os.fspath(out), callback, bar)
     with tempfile.TemporaryDirectory(prefix="cntscope-") as tmp:
-        return _scan_into(opts, paths, tmp, callback)
+        return _scan_into(opts, paths, tmp, callback, bar)
 
 
-def _scan_into(opts, paths, out, callback) -> Tables:
-    summary = opts.scan(paths, out, callback)
+def _scan_into(opts, paths, out, callback, bar) -> Tables:
+    summary = opts.scan(paths, out, callback, bar)
     _note(summary["notes"])
     return Tables(notes=summary["notes"], summary=summary, csv=_read_csv(out))
 

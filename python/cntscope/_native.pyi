@@ -20,7 +20,11 @@ class Options:
 
     def __init__(self, args: list[str]) -> None: ...
     def scan(
-        self, paths: Sequence[str], out: str, progress: Optional[Callable[[int, int], None]] = None
+        self,
+        paths: Sequence[str],
+        out: str,
+        progress: Optional[Callable[[int, int], None]] = None,
+        bar: bool = False,
     ) -> dict: ...
     def analyze(
         self, name: str, tensors: list[tuple[str, str, Sequence[int], object]], metadata: dict[str, str]

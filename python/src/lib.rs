@@ -95,18 +95,20 @@ impl Options {
     /// Scans `paths` into the scan directory `out` (as `cntscope scan`):
     /// returns the summary; the tables are in `out`. Ctrl-C stops it
     /// (KeyboardInterrupt; what was measured stays in the journal for
-    /// `resume`); `progress(done, total)` is called while it runs.
-    #[pyo3(signature = (paths, out, progress=None))]
+    /// `resume`); `progress(done, total)` is called while it runs, and
+    /// `bar` shows the command line's progress bar on a terminal.
+    #[pyo3(signature = (paths, out, progress=None, bar=false))]
     fn scan<'py>(
         &self,
         py: Python<'py>,
         paths: Vec<PathBuf>,
         out: PathBuf,
         progress: Option<Py<PyAny>>,
+        bar: bool,
     ) -> PyResult<Bound<'py, PyDict>> {
         let collection = py.detach(|| cli_main::found_checkpoints(&paths)).map_err(to_py)?;
         let control = Arc::new(ScanControl::default());
-        let opts = ScanOptions { control: Some(control.clone()), ..self.scan.clone() };
+        let opts = ScanOptions { control: Some(control.clone()), progress: bar, ..self.scan.clone() };
         // Few checkpoints: parallelism goes inside the layers instead.
         let threads = (opts.jobs / collection.paths.len()).max(1);
         let engine = select_engine(self.device, self.adapter.as_deref(), threads).map_err(lib_err)?;

@@ -304,3 +304,43 @@ def test_torch_state_dicts_are_read_as_their_arrays(dtype):
     # A transposed (non-contiguous) view is copied, not misread.
     t = {k: (v.t().contiguous().t() if v.ndim == 2 else v) for k, v in sd.items()}
     assert_same_table(cntscope.analyze(t).nodes, want, "strided")
+
+
+def test_progress_goes_to_tqdm_where_a_person_looks(monkeypatch):
+    import types
+
+    bars = []
+
+    class FakeBar:
+        def __init__(self, total, unit):
+            self.total, self.n, self.closed = total, 0, False
+            bars.append(self)
+
+        def update(self, k):
+            self.n += k
+
+        def close(self):
+            self.closed = True
+
+    auto = types.ModuleType("tqdm.auto")
+    auto.tqdm = FakeBar
+    monkeypatch.setitem(sys.modules, "tqdm", types.ModuleType("tqdm"))
+    monkeypatch.setitem(sys.modules, "tqdm.auto", auto)
+
+    class Terminal:
+        def isatty(self):
+            return True
+
+        def write(self, s):
+            pass
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    cntscope.scan(ZOO / "mlp")
+    assert len(bars) == 1 and bars[0].total == 96 and bars[0].n == 96 and bars[0].closed
+    # Nobody looking: no bar.
+    monkeypatch.setattr(sys, "stderr", open(os.devnull, "w"))
+    cntscope.scan(ZOO / "mlp")
+    assert len(bars) == 1
