@@ -16,6 +16,12 @@
 """
 
 import os
+
+# NumPy's BLAS threads spin after numpy calls and take a core from whatever
+# runs next (on 2 cores that halved the binding's measured speed); nothing
+# here needs BLAS.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import shutil
 import subprocess
 import sys
@@ -70,6 +76,10 @@ small = Path(BASE) / "small"
 files = sorted(small.glob("*.safetensors"))
 state = load_file(str(files[0]))
 
+opts = cntscope._options({})
+items = [cntscope._tensor(k, v) for k, v in state.items()]
+native = per_call(lambda: opts.analyze("<memory>", items, {}))
+a_bare = per_call(lambda: cntscope.analyze(state))
 a_cols = per_call(lambda: cntscope.analyze(state).columns("nodes"))
 a_frame = per_call(lambda: cntscope.analyze(state).nodes)
 np_way = per_call(lambda: numpy_way(state))
@@ -78,7 +88,9 @@ cli1 = best_of(3, lambda d: subprocess.run([BIN, "scan", str(small), "--device",
 print("| what | per network | networks/s |")
 print("|---|---:|---:|")
 for what, us in [
-    ("`analyze(state_dict)`, tables as columns", a_cols),
+    ("the Rust call itself (`_native.Options.analyze`: buffers in, four tables' columns out)", native),
+    ("`analyze(state_dict)`", a_bare),
+    ("`analyze(state_dict).columns(\"nodes\")` (NumPy arrays)", a_cols),
     ("`analyze(state_dict).nodes` (DataFrame built)", a_frame),
     ("numpy in Python: strengths + mean/std per node set (no histograms, no links table)", np_way),
     (f"`cntscope scan --jobs 1`, per checkpoint of {len(files)} (file read, journal, tables)", cli1 / len(files) * 1e6),
