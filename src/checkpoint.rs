@@ -20,6 +20,10 @@ use crate::natsort::sort_natural_by;
 /// Name of the index file of a sharded Hugging Face checkpoint.
 pub const SHARD_INDEX: &str = "model.safetensors.index.json";
 
+/// The same for shards written by `torch.save` (`save_pretrained` with
+/// `safe_serialization=False`).
+pub const TORCH_SHARD_INDEX: &str = "pytorch_model.bin.index.json";
+
 /// The floating-point storage types the analysis reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DType {
@@ -157,6 +161,9 @@ pub struct Checkpoint {
     shards: Vec<Shard>,
     tensors: HashMap<String, Entry>,
     metadata: BTreeMap<String, String>,
+    /// True when the reader already took `--key`'s entry (a PyTorch
+    /// checkpoint's nested dict).
+    keyed: bool,
 }
 
 /// A borrowed view of one tensor's bytes, with its name, dtype and shape.
@@ -263,14 +270,49 @@ impl Checkpoint {
     /// `model.safetensors.index.json`), that index file itself, or a
     /// directory holding a single `model.safetensors`.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        Self::open_as(path, None)
+    }
+
+    /// Opens a checkpoint, taking the weights under `key` (`--key`) when
+    /// given: tensors named `KEY.*`, their names without the prefix (a
+    /// PyTorch checkpoint's nested dicts are named so, flattened with `.`).
+    pub fn open_as(path: impl AsRef<Path>, key: Option<&str>) -> Result<Self> {
         let path = path.as_ref();
+        let ck = Self::open_file(path, key)?;
+        match key {
+            Some(k) if !ck.keyed => ck.select(k),
+            _ => Ok(ck),
+        }
+    }
+
+    /// The tensors named `key.*`, renamed without the prefix.
+    fn select(mut self, key: &str) -> Result<Self> {
+        let prefix = format!("{key}.");
+        let all = std::mem::take(&mut self.tensors);
+        let mut tops: Vec<String> = all.keys().map(|n| n.split(['.', '/']).next().unwrap_or(n).to_string()).collect();
+        self.tensors = all.into_iter().filter_map(|(n, e)| Some((n.strip_prefix(&prefix)?.to_string(), e))).collect();
+        if self.tensors.is_empty() {
+            sort_natural_by(&mut tops, |t| t);
+            tops.dedup();
+            return Err(Error::Graph {
+                path: self.path,
+                reason: format!(
+                    "--key {key}: no tensors named `{prefix}*` (the tensors' first names: {})",
+                    tops.join(", ")
+                ),
+            });
+        }
+        Ok(self)
+    }
+
+    fn open_file(path: &Path, key: Option<&str>) -> Result<Self> {
         if let Some((matrix, row)) = crate::flat::split(path) {
             return Self::open_row(path, &matrix, row);
         }
         if let Some(e) = crate::flat::matrix_error(path) {
             return Err(e);
         }
-        if path.file_name().is_some_and(|n| n == SHARD_INDEX) {
+        if path.file_name().is_some_and(|n| n == SHARD_INDEX || n == TORCH_SHARD_INDEX) {
             let dir = path.parent().unwrap_or(Path::new("."));
             return Self::open_sharded(dir, path);
         }
@@ -292,7 +334,7 @@ impl Checkpoint {
             return Ok(Self::from_arrays(path, bytes, n));
         }
         if crate::zip::is_zip(&bytes) {
-            return Self::open_torch(path, bytes);
+            return Self::open_torch(path, bytes, key);
         }
         if crate::torch::is_legacy(&bytes) {
             return Err(Error::Torch {
@@ -305,14 +347,16 @@ impl Checkpoint {
         let (shard, header) = parse_shard(path, bytes)?;
         let mut tensors = HashMap::new();
         let metadata = record_tensors(path, header, 0, &mut tensors)?;
-        Ok(Checkpoint { path: path.to_path_buf(), shards: vec![shard], tensors, metadata })
+        Ok(Checkpoint { path: path.to_path_buf(), shards: vec![shard], tensors, metadata, keyed: false })
     }
 
     /// A `torch.save` zip archive: tensors read in place from the archive's
     /// stored entries, strided views from a buffer of their own.
-    fn open_torch(path: &Path, bytes: Bytes) -> Result<Self> {
-        let t = crate::torch::read(&bytes).map_err(|reason| Error::Torch { path: path.to_path_buf(), reason })?;
-        Ok(Self::from_parts(path, bytes, t.tensors, t.gathered, t.metadata))
+    fn open_torch(path: &Path, bytes: Bytes, key: Option<&str>) -> Result<Self> {
+        let t = crate::torch::read(&bytes, key).map_err(|reason| Error::Torch { path: path.to_path_buf(), reason })?;
+        let mut ck = Self::from_parts(path, bytes, t.tensors, t.gathered, t.metadata);
+        ck.keyed = key.is_some();
+        Ok(ck)
     }
 
     /// A NumPy file's arrays, in place or gathered likewise.
@@ -354,7 +398,7 @@ impl Checkpoint {
                 data_start: 0,
             });
         }
-        Checkpoint { path: path.to_path_buf(), shards, tensors, metadata }
+        Checkpoint { path: path.to_path_buf(), shards, tensors, metadata, keyed: false }
     }
 
     /// A checkpoint of tensors in memory (a network being trained, handed
@@ -393,7 +437,7 @@ impl Checkpoint {
             }
             shards.push(Shard { path: path.clone(), map: Bytes::Held(t.data), data_start: 0 });
         }
-        Ok(Checkpoint { path, shards, tensors: index, metadata })
+        Ok(Checkpoint { path, shards, tensors: index, metadata, keyed: false })
     }
 
     /// Row `row` of a flat-matrix zoo: its tensors in place in the mapped
@@ -422,13 +466,15 @@ impl Checkpoint {
             .collect();
         let bytes = Bytes::Held(Box::new(crate::flat::RowBytes { zoo, row }));
         let shard = Shard { path: path.to_path_buf(), map: bytes, data_start: 0 };
-        Ok(Checkpoint { path: path.to_path_buf(), shards: vec![shard], tensors, metadata })
+        Ok(Checkpoint { path: path.to_path_buf(), shards: vec![shard], tensors, metadata, keyed: false })
     }
 
     fn open_dir(path: &Path) -> Result<Self> {
-        let index = path.join(SHARD_INDEX);
-        if index.is_file() {
-            return Self::open_sharded(path, &index);
+        // Where both are (Hugging Face often writes both), the safetensors.
+        for index in [SHARD_INDEX, TORCH_SHARD_INDEX].map(|i| path.join(i)) {
+            if index.is_file() {
+                return Self::open_sharded(path, &index);
+            }
         }
         let single = path.join("model.safetensors");
         if single.is_file() {
@@ -438,7 +484,7 @@ impl Checkpoint {
         }
         Err(Error::Malformed {
             path: path.to_path_buf(),
-            reason: format!("directory has neither {SHARD_INDEX} nor model.safetensors"),
+            reason: format!("directory has neither {SHARD_INDEX}, {TORCH_SHARD_INDEX} nor model.safetensors"),
         })
     }
 
@@ -456,15 +502,29 @@ impl Checkpoint {
         let mut shards = Vec::with_capacity(files.len());
         let mut tensors = HashMap::new();
         let mut metadata = BTreeMap::new();
-        for (i, file) in files.iter().enumerate() {
+        for file in &files {
             if Path::new(file).components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
                 return Err(bad(format!("shard path `{file}` leaves the checkpoint directory")));
             }
-            let (shard, meta) = map_shard(&dir.join(file))?;
-            for (k, v) in record_tensors(&shard.path, meta, i, &mut tensors)? {
+            // A shard is a checkpoint file of its own (safetensors, or a
+            // torch.save of a dict of tensors as `pytorch_model-*.bin`).
+            let path = dir.join(file);
+            if Path::new(file).file_name().is_some_and(|n| n == SHARD_INDEX || n == TORCH_SHARD_INDEX) || path.is_dir()
+            {
+                return Err(bad(format!("shard `{file}` is an index or a directory, not a file of tensors")));
+            }
+            let part = Self::open_file(&path, None)?;
+            let base = shards.len();
+            for (name, mut entry) in part.tensors {
+                entry.shard += base;
+                if tensors.insert(name.clone(), entry).is_some() {
+                    return Err(bad(format!("tensor `{name}` is in two shards")));
+                }
+            }
+            for (k, v) in part.metadata {
                 metadata.entry(k).or_insert(v);
             }
-            shards.push(shard);
+            shards.extend(part.shards);
         }
         for (name, file) in &index.weight_map {
             let found = tensors.get(name).map(|e| &shards[e.shard].path);
@@ -479,7 +539,7 @@ impl Checkpoint {
             };
             metadata.entry(k).or_insert(v);
         }
-        Ok(Checkpoint { path: dir.to_path_buf(), shards, tensors, metadata })
+        Ok(Checkpoint { path: dir.to_path_buf(), shards, tensors, metadata, keyed: false })
     }
 
     /// The path that identifies this checkpoint (the file, or the directory
@@ -616,13 +676,6 @@ impl<'de> serde::Deserialize<'de> for Header {
         }
         d.deserialize_map(Visit)
     }
-}
-
-/// Reads (or maps) one safetensors file and validates it ([`parse_shard`]).
-fn map_shard(path: &Path) -> Result<(Shard, Header)> {
-    let io = |error| Error::Io { path: path.to_path_buf(), error };
-    let bytes = read_file(path).and_then(|b| b.ok_or_else(|| std::io::Error::other("a directory"))).map_err(io)?;
-    parse_shard(path, bytes)
 }
 
 /// A file's bytes, `None` for a directory. The file is opened without

@@ -226,6 +226,11 @@ pub struct GraphArgs {
     /// (default: from the spec, else fold).
     #[arg(long, value_enum)]
     pub bn: Option<BnArg>,
+    /// Read the weights under this entry of a wrapped checkpoint (tensors
+    /// `KEY.*`, e.g. `ema_state_dict`, `model.backbone`), instead of the
+    /// state_dict found by name.
+    #[arg(long, value_name = "KEY")]
+    pub key: Option<String>,
 }
 
 /// `--bn` values.
@@ -284,7 +289,7 @@ impl GraphArgs {
             BnArg::Layer => BnMode::Layer,
             BnArg::Ignore => BnMode::Ignore,
         });
-        Ok(GraphOptions { spec, input, layout, bias: self.no_bias.then_some(false), bn })
+        Ok(GraphOptions { spec, input, layout, bias: self.no_bias.then_some(false), bn, key: self.key.clone() })
     }
 }
 

@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use crate::checkpoint::SHARD_INDEX;
+use crate::checkpoint::{SHARD_INDEX, TORCH_SHARD_INDEX};
 use crate::error::{Error, Result};
 use crate::natsort::sort_natural_by;
 
@@ -146,7 +146,7 @@ impl Walk {
             }
             self.entered.insert(key, path.to_path_buf());
         }
-        if path.join(SHARD_INDEX).is_file() {
+        if path.join(SHARD_INDEX).is_file() || path.join(TORCH_SHARD_INDEX).is_file() {
             self.out.push(path.to_path_buf());
             return;
         }

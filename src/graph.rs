@@ -39,6 +39,10 @@ pub struct GraphOptions {
     pub bias: Option<bool>,
     /// BatchNorm treatment; overrides the spec's (default fold).
     pub bn: Option<BnMode>,
+    /// The entry of a wrapped checkpoint that holds the weights (`--key`):
+    /// tensors named `KEY.*`, read without the prefix (for a PyTorch
+    /// checkpoint, a path through its nested dicts: `ema`, `model.backbone`).
+    pub key: Option<String>,
 }
 
 /// The shape of a node set.

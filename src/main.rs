@@ -107,7 +107,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Inspect { checkpoint, graph } => {
             let options = graph.options()?;
-            let ck = Checkpoint::open(&checkpoint)?;
+            let ck = Checkpoint::open_as(&checkpoint, options.key.as_deref())?;
             let net = Network::build(&ck, &options)?;
             print_notes(&net);
             inspect(&ck, &net, &mut std::io::stdout().lock())?;

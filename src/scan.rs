@@ -242,7 +242,7 @@ pub struct Measured {
 
 /// Opens, reads as a graph and measures one checkpoint.
 pub fn measure(path: &Path, graph: &GraphOptions, engine: &dyn Engine, opts: &AnalysisOptions) -> Result<Measured> {
-    let ck = Checkpoint::open(path)?;
+    let ck = Checkpoint::open_as(path, graph.key.as_deref())?;
     let network = Network::build(&ck, graph)?;
     let analysis = engine.analyze(&network, &ck, opts)?;
     Ok(Measured { metadata: ck.metadata().clone(), network, analysis })
@@ -360,7 +360,8 @@ fn measure_batch(
     let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let open = |path: &Path| match collection.problem(path) {
             Some(why) => Err(Error::Io { path: path.to_path_buf(), error: std::io::Error::other(why) }),
-            None => Checkpoint::open(path).and_then(|ck| Network::build(&ck, graph).map(|net| (ck, net))),
+            None => Checkpoint::open_as(path, graph.key.as_deref())
+                .and_then(|ck| Network::build(&ck, graph).map(|net| (ck, net))),
         };
         let opened: Vec<Result<(Checkpoint, Network)>> = batch.iter().map(|&i| open(&paths[i])).collect();
         for (_, net) in opened.iter().flatten() {

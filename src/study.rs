@@ -344,7 +344,7 @@ impl Study<'_> {
         }
         for c in checkpoints {
             let Some(&g) = group_of.get(c.as_str()) else { continue };
-            let ck = Checkpoint::open(c)?;
+            let ck = Checkpoint::open_as(c, opts.graph.key.as_deref())?;
             let net = Network::build(&ck, &opts.graph)?;
             let set_keys: Vec<Key> =
                 net.node_sets.iter().enumerate().map(|(k, s)| ("strength", k, s.name.clone())).collect();
@@ -553,7 +553,7 @@ impl Study<'_> {
     /// strength densities.
     fn layer_divergence(&mut self, checkpoint: &Path, title: &str) -> Result<String> {
         let (engine, opts) = (self.engine, self.opts);
-        let ck = Checkpoint::open(checkpoint)?;
+        let ck = Checkpoint::open_as(checkpoint, opts.graph.key.as_deref())?;
         let net = Network::build(&ck, &opts.graph)?;
         let a = engine.analyze(&net, &ck, &AnalysisOptions { keep_values: true, bins: 1 })?;
         let pools: Vec<Pool> = a

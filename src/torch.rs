@@ -52,7 +52,7 @@ fn dtype(s: StorageType) -> Dtype {
 }
 
 /// Reads a torch zip archive.
-pub(crate) fn read(bytes: &[u8]) -> Result<TorchCheckpoint, String> {
+pub(crate) fn read(bytes: &[u8], key: Option<&str>) -> Result<TorchCheckpoint, String> {
     let entries = zip::stored(bytes)?;
     let pkl: Vec<&zip::ZipEntry> = entries.iter().filter(|e| e.name.ends_with("data.pkl")).collect();
     let [pkl] = pkl[..] else {
@@ -62,7 +62,7 @@ pub(crate) fn read(bytes: &[u8]) -> Result<TorchCheckpoint, String> {
     let storages: HashMap<&str, &zip::ZipEntry> =
         entries.iter().filter_map(|e| Some((e.name.strip_prefix(prefix)?.strip_prefix("data/")?, e))).collect();
     let root = pickle::load(&bytes[pkl.start..pkl.start + pkl.len])?;
-    let (found, metadata) = state_dict(&root)?;
+    let (found, metadata) = state_dict(&root, key)?;
     let mut out = TorchCheckpoint { tensors: Vec::with_capacity(found.len()), gathered: Vec::new(), metadata };
     for (name, t) in found {
         let place = |what: String| format!("tensor `{name}`: {what}");
@@ -167,6 +167,21 @@ fn tensors_of(d: &Value, prefix: &str, depth: usize, out: &mut Named) {
     }
 }
 
+/// A wrapper's scalar entries (`epoch`, `global_step`, ...), as metadata.
+fn scalars(top: &[(Value, Value)], metadata: &mut BTreeMap<String, String>) {
+    for (k, v) in top.iter() {
+        let Value::Str(k) = k else { continue };
+        let text = match v {
+            Value::Int(i) => i.to_string(),
+            Value::Float(f) => f.to_string(),
+            Value::Str(s) => s.to_string(),
+            Value::Bool(b) => b.to_string(),
+            _ => continue,
+        };
+        metadata.insert(k.to_string(), text);
+    }
+}
+
 fn get<'a>(d: &'a [(Value, Value)], key: &str) -> Option<&'a Value> {
     d.iter().find(|(k, _)| matches!(k, Value::Str(s) if &**s == key)).map(|(_, v)| v)
 }
@@ -175,13 +190,28 @@ fn get<'a>(d: &'a [(Value, Value)], key: &str) -> Option<&'a Value> {
 /// first of [`STATE_KEYS`] holding tensors, else the only nested dict that
 /// does; with a `module.` / `model.` prefix common to every name removed.
 /// Also the wrapper's scalar entries, as metadata.
-fn state_dict(root: &Value) -> Result<(Named, BTreeMap<String, String>), String> {
+fn state_dict(root: &Value, key: Option<&str>) -> Result<(Named, BTreeMap<String, String>), String> {
     let Value::Dict(top) = root else { return Err("the pickle holds no dict of tensors".into()) };
     let top = top.borrow();
     let direct = top.iter().any(|(_, v)| matches!(v, Value::Tensor(_)));
     let mut found = Vec::new();
     let mut metadata = BTreeMap::new();
-    if direct {
+    if let Some(key) = key {
+        // `--key`: the entry asked for, through the nested dicts.
+        let mut all = Vec::new();
+        tensors_of(root, "", 0, &mut all);
+        let prefix = format!("{key}.");
+        found = all.iter().filter_map(|(n, t)| Some((n.strip_prefix(&prefix)?.to_string(), t.clone()))).collect();
+        if found.is_empty() {
+            let mut tops: Vec<&str> = all.iter().map(|(n, _)| n.split('.').next().unwrap_or(n)).collect();
+            tops.dedup();
+            return Err(format!(
+                "--key {key}: no tensors under `{key}` (entries holding tensors: {})",
+                tops.join(", ")
+            ));
+        }
+        scalars(&top, &mut metadata);
+    } else if direct {
         tensors_of(root, "", 0, &mut found);
     } else {
         let chosen = STATE_KEYS.iter().find_map(|k| {
@@ -216,17 +246,7 @@ fn state_dict(root: &Value) -> Result<(Named, BTreeMap<String, String>), String>
                 }
             }
         };
-        for (k, v) in top.iter() {
-            let Value::Str(k) = k else { continue };
-            let text = match v {
-                Value::Int(i) => i.to_string(),
-                Value::Float(f) => f.to_string(),
-                Value::Str(s) => s.to_string(),
-                Value::Bool(b) => b.to_string(),
-                _ => continue,
-            };
-            metadata.insert(k.to_string(), text);
-        }
+        scalars(&top, &mut metadata);
     }
     for p in ["module.", "model."] {
         if !found.is_empty() && found.iter().all(|(n, _)| n.starts_with(p)) {

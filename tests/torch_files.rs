@@ -34,6 +34,61 @@ fn measures(path: &Path, last: &str) -> (Vec<String>, Vec<Vec<String>>) {
     (header, rows)
 }
 
+fn scan_with(paths: &[PathBuf], out: &Path, extra: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_cntscope"))
+        .arg("scan")
+        .args(paths)
+        .args(["-o", out.to_str().unwrap()])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn key_and_torch_shards_read_the_weights_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let (k, t) = (fixtures().join("keyed"), fixtures().join("keyed_twin"));
+    let pairs = [
+        (
+            vec![k.join("ema.pt"), k.join("prefixed.safetensors")],
+            vec![t.join("ema.safetensors"), t.join("prefixed.safetensors")],
+            vec!["--key", "ema"],
+        ),
+        // Hugging Face's torch shards: one checkpoint, named by its directory.
+        (vec![k.join("sharded")], vec![t.join("sharded.safetensors")], vec![]),
+    ];
+    for (i, (paths, twins, extra)) in pairs.iter().enumerate() {
+        let (a, b) = (dir.path().join(format!("a{i}")), dir.path().join(format!("b{i}")));
+        let o = scan_with(paths, &a, extra);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(scan_with(twins, &b, &[]).status.success());
+        for (table, last) in [("nodes.csv", "graph"), ("links.csv", "non_finite")] {
+            let (_, x) = measures(&a.join(table), last);
+            let (_, y) = measures(&b.join(table), last);
+            assert!(!x.is_empty());
+            assert_eq!(x, y, "{table} of {paths:?}");
+        }
+    }
+    // Without --key, ema.pt's state_dict is read (other weights); a key
+    // that is not there is an error naming what is.
+    let o = scan_with(&[k.join("ema.pt")], &dir.path().join("plain"), &[]);
+    assert!(o.status.success());
+    let (_, plain) = measures(&dir.path().join("plain/links.csv"), "non_finite");
+    let (_, ema) = measures(&dir.path().join("a0/links.csv"), "non_finite");
+    assert_ne!(plain[0], ema[0]);
+    let o = scan_with(&[k.join("ema.pt"), k.join("prefixed.safetensors")], &dir.path().join("bad"), &["--key", "emb"]);
+    assert_eq!(o.status.code(), Some(2));
+    let errors = std::fs::read_to_string(dir.path().join("bad/errors.csv")).unwrap();
+    assert!(
+        errors.contains("--key emb: no tensors under `emb` (entries holding tensors: state_dict, ema)"),
+        "{errors}"
+    );
+    assert!(
+        errors.contains("--key emb: no tensors named `emb.*` (the tensors' first names: 0, 1, 3, ema)"),
+        "{errors}"
+    );
+}
+
 #[test]
 fn torch_save_files_equal_their_safetensors_twins() {
     let dir = tempfile::tempdir().unwrap();
