@@ -205,8 +205,9 @@ _BY_DTYPE[np.dtype(bool)] = "BOOL"
 
 def _tensor(name: str, value: Any):
     """``(name, dtype, shape, buffer)`` of an array-like, read in place when
-    it is a C-contiguous little-endian array (NumPy, or a CPU torch tensor
-    through ``.numpy()``; bfloat16 through its 16-bit pattern)."""
+    it is a C-contiguous little-endian array (NumPy, a CPU torch tensor
+    through ``.numpy()``, anything else through ``__array__`` or DLPack;
+    bfloat16 through its 16-bit pattern)."""
     if type(value) is np.ndarray and value.flags.c_contiguous:
         dtype = _BY_DTYPE.get(value.dtype)
         if dtype is not None:
@@ -219,6 +220,8 @@ def _tensor(name: str, value: Any):
         if str(value.dtype) == "torch.bfloat16":
             value, dtype = value.view(sys.modules["torch"].int16), "BF16"
         value = value.numpy()
+    if not hasattr(value, "__array__") and hasattr(value, "__dlpack__"):
+        value = np.from_dlpack(value)  # in place where the producer allows
     arr = np.asarray(value)
     if arr.dtype.name == "bfloat16":  # ml_dtypes / JAX
         arr, dtype = arr.view(np.uint16), "BF16"

@@ -170,7 +170,20 @@ def test_analyze_reads_any_memory_order_and_integer_buffers():
     assert not fortran["net.0.weight"].flags.c_contiguous
     strided = {k: np.repeat(v, 2, axis=-1)[..., ::2] for k, v in weights.items()}
     with_buffers = {**weights, "steps": np.array(10, dtype=np.int64), "none": np.zeros((0, 3), np.float32)}
-    for other in (fortran, strided, with_buffers):
+    class OnlyDLPack:
+        """An array known only by DLPack (as some GPU libraries hand them)."""
+
+        def __init__(self, a):
+            self.a = a
+
+        def __dlpack__(self, **kw):
+            return self.a.__dlpack__(**kw)
+
+        def __dlpack_device__(self):
+            return self.a.__dlpack_device__()
+
+    dlpack = {k: OnlyDLPack(v) for k, v in weights.items()}
+    for other in (fortran, strided, with_buffers, dlpack):
         assert_same_table(cntscope.analyze(other).nodes, base.nodes, "nodes")
     cols = base.columns("nodes")
     assert cols["strength_mean"].dtype == np.float64 and len(cols["node_layer"]) == 4
