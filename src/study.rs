@@ -658,7 +658,9 @@ fn separation_table(
     group: &dyn Fn(&Row) -> Option<usize>,
     outliers: Option<f64>,
 ) -> Vec<Separation> {
-    let mut features: BTreeMap<String, Vec<(usize, (f64, f64))>> = BTreeMap::new();
+    // Each feature's (group, (value, accuracy)) per checkpoint.
+    type Values = Vec<(usize, (f64, f64))>;
+    let mut features: BTreeMap<String, Values> = BTreeMap::new();
     let node_cols =
         ["fluctuation", "strength_mean", "strength_skewness", "strength_kurtosis", "s_in_mean", "s_out_mean"];
     for row in nodes {

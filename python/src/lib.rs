@@ -196,7 +196,7 @@ impl Options {
     /// `s_out`, `strength`.
     fn nodes(&self, py: Python<'_>, checkpoint: PathBuf) -> PyResult<(Table, Vec<String>)> {
         let engine = self.engine()?;
-        let opts = AnalysisOptions { keep_values: true, ..self.scan.analysis.clone() };
+        let opts = AnalysisOptions { keep_values: true, ..self.scan.analysis };
         let m = py.detach(|| cntscope::scan::measure(&checkpoint, &self.graph, engine, &opts)).map_err(lib_err)?;
         Ok((tables::node_values(&m.analysis), notes(&m.network)))
     }
