@@ -46,18 +46,75 @@ impl Digest {
     pub fn update(&mut self, bytes: &[u8]) {
         let mut words = bytes.chunks_exact(8);
         for w in &mut words {
-            self.0 = (self.0 ^ u64::from_le_bytes(w.try_into().expect("8 bytes"))).wrapping_mul(Self::PRIME);
+            self.mix(u64::from_le_bytes(w.try_into().expect("8 bytes")));
         }
         for &b in words.remainder() {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(Self::PRIME);
+            self.mix(u64::from(b));
         }
         // The length too, so a zero tail is not invisible.
-        self.0 = (self.0 ^ bytes.len() as u64).wrapping_mul(Self::PRIME);
+        self.mix(bytes.len() as u64);
+    }
+
+    fn mix(&mut self, word: u64) {
+        self.0 = (self.0 ^ word).wrapping_mul(Self::PRIME);
+    }
+
+    /// One update fed in pieces (bytes too many to hold at once): see
+    /// [`StreamDigest`].
+    pub fn stream(self) -> StreamDigest {
+        StreamDigest { digest: self, carry: [0; 8], held: 0, len: 0 }
     }
 
     /// The digest so far.
     pub fn finish(&self) -> u64 {
         self.0
+    }
+}
+
+/// A [`Digest::update`] whose bytes come in pieces: when finished, the
+/// same digest as one update of all the pieces together, however they
+/// were cut (a record of a checkpoint with 10^5 layers is written and
+/// checked a megabyte at a time).
+#[derive(Debug, Clone, Copy)]
+pub struct StreamDigest {
+    digest: Digest,
+    /// Bytes of an unfinished word.
+    carry: [u8; 8],
+    held: usize,
+    len: u64,
+}
+
+impl StreamDigest {
+    /// Adds the next piece.
+    pub fn update(&mut self, mut bytes: &[u8]) {
+        self.len += bytes.len() as u64;
+        if self.held > 0 {
+            let take = (8 - self.held).min(bytes.len());
+            self.carry[self.held..self.held + take].copy_from_slice(&bytes[..take]);
+            self.held += take;
+            bytes = &bytes[take..];
+            if self.held < 8 {
+                return;
+            }
+            self.digest.mix(u64::from_le_bytes(self.carry));
+            self.held = 0;
+        }
+        let mut words = bytes.chunks_exact(8);
+        for w in &mut words {
+            self.digest.mix(u64::from_le_bytes(w.try_into().expect("8 bytes")));
+        }
+        let rest = words.remainder();
+        self.carry[..rest.len()].copy_from_slice(rest);
+        self.held = rest.len();
+    }
+
+    /// The digest, as if all pieces had been one update.
+    pub fn finish(mut self) -> Digest {
+        for i in 0..self.held {
+            self.digest.mix(u64::from(self.carry[i]));
+        }
+        self.digest.mix(self.len);
+        self.digest
     }
 }
 
@@ -319,6 +376,26 @@ mod tests {
         assert_ne!(digest(b"abc"), digest(b"abc\0"));
         assert_ne!(digest(b""), digest(b"\0\0\0\0\0\0\0\0"));
         assert_eq!(digest(b"scan"), digest(b"scan"));
+    }
+
+    #[test]
+    fn a_streamed_update_is_one_update_however_cut() {
+        let bytes: Vec<u8> = (0..1000u32).map(|i| (i * 7 + 3) as u8).collect();
+        let mut head = Digest::default();
+        head.update(b"head");
+        let mut whole = head;
+        whole.update(&bytes);
+        for cuts in [&[][..], &[1], &[7, 8, 9], &[3, 3, 3, 500], &[999], &[0, 0, 16, 17]] {
+            let mut s = head.stream();
+            let mut at = 0;
+            for &c in cuts {
+                let end = (at + c).min(bytes.len());
+                s.update(&bytes[at..end]);
+                at = end;
+            }
+            s.update(&bytes[at..]);
+            assert_eq!(s.finish().finish(), whole.finish(), "cut at {cuts:?}");
+        }
     }
 
     #[test]

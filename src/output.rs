@@ -298,6 +298,87 @@ pub fn histogram_rows<W: Cells>(w: &mut W, checkpoint: &str, a: &Analysis) -> Ve
     layers.into_iter().chain(sets.collect::<Vec<_>>()).collect()
 }
 
+/// CSV rows handed over in pieces of about [`Chunked::PIECE`] bytes as
+/// they are written (the rows of a checkpoint with 10^5 layers are never
+/// held whole).
+pub struct Chunked<'a> {
+    w: RowWriter,
+    sink: &'a mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+    error: Option<std::io::Error>,
+}
+
+impl<'a> Chunked<'a> {
+    /// Bytes gathered before a piece is handed over.
+    pub const PIECE: usize = 1 << 20;
+
+    /// Rows for `sink`.
+    pub fn new(sink: &'a mut dyn FnMut(&[u8]) -> std::io::Result<()>) -> Self {
+        Chunked { w: RowWriter::default(), sink, error: None }
+    }
+
+    fn hand_over(&mut self) {
+        if self.error.is_none() && !self.w.bytes().is_empty() {
+            self.error = (self.sink)(self.w.bytes()).err();
+        }
+        self.w.clear();
+    }
+
+    /// Hands over what is left; the first error of the sink, if any.
+    pub fn finish(mut self) -> std::io::Result<()> {
+        self.hand_over();
+        self.error.map_or(Ok(()), Err)
+    }
+}
+
+impl Cells for Chunked<'_> {
+    fn text(&mut self, s: &str) -> &mut Self {
+        self.w.text(s);
+        self
+    }
+    fn num(&mut self, x: f64) -> &mut Self {
+        self.w.num(x);
+        self
+    }
+    fn int(&mut self, n: u64) -> &mut Self {
+        self.w.int(n);
+        self
+    }
+    fn ints(&mut self, values: &[u64]) -> &mut Self {
+        self.w.ints(values);
+        self
+    }
+    fn flag(&mut self, b: bool) -> &mut Self {
+        Cells::flag(&mut self.w, b);
+        self
+    }
+    fn empty(&mut self) -> &mut Self {
+        self.w.raw("");
+        self
+    }
+    fn end(&mut self) -> u32 {
+        let n = self.w.end();
+        if self.w.bytes().len() >= Self::PIECE {
+            self.hand_over();
+        }
+        n
+    }
+}
+
+/// [`rows`], handed to `sink` in pieces of about a megabyte.
+pub fn stream_rows(
+    checkpoint: &str,
+    a: &Analysis,
+    sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+) -> std::io::Result<RowLengths> {
+    let mut w = Chunked::new(sink);
+    let lengths = RowLengths {
+        nodes: node_rows(&mut w, checkpoint, a),
+        links: link_rows(&mut w, checkpoint, a),
+        histograms: histogram_rows(&mut w, checkpoint, a).iter().map(|&n| n as usize).sum(),
+    };
+    w.finish().map(|_| lengths)
+}
+
 /// A table as typed columns: each column int64, float64, bool or text, as
 /// a reader of its CSV infers them (`pandas.read_csv`: integers when every
 /// cell is one, booleans when every cell is `true`/`false`, floats when

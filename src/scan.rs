@@ -436,6 +436,23 @@ struct Pending {
     bytes: u64,
     since: std::time::Instant,
     rows: RowWriter,
+    /// Records too large to hold encoded (more than [`huge_rows`] rows):
+    /// their measures, encoded straight into the journal when flushed.
+    huge: Vec<Huge>,
+}
+
+/// A record whose rows are written into the journal a piece at a time.
+struct Huge {
+    head: Head,
+    analysis: Analysis,
+}
+
+/// Rows above which a checkpoint's record is never held encoded: its rows
+/// go to the journal in pieces, and the tables are rendered from the
+/// journal. (`CNTSCOPE_TEST_HUGE_ROWS` lowers it in tests.)
+fn huge_rows() -> usize {
+    static ROWS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *ROWS.get_or_init(|| std::env::var("CNTSCOPE_TEST_HUGE_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000))
 }
 
 /// A record waiting for its turn in the [`TableStream`].
@@ -457,6 +474,7 @@ impl Pending {
             bytes: 0,
             since: std::time::Instant::now(),
             rows: RowWriter::default(),
+            huge: Vec::new(),
         }
     }
 
@@ -473,13 +491,22 @@ impl Pending {
     ) {
         let mut head = Head { format: FORMAT, checkpoint: id.to_string(), order, ..Head::default() };
         self.rows.clear();
+        let mut huge = None;
         match outcome {
             Ok((mut ck, a)) => {
                 head.non_finite = a.layers.iter().any(|l| l.non_finite > 0);
-                let lengths = output::rows(&mut self.rows, id, &a);
-                // The measures are not held beyond their rows (a
-                // checkpoint can have 10^5 layers).
-                drop(a);
+                let lengths = if 2 * (a.node_sets.len() + a.layers.len()) > huge_rows() {
+                    // Lengths only: the rows are encoded again, a piece at
+                    // a time, into the journal.
+                    let lengths = output::stream_rows(id, &a, &mut |_| Ok(())).expect("counting cannot fail");
+                    huge = Some(a);
+                    lengths
+                } else {
+                    let lengths = output::rows(&mut self.rows, id, &a);
+                    // The measures are not held beyond their rows.
+                    drop(a);
+                    lengths
+                };
                 (head.nodes, head.links, head.histograms) = (lengths.nodes, lengths.links, lengths.histograms);
                 head.bytes = ck.data_bytes();
                 head.metadata = ck.take_metadata();
@@ -504,6 +531,11 @@ impl Pending {
                 self.keys.insert(k.clone());
             }
         }
+        if let Some(analysis) = huge {
+            self.bytes += head.bytes;
+            self.huge.push(Huge { head, analysis });
+            return;
+        }
         let start = self.buf.len();
         self.buf.extend_from_slice(&[b' '; SUM_LEN]);
         serde_json::to_writer(&mut self.buf, &head).expect("records serialise");
@@ -525,7 +557,12 @@ impl Pending {
     }
 
     fn due(&self) -> bool {
-        self.buf.len() >= FLUSH_BYTES || self.since.elapsed() >= FLUSH_INTERVAL
+        self.buf.len() >= FLUSH_BYTES || self.since.elapsed() >= FLUSH_INTERVAL || !self.huge.is_empty()
+    }
+
+    /// Records held, encoded or not.
+    fn records(&self) -> usize {
+        self.entries.len() + self.huge.len()
     }
 }
 
@@ -547,9 +584,40 @@ impl Journal {
             self.entries.push(e);
         }
         self.len += pending.buf.len() as u64;
+        for h in pending.huge.drain(..) {
+            self.append_huge(&h)?;
+        }
         self.keys.append(&mut pending.keys);
         pending.bytes = 0;
         pending.since = std::time::Instant::now();
+        Ok(())
+    }
+}
+
+impl Journal {
+    /// Appends a record too large to hold encoded: its rows are encoded
+    /// twice, a megabyte at a time, once for the checksum (which leads the
+    /// record) and once into the file. A crash midway leaves a torn record,
+    /// which `--resume` cuts off like any other.
+    fn append_huge(&mut self, h: &Huge) -> std::io::Result<()> {
+        let json = serde_json::to_vec(&h.head).expect("records serialise");
+        let mut sum = crate::manifest::Digest::default();
+        sum.update(&json);
+        let mut rows = sum.stream();
+        output::stream_rows(&h.head.checkpoint, &h.analysis, &mut |piece| {
+            rows.update(piece);
+            Ok(())
+        })?;
+        let sum = rows.finish().finish();
+        let mut line = format!("{sum:016x} ").into_bytes();
+        line.extend_from_slice(&json);
+        line.push(b'\n');
+        self.file.write_all(&line)?;
+        let file = &mut self.file;
+        output::stream_rows(&h.head.checkpoint, &h.analysis, &mut |piece| file.write_all(piece))?;
+        let len = line.len() + h.head.rows_len();
+        self.entries.push(Entry::new(&h.head, 0, self.len, len, sum));
+        self.len += len as u64;
         Ok(())
     }
 }
@@ -722,9 +790,20 @@ fn index_journal(path: &Path, file: usize, repair: bool, keys: &mut BTreeSet<Str
         if offset + len as u64 > total {
             break;
         }
-        rows.resize(head.rows_len(), 0);
-        reader.read_exact(&mut rows).map_err(io)?;
-        if record_sum(json, &rows) != sum {
+        // The rows are checked a piece at a time (a record can be larger
+        // than what is worth holding).
+        let mut digest = crate::manifest::Digest::default();
+        digest.update(json);
+        let mut check = digest.stream();
+        let mut left = head.rows_len();
+        while left > 0 {
+            let n = left.min(1 << 20);
+            rows.resize(n, 0);
+            reader.read_exact(&mut rows).map_err(io)?;
+            check.update(&rows);
+            left -= n;
+        }
+        if check.finish().finish() != sum {
             break;
         }
         entries.push(Entry::new(&head, file, offset, len, sum));
@@ -840,7 +919,12 @@ pub fn scan(collection: &Collection, out_dir: &Path, engine: &dyn Engine, opts: 
         let work = || -> Result<()> {
             let mut pending = Pending::new(stream.is_some());
             let flush = |pending: &mut Pending| -> Result<()> {
-                let (count, bytes) = (pending.entries.len(), pending.bytes);
+                let (count, bytes) = (pending.records(), pending.bytes);
+                if let (Some(stream), false) = (&stream, pending.huge.is_empty()) {
+                    // A record not held encoded cannot be streamed: the
+                    // tables are rendered from the journal.
+                    stream.lock().expect("stream lock").give_up();
+                }
                 if let Err(e) = journal.lock().expect("journal lock").append(pending) {
                     // Nothing more can be kept: stop every worker.
                     stop.store(true, Ordering::Relaxed);

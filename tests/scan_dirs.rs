@@ -595,3 +595,67 @@ fn tables_that_do_not_match_the_manifest_are_refused_and_rendered_again() {
     let o = cntscope(&["report", s(&out), "-o", s(&dir.path().join("rep"))]);
     assert!(o.status.success(), "{}", text(&o));
 }
+
+/// A chain of `n` 4x4 dense layers (`n` + 1 node sets).
+fn many_layers(path: &Path, n: usize) {
+    let names: Vec<String> = (0..n).map(|i| format!("l{i}.weight")).collect();
+    let tensors: Vec<T<'_>> = names.iter().enumerate().map(|(i, n)| T::f32(n, &[4, 4], values(16, i as u64))).collect();
+    write_st(path, &tensors, &[("accuracy", "0.5")]);
+}
+
+/// The largest peak resident memory of this process's children so far, in
+/// KB, after a scan (`getrusage`): run the smaller scan first.
+fn peak_kb(args: &[&str], env: &[(&str, &str)]) -> u64 {
+    let o = Command::new(env!("CARGO_BIN_EXE_cntscope")).args(args).envs(env.iter().copied()).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    // SAFETY: getrusage fills the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
+    usage.ru_maxrss as u64
+}
+
+#[test]
+fn huge_records_are_written_in_pieces_and_read_back_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    zoo(&data, 3);
+    many_layers(&data.join("many.safetensors"), 3000);
+    let (held, pieces) = (dir.path().join("held"), dir.path().join("pieces"));
+    ok(&["scan", s(&data), "-o", s(&held)]);
+    // Every record above 100 rows written a piece at a time.
+    let piecewise = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_cntscope"))
+            .args(args)
+            .env("CNTSCOPE_TEST_HUGE_ROWS", "100")
+            .output()
+            .unwrap();
+        assert!(matches!(o.status.code(), Some(0 | 1)), "{args:?}: {}", text(&o));
+        o
+    };
+    piecewise(&["scan", s(&data), "-o", s(&pieces)]);
+    same_tables(&held, &pieces);
+    assert_eq!(rows(&pieces.join("links.csv")), 3 * 2 + 3000);
+    // A torn record of that kind is cut off and measured again.
+    let journal = pieces.join("scan.journal");
+    let bytes = std::fs::read(&journal).unwrap();
+    let many = bytes.windows(15).position(|w| w == b"many.safetensor").unwrap();
+    std::fs::write(&journal, &bytes[..many + 200_000.min(bytes.len() - many - 1)]).unwrap();
+    let o = piecewise(&["scan", s(&data), "-o", s(&pieces), "--resume"]);
+    assert!(text(&o).contains("no intact record"), "{}", text(&o));
+    same_tables(&held, &pieces);
+}
+
+#[test]
+fn rows_of_a_checkpoint_are_never_held_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("many.safetensors");
+    many_layers(&file, 60_000);
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    // The rows streamed (the default) take less memory than held whole:
+    // the rows of 60000 layers and 60001 node sets are 60+ MB of text.
+    let streamed = peak_kb(&["scan", s(&file), "-o", s(&a)], &[]);
+    let held = peak_kb(&["scan", s(&file), "-o", s(&b)], &[("CNTSCOPE_TEST_HUGE_ROWS", "1000000000")]);
+    same_tables(&a, &b);
+    let text_kb = std::fs::metadata(a.join("scan.journal")).unwrap().len() / 1024;
+    assert!(held >= streamed + text_kb / 2, "streamed {streamed} KB, held {held} KB, rows {text_kb} KB");
+}
