@@ -104,6 +104,30 @@ def main():
                 worst = max(worst, abs(spearman(x, y) - float(r["spearman"])))
         print("| " + " | ".join(setting) + f" | {n} | " + " | ".join(cells) + " |")
     print(f"\nindependent Spearman check (NumPy, from the scan's tables): largest difference {worst:.1e}")
+    divergences(args.study)
+
+
+def divergences(study):
+    """The paper's figures in numbers: Jensen-Shannon divergence between
+    the least and the most accurate group, and its mean over neighbouring
+    groups, per measure and layer (from divergence.csv)."""
+    with open(os.path.join(study, "divergence.csv"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    groups = []
+    for r in rows:
+        if r["group_a"] not in groups:
+            groups.append(r["group_a"])
+    order = sorted(groups, key=lambda g: float(g.strip("[(").split(",")[0]) if g[0] in "[(" else g)
+    pos = {g: i for i, g in enumerate(order)}
+    table = defaultdict(dict)
+    for r in rows:
+        table[(r["measure"], r["index"], r["name"])][(r["group_a"], r["group_b"])] = float(r["jensen_shannon"])
+    print(f"\n| measure | set or layer | JS {order[0]} vs {order[-1]} | mean JS of neighbouring groups |")
+    print("|---|---|---:|---:|")
+    for (measure, index, name), js in table.items():
+        ends = js.get((order[0], order[-1]), float("nan"))
+        near = [v for (a, b), v in js.items() if pos[b] - pos[a] == 1]
+        print(f"| {measure} | {index} {name} | {ends:.3f} | {np.mean(near):.3f} |")
 
 
 if __name__ == "__main__":
