@@ -243,6 +243,14 @@ def analyze(
     *,
     name: str = "<memory>",
     metadata: Optional[Mapping[str, Any]] = None,
+    spec: Optional[PathLike] = None,
+    input: Union[int, Sequence[int], None] = None,
+    layout: Optional[str] = None,
+    bias: bool = True,
+    bn: Optional[str] = None,
+    key: Optional[str] = None,
+    device: str = "auto",
+    bins: int = 50,
     **options: Any,
 ) -> Tables:
     """Measures a network held in memory: ``tensors`` maps names to arrays
@@ -258,17 +266,31 @@ def analyze(
     """
     items = [_tensor(k, v) for k, v in tensors.items()]
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
+    options = dict(spec=spec, input=input, layout=layout, bias=bias, bn=bn, key=key, device=device, bins=bins,
+                   **options)
     raw, notes = _options(options).analyze(name, items, meta)
     _note(notes)
     return Tables(raw, notes)
 
 
-def nodes(checkpoint: PathLike, **options: Any):
+def nodes(
+    checkpoint: PathLike,
+    *,
+    spec: Optional[PathLike] = None,
+    input: Union[int, Sequence[int], None] = None,
+    layout: Optional[str] = None,
+    bias: bool = True,
+    bn: Optional[str] = None,
+    key: Optional[str] = None,
+    device: str = "auto",
+    **options: Any,
+):
     """Per-node strengths of one checkpoint (``cntscope nodes``): a
     DataFrame with ``node_layer``, ``node``, ``s_in``, ``s_out`` and
-    ``strength``."""
+    ``strength``. Options as for :func:`scan`."""
     import pandas as pd
 
+    options = dict(spec=spec, input=input, layout=layout, bias=bias, bn=bn, key=key, device=device, **options)
     raw, notes = _options(options).nodes(os.fspath(checkpoint))
     _note(notes)
     return pd.DataFrame(_columns(raw))
@@ -308,6 +330,20 @@ def scan(
     paths: Union[PathLike, Sequence[PathLike]],
     *,
     out: Optional[PathLike] = None,
+    spec: Optional[PathLike] = None,
+    input: Union[int, Sequence[int], None] = None,
+    layout: Optional[str] = None,
+    bias: bool = True,
+    bn: Optional[str] = None,
+    key: Optional[str] = None,
+    device: str = "auto",
+    jobs: Optional[int] = None,
+    bins: int = 50,
+    metadata: Optional[PathLike] = None,
+    name_pattern: Optional[str] = None,
+    strict: bool = False,
+    resume: bool = False,
+    shard: Optional[Sequence[int]] = None,
     progress: Union[bool, Callable[[int, int], None], None] = None,
     **options: Any,
 ) -> Tables:
@@ -321,11 +357,23 @@ def scan(
     half-written; with ``out``, ``resume=True`` measures only the rest).
     ``progress``: True for a tqdm bar, a callable ``(done, total)``, or
     None for a bar only where a person can see it.
+
+    The options are the ``cntscope scan`` flags: ``spec`` (a spec file),
+    ``input`` (one sample's shape, ``(1, 28, 28)``), ``layout``
+    (``"torch"``/``"keras"``), ``bias=False`` (``--no-bias``), ``bn``
+    (``"fold"``/``"layer"``/``"ignore"``), ``key`` (the entry of a wrapped
+    checkpoint), ``device`` (``"cpu"``/``"gpu"``/``"auto"``), ``jobs``,
+    ``bins``, ``metadata`` (a CSV keyed by path), ``name_pattern``,
+    ``strict``, ``resume``, ``shard=(i, n)``; any other flag of the command
+    line by its name (``adapter="NVIDIA"``).
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     paths = [os.fspath(p) for p in paths]
     callback, bar = _progress(progress)
+    options = dict(spec=spec, input=input, layout=layout, bias=bias, bn=bn, key=key, device=device, jobs=jobs,
+                   bins=bins, metadata=metadata, name_pattern=name_pattern, strict=strict, resume=resume,
+                   shard=shard, **options)
     opts = _options(options)
     if out is not None:
         return _scan_into(opts, paths, os.fspath(out), callback, bar)
