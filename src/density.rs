@@ -169,15 +169,30 @@ pub fn grid(lo: f64, hi: f64, n: usize) -> Vec<f64> {
     (0..n).map(|i| lo + (hi - lo) * i as f64 / (n - 1) as f64).collect()
 }
 
-/// `sum p ln(p/q) + sum q ln(q/p)` over the points where both are > 0.
+/// `sum p ln(p/q) + sum q ln(q/p)` over the points where both are > 0;
+/// NaN where there is no such point (densities with no common support: the
+/// empty sum's 0 would read as "the same distribution").
 pub fn symmetric_kl(p: &[f64], q: &[f64]) -> f64 {
-    p.iter().zip(q).filter(|(a, b)| **a > 0.0 && **b > 0.0).map(|(a, b)| a * (a / b).ln() + b * (b / a).ln()).sum()
+    let both = p.iter().zip(q).filter(|(a, b)| **a > 0.0 && **b > 0.0);
+    let (mut sum, mut any) = (0.0, false);
+    for (a, b) in both {
+        sum += a * (a / b).ln() + b * (b / a).ln();
+        any = true;
+    }
+    if any {
+        sum
+    } else {
+        f64::NAN
+    }
 }
 
-/// `KL(p||m)/2 + KL(q||m)/2` with `m = (p + q)/2`, natural log.
+/// `KL(p||m)/2 + KL(q||m)/2` with `m = (p + q)/2`, natural log. Each term
+/// `a ln(a/m)` is taken as `a ln(2a/(a+b))`: for the smallest subnormal
+/// `a` (a kernel's far tail), `m` itself underflows to 0 and `a/m` would
+/// be infinite.
 pub fn jensen_shannon(p: &[f64], q: &[f64]) -> f64 {
-    let kl_m = |a: f64, m: f64| if a > 0.0 { a * (a / m).ln() } else { 0.0 };
-    p.iter().zip(q).map(|(a, b)| (kl_m(*a, (a + b) / 2.0) + kl_m(*b, (a + b) / 2.0)) / 2.0).sum()
+    let term = |a: f64, b: f64| if a > 0.0 { a * (2.0 * a / (a + b)).ln() } else { 0.0 };
+    p.iter().zip(q).map(|(a, b)| (term(*a, *b) + term(*b, *a)) / 2.0).sum()
 }
 
 #[cfg(test)]
@@ -227,6 +242,14 @@ mod tests {
             + 0.5 * (2.0 * 0.25 * (0.25f64 / 0.375).ln() + 0.5 * (0.5f64 / 0.25).ln());
         assert!((jensen_shannon(&p, &q) - js).abs() < 1e-12, "{} vs {js}", jensen_shannon(&p, &q));
         assert_eq!(jensen_shannon(&p, &p), 0.0);
+        // Disjoint supports: JS is ln 2, even where a density is the
+        // smallest subnormal (its midpoint with 0 underflows); the
+        // symmetric KL has no point to sum over.
+        let tiny = f64::from_bits(1);
+        let (a, b) = ([0.5, 0.5 - tiny, tiny, 0.0], [0.0, 0.0, 0.0, 1.0]);
+        assert!((jensen_shannon(&a, &b) - 2f64.ln()).abs() < 1e-12, "{}", jensen_shannon(&a, &b));
+        assert!(jensen_shannon(&[tiny, 1.0], &[0.0, 1.0]).is_finite());
+        assert!(symmetric_kl(&a, &b).is_nan());
         let g = grid(-1.0, 1.0, 5);
         assert_eq!(g, [-1.0, -0.5, 0.0, 0.5, 1.0]);
     }
