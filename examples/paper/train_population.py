@@ -33,12 +33,11 @@ architecture (6000 in all). Then:
     cntscope ensemble scan-fc -o study-fc --within init,size
     cntscope dynamics OUT/fc -o dynamics-fc                           # runs along training
 
-Time on the 2-core development machine (NumPy's BLAS): 8.4 minutes for
---per-setting 20 (600 networks, 1140 checkpoints) while a build ran; alone,
-20 networks of a setting take 12 s for fc-big and 29 s for cnn-big, the
-two that dominate, and time grows linearly with the count, so the full
-design (--per-setting 200) is estimated at about 45 minutes there: not yet
-the few minutes aimed at.
+Time on the 2-core development machine (NumPy's BLAS): the full design
+(--per-setting 200, 6000 networks) took 56 minutes while builds and a CI
+run shared the machine, about 45 alone; fc-big (2 minutes a setting) and
+cnn-big (4-7 minutes) are nearly all of it. The README's section "The
+paper's study, replicated" gives the studies run on it and their numbers.
 """
 
 import argparse
