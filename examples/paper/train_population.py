@@ -25,8 +25,9 @@ download at run time); everything else follows that design:
 
     python3 examples/paper/train_population.py OUT [--per-setting 200]
 
-With 200 networks per (architecture, initialiser) that is 1000 networks per
-architecture (6000 in all). Then:
+With 200 networks per (architecture, size, initialiser) that is 1000
+networks per architecture and size, 3000 per architecture (6000 in all).
+Then:
 
     cntscope scan 'OUT/fc/*/*-e10.safetensors' -o scan-fc              # final checkpoints
     cntscope scan 'OUT/cnn/*/*-e10.safetensors' --input 1,8,8 -o scan-cnn
