@@ -141,13 +141,16 @@ impl Options {
                 worker.join().expect("scan thread panicked")
             })
         });
+        let summary = match (outcome, raised) {
+            // Ctrl-C (or the callback's exception) is raised even when the
+            // scan had finished by then; the tables are complete in `out`.
+            (Ok(_) | Err(cntscope::Error::Interrupted { .. }), Some(e)) => return Err(e),
+            (outcome, None) => outcome.map_err(lib_err)?,
+            (Err(e), Some(_)) => return Err(lib_err(e)),
+        };
         if let Some(callback) = &progress {
             callback.call1(py, control.progress())?;
         }
-        let summary = match (outcome, raised) {
-            (Err(cntscope::Error::Interrupted { .. }), Some(e)) => return Err(e),
-            (outcome, _) => outcome.map_err(lib_err)?,
-        };
         let d = PyDict::new(py);
         d.set_item("analysed", summary.analysed)?;
         d.set_item("failed", summary.failed)?;
