@@ -64,7 +64,9 @@ def main() -> None:
 
     nodes = train()
     nodes.to_csv(out / "training_nodes.csv", index=False)
-    fluct = nodes.pivot(index="epoch", columns="node_set", values="fluctuation")
+    # Node sets in network order (V0 = input first).
+    sets = nodes.drop_duplicates("node_set").sort_values("node_layer")["node_set"]
+    fluct = nodes.pivot(index="epoch", columns="node_set", values="fluctuation")[list(sets)]
     accuracy = nodes.groupby("epoch")["accuracy"].first()
     print(pd.concat([fluct, accuracy], axis=1).round(3).to_string())
 
