@@ -257,27 +257,25 @@ impl Metrics {
 /// The layout table: every tensor a range of the row's `cols` columns,
 /// ranges in bounds, not overlapping, sized as their shapes.
 fn parse_layout(text: &[u8], cols: usize) -> std::result::Result<Vec<Var>, String> {
-    let table = crate::output::read_table(text)?;
+    let text = std::str::from_utf8(text).map_err(|_| "not UTF-8 text".to_string())?;
+    let mut rows = crate::output::read_rows(text);
+    let header = rows.next().transpose()?.unwrap_or_default();
     let column = |name: &str| {
-        table.iter().position(|(n, _)| n == name).ok_or_else(|| {
-            let have: Vec<&str> = table.iter().map(|(n, _)| n.as_str()).collect();
+        header.iter().position(|h| h == name).ok_or_else(|| {
+            let have: Vec<&str> = header.iter().map(|h| h.as_ref()).collect();
             format!("no `{name}` column (columns: {}; expected varname, start_idx, end_idx, shape)", have.join(", "))
         })
     };
-    let (name, start, end, shape) = (column("varname")?, column("start_idx")?, column("end_idx")?, column("shape")?);
-    let text_of = |k: usize| -> Vec<String> {
-        match &table[k].1 {
-            crate::output::Values::Text(v) => v.iter().map(|c| c.clone().unwrap_or_default()).collect(),
-            crate::output::Values::I64(v) => v.iter().map(i64::to_string).collect(),
-            crate::output::Values::F64(v) => v.iter().map(f64::to_string).collect(),
-            crate::output::Values::Bool(v) => v.iter().map(bool::to_string).collect(),
-        }
-    };
-    let (names, starts, ends, shapes) = (text_of(name), text_of(start), text_of(end), text_of(shape));
-    let mut vars = Vec::with_capacity(names.len());
+    let columns = [column("varname")?, column("start_idx")?, column("end_idx")?, column("shape")?];
+    let mut vars = Vec::new();
     let mut seen = std::collections::HashSet::new();
-    for (i, (((n, s), e), sh)) in names.iter().zip(&starts).zip(&ends).zip(&shapes).enumerate() {
+    for (i, row) in rows.enumerate() {
+        let row = row?;
         let line = i + 2;
+        if row.len() != header.len() {
+            return Err(format!("line {line}: {} cells under {} columns", row.len(), header.len()));
+        }
+        let [n, s, e, sh] = columns.map(|k| row.get(k).map_or("", |c| c.as_ref()));
         let index = |t: &str| t.parse::<usize>().map_err(|_| format!("line {line}: `{t}` is not a column index"));
         let (s, e) = (index(s)?, index(e)?);
         if s > e || e > cols {
@@ -295,10 +293,10 @@ fn parse_layout(text: &[u8], cols: usize) -> std::result::Result<Vec<Var>, Strin
         if dims.iter().try_fold(1usize, |p, &d| p.checked_mul(d)) != Some(e - s) {
             return Err(format!("line {line}: `{n}` has shape {dims:?} but spans {} columns", e - s));
         }
-        if n.is_empty() || !seen.insert(n.clone()) {
+        if n.is_empty() || !seen.insert(n.to_string()) {
             return Err(format!("line {line}: tensor name `{n}` empty or given twice"));
         }
-        vars.push(Var { name: n.clone(), start: s, end: e, shape: dims });
+        vars.push(Var { name: n.to_string(), start: s, end: e, shape: dims });
     }
     let mut spans: Vec<(usize, usize, &str)> = vars.iter().map(|v| (v.start, v.end, v.name.as_str())).collect();
     spans.sort();

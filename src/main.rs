@@ -361,16 +361,23 @@ fn verify(paths: &[PathBuf], graph: &GraphOptions, adapter: Option<&str>, verbos
 
 /// Prints what the graph assumed (conv geometry, orientations, channel
 /// level) on standard error, where the user sees it.
-pub(crate) fn print_notes(net: &Network) {
-    for note in &net.notes {
+fn print_notes(net: &Network) {
+    for note in notes(net) {
         eprintln!("note: {note}");
     }
+}
+
+/// What the graph assumed, and a per-layer analysis and why: the notes
+/// the command line prints and the Python package issues as warnings.
+pub(crate) fn notes(net: &Network) -> Vec<String> {
+    let mut notes = net.notes.clone();
     if let Some(reason) = &net.not_chain {
-        eprintln!(
-            "note: analysed layer by layer ({reason}); node strength across layers is not defined for it: give a \
-             spec (python/torch_to_spec.py writes one from the model's code)"
-        );
+        notes.push(format!(
+            "analysed layer by layer ({reason}); node strength across layers is not defined for it: give a spec \
+             (python/torch_to_spec.py writes one from the model's code)"
+        ));
     }
+    notes
 }
 
 fn inspect(ck: &Checkpoint, net: &Network, out: &mut impl Write) -> anyhow::Result<()> {

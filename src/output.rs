@@ -564,6 +564,12 @@ pub fn read_table(csv: &[u8]) -> std::result::Result<Vec<(String, Values)>, Stri
     Ok(names.into_iter().zip(cells).map(|(n, c)| (n, Values::infer(&c))).collect())
 }
 
+/// The rows of CSV text as text cells, the header first (as
+/// [`read_table`] reads them, before typing the columns).
+pub fn read_rows(text: &str) -> impl Iterator<Item = std::result::Result<Vec<std::borrow::Cow<'_, str>>, String>> {
+    Records { rest: text, line: 1 }
+}
+
 /// The cells of one CSV line (as [`read_table`] reads a row).
 pub fn read_row(line: &str) -> std::result::Result<Vec<String>, String> {
     let row = Records { rest: line, line: 1 }.next().transpose()?.unwrap_or_default();

@@ -318,10 +318,17 @@ const MAX_HEAD_BYTES: u64 = 64 << 20;
 
 /// A record's checksum: of its head's JSON and its rows.
 fn record_sum(head: &[u8], rows: &[u8]) -> u64 {
+    let mut sum = record_check(head);
+    sum.update(rows);
+    sum.finish().finish()
+}
+
+/// [`record_sum`] of a record with this head, its rows still to come (fed
+/// in pieces: the rows of a huge record are never held whole).
+fn record_check(head: &[u8]) -> crate::manifest::StreamDigest {
     let mut d = crate::manifest::Digest::default();
     d.update(head);
-    d.update(rows);
-    d.finish()
+    d.stream()
 }
 
 /// A record's head line (its line break included): checksum and head, or
@@ -592,18 +599,14 @@ impl Journal {
         pending.since = std::time::Instant::now();
         Ok(())
     }
-}
 
-impl Journal {
     /// Appends a record too large to hold encoded: its rows are encoded
     /// twice, a megabyte at a time, once for the checksum (which leads the
     /// record) and once into the file. A crash midway leaves a torn record,
     /// which `--resume` cuts off like any other.
     fn append_huge(&mut self, h: &Huge) -> std::io::Result<()> {
         let json = serde_json::to_vec(&h.head).expect("records serialise");
-        let mut sum = crate::manifest::Digest::default();
-        sum.update(&json);
-        let mut rows = sum.stream();
+        let mut rows = record_check(&json);
         output::stream_rows(&h.head.checkpoint, &h.analysis, &mut |piece| {
             rows.update(piece);
             Ok(())
@@ -792,9 +795,7 @@ fn index_journal(path: &Path, file: usize, repair: bool, keys: &mut BTreeSet<Str
         }
         // The rows are checked a piece at a time (a record can be larger
         // than what is worth holding).
-        let mut digest = crate::manifest::Digest::default();
-        digest.update(json);
-        let mut check = digest.stream();
+        let mut check = record_check(json);
         let mut left = head.rows_len();
         while left > 0 {
             let n = left.min(1 << 20);
@@ -1262,12 +1263,11 @@ impl Tables {
     /// metadata columns of `nodes.csv` and `links.csv` (prefixed `meta_`
     /// where a key is a column name already).
     fn create(out_dir: &Path, keys: &[String]) -> Result<Self> {
-        let meta_cols = metadata_columns(keys).into_iter();
+        let meta_cols = metadata_columns(keys);
         let table = |name: &str, base: &[&str], meta: bool| -> Result<AtomicFile> {
             let path = out_dir.join(name);
             let mut file = AtomicFile::create(&path)?;
-            let extra = meta_cols.clone().filter(|_| meta);
-            let header = RowWriter::line(base.iter().map(|s| s.to_string()).chain(extra));
+            let header = RowWriter::line(column_names(base, &meta_cols, meta));
             writeln!(file.writer(), "{header}").map_err(|e| Error::output(&path, e))?;
             Ok(file)
         };
@@ -1312,10 +1312,7 @@ pub fn network_columns(
 ) -> [Vec<(String, output::Values)>; 4] {
     let keys: Vec<String> = metadata.keys().cloned().collect();
     let meta = metadata_columns(&keys);
-    let names = |base: &[&str], with_meta: bool| -> Vec<String> {
-        let extra = meta.iter().filter(|_| with_meta).cloned();
-        base.iter().map(|s| s.to_string()).chain(extra).collect()
-    };
+    let names = |base: &[&str], with_meta: bool| column_names(base, &meta, with_meta);
     let suffix: Vec<String> = metadata.values().cloned().collect();
     let (mut nodes, mut links) = (Columns::with_suffix(suffix.clone()), Columns::with_suffix(suffix));
     let mut histograms = Columns::default();
@@ -1328,6 +1325,13 @@ pub fn network_columns(
         histograms.finish(names(&output::HISTOGRAMS_HEADER, false)),
         Columns::default().finish(names(&output::ERRORS_HEADER, false)),
     ]
+}
+
+/// A table's columns: its own (`base`), then the metadata columns where
+/// the table has them.
+fn column_names(base: &[&str], meta: &[String], with_meta: bool) -> Vec<String> {
+    let extra = meta.iter().filter(|_| with_meta).cloned();
+    base.iter().map(|s| s.to_string()).chain(extra).collect()
 }
 
 /// The column names of metadata `keys` (sorted): each key, prefixed

@@ -187,7 +187,7 @@ impl Options {
         let measured = py.detach(|| -> cntscope::Result<_> {
             let net = Network::build(&ck, &self.graph)?;
             let analysis = engine.analyze(&net, &ck, opts)?;
-            Ok((network_columns(&name, &analysis, ck.metadata()), notes(&net)))
+            Ok((network_columns(&name, &analysis, ck.metadata()), cli_main::notes(&net)))
         });
         let (columns, notes) = measured.map_err(lib_err)?;
         drop(ck);
@@ -201,7 +201,7 @@ impl Options {
         let engine = self.engine()?;
         let opts = AnalysisOptions { keep_values: true, ..self.scan.analysis };
         let m = py.detach(|| cntscope::scan::measure(&checkpoint, &self.graph, engine, &opts)).map_err(lib_err)?;
-        Ok((tables::node_values(&m.analysis), notes(&m.network)))
+        Ok((tables::node_values(&m.analysis), cli_main::notes(&m.network)))
     }
 }
 
@@ -213,17 +213,6 @@ impl Options {
         let made = select_engine(self.device, self.adapter.as_deref(), self.scan.jobs).map_err(lib_err)?;
         Ok(self.engine.get_or_init(|| made).as_ref())
     }
-}
-
-/// What the graph assumed, as the command line prints it.
-fn notes(net: &Network) -> Vec<String> {
-    let mut notes = net.notes.clone();
-    if let Some(reason) = &net.not_chain {
-        notes.push(format!(
-            "analysed layer by layer ({reason}); node strength across layers is not defined for it: give a spec"
-        ));
-    }
-    notes
 }
 
 /// A Python buffer's bytes, held (and released) with the buffer.
