@@ -9,6 +9,7 @@ use std::sync::Arc;
 use cntscope::checkpoint::{Checkpoint, DType};
 use cntscope::engine::{CpuEngine, Engine, GpuContext, GpuEngine};
 use cntscope::graph::{GraphOptions, Network};
+use cntscope::spec::Layout;
 use cntscope::stats::{Histogram, Moments};
 use common::{assert_close, engines, values, write_st, T};
 
@@ -125,8 +126,18 @@ fn link_weight_statistics_match_reference() {
                     &summary(&want.weights)[..4],
                     1e-5,
                 );
-                assert_close(&format!("{what} s_in"), &got.s_in, &want.s_in, 1e-5);
-                assert_close(&format!("{what} s_out"), &got.s_out, &want.s_out, 1e-5);
+                assert_close(
+                    &format!("{what} s_in"),
+                    &got.s_in.to_nodes(Layout::Torch),
+                    &want.s_in.to_nodes(Layout::Torch),
+                    1e-5,
+                );
+                assert_close(
+                    &format!("{what} s_out"),
+                    &got.s_out.to_nodes(Layout::Torch),
+                    &want.s_out.to_nodes(Layout::Torch),
+                    1e-5,
+                );
                 assert_histogram(&what, &got.histogram, &want.histogram, &weights);
             }
         }
@@ -143,8 +154,13 @@ fn gpu_uploads_large_tensors_in_parallel() {
     let (want, weights) = dense_layer(&CpuEngine::default(), rows, cols, DType::F32, 50);
     let (got, _) = dense_layer(&gpu, rows, cols, DType::F32, 50);
     assert!(weights.len() * 4 > 8 << 20);
-    assert_close("parallel upload s_in", &got.s_in, &want.s_in, 1e-5);
-    assert_close("parallel upload s_out", &got.s_out, &want.s_out, 1e-5);
+    assert_close("parallel upload s_in", &got.s_in.to_nodes(Layout::Torch), &want.s_in.to_nodes(Layout::Torch), 1e-5);
+    assert_close(
+        "parallel upload s_out",
+        &got.s_out.to_nodes(Layout::Torch),
+        &want.s_out.to_nodes(Layout::Torch),
+        1e-5,
+    );
     assert_histogram("parallel upload", &got.histogram, &want.histogram, &weights);
 }
 
@@ -161,8 +177,18 @@ fn gpu_chunks_tensors_larger_than_a_binding() {
         let (want, weights) = dense_layer(&cpu, rows, cols, dtype, 20);
         let (got, _) = dense_layer(&gpu, rows, cols, dtype, 20);
         let what = format!("chunked {rows}x{cols} {dtype:?}");
-        assert_close(&format!("{what} s_in"), &got.s_in, &want.s_in, 1e-5);
-        assert_close(&format!("{what} s_out"), &got.s_out, &want.s_out, 1e-5);
+        assert_close(
+            &format!("{what} s_in"),
+            &got.s_in.to_nodes(Layout::Torch),
+            &want.s_in.to_nodes(Layout::Torch),
+            1e-5,
+        );
+        assert_close(
+            &format!("{what} s_out"),
+            &got.s_out.to_nodes(Layout::Torch),
+            &want.s_out.to_nodes(Layout::Torch),
+            1e-5,
+        );
         assert_close(&format!("{what} weights"), &summary(&got.weights)[..4], &summary(&want.weights)[..4], 1e-5);
         assert_histogram(&what, &got.histogram, &want.histogram, &weights);
     }

@@ -11,7 +11,7 @@ mod common;
 use std::collections::HashMap;
 
 use cntscope::checkpoint::Checkpoint;
-use cntscope::engine::AnalysisOptions;
+use cntscope::engine::{AnalysisOptions, CpuEngine, Engine};
 use cntscope::graph::{GraphOptions, Network};
 use cntscope::spec::{BnMode, Layout, Spec};
 use common::{assert_within, engines, values, write_st, T};
@@ -494,9 +494,16 @@ fn check(what: &str, entries: &[E], input: S, layout: Layout, bn: BnMode) {
             let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-30);
             let tol = |i: usize| if cpu { 1e-9 * scale } else { 1e-5 * scale + 1e-6 * mag[i] };
             assert_within(&format!("{what}, {}, V{k} {}", engine.name(), set.name), got, want, tol);
-            // The moments are of the same values.
-            let mean = want.iter().sum::<f64>() / want.len() as f64;
-            assert!((set.strength.mean - mean).abs() <= 1e-5 * scale.max(1.0), "{what}: V{k} mean");
+            // The moments and the histogram are of the same values (the CPU
+            // engine weights each cell by the nodes it stands for).
+            let n = want.len() as f64;
+            let mean = want.iter().sum::<f64>() / n;
+            let std = (want.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n).sqrt();
+            let close = |x: f64, y: f64| (x - y).abs() <= if cpu { 1e-9 } else { 1e-5 } * scale.max(1.0);
+            assert!(close(set.strength.mean, mean), "{what}: V{k} mean {} vs {mean}", set.strength.mean);
+            assert!(close(set.strength.std(), std), "{what}: V{k} fluctuation {} vs {std}", set.strength.std());
+            assert_eq!(set.strength.n, want.len() as u64, "{what}: V{k} nodes");
+            assert_eq!(set.histogram.counts.iter().sum::<u64>(), want.len() as u64, "{what}: V{k} histogram");
         }
     }
 }
@@ -597,6 +604,45 @@ fn large_kernels_cross_decoding_blocks() {
         vec![big("wide", 20, [3, 3]), big("big", 23, [5, 3]), e("fc", K::Dense { out: 3, bias: false, norm: false })];
     for layout in [Layout::Torch, Layout::Keras] {
         check(&format!("large kernels {layout}"), &entries, map(3, 11, 9), layout, BnMode::Fold);
+    }
+}
+
+/// A kernel large enough that the CPU engine measures it in blocks on
+/// several threads (K and Q partial sums merged), BatchNorm folded.
+#[test]
+fn kernels_measured_in_parallel_blocks() {
+    let entries = vec![
+        e("a", K::Conv { cout: 61, groups: 1, k: [3, 3], s: [1, 1], p: [1, 1], d: [1, 1], bias: true, norm: false }),
+        e("big", K::Conv { cout: 97, groups: 1, k: [5, 5], s: [2, 1], p: [2, 1], d: [1, 1], bias: false, norm: true }),
+    ];
+    for layout in [Layout::Torch, Layout::Keras] {
+        check(&format!("parallel blocks {layout}"), &entries, map(3, 7, 6), layout, BnMode::Fold);
+    }
+}
+
+/// Results do not depend on the thread count: the blocks and their merge
+/// order are fixed by the sizes alone.
+#[test]
+fn results_do_not_depend_on_threads() {
+    let entries = vec![
+        e("a", K::Conv { cout: 61, groups: 1, k: [3, 3], s: [1, 1], p: [1, 1], d: [1, 1], bias: true, norm: false }),
+        e("big", K::Conv { cout: 97, groups: 1, k: [5, 5], s: [2, 1], p: [2, 1], d: [1, 1], bias: false, norm: true }),
+        e("fc", K::Dense { out: 1500, bias: true, norm: false }),
+    ];
+    let (tensors, spec_text, _) = build(&entries, map(3, 7, 6), Layout::Torch, BnMode::Fold, 7);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("net.safetensors");
+    write_st(&path, &tensors, &[]);
+    let spec = Spec::parse(&spec_text, std::path::Path::new("net.toml")).unwrap();
+    let ck = Checkpoint::open(&path).unwrap();
+    let net = Network::build(&ck, &GraphOptions { spec: Some(spec), ..Default::default() }).unwrap();
+    let opts = AnalysisOptions { keep_values: true, bins: 9 };
+    let one = format!("{:?}", CpuEngine::new(1).analyze(&net, &ck, &opts).unwrap());
+    for threads in [2, 3, 8] {
+        assert!(
+            one == format!("{:?}", CpuEngine::new(threads).analyze(&net, &ck, &opts).unwrap()),
+            "{threads} threads"
+        );
     }
 }
 

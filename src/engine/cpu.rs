@@ -7,17 +7,18 @@ use crate::graph::{Conv, Layer, LayerKind};
 use crate::spec::Layout;
 use crate::stats::{self, Histogram, Lanes, Moments};
 
-use super::{dense_in_out, dense_storage, to_layout_order, Engine, LayerMeasures};
+use super::field::{Classes, Field};
+use super::{dense_in_out, dense_storage, Engine, LayerMeasures};
 
 /// Elements decoded at a time when streaming a tensor.
 const CHUNK: usize = 4096;
 
 /// Dense layers with at least this many weights are split into blocks
 /// (measured in parallel).
-const PARALLEL_MIN_WEIGHTS: usize = 1 << 20;
+const PARALLEL_MIN_WEIGHTS: usize = 1 << 17;
 
 /// Weights per block of a split layer (rounded up to whole rows).
-const BLOCK_WEIGHTS: usize = 1 << 18;
+const BLOCK_WEIGHTS: usize = 1 << 16;
 
 /// The f64 reference engine.
 #[derive(Debug, Clone)]
@@ -52,51 +53,54 @@ impl Engine for CpuEngine {
         shift: Option<&[f64]>,
         bins: usize,
     ) -> Result<LayerMeasures> {
-        // A folded BatchNorm: the scaled weights, decoded once, are what
-        // every pass below reads.
-        let scaled = scale.map(|a| {
-            let mut v = weight.to_f64();
-            super::scale_weights(&mut v, layer, layout, a);
-            v
-        });
-        let weight = &scaled.as_deref().map_or(*weight, |v| Tensor::f64_like(v, weight));
-        // Dense node indices are already in the layout's order; conv
-        // strengths come out in c, y, x order.
-        let (mut s_in, s_out, weights) = match layer.kind {
-            LayerKind::Dense { inputs, outputs, in_out } => self.dense(in_out, weight, inputs, outputs),
-            LayerKind::Conv(conv) => {
-                let (s_in, s_out, m) = conv_strengths(layout, weight, &conv);
-                (to_layout_order(s_in, layer.output, layout), to_layout_order(s_out, layer.input, layout), m)
+        let (mut s_in, s_out, weights, histogram) = match layer.kind {
+            LayerKind::Conv(conv) => self.conv(layout, &Decoder { weight, scale, layout, conv }, &conv, bins),
+            LayerKind::Dense { inputs, outputs, in_out } => {
+                // A folded BatchNorm (rare on dense layers): the scaled
+                // weights, decoded once, are what every pass reads.
+                let scaled = scale.map(|a| {
+                    let mut v = weight.to_f64();
+                    super::scale_weights(&mut v, layer, layout, a);
+                    v
+                });
+                let weight = &scaled.as_deref().map_or(*weight, |v| Tensor::f64_like(v, weight));
+                // Dense node indices are in the layout's order.
+                let (s_in, s_out, m) = self.dense(in_out, weight, inputs, outputs);
+                let histogram = self.histogram(weight, &m, bins);
+                (
+                    Field::from_nodes(s_in, layer.output, layout),
+                    Field::from_nodes(s_out, layer.input, layout),
+                    m,
+                    histogram,
+                )
             }
             _ => unreachable!("Engine::layer measures dense and conv layers"),
         };
         if let Some(b) = shift {
-            add_bias(&mut s_in, b, layer, layout);
+            s_in.add_per_channel(|o| b[o]);
         }
-        let count = |start: usize, end: usize| {
-            let mut h = Histogram::for_range(weights.min, weights.max, bins);
-            match (weight.as_f32(), weight.as_f64()) {
-                (Some(xs), _) => h.add_f32(&xs[start..end]),
-                (_, Some(xs)) => h.add_all(&xs[start..end]),
-                _ => {
-                    let mut buf = vec![0.0; CHUNK.min(end - start)];
-                    for at in (start..end).step_by(CHUNK) {
-                        let chunk = &mut buf[..(end - at).min(CHUNK)];
-                        weight.decode_into(at, chunk);
-                        h.add_all(chunk);
-                    }
-                }
-            }
-            h
-        };
-        let histogram = self.split(weight.len(), 1, count, |all, part| all.merge(&part));
         Ok(LayerMeasures { s_in, s_out, weights, histogram })
     }
 
     fn distribution(&self, values: &[f64], bins: usize) -> Result<(Moments, Histogram)> {
         let m = Moments::from_slice(values);
         let mut h = Histogram::for_range(m.min, m.max, bins);
-        h.add_all(values);
+        h.add_f64(values);
+        Ok((m, h))
+    }
+
+    fn distribution_counted(
+        &self,
+        values: &[f64],
+        counts: Option<&[u64]>,
+        bins: usize,
+    ) -> Result<(Moments, Histogram)> {
+        let Some(counts) = counts else {
+            return self.distribution(values, bins);
+        };
+        let m = Moments::from_counted(values, counts);
+        let mut h = Histogram::for_range(m.min, m.max, bins);
+        h.add_counted(values, counts);
         Ok((m, h))
     }
 }
@@ -260,43 +264,166 @@ impl CpuEngine {
     }
 }
 
-/// Conv strengths without the unrolled graph. Summing the kernel over input
-/// channels gives `K[o, ky, kx]`, and over each group's output channels
-/// `Q[c, ky, kx]`; the pixel grid enters only through which taps are
-/// valid, which factorises by axis, so each node costs `O(kh + kw)`.
-fn conv_strengths(layout: Layout, weight: &Tensor<'_>, conv: &Conv) -> (Vec<f64>, Vec<f64>, Moments) {
-    let &Conv { cout, cin_g, kh, kw, in_hw: [h, wd], out_hw: [ho, wo], geometry: g, .. } = conv;
-    let cin = conv.cin();
-    let cout_g = cout / g.groups;
-    let taps = kh * kw;
-    let mut k_in = vec![0.0; cout * taps];
-    let mut q_out = vec![0.0; cin * taps];
-    // One pass in storage order, a block of decoded values at a time (f32
-    // read in place): each value goes to its K and Q cells and the moments.
-    let mut moments = Moments::default();
-    // Blocks of whole runs (a run: the values sharing their K and Q rows).
-    let run = if layout == Layout::Torch { taps } else { cout };
-    let block_len = (CHUNK / run).max(1) * run;
-    let mut buf = vec![0.0; block_len.min(weight.len())];
-    let (f32s, f64s) = (weight.as_f32(), weight.as_f64());
-    let mut at = 0;
-    while at < weight.len() {
-        let n = block_len.min(weight.len() - at);
-        let block: &[f64] = match (f32s, f64s) {
-            (_, Some(xs)) => &xs[at..at + n],
+/// A conv weight tensor read in storage order as f64, blocks at a time,
+/// each value multiplied by its output channel's factor when a BatchNorm
+/// is folded in (so the scaled weights are never stored).
+struct Decoder<'a> {
+    weight: &'a Tensor<'a>,
+    scale: Option<&'a [f64]>,
+    layout: Layout,
+    conv: Conv,
+}
+
+impl Decoder<'_> {
+    /// Values `at..at + out.len()` into `out`; returns `out` (or, for an
+    /// unscaled f64 tensor, the values in place).
+    fn block<'b>(&'b self, at: usize, out: &'b mut [f64]) -> &'b [f64] {
+        let n = out.len();
+        match (self.weight.as_f32(), self.weight.as_f64()) {
+            (_, Some(xs)) if self.scale.is_none() => return &xs[at..at + n],
             (Some(xs), _) => {
-                for (b, &x) in buf[..n].iter_mut().zip(&xs[at..at + n]) {
+                for (b, &x) in out.iter_mut().zip(&xs[at..at + n]) {
                     *b = f64::from(x);
                 }
-                &buf[..n]
             }
+            _ => self.weight.decode_into(at, out),
+        }
+        if let Some(a) = self.scale {
+            match self.layout {
+                // [cout, ...]: each output channel's values are one span.
+                Layout::Torch => {
+                    let per = self.conv.cin_g * self.conv.kh * self.conv.kw;
+                    let mut j = 0;
+                    while j < n {
+                        let o = (at + j) / per;
+                        let end = ((o + 1) * per - at).min(n);
+                        out[j..end].iter_mut().for_each(|v| *v *= a[o]);
+                        j = end;
+                    }
+                }
+                // [..., cout]: blocks start at whole runs of `cout`.
+                Layout::Keras => {
+                    debug_assert_eq!(at % a.len(), 0);
+                    for run in out.chunks_mut(a.len()) {
+                        run.iter_mut().zip(a).for_each(|(v, f)| *v *= f);
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The K and Q sums and moments of a range of a conv's weights.
+struct KernelSums {
+    k_in: Vec<f64>,
+    q_out: Vec<f64>,
+    moments: Moments,
+}
+
+impl CpuEngine {
+    /// Histogram of a dense layer's weights over their `[min, max]`.
+    fn histogram(&self, weight: &Tensor<'_>, m: &Moments, bins: usize) -> Histogram {
+        let count = |start: usize, end: usize| {
+            let mut h = Histogram::for_range(m.min, m.max, bins);
+            match (weight.as_f32(), weight.as_f64()) {
+                (Some(xs), _) => h.add_f32(&xs[start..end]),
+                (_, Some(xs)) => h.add_f64(&xs[start..end]),
+                _ => {
+                    let mut buf = vec![0.0; CHUNK.min(end - start)];
+                    for at in (start..end).step_by(CHUNK) {
+                        let chunk = &mut buf[..(end - at).min(CHUNK)];
+                        weight.decode_into(at, chunk);
+                        h.add_f64(chunk);
+                    }
+                }
+            }
+            h
+        };
+        self.split(weight.len(), 1, count, |all, part| all.merge(&part))
+    }
+
+    /// Conv strengths without the unrolled graph. Summing the kernel over
+    /// input channels gives `K[o, ky, kx]`, and over each group's output
+    /// channels `Q[c, ky, kx]`; the pixel grid enters only through which
+    /// taps are valid, which factorises by axis; positions with the same
+    /// valid taps share a class (a [`Field`] cell), so the cost is `O(kh +
+    /// kw)` per cell, not per node. Two passes over the weights (sums and
+    /// moments, then the histogram on their range), each split into blocks
+    /// as [`CpuEngine::split`] does.
+    fn conv(&self, layout: Layout, d: &Decoder<'_>, conv: &Conv, bins: usize) -> (Field, Field, Moments, Histogram) {
+        let &Conv { cout, kh, kw, in_hw: [h, wd], out_hw: [ho, wo], geometry: g, .. } = conv;
+        let (cin, taps) = (conv.cin(), kh * kw);
+        // Blocks of whole runs (a run: the values sharing their K and Q rows).
+        let run = if layout == Layout::Torch { taps } else { cout };
+        let len = d.weight.len();
+        let sums = self.split(
+            len,
+            run,
+            |start, end| kernel_sums(d, conv, start, end),
+            |all, part| {
+                for (a, b) in all.k_in.iter_mut().zip(&part.k_in).chain(all.q_out.iter_mut().zip(&part.q_out)) {
+                    *a += b;
+                }
+                all.moments.merge(&part.moments);
+            },
+        );
+        let m = sums.moments;
+        let histogram = match (d.weight.as_f32(), d.scale) {
+            (Some(_), None) => self.histogram(d.weight, &m, bins),
             _ => {
-                weight.decode_into(at, &mut buf[..n]);
-                &buf[..n]
+                let count = |start: usize, end: usize| {
+                    let mut hist = Histogram::for_range(m.min, m.max, bins);
+                    // Long blocks: binning pays a set-up per call.
+                    let block_len = (16 * CHUNK / run).max(1) * run;
+                    let mut buf = vec![0.0; block_len.min(end - start)];
+                    for at in (start..end).step_by(block_len) {
+                        hist.add_f64(d.block(at, &mut buf[..block_len.min(end - at)]));
+                    }
+                    hist
+                };
+                self.split(len, run, count, |all, part| all.merge(&part))
             }
         };
-        moments.merge(&Moments::from_slice(block));
-        match layout {
+        let KernelSums { k_in, q_out, .. } = sums;
+        if conv.channel_level {
+            // Channels as nodes: every tap counts.
+            let total = |k: &[f64]| {
+                let cells: Vec<f64> = k.chunks_exact(taps).map(|t| t.iter().sum()).collect();
+                Field::new(cells.len(), Classes::one(1), Classes::one(1), cells)
+            };
+            return (total(&k_in), total(&q_out), m, histogram);
+        }
+        let [sh, sw] = g.stride;
+        let [ph, pw] = g.padding;
+        let [dh, dw] = g.dilation;
+        let field = |kern: &[f64], n: usize, rows: AxisTaps, cols: AxisTaps| {
+            let ((rows, vy), (cols, vx)) = (rows.classes(), cols.classes());
+            Field::new(n, rows, cols, separable(kern, kh, kw, &vy, &vx))
+        };
+        let s_in = field(&k_in, cout, taps_into(ho, h, kh, sh, ph, dh), taps_into(wo, wd, kw, sw, pw, dw));
+        let s_out = field(&q_out, cin, taps_from(h, ho, kh, sh, ph, dh), taps_from(wd, wo, kw, sw, pw, dw));
+        (s_in, s_out, m, histogram)
+    }
+}
+
+/// One pass over weights `start..end` (whole runs) in storage order, a
+/// block of decoded values at a time: each value goes to its K and Q cells
+/// and the moments.
+fn kernel_sums(d: &Decoder<'_>, conv: &Conv, start: usize, end: usize) -> KernelSums {
+    let &Conv { cout, cin_g, kh, kw, geometry: g, .. } = conv;
+    let cout_g = cout / g.groups;
+    let taps = kh * kw;
+    let mut out =
+        KernelSums { k_in: vec![0.0; cout * taps], q_out: vec![0.0; conv.cin() * taps], moments: Moments::default() };
+    let (k_in, q_out) = (&mut out.k_in, &mut out.q_out);
+    let run = if d.layout == Layout::Torch { taps } else { cout };
+    let block_len = (CHUNK / run).max(1) * run;
+    let mut buf = vec![0.0; block_len.min(end - start)];
+    for at in (start..end).step_by(block_len) {
+        let block = d.block(at, &mut buf[..block_len.min(end - at)]);
+        out.moments.merge(&Moments::from_slice(block));
+        match d.layout {
             // [cout, cin_g, kh, kw]: runs of `taps` values share (o, ci).
             Layout::Torch => {
                 for (r, run) in block.chunks_exact(taps).enumerate() {
@@ -322,19 +449,8 @@ fn conv_strengths(layout: Layout, weight: &Tensor<'_>, conv: &Conv) -> (Vec<f64>
                 }
             }
         }
-        at += n;
     }
-    if conv.channel_level {
-        // Channels as nodes: every tap counts.
-        let total = |k: &[f64]| k.chunks_exact(taps).map(|t| t.iter().sum()).collect();
-        return (total(&k_in), total(&q_out), moments);
-    }
-    let [sh, sw] = g.stride;
-    let [ph, pw] = g.padding;
-    let [dh, dw] = g.dilation;
-    let s_in = separable(&k_in, kh, kw, &taps_into(ho, h, kh, sh, ph, dh), &taps_into(wo, wd, kw, sw, pw, dw));
-    let s_out = separable(&q_out, kh, kw, &taps_from(h, ho, kh, sh, ph, dh), &taps_from(wd, wo, kw, sw, pw, dw));
-    (s_in, s_out, moments)
+    out
 }
 
 /// Per position along one axis, the kernel taps that count there: a list
@@ -357,6 +473,19 @@ impl AxisTaps {
 
     fn len(&self) -> usize {
         self.start.len() - 1
+    }
+
+    /// Positions with the same taps as one class each, and the taps of
+    /// each class.
+    fn classes(&self) -> (Classes, AxisTaps) {
+        let (classes, lists) = Classes::group_by((0..self.len()).map(|p| self.at(p)));
+        let mut a = AxisTaps { start: Vec::with_capacity(lists.len() + 1), taps: Vec::new() };
+        for list in lists {
+            a.start.push(a.taps.len());
+            a.taps.extend_from_slice(list);
+        }
+        a.start.push(a.taps.len());
+        (classes, a)
     }
 
     fn at(&self, p: usize) -> &[usize] {
@@ -413,15 +542,6 @@ fn separable(kern: &[f64], kh: usize, kw: usize, vy: &AxisTaps, vx: &AxisTaps) -
         }
     }
     out
-}
-
-/// Adds `b[o]` to the in-strength of every output node of channel (or
-/// neuron) `o`, in the layout's order.
-pub(crate) fn add_bias(s_in: &mut [f64], bias: &[f64], layer: &Layer, layout: Layout) {
-    let channel = super::fixed::channel_of(layer.output, layout);
-    for (i, s) in s_in.iter_mut().enumerate() {
-        *s += bias[channel(i)];
-    }
 }
 
 #[cfg(test)]

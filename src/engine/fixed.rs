@@ -1,8 +1,9 @@
 //! Strengths of the layers whose link weights follow from their geometry
 //! (SPEC 1.4: pools, identity skips) or from a few per-channel numbers (a
 //! BatchNorm as its own diagonal layer). Both engines take them from here:
-//! they read no weight tensor, and cost O(nodes).
+//! they read no weight tensor, and cost O(channels x position classes).
 
+use super::field::{Classes, Field};
 use crate::graph::{Layer, LayerKind, NodeShape};
 use crate::spec::Layout;
 
@@ -23,13 +24,14 @@ pub(crate) fn per_channel(out: &mut [f64], shape: NodeShape, layout: Layout, f: 
     }
 }
 
-/// `(s_in, s_out)` of a pool or identity layer, in the layout's order.
-pub(crate) fn strengths(layer: &Layer, layout: Layout) -> (Vec<f64>, Vec<f64>) {
+/// `(s_in, s_out)` of a pool or identity layer.
+pub(crate) fn strengths(layer: &Layer) -> (Field, Field) {
     match layer.kind {
-        LayerKind::Identity => (vec![1.0; layer.output.count()], vec![1.0; layer.input.count()]),
+        LayerKind::Identity => (Field::per_channel(layer.output, |_| 1.0), Field::per_channel(layer.input, |_| 1.0)),
         LayerKind::Pool(pool) => {
             // A link's weight is the product of its two axes' factors, so
-            // both strengths factorise by axis too.
+            // both strengths factorise by axis too: positions with equal
+            // factors share a class.
             let axis = |a: usize| {
                 let windows = pool.windows(a);
                 let into: Vec<f64> = windows.iter().map(|w| (w.end - w.start) as f64 * w.weight).collect();
@@ -43,16 +45,14 @@ pub(crate) fn strengths(layer: &Layer, layout: Layout) -> (Vec<f64>, Vec<f64>) {
             };
             let ((in_y, out_y), (in_x, out_x)) = (axis(0), axis(1));
             let grid = |ys: &[f64], xs: &[f64], shape: NodeShape| {
+                let classes = |v: &[f64]| {
+                    let (c, bits) = Classes::group_by(v.iter().map(|x| x.to_bits()));
+                    (c, bits.into_iter().map(f64::from_bits).collect::<Vec<_>>())
+                };
+                let ((rows, ys), (cols, xs)) = (classes(ys), classes(xs));
                 let plane: Vec<f64> = ys.iter().flat_map(|y| xs.iter().map(move |x| y * x)).collect();
                 let c = shape.channels();
-                let mut v = vec![0.0; shape.count()];
-                for (i, out) in v.iter_mut().enumerate() {
-                    *out = match layout {
-                        Layout::Torch => plane[i % plane.len()],
-                        Layout::Keras => plane[i / c],
-                    };
-                }
-                v
+                Field::new(c, rows, cols, plane.iter().copied().cycle().take(c * plane.len()).collect())
             };
             (grid(&in_y, &in_x, layer.output), grid(&out_y, &out_x, layer.input))
         }
@@ -62,10 +62,7 @@ pub(crate) fn strengths(layer: &Layer, layout: Layout) -> (Vec<f64>, Vec<f64>) {
 
 /// `(s_in, s_out)` of a BatchNorm layer: one link `a[c]` per node, its
 /// in-strength plus `shift[c]` when given.
-pub(crate) fn norm_strengths(layer: &Layer, layout: Layout, a: &[f64], shift: Option<&[f64]>) -> (Vec<f64>, Vec<f64>) {
-    let mut s_in = vec![0.0; layer.output.count()];
-    per_channel(&mut s_in, layer.output, layout, |c| a[c] + shift.map_or(0.0, |s| s[c]));
-    let mut s_out = vec![0.0; layer.input.count()];
-    per_channel(&mut s_out, layer.input, layout, |c| a[c]);
-    (s_in, s_out)
+pub(crate) fn norm_strengths(layer: &Layer, a: &[f64], shift: Option<&[f64]>) -> (Field, Field) {
+    let s_in = Field::per_channel(layer.output, |c| a[c] + shift.map_or(0.0, |s| s[c]));
+    (s_in, Field::per_channel(layer.input, |c| a[c]))
 }

@@ -6,6 +6,7 @@
 //! node strength.
 
 pub mod cpu;
+pub mod field;
 mod fixed;
 pub mod gpu;
 
@@ -16,16 +17,17 @@ use crate::spec::Layout;
 use crate::stats::{Histogram, Moments};
 
 pub use cpu::CpuEngine;
+pub use field::{Classes, Field};
 pub use gpu::{GpuContext, GpuEngine};
 
-/// What one layer contributes to the node strengths, in the layout's node
-/// order, and the distribution of its link weights.
+/// What one layer contributes to the node strengths and the distribution
+/// of its link weights.
 #[derive(Debug, Clone)]
 pub struct LayerMeasures {
     /// In-strength of each output node (bias included when one was passed).
-    pub s_in: Vec<f64>,
+    pub s_in: Field,
     /// Out-strength of each input node.
-    pub s_out: Vec<f64>,
+    pub s_out: Field,
     /// Moments of the layer's weights (biases excluded).
     pub weights: Moments,
     /// Histogram of the weights over their `[min, max]`.
@@ -57,6 +59,23 @@ pub trait Engine: Send + Sync {
     /// Moments of `values` and their histogram of `bins` bins over
     /// `[min, max]`.
     fn distribution(&self, values: &[f64], bins: usize) -> Result<(Moments, Histogram)>;
+
+    /// [`Engine::distribution`] of values that each stand for `counts[i]`
+    /// nodes (a node set's cells; `None`: one each). The default measures
+    /// every node's value; the CPU reference weights the cells.
+    fn distribution_counted(
+        &self,
+        values: &[f64],
+        counts: Option<&[u64]>,
+        bins: usize,
+    ) -> Result<(Moments, Histogram)> {
+        let Some(counts) = counts else {
+            return self.distribution(values, bins);
+        };
+        let nodes: Vec<f64> =
+            values.iter().zip(counts).flat_map(|(&v, &k)| std::iter::repeat_n(v, k as usize)).collect();
+        self.distribution(&nodes, bins)
+    }
 
     /// Measures one network.
     fn analyze(&self, net: &Network, ck: &Checkpoint, opts: &AnalysisOptions) -> Result<Analysis> {
@@ -132,7 +151,7 @@ pub fn binned_by_values<E: Engine + ?Sized>(
     let bin = |values: Vec<f64>, range: (f64, f64)| {
         let values = Finite::of(values).values;
         let mut histogram = histogram_on(range, bins);
-        histogram.add_all(&values);
+        histogram.add_f64(&values);
         Binned { moments: Moments::from_slice(&values), histogram, values: Some(values) }
     };
     let node_sets = a
@@ -251,59 +270,29 @@ pub fn assemble<E: Engine + ?Sized>(
         last[l.to] = i;
         last[l.from] = last[l.from].max(i);
     }
-    let mut sums: Vec<Option<(Vec<f64>, Vec<f64>)>> = vec![None; net.node_sets.len()];
+    let mut sums: Vec<Option<(Field, Field)>> = vec![None; net.node_sets.len()];
     let mut results: Vec<Option<NodeSetResult>> = vec![None; net.node_sets.len()];
     let mut layers = Vec::new();
     for (i, layer) in net.layers.iter().enumerate() {
         let (s_in, s_out, result) = measure_layer(engine, net, ck, i, layer, opts)?;
         layers.extend(result);
-        for (set, offset, values, part, inward) in [
-            (layer.to, layer.offset, &s_in, layer.output, true),
-            (layer.from, layer.from_channels[0], &s_out, layer.input, false),
-        ] {
-            let n = net.node_sets[set].shape.count();
-            let (a, b) = sums[set].get_or_insert_with(|| (vec![0.0; n], vec![0.0; n]));
-            scatter_add(if inward { a } else { b }, net.node_sets[set].shape, offset, values, part, net.layout);
+        for (set, offset, part, inward) in
+            [(layer.to, layer.offset, &s_in, true), (layer.from, layer.from_channels[0], &s_out, false)]
+        {
+            let shape = net.node_sets[set].shape;
+            let (a, b) = sums[set].get_or_insert_with(|| (Field::zeros(shape), Field::zeros(shape)));
+            (if inward { a } else { b }).add_at(offset, part);
         }
         for set in [layer.to, layer.from] {
             if last[set] == i {
                 if let Some((s_in, s_out)) = sums[set].take() {
-                    results[set] = Some(node_set_result(engine, &net.node_sets[set], s_in, s_out, opts)?);
+                    results[set] = Some(node_set_result(engine, &net.node_sets[set], s_in, s_out, net.layout, opts)?);
                 }
             }
         }
     }
     let node_sets = results.into_iter().map(|r| r.expect("every node set touches a layer")).collect();
     Ok(Analysis { not_chain: net.not_chain.clone(), source: net.source, node_sets, layers })
-}
-
-/// Adds a layer's per-node values `src` (shape `part`, in the layout's
-/// order) into a node set of shape `set` at channel `offset`.
-pub(crate) fn scatter_add(
-    dst: &mut [f64],
-    set: NodeShape,
-    offset: usize,
-    src: &[f64],
-    part: NodeShape,
-    layout: Layout,
-) {
-    debug_assert_eq!(src.len(), part.count());
-    match (set, layout) {
-        (NodeShape::Map { c, h, w }, Layout::Keras) if part.channels() != c => {
-            let pc = part.channels();
-            for p in 0..h * w {
-                for (d, s) in dst[p * c + offset..p * c + offset + pc].iter_mut().zip(&src[p * pc..(p + 1) * pc]) {
-                    *d += s;
-                }
-            }
-        }
-        _ => {
-            let start = offset * set.grid().map_or(1, |[h, w]| h * w);
-            for (d, s) in dst[start..start + src.len()].iter_mut().zip(src) {
-                *d += s;
-            }
-        }
-    }
 }
 
 /// A BatchNorm's per-channel `(a, c)`: `y = a x + c` (SPEC 1.3).
@@ -385,32 +374,42 @@ pub(crate) fn scale_weights(values: &mut [f64], layer: &Layer, layout: Layout, s
 fn node_set_result<E: Engine + ?Sized>(
     engine: &E,
     set: &crate::graph::NodeSet,
-    mut s_in: Vec<f64>,
-    s_out: Vec<f64>,
+    mut s_in: Field,
+    mut s_out: Field,
+    layout: Layout,
     opts: &AnalysisOptions,
 ) -> Result<NodeSetResult> {
+    Field::align(&mut s_in, &mut s_out);
+    let mut strength = s_in.clone();
+    strength.add_at(0, &s_out);
+    let counts = strength.counts();
+    let count = |i: usize| counts.as_ref().map_or(1, |c| c[i]);
     // Means of s_in and s_out over the nodes whose strength is finite,
     // as the moments are.
-    let (mut sum_in, mut sum_out, mut finite) = (0.0, 0.0, 0usize);
-    for (a, b) in s_in.iter().zip(&s_out) {
-        if (a + b).is_finite() {
-            (sum_in, sum_out, finite) = (sum_in + a, sum_out + b, finite + 1);
+    let (mut sum_in, mut sum_out, mut finite) = (0.0, 0.0, 0u64);
+    for (i, ((a, b), s)) in s_in.cells().iter().zip(s_out.cells()).zip(strength.cells()).enumerate() {
+        if s.is_finite() {
+            let k = count(i);
+            (sum_in, sum_out, finite) = (sum_in + a * k as f64, sum_out + b * k as f64, finite + k);
         }
     }
-    let (values, strength) = if opts.keep_values {
-        let strength: Vec<f64> = s_in.iter().zip(&s_out).map(|(a, b)| a + b).collect();
-        (Some(NodeValues { s_in, s_out, strength: Vec::new() }), strength)
-    } else {
-        // Summed in place: no third vector.
-        for (a, b) in s_in.iter_mut().zip(&s_out) {
-            *a += b;
-        }
-        (None, s_in)
-    };
     // Strengths are NaN/Inf only next to NaN/Inf weights or biases: the
-    // finite ones are copied out only then.
-    let kept = (finite < strength.len()).then(|| Finite::of(strength.clone()));
-    let (m, histogram) = engine.distribution(kept.as_ref().map_or(&strength, |k| &k.values), opts.bins)?;
+    // finite cells are copied out only then.
+    let nodes = strength.nodes() as u64;
+    let kept = (finite < nodes).then(|| {
+        let cells = strength.cells().iter().enumerate().filter(|(_, s)| s.is_finite());
+        let (values, counts): (Vec<f64>, Vec<u64>) = cells.map(|(i, &s)| (s, count(i))).unzip();
+        (values, counts)
+    });
+    let (m, histogram) = match &kept {
+        Some((values, counts)) => engine.distribution_counted(values, Some(counts), opts.bins)?,
+        None => engine.distribution_counted(strength.cells(), counts.as_deref(), opts.bins)?,
+    };
+    let values = opts.keep_values.then(|| NodeValues {
+        s_in: s_in.to_nodes(layout),
+        s_out: s_out.to_nodes(layout),
+        strength: strength.to_nodes(layout),
+    });
     Ok(NodeSetResult {
         name: set.name.clone(),
         shape: set.shape,
@@ -418,8 +417,8 @@ fn node_set_result<E: Engine + ?Sized>(
         s_in_mean: sum_in / finite as f64,
         s_out_mean: sum_out / finite as f64,
         histogram,
-        non_finite: kept.as_ref().map_or(0, |k| k.non_finite),
-        values: values.map(|v| NodeValues { strength, ..v }),
+        non_finite: nodes - finite,
+        values,
     })
 }
 
@@ -432,7 +431,7 @@ fn measure_layer<E: Engine + ?Sized>(
     i: usize,
     layer: &Layer,
     opts: &AnalysisOptions,
-) -> Result<(Vec<f64>, Vec<f64>, Option<LayerResult>)> {
+) -> Result<(Field, Field, Option<LayerResult>)> {
     let mut result = None;
     let (s_in, s_out) = match layer.kind {
         LayerKind::Dense { .. } | LayerKind::Conv(_) => {
@@ -463,10 +462,13 @@ fn measure_layer<E: Engine + ?Sized>(
         }
         LayerKind::Norm => {
             let (a, c) = norm_affine(ck, layer.norm.as_ref().expect("a BatchNorm layer has its tensors"))?;
-            let (s_in, s_out) = fixed::norm_strengths(layer, net.layout, &a, net.bias.then_some(&c[..]));
-            let weights = Finite::of(norm_link_weights(layer, net.layout, &a));
+            let (s_in, s_out) = fixed::norm_strengths(layer, &a, net.bias.then_some(&c[..]));
+            // One link `a[c]` per node of channel `c`.
+            let per_channel = (layer.output.count() / a.len().max(1)) as u64;
+            let weights = Finite::of(a);
+            let counts = vec![per_channel; weights.values.len()];
+            let (m, histogram) = engine.distribution_counted(&weights.values, Some(&counts), opts.bins)?;
             let shift = Finite::of(c);
-            let (m, histogram) = engine.distribution(&weights.values, opts.bins)?;
             result = Some(LayerResult {
                 index: i + 1,
                 name: layer.name.clone(),
@@ -475,11 +477,11 @@ fn measure_layer<E: Engine + ?Sized>(
                 weights: m,
                 bias: Some(Moments::from_slice(&shift.values)),
                 histogram,
-                non_finite: weights.non_finite + shift.non_finite,
+                non_finite: weights.non_finite * per_channel + shift.non_finite,
             });
             (s_in, s_out)
         }
-        LayerKind::Pool(_) | LayerKind::Identity => fixed::strengths(layer, net.layout),
+        LayerKind::Pool(_) | LayerKind::Identity => fixed::strengths(layer),
     };
     Ok((s_in, s_out, result))
 }

@@ -26,10 +26,9 @@ use crate::graph::{Layer, LayerKind, Network};
 use crate::spec::Layout;
 use crate::stats::{Histogram, Moments};
 
-use super::cpu::add_bias;
 use super::{
     assemble, binned_by_values, dense_in_out, dense_storage, histogram_on, is_finite, Analysis, AnalysisOptions,
-    BinRanges, Binned, BinnedNetwork, CpuEngine, Engine, LayerMeasures, LayerParams, LayerResult, NodeSetResult,
+    BinRanges, Binned, BinnedNetwork, CpuEngine, Engine, Field, LayerMeasures, LayerParams, LayerResult, NodeSetResult,
     NodeValues,
 };
 use plan::{kernel_range, Footprint, GpuTensor, Plan, Reduction, Source, PARTIAL};
@@ -752,17 +751,23 @@ impl Engine for GpuEngine {
             }
             let (rows, cols) = dense_storage(in_out, inputs, outputs);
             let (row, col, weights, histogram) = self.streamed_dense(&t, rows, cols, bins)?;
-            let (mut s_in, s_out) = dense_in_out(in_out, row, col);
+            let (s_in, s_out) = dense_in_out(in_out, row, col);
+            let mut s_in = Field::from_nodes(s_in, layer.output, layout);
             if let Some(b) = shift {
-                add_bias(&mut s_in, b, layer, layout);
+                s_in.add_per_channel(|o| b[o]);
             }
-            LayerMeasures { s_in, s_out, weights, histogram }
+            LayerMeasures { s_in, s_out: Field::from_nodes(s_out, layer.input, layout), weights, histogram }
         } else {
             let mut plan = Plan::new();
             let (slots, r) = plan.add_measured_layer(layer, layout, t, shift, scale, bins);
             let out = self.ctx.run(&plan, true)?;
             let (weights, histogram) = out.distribution(&r);
-            LayerMeasures { s_in: out.strengths(slots.s_in), s_out: out.strengths(slots.s_out), weights, histogram }
+            LayerMeasures {
+                s_in: Field::from_nodes(out.strengths(slots.s_in), layer.output, layout),
+                s_out: Field::from_nodes(out.strengths(slots.s_out), layer.input, layout),
+                weights,
+                histogram,
+            }
         };
         if weights_finite(&m.weights, Some(m.histogram.counts.iter().sum())) {
             return Ok(m);
