@@ -29,22 +29,24 @@ pub fn avx2() -> bool {
     }
 }
 
-/// One sweep over a row of f32 weights whose length is a multiple of 8:
+/// One sweep over a row of f32 weights whose length is a multiple of 8,
+/// each taken times `factor` (a folded BatchNorm's, or 1):
 /// adds each value to its column sum and to `lanes` (the powers 2-4 of
 /// values `4k..4k+3` of every 8 to lanes 0-3 of the first set, `4k+4..` to
 /// the second, merged at the end; the row's sum of deviations to lane 0),
 /// and returns the row's sum. Powers are fused multiply-adds; min and max
-/// are taken on the f32 values.
+/// are taken on the f32 values, then scaled (exact: scaling is monotone).
 ///
 /// # Safety
 /// The processor must have AVX2 and FMA ([`avx2`]).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn sweep_row(cols: &mut [f64], row: &[f32], lanes: &mut Lanes) -> f64 {
+pub unsafe fn sweep_row(cols: &mut [f64], row: &[f32], factor: f64, lanes: &mut Lanes) -> f64 {
     assert!(cols.len() == row.len() && row.len().is_multiple_of(8), "whole blocks of 8 columns");
     let load = |a: &[f64; 4]| unsafe { _mm256_loadu_pd(a.as_ptr()) };
     let store = |a: &mut [f64; 4], v: __m256d| unsafe { _mm256_storeu_pd(a.as_mut_ptr(), v) };
     let shift = _mm256_set1_pd(lanes.shift);
+    let f = _mm256_set1_pd(factor);
     let zero = _mm256_setzero_pd();
     let [_, mut p2, mut p3, mut p4] = lanes.p.each_ref().map(load);
     let [mut q2, mut q3, mut q4] = [zero; 3];
@@ -57,6 +59,7 @@ pub unsafe fn sweep_row(cols: &mut [f64], row: &[f32], lanes: &mut Lanes) -> f64
         // Rows lie end to end: fetch ahead across them.
         _mm_prefetch::<_MM_HINT_T0>(x.as_ptr().wrapping_add(PREFETCH).cast());
         let (xa, xb) = (_mm256_cvtps_pd(_mm256_castps256_ps128(x8)), _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(x8)));
+        let (xa, xb) = (_mm256_mul_pd(xa, f), _mm256_mul_pd(xb, f));
         unsafe {
             _mm256_storeu_pd(c.as_mut_ptr(), _mm256_add_pd(ca, xa));
             _mm256_storeu_pd(c.as_mut_ptr().add(4), _mm256_add_pd(cb, xb));
@@ -81,8 +84,11 @@ pub unsafe fn sweep_row(cols: &mut [f64], row: &[f32], lanes: &mut Lanes) -> f64
     // The eight f32 lanes folded onto the four f64 lanes (`k` and `k + 4`).
     let halves = |v: __m256| (_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
     let ((min_a, min_b), (max_a, max_b)) = (halves(min), halves(max));
-    let min4 = _mm256_min_pd(_mm256_cvtps_pd(_mm_min_ps(min_a, min_b)), load(&lanes.min));
-    let max4 = _mm256_max_pd(_mm256_cvtps_pd(_mm_max_ps(max_a, max_b)), load(&lanes.max));
+    let (lo, hi) = (_mm256_cvtps_pd(_mm_min_ps(min_a, min_b)), _mm256_cvtps_pd(_mm_max_ps(max_a, max_b)));
+    let (lo, hi) = (_mm256_mul_pd(lo, f), _mm256_mul_pd(hi, f));
+    let (lo, hi) = if factor < 0.0 { (hi, lo) } else { (lo, hi) };
+    let min4 = _mm256_min_pd(lo, load(&lanes.min));
+    let max4 = _mm256_max_pd(hi, load(&lanes.max));
     store(&mut lanes.min, min4);
     store(&mut lanes.max, max4);
     let mut s = [0.0; 4];
@@ -165,6 +171,33 @@ impl F32Bins {
         for (x, o) in xs[body..].iter().zip(&mut out[body..]) {
             *o = self.binning.bin(f64::from(*x));
         }
+    }
+}
+
+/// Writes the bin of `f64::from(x) * factor` for each f32 value of `xs` to
+/// `out`, four at a time, exactly as [`Binning::bin`] computes it (the
+/// values of a conv's output channel with its folded BatchNorm's factor).
+///
+/// # Safety
+/// The processor must have AVX2 and FMA ([`avx2`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn bins_scaled(binning: &Binning, xs: &[f32], factor: f64, out: &mut [u32]) {
+    assert_eq!(xs.len(), out.len());
+    let (lo, hi, scale) = (_mm256_set1_pd(binning.lo), _mm256_set1_pd(binning.hi), _mm256_set1_pd(binning.scale));
+    let (f, last) = (_mm256_set1_pd(factor), _mm256_set1_pd(f64::from(binning.bins - 1)));
+    let discard = _mm256_set1_pd(f64::from(binning.bins));
+    let body = xs.len() / 4 * 4;
+    for (chunk, o) in xs[..body].chunks_exact(4).zip(out[..body].chunks_exact_mut(4)) {
+        // SAFETY: each chunk holds 4 values.
+        let x = _mm256_mul_pd(_mm256_cvtps_pd(unsafe { _mm_loadu_ps(chunk.as_ptr()) }), f);
+        let inside = _mm256_and_pd(_mm256_cmp_pd::<_CMP_GE_OQ>(x, lo), _mm256_cmp_pd::<_CMP_LE_OQ>(x, hi));
+        let t = _mm256_min_pd(_mm256_mul_pd(_mm256_sub_pd(x, lo), scale), last);
+        let bin = _mm256_cvttpd_epi32(_mm256_blendv_pd(discard, t, inside));
+        unsafe { _mm_storeu_si128(o.as_mut_ptr().cast(), bin) };
+    }
+    for (x, o) in xs[body..].iter().zip(&mut out[body..]) {
+        *o = binning.bin(f64::from(*x) * factor);
     }
 }
 

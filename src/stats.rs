@@ -309,6 +309,18 @@ impl Binning {
     }
 }
 
+/// The bin of `f64::from(x) * factor` for each value of `xs`.
+fn bins_scaled(binning: &Binning, xs: &[f32], factor: f64, out: &mut [u32]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::avx2() {
+        // SAFETY: the processor has AVX2 and FMA.
+        return unsafe { crate::simd::bins_scaled(binning, xs, factor, out) };
+    }
+    for (o, &x) in out.iter_mut().zip(xs) {
+        *o = binning.bin(f64::from(x) * factor);
+    }
+}
+
 /// Counts of values in equal-width bins over `[lo, hi]`; the last bin is
 /// closed, as numpy's.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -407,6 +419,27 @@ impl Histogram {
             });
         }
         self.add_all_portable(xs)
+    }
+
+    /// Counts `f64::from(x) * factors[r]` for each value `x` of row `r` of
+    /// `xs` (rows of `per` values: a conv's output channels with their
+    /// folded BatchNorm's factors), four at a time where the processor has
+    /// AVX2 (exactly the portable loop's bins).
+    pub fn add_f32_rows(&mut self, xs: &[f32], per: usize, factors: &[f64]) {
+        debug_assert_eq!(xs.len(), per * factors.len());
+        let binning = self.binning();
+        self.count(xs.len(), |start, out| {
+            // A block of bins may span rows: one factor per stretch.
+            let mut at = start;
+            let end = start + out.len();
+            while at < end {
+                let r = at / per;
+                let stop = ((r + 1) * per).min(end);
+                let (xs, out, factor) = (&xs[at..stop], &mut out[at - start..stop - start], factors[r]);
+                bins_scaled(&binning, xs, factor, out);
+                at = stop;
+            }
+        });
     }
 
     /// How this histogram bins a value.
@@ -585,6 +618,28 @@ mod tests {
                 a.add_f64(&xs);
                 b.add_all_portable(&xs);
                 assert_eq!(a.counts, b.counts, "[{lo}, {hi}], {bins} bins");
+            }
+        }
+    }
+
+    /// Scaled f32 values (a folded BatchNorm's factor) bin exactly as
+    /// their f64 products, factors of either sign.
+    #[test]
+    fn scaled_f32_histogram_matches_products() {
+        let xs: Vec<f32> = (0..5003).map(|i| ((i * 7919) % 2003) as f32 / 1000.0 - 1.0).collect();
+        for factor in [1.0, 0.3, -1.7] {
+            let products: Vec<f64> = xs.iter().map(|&x| f64::from(x) * factor).collect();
+            let m = Moments::from_slice(&products);
+            for bins in [1, 7, 50] {
+                let mut a = Histogram::for_range(m.min, m.max, bins);
+                let mut b = a.clone();
+                // Rows of 7 values, one factor each (an odd row length, so
+                // blocks of bins span rows).
+                a.add_f32_rows(&xs[..4998], 7, &vec![factor; 4998 / 7]);
+                a.add_f32_rows(&xs[4998..], 5, &[factor]);
+                b.add_all_portable(&products);
+                assert_eq!(a.counts, b.counts, "factor {factor}, {bins} bins");
+                assert_eq!(a.counts.iter().sum::<u64>(), xs.len() as u64);
             }
         }
     }

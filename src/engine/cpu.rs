@@ -15,10 +15,10 @@ const CHUNK: usize = 4096;
 
 /// Dense layers with at least this many weights are split into blocks
 /// (measured in parallel).
-const PARALLEL_MIN_WEIGHTS: usize = 1 << 17;
+const PARALLEL_MIN_WEIGHTS: usize = 1 << 19;
 
 /// Weights per block of a split layer (rounded up to whole rows).
-const BLOCK_WEIGHTS: usize = 1 << 16;
+const BLOCK_WEIGHTS: usize = 1 << 18;
 
 /// The f64 reference engine.
 #[derive(Debug, Clone)]
@@ -124,7 +124,7 @@ fn row_col_sums(weight: &Tensor<'_>, cols: usize, r0: usize, r1: usize, shift: f
     let block = (CHUNK / cols).max(1);
     if let Some(xs) = weight.as_f32() {
         for rows in xs[r0 * cols..r1 * cols].chunks(16 * block * cols) {
-            out.add_rows(rows, shift, sweep_f32);
+            out.add_rows(rows, shift, |c, r, l| sweep_f32(c, r, 1.0, l));
         }
         return out;
     }
@@ -132,7 +132,7 @@ fn row_col_sums(weight: &Tensor<'_>, cols: usize, r0: usize, r1: usize, shift: f
     for b0 in (r0..r1).step_by(block) {
         let buf = &mut buf[..block.min(r1 - b0) * cols];
         weight.decode_into(b0 * cols, buf);
-        out.add_rows(buf, shift, sweep);
+        out.add_rows(buf, shift, |c, r, l| sweep(c, r, 1.0, l));
     }
     out
 }
@@ -141,7 +141,7 @@ impl RowColSums {
     /// Adds whole rows, one `sweep` each (row sum, column sums, lanes); the
     /// block's moments are merged in at the end, so the power sums stay
     /// short.
-    fn add_rows<T>(&mut self, rows: &[T], shift: f64, sweep: fn(&mut [f64], &[T], &mut Lanes) -> f64) {
+    fn add_rows<T>(&mut self, rows: &[T], shift: f64, sweep: impl Fn(&mut [f64], &[T], &mut Lanes) -> f64) {
         let mut lanes = Lanes::new(shift);
         for row in rows.chunks_exact(self.cols.len()) {
             let sum = sweep(&mut self.cols, row, &mut lanes);
@@ -151,12 +151,12 @@ impl RowColSums {
     }
 }
 
-/// One row: each value added to its column sum and to lane `k % 4`;
-/// returns the row's sum.
-fn sweep<T: Copy + Into<f64>>(cols: &mut [f64], row: &[T], lanes: &mut Lanes) -> f64 {
+/// One row, each value times `factor`: added to its column sum and to lane
+/// `k % 4`; returns the row's sum.
+fn sweep<T: Copy + Into<f64>>(cols: &mut [f64], row: &[T], factor: f64, lanes: &mut Lanes) -> f64 {
     let mut sum = [0.0; 4];
     for (k, (c, &x)) in cols.iter_mut().zip(row).enumerate() {
-        let x: f64 = x.into();
+        let x: f64 = x.into() * factor;
         *c += x;
         sum[k & 3] += x;
         lanes.add(k & 3, x);
@@ -166,16 +166,16 @@ fn sweep<T: Copy + Into<f64>>(cols: &mut [f64], row: &[T], lanes: &mut Lanes) ->
 
 /// [`sweep`] of f32 values, whole blocks of 8 columns with AVX2 where the
 /// processor has it.
-fn sweep_f32(cols: &mut [f64], row: &[f32], lanes: &mut Lanes) -> f64 {
+fn sweep_f32(cols: &mut [f64], row: &[f32], factor: f64, lanes: &mut Lanes) -> f64 {
     #[cfg(target_arch = "x86_64")]
     if crate::simd::avx2() {
         let body = row.len() / 8 * 8;
         let (head, tail) = cols.split_at_mut(body);
         // SAFETY: the processor has AVX2.
-        let sum = unsafe { crate::simd::sweep_row(head, &row[..body], lanes) };
-        return sum + sweep(tail, &row[body..], lanes);
+        let sum = unsafe { crate::simd::sweep_row(head, &row[..body], factor, lanes) };
+        return sum + sweep(tail, &row[body..], factor, lanes);
     }
-    sweep(cols, row, lanes)
+    sweep(cols, row, factor, lanes)
 }
 
 impl CpuEngine {
@@ -185,8 +185,8 @@ impl CpuEngine {
     /// on the thread count, and the fold is always left to right, so
     /// neither do the (floating-point) results: shards measured on
     /// machines with any number of cores merge to the bytes of one run.
-    /// Worker threads claim blocks in order and hand them to this thread,
-    /// which folds each as soon as those before it are in (inline when `n`
+    /// This thread and `threads - 1` others claim blocks in order; this one
+    /// folds each as soon as those before it are in (all inline when `n`
     /// is small).
     fn split<T: Send>(
         &self,
@@ -211,14 +211,17 @@ impl CpuEngine {
             (0..count).for_each(|i| fold(run(i)));
         } else {
             let next = std::sync::atomic::AtomicUsize::new(0);
+            let claim = || Some(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)).filter(|&i| i < count);
             let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, T)>(threads);
             std::thread::scope(|s| {
-                for _ in 0..threads {
-                    let (tx, next, run) = (tx.clone(), &next, &run);
-                    s.spawn(move || loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        if i >= count || tx.send((i, run(i))).is_err() {
-                            break;
+                // This thread is one of the workers.
+                for _ in 1..threads {
+                    let (tx, claim, run) = (tx.clone(), &claim, &run);
+                    s.spawn(move || {
+                        while let Some(i) = claim() {
+                            if tx.send((i, run(i))).is_err() {
+                                break;
+                            }
                         }
                     });
                 }
@@ -226,12 +229,22 @@ impl CpuEngine {
                 // Blocks that finished before an earlier one wait here.
                 let mut waiting = std::collections::BTreeMap::new();
                 let mut due = 0;
-                for (i, part) in rx {
+                let mut arrive = |i: usize, part: T, waiting: &mut std::collections::BTreeMap<usize, T>| {
                     waiting.insert(i, part);
                     while let Some(part) = waiting.remove(&due) {
                         fold(part);
                         due += 1;
                     }
+                };
+                while let Some(i) = claim() {
+                    let part = run(i);
+                    arrive(i, part, &mut waiting);
+                    while let Ok((j, part)) = rx.try_recv() {
+                        arrive(j, part, &mut waiting);
+                    }
+                }
+                for (j, part) in rx {
+                    arrive(j, part, &mut waiting);
                 }
             });
         }
@@ -357,25 +370,44 @@ impl CpuEngine {
         // Blocks of whole runs (a run: the values sharing their K and Q rows).
         let run = if layout == Layout::Torch { taps } else { cout };
         let len = d.weight.len();
-        let sums = self.split(
-            len,
-            run,
-            |start, end| kernel_sums(d, conv, start, end),
-            |all, part| {
-                for (a, b) in all.k_in.iter_mut().zip(&part.k_in).chain(all.q_out.iter_mut().zip(&part.q_out)) {
-                    *a += b;
-                }
-                all.moments.merge(&part.moments);
-            },
-        );
+        let merge = |all: &mut KernelSums, part: KernelSums| {
+            for (a, b) in all.k_in.iter_mut().zip(&part.k_in).chain(all.q_out.iter_mut().zip(&part.q_out)) {
+                *a += b;
+            }
+            all.moments.merge(&part.moments);
+        };
+        let sums = match (layout, d.weight.as_f32()) {
+            // The common case, read in place: each output channel's values
+            // are one row of the dense sweep.
+            (Layout::Torch, Some(xs)) => {
+                let per = conv.cin_g * taps;
+                let mut first = vec![0.0; len.min(1024)];
+                let first = d.block(0, &mut first);
+                let shift = if first.is_empty() { 0.0 } else { stats::sum(first) / first.len() as f64 };
+                let rows = |start: usize, end: usize| torch_rows(xs, d.scale, conv, start / per, end / per, shift);
+                self.split(len, per, rows, merge)
+            }
+            _ => self.split(len, run, |start, end| kernel_sums(d, conv, start, end), merge),
+        };
         let m = sums.moments;
         let histogram = match (d.weight.as_f32(), d.scale) {
             (Some(_), None) => self.histogram(d.weight, &m, bins),
+            // Torch layout: one factor per output channel's span.
+            (Some(xs), Some(a)) if layout == Layout::Torch => {
+                let per = conv.cin_g * taps;
+                let count = |start: usize, end: usize| {
+                    let mut hist = Histogram::for_range(m.min, m.max, bins);
+                    hist.add_f32_rows(&xs[start..end], per, &a[start / per..end / per]);
+                    hist
+                };
+                self.split(len, per, count, |all, part| all.merge(&part))
+            }
             _ => {
                 let count = |start: usize, end: usize| {
                     let mut hist = Histogram::for_range(m.min, m.max, bins);
-                    // Long blocks: binning pays a set-up per call.
-                    let block_len = (16 * CHUNK / run).max(1) * run;
+                    // Longer blocks than the first pass' (binning pays a
+                    // set-up per call), yet under malloc's mmap threshold.
+                    let block_len = (2 * CHUNK / run).max(1) * run;
                     let mut buf = vec![0.0; block_len.min(end - start)];
                     for at in (start..end).step_by(block_len) {
                         hist.add_f64(d.block(at, &mut buf[..block_len.min(end - at)]));
@@ -405,6 +437,40 @@ impl CpuEngine {
         let s_out = field(&q_out, cin, taps_from(h, ho, kh, sh, ph, dh), taps_from(wd, wo, kw, sw, pw, dw));
         (s_in, s_out, m, histogram)
     }
+}
+
+/// One pass over output channels `o0..o1` of f32 weights in torch layout
+/// (`[cout, cin_g, kh, kw]`): each channel's `cin_g x taps` values are one
+/// row whose column sums are its group's part of Q (the dense sweep, in
+/// SIMD where the processor has it), and whose sums per tap are its row of
+/// K. `factor[o]` is a folded BatchNorm's; `shift` is near the mean.
+fn torch_rows(xs: &[f32], scale: Option<&[f64]>, conv: &Conv, o0: usize, o1: usize, shift: f64) -> KernelSums {
+    let &Conv { cout, cin_g, kh, kw, geometry: g, .. } = conv;
+    let (taps, cout_g) = (kh * kw, cout / g.groups);
+    let per = cin_g * taps;
+    let mut out =
+        KernelSums { k_in: vec![0.0; cout * taps], q_out: vec![0.0; conv.cin() * taps], moments: Moments::default() };
+    // Moments merged a block of rows at a time, so the power sums stay short.
+    let rows_per_block = (16 * CHUNK / per.max(1)).max(1);
+    for b0 in (o0..o1).step_by(rows_per_block) {
+        let b1 = (b0 + rows_per_block).min(o1);
+        let mut lanes = Lanes::new(shift);
+        for o in b0..b1 {
+            let row = &xs[o * per..(o + 1) * per];
+            let a = scale.map_or(1.0, |s| s[o]);
+            let group = o / cout_g;
+            sweep_f32(&mut out.q_out[group * per..(group + 1) * per], row, a, &mut lanes);
+            let k = &mut out.k_in[o * taps..(o + 1) * taps];
+            for run in row.chunks_exact(taps) {
+                for (k, &x) in k.iter_mut().zip(run) {
+                    *k += f64::from(x);
+                }
+            }
+            k.iter_mut().for_each(|v| *v *= a);
+        }
+        out.moments.merge(&lanes.moments(((b1 - b0) * per) as u64));
+    }
+    out
 }
 
 /// One pass over weights `start..end` (whole runs) in storage order, a
@@ -549,28 +615,33 @@ mod tests {
     use super::*;
 
     /// The SIMD sweep (where this processor has it) agrees with the
-    /// portable one: an odd width, so both the 8-wide body and the tail run.
+    /// portable one: an odd width, so both the 8-wide body and the tail
+    /// run; factors of either sign (a folded BatchNorm's).
     #[test]
     fn f32_sweep_matches_portable() {
         let cols = 1003;
         let row: Vec<f32> =
             (0..cols).map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.4 + (i as f32).sin() * 0.1).collect();
-        let (mut a, mut b) = (vec![0.5; cols], vec![0.5; cols]);
-        let (mut la, mut lb) = (Lanes::new(0.01), Lanes::new(0.01));
-        let (mut sa, mut sb) = (0.0, 0.0);
-        for _ in 0..3 {
-            sa += sweep_f32(&mut a, &row, &mut la);
-            sb += sweep(&mut b, &row, &mut lb);
+        for factor in [1.0, 0.37, -2.5] {
+            let (mut a, mut b) = (vec![0.5; cols], vec![0.5; cols]);
+            // The shift near the mean, as the engine takes it.
+            let (mut la, mut lb) = (Lanes::new(0.1 * factor), Lanes::new(0.1 * factor));
+            let (mut sa, mut sb) = (0.0, 0.0);
+            for _ in 0..3 {
+                sa += sweep_f32(&mut a, &row, factor, &mut la);
+                sb += sweep(&mut b, &row, factor, &mut lb);
+            }
+            let close = |x: f64, y: f64| (x - y).abs() <= 1e-12 * x.abs().max(1.0);
+            assert!(close(sa, sb), "row sums {sa} vs {sb}");
+            assert!(a.iter().zip(&b).all(|(&x, &y)| close(x, y)), "column sums differ");
+            let (ma, mb) = (la.moments(3 * cols as u64), lb.moments(3 * cols as u64));
+            for (x, y) in [(ma.mean, mb.mean), (ma.m2, mb.m2), (ma.m3, mb.m3), (ma.m4, mb.m4)] {
+                assert!(close(x, y), "moments {ma:?} vs {mb:?}");
+            }
+            assert_eq!((ma.min, ma.max), (mb.min, mb.max));
+            let exact = Moments::from_slice(&row.iter().map(|&x| f64::from(x) * factor).collect::<Vec<_>>());
+            assert_eq!((ma.min, ma.max), (exact.min, exact.max));
+            assert!(close(ma.variance(), exact.variance()), "{} vs {}", ma.variance(), exact.variance());
         }
-        let close = |x: f64, y: f64| (x - y).abs() <= 1e-12 * x.abs().max(1.0);
-        assert!(close(sa, sb), "row sums {sa} vs {sb}");
-        assert!(a.iter().zip(&b).all(|(&x, &y)| close(x, y)), "column sums differ");
-        let (ma, mb) = (la.moments(3 * cols as u64), lb.moments(3 * cols as u64));
-        for (x, y) in [(ma.mean, mb.mean), (ma.m2, mb.m2), (ma.m3, mb.m3), (ma.m4, mb.m4)] {
-            assert!(close(x, y), "moments {ma:?} vs {mb:?}");
-        }
-        assert_eq!((ma.min, ma.max), (mb.min, mb.max));
-        let exact = Moments::from_slice(&row.iter().map(|&x| f64::from(x)).collect::<Vec<_>>());
-        assert!(close(ma.variance(), exact.variance()), "{} vs {}", ma.variance(), exact.variance());
     }
 }
