@@ -459,8 +459,13 @@ fn torch_rows(xs: &[f32], scale: Option<&[f64]>, conv: &Conv, o0: usize, o1: usi
             let row = &xs[o * per..(o + 1) * per];
             let a = scale.map_or(1.0, |s| s[o]);
             let group = o / cout_g;
-            sweep_f32(&mut out.q_out[group * per..(group + 1) * per], row, a, &mut lanes);
+            let sum = sweep_f32(&mut out.q_out[group * per..(group + 1) * per], row, a, &mut lanes);
             let k = &mut out.k_in[o * taps..(o + 1) * taps];
+            if taps == 1 {
+                // A 1x1 kernel: K is the row's sum.
+                k[0] = sum;
+                continue;
+            }
             for run in row.chunks_exact(taps) {
                 for (k, &x) in k.iter_mut().zip(run) {
                     *k += f64::from(x);

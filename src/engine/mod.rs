@@ -380,36 +380,34 @@ fn node_set_result<E: Engine + ?Sized>(
     opts: &AnalysisOptions,
 ) -> Result<NodeSetResult> {
     Field::align(&mut s_in, &mut s_out);
-    let mut strength = s_in.clone();
-    strength.add_at(0, &s_out);
-    let counts = strength.counts();
+    let counts = s_in.counts();
     let count = |i: usize| counts.as_ref().map_or(1, |c| c[i]);
     // Means of s_in and s_out over the nodes whose strength is finite,
     // as the moments are.
     let (mut sum_in, mut sum_out, mut finite) = (0.0, 0.0, 0u64);
-    for (i, ((a, b), s)) in s_in.cells().iter().zip(s_out.cells()).zip(strength.cells()).enumerate() {
-        if s.is_finite() {
+    for (i, (a, b)) in s_in.cells().iter().zip(s_out.cells()).enumerate() {
+        if (a + b).is_finite() {
             let k = count(i);
             (sum_in, sum_out, finite) = (sum_in + a * k as f64, sum_out + b * k as f64, finite + k);
         }
     }
+    let nodes = s_in.nodes() as u64;
+    let values = opts.keep_values.then(|| (s_in.to_nodes(layout), s_out.to_nodes(layout)));
+    // Summed in place: no third field.
+    let mut strength = s_in;
+    strength.add_at(0, &s_out);
     // Strengths are NaN/Inf only next to NaN/Inf weights or biases: the
     // finite cells are copied out only then.
-    let nodes = strength.nodes() as u64;
     let kept = (finite < nodes).then(|| {
         let cells = strength.cells().iter().enumerate().filter(|(_, s)| s.is_finite());
-        let (values, counts): (Vec<f64>, Vec<u64>) = cells.map(|(i, &s)| (s, count(i))).unzip();
-        (values, counts)
+        cells.map(|(i, &s)| (s, count(i))).unzip::<f64, u64, Vec<f64>, Vec<u64>>()
     });
     let (m, histogram) = match &kept {
         Some((values, counts)) => engine.distribution_counted(values, Some(counts), opts.bins)?,
         None => engine.distribution_counted(strength.cells(), counts.as_deref(), opts.bins)?,
     };
-    let values = opts.keep_values.then(|| NodeValues {
-        s_in: s_in.to_nodes(layout),
-        s_out: s_out.to_nodes(layout),
-        strength: strength.to_nodes(layout),
-    });
+    let values =
+        values.map(|(s_in, s_out)| NodeValues { s_in, s_out, strength: strength.to_nodes(layout) });
     Ok(NodeSetResult {
         name: set.name.clone(),
         shape: set.shape,
