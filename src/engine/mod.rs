@@ -406,8 +406,7 @@ fn node_set_result<E: Engine + ?Sized>(
         Some((values, counts)) => engine.distribution_counted(values, Some(counts), opts.bins)?,
         None => engine.distribution_counted(strength.cells(), counts.as_deref(), opts.bins)?,
     };
-    let values =
-        values.map(|(s_in, s_out)| NodeValues { s_in, s_out, strength: strength.to_nodes(layout) });
+    let values = values.map(|(s_in, s_out)| NodeValues { s_in, s_out, strength: strength.to_nodes(layout) });
     Ok(NodeSetResult {
         name: set.name.clone(),
         shape: set.shape,
