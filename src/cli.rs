@@ -179,7 +179,7 @@ pub struct EnsembleArgs {
     pub width: f64,
     /// Drop per-checkpoint values beyond M standard deviations of their
     /// group's mean (the paper's outlier rule), per measure.
-    #[arg(long, value_name = "M")]
+    #[arg(long, value_name = "M", value_parser = parse_positive)]
     pub outliers: Option<f64>,
     /// At most N checkpoints per group: a deterministic sample (by a digest
     /// of each checkpoint's name).
@@ -305,6 +305,15 @@ impl DeviceArgs {
 }
 
 /// Parses `C,H,W` or `FEATURES`.
+/// A finite number above 0.
+fn parse_positive(text: &str) -> anyhow::Result<f64> {
+    let v: f64 = text.trim().parse().with_context(|| format!("`{text}` is not a number"))?;
+    if !(v.is_finite() && v > 0.0) {
+        bail!("`{text}`: a number of standard deviations above 0");
+    }
+    Ok(v)
+}
+
 fn parse_input(text: &str) -> anyhow::Result<Vec<usize>> {
     let dims = text
         .split([',', 'x'])

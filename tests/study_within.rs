@@ -157,6 +157,12 @@ fn study_commands_do_not_hide_failure() {
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
         assert!(text(&o).contains(says) && text(&o).contains("accuracy, epoch, run"), "{args:?}: {}", text(&o));
     }
+    // An outlier rule of no standard deviations, or fewer, is refused.
+    for m in ["--outliers=-1", "--outliers=0", "--outliers=nan"] {
+        let o = cntscope(&["ensemble", s, "-o", "x", m]);
+        assert_eq!(o.status.code(), Some(2), "{m}: {}", text(&o));
+        assert!(text(&o).contains("standard deviations above 0"), "{m}: {}", text(&o));
+    }
     // Flags of another command are refused, not ignored.
     let o = cntscope(&["ensemble", s, "-o", "x", "--checkpoint", "does/not/exist"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
