@@ -100,10 +100,13 @@ pub unsafe fn sweep_row(cols: &mut [f64], row: &[f32], factor: f64, lanes: &mut 
 
 /// A [`Binning`] in the form of the f32 bin loop: the same bins, computed
 /// eight at a time in f32, with every value whose f32 position lies within
-/// the f32 error bound of a bin edge binned again in f64.
+/// the f32 error bound of a bin edge binned again in f64. With a factor
+/// (a folded BatchNorm's), the bins are those of `f64::from(x) * factor`.
 #[derive(Debug, Clone, Copy)]
 pub struct F32Bins {
     binning: Binning,
+    factor: f64,
+    /// The position of `x` is `(x - lo) * scale` in bins.
     lo: f32,
     scale: f32,
     /// The smallest f32 `>= lo` and the largest `<= hi`: for f32 values,
@@ -112,6 +115,8 @@ pub struct F32Bins {
     hi_in: f32,
     /// Bound on `|(x - lo) * scale|` in f32 minus the same in f64, in bins.
     eps: f32,
+    /// `bins + eps`: positions above are outside.
+    top: f32,
 }
 
 impl F32Bins {
@@ -131,7 +136,44 @@ impl F32Bins {
         // lo`, so the position errs by at most 2^-24 (scale |lo| + 3 bins),
         // and twice that covers the f64 computation's own rounding.
         let eps = (scale * lo.abs() + 3.0 * f64::from(bins) + 1.0) * f64::from(f32::EPSILON);
-        (eps < 0.25).then_some(F32Bins { binning: *binning, lo: lo_f, scale: scale_f, lo_in, hi_in, eps: eps as f32 })
+        let top = (f64::from(bins) + eps) as f32;
+        (eps < 0.25).then_some(F32Bins {
+            binning: *binning,
+            factor: 1.0,
+            lo: lo_f,
+            scale: scale_f,
+            lo_in,
+            hi_in,
+            eps: eps as f32,
+            top,
+        })
+    }
+
+    /// The f32 form of `binning` applied to `f64::from(x) * factor`: the
+    /// position is `(x - lo / factor) * (scale * factor)`, with the same
+    /// error bound (the range is checked on positions, every value near its
+    /// ends binned again in f64), or `None` where f32 cannot hold it.
+    pub fn scaled(binning: &Binning, factor: f64) -> Option<Self> {
+        if factor == 1.0 {
+            return Self::new(binning);
+        }
+        let Binning { lo, scale, bins, .. } = *binning;
+        let (lo_f, scale_f) = ((lo / factor) as f32, (scale * factor) as f32);
+        if !(lo_f.is_finite() && scale_f.is_finite() && scale_f != 0.0) {
+            return None;
+        }
+        let eps = (scale * lo.abs() + 3.0 * f64::from(bins) + 1.0) * f64::from(f32::EPSILON);
+        let (lo_in, hi_in, top) = (f32::NEG_INFINITY, f32::INFINITY, (f64::from(bins) + eps) as f32);
+        (eps < 0.25).then_some(F32Bins {
+            binning: *binning,
+            factor,
+            lo: lo_f,
+            scale: scale_f,
+            lo_in,
+            hi_in,
+            eps: eps as f32,
+            top,
+        })
     }
 
     /// Writes the bin of each value of `xs` to `out`, as
@@ -146,6 +188,7 @@ impl F32Bins {
         let (lo, scale) = (_mm256_set1_ps(self.lo), _mm256_set1_ps(self.scale));
         let (lo_in, hi_in) = (_mm256_set1_ps(self.lo_in), _mm256_set1_ps(self.hi_in));
         let (eps, one_less) = (_mm256_set1_ps(self.eps), _mm256_set1_ps(1.0 - self.eps));
+        let (bottom, top) = (_mm256_set1_ps(-self.eps), _mm256_set1_ps(self.top));
         let last = _mm256_set1_ps((self.binning.bins - 1) as f32);
         let discard = _mm256_set1_ps(self.binning.bins as f32);
         let body = xs.len() / 8 * 8;
@@ -153,8 +196,14 @@ impl F32Bins {
             // SAFETY: each chunk holds 8 values.
             let x = unsafe { _mm256_loadu_ps(chunk.as_ptr()) };
             _mm_prefetch::<_MM_HINT_T0>(chunk.as_ptr().wrapping_add(PREFETCH).cast());
-            let inside = _mm256_and_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(x, lo_in), _mm256_cmp_ps::<_CMP_LE_OQ>(x, hi_in));
             let t = _mm256_mul_ps(_mm256_sub_ps(x, lo), scale);
+            // Inside by value (exact) and by position (within the error
+            // bound; a position near either end is near an edge, and
+            // binned again).
+            let inside = _mm256_and_ps(
+                _mm256_and_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(x, lo_in), _mm256_cmp_ps::<_CMP_LE_OQ>(x, hi_in)),
+                _mm256_and_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(t, bottom), _mm256_cmp_ps::<_CMP_LE_OQ>(t, top)),
+            );
             let whole = _mm256_floor_ps(t);
             let frac = _mm256_sub_ps(t, whole);
             let near =
@@ -164,12 +213,12 @@ impl F32Bins {
             let mut recheck = _mm256_movemask_ps(_mm256_and_ps(near, inside));
             while recheck != 0 {
                 let k = recheck.trailing_zeros() as usize;
-                o[k] = self.binning.bin(f64::from(chunk[k]));
+                o[k] = self.binning.bin(f64::from(chunk[k]) * self.factor);
                 recheck &= recheck - 1;
             }
         }
         for (x, o) in xs[body..].iter().zip(&mut out[body..]) {
-            *o = self.binning.bin(f64::from(*x));
+            *o = self.binning.bin(f64::from(*x) * self.factor);
         }
     }
 }

@@ -309,12 +309,19 @@ impl Binning {
     }
 }
 
-/// The bin of `f64::from(x) * factor` for each value of `xs`.
+/// The bin of `f64::from(x) * factor` for each value of `xs`: in f32
+/// eight at a time where the processor has AVX2 and f32 holds the bins, in
+/// f64 four at a time where it has AVX2 only.
 fn bins_scaled(binning: &Binning, xs: &[f32], factor: f64, out: &mut [u32]) {
     #[cfg(target_arch = "x86_64")]
     if crate::simd::avx2() {
         // SAFETY: the processor has AVX2 and FMA.
-        return unsafe { crate::simd::bins_scaled(binning, xs, factor, out) };
+        return unsafe {
+            match crate::simd::F32Bins::scaled(binning, factor) {
+                Some(f32_bins) => f32_bins.bins(xs, out),
+                None => crate::simd::bins_scaled(binning, xs, factor, out),
+            }
+        };
     }
     for (o, &x) in out.iter_mut().zip(xs) {
         *o = binning.bin(f64::from(x) * factor);
@@ -626,20 +633,35 @@ mod tests {
     /// their f64 products, factors of either sign.
     #[test]
     fn scaled_f32_histogram_matches_products() {
-        let xs: Vec<f32> = (0..5003).map(|i| ((i * 7919) % 2003) as f32 / 1000.0 - 1.0).collect();
+        let base: Vec<f32> = (0..5003).map(|i| ((i * 7919) % 2003) as f32 / 1000.0 - 1.0).collect();
         for factor in [1.0, 0.3, -1.7] {
+            // Values whose products land on and next to every edge (and
+            // the range's ends) of each binning below.
+            let mut xs = base.clone();
+            let m = Moments::from_slice(&base.iter().map(|&x| f64::from(x) * factor).collect::<Vec<_>>());
+            for bins in [1, 7, 50] {
+                for e in Histogram::for_range(m.min, m.max, bins).edges() {
+                    let x = (e / factor) as f32;
+                    xs.extend([x.next_down(), x, x.next_up()]);
+                }
+            }
+            xs.extend([f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 2.5, -2.5]);
+            // Whole rows of 37, then one of 21.
+            while xs.len() % 37 != 21 {
+                xs.push(0.0);
+            }
             let products: Vec<f64> = xs.iter().map(|&x| f64::from(x) * factor).collect();
-            let m = Moments::from_slice(&products);
             for bins in [1, 7, 50] {
                 let mut a = Histogram::for_range(m.min, m.max, bins);
                 let mut b = a.clone();
-                // Rows of 7 values, one factor each (an odd row length, so
-                // blocks of bins span rows).
-                a.add_f32_rows(&xs[..4998], 7, &vec![factor; 4998 / 7]);
-                a.add_f32_rows(&xs[4998..], 5, &[factor]);
+                // Rows of 37 values, one factor each (an odd row length, so
+                // blocks of bins span rows, and rows have a body of eight
+                // at a time and a tail).
+                let rows = xs.len() / 37 * 37;
+                a.add_f32_rows(&xs[..rows], 37, &vec![factor; rows / 37]);
+                a.add_f32_rows(&xs[rows..], 21, &[factor]);
                 b.add_all_portable(&products);
                 assert_eq!(a.counts, b.counts, "factor {factor}, {bins} bins");
-                assert_eq!(a.counts.iter().sum::<u64>(), xs.len() as u64);
             }
         }
     }
