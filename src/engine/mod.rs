@@ -137,8 +137,10 @@ pub(crate) fn histogram_on((lo, hi): (f64, f64), bins: usize) -> Histogram {
     Histogram { lo, hi, counts: vec![0; bins.max(1)] }
 }
 
-/// [`Engine::binned`] from the values: measured with `analyze`, weights
-/// decoded on the host.
+/// [`Engine::binned`] from the values: node sets measured by [`assemble`]
+/// and binned from their cells (each counted once per node it stands
+/// for), weights decoded on the host. The values themselves go along
+/// where a pool could keep them ([`crate::density::EXACT_MAX`]).
 pub fn binned_by_values<E: Engine + ?Sized>(
     engine: &E,
     net: &Network,
@@ -146,24 +148,34 @@ pub fn binned_by_values<E: Engine + ?Sized>(
     ranges: &BinRanges,
     bins: usize,
 ) -> Result<BinnedNetwork> {
-    let a = engine.analyze(net, ck, &AnalysisOptions { keep_values: true, bins: 1 })?;
+    let (_, cells) = assemble_with_cells(engine, net, ck, &AnalysisOptions { keep_values: false, bins: 1 }, true)?;
+    let small = |n: usize| n <= crate::density::EXACT_MAX;
     // NaN and infinite values are left out of pooled distributions.
-    let bin = |values: Vec<f64>, range: (f64, f64)| {
-        let values = Finite::of(values).values;
-        let mut histogram = histogram_on(range, bins);
-        histogram.add_f64(&values);
-        Binned { moments: Moments::from_slice(&values), histogram, values: Some(values) }
-    };
-    let node_sets = a
-        .node_sets
-        .into_iter()
+    let node_sets = cells
+        .iter()
         .zip(&ranges.node_sets)
-        .map(|(s, &r)| bin(s.values.expect("asked for").strength, r))
+        .map(|(field, &range)| {
+            let all = field.counts();
+            let kept = field.cells().iter().enumerate().filter(|(_, v)| v.is_finite());
+            let (values, counts): (Vec<f64>, Vec<u64>) =
+                kept.map(|(i, &v)| (v, all.as_ref().map_or(1, |c| c[i]))).unzip();
+            let mut histogram = histogram_on(range, bins);
+            histogram.add_counted(&values, &counts);
+            let moments = Moments::from_counted(&values, &counts);
+            let values = small(field.nodes()).then(|| Finite::of(field.to_nodes(net.layout)).values);
+            Binned { moments, histogram, values }
+        })
         .collect();
     let layers = net
         .weighted_layers()
         .zip(&ranges.layers)
-        .map(|((_, l), &r)| Ok(bin(link_weights(net, l, ck)?, r)))
+        .map(|((_, l), &range)| {
+            let values = Finite::of(link_weights(net, l, ck)?).values;
+            let mut histogram = histogram_on(range, bins);
+            histogram.add_f64(&values);
+            let moments = Moments::from_slice(&values);
+            Ok(Binned { moments, histogram, values: small(values.len()).then_some(values) })
+        })
         .collect::<Result<_>>()?;
     Ok(BinnedNetwork { node_sets, layers })
 }
@@ -262,6 +274,18 @@ pub fn assemble<E: Engine + ?Sized>(
     ck: &Checkpoint,
     opts: &AnalysisOptions,
 ) -> Result<Analysis> {
+    assemble_with_cells(engine, net, ck, opts, false).map(|(a, _)| a)
+}
+
+/// [`assemble`], also returning each node set's strengths as cells when
+/// `keep_cells` (empty otherwise).
+fn assemble_with_cells<E: Engine + ?Sized>(
+    engine: &E,
+    net: &Network,
+    ck: &Checkpoint,
+    opts: &AnalysisOptions,
+    keep_cells: bool,
+) -> Result<(Analysis, Vec<Field>)> {
     // A node set's sums exist from its first layer to its last, then its
     // measures are taken and its memory freed: memory follows the sets
     // alive at once, not the whole network.
@@ -271,7 +295,7 @@ pub fn assemble<E: Engine + ?Sized>(
         last[l.from] = last[l.from].max(i);
     }
     let mut sums: Vec<Option<(Field, Field)>> = vec![None; net.node_sets.len()];
-    let mut results: Vec<Option<NodeSetResult>> = vec![None; net.node_sets.len()];
+    let mut results: Vec<Option<(NodeSetResult, Option<Field>)>> = vec![None; net.node_sets.len()];
     let mut layers = Vec::new();
     for (i, layer) in net.layers.iter().enumerate() {
         let (s_in, s_out, result) = measure_layer(engine, net, ck, i, layer, opts)?;
@@ -286,13 +310,16 @@ pub fn assemble<E: Engine + ?Sized>(
         for set in [layer.to, layer.from] {
             if last[set] == i {
                 if let Some((s_in, s_out)) = sums[set].take() {
-                    results[set] = Some(node_set_result(engine, &net.node_sets[set], s_in, s_out, net.layout, opts)?);
+                    let set_opts = (engine, net.layout, opts, keep_cells);
+                    results[set] = Some(node_set_result(set_opts, &net.node_sets[set], s_in, s_out)?);
                 }
             }
         }
     }
-    let node_sets = results.into_iter().map(|r| r.expect("every node set touches a layer")).collect();
-    Ok(Analysis { not_chain: net.not_chain.clone(), source: net.source, node_sets, layers })
+    let (node_sets, cells): (Vec<_>, Vec<_>) =
+        results.into_iter().map(|r| r.expect("every node set touches a layer")).unzip();
+    let analysis = Analysis { not_chain: net.not_chain.clone(), source: net.source, node_sets, layers };
+    Ok((analysis, cells.into_iter().flatten().collect()))
 }
 
 /// A BatchNorm's per-channel `(a, c)`: `y = a x + c` (SPEC 1.3).
@@ -371,14 +398,13 @@ pub(crate) fn scale_weights(values: &mut [f64], layer: &Layer, layout: Layout, s
 }
 
 /// The measures of one node set from its summed `s_in` and `s_out`.
+/// Also returns the strengths as cells when `keep_cells`.
 fn node_set_result<E: Engine + ?Sized>(
-    engine: &E,
+    (engine, layout, opts, keep_cells): (&E, Layout, &AnalysisOptions, bool),
     set: &crate::graph::NodeSet,
     mut s_in: Field,
     mut s_out: Field,
-    layout: Layout,
-    opts: &AnalysisOptions,
-) -> Result<NodeSetResult> {
+) -> Result<(NodeSetResult, Option<Field>)> {
     Field::align(&mut s_in, &mut s_out);
     let counts = s_in.counts();
     let count = |i: usize| counts.as_ref().map_or(1, |c| c[i]);
@@ -407,7 +433,7 @@ fn node_set_result<E: Engine + ?Sized>(
         None => engine.distribution_counted(strength.cells(), counts.as_deref(), opts.bins)?,
     };
     let values = values.map(|(s_in, s_out)| NodeValues { s_in, s_out, strength: strength.to_nodes(layout) });
-    Ok(NodeSetResult {
+    let result = NodeSetResult {
         name: set.name.clone(),
         shape: set.shape,
         strength: m,
@@ -416,7 +442,8 @@ fn node_set_result<E: Engine + ?Sized>(
         histogram,
         non_finite: nodes - finite,
         values,
-    })
+    };
+    Ok((result, keep_cells.then_some(strength)))
 }
 
 /// One layer's `(s_in, s_out)` and, for a weighted layer, its link-weight
