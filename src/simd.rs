@@ -124,29 +124,14 @@ impl F32Bins {
     /// range beyond f32, or one so narrow next to its distance from zero
     /// that most values would need the f64 check).
     pub fn new(binning: &Binning) -> Option<Self> {
-        let Binning { lo, hi, scale, bins } = *binning;
+        let Binning { lo, hi, scale, .. } = *binning;
         let (lo_f, hi_f, scale_f) = (lo as f32, hi as f32, scale as f32);
         if !(lo_f.is_finite() && hi_f.is_finite() && scale_f.is_finite() && scale_f > 0.0) {
             return None;
         }
         let lo_in = if f64::from(lo_f) < lo { lo_f.next_up() } else { lo_f };
         let hi_in = if f64::from(hi_f) > hi { hi_f.next_down() } else { hi_f };
-        // Rounding lo, x - lo, the scale and the product to f32 each errs
-        // by at most 2^-24 of its size; for counted values `x - lo <= hi -
-        // lo`, so the position errs by at most 2^-24 (scale |lo| + 3 bins),
-        // and twice that covers the f64 computation's own rounding.
-        let eps = (scale * lo.abs() + 3.0 * f64::from(bins) + 1.0) * f64::from(f32::EPSILON);
-        let top = (f64::from(bins) + eps) as f32;
-        (eps < 0.25).then_some(F32Bins {
-            binning: *binning,
-            factor: 1.0,
-            lo: lo_f,
-            scale: scale_f,
-            lo_in,
-            hi_in,
-            eps: eps as f32,
-            top,
-        })
+        Self::with_bounds(binning, 1.0, (lo_f, scale_f), (lo_in, hi_in))
     }
 
     /// The f32 form of `binning` applied to `f64::from(x) * factor`: the
@@ -157,23 +142,29 @@ impl F32Bins {
         if factor == 1.0 {
             return Self::new(binning);
         }
-        let Binning { lo, scale, bins, .. } = *binning;
-        let (lo_f, scale_f) = ((lo / factor) as f32, (scale * factor) as f32);
+        let (lo_f, scale_f) = ((binning.lo / factor) as f32, (binning.scale * factor) as f32);
         if !(lo_f.is_finite() && scale_f.is_finite() && scale_f != 0.0) {
             return None;
         }
-        let eps = (scale * lo.abs() + 3.0 * f64::from(bins) + 1.0) * f64::from(f32::EPSILON);
-        let (lo_in, hi_in, top) = (f32::NEG_INFINITY, f32::INFINITY, (f64::from(bins) + eps) as f32);
-        (eps < 0.25).then_some(F32Bins {
-            binning: *binning,
-            factor,
-            lo: lo_f,
-            scale: scale_f,
-            lo_in,
-            hi_in,
-            eps: eps as f32,
-            top,
-        })
+        Self::with_bounds(binning, factor, (lo_f, scale_f), (f32::NEG_INFINITY, f32::INFINITY))
+    }
+
+    /// The loop's constants for positions `(x - lo) * scale` and values
+    /// inside `[lo_in, hi_in]`.
+    fn with_bounds(
+        binning: &Binning,
+        factor: f64,
+        (lo, scale): (f32, f32),
+        (lo_in, hi_in): (f32, f32),
+    ) -> Option<Self> {
+        let bins = f64::from(binning.bins);
+        // Rounding lo, x - lo, the scale and the product to f32 each errs
+        // by at most 2^-24 of its size; for counted values `x - lo <= hi -
+        // lo`, so the position errs by at most 2^-24 (scale |lo| + 3 bins),
+        // and twice that covers the f64 computation's own rounding.
+        let eps = (binning.scale * binning.lo.abs() + 3.0 * bins + 1.0) * f64::from(f32::EPSILON);
+        let (eps, top) = (eps as f32, (bins + eps) as f32);
+        (eps < 0.25).then_some(F32Bins { binning: *binning, factor, lo, scale, lo_in, hi_in, eps, top })
     }
 
     /// Writes the bin of each value of `xs` to `out`, as

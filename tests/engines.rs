@@ -7,7 +7,7 @@ mod common;
 use std::sync::Arc;
 
 use cntscope::checkpoint::{Checkpoint, DType};
-use cntscope::engine::{CpuEngine, Engine, GpuContext, GpuEngine};
+use cntscope::engine::{CpuEngine, Engine, GpuContext, GpuEngine, LayerMeasures};
 use cntscope::graph::{GraphOptions, Network};
 use cntscope::spec::Layout;
 use cntscope::stats::{Histogram, Moments};
@@ -93,13 +93,7 @@ fn node_set_distributions_match_reference() {
 
 /// One dense layer `[rows, cols]` stored as `dtype`, measured by `engine`;
 /// also its weights as stored.
-fn dense_layer(
-    engine: &dyn Engine,
-    rows: usize,
-    cols: usize,
-    dtype: DType,
-    bins: usize,
-) -> (cntscope::engine::LayerMeasures, Vec<f64>) {
+fn dense_layer(engine: &dyn Engine, rows: usize, cols: usize, dtype: DType, bins: usize) -> (LayerMeasures, Vec<f64>) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("d.safetensors");
     let w: Vec<f64> = values(rows * cols, 42).into_iter().map(|x| 0.1 + x * 0.5).collect();
@@ -108,6 +102,13 @@ fn dense_layer(
     let net = Network::build(&ck, &GraphOptions::default()).unwrap();
     let w = ck.tensor("l.weight").unwrap();
     (engine.layer(&net.layers[0], net.layout, &w, None, None, bins).unwrap(), w.to_f64())
+}
+
+/// A dense layer's strengths from two engines agree node by node.
+fn assert_strengths_close(what: &str, got: &LayerMeasures, want: &LayerMeasures) {
+    for (side, g, w) in [("s_in", &got.s_in, &want.s_in), ("s_out", &got.s_out, &want.s_out)] {
+        assert_close(&format!("{what} {side}"), &g.to_nodes(Layout::Torch), &w.to_nodes(Layout::Torch), 1e-5);
+    }
 }
 
 #[test]
@@ -126,18 +127,7 @@ fn link_weight_statistics_match_reference() {
                     &summary(&want.weights)[..4],
                     1e-5,
                 );
-                assert_close(
-                    &format!("{what} s_in"),
-                    &got.s_in.to_nodes(Layout::Torch),
-                    &want.s_in.to_nodes(Layout::Torch),
-                    1e-5,
-                );
-                assert_close(
-                    &format!("{what} s_out"),
-                    &got.s_out.to_nodes(Layout::Torch),
-                    &want.s_out.to_nodes(Layout::Torch),
-                    1e-5,
-                );
+                assert_strengths_close(&what, &got, &want);
                 assert_histogram(&what, &got.histogram, &want.histogram, &weights);
             }
         }
@@ -154,13 +144,7 @@ fn gpu_uploads_large_tensors_in_parallel() {
     let (want, weights) = dense_layer(&CpuEngine::default(), rows, cols, DType::F32, 50);
     let (got, _) = dense_layer(&gpu, rows, cols, DType::F32, 50);
     assert!(weights.len() * 4 > 8 << 20);
-    assert_close("parallel upload s_in", &got.s_in.to_nodes(Layout::Torch), &want.s_in.to_nodes(Layout::Torch), 1e-5);
-    assert_close(
-        "parallel upload s_out",
-        &got.s_out.to_nodes(Layout::Torch),
-        &want.s_out.to_nodes(Layout::Torch),
-        1e-5,
-    );
+    assert_strengths_close("parallel upload", &got, &want);
     assert_histogram("parallel upload", &got.histogram, &want.histogram, &weights);
 }
 
@@ -177,18 +161,7 @@ fn gpu_chunks_tensors_larger_than_a_binding() {
         let (want, weights) = dense_layer(&cpu, rows, cols, dtype, 20);
         let (got, _) = dense_layer(&gpu, rows, cols, dtype, 20);
         let what = format!("chunked {rows}x{cols} {dtype:?}");
-        assert_close(
-            &format!("{what} s_in"),
-            &got.s_in.to_nodes(Layout::Torch),
-            &want.s_in.to_nodes(Layout::Torch),
-            1e-5,
-        );
-        assert_close(
-            &format!("{what} s_out"),
-            &got.s_out.to_nodes(Layout::Torch),
-            &want.s_out.to_nodes(Layout::Torch),
-            1e-5,
-        );
+        assert_strengths_close(&what, &got, &want);
         assert_close(&format!("{what} weights"), &summary(&got.weights)[..4], &summary(&want.weights)[..4], 1e-5);
         assert_histogram(&what, &got.histogram, &want.histogram, &weights);
     }

@@ -607,14 +607,19 @@ fn large_kernels_cross_decoding_blocks() {
     }
 }
 
-/// A kernel large enough that the CPU engine measures it in blocks on
-/// several threads (K and Q partial sums merged), BatchNorm folded.
+/// Two convs, the second's kernel (128 x 171 x 5 x 5) above the CPU
+/// engine's 512K weights: measured in blocks on several threads (K and Q
+/// partial sums merged), BatchNorm folded.
+fn parallel_convs() -> Vec<E> {
+    vec![
+        e("a", K::Conv { cout: 128, groups: 1, k: [3, 3], s: [1, 1], p: [1, 1], d: [1, 1], bias: true, norm: false }),
+        e("big", K::Conv { cout: 171, groups: 1, k: [5, 5], s: [2, 1], p: [2, 1], d: [1, 1], bias: false, norm: true }),
+    ]
+}
+
 #[test]
 fn kernels_measured_in_parallel_blocks() {
-    let entries = vec![
-        e("a", K::Conv { cout: 61, groups: 1, k: [3, 3], s: [1, 1], p: [1, 1], d: [1, 1], bias: true, norm: false }),
-        e("big", K::Conv { cout: 97, groups: 1, k: [5, 5], s: [2, 1], p: [2, 1], d: [1, 1], bias: false, norm: true }),
-    ];
+    let entries = parallel_convs();
     for layout in [Layout::Torch, Layout::Keras] {
         check(&format!("parallel blocks {layout}"), &entries, map(3, 7, 6), layout, BnMode::Fold);
     }
@@ -624,11 +629,8 @@ fn kernels_measured_in_parallel_blocks() {
 /// order are fixed by the sizes alone.
 #[test]
 fn results_do_not_depend_on_threads() {
-    let entries = vec![
-        e("a", K::Conv { cout: 61, groups: 1, k: [3, 3], s: [1, 1], p: [1, 1], d: [1, 1], bias: true, norm: false }),
-        e("big", K::Conv { cout: 97, groups: 1, k: [5, 5], s: [2, 1], p: [2, 1], d: [1, 1], bias: false, norm: true }),
-        e("fc", K::Dense { out: 1500, bias: true, norm: false }),
-    ];
+    let mut entries = parallel_convs();
+    entries.push(e("fc", K::Dense { out: 1500, bias: true, norm: false }));
     let (tensors, spec_text, _) = build(&entries, map(3, 7, 6), Layout::Torch, BnMode::Fold, 7);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("net.safetensors");
