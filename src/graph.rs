@@ -326,6 +326,17 @@ pub struct Layer {
 }
 
 impl Layer {
+    /// Number of learned link weights: those of the weight tensor (dense,
+    /// conv), one per channel (a BatchNorm layer), none (fixed layers).
+    pub fn weight_count(&self) -> usize {
+        match self.kind {
+            LayerKind::Dense { inputs, outputs, .. } => inputs * outputs,
+            LayerKind::Conv(c) => c.cout * c.cin_g * c.kh * c.kw,
+            LayerKind::Norm => self.output.channels(),
+            LayerKind::Pool(_) | LayerKind::Identity => 0,
+        }
+    }
+
     /// True when the output channel is the last (fastest) axis of the
     /// stored weights (`[in, out]` dense, keras convs), false when it is
     /// the first (torch).

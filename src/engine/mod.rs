@@ -9,6 +9,7 @@ pub mod cpu;
 pub mod field;
 mod fixed;
 pub mod gpu;
+mod ordered;
 
 use crate::checkpoint::{Checkpoint, Tensor};
 use crate::error::Result;
@@ -99,6 +100,13 @@ pub trait Engine: Send + Sync {
 
     /// How many checkpoints a caller should hand to one `analyze_batch`.
     fn batch_size(&self) -> usize {
+        1
+    }
+
+    /// How many layers of `weights` learned weights each [`assemble`] may
+    /// measure at once (their node sets are still summed in order).
+    fn concurrent_layers(&self, weights: usize) -> usize {
+        let _ = weights;
         1
     }
 }
@@ -297,8 +305,13 @@ fn assemble_with_cells<E: Engine + ?Sized>(
     let mut sums: Vec<Option<(Field, Field)>> = vec![None; net.node_sets.len()];
     let mut results: Vec<Option<(NodeSetResult, Option<Field>)>> = vec![None; net.node_sets.len()];
     let mut layers = Vec::new();
-    for (i, layer) in net.layers.iter().enumerate() {
-        let (s_in, s_out, result) = measure_layer(engine, net, ck, i, layer, opts)?;
+    // Layers are measured side by side where the engine says so; each
+    // result is summed into its node sets in layer order.
+    let mut failed = None;
+    let mut i = 0;
+    let mut sum_layer = |measured: Result<(Field, Field, Option<LayerResult>)>| -> Result<()> {
+        let layer = &net.layers[i];
+        let (s_in, s_out, result) = measured?;
         layers.extend(result);
         for (set, offset, part, inward) in
             [(layer.to, layer.offset, &s_in, true), (layer.from, layer.from_channels[0], &s_out, false)]
@@ -315,6 +328,27 @@ fn assemble_with_cells<E: Engine + ?Sized>(
                 }
             }
         }
+        i += 1;
+        Ok(())
+    };
+    let concurrent: Vec<usize> = net.layers.iter().map(|l| engine.concurrent_layers(l.weight_count())).collect();
+    // Runs of consecutive layers that may go side by side as many at once.
+    let mut start = 0;
+    for run in concurrent.chunk_by(|a, b| a == b) {
+        ordered::ordered(
+            run.len(),
+            run[0],
+            |k| measure_layer(engine, net, ck, start + k, &net.layers[start + k], opts),
+            |measured| {
+                if failed.is_none() {
+                    failed = sum_layer(measured).err();
+                }
+            },
+        );
+        start += run.len();
+    }
+    if let Some(e) = failed {
+        return Err(e);
     }
     let (node_sets, cells): (Vec<_>, Vec<_>) =
         results.into_iter().map(|r| r.expect("every node set touches a layer")).unzip();
