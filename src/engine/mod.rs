@@ -178,11 +178,20 @@ pub fn binned_by_values<E: Engine + ?Sized>(
         .weighted_layers()
         .zip(&ranges.layers)
         .map(|((_, l), &range)| {
-            let values = Finite::of(link_weights(net, l, ck)?).values;
+            // A chunk at a time: a large layer is never held as f64.
             let mut histogram = histogram_on(range, bins);
-            histogram.add_f64(&values);
-            let moments = Moments::from_slice(&values);
-            Ok(Binned { moments, histogram, values: small(values.len()).then_some(values) })
+            let mut moments = Moments::default();
+            let mut values = Some(Vec::new());
+            link_weight_chunks(net, l, ck, |chunk| {
+                let finite = Finite::of(chunk.to_vec()).values;
+                histogram.add_f64(&finite);
+                moments.merge(&Moments::from_slice(&finite));
+                match &mut values {
+                    Some(v) if small(v.len() + finite.len()) => v.extend_from_slice(&finite),
+                    _ => values = None,
+                }
+            })?;
+            Ok(Binned { moments, histogram, values })
         })
         .collect::<Result<_>>()?;
     Ok(BinnedNetwork { node_sets, layers })
@@ -400,18 +409,32 @@ impl LayerParams {
 /// weights after folding (dense, conv), or one `a[c]` per node (a
 /// BatchNorm layer).
 pub fn link_weights(net: &Network, layer: &Layer, ck: &Checkpoint) -> Result<Vec<f64>> {
+    let mut all = Vec::with_capacity(layer.weight_count());
+    link_weight_chunks(net, layer, ck, |chunk| all.extend_from_slice(chunk))?;
+    Ok(all)
+}
+
+/// [`link_weights`] handed to `f` a few thousand at a time, in storage
+/// order, never all at once.
+pub fn link_weight_chunks(net: &Network, layer: &Layer, ck: &Checkpoint, mut f: impl FnMut(&[f64])) -> Result<()> {
+    const CHUNK: usize = 4096;
     match (layer.kind, &layer.norm) {
-        (LayerKind::Norm, Some(n)) => Ok(norm_link_weights(layer, net.layout, &norm_affine(ck, n)?.0)),
+        (LayerKind::Norm, Some(n)) => f(&norm_link_weights(layer, net.layout, &norm_affine(ck, n)?.0)),
         _ => {
             let w = ck.tensor(layer.weight.as_deref().unwrap_or(""))?;
-            let mut v = w.to_f64();
-            if let Some(n) = &layer.norm {
-                let (a, _) = norm_affine(ck, n)?;
-                scale_weights(&mut v, layer, net.layout, &a);
+            let scale = layer.norm.as_ref().map(|n| norm_affine(ck, n)).transpose()?.map(|(a, _)| a);
+            let mut buf = vec![0.0; CHUNK.min(w.len())];
+            for at in (0..w.len()).step_by(CHUNK) {
+                let chunk = &mut buf[..CHUNK.min(w.len() - at)];
+                w.decode_into(at, chunk);
+                if let Some(a) = &scale {
+                    scale_weights_at(chunk, at, w.len(), layer, net.layout, a);
+                }
+                f(chunk);
             }
-            Ok(v)
         }
     }
+    Ok(())
 }
 
 /// A BatchNorm layer's link weights: `a[c]` for each node of channel `c`.
@@ -423,10 +446,16 @@ fn norm_link_weights(layer: &Layer, layout: Layout, a: &[f64]) -> Vec<f64> {
 
 /// Multiplies each stored weight of output channel `o` by `scale[o]`.
 pub(crate) fn scale_weights(values: &mut [f64], layer: &Layer, layout: Layout, scale: &[f64]) {
+    scale_weights_at(values, 0, values.len(), layer, layout, scale);
+}
+
+/// [`scale_weights`] of the values `at..at + values.len()` of a tensor of
+/// `len` values.
+fn scale_weights_at(values: &mut [f64], at: usize, len: usize, layer: &Layer, layout: Layout, scale: &[f64]) {
     let n = scale.len();
-    let per = values.len() / n.max(1);
+    let per = len / n.max(1);
     let outputs_last = layer.outputs_last(layout);
-    for (i, v) in values.iter_mut().enumerate() {
+    for (i, v) in (at..).zip(values.iter_mut()) {
         *v *= scale[if outputs_last { i % n } else { i / per }];
     }
 }
