@@ -104,15 +104,7 @@ impl Engine for CpuEngine {
         }
     }
 
-    fn distribution_counted(
-        &self,
-        values: &[f64],
-        counts: Option<&[u64]>,
-        bins: usize,
-    ) -> Result<(Moments, Histogram)> {
-        let Some(counts) = counts else {
-            return self.distribution(values, bins);
-        };
+    fn distribution_counted(&self, values: &[f64], counts: &[u64], bins: usize) -> Result<(Moments, Histogram)> {
         let m = Moments::from_counted(values, counts);
         let mut h = Histogram::for_range(m.min, m.max, bins);
         h.add_counted(values, counts);

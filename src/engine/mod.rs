@@ -62,17 +62,9 @@ pub trait Engine: Send + Sync {
     fn distribution(&self, values: &[f64], bins: usize) -> Result<(Moments, Histogram)>;
 
     /// [`Engine::distribution`] of values that each stand for `counts[i]`
-    /// nodes (a node set's cells; `None`: one each). The default measures
-    /// every node's value; the CPU reference weights the cells.
-    fn distribution_counted(
-        &self,
-        values: &[f64],
-        counts: Option<&[u64]>,
-        bins: usize,
-    ) -> Result<(Moments, Histogram)> {
-        let Some(counts) = counts else {
-            return self.distribution(values, bins);
-        };
+    /// nodes (a node set's cells). The default measures every node's
+    /// value; the CPU reference weights the cells.
+    fn distribution_counted(&self, values: &[f64], counts: &[u64], bins: usize) -> Result<(Moments, Histogram)> {
         let nodes: Vec<f64> =
             values.iter().zip(counts).flat_map(|(&v, &k)| std::iter::repeat_n(v, k as usize)).collect();
         self.distribution(&nodes, bins)
@@ -491,9 +483,10 @@ fn node_set_result<E: Engine + ?Sized>(
         let cells = strength.cells().iter().enumerate().filter(|(_, s)| s.is_finite());
         cells.map(|(i, &s)| (s, count(i))).unzip::<f64, u64, Vec<f64>, Vec<u64>>()
     });
-    let (m, histogram) = match &kept {
-        Some((values, counts)) => engine.distribution_counted(values, Some(counts), opts.bins)?,
-        None => engine.distribution_counted(strength.cells(), counts.as_deref(), opts.bins)?,
+    let (m, histogram) = match (&kept, &counts) {
+        (Some((values, counts)), _) => engine.distribution_counted(values, counts, opts.bins)?,
+        (None, Some(counts)) => engine.distribution_counted(strength.cells(), counts, opts.bins)?,
+        (None, None) => engine.distribution(strength.cells(), opts.bins)?,
     };
     let values = values.map(|(s_in, s_out)| NodeValues { s_in, s_out, strength: strength.to_nodes(layout) });
     let result = NodeSetResult {
@@ -554,7 +547,7 @@ fn measure_layer<E: Engine + ?Sized>(
             let per_channel = (layer.output.count() / a.len().max(1)) as u64;
             let weights = Finite::of(a);
             let counts = vec![per_channel; weights.values.len()];
-            let (m, histogram) = engine.distribution_counted(&weights.values, Some(&counts), opts.bins)?;
+            let (m, histogram) = engine.distribution_counted(&weights.values, &counts, opts.bins)?;
             let shift = Finite::of(c);
             result = Some(LayerResult {
                 index: i + 1,
