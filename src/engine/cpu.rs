@@ -299,6 +299,18 @@ struct KernelSums {
     moments: Moments,
 }
 
+impl KernelSums {
+    /// Empty sums for `conv`'s K and Q.
+    fn zeros(conv: &Conv) -> Self {
+        let taps = conv.kh * conv.kw;
+        KernelSums {
+            k_in: vec![0.0; conv.cout * taps],
+            q_out: vec![0.0; conv.cin() * taps],
+            moments: Moments::default(),
+        }
+    }
+}
+
 impl CpuEngine {
     /// Histogram of a dense layer's weights over their `[min, max]`.
     fn histogram(&self, weight: &Tensor<'_>, m: &Moments, bins: usize) -> Histogram {
@@ -413,8 +425,7 @@ fn torch_rows(xs: &[f32], scale: Option<&[f64]>, conv: &Conv, o0: usize, o1: usi
     let &Conv { cout, cin_g, kh, kw, geometry: g, .. } = conv;
     let (taps, cout_g) = (kh * kw, cout / g.groups);
     let per = cin_g * taps;
-    let mut out =
-        KernelSums { k_in: vec![0.0; cout * taps], q_out: vec![0.0; conv.cin() * taps], moments: Moments::default() };
+    let mut out = KernelSums::zeros(conv);
     // Moments merged a block of rows at a time, so the power sums stay short.
     let rows_per_block = (16 * CHUNK / per.max(1)).max(1);
     for b0 in (o0..o1).step_by(rows_per_block) {
@@ -450,8 +461,7 @@ fn kernel_sums(d: &Decoder<'_>, conv: &Conv, start: usize, end: usize) -> Kernel
     let &Conv { cout, cin_g, kh, kw, geometry: g, .. } = conv;
     let cout_g = cout / g.groups;
     let taps = kh * kw;
-    let mut out =
-        KernelSums { k_in: vec![0.0; cout * taps], q_out: vec![0.0; conv.cin() * taps], moments: Moments::default() };
+    let mut out = KernelSums::zeros(conv);
     let (k_in, q_out) = (&mut out.k_in, &mut out.q_out);
     let run = if d.layout == Layout::Torch { taps } else { cout };
     let block_len = (CHUNK / run).max(1) * run;

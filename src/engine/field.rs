@@ -79,11 +79,6 @@ impl Classes {
         self.of[p] as usize
     }
 
-    /// Positions in class `k`.
-    pub fn size(&self, k: usize) -> u64 {
-        self.sizes[k]
-    }
-
     /// The coarsest partition finer than both (positions share a class
     /// when they do in `self` and in `other`), with each class's class in
     /// `self` and in `other`.
@@ -187,6 +182,13 @@ impl Field {
         let plane: Vec<u64> =
             self.rows.sizes.iter().flat_map(|&r| self.cols.sizes.iter().map(move |&k| r * k)).collect();
         Some(plane.iter().copied().cycle().take(self.cells.len()).collect())
+    }
+
+    /// The finite cells, in order, with the nodes each stands for.
+    pub fn finite_cells(&self) -> (Vec<f64>, Vec<u64>) {
+        let counts = self.counts();
+        let finite = self.cells.iter().enumerate().filter(|(_, v)| v.is_finite());
+        finite.map(|(i, &v)| (v, counts.as_ref().map_or(1, |c| c[i]))).unzip()
     }
 
     /// Adds `f(c)` to every node of channel `c` (a bias).

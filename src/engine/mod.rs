@@ -155,10 +155,7 @@ pub fn binned_by_values<E: Engine + ?Sized>(
         .iter()
         .zip(&ranges.node_sets)
         .map(|(field, &range)| {
-            let all = field.counts();
-            let kept = field.cells().iter().enumerate().filter(|(_, v)| v.is_finite());
-            let (values, counts): (Vec<f64>, Vec<u64>) =
-                kept.map(|(i, &v)| (v, all.as_ref().map_or(1, |c| c[i]))).unzip();
+            let (values, counts) = field.finite_cells();
             let mut histogram = histogram_on(range, bins);
             histogram.add_counted(&values, &counts);
             let moments = Moments::from_counted(&values, &counts);
@@ -479,10 +476,7 @@ fn node_set_result<E: Engine + ?Sized>(
     strength.add_at(0, &s_out);
     // Strengths are NaN/Inf only next to NaN/Inf weights or biases: the
     // finite cells are copied out only then.
-    let kept = (finite < nodes).then(|| {
-        let cells = strength.cells().iter().enumerate().filter(|(_, s)| s.is_finite());
-        cells.map(|(i, &s)| (s, count(i))).unzip::<f64, u64, Vec<f64>, Vec<u64>>()
-    });
+    let kept = (finite < nodes).then(|| strength.finite_cells());
     let (m, histogram) = match (&kept, &counts) {
         (Some((values, counts)), _) => engine.distribution_counted(values, counts, opts.bins)?,
         (None, Some(counts)) => engine.distribution_counted(strength.cells(), counts, opts.bins)?,
@@ -606,23 +600,6 @@ pub(crate) fn dense_in_out<T>(in_out: bool, row_sums: T, col_sums: T) -> (T, T) 
         (col_sums, row_sums)
     } else {
         (row_sums, col_sums)
-    }
-}
-
-/// Reorders a feature map's values from `c, y, x` order to the layout's
-/// flatten order (`y, x, c` for keras); flat shapes are unchanged.
-pub fn to_layout_order(values: Vec<f64>, shape: NodeShape, layout: Layout) -> Vec<f64> {
-    match (shape, layout) {
-        (NodeShape::Map { c, h, w }, Layout::Keras) if c > 1 => {
-            let mut out = vec![0.0; values.len()];
-            for ch in 0..c {
-                for p in 0..h * w {
-                    out[p * c + ch] = values[ch * h * w + p];
-                }
-            }
-            out
-        }
-        _ => values,
     }
 }
 
