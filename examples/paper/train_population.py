@@ -15,8 +15,9 @@ download at run time); everything else follows that design:
   uniform-0.05 (RandomUniform(-0.05, 0.05), Keras' default range) and
   fan_avg (VarianceScaling(1, fan_avg, normal): Glorot normal); biases 0;
 - SGD, learning rate 0.01, batch 16, 10 epochs, softmax cross-entropy;
-- every network is trained by NumPy, vectorised over the networks of a
-  setting (each with its own initialisation seed and its own shuffles);
+- every network is trained by NumPy with its own initialisation seed and
+  its own shuffles, a cache-sized chunk of networks side by side (see
+  `CHUNK_BYTES`); the tensors do not depend on the chunking or `--jobs`;
 - a checkpoint of every network at the end, and of the first
   `--dynamics-runs` networks of each setting after every epoch, as
   safetensors in torch layout (dense [out, in], conv [F, 1, 3, 3]) with
@@ -34,20 +35,27 @@ Then:
     cntscope ensemble scan-fc -o study-fc --within init,size
     cntscope dynamics OUT/fc -o dynamics-fc                           # runs along training
 
-Time on the 2-core development machine (NumPy's BLAS): the full design
-(--per-setting 200, 6000 networks) took 56 minutes while builds and a CI
-run shared the machine, about 45 alone; fc-big (2 minutes a setting) and
-cnn-big (4-7 minutes) are nearly all of it. The README's section "The
-paper's study, replicated" gives the studies run on it and their numbers.
+Time on the 2-core development machine (NumPy's BLAS, one worker process
+per core): the full design (--per-setting 200, 6000 networks) takes 9
+minutes; cnn-big (about 2 minutes of one core a setting) and fc-big (45 s)
+are most of it. The README's section "The paper's study, replicated"
+gives the studies run on it and their numbers.
 """
 
 import argparse
+import ctypes
+import multiprocessing as mp
 import os
 import time
+from functools import partial
 
-import numpy as np
-from safetensors.numpy import save_file
-from sklearn.datasets import load_digits
+# One BLAS thread per worker process: the networks are the parallel axis.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import numpy as np  # noqa: E402
+from safetensors.numpy import save_file  # noqa: E402
+from sklearn.datasets import load_digits  # noqa: E402
 
 SIZES = {"fc": {"small": 8, "medium": 256, "big": 2000}, "cnn": {"small": 10, "medium": 64, "big": 256}}
 INITS = ["normal-0.05", "normal-0.5", "normal-5.0", "uniform-0.05", "fan_avg"]
@@ -106,12 +114,14 @@ class Nets:
 
     def forward(self, x):
         if self.arch == "fc":
-            z1 = np.matmul(x, self.w[0]) + self.b[0][:, None, :]
+            z1 = np.matmul(x, self.w[0])
+            z1 += self.b[0][:, None, :]
             h = np.maximum(z1, 0)
             flat = h
         else:
             p = x  # (R, B, 36, 9)
-            z1 = np.matmul(p, self.w[0][:, None]) + self.b[0][:, None, None, :]  # (R, B, 36, F)
+            z1 = np.matmul(p, self.w[0][:, None])  # (R, B, 36, F)
+            z1 += self.b[0][:, None, None, :]
             h = np.maximum(z1, 0)
             # torch's flatten order of a [F, 6, 6] map: channel, then position.
             flat = h.transpose(0, 1, 3, 2).reshape(self.r, h.shape[1], -1)
@@ -133,8 +143,10 @@ class Nets:
             gw0 = np.matmul(x.transpose(0, 2, 1), gz)
             gb0 = gz.sum(1)
         else:
-            gh = gflat.reshape(self.r, -1, self.width, 36).transpose(0, 1, 3, 2)
-            gz = gh * (z1 > 0)  # (R, B, 36, F)
+            # The ReLU's gradient in the flattened (channel, position) order,
+            # where both factors are contiguous, then turned to (position, channel).
+            gz = gflat * (flat > 0)
+            gz = np.ascontiguousarray(gz.reshape(self.r, -1, self.width, 36).transpose(0, 1, 3, 2))  # (R, B, 36, F)
             gw0 = np.matmul(x.reshape(self.r, -1, 9).transpose(0, 2, 1), gz.reshape(self.r, -1, self.width))
             gb0 = gz.sum((1, 2))
         for w, gw in ((self.w[0], gw0), (self.w[1], gw1)):
@@ -173,9 +185,40 @@ class Nets:
         }
 
 
-def train(out, arch, size, init_name, per_setting, dynamics_runs, first_seed, xtr, ytr, xte, yte):
+# A chunk's weights, gradients and activations should stay in a core's cache
+# for all of its training steps: networks are trained a chunk at a time, each
+# chunk through every epoch, rather than all networks of a setting one step at
+# a time (which streams every weight through memory at every step).
+CHUNK_BYTES = 1 << 20
+
+
+def net_bytes(arch, width):
+    """Bytes of one network's per-step working set (weights, gradients, activations)."""
+    if arch == "fc":
+        return 4 * (3 * (64 * width + 10 * width) + 4 * BATCH * width)
+    return 4 * (3 * (9 * width + 36 * width * 10) + 4 * BATCH * 36 * width)
+
+
+def units(archs, sizes, inits, per_setting):
+    """The work, in a fixed order: (arch, size, init, setting's first seed, chunk's first index, chunk length)."""
+    out, seed = [], 0
+    for arch in archs:
+        for size in sizes:
+            chunk = max(1, min(per_setting, CHUNK_BYTES // net_bytes(arch, SIZES[arch][size])))
+            for init_name in inits:
+                for first in range(0, per_setting, chunk):
+                    out.append((arch, size, init_name, seed, first, min(chunk, per_setting - first)))
+                seed += per_setting
+    return out
+
+
+def train(unit, out, dynamics_runs):
+    """Train one chunk of a setting through every epoch; save its checkpoints."""
+    arch, size, init_name, first_seed, first, count = unit
+    xtr, ytr, xte, yte = DATA
+    t = time.time()
     width = SIZES[arch][size]
-    seeds = list(range(first_seed, first_seed + per_setting))
+    seeds = list(range(first_seed + first, first_seed + first + count))
     nets = Nets(arch, width, init_name, seeds)
     order_rng = [np.random.default_rng(10**6 + s) for s in seeds]
     folder = os.path.join(out, arch, f"{size}-{init_name}")
@@ -199,15 +242,43 @@ def train(out, arch, size, init_name, per_setting, dynamics_runs, first_seed, xt
         return acc
 
     steps = len(ytr) // BATCH
+    # The first `dynamics_runs` networks of the setting are saved every epoch.
+    every_epoch = range(max(0, min(dynamics_runs - first, count)))
     with np.errstate(over="ignore", invalid="ignore"):
         for epoch in range(1, EPOCHS + 1):
             perms = np.stack([g.permutation(len(ytr)) for g in order_rng])
             for s in range(steps):
                 idx = perms[:, s * BATCH : (s + 1) * BATCH]
                 nets.step(nets.hidden_input(xtr[idx]), ytr[idx])
-            last = epoch == EPOCHS
-            acc = save(epoch, range(per_setting) if last else range(min(dynamics_runs, per_setting)))
-    return acc
+            if epoch == EPOCHS:
+                acc = save(epoch, range(count))
+            elif len(every_epoch):
+                save(epoch, every_epoch)
+    return unit, acc, time.time() - t
+
+
+DATA = None
+
+
+def keep_freed_memory():
+    """Keep freed blocks in the heap for the next step's temporaries.
+
+    glibc hands blocks from 128 KiB up back to the kernel when they are freed,
+    so every step's activations would be mapped and zeroed afresh: half of
+    cnn-big's time. Elsewhere (not glibc) this does nothing.
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: glibc's largest
+        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+def worker_init():
+    global DATA
+    keep_freed_memory()
+    DATA = data()
 
 
 def main():
@@ -218,22 +289,32 @@ def main():
     ap.add_argument("--archs", default="fc,cnn")
     ap.add_argument("--sizes", default="small,medium,big")
     ap.add_argument("--inits", default=",".join(INITS))
+    ap.add_argument("--jobs", type=int, default=os.cpu_count(), help="worker processes (default: one per CPU)")
     args = ap.parse_args()
-    xtr, ytr, xte, yte = data()
-    seed = 0
-    for arch in args.archs.split(","):
-        for size in args.sizes.split(","):
-            for init_name in args.inits.split(","):
-                t = time.time()
-                acc = train(args.out, arch, size, init_name, args.per_setting, args.dynamics_runs, seed, xtr, ytr, xte, yte)
-                seed += args.per_setting
-                finite = acc[np.isfinite(acc)]
-                print(
-                    f"{arch}-{size} {init_name}: {len(acc)} networks in {time.time() - t:.1f} s, test accuracy "
-                    f"{np.median(finite) if len(finite) else float('nan'):.3f} median "
-                    f"({len(acc) - len(finite)} diverged)",
-                    flush=True,
-                )
+    work = units(args.archs.split(","), args.sizes.split(","), args.inits.split(","), args.per_setting)
+    pending = {}
+    for unit in work:
+        pending.setdefault(unit[:3], []).append(unit)
+    done = {key: [] for key in pending}
+    start = time.time()
+    run = partial(train, out=args.out, dynamics_runs=args.dynamics_runs)
+    with mp.get_context("fork").Pool(args.jobs, initializer=worker_init) as pool:
+        # Chunks come back in order, so settings are reported as they finish.
+        for unit, acc, seconds in pool.imap(run, work):
+            key = unit[:3]
+            done[key].append((acc, seconds))
+            if len(done[key]) < len(pending[key]):
+                continue
+            acc = np.concatenate([a for a, _ in done[key]])
+            cpu = sum(s for _, s in done[key])
+            finite = acc[np.isfinite(acc)]
+            print(
+                f"{key[0]}-{key[1]} {key[2]}: {len(acc)} networks, {cpu:.1f} s of one core "
+                f"({time.time() - start:.0f} s elapsed), test accuracy "
+                f"{np.median(finite) if len(finite) else float('nan'):.3f} median "
+                f"({len(acc) - len(finite)} diverged)",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":
