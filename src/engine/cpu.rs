@@ -123,7 +123,7 @@ struct RowColSums {
 /// other dtypes decoded a block of whole rows (about [`CHUNK`] elements)
 /// at a time. `shift` is near the weights' mean (see [`Lanes`]).
 fn row_col_sums(weight: &Tensor<'_>, cols: usize, r0: usize, r1: usize, shift: f64) -> RowColSums {
-    let mut out = RowColSums { rows: Vec::with_capacity(r1 - r0), cols: vec![0.0; cols], moments: Moments::default() };
+    let mut out = RowColSums { rows: Vec::with_capacity(r1 - r0), cols: written_zeros(cols), moments: Moments::default() };
     if cols == 0 {
         out.rows.resize(r1 - r0, 0.0);
         return out;
@@ -303,12 +303,19 @@ impl KernelSums {
     /// Empty sums for `conv`'s K and Q.
     fn zeros(conv: &Conv) -> Self {
         let taps = conv.kh * conv.kw;
-        KernelSums {
-            k_in: vec![0.0; conv.cout * taps],
-            q_out: vec![0.0; conv.cin() * taps],
-            moments: Moments::default(),
-        }
+        KernelSums { k_in: written_zeros(conv.cout * taps), q_out: written_zeros(conv.cin() * taps), moments: Moments::default() }
     }
+}
+
+/// `n` zeros, written rather than taken zeroed from the allocator: memory
+/// fresh from the system is read first as the shared zero page, and the
+/// first store into each page is then a copy-on-write fault whose TLB flush
+/// interrupts every core the scan runs on (a tenth of a small network's
+/// scan, where each layer's sums are fresh).
+fn written_zeros(n: usize) -> Vec<f64> {
+    let mut v = Vec::with_capacity(n);
+    v.resize(n, 0.0);
+    v
 }
 
 impl CpuEngine {
@@ -358,8 +365,10 @@ impl CpuEngine {
             // are one row of the dense sweep.
             (Layout::Torch, Some(xs)) => {
                 let per = conv.cin_g * taps;
-                let mut first = vec![0.0; len.min(1024)];
-                let first = d.block(0, &mut first);
+                // On the stack: a fresh heap block costs two page faults
+                // with a TLB flush on every core (see `written_zeros`).
+                let mut first = [0.0; 1024];
+                let first = d.block(0, &mut first[..len.min(1024)]);
                 let shift = if first.is_empty() { 0.0 } else { stats::sum(first) / first.len() as f64 };
                 let rows = |start: usize, end: usize| torch_rows(xs, d.scale, conv, start / per, end / per, shift);
                 self.split(len, per, rows, merge)
@@ -570,7 +579,7 @@ fn taps_from(n_in: usize, n_out: usize, k: usize, s: usize, pad: usize, d: usize
 fn separable(kern: &[f64], kh: usize, kw: usize, vy: &AxisTaps, vx: &AxisTaps) -> Vec<f64> {
     let (ny, nx) = (vy.len(), vx.len());
     let n = kern.len() / (kh * kw);
-    let mut out = vec![0.0; n * ny * nx];
+    let mut out = written_zeros(n * ny * nx);
     let mut rows = vec![0.0; kh * nx];
     for (k, plane) in kern.chunks_exact(kh * kw).zip(out.chunks_exact_mut(ny * nx)) {
         for ty in 0..kh {
