@@ -123,7 +123,8 @@ struct RowColSums {
 /// other dtypes decoded a block of whole rows (about [`CHUNK`] elements)
 /// at a time. `shift` is near the weights' mean (see [`Lanes`]).
 fn row_col_sums(weight: &Tensor<'_>, cols: usize, r0: usize, r1: usize, shift: f64) -> RowColSums {
-    let mut out = RowColSums { rows: Vec::with_capacity(r1 - r0), cols: written_zeros(cols), moments: Moments::default() };
+    let mut out =
+        RowColSums { rows: Vec::with_capacity(r1 - r0), cols: written_zeros(cols), moments: Moments::default() };
     if cols == 0 {
         out.rows.resize(r1 - r0, 0.0);
         return out;
@@ -303,7 +304,11 @@ impl KernelSums {
     /// Empty sums for `conv`'s K and Q.
     fn zeros(conv: &Conv) -> Self {
         let taps = conv.kh * conv.kw;
-        KernelSums { k_in: written_zeros(conv.cout * taps), q_out: written_zeros(conv.cin() * taps), moments: Moments::default() }
+        KernelSums {
+            k_in: written_zeros(conv.cout * taps),
+            q_out: written_zeros(conv.cin() * taps),
+            moments: Moments::default(),
+        }
     }
 }
 
