@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::graph::{
-    dims, display_name, find_norm, make_conv, norm_tensors, Builder, ConvGeometry, Dims, GraphSource, Layer, LayerKind,
-    Network, NodeSet, NodeShape, Norm, Settings,
+    dims, display_name, find_norm, list, make_conv, norm_tensors, Builder, ConvGeometry, Dims, GraphSource, Layer,
+    LayerKind, Network, NodeSet, NodeShape, Norm, Settings,
 };
 use crate::spec::{BnMode, LayerSpec, Layout};
 
@@ -397,21 +397,18 @@ pub(crate) fn per_layer(
         return Err(Error::NoLayers { path: ck.path().to_path_buf() });
     }
     if !unplaced.is_empty() {
-        let shown: Vec<String> = unplaced.iter().take(6).map(|n| format!("`{n}`")).collect();
-        let more = if unplaced.len() > 6 { format!(" and {} more", unplaced.len() - 6) } else { String::new() };
+        let unplaced: Vec<&str> = unplaced.iter().map(String::as_str).collect();
         net.notes.push(format!(
-            "BatchNorms left out (no weighted layer of their size before them; give a spec): {}{more}",
-            shown.join(", ")
+            "BatchNorms left out (no weighted layer of their size before them; give a spec): {}",
+            list(&unplaced)
         ));
     }
     if !channel_level.is_empty() {
-        let shown: Vec<String> = channel_level.iter().take(6).map(|n| format!("`{n}`")).collect();
-        let more =
-            if channel_level.len() > 6 { format!(" and {} more", channel_level.len() - 6) } else { String::new() };
+        let channel_level: Vec<&str> = channel_level.iter().map(String::as_str).collect();
         net.notes.push(format!(
             "convolutions measured at channel level (input grid unknown; each link c -> o carries the sum of its \
-             kernel's taps): {}{more}",
-            shown.join(", ")
+             kernel's taps): {}",
+            list(&channel_level)
         ));
     }
     Ok(net)

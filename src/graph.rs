@@ -411,6 +411,24 @@ pub struct Network {
     pub unused: Vec<(String, String)>,
 }
 
+/// The note naming the discovered convolutions measured on a pixel grid
+/// whose stride, padding and dilation were assumed (no spec), if any.
+fn assumed_geometry(net: &Network) -> Option<String> {
+    let assumed: Vec<&str> = net
+        .layers
+        .iter()
+        .filter(|l| matches!(&l.kind, LayerKind::Conv(c) if !c.channel_level))
+        .map(|l| l.name.as_str())
+        .collect();
+    (!assumed.is_empty()).then(|| {
+        format!(
+            "conv geometry assumed (no spec): stride 1, padding 0, dilation 1, groups from channel counts \
+             for {}; give a spec (python/torch_to_spec.py writes one) for the real geometry",
+            list(&assumed)
+        )
+    })
+}
+
 impl Network {
     /// Builds the graph of a checkpoint from the spec (when given) or by
     /// discovery from tensor names.
@@ -442,19 +460,7 @@ impl Network {
             Ok((mut net, order_note)) => {
                 net.source = GraphSource::Discovered;
                 notes.extend(order_note);
-                let assumed: Vec<&str> = net
-                    .layers
-                    .iter()
-                    .filter(|l| matches!(l.kind, LayerKind::Conv(_)))
-                    .map(|l| l.name.as_str())
-                    .collect();
-                if !assumed.is_empty() {
-                    notes.push(format!(
-                        "conv geometry assumed (no spec): stride 1, padding 0, dilation 1, groups from channel counts \
-                         for {}; give a spec (python/torch_to_spec.py writes one) for the real geometry",
-                        list(&assumed)
-                    ));
-                }
+                notes.extend(assumed_geometry(&net));
                 net.notes = notes;
                 net.unused = unused_tensors(ck, &net, found.unused);
                 Ok(net)
@@ -464,6 +470,7 @@ impl Network {
                 let reason = reason.strip_prefix(&format!("{}: ", ck.path().display())).unwrap_or(&reason).to_string();
                 let mut net = discover::per_layer(ck, settings, input, &found.entries)?;
                 notes.append(&mut net.notes);
+                notes.extend(assumed_geometry(&net));
                 net.notes = notes;
                 net.not_chain = Some(reason);
                 net.unused = unused_tensors(ck, &net, found.unused);
@@ -525,7 +532,8 @@ impl Network {
     }
 }
 
-fn list(names: &[&str]) -> String {
+/// Names as `a`, `b`, ... and N more (at most six shown), for notes.
+pub(crate) fn list(names: &[&str]) -> String {
     const SHOWN: usize = 6;
     let mut s: Vec<String> = names.iter().take(SHOWN).map(|n| format!("`{n}`")).collect();
     if names.len() > SHOWN {

@@ -131,7 +131,12 @@ fn assumed_geometry_is_reported_and_recorded() {
     // -> 8x4x4 does not reach classifier.0's 32 inputs, so per layer.
     let o = cntscope(&["inspect", p, "--input", "3,8,8"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stderr(&o).contains("analysed layer by layer"), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("analysed layer by layer"), "{err}");
+    // features.0 still reads the --input grid there, with assumed geometry:
+    // said, as in a chain; features.3 is at channel level, nothing assumed.
+    assert!(err.contains("conv geometry assumed (no spec): stride 1, padding 0"), "{err}");
+    assert!(err.contains("for `features.0`;"), "{err}");
     // With an input where the assumed geometry fits, the chain is taken,
     // and the assumption is said.
     let o = cntscope(&["inspect", p, "--input", "3,6,6"]);
