@@ -81,7 +81,14 @@ pub fn lines(title: &str, x_label: &str, y_label: &str, colour: &str, curves: &[
             .y_label_area_size(56)
             .build_cartesian_2d(x0..x1, y0..y1)
             .map_err(err)?;
-        chart.configure_mesh().x_desc(x_label).y_desc(y_label).light_line_style(WHITE.mix(0.0)).draw().map_err(err)?;
+        // Whole-number x values (epochs, steps) get whole-number ticks.
+        let whole = |x: &f64| if x.fract() == 0.0 { format!("{x:.0}") } else { String::new() };
+        let mut mesh = chart.configure_mesh();
+        mesh.x_desc(x_label).y_desc(y_label).light_line_style(WHITE.mix(0.0));
+        if curves.iter().flat_map(|c| &c.points).all(|(x, _)| x.fract() == 0.0) {
+            mesh.x_label_formatter(&whole);
+        }
+        mesh.draw().map_err(err)?;
         for (c, &color) in curves.iter().zip(&colors) {
             let series = LineSeries::new(
                 c.points.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite()),
@@ -257,6 +264,21 @@ mod tests {
         // The colour of 0 (viridis' dark end) is not an infinite cell's.
         assert!(svg.contains("#BEBEBE") || svg.to_lowercase().contains("#bebebe"));
         assert!(shown.iter().filter(|t| *t == "2.000").count() == 2, "the cell and the colour bar's top: {shown:?}");
+    }
+
+    #[test]
+    fn epochs_are_labelled_as_whole_numbers() {
+        let run = |name: &str, x0: f64| Curve {
+            name: name.into(),
+            points: (0..8).map(|i| (x0 + i as f64, (i * i) as f64 / 7.0)).collect(),
+            value: None,
+        };
+        let shown = texts(&lines("t", "epoch", "y", "run", &[run("a", 1.0)]).unwrap());
+        assert!(shown.iter().any(|t| t == "1") && shown.iter().any(|t| t == "8"), "{shown:?}");
+        assert!(!shown.iter().any(|t| t == "1.0" || t == "1.5"), "{shown:?}");
+        // Fractional x values keep the default labels.
+        let shown = texts(&lines("t", "x", "y", "run", &[run("b", 0.25)]).unwrap());
+        assert!(shown.iter().any(|t| t.contains('.') && t.parse::<f64>().is_ok_and(|v| v < 8.0)), "{shown:?}");
     }
 
     #[test]

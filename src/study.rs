@@ -452,20 +452,24 @@ impl Study<'_> {
             });
             settings.dedup();
             let mut rows = Vec::new();
+            let mut tables = Vec::new();
             for value in &settings {
                 let n: Vec<Row> = nodes.iter().filter(|r| &setting(r) == value).cloned().collect();
                 let l: Vec<Row> = links.iter().filter(|r| &setting(r) == value).cloned().collect();
                 let within = separation_table(&n, &l, &opts.accuracy, &group, opts.outliers);
                 rows.extend(separation_csv(&within).map(|cells| [value.clone(), cells].concat()));
                 let label: Vec<String> = opts.within.iter().zip(value).map(|(c, v)| format!("{c}={v}")).collect();
-                self.html.separation_within(&label.join(", "), &opts.accuracy, &within);
+                tables.push((label.join(", "), within));
             }
             let mut header: Vec<&str> = opts.within.iter().map(String::as_str).collect();
             header.extend(SEPARATION_HEADER);
             self.table("separation_within.csv", &header, rows)?;
+            self.html.separation(&opts.accuracy, &table);
+            self.html.separation_within(&opts.within, &opts.accuracy, &tables);
+        } else {
+            self.html.separation(&opts.accuracy, &table);
         }
         self.table("separation.csv", &SEPARATION_HEADER, separation_csv(&table).collect())?;
-        self.html.separation(&opts.accuracy, &table);
         Ok(())
     }
 
@@ -708,6 +712,21 @@ fn dynamics<'a>(nodes: &'a [Row], opts: &StudyOptions) -> BTreeMap<String, Vec<(
     runs
 }
 
+/// The kinds of per-checkpoint summary the paper compares.
+const KINDS: [&str; 3] = ["link weights", "node strength", "layer fluctuation"];
+
+/// Which of [`KINDS`] a separation table's summary is (its name as
+/// `separation_table` writes it).
+fn kind_of(feature: &str) -> &'static str {
+    if feature.contains(" link-weight ") {
+        KINDS[0]
+    } else if feature.ends_with(" fluctuation") {
+        KINDS[2]
+    } else {
+        KINDS[1]
+    }
+}
+
 /// The self-contained HTML page: figures inline as SVG, tables inline.
 #[derive(Default)]
 struct Report {
@@ -756,16 +775,60 @@ impl Report {
         self.lead.push_str("</table>\n");
     }
 
-    fn separation_within(&mut self, setting: &str, accuracy: &str, table: &[Separation]) {
+    /// The separation tables within each setting of the `--within`
+    /// columns: first the best summary of each kind (link weights, node
+    /// strength, layer fluctuation) per setting, the paper's question, then
+    /// each setting's leading rows.
+    fn separation_within(&mut self, columns: &[String], accuracy: &str, tables: &[(String, Vec<Separation>)]) {
+        let columns: Vec<String> = columns.iter().map(|c| escape(c)).collect();
         let _ = write!(
             self.lead,
-            "<h3>Within {}</h3>\n<p>The same table over the checkpoints of this setting only (all rows in \
-             <code>separation_within.csv</code>).</p>\n<table><tr><th>#</th><th>summary</th><th>n</th>\
-             <th>Spearman rho with {}</th><th>AUROC</th><th>direction</th></tr>\n",
-            escape(setting),
-            escape(accuracy)
+            "<h2>Within each setting of {cols}</h2>\n<p>The table above again, over the checkpoints of one setting \
+             at a time (all rows in <code>separation_within.csv</code>), so that a setting which moves both a \
+             measure and <code>{a}</code> (an init scale) cannot pass for separation. First the best summary of \
+             each kind by |Spearman rho| in each setting: link weights against node strength and layer \
+             fluctuation.</p>\n<table><tr><th>setting</th><th>n</th>",
+            cols = columns.join(", "),
+            a = escape(accuracy)
         );
-        self.separation_rows(table, 10);
+        for kind in KINDS {
+            let _ = write!(self.lead, "<th>best {kind}: summary, rho, AUROC</th>");
+        }
+        self.lead.push_str("</tr>\n");
+        for (setting, table) in tables {
+            let n = table.iter().map(|s| s.n).max().unwrap_or(0);
+            let _ = write!(self.lead, "<tr><td>{}</td><td>{n}</td>", escape(setting));
+            for kind in KINDS {
+                let best = table
+                    .iter()
+                    .filter(|s| kind_of(&s.feature) == kind && s.spearman.is_finite())
+                    .max_by(|a, b| a.spearman.abs().total_cmp(&b.spearman.abs()));
+                match best {
+                    Some(s) => {
+                        let _ = write!(
+                            self.lead,
+                            "<td style=\"text-align:left\">{}: {:+.2}, {:.2}</td>",
+                            escape(&s.feature),
+                            s.spearman,
+                            s.auroc
+                        );
+                    }
+                    None => self.lead.push_str("<td>-</td>"),
+                }
+            }
+            self.lead.push_str("</tr>\n");
+        }
+        self.lead.push_str("</table>\n");
+        for (setting, table) in tables {
+            let _ = write!(
+                self.lead,
+                "<h3>Within {}</h3>\n<table><tr><th>#</th><th>summary</th><th>n</th><th>Spearman rho with {}</th>\
+                 <th>AUROC</th><th>direction</th></tr>\n",
+                escape(setting),
+                escape(accuracy)
+            );
+            self.separation_rows(table, 10);
+        }
     }
 
     /// The checkpoints the scan could not analyse, named where the reader

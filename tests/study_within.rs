@@ -101,6 +101,22 @@ fn within_setting_tables_find_what_was_built_in() {
     }
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
     assert!(html.contains("Within init=small") && html.contains("Within init=large"));
+    // The summary of the settings comes after the pooled table: no
+    // link-weight summary has a rank correlation (they are constant within
+    // a setting) and the best fluctuation separates (what was built in).
+    let summary = html.find("Within each setting of init").expect("a within-setting summary");
+    assert!(html.find("Which measure separates").unwrap() < summary);
+    let row = |init: &str| {
+        let at = html[summary..].find(&format!("<td>init={init}</td>")).unwrap() + summary;
+        html[at..at + html[at..].find("</tr>").unwrap()].to_string()
+    };
+    for init in ["small", "large"] {
+        let row = row(init);
+        let cells: Vec<&str> = row.split("</td>").map(|c| c.rsplit('>').next().unwrap()).collect();
+        assert_eq!(cells[2], "-", "{row}");
+        let rho: f64 = cells[4].split(": ").nth(1).and_then(|v| v.split(',').next()).unwrap().parse().unwrap();
+        assert!(cells[4].contains("fluctuation") && rho.abs() > 0.9, "{row}");
+    }
 
     // --per-group caps each accuracy bin (a deterministic sample) and
     // --outliers drops values: both still give a table, twice the same.
