@@ -442,6 +442,7 @@ impl Study<'_> {
         // setting of the --within columns.
         let group = |r: &Row| r.get("checkpoint").and_then(|c| group_of.get(c.as_str()).copied());
         let table = separation_table(nodes, links, &opts.accuracy, &group, opts.outliers);
+        self.html.separation(&opts.accuracy, &table);
         if !opts.within.is_empty() {
             let setting = |r: &Row| -> Vec<String> {
                 opts.within.iter().map(|c| r.get(c).cloned().unwrap_or_default()).collect()
@@ -464,10 +465,7 @@ impl Study<'_> {
             let mut header: Vec<&str> = opts.within.iter().map(String::as_str).collect();
             header.extend(SEPARATION_HEADER);
             self.table("separation_within.csv", &header, rows)?;
-            self.html.separation(&opts.accuracy, &table);
             self.html.separation_within(&opts.within, &opts.accuracy, &tables);
-        } else {
-            self.html.separation(&opts.accuracy, &table);
         }
         self.table("separation.csv", &SEPARATION_HEADER, separation_csv(&table).collect())?;
         Ok(())

@@ -133,10 +133,23 @@ fn assumed_geometry_is_reported_and_recorded() {
     assert!(o.status.success(), "{}", stderr(&o));
     let err = stderr(&o);
     assert!(err.contains("analysed layer by layer"), "{err}");
-    // features.0 still reads the --input grid there, with assumed geometry:
-    // said, as in a chain; features.3 is at channel level, nothing assumed.
-    assert!(err.contains("conv geometry assumed (no spec): stride 1, padding 0"), "{err}");
-    assert!(err.contains("for `features.0`;"), "{err}");
+    // Both convs are at channel level there (the first layer in name order
+    // is the dense one): no grid, so no geometry was assumed.
+    assert!(!err.contains("conv geometry assumed"), "{err}");
+    // A first conv that does read the --input grid in the per-layer
+    // fallback has its assumed geometry said, as in a chain.
+    let first = dir.path().join("first.safetensors");
+    let t = |name, shape: &[usize]| T::f32(name, shape, values(shape.iter().product(), 5));
+    write_st(&first, &[t("a.weight", &[4, 3, 3, 3]), t("b.weight", &[5, 7])], &[]);
+    let o = cntscope(&["inspect", first.to_str().unwrap(), "--input", "3,8,8"]);
+    let err = stderr(&o);
+    assert!(o.status.success() && err.contains("analysed layer by layer"), "{err}");
+    assert!(
+        err.contains(
+            "conv geometry assumed (no spec): stride 1, padding 0, dilation 1, groups from channel counts for `a`;"
+        ),
+        "{err}"
+    );
     // With an input where the assumed geometry fits, the chain is taken,
     // and the assumption is said.
     let o = cntscope(&["inspect", p, "--input", "3,6,6"]);
