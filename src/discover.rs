@@ -397,14 +397,12 @@ pub(crate) fn per_layer(
         return Err(Error::NoLayers { path: ck.path().to_path_buf() });
     }
     if !unplaced.is_empty() {
-        let unplaced: Vec<&str> = unplaced.iter().map(String::as_str).collect();
         net.notes.push(format!(
             "BatchNorms left out (no weighted layer of their size before them; give a spec): {}",
             list(&unplaced)
         ));
     }
     if !channel_level.is_empty() {
-        let channel_level: Vec<&str> = channel_level.iter().map(String::as_str).collect();
         net.notes.push(format!(
             "convolutions measured at channel level (input grid unknown; each link c -> o carries the sum of its \
              kernel's taps): {}",

@@ -533,9 +533,9 @@ impl Network {
 }
 
 /// Names as `a`, `b`, ... and N more (at most six shown), for notes.
-pub(crate) fn list(names: &[&str]) -> String {
+pub(crate) fn list<S: AsRef<str>>(names: &[S]) -> String {
     const SHOWN: usize = 6;
-    let mut s: Vec<String> = names.iter().take(SHOWN).map(|n| format!("`{n}`")).collect();
+    let mut s: Vec<String> = names.iter().take(SHOWN).map(|n| format!("`{}`", n.as_ref())).collect();
     if names.len() > SHOWN {
         s.push(format!("and {} more", names.len() - SHOWN));
     }
