@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::collection::{checkpoint_id, Collection};
 use crate::error::{Error, Result};
-use crate::output::atomic_write;
+use crate::output::AtomicFile;
 
 /// Name of the manifest inside a scan directory.
 pub const MANIFEST: &str = "scan.manifest";
@@ -154,11 +154,19 @@ impl CollectionId {
         };
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let chunk = collection.paths.len().div_ceil(threads).max(1024);
-        let items: Vec<Vec<Vec<u8>>> = std::thread::scope(|s| {
-            let parts: Vec<_> =
-                collection.paths.chunks(chunk).map(|part| s.spawn(move || part.iter().map(item).collect())).collect();
-            parts.into_iter().map(|p| p.join().expect("stat thread panicked")).collect()
-        });
+        let items: Vec<Vec<Vec<u8>>> = if collection.paths.len() <= chunk {
+            // One part: no thread to start.
+            vec![collection.paths.iter().map(item).collect()]
+        } else {
+            std::thread::scope(|s| {
+                let parts: Vec<_> = collection
+                    .paths
+                    .chunks(chunk)
+                    .map(|part| s.spawn(move || part.iter().map(item).collect()))
+                    .collect();
+                parts.into_iter().map(|p| p.join().expect("stat thread panicked")).collect()
+            })
+        };
         let mut d = Digest::default();
         for item in items.iter().flatten() {
             d.update(item);
@@ -241,8 +249,18 @@ impl Manifest {
 
     /// Writes it into `dir` (atomically, synced).
     pub fn write(&self, dir: &Path) -> Result<()> {
+        self.stage(dir)?.commit()
+    }
+
+    /// Writes it beside `dir`'s manifest as a temporary file (a full disk
+    /// fails here); [`AtomicFile::commit`] syncs it and puts it in place.
+    pub fn stage(&self, dir: &Path) -> Result<AtomicFile> {
+        let path = dir.join(MANIFEST);
         let text = serde_json::to_vec_pretty(self).expect("manifests serialise");
-        atomic_write(&dir.join(MANIFEST), |w| w.write_all(&text))
+        let mut file = AtomicFile::create(&path)?;
+        file.writer().write_all(&text).map_err(|e| Error::output(&path, e))?;
+        file.flush()?;
+        Ok(file)
     }
 
     /// The settings (and record format) of `self` that differ from

@@ -884,9 +884,15 @@ pub fn scan(collection: &Collection, out_dir: &Path, engine: &dyn Engine, opts: 
             Vec::new()
         }
     };
-    // From here the directory says it holds this scan, unfinished, and no
-    // table of an earlier run stays beside it.
-    manifest.write(out_dir)?;
+    // The directory says it holds this scan, unfinished, once this
+    // manifest is in place: written now, synced and renamed into place
+    // while the workers measure (in a fresh directory that first sync
+    // commits the directory's creation, and cost as much as measuring a
+    // small network). No table of an earlier run stays beside it; a crash
+    // before the manifest is in place leaves at most an earlier manifest
+    // whose tables are gone, which the study commands refuse and
+    // `--resume` finishes.
+    let unfinished = manifest.stage(out_dir)?;
     remove_tables(out_dir)?;
     let kept = entries.len();
     let done: BTreeSet<&str> = entries.iter().map(|e| e.checkpoint.as_str()).collect();
@@ -972,10 +978,11 @@ pub fn scan(collection: &Collection, out_dir: &Path, engine: &dyn Engine, opts: 
                 let _ = background.sync_data();
             }
         });
+        let landed = s.spawn(|| unfinished.commit());
         let handles: Vec<_> = (0..workers).map(|_| s.spawn(work)).collect();
         let result = handles.into_iter().try_for_each(|h| h.join().expect("scan worker panicked"));
         drop(finished);
-        result
+        result.and(landed.join().expect("manifest thread panicked"))
     })?;
     progress.finish();
     let Journal { file, entries, keys, .. } = journal.into_inner().expect("journal lock");
@@ -986,21 +993,34 @@ pub fn scan(collection: &Collection, out_dir: &Path, engine: &dyn Engine, opts: 
         return Err(Error::Interrupted { path: out_dir.to_path_buf() });
     }
     let stream = stream.map(|s| s.into_inner().expect("stream lock"));
-    // The journal is synced while the tables are published (or rendered
-    // from it, when they were not streamed whole).
+    let summary = match stream.map(|s| s.finish(todo.len())).transpose()? {
+        Some(true) => tally(&entries),
+        // Not streamed whole: rendered from the journal.
+        _ => write_tables(std::slice::from_ref(&journal_path), entries, keys, out_dir)?,
+    };
+    mark_complete(out_dir, manifest, || file.sync_all().map_err(out_err))?;
+    notes.extend(graph_notes.take());
+    Ok(ScanSummary { notes, kept, ..summary })
+}
+
+/// Marks the scan in `dir` complete, last of all: its tables are in place
+/// (renamed, the directory not yet synced). The directory, the complete
+/// manifest (with each table's size) and whatever `also` syncs (the
+/// journal) are synced side by side, then the manifest is renamed into
+/// place: one wait for the disk, not three in a row.
+fn mark_complete(dir: &Path, manifest: Manifest, also: impl FnOnce() -> Result<()> + Send) -> Result<()> {
+    let mut complete = Manifest { complete: true, tables: table_sizes(dir)?, ..manifest }.stage(dir)?;
     std::thread::scope(|s| {
-        let synced = s.spawn(|| file.sync_all().map_err(out_err));
-        let summary = match stream.map(|s| s.finish(todo.len())).transpose()? {
-            Some(true) => Ok(tally(&entries)),
-            _ => write_tables(std::slice::from_ref(&journal_path), entries, keys, out_dir),
-        };
-        synced.join().expect("sync thread panicked")?;
-        let summary = summary?;
-        // Last: the tables are complete.
-        Manifest { complete: true, tables: table_sizes(out_dir)?, ..manifest }.write(out_dir)?;
-        notes.extend(graph_notes.take());
-        Ok(ScanSummary { notes, kept, ..summary })
-    })
+        let others = [s.spawn(also), s.spawn(|| sync_dir(dir))];
+        let ours = complete.sync();
+        others.into_iter().map(|h| h.join().expect("sync thread panicked")).collect::<Result<()>>().and(ours)
+    })?;
+    complete.publish()
+}
+
+/// Waits for the disk to hold `dir`'s entries (files created, renamed).
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::output(dir, e))
 }
 
 /// The size of each published table in `dir`.
@@ -1242,7 +1262,7 @@ pub fn merge(dirs: &[PathBuf], out_dir: &Path) -> Result<ScanSummary> {
         }
         Ok(())
     })?;
-    Manifest { shard: [0, 1], complete: true, tables: table_sizes(out_dir)?, ..first }.write(out_dir)?;
+    mark_complete(out_dir, Manifest { shard: [0, 1], ..first }, || Ok(()))?;
     Ok(ScanSummary { shards: n, ..summary })
 }
 
@@ -1281,9 +1301,10 @@ impl Tables {
 
     /// Publishes the four tables together: each is flushed as a temporary
     /// file first (a full disk fails here, before any table is in place),
-    /// then all are renamed into place and the directory synced. The
-    /// manifest is marked complete after this, with each table's size, so
-    /// a reader never takes a partial set for a scan's tables. The tables
+    /// then all are renamed into place ([`mark_complete`] syncs the
+    /// directory). The manifest is marked complete after this, with each
+    /// table's size, so a reader never takes a partial set for a scan's
+    /// tables. The tables
     /// are not synced one by one (that cost a 100000-checkpoint scan a
     /// quarter of its time): they are rendered from the synced journal, and
     /// after a crash that lost their bytes the sizes no longer match, the
@@ -1293,11 +1314,10 @@ impl Tables {
         for table in &mut tables {
             table.flush()?;
         }
-        let dir = tables[0].dir().to_path_buf();
         for table in tables {
             table.publish()?;
         }
-        File::open(&dir).and_then(|d| d.sync_all()).map_err(|e| Error::output(&dir, e))
+        Ok(())
     }
 }
 
