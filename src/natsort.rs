@@ -13,7 +13,29 @@ pub fn natural_cmp(a: &str, b: &str) -> Ordering {
     while start > 0 && a[start - 1].is_ascii_digit() {
         start -= 1;
     }
-    let (mut a, mut b) = (&a[start..], &b[start..]);
+    compare(&a[start..], &b[start..], false)
+}
+
+/// Compares two values of a setting (a metadata column such as `lr` or
+/// `init`): as numbers where both are numbers, else as [`natural_cmp`]
+/// does, except that the digits after a decimal point are the fraction they
+/// are (`normal-0.05` before `normal-0.5`, where layer names would put
+/// `.5` before `.05`).
+pub fn value_cmp(a: &str, b: &str) -> Ordering {
+    match (a.trim().parse::<f64>(), b.trim().parse::<f64>()) {
+        (Ok(x), Ok(y)) => x.total_cmp(&y).then_with(|| natural_cmp(a, b)),
+        _ => compare(a.as_bytes(), b.as_bytes(), true),
+    }
+}
+
+/// The comparison of [`natural_cmp`] from the start of a digit run or of
+/// the strings; with `fractions`, a digit run after `digits.` compares as
+/// a decimal fraction.
+fn compare(mut a: &[u8], mut b: &[u8], fractions: bool) -> Ordering {
+    // True while the text just compared (alike on both sides) is a digit
+    // run and a decimal point.
+    let mut after_point = false;
+    let mut after_digits = false;
     loop {
         match (a.first(), b.first()) {
             (None, None) => return Ordering::Equal,
@@ -22,17 +44,26 @@ pub fn natural_cmp(a: &str, b: &str) -> Ordering {
             (Some(x), Some(y)) if x.is_ascii_digit() && y.is_ascii_digit() => {
                 let (da, ra) = split_digits(a);
                 let (db, rb) = split_digits(b);
-                let (ta, tb) = (trim_zeros(da), trim_zeros(db));
-                let ord = ta.len().cmp(&tb.len()).then_with(|| ta.cmp(tb)).then_with(|| da.len().cmp(&db.len()));
+                let ord = if fractions && after_point {
+                    // Digit by digit; trailing zeros add nothing but length.
+                    let (ta, tb) = (trim_trailing_zeros(da), trim_trailing_zeros(db));
+                    ta.cmp(tb).then_with(|| da.len().cmp(&db.len()))
+                } else {
+                    let (ta, tb) = (trim_zeros(da), trim_zeros(db));
+                    ta.len().cmp(&tb.len()).then_with(|| ta.cmp(tb)).then_with(|| da.len().cmp(&db.len()))
+                };
                 if ord != Ordering::Equal {
                     return ord;
                 }
                 (a, b) = (ra, rb);
+                (after_digits, after_point) = (true, false);
             }
             (Some(x), Some(y)) => {
                 if x != y {
                     return x.cmp(y);
                 }
+                after_point = after_digits && *x == b'.';
+                after_digits = false;
                 (a, b) = (&a[1..], &b[1..]);
             }
         }
@@ -59,9 +90,14 @@ fn trim_zeros(s: &[u8]) -> &[u8] {
     &s[n..]
 }
 
+fn trim_trailing_zeros(s: &[u8]) -> &[u8] {
+    let n = s.iter().rev().take_while(|&&c| c == b'0').count();
+    &s[..s.len() - n]
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{natural_cmp, sort_natural_by};
+    use super::{natural_cmp, sort_natural_by, value_cmp};
 
     #[test]
     fn digit_runs_compare_as_numbers() {
@@ -72,6 +108,19 @@ mod tests {
         let mut v = vec!["ckpt_19", "ckpt_2", "ckpt_100", "ckpt_99", "ckpt_1a", "ckpt_1"];
         v.sort_by(|a, b| natural_cmp(a, b));
         assert_eq!(v, ["ckpt_1", "ckpt_1a", "ckpt_2", "ckpt_19", "ckpt_99", "ckpt_100"]);
+    }
+
+    #[test]
+    fn setting_values_sort_as_the_numbers_they_hold() {
+        let mut v = vec!["normal-0.5", "normal-0.05", "he", "normal-0.10", "normal-0.1", "normal-1.5", "normal-0.25"];
+        v.sort_by(|a, b| value_cmp(a, b));
+        assert_eq!(v, ["he", "normal-0.05", "normal-0.1", "normal-0.10", "normal-0.25", "normal-0.5", "normal-1.5"]);
+        let mut v = vec!["1e-3", "0.01", "1e-4", "10", "9", "-2"];
+        v.sort_by(|a, b| value_cmp(a, b));
+        assert_eq!(v, ["-2", "1e-4", "1e-3", "0.01", "9", "10"]);
+        // Layer names keep their runs as integers.
+        assert!(natural_cmp("layers.1.9", "layers.1.10").is_lt());
+        assert!(value_cmp("seed2", "seed10").is_lt());
     }
 
     #[test]

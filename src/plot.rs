@@ -2,6 +2,7 @@
 //! needed): density curves per group, line plots over training, and
 //! matrices as heatmaps.
 
+use plotters::coord::ranged1d::{KeyPointHint, NoDefaultFormatting, ValueFormatter};
 use plotters::prelude::*;
 use plotters::style::colors::colormaps::ViridisRGB;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -159,6 +160,33 @@ pub fn densities(title: &str, x_label: &str, y_label: &str, curves: &[Curve]) ->
     Ok(svg)
 }
 
+/// An axis of `n` unit cells over `[0, n]`, ticked at each cell's centre
+/// (plotters' segmented axes hold a segment past the last value).
+struct Cells(usize);
+
+impl Ranged for Cells {
+    type FormatOption = NoDefaultFormatting;
+    type ValueType = f64;
+
+    fn map(&self, value: &f64, (from, to): (i32, i32)) -> i32 {
+        from + (value / self.0 as f64 * f64::from(to - from)).round() as i32
+    }
+
+    fn key_points<Hint: KeyPointHint>(&self, _: Hint) -> Vec<f64> {
+        (0..self.0).map(|i| i as f64 + 0.5).collect()
+    }
+
+    fn range(&self) -> std::ops::Range<f64> {
+        0.0..self.0 as f64
+    }
+}
+
+impl ValueFormatter<f64> for Cells {
+    fn format(value: &f64) -> String {
+        value.to_string()
+    }
+}
+
 /// A square matrix as a heatmap (darker = smaller), each cell's value
 /// written in it, a colour bar beside it; an infinite cell is grey with a
 /// dark outline and says `inf`, a NaN cell is light grey and says `NaN`
@@ -172,23 +200,19 @@ pub fn heatmap(title: &str, labels: &[String], values: &[Vec<f64>]) -> Result<St
         let root = SVGBackend::with_string(&mut svg, (660, 520)).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
         let (matrix, bar) = root.split_horizontally(560);
-        let n = n as i32;
+        // Cell `(i, j)` is the square `[j, j + 1] x [i, i + 1]`; the labels
+        // sit at the centres, and nothing lies past the last cell.
         let mut chart = ChartBuilder::on(&matrix)
             .caption(title, ("sans-serif", 18))
             .margin(12)
             .x_label_area_size(70)
             .y_label_area_size(110)
-            .build_cartesian_2d((0..n).into_segmented(), (0..n).into_segmented())
+            .build_cartesian_2d(Cells(n), Cells(n))
             .map_err(err)?;
-        let label = |v: &SegmentValue<i32>| match v {
-            SegmentValue::CenterOf(i) => labels.get(*i as usize).cloned().unwrap_or_default(),
-            _ => String::new(),
-        };
+        let label = |v: &f64| labels.get(v.floor().max(0.0) as usize).cloned().unwrap_or_default();
         chart
             .configure_mesh()
             .disable_mesh()
-            .x_labels(labels.len() + 1)
-            .y_labels(labels.len() + 1)
             .x_label_formatter(&label)
             .y_label_formatter(&label)
             .draw()
@@ -196,11 +220,8 @@ pub fn heatmap(title: &str, labels: &[String], values: &[Vec<f64>]) -> Result<St
         let grey = RGBColor(150, 150, 150);
         for (i, row) in values.iter().enumerate() {
             for (j, &v) in row.iter().enumerate() {
-                let (x, y) = (j as i32, i as i32);
-                let corners = [
-                    (SegmentValue::Exact(x), SegmentValue::Exact(y)),
-                    (SegmentValue::Exact(x + 1), SegmentValue::Exact(y + 1)),
-                ];
+                let (x, y) = (j as f64, i as f64);
+                let corners = [(x, y), (x + 1.0, y + 1.0)];
                 let (fill, text, ink) = if v.is_finite() {
                     let t = v / max;
                     (ViridisRGB::get_color(t), format!("{v:.3}"), if t > 0.6 { BLACK } else { WHITE })
@@ -209,13 +230,12 @@ pub fn heatmap(title: &str, labels: &[String], values: &[Vec<f64>]) -> Result<St
                 } else {
                     (RGBColor(190, 190, 190), "inf".to_string(), BLACK)
                 };
-                chart.draw_series(std::iter::once(Rectangle::new(corners.clone(), fill.filled()))).map_err(err)?;
+                chart.draw_series(std::iter::once(Rectangle::new(corners, fill.filled()))).map_err(err)?;
                 if v.is_infinite() {
                     chart.draw_series(std::iter::once(Rectangle::new(corners, grey.stroke_width(3)))).map_err(err)?;
                 }
                 let style = ("sans-serif", 12).into_font().color(&ink).pos(Pos::new(HPos::Center, VPos::Center));
-                let at = (SegmentValue::CenterOf(x), SegmentValue::CenterOf(y));
-                chart.draw_series(std::iter::once(Text::new(text, at, style))).map_err(err)?;
+                chart.draw_series(std::iter::once(Text::new(text, (x + 0.5, y + 0.5), style))).map_err(err)?;
             }
         }
         // The colour bar: 0 at the bottom, the largest finite value at the top.
@@ -253,6 +273,47 @@ mod tests {
             .skip(1)
             .filter_map(|t| Some(t.split_once('>')?.1.split_once("</text>")?.0.trim().to_string()))
             .collect()
+    }
+
+    /// `(x, y, width, height)` of each rectangle an SVG draws.
+    fn rects(svg: &str) -> Vec<[f64; 4]> {
+        let attr = |t: &str, name: &str| -> f64 {
+            let at = t.find(&format!(" {name}=\"")).expect("attribute") + name.len() + 3;
+            t[at..].split('"').next().unwrap().parse().unwrap()
+        };
+        svg.split("<rect").skip(1).map(|t| ["x", "y", "width", "height"].map(|a| attr(t, a))).collect()
+    }
+
+    #[test]
+    fn heatmap_cells_fill_the_axes() {
+        for n in 1..=4 {
+            let labels: Vec<String> = (0..n).map(|i| format!("g{i}")).collect();
+            let values = vec![vec![0.5; n]; n];
+            let svg = heatmap("t", &labels, &values).unwrap();
+            // The matrix's cells: left of the colour bar, not the background.
+            let cells: Vec<[f64; 4]> = rects(&svg).into_iter().filter(|r| r[0] > 0.0 && r[0] < 560.0).collect();
+            assert_eq!(cells.len(), n * n, "{n} groups");
+            // The x axis: the longest horizontal line.
+            let axis_end = svg
+                .split("points=\"")
+                .skip(1)
+                .filter_map(|p| {
+                    let pts: Vec<[f64; 2]> = p
+                        .split('"')
+                        .next()?
+                        .split_whitespace()
+                        .map(|xy| {
+                            let (x, y) = xy.split_once(',').unwrap();
+                            [x.parse().unwrap(), y.parse().unwrap()]
+                        })
+                        .collect();
+                    (pts.len() == 2 && pts[0][1] == pts[1][1]).then(|| (pts[1][0] - pts[0][0], pts[1][0]))
+                })
+                .fold((0.0, 0.0), |a: (f64, f64), b| if b.0 > a.0 { b } else { a })
+                .1;
+            let right = cells.iter().map(|r| r[0] + r[2]).fold(0.0, f64::max);
+            assert!((right - axis_end).abs() <= 2.0, "{n} groups: cells end at {right}, the axis at {axis_end}");
+        }
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::density::{grid, jensen_shannon, symmetric_kl, Pool, FINE_BINS, GRID_P
 use crate::engine::{AnalysisOptions, BinRanges, Binned, Engine, Finite};
 use crate::error::{Error, Result};
 use crate::graph::{GraphOptions, Network};
-use crate::natsort::natural_cmp;
+use crate::natsort::{natural_cmp, value_cmp};
 use crate::output::{atomic_write, num, write_csv};
 use crate::plot::{self, Curve};
 use crate::separation::{rank_table, separation, Separation};
@@ -449,7 +449,7 @@ impl Study<'_> {
             };
             let mut settings: Vec<Vec<String>> = nodes.iter().map(setting).collect();
             settings.sort_by(|a, b| {
-                a.iter().zip(b).map(|(x, y)| natural_cmp(x, y)).find(|o| o.is_ne()).unwrap_or(std::cmp::Ordering::Equal)
+                a.iter().zip(b).map(|(x, y)| value_cmp(x, y)).find(|o| o.is_ne()).unwrap_or(std::cmp::Ordering::Equal)
             });
             settings.dedup();
             let mut rows = Vec::new();
