@@ -98,6 +98,29 @@ pub unsafe fn sweep_row(cols: &mut [f64], row: &[f32], factor: f64, lanes: &mut 
     total
 }
 
+/// `acc[i] += xs[i]` for the f32 values of `xs` (as many as it has), in
+/// AVX2 where the processor has it.
+#[inline]
+pub fn add_widened(acc: &mut [f64], xs: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn add_avx2(acc: &mut [f64], xs: &[f32]) {
+        add(acc, xs)
+    }
+    #[inline(always)]
+    fn add(acc: &mut [f64], xs: &[f32]) {
+        for (a, &x) in acc.iter_mut().zip(xs) {
+            *a += f64::from(x);
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        // SAFETY: the processor has AVX2.
+        return unsafe { add_avx2(acc, xs) };
+    }
+    add(acc, xs)
+}
+
 /// A [`Binning`] in the form of the f32 bin loop: the same bins, computed
 /// eight at a time in f32, with every value whose f32 position lies within
 /// the f32 error bound of a bin edge binned again in f64. With a factor

@@ -459,16 +459,9 @@ fn node_set_result<E: Engine + ?Sized>(
 ) -> Result<(NodeSetResult, Option<Field>)> {
     Field::align(&mut s_in, &mut s_out);
     let counts = s_in.counts();
-    let count = |i: usize| counts.as_ref().map_or(1, |c| c[i]);
     // Means of s_in and s_out over the nodes whose strength is finite,
     // as the moments are.
-    let (mut sum_in, mut sum_out, mut finite) = (0.0, 0.0, 0u64);
-    for (i, (a, b)) in s_in.cells().iter().zip(s_out.cells()).enumerate() {
-        if (a + b).is_finite() {
-            let k = count(i);
-            (sum_in, sum_out, finite) = (sum_in + a * k as f64, sum_out + b * k as f64, finite + k);
-        }
-    }
+    let (sum_in, sum_out, finite) = finite_sums(s_in.cells(), s_out.cells(), counts.as_deref());
     let nodes = s_in.nodes() as u64;
     let values = opts.keep_values.then(|| (s_in.to_nodes(layout), s_out.to_nodes(layout)));
     // Summed in place: no third field.
@@ -494,6 +487,25 @@ fn node_set_result<E: Engine + ?Sized>(
         values,
     };
     Ok((result, keep_cells.then_some(strength)))
+}
+
+/// The sums of `s_in` and `s_out` over the nodes whose strength `s_in +
+/// s_out` is finite, and how many nodes those are (cell `i` standing for
+/// `counts[i]` nodes). Its own function, so the sums stay in registers.
+fn finite_sums(s_in: &[f64], s_out: &[f64], counts: Option<&[u64]>) -> (f64, f64, u64) {
+    let (mut sum_in, mut sum_out, mut finite) = (0.0, 0.0, 0u64);
+    let mut add = |a: f64, b: f64, k: u64| {
+        if (a + b).is_finite() {
+            sum_in += a * k as f64;
+            sum_out += b * k as f64;
+            finite += k;
+        }
+    };
+    match counts {
+        Some(counts) => s_in.iter().zip(s_out).zip(counts).for_each(|((&a, &b), &k)| add(a, b, k)),
+        None => s_in.iter().zip(s_out).for_each(|(&a, &b)| add(a, b, 1)),
+    }
+    (sum_in, sum_out, finite)
 }
 
 /// One layer's `(s_in, s_out)` and, for a weighted layer, its link-weight
