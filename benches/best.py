@@ -21,4 +21,4 @@ for _ in range(n):
     subprocess.run([out if a == "OUT" else a for a in cmd], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     best = min(best, time.perf_counter() - t)
     shutil.rmtree(out)
-print(f"{best:.3f}")
+print(f"{best:.4f}")

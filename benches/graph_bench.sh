@@ -28,9 +28,12 @@ for name in ["resnet18", "vgg11_bn", "mobilenet_v2"]:
             mod.weight.data.uniform_(0.5, 1.5); mod.bias.data.uniform_(-0.3, 0.3)
     save_file({k: v.contiguous() for k, v in m.state_dict().items()}, path)
 PY
-best() { "$py" benches/best.py 3 "$dir" "$@"; }  # best of 3; OUT becomes a fresh directory
+# Best of N runs; OUT becomes a fresh directory. The millisecond runs (cat,
+# cntscope) get 11 tries, as `cat` of a 14 MB file moves by a third
+# between runs; torch's seconds get 3.
+best() { local n=$1; shift; "$py" benches/best.py "$n" "$dir" "$@"; }
 # torch's own start-up (imports), reported apart from its computation.
-t_imp=$(best "$py" -c "import torch, tomllib; from safetensors.torch import load_file")
+t_imp=$(best 3 "$py" -c "import torch, tomllib; from safetensors.torch import load_file")
 echo "| network | MB | read (cat) | torch (imports $t_imp s excluded) | cntscope cpu | gpu | cpu vs torch | cpu vs read |"
 echo "|---|---|---|---|---|---|---|---|"
 for name in resnet18 vgg11_bn mobilenet_v2; do
@@ -38,9 +41,22 @@ for name in resnet18 vgg11_bn mobilenet_v2; do
     spec="examples/specs/$name.toml"
     cat "$f" > /dev/null
     mb=$(du -m "$f" | cut -f1)
-    t_read=$(best sh -c "cat $f > /dev/null")
-    t_torch=$(best "$py" benches/torch_strengths.py "$f" "$spec")
-    t_cpu=$(best "$bin" scan "$f" --spec "$spec" --device cpu -o OUT)
-    t_gpu=$(best "$bin" scan "$f" --spec "$spec" --device gpu -o OUT 2>/dev/null || echo "n/a")
-    "$py" -c "import sys; r,t,i,c=map(float,sys.argv[1:5]); t-=i; print(f'| $name | $mb | {r:.3f} s | {t:.3f} s | {c:.3f} s | $t_gpu s | {t/c:.1f}x | {c/r:.1f}x |')" "$t_read" "$t_torch" "$t_imp" "$t_cpu"
+    t_read=$(best 11 sh -c "cat $f > /dev/null")
+    t_torch=$(best 3 "$py" benches/torch_strengths.py "$f" "$spec")
+    t_cpu=$(best 11 "$bin" scan "$f" --spec "$spec" --device cpu -o OUT)
+    t_gpu=$(best 3 "$bin" scan "$f" --spec "$spec" --device gpu -o OUT 2>/dev/null || echo "n/a")
+    "$py" -c "import sys; r,t,i,c=map(float,sys.argv[1:5]); t-=i; print(f'| $name | $mb | {r:.4f} s | {t:.3f} s | {c:.4f} s | $t_gpu s | {t/c:.0f}x | {c/r:.1f}x |')" "$t_read" "$t_torch" "$t_imp" "$t_cpu"
+done
+# The same files as collections of 8 (hard links, so the page cache holds
+# one copy): a scan's fixed cost (process, disk syncs) is paid once.
+echo
+echo "| collection | read (cat) | cntscope cpu | per checkpoint | cpu vs read |"
+echo "|---|---|---|---|---|"
+for name in resnet18 mobilenet_v2; do
+    c="$dir/$name-x8"
+    mkdir -p "$c"
+    for i in 0 1 2 3 4 5 6 7; do ln -f "$dir/$name.safetensors" "$c/$name-$i.safetensors"; done
+    t_read=$(best 11 sh -c "cat $c/*.safetensors > /dev/null")
+    t_cpu=$(best 11 "$bin" scan "$c" --spec "examples/specs/$name.toml" --device cpu -o OUT)
+    "$py" -c "import sys; r,c=map(float,sys.argv[1:3]); print(f'| $name x 8 | {r:.4f} s | {c:.4f} s | {c/8:.4f} s | {c/r:.1f}x |')" "$t_read" "$t_cpu"
 done
