@@ -7,9 +7,12 @@ of SPEC 1 says it is:
 * ``BatchNorm1d/2d``: folded into the weighted layer right before it (``norm``)
   when that layer's output feeds nothing else, else a BatchNorm-only entry;
 * ``MaxPool2d``, ``AvgPool2d``, ``AdaptiveAvgPool2d`` (and their functional
-  forms): fixed entries;
+  forms), ``x.mean((2, 3))`` / ``torch.mean``: fixed entries (the mean over
+  both spatial axes is a global average pool);
 * activations, dropout, ``Flatten`` / ``torch.flatten`` / ``view`` /
-  ``reshape``: no entry (a node is the same node after them);
+  ``reshape``: no entry (a node is the same node after them); a view or
+  reshape must keep the shape or flatten each sample (``x.view(x.size(0),
+  -1)``); shape queries (``x.size(0)``, ``x.shape[0]``) are not nodes;
 * ``x + y`` / ``torch.add``: a residual sum. An operand computed only for the
   sum is written straight into the sum's set (``to``); an operand used
   elsewhere too (a block's input) reaches it through an ``identity`` entry;
@@ -95,6 +98,68 @@ def _owner(node) -> str:
     return keys[-1][0] if keys else ""
 
 
+# Positional parameters of the functional pools, as torch declares them.
+POOL_PARAMETERS = {
+    F.max_pool2d: ["input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"],
+    F.avg_pool2d: ["input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
+                   "divisor_override"],
+}
+RESHAPE_METHODS = {"view", "reshape", "flatten"}
+
+
+def _shape(node) -> list[int]:
+    meta = node.meta.get("tensor_meta")
+    if meta is None:
+        raise TraceError(f"node `{node.name}`: no shape recorded")
+    return [int(d) for d in meta.shape]
+
+
+def _check_reshape(node):
+    """A view, reshape or flatten is no entry only when it keeps the shape
+    or flattens each sample to one vector (the batch of the trace is 1)."""
+    before, after = _shape(node.args[0]), _shape(node)
+    size = 1
+    for d in before[1:]:
+        size *= d
+    if after == before or (after[-1] == size and all(d == 1 for d in after[:-1])):
+        return
+    raise TraceError(f"node `{node.name}`: reshapes {before} to {after}: only flattening each sample "
+                     "(x.view(x.size(0), -1)) is supported")
+
+
+def _pool(fields: dict, node, what: str, pool: str, kernel, stride, padding, *, dilation=1, ceil_mode=False,
+          count_include_pad=True, divisor_override=None):
+    """A max or average pool's entry fields (torch's arguments)."""
+    if ceil_mode:
+        raise TraceError(f"node `{node.name}`: {what} uses ceil_mode=True (not supported)")
+    if _pair(dilation) != [1, 1]:
+        raise TraceError(f"node `{node.name}`: {what} is dilated (not supported)")
+    if divisor_override is not None:
+        raise TraceError(f"node `{node.name}`: {what} has a divisor_override")
+    fields["pool"] = pool
+    fields["kernel"] = _scalar_or_pair(kernel)
+    # torch: no stride (None, or an empty list in the functional form) is the kernel.
+    stride = kernel if stride is None or (isinstance(stride, (list, tuple)) and not stride) else stride
+    if _pair(stride) != _pair(kernel):
+        fields["stride"] = _scalar_or_pair(stride)
+    if _pair(padding) != [0, 0]:
+        fields["padding"] = _scalar_or_pair(padding)
+    if pool == "avg" and not count_include_pad:
+        fields["count_include_pad"] = False
+
+
+def _spatial_mean(fields: dict, node):
+    """`x.mean((2, 3))` (either order, negative axes, keepdim or not) of an
+    N x C x H x W map: a global average pool."""
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    shape = _shape(node.args[0])
+    axes = {d % len(shape) for d in (dims if isinstance(dims, (list, tuple)) else [dims])} if dims is not None else None
+    if len(shape) != 4 or axes != {2, 3} or node.kwargs.get("dtype") is not None:
+        raise TraceError(f"node `{node.name}`: a mean over axes {dims} of a {shape} tensor: only the mean over "
+                         "both spatial axes (a global average pool) is supported")
+    fields["pool"] = "global_avg"
+
+
 def _adaptive_pool(fields: dict, node):
     """An adaptive average pool's entry fields, from its traced output size."""
     out = node.meta["tensor_meta"].shape[-2:]
@@ -122,9 +187,15 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
             return "input"
         if n.op == "output":
             return "output"
+        if n.op in ("call_function", "call_method") and n.meta.get("tensor_meta") is None:
+            # Not a tensor: a shape query (`x.size(0)`, `x.shape[0]`) or
+            # arithmetic on one, an argument of a view rather than a node.
+            return "meta"
         if n.op == "call_module":
             m = modules[n.target]
             if isinstance(m, PASSTHROUGH_MODULES):
+                if isinstance(m, nn.Flatten):
+                    _check_reshape(n)
                 return "pass"
             if isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.MaxPool2d, nn.AvgPool2d,
                               nn.AdaptiveAvgPool2d)):
@@ -132,6 +203,8 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
             raise TraceError(f"node `{n.name}`: module `{n.target}` of type {type(m).__name__} has no spec entry")
         if n.op == "call_function":
             if n.target in PASSTHROUGH_FUNCTIONS:
+                if n.target is torch.flatten:
+                    _check_reshape(n)
                 return "pass"
             if n.target in (operator.add, torch.add, operator.iadd):
                 return "add"
@@ -139,12 +212,16 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
                 return "cat"
             if n.target is operator.getitem:
                 return "slice"
-            if n.target in (F.adaptive_avg_pool2d, F.avg_pool2d, F.max_pool2d):
+            if n.target in (F.adaptive_avg_pool2d, F.avg_pool2d, F.max_pool2d, torch.mean):
                 return "entry"
             raise TraceError(f"node `{n.name}`: function {getattr(n.target, '__name__', n.target)} has no spec entry")
         if n.op == "call_method":
             if n.target in PASSTHROUGH_METHODS:
+                if n.target in RESHAPE_METHODS:
+                    _check_reshape(n)
                 return "pass"
+            if n.target == "mean":
+                return "entry"
             if n.target in ("add", "add_"):
                 return "add"
             raise TraceError(f"node `{n.name}`: method `{n.target}` has no spec entry")
@@ -160,7 +237,7 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
     # Who consumes each root's value (pass-throughs see through).
     consumers = {n: [] for n in nodes}
     for n in nodes:
-        if kinds[n] == "pass":
+        if kinds[n] in ("pass", "meta"):
             continue
         for a in n.all_input_nodes:
             if root[a] not in (n,) and n not in consumers[root[a]]:
@@ -212,7 +289,7 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
         if k == "input":
             ref[n] = Ref("input", None, int(input_shape[0]))
             continue
-        if k in ("pass", "output"):
+        if k in ("pass", "output", "meta"):
             continue
         if k == "slice":
             src, idx = n.args
@@ -276,22 +353,14 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
                     if m.bias is not None:
                         fields["bias"] = f"{n.target}.bias"
                     out_channels = m.out_features
-                elif isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
-                    if m.ceil_mode:
-                        raise TraceError(f"node `{n.name}`: pool `{n.target}` uses ceil_mode=True (not supported)")
-                    if isinstance(m, nn.MaxPool2d) and _pair(m.dilation) != [1, 1]:
-                        raise TraceError(f"node `{n.name}`: pool `{n.target}` is dilated (not supported)")
-                    if isinstance(m, nn.AvgPool2d) and m.divisor_override is not None:
-                        raise TraceError(f"node `{n.name}`: pool `{n.target}` has a divisor_override")
-                    fields["pool"] = "max" if isinstance(m, nn.MaxPool2d) else "avg"
-                    fields["kernel"] = _scalar_or_pair(m.kernel_size)
-                    stride = m.stride if m.stride is not None else m.kernel_size
-                    if _pair(stride) != _pair(m.kernel_size):
-                        fields["stride"] = _scalar_or_pair(stride)
-                    if _pair(m.padding) != [0, 0]:
-                        fields["padding"] = _scalar_or_pair(m.padding)
-                    if isinstance(m, nn.AvgPool2d) and not m.count_include_pad:
-                        fields["count_include_pad"] = False
+                elif isinstance(m, nn.MaxPool2d):
+                    _pool(fields, n, f"pool `{n.target}`", "max", m.kernel_size, m.stride, m.padding,
+                          dilation=m.dilation, ceil_mode=m.ceil_mode)
+                    out_channels = inp.channels
+                elif isinstance(m, nn.AvgPool2d):
+                    _pool(fields, n, f"pool `{n.target}`", "avg", m.kernel_size, m.stride, m.padding,
+                          ceil_mode=m.ceil_mode, count_include_pad=m.count_include_pad,
+                          divisor_override=m.divisor_override)
                     out_channels = inp.channels
                 else:  # AdaptiveAvgPool2d
                     _adaptive_pool(fields, n)
@@ -304,8 +373,22 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
                 out_channels = inp.channels
                 if n.target is F.adaptive_avg_pool2d:
                     _adaptive_pool(fields, n)
-                else:
-                    raise TraceError(f"node `{n.name}`: functional {n.target.__name__}: use the nn module instead")
+                elif n.target in (F.max_pool2d, F.avg_pool2d):
+                    params = POOL_PARAMETERS[n.target]
+                    a = dict(zip(params, n.args)) | dict(n.kwargs)
+                    if a.get("return_indices"):
+                        raise TraceError(f"node `{n.name}`: a max pool that returns its indices")
+                    what = f"functional pool `{n.name}`"
+                    if n.target is F.max_pool2d:
+                        _pool(fields, n, what, "max", a["kernel_size"], a.get("stride"), a.get("padding", 0),
+                              dilation=a.get("dilation", 1), ceil_mode=a.get("ceil_mode", False))
+                    else:
+                        _pool(fields, n, what, "avg", a["kernel_size"], a.get("stride"), a.get("padding", 0),
+                              ceil_mode=a.get("ceil_mode", False),
+                              count_include_pad=a.get("count_include_pad", True),
+                              divisor_override=a.get("divisor_override"))
+                else:  # x.mean(dims) / torch.mean(x, dims)
+                    _spatial_mean(fields, n)
             source(fields, inp)
             e = Entry(fields, n)
             entries.append(e)

@@ -1,0 +1,93 @@
+"""python/torch_to_spec.py on the idioms of hand-written models: functional
+pools, views that flatten by the tensor's size, spatial means. Needs torch
+(skipped where it is not installed, as in CI); the specs it writes for such
+models are checked against torch's own strengths by tests/torch_fixtures.rs
+(the `functional_tiny` fixture)."""
+
+from __future__ import annotations
+
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+F = torch.nn.functional
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from torch_to_spec import TraceError, spec_from_module  # noqa: E402
+
+
+def entries(model, shape):
+    """The spec's entries without their names (which follow the code's)."""
+    spec = tomllib.loads(spec_from_module(model, shape))
+    keep = ("weight", "bias", "pool", "kernel", "stride", "padding", "count_include_pad", "output")
+    return [{k: v for k, v in e.items() if k in keep} for e in spec["layers"]]
+
+
+class Modules(nn.Module):
+    def __init__(self, pool):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3)
+        self.pool = pool
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(6, 4)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.gap(self.pool(F.relu(self.conv(x)))), 1))
+
+
+class Functional(Modules):
+    def __init__(self, pool, flatten):
+        super().__init__(None)
+        self.f, self.flatten = pool, flatten
+
+    def forward(self, x):
+        x = self.f(F.relu(self.conv(x)))
+        return self.fc(self.flatten(x))
+
+
+@pytest.mark.parametrize(
+    "module, functional, flatten",
+    [
+        (nn.MaxPool2d(2), lambda x: F.max_pool2d(x, 2), lambda x: x.mean((2, 3)).view(x.size(0), -1)),
+        (nn.MaxPool2d(3, 2, 1), lambda x: F.max_pool2d(x, kernel_size=3, stride=2, padding=1),
+         lambda x: torch.mean(x, dim=[-1, -2])),
+        (nn.AvgPool2d(3, 1, 1, count_include_pad=False),
+         lambda x: F.avg_pool2d(x, 3, 1, 1, False, False), lambda x: x.mean((3, 2), keepdim=True).flatten(1)),
+        (nn.AvgPool2d(2), lambda x: F.avg_pool2d(x, [2, 2], []),
+         lambda x: x.mean([2, 3], True).reshape(x.shape[0], -1)),
+    ],
+)
+def test_functional_forms_write_the_modules_spec(module, functional, flatten):
+    assert entries(Functional(functional, flatten), (3, 12, 11)) == entries(Modules(module), (3, 12, 11))
+
+
+class Odd(nn.Module):
+    def __init__(self, f, features):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+        self.f = f
+        self.fc = nn.Linear(features, 3)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.f(self.conv(x)), 1))
+
+
+@pytest.mark.parametrize(
+    "f, features, message",
+    [
+        # ShuffleNet's channel shuffle (its transpose is refused too, later).
+        (lambda x: x.view(x.size(0), 2, 2, 8, 8).sum(1), 128, r"node `view`: reshapes \[1, 4, 8, 8\] to"),
+        (lambda x: x.mean(1), 64, r"node `mean`: a mean over axes 1 of a \[1, 4, 8, 8\] tensor"),
+        (lambda x: x.mean(3), 32, "node `mean`: a mean over axes 3"),
+        (lambda x: F.max_pool2d(x, 3, 1, 1, ceil_mode=True), 256, "node `max_pool2d`: .* uses ceil_mode=True"),
+        (lambda x: F.max_pool2d(x, 2, 1, 1, dilation=2), 256, "node `max_pool2d`: .* is dilated"),
+        (lambda x: F.avg_pool2d(x, 3, 1, 1, divisor_override=4), 256, "node `avg_pool2d`: .* divisor_override"),
+    ],
+)
+def test_what_the_spec_cannot_say_is_an_error_naming_the_node(f, features, message):
+    with pytest.raises(TraceError, match=message):
+        spec_from_module(Odd(f, features), (4, 8, 8))
