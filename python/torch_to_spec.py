@@ -349,6 +349,9 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
                         fields["groups"] = m.groups
                     out_channels = m.out_channels
                 elif isinstance(m, nn.Linear):
+                    if _shape(n.args[0]) != [1, m.in_features]:
+                        raise TraceError(f"node `{n.name}`: Linear `{n.target}` reads a {_shape(n.args[0])} "
+                                         "tensor: only one vector per sample (flattened) is supported")
                     fields["weight"] = f"{n.target}.weight"
                     if m.bias is not None:
                         fields["bias"] = f"{n.target}.bias"

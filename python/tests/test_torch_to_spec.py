@@ -91,3 +91,11 @@ class Odd(nn.Module):
 def test_what_the_spec_cannot_say_is_an_error_naming_the_node(f, features, message):
     with pytest.raises(TraceError, match=message):
         spec_from_module(Odd(f, features), (4, 8, 8))
+
+
+def test_a_linear_layer_over_the_last_axis_of_a_map_is_an_error():
+    # nn.Linear on an N x C x H x W tensor maps each row's W values: not a
+    # dense layer on the flattened map.
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Linear(6, 5))
+    with pytest.raises(TraceError, match=r"Linear `1` reads a \[1, 4, 6, 6\] tensor"):
+        spec_from_module(model, (3, 8, 8))
