@@ -130,8 +130,6 @@ def _check_reshape(node):
 def _pool(fields: dict, node, what: str, pool: str, kernel, stride, padding, *, dilation=1, ceil_mode=False,
           count_include_pad=True, divisor_override=None):
     """A max or average pool's entry fields (torch's arguments)."""
-    if ceil_mode:
-        raise TraceError(f"node `{node.name}`: {what} uses ceil_mode=True (not supported)")
     if _pair(dilation) != [1, 1]:
         raise TraceError(f"node `{node.name}`: {what} is dilated (not supported)")
     if divisor_override is not None:
@@ -146,6 +144,8 @@ def _pool(fields: dict, node, what: str, pool: str, kernel, stride, padding, *, 
         fields["padding"] = _scalar_or_pair(padding)
     if pool == "avg" and not count_include_pad:
         fields["count_include_pad"] = False
+    if ceil_mode:
+        fields["ceil_mode"] = True
 
 
 def _spatial_mean(fields: dict, node):
@@ -470,7 +470,7 @@ def _toml(entries, input_shape, layout, bn) -> str:
         f"bn = {value(bn)}",
     ]
     order = ["name", "weight", "bias", "norm", "eps", "pool", "kernel", "output", "stride", "padding", "dilation",
-             "groups", "count_include_pad", "identity", "from", "from_channels", "to", "offset"]
+             "groups", "count_include_pad", "ceil_mode", "identity", "from", "from_channels", "to", "offset"]
     for e in entries:
         out.append("")
         out.append("[[layers]]")

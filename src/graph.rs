@@ -187,6 +187,10 @@ pub struct Pool {
     pub stride: [usize; 2],
     /// Zero padding (unused by adaptive pools).
     pub padding: [usize; 2],
+    /// The output grid rounds up (torch's `ceil_mode`): the last window
+    /// may reach past the padding, and only what it covers of the padded
+    /// input counts in an average pool's divisor.
+    pub ceil_mode: bool,
     /// Input grid.
     pub in_hw: [usize; 2],
     /// Output grid.
@@ -207,6 +211,19 @@ pub struct Window {
 }
 
 impl Pool {
+    /// Output length along an axis of `n` positions, as torch computes it:
+    /// rounded down, or with `ceil_mode` up, but never a window that starts
+    /// past the input and its left padding; `None` when the window is
+    /// larger than the padded input.
+    pub fn out_len(n: usize, kernel: usize, stride: usize, padding: usize, ceil_mode: bool) -> Option<usize> {
+        let span = (n + 2 * padding).checked_sub(kernel)?;
+        if !ceil_mode {
+            return Some(span / stride + 1);
+        }
+        let out = span.div_ceil(stride) + 1;
+        Some(if (out - 1) * stride >= n + padding { out - 1 } else { out })
+    }
+
     /// The windows of every output position along axis `a` (0: rows, 1:
     /// columns). A link's weight is the product of its two axes' factors.
     pub fn windows(&self, a: usize) -> Vec<Window> {
@@ -218,12 +235,15 @@ impl Pool {
                     Window { start, end, weight: 1.0 / (end - start) as f64 }
                 }
                 PoolOp::Max | PoolOp::Avg { .. } => {
-                    let first = (o * self.stride[a]) as i64 - self.padding[a] as i64;
+                    let pad = self.padding[a] as i64;
+                    let first = (o * self.stride[a]) as i64 - pad;
                     let last = first + self.kernel[a] as i64;
                     let (start, end) = (first.max(0) as usize, (last.min(n as i64)).max(0) as usize);
                     let inside = end.saturating_sub(start);
                     let divisor = match self.op {
-                        PoolOp::Avg { count_include_pad: true } => self.kernel[a],
+                        // The window within the padded input (all of it
+                        // unless ceil_mode's last window reaches past).
+                        PoolOp::Avg { count_include_pad: true } => (last.min(n as i64 + pad) - first) as usize,
                         _ => inside,
                     };
                     Window { start, end: end.max(start), weight: if inside == 0 { 0.0 } else { 1.0 / divisor as f64 } }
@@ -978,6 +998,7 @@ impl<'a> Builder<'a> {
         };
         let stride = e.stride.map_or(kernel, |s| s.hw());
         let padding = e.padding.map_or([0, 0], |s| s.hw());
+        let ceil_mode = e.ceil_mode.unwrap_or(false);
         let out_hw = match p {
             PoolName::AdaptiveAvg => e.output.expect("checked").hw(),
             PoolName::GlobalAvg => [1, 1],
@@ -988,8 +1009,8 @@ impl<'a> Builder<'a> {
                         padding[0], padding[1], kernel[0], kernel[1]
                     )));
                 }
-                let ho = Conv::out_len(h, kernel[0], stride[0], padding[0], 1);
-                let wo = Conv::out_len(w, kernel[1], stride[1], padding[1], 1);
+                let ho = Pool::out_len(h, kernel[0], stride[0], padding[0], ceil_mode);
+                let wo = Pool::out_len(w, kernel[1], stride[1], padding[1], ceil_mode);
                 let (Some(ho), Some(wo)) = (ho, wo) else {
                     return Err(self.err(format!(
                         "the {}x{} window is larger than its padded {h}x{w} input",
@@ -999,7 +1020,7 @@ impl<'a> Builder<'a> {
                 [ho, wo]
             }
         };
-        Ok(Pool { op, kernel, stride, padding, in_hw: [h, w], out_hw })
+        Ok(Pool { op, kernel, stride, padding, ceil_mode, in_hw: [h, w], out_hw })
     }
 
     fn weighted(&self, e: &LayerSpec, weight: &str, from: usize, input: NodeShape) -> Result<LayerKind> {

@@ -437,7 +437,7 @@ fn inspect(ck: &Checkpoint, net: &Network, out: &mut impl Write) -> anyhow::Resu
             LayerKind::Pool(p) => match p.op {
                 PoolOp::AdaptiveAvg => format!("{} to {}x{}", l.kind.name(), p.out_hw[0], p.out_hw[1]),
                 _ => format!(
-                    "{} {}x{} stride {}x{} padding {}x{}{}",
+                    "{} {}x{} stride {}x{} padding {}x{}{}{}",
                     l.kind.name(),
                     p.kernel[0],
                     p.kernel[1],
@@ -445,7 +445,8 @@ fn inspect(ck: &Checkpoint, net: &Network, out: &mut impl Write) -> anyhow::Resu
                     p.stride[1],
                     p.padding[0],
                     p.padding[1],
-                    if p.op == (PoolOp::Avg { count_include_pad: false }) { " (padding not counted)" } else { "" }
+                    if p.op == (PoolOp::Avg { count_include_pad: false }) { " (padding not counted)" } else { "" },
+                    if p.ceil_mode { " (ceil mode)" } else { "" }
                 ),
             },
             k => k.name().to_string(),

@@ -134,6 +134,9 @@ pub struct LayerSpec {
     pub kernel: Option<Pair>,
     /// Average pool: padding cells count in the divisor (default true).
     pub count_include_pad: Option<bool>,
+    /// Max or average pool: the output grid rounds up, as torch's
+    /// `ceil_mode` (default false).
+    pub ceil_mode: Option<bool>,
     /// Adaptive average pool output `[h, w]`.
     pub output: Option<Pair>,
     /// An identity skip connection.
@@ -274,6 +277,7 @@ impl Spec {
                     ("kernel", l.kernel.is_some()),
                     ("output", l.output.is_some()),
                     ("count_include_pad", l.count_include_pad.is_some()),
+                    ("ceil_mode", l.ceil_mode.is_some()),
                 ],
                 EntryKind::Pool(p) => &[
                     ("bias", l.bias.is_some()),
@@ -283,6 +287,7 @@ impl Spec {
                     ("kernel", l.kernel.is_some() && matches!(p, PoolName::AdaptiveAvg | PoolName::GlobalAvg)),
                     ("output", l.output.is_some() && p != PoolName::AdaptiveAvg),
                     ("count_include_pad", l.count_include_pad.is_some() && p != PoolName::Avg),
+                    ("ceil_mode", l.ceil_mode.is_some() && !matches!(p, PoolName::Max | PoolName::Avg)),
                 ],
                 EntryKind::Identity | EntryKind::Norm => &[
                     ("bias", l.bias.is_some()),
@@ -293,6 +298,7 @@ impl Spec {
                     ("kernel", l.kernel.is_some()),
                     ("output", l.output.is_some()),
                     ("count_include_pad", l.count_include_pad.is_some()),
+                    ("ceil_mode", l.ceil_mode.is_some()),
                 ],
             };
             if let Some((key, _)) = misplaced.iter().find(|(_, bad)| *bad) {

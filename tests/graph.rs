@@ -34,13 +34,14 @@ enum K {
         bias: bool,
         norm: bool,
     },
-    /// `op`: max, avg, adaptive_avg, global_avg.
+    /// `op`: max, avg, adaptive_avg, global_avg; `ceil`: torch's ceil_mode.
     Pool {
         op: &'static str,
         k: [usize; 2],
         s: [usize; 2],
         p: [usize; 2],
         include_pad: bool,
+        ceil: bool,
         out: [usize; 2],
     },
     Identity,
@@ -343,7 +344,7 @@ fn build(entries: &[E], input: S, layout: Layout, bn: BnMode, seed: u64) -> (Vec
                 out_set = t;
                 raw_name = layer_mode.then(|| format!("{}_bn", en.name));
             }
-            K::Pool { op, k, s, p, include_pad, out } => {
+            K::Pool { op, k, s, p, include_pad, ceil, out } => {
                 entry += &format!("pool = \"{op}\"\n");
                 let (ho, wo) = match *op {
                     "adaptive_avg" => {
@@ -359,7 +360,21 @@ fn build(entries: &[E], input: S, layout: Layout, bn: BnMode, seed: u64) -> (Vec
                         if *op == "avg" {
                             entry += &format!("count_include_pad = {include_pad}\n");
                         }
-                        ((sset.h + 2 * p[0] - k[0]) / s[0] + 1, (sset.w + 2 * p[1] - k[1]) / s[1] + 1)
+                        if *ceil {
+                            entry += "ceil_mode = true\n";
+                        }
+                        // torch's output size: in ceil mode rounded up, less
+                        // a last window that would start in the right padding.
+                        let len = |n: usize, k: usize, s: usize, p: usize| {
+                            let steps = (n + 2 * p - k) as f64 / s as f64;
+                            let out = if *ceil { steps.ceil() } else { steps.floor() } as usize + 1;
+                            if *ceil && (out - 1) * s >= n + p {
+                                out - 1
+                            } else {
+                                out
+                            }
+                        };
+                        (len(sset.h, k[0], s[0], p[0]), len(sset.w, k[1], s[1], p[1]))
                     }
                 };
                 let t = target(&mut o, &mut names, en.to, en.name, S { c: cin, h: ho, w: wo, flat: false }, en.offset);
@@ -384,8 +399,14 @@ fn build(entries: &[E], input: S, layout: Layout, bn: BnMode, seed: u64) -> (Vec
                                     };
                                     let ys = inside(oy, k[0], s[0], p[0], sset.h);
                                     let xs = inside(ox, k[1], s[1], p[1], sset.w);
+                                    // Counting padding: the taps inside the padded input
+                                    // (a ceil-mode window may reach past it).
+                                    let padded = |o: usize, k: usize, s: usize, p: usize, n: usize| {
+                                        (0..k).filter(|t| o * s + t < n + 2 * p).count()
+                                    };
                                     let n = if *op == "avg" && *include_pad {
-                                        (k[0] * k[1]) as f64
+                                        (padded(oy, k[0], s[0], p[0], sset.h) * padded(ox, k[1], s[1], p[1], sset.w))
+                                            as f64
                                     } else {
                                         (ys.len() * xs.len()) as f64
                                     };
@@ -519,7 +540,7 @@ fn map(c: usize, h: usize, w: usize) -> S {
 fn resnet_like() -> Vec<E> {
     vec![
         conv("conv1", 4, 3, 2, 1),
-        e("pool", K::Pool { op: "max", k: [3, 3], s: [2, 2], p: [1, 1], include_pad: true, out: [0, 0] }),
+        e("pool", K::Pool { op: "max", k: [3, 3], s: [2, 2], p: [1, 1], include_pad: true, ceil: false, out: [0, 0] }),
         conv("b1c1", 4, 3, 1, 1),
         E { to: Some("b1"), ..conv("b1c2", 4, 3, 1, 1) },
         E { from: Some("pool"), to: Some("b1"), ..e("skip1", K::Identity) },
@@ -528,9 +549,15 @@ fn resnet_like() -> Vec<E> {
         E { from: Some("b1"), to: Some("b2"), ..conv("down", 6, 1, 2, 0) },
         E {
             from: Some("b2"),
-            ..e("avg", K::Pool { op: "avg", k: [2, 2], s: [1, 1], p: [1, 1], include_pad: false, out: [0, 0] })
+            ..e(
+                "avg",
+                K::Pool { op: "avg", k: [2, 2], s: [1, 1], p: [1, 1], include_pad: false, ceil: false, out: [0, 0] },
+            )
         },
-        e("gap", K::Pool { op: "global_avg", k: [1, 1], s: [1, 1], p: [0, 0], include_pad: true, out: [1, 1] }),
+        e(
+            "gap",
+            K::Pool { op: "global_avg", k: [1, 1], s: [1, 1], p: [0, 0], include_pad: true, ceil: false, out: [1, 1] },
+        ),
         e("fc", K::Dense { out: 3, bias: true, norm: false }),
     ]
 }
@@ -564,10 +591,47 @@ fn densenet_like() -> Vec<E> {
         grow("g2", 0, 5, 5),
         E { from: Some("block"), ..e("bn_post", K::Norm) },
         e("dw", K::Conv { cout: 8, groups: 8, k: [3, 3], s: [1, 1], p: [2, 2], d: [2, 2], bias: true, norm: false }),
-        e("avg", K::Pool { op: "avg", k: [3, 3], s: [2, 2], p: [1, 1], include_pad: true, out: [0, 0] }),
-        e("ada", K::Pool { op: "adaptive_avg", k: [1, 1], s: [1, 1], p: [0, 0], include_pad: true, out: [2, 3] }),
+        e("avg", K::Pool { op: "avg", k: [3, 3], s: [2, 2], p: [1, 1], include_pad: true, ceil: false, out: [0, 0] }),
+        e(
+            "ada",
+            K::Pool {
+                op: "adaptive_avg",
+                k: [1, 1],
+                s: [1, 1],
+                p: [0, 0],
+                include_pad: true,
+                ceil: false,
+                out: [2, 3],
+            },
+        ),
         e("head", K::Dense { out: 5, bias: true, norm: true }),
     ]
+}
+
+/// Pools in ceil mode (torch's `ceil_mode`): a max pool whose last
+/// window hangs past an unpadded edge, an average pool counting its
+/// padding whose last window reaches past the padding (its divisor counts
+/// only the padded input), one leaving padding out, whose last column
+/// window would start in the padding and is dropped; three heads summed.
+#[test]
+fn ceil_mode_pools() {
+    let pool = |name, op, k, s, p, include_pad| E {
+        from: Some("c1"),
+        ..e(name, K::Pool { op, k: [k, k], s: [s, s], p: [p, p], include_pad, ceil: true, out: [0, 0] })
+    };
+    let head = |name| E { to: Some("out"), ..e(name, K::Dense { out: 4, bias: true, norm: false }) };
+    let entries = vec![
+        conv("c1", 3, 3, 1, 1),
+        pool("mp", "max", 3, 2, 0, false),
+        head("h1"),
+        pool("ap", "avg", 3, 2, 1, true),
+        head("h2"),
+        pool("ax", "avg", 2, 2, 1, false),
+        head("h3"),
+    ];
+    for layout in [Layout::Torch, Layout::Keras] {
+        check(&format!("ceil-mode pools {layout}"), &entries, map(2, 10, 9), layout, BnMode::Fold);
+    }
 }
 
 #[test]
@@ -678,6 +742,8 @@ fn misfits_are_errors_naming_the_entries() {
         ("[[layers]]\nname = \"p\"\npool = \"max\"\nkernel = 7\n", "larger than its padded 4x4 input"),
         ("[[layers]]\nname = \"a\"\npool = \"max\"\nkernel = 2\n", "the name `a` is used twice"),
         ("[[layers]]\nweight = \"fc.weight\"\n[[layers]]\nweight = \"b.weight\"\n", "reads a feature map"),
+        ("[[layers]]\nname = \"g\"\npool = \"global_avg\"\nceil_mode = true\n", "`ceil_mode` does not apply"),
+        ("[[layers]]\nweight = \"b.weight\"\nceil_mode = true\n", "`ceil_mode` does not apply"),
     ];
     for (tail, want) in cases {
         let text = format!("{head}{tail}");
@@ -689,4 +755,24 @@ fn misfits_are_errors_naming_the_entries() {
         assert!(err.contains(want), "{tail:?}: {err}");
         assert!(err.contains("line "), "{tail:?}: names no line: {err}");
     }
+}
+
+/// Every spec shipped in `examples/specs/` (torch_to_spec's output for
+/// torchvision models, the Small CNN Zoo's by hand) parses, and the ceil-mode
+/// pools of SqueezeNet and GoogLeNet are read as such.
+#[test]
+fn shipped_specs_parse() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/specs");
+    let mut ceil = 0;
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let spec = Spec::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            ceil += spec.layers.iter().filter(|l| l.ceil_mode == Some(true)).count();
+            seen += 1;
+        }
+    }
+    assert!(seen >= 11, "{seen} specs");
+    assert!(ceil >= 3, "{ceil} ceil-mode pools");
 }
