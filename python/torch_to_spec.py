@@ -10,9 +10,10 @@ of SPEC 1 says it is:
   forms), ``x.mean((2, 3))`` / ``torch.mean``: fixed entries (the mean over
   both spatial axes is a global average pool);
 * activations, dropout, ``Flatten`` / ``torch.flatten`` / ``view`` /
-  ``reshape``: no entry (a node is the same node after them); a view or
-  reshape must keep the shape or flatten each sample (``x.view(x.size(0),
-  -1)``); shape queries (``x.size(0)``, ``x.shape[0]``) are not nodes;
+  ``reshape`` / ``squeeze``: no entry (a node is the same node after them);
+  a view, reshape or squeeze must keep the shape or flatten each sample
+  (``x.view(x.size(0), -1)``, a pooled ``x.squeeze()``); shape queries
+  (``x.size(0)``, ``x.shape[0]``) are not nodes;
 * ``x + y`` / ``torch.add``: a residual sum. An operand computed only for the
   sum is written straight into the sum's set (``to``); an operand used
   elsewhere too (a block's input) reaches it through an ``identity`` entry;
@@ -50,10 +51,12 @@ PASSTHROUGH_MODULES = (
 )
 PASSTHROUGH_FUNCTIONS = {
     F.relu, F.relu6, F.gelu, F.silu, F.sigmoid, F.tanh, F.hardswish, F.hardsigmoid, F.leaky_relu, F.elu,
-    F.dropout, F.softmax, F.log_softmax, torch.relu, torch.sigmoid, torch.tanh, torch.flatten,
+    F.dropout, F.softmax, F.log_softmax, torch.relu, torch.sigmoid, torch.tanh, torch.flatten, torch.squeeze,
     torch.nn.functional.dropout2d,
 }
-PASSTHROUGH_METHODS = {"relu", "relu_", "sigmoid", "tanh", "view", "reshape", "flatten", "contiguous", "clone"}
+PASSTHROUGH_METHODS = {
+    "relu", "relu_", "sigmoid", "tanh", "view", "reshape", "flatten", "squeeze", "contiguous", "clone",
+}
 
 
 class TraceError(ValueError):
@@ -104,7 +107,7 @@ POOL_PARAMETERS = {
     F.avg_pool2d: ["input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
                    "divisor_override"],
 }
-RESHAPE_METHODS = {"view", "reshape", "flatten"}
+RESHAPE_METHODS = {"view", "reshape", "flatten", "squeeze"}
 
 
 def _shape(node) -> list[int]:
@@ -114,14 +117,21 @@ def _shape(node) -> list[int]:
     return [int(d) for d in meta.shape]
 
 
+def _is_vector(shape: list[int], size: int) -> bool:
+    """True when `shape` (the trace's batch of 1 included) holds one sample
+    as a vector of `size` values: every other axis of length 1."""
+    return [d for d in shape if d != 1] == ([size] if size != 1 else [])
+
+
 def _check_reshape(node):
-    """A view, reshape or flatten is no entry only when it keeps the shape
-    or flattens each sample to one vector (the batch of the trace is 1)."""
+    """A view, reshape, flatten or squeeze is no entry only when it keeps
+    the shape or makes each sample one vector (the batch of the trace is
+    1): a map reshaped to another grid would be read on the wrong grid."""
     before, after = _shape(node.args[0]), _shape(node)
     size = 1
     for d in before[1:]:
         size *= d
-    if after == before or (after[-1] == size and all(d == 1 for d in after[:-1])):
+    if after == before or _is_vector(after, size):
         return
     raise TraceError(f"node `{node.name}`: reshapes {before} to {after}: only flattening each sample "
                      "(x.view(x.size(0), -1)) is supported")
@@ -203,7 +213,7 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
             raise TraceError(f"node `{n.name}`: module `{n.target}` of type {type(m).__name__} has no spec entry")
         if n.op == "call_function":
             if n.target in PASSTHROUGH_FUNCTIONS:
-                if n.target is torch.flatten:
+                if n.target in (torch.flatten, torch.squeeze):
                     _check_reshape(n)
                 return "pass"
             if n.target in (operator.add, torch.add, operator.iadd):
@@ -349,7 +359,7 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
                         fields["groups"] = m.groups
                     out_channels = m.out_channels
                 elif isinstance(m, nn.Linear):
-                    if _shape(n.args[0]) != [1, m.in_features]:
+                    if not _is_vector(_shape(n.args[0]), m.in_features):
                         raise TraceError(f"node `{n.name}`: Linear `{n.target}` reads a {_shape(n.args[0])} "
                                          "tensor: only one vector per sample (flattened) is supported")
                     fields["weight"] = f"{n.target}.weight"

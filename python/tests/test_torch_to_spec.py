@@ -63,6 +63,10 @@ class Functional(Modules):
          lambda x: x.mean((2, 3))),
         (nn.AvgPool2d(3, 2, 1, ceil_mode=True), lambda x: F.avg_pool2d(x, 3, 2, 1, True),
          lambda x: x.mean((2, 3))),
+        (nn.MaxPool2d(2), lambda x: F.max_pool2d(x, 2),
+         lambda x: F.adaptive_avg_pool2d(x, 1).squeeze(-1).squeeze(-1)),
+        (nn.MaxPool2d(2), lambda x: F.max_pool2d(x, 2),
+         lambda x: torch.squeeze(F.adaptive_avg_pool2d(x, (1, 1))).squeeze(-1)),
     ],
 )
 def test_functional_forms_write_the_modules_spec(module, functional, flatten):
@@ -85,6 +89,8 @@ class Odd(nn.Module):
     [
         # ShuffleNet's channel shuffle (its transpose is refused too, later).
         (lambda x: x.view(x.size(0), 2, 2, 8, 8).sum(1), 128, r"node `view`: reshapes \[1, 4, 8, 8\] to"),
+        # The same values on another grid: a conv or pool after it would read them wrong.
+        (lambda x: x.view(x.size(0), 4, 4, 16), 256, r"reshapes \[1, 4, 8, 8\] to \[1, 4, 4, 16\]"),
         (lambda x: x.mean(1), 64, r"node `mean`: a mean over axes 1 of a \[1, 4, 8, 8\] tensor"),
         (lambda x: x.mean(3), 32, "node `mean`: a mean over axes 3"),
         (lambda x: F.max_pool2d(x, 2, 1, 1, dilation=2), 256, "node `max_pool2d`: .* is dilated"),
