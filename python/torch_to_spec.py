@@ -340,16 +340,24 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
                         fields["eps"] = m.eps
                     out_channels = inp.channels
                 elif isinstance(m, nn.Conv2d):
-                    if m.padding_mode != "zeros" or isinstance(m.padding, str):
-                        if isinstance(m.padding, str) and m.padding == "valid":
-                            pass
-                        else:
-                            raise TraceError(f"node `{n.name}`: conv `{n.target}` padding {m.padding!r} / "
-                                             f"mode {m.padding_mode!r}: only explicit zero padding is supported")
+                    padding = m.padding
+                    if padding == "valid":
+                        padding = 0
+                    elif padding == "same":
+                        # torch pads (dilation x (kernel - 1)) in all, split evenly
+                        # where it is even (an odd remainder goes to the right).
+                        total = [d * (k - 1) for d, k in zip(m.dilation, m.kernel_size)]
+                        if any(t % 2 for t in total):
+                            raise TraceError(f"node `{n.name}`: conv `{n.target}` padding 'same' with an even "
+                                             "kernel pads one side more: not supported")
+                        padding = tuple(t // 2 for t in total)
+                    if m.padding_mode != "zeros" or isinstance(padding, str):
+                        raise TraceError(f"node `{n.name}`: conv `{n.target}` padding {m.padding!r} / "
+                                         f"mode {m.padding_mode!r}: only zero padding is supported")
                     fields["weight"] = f"{n.target}.weight"
                     if m.bias is not None:
                         fields["bias"] = f"{n.target}.bias"
-                    for key, v, default in [("stride", m.stride, 1), ("padding", m.padding, 0),
+                    for key, v, default in [("stride", m.stride, 1), ("padding", padding, 0),
                                             ("dilation", m.dilation, 1)]:
                         if isinstance(v, str):
                             continue
@@ -431,7 +439,7 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
         if k == "cat":
             tensors = n.args[0]
             dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
-            if dim != 1:
+            if dim % len(_shape(n)) != 1:
                 raise TraceError(f"node `{n.name}`: torch.cat on dim {dim}: only channels (dim 1) are supported")
             roots = [root[t] for t in tensors]
             fam = next((f for f in families if f["members"] == roots[: len(f["members"])]), None)

@@ -113,3 +113,19 @@ def test_a_linear_layer_over_the_last_axis_of_a_map_is_an_error():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Linear(6, 5))
     with pytest.raises(TraceError, match=r"Linear `1` reads a \[1, 4, 6, 6\] tensor"):
         spec_from_module(model, (3, 8, 8))
+
+
+def test_same_padding_and_negative_cat_axes_are_read_as_torch_means_them():
+    class Net(nn.Module):
+        def __init__(self, padding):
+            super().__init__()
+            self.a = nn.Conv2d(3, 4, 3, padding=padding)
+            self.b = nn.Conv2d(3, 2, 5, dilation=2, padding="same" if padding == "same" else 4)
+            self.fc = nn.Linear(6 * 8 * 8, 2)
+
+        def forward(self, x):
+            return self.fc(torch.flatten(torch.cat([self.a(x), self.b(x)], dim=-3), 1))
+
+    assert entries(Net("same"), (3, 8, 8)) == entries(Net(1), (3, 8, 8))
+    with pytest.raises(TraceError, match="even kernel"):
+        spec_from_module(nn.Sequential(nn.Conv2d(3, 4, 2, padding="same")), (3, 8, 8))
