@@ -295,6 +295,13 @@ def test_ctrl_c_stops_a_scan_with_nothing_half_written(tmp_path):
     assert len(rest.nodes) == 4 * 20000 and rest.nodes["checkpoint"].is_monotonic_increasing
 
 
+def test_the_pytorch_tracer_ships_in_the_package():
+    # Found without being imported: it needs torch, which CI does not have.
+    import importlib.util
+
+    assert importlib.util.find_spec("cntscope.torch_to_spec") is not None
+
+
 # ---------------------------------------------------------------- torch (where installed)
 
 

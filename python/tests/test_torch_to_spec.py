@@ -1,4 +1,4 @@
-"""python/torch_to_spec.py on the idioms of hand-written models: functional
+"""cntscope.torch_to_spec (run from python/torch_to_spec.py) on the idioms of hand-written models: functional
 pools, views that flatten by the tensor's size, spatial means. Needs torch
 (skipped where it is not installed, as in CI); the specs it writes for such
 models are checked against torch's own strengths by tests/torch_fixtures.rs

@@ -1,0 +1,534 @@
+"""Write a cntscope spec file (SPEC section 3) from a PyTorch model's code.
+
+The model is traced with ``torch.fx`` and every node becomes what the graph
+of SPEC 1 says it is:
+
+* ``Conv2d``, ``Linear``: weighted entries (stride, padding, dilation, groups);
+* ``BatchNorm1d/2d``: folded into the weighted layer right before it (``norm``)
+  when that layer's output feeds nothing else, else a BatchNorm-only entry;
+* ``MaxPool2d``, ``AvgPool2d``, ``AdaptiveAvgPool2d`` (and their functional
+  forms), ``x.mean((2, 3))`` / ``torch.mean``: fixed entries (the mean over
+  both spatial axes is a global average pool);
+* activations, dropout, ``Flatten`` / ``torch.flatten`` / ``view`` /
+  ``reshape`` / ``squeeze``: no entry (a node is the same node after them);
+  a view, reshape or squeeze must keep the shape or flatten each sample
+  (``x.view(x.size(0), -1)``, a pooled ``x.squeeze()``); shape queries
+  (``x.size(0)``, ``x.shape[0]``) are not nodes;
+* ``x + y`` / ``torch.add``: a residual sum. An operand computed only for the
+  sum is written straight into the sum's set (``to``); an operand used
+  elsewhere too (a block's input) reaches it through an ``identity`` entry;
+* ``torch.cat(..., 1)``: a concatenation. Concatenations that extend one
+  another (a DenseNet block) are one set, filled channel range by channel
+  range (``offset``) and read by ranges (``from_channels``);
+* ``x[:, a:b]``: a channel slice.
+
+Anything else is an error naming the node. Needs torch, and nothing of
+cntscope's native module: installed, ``python -m cntscope.torch_to_spec``
+and ``from cntscope.torch_to_spec import spec_from_module``; from a
+checkout that was never built, ``python/torch_to_spec.py`` runs this file::
+
+    python -m cntscope.torch_to_spec torchvision.models.resnet18 --input 3,224,224 -o resnet18.toml
+    python python/torch_to_spec.py torchvision.models.resnet18 --input 3,224,224 -o resnet18.toml
+
+or, from Python, ``spec_from_module(model, (3, 224, 224))``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import operator
+import sys
+from dataclasses import dataclass, field
+
+import torch
+import torch.fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+PASSTHROUGH_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.LeakyReLU,
+    nn.ELU, nn.SELU, nn.Mish, nn.Softplus, nn.PReLU, nn.Dropout, nn.Dropout2d, nn.AlphaDropout, nn.Identity,
+    nn.Flatten, nn.Softmax, nn.LogSoftmax,
+)
+PASSTHROUGH_FUNCTIONS = {
+    F.relu, F.relu6, F.gelu, F.silu, F.sigmoid, F.tanh, F.hardswish, F.hardsigmoid, F.leaky_relu, F.elu,
+    F.dropout, F.softmax, F.log_softmax, torch.relu, torch.sigmoid, torch.tanh, torch.flatten, torch.squeeze,
+    torch.nn.functional.dropout2d,
+}
+PASSTHROUGH_METHODS = {
+    "relu", "relu_", "sigmoid", "tanh", "view", "reshape", "flatten", "squeeze", "contiguous", "clone",
+}
+
+
+class TraceError(ValueError):
+    """The model has a node this tool cannot express as a spec entry."""
+
+
+@dataclass
+class Ref:
+    """What a traced value is in the spec: a set (by name) and a channel range."""
+
+    set: str
+    range: tuple[int, int] | None = None
+    channels: int = 0
+
+
+@dataclass
+class Entry:
+    fields: dict = field(default_factory=dict)
+    # The fx node whose value this entry's output is (None for identities).
+    node: object = None
+
+
+def _pair(v):
+    return list(v) if isinstance(v, (tuple, list)) else [v, v]
+
+
+def _scalar_or_pair(v):
+    v = _pair(v)
+    return v[0] if v[0] == v[1] else v
+
+
+def _channels(node) -> int:
+    meta = node.meta.get("tensor_meta")
+    if meta is None or len(meta.shape) < 2:
+        raise TraceError(f"node `{node.name}`: no shape recorded")
+    return int(meta.shape[1])
+
+
+def _owner(node) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    keys = list(stack.values())
+    return keys[-1][0] if keys else ""
+
+
+# Positional parameters of the functional pools, as torch declares them.
+POOL_PARAMETERS = {
+    F.max_pool2d: ["input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"],
+    F.avg_pool2d: ["input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
+                   "divisor_override"],
+}
+RESHAPE_METHODS = {"view", "reshape", "flatten", "squeeze"}
+
+
+def _shape(node) -> list[int]:
+    meta = node.meta.get("tensor_meta")
+    if meta is None:
+        raise TraceError(f"node `{node.name}`: no shape recorded")
+    return [int(d) for d in meta.shape]
+
+
+def _is_vector(shape: list[int], size: int) -> bool:
+    """True when `shape` (the trace's batch of 1 included) holds one sample
+    as a vector of `size` values: every other axis of length 1."""
+    return [d for d in shape if d != 1] == ([size] if size != 1 else [])
+
+
+def _check_reshape(node):
+    """A view, reshape, flatten or squeeze is no entry only when it keeps
+    the shape or makes each sample one vector (the batch of the trace is
+    1): a map reshaped to another grid would be read on the wrong grid."""
+    before, after = _shape(node.args[0]), _shape(node)
+    size = 1
+    for d in before[1:]:
+        size *= d
+    if after == before or _is_vector(after, size):
+        return
+    raise TraceError(f"node `{node.name}`: reshapes {before} to {after}: only flattening each sample "
+                     "(x.view(x.size(0), -1)) is supported")
+
+
+def _pool(fields: dict, node, what: str, pool: str, kernel, stride, padding, *, dilation=1, ceil_mode=False,
+          count_include_pad=True, divisor_override=None):
+    """A max or average pool's entry fields (torch's arguments)."""
+    if _pair(dilation) != [1, 1]:
+        raise TraceError(f"node `{node.name}`: {what} is dilated (not supported)")
+    if divisor_override is not None:
+        raise TraceError(f"node `{node.name}`: {what} has a divisor_override")
+    fields["pool"] = pool
+    fields["kernel"] = _scalar_or_pair(kernel)
+    # torch: no stride (None, or an empty list in the functional form) is the kernel.
+    stride = kernel if stride is None or (isinstance(stride, (list, tuple)) and not stride) else stride
+    if _pair(stride) != _pair(kernel):
+        fields["stride"] = _scalar_or_pair(stride)
+    if _pair(padding) != [0, 0]:
+        fields["padding"] = _scalar_or_pair(padding)
+    if pool == "avg" and not count_include_pad:
+        fields["count_include_pad"] = False
+    if ceil_mode:
+        fields["ceil_mode"] = True
+
+
+def _spatial_mean(fields: dict, node):
+    """`x.mean((2, 3))` (either order, negative axes, keepdim or not) of an
+    N x C x H x W map: a global average pool."""
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    shape = _shape(node.args[0])
+    axes = {d % len(shape) for d in (dims if isinstance(dims, (list, tuple)) else [dims])} if dims is not None else None
+    if len(shape) != 4 or axes != {2, 3} or node.kwargs.get("dtype") is not None:
+        raise TraceError(f"node `{node.name}`: a mean over axes {dims} of a {shape} tensor: only the mean over "
+                         "both spatial axes (a global average pool) is supported")
+    fields["pool"] = "global_avg"
+
+
+def _adaptive_pool(fields: dict, node):
+    """An adaptive average pool's entry fields, from its traced output size."""
+    out = node.meta["tensor_meta"].shape[-2:]
+    if list(out) == [1, 1]:
+        fields["pool"] = "global_avg"
+    else:
+        fields["pool"] = "adaptive_avg"
+        fields["output"] = [int(out[0]), int(out[1])]
+
+
+def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn: str = "fold") -> str:
+    """The spec (TOML text) of ``model`` for one sample of ``input_shape``
+    (``(C, H, W)`` or ``(features,)``)."""
+    model = model.eval()
+    traced = torch.fx.symbolic_trace(model)
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    with torch.no_grad():
+        ShapeProp(traced).propagate(torch.zeros(1, *input_shape))
+    modules = dict(traced.named_modules())
+    nodes = list(traced.graph.nodes)
+
+    def kind(n):
+        if n.op == "placeholder":
+            return "input"
+        if n.op == "output":
+            return "output"
+        if n.op in ("call_function", "call_method") and n.meta.get("tensor_meta") is None:
+            # Not a tensor: a shape query (`x.size(0)`, `x.shape[0]`) or
+            # arithmetic on one, an argument of a view rather than a node.
+            return "meta"
+        if n.op == "call_module":
+            m = modules[n.target]
+            if isinstance(m, PASSTHROUGH_MODULES):
+                if isinstance(m, nn.Flatten):
+                    _check_reshape(n)
+                return "pass"
+            if isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.MaxPool2d, nn.AvgPool2d,
+                              nn.AdaptiveAvgPool2d)):
+                return "entry"
+            raise TraceError(f"node `{n.name}`: module `{n.target}` of type {type(m).__name__} has no spec entry")
+        if n.op == "call_function":
+            if n.target in PASSTHROUGH_FUNCTIONS:
+                if n.target in (torch.flatten, torch.squeeze):
+                    _check_reshape(n)
+                return "pass"
+            if n.target in (operator.add, torch.add, operator.iadd):
+                return "add"
+            if n.target is torch.cat:
+                return "cat"
+            if n.target is operator.getitem:
+                return "slice"
+            if n.target in (F.adaptive_avg_pool2d, F.avg_pool2d, F.max_pool2d, torch.mean):
+                return "entry"
+            raise TraceError(f"node `{n.name}`: function {getattr(n.target, '__name__', n.target)} has no spec entry")
+        if n.op == "call_method":
+            if n.target in PASSTHROUGH_METHODS:
+                if n.target in RESHAPE_METHODS:
+                    _check_reshape(n)
+                return "pass"
+            if n.target == "mean":
+                return "entry"
+            if n.target in ("add", "add_"):
+                return "add"
+            raise TraceError(f"node `{n.name}`: method `{n.target}` has no spec entry")
+        if n.op == "get_attr":
+            raise TraceError(f"node `{n.name}`: a tensor attribute `{n.target}` used in the forward pass")
+        raise TraceError(f"node `{n.name}`: {n.op} has no spec entry")
+
+    kinds = {n: kind(n) for n in nodes}
+    # The node whose value a pass-through node carries.
+    root = {}
+    for n in nodes:
+        root[n] = root[n.args[0]] if kinds[n] == "pass" else n
+    # Who consumes each root's value (pass-throughs see through).
+    consumers = {n: [] for n in nodes}
+    for n in nodes:
+        if kinds[n] in ("pass", "meta"):
+            continue
+        for a in n.all_input_nodes:
+            if root[a] not in (n,) and n not in consumers[root[a]]:
+                consumers[root[a]].append(n)
+
+    entries: list[Entry] = []
+    ref: dict = {}  # root node -> Ref
+    producer: dict = {}  # root node -> Entry writing it
+    names: set[str] = {"input"}
+    families: list[dict] = []  # concatenation sets: {"set": name, "members": [roots], "channels": n}
+
+    def unique(base: str) -> str:
+        name, k = base, 1
+        while name in names:
+            k += 1
+            name = f"{base}_{k}"
+        names.add(name)
+        return name
+
+    def source(fields: dict, r: Ref):
+        """`from` / `from_channels` of an entry reading r (omitted when it is
+        what the previous entry wrote)."""
+        prev = entries[-1].fields if entries else None
+        prev_wrote = None if prev is None else prev.get("to", prev.get("name"))
+        if r.range is not None:
+            fields["from"] = r.set
+            fields["from_channels"] = list(r.range)
+        elif prev_wrote != r.set and not (prev is None and r.set == "input"):
+            fields["from"] = r.set
+
+    def write_into(r_node, target: str, offset: int) -> bool:
+        """Makes the entry producing r_node write into `target` at `offset`;
+        false when it cannot (its value is used elsewhere, or it is the input)."""
+        e = producer.get(r_node)
+        if e is None or "to" in e.fields:
+            return False
+        others = [c for c in consumers[r_node] if c not in sums_of.get(target, ())]
+        if others:
+            return False
+        e.fields["to"] = target
+        if offset:
+            e.fields["offset"] = offset
+        return True
+
+    sums_of: dict = {}  # target set -> the add/cat nodes it stands for
+
+    for n in nodes:
+        k = kinds[n]
+        if k == "input":
+            ref[n] = Ref("input", None, int(input_shape[0]))
+            continue
+        if k in ("pass", "output", "meta"):
+            continue
+        if k == "slice":
+            src, idx = n.args
+            r = ref[root[src]]
+            if not (isinstance(idx, tuple) and len(idx) == 2 and idx[0] == slice(None) and isinstance(idx[1], slice)
+                    and idx[1].step in (None, 1)):
+                raise TraceError(f"node `{n.name}`: only channel slices x[:, a:b] are supported")
+            base = r.range[0] if r.range else 0
+            start, stop, _ = idx[1].indices(r.channels)
+            ref[n] = Ref(r.set, (base + start, base + stop), stop - start)
+            continue
+        if k == "entry":
+            fields = {}
+            if n.op == "call_module":
+                m = modules[n.target]
+                name = unique(n.target)
+                fields["name"] = name
+                inp = ref[root[n.args[0]]]
+                if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                    if not m.track_running_stats:
+                        raise TraceError(f"node `{n.name}`: BatchNorm `{n.target}` keeps no running statistics")
+                    e_prev = producer.get(root[n.args[0]])
+                    fold_into = (
+                        e_prev is not None and "weight" in e_prev.fields and "norm" not in e_prev.fields
+                        and "to" not in e_prev.fields and consumers[root[n.args[0]]] == [n]
+                    )
+                    if fold_into:
+                        names.discard(name)
+                        e_prev.fields["norm"] = n.target
+                        if m.eps != 1e-5:
+                            e_prev.fields["eps"] = m.eps
+                        producer[n] = e_prev
+                        ref[n] = ref[e_prev.node]
+                        e_prev.node = n
+                        continue
+                    fields["norm"] = n.target
+                    if m.eps != 1e-5:
+                        fields["eps"] = m.eps
+                    out_channels = inp.channels
+                elif isinstance(m, nn.Conv2d):
+                    padding = m.padding
+                    if padding == "valid":
+                        padding = 0
+                    elif padding == "same":
+                        # torch pads (dilation x (kernel - 1)) in all, split evenly
+                        # where it is even (an odd remainder goes to the right).
+                        total = [d * (k - 1) for d, k in zip(m.dilation, m.kernel_size)]
+                        if any(t % 2 for t in total):
+                            raise TraceError(f"node `{n.name}`: conv `{n.target}` padding 'same' with an even "
+                                             "kernel pads one side more: not supported")
+                        padding = tuple(t // 2 for t in total)
+                    if m.padding_mode != "zeros" or isinstance(padding, str):
+                        raise TraceError(f"node `{n.name}`: conv `{n.target}` padding {m.padding!r} / "
+                                         f"mode {m.padding_mode!r}: only zero padding is supported")
+                    fields["weight"] = f"{n.target}.weight"
+                    if m.bias is not None:
+                        fields["bias"] = f"{n.target}.bias"
+                    for key, v, default in [("stride", m.stride, 1), ("padding", padding, 0),
+                                            ("dilation", m.dilation, 1)]:
+                        if isinstance(v, str):
+                            continue
+                        if _pair(v) != [default, default]:
+                            fields[key] = _scalar_or_pair(v)
+                    if m.groups != 1:
+                        fields["groups"] = m.groups
+                    out_channels = m.out_channels
+                elif isinstance(m, nn.Linear):
+                    if not _is_vector(_shape(n.args[0]), m.in_features):
+                        raise TraceError(f"node `{n.name}`: Linear `{n.target}` reads a {_shape(n.args[0])} "
+                                         "tensor: only one vector per sample (flattened) is supported")
+                    fields["weight"] = f"{n.target}.weight"
+                    if m.bias is not None:
+                        fields["bias"] = f"{n.target}.bias"
+                    out_channels = m.out_features
+                elif isinstance(m, nn.MaxPool2d):
+                    _pool(fields, n, f"pool `{n.target}`", "max", m.kernel_size, m.stride, m.padding,
+                          dilation=m.dilation, ceil_mode=m.ceil_mode)
+                    out_channels = inp.channels
+                elif isinstance(m, nn.AvgPool2d):
+                    _pool(fields, n, f"pool `{n.target}`", "avg", m.kernel_size, m.stride, m.padding,
+                          ceil_mode=m.ceil_mode, count_include_pad=m.count_include_pad,
+                          divisor_override=m.divisor_override)
+                    out_channels = inp.channels
+                else:  # AdaptiveAvgPool2d
+                    _adaptive_pool(fields, n)
+                    out_channels = inp.channels
+            else:
+                # functional pools
+                name = unique(f"{_owner(n) + '.' if _owner(n) else ''}{n.name}")
+                fields["name"] = name
+                inp = ref[root[n.args[0]]]
+                out_channels = inp.channels
+                if n.target is F.adaptive_avg_pool2d:
+                    _adaptive_pool(fields, n)
+                elif n.target in (F.max_pool2d, F.avg_pool2d):
+                    params = POOL_PARAMETERS[n.target]
+                    a = dict(zip(params, n.args)) | dict(n.kwargs)
+                    if a.get("return_indices"):
+                        raise TraceError(f"node `{n.name}`: a max pool that returns its indices")
+                    what = f"functional pool `{n.name}`"
+                    if n.target is F.max_pool2d:
+                        _pool(fields, n, what, "max", a["kernel_size"], a.get("stride"), a.get("padding", 0),
+                              dilation=a.get("dilation", 1), ceil_mode=a.get("ceil_mode", False))
+                    else:
+                        _pool(fields, n, what, "avg", a["kernel_size"], a.get("stride"), a.get("padding", 0),
+                              ceil_mode=a.get("ceil_mode", False),
+                              count_include_pad=a.get("count_include_pad", True),
+                              divisor_override=a.get("divisor_override"))
+                else:  # x.mean(dims) / torch.mean(x, dims)
+                    _spatial_mean(fields, n)
+            source(fields, inp)
+            e = Entry(fields, n)
+            entries.append(e)
+            producer[n] = e
+            ref[n] = Ref(name, None, out_channels)
+            continue
+        if k == "add":
+            operands = [a for a in n.args if isinstance(a, torch.fx.Node)]
+            if len(operands) != 2 or len(n.args) != 2 or n.kwargs.get("alpha", 1) != 1:
+                raise TraceError(f"node `{n.name}`: only the sum of two tensors is supported")
+            roots = [root[a] for a in operands]
+            channels = _channels(n)
+            owner = _owner(n)
+            target = unique(f"{owner}.{n.name.split('_')[0]}" if owner else n.name)
+            sums_of[target] = (n,)
+            for r_node in roots:
+                r = ref[r_node]
+                if r.range is None and write_into(r_node, target, 0):
+                    continue
+                fields = {"identity": True}
+                source(fields, r)
+                fields.setdefault("from", r.set)
+                fields["to"] = target
+                entries.append(Entry(fields, None))
+            ref[n] = Ref(target, None, channels)
+            continue
+        if k == "cat":
+            tensors = n.args[0]
+            dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
+            if dim % len(_shape(n)) != 1:
+                raise TraceError(f"node `{n.name}`: torch.cat on dim {dim}: only channels (dim 1) are supported")
+            roots = [root[t] for t in tensors]
+            fam = next((f for f in families if f["members"] == roots[: len(f["members"])]), None)
+            if fam is None:
+                owner = _owner(n)
+                fam = {"set": unique(f"{owner}.cat" if owner else n.name), "members": [], "channels": 0}
+                families.append(fam)
+            sums_of.setdefault(fam["set"], ())
+            for r_node in roots[len(fam["members"]):]:
+                r = ref[r_node]
+                offset = fam["channels"]
+                sums_of[fam["set"]] = tuple(c for c in consumers[r_node] if kinds[c] == "cat")
+                if not (r.range is None and write_into(r_node, fam["set"], offset)):
+                    fields = {"identity": True}
+                    source(fields, r)
+                    fields.setdefault("from", r.set)
+                    fields["to"] = fam["set"]
+                    if offset:
+                        fields["offset"] = offset
+                    entries.append(Entry(fields, None))
+                fam["members"].append(r_node)
+                fam["channels"] += r.channels
+            total = sum(ref[r].channels for r in roots)
+            ref[n] = Ref(fam["set"], (0, total), total)
+            continue
+
+    return _toml(entries, input_shape, layout, bn)
+
+
+def _toml(entries, input_shape, layout, bn) -> str:
+    def value(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, float):
+            return repr(v)
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return str(v)
+
+    out = [
+        "# Written by python/torch_to_spec.py from the model's code (torch.fx).",
+        f"input = {value(list(input_shape))}",
+        f"layout = {value(layout)}",
+        f"bn = {value(bn)}",
+    ]
+    order = ["name", "weight", "bias", "norm", "eps", "pool", "kernel", "output", "stride", "padding", "dilation",
+             "groups", "count_include_pad", "ceil_mode", "identity", "from", "from_channels", "to", "offset"]
+    for e in entries:
+        out.append("")
+        out.append("[[layers]]")
+        for key in order:
+            if key in e.fields:
+                out.append(f"{key} = {value(e.fields[key])}")
+    return "\n".join(out) + "\n"
+
+
+def _load_model(path: str, kwargs: dict) -> nn.Module:
+    module, _, attr = path.rpartition(".") if ":" not in path else path.partition(":")
+    if ":" in path:
+        module, attr = path.split(":", 1)
+    return getattr(importlib.import_module(module), attr)(**kwargs)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("model", help="a factory to call, e.g. torchvision.models.resnet18 or mypkg.nets:Net")
+    p.add_argument("--input", required=True, help="one sample's shape: C,H,W or FEATURES")
+    p.add_argument("--kwargs", default="{}", help="JSON keyword arguments for the factory")
+    p.add_argument("--bn", default="fold", choices=["fold", "layer", "ignore"])
+    p.add_argument("-o", "--output", help="write here instead of standard output")
+    a = p.parse_args(argv)
+    shape = tuple(int(x) for x in a.input.replace("x", ",").split(","))
+    try:
+        text = spec_from_module(_load_model(a.model, json.loads(a.kwargs)), shape, bn=a.bn)
+    except TraceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if a.output:
+        with open(a.output, "w") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
