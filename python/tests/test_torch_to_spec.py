@@ -1,8 +1,9 @@
-"""cntscope.torch_to_spec (run from python/torch_to_spec.py) on the idioms of hand-written models: functional
-pools, views that flatten by the tensor's size, spatial means. Needs torch
-(skipped where it is not installed, as in CI); the specs it writes for such
-models are checked against torch's own strengths by tests/torch_fixtures.rs
-(the `functional_tiny` fixture)."""
+"""cntscope.torch_to_spec (run from python/torch_to_spec.py) on the idioms of
+hand-written models: functional pools, views that flatten by the tensor's
+size, spatial means, ceil-mode pools, 'same' padding. Needs torch (skipped
+where it is not installed, as in CI); the specs it writes for such models
+are checked against torch's own strengths by tests/torch_fixtures.rs (the
+`functional_tiny` fixture)."""
 
 from __future__ import annotations
 
