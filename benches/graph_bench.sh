@@ -2,7 +2,9 @@
 # The graph benchmark of BENCHMARKS.md: `cntscope scan --spec` of torchvision
 # networks at 3x224x224 (random weights, randomised BatchNorm statistics)
 # against reading the file (`cat`, page cache warm) and against computing
-# the same measures with torch (benches/torch_strengths.py), in one run.
+# the same measures with torch (benches/torch_strengths.py), in one run;
+# then, as root, the same scans and reads with the files out of the page
+# cache (benches/cold.py).
 #
 #   pip install torch torchvision safetensors      # benchmark machine only
 #   bash benches/graph_bench.sh [DIR] [PYTHON]     # DIR: /tmp/cntscope-graph
@@ -60,3 +62,8 @@ for name in resnet18 mobilenet_v2; do
     t_cpu=$(best 11 "$bin" scan "$c" --spec "examples/specs/$name.toml" --device cpu -o OUT)
     "$py" -c "import sys; r,c=map(float,sys.argv[1:3]); print(f'| $name x 8 | {r:.4f} s | {c:.4f} s | {c/8:.4f} s | {c/r:.1f}x |')" "$t_read" "$t_cpu"
 done
+# Cold: each file out of the page cache first (root only: drop_caches).
+if [ -w /proc/sys/vm/drop_caches ]; then
+    echo
+    python3 benches/cold.py "$bin" "$dir" 7 resnet18 vgg11_bn mobilenet_v2
+fi

@@ -57,10 +57,19 @@ const MAP_MIN_BYTES: u64 = 1 << 20;
 /// has reached the end, so the file's size is never asked for.
 const FIRST_READ_BYTES: usize = 64 << 10;
 
+/// A mapped file up to this size that is not in the page cache is read in
+/// by a thread of its own as soon as it is mapped (`MADV_POPULATE_READ`):
+/// one stream from disk while the file is measured, rather than a fault
+/// and a short read at a time. Larger files are read on first touch (read
+/// all at once, their first pages could be evicted before use).
+const POPULATE_MAX_BYTES: u64 = 1 << 30;
+
 /// A file's bytes: mapped (zero-copy) or, for small files, read; or an
 /// in-memory tensor's, held by their owner (a Python array).
 enum Bytes {
-    Mapped(Mmap),
+    /// Shared with the thread that populates it, which may outlive the
+    /// checkpoint by a little.
+    Mapped(std::sync::Arc<Mmap>),
     Read(ReadBuf),
     Held(Box<dyn AsRef<[u8]> + Send + Sync>),
 }
@@ -69,7 +78,7 @@ impl std::ops::Deref for Bytes {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
         match self {
-            Bytes::Mapped(m) => m,
+            Bytes::Mapped(m) => &m[..],
             Bytes::Read(r) => &r.buf[..r.len],
             Bytes::Held(h) => (**h).as_ref(),
         }
@@ -710,10 +719,38 @@ fn read_bytes(file: &File, len: u64) -> std::io::Result<Bytes> {
     if len >= MAP_MIN_BYTES {
         // SAFETY: the map is read-only; a file truncated by another process
         // while mapped is outside what any reader of mapped files can guard.
-        return Ok(Bytes::Mapped(unsafe { Mmap::map(file) }?));
+        let map = std::sync::Arc::new(unsafe { Mmap::map(file) }?);
+        #[cfg(target_os = "linux")]
+        if len <= POPULATE_MAX_BYTES && !in_page_cache(&map) {
+            let ahead = std::sync::Arc::clone(&map);
+            // Best effort: a kernel before 5.14 refuses the advice, and
+            // without a thread the pages are read on first touch.
+            let _ = std::thread::Builder::new().name("cntscope-readahead".into()).spawn(move || {
+                let _ = ahead.advise(memmap2::Advice::PopulateRead);
+            });
+        }
+        return Ok(Bytes::Mapped(map));
     }
     let len = usize::try_from(len).map_err(std::io::Error::other)?;
     Ok(Bytes::Read(first.read_to(file, len)?))
+}
+
+/// Whether a mapped file looks to be in the page cache: 16 of its pages,
+/// spread over it, all resident (a cached file needs no thread to read it
+/// in, which would only compete with the measuring).
+#[cfg(target_os = "linux")]
+fn in_page_cache(map: &Mmap) -> bool {
+    // SAFETY: sysconf has no preconditions.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096).max(1);
+    let pages = map.len().div_ceil(page);
+    (0..16).all(|i| {
+        let at = (pages - 1) * i / 15 * page;
+        let mut resident = 0u8;
+        // SAFETY: `at` is a page boundary inside the mapping; mincore
+        // writes one byte for the one page asked about.
+        let ok = unsafe { libc::mincore(map.as_ptr().add(at) as *mut libc::c_void, 1, &mut resident) };
+        ok == 0 && resident & 1 == 1
+    })
 }
 
 /// Validates a safetensors file's bytes: header length in range, UTF-8

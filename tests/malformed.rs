@@ -299,3 +299,25 @@ fn lengths_around_the_read_thresholds() {
         }
     }
 }
+
+/// A mapped checkpoint that is not in the page cache (dropped from it with
+/// `POSIX_FADV_DONTNEED` after a sync) is read in by the reader's own
+/// thread while it is measured, and reads back whole, twice over.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_checkpoint_out_of_the_page_cache_reads_back_whole() {
+    use std::os::fd::AsRawFd;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cold.safetensors");
+    let n = 3 << 20;
+    write_st(&path, &[T::f32("x", &[n], (0..n).map(|i| (i % 1000) as f64).collect())], &[]);
+    for _ in 0..2 {
+        let file = std::fs::File::open(&path).unwrap();
+        file.sync_all().unwrap();
+        // SAFETY: a valid descriptor; the advice only drops clean cached pages.
+        unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        let ck = Checkpoint::open(&path).unwrap();
+        let x = ck.tensor("x").unwrap().to_f64();
+        assert!(x.len() == n && x.iter().enumerate().all(|(i, &v)| v == (i % 1000) as f64));
+    }
+}
