@@ -1013,7 +1013,7 @@ fn mark_complete(dir: &Path, manifest: Manifest, also: impl FnOnce() -> Result<(
     std::thread::scope(|s| {
         let others = [s.spawn(also), s.spawn(|| sync_dir(dir))];
         let ours = complete.sync();
-        others.into_iter().map(|h| h.join().expect("sync thread panicked")).collect::<Result<()>>().and(ours)
+        others.into_iter().try_for_each(|h| h.join().expect("sync thread panicked")).and(ours)
     })?;
     complete.publish()
 }
