@@ -62,6 +62,7 @@ const FIRST_READ_BYTES: usize = 64 << 10;
 /// one stream from disk while the file is measured, rather than a fault
 /// and a short read at a time. Larger files are read on first touch (read
 /// all at once, their first pages could be evicted before use).
+#[cfg(target_os = "linux")]
 const POPULATE_MAX_BYTES: u64 = 1 << 30;
 
 /// A file's bytes: mapped (zero-copy) or, for small files, read; or an
