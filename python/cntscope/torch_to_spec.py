@@ -126,6 +126,18 @@ def _is_vector(shape: list[int], size: int) -> bool:
     return [d for d in shape if d != 1] == ([size] if size != 1 else [])
 
 
+def _value(v):
+    """An argument as the traced run computed it: a node's recorded value
+    (a size read off a tensor's shape), inside lists and tuples too."""
+    if isinstance(v, torch.fx.Node):
+        if "value" not in v.meta:
+            raise TraceError(f"node `{v.name}`: a tensor where a number was expected")
+        v = v.meta["value"]
+    if isinstance(v, (list, tuple)):
+        return [_value(x) for x in v]
+    return int(v) if isinstance(v, getattr(torch, "SymInt", ())) else v
+
+
 def _check_reshape(node):
     """A view, reshape, flatten or squeeze is no entry only when it keeps
     the shape or makes each sample one vector (the batch of the trace is
@@ -190,8 +202,19 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
     traced = torch.fx.symbolic_trace(model)
     from torch.fx.passes.shape_prop import ShapeProp
 
+    class Record(ShapeProp):
+        """ShapeProp that also keeps every value that is not a tensor (a
+        shape, a size computed from it), so arguments computed in the
+        forward pass (`F.avg_pool2d(x, x.size()[2:])`) can be read."""
+
+        def run_node(self, n):
+            result = super().run_node(n)
+            if not isinstance(result, torch.Tensor):
+                n.meta["value"] = result
+            return result
+
     with torch.no_grad():
-        ShapeProp(traced).propagate(torch.zeros(1, *input_shape))
+        Record(traced).propagate(torch.zeros(1, *input_shape))
     modules = dict(traced.named_modules())
     nodes = list(traced.graph.nodes)
 
@@ -307,6 +330,10 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
         if k == "slice":
             src, idx = n.args
             r = ref[root[src]]
+            if isinstance(idx, tuple):
+                # Bounds computed in the forward pass (x[:, : x.size(1) // 2]) as the run computed them.
+                idx = tuple(slice(*(_value(v) for v in (i.start, i.stop, i.step))) if isinstance(i, slice) else i
+                            for i in idx)
             if not (isinstance(idx, tuple) and len(idx) == 2 and idx[0] == slice(None) and isinstance(idx[1], slice)
                     and idx[1].step in (None, 1)):
                 raise TraceError(f"node `{n.name}`: only channel slices x[:, a:b] are supported")
@@ -399,7 +426,8 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
                     _adaptive_pool(fields, n)
                 elif n.target in (F.max_pool2d, F.avg_pool2d):
                     params = POOL_PARAMETERS[n.target]
-                    a = dict(zip(params, n.args)) | dict(n.kwargs)
+                    a = {k: _value(v) for k, v in (dict(zip(params, n.args)) | dict(n.kwargs)).items()
+                         if k != "input"}
                     if a.get("return_indices"):
                         raise TraceError(f"node `{n.name}`: a max pool that returns its indices")
                     what = f"functional pool `{n.name}`"

@@ -130,3 +130,21 @@ def test_same_padding_and_negative_cat_axes_are_read_as_torch_means_them():
     assert entries(Net("same"), (3, 8, 8)) == entries(Net(1), (3, 8, 8))
     with pytest.raises(TraceError, match="even kernel"):
         spec_from_module(nn.Sequential(nn.Conv2d(3, 4, 2, padding="same")), (3, 8, 8))
+
+
+def test_arguments_computed_from_shapes_are_read_as_the_run_computed_them():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            x = F.relu(self.conv(x))
+            x = x[:, : x.size(1) // 2]  # a channel split
+            x = F.avg_pool2d(x, x.size()[2:])  # a global average pool by the map's size
+            return self.fc(x.view(x.size(0), -1))
+
+    spec = tomllib.loads(spec_from_module(Net(), (3, 6, 5)))
+    pool = spec["layers"][1]
+    assert (pool["pool"], pool["kernel"], pool["from_channels"]) == ("avg", [6, 5], [0, 4])
