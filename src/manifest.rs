@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::collection::{checkpoint_id, Collection};
 use crate::error::{Error, Result};
-use crate::output::AtomicFile;
+use crate::output::{atomic_stage, AtomicFile};
 
 /// Name of the manifest inside a scan directory.
 pub const MANIFEST: &str = "scan.manifest";
@@ -255,12 +255,8 @@ impl Manifest {
     /// Writes it beside `dir`'s manifest as a temporary file (a full disk
     /// fails here); [`AtomicFile::commit`] syncs it and puts it in place.
     pub fn stage(&self, dir: &Path) -> Result<AtomicFile> {
-        let path = dir.join(MANIFEST);
         let text = serde_json::to_vec_pretty(self).expect("manifests serialise");
-        let mut file = AtomicFile::create(&path)?;
-        file.writer().write_all(&text).map_err(|e| Error::output(&path, e))?;
-        file.flush()?;
-        Ok(file)
+        atomic_stage(&dir.join(MANIFEST), |w| w.write_all(&text))
     }
 
     /// The settings (and record format) of `self` that differ from

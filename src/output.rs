@@ -691,11 +691,6 @@ impl AtomicFile {
         Ok(AtomicFile { path: path.to_path_buf(), tmp, writer: Some(BufWriter::with_capacity(1 << 18, sink)) })
     }
 
-    /// The directory the file goes into.
-    pub fn dir(&self) -> &Path {
-        self.path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
-    }
-
     /// Where to write the contents.
     pub fn writer(&mut self) -> &mut BufWriter<Sink> {
         self.writer.as_mut().expect("not committed")
@@ -764,9 +759,20 @@ impl Drop for AtomicFile {
 
 /// Writes `path` atomically: `write` fills an [`AtomicFile`].
 pub fn atomic_write(path: &Path, write: impl FnOnce(&mut BufWriter<Sink>) -> std::io::Result<()>) -> Result<()> {
+    atomic_stage(path, write)?.commit()
+}
+
+/// The first half of [`atomic_write`]: `write` fills the temporary file,
+/// flushed (a full disk fails here), neither synced nor in place until
+/// [`AtomicFile::commit`].
+pub fn atomic_stage(
+    path: &Path,
+    write: impl FnOnce(&mut BufWriter<Sink>) -> std::io::Result<()>,
+) -> Result<AtomicFile> {
     let mut file = AtomicFile::create(path)?;
     write(file.writer()).map_err(|e| Error::output(path, e))?;
-    file.commit()
+    file.flush()?;
+    Ok(file)
 }
 
 /// Writes CSV `rows` under `header` to `w`.

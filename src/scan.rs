@@ -1304,11 +1304,11 @@ impl Tables {
     /// then all are renamed into place ([`mark_complete`] syncs the
     /// directory). The manifest is marked complete after this, with each
     /// table's size, so a reader never takes a partial set for a scan's
-    /// tables. The tables
-    /// are not synced one by one (that cost a 100000-checkpoint scan a
-    /// quarter of its time): they are rendered from the synced journal, and
-    /// after a crash that lost their bytes the sizes no longer match, the
-    /// study commands refuse them and `--resume` renders them again.
+    /// tables. The tables are not synced one by one (that cost a
+    /// 100000-checkpoint scan a quarter of its time): they are rendered
+    /// from the synced journal, and after a crash that lost their bytes the
+    /// sizes no longer match, the study commands refuse them and `--resume`
+    /// renders them again.
     fn publish(self) -> Result<()> {
         let mut tables = [self.nodes, self.links, self.histograms, self.errors];
         for table in &mut tables {
