@@ -773,6 +773,6 @@ fn shipped_specs_parse() {
             seen += 1;
         }
     }
-    assert!(seen >= 11, "{seen} specs");
+    assert!(seen >= 14, "{seen} specs");
     assert!(ceil >= 3, "{ceil} ceil-mode pools");
 }

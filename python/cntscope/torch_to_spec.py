@@ -9,7 +9,7 @@ of SPEC 1 says it is:
 * ``MaxPool2d``, ``AvgPool2d``, ``AdaptiveAvgPool2d`` (and their functional
   forms), ``x.mean((2, 3))`` / ``torch.mean``: fixed entries (the mean over
   both spatial axes is a global average pool);
-* activations, dropout, ``Flatten`` / ``torch.flatten`` / ``view`` /
+* activations, dropout, torchvision's stochastic depth, ``Flatten`` / ``torch.flatten`` / ``view`` /
   ``reshape`` / ``squeeze``: no entry (a node is the same node after them);
   a view, reshape or squeeze must keep the shape or flatten each sample
   (``x.view(x.size(0), -1)``, a pooled ``x.squeeze()``); shape queries
@@ -20,7 +20,13 @@ of SPEC 1 says it is:
 * ``torch.cat(..., 1)``: a concatenation. Concatenations that extend one
   another (a DenseNet block) are one set, filled channel range by channel
   range (``offset``) and read by ranges (``from_channels``);
-* ``x[:, a:b]``: a channel slice.
+* ``x[:, a:b]``: a channel slice;
+* ``x * s`` / ``torch.mul`` with ``s`` a per-channel gate computed from
+  ``x`` (squeeze-and-excitation: pool, two 1x1 convs, a sigmoid): the gate
+  scales by values computed from the data, not by weights, so, as an
+  activation, it keeps ``x``'s nodes; the gate's branch is measured and
+  ends in its own node set, which no layer reads. The spec says so in a
+  comment, and the command line on standard error.
 
 Anything else is an error naming the node. Needs torch, and nothing of
 cntscope's native module: installed, ``python -m cntscope.torch_to_spec``
@@ -40,6 +46,7 @@ import importlib
 import json
 import operator
 import sys
+import textwrap
 from dataclasses import dataclass, field
 
 import torch
@@ -248,8 +255,15 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
                 return "cat"
             if n.target is operator.getitem:
                 return "slice"
+            if n.target in (operator.mul, torch.mul, operator.imul):
+                return "gate"
             if n.target in (F.adaptive_avg_pool2d, F.avg_pool2d, F.max_pool2d, torch.mean):
                 return "entry"
+            if _is_stochastic_depth(n.target):
+                # torchvision's (EfficientNet): the identity at inference.
+                if n.kwargs.get("training", n.args[3] if len(n.args) > 3 else True) is False:
+                    return "pass"
+                raise TraceError(f"node `{n.name}`: stochastic depth traced in training mode")
             raise TraceError(f"node `{n.name}`: function {getattr(n.target, '__name__', n.target)} has no spec entry")
         if n.op == "call_method":
             if n.target in PASSTHROUGH_METHODS:
@@ -260,20 +274,24 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
                 return "entry"
             if n.target in ("add", "add_"):
                 return "add"
+            if n.target in ("mul", "mul_"):
+                return "gate"
             raise TraceError(f"node `{n.name}`: method `{n.target}` has no spec entry")
         if n.op == "get_attr":
             raise TraceError(f"node `{n.name}`: a tensor attribute `{n.target}` used in the forward pass")
         raise TraceError(f"node `{n.name}`: {n.op} has no spec entry")
 
     kinds = {n: kind(n) for n in nodes}
-    # The node whose value a pass-through node carries.
+    gated = {n: _gated(n) for n in nodes if kinds[n] == "gate"}
+    # The node whose value a pass-through node (or a gate) carries.
     root = {}
     for n in nodes:
-        root[n] = root[n.args[0]] if kinds[n] == "pass" else n
-    # Who consumes each root's value (pass-throughs see through).
+        root[n] = root[n.args[0]] if kinds[n] == "pass" else root[gated[n][0]] if kinds[n] == "gate" else n
+    # Who consumes each root's value (pass-throughs see through; a gate's
+    # branch ends at the gate).
     consumers = {n: [] for n in nodes}
     for n in nodes:
-        if kinds[n] in ("pass", "meta"):
+        if kinds[n] in ("pass", "meta", "gate"):
             continue
         for a in n.all_input_nodes:
             if root[a] not in (n,) and n not in consumers[root[a]]:
@@ -284,6 +302,7 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
     producer: dict = {}  # root node -> Entry writing it
     names: set[str] = {"input"}
     families: list[dict] = []  # concatenation sets: {"set": name, "members": [roots], "channels": n}
+    gates: list[str] = []  # the sets that end a gate's branch
 
     def unique(base: str) -> str:
         name, k = base, 1
@@ -326,6 +345,12 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
             ref[n] = Ref("input", None, int(input_shape[0]))
             continue
         if k in ("pass", "output", "meta"):
+            continue
+        if k == "gate":
+            gate = ref[root[gated[n][1]]]
+            if gate.range is not None or gate.set == "input":
+                raise TraceError(f"node `{n.name}`: a gate that is not a layer's whole output")
+            gates.append(gate.set)
             continue
         if k == "slice":
             src, idx = n.args
@@ -497,10 +522,52 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
             ref[n] = Ref(fam["set"], (0, total), total)
             continue
 
-    return _toml(entries, input_shape, layout, bn)
+    notes = []
+    if gates:
+        notes.append(f"{len(gates)} channel gates x * s (squeeze-and-excitation) have no weights: as activations, "
+                     "they keep x's nodes; each gate's branch ends in a node set that no layer reads: "
+                     + ", ".join(gates))
+    return _toml(entries, input_shape, layout, bn, notes)
 
 
-def _toml(entries, input_shape, layout, bn) -> str:
+def _is_stochastic_depth(f) -> bool:
+    return getattr(f, "__name__", "") == "stochastic_depth" and getattr(f, "__module__", "").startswith(
+        "torchvision.ops")
+
+
+def _gated(n):
+    """`(x, s)` of a product `x * s` where `s` is a per-channel gate
+    computed from `x` (`[N, C, 1, 1]` against `x`'s `[N, C, H, W]`), else a
+    TraceError naming the node."""
+    operands = [a for a in n.args if isinstance(a, torch.fx.Node)]
+    if len(operands) != 2 or len(n.args) != 2 or n.kwargs:
+        raise TraceError(f"node `{n.name}`: a product with a constant: only a channel gate x * s "
+                         "(squeeze-and-excitation) is supported")
+
+    def reaches(a, b):
+        seen, todo = set(), [a]
+        while todo:
+            m = todo.pop()
+            if m is b:
+                return True
+            if m not in seen:
+                seen.add(m)
+                todo.extend(m.all_input_nodes)
+        return False
+
+    a, b = operands
+    x, s = (a, b) if reaches(b, a) else (b, a) if reaches(a, b) else (None, None)
+    if x is None:
+        raise TraceError(f"node `{n.name}`: a product of two independent tensors: only a channel gate x * s, "
+                         "s computed from x (squeeze-and-excitation), is supported")
+    xs, ss = _shape(x), _shape(s)
+    if len(xs) != 4 or ss != [xs[0], xs[1], 1, 1]:
+        raise TraceError(f"node `{n.name}`: a product of shapes {xs} and {ss}: only a channel gate x * s, "
+                         "s of shape [N, C, 1, 1] (squeeze-and-excitation), is supported")
+    return x, s
+
+
+def _toml(entries, input_shape, layout, bn, notes=()) -> str:
     def value(v):
         if isinstance(v, bool):
             return "true" if v else "false"
@@ -514,6 +581,7 @@ def _toml(entries, input_shape, layout, bn) -> str:
 
     out = [
         "# Written by python/torch_to_spec.py from the model's code (torch.fx).",
+        *("\n".join(textwrap.wrap(note, 76, initial_indent="# Note: ", subsequent_indent="#   ")) for note in notes),
         f"input = {value(list(input_shape))}",
         f"layout = {value(layout)}",
         f"bn = {value(bn)}",
@@ -527,6 +595,20 @@ def _toml(entries, input_shape, layout, bn) -> str:
             if key in e.fields:
                 out.append(f"{key} = {value(e.fields[key])}")
     return "\n".join(out) + "\n"
+
+
+def notes_of(spec_text: str) -> list[str]:
+    """The notes a spec written here carries in its header comments (what
+    the spec assumes that the model's code does not say)."""
+    notes = []
+    for line in spec_text.splitlines():
+        if line.startswith("# Note: "):
+            notes.append(line[len("# Note: "):])
+        elif line.startswith("#   ") and notes:
+            notes[-1] += " " + line[len("#   "):]
+        elif not line.startswith("#"):
+            break
+    return notes
 
 
 def _load_model(path: str, kwargs: dict) -> nn.Module:
@@ -550,6 +632,8 @@ def main(argv=None) -> int:
     except TraceError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    for note in notes_of(text):
+        print(f"note: {note}", file=sys.stderr)
     if a.output:
         with open(a.output, "w") as f:
             f.write(text)

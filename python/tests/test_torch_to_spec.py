@@ -148,3 +148,53 @@ def test_arguments_computed_from_shapes_are_read_as_the_run_computed_them():
     spec = tomllib.loads(spec_from_module(Net(), (3, 6, 5)))
     pool = spec["layers"][1]
     assert (pool["pool"], pool["kernel"], pool["from_channels"]) == ("avg", [6, 5], [0, 4])
+
+
+class Gated(nn.Module):
+    """A conv, a gate on its output, a conv after the gate."""
+
+    def __init__(self, gate):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc1, self.fc2 = nn.Conv2d(4, 2, 1), nn.Conv2d(2, 4, 1)
+        self.gate = gate
+        self.out = nn.Conv2d(4, 5, 1)
+
+    def forward(self, x):
+        x = F.relu(self.conv(x))
+        return self.out(self.gate(self, x))
+
+
+def squeeze_excite(m, x):
+    return torch.sigmoid(m.fc2(F.relu(m.fc1(x.mean((2, 3), keepdim=True))))) * x
+
+
+def test_a_channel_gate_keeps_its_inputs_nodes_and_ends_its_branch_with_a_note():
+    from torch_to_spec import notes_of
+
+    text = spec_from_module(Gated(squeeze_excite), (3, 6, 5))
+    spec = tomllib.loads(text)
+    assert [(e["name"], e.get("from")) for e in spec["layers"]] == [
+        ("conv", None), ("mean", None), ("fc1", None), ("fc2", None), ("out", "conv")]
+    # Either operand order, torch.mul and x.mul read alike.
+    for gate in (lambda m, x: x * squeeze_excite(m, x) / x, lambda m, x: torch.mul(x, squeeze_excite(m, x) / x)):
+        with pytest.raises(TraceError):  # (a quotient is no gate)
+            spec_from_module(Gated(gate), (3, 6, 5))
+    for gate in (lambda m, x: x.mul(torch.sigmoid(m.fc2(F.relu(m.fc1(x.mean((2, 3), keepdim=True)))))),
+                 lambda m, x: torch.mul(x, torch.sigmoid(m.fc2(F.relu(m.fc1(x.mean((2, 3), keepdim=True))))))):
+        assert tomllib.loads(spec_from_module(Gated(gate), (3, 6, 5)))["layers"] == spec["layers"]
+    [note] = notes_of(text)
+    assert note.startswith("1 channel gates x * s (squeeze-and-excitation)") and note.endswith("reads: fc2")
+
+
+@pytest.mark.parametrize(
+    "gate, message",
+    [
+        (lambda m, x: x * 0.5, "a product with a constant"),
+        (lambda m, x: x * m.fc2(m.fc1(x)), r"a product of shapes \[1, 4, 6, 5\] and \[1, 4, 6, 5\]"),
+        (lambda m, x: m.fc2(m.fc1(x)) * m.fc2(F.relu(m.fc1(x))), "a product of two independent tensors"),
+    ],
+)
+def test_products_other_than_channel_gates_are_errors_naming_the_node(gate, message):
+    with pytest.raises(TraceError, match=f"node `mul`: {message}"):
+        spec_from_module(Gated(gate), (3, 6, 5))
