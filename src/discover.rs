@@ -255,7 +255,8 @@ fn next_permutation(v: &mut [usize]) -> bool {
 /// The per-layer analysis: each weighted layer between two node sets of
 /// its own (`name:in`, `name:out`). A conv reads a known grid only as the
 /// first layer on the `--input` map; every other conv is measured at
-/// channel level. BatchNorms fold into the layer they follow when their
+/// channel level, a conv of one input channel per group after a layer of
+/// `C` outputs as depthwise (`C` groups, said in a note). BatchNorms fold into the layer they follow when their
 /// size fits (or become their own layer with `--bn layer`); others are
 /// listed as unused.
 pub(crate) fn per_layer(
@@ -277,6 +278,9 @@ pub(crate) fn per_layer(
         unused: Vec::new(),
     };
     let mut channel_level = Vec::new();
+    let mut depthwise = Vec::new();
+    // Output channels of the weighted layer before, in entry order.
+    let mut before: Option<usize> = None;
     let names = ck.names();
     let modules: HashMap<&str, Vec<&str>> = modules(&names).into_iter().collect();
     let tensors_of = |prefix: &str| -> Vec<&str> {
@@ -310,9 +314,16 @@ pub(crate) fn per_layer(
                     Some(NodeShape::Map { c, h, w }) if i == 0 && c % ci == 0 => Some((c, [h, w])),
                     _ => None,
                 };
-                let (ch, hw, level) = match grid {
-                    Some((c, hw)) => (c, hw, false),
-                    None => (ci, [1, 1], true),
+                let (ch, hw, level) = match (grid, before) {
+                    (Some((c, hw)), _) => (c, hw, false),
+                    // One input channel per group after a layer of `c > 1`
+                    // outputs: a depthwise conv (MobileNet, EfficientNet),
+                    // not one reading a single channel of all `c`.
+                    (None, Some(c)) if ci == 1 && c > 1 && o % c == 0 => {
+                        depthwise.push(name.clone());
+                        (c, [1, 1], true)
+                    }
+                    (None, _) => (ci, [1, 1], true),
                 };
                 let geometry = ConvGeometry { stride: [1, 1], padding: [0, 0], dilation: [1, 1], groups: ch / ci };
                 let conv = make_conv((o, ci, kh, kw), ch, hw, geometry, level)
@@ -339,6 +350,7 @@ pub(crate) fn per_layer(
             }
         }
         let bias = e.bias.clone();
+        before = Some(out_shape.channels());
         let norm = e.norm.as_deref().map(|p| resolve_norm(ck, s, p, out_shape.channels()));
         let base = net.node_sets.len();
         net.node_sets.push(NodeSet { name: format!("{name}:in"), shape: in_shape });
@@ -400,6 +412,13 @@ pub(crate) fn per_layer(
         net.notes.push(format!(
             "BatchNorms left out (no weighted layer of their size before them; give a spec): {}",
             list(&unplaced)
+        ));
+    }
+    if !depthwise.is_empty() {
+        net.notes.push(format!(
+            "convolutions of one input channel per group read as depthwise (as many groups as the layer before \
+             has outputs; give a spec if one reads a single channel): {}",
+            list(&depthwise)
         ));
     }
     if !channel_level.is_empty() {

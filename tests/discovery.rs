@@ -106,6 +106,34 @@ fn batchnorms_fold_into_their_layers_and_unknown_grids_stay_channels() {
     assert!(net.notes.iter().any(|n| n.contains("channel level")), "{:?}", net.notes);
 }
 
+#[test]
+fn depthwise_convs_keep_their_channels_in_the_per_layer_analysis() {
+    // MobileNetV2's depthwise convs ([C, 1, 3, 3] after a layer of C
+    // outputs): C inputs, one group each, not one input read by C kernels.
+    let ck = Checkpoint::open(fixture("torch", "mobilenet_v2_tiny.safetensors")).unwrap();
+    let net = Network::build(&ck, &GraphOptions::default()).unwrap();
+    assert_eq!(net.source, GraphSource::PerLayer);
+    let mut depthwise = 0;
+    for l in &net.layers {
+        if let LayerKind::Conv(c) = l.kind {
+            if c.cin_g == 1 {
+                assert_eq!((c.geometry.groups, c.cin()), (c.cout, c.cout), "`{}`", l.name);
+                depthwise += 1;
+            }
+        }
+    }
+    assert!(depthwise >= 5, "{depthwise} depthwise convs");
+    assert!(net.notes.iter().any(|n| n.contains("read as depthwise")), "{:?}", net.notes);
+    // A first conv of one input channel (an MNIST network's) has no layer
+    // before it: one channel in.
+    let ck = Checkpoint::open(fixture("torch", "functional_tiny.safetensors")).unwrap();
+    let net = Network::build(&ck, &GraphOptions::default()).unwrap();
+    let first = net.layers.iter().find(|l| l.name == "conv1").unwrap();
+    let LayerKind::Conv(c) = first.kind else { panic!("conv1 is a conv") };
+    assert_eq!((c.geometry.groups, c.cin()), (1, 1));
+    assert!(!net.notes.iter().any(|n| n.contains("read as depthwise")), "{:?}", net.notes);
+}
+
 /// A conv-conv-dense chain stored with torchvision's module names
 /// (`classifier.*` sorts before `features.*`), strides 2.
 fn strided_chain(path: &Path) {
