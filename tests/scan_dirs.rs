@@ -603,14 +603,25 @@ fn many_layers(path: &Path, n: usize) {
     write_st(path, &tensors, &[("accuracy", "0.5")]);
 }
 
-/// The largest peak resident memory of this process's children so far, in
-/// KB, after a scan (`getrusage`): run the smaller scan first.
+/// The peak resident memory of one scan, in KB: that child's alone
+/// (`wait4`), whatever other tests run beside it.
 fn peak_kb(args: &[&str], env: &[(&str, &str)]) -> u64 {
-    let o = Command::new(env!("CARGO_BIN_EXE_cntscope")).args(args).envs(env.iter().copied()).output().unwrap();
-    assert!(o.status.success(), "{}", text(&o));
-    // SAFETY: getrusage fills the struct it is given.
+    use std::io::Read;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cntscope"))
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    let mut status = 0;
+    // SAFETY: wait4 fills the status and the struct it is given.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
+    assert_eq!(unsafe { libc::wait4(pid, &mut status, 0, &mut usage) }, pid);
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "{err}");
     usage.ru_maxrss as u64
 }
 
