@@ -449,6 +449,18 @@ fn assumed_geometry(net: &Network) -> Option<String> {
     })
 }
 
+/// The note of a discovered graph with BatchNorms: their epsilon, which
+/// no checkpoint stores, was taken as the layout's default.
+fn assumed_eps(net: &Network, eps: f64) -> Option<String> {
+    let norms = net.layers.iter().filter(|l| l.norm.is_some()).count();
+    (norms > 0).then(|| {
+        format!(
+            "BatchNorm epsilon assumed {eps:e} for {norms} BatchNorms (the layout's default; checkpoints do not \
+             store it): a model built with another (MobileNetV3 and EfficientNet use 1e-3) needs a spec with `eps`"
+        )
+    })
+}
+
 impl Network {
     /// Builds the graph of a checkpoint from the spec (when given) or by
     /// discovery from tensor names.
@@ -481,6 +493,7 @@ impl Network {
                 net.source = GraphSource::Discovered;
                 notes.extend(order_note);
                 notes.extend(assumed_geometry(&net));
+                notes.extend(assumed_eps(&net, eps));
                 net.notes = notes;
                 net.unused = unused_tensors(ck, &net, found.unused);
                 Ok(net)
@@ -491,6 +504,7 @@ impl Network {
                 let mut net = discover::per_layer(ck, settings, input, &found.entries)?;
                 notes.append(&mut net.notes);
                 notes.extend(assumed_geometry(&net));
+                notes.extend(assumed_eps(&net, eps));
                 net.notes = notes;
                 net.not_chain = Some(reason);
                 net.unused = unused_tensors(ck, &net, found.unused);

@@ -104,6 +104,12 @@ fn batchnorms_fold_into_their_layers_and_unknown_grids_stay_channels() {
         }
     }
     assert!(net.notes.iter().any(|n| n.contains("channel level")), "{:?}", net.notes);
+    // The epsilon is not in the checkpoint: the one taken is said.
+    assert!(
+        net.notes.iter().any(|n| n.contains("BatchNorm epsilon assumed 1e-5 for 10 BatchNorms")),
+        "{:?}",
+        net.notes
+    );
 }
 
 #[test]

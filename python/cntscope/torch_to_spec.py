@@ -9,8 +9,9 @@ of SPEC 1 says it is:
 * ``MaxPool2d``, ``AvgPool2d``, ``AdaptiveAvgPool2d`` (and their functional
   forms), ``x.mean((2, 3))`` / ``torch.mean``: fixed entries (the mean over
   both spatial axes is a global average pool);
-* activations, dropout, torchvision's stochastic depth, ``Flatten`` / ``torch.flatten`` / ``view`` /
-  ``reshape`` / ``squeeze``: no entry (a node is the same node after them);
+* activations, dropout, torchvision's stochastic depth, ``Flatten`` /
+  ``torch.flatten`` / ``view`` / ``reshape`` / ``squeeze``: no entry (a
+  node is the same node after them);
   a view, reshape or squeeze must keep the shape or flatten each sample
   (``x.view(x.size(0), -1)``, a pooled ``x.squeeze()``); shape queries
   (``x.size(0)``, ``x.shape[0]``) are not nodes;
