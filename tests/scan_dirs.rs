@@ -605,6 +605,7 @@ fn many_layers(path: &Path, n: usize) {
 
 /// The peak resident memory of one scan, in KB: that child's alone
 /// (`wait4`), whatever other tests run beside it.
+#[allow(clippy::zombie_processes)] // reaped by wait4, which also gives its rusage
 fn peak_kb(args: &[&str], env: &[(&str, &str)]) -> u64 {
     use std::io::Read;
     let mut child = Command::new(env!("CARGO_BIN_EXE_cntscope"))
