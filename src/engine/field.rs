@@ -18,6 +18,9 @@ use std::hash::Hash;
 use crate::graph::NodeShape;
 use crate::spec::Layout;
 
+/// Classes [`Classes::group_by`] finds by comparing keys, before it hashes.
+const SCAN_CLASSES: usize = 16;
+
 /// A partition of the positions `0..n` of one axis into classes, numbered
 /// in order of first occurrence (so equal partitions are equal values).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,20 +43,36 @@ impl Classes {
     }
 
     /// Positions with equal keys share a class; also returns each class's key.
+    /// An axis has a handful of classes (borders, stride phases), found by
+    /// comparing with the keys seen so far, the last one matched first; a
+    /// hash map takes over past [`SCAN_CLASSES`] (positions each their own
+    /// class, as behind a dense layer).
     pub fn group_by<K: Eq + Hash + Clone>(keys: impl IntoIterator<Item = K>) -> (Self, Vec<K>) {
-        let mut ids = HashMap::new();
         let mut c = Classes { of: Vec::new(), sizes: Vec::new() };
-        let mut first = Vec::new();
+        let mut first: Vec<K> = Vec::new();
+        let mut map: Option<HashMap<K, u32>> = None;
+        let mut last = 0;
         for k in keys {
-            let next = ids.len() as u32;
-            let id = *ids.entry(k.clone()).or_insert_with(|| {
+            let found = match &map {
+                _ if first.get(last) == Some(&k) => Some(last as u32),
+                None => first.iter().position(|f| *f == k).map(|i| i as u32),
+                Some(map) => map.get(&k).copied(),
+            };
+            let id = found.unwrap_or_else(|| {
+                let id = first.len() as u32;
+                if let Some(map) = &mut map {
+                    map.insert(k.clone(), id);
+                } else if first.len() == SCAN_CLASSES {
+                    let mut all: HashMap<K, u32> = first.iter().cloned().zip(0..).collect();
+                    all.insert(k.clone(), id);
+                    map = Some(all);
+                }
                 first.push(k);
-                next
-            });
-            if id == next {
                 c.sizes.push(0);
-            }
-            c.sizes[id as usize] += 1;
+                id
+            });
+            last = id as usize;
+            c.sizes[last] += 1;
             c.of.push(id);
         }
         (c, first)
@@ -256,6 +275,28 @@ fn dims(shape: NodeShape) -> (usize, [usize; 2]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Classes are numbered in order of first occurrence, by the scan and,
+    /// past its classes, by the hash map alike.
+    #[test]
+    fn group_by_numbers_classes_by_first_occurrence() {
+        for distinct in [1, 3, SCAN_CLASSES, SCAN_CLASSES + 1, 40] {
+            let keys: Vec<usize> = (0..200).map(|p| (p * 7 + p / 3) % distinct * 10).collect();
+            let (classes, first) = Classes::group_by(keys.iter().copied());
+            let mut want_first: Vec<usize> = Vec::new();
+            for &k in &keys {
+                if !want_first.contains(&k) {
+                    want_first.push(k);
+                }
+            }
+            assert_eq!(first, want_first, "{distinct} keys");
+            for (p, &k) in keys.iter().enumerate() {
+                assert_eq!(first[classes.of[p] as usize], k, "{distinct} keys, position {p}");
+            }
+            let sizes: Vec<u64> = want_first.iter().map(|w| keys.iter().filter(|&&k| k == *w).count() as u64).collect();
+            assert_eq!(classes.sizes, sizes, "{distinct} keys");
+        }
+    }
 
     #[test]
     fn join_and_add_agree_with_node_values() {
