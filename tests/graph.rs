@@ -608,6 +608,60 @@ fn densenet_like() -> Vec<E> {
     ]
 }
 
+/// Depthwise convs, one with a channel multiplier (12 outputs over 6
+/// groups, strided) and one of 5x5 kernels, both with BatchNorms: node
+/// strengths against the oracle, and each layer's link-weight moments and
+/// histogram against the folded weights themselves (the CPU engine scales
+/// such layers' weights once; the GPU's kernels read them as any conv's).
+#[test]
+fn depthwise_convs() {
+    let dw = |name, cout, groups, k, s, p, bias| {
+        e(name, K::Conv { cout, groups, k: [k, k], s: [s, s], p: [p, p], d: [1, 1], bias, norm: true })
+    };
+    let entries = vec![
+        conv("stem", 6, 3, 1, 1),
+        dw("dw1", 12, 6, 3, 2, 1, false),
+        dw("dw2", 12, 12, 5, 1, 2, true),
+        e("head", K::Dense { out: 3, bias: true, norm: false }),
+    ];
+    for layout in [Layout::Torch, Layout::Keras] {
+        for bn in [BnMode::Fold, BnMode::Layer] {
+            let what = format!("depthwise {layout} {bn:?}");
+            check(&what, &entries, map(3, 9, 8), layout, bn);
+            let (tensors, spec_text, _) = build(&entries, map(3, 9, 8), layout, bn, 7);
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("net.safetensors");
+            write_st(&path, &tensors, &[]);
+            let spec = Spec::parse(&spec_text, std::path::Path::new("net.toml")).unwrap();
+            let ck = Checkpoint::open(&path).unwrap();
+            let net = Network::build(&ck, &GraphOptions { spec: Some(spec), ..Default::default() }).unwrap();
+            for engine in engines() {
+                let a = engine.analyze(&net, &ck, &AnalysisOptions { keep_values: false, bins: 9 }).unwrap();
+                let cpu = engine.name() == "cpu";
+                for l in &a.layers {
+                    let layer = net.layers.iter().find(|x| x.name == l.name).unwrap();
+                    let w = cntscope::engine::link_weights(&net, layer, &ck).unwrap();
+                    let m = cntscope::stats::Moments::from_slice(&w);
+                    let tol = if cpu { 1e-12 } else { 1e-5 } * m.std().max(m.mean.abs());
+                    let got = &l.weights;
+                    let at = format!("{what}, {}, {}", engine.name(), l.name);
+                    assert_eq!(got.n, m.n, "{at}: count");
+                    for (g, want, q) in
+                        [(got.mean, m.mean, "mean"), (got.std(), m.std(), "std"), (got.min, m.min, "min")]
+                    {
+                        assert!((g - want).abs() <= tol, "{at}: {q} {g} vs {want}");
+                    }
+                    if cpu {
+                        let mut h = cntscope::stats::Histogram::for_range(m.min, m.max, 9);
+                        h.add_f64(&w);
+                        assert_eq!(l.histogram, h, "{at}: histogram");
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Pools in ceil mode (torch's `ceil_mode`): a max pool whose last
 /// window hangs past an unpadded edge, an average pool counting its
 /// padding whose last window reaches past the padding (its divisor counts

@@ -350,14 +350,48 @@ impl CpuEngine {
     /// channels `Q[c, ky, kx]`; the pixel grid enters only through which
     /// taps are valid, which factorises by axis; positions with the same
     /// valid taps share a class (a [`Field`] cell), so the cost is `O(kh +
-    /// kw)` per cell, not per node. Two passes over the weights (sums and
-    /// moments, then the histogram on their range), each split into blocks
-    /// as [`CpuEngine::split`] does.
+    /// kw)` per cell, not per node. The weights are read in two passes
+    /// ([`CpuEngine::two_passes`]), or, for a small layer of one input
+    /// channel per group (a depthwise conv), scaled once
+    /// ([`one_channel_groups`]).
     fn conv(&self, layout: Layout, d: &Decoder<'_>, conv: &Conv, bins: usize) -> (Field, Field, Moments, Histogram) {
         let &Conv { cout, kh, kw, in_hw: [h, wd], out_hw: [ho, wo], geometry: g, .. } = conv;
         let (cin, taps) = (conv.cin(), kh * kw);
+        let (sums, histogram) = match (layout, d.weight.as_f32()) {
+            (Layout::Torch, Some(xs)) if conv.cin_g == 1 && xs.len() < PARALLEL_MIN_WEIGHTS => {
+                one_channel_groups(xs, d.scale, conv, bins)
+            }
+            _ => self.two_passes(layout, d, conv, bins),
+        };
+        let m = sums.moments;
+        let KernelSums { k_in, q_out, .. } = sums;
+        if conv.channel_level {
+            // Channels as nodes: every tap counts.
+            let total = |k: &[f64]| {
+                let cells: Vec<f64> = k.chunks_exact(taps).map(|t| t.iter().sum()).collect();
+                Field::new(cells.len(), Classes::one(1), Classes::one(1), cells)
+            };
+            return (total(&k_in), total(&q_out), m, histogram);
+        }
+        let [sh, sw] = g.stride;
+        let [ph, pw] = g.padding;
+        let [dh, dw] = g.dilation;
+        let field = |kern: &[f64], n: usize, rows: AxisTaps, cols: AxisTaps| {
+            let ((rows, vy), (cols, vx)) = (rows.classes(), cols.classes());
+            Field::new(n, rows, cols, separable(kern, kh, kw, &vy, &vx))
+        };
+        let s_in = field(&k_in, cout, taps_into(ho, h, kh, sh, ph, dh), taps_into(wo, wd, kw, sw, pw, dw));
+        let s_out = field(&q_out, cin, taps_from(h, ho, kh, sh, ph, dh), taps_from(wd, wo, kw, sw, pw, dw));
+        (s_in, s_out, m, histogram)
+    }
+
+    /// K, Q and the moments in one pass over the weights (a block per
+    /// [`CpuEngine::split`] item), then the histogram on their range in a
+    /// second.
+    fn two_passes(&self, layout: Layout, d: &Decoder<'_>, conv: &Conv, bins: usize) -> (KernelSums, Histogram) {
+        let taps = conv.kh * conv.kw;
         // Blocks of whole runs (a run: the values sharing their K and Q rows).
-        let run = if layout == Layout::Torch { taps } else { cout };
+        let run = if layout == Layout::Torch { taps } else { conv.cout };
         let len = d.weight.len();
         let merge = |all: &mut KernelSums, part: KernelSums| {
             for (a, b) in all.k_in.iter_mut().zip(&part.k_in).chain(all.q_out.iter_mut().zip(&part.q_out)) {
@@ -408,26 +442,34 @@ impl CpuEngine {
                 self.split(len, run, count, |all, part| all.merge(&part))
             }
         };
-        let KernelSums { k_in, q_out, .. } = sums;
-        if conv.channel_level {
-            // Channels as nodes: every tap counts.
-            let total = |k: &[f64]| {
-                let cells: Vec<f64> = k.chunks_exact(taps).map(|t| t.iter().sum()).collect();
-                Field::new(cells.len(), Classes::one(1), Classes::one(1), cells)
-            };
-            return (total(&k_in), total(&q_out), m, histogram);
-        }
-        let [sh, sw] = g.stride;
-        let [ph, pw] = g.padding;
-        let [dh, dw] = g.dilation;
-        let field = |kern: &[f64], n: usize, rows: AxisTaps, cols: AxisTaps| {
-            let ((rows, vy), (cols, vx)) = (rows.classes(), cols.classes());
-            Field::new(n, rows, cols, separable(kern, kh, kw, &vy, &vx))
-        };
-        let s_in = field(&k_in, cout, taps_into(ho, h, kh, sh, ph, dh), taps_into(wo, wd, kw, sw, pw, dw));
-        let s_out = field(&q_out, cin, taps_from(h, ho, kh, sh, ph, dh), taps_from(wd, wo, kw, sw, pw, dw));
-        (s_in, s_out, m, histogram)
+        (sums, histogram)
     }
+}
+
+/// K, Q, moments and histogram of a conv of one input channel per group
+/// (`[cout, 1, kh, kw]`, f32, torch layout): every weight is its own tap
+/// sum, so its scaled values are K itself, each group's sum of them Q, and
+/// one vectorised pass each gives the moments and the histogram. (The
+/// sweep of [`torch_rows`] pays a set-up per row, and a depthwise row is
+/// 9 values.) The same values and bins as the two passes, the moments
+/// exact to rounding.
+fn one_channel_groups(xs: &[f32], scale: Option<&[f64]>, conv: &Conv, bins: usize) -> (KernelSums, Histogram) {
+    let taps = conv.kh * conv.kw;
+    let cout_g = conv.cout / conv.geometry.groups;
+    let mut k_in = Vec::with_capacity(xs.len());
+    for (o, row) in xs.chunks_exact(taps).enumerate() {
+        let a = scale.map_or(1.0, |s| s[o]);
+        k_in.extend(row.iter().map(|&x| f64::from(x) * a));
+    }
+    let moments = Moments::from_slice(&k_in);
+    let mut histogram = Histogram::for_range(moments.min, moments.max, bins);
+    histogram.add_f64(&k_in);
+    let mut q_out = written_zeros(conv.cin() * taps);
+    for (o, row) in k_in.chunks_exact(taps).enumerate() {
+        let q = &mut q_out[(o / cout_g) * taps..][..taps];
+        q.iter_mut().zip(row).for_each(|(q, v)| *q += v);
+    }
+    (KernelSums { k_in, q_out, moments }, histogram)
 }
 
 /// One pass over output channels `o0..o1` of f32 weights in torch layout
@@ -608,25 +650,42 @@ fn taps_from(n_in: usize, n_out: usize, k: usize, s: usize, pad: usize, d: usize
 }
 
 /// `out[i, y, x] = sum_{ty in vy[y], tx in vx[x]} kern[i, ty, tx]`, done as
-/// two contractions (over `tx`, then `ty`).
+/// two contractions (over `tx`, then `ty`) on the kernels laid out tap by
+/// tap, so each step adds a whole row of the `n` kernels' values (one loop
+/// over every channel, not a loop of a few taps per channel: a depthwise
+/// layer has hundreds of channels and 3 x 3 cells). Each value is summed in
+/// the same order as one channel at a time would be.
 fn separable(kern: &[f64], kh: usize, kw: usize, vy: &AxisTaps, vx: &AxisTaps) -> Vec<f64> {
-    let (ny, nx) = (vy.len(), vx.len());
-    let n = kern.len() / (kh * kw);
-    let mut out = written_zeros(n * ny * nx);
-    let mut rows = vec![0.0; kh * nx];
-    for (k, plane) in kern.chunks_exact(kh * kw).zip(out.chunks_exact_mut(ny * nx)) {
-        for ty in 0..kh {
-            let krow = &k[ty * kw..(ty + 1) * kw];
-            for (x, r) in rows[ty * nx..(ty + 1) * nx].iter_mut().enumerate() {
-                *r = vx.at(x).iter().map(|&tx| krow[tx]).sum();
-            }
+    let (ny, nx, taps) = (vy.len(), vx.len(), kh * kw);
+    let n = kern.len() / taps;
+    let mut by_tap = vec![0.0; taps * n];
+    for (c, k) in kern.chunks_exact(taps).enumerate() {
+        for (t, &v) in k.iter().enumerate() {
+            by_tap[t * n + c] = v;
         }
-        for (y, line) in plane.chunks_exact_mut(nx).enumerate() {
-            for &ty in vy.at(y) {
-                for (o, r) in line.iter_mut().zip(&rows[ty * nx..(ty + 1) * nx]) {
-                    *o += r;
-                }
-            }
+    }
+    let add = |dst: &mut [f64], src: &[f64]| dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+    // rows[ty, x, :] = sum over tx in vx[x] of kern[:, ty, tx]
+    let mut rows = written_zeros(kh * nx * n);
+    for (tyx, dst) in rows.chunks_exact_mut(n.max(1)).enumerate() {
+        let (ty, x) = (tyx / nx, tyx % nx);
+        for &tx in vx.at(x) {
+            add(dst, &by_tap[(ty * kw + tx) * n..][..n]);
+        }
+    }
+    // cells[y, x, :] = sum over ty in vy[y] of rows[ty, x, :]
+    let mut cells = written_zeros(ny * nx * n);
+    for (yx, dst) in cells.chunks_exact_mut(n.max(1)).enumerate() {
+        let (y, x) = (yx / nx, yx % nx);
+        for &ty in vy.at(y) {
+            add(dst, &rows[(ty * nx + x) * n..][..n]);
+        }
+    }
+    let plane = ny * nx;
+    let mut out = written_zeros(n * plane);
+    for (cell, values) in cells.chunks_exact(n.max(1)).enumerate() {
+        for (c, &v) in values.iter().enumerate() {
+            out[c * plane + cell] = v;
         }
     }
     out
