@@ -27,7 +27,8 @@ of SPEC 1 says it is:
   scales by values computed from the data, not by weights, so, as an
   activation, it keeps ``x``'s nodes; the gate's branch is measured and
   ends in its own node set, which no layer reads. The spec says so in a
-  comment, and the command line on standard error.
+  ``# Note:`` comment, ``spec_from_module`` in a ``TraceNote`` warning and
+  the command line on standard error.
 
 Anything else is an error naming the node. Needs torch, and nothing of
 cntscope's native module: installed, ``python -m cntscope.torch_to_spec``
@@ -48,6 +49,7 @@ import json
 import operator
 import sys
 import textwrap
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -72,6 +74,11 @@ PASSTHROUGH_METHODS = {
 
 class TraceError(ValueError):
     """The model has a node this tool cannot express as a spec entry."""
+
+
+class TraceNote(UserWarning):
+    """What the spec assumes that the model's code does not say (also a
+    ``# Note:`` comment at the top of the spec)."""
 
 
 @dataclass
@@ -528,6 +535,8 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
         notes.append(f"{len(gates)} channel gates x * s (squeeze-and-excitation) have no weights: as activations, "
                      "they keep x's nodes; each gate's branch ends in a node set that no layer reads: "
                      + ", ".join(gates))
+    for note in notes:
+        warnings.warn(note, TraceNote, stacklevel=2)
     return _toml(entries, input_shape, layout, bn, notes)
 
 
@@ -629,7 +638,10 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     shape = tuple(int(x) for x in a.input.replace("x", ",").split(","))
     try:
-        text = spec_from_module(_load_model(a.model, json.loads(a.kwargs)), shape, bn=a.bn)
+        with warnings.catch_warnings():
+            # Printed below, as notes.
+            warnings.simplefilter("ignore", TraceNote)
+            text = spec_from_module(_load_model(a.model, json.loads(a.kwargs)), shape, bn=a.bn)
     except TraceError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

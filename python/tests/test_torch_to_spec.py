@@ -170,9 +170,10 @@ def squeeze_excite(m, x):
 
 
 def test_a_channel_gate_keeps_its_inputs_nodes_and_ends_its_branch_with_a_note():
-    from torch_to_spec import notes_of
+    from torch_to_spec import TraceNote, notes_of
 
-    text = spec_from_module(Gated(squeeze_excite), (3, 6, 5))
+    with pytest.warns(TraceNote, match="1 channel gates"):
+        text = spec_from_module(Gated(squeeze_excite), (3, 6, 5))
     spec = tomllib.loads(text)
     assert [(e["name"], e.get("from")) for e in spec["layers"]] == [
         ("conv", None), ("mean", None), ("fc1", None), ("fc2", None), ("out", "conv")]
