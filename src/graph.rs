@@ -449,6 +449,28 @@ fn assumed_geometry(net: &Network) -> Option<String> {
     })
 }
 
+/// The note of a graph with node sets that no layer reads, besides the
+/// last layer's (their out-strength is 0): the end of a branch, as a
+/// squeeze-and-excitation gate's, or a set a spec's `from` skipped.
+fn dead_ends(net: &Network) -> Option<String> {
+    let mut read = vec![false; net.node_sets.len()];
+    for l in &net.layers {
+        read[l.from] = true;
+    }
+    if let Some(last) = net.layers.last() {
+        read[last.to] = true;
+    }
+    let ends: Vec<&str> =
+        net.node_sets.iter().zip(&read).filter(|(_, &r)| !r).map(|(set, _)| set.name.as_str()).collect();
+    (!ends.is_empty()).then(|| {
+        format!(
+            "node sets that no layer reads (out-strength 0: the end of a branch, as a squeeze-and-excitation \
+             gate's): {}",
+            list(&ends)
+        )
+    })
+}
+
 /// The note of a discovered graph with BatchNorms: their epsilon, which
 /// no checkpoint stores, was taken as the layout's default.
 fn assumed_eps(net: &Network, eps: f64) -> Option<String> {
@@ -480,6 +502,7 @@ impl Network {
         if let Some(spec) = spec {
             let mut net = Builder::new(ck, settings, input, Some(spec)).build(&spec.layers)?;
             net.source = GraphSource::Spec;
+            net.notes.extend(dead_ends(&net));
             net.unused = unused_tensors(ck, &net, Vec::new());
             return Ok(net);
         }
