@@ -491,9 +491,13 @@ fn norm_values(tensors: &[T<'_>], prefix: &str, eps: f64) -> (Vec<f64>, Vec<f64>
     (a, c)
 }
 
-/// Writes the network, builds it from its spec, and checks every engine's
-/// strengths per node set against the oracle.
-fn check(what: &str, entries: &[E], input: S, layout: Layout, bn: BnMode) {
+/// A network written: its checkpoint (in a directory that lives as long
+/// as the first value), its graph built from its spec, the spec's text and
+/// the oracle.
+struct Written(tempfile::TempDir, Checkpoint, Network, String, Oracle);
+
+/// Writes the network as a safetensors file and builds it from its spec.
+fn written(what: &str, entries: &[E], input: S, layout: Layout, bn: BnMode) -> Written {
     let (tensors, spec_text, oracle) = build(entries, input, layout, bn, 7);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("net.safetensors");
@@ -503,6 +507,13 @@ fn check(what: &str, entries: &[E], input: S, layout: Layout, bn: BnMode) {
     let ck = Checkpoint::open(&path).unwrap();
     let net = Network::build(&ck, &GraphOptions { spec: Some(spec), ..Default::default() })
         .unwrap_or_else(|e| panic!("{what}: {e}\n{spec_text}"));
+    Written(dir, ck, net, spec_text, oracle)
+}
+
+/// Writes the network, builds it from its spec, and checks every engine's
+/// strengths per node set against the oracle.
+fn check(what: &str, entries: &[E], input: S, layout: Layout, bn: BnMode) {
+    let Written(_dir, ck, net, spec_text, oracle) = written(what, entries, input, layout, bn);
     assert_eq!(net.node_sets.len(), oracle.sets.len(), "{what}: node sets\n{spec_text}");
     let (strength, magnitude) = oracle.sums(layout);
     let opts = AnalysisOptions { keep_values: true, bins: 9 };
@@ -628,13 +639,7 @@ fn depthwise_convs() {
         for bn in [BnMode::Fold, BnMode::Layer] {
             let what = format!("depthwise {layout} {bn:?}");
             check(&what, &entries, map(3, 9, 8), layout, bn);
-            let (tensors, spec_text, _) = build(&entries, map(3, 9, 8), layout, bn, 7);
-            let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("net.safetensors");
-            write_st(&path, &tensors, &[]);
-            let spec = Spec::parse(&spec_text, std::path::Path::new("net.toml")).unwrap();
-            let ck = Checkpoint::open(&path).unwrap();
-            let net = Network::build(&ck, &GraphOptions { spec: Some(spec), ..Default::default() }).unwrap();
+            let Written(_dir, ck, net, ..) = written(&what, &entries, map(3, 9, 8), layout, bn);
             for engine in engines() {
                 let a = engine.analyze(&net, &ck, &AnalysisOptions { keep_values: false, bins: 9 }).unwrap();
                 let cpu = engine.name() == "cpu";
@@ -749,13 +754,7 @@ fn kernels_measured_in_parallel_blocks() {
 fn results_do_not_depend_on_threads() {
     let mut entries = parallel_convs();
     entries.push(e("fc", K::Dense { out: 1500, bias: true, norm: false }));
-    let (tensors, spec_text, _) = build(&entries, map(3, 7, 6), Layout::Torch, BnMode::Fold, 7);
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("net.safetensors");
-    write_st(&path, &tensors, &[]);
-    let spec = Spec::parse(&spec_text, std::path::Path::new("net.toml")).unwrap();
-    let ck = Checkpoint::open(&path).unwrap();
-    let net = Network::build(&ck, &GraphOptions { spec: Some(spec), ..Default::default() }).unwrap();
+    let Written(_dir, ck, net, ..) = written("threads", &entries, map(3, 7, 6), Layout::Torch, BnMode::Fold);
     let opts = AnalysisOptions { keep_values: true, bins: 9 };
     let one = format!("{:?}", CpuEngine::new(1).analyze(&net, &ck, &opts).unwrap());
     for threads in [2, 3, 8] {
