@@ -22,6 +22,8 @@ of SPEC 1 says it is:
   another (a DenseNet block) are one set, filled channel range by channel
   range (``offset``) and read by ranges (``from_channels``);
 * ``x[:, a:b]``: a channel slice;
+* ``x * torch.sigmoid(x)`` and other products of a tensor with an
+  activation of itself: an activation (no entry);
 * ``x * s`` / ``torch.mul`` with ``s`` a per-channel gate computed from
   ``x`` (squeeze-and-excitation: pool, two 1x1 convs, a sigmoid): the gate
   scales by values computed from the data, not by weights, so, as an
@@ -290,7 +292,7 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
         raise TraceError(f"node `{n.name}`: {n.op} has no spec entry")
 
     kinds = {n: kind(n) for n in nodes}
-    gated = {n: _gated(n) for n in nodes if kinds[n] == "gate"}
+    gated = {n: _gated(n, lambda m: kinds[m] == "pass") for n in nodes if kinds[n] == "gate"}
     # The node whose value a pass-through node (or a gate) carries.
     root = {}
     for n in nodes:
@@ -355,6 +357,8 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
         if k in ("pass", "output", "meta"):
             continue
         if k == "gate":
+            if gated[n][1] is None:
+                continue  # an activation of x: x's nodes, no branch
             gate = ref[root[gated[n][1]]]
             if gate.range is not None or gate.set == "input":
                 raise TraceError(f"node `{n.name}`: a gate that is not a layer's whole output")
@@ -545,10 +549,12 @@ def _is_stochastic_depth(f) -> bool:
         "torchvision.ops")
 
 
-def _gated(n):
+def _gated(n, passes):
     """`(x, s)` of a product `x * s` where `s` is a per-channel gate
-    computed from `x` (`[N, C, 1, 1]` against `x`'s `[N, C, H, W]`), else a
-    TraceError naming the node."""
+    computed from `x` (`[N, C, 1, 1]` against `x`'s `[N, C, H, W]`), or
+    `(x, None)` where `s` is an activation of `x` itself (a swish written
+    `x * torch.sigmoid(x)`: no layer between them, `passes` says which nodes
+    make no entry), else a TraceError naming the node."""
     operands = [a for a in n.args if isinstance(a, torch.fx.Node)]
     if len(operands) != 2 or len(n.args) != 2 or n.kwargs:
         raise TraceError(f"node `{n.name}`: a product with a constant: only a channel gate x * s "
@@ -566,6 +572,12 @@ def _gated(n):
         return False
 
     a, b = operands
+    for x, s in ((a, b), (b, a)):
+        m = s
+        while m is not x and passes(m) and m.args and isinstance(m.args[0], torch.fx.Node):
+            m = m.args[0]
+        if m is x:
+            return x, None
     x, s = (a, b) if reaches(b, a) else (b, a) if reaches(a, b) else (None, None)
     if x is None:
         raise TraceError(f"node `{n.name}`: a product of two independent tensors: only a channel gate x * s, "

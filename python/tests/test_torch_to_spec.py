@@ -199,3 +199,12 @@ def test_a_channel_gate_keeps_its_inputs_nodes_and_ends_its_branch_with_a_note()
 def test_products_other_than_channel_gates_are_errors_naming_the_node(gate, message):
     with pytest.raises(TraceError, match=f"node `mul`: {message}"):
         spec_from_module(Gated(gate), (3, 6, 5))
+
+
+def test_a_product_of_a_tensor_and_its_own_activation_is_an_activation():
+    # A swish written by hand reads as F.silu: no entry, no gate.
+    by_hand = Gated(lambda m, x: x * torch.sigmoid(x))
+    with_silu = Gated(lambda m, x: F.silu(x))
+    assert tomllib.loads(spec_from_module(by_hand, (3, 6, 5))) == tomllib.loads(spec_from_module(with_silu, (3, 6, 5)))
+    assert tomllib.loads(spec_from_module(Gated(lambda m, x: torch.sigmoid(x) * x), (3, 6, 5)))["layers"] == \
+        tomllib.loads(spec_from_module(with_silu, (3, 6, 5)))["layers"]
