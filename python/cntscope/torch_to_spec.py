@@ -6,6 +6,7 @@ of SPEC 1 says it is:
 * ``Conv2d``, ``Linear``: weighted entries (stride, padding, dilation, groups);
 * ``BatchNorm1d/2d``: folded into the weighted layer right before it (``norm``)
   when that layer's output feeds nothing else, else a BatchNorm-only entry;
+  a subclass (timm's ``BatchNormAct2d``) is read as a BatchNorm, with a note;
 * ``MaxPool2d``, ``AvgPool2d``, ``AdaptiveAvgPool2d`` (and their functional
   forms), ``x.mean((2, 3))`` / ``torch.mean``: fixed entries (the mean over
   both spatial axes is a global average pool);
@@ -21,7 +22,8 @@ of SPEC 1 says it is:
 * ``torch.cat(..., 1)``: a concatenation. Concatenations that extend one
   another (a DenseNet block) are one set, filled channel range by channel
   range (``offset``) and read by ranges (``from_channels``);
-* ``x[:, a:b]``: a channel slice;
+* ``x[:, a:b]``, ``torch.split(x, sizes, 1)``, ``x.chunk(k, 1)``: channel
+  slices;
 * ``x * torch.sigmoid(x)`` and other products of a tensor with an
   activation of itself: an activation (no entry);
 * ``x * s`` / ``torch.mul`` with ``s`` a per-channel gate computed from
@@ -216,7 +218,7 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
     """The spec (TOML text) of ``model`` for one sample of ``input_shape``
     (``(C, H, W)`` or ``(features,)``)."""
     model = model.eval()
-    traced = torch.fx.symbolic_trace(model)
+    traced = torch.fx.GraphModule(model, _Tracer().trace(model))
     from torch.fx.passes.shape_prop import ShapeProp
 
     class Record(ShapeProp):
@@ -265,6 +267,8 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
                 return "cat"
             if n.target is operator.getitem:
                 return "slice"
+            if n.target in (torch.split, torch.chunk):
+                return "split"
             if n.target in (operator.mul, torch.mul, operator.imul):
                 return "gate"
             if n.target in (F.adaptive_avg_pool2d, F.avg_pool2d, F.max_pool2d, torch.mean):
@@ -286,6 +290,8 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
                 return "add"
             if n.target in ("mul", "mul_"):
                 return "gate"
+            if n.target in ("split", "chunk"):
+                return "split"
             raise TraceError(f"node `{n.name}`: method `{n.target}` has no spec entry")
         if n.op == "get_attr":
             raise TraceError(f"node `{n.name}`: a tensor attribute `{n.target}` used in the forward pass")
@@ -313,6 +319,7 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
     names: set[str] = {"input"}
     families: list[dict] = []  # concatenation sets: {"set": name, "members": [roots], "channels": n}
     gates: list[str] = []  # the sets that end a gate's branch
+    splits: dict = {}  # torch.split / chunk node -> the channel range of each part
 
     def unique(base: str) -> str:
         name, k = base, 1
@@ -363,6 +370,16 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
             if gate.range is not None or gate.set == "input":
                 raise TraceError(f"node `{n.name}`: a gate that is not a layer's whole output")
             gates.append(gate.set)
+            continue
+        if k == "split":
+            splits[n] = _split_ranges(n)
+            continue
+        if k == "slice" and n.args[0] in splits:
+            src, i = n.args
+            r = ref[root[src.args[0]]]
+            base = r.range[0] if r.range else 0
+            start, stop = splits[src][i]
+            ref[n] = Ref(r.set, (base + start, base + stop), stop - start)
             continue
         if k == "slice":
             src, idx = n.args
@@ -535,6 +552,11 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
             continue
 
     notes = []
+    subclasses = sorted({type(m).__name__ for n, m in ((n, modules.get(n.target)) for n in nodes if n.op == "call_module")
+                         if isinstance(m, nn.modules.batchnorm._BatchNorm) and type(m) not in (nn.BatchNorm1d, nn.BatchNorm2d)})
+    if subclasses:
+        notes.append("BatchNorm subclasses read as BatchNorms, their own forward not traced (what it adds, as "
+                     "BatchNormAct2d's activation, makes no links): " + ", ".join(subclasses))
     if gates:
         notes.append(f"{len(gates)} channel gates x * s (squeeze-and-excitation) have no weights: as activations, "
                      "they keep x's nodes; each gate's branch ends in a node set that no layer reads: "
@@ -542,6 +564,34 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
     for note in notes:
         warnings.warn(note, TraceNote, stacklevel=2)
     return _toml(entries, input_shape, layout, bn, notes)
+
+
+class _Tracer(torch.fx.Tracer):
+    """torch.fx's tracer, which also keeps every BatchNorm subclass (timm's
+    BatchNormAct2d, a BatchNorm with its activation) as one module rather
+    than tracing into its forward, where its statistics are tensors read by
+    `F.batch_norm`."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, nn.modules.batchnorm._BatchNorm) or super().is_leaf_module(m, qualname)
+
+
+def _split_ranges(n) -> list[tuple[int, int]]:
+    """The channel range of each part of `torch.split(x, sizes, 1)` /
+    `x.chunk(k, 1)` (and their method forms), as the traced run split it;
+    a split on another axis is a TraceError naming the node."""
+    parts = n.meta.get("tensor_meta") or ()
+    shape = _shape(n.args[0])
+    dim = n.kwargs.get("dim", n.args[2] if len(n.args) > 2 else 0)
+    if len(shape) != 4 or _value(dim) % 4 != 1:
+        raise TraceError(f"node `{n.name}`: a split of a {shape} tensor on axis {dim}: only channels (axis 1) "
+                         "are supported")
+    ranges, at = [], 0
+    for part in parts:
+        c = int(part.shape[1])
+        ranges.append((at, at + c))
+        at += c
+    return ranges
 
 
 def _is_stochastic_depth(f) -> bool:

@@ -208,3 +208,57 @@ def test_a_product_of_a_tensor_and_its_own_activation_is_an_activation():
     assert tomllib.loads(spec_from_module(by_hand, (3, 6, 5))) == tomllib.loads(spec_from_module(with_silu, (3, 6, 5)))
     assert tomllib.loads(spec_from_module(Gated(lambda m, x: torch.sigmoid(x) * x), (3, 6, 5)))["layers"] == \
         tomllib.loads(spec_from_module(with_silu, (3, 6, 5)))["layers"]
+
+
+class Branches(nn.Module):
+    """Two convs on the channel halves of a map, concatenated (MixNet's
+    mixed conv, CSPNet's split)."""
+
+    def __init__(self, part):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.a, self.b = nn.Conv2d(2, 3, 3, padding=1), nn.Conv2d(2, 3, 5, padding=2)
+        self.part = part
+
+    def forward(self, x):
+        x = self.stem(x)
+        first, second = self.part(x)
+        return torch.cat([self.a(first), self.b(second)], 1)
+
+
+def test_splits_and_chunks_on_channels_are_channel_slices():
+    def layers(part):
+        return tomllib.loads(spec_from_module(Branches(part), (3, 7, 6)))["layers"]
+
+    sliced = layers(lambda x: (x[:, :2], x[:, 2:]))
+    assert [e.get("from_channels") for e in sliced] == [None, [0, 2], [2, 4]]
+    for part in (lambda x: torch.split(x, [2, 2], dim=1), lambda x: x.split(2, 1), lambda x: x.chunk(2, dim=-3),
+                 lambda x: torch.chunk(x, 2, 1)):
+        assert layers(part) == sliced
+    with pytest.raises(TraceError, match=r"node `split`: a split of a \[1, 4, 7, 6\] tensor on axis 2"):
+        spec_from_module(nn.Sequential(nn.Conv2d(3, 4, 1), Lambda(lambda x: torch.split(x, 3, dim=2)[0])), (3, 7, 6))
+
+
+class Lambda(nn.Module):
+    def __init__(self, f):
+        super().__init__()
+        self.f = f
+
+    def forward(self, x):
+        return self.f(x)
+
+
+def test_a_batchnorm_subclass_is_read_as_a_batchnorm_with_a_note():
+    from torch_to_spec import TraceNote, notes_of
+
+    class BatchNormAct(nn.BatchNorm2d):  # timm's BatchNormAct2d, in short
+        def forward(self, x):
+            return F.relu(super().forward(x))
+
+    def net(bn):
+        return nn.Sequential(nn.Conv2d(3, 4, 3), bn(4), nn.Conv2d(4, 2, 1))
+
+    with pytest.warns(TraceNote, match="BatchNormAct"):
+        text = spec_from_module(net(BatchNormAct), (3, 6, 6))
+    assert tomllib.loads(text)["layers"] == tomllib.loads(spec_from_module(net(nn.BatchNorm2d), (3, 6, 6)))["layers"]
+    assert any("BatchNorm subclasses" in n for n in notes_of(text))
