@@ -6,7 +6,8 @@ of SPEC 1 says it is:
 * ``Conv2d``, ``Linear``: weighted entries (stride, padding, dilation, groups);
 * ``BatchNorm1d/2d``: folded into the weighted layer right before it (``norm``)
   when that layer's output feeds nothing else, else a BatchNorm-only entry;
-  a subclass (timm's ``BatchNormAct2d``) is read as a BatchNorm, with a note;
+  a subclass of these or of ``Linear`` (timm's ``BatchNormAct2d``,
+  ``Linear``) is read as the class it extends, with a note;
 * ``MaxPool2d``, ``AvgPool2d``, ``AdaptiveAvgPool2d`` (and their functional
   forms), ``x.mean((2, 3))`` / ``torch.mean``: fixed entries (the mean over
   both spatial axes is a global average pool);
@@ -552,10 +553,12 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
             continue
 
     notes = []
-    subclasses = sorted({type(m).__name__ for n, m in ((n, modules.get(n.target)) for n in nodes if n.op == "call_module")
-                         if isinstance(m, nn.modules.batchnorm._BatchNorm) and type(m) not in (nn.BatchNorm1d, nn.BatchNorm2d)})
+    subclasses = sorted({f"{type(m).__name__} as {base.__name__}"
+                         for n, m in ((n, modules.get(n.target)) for n in nodes if n.op == "call_module")
+                         for base in (nn.BatchNorm1d, nn.BatchNorm2d, nn.Linear)
+                         if isinstance(m, base) and type(m) is not base})
     if subclasses:
-        notes.append("BatchNorm subclasses read as BatchNorms, their own forward not traced (what it adds, as "
+        notes.append("subclasses read as the class they extend, their own forward not traced (what it adds, as "
                      "BatchNormAct2d's activation, makes no links): " + ", ".join(subclasses))
     if gates:
         notes.append(f"{len(gates)} channel gates x * s (squeeze-and-excitation) have no weights: as activations, "
@@ -566,14 +569,20 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
     return _toml(entries, input_shape, layout, bn, notes)
 
 
+# Subclasses kept whole, as the class they extend: traced into, their
+# forward reads the weights as tensors (`F.batch_norm`, `F.linear`), which
+# no spec entry says. (Conv2d subclasses are traced: timm's Conv2dSame pads
+# in its forward, which its `padding` does not say.)
+WHOLE_SUBCLASSES = (nn.modules.batchnorm._BatchNorm, nn.Linear)
+
+
 class _Tracer(torch.fx.Tracer):
-    """torch.fx's tracer, which also keeps every BatchNorm subclass (timm's
-    BatchNormAct2d, a BatchNorm with its activation) as one module rather
-    than tracing into its forward, where its statistics are tensors read by
-    `F.batch_norm`."""
+    """torch.fx's tracer, which also keeps every subclass of
+    `WHOLE_SUBCLASSES` (timm's BatchNormAct2d, a BatchNorm with its
+    activation; timm's Linear) as one module."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, nn.modules.batchnorm._BatchNorm) or super().is_leaf_module(m, qualname)
+        return isinstance(m, WHOLE_SUBCLASSES) or super().is_leaf_module(m, qualname)
 
 
 def _split_ranges(n) -> list[tuple[int, int]]:
