@@ -389,8 +389,10 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
                 # Bounds computed in the forward pass (x[:, : x.size(1) // 2]) as the run computed them.
                 idx = tuple(slice(*(_value(v) for v in (i.start, i.stop, i.step))) if isinstance(i, slice) else i
                             for i in idx)
-            if not (isinstance(idx, tuple) and len(idx) == 2 and idx[0] == slice(None) and isinstance(idx[1], slice)
-                    and idx[1].step in (None, 1)):
+            # x[:, a:b], also written x[:, a:b, :, :] (GhostNet's).
+            if not (isinstance(idx, tuple) and 2 <= len(idx) <= 4 and idx[0] == slice(None)
+                    and isinstance(idx[1], slice) and idx[1].step in (None, 1)
+                    and all(i == slice(None) for i in idx[2:])):
                 raise TraceError(f"node `{n.name}`: only channel slices x[:, a:b] are supported")
             base = r.range[0] if r.range else 0
             start, stop, _ = idx[1].indices(r.channels)

@@ -262,3 +262,13 @@ def test_a_batchnorm_subclass_is_read_as_a_batchnorm_with_a_note():
         text = spec_from_module(net(BatchNormAct), (3, 6, 6))
     assert tomllib.loads(text)["layers"] == tomllib.loads(spec_from_module(net(nn.BatchNorm2d), (3, 6, 6)))["layers"]
     assert any(n.startswith("subclasses read as the class they extend") for n in notes_of(text))
+
+
+def test_a_channel_slice_may_name_the_whole_spatial_axes():
+    def layers(part):
+        return tomllib.loads(spec_from_module(Branches(part), (3, 7, 6)))["layers"]
+
+    assert layers(lambda x: (x[:, :2, :, :], x[:, 2:, :])) == layers(lambda x: (x[:, :2], x[:, 2:]))
+    with pytest.raises(TraceError, match="node `getitem`: only channel slices"):
+        spec_from_module(nn.Sequential(nn.Conv2d(3, 4, 1), Lambda(lambda x: x[:, :2, 1:]), nn.Conv2d(2, 3, 1)),
+                         (3, 7, 6))
