@@ -167,19 +167,32 @@ pub fn binned_by_values<E: Engine + ?Sized>(
         .weighted_layers()
         .zip(&ranges.layers)
         .map(|((_, l), &range)| {
-            // A chunk at a time: a large layer is never held as f64.
+            // A block at a time: a large layer is never held as f64. Blocks
+            // long enough for the histogram's count tables, whose
+            // increments do not wait on one another (weights crowd a few
+            // of the 4096 fine bins).
+            const BLOCK: usize = 1 << 17;
             let mut histogram = histogram_on(range, bins);
             let mut moments = Moments::default();
             let mut values = Some(Vec::new());
+            let mut block = Vec::with_capacity(BLOCK.min(l.weight_count()));
+            let mut flush = |block: &mut Vec<f64>| {
+                histogram.add_f64(block);
+                block.clear();
+            };
             link_weight_chunks(net, l, ck, |chunk| {
-                let finite = Finite::of(chunk.to_vec()).values;
-                histogram.add_f64(&finite);
-                moments.merge(&Moments::from_slice(&finite));
+                let start = block.len();
+                block.extend(chunk.iter().filter(|v| v.is_finite()));
+                moments.merge(&Moments::from_slice(&block[start..]));
                 match &mut values {
-                    Some(v) if small(v.len() + finite.len()) => v.extend_from_slice(&finite),
+                    Some(v) if small(v.len() + block.len() - start) => v.extend_from_slice(&block[start..]),
                     _ => values = None,
                 }
+                if block.len() >= BLOCK - chunk.len() {
+                    flush(&mut block);
+                }
             })?;
+            flush(&mut block);
             Ok(Binned { moments, histogram, values })
         })
         .collect::<Result<_>>()?;
@@ -441,11 +454,31 @@ pub(crate) fn scale_weights(values: &mut [f64], layer: &Layer, layout: Layout, s
 /// [`scale_weights`] of the values `at..at + values.len()` of a tensor of
 /// `len` values.
 fn scale_weights_at(values: &mut [f64], at: usize, len: usize, layer: &Layer, layout: Layout, scale: &[f64]) {
-    let n = scale.len();
-    let per = len / n.max(1);
-    let outputs_last = layer.outputs_last(layout);
-    for (i, v) in (at..).zip(values.iter_mut()) {
-        *v *= scale[if outputs_last { i % n } else { i / per }];
+    scale_by_output(values, at, len, layer.outputs_last(layout), scale)
+}
+
+/// [`scale_weights_at`] for weights whose output index is the fastest
+/// (`outputs_last`) or the slowest.
+fn scale_by_output(values: &mut [f64], at: usize, len: usize, outputs_last: bool, scale: &[f64]) {
+    let n = scale.len().max(1);
+    let per = (len / n).max(1);
+    if outputs_last {
+        // The output cycles through 0..n value by value: counted, not
+        // divided (a division per weight was a sixth of `ensemble`).
+        let mut o = at % n;
+        for v in values {
+            *v *= scale[o];
+            o = if o + 1 == n { 0 } else { o + 1 };
+        }
+    } else {
+        // Runs of `per` values share their output.
+        let mut i = 0;
+        while i < values.len() {
+            let o = (at + i) / per;
+            let stop = ((o + 1) * per - at).min(values.len());
+            values[i..stop].iter_mut().for_each(|v| *v *= scale[o]);
+            i = stop;
+        }
     }
 }
 
@@ -636,5 +669,29 @@ pub fn select_engine(device: Device, adapter: Option<&str>, threads: usize) -> R
     match device {
         Device::Cpu | Device::Auto => Ok(Box::new(CpuEngine::new(threads))),
         Device::Gpu => Ok(Box::new(GpuEngine::new(std::sync::Arc::new(GpuContext::new(adapter)?)))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Scaled a chunk at a time from any offset, as one factor per output
+    /// index computed value by value.
+    #[test]
+    fn weights_are_scaled_by_their_outputs_factor_in_chunks() {
+        let (n, per) = (7, 13);
+        let scale: Vec<f64> = (0..n).map(|o| 1.0 + o as f64).collect();
+        for outputs_last in [false, true] {
+            let want: Vec<f64> =
+                (0..n * per).map(|i| scale[if outputs_last { i % n } else { i / per }] * (i as f64 + 0.5)).collect();
+            for chunk in [1, 5, 13, 40, n * per] {
+                let mut got: Vec<f64> = (0..n * per).map(|i| i as f64 + 0.5).collect();
+                for (k, part) in got.chunks_mut(chunk).enumerate() {
+                    scale_by_output(part, k * chunk, n * per, outputs_last, &scale);
+                }
+                assert_eq!(got, want, "outputs last: {outputs_last}, chunks of {chunk}");
+            }
+        }
     }
 }
