@@ -256,9 +256,9 @@ fn next_permutation(v: &mut [usize]) -> bool {
 /// its own (`name:in`, `name:out`). A conv reads a known grid only as the
 /// first layer on the `--input` map; every other conv is measured at
 /// channel level, a conv of one input channel per group after a layer of
-/// `C` outputs as depthwise (`C` groups, said in a note). BatchNorms fold into the layer they follow when their
-/// size fits (or become their own layer with `--bn layer`); others are
-/// listed as unused.
+/// `C` outputs as depthwise (`C` groups, said in a note). BatchNorms fold
+/// into the layer they follow when their size fits (or become their own
+/// layer with `--bn layer`); others are listed as unused.
 pub(crate) fn per_layer(
     ck: &Checkpoint,
     s: Settings,

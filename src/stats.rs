@@ -440,15 +440,8 @@ impl Histogram {
     /// [`Histogram::add_all`] of f64 values, binned four at a time where
     /// the processor has AVX2 (exactly the portable loop's bins).
     pub fn add_f64(&mut self, xs: &[f64]) {
-        #[cfg(target_arch = "x86_64")]
-        if crate::simd::avx2() {
-            let binning = self.binning();
-            return self.count(xs.len(), |start, out| {
-                // SAFETY: the processor has AVX2 and FMA.
-                unsafe { crate::simd::bins_f64(&binning, &xs[start..start + out.len()], out) }
-            });
-        }
-        self.add_all_portable(xs)
+        let binning = self.binning();
+        self.count(xs.len(), |start, out| bins_f64(&binning, &xs[start..start + out.len()], out));
     }
 
     /// Counts `f64::from(x) * factors[r]` for each value `x` of row `r` of
@@ -458,24 +451,10 @@ impl Histogram {
     pub fn add_f32_rows(&mut self, xs: &[f32], per: usize, factors: &[f64]) {
         debug_assert_eq!(xs.len(), per * factors.len());
         let binning = self.binning();
-        if per < SHORT_ROW {
-            // Short rows (a 1x1 conv's over few channels): the products in
-            // f64, binned four at a time with no set-up per row.
-            let mut scaled = [0.0; COUNT_BLOCK];
-            return self.count(xs.len(), |start, out| {
-                let scaled = &mut scaled[..out.len()];
-                // A block may span rows: one factor per stretch.
-                let mut at = 0;
-                while at < scaled.len() {
-                    let r = (start + at) / per;
-                    let stop = ((r + 1) * per - start).min(scaled.len());
-                    let (factor, xs) = (factors[r], &xs[start + at..start + stop]);
-                    scaled[at..stop].iter_mut().zip(xs).for_each(|(v, &x)| *v = f64::from(x) * factor);
-                    at = stop;
-                }
-                bins_f64(&binning, scaled, out);
-            });
-        }
+        // Short rows (a 1x1 conv's over few channels): the products in f64,
+        // binned a block at a time with no set-up per row.
+        let short = per < SHORT_ROW;
+        let mut scaled = [0.0; COUNT_BLOCK];
         self.count(xs.len(), |start, out| {
             // A block of bins may span rows: one factor per stretch.
             let mut at = start;
@@ -483,9 +462,16 @@ impl Histogram {
             while at < end {
                 let r = at / per;
                 let stop = ((r + 1) * per).min(end);
-                let (xs, out, factor) = (&xs[at..stop], &mut out[at - start..stop - start], factors[r]);
-                bins_scaled(&binning, xs, factor, out);
+                let (xs, factor, block) = (&xs[at..stop], factors[r], at - start..stop - start);
+                if short {
+                    scaled[block].iter_mut().zip(xs).for_each(|(v, &x)| *v = f64::from(x) * factor);
+                } else {
+                    bins_scaled(&binning, xs, factor, &mut out[block]);
+                }
                 at = stop;
+            }
+            if short {
+                bins_f64(&binning, &scaled[..out.len()], out);
             }
         });
     }
@@ -669,8 +655,6 @@ mod tests {
         }
     }
 
-    /// Scaled f32 values (a folded BatchNorm's factor) bin exactly as
-    /// their f64 products, factors of either sign.
     /// Each row binned with its own factor, in short rows (binned as f64
     /// products) and long ones (the f32 loop).
     #[test]
@@ -692,6 +676,8 @@ mod tests {
         }
     }
 
+    /// Scaled f32 values (a folded BatchNorm's factor) bin exactly as
+    /// their f64 products, factors of either sign.
     #[test]
     fn scaled_f32_histogram_matches_products() {
         let base: Vec<f32> = (0..5003).map(|i| ((i * 7919) % 2003) as f32 / 1000.0 - 1.0).collect();
