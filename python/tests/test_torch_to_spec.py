@@ -226,15 +226,17 @@ class Branches(nn.Module):
         return torch.cat([self.a(first), self.b(second)], 1)
 
 
-def test_splits_and_chunks_on_channels_are_channel_slices():
-    def layers(part):
-        return tomllib.loads(spec_from_module(Branches(part), (3, 7, 6)))["layers"]
+def branch_layers(part):
+    """The spec entries of `Branches` with `part` splitting its map."""
+    return tomllib.loads(spec_from_module(Branches(part), (3, 7, 6)))["layers"]
 
-    sliced = layers(lambda x: (x[:, :2], x[:, 2:]))
+
+def test_splits_and_chunks_on_channels_are_channel_slices():
+    sliced = branch_layers(lambda x: (x[:, :2], x[:, 2:]))
     assert [e.get("from_channels") for e in sliced] == [None, [0, 2], [2, 4]]
     for part in (lambda x: torch.split(x, [2, 2], dim=1), lambda x: x.split(2, 1), lambda x: x.chunk(2, dim=-3),
                  lambda x: torch.chunk(x, 2, 1)):
-        assert layers(part) == sliced
+        assert branch_layers(part) == sliced
     with pytest.raises(TraceError, match=r"node `split`: a split of a \[1, 4, 7, 6\] tensor on axis 2"):
         spec_from_module(nn.Sequential(nn.Conv2d(3, 4, 1), Lambda(lambda x: torch.split(x, 3, dim=2)[0])), (3, 7, 6))
 
@@ -265,10 +267,7 @@ def test_a_batchnorm_subclass_is_read_as_a_batchnorm_with_a_note():
 
 
 def test_a_channel_slice_may_name_the_whole_spatial_axes():
-    def layers(part):
-        return tomllib.loads(spec_from_module(Branches(part), (3, 7, 6)))["layers"]
-
-    assert layers(lambda x: (x[:, :2, :, :], x[:, 2:, :])) == layers(lambda x: (x[:, :2], x[:, 2:]))
+    assert branch_layers(lambda x: (x[:, :2, :, :], x[:, 2:, :])) == branch_layers(lambda x: (x[:, :2], x[:, 2:]))
     with pytest.raises(TraceError, match="node `getitem`: only channel slices"):
         spec_from_module(nn.Sequential(nn.Conv2d(3, 4, 1), Lambda(lambda x: x[:, :2, 1:]), nn.Conv2d(2, 3, 1)),
                          (3, 7, 6))
