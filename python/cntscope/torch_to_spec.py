@@ -357,6 +357,17 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
 
     sums_of: dict = {}  # target set -> the add/cat nodes it stands for
 
+    def identity_into(r: Ref, target: str, offset: int):
+        """An identity entry from r into `target` at `offset` (an operand
+        that cannot be written there by the entry producing it)."""
+        fields = {"identity": True}
+        source(fields, r)
+        fields.setdefault("from", r.set)
+        fields["to"] = target
+        if offset:
+            fields["offset"] = offset
+        entries.append(Entry(fields, None))
+
     for n in nodes:
         k = kinds[n]
         if k == "input":
@@ -515,13 +526,8 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
             sums_of[target] = (n,)
             for r_node in roots:
                 r = ref[r_node]
-                if r.range is None and write_into(r_node, target, 0):
-                    continue
-                fields = {"identity": True}
-                source(fields, r)
-                fields.setdefault("from", r.set)
-                fields["to"] = target
-                entries.append(Entry(fields, None))
+                if not (r.range is None and write_into(r_node, target, 0)):
+                    identity_into(r, target, 0)
             ref[n] = Ref(target, None, channels)
             continue
         if k == "cat":
@@ -541,13 +547,7 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
                 offset = fam["channels"]
                 sums_of[fam["set"]] = tuple(c for c in consumers[r_node] if kinds[c] == "cat")
                 if not (r.range is None and write_into(r_node, fam["set"], offset)):
-                    fields = {"identity": True}
-                    source(fields, r)
-                    fields.setdefault("from", r.set)
-                    fields["to"] = fam["set"]
-                    if offset:
-                        fields["offset"] = offset
-                    entries.append(Entry(fields, None))
+                    identity_into(r, fam["set"], offset)
                 fam["members"].append(r_node)
                 fam["channels"] += r.channels
             total = sum(ref[r].channels for r in roots)
