@@ -70,6 +70,24 @@ fn modules<'a>(names: &[&'a str]) -> Vec<(&'a str, Vec<&'a str>)> {
     out
 }
 
+/// Why a normalisation's tensors are in no layer.
+const SAMPLE_NORM: &str = "a normalisation without running statistics (LayerNorm / RMSNorm / GroupNorm): \
+                           per-sample, so not a layer of the weight graph";
+
+/// [`SAMPLE_NORM`] for the `weight` or `bias` of a module whose weight is a
+/// vector and which keeps no running statistics, else `None`.
+pub(crate) fn sample_norm(ck: &Checkpoint, name: &str) -> Option<&'static str> {
+    let (prefix, role) = split(name);
+    let sibling = |roles: &[&str]| {
+        let names =
+            roles.iter().flat_map(|r| [format!("{prefix}.{r}"), format!("{prefix}/{r}"), format!("{prefix}/{r}:0")]);
+        names.filter_map(|n| ck.shape(&n).map(<[usize]>::len)).next()
+    };
+    let weight = sibling(&["weight", "gamma"])?;
+    let stats = sibling(&["running_mean", "moving_mean"]);
+    (matches!(role, "weight" | "gamma" | "bias" | "beta") && weight == 1 && stats.is_none()).then_some(SAMPLE_NORM)
+}
+
 /// Finds the layers, in natural order of names.
 pub(crate) fn discover(ck: &Checkpoint, layout: Layout) -> Discovered {
     let mut out = Discovered { entries: Vec::new(), unused: Vec::new(), notes: Vec::new() };
@@ -123,10 +141,8 @@ pub(crate) fn discover(ck: &Checkpoint, layout: Layout) -> Discovered {
             }
             out.entries.push(e);
         } else if weight.is_some_and(|w| rank(w) == 1) {
-            let why = "a normalisation without running statistics (LayerNorm / RMSNorm / GroupNorm): \
-                       per-sample, so not a layer of the weight graph";
             for n in [weight, bias].into_iter().flatten() {
-                out.unused.push((n.to_string(), why.into()));
+                out.unused.push((n.to_string(), SAMPLE_NORM.into()));
                 used.push(n);
             }
         }
@@ -360,6 +376,7 @@ pub(crate) fn per_layer(
             weight: Some(w.to_string()),
             bias,
             norm: None,
+            scale: None,
             kind,
             from: base,
             from_channels: [0, in_shape.channels()],
@@ -394,6 +411,7 @@ pub(crate) fn per_layer(
                     weight: None,
                     bias: None,
                     norm: Some(n),
+                    scale: None,
                     kind: LayerKind::Norm,
                     from: base + 1,
                     from_channels: [0, out_shape.channels()],

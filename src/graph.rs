@@ -329,6 +329,9 @@ pub struct Layer {
     /// The BatchNorm folded into a dense or conv layer, or the BatchNorm
     /// of a [`LayerKind::Norm`] layer.
     pub norm: Option<Norm>,
+    /// A per-output-channel factor folded into a dense or conv layer's
+    /// weights and bias before its BatchNorm (ConvNeXt's layer scale).
+    pub scale: Option<String>,
     /// What it computes, with sizes.
     pub kind: LayerKind,
     /// The node set it reads.
@@ -365,6 +368,12 @@ impl Layer {
             LayerKind::Dense { in_out, .. } => in_out,
             _ => layout == Layout::Keras,
         }
+    }
+
+    /// True when a per-output-channel factor is folded into the layer's
+    /// weights (a BatchNorm's, a layer scale, or both).
+    pub fn folds(&self) -> bool {
+        self.kind.is_weighted() && self.kind != LayerKind::Norm && (self.norm.is_some() || self.scale.is_some())
     }
 
     /// The tensor `links.csv` names for the layer: its weight, or for a
@@ -554,6 +563,7 @@ impl Network {
         for l in &self.layers {
             v.extend(l.weight.as_deref());
             v.extend(l.bias.as_deref());
+            v.extend(l.scale.as_deref());
             if let Some(n) = &l.norm {
                 v.extend([n.mean.as_str(), n.var.as_str()]);
                 v.extend(n.weight.as_deref());
@@ -608,7 +618,7 @@ fn unused_tensors(ck: &Checkpoint, net: &Network, mut known: Vec<(String, String
     for name in ck.names() {
         if !used.contains(name) && !named.contains(name) {
             let why = match net.source {
-                GraphSource::Spec => "not named by the spec",
+                GraphSource::Spec => discover::sample_norm(ck, name).unwrap_or("not named by the spec"),
                 _ => "not part of any layer discovery recognised",
             };
             known.push((name.to_string(), why.to_string()));
@@ -881,6 +891,7 @@ impl<'a> Builder<'a> {
             weight: None,
             bias: None,
             norm: None,
+            scale: None,
             kind: LayerKind::Identity,
             from: src.set,
             from_channels,
@@ -911,6 +922,10 @@ impl<'a> Builder<'a> {
                 layer.bias = e.bias.clone();
                 if let Some(b) = &layer.bias {
                     self.check_vector(b, layer.output.channels(), "bias")?;
+                }
+                if let Some(t) = &e.scale {
+                    self.check_channels(t, layer.output.channels(), "scale")?;
+                    layer.scale = Some(t.clone());
                 }
                 if e.norm.is_some() {
                     let norm = self.norm(e, Some(layer.output.channels()))?;
@@ -962,6 +977,7 @@ impl<'a> Builder<'a> {
                 weight: None,
                 bias: None,
                 norm: Some(norm),
+                scale: None,
                 kind: LayerKind::Norm,
                 from: out,
                 from_channels,
@@ -1003,6 +1019,22 @@ impl<'a> Builder<'a> {
             .ok_or_else(|| Error::MissingTensor { path: self.ck.path().to_path_buf(), tensor: tensor.into() })?;
         if shape != [n] {
             return Err(self.err(format!("{what} `{tensor}` has shape {shape:?}; the layer has {n} channels")));
+        }
+        Ok(())
+    }
+
+    /// Checks that `tensor` holds one value per channel in any shape whose
+    /// other axes have length 1 (torchvision's layer scale is `[C, 1, 1]`).
+    fn check_channels(&self, tensor: &str, n: usize, what: &str) -> Result<()> {
+        let shape = self
+            .ck
+            .shape(tensor)
+            .ok_or_else(|| Error::MissingTensor { path: self.ck.path().to_path_buf(), tensor: tensor.into() })?;
+        let long: Vec<usize> = shape.iter().copied().filter(|&d| d != 1).collect();
+        if shape.iter().product::<usize>() != n || long.len() > 1 || !self.ck.is_float(tensor) {
+            return Err(self.err(format!(
+                "{what} `{tensor}` has shape {shape:?}; the layer has {n} channels (one float per channel)"
+            )));
         }
         Ok(())
     }
@@ -1061,7 +1093,23 @@ impl<'a> Builder<'a> {
     }
 
     fn weighted(&self, e: &LayerSpec, weight: &str, from: usize, input: NodeShape) -> Result<LayerKind> {
-        match dims(self.ck, self.s.layout, weight, e.in_out).map_err(|r| self.err(r))? {
+        let dims = dims(self.ck, self.s.layout, weight, e.in_out).map_err(|r| self.err(r))?;
+        if e.per_pixel == Some(true) {
+            // The same values as a 1x1 conv's weight in either layout:
+            // `[out, in]` = `[out, in, 1, 1]`, `[in, out]` = `[1, 1, in, out]`.
+            let Dims::Dense(o, i) = dims else {
+                return Err(self.err(format!("`per_pixel` needs a dense weight [out, in]; `{weight}` is a conv's")));
+            };
+            let Some([h, w]) = input.grid() else {
+                return Err(self.err("`per_pixel` reads a feature map, but its input is a vector"));
+            };
+            if input.channels() != i {
+                return Err(self.err(format!("takes {i} channels per pixel but its input has {}", input.channels())));
+            }
+            let geometry = ConvGeometry { stride: [1, 1], padding: [0, 0], dilation: [1, 1], groups: 1 };
+            return make_conv((o, i, 1, 1), i, [h, w], geometry, false).map_err(|r| self.err(r)).map(LayerKind::Conv);
+        }
+        match dims {
             Dims::Dense(o, i) => {
                 if input.count() != i && input.count() > 0 {
                     let shape = if input.grid().is_some() { format!(" ({input})") } else { String::new() };

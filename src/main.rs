@@ -410,6 +410,9 @@ fn inspect(ck: &Checkpoint, net: &Network, out: &mut impl Write) -> anyhow::Resu
         if let Some(b) = &l.bias {
             tensors.push(format!("+ {}", shape(b)?));
         }
+        if let Some(t) = &l.scale {
+            tensors.push(format!("folded scale {}", shape(t)?));
+        }
         if let Some(n) = &l.norm {
             let how = if l.kind == LayerKind::Norm { "batchnorm" } else { "folded batchnorm" };
             tensors.push(format!("{how} {} (eps {})", n.prefix, n.eps));

@@ -141,6 +141,13 @@ pub struct LayerSpec {
     pub output: Option<Pair>,
     /// An identity skip connection.
     pub identity: Option<bool>,
+    /// A dense weight `[out, in]` applied at every pixel of a feature map
+    /// (a `Linear` on a channels-last map, as in ConvNeXt): the 1x1
+    /// convolution it is.
+    pub per_pixel: Option<bool>,
+    /// A per-output-channel factor of the layer's outputs (ConvNeXt's
+    /// layer scale), folded into its weights and bias before any `norm`.
+    pub scale: Option<String>,
     /// Dense storage `[in, out]` instead of the layout's (set by discovery
     /// for GPT-2's Conv1D and embeddings; not a spec key).
     #[serde(skip)]
@@ -281,6 +288,8 @@ impl Spec {
                 ],
                 EntryKind::Pool(p) => &[
                     ("bias", l.bias.is_some()),
+                    ("per_pixel", l.per_pixel.is_some()),
+                    ("scale", l.scale.is_some()),
                     ("norm", l.norm.is_some()),
                     ("groups", l.groups.is_some()),
                     ("dilation", l.dilation.is_some()),
@@ -291,6 +300,8 @@ impl Spec {
                 ],
                 EntryKind::Identity | EntryKind::Norm => &[
                     ("bias", l.bias.is_some()),
+                    ("per_pixel", l.per_pixel.is_some()),
+                    ("scale", l.scale.is_some()),
                     ("stride", l.stride.is_some()),
                     ("padding", l.padding.is_some()),
                     ("dilation", l.dilation.is_some()),
@@ -303,6 +314,15 @@ impl Spec {
             };
             if let Some((key, _)) = misplaced.iter().find(|(_, bad)| *bad) {
                 return Err(entry(format!("`{key}` does not apply to this kind of entry")));
+            }
+            if l.per_pixel == Some(true) {
+                let geometry = [("stride", l.stride), ("padding", l.padding), ("dilation", l.dilation)];
+                if let Some((key, _)) = geometry.iter().find(|(_, p)| p.is_some()) {
+                    return Err(entry(format!("`{key}` does not apply to a `per_pixel` entry (a 1x1 conv)")));
+                }
+                if l.groups.is_some() {
+                    return Err(entry("`groups` does not apply to a `per_pixel` entry (a 1x1 conv)".into()));
+                }
             }
             match kind {
                 EntryKind::Pool(PoolName::Max | PoolName::Avg) if l.kernel.is_none() => {

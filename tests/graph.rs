@@ -44,6 +44,14 @@ enum K {
         ceil: bool,
         out: [usize; 2],
     },
+    /// A dense weight `[out, in]` applied at every pixel (`per_pixel`),
+    /// with a layer scale `[out, 1, 1]` folded in when `scale`.
+    PerPixel {
+        out: usize,
+        bias: bool,
+        scale: bool,
+        norm: bool,
+    },
     Identity,
     Norm,
 }
@@ -201,6 +209,20 @@ fn build(entries: &[E], input: S, layout: Layout, bn: BnMode, seed: u64) -> (Vec
             let c = (0..n).map(|i| beta[i] - a[i] * mean[i]).collect();
             (a, c)
         };
+        // A weighted entry's BatchNorm (`norm`, tensors `NAME_bn.*`, when
+        // it has one) and the `(a, c)` folded into its `n` outputs.
+        let folded = |has_norm: bool, n: usize, entry: &mut String, tensors: &mut Vec<T<'static>>| {
+            if !has_norm {
+                return (vec![1.0; n], vec![0.0; n]);
+            }
+            let prefix = format!("{}_bn", en.name);
+            *entry += &format!("norm = \"{prefix}\"\n");
+            let (a, c) = norm(&prefix, n, tensors);
+            match bn {
+                BnMode::Fold => (a, c),
+                _ => (vec![1.0; n], vec![0.0; n]),
+            }
+        };
         let (out_set, raw_name);
         match &en.kind {
             K::Conv { cout, groups, k, s, p, d, bias, norm: has_norm } => {
@@ -235,17 +257,7 @@ fn build(entries: &[E], input: S, layout: Layout, bn: BnMode, seed: u64) -> (Vec
                     tensors.push(T::f32(bname, &[cout], bv.clone()));
                     entry += &format!("bias = \"{bname}\"\n");
                 }
-                let (scale, shift) = if *has_norm {
-                    let prefix = format!("{}_bn", en.name);
-                    entry += &format!("norm = \"{prefix}\"\n");
-                    let (a, c) = norm(&prefix, cout, &mut tensors);
-                    match bn {
-                        BnMode::Fold => (a, c),
-                        _ => (vec![1.0; cout], vec![0.0; cout]),
-                    }
-                } else {
-                    (vec![1.0; cout], vec![0.0; cout])
-                };
+                let (scale, shift) = folded(*has_norm, cout, &mut entry, &mut tensors);
                 let oshape = S { c: cout, h: ho, w: wo, flat: false };
                 let layer_mode = *has_norm && bn == BnMode::Layer;
                 let t = if layer_mode {
@@ -309,17 +321,7 @@ fn build(entries: &[E], input: S, layout: Layout, bn: BnMode, seed: u64) -> (Vec
                     tensors.push(T::f32(bname, &[*out], bv.clone()));
                     entry += &format!("bias = \"{bname}\"\n");
                 }
-                let (scale, shift) = if *has_norm {
-                    let prefix = format!("{}_bn", en.name);
-                    entry += &format!("norm = \"{prefix}\"\n");
-                    let (a, c) = norm(&prefix, *out, &mut tensors);
-                    match bn {
-                        BnMode::Fold => (a, c),
-                        _ => (vec![1.0; *out], vec![0.0; *out]),
-                    }
-                } else {
-                    (vec![1.0; *out], vec![0.0; *out])
-                };
+                let (scale, shift) = folded(*has_norm, *out, &mut entry, &mut tensors);
                 let layer_mode = *has_norm && bn == BnMode::Layer;
                 let oshape = S { c: *out, h: 1, w: 1, flat: true };
                 let (t, off) = if layer_mode {
@@ -340,6 +342,55 @@ fn build(entries: &[E], input: S, layout: Layout, bn: BnMode, seed: u64) -> (Vec
                 for j in 0..*out {
                     let b = if *bias { scale[j] * bv[j] } else { 0.0 } + shift[j];
                     o.bias((t, [off + j, 0, 0]), b);
+                }
+                out_set = t;
+                raw_name = layer_mode.then(|| format!("{}_bn", en.name));
+            }
+            K::PerPixel { out, bias, scale: has_scale, norm: has_norm } => {
+                let out = *out;
+                let wv = draw(out * cin, -1.0, 1.0);
+                let bv = draw(out, -0.5, 0.5);
+                let wname = leak(format!("{}.weight", en.name));
+                let stored = match layout {
+                    Layout::Torch => (vec![out, cin], wv.clone()),
+                    Layout::Keras => (vec![cin, out], (0..wv.len()).map(|i| wv[(i % out) * cin + i / out]).collect()),
+                };
+                tensors.push(T::f32(wname, &stored.0, stored.1));
+                entry += &format!("weight = \"{wname}\"\nper_pixel = true\n");
+                if *bias {
+                    let bname = leak(format!("{}.bias", en.name));
+                    tensors.push(T::f32(bname, &[out], bv.clone()));
+                    entry += &format!("bias = \"{bname}\"\n");
+                }
+                // The layer scale multiplies the raw outputs, before the BatchNorm.
+                let ls = if *has_scale {
+                    let sname = leak(format!("{}.ls", en.name));
+                    let sv = draw(out, -1.5, 1.5);
+                    tensors.push(T::f32(sname, &[out, 1, 1], sv.clone()));
+                    entry += &format!("scale = \"{sname}\"\n");
+                    sv
+                } else {
+                    vec![1.0; out]
+                };
+                let (scale, shift) = folded(*has_norm, out, &mut entry, &mut tensors);
+                let oshape = S { c: out, ..sset };
+                let layer_mode = *has_norm && bn == BnMode::Layer;
+                let (t, off) = if layer_mode {
+                    (target(&mut o, &mut names, None, en.name, oshape, 0), 0)
+                } else {
+                    (target(&mut o, &mut names, en.to, en.name, oshape, en.offset), en.offset)
+                };
+                for oc in 0..out {
+                    let f = scale[oc] * ls[oc];
+                    let b = if *bias { f * bv[oc] } else { 0.0 } + shift[oc];
+                    for y in 0..sset.h {
+                        for x in 0..sset.w {
+                            for ci in 0..cin {
+                                o.link((src, [a + ci, y, x]), (t, [off + oc, y, x]), f * wv[oc * cin + ci]);
+                            }
+                            o.bias((t, [off + oc, y, x]), b);
+                        }
+                    }
                 }
                 out_set = t;
                 raw_name = layer_mode.then(|| format!("{}_bn", en.name));
@@ -672,6 +723,28 @@ fn depthwise_convs() {
 /// padding whose last window reaches past the padding (its divisor counts
 /// only the padded input), one leaving padding out, whose last column
 /// window would start in the padding and is dropped; three heads summed.
+/// A ConvNeXt-like block: a depthwise 7x7 conv, two dense layers applied
+/// at every pixel (`per_pixel`), the second with a layer scale folded in
+/// (and a BatchNorm after it, in every mode), added to the block's input
+/// through an identity; then a per-pixel layer reading a channel range.
+#[test]
+fn per_pixel_layers_and_layer_scales() {
+    let pp = |name, out, scale, norm| e(name, K::PerPixel { out, bias: true, scale, norm });
+    let entries = vec![
+        conv("stem", 4, 2, 2, 0),
+        e("dw", K::Conv { cout: 4, groups: 4, k: [7, 7], s: [1, 1], p: [3, 3], d: [1, 1], bias: true, norm: false }),
+        pp("fc1", 9, false, false),
+        E { to: Some("block"), ..pp("fc2", 4, true, true) },
+        E { from: Some("stem"), to: Some("block"), ..e("skip", K::Identity) },
+        E { from: Some("block"), from_ch: Some([1, 4]), ..pp("head", 5, true, false) },
+    ];
+    for layout in [Layout::Torch, Layout::Keras] {
+        for bn in [BnMode::Fold, BnMode::Layer, BnMode::Ignore] {
+            check(&format!("convnext-like {layout} bn={bn}"), &entries, map(3, 13, 11), layout, bn);
+        }
+    }
+}
+
 #[test]
 fn ceil_mode_pools() {
     let pool = |name, op, k, s, p, include_pad| E {
@@ -797,6 +870,12 @@ fn misfits_are_errors_naming_the_entries() {
         ("[[layers]]\nweight = \"fc.weight\"\n[[layers]]\nweight = \"b.weight\"\n", "reads a feature map"),
         ("[[layers]]\nname = \"g\"\npool = \"global_avg\"\nceil_mode = true\n", "`ceil_mode` does not apply"),
         ("[[layers]]\nweight = \"b.weight\"\nceil_mode = true\n", "`ceil_mode` does not apply"),
+        ("[[layers]]\nweight = \"b.weight\"\nper_pixel = true\n", "`per_pixel` needs a dense weight"),
+        ("[[layers]]\nweight = \"fc.weight\"\nper_pixel = true\n", "takes 64 channels per pixel but its input has 4"),
+        ("[[layers]]\nweight = \"fc.weight\"\nper_pixel = true\nstride = 2\n", "`stride` does not apply to a `per_pixel`"),
+        ("[[layers]]\nname = \"p\"\npool = \"max\"\nkernel = 2\nscale = \"bn.weight\"\n", "`scale` does not apply"),
+        ("[[layers]]\nweight = \"b.weight\"\nscale = \"bn.weight\"\n", "scale `bn.weight` has shape [5]; the layer has 4 channels"),
+        ("[[layers]]\nweight = \"b.weight\"\nscale = \"b.weight\"\n", "scale `b.weight` has shape [4, 4, 3, 3]"),
     ];
     for (tail, want) in cases {
         let text = format!("{head}{tail}");

@@ -15,8 +15,16 @@ use cntscope::graph::{GraphOptions, Network};
 use cntscope::spec::{BnMode, Spec};
 use common::{assert_within, engines};
 
-const NETWORKS: [&str; 7] =
-    ["resnet_tiny", "vgg_bn_tiny", "mobilenet_v2_tiny", "densenet_tiny", "handmade", "functional_tiny", "gated_tiny"];
+const NETWORKS: [&str; 8] = [
+    "resnet_tiny",
+    "vgg_bn_tiny",
+    "mobilenet_v2_tiny",
+    "densenet_tiny",
+    "handmade",
+    "functional_tiny",
+    "gated_tiny",
+    "convnext_tiny",
+];
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/torch").join(name)

@@ -25,6 +25,16 @@ of SPEC 1 says it is:
   range (``offset``) and read by ranges (``from_channels``);
 * ``x[:, a:b]``, ``torch.split(x, sizes, 1)``, ``x.chunk(k, 1)``: channel
   slices;
+* ``x.permute(0, 2, 3, 1)`` and back (``0, 3, 1, 2``): a map with its
+  channels last (ConvNeXt's blocks); a ``Linear`` on it applies at every
+  pixel, the 1x1 convolution it is (``per_pixel``);
+* ``x * gamma`` / ``x.mul(gamma.reshape(1, -1, 1, 1))`` with ``gamma`` a
+  parameter of one factor per channel, right after a weighted layer (a
+  layer scale): folded into that layer (``scale``), as a BatchNorm is;
+* ``LayerNorm`` / ``GroupNorm`` (and their subclasses, torchvision's and
+  timm's ``LayerNorm2d``; ``F.layer_norm``): normalisations by each
+  sample's own statistics, not layers of the weight graph (as discovery
+  reads them): no entry, and a note names them;
 * ``x * torch.sigmoid(x)`` and other products of a tensor with an
   activation of itself: an activation (no entry);
 * ``x * s`` / ``torch.mul`` with ``s`` a per-channel gate computed from
@@ -131,6 +141,12 @@ POOL_PARAMETERS = {
                    "divisor_override"],
 }
 RESHAPE_METHODS = {"view", "reshape", "flatten", "squeeze"}
+# Normalisations by each sample's own statistics (not layers of the weight
+# graph, as discovery reads them): kept whole, their nodes their input's.
+SAMPLE_NORMS = (nn.LayerNorm, nn.GroupNorm)
+SAMPLE_NORM_FUNCTIONS = {F.layer_norm, F.group_norm}
+# `x.permute(...)` of an N x C x H x W map to channels last, and back.
+TO_CHANNELS_LAST, TO_CHANNELS_FIRST = [0, 2, 3, 1], [0, 3, 1, 2]
 
 
 def _shape(node) -> list[int]:
@@ -162,6 +178,8 @@ def _check_reshape(node):
     """A view, reshape, flatten or squeeze is no entry only when it keeps
     the shape or makes each sample one vector (the batch of the trace is
     1): a map reshaped to another grid would be read on the wrong grid."""
+    if _param(node) is not None:
+        return  # a parameter shaped to broadcast (gamma.reshape(1, -1, 1, 1))
     before, after = _shape(node.args[0]), _shape(node)
     size = 1
     for d in before[1:]:
@@ -253,6 +271,9 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
                 if isinstance(m, nn.Flatten):
                     _check_reshape(n)
                 return "pass"
+            if isinstance(m, SAMPLE_NORMS):
+                sample_norms.append(n.target)
+                return "pass"
             if isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.MaxPool2d, nn.AvgPool2d,
                               nn.AdaptiveAvgPool2d)):
                 return "entry"
@@ -271,7 +292,15 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
             if n.target in (torch.split, torch.chunk):
                 return "split"
             if n.target in (operator.mul, torch.mul, operator.imul):
-                return "gate"
+                return "scale" if _scaled_by(n) else "gate"
+            if n.target in SAMPLE_NORM_FUNCTIONS:
+                weight = n.kwargs.get("weight", n.args[2] if len(n.args) > 2 else None)
+                sample_norms.append(weight.target.rpartition(".")[0] if isinstance(weight, torch.fx.Node)
+                                    and weight.op == "get_attr" else n.name)
+                return "pass"
+            if n.target is torch.permute:
+                permutes[n] = _value(n.args[1] if len(n.args) > 1 else n.kwargs["dims"])
+                return "pass"
             if n.target in (F.adaptive_avg_pool2d, F.avg_pool2d, F.max_pool2d, torch.mean):
                 return "entry"
             if _is_stochastic_depth(n.target):
@@ -290,16 +319,25 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
             if n.target in ("add", "add_"):
                 return "add"
             if n.target in ("mul", "mul_"):
-                return "gate"
+                return "scale" if _scaled_by(n) else "gate"
             if n.target in ("split", "chunk"):
                 return "split"
+            if n.target == "permute":
+                dims = [_value(a) for a in n.args[1:]] or _value(n.kwargs["dims"])
+                permutes[n] = _value(dims[0]) if len(dims) == 1 and isinstance(dims[0], (list, tuple)) else dims
+                return "pass"
             raise TraceError(f"node `{n.name}`: method `{n.target}` has no spec entry")
         if n.op == "get_attr":
-            raise TraceError(f"node `{n.name}`: a tensor attribute `{n.target}` used in the forward pass")
+            # A parameter: what reads it (a layer scale, a LayerNorm's
+            # affine) says what it is; anything else is an error there.
+            return "param"
         raise TraceError(f"node `{n.name}`: {n.op} has no spec entry")
 
+    sample_norms: list[str] = []  # LayerNorms and GroupNorms, left out
+    permutes: dict = {}  # permute node -> its dims
     kinds = {n: kind(n) for n in nodes}
     gated = {n: _gated(n, lambda m: kinds[m] == "pass") for n in nodes if kinds[n] == "gate"}
+    last = _channels_last(nodes, kinds, permutes, modules)
     # The node whose value a pass-through node (or a gate) carries.
     root = {}
     for n in nodes:
@@ -374,6 +412,27 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
             ref[n] = Ref("input", None, int(input_shape[0]))
             continue
         if k in ("pass", "output", "meta"):
+            continue
+        if k == "param":
+            continue
+        if k == "scale":
+            x, p = _scaled_by(n)
+            channels = _shape(x)[-1] if last[x] else _channels(x)
+            ps = _shape(p)
+            ps = [1] * (len(_shape(x)) - len(ps)) + ps
+            axis = len(ps) - 1 if last[x] else 1
+            if len(ps) != len(_shape(x)) or ps[axis] != channels or any(d != 1 for i, d in enumerate(ps) if i != axis):
+                raise TraceError(f"node `{n.name}`: a product of {_shape(x)} with parameter `{_param(p).target}` of "
+                                 f"shape {_shape(p)}: only one factor per channel (a layer scale) is supported")
+            e_prev = producer.get(root[x])
+            folds = e_prev is not None and "weight" in e_prev.fields and consumers[root[x]] == [n]
+            if not (folds and not {"to", "norm", "scale"} & e_prev.fields.keys()):
+                raise TraceError(f"node `{n.name}`: parameter `{_param(p).target}` scales a value that is not one "
+                                 "weighted layer's output alone: only a layer scale right after a layer is supported")
+            e_prev.fields["scale"] = _param(p).target
+            producer[n] = e_prev
+            ref[n] = ref[e_prev.node]
+            e_prev.node = n
             continue
         if k == "gate":
             if gated[n][1] is None:
@@ -464,6 +523,13 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
                     if m.groups != 1:
                         fields["groups"] = m.groups
                     out_channels = m.out_channels
+                elif isinstance(m, nn.Linear) and last[n.args[0]]:
+                    # On a channels-last map: the same weights at every pixel.
+                    fields["weight"] = f"{n.target}.weight"
+                    fields["per_pixel"] = True
+                    if m.bias is not None:
+                        fields["bias"] = f"{n.target}.bias"
+                    out_channels = m.out_features
                 elif isinstance(m, nn.Linear):
                     if not _is_vector(_shape(n.args[0]), m.in_features):
                         raise TraceError(f"node `{n.name}`: Linear `{n.target}` reads a {_shape(n.args[0])} "
@@ -519,8 +585,9 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
             operands = [a for a in n.args if isinstance(a, torch.fx.Node)]
             if len(operands) != 2 or len(n.args) != 2 or n.kwargs.get("alpha", 1) != 1:
                 raise TraceError(f"node `{n.name}`: only the sum of two tensors is supported")
+            _no_parameter(n, operands, kinds, root)
             roots = [root[a] for a in operands]
-            channels = _channels(n)
+            channels = _shape(n)[-1] if last[n] else _channels(n)
             owner = _owner(n)
             target = unique(f"{owner}.{n.name.split('_')[0]}" if owner else n.name)
             sums_of[target] = (n,)
@@ -535,6 +602,7 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
             dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
             if dim % len(_shape(n)) != 1:
                 raise TraceError(f"node `{n.name}`: torch.cat on dim {dim}: only channels (dim 1) are supported")
+            _no_parameter(n, tensors, kinds, root)
             roots = [root[t] for t in tensors]
             fam = next((f for f in families if f["members"] == roots[: len(f["members"])]), None)
             if fam is None:
@@ -562,6 +630,10 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
     if subclasses:
         notes.append("subclasses read as the class they extend, their own forward not traced (what it adds, as "
                      "BatchNormAct2d's activation, makes no links): " + ", ".join(subclasses))
+    if sample_norms:
+        notes.append(f"{len(sample_norms)} LayerNorms / GroupNorms normalise each sample by its own statistics: not "
+                     "layers of the weight graph (as discovery reads them), they keep their input's nodes and their "
+                     "tensors are unused: " + ", ".join(sample_norms))
     if gates:
         notes.append(f"{len(gates)} channel gates x * s (squeeze-and-excitation) have no weights: as activations, "
                      "they keep x's nodes; each gate's branch ends in a node set that no layer reads: "
@@ -575,7 +647,7 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
 # forward reads the weights as tensors (`F.batch_norm`, `F.linear`), which
 # no spec entry says. (Conv2d subclasses are traced: timm's Conv2dSame pads
 # in its forward, which its `padding` does not say.)
-WHOLE_SUBCLASSES = (nn.modules.batchnorm._BatchNorm, nn.Linear)
+WHOLE_SUBCLASSES = (nn.modules.batchnorm._BatchNorm, nn.Linear, nn.LayerNorm, nn.GroupNorm)
 
 
 class _Tracer(torch.fx.Tracer):
@@ -585,6 +657,80 @@ class _Tracer(torch.fx.Tracer):
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return isinstance(m, WHOLE_SUBCLASSES) or super().is_leaf_module(m, qualname)
+
+
+def _param(a):
+    """The parameter (`get_attr` node) that `a` is, through views and
+    reshapes (`gamma.reshape(1, -1, 1, 1)`), or None."""
+    while a.op == "call_method" and a.target in RESHAPE_METHODS | {"unsqueeze"}:
+        a = a.args[0]
+    return a if a.op == "get_attr" else None
+
+
+def _no_parameter(n, operands, kinds, root):
+    """A TraceError when a sum or a concatenation takes a parameter (a
+    position embedding, a class token): a value no layer computes."""
+    for a in operands:
+        if kinds[root[a]] == "param":
+            raise TraceError(f"node `{n.name}`: {n.name} takes parameter `{root[a].target}` (a position embedding "
+                             "or a class token?): only values layers compute are supported")
+
+
+def _scaled_by(n):
+    """`(x, p)` of a product `x * p` of a value with a parameter (a layer
+    scale), else None."""
+    operands = [a for a in n.args if isinstance(a, torch.fx.Node)]
+    if len(operands) != 2 or len(n.args) != 2 or n.kwargs:
+        return None
+    a, b = operands
+    if _param(b) is not None and _param(a) is None:
+        return a, b
+    if _param(a) is not None and _param(b) is None:
+        return b, a
+    return None
+
+
+def _channels_last(nodes, kinds, permutes, modules) -> dict:
+    """For each node, whether its value is a map permuted to channels last
+    (`[N, H, W, C]`, ConvNeXt's blocks): a `Linear` then applies at every
+    pixel, a LayerNorm normalises each pixel; what else reads it must be a
+    permute back, or an activation."""
+    last = {}
+    for n in nodes:
+        tensors = [a for a in n.all_input_nodes if kinds[a] not in ("param", "meta")]
+        if n in permutes:
+            dims = [d % 4 for d in permutes[n]] if len(_shape(n)) == 4 else permutes[n]
+            if dims == TO_CHANNELS_LAST and not last[n.args[0]]:
+                last[n] = True
+            elif dims == TO_CHANNELS_FIRST and last[n.args[0]]:
+                last[n] = False
+            else:
+                raise TraceError(f"node `{n.name}`: permutes {_shape(n.args[0])} by {permutes[n]}: only a map to "
+                                 "channels last ([0, 2, 3, 1]) and back ([0, 3, 1, 2]) are supported")
+            continue
+        if kinds[n] == "meta":
+            last[n] = False
+            continue
+        if (n.op == "call_method" and n.target in RESHAPE_METHODS
+                or n.op == "call_function" and n.target in (torch.flatten, torch.squeeze)
+                or n.op == "call_module" and isinstance(modules[n.target], nn.Flatten)):
+            if last[n.args[0]] and _shape(n.args[0])[1] * _shape(n.args[0])[2] != 1:
+                raise TraceError(f"node `{n.name}`: flattens a channels-last map: its values would be read in "
+                                 "another order than the spec's (channel, row, column)")
+            last[n] = False
+            continue
+        inputs = {last[a] for a in tensors}
+        linear = n.op == "call_module" and isinstance(modules[n.target], nn.Linear)
+        if kinds[n] in ("pass", "scale", "add") or linear:
+            if len(inputs) > 1:
+                raise TraceError(f"node `{n.name}`: mixes a channels-last map with a channels-first one")
+            last[n] = inputs == {True}
+        elif True in inputs:
+            raise TraceError(f"node `{n.name}`: reads a channels-last map ([N, H, W, C]); only Linear, "
+                             "LayerNorm, activations, a layer scale, sums and a permute back are supported there")
+        else:
+            last[n] = False
+    return last
 
 
 def _split_ranges(n) -> list[tuple[int, int]]:
@@ -669,9 +815,11 @@ def _toml(entries, input_shape, layout, bn, notes=()) -> str:
         f"layout = {value(layout)}",
         f"bn = {value(bn)}",
     ]
-    order = ["name", "weight", "bias", "norm", "eps", "pool", "kernel", "output", "stride", "padding", "dilation",
-             "groups", "count_include_pad", "ceil_mode", "identity", "from", "from_channels", "to", "offset"]
+    order = ["name", "weight", "per_pixel", "bias", "scale", "norm", "eps", "pool", "kernel", "output", "stride",
+             "padding", "dilation", "groups", "count_include_pad", "ceil_mode", "identity", "from", "from_channels",
+             "to", "offset"]
     for e in entries:
+        assert e.fields.keys() <= set(order), f"keys the spec writer does not know: {e.fields.keys() - set(order)}"
         out.append("")
         out.append("[[layers]]")
         for key in order:

@@ -271,3 +271,77 @@ def test_a_channel_slice_may_name_the_whole_spatial_axes():
     with pytest.raises(TraceError, match="node `getitem`: only channel slices"):
         spec_from_module(nn.Sequential(nn.Conv2d(3, 4, 1), Lambda(lambda x: x[:, :2, 1:]), nn.Conv2d(2, 3, 1)),
                          (3, 7, 6))
+
+
+class ChannelsLastBlock(nn.Module):
+    """A ConvNeXt block as timm writes it: a depthwise conv, then per pixel
+    a LayerNorm and two Linears on the channels-last map, a layer scale
+    `gamma` and a residual sum."""
+
+    def __init__(self, f=None):
+        super().__init__()
+        self.conv_dw = nn.Conv2d(4, 4, 7, padding=3, groups=4)
+        self.norm = nn.LayerNorm(4)
+        self.fc1, self.fc2 = nn.Linear(4, 8), nn.Linear(8, 4)
+        self.gamma = nn.Parameter(torch.full((4,), 0.5))
+        self.wide = nn.Parameter(torch.ones(8))  # one factor per column, for an error case
+        self.head = nn.Linear(4, 3)
+        self.f = f
+
+    def forward(self, x):
+        shortcut = x
+        x = self.conv_dw(x).permute(0, 2, 3, 1)
+        x = self.fc2(F.gelu(self.fc1(self.norm(x)))).permute(0, 3, 1, 2)
+        x = x.mul(self.gamma.reshape(1, -1, 1, 1)) + shortcut
+        return self.head(x.mean((2, 3)) if self.f is None else self.f(self, x))
+
+
+def test_linears_on_channels_last_maps_are_per_pixel_and_layer_scales_fold():
+    from torch_to_spec import TraceNote, notes_of
+
+    with pytest.warns(TraceNote, match="1 LayerNorms / GroupNorms normalise each sample"):
+        text = spec_from_module(ChannelsLastBlock(), (4, 9, 8))
+    layers = tomllib.loads(text)["layers"]
+    assert [(e.get("name"), e.get("per_pixel"), e.get("scale"), e.get("to")) for e in layers] == [
+        ("conv_dw", None, None, None),
+        ("fc1", True, None, None),
+        ("fc2", True, "gamma", "add"),
+        (None, None, None, "add"),  # the shortcut's identity
+        ("mean", None, None, None),
+        ("head", None, None, None),
+    ]
+    assert notes_of(text)[0].endswith("their tensors are unused: norm")
+    # torchvision's own ConvNeXt: its LayerNorm2d kept whole, its layer scale [C, 1, 1].
+    from torchvision.models.convnext import CNBlockConfig, ConvNeXt
+
+    with pytest.warns(TraceNote):
+        spec = tomllib.loads(spec_from_module(ConvNeXt([CNBlockConfig(8, None, 2)], num_classes=3), (3, 16, 16)))
+    assert [(e["name"], e.get("per_pixel"), e.get("scale")) for e in spec["layers"] if "weight" in e] == [
+        ("features.0.0", None, None),
+        ("features.1.0.block.0", None, None),
+        ("features.1.0.block.3", True, None),
+        ("features.1.0.block.5", True, "features.1.0.layer_scale"),
+        ("features.1.1.block.0", None, None),
+        ("features.1.1.block.3", True, None),
+        ("features.1.1.block.5", True, "features.1.1.layer_scale"),
+        ("classifier.2", None, None),
+    ]
+
+
+@pytest.mark.parametrize(
+    "f, message",
+    [
+        (lambda m, x: x.permute(0, 1, 3, 2).mean((2, 3)),
+         r"node `permute_2`: permutes \[1, 4, 9, 8\] by \[0, 1, 3, 2\]"),
+        (lambda m, x: x.permute(0, 2, 3, 1).flatten(1)[:, :4], "node `flatten`: flattens a channels-last map"),
+        (lambda m, x: F.max_pool2d(x.permute(0, 2, 3, 1), 1).mean((1, 2)), "node `max_pool2d`: reads a channels-last"),
+        (lambda m, x: (x + m.gamma.reshape(1, -1, 1, 1)).mean((2, 3)), "node `add_1`: add_1 takes parameter `gamma`"),
+        (lambda m, x: (x * m.gamma.reshape(1, -1, 1, 1)).mean((2, 3)),
+         "node `mul_1`: parameter `gamma` scales a value that is not one weighted layer's output alone"),
+        (lambda m, x: (m.conv_dw(x) * m.wide).mean((2, 3)),
+         r"node `mul_1`: a product of \[1, 4, 9, 8\] with parameter `wide` of shape \[8\]"),
+    ],
+)
+def test_what_channels_last_code_cannot_say_is_an_error_naming_the_node(f, message):
+    with pytest.raises(TraceError, match=message):
+        spec_from_module(ChannelsLastBlock(f), (4, 9, 8))

@@ -394,10 +394,9 @@ impl LayerParams {
     /// The parameters of a dense or conv layer of `net`.
     pub fn of(net: &Network, layer: &Layer, ck: &Checkpoint) -> Result<LayerParams> {
         let bias = layer.bias.as_deref().map(|b| ck.tensor(b).map(|t| t.to_f64())).transpose()?;
-        let (scale, bias) = match &layer.norm {
+        let (scale, bias) = match folded_affine(ck, layer)? {
             None => (None, bias),
-            Some(n) => {
-                let (a, c) = norm_affine(ck, n)?;
+            Some((a, c)) => {
                 let folded = (0..a.len()).map(|o| a[o] * bias.as_ref().map_or(0.0, |b| b[o]) + c[o]).collect();
                 (Some(a), Some(folded))
             }
@@ -405,6 +404,27 @@ impl LayerParams {
         let shift = bias.clone().filter(|_| net.bias);
         Ok(LayerParams { scale, bias, shift })
     }
+}
+
+/// The per-output-channel `(a, c)` folded into a dense or conv layer, `y =
+/// a (W x + b) + c`: its layer scale `s` (`a = s`, `c = 0`), then its
+/// folded BatchNorm (SPEC 1.3) on top (`a = a_bn s`, `c = c_bn`); `None`
+/// when it has neither.
+pub fn folded_affine(ck: &Checkpoint, layer: &Layer) -> Result<Option<(Vec<f64>, Vec<f64>)>> {
+    let norm = match (layer.kind, &layer.norm) {
+        (LayerKind::Norm, _) | (_, None) => None,
+        (_, Some(n)) => Some(norm_affine(ck, n)?),
+    };
+    let scale = layer.scale.as_deref().map(|t| ck.tensor(t).map(|t| t.to_f64())).transpose()?;
+    Ok(match (norm, scale) {
+        (None, None) => None,
+        (Some(ac), None) => Some(ac),
+        (None, Some(s)) => {
+            let zeros = vec![0.0; s.len()];
+            Some((s, zeros))
+        }
+        (Some((a, c)), Some(s)) => Some((a.iter().zip(&s).map(|(a, s)| a * s).collect(), c)),
+    })
 }
 
 /// A weighted layer's link weights as `links.csv` describes them: the
@@ -424,7 +444,7 @@ pub fn link_weight_chunks(net: &Network, layer: &Layer, ck: &Checkpoint, mut f: 
         (LayerKind::Norm, Some(n)) => f(&norm_link_weights(layer, net.layout, &norm_affine(ck, n)?.0)),
         _ => {
             let w = ck.tensor(layer.weight.as_deref().unwrap_or(""))?;
-            let scale = layer.norm.as_ref().map(|n| norm_affine(ck, n)).transpose()?.map(|(a, _)| a);
+            let scale = folded_affine(ck, layer)?.map(|(a, _)| a);
             let mut buf = vec![0.0; CHUNK.min(w.len())];
             for at in (0..w.len()).step_by(CHUNK) {
                 let chunk = &mut buf[..CHUNK.min(w.len() - at)];
