@@ -97,6 +97,7 @@ pub(crate) fn discover(ck: &Checkpoint, layout: Layout) -> Discovered {
     let mut embeddings = Vec::new();
     // BatchNorms: prefix, channels, and how many weighted layers precede it.
     let mut norms: Vec<(&str, usize, usize)> = Vec::new();
+    let mut scales = Vec::new();
     for (prefix, members) in modules {
         let role = |roles: &[&str]| members.iter().copied().find(|n| roles.contains(&split(n).1));
         // A weight or bias of another dtype is still the layer's: measuring
@@ -150,6 +151,12 @@ pub(crate) fn discover(ck: &Checkpoint, layout: Layout) -> Discovered {
             if !used.contains(&n) {
                 let why = match ck.shape(n).map(<[usize]>::len) {
                     _ if !ck.is_float(n) => "not a float tensor (an integer buffer such as num_batches_tracked)".into(),
+                    _ if matches!(split(n).1, "layer_scale" | "gamma") && bias.is_none() => {
+                        scales.push(n);
+                        "a layer scale (one factor per channel of a layer's output): folded only with a spec \
+                         (`scale`)"
+                            .into()
+                    }
                     Some(r) if split(n).1 == "weight" || split(n).1 == "kernel" => {
                         format!("a weight of rank {r}: neither dense (2) nor conv (4)")
                     }
@@ -164,6 +171,14 @@ pub(crate) fn discover(ck: &Checkpoint, layout: Layout) -> Discovered {
         out.notes.push(format!(
             "read as embeddings ([vocab, d] tables: each of the vocab rows is a one-hot input linked to d features): {}",
             embeddings.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    if !scales.is_empty() {
+        out.notes.push(format!(
+            "layer scales (ConvNeXt's, CaiT's) not folded: without a spec, the layers they scale are measured with \
+             their raw weights; a spec folds them (`scale`, written by python/torch_to_spec.py): {}",
+            scales.iter().take(6).map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+                + if scales.len() > 6 { ", ..." } else { "" }
         ));
     }
     if !transposed.is_empty() {

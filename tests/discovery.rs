@@ -140,6 +140,29 @@ fn depthwise_convs_keep_their_channels_in_the_per_layer_analysis() {
     assert!(!net.notes.iter().any(|n| n.contains("read as depthwise")), "{:?}", net.notes);
 }
 
+#[test]
+fn layer_scales_and_layernorms_are_named_without_a_spec() {
+    // torchvision's ConvNeXt: layer scales `[C, 1, 1]` and LayerNorms have
+    // no place without a spec; each is listed with its reason, and a note
+    // says the layers they scale are measured raw.
+    let ck = Checkpoint::open(fixture("torch", "convnext_tiny.safetensors")).unwrap();
+    let net = Network::build(&ck, &GraphOptions::default()).unwrap();
+    accounted(&ck, &net);
+    let why = |t: &str| net.unused.iter().find(|(n, _)| n == t).map(|(_, w)| w.as_str()).unwrap_or("");
+    assert!(why("features.1.0.layer_scale").starts_with("a layer scale"), "{:?}", net.unused);
+    assert!(why("features.1.0.block.2.weight").contains("LayerNorm"), "{:?}", net.unused);
+    assert!(
+        net.notes.iter().any(|n| n.starts_with("layer scales") && n.contains("`features.1.1.layer_scale`")),
+        "{:?}",
+        net.notes
+    );
+    // With its spec, the same tensors are folded (scales) or said to be per-sample (LayerNorms).
+    let spec = cntscope::spec::Spec::load(&fixture("torch", "convnext_tiny.toml")).unwrap();
+    let net = Network::build(&ck, &GraphOptions { spec: Some(spec), ..Default::default() }).unwrap();
+    assert!(net.used_tensors().contains(&"features.1.0.layer_scale"));
+    assert!(net.unused.iter().all(|(_, why)| why.contains("per-sample")), "{:?}", net.unused);
+}
+
 /// A conv-conv-dense chain stored with torchvision's module names
 /// (`classifier.*` sorts before `features.*`), strides 2.
 fn strided_chain(path: &Path) {
