@@ -397,6 +397,7 @@ pub(crate) fn per_layer(
             from_channels: [0, in_shape.channels()],
             to: base + 1,
             offset: 0,
+            step: 1,
             input: in_shape,
             output: out_shape,
         };
@@ -432,6 +433,7 @@ pub(crate) fn per_layer(
                     from_channels: [0, out_shape.channels()],
                     to: bn_set,
                     offset: 0,
+                    step: 1,
                     input: out_shape,
                     output: out_shape,
                 });

@@ -342,6 +342,9 @@ pub struct Layer {
     pub to: usize,
     /// The first channel of `to` it writes.
     pub offset: usize,
+    /// Its output channel `k` is channel `offset + k * step` of `to` (1
+    /// but for a write interleaved by ShuffleNet's channel shuffle).
+    pub step: usize,
     /// Shape of what it reads (channels `from_channels` of `from`).
     pub input: NodeShape,
     /// Shape of what it writes (at `offset` in `to`).
@@ -584,7 +587,12 @@ impl Network {
                 return None;
             }
             let full = |set: usize, shape: NodeShape| self.node_sets[set].shape.count() == shape.count();
-            if !full(l.from, l.input) || !full(l.to, l.output) || l.offset != 0 || l.from_channels[0] != 0 {
+            if !full(l.from, l.input)
+                || !full(l.to, l.output)
+                || l.offset != 0
+                || l.step != 1
+                || l.from_channels[0] != 0
+            {
                 return None;
             }
             let (w, r) = (&mut sides[l.to].0, l.from);
@@ -806,15 +814,27 @@ impl<'a> Builder<'a> {
 
     /// Where an entry writes `shape`: its `to` (an existing set, or a new
     /// one of that name) at `offset`, else a new set named `default`.
-    fn target(&mut self, to: Option<&str>, offset: usize, shape: NodeShape, default: &str) -> Result<usize> {
+    fn target(
+        &mut self,
+        to: Option<&str>,
+        offset: usize,
+        step: usize,
+        shape: NodeShape,
+        default: &str,
+    ) -> Result<usize> {
         let existing = match to {
             Some("input") => return Err(self.err("cannot write into `input`")),
             Some(name) => self.names.get(name).copied(),
             None => None,
         };
+        // The channels written, as ranges (one per channel when interleaved).
+        let writes: Vec<[usize; 2]> = match step {
+            1 => vec![[offset, offset + shape.channels()]],
+            _ => (0..shape.channels()).map(|k| [offset + k * step, offset + k * step + 1]).collect(),
+        };
         let Some(r) = existing else {
-            if offset != 0 && to.is_none() {
-                return Err(self.err("`offset` needs a `to`"));
+            if (offset != 0 || step != 1) && to.is_none() {
+                return Err(self.err("`offset` and `channel_step` need a `to`"));
             }
             let name = to.unwrap_or(default).to_string();
             if self.names.contains_key(&name) {
@@ -823,7 +843,7 @@ impl<'a> Builder<'a> {
             self.sets.push(SetState {
                 name: name.clone(),
                 grid: shape.grid(),
-                written: vec![[offset, offset + shape.channels()]],
+                written: writes,
                 read_all: None,
                 read: Vec::new(),
                 creator: self.at,
@@ -843,20 +863,21 @@ impl<'a> Builder<'a> {
                 set.shape(set.channels())
             )));
         }
-        let range = [offset, offset + shape.channels()];
         if let Some(reader) = &set.read_all {
             return Err(self.err(format!(
                 "writes into `{}` after entry `{reader}` read all of it: a set is read only after its last writer",
                 set.name
             )));
         }
-        if let Some((_, reader)) = set.read.iter().find(|(rr, _)| rr[0] < range[1] && range[0] < rr[1]) {
-            return Err(self.err(format!(
-                "writes channels [{}, {}) of `{}`, which entry `{reader}` already read",
-                range[0], range[1], set.name
-            )));
+        for range in &writes {
+            if let Some((_, reader)) = set.read.iter().find(|(rr, _)| rr[0] < range[1] && range[0] < rr[1]) {
+                return Err(self.err(format!(
+                    "writes channels [{}, {}) of `{}`, which entry `{reader}` already read",
+                    range[0], range[1], set.name
+                )));
+            }
         }
-        self.sets[r.set].written.push(range);
+        self.sets[r.set].written.extend(writes);
         Ok(r.set)
     }
 
@@ -882,6 +903,7 @@ impl<'a> Builder<'a> {
         }
         let (from_channels, input) = self.read(src, e.from_channels)?;
         let offset = e.offset.unwrap_or(0);
+        let step = e.channel_step.unwrap_or(1);
         let name = e.name.clone().unwrap_or_else(|| match &e.weight {
             Some(w) => display_name(w),
             None => e.to.clone().unwrap_or_default(),
@@ -897,6 +919,7 @@ impl<'a> Builder<'a> {
             from_channels,
             to: 0,
             offset,
+            step,
             input,
             output: input,
         };
@@ -957,12 +980,12 @@ impl<'a> Builder<'a> {
         let out = match &then_norm {
             // layer mode: the raw output is a set of its own, named after
             // the entry; the BatchNorm writes the entry's target.
-            Some(_) => self.target(None, 0, layer.output, &name)?,
-            None => self.target(e.to.as_deref(), offset, layer.output, &name)?,
+            Some(_) => self.target(None, 0, 1, layer.output, &name)?,
+            None => self.target(e.to.as_deref(), offset, step, layer.output, &name)?,
         };
         layer.to = out;
         if then_norm.is_some() {
-            layer.offset = 0;
+            (layer.offset, layer.step) = (0, 1);
         }
         let output = layer.output;
         self.layers.push(layer);
@@ -971,7 +994,7 @@ impl<'a> Builder<'a> {
             let raw = Ref { set: out, range: None };
             let (from_channels, input) = self.read(raw, None)?;
             let prefix = norm.prefix.clone();
-            let to = self.target(e.to.as_deref(), offset, output, &prefix)?;
+            let to = self.target(e.to.as_deref(), offset, step, output, &prefix)?;
             self.layers.push(Layer {
                 name: prefix,
                 weight: None,
@@ -983,6 +1006,7 @@ impl<'a> Builder<'a> {
                 from_channels,
                 to,
                 offset,
+                step,
                 input,
                 output,
             });

@@ -460,10 +460,13 @@ fn inspect(ck: &Checkpoint, net: &Network, out: &mut impl Write) -> anyhow::Resu
         } else {
             format!("V{}[{}..{}]", l.from, l.from_channels[0], l.from_channels[1])
         };
-        let write = if l.output.channels() == to.shape.channels() {
+        let write = if l.output.channels() == to.shape.channels() && l.step == 1 {
             format!("V{}", l.to)
-        } else {
+        } else if l.step == 1 {
             format!("V{}[{}..{}]", l.to, l.offset, l.offset + l.output.channels())
+        } else {
+            let last = l.offset + (l.output.channels().max(1) - 1) * l.step;
+            format!("V{}[{}..={last} step {}]", l.to, l.offset, l.step)
         };
         let tensors = if tensors.is_empty() { String::new() } else { format!(": {}", tensors.join(" ")) };
         writeln!(out, "  L{:<3} {:<24} {kind}{tensors}  ({read} {} -> {write} {})", i + 1, l.name, l.input, l.output)?;

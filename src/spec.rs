@@ -128,6 +128,9 @@ pub struct LayerSpec {
     pub to: Option<String>,
     /// First channel (or feature) it writes in its target.
     pub offset: Option<usize>,
+    /// Its channel `k` goes to channel `offset + k * channel_step` of its
+    /// target (a write interleaved by ShuffleNet's channel shuffle).
+    pub channel_step: Option<usize>,
     /// A pooling entry.
     pub pool: Option<PoolName>,
     /// Pool window.
@@ -269,6 +272,9 @@ impl Spec {
             }
             if l.groups == Some(0) {
                 return Err(entry("groups must be positive".into()));
+            }
+            if l.channel_step == Some(0) {
+                return Err(entry("channel_step must be positive".into()));
             }
             if l.eps.is_some_and(|e| !(e >= 0.0 && e.is_finite())) {
                 return Err(entry("eps must be a finite number >= 0".into()));

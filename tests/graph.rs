@@ -64,10 +64,12 @@ struct E {
     from_ch: Option<[usize; 2]>,
     to: Option<&'static str>,
     offset: usize,
+    /// `channel_step`: output channel `k` written at `offset + k * step`.
+    step: usize,
 }
 
 fn e(name: &'static str, kind: K) -> E {
-    E { name, kind, from: None, from_ch: None, to: None, offset: 0 }
+    E { name, kind, from: None, from_ch: None, to: None, offset: 0, step: 1 }
 }
 
 fn conv(name: &'static str, cout: usize, k: usize, s: usize, p: usize) -> E {
@@ -196,6 +198,10 @@ fn build(entries: &[E], input: S, layout: Layout, bn: BnMode, seed: u64) -> (Vec
         if en.offset > 0 {
             entry += &format!("offset = {}\n", en.offset);
         }
+        if en.step > 1 {
+            entry += &format!("channel_step = {}\n", en.step);
+        }
+        let first_edge = o.edges.len();
         // A BatchNorm's a and c for `n` channels, written as tensors.
         let norm = |prefix: &str, n: usize, tensors: &mut Vec<T<'static>>| -> (Vec<f64>, Vec<f64>) {
             let gamma = draw(n, 0.5, 1.5);
@@ -526,6 +532,18 @@ fn build(entries: &[E], input: S, layout: Layout, bn: BnMode, seed: u64) -> (Vec
             }
             wrote = t;
         }
+        if en.step > 1 {
+            // The links were drawn into channels `offset + k`: interleave them.
+            let mut top = 0;
+            for edge in &mut o.edges[first_edge..] {
+                let (set, [c, ..]) = &mut edge.0;
+                if *set == wrote && *c >= en.offset {
+                    *c = en.offset + (*c - en.offset) * en.step;
+                    top = top.max(*c + 1);
+                }
+            }
+            o.sets[wrote].c = o.sets[wrote].c.max(top);
+        }
         names.insert(en.name, wrote);
         last = wrote;
         spec += &entry;
@@ -745,6 +763,49 @@ fn per_pixel_layers_and_layer_scales() {
     }
 }
 
+/// ShuffleNetV2-like units: two branches written interleaved
+/// (`channel_step = 2`, as the channel shuffle after their concatenation
+/// leaves them), then a unit that keeps one half of the shuffled set (an
+/// identity) and convolves the other, again interleaved.
+#[test]
+fn interleaved_writes_of_a_channel_shuffle() {
+    let dw = |name, c| {
+        e(name, K::Conv { cout: c, groups: c, k: [3, 3], s: [1, 1], p: [1, 1], d: [1, 1], bias: false, norm: true })
+    };
+    let entries = vec![
+        conv("stem", 4, 3, 2, 1),
+        dw("b1.dw", 4),
+        E { to: Some("s1"), step: 2, ..conv("b1.pw", 3, 1, 1, 0) },
+        E { from: Some("stem"), ..conv("b2.pw1", 3, 1, 1, 0) },
+        dw("b2.dw", 3),
+        E { to: Some("s1"), offset: 1, step: 2, ..conv("b2.pw2", 3, 1, 1, 0) },
+        E { from: Some("s1"), from_ch: Some([0, 3]), to: Some("s2"), step: 2, ..e("keep", K::Identity) },
+        E { from: Some("s1"), from_ch: Some([3, 6]), ..conv("u2.pw1", 3, 1, 1, 0) },
+        E { to: Some("s2"), offset: 1, step: 2, ..conv("u2.pw2", 3, 1, 1, 0) },
+        E {
+            from: Some("s2"),
+            ..e(
+                "gap",
+                K::Pool {
+                    op: "global_avg",
+                    k: [1, 1],
+                    s: [1, 1],
+                    p: [0, 0],
+                    include_pad: true,
+                    ceil: false,
+                    out: [1, 1],
+                },
+            )
+        },
+        e("fc", K::Dense { out: 3, bias: true, norm: false }),
+    ];
+    for layout in [Layout::Torch, Layout::Keras] {
+        for bn in [BnMode::Fold, BnMode::Layer, BnMode::Ignore] {
+            check(&format!("shufflenet-like {layout} bn={bn}"), &entries, map(3, 9, 8), layout, bn);
+        }
+    }
+}
+
 #[test]
 fn ceil_mode_pools() {
     let pool = |name, op, k, s, p, include_pad| E {
@@ -876,6 +937,9 @@ fn misfits_are_errors_naming_the_entries() {
         ("[[layers]]\nname = \"p\"\npool = \"max\"\nkernel = 2\nscale = \"bn.weight\"\n", "`scale` does not apply"),
         ("[[layers]]\nweight = \"b.weight\"\nscale = \"bn.weight\"\n", "scale `bn.weight` has shape [5]; the layer has 4 channels"),
         ("[[layers]]\nweight = \"b.weight\"\nscale = \"b.weight\"\n", "scale `b.weight` has shape [4, 4, 3, 3]"),
+        ("[[layers]]\nweight = \"b.weight\"\nchannel_step = 2\n", "`offset` and `channel_step` need a `to`"),
+        ("[[layers]]\nweight = \"b.weight\"\nto = \"s\"\nchannel_step = 2\n[[layers]]\nweight = \"c.weight\"\n",
+         "reads channel 1 of `s` before any entry writes it"),
     ];
     for (tail, want) in cases {
         let text = format!("{head}{tail}");

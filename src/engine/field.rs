@@ -219,9 +219,10 @@ impl Field {
         }
     }
 
-    /// Adds `part` (same grid) into channels `offset..` of `self`.
-    pub fn add_at(&mut self, offset: usize, part: &Field) {
-        assert!(offset + part.channels <= self.channels, "channels in range");
+    /// Adds `part` (same grid) into channels `offset, offset + step, ...`
+    /// of `self` (`step` 1: the channels `offset..`).
+    pub fn add_at(&mut self, offset: usize, step: usize, part: &Field) {
+        assert!(part.channels == 0 || offset + (part.channels - 1) * step < self.channels, "channels in range");
         assert_eq!(
             (self.rows.positions(), self.cols.positions()),
             (part.rows.positions(), part.cols.positions()),
@@ -231,11 +232,20 @@ impl Field {
             let (rows, self_r, part_r) = self.rows.join(&part.rows);
             let (cols, self_k, part_k) = self.cols.join(&part.cols);
             *self = self.resampled(rows.clone(), &self_r, cols.clone(), &self_k);
-            return self.add_at(offset, &part.resampled(rows, &part_r, cols, &part_k));
+            return self.add_at(offset, step, &part.resampled(rows, &part_r, cols, &part_k));
         }
         let plane = self.rows.len() * self.cols.len();
-        for (d, s) in self.cells[offset * plane..].iter_mut().zip(&part.cells) {
-            *d += s;
+        if step == 1 {
+            for (d, s) in self.cells[offset * plane..].iter_mut().zip(&part.cells) {
+                *d += s;
+            }
+            return;
+        }
+        for (k, src) in part.cells.chunks_exact(plane.max(1)).enumerate() {
+            let at = (offset + k * step) * plane;
+            for (d, s) in self.cells[at..at + plane].iter_mut().zip(src) {
+                *d += s;
+            }
         }
     }
 
@@ -307,7 +317,7 @@ mod tests {
         let b = Field::from_nodes((0..60).map(|i| f64::from(i) * 0.5).collect(), shape, Layout::Keras);
         for layout in [Layout::Torch, Layout::Keras] {
             let mut sum = a.clone();
-            sum.add_at(0, &b);
+            sum.add_at(0, 1, &b);
             let want: Vec<f64> = a.to_nodes(layout).iter().zip(b.to_nodes(layout)).map(|(x, y)| x + y).collect();
             assert_eq!(sum.to_nodes(layout), want);
         }
@@ -315,10 +325,18 @@ mod tests {
         assert_eq!(b.to_nodes(Layout::Keras), (0..60).map(|i| f64::from(i) * 0.5).collect::<Vec<_>>());
         // A part at a channel offset.
         let mut set = Field::zeros(NodeShape::Map { c: 5, h: 5, w: 4 });
-        set.add_at(2, &a);
+        set.add_at(2, 1, &a);
         let nodes = set.to_nodes(Layout::Torch);
         assert!(nodes[..40].iter().all(|&v| v == 0.0));
         assert_eq!(&nodes[40..], &a.to_nodes(Layout::Torch)[..]);
         assert_eq!(set.counts().unwrap().iter().sum::<u64>(), 100);
+        // Interleaved: channel k of the part into channel 1 + 2k.
+        let mut set = Field::zeros(NodeShape::Map { c: 7, h: 5, w: 4 });
+        set.add_at(1, 2, &a);
+        let (nodes, part) = (set.to_nodes(Layout::Torch), a.to_nodes(Layout::Torch));
+        for c in 0..7 {
+            let want: &[f64] = if c % 2 == 1 { &part[(c / 2) * 20..(c / 2 + 1) * 20] } else { &[0.0; 20] };
+            assert_eq!(&nodes[c * 20..(c + 1) * 20], want, "channel {c}");
+        }
     }
 }

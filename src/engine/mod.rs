@@ -324,12 +324,12 @@ fn assemble_with_cells<E: Engine + ?Sized>(
         let layer = &net.layers[i];
         let (s_in, s_out, result) = measured?;
         layers.extend(result);
-        for (set, offset, part, inward) in
-            [(layer.to, layer.offset, &s_in, true), (layer.from, layer.from_channels[0], &s_out, false)]
+        for (set, offset, step, part, inward) in
+            [(layer.to, layer.offset, layer.step, &s_in, true), (layer.from, layer.from_channels[0], 1, &s_out, false)]
         {
             let shape = net.node_sets[set].shape;
             let (a, b) = sums[set].get_or_insert_with(|| (Field::zeros(shape), Field::zeros(shape)));
-            (if inward { a } else { b }).add_at(offset, part);
+            (if inward { a } else { b }).add_at(offset, step, part);
         }
         for set in [layer.to, layer.from] {
             if last[set] == i {
@@ -519,7 +519,7 @@ fn node_set_result<E: Engine + ?Sized>(
     let values = opts.keep_values.then(|| (s_in.to_nodes(layout), s_out.to_nodes(layout)));
     // Summed in place: no third field.
     let mut strength = s_in;
-    strength.add_at(0, &s_out);
+    strength.add_at(0, 1, &s_out);
     // Strengths are NaN/Inf only next to NaN/Inf weights or biases: the
     // finite cells are copied out only then.
     let kept = (finite < nodes).then(|| strength.finite_cells());
