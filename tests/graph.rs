@@ -1,9 +1,10 @@
 //! The DAG graph (SPEC 1.3-1.6) checked against an oracle that builds the
 //! explicit edge list of every layer kind: convolutions (strided, padded,
-//! dilated, depthwise), dense layers, every pool (with padding and
-//! overlapping windows), identity skips, residual adds, concatenations
-//! read by channel ranges, and BatchNorm folded, as its own layer and
-//! ignored; in both layouts. Each network is written as a safetensors
+//! dilated, depthwise), dense layers (also applied per pixel, with a layer
+//! scale), every pool (with padding and overlapping windows), identity
+//! skips, residual adds, concatenations read by channel ranges, writes
+//! interleaved by a channel shuffle, and BatchNorm folded, as its own
+//! layer and ignored; in both layouts. Each network is written as a safetensors
 //! file with a spec file; every engine is checked node set by node set.
 
 mod common;
@@ -969,6 +970,6 @@ fn shipped_specs_parse() {
             seen += 1;
         }
     }
-    assert!(seen >= 14, "{seen} specs");
+    assert!(seen >= 15, "{seen} specs");
     assert!(ceil >= 3, "{ceil} ceil-mode pools");
 }

@@ -15,7 +15,7 @@ use cntscope::graph::{GraphOptions, Network};
 use cntscope::spec::{BnMode, Spec};
 use common::{assert_within, engines};
 
-const NETWORKS: [&str; 8] = [
+const NETWORKS: [&str; 9] = [
     "resnet_tiny",
     "vgg_bn_tiny",
     "mobilenet_v2_tiny",
@@ -24,6 +24,7 @@ const NETWORKS: [&str; 8] = [
     "functional_tiny",
     "gated_tiny",
     "convnext_tiny",
+    "shufflenet_tiny",
 ];
 
 fn fixture(name: &str) -> PathBuf {

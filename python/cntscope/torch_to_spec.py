@@ -31,6 +31,10 @@ of SPEC 1 says it is:
 * ``x * gamma`` / ``x.mul(gamma.reshape(1, -1, 1, 1))`` with ``gamma`` a
   parameter of one factor per channel, right after a weighted layer (a
   layer scale): folded into that layer (``scale``), as a BatchNorm is;
+* ShuffleNet's channel shuffle (``x.view(N, g, C // g, H, W)``,
+  ``transpose(1, 2)``, ``view(N, C, H, W)``) of a set only it reads: the
+  set's writers write interleaved, straight into the shuffled order
+  (``channel_step``);
 * ``LayerNorm`` / ``GroupNorm`` (and their subclasses, torchvision's and
   timm's ``LayerNorm2d``; ``F.layer_norm``): normalisations by each
   sample's own statistics, not layers of the weight graph (as discovery
@@ -110,6 +114,8 @@ class Entry:
     fields: dict = field(default_factory=dict)
     # The fx node whose value this entry's output is (None for identities).
     node: object = None
+    # How many channels (or features) it writes.
+    channels: int = 0
 
 
 def _pair(v):
@@ -257,6 +263,8 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
     nodes = list(traced.graph.nodes)
 
     def kind(n):
+        if n in shuffle_nodes:
+            return "shuffle" if isinstance(shuffle_nodes[n], int) else "pass"
         if n.op == "placeholder":
             return "input"
         if n.op == "output":
@@ -335,6 +343,7 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
 
     sample_norms: list[str] = []  # LayerNorms and GroupNorms, left out
     permutes: dict = {}  # permute node -> its dims
+    shuffle_nodes = _channel_shuffles(nodes)  # its views and transpose -> "part", its last view -> groups
     kinds = {n: kind(n) for n in nodes}
     gated = {n: _gated(n, lambda m: kinds[m] == "pass") for n in nodes if kinds[n] == "gate"}
     last = _channels_last(nodes, kinds, permutes, modules)
@@ -404,7 +413,38 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
         fields["to"] = target
         if offset:
             fields["offset"] = offset
-        entries.append(Entry(fields, None))
+        entries.append(Entry(fields, None, r.channels))
+
+    def shuffled(n, groups: int) -> Ref:
+        """A channel shuffle (`x.view(N, g, C // g, H, W).transpose(1, 2)
+        .reshape(N, C, H, W)`) of a set only it reads: the set's writers
+        write straight into the shuffled order, channel k of a writer at
+        `offset + k * g` (`channel_step`), so the set is the shuffled map."""
+        x = root[n.args[0]]
+        r = ref[x]
+        c = _channels(n)
+        writers = [e for e in entries if e.fields.get("to", e.fields.get("name")) == r.set]
+        if r.range not in (None, (0, c)) or consumers[x] != [n] or not writers:
+            raise TraceError(f"node `{n.name}`: a channel shuffle of a value used elsewhere too (or of a part of a "
+                             "set): not supported")
+        per = c // groups
+        for e in writers:
+            at = e.fields.get("offset", 0)
+            group = at // per
+            if "to" not in e.fields or (at + e.channels - 1) // per != group:
+                raise TraceError(f"node `{n.name}`: a channel shuffle whose groups of {per} channels mix one "
+                                 f"layer's outputs (`{e.fields.get('name') or e.fields.get('to')}`; ShuffleNet v1): "
+                                 "not supported")
+        for e in writers:
+            at = e.fields.get("offset", 0)
+            group = at // per
+            e.fields["offset"] = (at - group * per) * groups + group
+            if not e.fields["offset"]:
+                del e.fields["offset"]
+            e.fields["channel_step"] = groups
+        # A later concatenation may not extend the set: its order is the shuffled one now.
+        families[:] = [f for f in families if f["set"] != r.set]
+        return Ref(r.set, None, c)
 
     for n in nodes:
         k = kinds[n]
@@ -414,6 +454,9 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
         if k in ("pass", "output", "meta"):
             continue
         if k == "param":
+            continue
+        if k == "shuffle":
+            ref[n] = shuffled(n, shuffle_nodes[n])
             continue
         if k == "scale":
             x, p = _scaled_by(n)
@@ -576,7 +619,7 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
                 else:  # x.mean(dims) / torch.mean(x, dims)
                     _spatial_mean(fields, n)
             source(fields, inp)
-            e = Entry(fields, n)
+            e = Entry(fields, n, out_channels)
             entries.append(e)
             producer[n] = e
             ref[n] = Ref(name, None, out_channels)
@@ -657,6 +700,39 @@ class _Tracer(torch.fx.Tracer):
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return isinstance(m, WHOLE_SUBCLASSES) or super().is_leaf_module(m, qualname)
+
+
+def _channel_shuffles(nodes) -> dict:
+    """ShuffleNet's channel shuffles (`x.view(N, g, C // g, H, W)`, then
+    `transpose(1, 2)` or `permute(0, 2, 1, 3, 4)`, `contiguous()`, and
+    `view(N, C, H, W)`): each one's first view and transpose mapped to
+    "part", its last view to its groups `g`. Views that are not part of one
+    stay what they are (errors where they reshape to another grid)."""
+    found = {}
+    for n in nodes:
+        if not (n.op == "call_method" and n.target in ("view", "reshape") and n.meta.get("tensor_meta") is not None):
+            continue
+        before, after = _shape(n.args[0]), _shape(n)
+        if not (len(before) == 4 and len(after) == 5 and after[0] == before[0] and after[1] * after[2] == before[1]
+                and after[3:] == before[2:]):
+            continue
+        users = list(n.users)
+        if len(users) != 1:
+            continue
+        t = users[0]
+        dims = [_value(a) for a in t.args[1:]] if t.op == "call_method" else _value(list(t.args[1:]))
+        dims = dims[0] if len(dims) == 1 and isinstance(dims[0], (list, tuple)) else dims
+        swaps = (t.target in ("transpose", torch.transpose) and sorted(d % 5 for d in dims) == [1, 2]) or (
+            t.target in ("permute", torch.permute) and [d % 5 for d in dims] == [0, 2, 1, 3, 4])
+        m = t
+        while swaps and len(m.users) == 1 and next(iter(m.users)).op == "call_method" and next(
+                iter(m.users)).target in ("contiguous", "clone"):
+            m = next(iter(m.users))
+        last = next(iter(m.users)) if swaps and len(m.users) == 1 else None
+        if last is not None and last.op == "call_method" and last.target in ("view", "reshape", "flatten") and (
+                _shape(last) == before):
+            found[n], found[t], found[last] = "part", "part", after[1]
+    return found
 
 
 def _param(a):
@@ -817,7 +893,7 @@ def _toml(entries, input_shape, layout, bn, notes=()) -> str:
     ]
     order = ["name", "weight", "per_pixel", "bias", "scale", "norm", "eps", "pool", "kernel", "output", "stride",
              "padding", "dilation", "groups", "count_include_pad", "ceil_mode", "identity", "from", "from_channels",
-             "to", "offset"]
+             "to", "offset", "channel_step"]
     for e in entries:
         assert e.fields.keys() <= set(order), f"keys the spec writer does not know: {e.fields.keys() - set(order)}"
         out.append("")

@@ -345,3 +345,50 @@ def test_linears_on_channels_last_maps_are_per_pixel_and_layer_scales_fold():
 def test_what_channels_last_code_cannot_say_is_an_error_naming_the_node(f, message):
     with pytest.raises(TraceError, match=message):
         spec_from_module(ChannelsLastBlock(f), (4, 9, 8))
+
+
+class Shuffled(nn.Module):
+    """Branches of `sizes` channels concatenated, then torchvision's channel
+    shuffle in `groups`, then a layer reading the second half of the
+    shuffled map (ShuffleNetV2's unit); or, `single`, one grouped conv's
+    output shuffled (ShuffleNet v1)."""
+
+    def __init__(self, sizes, groups, single=False):
+        super().__init__()
+        self.branches = nn.ModuleList(nn.Conv2d(3, n, 1) for n in sizes)
+        self.single = nn.Conv2d(3, sum(sizes), 1, groups=3) if single else None
+        self.groups, self.total = groups, sum(sizes)
+        self.head = nn.Conv2d(self.total - self.total // 2, 5, 1)
+
+    def forward(self, x):
+        from torchvision.models.shufflenetv2 import channel_shuffle
+
+        y = self.single(x) if self.single is not None else torch.cat([b(x) for b in self.branches], 1)
+        y = channel_shuffle(y, self.groups)
+        return self.head(y[:, self.total // 2:])
+
+
+@pytest.mark.parametrize("sizes", [[4, 4], [2, 2, 2], [3, 3, 3, 3]])
+def test_a_channel_shuffle_interleaves_its_writers_as_torch_shuffles_them(sizes):
+    from torchvision.models.shufflenetv2 import channel_shuffle
+
+    total, groups = sum(sizes), len(sizes)
+    text = spec_from_module(Shuffled(sizes, groups), (3, 5, 4))
+    layers = {e.get("name"): e for e in tomllib.loads(text)["layers"]}
+    # torchvision's own shuffle of the channels' numbers: where each channel of the concatenation goes.
+    order = channel_shuffle(torch.arange(float(total)).view(1, total, 1, 1), groups).flatten().tolist()
+    first = 0
+    for i, n in enumerate(sizes):
+        e = layers[f"branches.{i}"]
+        step, at = e.get("channel_step", 1), e.get("offset", 0)
+        assert [order[at + k * step] for k in range(n)] == [first + k for k in range(n)], (i, e, order)
+        first += n
+    assert layers["head"]["from_channels"] == [total // 2, total]
+
+
+def test_a_channel_shuffle_the_spec_cannot_say_is_an_error_naming_the_node():
+    # Groups of the shuffle that mix one layer's outputs: a grouped conv's
+    # (ShuffleNet v1), or two branches shuffled in more groups than branches.
+    for model in (Shuffled([6], 3, single=True), Shuffled([4, 4], 4)):
+        with pytest.raises(TraceError, match="node `view_1`: a channel shuffle whose groups of 2 channels mix"):
+            spec_from_module(model, (3, 5, 4))
