@@ -8,18 +8,20 @@
 #
 #   pip install torch torchvision safetensors      # benchmark machine only
 #   bash benches/graph_bench.sh [DIR] [PYTHON]     # DIR: /tmp/cntscope-graph
+#   NETS="convnext_tiny shufflenet_v2_x1_0" bash benches/graph_bench.sh ...  # some networks only
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir="${1:-/tmp/cntscope-graph}"
 py="${2:-python3}"
+nets="${NETS:-resnet18 vgg11_bn mobilenet_v2 convnext_tiny shufflenet_v2_x1_0}"
 mkdir -p "$dir"
 cargo build --release --quiet
 bin=target/release/cntscope
-"$py" - "$dir" <<'PY'
+"$py" - "$dir" $nets <<'PY'
 import os, sys, torch, torchvision
 from safetensors.torch import save_file
 torch.manual_seed(0)
-for name in ["resnet18", "vgg11_bn", "mobilenet_v2"]:
+for name in sys.argv[2:]:
     path = os.path.join(sys.argv[1], f"{name}.safetensors")
     if os.path.exists(path):
         continue
@@ -28,6 +30,9 @@ for name in ["resnet18", "vgg11_bn", "mobilenet_v2"]:
         if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
             mod.running_mean.uniform_(-0.5, 0.5); mod.running_var.uniform_(0.2, 2.0)
             mod.weight.data.uniform_(0.5, 1.5); mod.bias.data.uniform_(-0.3, 0.3)
+    for pname, p in m.named_parameters():
+        if pname.endswith("layer_scale"):  # ConvNeXt's, 1e-6 at init
+            p.data.uniform_(-1, 1)
     save_file({k: v.contiguous() for k, v in m.state_dict().items()}, path)
 PY
 # Best of N runs; OUT becomes a fresh directory. The millisecond runs (cat,
@@ -38,7 +43,7 @@ best() { local n=$1; shift; "$py" benches/best.py "$n" "$dir" "$@"; }
 t_imp=$(best 3 "$py" -c "import torch, tomllib; from safetensors.torch import load_file")
 echo "| network | MB | read (cat) | torch (imports $t_imp s excluded) | cntscope cpu | gpu | cpu vs torch | cpu vs read |"
 echo "|---|---|---|---|---|---|---|---|"
-for name in resnet18 vgg11_bn mobilenet_v2; do
+for name in $nets; do
     f="$dir/$name.safetensors"
     spec="examples/specs/$name.toml"
     cat "$f" > /dev/null
@@ -55,6 +60,7 @@ echo
 echo "| collection | read (cat) | cntscope cpu | per checkpoint | cpu vs read |"
 echo "|---|---|---|---|---|"
 for name in resnet18 mobilenet_v2; do
+    [[ " $nets " == *" $name "* ]] || continue
     c="$dir/$name-x8"
     mkdir -p "$c"
     for i in 0 1 2 3 4 5 6 7; do ln -f "$dir/$name.safetensors" "$c/$name-$i.safetensors"; done
@@ -65,5 +71,5 @@ done
 # Cold: each file out of the page cache first (root only: drop_caches).
 if [ -w /proc/sys/vm/drop_caches ]; then
     echo
-    python3 benches/cold.py "$bin" "$dir" 7 resnet18 vgg11_bn mobilenet_v2
+    python3 benches/cold.py "$bin" "$dir" 7 $nets
 fi
