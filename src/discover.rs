@@ -102,9 +102,13 @@ pub(crate) fn discover(ck: &Checkpoint, layout: Layout) -> Discovered {
         let role = |roles: &[&str]| members.iter().copied().find(|n| roles.contains(&split(n).1));
         // A weight or bias of another dtype is still the layer's: measuring
         // it then fails with an error naming it, rather than a layer
-        // silently measured without it.
-        let weight = role(&["weight", "kernel"]);
-        let bias = role(&["bias", "beta"]);
+        // silently measured without it. torch's nn.MultiheadAttention
+        // (ViT's, CLIP's) keeps its query, key and value projections as one
+        // `[3d, d]` dense weight, `in_proj_weight`.
+        let (weight, bias) = match role(&["weight", "kernel"]) {
+            None if role(&["in_proj_weight"]).is_some() => (role(&["in_proj_weight"]), role(&["in_proj_bias"])),
+            w => (w, role(&["bias", "beta"])),
+        };
         let mean = role(&["running_mean", "moving_mean"]);
         let var = role(&["running_var", "moving_variance"]);
         let rank = |n: &str| ck.shape(n).map_or(0, <[usize]>::len);

@@ -1203,6 +1203,9 @@ pub(crate) fn norm_tensors(n: &Norm) -> impl Iterator<Item = String> + '_ {
 
 /// The display name of a weight tensor: without `.weight` / `/kernel`.
 pub fn display_name(weight: &str) -> String {
+    if let Some(p) = weight.strip_suffix("_proj_weight") {
+        return format!("{p}_proj"); // nn.MultiheadAttention's `in_proj_weight`
+    }
     for s in [".weight", "/kernel:0", "/kernel", ":0"] {
         if let Some(p) = weight.strip_suffix(s) {
             if !p.is_empty() {

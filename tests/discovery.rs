@@ -85,6 +85,26 @@ fn transformers_are_analysed_per_layer() {
 }
 
 #[test]
+fn attention_in_projections_are_dense_layers() {
+    // torchvision's ViT: nn.MultiheadAttention keeps Q, K and V as one
+    // `in_proj_weight` [3d, d] with `in_proj_bias` [3d].
+    let ck = Checkpoint::open(fixture("torch", "vit_tiny.safetensors")).unwrap();
+    let net = Network::build(&ck, &GraphOptions::default()).unwrap();
+    assert_eq!(net.source, GraphSource::PerLayer);
+    accounted(&ck, &net);
+    for i in 0..2 {
+        let name = format!("encoder.layers.encoder_layer_{i}.self_attention.in_proj");
+        assert_eq!(dense(&net, &name), (8, 24, false));
+        let layer = net.layers.iter().find(|l| l.name == name).unwrap();
+        assert_eq!(layer.bias.as_deref(), Some(&*format!("{name}_bias")));
+        assert_eq!(dense(&net, &format!("encoder.layers.encoder_layer_{i}.self_attention.out_proj")), (8, 8, false));
+    }
+    for e in engines() {
+        e.analyze(&net, &ck, &AnalysisOptions::default()).unwrap_or_else(|err| panic!("{}: {err}", e.name()));
+    }
+}
+
+#[test]
 fn batchnorms_fold_into_their_layers_and_unknown_grids_stay_channels() {
     // torchvision naming: `bn1` sorts before `conv1`, `downsample.1` after
     // `downsample.0`; num_batches_tracked is an integer buffer.
