@@ -757,9 +757,13 @@ fn per_pixel_layers_and_layer_scales() {
         E { from: Some("stem"), to: Some("block"), ..e("skip", K::Identity) },
         E { from: Some("block"), from_ch: Some([1, 4]), ..pp("head", 5, true, false) },
     ];
+    // A chain (one writer and one reader per set: the GPU engine's batched path).
+    let chain =
+        vec![conv("c", 5, 3, 1, 1), pp("p", 6, true, true), e("fc", K::Dense { out: 3, bias: true, norm: false })];
     for layout in [Layout::Torch, Layout::Keras] {
         for bn in [BnMode::Fold, BnMode::Layer, BnMode::Ignore] {
             check(&format!("convnext-like {layout} bn={bn}"), &entries, map(3, 13, 11), layout, bn);
+            check(&format!("per-pixel chain {layout} bn={bn}"), &chain, map(2, 5, 4), layout, bn);
         }
     }
 }
