@@ -118,7 +118,7 @@ pub(crate) fn discover(ck: &Checkpoint, layout: Layout) -> Discovered {
             let channels = ck.shape(mean.expect("checked")).map_or(0, |s| s.iter().product());
             norms.push((prefix, channels, out.entries.len()));
             used.extend([mean, var, weight, bias, role(&["gamma"])].into_iter().flatten());
-        } else if let Some(w) = weight.filter(|w| matches!(rank(w), 2 | 4)) {
+        } else if let Some(w) = weight.filter(|w| matches!(rank(w), 2..=4)) {
             let shape = ck.shape(w).expect("listed");
             let mut e = LayerSpec { weight: Some(w.to_string()), ..LayerSpec::default() };
             used.push(w);
@@ -162,7 +162,7 @@ pub(crate) fn discover(ck: &Checkpoint, layout: Layout) -> Discovered {
                             .into()
                     }
                     Some(r) if split(n).1 == "weight" || split(n).1 == "kernel" => {
-                        format!("a weight of rank {r}: neither dense (2) nor conv (4)")
+                        format!("a weight of rank {r}: neither dense (2) nor conv (3: 1-D, 4)")
                     }
                     _ => "not a weight, bias or BatchNorm tensor of a layer".to_string(),
                 };
@@ -314,6 +314,7 @@ pub(crate) fn per_layer(
     };
     let mut channel_level = Vec::new();
     let mut depthwise = Vec::new();
+    let mut maybe_grouped = Vec::new();
     // Output channels of the weighted layer before, in entry order.
     let mut before: Option<usize> = None;
     let names = ck.names();
@@ -357,6 +358,13 @@ pub(crate) fn per_layer(
                     (None, Some(c)) if ci == 1 && c > 1 && o % c == 0 => {
                         depthwise.push(name.clone());
                         (c, [1, 1], true)
+                    }
+                    // Its input channels divide the outputs before it: a
+                    // grouped conv (ResNeXt, RegNet) or one after a layer of
+                    // another branch (a downsample); groups 1, and said.
+                    (None, Some(c)) if ci > 1 && c > ci && c % ci == 0 => {
+                        maybe_grouped.push(name.clone());
+                        (ci, [1, 1], true)
                     }
                     (None, _) => (ci, [1, 1], true),
                 };
@@ -458,6 +466,13 @@ pub(crate) fn per_layer(
             "convolutions of one input channel per group read as depthwise (as many groups as the layer before \
              has outputs; give a spec if one reads a single channel): {}",
             list(&depthwise)
+        ));
+    }
+    if !maybe_grouped.is_empty() {
+        net.notes.push(format!(
+            "convolutions read with groups 1 whose input channels divide the outputs of the layer before them: \
+             grouped convolutions (ResNeXt's, RegNet's) would have more input nodes; give a spec for their groups: {}",
+            list(&maybe_grouped)
         ));
     }
     if !channel_level.is_empty() {

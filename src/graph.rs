@@ -1231,7 +1231,15 @@ pub(crate) fn dims(
         (_, &[o, i]) => Dims::Dense(o, i),
         (Layout::Torch, &[o, ci, kh, kw]) => Dims::Conv(o, ci, kh, kw),
         (Layout::Keras, &[kh, kw, ci, o]) => Dims::Conv(o, ci, kh, kw),
-        _ => return Err(format!("weight `{weight}` has shape {shape:?}; expected rank 2 (dense) or 4 (conv)")),
+        // A 1-D conv (`Conv1d`, keras' `Conv1D`): the 2-D conv of a 1 x k
+        // kernel over a 1 x L grid, stored alike.
+        (Layout::Torch, &[o, ci, k]) => Dims::Conv(o, ci, 1, k),
+        (Layout::Keras, &[k, ci, o]) => Dims::Conv(o, ci, 1, k),
+        _ => {
+            return Err(format!(
+                "weight `{weight}` has shape {shape:?}; expected rank 2 (dense), 3 (1-D conv) or 4 (conv)"
+            ))
+        }
     };
     if shape.contains(&0) {
         return Err(format!("weight `{weight}` has an empty dimension: {shape:?}"));

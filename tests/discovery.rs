@@ -85,6 +85,27 @@ fn transformers_are_analysed_per_layer() {
 }
 
 #[test]
+fn one_dimensional_and_maybe_grouped_convs_are_said() {
+    // Conv1d weights (rank 3) are convs of 1 x k kernels; `conv3` ([8, 3, 5],
+    // groups 2 in the model) after a layer of 6 outputs is read with groups
+    // 1, and a note says it may be grouped.
+    let ck = Checkpoint::open(fixture("torch", "signal_1d.safetensors")).unwrap();
+    let net = Network::build(&ck, &GraphOptions::default()).unwrap();
+    accounted(&ck, &net);
+    let convs: Vec<(&str, usize, usize)> = net
+        .layers
+        .iter()
+        .filter_map(|l| match l.kind {
+            LayerKind::Conv(c) => Some((l.name.as_str(), c.kh, c.kw)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(convs, [("conv1", 1, 9), ("conv2", 1, 3), ("conv3", 1, 5), ("se1", 1, 1), ("se2", 1, 1)]);
+    let note = net.notes.iter().find(|n| n.starts_with("convolutions read with groups 1")).expect("a note");
+    assert!(note.ends_with("`conv3`"), "{note}");
+}
+
+#[test]
 fn attention_in_projections_are_dense_layers() {
     // torchvision's ViT: nn.MultiheadAttention keeps Q, K and V as one
     // `in_proj_weight` [3d, d] with `in_proj_bias` [3d].

@@ -1,6 +1,6 @@
 //! The DAG graph (SPEC 1.3-1.6) checked against an oracle that builds the
 //! explicit edge list of every layer kind: convolutions (strided, padded,
-//! dilated, depthwise), dense layers (also applied per pixel, with a layer
+//! dilated, depthwise, 1-D), dense layers (also applied per pixel, with a layer
 //! scale), every pool (with padding and overlapping windows), identity
 //! skips, residual adds, concatenations read by channel ranges, writes
 //! interleaved by a channel shuffle, and BatchNorm folded, as its own
@@ -67,10 +67,12 @@ struct E {
     offset: usize,
     /// `channel_step`: output channel `k` written at `offset + k * step`.
     step: usize,
+    /// A conv of a `1 x k` kernel stored as a 1-D conv's: rank 3.
+    rank3: bool,
 }
 
 fn e(name: &'static str, kind: K) -> E {
-    E { name, kind, from: None, from_ch: None, to: None, offset: 0, step: 1 }
+    E { name, kind, from: None, from_ch: None, to: None, offset: 0, step: 1, rank3: false }
 }
 
 fn conv(name: &'static str, cout: usize, k: usize, s: usize, p: usize) -> E {
@@ -254,7 +256,12 @@ fn build(entries: &[E], input: S, layout: Layout, bn: BnMode, seed: u64) -> (Vec
                         (vec![k[0], k[1], cin_g, cout], st)
                     }
                 };
-                tensors.push(T::f32(wname, &stored.0, stored.1));
+                let mut shape = stored.0;
+                if en.rank3 {
+                    assert_eq!(k[0], 1, "a 1-D conv's kernel is 1 x k");
+                    shape.remove(if layout == Layout::Torch { 2 } else { 0 });
+                }
+                tensors.push(T::f32(wname, &shape, stored.1));
                 entry += &format!(
                     "weight = \"{wname}\"\nstride = [{}, {}]\npadding = [{}, {}]\ndilation = [{}, {}]\ngroups = {g}\n",
                     s[0], s[1], p[0], p[1], d[0], d[1]
@@ -807,6 +814,33 @@ fn interleaved_writes_of_a_channel_shuffle() {
     for layout in [Layout::Torch, Layout::Keras] {
         for bn in [BnMode::Fold, BnMode::Layer, BnMode::Ignore] {
             check(&format!("shufflenet-like {layout} bn={bn}"), &entries, map(3, 9, 8), layout, bn);
+        }
+    }
+}
+
+/// A 1-D CNN on a 2-channel signal of 23 samples (a 2 x 1 x 23 map):
+/// strided, dilated and grouped convs stored as 1-D convs (rank 3), with
+/// 1 x k pools between them.
+#[test]
+fn one_dimensional_convs() {
+    let c1 = |name, cout, groups, k, s, p, d| {
+        let kind = K::Conv { cout, groups, k: [1, k], s: [1, s], p: [0, p], d: [1, d], bias: true, norm: true };
+        E { rank3: true, ..e(name, kind) }
+    };
+    let pool = |name, op, k, s, p, ceil| {
+        e(name, K::Pool { op, k: [1, k], s: [1, s], p: [0, p], include_pad: true, ceil, out: [0, 0] })
+    };
+    let entries = vec![
+        c1("c1", 6, 1, 5, 2, 2, 1),
+        pool("p1", "max", 3, 2, 1, false),
+        c1("c2", 6, 3, 3, 1, 2, 2),
+        pool("p2", "avg", 2, 2, 0, true),
+        c1("c3", 4, 2, 1, 1, 0, 1),
+        e("fc", K::Dense { out: 3, bias: true, norm: false }),
+    ];
+    for layout in [Layout::Torch, Layout::Keras] {
+        for bn in [BnMode::Fold, BnMode::Layer, BnMode::Ignore] {
+            check(&format!("1-d {layout} bn={bn}"), &entries, map(2, 1, 23), layout, bn);
         }
     }
 }

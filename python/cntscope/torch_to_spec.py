@@ -4,6 +4,9 @@ The model is traced with ``torch.fx`` and every node becomes what the graph
 of SPEC 1 says it is:
 
 * ``Conv2d``, ``Linear``: weighted entries (stride, padding, dilation, groups);
+* ``Conv1d``, ``MaxPool1d``, ``AvgPool1d``, ``AdaptiveAvgPool1d`` (and the
+  functional forms): the 2-D layers over a 1 x L grid (a ``(C, L)`` input
+  is written ``input = [C, 1, L]``);
 * ``BatchNorm1d/2d``: folded into the weighted layer right before it (``norm``)
   when that layer's output feeds nothing else, else a BatchNorm-only entry;
   a subclass of these or of ``Linear`` (timm's ``BatchNormAct2d``,
@@ -145,6 +148,8 @@ POOL_PARAMETERS = {
     F.max_pool2d: ["input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"],
     F.avg_pool2d: ["input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
                    "divisor_override"],
+    F.max_pool1d: ["input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"],
+    F.avg_pool1d: ["input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad"],
 }
 RESHAPE_METHODS = {"view", "reshape", "flatten", "squeeze"}
 # Normalisations by each sample's own statistics (not layers of the weight
@@ -223,7 +228,7 @@ def _spatial_mean(fields: dict, node):
     dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
     shape = _shape(node.args[0])
     axes = {d % len(shape) for d in (dims if isinstance(dims, (list, tuple)) else [dims])} if dims is not None else None
-    if len(shape) != 4 or axes != {2, 3} or node.kwargs.get("dtype") is not None:
+    if axes != set(range(2, len(shape))) or len(shape) not in (3, 4) or node.kwargs.get("dtype") is not None:
         raise TraceError(f"node `{node.name}`: a mean over axes {dims} of a {shape} tensor: only the mean over "
                          "both spatial axes (a global average pool) is supported")
     fields["pool"] = "global_avg"
@@ -231,7 +236,8 @@ def _spatial_mean(fields: dict, node):
 
 def _adaptive_pool(fields: dict, node):
     """An adaptive average pool's entry fields, from its traced output size."""
-    out = node.meta["tensor_meta"].shape[-2:]
+    shape = node.meta["tensor_meta"].shape
+    out = shape[-2:] if len(shape) == 4 else [1, shape[-1]]  # 1-D: a 1 x n grid
     if list(out) == [1, 1]:
         fields["pool"] = "global_avg"
     else:
@@ -282,8 +288,8 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
             if isinstance(m, SAMPLE_NORMS):
                 sample_norms.append(n.target)
                 return "pass"
-            if isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.MaxPool2d, nn.AvgPool2d,
-                              nn.AdaptiveAvgPool2d)):
+            if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.MaxPool1d,
+                              nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)):
                 return "entry"
             raise TraceError(f"node `{n.name}`: module `{n.target}` of type {type(m).__name__} has no spec entry")
         if n.op == "call_function":
@@ -309,7 +315,8 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
             if n.target is torch.permute:
                 permutes[n] = _value(n.args[1] if len(n.args) > 1 else n.kwargs["dims"])
                 return "pass"
-            if n.target in (F.adaptive_avg_pool2d, F.avg_pool2d, F.max_pool2d, torch.mean):
+            if n.target in (F.adaptive_avg_pool2d, F.avg_pool2d, F.max_pool2d, F.adaptive_avg_pool1d, F.avg_pool1d,
+                            F.max_pool1d, torch.mean):
                 return "entry"
             if _is_stochastic_depth(n.target):
                 # torchvision's (EfficientNet): the identity at inference.
@@ -539,14 +546,17 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
                     if m.eps != 1e-5:
                         fields["eps"] = m.eps
                     out_channels = inp.channels
-                elif isinstance(m, nn.Conv2d):
-                    padding = m.padding
+                elif isinstance(m, (nn.Conv1d, nn.Conv2d)):
+                    # A Conv1d is the 2-D conv of a 1 x k kernel over the 1 x L grid.
+                    grow = _one_row if isinstance(m, nn.Conv1d) else (lambda v, fill: v)
+                    kernel, stride, dilation = grow(m.kernel_size, 1), grow(m.stride, 1), grow(m.dilation, 1)
+                    padding = m.padding if isinstance(m.padding, str) else grow(m.padding, 0)
                     if padding == "valid":
                         padding = 0
                     elif padding == "same":
                         # torch pads (dilation x (kernel - 1)) in all, split evenly
                         # where it is even (an odd remainder goes to the right).
-                        total = [d * (k - 1) for d, k in zip(m.dilation, m.kernel_size)]
+                        total = [d * (k - 1) for d, k in zip(dilation, kernel)]
                         if any(t % 2 for t in total):
                             raise TraceError(f"node `{n.name}`: conv `{n.target}` padding 'same' with an even "
                                              "kernel pads one side more: not supported")
@@ -557,8 +567,7 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
                     fields["weight"] = f"{n.target}.weight"
                     if m.bias is not None:
                         fields["bias"] = f"{n.target}.bias"
-                    for key, v, default in [("stride", m.stride, 1), ("padding", padding, 0),
-                                            ("dilation", m.dilation, 1)]:
+                    for key, v, default in [("stride", stride, 1), ("padding", padding, 0), ("dilation", dilation, 1)]:
                         if isinstance(v, str):
                             continue
                         if _pair(v) != [default, default]:
@@ -581,16 +590,20 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
                     if m.bias is not None:
                         fields["bias"] = f"{n.target}.bias"
                     out_channels = m.out_features
-                elif isinstance(m, nn.MaxPool2d):
-                    _pool(fields, n, f"pool `{n.target}`", "max", m.kernel_size, m.stride, m.padding,
-                          dilation=m.dilation, ceil_mode=m.ceil_mode)
+                elif isinstance(m, (nn.MaxPool1d, nn.MaxPool2d)):
+                    grow = _one_row if isinstance(m, nn.MaxPool1d) else (lambda v, fill: v)
+                    _pool(fields, n, f"pool `{n.target}`", "max", grow(m.kernel_size, 1),
+                          None if m.stride is None else grow(m.stride, 1), grow(m.padding, 0),
+                          dilation=grow(m.dilation, 1), ceil_mode=m.ceil_mode)
                     out_channels = inp.channels
-                elif isinstance(m, nn.AvgPool2d):
-                    _pool(fields, n, f"pool `{n.target}`", "avg", m.kernel_size, m.stride, m.padding,
+                elif isinstance(m, (nn.AvgPool1d, nn.AvgPool2d)):
+                    grow = _one_row if isinstance(m, nn.AvgPool1d) else (lambda v, fill: v)
+                    _pool(fields, n, f"pool `{n.target}`", "avg", grow(m.kernel_size, 1),
+                          None if m.stride is None else grow(m.stride, 1), grow(m.padding, 0),
                           ceil_mode=m.ceil_mode, count_include_pad=m.count_include_pad,
-                          divisor_override=m.divisor_override)
+                          divisor_override=getattr(m, "divisor_override", None))
                     out_channels = inp.channels
-                else:  # AdaptiveAvgPool2d
+                else:  # AdaptiveAvgPool1d/2d
                     _adaptive_pool(fields, n)
                     out_channels = inp.channels
             else:
@@ -599,16 +612,21 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
                 fields["name"] = name
                 inp = ref[root[n.args[0]]]
                 out_channels = inp.channels
-                if n.target is F.adaptive_avg_pool2d:
+                if n.target in (F.adaptive_avg_pool2d, F.adaptive_avg_pool1d):
                     _adaptive_pool(fields, n)
-                elif n.target in (F.max_pool2d, F.avg_pool2d):
+                elif n.target in (F.max_pool2d, F.avg_pool2d, F.max_pool1d, F.avg_pool1d):
                     params = POOL_PARAMETERS[n.target]
                     a = {k: _value(v) for k, v in (dict(zip(params, n.args)) | dict(n.kwargs)).items()
                          if k != "input"}
+                    if n.target in (F.max_pool1d, F.avg_pool1d):
+                        # A 1-D pool: a 1 x k window over the 1 x L grid.
+                        fills = {"kernel_size": 1, "stride": 1, "padding": 0, "dilation": 1}
+                        a = {k: _one_row(v, fills[k]) if k in fills and v is not None and v != [] else v
+                             for k, v in a.items()}
                     if a.get("return_indices"):
                         raise TraceError(f"node `{n.name}`: a max pool that returns its indices")
                     what = f"functional pool `{n.name}`"
-                    if n.target is F.max_pool2d:
+                    if n.target in (F.max_pool2d, F.max_pool1d):
                         _pool(fields, n, what, "max", a["kernel_size"], a.get("stride"), a.get("padding", 0),
                               dilation=a.get("dilation", 1), ceil_mode=a.get("ceil_mode", False))
                     else:
@@ -809,6 +827,12 @@ def _channels_last(nodes, kinds, permutes, modules) -> dict:
     return last
 
 
+def _one_row(v, fill):
+    """A 1-D module's kernel, stride, padding or dilation (`k` or `(k,)`)
+    as the pair of the 2-D layer it is over a 1 x L grid: `(fill, k)`."""
+    return (fill, v[0] if isinstance(v, (tuple, list)) else v)
+
+
 def _split_ranges(n) -> list[tuple[int, int]]:
     """The channel range of each part of `torch.split(x, sizes, 1)` /
     `x.chunk(k, 1)` (and their method forms), as the traced run split it;
@@ -816,7 +840,7 @@ def _split_ranges(n) -> list[tuple[int, int]]:
     parts = n.meta.get("tensor_meta") or ()
     shape = _shape(n.args[0])
     dim = n.kwargs.get("dim", n.args[2] if len(n.args) > 2 else 0)
-    if len(shape) != 4 or _value(dim) % 4 != 1:
+    if len(shape) not in (3, 4) or _value(dim) % len(shape) != 1:
         raise TraceError(f"node `{n.name}`: a split of a {shape} tensor on axis {dim}: only channels (axis 1) "
                          "are supported")
     ranges, at = [], 0
@@ -866,7 +890,7 @@ def _gated(n, passes):
         raise TraceError(f"node `{n.name}`: a product of two independent tensors: only a channel gate x * s, "
                          "s computed from x (squeeze-and-excitation), is supported")
     xs, ss = _shape(x), _shape(s)
-    if len(xs) != 4 or ss != [xs[0], xs[1], 1, 1]:
+    if len(xs) not in (3, 4) or ss != [xs[0], xs[1]] + [1] * (len(xs) - 2):
         raise TraceError(f"node `{n.name}`: a product of shapes {xs} and {ss}: only a channel gate x * s, "
                          "s of shape [N, C, 1, 1] (squeeze-and-excitation), is supported")
     return x, s
@@ -887,7 +911,8 @@ def _toml(entries, input_shape, layout, bn, notes=()) -> str:
     out = [
         "# Written by python/torch_to_spec.py from the model's code (torch.fx).",
         *("\n".join(textwrap.wrap(note, 76, initial_indent="# Note: ", subsequent_indent="#   ")) for note in notes),
-        f"input = {value(list(input_shape))}",
+        # A 1-D signal (C, L) is the 1 x L grid of each of its C channels.
+        f"input = {value(list(input_shape) if len(input_shape) != 2 else [input_shape[0], 1, input_shape[1]])}",
         f"layout = {value(layout)}",
         f"bn = {value(bn)}",
     ]

@@ -392,3 +392,26 @@ def test_a_channel_shuffle_the_spec_cannot_say_is_an_error_naming_the_node():
     for model in (Shuffled([6], 3, single=True), Shuffled([4, 4], 4)):
         with pytest.raises(TraceError, match="node `view_1`: a channel shuffle whose groups of 2 channels mix"):
             spec_from_module(model, (3, 5, 4))
+
+
+def test_one_dimensional_layers_are_the_2d_layers_over_one_row():
+    modules = nn.Sequential(nn.Conv1d(2, 4, 5, stride=2, padding=1), nn.MaxPool1d(3, 2),
+                            nn.AvgPool1d(2, ceil_mode=True, count_include_pad=False),
+                            nn.Conv1d(4, 4, 3, padding="same"),
+                            nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(4, 3))
+    text = spec_from_module(modules, (2, 40))
+    assert tomllib.loads(text)["input"] == [2, 1, 40]
+    want = [
+        {"weight": "0.weight", "bias": "0.bias", "stride": [1, 2], "padding": [0, 1]},
+        {"pool": "max", "kernel": [1, 3], "stride": [1, 2]},
+        {"pool": "avg", "kernel": [1, 2], "count_include_pad": False},
+        {"weight": "3.weight", "bias": "3.bias", "padding": [0, 1]},
+        {"pool": "global_avg"},
+        {"weight": "6.weight", "bias": "6.bias"},
+    ]
+    assert entries(modules, (2, 40)) == want
+    functional = nn.Sequential(modules[0], Lambda(lambda x: F.max_pool1d(x, 3, 2)),
+                               Lambda(lambda x: F.avg_pool1d(x, [2], ceil_mode=True, count_include_pad=False)),
+                               modules[3], Lambda(lambda x: x.mean(-1)), modules[6])
+    unweighted = lambda es: [{k: v for k, v in e.items() if k not in ("weight", "bias")} for e in es]  # noqa: E731
+    assert unweighted(entries(functional, (2, 40))) == unweighted(want)
