@@ -617,6 +617,20 @@ fn check(what: &str, entries: &[E], input: S, layout: Layout, bn: BnMode) {
     }
 }
 
+/// A global average pool.
+fn gap(name: &'static str) -> E {
+    e(name, K::Pool { op: "global_avg", k: [1, 1], s: [1, 1], p: [0, 0], include_pad: true, ceil: false, out: [1, 1] })
+}
+
+/// [`check`] in both layouts and every BatchNorm mode.
+fn check_every_mode(what: &str, entries: &[E], input: S) {
+    for layout in [Layout::Torch, Layout::Keras] {
+        for bn in [BnMode::Fold, BnMode::Layer, BnMode::Ignore] {
+            check(&format!("{what} {layout} bn={bn}"), entries, input, layout, bn);
+        }
+    }
+}
+
 fn map(c: usize, h: usize, w: usize) -> S {
     S { c, h, w, flat: false }
 }
@@ -642,21 +656,14 @@ fn resnet_like() -> Vec<E> {
                 K::Pool { op: "avg", k: [2, 2], s: [1, 1], p: [1, 1], include_pad: false, ceil: false, out: [0, 0] },
             )
         },
-        e(
-            "gap",
-            K::Pool { op: "global_avg", k: [1, 1], s: [1, 1], p: [0, 0], include_pad: true, ceil: false, out: [1, 1] },
-        ),
+        gap("gap"),
         e("fc", K::Dense { out: 3, bias: true, norm: false }),
     ]
 }
 
 #[test]
 fn residual_network_in_every_bn_mode() {
-    for layout in [Layout::Torch, Layout::Keras] {
-        for bn in [BnMode::Fold, BnMode::Layer, BnMode::Ignore] {
-            check(&format!("resnet-like {layout} bn={bn}"), &resnet_like(), map(3, 9, 11), layout, bn);
-        }
-    }
+    check_every_mode("resnet-like", &resnet_like(), map(3, 9, 11));
 }
 
 /// A DenseNet-like block: the block's set holds the input's channels (an
@@ -767,12 +774,8 @@ fn per_pixel_layers_and_layer_scales() {
     // A chain (one writer and one reader per set: the GPU engine's batched path).
     let chain =
         vec![conv("c", 5, 3, 1, 1), pp("p", 6, true, true), e("fc", K::Dense { out: 3, bias: true, norm: false })];
-    for layout in [Layout::Torch, Layout::Keras] {
-        for bn in [BnMode::Fold, BnMode::Layer, BnMode::Ignore] {
-            check(&format!("convnext-like {layout} bn={bn}"), &entries, map(3, 13, 11), layout, bn);
-            check(&format!("per-pixel chain {layout} bn={bn}"), &chain, map(2, 5, 4), layout, bn);
-        }
-    }
+    check_every_mode("convnext-like", &entries, map(3, 13, 11));
+    check_every_mode("per-pixel chain", &chain, map(2, 5, 4));
 }
 
 /// ShuffleNetV2-like units: two branches written interleaved
@@ -794,28 +797,10 @@ fn interleaved_writes_of_a_channel_shuffle() {
         E { from: Some("s1"), from_ch: Some([0, 3]), to: Some("s2"), step: 2, ..e("keep", K::Identity) },
         E { from: Some("s1"), from_ch: Some([3, 6]), ..conv("u2.pw1", 3, 1, 1, 0) },
         E { to: Some("s2"), offset: 1, step: 2, ..conv("u2.pw2", 3, 1, 1, 0) },
-        E {
-            from: Some("s2"),
-            ..e(
-                "gap",
-                K::Pool {
-                    op: "global_avg",
-                    k: [1, 1],
-                    s: [1, 1],
-                    p: [0, 0],
-                    include_pad: true,
-                    ceil: false,
-                    out: [1, 1],
-                },
-            )
-        },
+        E { from: Some("s2"), ..gap("gap") },
         e("fc", K::Dense { out: 3, bias: true, norm: false }),
     ];
-    for layout in [Layout::Torch, Layout::Keras] {
-        for bn in [BnMode::Fold, BnMode::Layer, BnMode::Ignore] {
-            check(&format!("shufflenet-like {layout} bn={bn}"), &entries, map(3, 9, 8), layout, bn);
-        }
-    }
+    check_every_mode("shufflenet-like", &entries, map(3, 9, 8));
 }
 
 /// A 1-D CNN on a 2-channel signal of 23 samples (a 2 x 1 x 23 map):
@@ -838,11 +823,7 @@ fn one_dimensional_convs() {
         c1("c3", 4, 2, 1, 1, 0, 1),
         e("fc", K::Dense { out: 3, bias: true, norm: false }),
     ];
-    for layout in [Layout::Torch, Layout::Keras] {
-        for bn in [BnMode::Fold, BnMode::Layer, BnMode::Ignore] {
-            check(&format!("1-d {layout} bn={bn}"), &entries, map(2, 1, 23), layout, bn);
-        }
-    }
+    check_every_mode("1-d", &entries, map(2, 1, 23));
 }
 
 #[test]
