@@ -373,12 +373,6 @@ impl Layer {
         }
     }
 
-    /// True when a per-output-channel factor is folded into the layer's
-    /// weights (a BatchNorm's, a layer scale, or both).
-    pub fn folds(&self) -> bool {
-        self.kind.is_weighted() && self.kind != LayerKind::Norm && (self.norm.is_some() || self.scale.is_some())
-    }
-
     /// The tensor `links.csv` names for the layer: its weight, or for a
     /// BatchNorm layer the prefix.
     pub fn tensor(&self) -> &str {
@@ -671,9 +665,20 @@ impl SetState {
         self.written.iter().map(|r| r[1]).max().unwrap_or(0)
     }
 
-    /// The first channel of `[a, b)` no entry has written yet.
+    /// The first channel of `[a, b)` no entry has written yet (a sweep
+    /// over the written ranges in order: an interleaved write adds one per
+    /// channel).
     fn unwritten(&self, [a, b]: [usize; 2]) -> Option<usize> {
-        (a..b).find(|&c| !self.written.iter().any(|r| r[0] <= c && c < r[1]))
+        let mut ranges: Vec<[usize; 2]> = self.written.iter().copied().filter(|r| r[1] > a && r[0] < b).collect();
+        ranges.sort_unstable();
+        let mut next = a;
+        for [start, end] in ranges {
+            if start > next {
+                break;
+            }
+            next = next.max(end);
+        }
+        (next < b).then_some(next)
     }
 
     fn shape(&self, channels: usize) -> NodeShape {
@@ -827,7 +832,12 @@ impl<'a> Builder<'a> {
             Some(name) => self.names.get(name).copied(),
             None => None,
         };
-        // The channels written, as ranges (one per channel when interleaved).
+        // The channels written, as ranges (one per channel when interleaved);
+        // `offset` and `channel_step` come from the spec: checked.
+        let end = shape.channels().checked_sub(1).and_then(|k| k.checked_mul(step)).and_then(|x| x.checked_add(offset));
+        if end.is_none_or(|e| e >= u32::MAX as usize) && shape.channels() > 0 {
+            return Err(self.err(format!("`offset` {offset} and `channel_step` {step} write past any channel count")));
+        }
         let writes: Vec<[usize; 2]> = match step {
             1 => vec![[offset, offset + shape.channels()]],
             _ => (0..shape.channels()).map(|k| [offset + k * step, offset + k * step + 1]).collect(),

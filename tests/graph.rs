@@ -958,6 +958,8 @@ fn misfits_are_errors_naming_the_entries() {
         ("[[layers]]\nweight = \"b.weight\"\nscale = \"bn.weight\"\n", "scale `bn.weight` has shape [5]; the layer has 4 channels"),
         ("[[layers]]\nweight = \"b.weight\"\nscale = \"b.weight\"\n", "scale `b.weight` has shape [4, 4, 3, 3]"),
         ("[[layers]]\nweight = \"b.weight\"\nchannel_step = 2\n", "`offset` and `channel_step` need a `to`"),
+        ("[[layers]]\nweight = \"b.weight\"\nto = \"s\"\nchannel_step = 9223372036854775807\n", "write past any channel count"),
+        ("[[layers]]\nweight = \"b.weight\"\nto = \"s\"\noffset = 18446744073709551615\n", "write past any channel count"),
         ("[[layers]]\nweight = \"b.weight\"\nto = \"s\"\nchannel_step = 2\n[[layers]]\nweight = \"c.weight\"\n",
          "reads channel 1 of `s` before any entry writes it"),
     ];

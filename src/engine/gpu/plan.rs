@@ -115,7 +115,7 @@ impl Footprint {
             LayerKind::Conv(c) => (c.cout + c.cin()) * c.kh * c.kw,
             _ => 0,
         };
-        let scales = if layer.folds() { layer.output.channels() } else { 0 };
+        let scales = if layer.norm.is_some() || layer.scale.is_some() { layer.output.channels() } else { 0 };
         Footprint {
             weights: weight_bytes.next_multiple_of(4),
             strengths: 4 * (layer.input.count() + layer.output.count() + scales) as u64,
