@@ -826,6 +826,24 @@ fn one_dimensional_convs() {
     check_every_mode("1-d", &entries, map(2, 1, 23));
 }
 
+/// Adaptive average pools to larger grids: by whole factors (nearest
+/// upsampling, as torch_to_spec writes `nn.Upsample`), and by others
+/// (windows of one or two inputs, overlapping).
+#[test]
+fn upsampling_adaptive_pools() {
+    let ada = |name, out| {
+        e(name, K::Pool { op: "adaptive_avg", k: [1, 1], s: [1, 1], p: [0, 0], include_pad: true, ceil: false, out })
+    };
+    let entries = vec![
+        conv("c1", 3, 3, 2, 1),
+        ada("up", [8, 9]),
+        E { from: Some("c1"), ..ada("up_odd", [7, 5]) },
+        conv("c2", 2, 3, 1, 1),
+        e("fc", K::Dense { out: 2, bias: true, norm: false }),
+    ];
+    check_every_mode("upsampling", &entries, map(2, 7, 5));
+}
+
 #[test]
 fn ceil_mode_pools() {
     let pool = |name, op, k, s, p, include_pad| E {

@@ -15,7 +15,7 @@ use cntscope::graph::{GraphOptions, Network};
 use cntscope::spec::{BnMode, Spec};
 use common::{assert_within, engines};
 
-const NETWORKS: [&str; 10] = [
+const NETWORKS: [&str; 11] = [
     "resnet_tiny",
     "vgg_bn_tiny",
     "mobilenet_v2_tiny",
@@ -26,6 +26,7 @@ const NETWORKS: [&str; 10] = [
     "convnext_tiny",
     "shufflenet_tiny",
     "signal_1d",
+    "pyramid_tiny",
 ];
 
 fn fixture(name: &str) -> PathBuf {

@@ -11,6 +11,9 @@ of SPEC 1 says it is:
   when that layer's output feeds nothing else, else a BatchNorm-only entry;
   a subclass of these or of ``Linear`` (timm's ``BatchNormAct2d``,
   ``Linear``) is read as the class it extends, with a note;
+* nearest-neighbour upsampling by whole factors (``nn.Upsample``,
+  ``F.interpolate``): the adaptive average pool to the larger grid (each
+  output copies one input: the same links);
 * ``MaxPool2d``, ``AvgPool2d``, ``AdaptiveAvgPool2d`` (and their functional
   forms), ``x.mean((2, 3))`` / ``torch.mean``: fixed entries (the mean over
   both spatial axes is a global average pool);
@@ -195,7 +198,12 @@ def _check_reshape(node):
     size = 1
     for d in before[1:]:
         size *= d
-    if after == before or _is_vector(after, size):
+    # One vector per sample on the channel axis: [N, size], [N, size, 1, 1],
+    # or [size] (a squeeze of the trace's batch of 1). Not [N, 1, size]:
+    # what reads that (a Conv1d across channels, as ECA's) takes the
+    # values for positions of one channel.
+    on_channels = (len(after) >= 2 and after[1] == size and all(d == 1 for d in after[2:])) or after == [size]
+    if after == before or (on_channels and _is_vector(after, size)):
         return
     raise TraceError(f"node `{node.name}`: reshapes {before} to {after}: only flattening each sample "
                      "(x.view(x.size(0), -1)) is supported")
@@ -232,6 +240,17 @@ def _spatial_mean(fields: dict, node):
         raise TraceError(f"node `{node.name}`: a mean over axes {dims} of a {shape} tensor: only the mean over "
                          "both spatial axes (a global average pool) is supported")
     fields["pool"] = "global_avg"
+
+
+def _nearest(fields: dict, node, mode):
+    """Nearest-neighbour upsampling by whole factors (`nn.Upsample`,
+    `F.interpolate`): each output copies one input, exactly the adaptive
+    average pool to the larger grid (the same links of weight 1)."""
+    before, after = _shape(node.args[0]), _shape(node)
+    if mode not in ("nearest", "nearest-exact") or any(b % a for a, b in zip(before[2:], after[2:])):
+        raise TraceError(f"node `{node.name}`: upsamples {before} to {after} ({mode}): only nearest-neighbour "
+                         "upsampling by whole factors is supported")
+    _adaptive_pool(fields, node)
 
 
 def _adaptive_pool(fields: dict, node):
@@ -289,7 +308,8 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
                 sample_norms.append(n.target)
                 return "pass"
             if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.MaxPool1d,
-                              nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)):
+                              nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
+                              nn.Upsample)):
                 return "entry"
             raise TraceError(f"node `{n.name}`: module `{n.target}` of type {type(m).__name__} has no spec entry")
         if n.op == "call_function":
@@ -316,7 +336,7 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
                 permutes[n] = _value(n.args[1] if len(n.args) > 1 else n.kwargs["dims"])
                 return "pass"
             if n.target in (F.adaptive_avg_pool2d, F.avg_pool2d, F.max_pool2d, F.adaptive_avg_pool1d, F.avg_pool1d,
-                            F.max_pool1d, torch.mean):
+                            F.max_pool1d, F.interpolate, torch.mean):
                 return "entry"
             if _is_stochastic_depth(n.target):
                 # torchvision's (EfficientNet): the identity at inference.
@@ -603,6 +623,9 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
                           ceil_mode=m.ceil_mode, count_include_pad=m.count_include_pad,
                           divisor_override=getattr(m, "divisor_override", None))
                     out_channels = inp.channels
+                elif isinstance(m, nn.Upsample):
+                    _nearest(fields, n, m.mode)
+                    out_channels = inp.channels
                 else:  # AdaptiveAvgPool1d/2d
                     _adaptive_pool(fields, n)
                     out_channels = inp.channels
@@ -614,6 +637,8 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
                 out_channels = inp.channels
                 if n.target in (F.adaptive_avg_pool2d, F.adaptive_avg_pool1d):
                     _adaptive_pool(fields, n)
+                elif n.target is F.interpolate:
+                    _nearest(fields, n, n.kwargs.get("mode", n.args[3] if len(n.args) > 3 else "nearest"))
                 elif n.target in (F.max_pool2d, F.avg_pool2d, F.max_pool1d, F.avg_pool1d):
                     params = POOL_PARAMETERS[n.target]
                     a = {k: _value(v) for k, v in (dict(zip(params, n.args)) | dict(n.kwargs)).items()

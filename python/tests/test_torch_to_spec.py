@@ -415,3 +415,37 @@ def test_one_dimensional_layers_are_the_2d_layers_over_one_row():
                                modules[3], Lambda(lambda x: x.mean(-1)), modules[6])
     unweighted = lambda es: [{k: v for k, v in e.items() if k not in ("weight", "bias")} for e in es]  # noqa: E731
     assert unweighted(entries(functional, (2, 40))) == unweighted(want)
+
+
+class Upsampled(nn.Module):
+    def __init__(self, up):
+        super().__init__()
+        self.down, self.head = nn.Conv2d(3, 4, 3, stride=2), nn.Conv2d(4, 2, 1)
+        self.up = up
+
+    def forward(self, x):
+        return self.head(self.up(self.down(x)))
+
+
+@pytest.mark.parametrize(
+    "up, grid",
+    [
+        (nn.Upsample(scale_factor=2), [8, 6]),
+        (nn.Upsample(scale_factor=(3, 1), mode="nearest-exact"), [12, 3]),
+        (Lambda(lambda x: F.interpolate(x, size=(8, 9))), [8, 9]),
+    ],
+)
+def test_nearest_upsampling_is_the_adaptive_pool_to_the_larger_grid(up, grid):
+    spec = tomllib.loads(spec_from_module(Upsampled(up), (3, 9, 7)))
+    [pool] = [e for e in spec["layers"] if "pool" in e]
+    assert (pool["pool"], pool["output"]) == ("adaptive_avg", grid)
+    # The same values in torch: each output copies one input.
+    x = torch.randn(1, 4, 4, 3, dtype=torch.float64)
+    assert torch.equal(up(x), F.adaptive_avg_pool2d(x, grid))
+
+
+def test_other_upsampling_is_an_error_naming_the_node():
+    for up, node in ((nn.Upsample(scale_factor=2, mode="bilinear"), "up"),
+                     (Lambda(lambda x: F.interpolate(x, size=(6, 5))), "interpolate")):
+        with pytest.raises(TraceError, match=f"node `{node}`: upsamples .*: only nearest-neighbour"):
+            spec_from_module(Upsampled(up), (3, 9, 7))
