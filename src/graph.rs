@@ -286,6 +286,11 @@ pub enum LayerKind {
     },
     /// A 2-D convolution, unrolled over the pixel grid.
     Conv(Conv),
+    /// A transposed 2-D convolution (`ConvTranspose2d`): the links of the
+    /// convolution [`Conv`] from this layer's output grid to its input
+    /// grid, reversed (its `cout` is this layer's input channels, its
+    /// `cin()` this layer's output channels), read from the same weights.
+    ConvTranspose(Conv),
     /// A BatchNorm as its own diagonal layer (its tensors in
     /// [`Layer::norm`]).
     Norm,
@@ -301,6 +306,7 @@ impl LayerKind {
         match self {
             LayerKind::Dense { .. } => "dense",
             LayerKind::Conv(_) => "conv2d",
+            LayerKind::ConvTranspose(_) => "conv_transpose2d",
             LayerKind::Norm => "batchnorm",
             LayerKind::Pool(p) => match p.op {
                 PoolOp::Max => "maxpool",
@@ -313,7 +319,7 @@ impl LayerKind {
 
     /// True for layers with learned link weights (a `links.csv` row).
     pub fn is_weighted(&self) -> bool {
-        matches!(self, LayerKind::Dense { .. } | LayerKind::Conv(_) | LayerKind::Norm)
+        matches!(self, LayerKind::Dense { .. } | LayerKind::Conv(_) | LayerKind::ConvTranspose(_) | LayerKind::Norm)
     }
 }
 
@@ -357,7 +363,7 @@ impl Layer {
     pub fn weight_count(&self) -> usize {
         match self.kind {
             LayerKind::Dense { inputs, outputs, .. } => inputs * outputs,
-            LayerKind::Conv(c) => c.cout * c.cin_g * c.kh * c.kw,
+            LayerKind::Conv(c) | LayerKind::ConvTranspose(c) => c.cout * c.cin_g * c.kh * c.kw,
             LayerKind::Norm => self.output.channels(),
             LayerKind::Pool(_) | LayerKind::Identity => 0,
         }
@@ -941,6 +947,8 @@ impl<'a> Builder<'a> {
                 layer.output = match layer.kind {
                     LayerKind::Dense { outputs, .. } => NodeShape::Flat(outputs),
                     LayerKind::Conv(c) => NodeShape::Map { c: c.cout, h: c.out_hw[0], w: c.out_hw[1] },
+                    // The adjoint conv reads this layer's output grid.
+                    LayerKind::ConvTranspose(c) => NodeShape::Map { c: c.cin(), h: c.in_hw[0], w: c.in_hw[1] },
                     _ => unreachable!("weighted"),
                 };
                 if let LayerKind::Dense { inputs, .. } = layer.kind {
@@ -1128,6 +1136,9 @@ impl<'a> Builder<'a> {
 
     fn weighted(&self, e: &LayerSpec, weight: &str, from: usize, input: NodeShape) -> Result<LayerKind> {
         let dims = dims(self.ck, self.s.layout, weight, e.in_out).map_err(|r| self.err(r))?;
+        if e.transposed == Some(true) {
+            return self.transposed(e, weight, dims, input);
+        }
         if e.per_pixel == Some(true) {
             // The same values as a 1x1 conv's weight in either layout:
             // `[out, in]` = `[out, in, 1, 1]`, `[in, out]` = `[1, 1, in, out]`.
@@ -1180,6 +1191,55 @@ impl<'a> Builder<'a> {
                 make_conv((o, ci, kh, kw), ch, hw, geometry, false).map_err(|r| self.err(r)).map(LayerKind::Conv)
             }
         }
+    }
+}
+
+impl Builder<'_> {
+    /// A transposed conv on `input`: its adjoint, the conv from the output
+    /// grid (`(H - 1) s - 2p + d (k - 1) + output_padding + 1` rows) back
+    /// to `input`'s, whose weight `[Cin, Cout/g, kh, kw]` it reads as its
+    /// own `[Cout, Cin/g, kh, kw]`.
+    fn transposed(&self, e: &LayerSpec, weight: &str, dims: Dims, input: NodeShape) -> Result<LayerKind> {
+        let Dims::Conv(cin, cout_g, kh, kw) = dims else {
+            return Err(self.err(format!("`transposed` needs a conv weight; `{weight}` is a dense one")));
+        };
+        let NodeShape::Map { c, h, w } = input else {
+            return Err(self.err("a transposed convolution reads a feature map, but its input is a vector"));
+        };
+        let groups = e.groups.unwrap_or(1);
+        if c != cin || cin % groups != 0 {
+            return Err(self.err(format!("takes {cin} channels in {groups} groups but its input has {c}")));
+        }
+        let geometry = ConvGeometry {
+            stride: e.stride.map_or([1, 1], |p| p.hw()),
+            padding: e.padding.map_or([0, 0], |p| p.hw()),
+            dilation: e.dilation.map_or([1, 1], |p| p.hw()),
+            groups,
+        };
+        let extra = e.output_padding.map_or([0, 0], |p| p.hw());
+        let grid = |a: usize, n: usize, k: usize| {
+            let (s, p, d) = (geometry.stride[a], geometry.padding[a], geometry.dilation[a]);
+            // (torch also takes `output_padding < dilation`; then the adjoint
+            // conv would read one row more than this layer's input has.)
+            (extra[a] < s)
+                .then(|| (n - 1).checked_mul(s)?.checked_add(d.checked_mul(k - 1)?)?.checked_add(extra[a] + 1))
+                .flatten()
+                .and_then(|len| len.checked_sub(2 * p))
+                .filter(|&len| len > 0)
+        };
+        let (Some(ho), Some(wo)) = (grid(0, h, kh), grid(1, w, kw)) else {
+            return Err(self.err(format!(
+                "no output grid: {h}x{w} input, {kh}x{kw} kernel, stride {:?}, padding {:?}, dilation {:?}, \
+                 output_padding {extra:?} (each below its stride)",
+                geometry.stride, geometry.padding, geometry.dilation
+            )));
+        };
+        let adjoint =
+            make_conv((cin, cout_g, kh, kw), cout_g * groups, [ho, wo], geometry, false).map_err(|r| self.err(r))?;
+        if adjoint.out_hw != [h, w] {
+            return Err(self.err(format!("its {ho}x{wo} output does not map back onto its {h}x{w} input")));
+        }
+        Ok(LayerKind::ConvTranspose(adjoint))
     }
 }
 

@@ -422,10 +422,11 @@ fn inspect(ck: &Checkpoint, net: &Network, out: &mut impl Write) -> anyhow::Resu
             LayerKind::Conv(c) if c.channel_level => {
                 format!("conv2d {}x{} groups {} at channel level (input grid unknown)", c.kh, c.kw, c.geometry.groups)
             }
-            LayerKind::Conv(c) => {
+            LayerKind::Conv(c) | LayerKind::ConvTranspose(c) => {
                 let g = c.geometry;
                 format!(
-                    "conv2d {}x{} stride {}x{} padding {}x{} dilation {}x{} groups {}",
+                    "{} {}x{} stride {}x{} padding {}x{} dilation {}x{} groups {}",
+                    l.kind.name(),
                     c.kh,
                     c.kw,
                     g.stride[0],

@@ -151,6 +151,12 @@ pub struct LayerSpec {
     /// A per-output-channel factor of the layer's outputs (ConvNeXt's
     /// layer scale), folded into its weights and bias before any `norm`.
     pub scale: Option<String>,
+    /// A transposed convolution (`ConvTranspose2d`, weight `[Cin,
+    /// Cout/g, kh, kw]`): each input pixel spreads over the output grid.
+    pub transposed: Option<bool>,
+    /// A transposed convolution's extra rows and columns of output
+    /// (`output_padding`, default 0).
+    pub output_padding: Option<Pair>,
     /// Dense storage `[in, out]` instead of the layout's (set by discovery
     /// for GPT-2's Conv1D and embeddings; not a spec key).
     #[serde(skip)]
@@ -287,6 +293,8 @@ impl Spec {
             let kind = l.kind().expect("checked");
             let misplaced: &[(&str, bool)] = match kind {
                 EntryKind::Weighted => &[
+                    ("output_padding", l.output_padding.is_some() && l.transposed != Some(true)),
+                    ("per_pixel", l.per_pixel == Some(true) && l.transposed == Some(true)),
                     ("kernel", l.kernel.is_some()),
                     ("output", l.output.is_some()),
                     ("count_include_pad", l.count_include_pad.is_some()),
@@ -294,6 +302,8 @@ impl Spec {
                 ],
                 EntryKind::Pool(p) => &[
                     ("bias", l.bias.is_some()),
+                    ("transposed", l.transposed.is_some()),
+                    ("output_padding", l.output_padding.is_some()),
                     ("per_pixel", l.per_pixel.is_some()),
                     ("scale", l.scale.is_some()),
                     ("norm", l.norm.is_some()),
@@ -306,6 +316,8 @@ impl Spec {
                 ],
                 EntryKind::Identity | EntryKind::Norm => &[
                     ("bias", l.bias.is_some()),
+                    ("transposed", l.transposed.is_some()),
+                    ("output_padding", l.output_padding.is_some()),
                     ("per_pixel", l.per_pixel.is_some()),
                     ("scale", l.scale.is_some()),
                     ("stride", l.stride.is_some()),

@@ -45,6 +45,19 @@ enum K {
         ceil: bool,
         out: [usize; 2],
     },
+    /// A transposed conv (`ConvTranspose2d`, weight `[in, out/g, kh, kw]`).
+    ConvT {
+        cout: usize,
+        groups: usize,
+        k: [usize; 2],
+        s: [usize; 2],
+        p: [usize; 2],
+        d: [usize; 2],
+        /// `output_padding`.
+        op: [usize; 2],
+        bias: bool,
+        norm: bool,
+    },
     /// A dense weight `[out, in]` applied at every pixel (`per_pixel`),
     /// with a layer scale `[out, 1, 1]` folded in when `scale`.
     PerPixel {
@@ -356,6 +369,80 @@ fn build(entries: &[E], input: S, layout: Layout, bn: BnMode, seed: u64) -> (Vec
                 for j in 0..*out {
                     let b = if *bias { scale[j] * bv[j] } else { 0.0 } + shift[j];
                     o.bias((t, [off + j, 0, 0]), b);
+                }
+                out_set = t;
+                raw_name = layer_mode.then(|| format!("{}_bn", en.name));
+            }
+            K::ConvT { cout, groups, k, s, p, d, op, bias, norm: has_norm } => {
+                let (cout, g) = (*cout, *groups);
+                let (cin_g, cout_g) = (cin / g, cout / g);
+                let ho = (sset.h - 1) * s[0] + d[0] * (k[0] - 1) + op[0] + 1 - 2 * p[0];
+                let wo = (sset.w - 1) * s[1] + d[1] * (k[1] - 1) + op[1] + 1 - 2 * p[1];
+                let wv = draw(cin * cout_g * k[0] * k[1], -1.0, 1.0);
+                let bv = draw(cout, -0.5, 0.5);
+                let wname = leak(format!("{}.weight", en.name));
+                let at = |c: usize, j: usize, ky: usize, kx: usize| ((c * cout_g + j) * k[0] + ky) * k[1] + kx;
+                let stored = match layout {
+                    Layout::Torch => (vec![cin, cout_g, k[0], k[1]], wv.clone()),
+                    Layout::Keras => {
+                        let mut st = vec![0.0; wv.len()];
+                        for c in 0..cin {
+                            for j in 0..cout_g {
+                                for ky in 0..k[0] {
+                                    for kx in 0..k[1] {
+                                        st[((ky * k[1] + kx) * cout_g + j) * cin + c] = wv[at(c, j, ky, kx)];
+                                    }
+                                }
+                            }
+                        }
+                        (vec![k[0], k[1], cout_g, cin], st)
+                    }
+                };
+                tensors.push(T::f32(wname, &stored.0, stored.1));
+                entry += &format!(
+                    "weight = \"{wname}\"\ntransposed = true\nstride = [{}, {}]\npadding = [{}, {}]\ndilation = [{}, {}]\noutput_padding = [{}, {}]\ngroups = {g}\n",
+                    s[0], s[1], p[0], p[1], d[0], d[1], op[0], op[1]
+                );
+                if *bias {
+                    let bname = leak(format!("{}.bias", en.name));
+                    tensors.push(T::f32(bname, &[cout], bv.clone()));
+                    entry += &format!("bias = \"{bname}\"\n");
+                }
+                let (scale, shift) = folded(*has_norm, cout, &mut entry, &mut tensors);
+                let oshape = S { c: cout, h: ho, w: wo, flat: false };
+                let layer_mode = *has_norm && bn == BnMode::Layer;
+                let (t, off) = if layer_mode {
+                    (target(&mut o, &mut names, None, en.name, oshape, 0), 0)
+                } else {
+                    (target(&mut o, &mut names, en.to, en.name, oshape, en.offset), en.offset)
+                };
+                // Input pixel (y, x) spreads to (y s + ky d - p, x s + kx d - p).
+                for c in 0..cin {
+                    for j in 0..cout_g {
+                        let oc = c / cin_g * cout_g + j;
+                        for ky in 0..k[0] {
+                            for kx in 0..k[1] {
+                                let wt = scale[oc] * wv[at(c, j, ky, kx)];
+                                for y in 0..sset.h {
+                                    for x in 0..sset.w {
+                                        let oy = (y * s[0] + ky * d[0]) as i64 - p[0] as i64;
+                                        let ox = (x * s[1] + kx * d[1]) as i64 - p[1] as i64;
+                                        if oy >= 0 && ox >= 0 && (oy as usize) < ho && (ox as usize) < wo {
+                                            o.link((src, [a + c, y, x]), (t, [off + oc, oy as usize, ox as usize]), wt);
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                for oc in 0..cout {
+                    let b = if *bias { scale[oc] * bv[oc] } else { 0.0 } + shift[oc];
+                    for oy in 0..ho {
+                        for ox in 0..wo {
+                            o.bias((t, [off + oc, oy, ox]), b);
+                        }
+                    }
                 }
                 out_set = t;
                 raw_name = layer_mode.then(|| format!("{}_bn", en.name));
@@ -844,6 +931,27 @@ fn upsampling_adaptive_pools() {
     check_every_mode("upsampling", &entries, map(2, 7, 5));
 }
 
+/// An encoder-decoder: strided convs down, transposed convs back up
+/// (stride 2 with padding and output_padding, grouped and dilated, a 1x3
+/// kernel), with BatchNorms folded into them (per output channel: the
+/// adjoint conv's input channels), and a skip added to the decoder.
+#[test]
+fn transposed_convs() {
+    let up = |name, cout, groups, k: [usize; 2], s: [usize; 2], p: [usize; 2], d: [usize; 2], op: [usize; 2]| {
+        e(name, K::ConvT { cout, groups, k, s, p, d, op, bias: true, norm: true })
+    };
+    let entries = vec![
+        conv("down1", 4, 3, 2, 1),
+        conv("down2", 6, 3, 2, 1),
+        E { to: Some("dec"), ..up("up1", 4, 2, [3, 3], [2, 2], [1, 1], [1, 1], [0, 1]) },
+        E { from: Some("down1"), to: Some("dec"), ..e("skip", K::Identity) },
+        up("up2", 3, 1, [1, 3], [2, 1], [0, 2], [1, 2], [1, 0]),
+        gap("gap"),
+        e("fc", K::Dense { out: 2, bias: true, norm: false }),
+    ];
+    check_every_mode("transposed", &entries, map(2, 9, 7));
+}
+
 #[test]
 fn ceil_mode_pools() {
     let pool = |name, op, k, s, p, include_pad| E {
@@ -976,6 +1084,9 @@ fn misfits_are_errors_naming_the_entries() {
         ("[[layers]]\nweight = \"b.weight\"\nscale = \"bn.weight\"\n", "scale `bn.weight` has shape [5]; the layer has 4 channels"),
         ("[[layers]]\nweight = \"b.weight\"\nscale = \"b.weight\"\n", "scale `b.weight` has shape [4, 4, 3, 3]"),
         ("[[layers]]\nweight = \"b.weight\"\nchannel_step = 2\n", "`offset` and `channel_step` need a `to`"),
+        ("[[layers]]\nweight = \"b.weight\"\noutput_padding = 1\n", "`output_padding` does not apply"),
+        ("[[layers]]\nweight = \"fc.weight\"\ntransposed = true\n", "`transposed` needs a conv weight"),
+        ("[[layers]]\nweight = \"b.weight\"\ntransposed = true\nstride = 2\noutput_padding = 2\n", "no output grid"),
         ("[[layers]]\nweight = \"b.weight\"\nto = \"s\"\nchannel_step = 9223372036854775807\n", "write past any channel count"),
         ("[[layers]]\nweight = \"b.weight\"\nto = \"s\"\noffset = 18446744073709551615\n", "write past any channel count"),
         ("[[layers]]\nweight = \"b.weight\"\nto = \"s\"\nchannel_step = 2\n[[layers]]\nweight = \"c.weight\"\n",

@@ -13,7 +13,7 @@ mod ordered;
 
 use crate::checkpoint::{Checkpoint, Tensor};
 use crate::error::Result;
-use crate::graph::{GraphSource, Layer, LayerKind, Network, NodeShape, Norm};
+use crate::graph::{Conv, GraphSource, Layer, LayerKind, Network, NodeShape, Norm};
 use crate::spec::Layout;
 use crate::stats::{Histogram, Moments};
 
@@ -449,8 +449,12 @@ pub fn link_weight_chunks(net: &Network, layer: &Layer, ck: &Checkpoint, mut f: 
             for at in (0..w.len()).step_by(CHUNK) {
                 let chunk = &mut buf[..CHUNK.min(w.len() - at)];
                 w.decode_into(at, chunk);
-                if let Some(a) = &scale {
-                    scale_weights_at(chunk, at, w.len(), layer, net.layout, a);
+                match (&scale, layer.kind) {
+                    (Some(a), LayerKind::ConvTranspose(adjoint)) => {
+                        scale_transposed_at(chunk, at, &adjoint, net.layout, a)
+                    }
+                    (Some(a), _) => scale_weights_at(chunk, at, w.len(), layer, net.layout, a),
+                    (None, _) => {}
                 }
                 f(chunk);
             }
@@ -475,6 +479,56 @@ pub(crate) fn scale_weights(values: &mut [f64], layer: &Layer, layout: Layout, s
 /// `len` values.
 fn scale_weights_at(values: &mut [f64], at: usize, len: usize, layer: &Layer, layout: Layout, scale: &[f64]) {
     scale_by_output(values, at, len, layer.outputs_last(layout), scale)
+}
+
+/// Each weight of a transposed conv (elements `at..` of its tensor in
+/// `layout`) times `a` of the output channel it links to: an input channel
+/// of its `adjoint` conv, whose weight the tensor is (torch `[Cin, Cout/g,
+/// kh, kw]`, keras `[kh, kw, Cout/g, Cin]`).
+fn scale_transposed_at(values: &mut [f64], at: usize, adjoint: &Conv, layout: Layout, a: &[f64]) {
+    let (taps, rows_per_group) = (adjoint.kh * adjoint.kw, adjoint.cout / adjoint.geometry.groups);
+    for (i, v) in (at..).zip(values) {
+        let (row, column) = match layout {
+            Layout::Torch => (i / (adjoint.cin_g * taps), i / taps % adjoint.cin_g),
+            Layout::Keras => (i % adjoint.cout, i / adjoint.cout % adjoint.cin_g),
+        };
+        *v *= a[row / rows_per_group * adjoint.cin_g + column];
+    }
+}
+
+/// A transposed conv measured as its adjoint conv (the same links,
+/// reversed): the adjoint's out-strengths are this layer's in-strengths
+/// (the bias added), its in-strengths this layer's out-strengths. A folded
+/// factor, one per output channel here and so per input channel of the
+/// adjoint, scales a copy of the weights.
+fn transposed<E: Engine + ?Sized>(
+    engine: &E,
+    layout: Layout,
+    layer: &Layer,
+    adjoint: Conv,
+    w: &Tensor<'_>,
+    p: &LayerParams,
+    bins: usize,
+) -> Result<LayerMeasures> {
+    let folded = p.scale.as_ref().map(|a| {
+        let mut v = w.to_f64();
+        scale_transposed_at(&mut v, 0, &adjoint, layout, a);
+        v
+    });
+    let w = folded.as_deref().map_or(*w, |v| Tensor::f64_like(v, w));
+    let mirror = Layer {
+        kind: LayerKind::Conv(adjoint),
+        input: layer.output,
+        output: layer.input,
+        norm: None,
+        scale: None,
+        ..layer.clone()
+    };
+    let LayerMeasures { s_in, mut s_out, weights, histogram } = engine.layer(&mirror, layout, &w, None, None, bins)?;
+    if let Some(shift) = &p.shift {
+        s_out.add_per_channel(|c| shift[c]);
+    }
+    Ok(LayerMeasures { s_in: s_out, s_out: s_in, weights, histogram })
 }
 
 /// [`scale_weights_at`] for weights whose output index is the fastest
@@ -573,13 +627,15 @@ fn measure_layer<E: Engine + ?Sized>(
 ) -> Result<(Field, Field, Option<LayerResult>)> {
     let mut result = None;
     let (s_in, s_out) = match layer.kind {
-        LayerKind::Dense { .. } | LayerKind::Conv(_) => {
+        LayerKind::Dense { .. } | LayerKind::Conv(_) | LayerKind::ConvTranspose(_) => {
             let weight = layer.weight.as_deref().expect("dense and conv layers have weights");
             let w = ck.tensor(weight)?;
             let p = LayerParams::of(net, layer, ck)?;
+            let LayerMeasures { s_in, s_out, mut weights, mut histogram } = match layer.kind {
+                LayerKind::ConvTranspose(adjoint) => transposed(engine, net.layout, layer, adjoint, &w, &p, opts.bins)?,
+                _ => engine.layer(layer, net.layout, &w, p.scale.as_deref(), p.shift.as_deref(), opts.bins)?,
+            };
             let bias = p.bias.map(Finite::of);
-            let LayerMeasures { s_in, s_out, mut weights, mut histogram } =
-                engine.layer(layer, net.layout, &w, p.scale.as_deref(), p.shift.as_deref(), opts.bins)?;
             let mut non_finite = bias.as_ref().map_or(0, |b| b.non_finite);
             if !is_finite(&weights) {
                 // Rare: measure the finite weights on their own.

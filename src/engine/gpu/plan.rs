@@ -112,7 +112,7 @@ impl Footprint {
                 let (rows, cols) = dense_storage(in_out, inputs, outputs);
                 rows.div_ceil(DENSE_ROWS) * cols
             }
-            LayerKind::Conv(c) => (c.cout + c.cin()) * c.kh * c.kw,
+            LayerKind::Conv(c) | LayerKind::ConvTranspose(c) => (c.cout + c.cin()) * c.kh * c.kw,
             _ => 0,
         };
         let scales = if layer.norm.is_some() || layer.scale.is_some() { layer.output.channels() } else { 0 };
