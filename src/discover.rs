@@ -98,6 +98,7 @@ pub(crate) fn discover(ck: &Checkpoint, layout: Layout) -> Discovered {
     // BatchNorms: prefix, channels, and how many weighted layers precede it.
     let mut norms: Vec<(&str, usize, usize)> = Vec::new();
     let mut scales = Vec::new();
+    let mut deconvs = Vec::new();
     for (prefix, members) in modules {
         let role = |roles: &[&str]| members.iter().copied().find(|n| roles.contains(&split(n).1));
         // A weight or bias of another dtype is still the layer's: measuring
@@ -131,6 +132,17 @@ pub(crate) fn discover(ck: &Checkpoint, layout: Layout) -> Discovered {
                 {
                     e.in_out = Some(true);
                     transposed.push(display_name(w));
+                }
+            }
+            // A transposed conv (torch `[in, out/g, kh, kw]`, keras `[kh, kw,
+            // out, in]`): its bias fits the output axis, not a conv's.
+            let (out_axis, conv_axis) =
+                if layout == Layout::Torch { (1, 0) } else { (shape.len() - 2, shape.len() - 1) };
+            if let (3 | 4, Some(&[n])) = (shape.len(), bias.and_then(|b| ck.shape(b))) {
+                if n != shape[conv_axis] && n % shape[out_axis] == 0 {
+                    e.transposed = Some(true);
+                    e.groups = (n / shape[out_axis] > 1).then_some(n / shape[out_axis]);
+                    deconvs.push(display_name(w));
                 }
             }
             let outputs = match dims(ck, layout, w, e.in_out) {
@@ -175,6 +187,14 @@ pub(crate) fn discover(ck: &Checkpoint, layout: Layout) -> Discovered {
         out.notes.push(format!(
             "read as embeddings ([vocab, d] tables: each of the vocab rows is a one-hot input linked to d features): {}",
             embeddings.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    if !deconvs.is_empty() {
+        out.notes.push(format!(
+            "read as transposed convolutions (ConvTranspose2d: the bias fits the weight's output axis); one without \
+             a bias, or with as many outputs as inputs, cannot be told from a convolution: give a spec: {}",
+            deconvs.iter().take(6).map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+                + if deconvs.len() > 6 { ", ..." } else { "" }
         ));
     }
     if !scales.is_empty() {
@@ -345,6 +365,16 @@ pub(crate) fn per_layer(
                 NodeShape::Flat(i),
                 NodeShape::Flat(o),
             ),
+            Dims::Conv(o, ci, kh, kw) if e.transposed == Some(true) => {
+                // At channel level: the adjoint conv's links, reversed.
+                let groups = e.groups.unwrap_or(1);
+                let geometry = ConvGeometry { stride: [1, 1], padding: [0, 0], dilation: [1, 1], groups };
+                let adjoint = make_conv((o, ci, kh, kw), ci * groups, [1, 1], geometry, true)
+                    .map_err(|r| graph(format!("layer `{name}`: {r}")))?;
+                channel_level.push(name.clone());
+                let map = |c| NodeShape::Map { c, h: 1, w: 1 };
+                (LayerKind::ConvTranspose(adjoint), map(o), map(ci * groups))
+            }
             Dims::Conv(o, ci, kh, kw) => {
                 let grid = match input {
                     Some(NodeShape::Map { c, h, w }) if i == 0 && c % ci == 0 => Some((c, [h, w])),

@@ -449,7 +449,7 @@ fn assumed_geometry(net: &Network) -> Option<String> {
     let assumed: Vec<&str> = net
         .layers
         .iter()
-        .filter(|l| matches!(&l.kind, LayerKind::Conv(c) if !c.channel_level))
+        .filter(|l| matches!(&l.kind, LayerKind::Conv(c) | LayerKind::ConvTranspose(c) if !c.channel_level))
         .map(|l| l.name.as_str())
         .collect();
     (!assumed.is_empty()).then(|| {

@@ -419,9 +419,13 @@ fn inspect(ck: &Checkpoint, net: &Network, out: &mut impl Write) -> anyhow::Resu
         }
         let kind = match l.kind {
             LayerKind::Dense { in_out: true, .. } => "dense (stored [in, out])".to_string(),
-            LayerKind::Conv(c) if c.channel_level => {
-                format!("conv2d {}x{} groups {} at channel level (input grid unknown)", c.kh, c.kw, c.geometry.groups)
-            }
+            LayerKind::Conv(c) | LayerKind::ConvTranspose(c) if c.channel_level => format!(
+                "{} {}x{} groups {} at channel level (input grid unknown)",
+                l.kind.name(),
+                c.kh,
+                c.kw,
+                c.geometry.groups
+            ),
             LayerKind::Conv(c) | LayerKind::ConvTranspose(c) => {
                 let g = c.geometry;
                 format!(

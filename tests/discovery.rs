@@ -106,6 +106,24 @@ fn one_dimensional_and_maybe_grouped_convs_are_said() {
 }
 
 #[test]
+fn transposed_convs_are_told_by_their_bias() {
+    // `up2.weight` [6, 3, 3, 2] with `up2.bias` [3]: a ConvTranspose2d of 6
+    // inputs and 3 outputs. `up1` has no bias: read as a conv, and the note
+    // says a transposed conv without a bias cannot be told.
+    let ck = Checkpoint::open(fixture("torch", "autoencoder_tiny.safetensors")).unwrap();
+    let net = Network::build(&ck, &GraphOptions::default()).unwrap();
+    accounted(&ck, &net);
+    let up2 = net.layers.iter().find(|l| l.name == "up2").unwrap();
+    assert!(matches!(up2.kind, LayerKind::ConvTranspose(c) if c.channel_level), "{:?}", up2.kind);
+    assert_eq!((up2.input.channels(), up2.output.channels()), (6, 3));
+    let note = net.notes.iter().find(|n| n.starts_with("read as transposed convolutions")).expect("a note");
+    assert!(note.contains("without a bias") && note.ends_with("`up2`"), "{note}");
+    for e in engines() {
+        e.analyze(&net, &ck, &AnalysisOptions::default()).unwrap_or_else(|err| panic!("{}: {err}", e.name()));
+    }
+}
+
+#[test]
 fn attention_in_projections_are_dense_layers() {
     // torchvision's ViT: nn.MultiheadAttention keeps Q, K and V as one
     // `in_proj_weight` [3d, d] with `in_proj_bias` [3d].

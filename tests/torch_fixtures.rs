@@ -15,7 +15,7 @@ use cntscope::graph::{GraphOptions, Network};
 use cntscope::spec::{BnMode, Spec};
 use common::{assert_within, engines};
 
-const NETWORKS: [&str; 11] = [
+const NETWORKS: [&str; 12] = [
     "resnet_tiny",
     "vgg_bn_tiny",
     "mobilenet_v2_tiny",
@@ -27,6 +27,7 @@ const NETWORKS: [&str; 11] = [
     "shufflenet_tiny",
     "signal_1d",
     "pyramid_tiny",
+    "autoencoder_tiny",
 ];
 
 fn fixture(name: &str) -> PathBuf {

@@ -4,6 +4,9 @@ The model is traced with ``torch.fx`` and every node becomes what the graph
 of SPEC 1 says it is:
 
 * ``Conv2d``, ``Linear``: weighted entries (stride, padding, dilation, groups);
+* ``ConvTranspose2d`` / ``ConvTranspose1d``: weighted entries with
+  ``transposed = true`` and their ``output_padding`` (from the traced
+  output grid, so a forward given ``output_size`` is read right);
 * ``Conv1d``, ``MaxPool1d``, ``AvgPool1d``, ``AdaptiveAvgPool1d`` (and the
   functional forms): the 2-D layers over a 1 x L grid (a ``(C, L)`` input
   is written ``input = [C, 1, L]``);
@@ -242,6 +245,32 @@ def _spatial_mean(fields: dict, node):
     fields["pool"] = "global_avg"
 
 
+def _transposed(fields: dict, node, m):
+    """A transposed conv's entry fields; its `output_padding` as the traced
+    run's output grid says (a forward given `output_size` sets it)."""
+    grow = _one_row if isinstance(m, nn.ConvTranspose1d) else (lambda v, fill: v)
+    if m.padding_mode != "zeros":
+        raise TraceError(f"node `{node.name}`: conv `{node.target}` padding mode {m.padding_mode!r}: only zero "
+                         "padding is supported")
+    kernel, stride, dilation = grow(m.kernel_size, 1), grow(m.stride, 1), grow(m.dilation, 1)
+    padding = grow(m.padding, 0)
+    grid_in, grid_out = _shape(node.args[0])[2:], _shape(node)[2:]
+    if len(grid_in) == 1:
+        grid_in, grid_out = [1, *grid_in], [1, *grid_out]
+    extra = [o - ((i - 1) * s - 2 * p + d * (k - 1) + 1)
+             for i, o, s, p, d, k in zip(grid_in, grid_out, stride, padding, dilation, kernel)]
+    fields["weight"] = f"{node.target}.weight"
+    fields["transposed"] = True
+    if m.bias is not None:
+        fields["bias"] = f"{node.target}.bias"
+    for key, v, default in [("stride", stride, 1), ("padding", padding, 0), ("dilation", dilation, 1),
+                            ("output_padding", extra, 0)]:
+        if _pair(v) != [default, default]:
+            fields[key] = _scalar_or_pair(v)
+    if m.groups != 1:
+        fields["groups"] = m.groups
+
+
 def _nearest(fields: dict, node, mode):
     """Nearest-neighbour upsampling by whole factors (`nn.Upsample`,
     `F.interpolate`): each output copies one input, exactly the adaptive
@@ -307,7 +336,7 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
             if isinstance(m, SAMPLE_NORMS):
                 sample_norms.append(n.target)
                 return "pass"
-            if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.MaxPool1d,
+            if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.MaxPool1d,
                               nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
                               nn.Upsample)):
                 return "entry"
@@ -594,6 +623,9 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
                             fields[key] = _scalar_or_pair(v)
                     if m.groups != 1:
                         fields["groups"] = m.groups
+                    out_channels = m.out_channels
+                elif isinstance(m, (nn.ConvTranspose1d, nn.ConvTranspose2d)):
+                    _transposed(fields, n, m)
                     out_channels = m.out_channels
                 elif isinstance(m, nn.Linear) and last[n.args[0]]:
                     # On a channels-last map: the same weights at every pixel.
@@ -941,9 +973,9 @@ def _toml(entries, input_shape, layout, bn, notes=()) -> str:
         f"layout = {value(layout)}",
         f"bn = {value(bn)}",
     ]
-    order = ["name", "weight", "per_pixel", "bias", "scale", "norm", "eps", "pool", "kernel", "output", "stride",
-             "padding", "dilation", "groups", "count_include_pad", "ceil_mode", "identity", "from", "from_channels",
-             "to", "offset", "channel_step"]
+    order = ["name", "weight", "transposed", "per_pixel", "bias", "scale", "norm", "eps", "pool", "kernel", "output",
+             "stride", "padding", "dilation", "output_padding", "groups", "count_include_pad", "ceil_mode", "identity",
+             "from", "from_channels", "to", "offset", "channel_step"]
     for e in entries:
         assert e.fields.keys() <= set(order), f"keys the spec writer does not know: {e.fields.keys() - set(order)}"
         out.append("")

@@ -449,3 +449,23 @@ def test_other_upsampling_is_an_error_naming_the_node():
                      (Lambda(lambda x: F.interpolate(x, size=(6, 5))), "interpolate")):
         with pytest.raises(TraceError, match=f"node `{node}`: upsamples .*: only nearest-neighbour"):
             spec_from_module(Upsampled(up), (3, 9, 7))
+
+
+def test_transposed_convs_write_their_output_padding_as_the_run_gave_it():
+    class Decoder(nn.Module):
+        def __init__(self, conv, up):
+            super().__init__()
+            self.conv, self.up = conv, up
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.up(y, output_size=x.shape[2:])
+
+    two = Decoder(nn.Conv2d(3, 4, 3, 2, 1), nn.ConvTranspose2d(4, 3, 3, 2, 1, groups=1))
+    layers = tomllib.loads(spec_from_module(two, (3, 10, 9)))["layers"]
+    assert {k: layers[1].get(k) for k in ("transposed", "stride", "padding", "output_padding")} == {
+        "transposed": True, "stride": 2, "padding": 1, "output_padding": [1, 0]}
+    one = Decoder(nn.Conv1d(2, 4, 4, 3), nn.ConvTranspose1d(4, 2, 4, 3))
+    layers = tomllib.loads(spec_from_module(one, (2, 20)))["layers"]
+    assert {k: layers[1].get(k) for k in ("transposed", "stride", "padding", "output_padding")} == {
+        "transposed": True, "stride": [1, 3], "padding": None, "output_padding": [0, 1]}
