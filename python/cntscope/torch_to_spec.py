@@ -158,6 +158,11 @@ POOL_PARAMETERS = {
     F.avg_pool1d: ["input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad"],
 }
 RESHAPE_METHODS = {"view", "reshape", "flatten", "squeeze"}
+# Modules that are a spec entry each (or fold into one).
+ENTRY_MODULES = (
+    nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d,
+    nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.Upsample,
+)
 # Normalisations by each sample's own statistics (not layers of the weight
 # graph, as discovery reads them): kept whole, their nodes their input's.
 SAMPLE_NORMS = (nn.LayerNorm, nn.GroupNorm)
@@ -336,9 +341,7 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
             if isinstance(m, SAMPLE_NORMS):
                 sample_norms.append(n.target)
                 return "pass"
-            if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.MaxPool1d,
-                              nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
-                              nn.Upsample)):
+            if isinstance(m, ENTRY_MODULES):
                 return "entry"
             raise TraceError(f"node `{n.name}`: module `{n.target}` of type {type(m).__name__} has no spec entry")
         if n.op == "call_function":
