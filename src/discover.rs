@@ -234,9 +234,17 @@ fn place_norms(ck: &Checkpoint, layout: Layout, entries: &mut Vec<LayerSpec>, no
             return false;
         }
         let (a, b) = (last(bn), last(&w));
+        // Named as a pair: `bn2` of `conv2`, keras' `batch_normalization_1`
+        // of `conv2d_1` (not `bn1` of `down1`, another kind of layer).
+        let named = |s: &str, kinds: &[&str]| kinds.iter().any(|k| s.to_ascii_lowercase().contains(k));
         match (a.parse::<usize>(), b.parse::<usize>()) {
             (Ok(i), Ok(j)) => j + 1 == i,
-            _ => !digits(&a).is_empty() && digits(&a) == digits(&b),
+            _ => {
+                !digits(&a).is_empty()
+                    && digits(&a) == digits(&b)
+                    && named(&a, &["bn", "norm"])
+                    && named(&b, &["conv", "fc", "linear", "dense", "proj"])
+            }
         }
     };
     let mut alone = Vec::new();

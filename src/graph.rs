@@ -542,7 +542,11 @@ impl Network {
                 notes.extend(assumed_eps(&net, eps));
                 net.notes = notes;
                 net.not_chain = Some(reason);
-                net.unused = unused_tensors(ck, &net, found.unused);
+                // The per-layer analysis' own reasons (BatchNorms it could
+                // not place) first, then discovery's.
+                let mut known = std::mem::take(&mut net.unused);
+                known.extend(found.unused);
+                net.unused = unused_tensors(ck, &net, known);
                 Ok(net)
             }
             Err(e) => Err(e),
@@ -621,7 +625,8 @@ pub(crate) fn list<S: AsRef<str>>(names: &[S]) -> String {
 /// discovery's reasons where it gave one, else "not in the spec".
 fn unused_tensors(ck: &Checkpoint, net: &Network, mut known: Vec<(String, String)>) -> Vec<(String, String)> {
     let used: std::collections::HashSet<&str> = net.used_tensors().into_iter().collect();
-    known.retain(|(t, _)| !used.contains(t.as_str()));
+    let mut seen = std::collections::HashSet::new();
+    known.retain(|(t, _)| !used.contains(t.as_str()) && seen.insert(t.clone()));
     let named: std::collections::HashSet<String> = known.iter().map(|(t, _)| t.clone()).collect();
     for name in ck.names() {
         if !used.contains(name) && !named.contains(name) {

@@ -118,6 +118,12 @@ fn transposed_convs_are_told_by_their_bias() {
     assert_eq!((up2.input.channels(), up2.output.channels()), (6, 3));
     let note = net.notes.iter().find(|n| n.starts_with("read as transposed convolutions")).expect("a note");
     assert!(note.contains("without a bias") && note.ends_with("`up2`"), "{note}");
+    // `bn1` (up1's) is no sibling of `down1` by name (a conv of its size):
+    // left out and said, not folded into the wrong layer.
+    assert!(net.layers.iter().all(|l| l.norm.is_none()), "no BatchNorm folded");
+    assert!(net.notes.iter().any(|n| n.starts_with("BatchNorms left out") && n.ends_with("`bn1`")), "{:?}", net.notes);
+    let why = net.unused.iter().find(|(t, _)| t == "bn1.running_var").map(|(_, w)| w.as_str()).unwrap_or("");
+    assert!(why.contains("follows no weighted layer"), "{why}");
     for e in engines() {
         e.analyze(&net, &ck, &AnalysisOptions::default()).unwrap_or_else(|err| panic!("{}: {err}", e.name()));
     }
