@@ -42,6 +42,13 @@ fn accounted(ck: &Checkpoint, net: &Network) {
     assert!(net.unused.iter().all(|(_, why)| !why.is_empty()));
 }
 
+/// Every engine measures the network without an error.
+fn measured_by_every_engine(what: &str, net: &Network, ck: &Checkpoint) {
+    for e in engines() {
+        e.analyze(net, ck, &AnalysisOptions::default()).unwrap_or_else(|err| panic!("{what} {}: {err}", e.name()));
+    }
+}
+
 fn dense(net: &Network, name: &str) -> (usize, usize, bool) {
     let l = net.layers.iter().find(|l| l.name == name).unwrap_or_else(|| panic!("no layer `{name}`"));
     match l.kind {
@@ -59,10 +66,7 @@ fn transformers_are_analysed_per_layer() {
         accounted(&ck, &net);
         let norms = net.unused.iter().filter(|(_, why)| why.contains("LayerNorm")).count();
         assert!(norms >= 4, "{model}: the normalisations are listed as unused: {:?}", net.unused);
-        for e in engines() {
-            e.analyze(&net, &ck, &AnalysisOptions::default())
-                .unwrap_or_else(|err| panic!("{model} {}: {err}", e.name()));
-        }
+        measured_by_every_engine(model, &net, &ck);
         match model {
             "gpt2" => {
                 // Conv1D weights are [in, out]: c_attn maps 16 features to 48.
@@ -124,9 +128,7 @@ fn transposed_convs_are_told_by_their_bias() {
     assert!(net.notes.iter().any(|n| n.starts_with("BatchNorms left out") && n.ends_with("`bn1`")), "{:?}", net.notes);
     let why = net.unused.iter().find(|(t, _)| t == "bn1.running_var").map(|(_, w)| w.as_str()).unwrap_or("");
     assert!(why.contains("follows no weighted layer"), "{why}");
-    for e in engines() {
-        e.analyze(&net, &ck, &AnalysisOptions::default()).unwrap_or_else(|err| panic!("{}: {err}", e.name()));
-    }
+    measured_by_every_engine(ck.path().to_str().unwrap_or(""), &net, &ck);
 }
 
 #[test]
@@ -144,9 +146,7 @@ fn attention_in_projections_are_dense_layers() {
         assert_eq!(layer.bias.as_deref(), Some(&*format!("{name}_bias")));
         assert_eq!(dense(&net, &format!("encoder.layers.encoder_layer_{i}.self_attention.out_proj")), (8, 8, false));
     }
-    for e in engines() {
-        e.analyze(&net, &ck, &AnalysisOptions::default()).unwrap_or_else(|err| panic!("{}: {err}", e.name()));
-    }
+    measured_by_every_engine(ck.path().to_str().unwrap_or(""), &net, &ck);
 }
 
 #[test]

@@ -45,19 +45,6 @@ enum K {
         ceil: bool,
         out: [usize; 2],
     },
-    /// A transposed conv (`ConvTranspose2d`, weight `[in, out/g, kh, kw]`).
-    ConvT {
-        cout: usize,
-        groups: usize,
-        k: [usize; 2],
-        s: [usize; 2],
-        p: [usize; 2],
-        d: [usize; 2],
-        /// `output_padding`.
-        op: [usize; 2],
-        bias: bool,
-        norm: bool,
-    },
     /// A dense weight `[out, in]` applied at every pixel (`per_pixel`),
     /// with a layer scale `[out, 1, 1]` folded in when `scale`.
     PerPixel {
@@ -82,10 +69,13 @@ struct E {
     step: usize,
     /// A conv of a `1 x k` kernel stored as a 1-D conv's: rank 3.
     rank3: bool,
+    /// A conv made transposed (`ConvTranspose2d`, weight `[in, out/g, kh,
+    /// kw]`), with this `output_padding`.
+    transposed: Option<[usize; 2]>,
 }
 
 fn e(name: &'static str, kind: K) -> E {
-    E { name, kind, from: None, from_ch: None, to: None, offset: 0, step: 1, rank3: false }
+    E { name, kind, from: None, from_ch: None, to: None, offset: 0, step: 1, rank3: false, transposed: None }
 }
 
 fn conv(name: &'static str, cout: usize, k: usize, s: usize, p: usize) -> E {
@@ -249,24 +239,31 @@ fn build(entries: &[E], input: S, layout: Layout, bn: BnMode, seed: u64) -> (Vec
         match &en.kind {
             K::Conv { cout, groups, k, s, p, d, bias, norm: has_norm } => {
                 let (cout, g) = (*cout, *groups);
-                let cin_g = cin / g;
-                let ho = (sset.h + 2 * p[0] - d[0] * (k[0] - 1) - 1) / s[0] + 1;
-                let wo = (sset.w + 2 * p[1] - d[1] * (k[1] - 1) - 1) / s[1] + 1;
-                let wv = draw(cout * cin_g * k[0] * k[1], -1.0, 1.0);
+                let (cin_g, cout_g) = (cin / g, cout / g);
+                // A transposed conv spreads each input pixel over the output
+                // grid; its weight is [in, out/g, kh, kw] (keras [kh, kw, out/g, in]).
+                let grid = |n: usize, a: usize| match en.transposed {
+                    None => (n + 2 * p[a] - d[a] * (k[a] - 1) - 1) / s[a] + 1,
+                    Some(op) => (n - 1) * s[a] + d[a] * (k[a] - 1) + op[a] + 1 - 2 * p[a],
+                };
+                let (ho, wo) = (grid(sset.h, 0), grid(sset.w, 1));
+                let (rows, cols) = if en.transposed.is_some() { (cin, cout_g) } else { (cout, cin_g) };
+                let taps = k[0] * k[1];
+                let wv = draw(rows * cols * taps, -1.0, 1.0);
                 let bv = draw(cout, -0.5, 0.5);
                 let wname = leak(format!("{}.weight", en.name));
                 let stored = match layout {
-                    Layout::Torch => (vec![cout, cin_g, k[0], k[1]], wv.clone()),
+                    Layout::Torch => (vec![rows, cols, k[0], k[1]], wv.clone()),
                     Layout::Keras => {
                         let mut st = vec![0.0; wv.len()];
-                        for oc in 0..cout {
-                            for ci in 0..cin_g {
-                                for t in 0..k[0] * k[1] {
-                                    st[(t * cin_g + ci) * cout + oc] = wv[(oc * cin_g + ci) * k[0] * k[1] + t];
+                        for row in 0..rows {
+                            for col in 0..cols {
+                                for t in 0..taps {
+                                    st[(t * cols + col) * rows + row] = wv[(row * cols + col) * taps + t];
                                 }
                             }
                         }
-                        (vec![k[0], k[1], cin_g, cout], st)
+                        (vec![k[0], k[1], cols, rows], st)
                     }
                 };
                 let mut shape = stored.0;
@@ -279,6 +276,9 @@ fn build(entries: &[E], input: S, layout: Layout, bn: BnMode, seed: u64) -> (Vec
                     "weight = \"{wname}\"\nstride = [{}, {}]\npadding = [{}, {}]\ndilation = [{}, {}]\ngroups = {g}\n",
                     s[0], s[1], p[0], p[1], d[0], d[1]
                 );
+                if let Some(op) = en.transposed {
+                    entry += &format!("transposed = true\noutput_padding = [{}, {}]\n", op[0], op[1]);
+                }
                 if *bias {
                     let bname = leak(format!("{}.bias", en.name));
                     tensors.push(T::f32(bname, &[cout], bv.clone()));
@@ -287,34 +287,50 @@ fn build(entries: &[E], input: S, layout: Layout, bn: BnMode, seed: u64) -> (Vec
                 let (scale, shift) = folded(*has_norm, cout, &mut entry, &mut tensors);
                 let oshape = S { c: cout, h: ho, w: wo, flat: false };
                 let layer_mode = *has_norm && bn == BnMode::Layer;
-                let t = if layer_mode {
-                    target(&mut o, &mut names, None, en.name, oshape, 0)
+                let (t, off) = if layer_mode {
+                    (target(&mut o, &mut names, None, en.name, oshape, 0), 0)
                 } else {
-                    target(&mut o, &mut names, en.to, en.name, oshape, en.offset)
+                    (target(&mut o, &mut names, en.to, en.name, oshape, en.offset), en.offset)
                 };
-                let off = if layer_mode { 0 } else { en.offset };
-                for oc in 0..cout {
-                    let grp = oc / (cout / g);
-                    for ci in 0..cin_g {
-                        let ch = a + grp * cin_g + ci;
+                // Each tap links a pixel `q` of the strided grid (a conv's
+                // output, a transposed conv's input) with `q s + k d - p` of
+                // the other one, if inside it.
+                let (small, big) =
+                    if en.transposed.is_some() { ([sset.h, sset.w], [ho, wo]) } else { ([ho, wo], [sset.h, sset.w]) };
+                for row in 0..rows {
+                    for col in 0..cols {
+                        // (input channel, output channel) of this weight.
+                        let (ch, oc) = match en.transposed {
+                            None => (a + row / cout_g * cin_g + col, row),
+                            Some(_) => (a + row, row / cin_g * cout_g + col),
+                        };
                         for ky in 0..k[0] {
                             for kx in 0..k[1] {
-                                let wt = scale[oc] * wv[((oc * cin_g + ci) * k[0] + ky) * k[1] + kx];
-                                for oy in 0..ho {
-                                    for ox in 0..wo {
-                                        let y = (oy * s[0] + ky * d[0]) as i64 - p[0] as i64;
-                                        let x = (ox * s[1] + kx * d[1]) as i64 - p[1] as i64;
-                                        if y >= 0 && x >= 0 && (y as usize) < sset.h && (x as usize) < sset.w {
-                                            o.link((src, [ch, y as usize, x as usize]), (t, [off + oc, oy, ox]), wt);
+                                let wt = scale[oc] * wv[(row * cols + col) * taps + ky * k[1] + kx];
+                                for qy in 0..small[0] {
+                                    for qx in 0..small[1] {
+                                        let y = (qy * s[0] + ky * d[0]) as i64 - p[0] as i64;
+                                        let x = (qx * s[1] + kx * d[1]) as i64 - p[1] as i64;
+                                        if y < 0 || x < 0 || y as usize >= big[0] || x as usize >= big[1] {
+                                            continue;
                                         }
+                                        let (by, bx) = (y as usize, x as usize);
+                                        let ((iy, ix), (oy, ox)) = if en.transposed.is_some() {
+                                            ((qy, qx), (by, bx))
+                                        } else {
+                                            ((by, bx), (qy, qx))
+                                        };
+                                        o.link((src, [ch, iy, ix]), (t, [off + oc, oy, ox]), wt);
                                     }
                                 }
                             }
                         }
                     }
+                }
+                for oc in 0..cout {
+                    let b = if *bias { scale[oc] * bv[oc] } else { 0.0 } + shift[oc];
                     for oy in 0..ho {
                         for ox in 0..wo {
-                            let b = if *bias { scale[oc] * bv[oc] } else { 0.0 } + shift[oc];
                             o.bias((t, [off + oc, oy, ox]), b);
                         }
                     }
@@ -369,80 +385,6 @@ fn build(entries: &[E], input: S, layout: Layout, bn: BnMode, seed: u64) -> (Vec
                 for j in 0..*out {
                     let b = if *bias { scale[j] * bv[j] } else { 0.0 } + shift[j];
                     o.bias((t, [off + j, 0, 0]), b);
-                }
-                out_set = t;
-                raw_name = layer_mode.then(|| format!("{}_bn", en.name));
-            }
-            K::ConvT { cout, groups, k, s, p, d, op, bias, norm: has_norm } => {
-                let (cout, g) = (*cout, *groups);
-                let (cin_g, cout_g) = (cin / g, cout / g);
-                let ho = (sset.h - 1) * s[0] + d[0] * (k[0] - 1) + op[0] + 1 - 2 * p[0];
-                let wo = (sset.w - 1) * s[1] + d[1] * (k[1] - 1) + op[1] + 1 - 2 * p[1];
-                let wv = draw(cin * cout_g * k[0] * k[1], -1.0, 1.0);
-                let bv = draw(cout, -0.5, 0.5);
-                let wname = leak(format!("{}.weight", en.name));
-                let at = |c: usize, j: usize, ky: usize, kx: usize| ((c * cout_g + j) * k[0] + ky) * k[1] + kx;
-                let stored = match layout {
-                    Layout::Torch => (vec![cin, cout_g, k[0], k[1]], wv.clone()),
-                    Layout::Keras => {
-                        let mut st = vec![0.0; wv.len()];
-                        for c in 0..cin {
-                            for j in 0..cout_g {
-                                for ky in 0..k[0] {
-                                    for kx in 0..k[1] {
-                                        st[((ky * k[1] + kx) * cout_g + j) * cin + c] = wv[at(c, j, ky, kx)];
-                                    }
-                                }
-                            }
-                        }
-                        (vec![k[0], k[1], cout_g, cin], st)
-                    }
-                };
-                tensors.push(T::f32(wname, &stored.0, stored.1));
-                entry += &format!(
-                    "weight = \"{wname}\"\ntransposed = true\nstride = [{}, {}]\npadding = [{}, {}]\ndilation = [{}, {}]\noutput_padding = [{}, {}]\ngroups = {g}\n",
-                    s[0], s[1], p[0], p[1], d[0], d[1], op[0], op[1]
-                );
-                if *bias {
-                    let bname = leak(format!("{}.bias", en.name));
-                    tensors.push(T::f32(bname, &[cout], bv.clone()));
-                    entry += &format!("bias = \"{bname}\"\n");
-                }
-                let (scale, shift) = folded(*has_norm, cout, &mut entry, &mut tensors);
-                let oshape = S { c: cout, h: ho, w: wo, flat: false };
-                let layer_mode = *has_norm && bn == BnMode::Layer;
-                let (t, off) = if layer_mode {
-                    (target(&mut o, &mut names, None, en.name, oshape, 0), 0)
-                } else {
-                    (target(&mut o, &mut names, en.to, en.name, oshape, en.offset), en.offset)
-                };
-                // Input pixel (y, x) spreads to (y s + ky d - p, x s + kx d - p).
-                for c in 0..cin {
-                    for j in 0..cout_g {
-                        let oc = c / cin_g * cout_g + j;
-                        for ky in 0..k[0] {
-                            for kx in 0..k[1] {
-                                let wt = scale[oc] * wv[at(c, j, ky, kx)];
-                                for y in 0..sset.h {
-                                    for x in 0..sset.w {
-                                        let oy = (y * s[0] + ky * d[0]) as i64 - p[0] as i64;
-                                        let ox = (x * s[1] + kx * d[1]) as i64 - p[1] as i64;
-                                        if oy >= 0 && ox >= 0 && (oy as usize) < ho && (ox as usize) < wo {
-                                            o.link((src, [a + c, y, x]), (t, [off + oc, oy as usize, ox as usize]), wt);
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-                for oc in 0..cout {
-                    let b = if *bias { scale[oc] * bv[oc] } else { 0.0 } + shift[oc];
-                    for oy in 0..ho {
-                        for ox in 0..wo {
-                            o.bias((t, [off + oc, oy, ox]), b);
-                        }
-                    }
                 }
                 out_set = t;
                 raw_name = layer_mode.then(|| format!("{}_bn", en.name));
@@ -937,8 +879,9 @@ fn upsampling_adaptive_pools() {
 /// adjoint conv's input channels), and a skip added to the decoder.
 #[test]
 fn transposed_convs() {
-    let up = |name, cout, groups, k: [usize; 2], s: [usize; 2], p: [usize; 2], d: [usize; 2], op: [usize; 2]| {
-        e(name, K::ConvT { cout, groups, k, s, p, d, op, bias: true, norm: true })
+    let up = |name, cout, groups, k: [usize; 2], s: [usize; 2], p: [usize; 2], d: [usize; 2], op: [usize; 2]| E {
+        transposed: Some(op),
+        ..e(name, K::Conv { cout, groups, k, s, p, d, bias: true, norm: true })
     };
     let entries = vec![
         conv("down1", 4, 3, 2, 1),
