@@ -61,7 +61,26 @@ pub enum NodeShape {
     },
 }
 
+/// The longest side a node set's grid may have: a padding, stride or
+/// input typo in a spec gives grids of billions of rows, which would be
+/// measured for hours in tens of gigabytes rather than refused.
+pub const MAX_SIDE: usize = 1 << 20;
+/// The most nodes a node set may have.
+pub const MAX_NODES: usize = 1 << 40;
+
 impl NodeShape {
+    /// Why the shape is beyond [`MAX_SIDE`] or [`MAX_NODES`], if it is.
+    pub fn too_large(self) -> Option<String> {
+        let (c, [h, w]) = (self.channels(), self.grid().unwrap_or([1, 1]));
+        if h.max(w) > MAX_SIDE {
+            return Some(format!(
+                "a {h}x{w} grid is beyond the limit of {MAX_SIDE} a side (a padding or stride typo?)"
+            ));
+        }
+        let nodes = c.checked_mul(h).and_then(|n| n.checked_mul(w)).filter(|&n| n <= MAX_NODES);
+        nodes.is_none().then(|| format!("{c}x{h}x{w} nodes are beyond the limit of {MAX_NODES} a node set"))
+    }
+
     /// Number of nodes.
     pub fn count(self) -> usize {
         match self {
@@ -216,12 +235,13 @@ impl Pool {
     /// past the input and its left padding; `None` when the window is
     /// larger than the padded input.
     pub fn out_len(n: usize, kernel: usize, stride: usize, padding: usize, ceil_mode: bool) -> Option<usize> {
-        let span = (n + 2 * padding).checked_sub(kernel)?;
+        // Sizes from a spec: checked.
+        let span = n.checked_add(padding.checked_mul(2)?)?.checked_sub(kernel)?;
         if !ceil_mode {
             return Some(span / stride + 1);
         }
         let out = span.div_ceil(stride) + 1;
-        Some(if (out - 1) * stride >= n + padding { out - 1 } else { out })
+        Some(if (out - 1).checked_mul(stride)? >= n + padding { out - 1 } else { out })
     }
 
     /// The windows of every output position along axis `a` (0: rows, 1:
@@ -510,6 +530,9 @@ impl Network {
             [c, h, w] => NodeShape::Map { c, h, w },
             _ => NodeShape::Flat(v.iter().product()),
         });
+        if let Some(why) = input.and_then(NodeShape::too_large) {
+            return Err(Error::Graph { path: ck.path().to_path_buf(), reason: format!("the input: {why}") });
+        }
         let settings = Settings { layout, bias, bn, eps };
         if let Some(spec) = spec {
             let mut net = Builder::new(ck, settings, input, Some(spec)).build(&spec.layers)?;
@@ -838,6 +861,9 @@ impl<'a> Builder<'a> {
         shape: NodeShape,
         default: &str,
     ) -> Result<usize> {
+        if let Some(why) = shape.too_large() {
+            return Err(self.err(format!("its output: {why}")));
+        }
         let existing = match to {
             Some("input") => return Err(self.err("cannot write into `input`")),
             Some(name) => self.names.get(name).copied(),

@@ -1028,6 +1028,8 @@ fn misfits_are_errors_naming_the_entries() {
         ("[[layers]]\nweight = \"b.weight\"\nscale = \"b.weight\"\n", "scale `b.weight` has shape [4, 4, 3, 3]"),
         ("[[layers]]\nweight = \"b.weight\"\nchannel_step = 2\n", "`offset` and `channel_step` need a `to`"),
         ("[[layers]]\nweight = \"b.weight\"\noutput_padding = 1\n", "`output_padding` does not apply"),
+        ("[[layers]]\nweight = \"b.weight\"\npadding = 1000000000\n", "grid is beyond the limit of 1048576 a side"),
+        ("[[layers]]\nname = \"p\"\npool = \"avg\"\nkernel = 18446744073709551615\npadding = 9223372036854775807\n", "larger than its padded 4x4 input"),
         ("[[layers]]\nweight = \"fc.weight\"\ntransposed = true\n", "`transposed` needs a conv weight"),
         ("[[layers]]\nweight = \"b.weight\"\ntransposed = true\nstride = 2\noutput_padding = 2\n", "no output grid"),
         ("[[layers]]\nweight = \"b.weight\"\nto = \"s\"\nchannel_step = 9223372036854775807\n", "write past any channel count"),
