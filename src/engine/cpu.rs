@@ -61,11 +61,7 @@ impl Engine for CpuEngine {
             LayerKind::Dense { inputs, outputs, in_out } => {
                 // A folded BatchNorm (rare on dense layers): the scaled
                 // weights, decoded once, are what every pass reads.
-                let scaled = scale.map(|a| {
-                    let mut v = weight.to_f64();
-                    super::scale_weights(&mut v, layer, layout, a);
-                    v
-                });
+                let scaled = scale.map(|a| super::scaled_weights(weight, layer, layout, a));
                 let weight = &scaled.as_deref().map_or(*weight, |v| Tensor::f64_like(v, weight));
                 // Dense node indices are in the layout's order.
                 let (s_in, s_out, m) = self.dense(in_out, weight, inputs, outputs);

@@ -449,12 +449,8 @@ pub fn link_weight_chunks(net: &Network, layer: &Layer, ck: &Checkpoint, mut f: 
             for at in (0..w.len()).step_by(CHUNK) {
                 let chunk = &mut buf[..CHUNK.min(w.len() - at)];
                 w.decode_into(at, chunk);
-                match (&scale, layer.kind) {
-                    (Some(a), LayerKind::ConvTranspose(adjoint)) => {
-                        scale_transposed_at(chunk, at, &adjoint, net.layout, a)
-                    }
-                    (Some(a), _) => scale_weights_at(chunk, at, w.len(), layer, net.layout, a),
-                    (None, _) => {}
+                if let Some(a) = &scale {
+                    scale_weights_at(chunk, at, w.len(), layer, net.layout, a);
                 }
                 f(chunk);
             }
@@ -470,15 +466,21 @@ fn norm_link_weights(layer: &Layer, layout: Layout, a: &[f64]) -> Vec<f64> {
     v
 }
 
-/// Multiplies each stored weight of output channel `o` by `scale[o]`.
-pub(crate) fn scale_weights(values: &mut [f64], layer: &Layer, layout: Layout, scale: &[f64]) {
-    scale_weights_at(values, 0, values.len(), layer, layout, scale);
+/// The stored weights in f64, each of output channel `o` times `scale[o]`
+/// (a copy, for layers whose folded factor is not applied while reading).
+pub(crate) fn scaled_weights(weight: &Tensor<'_>, layer: &Layer, layout: Layout, scale: &[f64]) -> Vec<f64> {
+    let mut values = weight.to_f64();
+    scale_weights_at(&mut values, 0, weight.len(), layer, layout, scale);
+    values
 }
 
-/// [`scale_weights`] of the values `at..at + values.len()` of a tensor of
-/// `len` values.
+/// Multiplies each of the values `at..at + values.len()` of a tensor of
+/// `len` stored weights by `scale[o]` of its output channel `o`.
 fn scale_weights_at(values: &mut [f64], at: usize, len: usize, layer: &Layer, layout: Layout, scale: &[f64]) {
-    scale_by_output(values, at, len, layer.outputs_last(layout), scale)
+    match layer.kind {
+        LayerKind::ConvTranspose(adjoint) => scale_transposed_at(values, at, &adjoint, layout, scale),
+        _ => scale_by_output(values, at, len, layer.outputs_last(layout), scale),
+    }
 }
 
 /// Each weight of a transposed conv (elements `at..` of its tensor in
@@ -510,11 +512,7 @@ fn transposed<E: Engine + ?Sized>(
     p: &LayerParams,
     bins: usize,
 ) -> Result<LayerMeasures> {
-    let folded = p.scale.as_ref().map(|a| {
-        let mut v = w.to_f64();
-        scale_transposed_at(&mut v, 0, &adjoint, layout, a);
-        v
-    });
+    let folded = p.scale.as_ref().map(|a| scaled_weights(w, layer, layout, a));
     let w = folded.as_deref().map_or(*w, |v| Tensor::f64_like(v, w));
     let mirror = Layer {
         kind: LayerKind::Conv(adjoint),
