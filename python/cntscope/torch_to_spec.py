@@ -253,7 +253,7 @@ def _spatial_mean(fields: dict, node):
 def _transposed(fields: dict, node, m):
     """A transposed conv's entry fields; its `output_padding` as the traced
     run's output grid says (a forward given `output_size` sets it)."""
-    grow = _one_row if isinstance(m, nn.ConvTranspose1d) else (lambda v, fill: v)
+    grow = _pairs_of(m)
     if m.padding_mode != "zeros":
         raise TraceError(f"node `{node.name}`: conv `{node.target}` padding mode {m.padding_mode!r}: only zero "
                          "padding is supported")
@@ -600,7 +600,7 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
                     out_channels = inp.channels
                 elif isinstance(m, (nn.Conv1d, nn.Conv2d)):
                     # A Conv1d is the 2-D conv of a 1 x k kernel over the 1 x L grid.
-                    grow = _one_row if isinstance(m, nn.Conv1d) else (lambda v, fill: v)
+                    grow = _pairs_of(m)
                     kernel, stride, dilation = grow(m.kernel_size, 1), grow(m.stride, 1), grow(m.dilation, 1)
                     padding = m.padding if isinstance(m.padding, str) else grow(m.padding, 0)
                     if padding == "valid":
@@ -646,13 +646,13 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
                         fields["bias"] = f"{n.target}.bias"
                     out_channels = m.out_features
                 elif isinstance(m, (nn.MaxPool1d, nn.MaxPool2d)):
-                    grow = _one_row if isinstance(m, nn.MaxPool1d) else (lambda v, fill: v)
+                    grow = _pairs_of(m)
                     _pool(fields, n, f"pool `{n.target}`", "max", grow(m.kernel_size, 1),
                           None if m.stride is None else grow(m.stride, 1), grow(m.padding, 0),
                           dilation=grow(m.dilation, 1), ceil_mode=m.ceil_mode)
                     out_channels = inp.channels
                 elif isinstance(m, (nn.AvgPool1d, nn.AvgPool2d)):
-                    grow = _one_row if isinstance(m, nn.AvgPool1d) else (lambda v, fill: v)
+                    grow = _pairs_of(m)
                     _pool(fields, n, f"pool `{n.target}`", "avg", grow(m.kernel_size, 1),
                           None if m.stride is None else grow(m.stride, 1), grow(m.padding, 0),
                           ceil_mode=m.ceil_mode, count_include_pad=m.count_include_pad,
@@ -891,6 +891,13 @@ def _one_row(v, fill):
     """A 1-D module's kernel, stride, padding or dilation (`k` or `(k,)`)
     as the pair of the 2-D layer it is over a 1 x L grid: `(fill, k)`."""
     return (fill, v[0] if isinstance(v, (tuple, list)) else v)
+
+
+def _pairs_of(m):
+    """How module `m`'s kernel, stride, padding and dilation become the
+    pairs of a 2-D layer: `_one_row` for a 1-D module, else as they are."""
+    one_d = (nn.Conv1d, nn.ConvTranspose1d, nn.MaxPool1d, nn.AvgPool1d)
+    return _one_row if isinstance(m, one_d) else (lambda v, fill: v)
 
 
 def _split_ranges(n) -> list[tuple[int, int]]:
