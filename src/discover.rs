@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::graph::{
-    dims, display_name, find_norm, list, make_conv, norm_tensors, Builder, ConvGeometry, Dims, GraphSource, Layer,
-    LayerKind, Network, NodeSet, NodeShape, Norm, Settings,
+    dims, display_name, find_member, find_norm, list, make_conv, norm_tensors, Builder, ConvGeometry, Dims,
+    GraphSource, Layer, LayerKind, Network, NodeSet, NodeShape, Norm, Settings,
 };
 use crate::spec::{BnMode, LayerSpec, Layout};
 
@@ -76,16 +76,12 @@ const SAMPLE_NORM: &str = "a normalisation without running statistics (LayerNorm
 
 /// [`SAMPLE_NORM`] for the `weight` or `bias` of a module whose weight is a
 /// vector and which keeps no running statistics, else `None`.
-pub(crate) fn sample_norm(ck: &Checkpoint, name: &str) -> Option<&'static str> {
+pub(crate) fn sample_norm(ck: &Checkpoint, layout: Layout, name: &str) -> Option<&'static str> {
     let (prefix, role) = split(name);
-    let sibling = |roles: &[&str]| {
-        let names =
-            roles.iter().flat_map(|r| [format!("{prefix}.{r}"), format!("{prefix}/{r}"), format!("{prefix}/{r}:0")]);
-        names.filter_map(|n| ck.shape(&n).map(<[usize]>::len)).next()
-    };
-    let weight = sibling(&["weight", "gamma"])?;
-    let stats = sibling(&["running_mean", "moving_mean"]);
-    (matches!(role, "weight" | "gamma" | "bias" | "beta") && weight == 1 && stats.is_none()).then_some(SAMPLE_NORM)
+    let weight = find_member(ck, layout, prefix, &["weight", "gamma"])?;
+    let stats = find_member(ck, layout, prefix, &["running_mean", "moving_mean"]);
+    let vector = ck.shape(&weight).is_some_and(|s| s.len() == 1);
+    (matches!(role, "weight" | "gamma" | "bias" | "beta") && vector && stats.is_none()).then_some(SAMPLE_NORM)
 }
 
 /// Finds the layers, in natural order of names.
@@ -193,23 +189,20 @@ pub(crate) fn discover(ck: &Checkpoint, layout: Layout) -> Discovered {
         out.notes.push(format!(
             "read as transposed convolutions (ConvTranspose2d: the bias fits the weight's output axis); one without \
              a bias, or with as many outputs as inputs, cannot be told from a convolution: give a spec: {}",
-            deconvs.iter().take(6).map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
-                + if deconvs.len() > 6 { ", ..." } else { "" }
+            list(&deconvs)
         ));
     }
     if !scales.is_empty() {
         out.notes.push(format!(
             "layer scales (ConvNeXt's, CaiT's) not folded: without a spec, the layers they scale are measured with \
              their raw weights; a spec folds them (`scale`, written by python/torch_to_spec.py): {}",
-            scales.iter().take(6).map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
-                + if scales.len() > 6 { ", ..." } else { "" }
+            list(&scales)
         ));
     }
     if !transposed.is_empty() {
         out.notes.push(format!(
             "dense weights stored [in, out] (GPT-2's Conv1D, recognised by name or bias shape): {}",
-            transposed.iter().take(6).map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
-                + if transposed.len() > 6 { ", ..." } else { "" }
+            list(&transposed)
         ));
     }
     out

@@ -654,7 +654,7 @@ fn unused_tensors(ck: &Checkpoint, net: &Network, mut known: Vec<(String, String
     for name in ck.names() {
         if !used.contains(name) && !named.contains(name) {
             let why = match net.source {
-                GraphSource::Spec => discover::sample_norm(ck, name).unwrap_or("not named by the spec"),
+                GraphSource::Spec => discover::sample_norm(ck, net.layout, name).unwrap_or("not named by the spec"),
                 _ => "not part of any layer discovery recognised",
             };
             known.push((name.to_string(), why.to_string()));
@@ -1085,11 +1085,14 @@ impl<'a> Builder<'a> {
         Ok(())
     }
 
+    /// The shape of `tensor`, or the error naming it as missing.
+    fn shape_of(&self, tensor: &str) -> Result<&'a [usize]> {
+        let ck = self.ck;
+        ck.shape(tensor).ok_or_else(|| Error::MissingTensor { path: ck.path().to_path_buf(), tensor: tensor.into() })
+    }
+
     fn check_vector(&self, tensor: &str, n: usize, what: &str) -> Result<()> {
-        let shape = self
-            .ck
-            .shape(tensor)
-            .ok_or_else(|| Error::MissingTensor { path: self.ck.path().to_path_buf(), tensor: tensor.into() })?;
+        let shape = self.shape_of(tensor)?;
         if shape != [n] {
             return Err(self.err(format!("{what} `{tensor}` has shape {shape:?}; the layer has {n} channels")));
         }
@@ -1099,12 +1102,9 @@ impl<'a> Builder<'a> {
     /// Checks that `tensor` holds one value per channel in any shape whose
     /// other axes have length 1 (torchvision's layer scale is `[C, 1, 1]`).
     fn check_channels(&self, tensor: &str, n: usize, what: &str) -> Result<()> {
-        let shape = self
-            .ck
-            .shape(tensor)
-            .ok_or_else(|| Error::MissingTensor { path: self.ck.path().to_path_buf(), tensor: tensor.into() })?;
-        let long: Vec<usize> = shape.iter().copied().filter(|&d| d != 1).collect();
-        if shape.iter().product::<usize>() != n || long.len() > 1 || !self.ck.is_float(tensor) {
+        let shape = self.shape_of(tensor)?;
+        let long_axes = shape.iter().filter(|&&d| d != 1).count();
+        if shape.iter().product::<usize>() != n || long_axes > 1 || !self.ck.is_float(tensor) {
             return Err(self.err(format!(
                 "{what} `{tensor}` has shape {shape:?}; the layer has {n} channels (one float per channel)"
             )));
@@ -1223,9 +1223,7 @@ impl<'a> Builder<'a> {
             }
         }
     }
-}
 
-impl Builder<'_> {
     /// A transposed conv on `input`: its adjoint, the conv from the output
     /// grid (`(H - 1) s - 2p + d (k - 1) + output_padding + 1` rows) back
     /// to `input`'s, whose weight `[Cin, Cout/g, kh, kw]` it reads as its
@@ -1278,15 +1276,7 @@ impl Builder<'_> {
 /// `p/moving_mean`, ... with or without `:0`), or `None` without running
 /// statistics. Sizes are the caller's to check.
 pub(crate) fn find_norm(ck: &Checkpoint, layout: Layout, p: &str, eps: f64) -> Option<Norm> {
-    let seps: &[&str] = match layout {
-        Layout::Torch => &[".", "/"],
-        Layout::Keras => &["/", "."],
-    };
-    let find = |suffixes: &[&str]| {
-        seps.iter()
-            .flat_map(|sep| suffixes.iter().flat_map(move |s| [format!("{p}{sep}{s}"), format!("{p}{sep}{s}:0")]))
-            .find(|n| ck.shape(n).is_some())
-    };
+    let find = |suffixes: &[&str]| find_member(ck, layout, p, suffixes);
     Some(Norm {
         mean: find(&["running_mean", "moving_mean"])?,
         var: find(&["running_var", "moving_variance"])?,
@@ -1295,6 +1285,18 @@ pub(crate) fn find_norm(ck: &Checkpoint, layout: Layout, p: &str, eps: f64) -> O
         eps,
         prefix: p.to_string(),
     })
+}
+
+/// The first tensor of module `p` named by one of `suffixes` (`p.s`,
+/// keras' `p/s`, with or without `:0`), the layout's separator first.
+pub(crate) fn find_member(ck: &Checkpoint, layout: Layout, p: &str, suffixes: &[&str]) -> Option<String> {
+    let seps: &[&str] = match layout {
+        Layout::Torch => &[".", "/"],
+        Layout::Keras => &["/", "."],
+    };
+    seps.iter()
+        .flat_map(|sep| suffixes.iter().flat_map(move |s| [format!("{p}{sep}{s}"), format!("{p}{sep}{s}:0")]))
+        .find(|n| ck.shape(n).is_some())
 }
 
 /// A BatchNorm's tensors.
