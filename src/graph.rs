@@ -17,7 +17,7 @@ use std::fmt;
 use crate::checkpoint::Checkpoint;
 use crate::discover;
 use crate::error::{Error, Result};
-use crate::spec::{BnMode, EntryKind, LayerSpec, Layout, PoolName, Spec};
+use crate::spec::{BnMode, EntryKind, InterpolateMode, LayerSpec, Layout, PadMode, PoolName, Spec};
 
 /// Default BatchNorm epsilon (torch's).
 pub const DEFAULT_EPS: f64 = 1e-5;
@@ -181,8 +181,9 @@ impl Conv {
     }
 }
 
-/// What a pool computes (SPEC 1.4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a pool computes (SPEC 1.4), or which interpolation resamples the
+/// grid.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum PoolOp {
     /// Max pool: the average of the window's taps inside the input.
     Max,
@@ -193,10 +194,124 @@ pub enum PoolOp {
     },
     /// Adaptive average pool (torch's windows).
     AdaptiveAvg,
+    /// Interpolation to the output grid, as torch's `F.interpolate`: each
+    /// output pixel the fixed combination of input pixels the mode takes,
+    /// link weights its coefficients (the product of each axis' factor).
+    Interpolate(Interpolation),
+    /// Padding (torch's `F.pad`): each output pixel copies the input pixel
+    /// `before` cells up and left of it, or, outside the input, the one
+    /// the mode fills it from (none for zeros); a negative count crops.
+    Pad {
+        /// How cells outside the input are filled.
+        mode: PadMode,
+        /// Cells added before the input (top, left).
+        before: [i64; 2],
+    },
 }
 
-/// A pooling layer's geometry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// An interpolation's parameters, as torch's `F.interpolate` takes them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Interpolation {
+    /// The mode.
+    pub mode: InterpolateMode,
+    /// `align_corners` (bilinear, bicubic).
+    pub align_corners: bool,
+    /// The `scale_factor` torch used for the coordinates, if given.
+    pub scale_factor: Option<[f64; 2]>,
+}
+
+impl Interpolation {
+    /// The taps of every output position along an axis of `n` inputs and
+    /// `m` outputs (`a`: 0 rows, 1 columns), as torch's CPU kernels place
+    /// them (`aten/src/ATen/native/UpSample.h`), rounding included: nearest
+    /// modes in f32, the others in f64 (torch's for float64 tensors).
+    fn taps(&self, a: usize, n: usize, m: usize) -> Vec<Window> {
+        let tap = |output: usize, i: usize, weight: f64| Window { output, start: i, end: i + 1, weight };
+        let given = self.scale_factor.map(|s| 1.0 / s[a]);
+        // `area_pixel_compute_scale`.
+        let scale = if self.align_corners {
+            if m > 1 {
+                (n - 1) as f64 / (m - 1) as f64
+            } else {
+                0.0
+            }
+        } else {
+            given.unwrap_or(n as f64 / m as f64)
+        };
+        let source = |o: usize| if self.align_corners { scale * o as f64 } else { scale * (o as f64 + 0.5) - 0.5 };
+        // `guard_index_and_lambda`: `floorf`, then the distance clamped to [0, 1].
+        let guard = |real: f64| {
+            let i = ((real as f32).floor() as i64).min(n as i64 - 1);
+            (i, (real - i as f64).clamp(0.0, 1.0))
+        };
+        let mut taps = Vec::with_capacity(m * 4);
+        for o in 0..m {
+            match self.mode {
+                InterpolateMode::Nearest | InterpolateMode::NearestExact => {
+                    let scale = given.map_or(n as f32 / m as f32, |s| s as f32);
+                    let i = match self.mode {
+                        InterpolateMode::Nearest if m == n => o,
+                        InterpolateMode::Nearest if m == 2 * n => o >> 1,
+                        InterpolateMode::Nearest => (o as f32 * scale).floor() as usize,
+                        _ => (((o as f64 + 0.5) * scale as f64) as f32).floor() as usize,
+                    };
+                    taps.push(tap(o, i.min(n - 1), 1.0));
+                }
+                InterpolateMode::Bilinear if m == n => taps.push(tap(o, o, 1.0)),
+                InterpolateMode::Bilinear => {
+                    let (i, l1) = guard(source(o).max(0.0));
+                    let i = i as usize;
+                    taps.push(tap(o, i, 1.0 - l1));
+                    taps.push(tap(o, if i + 1 < n { i + 1 } else { i }, l1));
+                }
+                InterpolateMode::Bicubic => {
+                    let (i, t) = guard(source(o));
+                    // `get_cubic_upsample_coefficients`, A = -0.75.
+                    const A: f64 = -0.75;
+                    let near = |x: f64| ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0;
+                    let far = |x: f64| ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A;
+                    let x2 = 1.0 - t;
+                    let coeffs = [far(t + 1.0), near(t), near(x2), far(x2 + 1.0)];
+                    for (j, c) in coeffs.into_iter().enumerate() {
+                        taps.push(tap(o, (i - 1 + j as i64).clamp(0, n as i64 - 1) as usize, c));
+                    }
+                }
+            }
+        }
+        taps
+    }
+}
+
+/// The input each output position of a padded axis copies (`n` inputs,
+/// `m` outputs, `before` cells added before the input), as torch's
+/// `F.pad` fills it: zeros (no tap), the input mirrored without its edge,
+/// the edge repeated, or wrapped around.
+fn pad_taps(mode: PadMode, before: i64, n: usize, m: usize) -> Vec<Window> {
+    let n = n as i64;
+    (0..m)
+        .filter_map(|o| {
+            let i = o as i64 - before;
+            let i = match mode {
+                PadMode::Constant => (0..n).contains(&i).then_some(i)?,
+                PadMode::Reflect => {
+                    // One reflection (torch requires each pad < n).
+                    let i = i.abs();
+                    if i >= n {
+                        2 * (n - 1) - i
+                    } else {
+                        i
+                    }
+                }
+                PadMode::Replicate => i.clamp(0, n - 1),
+                PadMode::Circular => i.rem_euclid(n),
+            };
+            Some(Window { output: o, start: i as usize, end: i as usize + 1, weight: 1.0 })
+        })
+        .collect()
+}
+
+/// A pooling, interpolation or padding layer's geometry.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Pool {
     /// The operation.
     pub op: PoolOp,
@@ -216,11 +331,13 @@ pub struct Pool {
     pub out_hw: [usize; 2],
 }
 
-/// One output position's window along one axis: the input positions
+/// One window of an output position along one axis: the input positions
 /// `start..end` inside the input, and its link weight's factor along this
-/// axis (`1 / divisor`).
+/// axis (a pool's `1 / divisor`, an interpolation's coefficient).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Window {
+    /// The output position.
+    pub output: usize,
     /// First input position inside the window.
     pub start: usize,
     /// One past the last.
@@ -245,14 +362,22 @@ impl Pool {
     }
 
     /// The windows of every output position along axis `a` (0: rows, 1:
-    /// columns). A link's weight is the product of its two axes' factors.
+    /// columns), in output order: one per position for a pool, a tap per
+    /// input it reads for an interpolation (an input read twice, at an
+    /// edge, twice). A link's weight is the product of its two axes'
+    /// factors.
     pub fn windows(&self, a: usize) -> Vec<Window> {
         let (n, m) = (self.in_hw[a], self.out_hw[a]);
+        match self.op {
+            PoolOp::Interpolate(ip) => return ip.taps(a, n, m),
+            PoolOp::Pad { mode, before } => return pad_taps(mode, before[a], n, m),
+            _ => {}
+        }
         (0..m)
             .map(|o| match self.op {
                 PoolOp::AdaptiveAvg => {
                     let (start, end) = (o * n / m, ((o + 1) * n).div_ceil(m));
-                    Window { start, end, weight: 1.0 / (end - start) as f64 }
+                    Window { output: o, start, end, weight: 1.0 / (end - start) as f64 }
                 }
                 PoolOp::Max | PoolOp::Avg { .. } => {
                     let pad = self.padding[a] as i64;
@@ -266,8 +391,14 @@ impl Pool {
                         PoolOp::Avg { count_include_pad: true } => (last.min(n as i64 + pad) - first) as usize,
                         _ => inside,
                     };
-                    Window { start, end: end.max(start), weight: if inside == 0 { 0.0 } else { 1.0 / divisor as f64 } }
+                    Window {
+                        output: o,
+                        start,
+                        end: end.max(start),
+                        weight: if inside == 0 { 0.0 } else { 1.0 / divisor as f64 },
+                    }
                 }
+                PoolOp::Interpolate(_) | PoolOp::Pad { .. } => unreachable!("returned above"),
             })
             .collect()
     }
@@ -292,7 +423,7 @@ pub struct Norm {
 }
 
 /// What a layer computes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum LayerKind {
     /// A dense (fully connected) layer with `inputs -> outputs` links.
     Dense {
@@ -314,7 +445,7 @@ pub enum LayerKind {
     /// A BatchNorm as its own diagonal layer (its tensors in
     /// [`Layer::norm`]).
     Norm,
-    /// A pool (fixed).
+    /// A pool or an interpolation (fixed).
     Pool(Pool),
     /// An identity skip (fixed).
     Identity,
@@ -332,6 +463,18 @@ impl LayerKind {
                 PoolOp::Max => "maxpool",
                 PoolOp::Avg { .. } => "avgpool",
                 PoolOp::AdaptiveAvg => "adaptive_avgpool",
+                PoolOp::Interpolate(ip) => match ip.mode {
+                    InterpolateMode::Nearest => "interpolate_nearest",
+                    InterpolateMode::NearestExact => "interpolate_nearest_exact",
+                    InterpolateMode::Bilinear => "interpolate_bilinear",
+                    InterpolateMode::Bicubic => "interpolate_bicubic",
+                },
+                PoolOp::Pad { mode, .. } => match mode {
+                    PadMode::Constant => "pad",
+                    PadMode::Reflect => "pad_reflect",
+                    PadMode::Replicate => "pad_replicate",
+                    PadMode::Circular => "pad_circular",
+                },
             },
             LayerKind::Identity => "identity",
         }
@@ -1010,13 +1153,22 @@ impl<'a> Builder<'a> {
                     }
                 }
             }
-            EntryKind::Pool(p) => {
+            EntryKind::Pool(_) | EntryKind::Interpolate(_) | EntryKind::Pad => {
                 let Some([h, w]) = input.grid() else {
+                    let what = match kind {
+                        EntryKind::Pool(_) => "a pool",
+                        EntryKind::Pad => "a pad",
+                        _ => "an interpolation",
+                    };
                     return Err(
-                        self.err(format!("a pool reads a feature map; `{}` is a vector", self.sets[src.set].name))
+                        self.err(format!("{what} reads a feature map; `{}` is a vector", self.sets[src.set].name))
                     );
                 };
-                let pool = self.pool(e, p, [h, w])?;
+                let pool = match kind {
+                    EntryKind::Pool(p) => self.pool(e, p, [h, w])?,
+                    EntryKind::Pad => self.pad(e, [h, w])?,
+                    _ => self.interpolation(e, [h, w])?,
+                };
                 layer.kind = LayerKind::Pool(pool);
                 layer.output = NodeShape::Map { c: input.channels(), h: pool.out_hw[0], w: pool.out_hw[1] };
             }
@@ -1163,6 +1315,72 @@ impl<'a> Builder<'a> {
             }
         };
         Ok(Pool { op, kernel, stride, padding, ceil_mode, in_hw: [h, w], out_hw })
+    }
+
+    fn interpolation(&self, e: &LayerSpec, in_hw: [usize; 2]) -> Result<Pool> {
+        let mode = e.interpolate.expect("an interpolation entry");
+        let scale_factor = e.scale_factor.map(|f| f.hw());
+        // torch's output size from a scale factor: floor(in * factor).
+        let scaled = scale_factor.map(|f| [0, 1].map(|a| (in_hw[a] as f64 * f[a]).floor()));
+        let out_hw = match (e.output.map(|o| o.hw()), scaled) {
+            (Some(out), Some(s)) if out.iter().zip(&s).any(|(o, s)| *o as f64 != *s) => {
+                return Err(self.err(format!(
+                    "output {}x{} is not the {}x{} input times scale_factor ({}x{})",
+                    out[0], out[1], in_hw[0], in_hw[1], s[0], s[1]
+                )))
+            }
+            (Some(out), _) => out,
+            (None, Some(s)) if s.iter().all(|v| *v >= 1.0 && *v <= MAX_SIDE as f64) => s.map(|v| v as usize),
+            (None, Some(s)) => {
+                return Err(self.err(format!(
+                    "scale_factor takes the {}x{} input to a {}x{} grid",
+                    in_hw[0], in_hw[1], s[0], s[1]
+                )))
+            }
+            (None, None) => unreachable!("checked when parsed"),
+        };
+        let op =
+            PoolOp::Interpolate(Interpolation { mode, align_corners: e.align_corners.unwrap_or(false), scale_factor });
+        Ok(Pool { op, kernel: [1, 1], stride: [1, 1], padding: [0, 0], ceil_mode: false, in_hw, out_hw })
+    }
+
+    fn pad(&self, e: &LayerSpec, in_hw: [usize; 2]) -> Result<Pool> {
+        let [left, right, top, bottom] = e.pad.expect("a pad entry");
+        let mode = e.pad_mode.unwrap_or_default();
+        let sides = [[top, bottom], [left, right]];
+        let mut out_hw = [0; 2];
+        for (a, [first, last]) in sides.into_iter().enumerate() {
+            let n = in_hw[a] as i64;
+            // Counts from a spec: checked.
+            let m =
+                first.checked_add(last).and_then(|p| p.checked_add(n)).filter(|m| (1..=MAX_SIDE as i64).contains(m));
+            let Some(m) = m else {
+                return Err(self.err(format!(
+                    "pad [{left}, {right}, {top}, {bottom}] leaves the {}x{} input no grid of 1 to {MAX_SIDE} a side",
+                    in_hw[0], in_hw[1]
+                )));
+            };
+            // torch's limits: only zeros crop; a reflection within the
+            // input, at most one wrap around it.
+            let limit = match mode {
+                PadMode::Constant | PadMode::Replicate => i64::MAX,
+                PadMode::Reflect => n - 1,
+                PadMode::Circular => n,
+            };
+            if mode != PadMode::Constant && (first < 0 || last < 0 || first.max(last) > limit) {
+                let most = if limit == i64::MAX { String::new() } else { format!(" and at most {limit}") };
+                return Err(self.err(format!(
+                    "pad [{left}, {right}, {top}, {bottom}] in mode {}: each count must be 0 or more{most} for the \
+                     {}x{} input",
+                    mode.name(),
+                    in_hw[0],
+                    in_hw[1]
+                )));
+            }
+            out_hw[a] = m as usize;
+        }
+        let op = PoolOp::Pad { mode, before: [top, left] };
+        Ok(Pool { op, kernel: [1, 1], stride: [1, 1], padding: [0, 0], ceil_mode: false, in_hw, out_hw })
     }
 
     fn weighted(&self, e: &LayerSpec, weight: &str, from: usize, input: NodeShape) -> Result<LayerKind> {

@@ -444,6 +444,22 @@ fn inspect(ck: &Checkpoint, net: &Network, out: &mut impl Write) -> anyhow::Resu
             }
             LayerKind::Pool(p) => match p.op {
                 PoolOp::AdaptiveAvg => format!("{} to {}x{}", l.kind.name(), p.out_hw[0], p.out_hw[1]),
+                PoolOp::Interpolate(ip) => format!(
+                    "{} to {}x{}{}{}",
+                    l.kind.name(),
+                    p.out_hw[0],
+                    p.out_hw[1],
+                    if ip.align_corners { " (align corners)" } else { "" },
+                    ip.scale_factor.map_or(String::new(), |f| format!(" (scale factor {}x{})", f[0], f[1]))
+                ),
+                PoolOp::Pad { before, .. } => format!(
+                    "{} to {}x{}, input at row {} column {}",
+                    l.kind.name(),
+                    p.out_hw[0],
+                    p.out_hw[1],
+                    before[0],
+                    before[1]
+                ),
                 _ => format!(
                     "{} {}x{} stride {}x{} padding {}x{}{}{}",
                     l.kind.name(),

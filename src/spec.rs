@@ -95,6 +95,83 @@ pub enum PoolName {
     GlobalAvg,
 }
 
+/// An interpolation's mode, as torch's `F.interpolate` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum InterpolateMode {
+    /// `nearest`: output `o` copies input `floor(o * in / out)`.
+    #[serde(rename = "nearest")]
+    Nearest,
+    /// `nearest-exact`: output `o` copies input `floor((o + 0.5) * in / out)`.
+    #[serde(rename = "nearest-exact")]
+    NearestExact,
+    /// `bilinear` (and 1-D `linear`): two taps per axis.
+    #[serde(rename = "bilinear")]
+    Bilinear,
+    /// `bicubic`: four taps per axis (Keys' cubic, `A = -0.75`).
+    #[serde(rename = "bicubic")]
+    Bicubic,
+}
+
+impl InterpolateMode {
+    /// The mode as torch names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            InterpolateMode::Nearest => "nearest",
+            InterpolateMode::NearestExact => "nearest-exact",
+            InterpolateMode::Bilinear => "bilinear",
+            InterpolateMode::Bicubic => "bicubic",
+        }
+    }
+}
+
+/// How a pad entry fills the cells outside its input, as torch's `F.pad`
+/// names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PadMode {
+    /// Zeros: a padded cell has no link.
+    #[default]
+    Constant,
+    /// The input mirrored at its edge (the edge not repeated).
+    Reflect,
+    /// The edge repeated.
+    Replicate,
+    /// The input wrapped around.
+    Circular,
+}
+
+impl PadMode {
+    /// The mode as torch names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            PadMode::Constant => "constant",
+            PadMode::Reflect => "reflect",
+            PadMode::Replicate => "replicate",
+            PadMode::Circular => "circular",
+        }
+    }
+}
+
+/// A positive number or an `[h, w]` pair of them (`scale_factor`).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(untagged)]
+pub enum Factors {
+    /// The same factor for both axes.
+    One(f64),
+    /// `[h, w]`.
+    Two([f64; 2]),
+}
+
+impl Factors {
+    /// The `[h, w]` factors.
+    pub fn hw(self) -> [f64; 2] {
+        match self {
+            Factors::One(v) => [v, v],
+            Factors::Two(v) => v,
+        }
+    }
+}
+
 /// One `[[layers]]` entry, as written.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -140,8 +217,23 @@ pub struct LayerSpec {
     /// Max or average pool: the output grid rounds up, as torch's
     /// `ceil_mode` (default false).
     pub ceil_mode: Option<bool>,
-    /// Adaptive average pool output `[h, w]`.
+    /// Adaptive average pool or interpolation output `[h, w]`.
     pub output: Option<Pair>,
+    /// An interpolation entry (`nn.Upsample`, `F.interpolate`): its mode.
+    pub interpolate: Option<InterpolateMode>,
+    /// Bilinear or bicubic interpolation: torch's `align_corners` (default
+    /// false).
+    pub align_corners: Option<bool>,
+    /// The `scale_factor` torch was given (without
+    /// `recompute_scale_factor`): it places the output on the input grid
+    /// as `1 / scale_factor`, not as `in / out`; `output` defaults to
+    /// `floor(in * scale_factor)`.
+    pub scale_factor: Option<Factors>,
+    /// A pad entry: `[left, right, top, bottom]` cells added (negative:
+    /// removed), in torch's `F.pad` order.
+    pub pad: Option<[i64; 4]>,
+    /// What a pad entry fills its new cells with (default zeros).
+    pub pad_mode: Option<PadMode>,
     /// An identity skip connection.
     pub identity: Option<bool>,
     /// A dense weight `[out, in]` applied at every pixel of a feature map
@@ -170,6 +262,10 @@ pub enum EntryKind {
     Weighted,
     /// A pool.
     Pool(PoolName),
+    /// An interpolation (resampling of the grid).
+    Interpolate(InterpolateMode),
+    /// Padding (or cropping) of the grid.
+    Pad,
     /// An identity skip.
     Identity,
     /// A BatchNorm on its own.
@@ -180,14 +276,24 @@ impl LayerSpec {
     /// The entry's kind, or why it has none (or several).
     pub fn kind(&self) -> std::result::Result<EntryKind, String> {
         let identity = self.identity == Some(true);
-        let kinds = [self.weight.is_some(), self.pool.is_some(), identity];
-        match kinds {
-            [true, false, false] => Ok(EntryKind::Weighted),
-            [false, true, false] => Ok(EntryKind::Pool(self.pool.expect("checked"))),
-            [false, false, true] if self.norm.is_none() => Ok(EntryKind::Identity),
-            [false, false, false] if self.norm.is_some() => Ok(EntryKind::Norm),
-            [false, false, false] => Err("has none of `weight`, `pool`, `identity` or `norm`".into()),
-            _ => Err("combines `weight`, `pool`, `identity` (or `identity` with `norm`): one entry, one layer".into()),
+        let kinds = [
+            (self.weight.is_some(), EntryKind::Weighted),
+            (self.pool.is_some(), EntryKind::Pool(self.pool.unwrap_or(PoolName::Max))),
+            (self.interpolate.is_some(), EntryKind::Interpolate(self.interpolate.unwrap_or(InterpolateMode::Nearest))),
+            (self.pad.is_some(), EntryKind::Pad),
+            (identity, EntryKind::Identity),
+        ];
+        let mut given = kinds.iter().filter(|(given, _)| *given).map(|(_, kind)| *kind);
+        match (given.next(), given.next()) {
+            (Some(EntryKind::Identity), None) if self.norm.is_some() => {
+                Err("combines `identity` with `norm`: one entry, one layer".into())
+            }
+            (Some(kind), None) => Ok(kind),
+            (None, _) if self.norm.is_some() => Ok(EntryKind::Norm),
+            (None, _) => Err("has none of `weight`, `pool`, `interpolate`, `pad`, `identity` or `norm`".into()),
+            (Some(_), Some(_)) => {
+                Err("combines `weight`, `pool`, `interpolate`, `pad` or `identity`: one entry, one layer".into())
+            }
         }
     }
 
@@ -198,6 +304,12 @@ impl LayerSpec {
         }
         if let Some(w) = &self.weight {
             return crate::graph::display_name(w);
+        }
+        if let Some(m) = self.interpolate {
+            return format!("{} interpolation", m.name());
+        }
+        if self.pad.is_some() {
+            return "pad".into();
         }
         match (&self.pool, &self.norm, &self.to) {
             (Some(p), ..) => format!("{p:?} pool").to_lowercase(),
@@ -276,6 +388,9 @@ impl Spec {
             if let Some((key, _)) = positive.into_iter().find(|(_, p)| p.is_some_and(|p| p.hw().contains(&0))) {
                 return Err(entry(format!("{key} must be positive")));
             }
+            if l.scale_factor.is_some_and(|f| !f.hw().iter().all(|v| *v > 0.0 && v.is_finite())) {
+                return Err(entry("scale_factor must be positive".into()));
+            }
             if l.groups == Some(0) {
                 return Err(entry("groups must be positive".into()));
             }
@@ -291,44 +406,82 @@ impl Spec {
                 }
             }
             let kind = l.kind().expect("checked");
-            let misplaced: &[(&str, bool)] = match kind {
-                EntryKind::Weighted => &[
+            // Keys that belong to one kind of entry only.
+            let resampling = [
+                ("align_corners", l.align_corners.is_some()),
+                ("scale_factor", l.scale_factor.is_some()),
+                ("pad_mode", l.pad_mode.is_some()),
+            ];
+            let weighted = [
+                ("bias", l.bias.is_some()),
+                ("transposed", l.transposed.is_some()),
+                ("output_padding", l.output_padding.is_some()),
+                ("per_pixel", l.per_pixel.is_some()),
+                ("scale", l.scale.is_some()),
+                ("groups", l.groups.is_some()),
+                ("dilation", l.dilation.is_some()),
+            ];
+            let pooling = [
+                ("kernel", l.kernel.is_some()),
+                ("count_include_pad", l.count_include_pad.is_some()),
+                ("ceil_mode", l.ceil_mode.is_some()),
+            ];
+            let misplaced: Vec<(&str, bool)> = match kind {
+                EntryKind::Weighted => [
                     ("output_padding", l.output_padding.is_some() && l.transposed != Some(true)),
                     ("per_pixel", l.per_pixel == Some(true) && l.transposed == Some(true)),
-                    ("kernel", l.kernel.is_some()),
                     ("output", l.output.is_some()),
-                    ("count_include_pad", l.count_include_pad.is_some()),
-                    ("ceil_mode", l.ceil_mode.is_some()),
-                ],
-                EntryKind::Pool(p) => &[
-                    ("bias", l.bias.is_some()),
-                    ("transposed", l.transposed.is_some()),
-                    ("output_padding", l.output_padding.is_some()),
-                    ("per_pixel", l.per_pixel.is_some()),
-                    ("scale", l.scale.is_some()),
+                ]
+                .into_iter()
+                .chain(pooling)
+                .chain(resampling)
+                .collect(),
+                EntryKind::Pool(p) => [
                     ("norm", l.norm.is_some()),
-                    ("groups", l.groups.is_some()),
-                    ("dilation", l.dilation.is_some()),
                     ("kernel", l.kernel.is_some() && matches!(p, PoolName::AdaptiveAvg | PoolName::GlobalAvg)),
                     ("output", l.output.is_some() && p != PoolName::AdaptiveAvg),
                     ("count_include_pad", l.count_include_pad.is_some() && p != PoolName::Avg),
                     ("ceil_mode", l.ceil_mode.is_some() && !matches!(p, PoolName::Max | PoolName::Avg)),
-                ],
-                EntryKind::Identity | EntryKind::Norm => &[
-                    ("bias", l.bias.is_some()),
-                    ("transposed", l.transposed.is_some()),
-                    ("output_padding", l.output_padding.is_some()),
-                    ("per_pixel", l.per_pixel.is_some()),
-                    ("scale", l.scale.is_some()),
+                ]
+                .into_iter()
+                .chain(weighted)
+                .chain(resampling)
+                .collect(),
+                EntryKind::Interpolate(m) => [
+                    ("norm", l.norm.is_some()),
                     ("stride", l.stride.is_some()),
                     ("padding", l.padding.is_some()),
-                    ("dilation", l.dilation.is_some()),
-                    ("groups", l.groups.is_some()),
-                    ("kernel", l.kernel.is_some()),
+                    (
+                        "align_corners",
+                        l.align_corners.is_some()
+                            && matches!(m, InterpolateMode::Nearest | InterpolateMode::NearestExact),
+                    ),
+                    ("pad_mode", l.pad_mode.is_some()),
+                ]
+                .into_iter()
+                .chain(weighted)
+                .chain(pooling)
+                .collect(),
+                EntryKind::Pad => [
+                    ("norm", l.norm.is_some()),
+                    ("stride", l.stride.is_some()),
+                    ("padding", l.padding.is_some()),
                     ("output", l.output.is_some()),
-                    ("count_include_pad", l.count_include_pad.is_some()),
-                    ("ceil_mode", l.ceil_mode.is_some()),
-                ],
+                    ("align_corners", l.align_corners.is_some()),
+                    ("scale_factor", l.scale_factor.is_some()),
+                ]
+                .into_iter()
+                .chain(weighted)
+                .chain(pooling)
+                .collect(),
+                EntryKind::Identity | EntryKind::Norm => {
+                    [("stride", l.stride.is_some()), ("padding", l.padding.is_some()), ("output", l.output.is_some())]
+                        .into_iter()
+                        .chain(weighted)
+                        .chain(pooling)
+                        .chain(resampling)
+                        .collect()
+                }
             };
             if let Some((key, _)) = misplaced.iter().find(|(_, bad)| *bad) {
                 return Err(entry(format!("`{key}` does not apply to this kind of entry")));
@@ -349,7 +502,16 @@ impl Spec {
                 EntryKind::Pool(PoolName::AdaptiveAvg) if l.output.is_none() => {
                     return Err(entry("an adaptive_avg pool needs `output = [h, w]`".into()))
                 }
-                EntryKind::Pool(_) | EntryKind::Identity | EntryKind::Norm if l.name.is_none() && l.to.is_none() => {
+                EntryKind::Interpolate(_) if l.output.is_none() && l.scale_factor.is_none() => {
+                    return Err(entry("an interpolation needs `output = [h, w]` or `scale_factor`".into()))
+                }
+                EntryKind::Pool(_)
+                | EntryKind::Interpolate(_)
+                | EntryKind::Pad
+                | EntryKind::Identity
+                | EntryKind::Norm
+                    if l.name.is_none() && l.to.is_none() =>
+                {
                     return Err(entry("a fixed or BatchNorm-only entry needs a `name` (or a `to`)".into()))
                 }
                 _ => {}

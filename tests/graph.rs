@@ -45,6 +45,19 @@ enum K {
         ceil: bool,
         out: [usize; 2],
     },
+    /// `F.interpolate` to `out` (`mode` as torch names it), with
+    /// `align_corners` and the `scale_factor` torch was given.
+    Interpolate {
+        mode: &'static str,
+        out: [usize; 2],
+        align: bool,
+        factor: Option<[f64; 2]>,
+    },
+    /// `F.pad(x, [left, right, top, bottom], mode)`.
+    Pad {
+        pad: [i64; 4],
+        mode: &'static str,
+    },
     /// A dense weight `[out, in]` applied at every pixel (`per_pixel`),
     /// with a layer scale `[out, 1, 1]` folded in when `scale`.
     PerPixel {
@@ -101,6 +114,53 @@ impl S {
             Layout::Keras if !self.flat => (y * self.w + x) * self.c + c,
             _ => (c * self.h + y) * self.w + x,
         }
+    }
+}
+
+/// The inputs (and coefficients) that output `o` of an axis of `n` inputs
+/// and `m` outputs reads in `F.interpolate`, from torch's definitions: the
+/// output's position on the input axis (`(o + 0.5) n / m - 0.5`, or
+/// `o (n - 1) / (m - 1)` with corners aligned; `1 / scale_factor` for
+/// `n / m` when torch was given one), nearest modes computed in f32 as
+/// torch does.
+fn interpolation_taps(mode: &str, align: bool, factor: Option<f64>, n: usize, m: usize, o: usize) -> Vec<(usize, f64)> {
+    let ratio = factor.map_or(n as f64 / m as f64, |f| 1.0 / f);
+    let x = if align {
+        if m > 1 {
+            o as f64 * (n - 1) as f64 / (m - 1) as f64
+        } else {
+            0.0
+        }
+    } else {
+        (o as f64 + 0.5) * ratio - 0.5
+    };
+    let last = n as i64 - 1;
+    let at = |i: i64| i.clamp(0, last) as usize;
+    let ratio32 = factor.map_or(n as f32 / m as f32, |f| (1.0 / f) as f32);
+    match mode {
+        "nearest" => vec![(at((o as f32 * ratio32).floor() as i64), 1.0)],
+        "nearest-exact" => vec![(at((((o as f64 + 0.5) * ratio32 as f64) as f32).floor() as i64), 1.0)],
+        "bilinear" => {
+            let x = x.max(0.0);
+            let i = (x.floor() as i64).min(last);
+            let l = (x - i as f64).clamp(0.0, 1.0);
+            vec![(at(i), 1.0 - l), (at(i + 1), l)]
+        }
+        "bicubic" => {
+            // Keys' cubic convolution kernel, A = -0.75.
+            let kernel = |d: f64| {
+                let (a, d) = (-0.75, d.abs());
+                if d <= 1.0 {
+                    (a + 2.0) * d * d * d - (a + 3.0) * d * d + 1.0
+                } else {
+                    a * d * d * d - 5.0 * a * d * d + 8.0 * a * d - 4.0 * a
+                }
+            };
+            let i = (x.floor() as i64).min(last);
+            let t = (x - i as f64).clamp(0.0, 1.0);
+            (0..4).map(|j| (at(i - 1 + j), kernel(t - (j - 1) as f64))).collect()
+        }
+        _ => unreachable!("{mode}"),
     }
 }
 
@@ -518,6 +578,88 @@ fn build(entries: &[E], input: S, layout: Layout, bn: BnMode, seed: u64) -> (Vec
                 out_set = t;
                 raw_name = None;
             }
+            K::Interpolate { mode, out, align, factor } => {
+                entry += &format!("interpolate = \"{mode}\"\noutput = [{}, {}]\n", out[0], out[1]);
+                if *align {
+                    entry += "align_corners = true\n";
+                }
+                if let Some(f) = factor {
+                    entry += &format!("scale_factor = [{:?}, {:?}]\n", f[0], f[1]);
+                }
+                let t = target(
+                    &mut o,
+                    &mut names,
+                    en.to,
+                    en.name,
+                    S { c: cin, h: out[0], w: out[1], flat: false },
+                    en.offset,
+                );
+                let ys: Vec<_> = (0..out[0])
+                    .map(|oy| interpolation_taps(mode, *align, factor.map(|f| f[0]), sset.h, out[0], oy))
+                    .collect();
+                let xs: Vec<_> = (0..out[1])
+                    .map(|ox| interpolation_taps(mode, *align, factor.map(|f| f[1]), sset.w, out[1], ox))
+                    .collect();
+                for ch in 0..cin {
+                    for (oy, ys) in ys.iter().enumerate() {
+                        for (ox, xs) in xs.iter().enumerate() {
+                            for &(y, wy) in ys {
+                                for &(x, wx) in xs {
+                                    o.link((src, [a + ch, y, x]), (t, [en.offset + ch, oy, ox]), wy * wx);
+                                }
+                            }
+                        }
+                    }
+                }
+                out_set = t;
+                raw_name = None;
+            }
+            K::Pad { pad, mode } => {
+                entry += &format!("pad = {pad:?}\npad_mode = \"{mode}\"\n");
+                let [left, right, top, bottom] = *pad;
+                let (h, w) = (sset.h as i64, sset.w as i64);
+                let (ho, wo) = (h + top + bottom, w + left + right);
+                let t = target(
+                    &mut o,
+                    &mut names,
+                    en.to,
+                    en.name,
+                    S { c: cin, h: ho as usize, w: wo as usize, flat: false },
+                    en.offset,
+                );
+                // The input cell an output cell holds: torch's definitions of each mode.
+                let source = |o: i64, before: i64, n: i64| -> Option<i64> {
+                    let i = o - before;
+                    match *mode {
+                        "constant" => (i >= 0 && i < n).then_some(i),
+                        "reflect" => Some(if i < 0 {
+                            -i
+                        } else if i >= n {
+                            2 * n - 2 - i
+                        } else {
+                            i
+                        }),
+                        "replicate" => Some(i.max(0).min(n - 1)),
+                        "circular" => Some(((i % n) + n) % n),
+                        _ => unreachable!(),
+                    }
+                };
+                for ch in 0..cin {
+                    for oy in 0..ho {
+                        for ox in 0..wo {
+                            if let (Some(y), Some(x)) = (source(oy, top, h), source(ox, left, w)) {
+                                o.link(
+                                    (src, [a + ch, y as usize, x as usize]),
+                                    (t, [en.offset + ch, oy as usize, ox as usize]),
+                                    1.0,
+                                );
+                            }
+                        }
+                    }
+                }
+                out_set = t;
+                raw_name = None;
+            }
             K::Identity => {
                 entry += "identity = true\n";
                 let t = target(&mut o, &mut names, en.to, en.name, S { c: cin, ..sset }, en.offset);
@@ -895,6 +1037,56 @@ fn transposed_convs() {
     check_every_mode("transposed", &entries, map(2, 9, 7));
 }
 
+/// Interpolations (`nn.Upsample`, `F.interpolate`), as a segmentation
+/// decoder or a feature pyramid resamples: bilinear up by a fraction and
+/// with corners aligned, bicubic up and down (negative coefficients,
+/// clamped edges), nearest by a fraction, nearest-exact, a `scale_factor`
+/// that places outputs apart from `in / out`, and a bilinear resize of a
+/// 1 x 1 map (ASPP's image pooling branch) added to a conv's output.
+#[test]
+fn interpolations() {
+    let resize = |name, mode, out: [usize; 2], align, factor| e(name, K::Interpolate { mode, out, align, factor });
+    let entries = vec![
+        conv("c1", 3, 3, 2, 1),
+        resize("bl", "bilinear", [9, 11], false, None),
+        E { from: Some("c1"), ..resize("bl_ac", "bilinear", [7, 4], true, None) },
+        E { from: Some("c1"), ..resize("bc_up", "bicubic", [8, 13], false, None) },
+        E { from: Some("c1"), ..resize("bc_down", "bicubic", [2, 3], true, None) },
+        E { from: Some("c1"), ..resize("nn", "nearest", [7, 5], false, None) },
+        E { from: Some("c1"), ..resize("nx", "nearest-exact", [6, 10], false, None) },
+        E { from: Some("c1"), ..resize("sf", "bilinear", [7, 7], false, Some([1.5, 1.75])) },
+        E { from: Some("c1"), ..resize("sf_nn", "nearest", [7, 7], false, Some([1.5, 1.75])) },
+        E { from: Some("bl"), ..conv("c2", 3, 3, 1, 1) },
+        E { from: Some("c1"), ..gap("pooled") },
+        E { from: Some("pooled"), to: Some("c2"), ..resize("broadcast", "bilinear", [9, 11], false, None) },
+        gap("gap"),
+        e("fc", K::Dense { out: 2, bias: true, norm: false }),
+    ];
+    check_every_mode("interpolations", &entries, map(2, 9, 7));
+}
+
+/// Pads as U-Nets and image-to-image generators use them: zeros (also
+/// cropping, by negative counts) before a concatenation, and the
+/// reflection, replication and circular pads a conv of such a
+/// `padding_mode` reads, each on a different side.
+#[test]
+fn pads() {
+    let pad = |name, pad, mode| e(name, K::Pad { pad, mode });
+    let entries = vec![
+        conv("c1", 3, 3, 2, 1),
+        E { to: Some("cat"), ..pad("zeros", [0, 1, 2, 0], "constant") },
+        E { from: Some("c1"), to: Some("cat"), offset: 3, ..pad("crop", [1, 0, -1, 3], "constant") },
+        E { from: Some("cat"), ..pad("reflect", [2, 1, 1, 3], "reflect") },
+        conv("c2", 2, 3, 1, 0),
+        E { from: Some("c1"), ..pad("replicate", [0, 4, 3, 1], "replicate") },
+        E { from: Some("c1"), ..pad("circular", [4, 2, 0, 1], "circular") },
+        conv("c3", 2, 3, 2, 0),
+        gap("gap"),
+        e("fc", K::Dense { out: 2, bias: true, norm: false }),
+    ];
+    check_every_mode("pads", &entries, map(2, 9, 7));
+}
+
 #[test]
 fn ceil_mode_pools() {
     let pool = |name, op, k, s, p, include_pad| E {
@@ -1034,6 +1226,25 @@ fn misfits_are_errors_naming_the_entries() {
         ("[[layers]]\nweight = \"b.weight\"\ntransposed = true\nstride = 2\noutput_padding = 2\n", "no output grid"),
         ("[[layers]]\nweight = \"b.weight\"\nto = \"s\"\nchannel_step = 9223372036854775807\n", "write past any channel count"),
         ("[[layers]]\nweight = \"b.weight\"\nto = \"s\"\noffset = 18446744073709551615\n", "write past any channel count"),
+        ("[[layers]]\nname = \"up\"\ninterpolate = \"bilinear\"\n", "needs `output = [h, w]` or `scale_factor`"),
+        ("[[layers]]\nname = \"up\"\ninterpolate = \"nearest\"\noutput = 8\nalign_corners = true\n", "`align_corners` does not apply"),
+        ("[[layers]]\nname = \"up\"\ninterpolate = \"bicubic\"\noutput = 8\nkernel = 2\n", "`kernel` does not apply"),
+        ("[[layers]]\nname = \"up\"\ninterpolate = \"bilinear\"\nscale_factor = 0.0\n", "scale_factor must be positive"),
+        ("[[layers]]\nname = \"up\"\ninterpolate = \"bilinear\"\nscale_factor = 0.1\n", "takes the 4x4 input to a 0x0 grid"),
+        ("[[layers]]\nname = \"up\"\ninterpolate = \"bilinear\"\nscale_factor = 1e300\n", "takes the 4x4 input to a"),
+        ("[[layers]]\nname = \"up\"\ninterpolate = \"bilinear\"\nscale_factor = 2.5\noutput = 9\n", "output 9x9 is not the 4x4 input times scale_factor (10x10)"),
+        ("[[layers]]\nname = \"up\"\ninterpolate = \"bilinear\"\noutput = 2000000\n", "grid is beyond the limit"),
+        ("[[layers]]\nname = \"up\"\ninterpolate = \"bilinear\"\npool = \"max\"\nkernel = 2\n", "one entry, one layer"),
+        ("[[layers]]\nweight = \"fc.weight\"\n[[layers]]\nname = \"up\"\ninterpolate = \"nearest\"\noutput = 2\n", "an interpolation reads a feature map"),
+        ("[[layers]]\nweight = \"b.weight\"\nalign_corners = true\n", "`align_corners` does not apply"),
+        ("[[layers]]\nname = \"p\"\npad = [1, 1, 1, 1]\npad_mode = \"reflect\"\n[[layers]]\nname = \"q\"\npad = [6, 0, 0, 0]\npad_mode = \"reflect\"\n", "each count must be 0 or more and at most 5 for the 6x6 input"),
+        ("[[layers]]\nname = \"p\"\npad = [0, 0, -1, 0]\npad_mode = \"replicate\"\n", "each count must be 0 or more for the 4x4 input"),
+        ("[[layers]]\nname = \"p\"\npad = [5, 0, 0, 0]\npad_mode = \"circular\"\n", "at most 4"),
+        ("[[layers]]\nname = \"p\"\npad = [-2, -2, 0, 0]\n", "leaves the 4x4 input no grid"),
+        ("[[layers]]\nname = \"p\"\npad = [9223372036854775807, 1, 0, 0]\n", "leaves the 4x4 input no grid"),
+        ("[[layers]]\nname = \"p\"\npad = [0, 0, 0, 0]\nkernel = 2\n", "`kernel` does not apply"),
+        ("[[layers]]\nweight = \"b.weight\"\npad_mode = \"reflect\"\n", "`pad_mode` does not apply"),
+        ("[[layers]]\nname = \"p\"\npad = [1, 1, 1, 1]\nidentity = true\n", "one entry, one layer"),
         ("[[layers]]\nweight = \"b.weight\"\nto = \"s\"\nchannel_step = 2\n[[layers]]\nweight = \"c.weight\"\n",
          "reads channel 1 of `s` before any entry writes it"),
     ];

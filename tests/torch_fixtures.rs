@@ -15,7 +15,7 @@ use cntscope::graph::{GraphOptions, Network};
 use cntscope::spec::{BnMode, Spec};
 use common::{assert_within, engines};
 
-const NETWORKS: [&str; 12] = [
+const NETWORKS: [&str; 14] = [
     "resnet_tiny",
     "vgg_bn_tiny",
     "mobilenet_v2_tiny",
@@ -28,6 +28,8 @@ const NETWORKS: [&str; 12] = [
     "signal_1d",
     "pyramid_tiny",
     "autoencoder_tiny",
+    "segmenter_tiny",
+    "unet_tiny",
 ];
 
 fn fixture(name: &str) -> PathBuf {
@@ -44,14 +46,18 @@ fn strengths_match_torch_in_every_bn_mode() {
         for bn in [BnMode::Fold, BnMode::Layer, BnMode::Ignore] {
             let opts = GraphOptions { spec: Some(spec.clone()), bn: Some(bn), ..Default::default() };
             let net = Network::build(&ck, &opts).unwrap_or_else(|e| panic!("{name} bn={bn}: {e}"));
-            // The squeeze-and-excitation branches end in sets no layer reads, and are said to.
+            // The squeeze-and-excitation branches (and an output other than
+            // the last) end in sets no layer reads, and are said to.
             let ends = net.notes.iter().find(|n| n.starts_with("node sets that no layer reads"));
             match (name, ends) {
                 ("gated_tiny", Some(n)) => assert!(n.ends_with("`se1.fc2`, `se2.fc2`"), "{n}"),
                 ("signal_1d", Some(n)) => assert!(n.ends_with("`se2`"), "{n}"),
-                (_, ends) => {
-                    assert!(!["gated_tiny", "signal_1d"].contains(&name) && ends.is_none(), "{name}: {:?}", net.notes)
-                }
+                ("segmenter_tiny", Some(n)) => assert!(n.ends_with("`lraspp.scale.1`, `interpolate_1`"), "{n}"),
+                (_, ends) => assert!(
+                    !["gated_tiny", "signal_1d", "segmenter_tiny"].contains(&name) && ends.is_none(),
+                    "{name}: {:?}",
+                    net.notes
+                ),
             }
             let sets = expected
                 .names()

@@ -4,6 +4,9 @@ The model is traced with ``torch.fx`` and every node becomes what the graph
 of SPEC 1 says it is:
 
 * ``Conv2d``, ``Linear``: weighted entries (stride, padding, dilation, groups);
+  a conv's ``padding_mode`` other than zeros is a ``pad`` entry before it;
+* ``F.pad`` and the padding modules (zeros, reflect, replicate, circular):
+  ``pad`` entries (a pad of nothing is no entry);
 * ``ConvTranspose2d`` / ``ConvTranspose1d``: weighted entries with
   ``transposed = true`` and their ``output_padding`` (from the traced
   output grid, so a forward given ``output_size`` is read right);
@@ -14,9 +17,10 @@ of SPEC 1 says it is:
   when that layer's output feeds nothing else, else a BatchNorm-only entry;
   a subclass of these or of ``Linear`` (timm's ``BatchNormAct2d``,
   ``Linear``) is read as the class it extends, with a note;
-* nearest-neighbour upsampling by whole factors (``nn.Upsample``,
-  ``F.interpolate``): the adaptive average pool to the larger grid (each
-  output copies one input: the same links);
+* ``nn.Upsample`` / ``F.interpolate`` (nearest, nearest-exact, (bi)linear,
+  bicubic, with ``align_corners`` and a given ``scale_factor``): fixed
+  ``interpolate`` entries whose links are the interpolation's
+  coefficients; ``area`` is the adaptive average pool it is;
 * ``MaxPool2d``, ``AvgPool2d``, ``AdaptiveAvgPool2d`` (and their functional
   forms), ``x.mean((2, 3))`` / ``torch.mean``: fixed entries (the mean over
   both spatial axes is a global average pool);
@@ -163,6 +167,16 @@ ENTRY_MODULES = (
     nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d,
     nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.Upsample,
 )
+# Padding modules (torch's `F.pad` in module form), their mode.
+PAD_MODULES = {
+    cls: mode
+    for names, mode in ((("ZeroPad1d", "ZeroPad2d", "ConstantPad1d", "ConstantPad2d"), "constant"),
+                        (("ReflectionPad1d", "ReflectionPad2d"), "reflect"),
+                        (("ReplicationPad1d", "ReplicationPad2d"), "replicate"),
+                        (("CircularPad1d", "CircularPad2d"), "circular"))
+    for cls in (getattr(nn, name, None) for name in names) if cls is not None
+}
+PAD_PARAMETERS = ["input", "pad", "mode", "value"]
 # Normalisations by each sample's own statistics (not layers of the weight
 # graph, as discovery reads them): kept whole, their nodes their input's.
 SAMPLE_NORMS = (nn.LayerNorm, nn.GroupNorm)
@@ -276,15 +290,73 @@ def _transposed(fields: dict, node, m):
         fields["groups"] = m.groups
 
 
-def _nearest(fields: dict, node, mode):
-    """Nearest-neighbour upsampling by whole factors (`nn.Upsample`,
-    `F.interpolate`): each output copies one input, exactly the adaptive
-    average pool to the larger grid (the same links of weight 1)."""
+def _pad(node, pad, mode="constant", value=None, **_) -> dict | None:
+    """A pad entry's fields from torch's `F.pad` arguments (`pad` in
+    torch's order, last axis first), or None for a pad of nothing (an
+    operation that changes no node: U-Net's `F.pad(x, [0, 0, 0, 0])` when
+    the two maps already match)."""
+    shape = _shape(node.args[0])
+    pad = [int(p) for p in pad]
+    if len(shape) not in (3, 4) or len(pad) not in (2, 4) or (len(shape) == 3 and len(pad) != 2):
+        raise TraceError(f"node `{node.name}`: pads {shape} by {pad}: only the spatial axes of a map (or the "
+                         "length of a signal) can be padded")
+    if mode not in ("constant", "reflect", "replicate", "circular") or (mode == "constant" and value not in (None, 0)):
+        raise TraceError(f"node `{node.name}`: pads with mode {mode!r}, value {value!r}: only zeros, reflect, "
+                         "replicate and circular are supported")
+    if not any(pad):
+        return None
+    fields = {"pad": pad + [0] * (4 - len(pad))}
+    if mode != "constant":
+        fields["pad_mode"] = mode
+    return fields
+
+
+def _pad_arguments(n, modules) -> tuple:
+    """`(pad, mode, value)` of a pad module's or `F.pad`'s node."""
+    if n.op == "call_module":
+        m = modules[n.target]
+        return list(m.padding), PAD_MODULES[type(m)], getattr(m, "value", None)
+    a = {k: _value(v) for k, v in (dict(zip(PAD_PARAMETERS, n.args)) | dict(n.kwargs)).items() if k != "input"}
+    return a["pad"], a.get("mode", "constant"), a.get("value")
+
+
+# `F.interpolate`'s parameters, as torch declares them.
+INTERPOLATE_PARAMETERS = ["input", "size", "scale_factor", "mode", "align_corners", "recompute_scale_factor",
+                          "antialias"]
+# torch's modes -> the spec's (a 1-D `linear` is bilinear on the 1 x L grid).
+INTERPOLATE_MODES = {"nearest": "nearest", "nearest-exact": "nearest-exact", "linear": "bilinear",
+                     "bilinear": "bilinear", "bicubic": "bicubic"}
+
+
+def _interpolate(fields: dict, node, mode="nearest", align_corners=None, scale_factor=None,
+                 recompute_scale_factor=None, antialias=False, **_):
+    """`nn.Upsample` / `F.interpolate` (torch's arguments): a fixed layer
+    whose links are the interpolation's coefficients; `area` is the
+    adaptive average pool torch computes it with."""
     before, after = _shape(node.args[0]), _shape(node)
-    if mode not in ("nearest", "nearest-exact") or any(b % a for a, b in zip(before[2:], after[2:])):
-        raise TraceError(f"node `{node.name}`: upsamples {before} to {after} ({mode}): only nearest-neighbour "
-                         "upsampling by whole factors is supported")
-    _adaptive_pool(fields, node)
+    if mode == "area":
+        _adaptive_pool(fields, node)
+        return
+    if mode not in INTERPOLATE_MODES or len(before) not in (3, 4) or antialias:
+        why = "with antialias" if antialias else f"mode {mode!r}"
+        raise TraceError(f"node `{node.name}`: interpolates {before} to {after} {why}: only nearest, "
+                         "nearest-exact, (bi)linear, bicubic and area over 1 or 2 axes, without antialias, "
+                         "are supported")
+    grid_in, grid_out = before[2:], after[2:]
+    if len(grid_in) == 1:  # 1-D: the 1 x L grid
+        grid_in, grid_out = [1, *grid_in], [1, *grid_out]
+    fields["interpolate"] = INTERPOLATE_MODES[mode]
+    fields["output"] = [int(d) for d in grid_out]
+    if align_corners and fields["interpolate"] in ("bilinear", "bicubic"):
+        fields["align_corners"] = True
+    if scale_factor is not None and not recompute_scale_factor:
+        # torch places outputs on the input grid by 1 / scale_factor: the
+        # spec says so where that is not in / out.
+        factors = [float(f) for f in (scale_factor if isinstance(scale_factor, (list, tuple))
+                                      else [scale_factor] * (len(before) - 2))]
+        factors = [1.0, *factors] if len(factors) == 1 else factors
+        if any(1.0 / f != i / o for f, i, o in zip(factors, grid_in, grid_out)):
+            fields["scale_factor"] = factors
 
 
 def _adaptive_pool(fields: dict, node):
@@ -341,6 +413,8 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
             if isinstance(m, SAMPLE_NORMS):
                 sample_norms.append(n.target)
                 return "pass"
+            if type(m) in PAD_MODULES:
+                return "pass" if _pad(n, *_pad_arguments(n, modules)) is None else "entry"
             if isinstance(m, ENTRY_MODULES):
                 return "entry"
             raise TraceError(f"node `{n.name}`: module `{n.target}` of type {type(m).__name__} has no spec entry")
@@ -353,6 +427,8 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
                 return "add"
             if n.target is torch.cat:
                 return "cat"
+            if n.target is F.pad:
+                return "pass" if _pad(n, *_pad_arguments(n, modules)) is None else "entry"
             if n.target is operator.getitem:
                 return "slice"
             if n.target in (torch.split, torch.chunk):
@@ -603,19 +679,31 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
                     grow = _pairs_of(m)
                     kernel, stride, dilation = grow(m.kernel_size, 1), grow(m.stride, 1), grow(m.dilation, 1)
                     padding = m.padding if isinstance(m.padding, str) else grow(m.padding, 0)
+                    # Rows then columns: (before, after) each.
+                    sides = [(p, p) for p in padding] if not isinstance(padding, str) else [(0, 0)] * 2
                     if padding == "valid":
                         padding = 0
                     elif padding == "same":
                         # torch pads (dilation x (kernel - 1)) in all, split evenly
-                        # where it is even (an odd remainder goes to the right).
+                        # where it is even (an odd remainder goes after).
                         total = [d * (k - 1) for d, k in zip(dilation, kernel)]
-                        if any(t % 2 for t in total):
+                        sides = [(t // 2, t - t // 2) for t in total]
+                        if any(t % 2 for t in total) and m.padding_mode == "zeros":
                             raise TraceError(f"node `{n.name}`: conv `{n.target}` padding 'same' with an even "
                                              "kernel pads one side more: not supported")
                         padding = tuple(t // 2 for t in total)
-                    if m.padding_mode != "zeros" or isinstance(padding, str):
-                        raise TraceError(f"node `{n.name}`: conv `{n.target}` padding {m.padding!r} / "
-                                         f"mode {m.padding_mode!r}: only zero padding is supported")
+                    if m.padding_mode != "zeros":
+                        # torch pads the input (F.pad in this mode), then
+                        # convolves it unpadded: a pad entry, then the conv.
+                        (top, bottom), (left, right) = sides
+                        pad = _pad(n, [left, right] if len(_shape(n.args[0])) == 3 else [left, right, top, bottom],
+                                   m.padding_mode)
+                        if pad is not None:
+                            pad["name"] = unique(f"{n.target}.pad")
+                            source(pad, inp)
+                            entries.append(Entry(pad, None, inp.channels))
+                            inp = Ref(pad["name"], None, inp.channels)
+                        padding = 0
                     fields["weight"] = f"{n.target}.weight"
                     if m.bias is not None:
                         fields["bias"] = f"{n.target}.bias"
@@ -658,8 +746,11 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
                           ceil_mode=m.ceil_mode, count_include_pad=m.count_include_pad,
                           divisor_override=getattr(m, "divisor_override", None))
                     out_channels = inp.channels
+                elif type(m) in PAD_MODULES:
+                    fields.update(_pad(n, *_pad_arguments(n, modules)))
+                    out_channels = inp.channels
                 elif isinstance(m, nn.Upsample):
-                    _nearest(fields, n, m.mode)
+                    _interpolate(fields, n, m.mode, m.align_corners, m.scale_factor, m.recompute_scale_factor)
                     out_channels = inp.channels
                 else:  # AdaptiveAvgPool1d/2d
                     _adaptive_pool(fields, n)
@@ -672,8 +763,12 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
                 out_channels = inp.channels
                 if n.target in (F.adaptive_avg_pool2d, F.adaptive_avg_pool1d):
                     _adaptive_pool(fields, n)
+                elif n.target is F.pad:
+                    fields.update(_pad(n, *_pad_arguments(n, modules)))
                 elif n.target is F.interpolate:
-                    _nearest(fields, n, n.kwargs.get("mode", n.args[3] if len(n.args) > 3 else "nearest"))
+                    _interpolate(fields, n, **{k: _value(v) for k, v in
+                                               (dict(zip(INTERPOLATE_PARAMETERS, n.args)) | dict(n.kwargs)).items()
+                                               if k != "input"})
                 elif n.target in (F.max_pool2d, F.avg_pool2d, F.max_pool1d, F.avg_pool1d):
                     params = POOL_PARAMETERS[n.target]
                     a = {k: _value(v) for k, v in (dict(zip(params, n.args)) | dict(n.kwargs)).items()
@@ -923,6 +1018,17 @@ def _is_stochastic_depth(f) -> bool:
         "torchvision.ops")
 
 
+def _ancestors(node) -> set:
+    """`node` and every node it is computed from."""
+    seen, todo = set(), [node]
+    while todo:
+        m = todo.pop()
+        if m not in seen:
+            seen.add(m)
+            todo.extend(m.all_input_nodes)
+    return seen
+
+
 def _gated(n, passes):
     """`(x, s)` of a product `x * s` where `s` is a per-channel gate
     computed from `x` (`[N, C, 1, 1]` against `x`'s `[N, C, H, W]`), or
@@ -935,15 +1041,7 @@ def _gated(n, passes):
                          "(squeeze-and-excitation) is supported")
 
     def reaches(a, b):
-        seen, todo = set(), [a]
-        while todo:
-            m = todo.pop()
-            if m is b:
-                return True
-            if m not in seen:
-                seen.add(m)
-                todo.extend(m.all_input_nodes)
-        return False
+        return b in _ancestors(a)
 
     a, b = operands
     for x, s in ((a, b), (b, a)):
@@ -954,8 +1052,16 @@ def _gated(n, passes):
             return x, None
     x, s = (a, b) if reaches(b, a) else (b, a) if reaches(a, b) else (None, None)
     if x is None:
-        raise TraceError(f"node `{n.name}`: a product of two independent tensors: only a channel gate x * s, "
-                         "s computed from x (squeeze-and-excitation), is supported")
+        # Two branches of one input (LR-ASPP's: a conv of a map gated by
+        # a pooled branch of the same map): the gate is the one of shape
+        # [N, C, 1, 1], computed from the data (a placeholder).
+        from_data = [any(m.op == "placeholder" for m in _ancestors(o)) for o in (a, b)]
+        gates = [o for o, d in zip((a, b), from_data) if d and len(_shape(o)) in (3, 4) and _shape(o)[2:] == [1] * (len(_shape(o)) - 2)]
+        if not all(from_data) or len(gates) != 1 or _shape(gates[0]) == _shape(a if gates[0] is b else b):
+            raise TraceError(f"node `{n.name}`: a product of two independent tensors: only a channel gate x * s, "
+                             "s computed from the data (squeeze-and-excitation), is supported")
+        s = gates[0]
+        x = a if s is b else b
     xs, ss = _shape(x), _shape(s)
     if len(xs) not in (3, 4) or ss != [xs[0], xs[1]] + [1] * (len(xs) - 2):
         raise TraceError(f"node `{n.name}`: a product of shapes {xs} and {ss}: only a channel gate x * s, "
@@ -983,8 +1089,8 @@ def _toml(entries, input_shape, layout, bn, notes=()) -> str:
         f"layout = {value(layout)}",
         f"bn = {value(bn)}",
     ]
-    order = ["name", "weight", "transposed", "per_pixel", "bias", "scale", "norm", "eps", "pool", "kernel", "output",
-             "stride", "padding", "dilation", "output_padding", "groups", "count_include_pad", "ceil_mode", "identity",
+    order = ["name", "weight", "transposed", "per_pixel", "bias", "scale", "norm", "eps", "pool", "interpolate",
+             "pad", "pad_mode", "kernel", "output", "align_corners", "scale_factor", "stride", "padding", "dilation", "output_padding", "groups", "count_include_pad", "ceil_mode", "identity",
              "from", "from_channels", "to", "offset", "channel_step"]
     for e in entries:
         assert e.fields.keys() <= set(order), f"keys the spec writer does not know: {e.fields.keys() - set(order)}"

@@ -188,6 +188,27 @@ def test_a_channel_gate_keeps_its_inputs_nodes_and_ends_its_branch_with_a_note()
     assert note.startswith("1 channel gates x * s (squeeze-and-excitation)") and note.endswith("reads: fc2")
 
 
+def test_a_gate_from_a_sibling_branch_of_the_same_map_is_a_channel_gate():
+    # LR-ASPP's head: a conv of a map, gated by a pooled branch of that map.
+    class Head(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.cbr = nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 1)
+            self.scale = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(4, 4, 1), nn.Sigmoid())
+            self.out = nn.Conv2d(4, 5, 1)
+
+        def forward(self, x):
+            x = F.relu(self.conv(x))
+            return self.out(self.cbr(x) * self.scale(x))
+
+    from torch_to_spec import TraceNote
+
+    with pytest.warns(TraceNote, match="1 channel gates"):
+        spec = tomllib.loads(spec_from_module(Head(), (3, 7, 6)))
+    assert [(e["name"], e.get("from")) for e in spec["layers"]] == [
+        ("conv", None), ("cbr", None), ("scale.0", "conv"), ("scale.1", None), ("out", "cbr")]
+
+
 @pytest.mark.parametrize(
     "gate, message",
     [
@@ -428,27 +449,79 @@ class Upsampled(nn.Module):
 
 
 @pytest.mark.parametrize(
-    "up, grid",
+    "up, want",
     [
-        (nn.Upsample(scale_factor=2), [8, 6]),
-        (nn.Upsample(scale_factor=(3, 1), mode="nearest-exact"), [12, 3]),
-        (Lambda(lambda x: F.interpolate(x, size=(8, 9))), [8, 9]),
+        (nn.Upsample(scale_factor=2), {"interpolate": "nearest", "output": [8, 6]}),
+        (nn.Upsample(scale_factor=(3, 1), mode="nearest-exact"), {"interpolate": "nearest-exact", "output": [12, 3]}),
+        (Lambda(lambda x: F.interpolate(x, size=(8, 9))), {"interpolate": "nearest", "output": [8, 9]}),
+        (nn.Upsample(scale_factor=2, mode="bilinear"), {"interpolate": "bilinear", "output": [8, 6]}),
+        (nn.UpsamplingBilinear2d(size=(7, 5)), {"interpolate": "bilinear", "output": [7, 5], "align_corners": True}),
+        (Lambda(lambda x: F.interpolate(x, scale_factor=1.7, mode="bicubic", align_corners=False)),
+         {"interpolate": "bicubic", "output": [6, 5], "scale_factor": [1.7, 1.7]}),
+        (Lambda(lambda x: F.interpolate(x, None, 1.7, "bilinear", True, True)),
+         {"interpolate": "bilinear", "output": [6, 5], "align_corners": True}),
+        (Lambda(lambda x: F.interpolate(x, size=(2, 2), mode="area")), {"pool": "adaptive_avg", "output": [2, 2]}),
     ],
 )
-def test_nearest_upsampling_is_the_adaptive_pool_to_the_larger_grid(up, grid):
+def test_interpolations_are_written_with_what_places_their_taps(up, want):
     spec = tomllib.loads(spec_from_module(Upsampled(up), (3, 9, 7)))
-    [pool] = [e for e in spec["layers"] if "pool" in e]
-    assert (pool["pool"], pool["output"]) == ("adaptive_avg", grid)
-    # The same values in torch: each output copies one input.
-    x = torch.randn(1, 4, 4, 3, dtype=torch.float64)
-    assert torch.equal(up(x), F.adaptive_avg_pool2d(x, grid))
+    [entry] = [e for e in spec["layers"] if "interpolate" in e or "pool" in e]
+    assert {k: v for k, v in entry.items() if k not in ("name",)} == want
 
 
-def test_other_upsampling_is_an_error_naming_the_node():
-    for up, node in ((nn.Upsample(scale_factor=2, mode="bilinear"), "up"),
-                     (Lambda(lambda x: F.interpolate(x, size=(6, 5))), "interpolate")):
-        with pytest.raises(TraceError, match=f"node `{node}`: upsamples .*: only nearest-neighbour"):
+def test_a_one_dimensional_linear_interpolation_is_bilinear_over_one_row():
+    model = nn.Sequential(nn.Conv1d(2, 3, 3), nn.Upsample(scale_factor=2.5, mode="linear"), nn.Conv1d(3, 1, 1))
+    spec = tomllib.loads(spec_from_module(model, (2, 11)))
+    [entry] = [e for e in spec["layers"] if "interpolate" in e]
+    assert (entry["interpolate"], entry["output"], entry["scale_factor"]) == ("bilinear", [1, 22], [1.0, 2.5])
+
+
+def test_antialiased_interpolations_are_errors_naming_the_node():
+    # antialias widens the taps when it shrinks the grid: not torch's interpolation weights that the spec places.
+    for mode in ("bilinear", "bicubic"):
+        up = Lambda(lambda x, mode=mode: F.interpolate(x, size=(3, 3), mode=mode, antialias=True))
+        with pytest.raises(TraceError, match="node `interpolate`: interpolates .* with antialias"):
             spec_from_module(Upsampled(up), (3, 9, 7))
+
+
+@pytest.mark.parametrize(
+    "pad, want",
+    [
+        (Lambda(lambda x: F.pad(x, [0, 0, 0, 0])), None),  # U-Net's join when sizes match: no entry
+        (nn.ZeroPad2d((0, 0, 0, 0)), None),
+        (Lambda(lambda x: F.pad(x, [0, 1, 2, 0])), {"pad": [0, 1, 2, 0]}),
+        (Lambda(lambda x: F.pad(x, (1, -1), "constant", 0.0)), {"pad": [1, -1, 0, 0]}),
+        (nn.ZeroPad2d((1, 2, 3, 0)), {"pad": [1, 2, 3, 0]}),
+        (nn.ConstantPad2d(1, 0.0), {"pad": [1, 1, 1, 1]}),
+        (nn.ReflectionPad2d(2), {"pad": [2, 2, 2, 2], "pad_mode": "reflect"}),
+        (nn.ReplicationPad2d((0, 1, 2, 3)), {"pad": [0, 1, 2, 3], "pad_mode": "replicate"}),
+        (Lambda(lambda x: F.pad(x, [1, 1, 1, 1], mode="circular")), {"pad": [1, 1, 1, 1], "pad_mode": "circular"}),
+    ],
+)
+def test_pads_are_written_in_torchs_order_and_a_pad_of_nothing_is_no_entry(pad, want):
+    spec = tomllib.loads(spec_from_module(Upsampled(pad), (3, 9, 7)))
+    pads = [{k: v for k, v in e.items() if k in ("pad", "pad_mode")} for e in spec["layers"] if "pad" in e]
+    assert pads == ([want] if want else [])
+
+
+def test_a_conv_with_a_padding_mode_reads_a_pad_entry_in_that_mode():
+    for mode in ("reflect", "replicate", "circular"):
+        conv = nn.Conv2d(3, 4, (3, 5), padding=(1, 2), padding_mode=mode)
+        spec = tomllib.loads(spec_from_module(nn.Sequential(conv, nn.Conv2d(4, 2, 1)), (3, 9, 7)))
+        pad, first = spec["layers"][:2]
+        assert pad == {"name": "0.pad", "pad": [2, 2, 1, 1], "pad_mode": mode}
+        assert first["weight"] == "0.weight" and "padding" not in first and "from" not in first
+    # 'same' with an even kernel: torch pads the extra cell after.
+    conv = nn.Conv1d(2, 3, 4, padding="same", padding_mode="reflect")
+    spec = tomllib.loads(spec_from_module(nn.Sequential(conv, nn.Conv1d(3, 1, 1)), (2, 20)))
+    assert spec["layers"][0]["pad"] == [1, 2, 0, 0] and "padding" not in spec["layers"][1]
+
+
+def test_pads_the_spec_cannot_say_are_errors_naming_the_node():
+    for pad, why in ((nn.ConstantPad2d(1, 0.5), "value 0.5"), (Lambda(lambda x: F.pad(x, [0, 0, 0, 0, 1, 1])[:, 1:-1]),
+                                                            "only the spatial axes")):
+        with pytest.raises(TraceError, match=why):
+            spec_from_module(Upsampled(pad), (3, 9, 7))
 
 
 def test_transposed_convs_write_their_output_padding_as_the_run_gave_it():

@@ -24,7 +24,7 @@ pub(crate) fn per_channel(out: &mut [f64], shape: NodeShape, layout: Layout, f: 
     }
 }
 
-/// `(s_in, s_out)` of a pool or identity layer.
+/// `(s_in, s_out)` of a pool, interpolation or identity layer.
 pub(crate) fn strengths(layer: &Layer) -> (Field, Field) {
     match layer.kind {
         LayerKind::Identity => (Field::per_channel(layer.output, |_| 1.0), Field::per_channel(layer.input, |_| 1.0)),
@@ -33,10 +33,10 @@ pub(crate) fn strengths(layer: &Layer) -> (Field, Field) {
             // both strengths factorise by axis too: positions with equal
             // factors share a class.
             let axis = |a: usize| {
-                let windows = pool.windows(a);
-                let into: Vec<f64> = windows.iter().map(|w| (w.end - w.start) as f64 * w.weight).collect();
+                let mut into = vec![0.0; pool.out_hw[a]];
                 let mut from = vec![0.0; pool.in_hw[a]];
-                for w in &windows {
+                for w in &pool.windows(a) {
+                    into[w.output] += (w.end - w.start) as f64 * w.weight;
                     for f in &mut from[w.start..w.end] {
                         *f += w.weight;
                     }
