@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The graph benchmark of BENCHMARKS.md: `cntscope scan --spec` of torchvision
-# networks at 3x224x224 (random weights, randomised BatchNorm statistics)
+# networks at their shipped specs' input (3x224x224; the segmentation models
+# 3x520x520), random weights, randomised BatchNorm statistics,
 # against reading the file (`cat`, page cache warm) and against computing
 # the same measures with torch (benches/torch_strengths.py), in one run;
 # then, as root, the same scans and reads with the files out of the page
@@ -25,7 +26,8 @@ for name in sys.argv[2:]:
     path = os.path.join(sys.argv[1], f"{name}.safetensors")
     if os.path.exists(path):
         continue
-    m = getattr(torchvision.models, name)()
+    seg = torchvision.models.segmentation
+    m = getattr(seg, name)(weights_backbone=None) if hasattr(seg, name) else getattr(torchvision.models, name)()
     for mod in m.modules():
         if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
             mod.running_mean.uniform_(-0.5, 0.5); mod.running_var.uniform_(0.2, 2.0)

@@ -625,8 +625,9 @@ fn assumed_geometry(net: &Network) -> Option<String> {
 }
 
 /// The note of a graph with node sets that no layer reads, besides the
-/// last layer's (their out-strength is 0): the end of a branch, as a
-/// squeeze-and-excitation gate's, or a set a spec's `from` skipped.
+/// last layer's (their out-strength is 0): another output of the network
+/// (an auxiliary head), the end of a branch, as a squeeze-and-excitation
+/// gate's, or a set a spec's `from` skipped.
 fn dead_ends(net: &Network) -> Option<String> {
     let mut read = vec![false; net.node_sets.len()];
     for l in &net.layers {
@@ -639,8 +640,8 @@ fn dead_ends(net: &Network) -> Option<String> {
         net.node_sets.iter().zip(&read).filter(|(_, &r)| !r).map(|(set, _)| set.name.as_str()).collect();
     (!ends.is_empty()).then(|| {
         format!(
-            "node sets that no layer reads (out-strength 0: the end of a branch, as a squeeze-and-excitation \
-             gate's): {}",
+            "node sets that no layer reads (out-strength 0: another output, or the end of a branch, as a \
+             squeeze-and-excitation gate's): {}",
             list(&ends)
         )
     })

@@ -1276,6 +1276,6 @@ fn shipped_specs_parse() {
             seen += 1;
         }
     }
-    assert!(seen >= 15, "{seen} specs");
+    assert!(seen >= 17, "{seen} specs");
     assert!(ceil >= 3, "{ceil} ceil-mode pools");
 }
