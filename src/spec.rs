@@ -60,20 +60,20 @@ pub fn is_input_shape(dims: &[usize]) -> bool {
     matches!(dims.len(), 1 | 3) && !dims.contains(&0)
 }
 
-/// An integer or an `[h, w]` pair, as `stride`, `padding`, `dilation` and
-/// `kernel` accept.
+/// A value or an `[h, w]` pair of them: integers as `stride`, `padding`,
+/// `dilation` and `kernel` accept them, numbers as `scale_factor` does.
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(untagged)]
-pub enum Pair {
+pub enum Pair<T = usize> {
     /// The same value for both axes.
-    One(usize),
+    One(T),
     /// `[h, w]`.
-    Two([usize; 2]),
+    Two([T; 2]),
 }
 
-impl Pair {
+impl<T: Copy> Pair<T> {
     /// The `[h, w]` values.
-    pub fn hw(self) -> [usize; 2] {
+    pub fn hw(self) -> [T; 2] {
         match self {
             Pair::One(v) => [v, v],
             Pair::Two(v) => v,
@@ -152,26 +152,6 @@ impl PadMode {
     }
 }
 
-/// A positive number or an `[h, w]` pair of them (`scale_factor`).
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(untagged)]
-pub enum Factors {
-    /// The same factor for both axes.
-    One(f64),
-    /// `[h, w]`.
-    Two([f64; 2]),
-}
-
-impl Factors {
-    /// The `[h, w]` factors.
-    pub fn hw(self) -> [f64; 2] {
-        match self {
-            Factors::One(v) => [v, v],
-            Factors::Two(v) => v,
-        }
-    }
-}
-
 /// One `[[layers]]` entry, as written.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -228,7 +208,7 @@ pub struct LayerSpec {
     /// `recompute_scale_factor`): it places the output on the input grid
     /// as `1 / scale_factor`, not as `in / out`; `output` defaults to
     /// `floor(in * scale_factor)`.
-    pub scale_factor: Option<Factors>,
+    pub scale_factor: Option<Pair<f64>>,
     /// A pad entry: `[left, right, top, bottom]` cells added (negative:
     /// removed), in torch's `F.pad` order.
     pub pad: Option<[i64; 4]>,
@@ -406,12 +386,8 @@ impl Spec {
                 }
             }
             let kind = l.kind().expect("checked");
-            // Keys that belong to one kind of entry only.
-            let resampling = [
-                ("align_corners", l.align_corners.is_some()),
-                ("scale_factor", l.scale_factor.is_some()),
-                ("pad_mode", l.pad_mode.is_some()),
-            ];
+            // Keys that belong to some kinds of entry only, by the kind
+            // they describe.
             let weighted = [
                 ("bias", l.bias.is_some()),
                 ("transposed", l.transposed.is_some()),
@@ -421,68 +397,55 @@ impl Spec {
                 ("groups", l.groups.is_some()),
                 ("dilation", l.dilation.is_some()),
             ];
+            let strided = [("stride", l.stride.is_some()), ("padding", l.padding.is_some())];
             let pooling = [
                 ("kernel", l.kernel.is_some()),
                 ("count_include_pad", l.count_include_pad.is_some()),
                 ("ceil_mode", l.ceil_mode.is_some()),
             ];
-            let misplaced: Vec<(&str, bool)> = match kind {
-                EntryKind::Weighted => [
-                    ("output_padding", l.output_padding.is_some() && l.transposed != Some(true)),
-                    ("per_pixel", l.per_pixel == Some(true) && l.transposed == Some(true)),
-                    ("output", l.output.is_some()),
-                ]
-                .into_iter()
-                .chain(pooling)
-                .chain(resampling)
-                .collect(),
-                EntryKind::Pool(p) => [
-                    ("norm", l.norm.is_some()),
-                    ("kernel", l.kernel.is_some() && matches!(p, PoolName::AdaptiveAvg | PoolName::GlobalAvg)),
-                    ("output", l.output.is_some() && p != PoolName::AdaptiveAvg),
-                    ("count_include_pad", l.count_include_pad.is_some() && p != PoolName::Avg),
-                    ("ceil_mode", l.ceil_mode.is_some() && !matches!(p, PoolName::Max | PoolName::Avg)),
-                ]
-                .into_iter()
-                .chain(weighted)
-                .chain(resampling)
-                .collect(),
-                EntryKind::Interpolate(m) => [
-                    ("norm", l.norm.is_some()),
-                    ("stride", l.stride.is_some()),
-                    ("padding", l.padding.is_some()),
-                    (
-                        "align_corners",
-                        l.align_corners.is_some()
-                            && matches!(m, InterpolateMode::Nearest | InterpolateMode::NearestExact),
-                    ),
-                    ("pad_mode", l.pad_mode.is_some()),
-                ]
-                .into_iter()
-                .chain(weighted)
-                .chain(pooling)
-                .collect(),
-                EntryKind::Pad => [
-                    ("norm", l.norm.is_some()),
-                    ("stride", l.stride.is_some()),
-                    ("padding", l.padding.is_some()),
-                    ("output", l.output.is_some()),
-                    ("align_corners", l.align_corners.is_some()),
-                    ("scale_factor", l.scale_factor.is_some()),
-                ]
-                .into_iter()
-                .chain(weighted)
-                .chain(pooling)
-                .collect(),
-                EntryKind::Identity | EntryKind::Norm => {
-                    [("stride", l.stride.is_some()), ("padding", l.padding.is_some()), ("output", l.output.is_some())]
-                        .into_iter()
-                        .chain(weighted)
-                        .chain(pooling)
-                        .chain(resampling)
-                        .collect()
-                }
+            let interpolating =
+                [("align_corners", l.align_corners.is_some()), ("scale_factor", l.scale_factor.is_some())];
+            let padding = [("pad_mode", l.pad_mode.is_some())];
+            let (own, others): (Vec<(&str, bool)>, Vec<&[(&str, bool)]>) = match kind {
+                EntryKind::Weighted => (
+                    vec![
+                        ("output_padding", l.output_padding.is_some() && l.transposed != Some(true)),
+                        ("per_pixel", l.per_pixel == Some(true) && l.transposed == Some(true)),
+                        ("output", l.output.is_some()),
+                    ],
+                    vec![&pooling, &interpolating, &padding],
+                ),
+                EntryKind::Pool(p) => (
+                    vec![
+                        ("norm", l.norm.is_some()),
+                        ("kernel", l.kernel.is_some() && matches!(p, PoolName::AdaptiveAvg | PoolName::GlobalAvg)),
+                        ("output", l.output.is_some() && p != PoolName::AdaptiveAvg),
+                        ("count_include_pad", l.count_include_pad.is_some() && p != PoolName::Avg),
+                        ("ceil_mode", l.ceil_mode.is_some() && !matches!(p, PoolName::Max | PoolName::Avg)),
+                    ],
+                    vec![&weighted, &interpolating, &padding],
+                ),
+                EntryKind::Interpolate(m) => (
+                    vec![
+                        ("norm", l.norm.is_some()),
+                        (
+                            "align_corners",
+                            l.align_corners.is_some()
+                                && matches!(m, InterpolateMode::Nearest | InterpolateMode::NearestExact),
+                        ),
+                    ],
+                    vec![&weighted, &strided, &pooling, &padding],
+                ),
+                EntryKind::Pad => (
+                    vec![("norm", l.norm.is_some()), ("output", l.output.is_some())],
+                    vec![&weighted, &strided, &pooling, &interpolating],
+                ),
+                EntryKind::Identity | EntryKind::Norm => (
+                    vec![("output", l.output.is_some())],
+                    vec![&weighted, &strided, &pooling, &interpolating, &padding],
+                ),
             };
+            let misplaced: Vec<(&str, bool)> = own.into_iter().chain(others.into_iter().flatten().copied()).collect();
             if let Some((key, _)) = misplaced.iter().find(|(_, bad)| *bad) {
                 return Err(entry(format!("`{key}` does not apply to this kind of entry")));
             }

@@ -664,10 +664,15 @@ fn rows_of_a_checkpoint_are_never_held_whole() {
     many_layers(&file, 60_000);
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
     // The rows streamed (the default) take less memory than held whole:
-    // the rows of 60000 layers and 60001 node sets are 60+ MB of text.
+    // the rows of 60000 layers and 60001 node sets are 48 MB of journal
+    // text. Held, they take about half that (numbers as f64, not as
+    // decimal text): 23-24 MB more than streamed, in debug and release
+    // builds alike, so the bound is a quarter of the text, clear of that
+    // and of the peak's noise (a few hundred KB), and far above what a
+    // scan that held its rows again would save (nothing).
     let streamed = peak_kb(&["scan", s(&file), "-o", s(&a)], &[]);
     let held = peak_kb(&["scan", s(&file), "-o", s(&b)], &[("CNTSCOPE_TEST_HUGE_ROWS", "1000000000")]);
     same_tables(&a, &b);
     let text_kb = std::fs::metadata(a.join("scan.journal")).unwrap().len() / 1024;
-    assert!(held >= streamed + text_kb / 2, "streamed {streamed} KB, held {held} KB, rows {text_kb} KB");
+    assert!(held >= streamed + text_kb / 4, "streamed {streamed} KB, held {held} KB, rows {text_kb} KB");
 }
