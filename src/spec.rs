@@ -406,7 +406,9 @@ impl Spec {
             let interpolating =
                 [("align_corners", l.align_corners.is_some()), ("scale_factor", l.scale_factor.is_some())];
             let padding = [("pad_mode", l.pad_mode.is_some())];
-            let (own, others): (Vec<(&str, bool)>, Vec<&[(&str, bool)]>) = match kind {
+            // (key, given) pairs: those of this kind, then the groups it does not take.
+            type Given<'a> = (&'a str, bool);
+            let (own, others): (Vec<Given>, Vec<&[Given]>) = match kind {
                 EntryKind::Weighted => (
                     vec![
                         ("output_padding", l.output_padding.is_some() && l.transposed != Some(true)),
@@ -445,7 +447,7 @@ impl Spec {
                     vec![&weighted, &strided, &pooling, &interpolating, &padding],
                 ),
             };
-            let misplaced: Vec<(&str, bool)> = own.into_iter().chain(others.into_iter().flatten().copied()).collect();
+            let misplaced: Vec<Given> = own.into_iter().chain(others.into_iter().flatten().copied()).collect();
             if let Some((key, _)) = misplaced.iter().find(|(_, bad)| *bad) {
                 return Err(entry(format!("`{key}` does not apply to this kind of entry")));
             }
