@@ -108,6 +108,12 @@ class TraceError(ValueError):
     """The model has a node this tool cannot express as a spec entry."""
 
 
+# What the command line adds to a TraceError: the analysis that needs no spec.
+NO_SPEC_HINT = ("hint: a model that no spec can describe (a transformer's attention, say) is still measured layer "
+                "by layer: give cntscope its checkpoint without --spec (discovery, README \"Without a spec\"); "
+                "each layer is then a graph of its own")
+
+
 class TraceNote(UserWarning):
     """What the spec assumes that the model's code does not say (also a
     ``# Note:`` comment at the top of the spec)."""
@@ -1139,6 +1145,7 @@ def main(argv=None) -> int:
             text = spec_from_module(_load_model(a.model, json.loads(a.kwargs)), shape, bn=a.bn)
     except TraceError as e:
         print(f"error: {e}", file=sys.stderr)
+        print(NO_SPEC_HINT, file=sys.stderr)
         return 2
     for note in notes_of(text):
         print(f"note: {note}", file=sys.stderr)

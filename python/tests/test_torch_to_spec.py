@@ -542,3 +542,14 @@ def test_transposed_convs_write_their_output_padding_as_the_run_gave_it():
     layers = tomllib.loads(spec_from_module(one, (2, 20)))["layers"]
     assert {k: layers[1].get(k) for k in ("transposed", "stride", "padding", "output_padding")} == {
         "transposed": True, "stride": [1, 3], "padding": None, "output_padding": [0, 1]}
+
+
+def test_the_command_line_points_a_model_no_spec_describes_to_discovery(capsys):
+    from torch_to_spec import main
+
+    # torchvision's vision transformer: its tokens are a reshaped map.
+    args = ["torchvision.models.VisionTransformer", "--input", "3,8,8", "--kwargs",
+            '{"image_size": 8, "patch_size": 4, "num_layers": 1, "num_heads": 2, "hidden_dim": 8, "mlp_dim": 16}']
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: node `reshape`: reshapes") and "without --spec (discovery" in err
