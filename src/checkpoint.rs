@@ -174,7 +174,14 @@ pub struct Checkpoint {
     /// True when the reader already took `--key`'s entry (a PyTorch
     /// checkpoint's nested dict).
     keyed: bool,
+    /// The wrappers' prefix taken off every name ([`WRAPPERS`]), or "".
+    wrapper: String,
 }
+
+/// Prefixes a training wrapper puts before every name of the model's
+/// state_dict: DataParallel's and DistributedDataParallel's `module.`,
+/// `torch.compile`'s `_orig_mod.` (in either order when both wrap it).
+const WRAPPERS: [&str; 2] = ["module.", "_orig_mod."];
 
 /// A borrowed view of one tensor's bytes, with its name, dtype and shape.
 #[derive(Clone, Copy)]
@@ -289,10 +296,33 @@ impl Checkpoint {
     pub fn open_as(path: impl AsRef<Path>, key: Option<&str>) -> Result<Self> {
         let path = path.as_ref();
         let ck = Self::open_file(path, key)?;
-        match key {
-            Some(k) if !ck.keyed => ck.select(k),
-            _ => Ok(ck),
+        let mut ck = match key {
+            Some(k) if !ck.keyed => ck.select(k)?,
+            _ => ck,
+        };
+        ck.unwrap_names();
+        Ok(ck)
+    }
+
+    /// Takes a training wrapper's prefix ([`WRAPPERS`]) off every name
+    /// when every name has it: the state_dict of a model saved through
+    /// DataParallel or `torch.compile` names its tensors as the model
+    /// does. A name asked for with the prefix still finds its tensor.
+    fn unwrap_names(&mut self) {
+        while let Some(p) =
+            WRAPPERS.iter().find(|p| !self.tensors.is_empty() && self.tensors.keys().all(|n| n.starts_with(*p)))
+        {
+            let all = std::mem::take(&mut self.tensors);
+            self.tensors = all.into_iter().map(|(n, e)| (n[p.len()..].to_string(), e)).collect();
+            self.wrapper.push_str(p);
         }
+    }
+
+    /// A tensor's entry by its name, with or without the wrappers' prefix.
+    fn entry(&self, name: &str) -> Option<(&String, &Entry)> {
+        self.tensors.get_key_value(name).or_else(|| {
+            self.tensors.get_key_value(name.strip_prefix(self.wrapper.as_str()).filter(|_| !self.wrapper.is_empty())?)
+        })
     }
 
     /// The tensors named `key.*`, renamed without the prefix.
@@ -357,7 +387,14 @@ impl Checkpoint {
         let (shard, header) = parse_shard(path, bytes)?;
         let mut tensors = HashMap::new();
         let metadata = record_tensors(path, header, 0, &mut tensors)?;
-        Ok(Checkpoint { path: path.to_path_buf(), shards: vec![shard], tensors, metadata, keyed: false })
+        Ok(Checkpoint {
+            path: path.to_path_buf(),
+            shards: vec![shard],
+            tensors,
+            metadata,
+            keyed: false,
+            wrapper: String::new(),
+        })
     }
 
     /// A `torch.save` zip archive: tensors read in place from the archive's
@@ -408,7 +445,7 @@ impl Checkpoint {
                 data_start: 0,
             });
         }
-        Checkpoint { path: path.to_path_buf(), shards, tensors, metadata, keyed: false }
+        Checkpoint { path: path.to_path_buf(), shards, tensors, metadata, keyed: false, wrapper: String::new() }
     }
 
     /// A checkpoint of tensors in memory (a network being trained, handed
@@ -447,7 +484,7 @@ impl Checkpoint {
             }
             shards.push(Shard { path: path.clone(), map: Bytes::Held(t.data), data_start: 0 });
         }
-        Ok(Checkpoint { path, shards, tensors: index, metadata, keyed: false })
+        Ok(Checkpoint { path, shards, tensors: index, metadata, keyed: false, wrapper: String::new() })
     }
 
     /// Row `row` of a flat-matrix zoo: its tensors in place in the mapped
@@ -476,7 +513,14 @@ impl Checkpoint {
             .collect();
         let bytes = Bytes::Held(Box::new(crate::flat::RowBytes { zoo, row }));
         let shard = Shard { path: path.to_path_buf(), map: bytes, data_start: 0 };
-        Ok(Checkpoint { path: path.to_path_buf(), shards: vec![shard], tensors, metadata, keyed: false })
+        Ok(Checkpoint {
+            path: path.to_path_buf(),
+            shards: vec![shard],
+            tensors,
+            metadata,
+            keyed: false,
+            wrapper: String::new(),
+        })
     }
 
     fn open_dir(path: &Path) -> Result<Self> {
@@ -549,7 +593,7 @@ impl Checkpoint {
             };
             metadata.entry(k).or_insert(v);
         }
-        Ok(Checkpoint { path: dir.to_path_buf(), shards, tensors, metadata, keyed: false })
+        Ok(Checkpoint { path: dir.to_path_buf(), shards, tensors, metadata, keyed: false, wrapper: String::new() })
     }
 
     /// The path that identifies this checkpoint (the file, or the directory
@@ -577,15 +621,14 @@ impl Checkpoint {
 
     /// Shape of a tensor, without checking its dtype.
     pub fn shape(&self, name: &str) -> Option<&[usize]> {
-        self.tensors.get(name).map(|e| e.info.shape.as_slice())
+        self.entry(name).map(|(_, e)| e.info.shape.as_slice())
     }
 
     /// True when the tensor exists and is stored in a float dtype the
     /// analysis reads (integer buffers such as `num_batches_tracked` are not).
     pub fn is_float(&self, name: &str) -> bool {
-        self.tensors
-            .get(name)
-            .is_some_and(|e| matches!(e.info.dtype, StDtype::F32 | StDtype::F16 | StDtype::BF16 | StDtype::F64))
+        self.entry(name)
+            .is_some_and(|(_, e)| matches!(e.info.dtype, StDtype::F32 | StDtype::F16 | StDtype::BF16 | StDtype::F64))
     }
 
     /// Total bytes of tensor data over all shards.
@@ -596,10 +639,8 @@ impl Checkpoint {
     /// A view of one tensor; errors name the tensor if it is missing or of a
     /// dtype the analysis does not read.
     pub fn tensor(&self, name: &str) -> Result<Tensor<'_>> {
-        let (name, entry) = self
-            .tensors
-            .get_key_value(name)
-            .ok_or_else(|| Error::MissingTensor { path: self.path.clone(), tensor: name.into() })?;
+        let (name, entry) =
+            self.entry(name).ok_or_else(|| Error::MissingTensor { path: self.path.clone(), tensor: name.into() })?;
         let shard = &self.shards[entry.shard];
         let dtype = match entry.info.dtype {
             StDtype::F32 => DType::F32,

@@ -4,8 +4,9 @@
 //! archive's stored entries. A contiguous tensor is a range of its storage
 //! (zero-copy, shared storages shared); a strided view is gathered into a
 //! buffer of its own. The state_dict is found in the usual wrappings
-//! (`{"state_dict": ...}`, `{"model": ...}`, Lightning's `model.` prefix,
-//! DataParallel's `module.`); a wrapper's scalar entries (`epoch`, `step`,
+//! (`{"state_dict": ...}`, `{"model": ...}`, Lightning's `model.` prefix;
+//! DataParallel's `module.` is taken off by [`crate::checkpoint`] for every
+//! format); a wrapper's scalar entries (`epoch`, `step`,
 //! ...) become metadata.
 
 use std::collections::{BTreeMap, HashMap};
@@ -248,11 +249,12 @@ fn state_dict(root: &Value, key: Option<&str>) -> Result<(Named, BTreeMap<String
         };
         scalars(&top, &mut metadata);
     }
-    for p in ["module.", "model."] {
-        if !found.is_empty() && found.iter().all(|(n, _)| n.starts_with(p)) {
-            for (n, _) in &mut found {
-                n.drain(..p.len());
-            }
+    // Lightning's `model.` (a training wrapper's `module.` or
+    // `_orig_mod.` is taken off for every format, by the checkpoint).
+    let p = "model.";
+    if !found.is_empty() && found.iter().all(|(n, _)| n.starts_with(p)) {
+        for (n, _) in &mut found {
+            n.drain(..p.len());
         }
     }
     let mut seen = std::collections::HashSet::new();

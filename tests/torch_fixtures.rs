@@ -10,10 +10,10 @@ mod common;
 use std::path::PathBuf;
 
 use cntscope::checkpoint::Checkpoint;
-use cntscope::engine::AnalysisOptions;
+use cntscope::engine::{AnalysisOptions, CpuEngine, Engine};
 use cntscope::graph::{GraphOptions, Network};
 use cntscope::spec::{BnMode, Spec};
-use common::{assert_within, engines};
+use common::{assert_within, engines, write_st, T};
 
 const NETWORKS: [&str; 14] = [
     "resnet_tiny",
@@ -79,4 +79,42 @@ fn strengths_match_torch_in_every_bn_mode() {
             }
         }
     }
+}
+
+/// A state_dict saved through DataParallel and `torch.compile` (every name
+/// behind `module._orig_mod.`) reads as the model's own: the spec's names
+/// find their tensors, with or without the wrappers' prefix, and every
+/// strength is the same.
+#[test]
+fn a_wrapped_state_dict_reads_as_the_models_own() {
+    let ck = Checkpoint::open(fixture("resnet_tiny.safetensors")).unwrap();
+    let floats: Vec<&str> = ck.names().into_iter().filter(|n| ck.is_float(n)).collect();
+    let wrapped: Vec<String> = floats.iter().map(|n| format!("module._orig_mod.{n}")).collect();
+    let tensors: Vec<T> = floats
+        .iter()
+        .zip(&wrapped)
+        .map(|(n, w)| {
+            let t = ck.tensor(n).unwrap();
+            T::f32(w, t.shape, t.to_f64())
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wrapped.safetensors");
+    write_st(&path, &tensors, &[]);
+    let unwrapped = Checkpoint::open(&path).unwrap();
+    assert_eq!(unwrapped.names(), floats);
+    let text = std::fs::read_to_string(fixture("resnet_tiny.toml")).unwrap();
+    let prefixed = ["weight", "bias", "norm"]
+        .iter()
+        .fold(text.clone(), |t, key| t.replace(&format!("{key} = \""), &format!("{key} = \"module._orig_mod.")));
+    assert_ne!(prefixed, text);
+    let strengths = |ck: &Checkpoint, text: &str| {
+        let spec = Spec::parse(text, std::path::Path::new("s.toml")).unwrap();
+        let net = Network::build(ck, &GraphOptions { spec: Some(spec), ..Default::default() }).unwrap();
+        let a = CpuEngine::new(1).analyze(&net, ck, &AnalysisOptions { keep_values: true, bins: 10 });
+        a.unwrap().node_sets.into_iter().map(|s| s.values.unwrap().strength).collect::<Vec<_>>()
+    };
+    let want = strengths(&ck, &text);
+    assert_eq!(strengths(&unwrapped, &text), want);
+    assert_eq!(strengths(&unwrapped, &prefixed), want);
 }
