@@ -1,7 +1,7 @@
 //! The network as a graph (SPEC sections 1-3): a DAG of node sets joined by
 //! layers. Weighted layers (dense, 2-D convolution, BatchNorm as a diagonal
-//! layer) carry learned link weights; fixed layers (pools, identity skips)
-//! carry constant ones. A layer reads a channel range of one set and writes
+//! layer) carry learned link weights; fixed layers (pools, interpolations,
+//! pads, identity skips) carry constant ones. A layer reads a channel range of one set and writes
 //! a channel range of another, so residual adds (overlapping writers) and
 //! concatenations (disjoint writers) are ordinary graphs. A chain is the
 //! case where each set has one writer and one reader; the per-layer
@@ -445,7 +445,7 @@ pub enum LayerKind {
     /// A BatchNorm as its own diagonal layer (its tensors in
     /// [`Layer::norm`]).
     Norm,
-    /// A pool or an interpolation (fixed).
+    /// A pool, an interpolation or a pad (fixed): the grid resampled.
     Pool(Pool),
     /// An identity skip (fixed).
     Identity,

@@ -1,7 +1,8 @@
 //! Strengths of the layers whose link weights follow from their geometry
-//! (SPEC 1.4: pools, identity skips) or from a few per-channel numbers (a
-//! BatchNorm as its own diagonal layer). Both engines take them from here:
-//! they read no weight tensor, and cost O(channels x position classes).
+//! (SPEC 1.4: pools, identity skips; interpolations and pads, README) or
+//! from a few per-channel numbers (a BatchNorm as its own diagonal layer).
+//! Both engines take them from here: they read no weight tensor, and cost
+//! O(channels x position classes).
 
 use super::field::{Classes, Field};
 use crate::graph::{Layer, LayerKind, NodeShape};
@@ -24,7 +25,7 @@ pub(crate) fn per_channel(out: &mut [f64], shape: NodeShape, layout: Layout, f: 
     }
 }
 
-/// `(s_in, s_out)` of a pool, interpolation or identity layer.
+/// `(s_in, s_out)` of a pool, interpolation, pad or identity layer.
 pub(crate) fn strengths(layer: &Layer) -> (Field, Field) {
     match layer.kind {
         LayerKind::Identity => (Field::per_channel(layer.output, |_| 1.0), Field::per_channel(layer.input, |_| 1.0)),
