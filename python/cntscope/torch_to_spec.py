@@ -698,12 +698,22 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
                             raise TraceError(f"node `{n.name}`: conv `{n.target}` padding 'same' with an even "
                                              "kernel pads one side more: not supported")
                         padding = tuple(t // 2 for t in total)
-                    if m.padding_mode != "zeros":
+                    if _pads_by_input_size(m):
+                        # timm's Conv2dSame: TensorFlow's 'SAME', the padding
+                        # its forward computes from the input's size (the
+                        # extra cell after), then the conv unpadded.
+                        sides = []
+                        for i, k, st, d in zip(_shape(n.args[0])[2:], kernel, stride, dilation):
+                            total = max((-(-i // st) - 1) * st + (k - 1) * d + 1 - i, 0)
+                            sides.append((total // 2, total - total // 2))
+                    if m.padding_mode != "zeros" or _pads_by_input_size(m):
                         # torch pads the input (F.pad in this mode), then
                         # convolves it unpadded: a pad entry, then the conv.
                         (top, bottom), (left, right) = sides
+                        # A conv's `padding_mode` "zeros" is F.pad's "constant".
+                        mode = "constant" if m.padding_mode == "zeros" else m.padding_mode
                         pad = _pad(n, [left, right] if len(_shape(n.args[0])) == 3 else [left, right, top, bottom],
-                                   m.padding_mode)
+                                   mode)
                         if pad is not None:
                             pad["name"] = unique(f"{n.target}.pad")
                             source(pad, inp)
@@ -867,18 +877,27 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
 
 # Subclasses kept whole, as the class they extend: traced into, their
 # forward reads the weights as tensors (`F.batch_norm`, `F.linear`), which
-# no spec entry says. (Conv2d subclasses are traced: timm's Conv2dSame pads
-# in its forward, which its `padding` does not say.)
+# no spec entry says. (Other Conv2d subclasses are traced: their forward
+# may pad, as timm's Conv2dSame does; that one is read whole, with the
+# padding it computes.)
 WHOLE_SUBCLASSES = (nn.modules.batchnorm._BatchNorm, nn.Linear, nn.LayerNorm, nn.GroupNorm)
+
+
+def _pads_by_input_size(m: nn.Module) -> bool:
+    """timm's `Conv2dSame`: a Conv2d whose forward pads its input as
+    TensorFlow's 'SAME' does, by an amount computed from the input's size
+    (which its `padding`, 0, does not say; its tracing would compute on
+    the traced sizes). It is kept whole and read with that padding."""
+    return isinstance(m, nn.Conv2d) and type(m).__name__ == "Conv2dSame" and type(m).__module__.startswith("timm.")
 
 
 class _Tracer(torch.fx.Tracer):
     """torch.fx's tracer, which also keeps every subclass of
     `WHOLE_SUBCLASSES` (timm's BatchNormAct2d, a BatchNorm with its
-    activation; timm's Linear) as one module."""
+    activation; timm's Linear) and timm's Conv2dSame as one module."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, WHOLE_SUBCLASSES) or super().is_leaf_module(m, qualname)
+        return isinstance(m, WHOLE_SUBCLASSES) or _pads_by_input_size(m) or super().is_leaf_module(m, qualname)
 
 
 def _channel_shuffles(nodes) -> dict:

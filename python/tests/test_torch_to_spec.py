@@ -553,3 +553,17 @@ def test_the_command_line_points_a_model_no_spec_describes_to_discovery(capsys):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: node `reshape`: reshapes") and "without --spec (discovery" in err
+
+
+@pytest.mark.parametrize("size", [(9, 7), (16, 15)])
+def test_timms_conv2d_same_is_its_input_padded_as_its_forward_pads_it(size):
+    timm_conv = pytest.importorskip("timm.layers.conv2d_same")
+    conv = timm_conv.Conv2dSame(3, 4, (3, 4), stride=2, dilation=(1, 2))
+    spec = tomllib.loads(spec_from_module(nn.Sequential(conv, nn.Conv2d(4, 2, 1)), (3, *size)))
+    pad, first = spec["layers"][:2]
+    assert "pad_mode" not in pad and "padding" not in first and first["stride"] == 2
+    # The spec's pad, then the conv unpadded, is timm's forward.
+    x = torch.randn(1, 3, *size)
+    want = conv(x)
+    got = F.conv2d(F.pad(x, pad["pad"]), conv.weight, conv.bias, 2, 0, (1, 2))
+    assert torch.allclose(got, want, atol=1e-6)
