@@ -660,6 +660,17 @@ fn assumed_eps(net: &Network, eps: f64) -> Option<String> {
 }
 
 impl Network {
+    /// The note of a per-layer analysis: why, and what gives a graph.
+    pub fn per_layer_note(&self) -> Option<String> {
+        self.not_chain.as_ref().map(|reason| {
+            format!(
+                "analysed layer by layer ({reason}); node strength across layers is not defined for it: give a \
+                 spec (torch_to_spec writes one from a model's code; a transformer's attention has no links, so \
+                 a transformer stays per layer)"
+            )
+        })
+    }
+
     /// Builds the graph of a checkpoint from the spec (when given) or by
     /// discovery from tensor names.
     pub fn build(ck: &Checkpoint, opts: &GraphOptions) -> Result<Network> {

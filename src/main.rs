@@ -371,12 +371,7 @@ fn print_notes(net: &Network) {
 /// the command line prints and the Python package issues as warnings.
 pub(crate) fn notes(net: &Network) -> Vec<String> {
     let mut notes = net.notes.clone();
-    if let Some(reason) = &net.not_chain {
-        notes.push(format!(
-            "analysed layer by layer ({reason}); node strength across layers is not defined for it: give a spec \
-             (python/torch_to_spec.py writes one from the model's code)"
-        ));
-    }
+    notes.extend(net.per_layer_note());
     notes
 }
 

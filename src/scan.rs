@@ -211,9 +211,7 @@ impl Notes {
 
     /// Records a network's notes (and the reason for a per-layer analysis).
     pub fn add(&self, net: &Network) {
-        let per_layer = net.not_chain.as_ref().map(|r| {
-            format!("analysed layer by layer ({r}); node strength across layers is not defined for it: give a spec")
-        });
+        let per_layer = net.per_layer_note();
         if net.notes.is_empty() && per_layer.is_none() {
             return;
         }
