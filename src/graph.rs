@@ -660,6 +660,13 @@ fn assumed_eps(net: &Network, eps: f64) -> Option<String> {
 }
 
 impl Network {
+    /// The shape of what `layer` reads: the channels it reads of its
+    /// source set (its `input`, unless the entry reads them as a `view`).
+    pub fn read_shape(&self, layer: &Layer) -> NodeShape {
+        let [a, b] = layer.from_channels;
+        self.node_sets[layer.from].shape.with_channels(b - a)
+    }
+
     /// The note of a per-layer analysis: why, and what gives a graph.
     pub fn per_layer_note(&self) -> Option<String> {
         self.not_chain.as_ref().map(|reason| {
@@ -1104,6 +1111,10 @@ impl<'a> Builder<'a> {
             return Ok(());
         }
         let (from_channels, input) = self.read(src, e.from_channels)?;
+        let input = match e.view {
+            Some(view) => self.viewed(input, view)?,
+            None => input,
+        };
         let offset = e.offset.unwrap_or(0);
         let step = e.channel_step.unwrap_or(1);
         let name = e.name.clone().unwrap_or_else(|| match &e.weight {
@@ -1327,6 +1338,19 @@ impl<'a> Builder<'a> {
             }
         };
         Ok(Pool { op, kernel, stride, padding, ceil_mode, in_hw: [h, w], out_hw })
+    }
+
+    /// What an entry reads, as its `view` says to read it: the same
+    /// nodes, so the same count.
+    fn viewed(&self, input: NodeShape, [c, h, w]: [usize; 3]) -> Result<NodeShape> {
+        let view = NodeShape::Map { c, h, w };
+        if c.checked_mul(h).and_then(|n| n.checked_mul(w)) != Some(input.count()) || view.count() == 0 {
+            return Err(self.err(format!(
+                "view [{c}, {h}, {w}] of its {input} input: a view must keep the {} nodes",
+                input.count()
+            )));
+        }
+        Ok(view)
     }
 
     fn interpolation(&self, e: &LayerSpec, in_hw: [usize; 2]) -> Result<Pool> {

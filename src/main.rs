@@ -155,6 +155,12 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<u8> {
             }
             on_interrupt_explain_resume(&output);
             let summary = scan(&checkpoints, &output, engine.as_ref(), &opts)?;
+            if cli.verbose {
+                if let Some(kb) = peak_memory_kb() {
+                    eprintln!("peak memory: {:.1} MB", kb as f64 / 1024.0);
+                }
+                eprintln!("largest rows held at once: {} bytes", summary.largest_rows);
+            }
             Ok(scan_outcome(summary, &output))
         }
         Command::Merge { dirs, output } => {
@@ -257,6 +263,15 @@ fn run_study(
 
 /// Prints how a scan went; its exit code (0 all good, 1 some failed, 2
 /// none analysed).
+/// This process's peak resident memory (Linux's `VmHWM`): its own, unlike
+/// `getrusage`'s `ru_maxrss`, which also counts the memory of the process
+/// that spawned it, as it was when this one started.
+fn peak_memory_kb() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 fn scan_outcome(summary: ScanSummary, output: &Path) -> u8 {
     report_scan(&summary, output);
     match (summary.analysed, summary.failed) {

@@ -199,6 +199,9 @@ pub struct ScanSummary {
     pub kept: usize,
     /// Shards merged (by `merge`).
     pub shards: usize,
+    /// The most bytes of one checkpoint's table rows held at once: all of
+    /// them for a record held encoded, a piece for one written in pieces.
+    pub largest_rows: usize,
 }
 
 /// The distinct notes of the networks a scan built.
@@ -444,6 +447,8 @@ struct Pending {
     /// Records too large to hold encoded (more than [`huge_rows`] rows):
     /// their measures, encoded straight into the journal when flushed.
     huge: Vec<Huge>,
+    /// The most bytes of one record's rows held ([`ScanSummary::largest_rows`]).
+    largest_rows: usize,
 }
 
 /// A record whose rows are written into the journal a piece at a time.
@@ -480,6 +485,7 @@ impl Pending {
             since: std::time::Instant::now(),
             rows: RowWriter::default(),
             huge: Vec::new(),
+            largest_rows: 0,
         }
     }
 
@@ -508,6 +514,7 @@ impl Pending {
                     lengths
                 } else {
                     let lengths = output::rows(&mut self.rows, id, &a);
+                    self.largest_rows = self.largest_rows.max(self.rows.bytes().len());
                     // The measures are not held beyond their rows.
                     drop(a);
                     lengths
@@ -577,6 +584,8 @@ struct Journal {
     len: u64,
     entries: Vec<Entry>,
     keys: BTreeSet<String>,
+    /// The largest piece of rows of a record written in pieces.
+    largest_piece: usize,
 }
 
 impl Journal {
@@ -614,8 +623,11 @@ impl Journal {
         line.extend_from_slice(&json);
         line.push(b'\n');
         self.file.write_all(&line)?;
-        let file = &mut self.file;
-        output::stream_rows(&h.head.checkpoint, &h.analysis, &mut |piece| file.write_all(piece))?;
+        let (file, largest) = (&mut self.file, &mut self.largest_piece);
+        output::stream_rows(&h.head.checkpoint, &h.analysis, &mut |piece| {
+            *largest = (*largest).max(piece.len());
+            file.write_all(piece)
+        })?;
         let len = line.len() + h.head.rows_len();
         self.entries.push(Entry::new(&h.head, 0, self.len, len, sum));
         self.len += len as u64;
@@ -903,13 +915,14 @@ pub fn scan(collection: &Collection, out_dir: &Path, engine: &dyn Engine, opts: 
     // A fresh journal: the tables are written as the records come.
     let stream = (entries.is_empty() && !todo.is_empty()).then(|| std::sync::Mutex::new(TableStream::new(out_dir)));
     entries.reserve(todo.len());
-    let journal = std::sync::Mutex::new(Journal { file, len, entries, keys });
+    let journal = std::sync::Mutex::new(Journal { file, len, entries, keys, largest_piece: 0 });
 
     // Workers claim batches, measure and encode them, append their records
     // to the journal themselves every FLUSH_INTERVAL and hand them to the
     // table stream: no writer thread, no queue, memory bounded by the
     // workers' buffers and the stream's hold.
     let next = AtomicUsize::new(0);
+    let largest_rows = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
     let batch = engine.batch_size().max(1);
     let workers = opts.jobs.clamp(1, todo.len().div_ceil(batch).max(1));
@@ -966,6 +979,7 @@ pub fn scan(collection: &Collection, out_dir: &Path, engine: &dyn Engine, opts: 
                     flush(&mut pending)?;
                 }
             }
+            largest_rows.fetch_max(pending.largest_rows, Ordering::Relaxed);
             flush(&mut pending)
         };
         // The journal is synced in the background as it grows, so the disk
@@ -983,7 +997,8 @@ pub fn scan(collection: &Collection, out_dir: &Path, engine: &dyn Engine, opts: 
         result.and(landed.join().expect("manifest thread panicked"))
     })?;
     progress.finish();
-    let Journal { file, entries, keys, .. } = journal.into_inner().expect("journal lock");
+    let Journal { file, entries, keys, largest_piece, .. } = journal.into_inner().expect("journal lock");
+    let largest_rows = largest_rows.into_inner().max(largest_piece);
     if entries.len() < kept + todo.len() && stopped() {
         // What was measured is kept; the tables (and a complete
         // manifest) wait for the rest.
@@ -998,7 +1013,7 @@ pub fn scan(collection: &Collection, out_dir: &Path, engine: &dyn Engine, opts: 
     };
     mark_complete(out_dir, manifest, || file.sync_all().map_err(out_err))?;
     notes.extend(graph_notes.take());
-    Ok(ScanSummary { notes, kept, ..summary })
+    Ok(ScanSummary { notes, kept, largest_rows, ..summary })
 }
 
 /// Marks the scan in `dir` complete, last of all: its tables are in place

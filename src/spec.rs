@@ -181,6 +181,10 @@ pub struct LayerSpec {
     pub from: Option<String>,
     /// Only channels `[a, b)` of what it reads.
     pub from_channels: Option<[usize; 2]>,
+    /// Reads what it reads as this `[c, h, w]` shape: the same nodes in
+    /// the layout's flatten order (ECA's pooled channels read as one row
+    /// by a `Conv1d` across them).
+    pub view: Option<[usize; 3]>,
     /// The set it writes (default: a new set named after the entry).
     pub to: Option<String>,
     /// First channel (or feature) it writes in its target.

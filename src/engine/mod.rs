@@ -322,8 +322,14 @@ fn assemble_with_cells<E: Engine + ?Sized>(
     let mut i = 0;
     let mut sum_layer = |measured: Result<(Field, Field, Option<LayerResult>)>| -> Result<()> {
         let layer = &net.layers[i];
-        let (s_in, s_out, result) = measured?;
+        let (s_in, mut s_out, result) = measured?;
         layers.extend(result);
+        // An entry that read its input as a `view`: the same nodes, in the
+        // layout's order, on the set's own shape.
+        let read = net.read_shape(layer);
+        if read != layer.input {
+            s_out = Field::from_nodes(s_out.to_nodes(net.layout), read, net.layout);
+        }
         for (set, offset, step, part, inward) in
             [(layer.to, layer.offset, layer.step, &s_in, true), (layer.from, layer.from_channels[0], 1, &s_out, false)]
         {
