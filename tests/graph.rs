@@ -85,10 +85,24 @@ struct E {
     /// A conv made transposed (`ConvTranspose2d`, weight `[in, out/g, kh,
     /// kw]`), with this `output_padding`.
     transposed: Option<[usize; 2]>,
+    /// Reads its input as this `[c, h, w]` (`view`): the same nodes in the
+    /// layout's order.
+    view: Option<[usize; 3]>,
 }
 
 fn e(name: &'static str, kind: K) -> E {
-    E { name, kind, from: None, from_ch: None, to: None, offset: 0, step: 1, rank3: false, transposed: None }
+    E {
+        name,
+        kind,
+        from: None,
+        from_ch: None,
+        to: None,
+        offset: 0,
+        step: 1,
+        rank3: false,
+        transposed: None,
+        view: None,
+    }
 }
 
 fn conv(name: &'static str, cout: usize, k: usize, s: usize, p: usize) -> E {
@@ -113,6 +127,13 @@ impl S {
         match layout {
             Layout::Keras if !self.flat => (y * self.w + x) * self.c + c,
             _ => (c * self.h + y) * self.w + x,
+        }
+    }
+    /// The node `[c, y, x]` at the layout's index `i` (the inverse of [`S::at`]).
+    fn node(&self, layout: Layout, i: usize) -> [usize; 3] {
+        match layout {
+            Layout::Keras if !self.flat => [i % self.c, i / self.c / self.w, i / self.c % self.w],
+            _ => [i / (self.h * self.w), i / self.w % self.h, i % self.w],
         }
     }
 }
@@ -175,6 +196,10 @@ struct Oracle {
 
 /// A node: its set and `[c, y, x]`.
 type Node = (usize, [usize; 3]);
+
+/// The set an entry with a `view` reads, in the oracle's edges until they
+/// are moved onto the set it views.
+const VIEWED: usize = usize::MAX;
 
 impl Oracle {
     fn link(&mut self, from: Node, to: Node, w: f64) {
@@ -247,11 +272,21 @@ fn build(entries: &[E], input: S, layout: Layout, bn: BnMode, seed: u64) -> (Vec
         }
     }
     for en in entries {
-        let src = en.from.map_or(last, |f| names[f]);
-        let sset = o.sets[src];
-        let [a, b] = en.from_ch.unwrap_or([0, sset.c]);
+        let read_from = en.from.map_or(last, |f| names[f]);
+        let real = o.sets[read_from];
+        let [real_a, real_b] = en.from_ch.unwrap_or([0, real.c]);
+        // A view: the layer reads a set of its own (VIEWED), whose links
+        // are moved onto the real set's nodes by the layout's index below.
+        let (src, sset, [a, b]) = match en.view {
+            Some([c, h, w]) => (VIEWED, S { c, h, w, flat: false }, [0, c]),
+            None => (read_from, real, [real_a, real_b]),
+        };
+        let edges_before = o.edges.len();
         let cin = b - a;
         let mut entry = format!("\n[[layers]]\nname = \"{}\"\n", en.name);
+        if let Some([c, h, w]) = en.view {
+            entry += &format!("view = [{c}, {h}, {w}]\n");
+        }
         if let Some(f) = en.from {
             entry += &format!("from = \"{f}\"\n");
         }
@@ -695,6 +730,15 @@ fn build(entries: &[E], input: S, layout: Layout, bn: BnMode, seed: u64) -> (Vec
                 raw_name = None;
             }
         }
+        if en.view.is_some() {
+            let part = S { c: real_b - real_a, ..real };
+            for (_, from, _) in &mut o.edges[edges_before..] {
+                if let Some((set, node)) = from.as_mut().filter(|(set, _)| *set == VIEWED) {
+                    let [c, y, x] = part.node(layout, sset.at(layout, node[0], node[1], node[2]));
+                    (*set, *node) = (read_from, [real_a + c, y, x]);
+                }
+            }
+        }
         let mut wrote = out_set;
         if let Some(prefix) = raw_name {
             // layer mode: the BatchNorm after the raw conv output.
@@ -1087,6 +1131,37 @@ fn pads() {
     check_every_mode("pads", &entries, map(2, 9, 7));
 }
 
+/// Views (`view`): ECA's channel attention reads the pooled channels
+/// (`[C, 1, 1]`) as one row (`[1, 1, C]`) with a `Conv1d` across them; a
+/// row read back as channels by a 1x1 conv; a map's channel range read as
+/// one tall column by a `k x 1` conv.
+#[test]
+fn views() {
+    let across = |name, cout, k: usize| E {
+        rank3: true,
+        ..e(name, K::Conv { cout, groups: 1, k: [1, k], s: [1, 1], p: [0, k / 2], d: [1, 1], bias: false, norm: false })
+    };
+    let entries = vec![
+        conv("c1", 6, 3, 2, 1),
+        gap("pool"),
+        E { view: Some([1, 1, 6]), ..across("eca", 1, 3) },
+        E { view: Some([6, 1, 1]), ..conv("back", 2, 1, 1, 0) },
+        E {
+            from: Some("c1"),
+            from_ch: Some([1, 4]),
+            view: Some([1, 60, 1]),
+            ..e(
+                "tall",
+                K::Conv { cout: 2, groups: 1, k: [5, 1], s: [2, 1], p: [2, 0], d: [1, 1], bias: true, norm: true },
+            )
+        },
+        E { from: Some("c1"), ..conv("c2", 3, 3, 1, 1) },
+        gap("gap"),
+        e("fc", K::Dense { out: 2, bias: true, norm: false }),
+    ];
+    check_every_mode("views", &entries, map(2, 9, 7));
+}
+
 #[test]
 fn ceil_mode_pools() {
     let pool = |name, op, k, s, p, include_pad| E {
@@ -1244,6 +1319,9 @@ fn misfits_are_errors_naming_the_entries() {
         ("[[layers]]\nname = \"p\"\npad = [9223372036854775807, 1, 0, 0]\n", "leaves the 4x4 input no grid"),
         ("[[layers]]\nname = \"p\"\npad = [0, 0, 0, 0]\nkernel = 2\n", "`kernel` does not apply"),
         ("[[layers]]\nweight = \"b.weight\"\npad_mode = \"reflect\"\n", "`pad_mode` does not apply"),
+        ("[[layers]]\nweight = \"b.weight\"\nview = [4, 2, 4]\n", "view [4, 2, 4] of its 4x4x4 input: a view must keep the 64 nodes"),
+        ("[[layers]]\nweight = \"b.weight\"\nview = [0, 0, 0]\n", "a view must keep the 64 nodes"),
+        ("[[layers]]\nweight = \"b.weight\"\nview = [4294967296, 4294967296, 1]\n", "a view must keep the 64 nodes"),
         ("[[layers]]\nname = \"p\"\npad = [1, 1, 1, 1]\nidentity = true\n", "one entry, one layer"),
         ("[[layers]]\nweight = \"b.weight\"\nto = \"s\"\nchannel_step = 2\n[[layers]]\nweight = \"c.weight\"\n",
          "reads channel 1 of `s` before any entry writes it"),

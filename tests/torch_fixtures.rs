@@ -15,7 +15,7 @@ use cntscope::graph::{GraphOptions, Network};
 use cntscope::spec::{BnMode, Spec};
 use common::{assert_within, engines, write_st, T};
 
-const NETWORKS: [&str; 14] = [
+const NETWORKS: [&str; 15] = [
     "resnet_tiny",
     "vgg_bn_tiny",
     "mobilenet_v2_tiny",
@@ -30,6 +30,7 @@ const NETWORKS: [&str; 14] = [
     "autoencoder_tiny",
     "segmenter_tiny",
     "unet_tiny",
+    "eca_tiny",
 ];
 
 fn fixture(name: &str) -> PathBuf {
@@ -53,8 +54,9 @@ fn strengths_match_torch_in_every_bn_mode() {
                 ("gated_tiny", Some(n)) => assert!(n.ends_with("`se1.fc2`, `se2.fc2`"), "{n}"),
                 ("signal_1d", Some(n)) => assert!(n.ends_with("`se2`"), "{n}"),
                 ("segmenter_tiny", Some(n)) => assert!(n.ends_with("`lraspp.scale.1`, `interpolate_1`"), "{n}"),
+                ("eca_tiny", Some(n)) => assert!(n.ends_with("`eca`"), "{n}"),
                 (_, ends) => assert!(
-                    !["gated_tiny", "signal_1d", "segmenter_tiny"].contains(&name) && ends.is_none(),
+                    !["gated_tiny", "signal_1d", "segmenter_tiny", "eca_tiny"].contains(&name) && ends.is_none(),
                     "{name}: {:?}",
                     net.notes
                 ),

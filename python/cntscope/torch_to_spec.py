@@ -7,6 +7,8 @@ of SPEC 1 says it is:
   a conv's ``padding_mode`` other than zeros is a ``pad`` entry before it;
 * ``F.pad`` and the padding modules (zeros, reflect, replicate, circular):
   ``pad`` entries (a pad of nothing is no entry);
+* ECA's ``Conv1d`` of one input channel across a pooled vector viewed as a
+  row (``y.view(N, 1, C)``): its entry reads the vector with ``view``;
 * ``ConvTranspose2d`` / ``ConvTranspose1d``: weighted entries with
   ``transposed = true`` and their ``output_padding`` (from the traced
   output grid, so a forward given ``output_size`` is read right);
@@ -216,7 +218,7 @@ def _value(v):
     return int(v) if isinstance(v, getattr(torch, "SymInt", ())) else v
 
 
-def _check_reshape(node):
+def _check_reshape(node, modules=None):
     """A view, reshape, flatten or squeeze is no entry only when it keeps
     the shape or makes each sample one vector (the batch of the trace is
     1): a map reshaped to another grid would be read on the wrong grid."""
@@ -227,11 +229,16 @@ def _check_reshape(node):
     for d in before[1:]:
         size *= d
     # One vector per sample on the channel axis: [N, size], [N, size, 1, 1],
-    # or [size] (a squeeze of the trace's batch of 1). Not [N, 1, size]:
-    # what reads that (a Conv1d across channels, as ECA's) takes the
-    # values for positions of one channel.
+    # or [size] (a squeeze of the trace's batch of 1). [N, 1, size] only for
+    # a Conv1d of one input channel across the vector's values (ECA's),
+    # which reads it as the row it is (`view`); anything else there would
+    # take the values for positions of one channel.
     on_channels = (len(after) >= 2 and after[1] == size and all(d == 1 for d in after[2:])) or after == [size]
     if after == before or (on_channels and _is_vector(after, size)):
+        return
+    if after == [before[0], 1, size] and _is_vector(before, size) and modules is not None and node.users and all(
+            u.op == "call_module" and isinstance(modules[u.target], nn.Conv1d) and modules[u.target].in_channels == 1
+            for u in node.users):
         return
     raise TraceError(f"node `{node.name}`: reshapes {before} to {after}: only flattening each sample "
                      "(x.view(x.size(0), -1)) is supported")
@@ -461,8 +468,14 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
         if n.op == "call_method":
             if n.target in PASSTHROUGH_METHODS:
                 if n.target in RESHAPE_METHODS:
-                    _check_reshape(n)
+                    _check_reshape(n, modules)
                 return "pass"
+            if n.target in ("expand", "expand_as"):
+                # A gate broadcast over the map it scales (ECA's
+                # `x * y.expand_as(x)`): read as the gate itself.
+                if n.users and all(u.target in (operator.mul, torch.mul, "mul", "mul_") for u in n.users):
+                    return "pass"
+                raise TraceError(f"node `{n.name}`: `{n.target}` other than a gate's before a product")
             if n.target == "mean":
                 return "entry"
             if n.target in ("add", "add_"):
@@ -720,6 +733,9 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
                             entries.append(Entry(pad, None, inp.channels))
                             inp = Ref(pad["name"], None, inp.channels)
                         padding = 0
+                    if isinstance(m, nn.Conv1d) and m.in_channels == 1 and inp.channels != 1:
+                        # A vector's values read as one row (ECA's `y.view(N, 1, C)`).
+                        fields["view"] = [1, 1, inp.channels]
                     fields["weight"] = f"{n.target}.weight"
                     if m.bias is not None:
                         fields["bias"] = f"{n.target}.bias"
@@ -1087,6 +1103,8 @@ def _gated(n, passes):
                              "s computed from the data (squeeze-and-excitation), is supported")
         s = gates[0]
         x = a if s is b else b
+    while s.op == "call_method" and s.target in ("expand", "expand_as"):
+        s = s.args[0]  # the gate before its broadcast
     xs, ss = _shape(x), _shape(s)
     if len(xs) not in (3, 4) or ss != [xs[0], xs[1]] + [1] * (len(xs) - 2):
         raise TraceError(f"node `{n.name}`: a product of shapes {xs} and {ss}: only a channel gate x * s, "
@@ -1115,7 +1133,7 @@ def _toml(entries, input_shape, layout, bn, notes=()) -> str:
         f"bn = {value(bn)}",
     ]
     order = ["name", "weight", "transposed", "per_pixel", "bias", "scale", "norm", "eps", "pool", "interpolate",
-             "pad", "pad_mode", "kernel", "output", "align_corners", "scale_factor", "stride", "padding", "dilation", "output_padding", "groups", "count_include_pad", "ceil_mode", "identity",
+             "pad", "pad_mode", "kernel", "output", "align_corners", "scale_factor", "view", "stride", "padding", "dilation", "output_padding", "groups", "count_include_pad", "ceil_mode", "identity",
              "from", "from_channels", "to", "offset", "channel_step"]
     for e in entries:
         assert e.fields.keys() <= set(order), f"keys the spec writer does not know: {e.fields.keys() - set(order)}"

@@ -567,3 +567,22 @@ def test_timms_conv2d_same_is_its_input_padded_as_its_forward_pads_it(size):
     want = conv(x)
     got = F.conv2d(F.pad(x, pad["pad"]), conv.weight, conv.bias, 2, 0, (1, 2))
     assert torch.allclose(got, want, atol=1e-6)
+
+
+def test_ecas_conv1d_across_channels_reads_the_pooled_channels_as_a_row():
+    class Eca(nn.Module):
+        def __init__(self, across):
+            super().__init__()
+            self.conv, self.across, self.out = nn.Conv2d(3, 6, 3), across, nn.Conv2d(6, 2, 1)
+
+        def forward(self, x):
+            x = self.conv(x)
+            y = self.across(x.mean((2, 3)).view(x.shape[0], 1, -1))
+            return self.out(x * torch.sigmoid(y).view(x.shape[0], -1, 1, 1).expand_as(x))
+
+    spec = tomllib.loads(spec_from_module(Eca(nn.Conv1d(1, 1, 5, padding=2, bias=False)), (3, 9, 8)))
+    [eca] = [e for e in spec["layers"] if e["name"] == "across"]
+    assert (eca["view"], eca["padding"]) == ([1, 1, 6], [0, 2])
+    # Read by anything but a Conv1d of one input channel, the row is an error.
+    with pytest.raises(TraceError, match=r"node `view`: reshapes \[1, 6\] to \[1, 1, 6\]"):
+        spec_from_module(Eca(nn.Sequential(nn.AvgPool1d(1), nn.Conv1d(1, 1, 1))), (3, 9, 8))
