@@ -1160,6 +1160,20 @@ fn views() {
         e("fc", K::Dense { out: 2, bias: true, norm: false }),
     ];
     check_every_mode("views", &entries, map(2, 9, 7));
+    // A chain of weighted layers only, which the GPU measures in one
+    // batch: the view changes no node's place in the buffers.
+    let chain = vec![
+        conv("c1", 2, 3, 2, 1),
+        E {
+            view: Some([1, 40, 1]),
+            ..e(
+                "tall",
+                K::Conv { cout: 3, groups: 1, k: [3, 1], s: [2, 1], p: [1, 0], d: [1, 1], bias: true, norm: true },
+            )
+        },
+        e("fc", K::Dense { out: 2, bias: true, norm: false }),
+    ];
+    check_every_mode("view in a chain", &chain, map(2, 9, 7));
 }
 
 #[test]
