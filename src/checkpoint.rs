@@ -290,6 +290,16 @@ impl Checkpoint {
         Self::open_as(path, None)
     }
 
+    /// A checkpoint of these parts, not yet keyed or unwrapped.
+    fn of(
+        path: PathBuf,
+        shards: Vec<Shard>,
+        tensors: HashMap<String, Entry>,
+        metadata: BTreeMap<String, String>,
+    ) -> Self {
+        Checkpoint { path, shards, tensors, metadata, keyed: false, wrapper: String::new() }
+    }
+
     /// Opens a checkpoint, taking the weights under `key` (`--key`) when
     /// given: tensors named `KEY.*`, their names without the prefix (a
     /// PyTorch checkpoint's nested dicts are named so, flattened with `.`).
@@ -387,14 +397,7 @@ impl Checkpoint {
         let (shard, header) = parse_shard(path, bytes)?;
         let mut tensors = HashMap::new();
         let metadata = record_tensors(path, header, 0, &mut tensors)?;
-        Ok(Checkpoint {
-            path: path.to_path_buf(),
-            shards: vec![shard],
-            tensors,
-            metadata,
-            keyed: false,
-            wrapper: String::new(),
-        })
+        Ok(Checkpoint::of(path.to_path_buf(), vec![shard], tensors, metadata))
     }
 
     /// A `torch.save` zip archive: tensors read in place from the archive's
@@ -445,7 +448,7 @@ impl Checkpoint {
                 data_start: 0,
             });
         }
-        Checkpoint { path: path.to_path_buf(), shards, tensors, metadata, keyed: false, wrapper: String::new() }
+        Checkpoint::of(path.to_path_buf(), shards, tensors, metadata)
     }
 
     /// A checkpoint of tensors in memory (a network being trained, handed
@@ -484,7 +487,7 @@ impl Checkpoint {
             }
             shards.push(Shard { path: path.clone(), map: Bytes::Held(t.data), data_start: 0 });
         }
-        Ok(Checkpoint { path, shards, tensors: index, metadata, keyed: false, wrapper: String::new() })
+        Ok(Checkpoint::of(path, shards, index, metadata))
     }
 
     /// Row `row` of a flat-matrix zoo: its tensors in place in the mapped
@@ -513,14 +516,7 @@ impl Checkpoint {
             .collect();
         let bytes = Bytes::Held(Box::new(crate::flat::RowBytes { zoo, row }));
         let shard = Shard { path: path.to_path_buf(), map: bytes, data_start: 0 };
-        Ok(Checkpoint {
-            path: path.to_path_buf(),
-            shards: vec![shard],
-            tensors,
-            metadata,
-            keyed: false,
-            wrapper: String::new(),
-        })
+        Ok(Checkpoint::of(path.to_path_buf(), vec![shard], tensors, metadata))
     }
 
     fn open_dir(path: &Path) -> Result<Self> {
@@ -593,7 +589,7 @@ impl Checkpoint {
             };
             metadata.entry(k).or_insert(v);
         }
-        Ok(Checkpoint { path: dir.to_path_buf(), shards, tensors, metadata, keyed: false, wrapper: String::new() })
+        Ok(Checkpoint::of(dir.to_path_buf(), shards, tensors, metadata))
     }
 
     /// The path that identifies this checkpoint (the file, or the directory
