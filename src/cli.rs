@@ -17,7 +17,7 @@ use cntscope::spec::{BnMode, Layout, Spec};
 #[derive(Debug, Parser)]
 #[command(name = "cntscope", version, about, long_about = None)]
 pub struct Cli {
-    /// Print more (the chosen engine, timings).
+    /// Print more (the chosen engine, timings; a scan's peak memory).
     #[arg(short, long, global = true)]
     pub verbose: bool,
     /// What to do.
