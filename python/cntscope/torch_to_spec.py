@@ -53,7 +53,9 @@ of SPEC 1 says it is:
 * ``LayerNorm`` / ``GroupNorm`` (and their subclasses, torchvision's and
   timm's ``LayerNorm2d``; ``F.layer_norm``): normalisations by each
   sample's own statistics, not layers of the weight graph (as discovery
-  reads them): no entry, and a note names them;
+  reads them): no entry, and a note names them; ConvNeXt V2's global
+  response norms (timm's ``GlobalResponseNorm``) likewise, with a note of
+  their own;
 * ``x * torch.sigmoid(x)`` and other products of a tensor with an
   activation of itself: an activation (no entry);
 * ``x * s`` / ``torch.mul`` with ``s`` a per-channel gate computed from
@@ -189,6 +191,14 @@ PAD_PARAMETERS = ["input", "pad", "mode", "value"]
 # graph, as discovery reads them): kept whole, their nodes their input's.
 SAMPLE_NORMS = (nn.LayerNorm, nn.GroupNorm)
 SAMPLE_NORM_FUNCTIONS = {F.layer_norm, F.group_norm}
+
+
+def _is_global_response_norm(m: nn.Module) -> bool:
+    """ConvNeXt V2's global response normalisation (timm's
+    `GlobalResponseNorm`: `x + beta + gamma * x * N(x)`, `N(x)` each
+    channel's L2 norm over the pixels against their mean over channels):
+    a sample's own statistics, as a LayerNorm's, scale each channel."""
+    return type(m).__name__ == "GlobalResponseNorm" and type(m).__module__.startswith("timm.")
 # `x.permute(...)` of an N x C x H x W map to channels last, and back.
 TO_CHANNELS_LAST, TO_CHANNELS_FIRST = [0, 2, 3, 1], [0, 3, 1, 2]
 
@@ -426,6 +436,9 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
             if isinstance(m, SAMPLE_NORMS):
                 sample_norms.append(n.target)
                 return "pass"
+            if _is_global_response_norm(m):
+                response_norms.append(n.target)
+                return "pass"
             if type(m) in PAD_MODULES:
                 return "pass" if _pad(n, *_pad_arguments(n, modules)) is None else "entry"
             if isinstance(m, ENTRY_MODULES):
@@ -496,6 +509,7 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
         raise TraceError(f"node `{n.name}`: {n.op} has no spec entry")
 
     sample_norms: list[str] = []  # LayerNorms and GroupNorms, left out
+    response_norms: list[str] = []  # ConvNeXt V2's global response norms, left out
     permutes: dict = {}  # permute node -> its dims
     shuffle_nodes = _channel_shuffles(nodes)  # its views and transpose -> "part", its last view -> groups
     kinds = {n: kind(n) for n in nodes}
@@ -882,6 +896,10 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
         notes.append(f"{len(sample_norms)} LayerNorms / GroupNorms normalise each sample by its own statistics: not "
                      "layers of the weight graph (as discovery reads them), they keep their input's nodes and their "
                      "tensors are unused: " + ", ".join(sample_norms))
+    if response_norms:
+        notes.append(f"{len(response_norms)} global response norms (ConvNeXt V2's) scale each channel by statistics "
+                     "of the sample's own: as LayerNorms, they keep their input's nodes and their tensors are "
+                     "unused: " + ", ".join(response_norms))
     if gates:
         notes.append(f"{len(gates)} channel gates x * s (squeeze-and-excitation) have no weights: as activations, "
                      "they keep x's nodes; each gate's branch ends in a node set that no layer reads: "
@@ -913,7 +931,8 @@ class _Tracer(torch.fx.Tracer):
     activation; timm's Linear) and timm's Conv2dSame as one module."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, WHOLE_SUBCLASSES) or _pads_by_input_size(m) or super().is_leaf_module(m, qualname)
+        return (isinstance(m, WHOLE_SUBCLASSES) or _pads_by_input_size(m) or _is_global_response_norm(m)
+                or super().is_leaf_module(m, qualname))
 
 
 def _channel_shuffles(nodes) -> dict:

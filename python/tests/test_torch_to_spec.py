@@ -586,3 +586,15 @@ def test_ecas_conv1d_across_channels_reads_the_pooled_channels_as_a_row():
     # Read by anything but a Conv1d of one input channel, the row is an error.
     with pytest.raises(TraceError, match=r"node `view`: reshapes \[1, 6\] to \[1, 1, 6\]"):
         spec_from_module(Eca(nn.Sequential(nn.AvgPool1d(1), nn.Conv1d(1, 1, 1))), (3, 9, 8))
+
+
+def test_a_global_response_norm_keeps_its_inputs_nodes_with_a_note():
+    grn = pytest.importorskip("timm.layers.grn")
+    from torch_to_spec import TraceNote, notes_of
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.GELU(), grn.GlobalResponseNorm(4, channels_last=False),
+                          nn.Conv2d(4, 2, 1))
+    with pytest.warns(TraceNote, match="1 global response norms"):
+        text = spec_from_module(model, (3, 6, 5))
+    assert [e["name"] for e in tomllib.loads(text)["layers"]] == ["0", "3"]
+    assert any(n.startswith("1 global response norms (ConvNeXt V2's)") and n.endswith(": 2") for n in notes_of(text))
