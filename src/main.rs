@@ -486,11 +486,15 @@ fn inspect(ck: &Checkpoint, net: &Network, out: &mut impl Write) -> anyhow::Resu
             k => k.name().to_string(),
         };
         let (from, to) = (&net.node_sets[l.from], &net.node_sets[l.to]);
-        let read = if l.input.channels() == from.shape.channels() {
+        let read_shape = net.read_shape(l);
+        let mut read = if read_shape.channels() == from.shape.channels() {
             format!("V{}", l.from)
         } else {
             format!("V{}[{}..{}]", l.from, l.from_channels[0], l.from_channels[1])
         };
+        if read_shape != l.input {
+            read = format!("{read} {read_shape} viewed as");
+        }
         let write = if l.output.channels() == to.shape.channels() && l.step == 1 {
             format!("V{}", l.to)
         } else if l.step == 1 {
