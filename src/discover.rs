@@ -12,7 +12,7 @@ use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::graph::{
     dims, display_name, find_member, find_norm, list, make_conv, norm_tensors, Builder, ConvGeometry, Dims,
-    GraphSource, Layer, LayerKind, Network, NodeSet, NodeShape, Norm, Settings,
+    GraphSource, Layer, LayerKind, Network, NodeSet, NodeShape, Norm, Reading, Settings,
 };
 use crate::spec::{BnMode, LayerSpec, Layout};
 
@@ -442,6 +442,7 @@ pub(crate) fn per_layer(
             offset: 0,
             step: 1,
             input: in_shape,
+            reading: Reading::Direct,
             output: out_shape,
         };
         match (norm, s.bn) {
@@ -478,6 +479,7 @@ pub(crate) fn per_layer(
                     offset: 0,
                     step: 1,
                     input: out_shape,
+                    reading: Reading::Direct,
                     output: out_shape,
                 });
             }

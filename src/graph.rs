@@ -486,6 +486,33 @@ impl LayerKind {
     }
 }
 
+/// How a layer reads the nodes of the channels it reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Reading {
+    /// As its source set holds them.
+    #[default]
+    Direct,
+    /// As another shape: the same nodes in the layout's order (`view`).
+    View,
+    /// Depth to space (`pixel_shuffle = r`): channel `c r² + i r + j` at
+    /// `(y, x)` is read as channel `c` at `(y r + i, x r + j)`.
+    PixelShuffle(usize),
+    /// Space to depth (`pixel_unshuffle = r`), the inverse.
+    PixelUnshuffle(usize),
+}
+
+impl Reading {
+    /// The node `[c, y, x]` of the source that a layer reading this way
+    /// sees as its input node `[c, y, x]`.
+    pub fn source_node(self, [c, y, x]: [usize; 3]) -> [usize; 3] {
+        match self {
+            Reading::Direct | Reading::View => [c, y, x],
+            Reading::PixelShuffle(r) => [(c * r + y % r) * r + x % r, y / r, x / r],
+            Reading::PixelUnshuffle(r) => [c / (r * r), y * r + c / r % r, x * r + c % r],
+        }
+    }
+}
+
 /// One layer of the graph.
 #[derive(Debug, Clone)]
 pub struct Layer {
@@ -514,8 +541,11 @@ pub struct Layer {
     /// Its output channel `k` is channel `offset + k * step` of `to` (1
     /// but for a write interleaved by ShuffleNet's channel shuffle).
     pub step: usize,
-    /// Shape of what it reads (channels `from_channels` of `from`).
+    /// Shape of what it reads (channels `from_channels` of `from`), as it
+    /// reads them ([`Layer::reading`]).
     pub input: NodeShape,
+    /// How it reads them.
+    pub reading: Reading,
     /// Shape of what it writes (at `offset` in `to`).
     pub output: NodeShape,
 }
@@ -772,7 +802,11 @@ impl Network {
     pub fn simple_sides(&self) -> Option<Vec<(Option<usize>, Option<usize>)>> {
         let mut sides = vec![(None, None); self.node_sets.len()];
         for (i, l) in self.layers.iter().enumerate() {
-            if !matches!(l.kind, LayerKind::Dense { .. } | LayerKind::Conv(_)) {
+            // (A view keeps every node's place in the buffers; a pixel
+            // shuffle moves them.)
+            if !matches!(l.kind, LayerKind::Dense { .. } | LayerKind::Conv(_))
+                || !matches!(l.reading, Reading::Direct | Reading::View)
+            {
                 return None;
             }
             let full = |set: usize, shape: NodeShape| self.node_sets[set].shape.count() == shape.count();
@@ -1111,10 +1145,7 @@ impl<'a> Builder<'a> {
             return Ok(());
         }
         let (from_channels, input) = self.read(src, e.from_channels)?;
-        let input = match e.view {
-            Some(view) => self.viewed(input, view)?,
-            None => input,
-        };
+        let (input, reading) = self.reading(e, input)?;
         let offset = e.offset.unwrap_or(0);
         let step = e.channel_step.unwrap_or(1);
         let name = e.name.clone().unwrap_or_else(|| match &e.weight {
@@ -1134,6 +1165,7 @@ impl<'a> Builder<'a> {
             offset,
             step,
             input,
+            reading,
             output: input,
         };
         let mut then_norm = None;
@@ -1232,6 +1264,7 @@ impl<'a> Builder<'a> {
                 offset,
                 step,
                 input,
+                reading: Reading::Direct,
                 output,
             });
             wrote = to;
@@ -1340,17 +1373,41 @@ impl<'a> Builder<'a> {
         Ok(Pool { op, kernel, stride, padding, ceil_mode, in_hw: [h, w], out_hw })
     }
 
-    /// What an entry reads, as its `view` says to read it: the same
-    /// nodes, so the same count.
-    fn viewed(&self, input: NodeShape, [c, h, w]: [usize; 3]) -> Result<NodeShape> {
-        let view = NodeShape::Map { c, h, w };
-        if c.checked_mul(h).and_then(|n| n.checked_mul(w)) != Some(input.count()) || view.count() == 0 {
-            return Err(self.err(format!(
-                "view [{c}, {h}, {w}] of its {input} input: a view must keep the {} nodes",
-                input.count()
-            )));
+    /// What an entry reads, as its `view`, `pixel_shuffle` or
+    /// `pixel_unshuffle` says to read it: the same nodes, so the same count.
+    fn reading(&self, e: &LayerSpec, input: NodeShape) -> Result<(NodeShape, Reading)> {
+        if let Some([c, h, w]) = e.view {
+            let view = NodeShape::Map { c, h, w };
+            if c.checked_mul(h).and_then(|n| n.checked_mul(w)) != Some(input.count()) || view.count() == 0 {
+                return Err(self.err(format!(
+                    "view [{c}, {h}, {w}] of its {input} input: a view must keep the {} nodes",
+                    input.count()
+                )));
+            }
+            return Ok((view, Reading::View));
         }
-        Ok(view)
+        let (shuffle, r) = match (e.pixel_shuffle, e.pixel_unshuffle) {
+            (Some(r), _) => (true, r),
+            (_, Some(r)) => (false, r),
+            _ => return Ok((input, Reading::Direct)),
+        };
+        let (c, [h, w]) = (input.channels(), input.grid().unwrap_or([0, 0]));
+        let rr = r.checked_mul(r).filter(|_| input.grid().is_some());
+        let shaped = match rr {
+            Some(rr) if shuffle && c % rr == 0 => h.checked_mul(r).zip(w.checked_mul(r)).map(|(h, w)| (c / rr, h, w)),
+            Some(rr) if !shuffle && h % r == 0 && w % r == 0 => c.checked_mul(rr).map(|c| (c, h / r, w / r)),
+            _ => None,
+        };
+        let Some((c, h, w)) = shaped else {
+            let (key, needs) = if shuffle {
+                ("pixel_shuffle", "channels a multiple of r²")
+            } else {
+                ("pixel_unshuffle", "a grid of multiples of r")
+            };
+            return Err(self.err(format!("{key} = {r} of its {input} input: it needs a feature map of {needs}")));
+        };
+        let reading = if shuffle { Reading::PixelShuffle(r) } else { Reading::PixelUnshuffle(r) };
+        Ok((NodeShape::Map { c, h, w }, reading))
     }
 
     fn interpolation(&self, e: &LayerSpec, in_hw: [usize; 2]) -> Result<Pool> {

@@ -185,6 +185,12 @@ pub struct LayerSpec {
     /// the layout's flatten order (ECA's pooled channels read as one row
     /// by a `Conv1d` across them).
     pub view: Option<[usize; 3]>,
+    /// Reads what it reads depth to space, as torch's `PixelShuffle(r)`
+    /// gives it: `[C r², H, W]` as `[C, H r, W r]`.
+    pub pixel_shuffle: Option<usize>,
+    /// Reads what it reads space to depth (`PixelUnshuffle(r)`): `[C, H r,
+    /// W r]` as `[C r², H, W]`.
+    pub pixel_unshuffle: Option<usize>,
     /// The set it writes (default: a new set named after the entry).
     pub to: Option<String>,
     /// First channel (or feature) it writes in its target.
@@ -377,6 +383,14 @@ impl Spec {
             }
             if l.groups == Some(0) {
                 return Err(entry("groups must be positive".into()));
+            }
+            if [l.pixel_shuffle, l.pixel_unshuffle].contains(&Some(0)) {
+                return Err(entry("pixel_shuffle and pixel_unshuffle must be positive".into()));
+            }
+            if [l.view.is_some(), l.pixel_shuffle.is_some(), l.pixel_unshuffle.is_some()].iter().filter(|g| **g).count()
+                > 1
+            {
+                return Err(entry("one of `view`, `pixel_shuffle`, `pixel_unshuffle`: an entry reads one way".into()));
             }
             if l.channel_step == Some(0) {
                 return Err(entry("channel_step must be positive".into()));

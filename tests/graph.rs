@@ -88,6 +88,9 @@ struct E {
     /// Reads its input as this `[c, h, w]` (`view`): the same nodes in the
     /// layout's order.
     view: Option<[usize; 3]>,
+    /// Reads its input depth to space (`pixel_shuffle = r`, r > 0) or space
+    /// to depth (`pixel_unshuffle = -r`).
+    shuffle: Option<i64>,
 }
 
 fn e(name: &'static str, kind: K) -> E {
@@ -102,6 +105,7 @@ fn e(name: &'static str, kind: K) -> E {
         rank3: false,
         transposed: None,
         view: None,
+        shuffle: None,
     }
 }
 
@@ -277,15 +281,32 @@ fn build(entries: &[E], input: S, layout: Layout, bn: BnMode, seed: u64) -> (Vec
         let [real_a, real_b] = en.from_ch.unwrap_or([0, real.c]);
         // A view: the layer reads a set of its own (VIEWED), whose links
         // are moved onto the real set's nodes by the layout's index below.
-        let (src, sset, [a, b]) = match en.view {
-            Some([c, h, w]) => (VIEWED, S { c, h, w, flat: false }, [0, c]),
-            None => (read_from, real, [real_a, real_b]),
+        let part = S { c: real_b - real_a, ..real };
+        let (src, sset, [a, b]) = match (en.view, en.shuffle) {
+            (Some([c, h, w]), _) => (VIEWED, S { c, h, w, flat: false }, [0, c]),
+            // torch's pixel_shuffle: out[c, y r + i, x r + j] = in[c r² + i r + j, y, x].
+            (_, Some(r)) if r > 0 => {
+                let r = r as usize;
+                let viewed = S { c: part.c / (r * r), h: part.h * r, w: part.w * r, flat: false };
+                (VIEWED, viewed, [0, viewed.c])
+            }
+            (_, Some(r)) => {
+                let r = (-r) as usize;
+                let viewed = S { c: part.c * r * r, h: part.h / r, w: part.w / r, flat: false };
+                (VIEWED, viewed, [0, viewed.c])
+            }
+            (None, None) => (read_from, real, [real_a, real_b]),
         };
         let edges_before = o.edges.len();
         let cin = b - a;
         let mut entry = format!("\n[[layers]]\nname = \"{}\"\n", en.name);
         if let Some([c, h, w]) = en.view {
             entry += &format!("view = [{c}, {h}, {w}]\n");
+        }
+        match en.shuffle {
+            Some(r) if r > 0 => entry += &format!("pixel_shuffle = {r}\n"),
+            Some(r) => entry += &format!("pixel_unshuffle = {}\n", -r),
+            None => {}
         }
         if let Some(f) = en.from {
             entry += &format!("from = \"{f}\"\n");
@@ -730,11 +751,21 @@ fn build(entries: &[E], input: S, layout: Layout, bn: BnMode, seed: u64) -> (Vec
                 raw_name = None;
             }
         }
-        if en.view.is_some() {
-            let part = S { c: real_b - real_a, ..real };
+        if src == VIEWED {
             for (_, from, _) in &mut o.edges[edges_before..] {
                 if let Some((set, node)) = from.as_mut().filter(|(set, _)| *set == VIEWED) {
-                    let [c, y, x] = part.node(layout, sset.at(layout, node[0], node[1], node[2]));
+                    let [c, y, x] = match en.shuffle {
+                        None => part.node(layout, sset.at(layout, node[0], node[1], node[2])),
+                        Some(r) if r > 0 => {
+                            let r = r as usize;
+                            [node[0] * r * r + node[1] % r * r + node[2] % r, node[1] / r, node[2] / r]
+                        }
+                        Some(r) => {
+                            let r = (-r) as usize;
+                            let (i, j) = (node[0] / r % r, node[0] % r);
+                            [node[0] / (r * r), node[1] * r + i, node[2] * r + j]
+                        }
+                    };
                     (*set, *node) = (read_from, [real_a + c, y, x]);
                 }
             }
@@ -1176,6 +1207,24 @@ fn views() {
     check_every_mode("view in a chain", &chain, map(2, 9, 7));
 }
 
+/// Pixel shuffles (`PixelShuffle`, `PixelUnshuffle`), as sub-pixel
+/// upsampling (ESPCN, EDSR) and space-to-depth stems read their maps: a
+/// conv reading a conv's output depth to space, one reading a channel
+/// range of it as it is (r = 1), one reading the first back space to
+/// depth.
+#[test]
+fn pixel_shuffles() {
+    let entries = vec![
+        conv("c1", 8, 3, 1, 1),
+        E { shuffle: Some(2), ..conv("up", 3, 3, 1, 1) },
+        E { from: Some("c1"), from_ch: Some([0, 4]), shuffle: Some(-1), ..conv("same", 2, 1, 1, 0) },
+        E { from: Some("up"), shuffle: Some(-2), ..conv("down", 2, 1, 1, 0) },
+        gap("gap"),
+        e("fc", K::Dense { out: 2, bias: true, norm: false }),
+    ];
+    check_every_mode("pixel shuffles", &entries, map(2, 5, 4));
+}
+
 #[test]
 fn ceil_mode_pools() {
     let pool = |name, op, k, s, p, include_pad| E {
@@ -1335,6 +1384,11 @@ fn misfits_are_errors_naming_the_entries() {
         ("[[layers]]\nweight = \"b.weight\"\npad_mode = \"reflect\"\n", "`pad_mode` does not apply"),
         ("[[layers]]\nweight = \"b.weight\"\nview = [4, 2, 4]\n", "view [4, 2, 4] of its 4x4x4 input: a view must keep the 64 nodes"),
         ("[[layers]]\nweight = \"b.weight\"\nview = [0, 0, 0]\n", "a view must keep the 64 nodes"),
+        ("[[layers]]\nweight = \"b.weight\"\npixel_shuffle = 3\n", "pixel_shuffle = 3 of its 4x4x4 input: it needs a feature map of channels a multiple of r²"),
+        ("[[layers]]\nweight = \"b.weight\"\npixel_unshuffle = 3\n", "it needs a feature map of a grid of multiples of r"),
+        ("[[layers]]\nweight = \"b.weight\"\npixel_shuffle = 4294967296\n", "it needs a feature map"),
+        ("[[layers]]\nweight = \"b.weight\"\npixel_shuffle = 0\n", "must be positive"),
+        ("[[layers]]\nweight = \"b.weight\"\npixel_shuffle = 2\nview = [1, 8, 8]\n", "an entry reads one way"),
         ("[[layers]]\nweight = \"b.weight\"\nview = [4294967296, 4294967296, 1]\n", "a view must keep the 64 nodes"),
         ("[[layers]]\nname = \"p\"\npad = [1, 1, 1, 1]\nidentity = true\n", "one entry, one layer"),
         ("[[layers]]\nweight = \"b.weight\"\nto = \"s\"\nchannel_step = 2\n[[layers]]\nweight = \"c.weight\"\n",

@@ -15,7 +15,7 @@ use cntscope::graph::{GraphOptions, Network};
 use cntscope::spec::{BnMode, Spec};
 use common::{assert_within, engines, write_st, T};
 
-const NETWORKS: [&str; 15] = [
+const NETWORKS: [&str; 16] = [
     "resnet_tiny",
     "vgg_bn_tiny",
     "mobilenet_v2_tiny",
@@ -31,6 +31,7 @@ const NETWORKS: [&str; 15] = [
     "segmenter_tiny",
     "unet_tiny",
     "eca_tiny",
+    "subpixel_tiny",
 ];
 
 fn fixture(name: &str) -> PathBuf {

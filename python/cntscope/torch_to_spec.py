@@ -9,6 +9,8 @@ of SPEC 1 says it is:
   ``pad`` entries (a pad of nothing is no entry);
 * ECA's ``Conv1d`` of one input channel across a pooled vector viewed as a
   row (``y.view(N, 1, C)``): its entry reads the vector with ``view``;
+* ``PixelShuffle`` / ``PixelUnshuffle`` read by a ``Conv2d``: that conv
+  reads with ``pixel_shuffle`` / ``pixel_unshuffle`` (no entry of its own);
 * ``ConvTranspose2d`` / ``ConvTranspose1d``: weighted entries with
   ``transposed = true`` and their ``output_padding`` (from the traced
   output grid, so a forward given ``output_size`` is read right);
@@ -191,6 +193,27 @@ PAD_PARAMETERS = ["input", "pad", "mode", "value"]
 # graph, as discovery reads them): kept whole, their nodes their input's.
 SAMPLE_NORMS = (nn.LayerNorm, nn.GroupNorm)
 SAMPLE_NORM_FUNCTIONS = {F.layer_norm, F.group_norm}
+
+
+def _pixel_shuffle(n, modules) -> tuple | None:
+    """`("pixel_shuffle" | "pixel_unshuffle", r)` of a pixel (un)shuffle
+    node (`nn.PixelShuffle`, `F.pixel_shuffle`, ...), else None. Its nodes
+    are its input's, rearranged: only a conv reading it (which the spec
+    says reads them so) or the network's output may follow it."""
+    if n.op == "call_module" and isinstance(modules[n.target], (nn.PixelShuffle, nn.PixelUnshuffle)):
+        m = modules[n.target]
+        found = ("pixel_shuffle", m.upscale_factor) if isinstance(m, nn.PixelShuffle) else (
+            "pixel_unshuffle", m.downscale_factor)
+    elif n.op == "call_function" and n.target in (F.pixel_shuffle, F.pixel_unshuffle):
+        r = n.args[1] if len(n.args) > 1 else next(iter(n.kwargs.values()))
+        found = ("pixel_shuffle" if n.target is F.pixel_shuffle else "pixel_unshuffle", int(_value(r)))
+    else:
+        return None
+    if not n.users or not all(u.op == "output" or (u.op == "call_module" and type(modules[u.target]) is nn.Conv2d)
+                              for u in n.users):
+        raise TraceError(f"node `{n.name}`: a {found[0]} read by something other than a Conv2d: only a conv "
+                         "(or the output) may read its rearranged nodes")
+    return found
 
 
 def _is_global_response_norm(m: nn.Module) -> bool:
@@ -439,6 +462,8 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
             if _is_global_response_norm(m):
                 response_norms.append(n.target)
                 return "pass"
+            if _pixel_shuffle(n, modules):
+                return "pass"
             if type(m) in PAD_MODULES:
                 return "pass" if _pad(n, *_pad_arguments(n, modules)) is None else "entry"
             if isinstance(m, ENTRY_MODULES):
@@ -455,6 +480,8 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
                 return "cat"
             if n.target is F.pad:
                 return "pass" if _pad(n, *_pad_arguments(n, modules)) is None else "entry"
+            if _pixel_shuffle(n, modules):
+                return "pass"
             if n.target is operator.getitem:
                 return "slice"
             if n.target in (torch.split, torch.chunk):
@@ -747,6 +774,10 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
                             entries.append(Entry(pad, None, inp.channels))
                             inp = Ref(pad["name"], None, inp.channels)
                         padding = 0
+                    rearranged = _pixel_shuffle(n.args[0], modules)
+                    if rearranged:
+                        # Its input's nodes, rearranged by the pixel shuffle before it.
+                        fields[rearranged[0]] = rearranged[1]
                     if isinstance(m, nn.Conv1d) and m.in_channels == 1 and inp.channels != 1:
                         # A vector's values read as one row (ECA's `y.view(N, 1, C)`).
                         fields["view"] = [1, 1, inp.channels]
@@ -1152,7 +1183,8 @@ def _toml(entries, input_shape, layout, bn, notes=()) -> str:
         f"bn = {value(bn)}",
     ]
     order = ["name", "weight", "transposed", "per_pixel", "bias", "scale", "norm", "eps", "pool", "interpolate",
-             "pad", "pad_mode", "kernel", "output", "align_corners", "scale_factor", "view", "stride", "padding", "dilation", "output_padding", "groups", "count_include_pad", "ceil_mode", "identity",
+             "pad", "pad_mode", "kernel", "output", "align_corners", "scale_factor", "view", "pixel_shuffle",
+             "pixel_unshuffle", "stride", "padding", "dilation", "output_padding", "groups", "count_include_pad", "ceil_mode", "identity",
              "from", "from_channels", "to", "offset", "channel_step"]
     for e in entries:
         assert e.fields.keys() <= set(order), f"keys the spec writer does not know: {e.fields.keys() - set(order)}"

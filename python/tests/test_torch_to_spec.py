@@ -598,3 +598,19 @@ def test_a_global_response_norm_keeps_its_inputs_nodes_with_a_note():
         text = spec_from_module(model, (3, 6, 5))
     assert [e["name"] for e in tomllib.loads(text)["layers"]] == ["0", "3"]
     assert any(n.startswith("1 global response norms (ConvNeXt V2's)") and n.endswith(": 2") for n in notes_of(text))
+
+
+def test_a_pixel_shuffle_is_read_by_the_conv_after_it_and_by_nothing_else():
+    class SubPixel(nn.Module):
+        def __init__(self, after):
+            super().__init__()
+            self.head, self.body, self.after = nn.Conv2d(12, 8, 3, padding=1), nn.Conv2d(8, 16, 1), after
+
+        def forward(self, x):
+            return self.after(F.pixel_shuffle(self.body(self.head(F.pixel_unshuffle(x, 2))), 2))
+
+    spec = tomllib.loads(spec_from_module(SubPixel(nn.Conv2d(4, 3, 3)), (3, 8, 6)))
+    assert [(e["name"], e.get("pixel_unshuffle"), e.get("pixel_shuffle")) for e in spec["layers"]] == [
+        ("head", 2, None), ("body", None, None), ("after", None, 2)]
+    with pytest.raises(TraceError, match="node `pixel_shuffle`: a pixel_shuffle read by something other than a Conv2d"):
+        spec_from_module(SubPixel(nn.MaxPool2d(2)), (3, 8, 6))

@@ -13,7 +13,7 @@ mod ordered;
 
 use crate::checkpoint::{Checkpoint, Tensor};
 use crate::error::Result;
-use crate::graph::{Conv, GraphSource, Layer, LayerKind, Network, NodeShape, Norm};
+use crate::graph::{Conv, GraphSource, Layer, LayerKind, Network, NodeShape, Norm, Reading};
 use crate::spec::Layout;
 use crate::stats::{Histogram, Moments};
 
@@ -324,11 +324,10 @@ fn assemble_with_cells<E: Engine + ?Sized>(
         let layer = &net.layers[i];
         let (s_in, mut s_out, result) = measured?;
         layers.extend(result);
-        // An entry that read its input as a `view`: the same nodes, in the
-        // layout's order, on the set's own shape.
-        let read = net.read_shape(layer);
-        if read != layer.input {
-            s_out = Field::from_nodes(s_out.to_nodes(net.layout), read, net.layout);
+        // An entry that read its input another way (`view`, a pixel
+        // shuffle): its out-strengths back on the set's own nodes.
+        if layer.reading != Reading::Direct {
+            s_out = read_back(&s_out, layer, net.read_shape(layer), net.layout);
         }
         for (set, offset, step, part, inward) in
             [(layer.to, layer.offset, layer.step, &s_in, true), (layer.from, layer.from_channels[0], 1, &s_out, false)]
@@ -683,6 +682,33 @@ fn measure_layer<E: Engine + ?Sized>(
         LayerKind::Pool(_) | LayerKind::Identity => fixed::strengths(layer),
     };
     Ok((s_in, s_out, result))
+}
+
+/// `values` of a layer's input nodes (its `input` shape, as it read them)
+/// on the nodes of the source they are (`read`, the channels it read).
+fn read_back(values: &Field, layer: &Layer, read: NodeShape, layout: Layout) -> Field {
+    let given = values.to_nodes(layout);
+    if layer.reading == Reading::View {
+        // The same nodes in the layout's order.
+        return Field::from_nodes(given, read, layout);
+    }
+    let index = |shape: NodeShape, [c, y, x]: [usize; 3]| {
+        let (ch, [h, w]) = (shape.channels(), shape.grid().unwrap_or([1, 1]));
+        match layout {
+            Layout::Keras => (y * w + x) * ch + c,
+            Layout::Torch => (c * h + y) * w + x,
+        }
+    };
+    let (c, [h, w]) = (layer.input.channels(), layer.input.grid().unwrap_or([1, 1]));
+    let mut nodes = vec![0.0; given.len()];
+    for ci in 0..c {
+        for y in 0..h {
+            for x in 0..w {
+                nodes[index(read, layer.reading.source_node([ci, y, x]))] = given[index(layer.input, [ci, y, x])];
+            }
+        }
+    }
+    Field::from_nodes(nodes, read, layout)
 }
 
 /// True when moments were taken over finite values only: a NaN or an
