@@ -14,7 +14,7 @@ use clap::Parser;
 use cntscope::checkpoint::Checkpoint;
 use cntscope::collection::{self, Collection};
 use cntscope::engine::{select_engine, AnalysisOptions, CpuEngine, Engine, GpuContext, GpuEngine};
-use cntscope::graph::{GraphOptions, LayerKind, Network, PoolOp};
+use cntscope::graph::{GraphOptions, LayerKind, Network, PoolOp, Reading};
 use cntscope::output::{atomic_write, num, write_csv, NODE_VALUES_HEADER};
 use cntscope::scan::{measure, merge, scan, ScanOptions, ScanSummary};
 use cntscope::study::{study, Grouping, StudyOptions};
@@ -492,8 +492,11 @@ fn inspect(ck: &Checkpoint, net: &Network, out: &mut impl Write) -> anyhow::Resu
         } else {
             format!("V{}[{}..{}]", l.from, l.from_channels[0], l.from_channels[1])
         };
-        if read_shape != l.input {
-            read = format!("{read} {read_shape} viewed as");
+        match l.reading {
+            Reading::Direct => {}
+            Reading::View => read = format!("{read} {read_shape} viewed as"),
+            Reading::PixelShuffle(r) => read = format!("{read} {read_shape} pixel-shuffled by {r} to"),
+            Reading::PixelUnshuffle(r) => read = format!("{read} {read_shape} pixel-unshuffled by {r} to"),
         }
         let write = if l.output.channels() == to.shape.channels() && l.step == 1 {
             format!("V{}", l.to)

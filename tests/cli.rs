@@ -439,3 +439,20 @@ fn report_ranks_a_measure_that_tracks_accuracy() {
         std::fs::read(again.join("separation.csv")).unwrap()
     );
 }
+
+/// `inspect` says how a layer reads a set another way than it holds it (a
+/// `view`, a pixel shuffle), with both shapes.
+#[test]
+fn inspect_shows_views_and_pixel_shuffles() {
+    let fixture = |name: &str| format!("{}/tests/fixtures/torch/{name}", env!("CARGO_MANIFEST_DIR"));
+    for (net, want) in [
+        ("eca_tiny", "(V2 6x1x1 viewed as 1x1x6 -> V3 1x1x6)"),
+        ("subpixel_tiny", "(V0 3x10x8 pixel-unshuffled by 2 to 12x5x4 -> V1 8x5x4)"),
+        ("subpixel_tiny", "(V2 36x5x4 pixel-shuffled by 3 to 4x15x12 -> V3 8x15x12)"),
+    ] {
+        let (st, spec) = (fixture(&format!("{net}.safetensors")), fixture(&format!("{net}.toml")));
+        let o = cntscope(&["inspect", &st, "--spec", &spec]);
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success() && out.contains(want), "{net}: {out}");
+    }
+}
