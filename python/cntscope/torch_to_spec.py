@@ -198,8 +198,7 @@ SAMPLE_NORM_FUNCTIONS = {F.layer_norm, F.group_norm}
 def _pixel_shuffle(n, modules) -> tuple | None:
     """`("pixel_shuffle" | "pixel_unshuffle", r)` of a pixel (un)shuffle
     node (`nn.PixelShuffle`, `F.pixel_shuffle`, ...), else None. Its nodes
-    are its input's, rearranged: only a conv reading it (which the spec
-    says reads them so) or the network's output may follow it."""
+    are its input's, rearranged (see `_check_pixel_shuffles`)."""
     if n.op == "call_module" and isinstance(modules[n.target], (nn.PixelShuffle, nn.PixelUnshuffle)):
         m = modules[n.target]
         found = ("pixel_shuffle", m.upscale_factor) if isinstance(m, nn.PixelShuffle) else (
@@ -209,11 +208,34 @@ def _pixel_shuffle(n, modules) -> tuple | None:
         found = ("pixel_shuffle" if n.target is F.pixel_shuffle else "pixel_unshuffle", int(_value(r)))
     else:
         return None
-    if not n.users or not all(u.op == "output" or (u.op == "call_module" and type(modules[u.target]) is nn.Conv2d)
-                              for u in n.users):
-        raise TraceError(f"node `{n.name}`: a {found[0]} read by something other than a Conv2d: only a conv "
-                         "(or the output) may read its rearranged nodes")
     return found
+
+
+def _check_pixel_shuffles(nodes, kinds, modules):
+    """Only a conv (which the spec says reads them rearranged) or the
+    network's output may read a pixel shuffle's nodes, through activations
+    (SRGAN's PReLU after its shuffle) but not another shuffle."""
+    for n in nodes:
+        found = _pixel_shuffle(n, modules)
+        todo = list(n.users) if found else []
+        while todo:
+            u = todo.pop()
+            if kinds.get(u) == "pass" and not _pixel_shuffle(u, modules):
+                todo.extend(u.users)
+            elif not (u.op == "output" or (u.op == "call_module" and type(modules[u.target]) is nn.Conv2d)):
+                raise TraceError(f"node `{n.name}`: a {found[0]} read by something other than a Conv2d (node "
+                                 f"`{u.name}`): only a conv, or the output, may read its rearranged nodes")
+
+
+def _rearranged(node, kinds, modules) -> tuple | None:
+    """The pixel (un)shuffle between `node` and the value it carries
+    (through activations), if any."""
+    while kinds.get(node) == "pass":
+        found = _pixel_shuffle(node, modules)
+        if found:
+            return found
+        node = node.args[0]
+    return None
 
 
 def _is_global_response_norm(m: nn.Module) -> bool:
@@ -540,6 +562,7 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
     permutes: dict = {}  # permute node -> its dims
     shuffle_nodes = _channel_shuffles(nodes)  # its views and transpose -> "part", its last view -> groups
     kinds = {n: kind(n) for n in nodes}
+    _check_pixel_shuffles(nodes, kinds, modules)
     gated = {n: _gated(n, lambda m: kinds[m] == "pass") for n in nodes if kinds[n] == "gate"}
     last = _channels_last(nodes, kinds, permutes, modules)
     # The node whose value a pass-through node (or a gate) carries.
@@ -774,7 +797,7 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
                             entries.append(Entry(pad, None, inp.channels))
                             inp = Ref(pad["name"], None, inp.channels)
                         padding = 0
-                    rearranged = _pixel_shuffle(n.args[0], modules)
+                    rearranged = _rearranged(n.args[0], kinds, modules)
                     if rearranged:
                         # Its input's nodes, rearranged by the pixel shuffle before it.
                         fields[rearranged[0]] = rearranged[1]

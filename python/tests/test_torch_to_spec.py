@@ -612,5 +612,8 @@ def test_a_pixel_shuffle_is_read_by_the_conv_after_it_and_by_nothing_else():
     spec = tomllib.loads(spec_from_module(SubPixel(nn.Conv2d(4, 3, 3)), (3, 8, 6)))
     assert [(e["name"], e.get("pixel_unshuffle"), e.get("pixel_shuffle")) for e in spec["layers"]] == [
         ("head", 2, None), ("body", None, None), ("after", None, 2)]
+    # Through an activation (SRGAN's PReLU after its shuffle) too.
+    spec = tomllib.loads(spec_from_module(SubPixel(nn.Sequential(nn.PReLU(), nn.Conv2d(4, 3, 3))), (3, 8, 6)))
+    assert spec["layers"][-1]["pixel_shuffle"] == 2
     with pytest.raises(TraceError, match="node `pixel_shuffle`: a pixel_shuffle read by something other than a Conv2d"):
         spec_from_module(SubPixel(nn.MaxPool2d(2)), (3, 8, 6))
