@@ -74,14 +74,25 @@ fn modules<'a>(names: &[&'a str]) -> Vec<(&'a str, Vec<&'a str>)> {
 const SAMPLE_NORM: &str = "a normalisation without running statistics (LayerNorm / RMSNorm / GroupNorm): \
                            per-sample, so not a layer of the weight graph";
 
-/// [`SAMPLE_NORM`] for the `weight` or `bias` of a module whose weight is a
-/// vector and which keeps no running statistics, else `None`.
+/// Why a vector `weight` alone is in no layer: the names cannot tell an
+/// RMSNorm's from an activation's.
+const WEIGHT_ONLY: &str = "a vector without running statistics or bias: an RMSNorm's (per-sample) or an \
+                           activation's (PReLU), so not a layer of the weight graph";
+
+/// Why the `weight` or `bias` of a module whose weight is a vector and
+/// which keeps no running statistics is in no layer ([`SAMPLE_NORM`], or
+/// [`WEIGHT_ONLY`] when it has no bias), else `None`.
 pub(crate) fn sample_norm(ck: &Checkpoint, layout: Layout, name: &str) -> Option<&'static str> {
     let (prefix, role) = split(name);
     let weight = find_member(ck, layout, prefix, &["weight", "gamma"])?;
     let stats = find_member(ck, layout, prefix, &["running_mean", "moving_mean"]);
     let vector = ck.shape(&weight).is_some_and(|s| s.len() == 1);
-    (matches!(role, "weight" | "gamma" | "bias" | "beta") && vector && stats.is_none()).then_some(SAMPLE_NORM)
+    let bias = find_member(ck, layout, prefix, &["bias", "beta"]).is_some();
+    (matches!(role, "weight" | "gamma" | "bias" | "beta") && vector && stats.is_none()).then_some(if bias {
+        SAMPLE_NORM
+    } else {
+        WEIGHT_ONLY
+    })
 }
 
 /// Finds the layers, in natural order of names.
@@ -154,8 +165,9 @@ pub(crate) fn discover(ck: &Checkpoint, layout: Layout) -> Discovered {
             }
             out.entries.push(e);
         } else if weight.is_some_and(|w| rank(w) == 1) {
+            let why = if bias.is_some() { SAMPLE_NORM } else { WEIGHT_ONLY };
             for n in [weight, bias].into_iter().flatten() {
-                out.unused.push((n.to_string(), SAMPLE_NORM.into()));
+                out.unused.push((n.to_string(), why.into()));
                 used.push(n);
             }
         }
