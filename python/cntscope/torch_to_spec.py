@@ -273,6 +273,14 @@ def _value(v):
     return int(v) if isinstance(v, getattr(torch, "SymInt", ())) else v
 
 
+def _arguments(node, params: list[str]) -> dict:
+    """A functional call's arguments by name (`params`: its positional
+    parameters, as torch declares them), as the traced run computed them,
+    the input left out."""
+    given = dict(zip(params, node.args)) | dict(node.kwargs)
+    return {k: _value(v) for k, v in given.items() if k != "input"}
+
+
 def _check_reshape(node, modules=None):
     """A view, reshape, flatten or squeeze is no entry only when it keeps
     the shape or makes each sample one vector (the batch of the trace is
@@ -384,7 +392,7 @@ def _pad_arguments(n, modules) -> tuple:
     if n.op == "call_module":
         m = modules[n.target]
         return list(m.padding), PAD_MODULES[type(m)], getattr(m, "value", None)
-    a = {k: _value(v) for k, v in (dict(zip(PAD_PARAMETERS, n.args)) | dict(n.kwargs)).items() if k != "input"}
+    a = _arguments(n, PAD_PARAMETERS)
     return a["pad"], a.get("mode", "constant"), a.get("value")
 
 
@@ -866,13 +874,9 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
                 elif n.target is F.pad:
                     fields.update(_pad(n, *_pad_arguments(n, modules)))
                 elif n.target is F.interpolate:
-                    _interpolate(fields, n, **{k: _value(v) for k, v in
-                                               (dict(zip(INTERPOLATE_PARAMETERS, n.args)) | dict(n.kwargs)).items()
-                                               if k != "input"})
+                    _interpolate(fields, n, **_arguments(n, INTERPOLATE_PARAMETERS))
                 elif n.target in (F.max_pool2d, F.avg_pool2d, F.max_pool1d, F.avg_pool1d):
-                    params = POOL_PARAMETERS[n.target]
-                    a = {k: _value(v) for k, v in (dict(zip(params, n.args)) | dict(n.kwargs)).items()
-                         if k != "input"}
+                    a = _arguments(n, POOL_PARAMETERS[n.target])
                     if n.target in (F.max_pool1d, F.avg_pool1d):
                         # A 1-D pool: a 1 x k window over the 1 x L grid.
                         fills = {"kernel_size": 1, "stride": 1, "padding": 0, "dilation": 1}
