@@ -79,20 +79,25 @@ const SAMPLE_NORM: &str = "a normalisation without running statistics (LayerNorm
 const WEIGHT_ONLY: &str = "a vector without running statistics or bias: an RMSNorm's (per-sample) or an \
                            activation's (PReLU), so not a layer of the weight graph";
 
-/// Why the `weight` or `bias` of a module whose weight is a vector and
-/// which keeps no running statistics is in no layer ([`SAMPLE_NORM`], or
-/// [`WEIGHT_ONLY`] when it has no bias), else `None`.
+/// Why a module's vector weight (and bias), with no running statistics,
+/// is in no layer: [`SAMPLE_NORM`], or [`WEIGHT_ONLY`] when it has no bias.
+fn vector_reason(has_bias: bool) -> &'static str {
+    if has_bias {
+        SAMPLE_NORM
+    } else {
+        WEIGHT_ONLY
+    }
+}
+
+/// [`vector_reason`] for the `weight` or `bias` of a module whose weight is
+/// a vector and which keeps no running statistics, else `None`.
 pub(crate) fn sample_norm(ck: &Checkpoint, layout: Layout, name: &str) -> Option<&'static str> {
     let (prefix, role) = split(name);
     let weight = find_member(ck, layout, prefix, &["weight", "gamma"])?;
     let stats = find_member(ck, layout, prefix, &["running_mean", "moving_mean"]);
     let vector = ck.shape(&weight).is_some_and(|s| s.len() == 1);
     let bias = find_member(ck, layout, prefix, &["bias", "beta"]).is_some();
-    (matches!(role, "weight" | "gamma" | "bias" | "beta") && vector && stats.is_none()).then_some(if bias {
-        SAMPLE_NORM
-    } else {
-        WEIGHT_ONLY
-    })
+    (matches!(role, "weight" | "gamma" | "bias" | "beta") && vector && stats.is_none()).then_some(vector_reason(bias))
 }
 
 /// Finds the layers, in natural order of names.
@@ -165,7 +170,7 @@ pub(crate) fn discover(ck: &Checkpoint, layout: Layout) -> Discovered {
             }
             out.entries.push(e);
         } else if weight.is_some_and(|w| rank(w) == 1) {
-            let why = if bias.is_some() { SAMPLE_NORM } else { WEIGHT_ONLY };
+            let why = vector_reason(bias.is_some());
             for n in [weight, bias].into_iter().flatten() {
                 out.unused.push((n.to_string(), why.into()));
                 used.push(n);
