@@ -687,28 +687,21 @@ fn measure_layer<E: Engine + ?Sized>(
 /// `values` of a layer's input nodes (its `input` shape, as it read them)
 /// on the nodes of the source they are (`read`, the channels it read).
 fn read_back(values: &Field, layer: &Layer, read: NodeShape, layout: Layout) -> Field {
-    let given = values.to_nodes(layout);
     if layer.reading == Reading::View {
         // The same nodes in the layout's order.
-        return Field::from_nodes(given, read, layout);
+        return Field::from_nodes(values.to_nodes(layout), read, layout);
     }
-    let index = |shape: NodeShape, [c, y, x]: [usize; 3]| {
-        let (ch, [h, w]) = (shape.channels(), shape.grid().unwrap_or([1, 1]));
-        match layout {
-            Layout::Keras => (y * w + x) * ch + c,
-            Layout::Torch => (c * h + y) * w + x,
-        }
-    };
-    let (c, [h, w]) = (layer.input.channels(), layer.input.grid().unwrap_or([1, 1]));
+    // A pixel shuffle moves node [c, y, x] whatever the layout: in torch's
+    // c, y, x order on both sides.
+    let given = values.to_nodes(Layout::Torch);
+    let [h, w] = layer.input.grid().unwrap_or([1, 1]);
+    let [rh, rw] = read.grid().unwrap_or([1, 1]);
     let mut nodes = vec![0.0; given.len()];
-    for ci in 0..c {
-        for y in 0..h {
-            for x in 0..w {
-                nodes[index(read, layer.reading.source_node([ci, y, x]))] = given[index(layer.input, [ci, y, x])];
-            }
-        }
+    for (i, v) in given.into_iter().enumerate() {
+        let [sc, sy, sx] = layer.reading.source_node([i / (h * w), i / w % h, i % w]);
+        nodes[(sc * rh + sy) * rw + sx] = v;
     }
-    Field::from_nodes(nodes, read, layout)
+    Field::from_nodes(nodes, read, Layout::Torch)
 }
 
 /// True when moments were taken over finite values only: a NaN or an
