@@ -1,9 +1,10 @@
 //! The network as a graph (SPEC sections 1-3): a DAG of node sets joined by
 //! layers. Weighted layers (dense, 2-D convolution, BatchNorm as a diagonal
 //! layer) carry learned link weights; fixed layers (pools, interpolations,
-//! pads, identity skips) carry constant ones. A layer reads a channel range of one set and writes
-//! a channel range of another, so residual adds (overlapping writers) and
-//! concatenations (disjoint writers) are ordinary graphs. A chain is the
+//! pads, identity skips) carry constant ones. A layer reads a channel range
+//! of one set and writes a channel range of another, so residual adds
+//! (overlapping writers) and concatenations (disjoint writers) are ordinary
+//! graphs. A chain is the
 //! case where each set has one writer and one reader; the per-layer
 //! analysis is the DAG whose layers share no sets.
 //!
@@ -369,38 +370,39 @@ impl Pool {
     pub fn windows(&self, a: usize) -> Vec<Window> {
         let (n, m) = (self.in_hw[a], self.out_hw[a]);
         match self.op {
-            PoolOp::Interpolate(ip) => return ip.taps(a, n, m),
-            PoolOp::Pad { mode, before } => return pad_taps(mode, before[a], n, m),
-            _ => {}
-        }
-        (0..m)
-            .map(|o| match self.op {
-                PoolOp::AdaptiveAvg => {
+            PoolOp::Interpolate(ip) => ip.taps(a, n, m),
+            PoolOp::Pad { mode, before } => pad_taps(mode, before[a], n, m),
+            PoolOp::AdaptiveAvg => (0..m)
+                .map(|o| {
                     let (start, end) = (o * n / m, ((o + 1) * n).div_ceil(m));
                     Window { output: o, start, end, weight: 1.0 / (end - start) as f64 }
-                }
-                PoolOp::Max | PoolOp::Avg { .. } => {
-                    let pad = self.padding[a] as i64;
-                    let first = (o * self.stride[a]) as i64 - pad;
-                    let last = first + self.kernel[a] as i64;
-                    let (start, end) = (first.max(0) as usize, (last.min(n as i64)).max(0) as usize);
-                    let inside = end.saturating_sub(start);
-                    let divisor = match self.op {
-                        // The window within the padded input (all of it
-                        // unless ceil_mode's last window reaches past).
-                        PoolOp::Avg { count_include_pad: true } => (last.min(n as i64 + pad) - first) as usize,
-                        _ => inside,
-                    };
-                    Window {
-                        output: o,
-                        start,
-                        end: end.max(start),
-                        weight: if inside == 0 { 0.0 } else { 1.0 / divisor as f64 },
-                    }
-                }
-                PoolOp::Interpolate(_) | PoolOp::Pad { .. } => unreachable!("returned above"),
-            })
-            .collect()
+                })
+                .collect(),
+            PoolOp::Max | PoolOp::Avg { .. } => (0..m).map(|o| self.window(a, n, o)).collect(),
+        }
+    }
+
+    /// The window of output position `o` of a max or average pool along
+    /// axis `a` of `n` inputs.
+    fn window(&self, a: usize, n: usize, o: usize) -> Window {
+        let pad = self.padding[a] as i64;
+        let first = (o * self.stride[a]) as i64 - pad;
+        let last = first + self.kernel[a] as i64;
+        let (start, end) = (first.max(0) as usize, (last.min(n as i64)).max(0) as usize);
+        let inside = end.saturating_sub(start);
+        let divisor = match self.op {
+            // The window within the padded input (all of it unless
+            // ceil_mode's last window reaches past).
+            PoolOp::Avg { count_include_pad: true } => (last.min(n as i64 + pad) - first) as usize,
+            _ => inside,
+        };
+        Window { output: o, start, end: end.max(start), weight: if inside == 0 { 0.0 } else { 1.0 / divisor as f64 } }
+    }
+
+    /// A layer that resamples the grid (an interpolation, a pad): no
+    /// window geometry of its own.
+    fn resampling(op: PoolOp, in_hw: [usize; 2], out_hw: [usize; 2]) -> Pool {
+        Pool { op, kernel: [1, 1], stride: [1, 1], padding: [0, 0], ceil_mode: false, in_hw, out_hw }
     }
 }
 
@@ -1434,7 +1436,7 @@ impl<'a> Builder<'a> {
         };
         let op =
             PoolOp::Interpolate(Interpolation { mode, align_corners: e.align_corners.unwrap_or(false), scale_factor });
-        Ok(Pool { op, kernel: [1, 1], stride: [1, 1], padding: [0, 0], ceil_mode: false, in_hw, out_hw })
+        Ok(Pool::resampling(op, in_hw, out_hw))
     }
 
     fn pad(&self, e: &LayerSpec, in_hw: [usize; 2]) -> Result<Pool> {
@@ -1472,8 +1474,7 @@ impl<'a> Builder<'a> {
             }
             out_hw[a] = m as usize;
         }
-        let op = PoolOp::Pad { mode, before: [top, left] };
-        Ok(Pool { op, kernel: [1, 1], stride: [1, 1], padding: [0, 0], ceil_mode: false, in_hw, out_hw })
+        Ok(Pool::resampling(PoolOp::Pad { mode, before: [top, left] }, in_hw, out_hw))
     }
 
     fn weighted(&self, e: &LayerSpec, weight: &str, from: usize, input: NodeShape) -> Result<LayerKind> {
