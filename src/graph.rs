@@ -1458,12 +1458,12 @@ impl<'a> Builder<'a> {
             // torch's limits: only zeros crop; a reflection within the
             // input, at most one wrap around it.
             let limit = match mode {
-                PadMode::Constant | PadMode::Replicate => i64::MAX,
-                PadMode::Reflect => n - 1,
-                PadMode::Circular => n,
+                PadMode::Constant | PadMode::Replicate => None,
+                PadMode::Reflect => Some(n - 1),
+                PadMode::Circular => Some(n),
             };
-            if mode != PadMode::Constant && (first < 0 || last < 0 || first.max(last) > limit) {
-                let most = if limit == i64::MAX { String::new() } else { format!(" and at most {limit}") };
+            if mode != PadMode::Constant && (first < 0 || last < 0 || limit.is_some_and(|l| first.max(last) > l)) {
+                let most = limit.map_or(String::new(), |l| format!(" and at most {l}"));
                 return Err(self.err(format!(
                     "pad [{left}, {right}, {top}, {bottom}] in mode {}: each count must be 0 or more{most} for the \
                      {}x{} input",
