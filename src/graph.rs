@@ -245,16 +245,17 @@ impl Interpolation {
             let i = ((real as f32).floor() as i64).min(n as i64 - 1);
             (i, (real - i as f64).clamp(0.0, 1.0))
         };
+        // `compute_scales_value<float>` of the nearest modes.
+        let scale32 = given.map_or(n as f32 / m as f32, |s| s as f32);
         let mut taps = Vec::with_capacity(m * 4);
         for o in 0..m {
             match self.mode {
                 InterpolateMode::Nearest | InterpolateMode::NearestExact => {
-                    let scale = given.map_or(n as f32 / m as f32, |s| s as f32);
                     let i = match self.mode {
                         InterpolateMode::Nearest if m == n => o,
                         InterpolateMode::Nearest if m == 2 * n => o >> 1,
-                        InterpolateMode::Nearest => (o as f32 * scale).floor() as usize,
-                        _ => (((o as f64 + 0.5) * scale as f64) as f32).floor() as usize,
+                        InterpolateMode::Nearest => (o as f32 * scale32).floor() as usize,
+                        _ => (((o as f64 + 0.5) * scale32 as f64) as f32).floor() as usize,
                     };
                     taps.push(tap(o, i.min(n - 1), 1.0));
                 }
