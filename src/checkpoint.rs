@@ -162,6 +162,10 @@ struct Shard {
 struct Entry {
     shard: usize,
     info: TensorInfo,
+    /// Where the tensor comes in the writer's order, for formats whose
+    /// names do not give it (Keras' HDF5); 0 in every other format, whose
+    /// tensors come in natural order of names.
+    rank: usize,
 }
 
 /// An opened checkpoint: one safetensors file, or the shards of a sharded
@@ -373,6 +377,9 @@ impl Checkpoint {
             Err(_) if path.is_dir() => return Self::open_dir(path),
             Err(error) => return Err(io(error)),
         };
+        if crate::hdf5::is_hdf5(&bytes) || crate::keras::is_keras_zip(&bytes) {
+            return Self::open_keras(path, bytes);
+        }
         if crate::numpy::is_npz(&bytes) {
             let n =
                 crate::numpy::read_npz(&bytes).map_err(|reason| Error::Numpy { path: path.to_path_buf(), reason })?;
@@ -409,6 +416,27 @@ impl Checkpoint {
         Ok(ck)
     }
 
+    /// A Keras weight file's tensors, in place, in the order Keras wrote
+    /// them.
+    fn open_keras(path: &Path, bytes: Bytes) -> Result<Self> {
+        let weights = crate::keras::read(&bytes).map_err(|reason| Error::Keras { path: path.to_path_buf(), reason })?;
+        let order: Vec<String> = weights.iter().map(|w| w.name.clone()).collect();
+        let found = weights
+            .into_iter()
+            .map(|w| {
+                let info = TensorInfo { dtype: w.dtype, shape: w.shape, data_offsets: (0, 0) };
+                (w.name, info, crate::torch::Place::Archive(w.start, w.end))
+            })
+            .collect();
+        let mut ck = Self::from_parts(path, bytes, found, Vec::new(), BTreeMap::new());
+        for (rank, name) in order.iter().enumerate() {
+            if let Some(e) = ck.tensors.get_mut(name) {
+                e.rank = rank;
+            }
+        }
+        Ok(ck)
+    }
+
     /// A NumPy file's arrays, in place or gathered likewise.
     fn from_arrays(path: &Path, bytes: Bytes, n: crate::numpy::NumpyCheckpoint) -> Self {
         let tensors = n
@@ -435,7 +463,7 @@ impl Checkpoint {
                 crate::torch::Place::Gathered(s, e) => (1, (s, e)),
             };
             info.data_offsets = range;
-            tensors.insert(name, Entry { shard, info });
+            tensors.insert(name, Entry { shard, info, rank: 0 });
         }
         let mut shards = vec![Shard { path: path.to_path_buf(), map: bytes, data_start: 0 }];
         if !gathered.is_empty() {
@@ -482,7 +510,7 @@ impl Checkpoint {
                 return Err(bad(format!("{len} bytes for shape {:?} of {}", t.shape, t.dtype)));
             }
             let info = TensorInfo { dtype, shape: t.shape, data_offsets: (0, len) };
-            if index.insert(t.name.clone(), Entry { shard: shards.len(), info }).is_some() {
+            if index.insert(t.name.clone(), Entry { shard: shards.len(), info, rank: 0 }).is_some() {
                 return Err(bad("given twice".into()));
             }
             shards.push(Shard { path: path.clone(), map: Bytes::Held(t.data), data_start: 0 });
@@ -511,7 +539,7 @@ impl Checkpoint {
                     shape: v.shape.clone(),
                     data_offsets: (v.start * item, v.end * item),
                 };
-                (v.name.clone(), Entry { shard: 0, info })
+                (v.name.clone(), Entry { shard: 0, info, rank: 0 })
             })
             .collect();
         let bytes = Bytes::Held(Box::new(crate::flat::RowBytes { zoo, row }));
@@ -608,11 +636,13 @@ impl Checkpoint {
         std::mem::take(&mut self.metadata)
     }
 
-    /// Names of all tensors, in natural order.
+    /// Names of all tensors, in natural order (in a Keras HDF5 file, the
+    /// order they were written in: its names do not give the model's).
     pub fn names(&self) -> Vec<&str> {
-        let mut v: Vec<&str> = self.tensors.keys().map(String::as_str).collect();
-        sort_natural_by(&mut v, |n| n);
-        v
+        let mut v: Vec<(&str, usize)> = self.tensors.iter().map(|(n, e)| (n.as_str(), e.rank)).collect();
+        sort_natural_by(&mut v, |(n, _)| n);
+        v.sort_by_key(|&(_, rank)| rank);
+        v.into_iter().map(|(n, _)| n).collect()
     }
 
     /// Shape of a tensor, without checking its dtype.
@@ -868,7 +898,7 @@ fn record_tensors(
                 reason: format!("tensor `{name}` appears twice"),
             });
         }
-        tensors.insert(name, Entry { shard: index, info });
+        tensors.insert(name, Entry { shard: index, info, rank: 0 });
     }
     Ok(header.metadata)
 }

@@ -242,7 +242,7 @@ pub fn special(t: &std::fs::FileType) -> Option<&'static str> {
 
 /// File names a directory scan takes as checkpoints: safetensors files,
 /// PyTorch files (`.pt`, `.pth`, `.bin`, `.ckpt`), NumPy files (`.npz`,
-/// `.npy`) and the extensionless `checkpoints` of Ray Tune trials. What
+/// `.npy`), Keras files (`.h5`, `.hdf5`, `.keras`) and the extensionless `checkpoints` of Ray Tune trials. What
 /// each holds is decided by its bytes when opened.
 fn is_checkpoint_name(name: &str) -> bool {
     let ext = |e: &str| name.len() > e.len() && name.ends_with(e);
@@ -253,6 +253,9 @@ fn is_checkpoint_name(name: &str) -> bool {
         || ext(".ckpt")
         || ext(".npz")
         || ext(".npy")
+        || ext(".h5")
+        || ext(".hdf5")
+        || ext(".keras")
         || name == "checkpoints"
 }
 

@@ -46,6 +46,17 @@ pub enum Error {
         reason: String,
     },
 
+    /// A Keras weight file (HDF5, or a `.keras` archive) is malformed, or
+    /// stored in a way that is not read (chunked, compressed, the newer
+    /// HDF5 structures of `libver="latest"`).
+    #[error("{path}: Keras file: {reason}")]
+    Keras {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
     /// A flat-matrix zoo (matrix, layout table, metrics table) is
     /// malformed or inconsistent.
     #[error("{path}: flat-matrix zoo: {reason}")]
@@ -181,6 +192,7 @@ impl Error {
             | Error::Malformed { path, .. }
             | Error::Torch { path, .. }
             | Error::Numpy { path, .. }
+            | Error::Keras { path, .. }
             | Error::FlatZoo { path, .. }
             | Error::BadIndex { path, .. }
             | Error::UnsupportedDtype { path, .. }
@@ -203,6 +215,7 @@ impl Error {
             Error::Malformed { .. } => "malformed",
             Error::Torch { .. } => "torch",
             Error::Numpy { .. } => "numpy",
+            Error::Keras { .. } => "keras",
             Error::FlatZoo { .. } => "flat_zoo",
             Error::BadIndex { .. } => "bad_index",
             Error::UnsupportedDtype { .. } => "unsupported_dtype",

@@ -20,6 +20,8 @@ pub mod engine;
 pub mod error;
 pub mod flat;
 pub mod graph;
+pub mod hdf5;
+pub mod keras;
 pub mod layouts;
 pub mod manifest;
 pub mod natsort;

@@ -1,0 +1,150 @@
+//! Keras weight files written by Keras itself (tests/fixtures/keras, made by
+//! its make_fixtures.py): Keras 3's `.keras` and `.weights.h5`, the legacy
+//! HDF5 of `model.save("m.h5")`, and tf.keras 2's `save_weights` layout
+//! give exactly the tables of the same weights saved as safetensors, their
+//! tensors named as the keras layout names them and in the model's order
+//! (which HDF5's groups, sorted by name, do not keep); chunked, compressed
+//! and `libver="latest"` files and truncated ones are refused by name;
+//! random byte mutations never panic.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use cntscope::checkpoint::Checkpoint;
+use cntscope::engine::{AnalysisOptions, CpuEngine, Engine};
+use cntscope::graph::{GraphOptions, Network};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/keras")
+}
+
+fn scan(paths: &[PathBuf], out: &Path, extra: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_cntscope"))
+        .arg("scan")
+        .args(paths)
+        .args(["-o", out.to_str().unwrap()])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+/// A table's rows without the checkpoint's name, up to column `last`.
+fn measures(path: &Path, last: &str) -> Vec<Vec<String>> {
+    let mut r = csv::Reader::from_path(path).unwrap();
+    let header: Vec<String> = r.headers().unwrap().iter().map(String::from).collect();
+    let end = header.iter().position(|h| h == last).unwrap() + 1;
+    r.records().map(|rec| rec.unwrap().iter().take(end).skip(1).map(String::from).collect()).collect()
+}
+
+/// Scans each Keras file and its twin with the same options and compares
+/// node and link tables row by row.
+fn assert_same_as_twins(files: &[&str], extra: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let (good, twin) = (dir.path().join("good"), dir.path().join("twin"));
+    let keras: Vec<PathBuf> = files.iter().map(|f| fixtures().join("good").join(f)).collect();
+    let twins: Vec<PathBuf> = files.iter().map(|f| fixtures().join("twin").join(format!("{f}.safetensors"))).collect();
+    let o = scan(&keras, &good, extra);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = scan(&twins, &twin, extra);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for (table, last) in [("nodes.csv", "graph"), ("links.csv", "non_finite")] {
+        let (a, b) = (measures(&good.join(table), last), measures(&twin.join(table), last));
+        assert_eq!(a.len(), b.len(), "{table}: rows");
+        assert!(a.len() >= 2 * files.len(), "{table}: every file measured");
+        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+            assert_eq!(x, y, "{table} row {i} ({files:?})");
+        }
+    }
+}
+
+#[test]
+fn keras_files_equal_their_safetensors_twins() {
+    let spec = |name: &str| fixtures().join("specs").join(name).to_str().unwrap().to_string();
+    assert_same_as_twins(&["cnn.keras", "cnn.weights.h5"], &["--spec", &spec("cnn.toml")]);
+    assert_same_as_twins(&["cnn.h5"], &["--spec", &spec("cnn_legacy.toml")]);
+    // Without a spec: a chain of 20 dense layers, and a Sequential nested
+    // in a functional model.
+    assert_same_as_twins(&["deep.h5", "deep.weights.h5", "nested.keras", "tfkeras2.h5"], &["--input", "1,8,8"]);
+}
+
+#[test]
+fn tensors_come_named_and_in_the_models_order() {
+    let names = |file: &str| -> Vec<String> {
+        let ck = Checkpoint::open(fixtures().join("good").join(file)).unwrap();
+        ck.names().into_iter().map(String::from).collect()
+    };
+    let bn = ["gamma", "beta", "moving_mean", "moving_variance"];
+    // The legacy file writes its layers sorted by name (batch_normalization
+    // first); `layer_names` keeps the model's order.
+    let mut legacy = vec!["c1/kernel".to_string(), "c1/bias".into()];
+    legacy.extend(bn.iter().map(|v| format!("batch_normalization/{v}")));
+    legacy.extend(["dense/kernel".into(), "dense/bias".into()]);
+    assert_eq!(names("cnn.h5"), legacy);
+    let keras3: Vec<String> = legacy.iter().map(|n| n.replace("c1/", "conv2d/")).collect();
+    assert_eq!(names("cnn.weights.h5"), keras3);
+    assert_eq!(names("cnn.keras"), keras3);
+    // dense_1 .. dense_20, whose names sort as dense_1, dense_10, dense_11, ...
+    let deep = names("deep.h5");
+    assert_eq!(deep.len(), 40);
+    let layers: Vec<usize> =
+        deep.iter().step_by(2).map(|n| n["dense_".len()..n.find('/').unwrap()].parse().unwrap()).collect();
+    assert!(layers.windows(2).all(|w| w[1] == w[0] + 1), "{deep:?}");
+    assert_eq!(names("nested.keras")[..2], ["sequential/dense/kernel", "sequential/dense/bias"]);
+    assert!(names("tfkeras2.h5").iter().all(|n| !n.ends_with(":0")));
+}
+
+#[test]
+fn files_keras_cannot_be_read_here_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let o = scan(&[fixtures().join("hostile")], &out, &[]);
+    assert_eq!(o.status.code(), Some(2), "nothing could be analysed");
+    let errors = std::fs::read_to_string(out.join("errors.csv")).unwrap();
+    for (file, want) in [
+        ("chunked.h5", "`c1/c1/kernel:0`: compressed or filtered"),
+        ("deflated.keras", "`model.weights.h5` is compressed (method 8)"),
+        ("latest.h5", "superblock version 3 (written with libver=\"\"latest\"\")"),
+        ("truncated.h5", "beyond the end of the file"),
+    ] {
+        let line = errors.lines().find(|l| l.contains(file)).unwrap_or_else(|| panic!("no errors.csv row for {file}"));
+        assert!(line.contains(",keras,") && line.contains(want), "{file}: {line}");
+    }
+}
+
+#[test]
+fn random_mutations_never_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    for file in ["cnn.h5", "cnn.keras", "deep.weights.h5"] {
+        let good = std::fs::read(fixtures().join("good").join(file)).unwrap();
+        let path = dir.path().join(file);
+        let mut s = 0x2545f4914f6cdd1du64;
+        let mut next = || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        };
+        let (mut ok, mut refused) = (0, 0);
+        for _ in 0..1000 {
+            let mut m = good.clone();
+            for _ in 0..1 + next() % 4 {
+                let at = (next() % m.len() as u64) as usize;
+                match next() % 3 {
+                    0 => m[at] ^= 1 << (next() % 8),
+                    1 => m[at] = next() as u8,
+                    _ => m.truncate(at.max(1)),
+                }
+            }
+            std::fs::write(&path, &m).unwrap();
+            let measured = Checkpoint::open(&path).and_then(|ck| {
+                let net = Network::build(&ck, &GraphOptions::default())?;
+                CpuEngine::default().analyze(&net, &ck, &AnalysisOptions::default())
+            });
+            match measured {
+                Ok(_) => ok += 1,
+                Err(_) => refused += 1,
+            }
+        }
+        assert!(refused > 0 && ok > 0 && ok + refused == 1000, "{file}: {ok} measured, {refused} refused");
+    }
+}
