@@ -195,7 +195,7 @@ pub(crate) fn discover(ck: &Checkpoint, layout: Layout) -> Discovered {
             }
         }
     }
-    place_norms(ck, layout, &mut out.entries, &norms);
+    place_norms(ck, layout, &mut out.entries, &norms, &mut out.notes);
     if !embeddings.is_empty() {
         out.notes.push(format!(
             "read as embeddings ([vocab, d] tables: each of the vocab rows is a one-hot input linked to d features): {}",
@@ -225,12 +225,28 @@ pub(crate) fn discover(ck: &Checkpoint, layout: Layout) -> Discovered {
     out
 }
 
-/// Places each BatchNorm after the weighted layer it belongs to: the one
-/// right before it in natural order, else its sibling by name (`bn2` of
-/// `conv2`, `downsample.1` of `downsample.0`); its size must fit that
-/// layer's outputs. A BatchNorm that fits none becomes a BatchNorm-only
-/// entry where it stands.
-fn place_norms(ck: &Checkpoint, layout: Layout, entries: &mut Vec<LayerSpec>, norms: &[(&str, usize, usize)]) {
+/// Places each BatchNorm after the weighted layer it belongs to; its size
+/// must fit that layer's outputs.
+///
+/// 1. Its sibling by name, wherever it stands: `bn2` of `conv2`,
+///    `downsample.1` of `downsample.0`, and Keras' names of a layer plus a
+///    kind (`conv2_block1_0_bn` of `conv2_block1_0_conv`, `block_1_expand_BN`
+///    of `block_1_expand`, `bn_Conv1` of `Conv1`).
+/// 2. Else by position: BatchNorms that stand together after weighted
+///    layers take those layers in the same order (a branching model written
+///    in order of depth, as Keras writes ResNet's shortcut: `0_conv`, `3_conv`,
+///    `0_bn`, `3_bn`); a lone one takes the layer right before it. When
+///    another layer before them would fit as well, the pairing is an
+///    assumption, and a note says so.
+/// 3. A BatchNorm that fits none becomes a BatchNorm-only entry where it
+///    stands.
+fn place_norms(
+    ck: &Checkpoint,
+    layout: Layout,
+    entries: &mut Vec<LayerSpec>,
+    norms: &[(&str, usize, usize)],
+    notes: &mut Vec<String>,
+) {
     let outputs = |e: &LayerSpec| match e.weight.as_deref().map(|w| dims(ck, layout, w, e.in_out)) {
         Some(Ok(Dims::Dense(o, _))) | Some(Ok(Dims::Conv(o, ..))) => o,
         _ => 0,
@@ -249,6 +265,7 @@ fn place_norms(ck: &Checkpoint, layout: Layout, entries: &mut Vec<LayerSpec>, no
         let named = |s: &str, kinds: &[&str]| kinds.iter().any(|k| s.to_ascii_lowercase().contains(k));
         match (a.parse::<usize>(), b.parse::<usize>()) {
             (Ok(i), Ok(j)) => j + 1 == i,
+            _ if keras_stem(&a, NORM_WORDS).is_some_and(|s| s == b || keras_stem(&b, LAYER_WORDS) == Some(s)) => true,
             _ => {
                 !digits(&a).is_empty()
                     && digits(&a) == digits(&b)
@@ -257,20 +274,73 @@ fn place_norms(ck: &Checkpoint, layout: Layout, entries: &mut Vec<LayerSpec>, no
             }
         }
     };
-    let mut alone = Vec::new();
-    for &(prefix, channels, at) in norms {
-        let fits = |e: &LayerSpec| e.weight.is_some() && e.norm.is_none() && outputs(e) == channels;
-        let before = at.checked_sub(1).filter(|&j| fits(&entries[j]));
-        let partner =
-            before.or_else(|| (0..entries.len()).find(|&j| fits(&entries[j]) && sibling(prefix, &entries[j])));
-        match partner {
-            Some(j) => entries[j].norm = Some(prefix.to_string()),
-            None => alone.push((at, prefix)),
+    let fits = |e: &LayerSpec, channels: usize| e.weight.is_some() && e.norm.is_none() && outputs(e) == channels;
+    let mut placed: Vec<Option<usize>> = vec![None; norms.len()];
+    for (i, &(prefix, channels, _)) in norms.iter().enumerate() {
+        let partner = (0..entries.len()).find(|&j| fits(&entries[j], channels) && sibling(prefix, &entries[j]));
+        if let Some(j) = partner {
+            entries[j].norm = Some(prefix.to_string());
+            placed[i] = Some(j);
         }
     }
+    let mut assumed = Vec::new();
+    let mut i = 0;
+    while i < norms.len() {
+        // The BatchNorms standing together after the same weighted layers.
+        let at = norms[i].2;
+        let run = (i..norms.len()).take_while(|&k| norms[k].2 == at).filter(|&k| placed[k].is_none()).count();
+        let end = i + (i..norms.len()).take_while(|&k| norms[k].2 == at).count();
+        let mut slot = at.saturating_sub(run);
+        for k in i..end {
+            if placed[k].is_some() {
+                continue;
+            }
+            let (prefix, channels, _) = norms[k];
+            if let Some(j) = (slot..at).find(|&j| fits(&entries[j], channels)) {
+                let others = (0..at).filter(|&o| o != j && fits(&entries[o], channels)).count();
+                entries[j].norm = Some(prefix.to_string());
+                placed[k] = Some(j);
+                slot = j + 1;
+                if run > 1 && others > 0 {
+                    assumed.push(format!(
+                        "`{prefix}` after `{}`",
+                        display_name(entries[j].weight.as_deref().unwrap_or(""))
+                    ));
+                }
+            }
+        }
+        i = end;
+    }
+    if !assumed.is_empty() {
+        notes.push(format!(
+            "BatchNorms placed by their order in the file, which does not say which layer each follows (another \
+             layer of their size stands before them as well): {}; give a spec if the model is otherwise",
+            assumed.join(", ")
+        ));
+    }
+    let alone: Vec<(usize, &str)> =
+        norms.iter().zip(&placed).filter(|(_, p)| p.is_none()).map(|(&(prefix, _, at), _)| (at, prefix)).collect();
     for (at, prefix) in alone.into_iter().rev() {
         let e = LayerSpec { name: Some(prefix.to_string()), norm: Some(prefix.to_string()), ..LayerSpec::default() };
         entries.insert(at, e);
+    }
+}
+
+/// Words that name a normalisation in Keras' layer names (`conv1_bn`,
+/// `block_1_expand_BN`, `bn_Conv1`).
+const NORM_WORDS: &[&str] = &["bn", "batchnorm", "batch_norm", "norm"];
+/// Words that name a weighted layer in Keras' layer names (`conv1_conv`,
+/// `block1a_dwconv`, `fc1_dense`).
+const LAYER_WORDS: &[&str] = &["conv", "dwconv", "dense", "fc", "linear"];
+
+/// A name without its first or last `_`-separated word when that word is
+/// one of `words` (any case): `conv2_block1_0_bn` -> `conv2_block1_0`.
+fn keras_stem<'a>(name: &'a str, words: &[&str]) -> Option<&'a str> {
+    let is = |w: &str| words.iter().any(|k| w.eq_ignore_ascii_case(k));
+    match (name.rsplit_once('_'), name.split_once('_')) {
+        (Some((stem, w)), _) if is(w) && !stem.is_empty() => Some(stem),
+        (_, Some((w, stem))) if is(w) && !stem.is_empty() => Some(stem),
+        _ => None,
     }
 }
 

@@ -1,20 +1,26 @@
-//! Keras' weight files, named as the keras layout names tensors
-//! (`LAYER/kernel`, `LAYER/bias`, `LAYER/gamma`, ...):
+//! Keras' weight files, named as the keras layout names tensors,
+//! `LAYER/kernel`, `LAYER/bias`, `LAYER/gamma`, ..., by the layers' own
+//! names:
 //!
 //! - the HDF5 files of `model.save("m.h5")` and Keras 2's
 //!   `save_weights("w.h5")` (`model_weights/LAYER/.../kernel:0`): each
 //!   dataset is named by its layer and its own name; the optimizer's
 //!   weights are left out;
-//! - Keras 3's `.weights.h5` (`layers/LAYER/vars/I`) and the `.keras`
-//!   archive that holds one (`model.weights.h5`, a stored zip entry): the
-//!   file names a variable by its place only, so the place is named by the
-//!   layer's class (the group is named after it: `conv2d`, `dense_1`): 0, 1
-//!   of a dense or conv layer are `kernel`, `bias`; a BatchNormalization's
-//!   four are `gamma`, `beta`, `moving_mean`, `moving_variance`. Other
-//!   variables keep their place (`LAYER/vars/I`) and are listed unused.
+//! - Keras 3's `.weights.h5` (`layers/GROUP/vars/I`, the layer's name an
+//!   attribute of `vars`) and the `.keras` archive that holds one
+//!   (`model.weights.h5`, a stored zip entry): the file names a variable by
+//!   its place only, and its group by the layer's class (`conv2d`,
+//!   `dense_1`), so the place is named by the class: 0, 1 of a dense or
+//!   conv layer are `kernel`, `bias`; a BatchNormalization's four `gamma`,
+//!   `beta`, `moving_mean`, `moving_variance`. Other variables keep their
+//!   place (`LAYER/vars/I`) and are listed unused.
 //!
-//! Tensors come in the order they were written (the model's order), which
-//! discovery follows, not in HDF5's order of names.
+//! A depthwise kernel `[.., C, M]` is read as the grouped kernel it is,
+//! `[.., 1, C * M]` (the same bytes in the same order), named
+//! `LAYER/kernel`. Tensors come in the order they were written (the model's
+//! order), which discovery follows, not in HDF5's order of names.
+
+use std::collections::{HashMap, HashSet};
 
 use crate::hdf5::{self, Dataset};
 
@@ -65,27 +71,40 @@ fn weights(h5: &[u8], offset: usize) -> Result<Vec<Weight>, String> {
         })
         .collect();
     let kept = if keras3 { kept } else { in_layer_order(h5, kept, legacy_model)? };
-    let mut names: Vec<String> = if keras3 { keras3_names(&kept) } else { legacy_names(&kept) };
+    let mut named = if keras3 { keras3_names(h5, &kept)? } else { legacy_names(h5, &kept)? };
     // Two datasets named alike (layers nested in models of the same layer
     // names) keep their whole paths.
-    let mut count = std::collections::HashMap::<&str, usize>::new();
-    for n in &names {
-        *count.entry(n.as_str()).or_default() += 1;
+    let mut count = HashMap::<String, usize>::new();
+    for n in &named {
+        *count.entry(n.name.clone()).or_default() += 1;
     }
-    let clash: Vec<bool> = names.iter().map(|n| count[n.as_str()] > 1).collect();
-    for ((name, d), clash) in names.iter_mut().zip(&kept).zip(clash) {
-        if clash {
-            *name = d.path.replace(":0", "");
+    for (n, d) in named.iter_mut().zip(&kept) {
+        if count[&n.name] > 1 {
+            n.name = d.path.replace(":0", "");
         }
     }
     kept.into_iter()
-        .zip(names)
-        .map(|(d, name)| {
+        .zip(named)
+        .map(|(d, n)| {
             let (start, end) = (d.start.checked_add(offset), d.end.checked_add(offset));
             let (Some(start), Some(end)) = (start, end) else { return Err("offsets overflow".to_string()) };
-            Ok(Weight { name, dtype: d.dtype, shape: d.shape, start, end })
+            let mut shape = d.shape;
+            if n.depthwise && shape.len() >= 3 {
+                // [.., C, M] is the grouped kernel [.., 1, C * M], byte for byte.
+                let [c, m] = [shape[shape.len() - 2], shape[shape.len() - 1]];
+                let len = shape.len();
+                shape[len - 1] = c.checked_mul(m).ok_or("shape overflows")?;
+                shape[len - 2] = 1;
+            }
+            Ok(Weight { name: n.name, dtype: d.dtype, shape, start, end })
         })
         .collect()
+}
+
+/// A dataset's tensor name, and whether it is a depthwise kernel.
+struct Named {
+    name: String,
+    depthwise: bool,
 }
 
 /// A legacy file's datasets in the model's order of layers, which its
@@ -106,52 +125,96 @@ fn in_layer_order(h5: &[u8], mut datasets: Vec<Dataset>, model: bool) -> Result<
 }
 
 /// `model_weights/LAYER/.../NAME:0` (or without `model_weights/`, as
-/// Keras 2's `save_weights` writes): `LAYER/NAME`.
-fn legacy_names(datasets: &[Dataset]) -> Vec<String> {
-    datasets
+/// Keras 2's `save_weights` writes): `LAYER/NAME`. A depthwise kernel
+/// (Keras 2's `depthwise_kernel`, or the `kernel` of a layer the file's
+/// `model_config` says is a `DepthwiseConv2D`) is `LAYER/kernel`.
+fn legacy_names(h5: &[u8], datasets: &[Dataset]) -> Result<Vec<Named>, String> {
+    let config = hdf5::string_attribute(h5, "", "model_config")?;
+    let mut classes = HashMap::new();
+    if let Some(json) = config.as_ref().and_then(|c| serde_json::from_str::<serde_json::Value>(c.first()?).ok()) {
+        layer_classes(&json, &mut classes);
+    }
+    let parts = |d: &Dataset| -> (String, String) {
+        let path = d.path.strip_prefix("model_weights/").unwrap_or(&d.path);
+        let layer = path.split('/').next().unwrap_or(path);
+        let var = path.rsplit('/').next().unwrap_or(path);
+        (layer.to_string(), var.strip_suffix(":0").unwrap_or(var).to_string())
+    };
+    // A SeparableConv2D's depthwise kernel is one of two: it keeps its name.
+    let separable: HashSet<String> =
+        datasets.iter().map(parts).filter(|(_, var)| var == "pointwise_kernel").map(|(layer, _)| layer).collect();
+    Ok(datasets
         .iter()
         .map(|d| {
             let path = d.path.strip_prefix("model_weights/").unwrap_or(&d.path);
-            let layer = path.split('/').next().unwrap_or(path);
-            let name = path.rsplit('/').next().unwrap_or(path);
-            let name = name.strip_suffix(":0").unwrap_or(name);
-            if layer == path {
-                name.to_string()
-            } else {
-                format!("{layer}/{name}")
-            }
+            let (layer, var) = parts(d);
+            let (layer, var) = (layer.as_str(), var.as_str());
+            let depthwise = var == "depthwise_kernel"
+                || var == "kernel" && classes.get(layer).is_some_and(|c| c.as_str() == "DepthwiseConv2D");
+            let var = if depthwise && !separable.contains(layer) { "kernel" } else { var };
+            let name = if layer == path { var.to_string() } else { format!("{layer}/{var}") };
+            Named { name, depthwise }
         })
-        .collect()
+        .collect())
 }
 
-/// `layers/A/layers/B/vars/I`: `A/B/` and the variable's name by B's class
-/// and I (see the module's doc).
-fn keras3_names(datasets: &[Dataset]) -> Vec<String> {
+/// Every layer's class in a Keras model config, by layer name (nested
+/// models' layers too).
+fn layer_classes(v: &serde_json::Value, out: &mut HashMap<String, String>) {
+    match v {
+        serde_json::Value::Object(o) => {
+            let name = o.get("config").and_then(|c| c.get("name")).and_then(|n| n.as_str());
+            if let (Some(class), Some(name)) = (o.get("class_name").and_then(|c| c.as_str()), name) {
+                out.entry(name.to_string()).or_insert_with(|| class.to_string());
+            }
+            o.values().for_each(|v| layer_classes(v, out));
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|v| layer_classes(v, out)),
+        _ => {}
+    }
+}
+
+/// `layers/A/layers/B/vars/I`: `A/B/` by the layers' own names (each
+/// `vars` group's `name` attribute; the group's name where it has none)
+/// and the variable's name by B's class and I (see the module's doc).
+fn keras3_names(h5: &[u8], datasets: &[Dataset]) -> Result<Vec<Named>, String> {
     let parent = |d: &Dataset| d.path.rsplit_once('/').map_or("", |(p, _)| p).to_string();
-    let mut siblings = std::collections::HashMap::<String, usize>::new();
+    let mut siblings = HashMap::<String, usize>::new();
     for d in datasets {
         *siblings.entry(parent(d)).or_default() += 1;
     }
-    datasets
-        .iter()
-        .map(|d| {
-            let parts: Vec<&str> = d.path.split('/').collect();
-            let (Some(&index), Some(&"vars")) = (parts.last(), parts.len().checked_sub(2).and_then(|i| parts.get(i)))
-            else {
-                return d.path.clone();
-            };
-            let owner: Vec<&str> = parts[..parts.len() - 2].iter().copied().filter(|&p| p != "layers").collect();
-            let siblings = siblings[&parent(d)];
-            let class = owner.last().map_or("", |layer| class_of(layer));
-            let var = index.parse::<usize>().ok().and_then(|i| variable(class, siblings, i));
-            let var = var.map_or_else(|| format!("vars/{index}"), str::to_string);
-            if owner.is_empty() {
-                var
-            } else {
-                format!("{}/{var}", owner.join("/"))
+    let mut real = HashMap::<String, String>::new();
+    let mut out = Vec::with_capacity(datasets.len());
+    for d in datasets {
+        let parts: Vec<&str> = d.path.split('/').collect();
+        let n = parts.len();
+        if n < 2 || parts[n - 2] != "vars" {
+            out.push(Named { name: d.path.clone(), depthwise: false });
+            continue;
+        }
+        // Each layer group on the way (the component after a `layers`).
+        let mut owner = Vec::new();
+        for i in 1..n - 2 {
+            if parts[i - 1] == "layers" {
+                let group = parts[..=i].join("/");
+                if !real.contains_key(&group) {
+                    let name = hdf5::string_attribute(h5, &format!("{group}/vars"), "name")?
+                        .and_then(|v| v.into_iter().next())
+                        .unwrap_or_else(|| parts[i].to_string());
+                    real.insert(group.clone(), name);
+                }
+                owner.push(real[&group].clone());
             }
-        })
-        .collect()
+        }
+        let class = parts.get(n.saturating_sub(3)).map_or("", |g| class_of(g));
+        let index = parts[n - 1].parse::<usize>().ok();
+        let var = index.and_then(|i| variable(class, siblings[&parent(d)], i));
+        let depthwise = matches!(class, "depthwise_conv2d" | "separable_conv2d") && index == Some(0);
+        let var = var.map_or_else(|| format!("vars/{}", parts[n - 1]), str::to_string);
+        let name = if owner.is_empty() { var } else { format!("{}/{var}", owner.join("/")) };
+        out.push(Named { name, depthwise });
+    }
+    Ok(out)
 }
 
 /// A layer group's class: its name without the `_N` Keras adds to make it
@@ -168,9 +231,11 @@ fn class_of(group: &str) -> &str {
 fn variable(class: &str, count: usize, index: usize) -> Option<&'static str> {
     let names: &[&str] = match (class, count) {
         (
-            "dense" | "conv1d" | "conv2d" | "conv3d" | "conv1d_transpose" | "conv2d_transpose" | "conv3d_transpose",
+            "dense" | "conv1d" | "conv2d" | "conv3d" | "conv1d_transpose" | "conv2d_transpose" | "conv3d_transpose"
+            | "depthwise_conv2d",
             1..=2,
         ) => &["kernel", "bias"],
+        ("separable_conv2d", 2..=3) => &["depthwise_kernel", "pointwise_kernel", "bias"],
         ("batch_normalization", 4) => &["gamma", "beta", "moving_mean", "moving_variance"],
         ("batch_normalization", 2) => &["moving_mean", "moving_variance"],
         ("layer_normalization", 2) => &["gamma", "beta"],

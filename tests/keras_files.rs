@@ -60,11 +60,60 @@ fn assert_same_as_twins(files: &[&str], extra: &[&str]) {
 #[test]
 fn keras_files_equal_their_safetensors_twins() {
     let spec = |name: &str| fixtures().join("specs").join(name).to_str().unwrap().to_string();
-    assert_same_as_twins(&["cnn.keras", "cnn.weights.h5"], &["--spec", &spec("cnn.toml")]);
-    assert_same_as_twins(&["cnn.h5"], &["--spec", &spec("cnn_legacy.toml")]);
+    assert_same_as_twins(&["cnn.keras", "cnn.weights.h5", "cnn.h5"], &["--spec", &spec("cnn.toml")]);
     // Without a spec: a chain of 20 dense layers, and a Sequential nested
     // in a functional model.
     assert_same_as_twins(&["deep.h5", "deep.weights.h5", "nested.keras", "tfkeras2.h5"], &["--input", "1,8,8"]);
+}
+
+#[test]
+fn every_tensor_equals_its_twin() {
+    let mut files = 0;
+    for entry in std::fs::read_dir(fixtures().join("good")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        let ck = Checkpoint::open(&path).unwrap();
+        let twin = Checkpoint::open(fixtures().join("twin").join(format!("{name}.safetensors"))).unwrap();
+        let (mut a, mut b) = (ck.names(), twin.names());
+        a.sort();
+        b.sort();
+        assert_eq!(a, b, "{name}: names");
+        for n in a {
+            let (x, y) = (ck.tensor(n).unwrap(), twin.tensor(n).unwrap());
+            assert_eq!(x.shape, y.shape, "{name}: {n}");
+            assert_eq!(x.to_f64(), y.to_f64(), "{name}: {n}");
+        }
+        files += 1;
+    }
+    assert_eq!(files, 13);
+}
+
+/// Each BatchNorm is folded into the layer whose output it normalises (as
+/// the model's own graph says, `norm_pairs.json`), through residual
+/// branches and depthwise convs, by names where they pair and by order
+/// otherwise, with a note saying so.
+#[test]
+fn norms_fold_into_the_layer_they_follow() {
+    let pairs: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("norm_pairs.json")).unwrap()).unwrap();
+    for (file, norms) in pairs.as_object().unwrap() {
+        let o = Command::new(env!("CARGO_BIN_EXE_cntscope"))
+            .args(["inspect", fixtures().join("good").join(file).to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{file}: {}", String::from_utf8_lossy(&o.stderr));
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        for (bn, layer) in norms.as_object().unwrap() {
+            let layer = layer.as_str().unwrap();
+            let line = stdout
+                .lines()
+                .find(|l| l.starts_with("  L") && l.split_whitespace().nth(1) == Some(layer))
+                .unwrap_or_else(|| panic!("{file}: no layer {layer}:\n{stdout}"));
+            assert!(line.contains(&format!("folded batchnorm {bn} ")), "{file}: {bn} not in {line}");
+        }
+        let by_order = String::from_utf8_lossy(&o.stderr).contains("BatchNorms placed by their order");
+        assert_eq!(by_order, !file.starts_with("branchy_named"), "{file}: the note on pairing by order");
+    }
 }
 
 #[test]
@@ -80,16 +129,17 @@ fn tensors_come_named_and_in_the_models_order() {
     legacy.extend(bn.iter().map(|v| format!("batch_normalization/{v}")));
     legacy.extend(["dense/kernel".into(), "dense/bias".into()]);
     assert_eq!(names("cnn.h5"), legacy);
-    let keras3: Vec<String> = legacy.iter().map(|n| n.replace("c1/", "conv2d/")).collect();
-    assert_eq!(names("cnn.weights.h5"), keras3);
-    assert_eq!(names("cnn.keras"), keras3);
+    assert_eq!(names("cnn.weights.h5"), legacy);
+    assert_eq!(names("cnn.keras"), legacy);
     // dense_1 .. dense_20, whose names sort as dense_1, dense_10, dense_11, ...
     let deep = names("deep.h5");
     assert_eq!(deep.len(), 40);
     let layers: Vec<usize> =
         deep.iter().step_by(2).map(|n| n["dense_".len()..n.find('/').unwrap()].parse().unwrap()).collect();
     assert!(layers.windows(2).all(|w| w[1] == w[0] + 1), "{deep:?}");
-    assert_eq!(names("nested.keras")[..2], ["sequential/dense/kernel", "sequential/dense/bias"]);
+    let nested = names("nested.keras");
+    assert!(nested[0].starts_with("sequential") && nested[0].ends_with("/kernel"), "{nested:?}");
+    assert_eq!(nested[0].split('/').count(), 3, "{nested:?}");
     assert!(names("tfkeras2.h5").iter().all(|n| !n.ends_with(":0")));
 }
 
