@@ -254,9 +254,17 @@ impl Decoder<'_> {
     /// unscaled f64 tensor, the values in place).
     fn block<'b>(&'b self, at: usize, out: &'b mut [f64]) -> &'b [f64] {
         let n = out.len();
-        match (self.weight.as_f32(), self.weight.as_f64()) {
-            (_, Some(xs)) if self.scale.is_none() => return &xs[at..at + n],
-            (Some(xs), _) => {
+        match (self.weight.as_f32(), self.weight.as_f64(), self.scale) {
+            (_, Some(xs), None) => return &xs[at..at + n],
+            // Keras layout, folded: decoded and scaled in one pass.
+            (Some(xs), _, Some(a)) if self.layout == Layout::Keras => {
+                debug_assert_eq!(at % a.len(), 0);
+                for (run, x) in out.chunks_mut(a.len()).zip(xs[at..at + n].chunks(a.len())) {
+                    run.iter_mut().zip(x).zip(a).for_each(|((v, &x), &f)| *v = f64::from(x) * f);
+                }
+                return out;
+            }
+            (Some(xs), ..) => {
                 for (b, &x) in out.iter_mut().zip(&xs[at..at + n]) {
                     *b = f64::from(x);
                 }
@@ -408,6 +416,9 @@ impl CpuEngine {
                 let rows = |start: usize, end: usize| torch_rows(xs, d.scale, conv, start / per, end / per, shift);
                 self.split(len, per, rows, merge)
             }
+            // Keras layout: each (tap, input channel)'s `cout` values are
+            // one run.
+            (Layout::Keras, _) => self.split(len, run, |start, end| keras_runs(d, conv, start / run, end / run), merge),
             _ => self.split(len, run, |start, end| kernel_sums(d, conv, start, end), merge),
         };
         let m = sums.moments;
@@ -503,6 +514,45 @@ fn torch_rows(xs: &[f32], scale: Option<&[f64]>, conv: &Conv, o0: usize, o1: usi
     out
 }
 
+/// One pass over runs `r0..r1` of a conv's weights in keras layout (`[kh,
+/// kw, cin_g, cout]`: run `t * cin_g + ci` holds the `cout` values of tap
+/// `t` and input channel `ci`), a block of runs decoded (and scaled by a
+/// folded BatchNorm) at a time: K is summed tap-major, so each run adds to
+/// one contiguous row of it (turned output-major at the end), and each
+/// group's part of a run sums to its cell of Q.
+fn keras_runs(d: &Decoder<'_>, conv: &Conv, r0: usize, r1: usize) -> KernelSums {
+    let &Conv { cout, cin_g, kh, kw, geometry: g, .. } = conv;
+    let (taps, cout_g) = (kh * kw, cout / g.groups);
+    let mut by_tap = written_zeros(taps * cout);
+    let mut out = KernelSums::zeros(conv);
+    let runs_per_block = (CHUNK / cout).max(1);
+    let mut buf = vec![0.0; runs_per_block.min(r1 - r0) * cout];
+    for b0 in (r0..r1).step_by(runs_per_block) {
+        let b1 = (b0 + runs_per_block).min(r1);
+        let block = d.block(b0 * cout, &mut buf[..(b1 - b0) * cout]);
+        out.moments.merge(&Moments::from_slice(block));
+        for (r, run) in block.chunks_exact(cout).enumerate() {
+            let (t, ci) = ((b0 + r) / cin_g, (b0 + r) % cin_g);
+            by_tap[t * cout..][..cout].iter_mut().zip(run).for_each(|(k, v)| *k += v);
+            if cout_g == 1 {
+                for (group, &v) in run.iter().enumerate() {
+                    out.q_out[(group * cin_g + ci) * taps + t] += v;
+                }
+            } else {
+                for (group, part) in run.chunks_exact(cout_g).enumerate() {
+                    out.q_out[(group * cin_g + ci) * taps + t] += stats::sum(part);
+                }
+            }
+        }
+    }
+    for (t, row) in by_tap.chunks_exact(cout).enumerate() {
+        for (o, &k) in row.iter().enumerate() {
+            out.k_in[o * taps + t] = k;
+        }
+    }
+    out
+}
+
 /// Adds to `k[t]` the sum of a torch-layout row's values of tap `t`
 /// (`row[c * taps + t]`, `taps = k.len()`). Blocks of `8 x taps` values
 /// start on tap 0, so they add to `block_sums` element by element (eight
@@ -534,45 +584,28 @@ fn tap_sums(row: &[f32], k: &mut [f64], block_sums: &mut [f64]) {
     }
 }
 
-/// One pass over weights `start..end` (whole runs) in storage order, a
-/// block of decoded values at a time: each value goes to its K and Q cells
-/// and the moments.
+/// One pass over weights `start..end` (whole runs) of a conv in torch
+/// layout that is not f32 read in place ([`torch_rows`] is), a block of
+/// decoded values at a time: each run of `taps` values shares its output
+/// and input channel, and goes to their K and Q cells and the moments.
 fn kernel_sums(d: &Decoder<'_>, conv: &Conv, start: usize, end: usize) -> KernelSums {
     let &Conv { cout, cin_g, kh, kw, geometry: g, .. } = conv;
     let cout_g = cout / g.groups;
     let taps = kh * kw;
     let mut out = KernelSums::zeros(conv);
     let (k_in, q_out) = (&mut out.k_in, &mut out.q_out);
-    let run = if d.layout == Layout::Torch { taps } else { cout };
-    let block_len = (CHUNK / run).max(1) * run;
+    let block_len = (CHUNK / taps).max(1) * taps;
     let mut buf = vec![0.0; block_len.min(end - start)];
     for at in (start..end).step_by(block_len) {
         let block = d.block(at, &mut buf[..block_len.min(end - at)]);
         out.moments.merge(&Moments::from_slice(block));
-        match d.layout {
-            // [cout, cin_g, kh, kw]: runs of `taps` values share (o, ci).
-            Layout::Torch => {
-                for (r, run) in block.chunks_exact(taps).enumerate() {
-                    let row = (at / taps) + r;
-                    let (o, ci) = (row / cin_g, row % cin_g);
-                    let c = (o / cout_g) * cin_g + ci;
-                    for ((k, q), &v) in k_in[o * taps..][..taps].iter_mut().zip(&mut q_out[c * taps..][..taps]).zip(run)
-                    {
-                        *k += v;
-                        *q += v;
-                    }
-                }
-            }
-            // [kh, kw, cin_g, cout]: runs of `cout` values share (tap, ci).
-            Layout::Keras => {
-                for (r, run) in block.chunks_exact(cout).enumerate() {
-                    let row = (at / cout) + r;
-                    let (t, ci) = (row / cin_g, row % cin_g);
-                    for (o, &v) in run.iter().enumerate() {
-                        k_in[o * taps + t] += v;
-                        q_out[((o / cout_g) * cin_g + ci) * taps + t] += v;
-                    }
-                }
+        for (r, run) in block.chunks_exact(taps).enumerate() {
+            let row = (at / taps) + r;
+            let (o, ci) = (row / cin_g, row % cin_g);
+            let c = (o / cout_g) * cin_g + ci;
+            for ((k, q), &v) in k_in[o * taps..][..taps].iter_mut().zip(&mut q_out[c * taps..][..taps]).zip(run) {
+                *k += v;
+                *q += v;
             }
         }
     }

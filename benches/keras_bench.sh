@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The Keras-format benchmark of BENCHMARKS.md: keras.applications' ResNet50
+# and MobileNetV2 (random weights) saved by Keras as `.keras`,
+# `.weights.h5` and the legacy `.h5`, and 500 small dense networks as
+# `.weights.h5`, scanned by cntscope (no spec: discovery) against the same
+# weights as safetensors, against `cat` of the files (the read floor), and
+# against h5py reading every dataset into numpy (reading only, no
+# measure), in one run, best of 5.
+#
+#   pip install keras torch h5py safetensors      # benchmark machine only
+#   KERAS_BACKEND=torch bash benches/keras_bench.sh [DIR] [PYTHON]   # DIR: /tmp/cntscope-keras
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dir="${1:-/tmp/cntscope-keras}"
+py="${2:-python3}"
+mkdir -p "$dir"
+cargo build --release --quiet
+bin=target/release/cntscope
+"$py" - "$dir" <<'PY' 2>/dev/null
+import os, sys
+import keras, numpy as np
+from safetensors.numpy import save_file
+sys.path.insert(0, "tests/fixtures/keras")
+from make_fixtures import names
+base = sys.argv[1]
+rng = np.random.default_rng(0)
+def randomise(m):
+    m.set_weights([rng.uniform(0.2, 2, w.shape).astype(np.float32) if "variance" in v.path
+                   else rng.normal(0, 0.05, w.shape).astype(np.float32) for w, v in zip(m.get_weights(), m.weights)])
+for name, make in [("resnet50", keras.applications.ResNet50), ("mobilenet_v2", keras.applications.MobileNetV2)]:
+    if os.path.exists(f"{base}/{name}.safetensors"):
+        continue
+    m = make(weights=None)
+    randomise(m)
+    m.save(f"{base}/{name}.keras"); m.save_weights(f"{base}/{name}.weights.h5"); m.save(f"{base}/{name}.h5")
+    save_file(names(m), f"{base}/{name}.safetensors")
+small, twins = f"{base}/small-h5", f"{base}/small-st"
+if not os.path.exists(twins):
+    os.makedirs(small); os.makedirs(twins)
+    m = keras.Sequential([keras.Input((64,)), keras.layers.Dense(32), keras.layers.Dense(16), keras.layers.Dense(10)])
+    for i in range(500):
+        randomise(m)
+        m.save_weights(f"{small}/mlp-{i:03}.weights.h5")
+        save_file(names(m), f"{twins}/mlp-{i:03}.safetensors")
+PY
+best() { "$py" benches/best.py 5 "$dir" "$@"; }
+h5py_read='import sys, h5py
+def read(name, obj):
+    if isinstance(obj, h5py.Dataset): obj[()]
+for p in sys.argv[1:]:
+    with h5py.File(p) as f: f.visititems(read)'
+echo "| file | MB | read (cat) | h5py read | cntscope | cntscope safetensors | vs safetensors | vs read floor | vs h5py |"
+echo "|---|---|---|---|---|---|---|---|---|"
+row() {  # label, files to cat, files for h5py, cntscope's paths, safetensors paths
+    local label=$1 cat_files=$2 h5_files=$3 ck=$4 st=$5
+    cat $cat_files > /dev/null
+    mb=$(du -cm $cat_files | tail -1 | cut -f1)
+    t_read=$(best sh -c "cat $cat_files > /dev/null")
+    t_h5=$(best "$py" -c "$h5py_read" $h5_files)
+    t_ck=$(best "$bin" scan $ck --device cpu -o OUT)
+    t_st=$(best "$bin" scan $st --device cpu -o OUT)
+    "$py" -c "import sys; r,h,c,s=map(float,sys.argv[1:5]); print(f'| $label | $mb | {r:.4f} s | {h:.4f} s | {c:.4f} s | {s:.4f} s | {c/s:.2f}x | {c/r:.1f}x | {h/c:.1f}x faster |')" "$t_read" "$t_h5" "$t_ck" "$t_st"
+}
+for name in resnet50 mobilenet_v2; do
+    for ext in weights.h5 h5; do
+        f="$dir/$name.$ext"
+        row "$name.$ext" "$f" "$f" "$f" "$dir/$name.safetensors"
+    done
+    f="$dir/$name.keras"
+    # h5py reads the archive's weights from a copy extracted once (not timed).
+    "$py" -c "import zipfile,sys; open(sys.argv[2],'wb').write(zipfile.ZipFile(sys.argv[1]).read('model.weights.h5'))" "$f" "$dir/$name.keras.h5"
+    row "$name.keras" "$f" "$dir/$name.keras.h5" "$f" "$dir/$name.safetensors"
+done
+row "500 small .weights.h5" "$dir/small-h5/*" "$dir/small-h5/*" "$dir/small-h5" "$dir/small-st"
