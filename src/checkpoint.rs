@@ -180,6 +180,9 @@ pub struct Checkpoint {
     keyed: bool,
     /// The wrappers' prefix taken off every name ([`WRAPPERS`]), or "".
     wrapper: String,
+    /// The model's own description of its layers, where the file keeps one
+    /// (a Keras model's config, JSON).
+    model_config: Option<String>,
 }
 
 /// Prefixes a training wrapper puts before every name of the model's
@@ -301,7 +304,7 @@ impl Checkpoint {
         tensors: HashMap<String, Entry>,
         metadata: BTreeMap<String, String>,
     ) -> Self {
-        Checkpoint { path, shards, tensors, metadata, keyed: false, wrapper: String::new() }
+        Checkpoint { path, shards, tensors, metadata, keyed: false, wrapper: String::new(), model_config: None }
     }
 
     /// Opens a checkpoint, taking the weights under `key` (`--key`) when
@@ -419,7 +422,8 @@ impl Checkpoint {
     /// A Keras weight file's tensors, in place, in the order Keras wrote
     /// them.
     fn open_keras(path: &Path, bytes: Bytes) -> Result<Self> {
-        let weights = crate::keras::read(&bytes).map_err(|reason| Error::Keras { path: path.to_path_buf(), reason })?;
+        let file = crate::keras::read(&bytes).map_err(|reason| Error::Keras { path: path.to_path_buf(), reason })?;
+        let weights = file.weights;
         let order: Vec<String> = weights.iter().map(|w| w.name.clone()).collect();
         let found = weights
             .into_iter()
@@ -434,6 +438,7 @@ impl Checkpoint {
                 e.rank = rank;
             }
         }
+        ck.model_config = file.config;
         Ok(ck)
     }
 
@@ -624,6 +629,13 @@ impl Checkpoint {
     /// of a sharded checkpoint).
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The model's own description of its layers, where the file keeps
+    /// one: a Keras model's config (JSON), which [`crate::keras_graph`]
+    /// reads as a spec.
+    pub fn model_config(&self) -> Option<&str> {
+        self.model_config.as_deref()
     }
 
     /// The merged `__metadata__` string map.

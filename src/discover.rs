@@ -456,7 +456,8 @@ pub(crate) fn per_layer(
             Dims::Conv(o, ci, kh, kw) if e.transposed == Some(true) => {
                 // At channel level: the adjoint conv's links, reversed.
                 let groups = e.groups.unwrap_or(1);
-                let geometry = ConvGeometry { stride: [1, 1], padding: [0, 0], dilation: [1, 1], groups };
+                let geometry =
+                    ConvGeometry { stride: [1, 1], padding: [0, 0], padding_after: [0, 0], dilation: [1, 1], groups };
                 let adjoint = make_conv((o, ci, kh, kw), ci * groups, [1, 1], geometry, true)
                     .map_err(|r| graph(format!("layer `{name}`: {r}")))?;
                 channel_level.push(name.clone());
@@ -486,7 +487,13 @@ pub(crate) fn per_layer(
                     }
                     (None, _) => (ci, [1, 1], true),
                 };
-                let geometry = ConvGeometry { stride: [1, 1], padding: [0, 0], dilation: [1, 1], groups: ch / ci };
+                let geometry = ConvGeometry {
+                    stride: [1, 1],
+                    padding: [0, 0],
+                    padding_after: [0, 0],
+                    dilation: [1, 1],
+                    groups: ch / ci,
+                };
                 let conv = make_conv((o, ci, kh, kw), ch, hw, geometry, level)
                     .or_else(|_| make_conv((o, ci, kh, kw), ci, [1, 1], ConvGeometry { groups: 1, ..geometry }, true))
                     .map_err(|r| graph(format!("layer `{name}`: {r}")))?;

@@ -136,8 +136,12 @@ impl fmt::Display for NodeShape {
 pub struct ConvGeometry {
     /// `[sh, sw]`.
     pub stride: [usize; 2],
-    /// `[ph, pw]`.
+    /// `[ph, pw]`: zero padding before the input (top, left).
     pub padding: [usize; 2],
+    /// Zero padding after it (bottom, right): `padding` but for
+    /// TensorFlow's `"same"`, whose odd cell goes after. A padded cell has
+    /// no link: taps that land there are left out, before or after.
+    pub padding_after: [usize; 2],
     /// `[dh, dw]`.
     pub dilation: [usize; 2],
     /// Channel groups.
@@ -168,11 +172,12 @@ pub struct Conv {
 }
 
 impl Conv {
-    /// Output size along one axis: `floor((n + 2p - d(k-1) - 1) / s) + 1`,
+    /// Output size along one axis: `floor((n + before + after - d(k-1) - 1)
+    /// / s) + 1`,
     /// or `None` when the dilated kernel does not fit.
-    pub fn out_len(n: usize, k: usize, s: usize, p: usize, d: usize) -> Option<usize> {
+    pub fn out_len(n: usize, k: usize, s: usize, [before, after]: [usize; 2], d: usize) -> Option<usize> {
         let span = d.checked_mul(k.checked_sub(1)?)?.checked_add(1)?;
-        let padded = n.checked_add(p.checked_mul(2)?)?;
+        let padded = n.checked_add(before)?.checked_add(after)?;
         padded.checked_sub(span).map(|r| r / s + 1)
     }
 
@@ -714,7 +719,49 @@ impl Network {
     /// Builds the graph of a checkpoint from the spec (when given) or by
     /// discovery from tensor names.
     pub fn build(ck: &Checkpoint, opts: &GraphOptions) -> Result<Network> {
-        let spec = opts.spec.as_ref();
+        // A Keras file that keeps its model's config is read as the spec
+        // the config describes; where it cannot be, discovery says why.
+        let from_config = match (&opts.spec, ck.model_config()) {
+            (None, Some(config)) => Some(crate::keras_graph::spec(config, ck.path())),
+            _ => None,
+        };
+        let config_spec = from_config.as_ref().and_then(|s| s.as_ref().ok());
+        match Self::build_with(ck, opts, config_spec) {
+            Ok(mut net) if config_spec.is_some() => {
+                net.notes.insert(
+                    0,
+                    "graph from the Keras model config the file keeps (its layers, their arguments and connections)"
+                        .into(),
+                );
+                Ok(net)
+            }
+            Err(e @ Error::Graph { .. }) if config_spec.is_some() => {
+                let why = e.to_string();
+                Self::build_with(ck, opts, None).map(|net| net.with_config_note(&why))
+            }
+            Err(e @ Error::Spec { .. }) if config_spec.is_some() => {
+                let why = e.to_string();
+                Self::build_with(ck, opts, None).map(|net| net.with_config_note(&why))
+            }
+            built => match from_config {
+                Some(Err(why)) => built.map(|net| net.with_config_note(&why)),
+                _ => built,
+            },
+        }
+    }
+
+    /// A note, first, that the file's Keras model config could not be read
+    /// as a graph, and why.
+    fn with_config_note(mut self, why: &str) -> Self {
+        self.notes
+            .insert(0, format!("the Keras model config the file keeps was not read as a graph ({why}): give a spec"));
+        self
+    }
+
+    /// [`Network::build`] with `config` (a spec from the file's model
+    /// config) in place of a spec the options lack.
+    fn build_with(ck: &Checkpoint, opts: &GraphOptions, config: Option<&Spec>) -> Result<Network> {
+        let spec = opts.spec.as_ref().or(config);
         let layout = opts.layout.or(spec.and_then(|s| s.layout)).unwrap_or_else(|| discover::detect_layout(ck));
         let bias = opts.bias.unwrap_or(true) && spec.and_then(|s| s.bias).unwrap_or(true);
         let bn = opts.bn.or(spec.and_then(|s| s.bn)).unwrap_or_default();
@@ -1495,7 +1542,8 @@ impl<'a> Builder<'a> {
             if input.channels() != i {
                 return Err(self.err(format!("takes {i} channels per pixel but its input has {}", input.channels())));
             }
-            let geometry = ConvGeometry { stride: [1, 1], padding: [0, 0], dilation: [1, 1], groups: 1 };
+            let geometry =
+                ConvGeometry { stride: [1, 1], padding: [0, 0], padding_after: [0, 0], dilation: [1, 1], groups: 1 };
             return make_conv((o, i, 1, 1), i, [h, w], geometry, false).map_err(|r| self.err(r)).map(LayerKind::Conv);
         }
         match dims {
@@ -1522,9 +1570,11 @@ impl<'a> Builder<'a> {
                         )
                     }
                 };
+                let padding = e.padding.map_or([0, 0], |p| p.hw());
                 let geometry = ConvGeometry {
                     stride: e.stride.map_or([1, 1], |p| p.hw()),
-                    padding: e.padding.map_or([0, 0], |p| p.hw()),
+                    padding,
+                    padding_after: e.padding_after.map_or(padding, |p| p.hw()),
                     dilation: e.dilation.map_or([1, 1], |p| p.hw()),
                     groups: match e.groups {
                         Some(g) => g,
@@ -1552,9 +1602,11 @@ impl<'a> Builder<'a> {
         if c != cin || cin % groups != 0 {
             return Err(self.err(format!("takes {cin} channels in {groups} groups but its input has {c}")));
         }
+        let padding = e.padding.map_or([0, 0], |p| p.hw());
         let geometry = ConvGeometry {
             stride: e.stride.map_or([1, 1], |p| p.hw()),
-            padding: e.padding.map_or([0, 0], |p| p.hw()),
+            padding,
+            padding_after: padding,
             dilation: e.dilation.map_or([1, 1], |p| p.hw()),
             groups,
         };
@@ -1683,9 +1735,10 @@ pub(crate) fn make_conv(
     }
     let [sh, sw] = geometry.stride;
     let [ph, pw] = geometry.padding;
+    let [pb, pr] = geometry.padding_after;
     let [dh, dw] = geometry.dilation;
-    let ho = Conv::out_len(h, kh, sh, ph, dh);
-    let wo = Conv::out_len(w, kw, sw, pw, dw);
+    let ho = Conv::out_len(h, kh, sh, [ph, pb], dh);
+    let wo = Conv::out_len(w, kw, sw, [pw, pr], dw);
     let (Some(ho), Some(wo)) = (ho, wo) else {
         return Err(format!(
             "the {kh}x{kw} kernel (dilation {dh}x{dw}, padding {ph}x{pw}) does not fit the {h}x{w} input"

@@ -41,19 +41,37 @@ pub(crate) fn is_keras_zip(bytes: &[u8]) -> bool {
     crate::zip::is_zip(bytes) && crate::zip::entries(bytes).is_ok_and(|e| e.iter().any(|e| e.name == WEIGHTS_ENTRY))
 }
 
-/// The weights of a Keras HDF5 file, or of a `.keras` archive, in the order
-/// they were written.
-pub(crate) fn read(bytes: &[u8]) -> Result<Vec<Weight>, String> {
+/// A Keras file's weights, in the order they were written, and the model's
+/// config where the file keeps one (a legacy `.h5`'s `model_config`, a
+/// `.keras` archive's `config.json`; a `.weights.h5` has none).
+pub(crate) struct KerasFile {
+    pub(crate) weights: Vec<Weight>,
+    pub(crate) config: Option<String>,
+}
+
+/// The entry of a `.keras` archive that holds the model's config.
+const CONFIG_ENTRY: &str = "config.json";
+
+/// Reads a Keras HDF5 file or `.keras` archive.
+pub(crate) fn read(bytes: &[u8]) -> Result<KerasFile, String> {
     if hdf5::is_hdf5(bytes) {
-        return weights(bytes, 0);
+        let config = hdf5::string_attribute(bytes, "", "model_config")?.and_then(|v| v.into_iter().next());
+        return Ok(KerasFile { weights: weights(bytes, 0)?, config });
     }
     let entries = crate::zip::entries(bytes)?;
-    let entry = entries.iter().find(|e| e.name == WEIGHTS_ENTRY).ok_or("no `model.weights.h5` in the archive")?;
-    if entry.method != 0 {
-        return Err(format!("`{WEIGHTS_ENTRY}` is compressed (method {}): nothing is inflated", entry.method));
-    }
-    let h5 = entry.start.checked_add(entry.len).and_then(|end| bytes.get(entry.start..end)).ok_or("truncated")?;
-    weights(h5, entry.start).map_err(|e| format!("{WEIGHTS_ENTRY}: {e}"))
+    // A stored entry's start in the archive and its bytes.
+    let stored = |name: &str| -> Result<Option<(usize, &[u8])>, String> {
+        let Some(entry) = entries.iter().find(|e| e.name == name) else { return Ok(None) };
+        if entry.method != 0 {
+            return Err(format!("`{name}` is compressed (method {}): nothing is inflated", entry.method));
+        }
+        let end = entry.start.checked_add(entry.len).ok_or("truncated")?;
+        bytes.get(entry.start..end).map(|b| Some((entry.start, b))).ok_or_else(|| format!("`{name}` truncated"))
+    };
+    let (start, h5) = stored(WEIGHTS_ENTRY)?.ok_or("no `model.weights.h5` in the archive")?;
+    let weights = weights(h5, start).map_err(|e| format!("{WEIGHTS_ENTRY}: {e}"))?;
+    let config = stored(CONFIG_ENTRY)?.map(|(_, c)| String::from_utf8_lossy(c).into_owned());
+    Ok(KerasFile { weights, config })
 }
 
 /// The datasets of HDF5 file `h5` named as weights, in the model's order,

@@ -22,6 +22,7 @@ pub mod flat;
 pub mod graph;
 pub mod hdf5;
 pub mod keras;
+pub mod keras_graph;
 pub mod layouts;
 pub mod manifest;
 pub mod natsort;

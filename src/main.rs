@@ -438,8 +438,12 @@ fn inspect(ck: &Checkpoint, net: &Network, out: &mut impl Write) -> anyhow::Resu
             ),
             LayerKind::Conv(c) | LayerKind::ConvTranspose(c) => {
                 let g = c.geometry;
+                let after = match g.padding_after {
+                    p if p == g.padding => String::new(),
+                    [b, r] => format!(" ({b}x{r} after)"),
+                };
                 format!(
-                    "{} {}x{} stride {}x{} padding {}x{} dilation {}x{} groups {}",
+                    "{} {}x{} stride {}x{} padding {}x{}{after} dilation {}x{} groups {}",
                     l.kind.name(),
                     c.kh,
                     c.kw,

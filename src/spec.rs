@@ -172,6 +172,10 @@ pub struct LayerSpec {
     pub stride: Option<Pair>,
     /// Convolution or pool zero padding (default 0).
     pub padding: Option<Pair>,
+    /// Convolution zero padding after the input (`[bottom, right]`) where
+    /// it differs from `padding` before it: TensorFlow's and Keras'
+    /// `padding="same"`, whose odd cell goes after (default `padding`).
+    pub padding_after: Option<Pair>,
     /// Convolution dilation (default 1).
     pub dilation: Option<Pair>,
     /// Convolution groups (default 1).
@@ -414,6 +418,7 @@ impl Spec {
                 ("scale", l.scale.is_some()),
                 ("groups", l.groups.is_some()),
                 ("dilation", l.dilation.is_some()),
+                ("padding_after", l.padding_after.is_some()),
             ];
             let strided = [("stride", l.stride.is_some()), ("padding", l.padding.is_some())];
             let pooling = [
@@ -430,6 +435,7 @@ impl Spec {
                 EntryKind::Weighted => (
                     vec![
                         ("output_padding", l.output_padding.is_some() && l.transposed != Some(true)),
+                        ("padding_after", l.padding_after.is_some() && l.transposed == Some(true)),
                         ("per_pixel", l.per_pixel == Some(true) && l.transposed == Some(true)),
                         ("output", l.output.is_some()),
                     ],
@@ -470,7 +476,12 @@ impl Spec {
                 return Err(entry(format!("`{key}` does not apply to this kind of entry")));
             }
             if l.per_pixel == Some(true) {
-                let geometry = [("stride", l.stride), ("padding", l.padding), ("dilation", l.dilation)];
+                let geometry = [
+                    ("stride", l.stride),
+                    ("padding", l.padding),
+                    ("padding_after", l.padding_after),
+                    ("dilation", l.dilation),
+                ];
                 if let Some((key, _)) = geometry.iter().find(|(_, p)| p.is_some()) {
                     return Err(entry(format!("`{key}` does not apply to a `per_pixel` entry (a 1x1 conv)")));
                 }

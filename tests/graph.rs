@@ -91,6 +91,9 @@ struct E {
     /// Reads its input depth to space (`pixel_shuffle = r`, r > 0) or space
     /// to depth (`pixel_unshuffle = -r`).
     shuffle: Option<i64>,
+    /// A conv's padding after its input (`padding_after`), when it differs
+    /// from the padding before.
+    pad_after: Option<[usize; 2]>,
 }
 
 fn e(name: &'static str, kind: K) -> E {
@@ -106,6 +109,7 @@ fn e(name: &'static str, kind: K) -> E {
         transposed: None,
         view: None,
         shuffle: None,
+        pad_after: None,
     }
 }
 
@@ -358,8 +362,9 @@ fn build(entries: &[E], input: S, layout: Layout, bn: BnMode, seed: u64) -> (Vec
                 let (cin_g, cout_g) = (cin / g, cout / g);
                 // A transposed conv spreads each input pixel over the output
                 // grid; its weight is [in, out/g, kh, kw] (keras [kh, kw, out/g, in]).
+                let after = en.pad_after.unwrap_or(*p);
                 let grid = |n: usize, a: usize| match en.transposed {
-                    None => (n + 2 * p[a] - d[a] * (k[a] - 1) - 1) / s[a] + 1,
+                    None => (n + p[a] + after[a] - d[a] * (k[a] - 1) - 1) / s[a] + 1,
                     Some(op) => (n - 1) * s[a] + d[a] * (k[a] - 1) + op[a] + 1 - 2 * p[a],
                 };
                 let (ho, wo) = (grid(sset.h, 0), grid(sset.w, 1));
@@ -394,6 +399,9 @@ fn build(entries: &[E], input: S, layout: Layout, bn: BnMode, seed: u64) -> (Vec
                 );
                 if let Some(op) = en.transposed {
                     entry += &format!("transposed = true\noutput_padding = [{}, {}]\n", op[0], op[1]);
+                }
+                if let Some([b, r]) = en.pad_after {
+                    entry += &format!("padding_after = [{b}, {r}]\n");
                 }
                 if *bias {
                     let bname = leak(format!("{}.bias", en.name));
@@ -1160,6 +1168,26 @@ fn pads() {
         e("fc", K::Dense { out: 2, bias: true, norm: false }),
     ];
     check_every_mode("pads", &entries, map(2, 9, 7));
+}
+
+/// TensorFlow's and Keras' `padding="same"`, whose odd cell of padding
+/// goes after the input (`padding_after`): a stride-2 conv, an even kernel,
+/// a dilated depthwise conv, a conv padded after only.
+#[test]
+fn same_paddings() {
+    let same = |name, cout, groups, k: [usize; 2], s: [usize; 2], p: [usize; 2], d: [usize; 2], after| E {
+        pad_after: Some(after),
+        ..e(name, K::Conv { cout, groups, k, s, p, d, bias: true, norm: true })
+    };
+    let entries = vec![
+        same("s2", 4, 1, [3, 3], [2, 2], [0, 0], [1, 1], [1, 0]),
+        same("even", 4, 1, [4, 2], [1, 1], [1, 0], [1, 1], [2, 1]),
+        same("dw", 4, 4, [3, 3], [2, 1], [1, 2], [1, 2], [2, 2]),
+        E { from: Some("s2"), ..same("after", 3, 1, [2, 3], [1, 2], [0, 0], [1, 1], [1, 2]) },
+        gap("gap"),
+        e("fc", K::Dense { out: 2, bias: true, norm: false }),
+    ];
+    check_every_mode("same paddings", &entries, map(2, 9, 7));
 }
 
 /// Views (`view`): ECA's channel attention reads the pooled channels

@@ -3,9 +3,13 @@
 //! HDF5 of `model.save("m.h5")`, and tf.keras 2's `save_weights` layout
 //! give exactly the tables of the same weights saved as safetensors, their
 //! tensors named as the keras layout names them and in the model's order
-//! (which HDF5's groups, sorted by name, do not keep); chunked, compressed
+//! (which HDF5's groups, sorted by name, do not keep); a model's graph is
+//! read from the config the file keeps, and both engines give the per-node
+//! strengths Keras itself computes (`expected/`); chunked, compressed
 //! and `libver="latest"` files and truncated ones are refused by name;
 //! random byte mutations never panic.
+
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,6 +17,7 @@ use std::process::Command;
 use cntscope::checkpoint::Checkpoint;
 use cntscope::engine::{AnalysisOptions, CpuEngine, Engine};
 use cntscope::graph::{GraphOptions, Network};
+use common::{assert_within, engines};
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/keras")
@@ -47,7 +52,9 @@ fn assert_same_as_twins(files: &[&str], extra: &[&str]) {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let o = scan(&twins, &twin, extra);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    for (table, last) in [("nodes.csv", "graph"), ("links.csv", "non_finite")] {
+    // (The `graph` column aside: a Keras file's graph may come from its
+    // model config, its twin's is discovered.)
+    for (table, last) in [("nodes.csv", "non_finite"), ("links.csv", "non_finite")] {
         let (a, b) = (measures(&good.join(table), last), measures(&twin.join(table), last));
         assert_eq!(a.len(), b.len(), "{table}: rows");
         assert!(a.len() >= 2 * files.len(), "{table}: every file measured");
@@ -64,6 +71,43 @@ fn keras_files_equal_their_safetensors_twins() {
     // Without a spec: a chain of 20 dense layers, and a Sequential nested
     // in a functional model.
     assert_same_as_twins(&["deep.h5", "deep.weights.h5", "nested.keras", "tfkeras2.h5"], &["--input", "1,8,8"]);
+}
+
+/// The graph read from each model's config: every node set's strengths
+/// are those Keras itself computed (conv of an all-ones input, autograd
+/// for the out-strengths; `make_fixtures.py`), on both engines, through
+/// "same" paddings with the odd cell after, depthwise convs, pools,
+/// concatenations and residual sums.
+#[test]
+fn strengths_from_the_models_config_match_keras() {
+    let engines = engines();
+    let mut files = 0;
+    for entry in std::fs::read_dir(fixtures().join("expected")).unwrap() {
+        let path = entry.unwrap().path();
+        let file = path.file_name().unwrap().to_str().unwrap().strip_suffix(".safetensors").unwrap().to_string();
+        let expected = Checkpoint::open(&path).unwrap();
+        let ck = Checkpoint::open(fixtures().join("good").join(&file)).unwrap();
+        let net = Network::build(&ck, &GraphOptions::default()).unwrap();
+        assert!(
+            net.notes.iter().any(|n| n.starts_with("graph from the Keras model config")),
+            "{file}: {:?}",
+            net.notes
+        );
+        assert_eq!(net.node_sets.len(), expected.names().len(), "{file}: node sets");
+        for engine in &engines {
+            let cpu = engine.name() == "cpu";
+            let a = engine.analyze(&net, &ck, &AnalysisOptions { keep_values: true, bins: 10 }).unwrap();
+            for set in &a.node_sets {
+                let want = expected.tensor(&format!("{}/strength", set.name)).unwrap().to_f64();
+                let got = &set.values.as_ref().unwrap().strength;
+                let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+                let tol = |_| if cpu { 1e-9 * scale } else { 1e-5 * scale };
+                assert_within(&format!("{file} {} {}", engine.name(), set.name), got, &want, tol);
+            }
+        }
+        files += 1;
+    }
+    assert_eq!(files, 6);
 }
 
 #[test]
@@ -85,7 +129,7 @@ fn every_tensor_equals_its_twin() {
         }
         files += 1;
     }
-    assert_eq!(files, 13);
+    assert_eq!(files, 16);
 }
 
 /// Each BatchNorm is folded into the layer whose output it normalises (as
@@ -111,8 +155,13 @@ fn norms_fold_into_the_layer_they_follow() {
                 .unwrap_or_else(|| panic!("{file}: no layer {layer}:\n{stdout}"));
             assert!(line.contains(&format!("folded batchnorm {bn} ")), "{file}: {bn} not in {line}");
         }
-        let by_order = String::from_utf8_lossy(&o.stderr).contains("BatchNorms placed by their order");
-        assert_eq!(by_order, !file.starts_with("branchy_named"), "{file}: the note on pairing by order");
+        // Where the file keeps its model's config, the graph is read from
+        // it; a `.weights.h5` keeps none, and discovery pairs them.
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        let from_config = stderr.contains("graph from the Keras model config");
+        assert_eq!(from_config, !file.ends_with(".weights.h5"), "{file}: {stderr}");
+        let by_order = stderr.contains("BatchNorms placed by their order");
+        assert_eq!(by_order, file == "branchy.weights.h5", "{file}: the note on pairing by order");
     }
 }
 

@@ -1,0 +1,521 @@
+//! A spec from a Keras model's own config, which `model.save` stores in the
+//! file (`config.json` of a `.keras` archive, the `model_config` attribute
+//! of a legacy `.h5`): the layers, their arguments and how they connect, so
+//! a Keras checkpoint is read as the graph it is, with no spec written and
+//! nothing assumed. The spec is written as spec text and read back with
+//! [`Spec::parse`], so it is checked as a user's spec is.
+//!
+//! Read: `InputLayer`, `Conv2D` and `DepthwiseConv2D` (channels last, any
+//! stride, dilation and groups, `padding="same"` as Keras computes it, its
+//! odd cell after the input: `padding_after`), `Dense` on a flat
+//! input, `BatchNormalization` (folded into the layer before it where that
+//! layer feeds it alone), `MaxPooling2D` and `AveragePooling2D` (valid, or
+//! same where it pads evenly), the global pools, `ZeroPadding2D`,
+//! `Flatten`, `Add`, `Concatenate` on channels, and activations and
+//! dropout (no entry). Any other layer, a layer called twice, a nested
+//! model or several inputs is an error naming it; the caller then falls
+//! back to discovery and says why. Each layer's output shape is checked
+//! against the shape Keras recorded for it where the config has one.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::spec::Spec;
+
+/// Layers with no weights that change no shape: no entry.
+const PASS_THROUGH: &[&str] = &[
+    "Activation",
+    "ReLU",
+    "LeakyReLU",
+    "ELU",
+    "PReLU",
+    "Softmax",
+    "Dropout",
+    "SpatialDropout1D",
+    "SpatialDropout2D",
+    "GaussianNoise",
+    "GaussianDropout",
+    "AlphaDropout",
+    "ActivityRegularization",
+    "Identity",
+];
+
+/// What a layer's output is: the spec name that refers to it and its shape.
+#[derive(Clone, Debug)]
+struct Out {
+    /// `input`, or an entry's name.
+    set: String,
+    shape: Shape,
+    /// The entry that wrote it, when this layer's output is only that
+    /// entry's (a pass-through keeps its input's).
+    entry: Option<usize>,
+    /// True when every layer from that entry to here feeds only the next.
+    alone: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Shape {
+    /// Channels, height, width.
+    Map(usize, usize, usize),
+    Flat(usize),
+}
+
+impl Shape {
+    /// As Keras writes it, without the batch axis (channels last).
+    fn keras(self) -> Vec<usize> {
+        match self {
+            Shape::Map(c, h, w) => vec![h, w, c],
+            Shape::Flat(n) => vec![n],
+        }
+    }
+
+    fn channels(self) -> usize {
+        match self {
+            Shape::Map(c, ..) => c,
+            Shape::Flat(n) => n,
+        }
+    }
+}
+
+/// One entry being written: its name, its other keys in order (values as
+/// spec text), and where it writes.
+#[derive(Default)]
+struct Entry {
+    name: String,
+    keys: Vec<(&'static str, String)>,
+    to: Option<(String, usize)>,
+    norm: Option<(String, f64)>,
+}
+
+impl Entry {
+    fn named(name: &str) -> Self {
+        Entry { name: name.to_string(), ..Entry::default() }
+    }
+
+    /// A key whose value is written as it displays (numbers, arrays).
+    fn key(mut self, k: &'static str, v: impl std::fmt::Display) -> Self {
+        self.keys.push((k, v.to_string()));
+        self
+    }
+
+    /// A key whose value is a string.
+    fn text(self, k: &'static str, v: &str) -> Self {
+        self.key(k, quoted(v))
+    }
+}
+
+/// A string as spec text (JSON's escapes are TOML's).
+fn quoted(s: &str) -> String {
+    serde_json::to_string(s).expect("a string serialises")
+}
+
+/// The spec of the model a Keras config describes (`path` names it in
+/// errors), or why there is none.
+pub(crate) fn spec(config: &str, path: &Path) -> Result<Spec, String> {
+    let root: Value = serde_json::from_str(config).map_err(|e| format!("config is not JSON: {e}"))?;
+    let class = root.get("class_name").and_then(Value::as_str).unwrap_or("");
+    let cfg = root.get("config").ok_or("config without `config`")?;
+    let layers = cfg.get("layers").and_then(Value::as_array).ok_or("config without `layers`")?;
+    let sequential = class == "Sequential";
+    if !sequential && !matches!(class, "Functional" | "Model") {
+        return Err(format!("a model of class `{class}`"));
+    }
+    // Each layer's inputs, and how many layers (or outputs) read it.
+    let mut inputs: Vec<Vec<String>> = Vec::with_capacity(layers.len());
+    let mut previous: Option<String> = None;
+    for l in layers {
+        let name = layer_name(l)?;
+        let nodes = l.get("inbound_nodes").and_then(Value::as_array).filter(|n| !n.is_empty());
+        let refs = match nodes {
+            Some(n) if n.len() > 1 => return Err(format!("layer `{name}` is called {} times", n.len())),
+            Some(n) => {
+                let mut refs = Vec::new();
+                references(&n[0], &mut refs);
+                refs
+            }
+            None if sequential => previous.iter().cloned().collect(),
+            None => Vec::new(),
+        };
+        inputs.push(refs);
+        previous = Some(name.to_string());
+    }
+    let mut readers: HashMap<&str, usize> = HashMap::new();
+    for r in inputs.iter().flatten() {
+        *readers.entry(r.as_str()).or_default() += 1;
+    }
+    let mut g = Graph { entries: Vec::new(), outs: HashMap::new(), input: None };
+    for (l, refs) in layers.iter().zip(&inputs) {
+        let name = layer_name(l)?;
+        let class = l.get("class_name").and_then(Value::as_str).unwrap_or("");
+        let c = l.get("config").ok_or_else(|| format!("layer `{name}` without a config"))?;
+        let ins: Vec<Out> = refs
+            .iter()
+            .map(|r| g.outs.get(r).cloned().ok_or_else(|| format!("layer `{name}` reads `{r}`, not read before it")))
+            .collect::<Result<_, _>>()?;
+        let what = |reason: &str| format!("layer `{name}` ({class}): {reason}");
+        let one = || match &ins[..] {
+            [one] => Ok(one.clone()),
+            _ => Err(what(&format!("{} inputs, not 1", ins.len()))),
+        };
+        let alone_next = readers.get(name).copied().unwrap_or(0) <= 1;
+        let out = match class {
+            "InputLayer" => {
+                let shape = c.get("batch_shape").or(c.get("batch_input_shape")).and_then(Value::as_array);
+                let dims: Vec<usize> = shape
+                    .and_then(|s| s.iter().skip(1).map(|d| d.as_u64().map(|d| d as usize)).collect::<Option<Vec<_>>>())
+                    .ok_or_else(|| what("an input of unknown size"))?;
+                if g.input.is_some() {
+                    return Err(what("a second input"));
+                }
+                let shape = match dims[..] {
+                    [h, w, ch] => Shape::Map(ch, h, w),
+                    [n] => Shape::Flat(n),
+                    _ => return Err(what(&format!("an input of shape {dims:?}"))),
+                };
+                g.input = Some(shape);
+                Out { set: "input".into(), shape, entry: None, alone: false }
+            }
+            _ if PASS_THROUGH.contains(&class) => Out { alone: one()?.alone && alone_next, ..one()? },
+            "Flatten" => {
+                let i = one()?;
+                let n = i.shape.keras().iter().product();
+                Out { shape: Shape::Flat(n), alone: i.alone && alone_next, ..i }
+            }
+            "Conv2D" | "DepthwiseConv2D" => g.conv(name, class, c, one()?, alone_next).map_err(|e| what(&e))?,
+            "Dense" => {
+                let i = one()?;
+                let Shape::Flat(_) = i.shape else { return Err(what("a Dense on a feature map's last axis")) };
+                let units = uint(c, "units").ok_or_else(|| what("no `units`"))?;
+                let mut e = Entry::named(name).text("weight", &format!("{name}/kernel"));
+                if c.get("use_bias").and_then(Value::as_bool).unwrap_or(true) {
+                    e = e.text("bias", &format!("{name}/bias"));
+                }
+                g.push(e.text("from", &i.set), Shape::Flat(units), alone_next)
+            }
+            "BatchNormalization" => g.batch_norm(name, c, one()?, alone_next).map_err(|e| what(&e))?,
+            "MaxPooling2D" | "AveragePooling2D" | "GlobalAveragePooling2D" | "GlobalMaxPooling2D" => {
+                g.pool(name, class, c, one()?, alone_next).map_err(|e| what(&e))?
+            }
+            "ZeroPadding2D" => {
+                let i = one()?;
+                let Shape::Map(ch, h, w) = i.shape else { return Err(what("a flat input")) };
+                let p = c.get("padding").ok_or_else(|| what("no `padding`"))?;
+                let [[t, b], [l, r]] = pairs(p).ok_or_else(|| what("a padding not ((top, bottom), (left, right))"))?;
+                let e = Entry::named(name).text("from", &i.set).key("pad", format!("[{l}, {r}, {t}, {b}]"));
+                g.push(e, Shape::Map(ch, h + t + b, w + l + r), alone_next)
+            }
+            "Add" | "Concatenate" => g.merge(name, class, c, &ins, alone_next).map_err(|e| what(&e))?,
+            _ => return Err(what("a layer a spec cannot describe")),
+        };
+        g.outs.insert(name.to_string(), out);
+    }
+    // Keras' recorded input shapes against those computed.
+    for (l, refs) in layers.iter().zip(&inputs) {
+        let mut recorded = Vec::new();
+        match l.get("inbound_nodes").and_then(Value::as_array).and_then(|n| n.first()) {
+            Some(n) => recorded_shapes(n, &mut recorded),
+            // A Sequential's layers record the shape they were built for.
+            None => {
+                let shape = l.get("build_config").and_then(|b| b.get("input_shape")).and_then(Value::as_array);
+                recorded
+                    .extend(shape.map(|s| s.iter().skip(1).filter_map(|d| d.as_u64().map(|d| d as usize)).collect()));
+            }
+        }
+        for (r, shape) in refs.iter().zip(recorded) {
+            let computed = g.outs[r].shape.keras();
+            if shape != computed {
+                return Err(format!(
+                    "layer `{r}`: output shape {computed:?} computed, Keras recorded {shape:?} (channels last)"
+                ));
+            }
+        }
+    }
+    let input = g.input.ok_or("no InputLayer")?;
+    let mut text = format!(
+        "layout = \"keras\"\ninput = {:?}\n",
+        match input {
+            Shape::Map(c, h, w) => vec![c, h, w],
+            Shape::Flat(n) => vec![n],
+        }
+    );
+    for e in &g.entries {
+        let _ = writeln!(text, "\n[[layers]]\nname = {}", quoted(&e.name));
+        for (k, v) in &e.keys {
+            let _ = writeln!(text, "{k} = {v}");
+        }
+        if let Some((norm, eps)) = &e.norm {
+            let _ = writeln!(text, "norm = {}\neps = {eps:?}", quoted(norm));
+        }
+        if let Some((to, offset)) = &e.to {
+            let _ = writeln!(text, "to = {}\noffset = {offset}", quoted(to));
+        }
+    }
+    let at = std::path::PathBuf::from(format!("{}#keras-config", path.display()));
+    Spec::parse(&text, &at).map_err(|e| format!("the spec written from it: {e}"))
+}
+
+/// The entries written so far and every layer's output.
+struct Graph {
+    entries: Vec<Entry>,
+    outs: HashMap<String, Out>,
+    input: Option<Shape>,
+}
+
+impl Graph {
+    /// Adds an entry writing a new set of `shape`, named after the entry.
+    fn push(&mut self, e: Entry, shape: Shape, alone: bool) -> Out {
+        let set = e.name.clone();
+        self.entries.push(e);
+        Out { set, shape, entry: Some(self.entries.len() - 1), alone }
+    }
+
+    fn conv(&mut self, name: &str, class: &str, c: &Value, i: Out, alone: bool) -> Result<Out, String> {
+        if c.get("data_format").and_then(Value::as_str).is_some_and(|f| f != "channels_last") {
+            return Err("channels first".into());
+        }
+        let Shape::Map(ch, h, w) = i.shape else { return Err("a flat input".into()) };
+        let [kh, kw] = pair(c, "kernel_size").ok_or("no `kernel_size`")?;
+        let [sh, sw] = pair(c, "strides").unwrap_or([1, 1]);
+        let [dh, dw] = pair(c, "dilation_rate").unwrap_or([1, 1]);
+        let (cout, groups) = if class == "DepthwiseConv2D" {
+            (ch * uint(c, "depth_multiplier").unwrap_or(1), ch)
+        } else {
+            (uint(c, "filters").ok_or("no `filters`")?, uint(c, "groups").unwrap_or(1))
+        };
+        let same = padding_same(c)?;
+        let (ph, ho) = axis(h, kh, sh, dh, same).ok_or("a kernel larger than its input")?;
+        let (pw, wo) = axis(w, kw, sw, dw, same).ok_or("a kernel larger than its input")?;
+        let mut e = Entry::named(name)
+            .text("weight", &format!("{name}/kernel"))
+            .text("from", &i.set)
+            .key("stride", format!("[{sh}, {sw}]"))
+            .key("padding", format!("[{}, {}]", ph.0, pw.0))
+            .key("dilation", format!("[{dh}, {dw}]"))
+            .key("groups", groups);
+        if (ph.0, pw.0) != (ph.1, pw.1) {
+            // Keras' "same" puts the odd cell of padding after the input.
+            e = e.key("padding_after", format!("[{}, {}]", ph.1, pw.1));
+        }
+        if c.get("use_bias").and_then(Value::as_bool).unwrap_or(true) {
+            e = e.text("bias", &format!("{name}/bias"));
+        }
+        Ok(self.push(e, Shape::Map(cout, ho, wo), alone))
+    }
+
+    fn batch_norm(&mut self, name: &str, c: &Value, i: Out, alone: bool) -> Result<Out, String> {
+        let axis = c.get("axis").and_then(Value::as_i64).unwrap_or(-1);
+        let rank = i.shape.keras().len() as i64;
+        if axis != -1 && axis != rank {
+            return Err(format!("normalises axis {axis}, not the channels"));
+        }
+        if !(c.get("center").and_then(Value::as_bool).unwrap_or(true)
+            && c.get("scale").and_then(Value::as_bool).unwrap_or(true))
+        {
+            return Err("without its scale or shift (center or scale false)".into());
+        }
+        let eps = c.get("epsilon").and_then(Value::as_f64).unwrap_or(1e-3);
+        if let Some(j) = i.entry.filter(|&j| i.alone && self.entries[j].norm.is_none() && is_weighted(&self.entries[j]))
+        {
+            // Folded into the layer that feeds it alone.
+            self.entries[j].norm = Some((name.to_string(), eps));
+            return Ok(Out { alone: alone && i.alone, ..i });
+        }
+        let e = Entry { norm: Some((name.to_string(), eps)), ..Entry::named(name).text("from", &i.set) };
+        Ok(self.push(e, i.shape, alone))
+    }
+
+    fn pool(&mut self, name: &str, class: &str, c: &Value, i: Out, alone: bool) -> Result<Out, String> {
+        let Shape::Map(ch, h, w) = i.shape else { return Err("a flat input".into()) };
+        let flat = !c.get("keepdims").and_then(Value::as_bool).unwrap_or(false);
+        let e = Entry::named(name).text("from", &i.set);
+        match class {
+            "GlobalAveragePooling2D" => {
+                let shape = if flat { Shape::Flat(ch) } else { Shape::Map(ch, 1, 1) };
+                Ok(self.push(e.text("pool", "global_avg"), shape, alone))
+            }
+            "GlobalMaxPooling2D" => {
+                let shape = if flat { Shape::Flat(ch) } else { Shape::Map(ch, 1, 1) };
+                Ok(self.push(e.text("pool", "max").key("kernel", format!("[{h}, {w}]")), shape, alone))
+            }
+            _ => {
+                let [kh, kw] = pair(c, "pool_size").ok_or("no `pool_size`")?;
+                let [sh, sw] = pair(c, "strides").unwrap_or([kh, kw]);
+                let same = padding_same(c)?;
+                let (ph, ho) = axis(h, kh, sh, 1, same).ok_or("a window larger than its input")?;
+                let (pw, wo) = axis(w, kw, sw, 1, same).ok_or("a window larger than its input")?;
+                if ph.0 != ph.1 || pw.0 != pw.1 {
+                    return Err(
+                        "\"same\" padding with one cell more after than before, which a pool entry cannot say".into()
+                    );
+                }
+                let op = if class == "MaxPooling2D" { "max" } else { "avg" };
+                let mut e = e
+                    .text("pool", op)
+                    .key("kernel", format!("[{kh}, {kw}]"))
+                    .key("stride", format!("[{sh}, {sw}]"))
+                    .key("padding", format!("[{}, {}]", ph.0, pw.0));
+                if op == "avg" {
+                    // Keras averages over the cells inside the input.
+                    e = e.key("count_include_pad", false);
+                }
+                Ok(self.push(e, Shape::Map(ch, ho, wo), alone))
+            }
+        }
+    }
+
+    /// An `Add` or a `Concatenate` on channels: each input written into the
+    /// merge's set, by the entry that wrote it where that entry feeds only
+    /// the merge, else by an identity entry.
+    fn merge(&mut self, name: &str, class: &str, c: &Value, ins: &[Out], alone: bool) -> Result<Out, String> {
+        if ins.len() < 2 {
+            return Err(format!("{} inputs", ins.len()));
+        }
+        let concat = class == "Concatenate";
+        if concat {
+            let rank = ins[0].shape.keras().len() as i64;
+            let axis = c.get("axis").and_then(Value::as_i64).unwrap_or(-1);
+            if axis != -1 && axis != rank {
+                return Err(format!("joins axis {axis}, not the channels"));
+            }
+        }
+        let mut offset = 0;
+        for (k, i) in ins.iter().enumerate() {
+            let same = match (i.shape, ins[0].shape) {
+                (Shape::Map(_, h, w), Shape::Map(_, h0, w0)) => concat && (h, w) == (h0, w0),
+                (Shape::Flat(_), Shape::Flat(_)) => concat,
+                _ => false,
+            };
+            if i.shape != ins[0].shape && !same {
+                return Err(format!("inputs of shapes {:?} and {:?}", ins[0].shape.keras(), i.shape.keras()));
+            }
+            let writer = i.entry.filter(|&j| i.alone && self.entries[j].to.is_none());
+            // An input read twice by this merge is written by identities.
+            let twice = ins.iter().filter(|o| o.set == i.set).count() > 1;
+            match writer.filter(|_| !twice) {
+                Some(j) => self.entries[j].to = Some((name.to_string(), offset)),
+                None => {
+                    let e = Entry { to: Some((name.to_string(), offset)), ..Entry::named(&format!("{name}.{k}")) }
+                        .key("identity", true)
+                        .text("from", &i.set);
+                    self.entries.push(e);
+                }
+            }
+            if concat {
+                offset += i.shape.channels();
+            }
+        }
+        let shape = match ins[0].shape {
+            Shape::Map(_, h, w) if concat => Shape::Map(offset, h, w),
+            Shape::Flat(_) if concat => Shape::Flat(offset),
+            s => s,
+        };
+        Ok(Out { set: name.to_string(), shape, entry: None, alone })
+    }
+}
+
+/// True for an entry with a weight.
+fn is_weighted(e: &Entry) -> bool {
+    e.keys.iter().any(|(k, _)| *k == "weight")
+}
+
+fn layer_name(l: &Value) -> Result<&str, String> {
+    l.get("name")
+        .or_else(|| l.get("config").and_then(|c| c.get("name")))
+        .and_then(Value::as_str)
+        .ok_or_else(|| "a layer without a name".to_string())
+}
+
+fn uint(c: &Value, key: &str) -> Option<usize> {
+    c.get(key)?.as_u64().map(|v| v as usize)
+}
+
+/// A `[a, b]` (or a single number for both) argument.
+fn pair(c: &Value, key: &str) -> Option<[usize; 2]> {
+    match c.get(key)? {
+        Value::Array(a) if a.len() == 2 => Some([a[0].as_u64()? as usize, a[1].as_u64()? as usize]),
+        v => v.as_u64().map(|v| [v as usize; 2]),
+    }
+}
+
+/// `((top, bottom), (left, right))`, or a number or pair as Keras allows.
+fn pairs(v: &Value) -> Option<[[usize; 2]; 2]> {
+    let n = |v: &Value| v.as_u64().map(|v| v as usize);
+    match v {
+        Value::Array(a) if a.len() == 2 => match (&a[0], &a[1]) {
+            (Value::Array(x), Value::Array(y)) if x.len() == 2 && y.len() == 2 => {
+                Some([[n(&x[0])?, n(&x[1])?], [n(&y[0])?, n(&y[1])?]])
+            }
+            (x, y) => Some([[n(x)?; 2], [n(y)?; 2]]),
+        },
+        v => Some([[n(v)?; 2]; 2]),
+    }
+}
+
+/// True for `padding="same"`, false for `"valid"`.
+fn padding_same(c: &Value) -> Result<bool, String> {
+    match c.get("padding").and_then(Value::as_str).unwrap_or("valid") {
+        "valid" => Ok(false),
+        "same" => Ok(true),
+        p => Err(format!("padding \"{p}\"")),
+    }
+}
+
+/// Along one axis of `n` cells, a window of `k` taps `d` apart moved by
+/// `s`: the padding before and after (Keras' "same": the output
+/// `ceil(n / s)`, the odd cell after) and the output length.
+fn axis(n: usize, k: usize, s: usize, d: usize, same: bool) -> Option<((usize, usize), usize)> {
+    let span = (k - 1) * d + 1;
+    if !same {
+        return (n >= span).then(|| ((0, 0), (n - span) / s + 1));
+    }
+    let out = n.div_ceil(s);
+    let total = ((out - 1) * s + span).saturating_sub(n);
+    Some(((total / 2, total - total / 2), out))
+}
+
+/// The layers a node reads: Keras 3's `keras_history` of each tensor, or
+/// Keras 2's `[name, node, tensor, kwargs]` lists.
+fn references(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(o) => {
+            if let Some(name) = o.get("keras_history").and_then(|h| h.get(0)).and_then(Value::as_str) {
+                out.push(name.to_string());
+                return;
+            }
+            o.values().for_each(|v| references(v, out));
+        }
+        Value::Array(a) => {
+            if let [Value::String(name), Value::Number(_), Value::Number(_), ..] = &a[..] {
+                out.push(name.clone());
+                return;
+            }
+            a.iter().for_each(|v| references(v, out));
+        }
+        _ => {}
+    }
+}
+
+/// The shapes Keras 3 recorded for a node's input tensors (batch axis
+/// left out), in the order of [`references`].
+fn recorded_shapes(v: &Value, out: &mut Vec<Vec<usize>>) {
+    match v {
+        Value::Object(o) => {
+            if o.contains_key("keras_history") {
+                return;
+            }
+            if let (Some(_), Some(shape)) = (
+                o.get("config").and_then(|c| c.get("keras_history")),
+                o.get("config").and_then(|c| c.get("shape")).and_then(Value::as_array),
+            ) {
+                out.push(shape.iter().skip(1).filter_map(|d| d.as_u64().map(|d| d as usize)).collect());
+                return;
+            }
+            o.values().for_each(|v| recorded_shapes(v, out));
+        }
+        Value::Array(a) => a.iter().for_each(|v| recorded_shapes(v, out)),
+        _ => {}
+    }
+}
