@@ -2,8 +2,8 @@
 # The Keras-format benchmark of BENCHMARKS.md: keras.applications' ResNet50
 # and MobileNetV2 (random weights) saved by Keras as `.keras`,
 # `.weights.h5` and the legacy `.h5`, and 500 small dense networks as
-# `.weights.h5`, scanned by cntscope (no spec: discovery) against the same
-# weights as safetensors, against `cat` of the files (the read floor), and
+# `.weights.h5`, scanned by cntscope (each network's whole graph, read from
+# the `.keras` file's config) against the same weights as safetensors, against `cat` of the files (the read floor), and
 # against h5py reading every dataset into numpy (reading only, no
 # measure), in one run, best of 5.
 #
@@ -51,24 +51,29 @@ for p in sys.argv[1:]:
     with h5py.File(p) as f: f.visititems(read)'
 echo "| file | MB | read (cat) | h5py read | cntscope | cntscope safetensors | vs safetensors | vs read floor | vs h5py |"
 echo "|---|---|---|---|---|---|---|---|---|"
-row() {  # label, files to cat, files for h5py, cntscope's paths, safetensors paths
+# label, files to cat, files for h5py, cntscope's paths, safetensors paths,
+# then the options of both scans.
+row() {
     local label=$1 cat_files=$2 h5_files=$3 ck=$4 st=$5
+    shift 5
     cat $cat_files > /dev/null
     mb=$(du -cm $cat_files | tail -1 | cut -f1)
     t_read=$(best sh -c "cat $cat_files > /dev/null")
     t_h5=$(best "$py" -c "$h5py_read" $h5_files)
-    t_ck=$(best "$bin" scan $ck --device cpu -o OUT)
-    t_st=$(best "$bin" scan $st --device cpu -o OUT)
+    t_ck=$(best "$bin" scan $ck --device cpu -o OUT "$@")
+    t_st=$(best "$bin" scan $st --device cpu -o OUT "$@")
     "$py" -c "import sys; r,h,c,s=map(float,sys.argv[1:5]); print(f'| $label | $mb | {r:.4f} s | {h:.4f} s | {c:.4f} s | {s:.4f} s | {c/s:.2f}x | {c/r:.1f}x | {h/c:.1f}x faster |')" "$t_read" "$t_h5" "$t_ck" "$t_st"
 }
+# Every scan of a network measures the whole graph at 3x224x224: the
+# `.keras` and `.h5` files read it from the config they keep; the
+# `.weights.h5` and the safetensors twin are given the `.keras` as spec.
 for name in resnet50 mobilenet_v2; do
-    for ext in weights.h5 h5; do
-        f="$dir/$name.$ext"
-        row "$name.$ext" "$f" "$f" "$f" "$dir/$name.safetensors"
-    done
-    f="$dir/$name.keras"
+    keras="$dir/$name.keras"
     # h5py reads the archive's weights from a copy extracted once (not timed).
-    "$py" -c "import zipfile,sys; open(sys.argv[2],'wb').write(zipfile.ZipFile(sys.argv[1]).read('model.weights.h5'))" "$f" "$dir/$name.keras.h5"
-    row "$name.keras" "$f" "$dir/$name.keras.h5" "$f" "$dir/$name.safetensors"
+    "$py" -c "import zipfile,sys; open(sys.argv[2],'wb').write(zipfile.ZipFile(sys.argv[1]).read('model.weights.h5'))" "$keras" "$dir/$name.keras.h5"
+    row "$name.keras" "$keras" "$dir/$name.keras.h5" "$keras" "$dir/$name.safetensors" --spec "$keras"
+    row "$name.h5" "$dir/$name.h5" "$dir/$name.h5" "$dir/$name.h5" "$dir/$name.safetensors" --spec "$keras"
+    f="$dir/$name.weights.h5"
+    row "$name.weights.h5" "$f" "$f" "$f" "$dir/$name.safetensors" --spec "$keras"
 done
 row "500 small .weights.h5" "$dir/small-h5/*" "$dir/small-h5/*" "$dir/small-h5" "$dir/small-st"

@@ -55,8 +55,7 @@ const CONFIG_ENTRY: &str = "config.json";
 /// Reads a Keras HDF5 file or `.keras` archive.
 pub(crate) fn read(bytes: &[u8]) -> Result<KerasFile, String> {
     if hdf5::is_hdf5(bytes) {
-        let config = hdf5::string_attribute(bytes, "", "model_config")?.and_then(|v| v.into_iter().next());
-        return Ok(KerasFile { weights: weights(bytes, 0)?, config });
+        return Ok(KerasFile { weights: weights(bytes, 0)?, config: config(bytes)? });
     }
     let entries = crate::zip::entries(bytes)?;
     // A stored entry's start in the archive and its bytes.
@@ -70,8 +69,22 @@ pub(crate) fn read(bytes: &[u8]) -> Result<KerasFile, String> {
     };
     let (start, h5) = stored(WEIGHTS_ENTRY)?.ok_or("no `model.weights.h5` in the archive")?;
     let weights = weights(h5, start).map_err(|e| format!("{WEIGHTS_ENTRY}: {e}"))?;
-    let config = stored(CONFIG_ENTRY)?.map(|(_, c)| String::from_utf8_lossy(c).into_owned());
-    Ok(KerasFile { weights, config })
+    Ok(KerasFile { weights, config: config(bytes)? })
+}
+
+/// The model config a Keras HDF5 file or `.keras` archive keeps, if any.
+pub(crate) fn config(bytes: &[u8]) -> Result<Option<String>, String> {
+    if hdf5::is_hdf5(bytes) {
+        return Ok(hdf5::string_attribute(bytes, "", "model_config")?.and_then(|v| v.into_iter().next()));
+    }
+    let entries = crate::zip::entries(bytes)?;
+    let Some(entry) = entries.iter().find(|e| e.name == CONFIG_ENTRY) else { return Ok(None) };
+    if entry.method != 0 {
+        return Err(format!("`{CONFIG_ENTRY}` is compressed (method {}): nothing is inflated", entry.method));
+    }
+    let end = entry.start.checked_add(entry.len).ok_or("truncated")?;
+    let text = bytes.get(entry.start..end).ok_or_else(|| format!("`{CONFIG_ENTRY}` truncated"))?;
+    Ok(Some(String::from_utf8_lossy(text).into_owned()))
 }
 
 /// The datasets of HDF5 file `h5` named as weights, in the model's order,

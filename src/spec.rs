@@ -514,10 +514,20 @@ impl Spec {
         Ok(spec)
     }
 
-    /// Reads and parses a spec file.
+    /// Reads and parses a spec file, or reads the spec a Keras file's
+    /// model config describes (a `.keras` or legacy `.h5`, whose graph then
+    /// serves checkpoints that keep none, as `.weights.h5` files).
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::Spec { path: path.to_path_buf(), reason: e.to_string() })?;
+        let err = |reason: String| Error::Spec { path: path.to_path_buf(), reason };
+        let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+        if crate::hdf5::is_hdf5(&bytes) || crate::keras::is_keras_zip(&bytes) {
+            let config = crate::keras::config(&bytes).map_err(err)?.ok_or_else(|| {
+                err("a Keras file that keeps no model config (a .weights.h5): give a spec file, or the .keras file"
+                    .into())
+            })?;
+            return crate::keras_graph::spec(&config, path).map_err(|e| err(format!("its Keras model config: {e}")));
+        }
+        let text = String::from_utf8(bytes).map_err(|_| err("not UTF-8 text".into()))?;
         Self::parse(&text, path)
     }
 

@@ -284,3 +284,66 @@ fn binned_on_shared_edges_matches_reference() {
         assert!(w.values.is_some() && g.values.is_none());
     }
 }
+
+/// Keras-layout convs are read two ways on the CPU: f32 kernels copied
+/// into torch's order for the SIMD passes, other dtypes summed run by run
+/// in their own order. The same values (representable in f16) stored as
+/// F32, F16 and F64 give the same strengths, moments and histograms, with
+/// a BatchNorm folded, groups and a stride.
+#[test]
+fn keras_convs_read_alike_in_every_dtype() {
+    let spec = "input = [4, 9, 7]\nlayout = \"keras\"\n\
+                [[layers]]\nweight = \"a/kernel\"\nbias = \"a/bias\"\nnorm = \"bn\"\nstride = 2\npadding = 1\n\
+                [[layers]]\nweight = \"dw/kernel\"\ngroups = 6\npadding = [1, 0]\npadding_after = [1, 1]\n\
+                [[layers]]\nweight = \"b/kernel\"\ngroups = 2\n";
+    let dir = tempfile::tempdir().unwrap();
+    let spec_path = dir.path().join("net.toml");
+    std::fs::write(&spec_path, spec).unwrap();
+    let spec = cntscope::spec::Spec::load(&spec_path).unwrap();
+    let f16ish = |n: usize, seed: u64| -> Vec<f64> {
+        values(n, seed).into_iter().map(|v| half::f16::from_f64(v).to_f64()).collect()
+    };
+    let measured: Vec<_> = [DType::F32, DType::F16, DType::F64]
+        .into_iter()
+        .map(|dtype| {
+            let t = |name, shape: &[usize], seed| T {
+                name,
+                dtype,
+                shape: shape.to_vec(),
+                values: f16ish(shape.iter().product(), seed),
+            };
+            let var = T {
+                values: f16ish(6, 9).iter().map(|v| half::f16::from_f64(v.abs() + 0.5).to_f64()).collect(),
+                ..t("bn/moving_variance", &[6], 9)
+            };
+            let tensors = vec![
+                t("a/kernel", &[3, 3, 4, 6], 1),
+                t("a/bias", &[6], 2),
+                t("bn/gamma", &[6], 3),
+                t("bn/beta", &[6], 4),
+                t("bn/moving_mean", &[6], 5),
+                var,
+                t("dw/kernel", &[3, 3, 1, 6], 6),
+                t("b/kernel", &[1, 3, 3, 8], 7),
+            ];
+            let path = dir.path().join(format!("{dtype:?}.safetensors"));
+            write_st(&path, &tensors, &[]);
+            let ck = Checkpoint::open(&path).unwrap();
+            let net = Network::build(&ck, &GraphOptions { spec: Some(spec.clone()), ..Default::default() }).unwrap();
+            CpuEngine::default()
+                .analyze(&net, &ck, &cntscope::engine::AnalysisOptions { keep_values: true, bins: 20 })
+                .unwrap()
+        })
+        .collect();
+    let (f32s, others) = measured.split_first().unwrap();
+    for other in others {
+        for (a, b) in f32s.node_sets.iter().zip(&other.node_sets) {
+            let (x, y) = (&a.values.as_ref().unwrap().strength, &b.values.as_ref().unwrap().strength);
+            assert_close(&format!("{} strengths", a.name), x, y, 1e-12);
+        }
+        for (a, b) in f32s.layers.iter().zip(&other.layers) {
+            assert_close(&format!("{} weights", a.name), &summary(&a.weights)[..4], &summary(&b.weights)[..4], 1e-12);
+            assert_eq!(a.histogram.counts, b.histogram.counts, "{} histogram", a.name);
+        }
+    }
+}

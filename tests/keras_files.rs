@@ -110,6 +110,40 @@ fn strengths_from_the_models_config_match_keras() {
     assert_eq!(files, 6);
 }
 
+/// A `.keras` file given as the spec gives its graph to checkpoints that
+/// keep none (`.weights.h5`, the safetensors twin): the same tables as the
+/// `.keras` file read alone. A `.weights.h5` cannot serve as a spec.
+#[test]
+fn a_keras_file_is_the_spec_of_checkpoints_without_a_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = |f: &str| fixtures().join("good").join(f);
+    let spec = good("branchy.keras");
+    let spec = spec.to_str().unwrap();
+    let runs = [
+        (vec![good("branchy.keras")], vec![]),
+        (vec![good("branchy.weights.h5")], vec!["--spec", spec]),
+        (vec![fixtures().join("twin/branchy.keras.safetensors")], vec!["--spec", spec]),
+    ];
+    let mut tables = Vec::new();
+    for (i, (paths, extra)) in runs.iter().enumerate() {
+        let out = dir.path().join(i.to_string());
+        let o = scan(paths, &out, extra);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        tables.push((measures(&out.join("nodes.csv"), "graph"), measures(&out.join("links.csv"), "non_finite")));
+    }
+    assert!(tables[0].0.len() == 6 && tables[0].0.iter().all(|row| row.last().unwrap() == "spec"), "{:?}", tables[0]);
+    assert_eq!(tables[1], tables[0]);
+    assert_eq!(tables[2], tables[0]);
+    let out = dir.path().join("bad");
+    let o = scan(&[good("branchy.keras")], &out, &["--spec", good("branchy.weights.h5").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("keeps no model config"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
 #[test]
 fn every_tensor_equals_its_twin() {
     let mut files = 0;

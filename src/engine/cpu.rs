@@ -1,7 +1,7 @@
 //! The CPU reference engine: f64 accumulation, one pass over each weight
 //! tensor, conv strengths in time proportional to weights + nodes.
 
-use crate::checkpoint::Tensor;
+use crate::checkpoint::{DType, Tensor};
 use crate::error::Result;
 use crate::graph::{Conv, Layer, LayerKind};
 use crate::spec::Layout;
@@ -57,6 +57,13 @@ impl Engine for CpuEngine {
         bins: usize,
     ) -> Result<LayerMeasures> {
         let (mut s_in, s_out, weights, histogram) = match layer.kind {
+            // A keras-layout f32 kernel is read in torch's order, where each
+            // output channel's values are one row of the SIMD passes.
+            LayerKind::Conv(conv) if layout == Layout::Keras && weight.dtype == DType::F32 => {
+                let rows = keras_kernel_as_torch(weight, &conv);
+                let weight = &Tensor::f32_like(&rows, weight);
+                self.conv(Layout::Torch, &Decoder { weight, scale, layout: Layout::Torch, conv }, &conv, bins)
+            }
             LayerKind::Conv(conv) => self.conv(layout, &Decoder { weight, scale, layout, conv }, &conv, bins),
             LayerKind::Dense { inputs, outputs, in_out } => {
                 // A folded BatchNorm (rare on dense layers): the scaled
@@ -510,6 +517,59 @@ fn torch_rows(xs: &[f32], scale: Option<&[f64]>, conv: &Conv, o0: usize, o1: usi
             k.iter_mut().for_each(|v| *v *= a);
         }
         out.moments.merge(&lanes.moments(((b1 - b0) * per) as u64));
+    }
+    out
+}
+
+/// A keras-layout f32 conv kernel (`[kh, kw, cin_g, cout]`) copied into
+/// torch's order (`[cout, cin_g, kh, kw]`), read from its bytes (which a
+/// `.keras` archive may hold unaligned). The `[kh kw cin_g, cout]` matrix
+/// is transposed through a small tile, so that each line of the source is
+/// read whole once and the copy's rows stay in the cache while written
+/// (rows of a power-of-two length would otherwise evict each other
+/// between reuses); row `t cin_g + ci` of the matrix is column `ci taps +
+/// t` of its output channel's row. A layer's worth of f32 is held while
+/// it is measured.
+fn keras_kernel_as_torch(weight: &Tensor<'_>, conv: &Conv) -> Vec<f32> {
+    const TILE: usize = 16;
+    let &Conv { cout, cin_g, kh, kw, .. } = conv;
+    let (taps, rows) = (kh * kw, kh * kw * cin_g);
+    let src = weight.bytes();
+    let column: Vec<usize> = (0..rows).map(|r| (r % cin_g) * taps + r / cin_g).collect();
+    let mut out = vec![0.0f32; rows * cout];
+    let mut tile = [[0.0f32; TILE]; TILE];
+    for o0 in (0..cout).step_by(TILE) {
+        let no = TILE.min(cout - o0);
+        for r0 in (0..rows).step_by(TILE) {
+            let nr = TILE.min(rows - r0);
+            for (i, t) in tile.iter_mut().enumerate().take(nr) {
+                let line = &src[((r0 + i) * cout + o0) * 4..][..no * 4];
+                match <&[u8; 4 * TILE]>::try_from(line) {
+                    // A whole line of a fixed length: no call to memcpy.
+                    Ok(whole) => {
+                        for (k, v) in t.iter_mut().enumerate() {
+                            *v = f32::from_le_bytes([
+                                whole[4 * k],
+                                whole[4 * k + 1],
+                                whole[4 * k + 2],
+                                whole[4 * k + 3],
+                            ]);
+                        }
+                    }
+                    Err(_) => {
+                        for (v, b) in t.iter_mut().zip(line.chunks_exact(4)) {
+                            *v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                        }
+                    }
+                }
+            }
+            for j in 0..no {
+                let row = &mut out[(o0 + j) * rows..][..rows];
+                for (i, &c) in column[r0..r0 + nr].iter().enumerate() {
+                    row[c] = tile[i][j];
+                }
+            }
+        }
     }
     out
 }
