@@ -518,16 +518,21 @@ impl Spec {
     /// model config describes (a `.keras` or legacy `.h5`, whose graph then
     /// serves checkpoints that keep none, as `.weights.h5` files).
     pub fn load(path: &Path) -> Result<Self> {
+        use std::io::Read;
         let err = |reason: String| Error::Spec { path: path.to_path_buf(), reason };
-        let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
-        if crate::hdf5::is_hdf5(&bytes) || crate::keras::is_keras_zip(&bytes) {
-            let config = crate::keras::config(&bytes).map_err(err)?.ok_or_else(|| {
-                err("a Keras file that keeps no model config (a .weights.h5): give a spec file, or the .keras file"
+        let mut head = Vec::with_capacity(8);
+        let file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
+        file.take(8).read_to_end(&mut head).map_err(|e| err(e.to_string()))?;
+        if crate::hdf5::is_hdf5(&head) || crate::zip::is_zip(&head) {
+            // A checkpoint, mapped (not read whole) for the config it keeps.
+            let ck = crate::checkpoint::Checkpoint::open(path).map_err(|e| err(e.to_string()))?;
+            let config = ck.model_config().ok_or_else(|| {
+                err("a checkpoint that keeps no model config (a .weights.h5): give a spec file, or a .keras file"
                     .into())
             })?;
-            return crate::keras_graph::spec(&config, path).map_err(|e| err(format!("its Keras model config: {e}")));
+            return crate::keras_graph::spec(config, path).map_err(|e| err(format!("its Keras model config: {e}")));
         }
-        let text = String::from_utf8(bytes).map_err(|_| err("not UTF-8 text".into()))?;
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
         Self::parse(&text, path)
     }
 
