@@ -15,22 +15,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use cntscope::checkpoint::Checkpoint;
-use cntscope::engine::{AnalysisOptions, CpuEngine, Engine};
+use cntscope::engine::AnalysisOptions;
 use cntscope::graph::{GraphOptions, Network};
-use common::{assert_within, engines};
+use common::{assert_within, engines, scan_paths as scan};
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/keras")
-}
-
-fn scan(paths: &[PathBuf], out: &Path, extra: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_cntscope"))
-        .arg("scan")
-        .args(paths)
-        .args(["-o", out.to_str().unwrap()])
-        .args(extra)
-        .output()
-        .unwrap()
 }
 
 /// A table's rows without the checkpoint's name, up to column `last`.
@@ -232,16 +222,13 @@ fn files_keras_cannot_be_read_here_are_refused_by_name() {
     let out = dir.path().join("out");
     let o = scan(&[fixtures().join("hostile")], &out, &[]);
     assert_eq!(o.status.code(), Some(2), "nothing could be analysed");
-    let errors = std::fs::read_to_string(out.join("errors.csv")).unwrap();
-    for (file, want) in [
+    let rows = [
         ("chunked.h5", "`c1/c1/kernel:0`: compressed or filtered"),
         ("deflated.keras", "`model.weights.h5` is compressed (method 8)"),
         ("latest.h5", "superblock version 3 (written with libver=\"\"latest\"\")"),
         ("truncated.h5", "beyond the end of the file"),
-    ] {
-        let line = errors.lines().find(|l| l.contains(file)).unwrap_or_else(|| panic!("no errors.csv row for {file}"));
-        assert!(line.contains(",keras,") && line.contains(want), "{file}: {line}");
-    }
+    ];
+    common::assert_error_rows(&out.join("errors.csv"), "keras", &rows);
 }
 
 #[test]
@@ -249,35 +236,7 @@ fn random_mutations_never_panic() {
     let dir = tempfile::tempdir().unwrap();
     for file in ["cnn.h5", "cnn.keras", "deep.weights.h5"] {
         let good = std::fs::read(fixtures().join("good").join(file)).unwrap();
-        let path = dir.path().join(file);
-        let mut s = 0x2545f4914f6cdd1du64;
-        let mut next = || {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            s
-        };
-        let (mut ok, mut refused) = (0, 0);
-        for _ in 0..1000 {
-            let mut m = good.clone();
-            for _ in 0..1 + next() % 4 {
-                let at = (next() % m.len() as u64) as usize;
-                match next() % 3 {
-                    0 => m[at] ^= 1 << (next() % 8),
-                    1 => m[at] = next() as u8,
-                    _ => m.truncate(at.max(1)),
-                }
-            }
-            std::fs::write(&path, &m).unwrap();
-            let measured = Checkpoint::open(&path).and_then(|ck| {
-                let net = Network::build(&ck, &GraphOptions::default())?;
-                CpuEngine::default().analyze(&net, &ck, &AnalysisOptions::default())
-            });
-            match measured {
-                Ok(_) => ok += 1,
-                Err(_) => refused += 1,
-            }
-        }
+        let (ok, refused) = common::measure_mutations(&good, &dir.path().join(file), 1000);
         assert!(refused > 0 && ok > 0 && ok + refused == 1000, "{file}: {ok} measured, {refused} refused");
     }
 }

@@ -6,12 +6,10 @@
 //! hostile files are refused by name and nothing in them runs; random byte
 //! mutations never panic.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-use cntscope::checkpoint::Checkpoint;
-use cntscope::engine::{AnalysisOptions, CpuEngine, Engine};
-use cntscope::graph::{GraphOptions, Network};
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pt")
@@ -34,16 +32,6 @@ fn measures(path: &Path, last: &str) -> (Vec<String>, Vec<Vec<String>>) {
     (header, rows)
 }
 
-fn scan_with(paths: &[PathBuf], out: &Path, extra: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_cntscope"))
-        .arg("scan")
-        .args(paths)
-        .args(["-o", out.to_str().unwrap()])
-        .args(extra)
-        .output()
-        .unwrap()
-}
-
 #[test]
 fn key_and_torch_shards_read_the_weights_asked_for() {
     let dir = tempfile::tempdir().unwrap();
@@ -59,9 +47,9 @@ fn key_and_torch_shards_read_the_weights_asked_for() {
     ];
     for (i, (paths, twins, extra)) in pairs.iter().enumerate() {
         let (a, b) = (dir.path().join(format!("a{i}")), dir.path().join(format!("b{i}")));
-        let o = scan_with(paths, &a, extra);
+        let o = common::scan_paths(paths, &a, extra);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        assert!(scan_with(twins, &b, &[]).status.success());
+        assert!(common::scan_paths(twins, &b, &[]).status.success());
         for (table, last) in [("nodes.csv", "graph"), ("links.csv", "non_finite")] {
             let (_, x) = measures(&a.join(table), last);
             let (_, y) = measures(&b.join(table), last);
@@ -71,12 +59,16 @@ fn key_and_torch_shards_read_the_weights_asked_for() {
     }
     // Without --key, ema.pt's state_dict is read (other weights); a key
     // that is not there is an error naming what is.
-    let o = scan_with(&[k.join("ema.pt")], &dir.path().join("plain"), &[]);
+    let o = common::scan_paths(&[k.join("ema.pt")], &dir.path().join("plain"), &[]);
     assert!(o.status.success());
     let (_, plain) = measures(&dir.path().join("plain/links.csv"), "non_finite");
     let (_, ema) = measures(&dir.path().join("a0/links.csv"), "non_finite");
     assert_ne!(plain[0], ema[0]);
-    let o = scan_with(&[k.join("ema.pt"), k.join("prefixed.safetensors")], &dir.path().join("bad"), &["--key", "emb"]);
+    let o = common::scan_paths(
+        &[k.join("ema.pt"), k.join("prefixed.safetensors")],
+        &dir.path().join("bad"),
+        &["--key", "emb"],
+    );
     assert_eq!(o.status.code(), Some(2));
     let errors = std::fs::read_to_string(dir.path().join("bad/errors.csv")).unwrap();
     assert!(
@@ -125,8 +117,7 @@ fn hostile_files_are_refused_and_nothing_runs() {
     let o = scan(&fixtures().join("hostile"), &out);
     assert_eq!(o.status.code(), Some(2), "nothing could be analysed");
     assert!(!fixtures().join("PWNED").exists(), "a pickle's os.system ran");
-    let errors = std::fs::read_to_string(out.join("errors.csv")).unwrap();
-    for (file, want) in [
+    let rows = [
         ("system.pt", "refused global `posix.system`"),
         ("eval.pt", "refused global `__builtin__.eval`"),
         ("deep.pt", "nested deeper than"),
@@ -137,44 +128,14 @@ fn hostile_files_are_refused_and_nothing_runs() {
         ("zip_bomb.pt", "is compressed"),
         ("truncated.pt", "truncated"),
         ("legacy.pt", "legacy format of torch < 1.6"),
-    ] {
-        let line = errors.lines().find(|l| l.contains(file)).unwrap_or_else(|| panic!("no errors.csv row for {file}"));
-        assert!(line.contains(",torch,") && line.contains(want), "{file}: {line}");
-    }
+    ];
+    common::assert_error_rows(&out.join("errors.csv"), "torch", &rows);
 }
 
 #[test]
 fn random_mutations_never_panic() {
     let good = std::fs::read(fixtures().join("good/plain.pt")).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("m.pt");
-    let mut s = 0x2545f4914f6cdd1du64;
-    let mut next = || {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        s
-    };
-    let (mut ok, mut refused) = (0, 0);
-    for _ in 0..1500 {
-        let mut m = good.clone();
-        for _ in 0..1 + next() % 4 {
-            let at = (next() % m.len() as u64) as usize;
-            match next() % 3 {
-                0 => m[at] ^= 1 << (next() % 8),
-                1 => m[at] = next() as u8,
-                _ => m.truncate(at.max(1)),
-            }
-        }
-        std::fs::write(&path, &m).unwrap();
-        let measured = Checkpoint::open(&path).and_then(|ck| {
-            let net = Network::build(&ck, &GraphOptions::default())?;
-            CpuEngine::default().analyze(&net, &ck, &AnalysisOptions::default())
-        });
-        match measured {
-            Ok(_) => ok += 1,
-            Err(_) => refused += 1,
-        }
-    }
+    let (ok, refused) = common::measure_mutations(&good, &dir.path().join("m.pt"), 1500);
     assert!(refused > 0 && ok + refused == 1500, "{ok} measured, {refused} refused");
 }

@@ -158,3 +158,69 @@ pub fn assert_within(what: &str, got: &[f64], want: &[f64], tol: impl Fn(usize) 
         );
     }
 }
+
+/// Writes `n` mutations of a valid file's bytes to `path` in turn and
+/// opens, builds and measures each (none may panic): how many were
+/// measured and how many refused.
+pub fn measure_mutations(good: &[u8], path: &Path, n: usize) -> (usize, usize) {
+    use cntscope::checkpoint::Checkpoint;
+    use cntscope::engine::AnalysisOptions;
+    use cntscope::graph::{GraphOptions, Network};
+    let (mut ok, mut refused) = (0, 0);
+    for m in mutations(good, n) {
+        std::fs::write(path, &m).unwrap();
+        let measured = Checkpoint::open(path).and_then(|ck| {
+            let net = Network::build(&ck, &GraphOptions::default())?;
+            CpuEngine::default().analyze(&net, &ck, &AnalysisOptions::default())
+        });
+        match measured {
+            Ok(_) => ok += 1,
+            Err(_) => refused += 1,
+        }
+    }
+    (ok, refused)
+}
+
+/// Each file's row of a scan's `errors.csv`: of `kind`, saying `want`.
+pub fn assert_error_rows(errors_csv: &Path, kind: &str, rows: &[(&str, &str)]) {
+    let errors = std::fs::read_to_string(errors_csv).unwrap();
+    for (file, want) in rows {
+        let line = errors.lines().find(|l| l.contains(file)).unwrap_or_else(|| panic!("no errors.csv row for {file}"));
+        assert!(line.contains(&format!(",{kind},")) && line.contains(want), "{file}: {line}");
+    }
+}
+
+/// `n` mutations of a valid file's bytes, the same every run: one to four
+/// changes each, a bit flipped, a byte replaced or the file cut short.
+pub fn mutations(good: &[u8], n: usize) -> impl Iterator<Item = Vec<u8>> + '_ {
+    let mut s = 0x2545f4914f6cdd1du64;
+    let mut next = move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s
+    };
+    (0..n).map(move |_| {
+        let mut m = good.to_vec();
+        for _ in 0..1 + next() % 4 {
+            let at = (next() % m.len() as u64) as usize;
+            match next() % 3 {
+                0 => m[at] ^= 1 << (next() % 8),
+                1 => m[at] = next() as u8,
+                _ => m.truncate(at.max(1)),
+            }
+        }
+        m
+    })
+}
+
+/// `cntscope scan PATHS... -o OUT EXTRA...`, run to its end.
+pub fn scan_paths(paths: &[std::path::PathBuf], out: &Path, extra: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_cntscope"))
+        .arg("scan")
+        .args(paths)
+        .args(["-o", out.to_str().unwrap()])
+        .args(extra)
+        .output()
+        .unwrap()
+}
