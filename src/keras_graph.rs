@@ -5,7 +5,8 @@
 //! nothing assumed. The spec is written as spec text and read back with
 //! [`Spec::parse`], so it is checked as a user's spec is.
 //!
-//! Read: `InputLayer`, `Conv2D` and `DepthwiseConv2D` (channels last, any
+//! Read: `InputLayer`, `Conv2D`, `DepthwiseConv2D` and `SeparableConv2D`
+//! (its depthwise conv, then its 1x1 conv: two entries; channels last, any
 //! stride, dilation and groups, `padding="same"` as Keras computes it, its
 //! odd cell after the input: `padding_after`), `Dense` on a flat
 //! input, `BatchNormalization` (folded into the layer before it where that
@@ -184,7 +185,9 @@ pub(crate) fn spec(config: &str, path: &Path) -> Result<Spec, String> {
                 let n = i.shape.keras().iter().product();
                 Out { shape: Shape::Flat(n), alone: i.alone && alone_next, ..i }
             }
-            "Conv2D" | "DepthwiseConv2D" => g.conv(name, class, c, one()?, alone_next).map_err(|e| what(&e))?,
+            "Conv2D" | "DepthwiseConv2D" | "SeparableConv2D" => {
+                g.conv(name, class, c, one()?, alone_next).map_err(|e| what(&e))?
+            }
             "Dense" => {
                 let i = one()?;
                 let Shape::Flat(_) = i.shape else { return Err(what("a Dense on a feature map's last axis")) };
@@ -280,16 +283,23 @@ impl Graph {
         let [kh, kw] = pair(c, "kernel_size").ok_or("no `kernel_size`")?;
         let [sh, sw] = pair(c, "strides").unwrap_or([1, 1]);
         let [dh, dw] = pair(c, "dilation_rate").unwrap_or([1, 1]);
-        let (cout, groups) = if class == "DepthwiseConv2D" {
-            (ch * uint(c, "depth_multiplier").unwrap_or(1), ch)
-        } else {
-            (uint(c, "filters").ok_or("no `filters`")?, uint(c, "groups").unwrap_or(1))
+        let multiplier = uint(c, "depth_multiplier").unwrap_or(1);
+        let (cout, groups) = match class {
+            "DepthwiseConv2D" => (ch * multiplier, ch),
+            "SeparableConv2D" => (ch * multiplier, ch),
+            _ => (uint(c, "filters").ok_or("no `filters`")?, uint(c, "groups").unwrap_or(1)),
         };
         let same = padding_same(c)?;
         let (ph, ho) = axis(h, kh, sh, dh, same).ok_or("a kernel larger than its input")?;
         let (pw, wo) = axis(w, kw, sw, dw, same).ok_or("a kernel larger than its input")?;
-        let mut e = Entry::named(name)
-            .text("weight", &format!("{name}/kernel"))
+        // A separable conv is its depthwise conv, then a 1x1 conv (with the
+        // bias) on the depthwise output: two entries, a set between them.
+        let (entry, kernel) = match class {
+            "SeparableConv2D" => (format!("{name}.depthwise"), format!("{name}/depthwise_kernel")),
+            _ => (name.to_string(), format!("{name}/kernel")),
+        };
+        let mut e = Entry::named(&entry)
+            .text("weight", &kernel)
             .text("from", &i.set)
             .key("stride", format!("[{sh}, {sw}]"))
             .key("padding", format!("[{}, {}]", ph.0, pw.0))
@@ -299,7 +309,19 @@ impl Graph {
             // Keras' "same" puts the odd cell of padding after the input.
             e = e.key("padding_after", format!("[{}, {}]", ph.1, pw.1));
         }
-        if c.get("use_bias").and_then(Value::as_bool).unwrap_or(true) {
+        let bias = c.get("use_bias").and_then(Value::as_bool).unwrap_or(true);
+        if class == "SeparableConv2D" {
+            let depthwise = self.push(e, Shape::Map(cout, ho, wo), true);
+            let filters = uint(c, "filters").ok_or("no `filters`")?;
+            let mut e = Entry::named(name)
+                .text("weight", &format!("{name}/pointwise_kernel"))
+                .text("from", &depthwise.set);
+            if bias {
+                e = e.text("bias", &format!("{name}/bias"));
+            }
+            return Ok(self.push(e, Shape::Map(filters, ho, wo), alone));
+        }
+        if bias {
             e = e.text("bias", &format!("{name}/bias"));
         }
         Ok(self.push(e, Shape::Map(cout, ho, wo), alone))

@@ -97,7 +97,7 @@ fn strengths_from_the_models_config_match_keras() {
         }
         files += 1;
     }
-    assert_eq!(files, 6);
+    assert_eq!(files, 7);
 }
 
 /// A `.keras` file given as the spec gives its graph to checkpoints that
