@@ -313,9 +313,8 @@ impl Graph {
         if class == "SeparableConv2D" {
             let depthwise = self.push(e, Shape::Map(cout, ho, wo), true);
             let filters = uint(c, "filters").ok_or("no `filters`")?;
-            let mut e = Entry::named(name)
-                .text("weight", &format!("{name}/pointwise_kernel"))
-                .text("from", &depthwise.set);
+            let mut e =
+                Entry::named(name).text("weight", &format!("{name}/pointwise_kernel")).text("from", &depthwise.set);
             if bias {
                 e = e.text("bias", &format!("{name}/bias"));
             }
