@@ -11,9 +11,15 @@
 //!   (`model.weights.h5`, a stored zip entry): the file names a variable by
 //!   its place only, and its group by the layer's class (`conv2d`,
 //!   `dense_1`), so the place is named by the class: 0, 1 of a dense or
-//!   conv layer are `kernel`, `bias`; a BatchNormalization's four `gamma`,
-//!   `beta`, `moving_mean`, `moving_variance`. Other variables keep their
-//!   place (`LAYER/vars/I`) and are listed unused.
+//!   conv layer are `kernel`, `bias`; a separable conv's three
+//!   `depthwise_kernel`, `pointwise_kernel`, `bias`; a
+//!   BatchNormalization's four `gamma`, `beta`, `moving_mean`,
+//!   `moving_variance`. Other variables keep their place (`LAYER/vars/I`)
+//!   and are listed unused.
+//!
+//! The model's config, where the file keeps one (`model_config`,
+//! `config.json`), comes with the weights: [`crate::keras_graph`] reads
+//! the graph from it.
 //!
 //! A depthwise kernel `[.., C, M]` is read as the grouped kernel it is,
 //! `[.., 1, C * M]` (the same bytes in the same order), named
@@ -55,36 +61,29 @@ const CONFIG_ENTRY: &str = "config.json";
 /// Reads a Keras HDF5 file or `.keras` archive.
 pub(crate) fn read(bytes: &[u8]) -> Result<KerasFile, String> {
     if hdf5::is_hdf5(bytes) {
-        return Ok(KerasFile { weights: weights(bytes, 0)?, config: config(bytes)? });
+        let config = hdf5::string_attribute(bytes, "", "model_config")?.and_then(|v| v.into_iter().next());
+        return Ok(KerasFile { weights: weights(bytes, 0)?, config });
     }
     let entries = crate::zip::entries(bytes)?;
-    // A stored entry's start in the archive and its bytes.
-    let stored = |name: &str| -> Result<Option<(usize, &[u8])>, String> {
-        let Some(entry) = entries.iter().find(|e| e.name == name) else { return Ok(None) };
-        if entry.method != 0 {
-            return Err(format!("`{name}` is compressed (method {}): nothing is inflated", entry.method));
-        }
-        let end = entry.start.checked_add(entry.len).ok_or("truncated")?;
-        bytes.get(entry.start..end).map(|b| Some((entry.start, b))).ok_or_else(|| format!("`{name}` truncated"))
-    };
-    let (start, h5) = stored(WEIGHTS_ENTRY)?.ok_or("no `model.weights.h5` in the archive")?;
+    let (start, h5) = stored(bytes, &entries, WEIGHTS_ENTRY)?.ok_or("no `model.weights.h5` in the archive")?;
     let weights = weights(h5, start).map_err(|e| format!("{WEIGHTS_ENTRY}: {e}"))?;
-    Ok(KerasFile { weights, config: config(bytes)? })
+    let config = stored(bytes, &entries, CONFIG_ENTRY)?.map(|(_, c)| String::from_utf8_lossy(c).into_owned());
+    Ok(KerasFile { weights, config })
 }
 
-/// The model config a Keras HDF5 file or `.keras` archive keeps, if any.
-pub(crate) fn config(bytes: &[u8]) -> Result<Option<String>, String> {
-    if hdf5::is_hdf5(bytes) {
-        return Ok(hdf5::string_attribute(bytes, "", "model_config")?.and_then(|v| v.into_iter().next()));
-    }
-    let entries = crate::zip::entries(bytes)?;
-    let Some(entry) = entries.iter().find(|e| e.name == CONFIG_ENTRY) else { return Ok(None) };
+/// A stored (uncompressed) entry of a zip archive, if it has one: where it
+/// starts and its bytes. A compressed one is an error: nothing is inflated.
+fn stored<'a>(
+    bytes: &'a [u8],
+    entries: &[crate::zip::ZipEntry],
+    name: &str,
+) -> Result<Option<(usize, &'a [u8])>, String> {
+    let Some(entry) = entries.iter().find(|e| e.name == name) else { return Ok(None) };
     if entry.method != 0 {
-        return Err(format!("`{CONFIG_ENTRY}` is compressed (method {}): nothing is inflated", entry.method));
+        return Err(format!("`{name}` is compressed (method {}): nothing is inflated", entry.method));
     }
     let end = entry.start.checked_add(entry.len).ok_or("truncated")?;
-    let text = bytes.get(entry.start..end).ok_or_else(|| format!("`{CONFIG_ENTRY}` truncated"))?;
-    Ok(Some(String::from_utf8_lossy(text).into_owned()))
+    bytes.get(entry.start..end).map(|b| Some((entry.start, b))).ok_or_else(|| format!("`{name}` truncated"))
 }
 
 /// The datasets of HDF5 file `h5` named as weights, in the model's order,

@@ -124,7 +124,7 @@ pub(crate) fn spec(config: &str, path: &Path) -> Result<Spec, String> {
     if !sequential && !matches!(class, "Functional" | "Model") {
         return Err(format!("a model of class `{class}`"));
     }
-    // Each layer's inputs, and how many layers (or outputs) read it.
+    // Each layer's inputs.
     let mut inputs: Vec<Vec<String>> = Vec::with_capacity(layers.len());
     let mut previous: Option<String> = None;
     for l in layers {
@@ -143,18 +143,33 @@ pub(crate) fn spec(config: &str, path: &Path) -> Result<Spec, String> {
         inputs.push(refs);
         previous = Some(name.to_string());
     }
+    let mut g = Graph { entries: Vec::new(), outs: HashMap::new(), input: None };
+    // A Sequential written without an InputLayer (Keras 2's) gives the
+    // input's shape to its first layer, or records the shape it was built for.
+    let first = layers.first().and_then(|l| l.get("class_name")).and_then(Value::as_str);
+    if sequential && first.is_some_and(|c| c != "InputLayer") {
+        let shape = layers[0].get("config").and_then(|c| c.get("batch_input_shape")).or(cfg.get("build_input_shape"));
+        let shape = input_shape(shape).ok_or("a Sequential without an InputLayer or an input shape")?;
+        g.input = Some(shape);
+        g.outs.insert(SEQUENTIAL_INPUT.into(), Out { set: "input".into(), shape, entry: None, alone: false });
+        inputs[0] = vec![SEQUENTIAL_INPUT.into()];
+    }
     let mut readers: HashMap<&str, usize> = HashMap::new();
     for r in inputs.iter().flatten() {
         *readers.entry(r.as_str()).or_default() += 1;
     }
-    let mut g = Graph { entries: Vec::new(), outs: HashMap::new(), input: None };
     for (l, refs) in layers.iter().zip(&inputs) {
         let name = layer_name(l)?;
         let class = l.get("class_name").and_then(Value::as_str).unwrap_or("");
         let c = l.get("config").ok_or_else(|| format!("layer `{name}` without a config"))?;
         let ins: Vec<Out> = refs
             .iter()
-            .map(|r| g.outs.get(r).cloned().ok_or_else(|| format!("layer `{name}` reads `{r}`, not read before it")))
+            .map(|r| {
+                g.outs
+                    .get(r)
+                    .cloned()
+                    .ok_or_else(|| format!("layer `{name}` reads `{r}`, which no layer before it writes"))
+            })
             .collect::<Result<_, _>>()?;
         let what = |reason: &str| format!("layer `{name}` ({class}): {reason}");
         let one = || match &ins[..] {
@@ -164,25 +179,23 @@ pub(crate) fn spec(config: &str, path: &Path) -> Result<Spec, String> {
         let alone_next = readers.get(name).copied().unwrap_or(0) <= 1;
         let out = match class {
             "InputLayer" => {
-                let shape = c.get("batch_shape").or(c.get("batch_input_shape")).and_then(Value::as_array);
-                let dims: Vec<usize> = shape
-                    .and_then(|s| s.iter().skip(1).map(|d| d.as_u64().map(|d| d as usize)).collect::<Option<Vec<_>>>())
-                    .ok_or_else(|| what("an input of unknown size"))?;
+                let shape = input_shape(c.get("batch_shape").or(c.get("batch_input_shape")))
+                    .ok_or_else(|| what("an input of unknown size, or of neither [h, w, c] nor [n]"))?;
                 if g.input.is_some() {
                     return Err(what("a second input"));
                 }
-                let shape = match dims[..] {
-                    [h, w, ch] => Shape::Map(ch, h, w),
-                    [n] => Shape::Flat(n),
-                    _ => return Err(what(&format!("an input of shape {dims:?}"))),
-                };
                 g.input = Some(shape);
                 Out { set: "input".into(), shape, entry: None, alone: false }
             }
             _ if PASS_THROUGH.contains(&class) => Out { alone: one()?.alone && alone_next, ..one()? },
             "Flatten" => {
                 let i = one()?;
-                let n = i.shape.keras().iter().product();
+                let n = i
+                    .shape
+                    .keras()
+                    .iter()
+                    .try_fold(1usize, |a, &d| a.checked_mul(d))
+                    .ok_or_else(|| what("too large"))?;
                 Out { shape: Shape::Flat(n), alone: i.alone && alone_next, ..i }
             }
             "Conv2D" | "DepthwiseConv2D" | "SeparableConv2D" => {
@@ -207,8 +220,10 @@ pub(crate) fn spec(config: &str, path: &Path) -> Result<Spec, String> {
                 let Shape::Map(ch, h, w) = i.shape else { return Err(what("a flat input")) };
                 let p = c.get("padding").ok_or_else(|| what("no `padding`"))?;
                 let [[t, b], [l, r]] = pairs(p).ok_or_else(|| what("a padding not ((top, bottom), (left, right))"))?;
+                let grow = |n: usize, a: usize, b: usize| n.checked_add(a)?.checked_add(b);
+                let (Some(ho), Some(wo)) = (grow(h, t, b), grow(w, l, r)) else { return Err(what("too large")) };
                 let e = Entry::named(name).text("from", &i.set).key("pad", format!("[{l}, {r}, {t}, {b}]"));
-                g.push(e, Shape::Map(ch, h + t + b, w + l + r), alone_next)
+                g.push(e, Shape::Map(ch, ho, wo), alone_next)
             }
             "Add" | "Concatenate" => g.merge(name, class, c, &ins, alone_next).map_err(|e| what(&e))?,
             _ => return Err(what("a layer a spec cannot describe")),
@@ -285,8 +300,7 @@ impl Graph {
         let [dh, dw] = pair(c, "dilation_rate").unwrap_or([1, 1]);
         let multiplier = uint(c, "depth_multiplier").unwrap_or(1);
         let (cout, groups) = match class {
-            "DepthwiseConv2D" => (ch * multiplier, ch),
-            "SeparableConv2D" => (ch * multiplier, ch),
+            "DepthwiseConv2D" | "SeparableConv2D" => (ch.checked_mul(multiplier).ok_or("channels overflow")?, ch),
             _ => (uint(c, "filters").ok_or("no `filters`")?, uint(c, "groups").unwrap_or(1)),
         };
         let same = padding_same(c)?;
@@ -425,7 +439,7 @@ impl Graph {
                 }
             }
             if concat {
-                offset += i.shape.channels();
+                offset = offset.checked_add(i.shape.channels()).ok_or("channels overflow")?;
             }
         }
         let shape = match ins[0].shape {
@@ -434,6 +448,21 @@ impl Graph {
             s => s,
         };
         Ok(Out { set: name.to_string(), shape, entry: None, alone })
+    }
+}
+
+/// The name the input of a Sequential without an InputLayer goes by.
+const SEQUENTIAL_INPUT: &str = "\0input";
+
+/// A sample's shape from Keras' batch shape (`[null, h, w, c]` or `[null,
+/// n]`).
+fn input_shape(batch: Option<&Value>) -> Option<Shape> {
+    let dims: Vec<usize> =
+        batch?.as_array()?.iter().skip(1).map(|d| d.as_u64().map(|d| d as usize)).collect::<Option<_>>()?;
+    match dims[..] {
+        [h, w, c] if h > 0 && w > 0 && c > 0 => Some(Shape::Map(c, h, w)),
+        [n] if n > 0 => Some(Shape::Flat(n)),
+        _ => None,
     }
 }
 
@@ -488,12 +517,16 @@ fn padding_same(c: &Value) -> Result<bool, String> {
 /// `s`: the padding before and after (Keras' "same": the output
 /// `ceil(n / s)`, the odd cell after) and the output length.
 fn axis(n: usize, k: usize, s: usize, d: usize, same: bool) -> Option<((usize, usize), usize)> {
-    let span = (k - 1) * d + 1;
+    // Sizes from a file: checked.
+    if n == 0 || k == 0 || s == 0 || d == 0 {
+        return None;
+    }
+    let span = (k - 1).checked_mul(d)?.checked_add(1)?;
     if !same {
         return (n >= span).then(|| ((0, 0), (n - span) / s + 1));
     }
     let out = n.div_ceil(s);
-    let total = ((out - 1) * s + span).saturating_sub(n);
+    let total = (out - 1).checked_mul(s)?.checked_add(span)?.saturating_sub(n);
     Some(((total / 2, total - total / 2), out))
 }
 
@@ -538,5 +571,73 @@ fn recorded_shapes(v: &Value, out: &mut Vec<Vec<usize>>) {
         }
         Value::Array(a) => a.iter().for_each(|v| recorded_shapes(v, out)),
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Keras 2's configs: a Sequential whose first layer carries the input
+    /// shape, and a functional model whose nodes are `[name, node, tensor,
+    /// kwargs]` lists.
+    #[test]
+    fn keras_2_configs() {
+        let sequential = r#"{"class_name": "Sequential", "config": {"name": "s", "layers": [
+            {"class_name": "Dense", "config": {"name": "d1", "units": 3, "batch_input_shape": [null, 4]}},
+            {"class_name": "Dropout", "config": {"name": "drop", "rate": 0.5}},
+            {"class_name": "Dense", "config": {"name": "d2", "units": 2, "use_bias": false}}]}}"#;
+        let seq = spec(sequential, Path::new("m.h5")).unwrap();
+        assert_eq!(seq.input, Some(vec![4]));
+        let weights: Vec<_> =
+            seq.layers.iter().map(|l| (l.weight.as_deref(), l.bias.as_deref(), l.from.as_deref())).collect();
+        assert_eq!(
+            weights,
+            [(Some("d1/kernel"), Some("d1/bias"), Some("input")), (Some("d2/kernel"), None, Some("d1"))]
+        );
+        let functional = r#"{"class_name": "Model", "config": {"name": "f", "layers": [
+            {"class_name": "InputLayer", "name": "x", "config": {"name": "x", "batch_input_shape": [null, 5, 5, 2]}, "inbound_nodes": []},
+            {"class_name": "Conv2D", "name": "c", "config": {"name": "c", "filters": 2, "kernel_size": [3, 3], "strides": [2, 2],
+             "padding": "same"}, "inbound_nodes": [[["x", 0, 0, {}]]]},
+            {"class_name": "Add", "name": "sum", "config": {"name": "sum"}, "inbound_nodes": [[["c", 0, 0, {}], ["c", 0, 0, {}]]]}]}}"#;
+        let fun = spec(functional, Path::new("m.h5")).unwrap();
+        assert_eq!(fun.input, Some(vec![2, 5, 5]));
+        let conv = &fun.layers[0];
+        assert_eq!(
+            (conv.padding.map(|p| p.hw()), conv.padding_after.is_some()),
+            (Some([1, 1]), false),
+            "5 -> 3: one cell each side"
+        );
+        // The conv's output read twice by the sum: identities, not `to`.
+        assert!(fun.layers[1..].iter().all(|l| l.identity == Some(true) && l.to.as_deref() == Some("sum")));
+    }
+
+    /// What a spec cannot say is refused by name, never guessed.
+    #[test]
+    fn refusals_name_the_layer() {
+        let with = |layer: &str| {
+            format!(
+                r#"{{"class_name": "Sequential", "config": {{"name": "s", "layers": [
+                {{"class_name": "InputLayer", "config": {{"name": "x", "batch_shape": [null, 6, 6, 1]}}}}, {layer}]}}}}"#
+            )
+        };
+        for (layer, want) in [
+            (
+                r#"{"class_name": "Multiply", "config": {"name": "m"}}"#,
+                "layer `m` (Multiply): a layer a spec cannot describe",
+            ),
+            (r#"{"class_name": "Dense", "config": {"name": "d", "units": 2}}"#, "a Dense on a feature map's last axis"),
+            (
+                r#"{"class_name": "MaxPooling2D", "config": {"name": "p", "pool_size": [2, 2], "strides": [1, 1], "padding": "same"}}"#,
+                "cannot say",
+            ),
+            (
+                r#"{"class_name": "Conv2D", "config": {"name": "c", "filters": 2, "kernel_size": [3, 3], "strides": [0, 0]}}"#,
+                "larger than its input",
+            ),
+        ] {
+            let e = spec(&with(layer), Path::new("m.keras")).unwrap_err();
+            assert!(e.contains(want), "{e}");
+        }
     }
 }
