@@ -722,7 +722,7 @@ impl Network {
         // A Keras file that keeps its model's config is read as the spec
         // the config describes; where it cannot be, discovery says why.
         let from_config = match (&opts.spec, ck.model_config()) {
-            (None, Some(config)) => Some(crate::keras_graph::spec(config, ck.path())),
+            (None, Some(config)) => Some(crate::keras_graph::spec(config, ck.path(), opts.input.as_deref())),
             _ => None,
         };
         let config_spec = from_config.as_ref().and_then(|s| s.as_ref().ok());

@@ -12,8 +12,12 @@
 //! input, `BatchNormalization` (folded into the layer before it where that
 //! layer feeds it alone), `MaxPooling2D` and `AveragePooling2D` (valid, or
 //! same where it pads evenly), the global pools, `ZeroPadding2D`,
-//! `Flatten`, `Add`, `Concatenate` on channels, and activations and
-//! dropout (no entry). Any other layer, a layer called twice, a nested
+//! `Flatten`, `Add`, `Concatenate` on channels, a `Multiply` by a
+//! per-channel gate (squeeze-and-excitation), a `Reshape` of a vector to a
+//! 1x1 map or back, and no entry for activations, dropout, input
+//! preprocessing and an `Add` or `Multiply` of one map with itself or a
+//! constant (hard-swish). A model built for inputs of any size takes the
+//! input given on the command line. Any other layer, a layer called twice, a nested
 //! model or several inputs is an error naming it; the caller then falls
 //! back to discovery and says why. Each layer's output shape is checked
 //! against the shape Keras recorded for it where the config has one.
@@ -42,6 +46,11 @@ const PASS_THROUGH: &[&str] = &[
     "AlphaDropout",
     "ActivityRegularization",
     "Identity",
+    // Input preprocessing (a fixed scale and shift of the pixels, as
+    // EfficientNet's): no links of the network; Normalization's mean and
+    // variance are listed unused.
+    "Rescaling",
+    "Normalization",
 ];
 
 /// What a layer's output is: the spec name that refers to it and its shape.
@@ -115,7 +124,13 @@ fn quoted(s: &str) -> String {
 
 /// The spec of the model a Keras config describes (`path` names it in
 /// errors), or why there is none.
-pub(crate) fn spec(config: &str, path: &Path) -> Result<Spec, String> {
+pub(crate) fn spec(config: &str, path: &Path, input: Option<&[usize]>) -> Result<Spec, String> {
+    // An input given on the command line (`[C, H, W]` or `[n]`), for a
+    // model built for inputs of any size.
+    let given = input.map(|v| match *v {
+        [c, h, w] => Shape::Map(c, h, w),
+        _ => Shape::Flat(v.iter().product()),
+    });
     let root: Value = serde_json::from_str(config).map_err(|e| format!("config is not JSON: {e}"))?;
     let class = root.get("class_name").and_then(Value::as_str).unwrap_or("");
     let cfg = root.get("config").ok_or("config without `config`")?;
@@ -149,7 +164,8 @@ pub(crate) fn spec(config: &str, path: &Path) -> Result<Spec, String> {
     let first = layers.first().and_then(|l| l.get("class_name")).and_then(Value::as_str);
     if sequential && first.is_some_and(|c| c != "InputLayer") {
         let shape = layers[0].get("config").and_then(|c| c.get("batch_input_shape")).or(cfg.get("build_input_shape"));
-        let shape = input_shape(shape).ok_or("a Sequential without an InputLayer or an input shape")?;
+        let shape =
+            given.or_else(|| input_shape(shape)).ok_or("a Sequential without an InputLayer or an input shape")?;
         g.input = Some(shape);
         g.outs.insert(SEQUENTIAL_INPUT.into(), Out { set: "input".into(), shape, entry: None, alone: false });
         inputs[0] = vec![SEQUENTIAL_INPUT.into()];
@@ -179,8 +195,10 @@ pub(crate) fn spec(config: &str, path: &Path) -> Result<Spec, String> {
         let alone_next = readers.get(name).copied().unwrap_or(0) <= 1;
         let out = match class {
             "InputLayer" => {
-                let shape = input_shape(c.get("batch_shape").or(c.get("batch_input_shape")))
-                    .ok_or_else(|| what("an input of unknown size, or of neither [h, w, c] nor [n]"))?;
+                let shape =
+                    given.or_else(|| input_shape(c.get("batch_shape").or(c.get("batch_input_shape")))).ok_or_else(
+                        || what("an input of unknown size (give --input C,H,W), or of neither [h, w, c] nor [n]"),
+                    )?;
                 if g.input.is_some() {
                     return Err(what("a second input"));
                 }
@@ -188,6 +206,43 @@ pub(crate) fn spec(config: &str, path: &Path) -> Result<Spec, String> {
                 Out { set: "input".into(), shape, entry: None, alone: false }
             }
             _ if PASS_THROUGH.contains(&class) => Out { alone: one()?.alone && alone_next, ..one()? },
+            // A vector read as a 1x1 map or back: the same nodes in the same
+            // order (squeeze-and-excitation's `Reshape((1, 1, C))`).
+            "Reshape" => {
+                let i = one()?;
+                let target: Option<Vec<usize>> = c
+                    .get("target_shape")
+                    .and_then(Value::as_array)
+                    .and_then(|t| t.iter().map(|d| d.as_u64().map(|d| d as usize)).collect());
+                let shape = match (i.shape, target.as_deref()) {
+                    (Shape::Flat(n), Some(&[1, 1, ch])) if ch == n => Shape::Map(n, 1, 1),
+                    (Shape::Map(ch, 1, 1), Some(&[n])) if ch == n => Shape::Flat(n),
+                    _ => return Err(what("a reshape other than of a vector to a 1x1 map or back")),
+                };
+                Out { shape, alone: i.alone && alone_next, ..i }
+            }
+            // A function of one map alone, element by element (a constant
+            // added, hard-swish's `x * relu6(x + 3) / 6`): an activation.
+            "Add" | "Multiply"
+                if !ins.is_empty() && ins.iter().all(|i| i.set == ins[0].set && i.shape == ins[0].shape) =>
+            {
+                Out { alone: ins[0].alone && alone_next && ins.len() == 1, ..ins[0].clone() }
+            }
+            // A gate: a map times one factor per channel (squeeze and
+            // excitation). A product has no links: the map goes on, and the
+            // gate's branch ends in a set no layer reads (as torch_to_spec
+            // reads torch's gates).
+            "Multiply" => match &ins[..] {
+                [a, b] if a.shape.channels() == b.shape.channels() => {
+                    let is_gate = |o: &Out| matches!(o.shape, Shape::Map(_, 1, 1) | Shape::Flat(_));
+                    match (is_gate(a), is_gate(b)) {
+                        (false, true) => Out { alone: false, ..a.clone() },
+                        (true, false) => Out { alone: false, ..b.clone() },
+                        _ => return Err(what("a product other than a map by one factor per channel")),
+                    }
+                }
+                _ => return Err(what("a product other than a map by one factor per channel")),
+            },
             "Flatten" => {
                 let i = one()?;
                 let n = i
@@ -238,13 +293,15 @@ pub(crate) fn spec(config: &str, path: &Path) -> Result<Spec, String> {
             // A Sequential's layers record the shape they were built for.
             None => {
                 let shape = l.get("build_config").and_then(|b| b.get("input_shape")).and_then(Value::as_array);
-                recorded
-                    .extend(shape.map(|s| s.iter().skip(1).filter_map(|d| d.as_u64().map(|d| d as usize)).collect()));
+                recorded.extend(shape.map(|s| dims(s)));
             }
         }
         for (r, shape) in refs.iter().zip(recorded) {
+            // (A size Keras left open, `None`, fits any.)
             let computed = g.outs[r].shape.keras();
-            if shape != computed {
+            let fits =
+                shape.len() == computed.len() && shape.iter().zip(&computed).all(|(s, c)| s.is_none_or(|s| s == *c));
+            if !fits {
                 return Err(format!(
                     "layer `{r}`: output shape {computed:?} computed, Keras recorded {shape:?} (channels last)"
                 ));
@@ -552,9 +609,15 @@ fn references(v: &Value, out: &mut Vec<String>) {
     }
 }
 
+/// A recorded shape's sizes after the batch axis (`None` where Keras left
+/// one open).
+fn dims(shape: &[Value]) -> Vec<Option<usize>> {
+    shape.iter().skip(1).map(|d| d.as_u64().map(|d| d as usize)).collect()
+}
+
 /// The shapes Keras 3 recorded for a node's input tensors (batch axis
 /// left out), in the order of [`references`].
-fn recorded_shapes(v: &Value, out: &mut Vec<Vec<usize>>) {
+fn recorded_shapes(v: &Value, out: &mut Vec<Vec<Option<usize>>>) {
     match v {
         Value::Object(o) => {
             if o.contains_key("keras_history") {
@@ -564,7 +627,7 @@ fn recorded_shapes(v: &Value, out: &mut Vec<Vec<usize>>) {
                 o.get("config").and_then(|c| c.get("keras_history")),
                 o.get("config").and_then(|c| c.get("shape")).and_then(Value::as_array),
             ) {
-                out.push(shape.iter().skip(1).filter_map(|d| d.as_u64().map(|d| d as usize)).collect());
+                out.push(dims(shape));
                 return;
             }
             o.values().for_each(|v| recorded_shapes(v, out));
@@ -587,7 +650,7 @@ mod tests {
             {"class_name": "Dense", "config": {"name": "d1", "units": 3, "batch_input_shape": [null, 4]}},
             {"class_name": "Dropout", "config": {"name": "drop", "rate": 0.5}},
             {"class_name": "Dense", "config": {"name": "d2", "units": 2, "use_bias": false}}]}}"#;
-        let seq = spec(sequential, Path::new("m.h5")).unwrap();
+        let seq = spec(sequential, Path::new("m.h5"), None).unwrap();
         assert_eq!(seq.input, Some(vec![4]));
         let weights: Vec<_> =
             seq.layers.iter().map(|l| (l.weight.as_deref(), l.bias.as_deref(), l.from.as_deref())).collect();
@@ -600,7 +663,7 @@ mod tests {
             {"class_name": "Conv2D", "name": "c", "config": {"name": "c", "filters": 2, "kernel_size": [3, 3], "strides": [2, 2],
              "padding": "same"}, "inbound_nodes": [[["x", 0, 0, {}]]]},
             {"class_name": "Add", "name": "sum", "config": {"name": "sum"}, "inbound_nodes": [[["c", 0, 0, {}], ["c", 0, 0, {}]]]}]}}"#;
-        let fun = spec(functional, Path::new("m.h5")).unwrap();
+        let fun = spec(functional, Path::new("m.h5"), None).unwrap();
         assert_eq!(fun.input, Some(vec![2, 5, 5]));
         let conv = &fun.layers[0];
         assert_eq!(
@@ -623,8 +686,8 @@ mod tests {
         };
         for (layer, want) in [
             (
-                r#"{"class_name": "Multiply", "config": {"name": "m"}}"#,
-                "layer `m` (Multiply): a layer a spec cannot describe",
+                r#"{"class_name": "UpSampling2D", "config": {"name": "u"}}"#,
+                "layer `u` (UpSampling2D): a layer a spec cannot describe",
             ),
             (r#"{"class_name": "Dense", "config": {"name": "d", "units": 2}}"#, "a Dense on a feature map's last axis"),
             (
@@ -636,7 +699,7 @@ mod tests {
                 "larger than its input",
             ),
         ] {
-            let e = spec(&with(layer), Path::new("m.keras")).unwrap_err();
+            let e = spec(&with(layer), Path::new("m.keras"), None).unwrap_err();
             assert!(e.contains(want), "{e}");
         }
     }

@@ -530,7 +530,8 @@ impl Spec {
                 err("a checkpoint that keeps no model config (a .weights.h5): give a spec file, or a .keras file"
                     .into())
             })?;
-            return crate::keras_graph::spec(config, path).map_err(|e| err(format!("its Keras model config: {e}")));
+            return crate::keras_graph::spec(config, path, None)
+                .map_err(|e| err(format!("its Keras model config: {e}")));
         }
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
         Self::parse(&text, path)
