@@ -14,8 +14,9 @@
 //!   conv layer are `kernel`, `bias`; a separable conv's three
 //!   `depthwise_kernel`, `pointwise_kernel`, `bias`; a
 //!   BatchNormalization's four `gamma`, `beta`, `moving_mean`,
-//!   `moving_variance`. Other variables keep their place (`LAYER/vars/I`)
-//!   and are listed unused.
+//!   `moving_variance` (fewer without its scale or shift: a `.keras`
+//!   archive's config says which). Other variables keep their place
+//!   (`LAYER/vars/I`) and are listed unused.
 //!
 //! The model's config, where the file keeps one (`model_config`,
 //! `config.json`), comes with the weights: [`crate::keras_graph`] reads
@@ -62,12 +63,12 @@ const CONFIG_ENTRY: &str = "config.json";
 pub(crate) fn read(bytes: &[u8]) -> Result<KerasFile, String> {
     if hdf5::is_hdf5(bytes) {
         let config = hdf5::string_attribute(bytes, "", "model_config")?.and_then(|v| v.into_iter().next());
-        return Ok(KerasFile { weights: weights(bytes, 0)?, config });
+        return Ok(KerasFile { weights: weights(bytes, 0, None)?, config });
     }
     let entries = crate::zip::entries(bytes)?;
     let (start, h5) = stored(bytes, &entries, WEIGHTS_ENTRY)?.ok_or("no `model.weights.h5` in the archive")?;
-    let weights = weights(h5, start).map_err(|e| format!("{WEIGHTS_ENTRY}: {e}"))?;
     let config = stored(bytes, &entries, CONFIG_ENTRY)?.map(|(_, c)| String::from_utf8_lossy(c).into_owned());
+    let weights = weights(h5, start, config.as_deref()).map_err(|e| format!("{WEIGHTS_ENTRY}: {e}"))?;
     Ok(KerasFile { weights, config })
 }
 
@@ -87,8 +88,10 @@ fn stored<'a>(
 }
 
 /// The datasets of HDF5 file `h5` named as weights, in the model's order,
-/// their ranges moved by `offset` (where `h5` starts in the bytes read).
-fn weights(h5: &[u8], offset: usize) -> Result<Vec<Weight>, String> {
+/// their ranges moved by `offset` (where `h5` starts in the bytes read);
+/// `config`, the model's (a `.keras` archive's), says which variables a
+/// BatchNormalization without its scale or shift keeps.
+fn weights(h5: &[u8], offset: usize, config: Option<&str>) -> Result<Vec<Weight>, String> {
     let datasets = hdf5::datasets(h5)?;
     let keras3 = datasets.iter().any(|d| d.path.starts_with("layers/") || d.path.starts_with("vars/"));
     let legacy_model = datasets.iter().any(|d| d.path.starts_with("model_weights/"));
@@ -101,7 +104,7 @@ fn weights(h5: &[u8], offset: usize) -> Result<Vec<Weight>, String> {
         })
         .collect();
     let kept = if keras3 { kept } else { in_layer_order(h5, kept, legacy_model)? };
-    let mut named = if keras3 { keras3_names(h5, &kept)? } else { legacy_names(h5, &kept)? };
+    let mut named = if keras3 { keras3_names(h5, &kept, config)? } else { legacy_names(h5, &kept)? };
     // Two datasets named alike (layers nested in models of the same layer
     // names) keep their whole paths.
     let mut count = HashMap::<String, usize>::new();
@@ -207,7 +210,12 @@ fn layer_classes(v: &serde_json::Value, out: &mut HashMap<String, String>) {
 /// `layers/A/layers/B/vars/I`: `A/B/` by the layers' own names (each
 /// `vars` group's `name` attribute; the group's name where it has none)
 /// and the variable's name by B's class and I (see the module's doc).
-fn keras3_names(h5: &[u8], datasets: &[Dataset]) -> Result<Vec<Named>, String> {
+fn keras3_names(h5: &[u8], datasets: &[Dataset], config: Option<&str>) -> Result<Vec<Named>, String> {
+    // Each BatchNormalization's variables by the config, where it says.
+    let mut norms = HashMap::new();
+    if let Some(json) = config.and_then(|c| serde_json::from_str::<serde_json::Value>(c).ok()) {
+        norm_variables(&json, &mut norms);
+    }
     let parent = |d: &Dataset| d.path.rsplit_once('/').map_or("", |(p, _)| p).to_string();
     let mut siblings = HashMap::<String, usize>::new();
     for d in datasets {
@@ -238,13 +246,40 @@ fn keras3_names(h5: &[u8], datasets: &[Dataset]) -> Result<Vec<Named>, String> {
         }
         let class = parts.get(n.saturating_sub(3)).map_or("", |g| class_of(g));
         let index = parts[n - 1].parse::<usize>().ok();
-        let var = index.and_then(|i| variable(class, siblings[&parent(d)], i));
+        let known = owner.last().and_then(|layer| norms.get(layer.as_str())).filter(|_| class == "batch_normalization");
+        let var = match known {
+            Some(vars) => index.and_then(|i| vars.get(i).copied()),
+            None => index.and_then(|i| variable(class, siblings[&parent(d)], i)),
+        };
         let depthwise = matches!(class, "depthwise_conv2d" | "separable_conv2d") && index == Some(0);
         let var = var.map_or_else(|| format!("vars/{}", parts[n - 1]), str::to_string);
         let name = if owner.is_empty() { var } else { format!("{}/{var}", owner.join("/")) };
         out.push(Named { name, depthwise });
     }
     Ok(out)
+}
+
+/// The variables of each BatchNormalization in a Keras model config, by
+/// layer name: `gamma` if it scales, `beta` if it shifts, then its
+/// statistics.
+fn norm_variables(v: &serde_json::Value, out: &mut HashMap<String, Vec<&'static str>>) {
+    match v {
+        serde_json::Value::Object(o) => {
+            let c = o.get("config");
+            let name = c.and_then(|c| c.get("name")).and_then(|n| n.as_str());
+            if let (Some("BatchNormalization"), Some(name)) = (o.get("class_name").and_then(|c| c.as_str()), name) {
+                let flag = |k: &str| c.and_then(|c| c.get(k)).and_then(|v| v.as_bool()).unwrap_or(true);
+                let mut vars = Vec::new();
+                vars.extend(flag("scale").then_some("gamma"));
+                vars.extend(flag("center").then_some("beta"));
+                vars.extend(["moving_mean", "moving_variance"]);
+                out.insert(name.to_string(), vars);
+            }
+            o.values().for_each(|v| norm_variables(v, out));
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|v| norm_variables(v, out)),
+        _ => {}
+    }
 }
 
 /// A layer group's class: its name without the `_N` Keras adds to make it

@@ -403,11 +403,6 @@ impl Graph {
         if axis != -1 && axis != rank {
             return Err(format!("normalises axis {axis}, not the channels"));
         }
-        if !(c.get("center").and_then(Value::as_bool).unwrap_or(true)
-            && c.get("scale").and_then(Value::as_bool).unwrap_or(true))
-        {
-            return Err("without its scale or shift (center or scale false)".into());
-        }
         let eps = c.get("epsilon").and_then(Value::as_f64).unwrap_or(1e-3);
         if let Some(j) = i.entry.filter(|&j| i.alone && self.entries[j].norm.is_none() && is_weighted(&self.entries[j]))
         {
