@@ -14,7 +14,8 @@
 //! same where it pads evenly), the global pools, `ZeroPadding2D`,
 //! `Flatten`, `Add`, `Concatenate` on channels, a `Multiply` by a
 //! per-channel gate (squeeze-and-excitation), a `Reshape` of a vector to a
-//! 1x1 map or back, and no entry for activations, dropout, input
+//! 1x1 map or back, `UpSampling2D` (nearest or bilinear: an
+//! `interpolate` entry), and no entry for activations, dropout, input
 //! preprocessing and an `Add` or `Multiply` of one map with itself or a
 //! constant (hard-swish). A model built for inputs of any size takes the
 //! input given on the command line. Any other layer, a layer called twice, a nested
@@ -269,6 +270,26 @@ pub(crate) fn spec(config: &str, path: &Path, input: Option<&[usize]>) -> Result
             "BatchNormalization" => g.batch_norm(name, c, one()?, alone_next).map_err(|e| what(&e))?,
             "MaxPooling2D" | "AveragePooling2D" | "GlobalAveragePooling2D" | "GlobalMaxPooling2D" => {
                 g.pool(name, class, c, one()?, alone_next).map_err(|e| what(&e))?
+            }
+            // Nearest repeats rows and columns; bilinear is half-pixel, as
+            // torch's and TensorFlow's (bicubic differs between them).
+            "UpSampling2D" => {
+                let i = one()?;
+                let Shape::Map(ch, h, w) = i.shape else { return Err(what("a flat input")) };
+                let [sh, sw] = pair(c, "size").unwrap_or([2, 2]);
+                let mode = c.get("interpolation").and_then(Value::as_str).unwrap_or("nearest");
+                if !matches!(mode, "nearest" | "bilinear") {
+                    return Err(what(&format!("interpolation \"{mode}\", whose taps differ between Keras' backends")));
+                }
+                let (Some(ho), Some(wo)) = (h.checked_mul(sh).filter(|&v| v > 0), w.checked_mul(sw).filter(|&v| v > 0))
+                else {
+                    return Err(what("a size of 0 or too large"));
+                };
+                let e = Entry::named(name)
+                    .text("from", &i.set)
+                    .text("interpolate", mode)
+                    .key("output", format!("[{ho}, {wo}]"));
+                g.push(e, Shape::Map(ch, ho, wo), alone_next)
             }
             "ZeroPadding2D" => {
                 let i = one()?;
@@ -681,8 +702,8 @@ mod tests {
         };
         for (layer, want) in [
             (
-                r#"{"class_name": "UpSampling2D", "config": {"name": "u"}}"#,
-                "layer `u` (UpSampling2D): a layer a spec cannot describe",
+                r#"{"class_name": "Conv2DTranspose", "config": {"name": "u"}}"#,
+                "layer `u` (Conv2DTranspose): a layer a spec cannot describe",
             ),
             (r#"{"class_name": "Dense", "config": {"name": "d", "units": 2}}"#, "a Dense on a feature map's last axis"),
             (

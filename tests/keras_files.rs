@@ -97,7 +97,7 @@ fn strengths_from_the_models_config_match_keras() {
         }
         files += 1;
     }
-    assert_eq!(files, 8);
+    assert_eq!(files, 9);
 }
 
 /// A `.keras` file given as the spec gives its graph to checkpoints that
@@ -153,7 +153,7 @@ fn every_tensor_equals_its_twin() {
         }
         files += 1;
     }
-    assert_eq!(files, 17);
+    assert_eq!(files, 18);
 }
 
 /// Each BatchNorm is folded into the layer whose output it normalises (as
