@@ -261,17 +261,9 @@ impl Decoder<'_> {
     /// unscaled f64 tensor, the values in place).
     fn block<'b>(&'b self, at: usize, out: &'b mut [f64]) -> &'b [f64] {
         let n = out.len();
-        match (self.weight.as_f32(), self.weight.as_f64(), self.scale) {
-            (_, Some(xs), None) => return &xs[at..at + n],
-            // Keras layout, folded: decoded and scaled in one pass.
-            (Some(xs), _, Some(a)) if self.layout == Layout::Keras => {
-                debug_assert_eq!(at % a.len(), 0);
-                for (run, x) in out.chunks_mut(a.len()).zip(xs[at..at + n].chunks(a.len())) {
-                    run.iter_mut().zip(x).zip(a).for_each(|((v, &x), &f)| *v = f64::from(x) * f);
-                }
-                return out;
-            }
-            (Some(xs), ..) => {
+        match (self.weight.as_f32(), self.weight.as_f64()) {
+            (_, Some(xs)) if self.scale.is_none() => return &xs[at..at + n],
+            (Some(xs), _) => {
                 for (b, &x) in out.iter_mut().zip(&xs[at..at + n]) {
                     *b = f64::from(x);
                 }
