@@ -42,39 +42,9 @@ pub(crate) fn is_hdf5(bytes: &[u8]) -> bool {
     bytes.starts_with(MAGIC)
 }
 
-/// Every numeric dataset in the file, in the order of their object headers.
-/// Datasets of other types (strings, compounds) are left out: they hold no
-/// weights.
-pub(crate) fn datasets(bytes: &[u8]) -> Result<Vec<Dataset>, String> {
-    let file = File::open(bytes)?;
-    let mut found = Vec::new();
-    let mut seen = HashSet::new();
-    file.walk(file.root, "", 0, &mut seen, &mut found)?;
-    found.sort_by_key(|d| d.header);
-    Ok(found)
-}
-
-/// The strings of attribute `name` of the object at `path` (`a/b`), when
-/// both exist. A long list may be stored in pieces, `name0`, `name1`, ...
-/// (as Keras stores `layer_names`): they are joined.
-pub(crate) fn string_attribute(bytes: &[u8], path: &str, name: &str) -> Result<Option<Vec<String>>, String> {
-    let file = File::open(bytes)?;
-    let Some(addr) = file.find(path)? else { return Ok(None) };
-    if let Some(all) = file.string_attribute(addr, name)? {
-        return Ok(Some(all));
-    }
-    let mut pieces = Vec::new();
-    while let Some(piece) = file.string_attribute(addr, &format!("{name}{}", pieces.len()))? {
-        pieces.push(piece);
-        if pieces.len() > MAX_OBJECTS {
-            return Err(format!("more than {MAX_OBJECTS} pieces of attribute `{name}`"));
-        }
-    }
-    Ok((!pieces.is_empty()).then(|| pieces.concat()))
-}
-
-/// The superblock's parameters.
-struct File<'a> {
+/// An HDF5 file: its superblock's parameters, and how many of its
+/// structures have been read.
+pub(crate) struct File<'a> {
     b: &'a [u8],
     /// Size of addresses and of lengths, in bytes.
     offsets: usize,
@@ -140,7 +110,8 @@ fn undefined(addr: u64, size: usize) -> bool {
 }
 
 impl<'a> File<'a> {
-    fn open(b: &'a [u8]) -> Result<Self, String> {
+    /// The file in `b`, its superblock read.
+    pub(crate) fn open(b: &'a [u8]) -> Result<Self, String> {
         if !is_hdf5(b) {
             return Err("no HDF5 signature at the start of the file (a user block is not read)".into());
         }
@@ -167,6 +138,35 @@ impl<'a> File<'a> {
         r.uint(offsets)?; // the root entry's link name offset
         let root = r.uint(offsets)?;
         Ok(File { b, offsets, lengths, base, root, visits: 0.into() })
+    }
+
+    /// Every numeric dataset in the file, in the order of their object
+    /// headers. Datasets of other types (strings, compounds) are left out:
+    /// they hold no weights.
+    pub(crate) fn datasets(&self) -> Result<Vec<Dataset>, String> {
+        let mut found = Vec::new();
+        let mut seen = HashSet::new();
+        self.walk(self.root, "", 0, &mut seen, &mut found)?;
+        found.sort_by_key(|d| d.header);
+        Ok(found)
+    }
+
+    /// The strings of attribute `name` of the object at `path` (`a/b`),
+    /// when both exist. A long list may be stored in pieces, `name0`,
+    /// `name1`, ... (as Keras stores `layer_names`): they are joined.
+    pub(crate) fn strings_of(&self, path: &str, name: &str) -> Result<Option<Vec<String>>, String> {
+        let Some(addr) = self.find(path)? else { return Ok(None) };
+        if let Some(all) = self.string_attribute(addr, name)? {
+            return Ok(Some(all));
+        }
+        let mut pieces = Vec::new();
+        while let Some(piece) = self.string_attribute(addr, &format!("{name}{}", pieces.len()))? {
+            pieces.push(piece);
+            if pieces.len() > MAX_OBJECTS {
+                return Err(format!("more than {MAX_OBJECTS} pieces of attribute `{name}`"));
+            }
+        }
+        Ok((!pieces.is_empty()).then(|| pieces.concat()))
     }
 
     /// The position in the bytes of a file address.

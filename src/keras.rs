@@ -62,13 +62,16 @@ const CONFIG_ENTRY: &str = "config.json";
 /// Reads a Keras HDF5 file or `.keras` archive.
 pub(crate) fn read(bytes: &[u8]) -> Result<KerasFile, String> {
     if hdf5::is_hdf5(bytes) {
-        let config = hdf5::string_attribute(bytes, "", "model_config")?.and_then(|v| v.into_iter().next());
-        return Ok(KerasFile { weights: weights(bytes, 0, None)?, config });
+        let h5 = hdf5::File::open(bytes)?;
+        let config = h5.strings_of("", "model_config")?.and_then(|v| v.into_iter().next());
+        return Ok(KerasFile { weights: weights(&h5, 0, config.as_deref())?, config });
     }
     let entries = crate::zip::entries(bytes)?;
     let (start, h5) = stored(bytes, &entries, WEIGHTS_ENTRY)?.ok_or("no `model.weights.h5` in the archive")?;
     let config = stored(bytes, &entries, CONFIG_ENTRY)?.map(|(_, c)| String::from_utf8_lossy(c).into_owned());
-    let weights = weights(h5, start, config.as_deref()).map_err(|e| format!("{WEIGHTS_ENTRY}: {e}"))?;
+    let weights = hdf5::File::open(h5)
+        .and_then(|h5| weights(&h5, start, config.as_deref()))
+        .map_err(|e| format!("{WEIGHTS_ENTRY}: {e}"))?;
     Ok(KerasFile { weights, config })
 }
 
@@ -89,10 +92,11 @@ fn stored<'a>(
 
 /// The datasets of HDF5 file `h5` named as weights, in the model's order,
 /// their ranges moved by `offset` (where `h5` starts in the bytes read);
-/// `config`, the model's (a `.keras` archive's), says which variables a
-/// BatchNormalization without its scale or shift keeps.
-fn weights(h5: &[u8], offset: usize, config: Option<&str>) -> Result<Vec<Weight>, String> {
-    let datasets = hdf5::datasets(h5)?;
+/// the model's `config`, where the file keeps one, says what the names do
+/// not ([`ConfigLayers`]).
+fn weights(h5: &hdf5::File, offset: usize, config: Option<&str>) -> Result<Vec<Weight>, String> {
+    let layers = ConfigLayers::of(config);
+    let datasets = h5.datasets()?;
     let keras3 = datasets.iter().any(|d| d.path.starts_with("layers/") || d.path.starts_with("vars/"));
     let legacy_model = datasets.iter().any(|d| d.path.starts_with("model_weights/"));
     let kept: Vec<Dataset> = datasets
@@ -104,7 +108,7 @@ fn weights(h5: &[u8], offset: usize, config: Option<&str>) -> Result<Vec<Weight>
         })
         .collect();
     let kept = if keras3 { kept } else { in_layer_order(h5, kept, legacy_model)? };
-    let mut named = if keras3 { keras3_names(h5, &kept, config)? } else { legacy_names(h5, &kept)? };
+    let mut named = if keras3 { keras3_names(h5, &kept, &layers)? } else { legacy_names(&kept, &layers) };
     // Two datasets named alike (layers nested in models of the same layer
     // names) keep their whole paths.
     let mut count = HashMap::<String, usize>::new();
@@ -144,15 +148,11 @@ struct Named {
 /// `layer_names` attribute keeps (Keras writes the layers' groups sorted by
 /// name); a layer's own weights in the order written. Without the
 /// attribute, in the order written.
-fn in_layer_order(h5: &[u8], mut datasets: Vec<Dataset>, model: bool) -> Result<Vec<Dataset>, String> {
+fn in_layer_order(h5: &hdf5::File, mut datasets: Vec<Dataset>, model: bool) -> Result<Vec<Dataset>, String> {
     let group = if model { "model_weights" } else { "" };
-    let Some(layers) = hdf5::string_attribute(h5, group, "layer_names")? else { return Ok(datasets) };
-    let place: std::collections::HashMap<&str, usize> =
-        layers.iter().enumerate().map(|(i, l)| (l.as_str(), i)).collect();
-    let layer_of = |d: &Dataset| {
-        let path = d.path.strip_prefix("model_weights/").unwrap_or(&d.path);
-        place.get(path.split('/').next().unwrap_or(path)).copied().unwrap_or(usize::MAX)
-    };
+    let Some(layers) = h5.strings_of(group, "layer_names")? else { return Ok(datasets) };
+    let place: HashMap<&str, usize> = layers.iter().enumerate().map(|(i, l)| (l.as_str(), i)).collect();
+    let layer_of = |d: &Dataset| place.get(legacy_parts(d).1).copied().unwrap_or(usize::MAX);
     datasets.sort_by_key(|d| (layer_of(d), d.header));
     Ok(datasets)
 }
@@ -161,61 +161,84 @@ fn in_layer_order(h5: &[u8], mut datasets: Vec<Dataset>, model: bool) -> Result<
 /// Keras 2's `save_weights` writes): `LAYER/NAME`. A depthwise kernel
 /// (Keras 2's `depthwise_kernel`, or the `kernel` of a layer the file's
 /// `model_config` says is a `DepthwiseConv2D`) is `LAYER/kernel`.
-fn legacy_names(h5: &[u8], datasets: &[Dataset]) -> Result<Vec<Named>, String> {
-    let config = hdf5::string_attribute(h5, "", "model_config")?;
-    let mut classes = HashMap::new();
-    if let Some(json) = config.as_ref().and_then(|c| serde_json::from_str::<serde_json::Value>(c.first()?).ok()) {
-        layer_classes(&json, &mut classes);
-    }
-    let parts = |d: &Dataset| -> (String, String) {
-        let path = d.path.strip_prefix("model_weights/").unwrap_or(&d.path);
-        let layer = path.split('/').next().unwrap_or(path);
-        let var = path.rsplit('/').next().unwrap_or(path);
-        (layer.to_string(), var.strip_suffix(":0").unwrap_or(var).to_string())
-    };
+fn legacy_names(datasets: &[Dataset], config: &ConfigLayers) -> Vec<Named> {
     // A SeparableConv2D's depthwise kernel is one of two: it keeps its name.
-    let separable: HashSet<String> =
-        datasets.iter().map(parts).filter(|(_, var)| var == "pointwise_kernel").map(|(layer, _)| layer).collect();
-    Ok(datasets
+    let separable: HashSet<&str> = datasets
+        .iter()
+        .map(legacy_parts)
+        .filter(|&(_, _, var)| var == "pointwise_kernel")
+        .map(|(_, layer, _)| layer)
+        .collect();
+    datasets
         .iter()
         .map(|d| {
-            let path = d.path.strip_prefix("model_weights/").unwrap_or(&d.path);
-            let (layer, var) = parts(d);
-            let (layer, var) = (layer.as_str(), var.as_str());
+            let (bare, layer, var) = legacy_parts(d);
             let depthwise = var == "depthwise_kernel"
-                || var == "kernel" && classes.get(layer).is_some_and(|c| c.as_str() == "DepthwiseConv2D");
+                || var == "kernel" && config.class.get(layer).is_some_and(|c| c == "DepthwiseConv2D");
             let var = if depthwise && !separable.contains(layer) { "kernel" } else { var };
-            let name = if layer == path { var.to_string() } else { format!("{layer}/{var}") };
+            let name = if bare { var.to_string() } else { format!("{layer}/{var}") };
             Named { name, depthwise }
         })
-        .collect())
+        .collect()
 }
 
-/// Every layer's class in a Keras model config, by layer name (nested
-/// models' layers too).
-fn layer_classes(v: &serde_json::Value, out: &mut HashMap<String, String>) {
-    match v {
-        serde_json::Value::Object(o) => {
-            let name = o.get("config").and_then(|c| c.get("name")).and_then(|n| n.as_str());
-            if let (Some(class), Some(name)) = (o.get("class_name").and_then(|c| c.as_str()), name) {
-                out.entry(name.to_string()).or_insert_with(|| class.to_string());
-            }
-            o.values().for_each(|v| layer_classes(v, out));
+/// Of a legacy dataset's path: whether its layer is all of it (a bare
+/// dataset), its layer, and the variable's own name without `:0`.
+fn legacy_parts(d: &Dataset) -> (bool, &str, &str) {
+    let path = d.path.strip_prefix("model_weights/").unwrap_or(&d.path);
+    let layer = path.split('/').next().unwrap_or(path);
+    let var = path.rsplit('/').next().unwrap_or(path);
+    (path.len() == layer.len(), layer, var.strip_suffix(":0").unwrap_or(var))
+}
+
+/// What a Keras model config says of its layers (nested models' too), by
+/// layer name: each one's class, and the variables of each
+/// BatchNormalization (`gamma` if it scales, `beta` if it shifts, then its
+/// statistics). Empty without a config.
+#[derive(Default)]
+struct ConfigLayers {
+    class: HashMap<String, String>,
+    norm_variables: HashMap<String, Vec<&'static str>>,
+}
+
+impl ConfigLayers {
+    fn of(config: Option<&str>) -> Self {
+        let mut layers = ConfigLayers::default();
+        if let Some(json) = config.and_then(|c| serde_json::from_str::<serde_json::Value>(c).ok()) {
+            layers.add(&json);
         }
-        serde_json::Value::Array(a) => a.iter().for_each(|v| layer_classes(v, out)),
-        _ => {}
+        layers
+    }
+
+    /// Every object with a `class_name` and a `config.name`, at any depth.
+    fn add(&mut self, v: &serde_json::Value) {
+        match v {
+            serde_json::Value::Object(o) => {
+                let c = o.get("config");
+                let name = c.and_then(|c| c.get("name")).and_then(|n| n.as_str());
+                if let (Some(class), Some(name)) = (o.get("class_name").and_then(|c| c.as_str()), name) {
+                    self.class.entry(name.to_string()).or_insert_with(|| class.to_string());
+                    if class == "BatchNormalization" {
+                        let flag = |k: &str| c.and_then(|c| c.get(k)).and_then(|v| v.as_bool()).unwrap_or(true);
+                        let mut vars = Vec::new();
+                        vars.extend(flag("scale").then_some("gamma"));
+                        vars.extend(flag("center").then_some("beta"));
+                        vars.extend(["moving_mean", "moving_variance"]);
+                        self.norm_variables.entry(name.to_string()).or_insert(vars);
+                    }
+                }
+                o.values().for_each(|v| self.add(v));
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| self.add(v)),
+            _ => {}
+        }
     }
 }
 
 /// `layers/A/layers/B/vars/I`: `A/B/` by the layers' own names (each
 /// `vars` group's `name` attribute; the group's name where it has none)
 /// and the variable's name by B's class and I (see the module's doc).
-fn keras3_names(h5: &[u8], datasets: &[Dataset], config: Option<&str>) -> Result<Vec<Named>, String> {
-    // Each BatchNormalization's variables by the config, where it says.
-    let mut norms = HashMap::new();
-    if let Some(json) = config.and_then(|c| serde_json::from_str::<serde_json::Value>(c).ok()) {
-        norm_variables(&json, &mut norms);
-    }
+fn keras3_names(h5: &hdf5::File, datasets: &[Dataset], config: &ConfigLayers) -> Result<Vec<Named>, String> {
     let parent = |d: &Dataset| d.path.rsplit_once('/').map_or("", |(p, _)| p).to_string();
     let mut siblings = HashMap::<String, usize>::new();
     for d in datasets {
@@ -236,7 +259,8 @@ fn keras3_names(h5: &[u8], datasets: &[Dataset], config: Option<&str>) -> Result
             if parts[i - 1] == "layers" {
                 let group = parts[..=i].join("/");
                 if !real.contains_key(&group) {
-                    let name = hdf5::string_attribute(h5, &format!("{group}/vars"), "name")?
+                    let name = h5
+                        .strings_of(&format!("{group}/vars"), "name")?
                         .and_then(|v| v.into_iter().next())
                         .unwrap_or_else(|| parts[i].to_string());
                     real.insert(group.clone(), name);
@@ -246,7 +270,11 @@ fn keras3_names(h5: &[u8], datasets: &[Dataset], config: Option<&str>) -> Result
         }
         let class = parts.get(n.saturating_sub(3)).map_or("", |g| class_of(g));
         let index = parts[n - 1].parse::<usize>().ok();
-        let known = owner.last().and_then(|layer| norms.get(layer.as_str())).filter(|_| class == "batch_normalization");
+        // A BatchNormalization's variables by the config, where it says.
+        let known = owner
+            .last()
+            .and_then(|layer| config.norm_variables.get(layer.as_str()))
+            .filter(|_| class == "batch_normalization");
         let var = match known {
             Some(vars) => index.and_then(|i| vars.get(i).copied()),
             None => index.and_then(|i| variable(class, siblings[&parent(d)], i)),
@@ -257,29 +285,6 @@ fn keras3_names(h5: &[u8], datasets: &[Dataset], config: Option<&str>) -> Result
         out.push(Named { name, depthwise });
     }
     Ok(out)
-}
-
-/// The variables of each BatchNormalization in a Keras model config, by
-/// layer name: `gamma` if it scales, `beta` if it shifts, then its
-/// statistics.
-fn norm_variables(v: &serde_json::Value, out: &mut HashMap<String, Vec<&'static str>>) {
-    match v {
-        serde_json::Value::Object(o) => {
-            let c = o.get("config");
-            let name = c.and_then(|c| c.get("name")).and_then(|n| n.as_str());
-            if let (Some("BatchNormalization"), Some(name)) = (o.get("class_name").and_then(|c| c.as_str()), name) {
-                let flag = |k: &str| c.and_then(|c| c.get(k)).and_then(|v| v.as_bool()).unwrap_or(true);
-                let mut vars = Vec::new();
-                vars.extend(flag("scale").then_some("gamma"));
-                vars.extend(flag("center").then_some("beta"));
-                vars.extend(["moving_mean", "moving_variance"]);
-                out.insert(name.to_string(), vars);
-            }
-            o.values().for_each(|v| norm_variables(v, out));
-        }
-        serde_json::Value::Array(a) => a.iter().for_each(|v| norm_variables(v, out)),
-        _ => {}
-    }
 }
 
 /// A layer group's class: its name without the `_N` Keras adds to make it
