@@ -288,8 +288,8 @@ fn place_norms(
     while i < norms.len() {
         // The BatchNorms standing together after the same weighted layers.
         let at = norms[i].2;
-        let run = (i..norms.len()).take_while(|&k| norms[k].2 == at).filter(|&k| placed[k].is_none()).count();
-        let end = i + (i..norms.len()).take_while(|&k| norms[k].2 == at).count();
+        let end = i + norms[i..].iter().take_while(|n| n.2 == at).count();
+        let run = (i..end).filter(|&k| placed[k].is_none()).count();
         let mut slot = at.saturating_sub(run);
         for k in i..end {
             if placed[k].is_some() {
@@ -445,69 +445,61 @@ pub(crate) fn per_layer(
             continue;
         };
         let name = display_name(w);
-        let (kind, in_shape, out_shape) = match dims(ck, s.layout, w, e.in_out)
-            .map_err(|r| graph(format!("layer `{name}`: {r}")))?
-        {
-            Dims::Dense(o, i) => (
-                LayerKind::Dense { inputs: i, outputs: o, in_out: e.in_out.unwrap_or(s.layout == Layout::Keras) },
-                NodeShape::Flat(i),
-                NodeShape::Flat(o),
-            ),
-            Dims::Conv(o, ci, kh, kw) if e.transposed == Some(true) => {
-                // At channel level: the adjoint conv's links, reversed.
-                let groups = e.groups.unwrap_or(1);
-                let geometry =
-                    ConvGeometry { stride: [1, 1], padding: [0, 0], padding_after: [0, 0], dilation: [1, 1], groups };
-                let adjoint = make_conv((o, ci, kh, kw), ci * groups, [1, 1], geometry, true)
-                    .map_err(|r| graph(format!("layer `{name}`: {r}")))?;
-                channel_level.push(name.clone());
-                let map = |c| NodeShape::Map { c, h: 1, w: 1 };
-                (LayerKind::ConvTranspose(adjoint), map(o), map(ci * groups))
-            }
-            Dims::Conv(o, ci, kh, kw) => {
-                let grid = match input {
-                    Some(NodeShape::Map { c, h, w }) if i == 0 && c % ci == 0 => Some((c, [h, w])),
-                    _ => None,
-                };
-                let (ch, hw, level) = match (grid, before) {
-                    (Some((c, hw)), _) => (c, hw, false),
-                    // One input channel per group after a layer of `c > 1`
-                    // outputs: a depthwise conv (MobileNet, EfficientNet),
-                    // not one reading a single channel of all `c`.
-                    (None, Some(c)) if ci == 1 && c > 1 && o % c == 0 => {
-                        depthwise.push(name.clone());
-                        (c, [1, 1], true)
-                    }
-                    // Its input channels divide the outputs before it: a
-                    // grouped conv (ResNeXt, RegNet) or one after a layer of
-                    // another branch (a downsample); groups 1, and said.
-                    (None, Some(c)) if ci > 1 && c > ci && c % ci == 0 => {
-                        maybe_grouped.push(name.clone());
-                        (ci, [1, 1], true)
-                    }
-                    (None, _) => (ci, [1, 1], true),
-                };
-                let geometry = ConvGeometry {
-                    stride: [1, 1],
-                    padding: [0, 0],
-                    padding_after: [0, 0],
-                    dilation: [1, 1],
-                    groups: ch / ci,
-                };
-                let conv = make_conv((o, ci, kh, kw), ch, hw, geometry, level)
-                    .or_else(|_| make_conv((o, ci, kh, kw), ci, [1, 1], ConvGeometry { groups: 1, ..geometry }, true))
-                    .map_err(|r| graph(format!("layer `{name}`: {r}")))?;
-                if conv.channel_level {
+        let (kind, in_shape, out_shape) =
+            match dims(ck, s.layout, w, e.in_out).map_err(|r| graph(format!("layer `{name}`: {r}")))? {
+                Dims::Dense(o, i) => (
+                    LayerKind::Dense { inputs: i, outputs: o, in_out: e.in_out.unwrap_or(s.layout == Layout::Keras) },
+                    NodeShape::Flat(i),
+                    NodeShape::Flat(o),
+                ),
+                Dims::Conv(o, ci, kh, kw) if e.transposed == Some(true) => {
+                    // At channel level: the adjoint conv's links, reversed.
+                    let groups = e.groups.unwrap_or(1);
+                    let geometry = ConvGeometry::plain(groups);
+                    let adjoint = make_conv((o, ci, kh, kw), ci * groups, [1, 1], geometry, true)
+                        .map_err(|r| graph(format!("layer `{name}`: {r}")))?;
                     channel_level.push(name.clone());
+                    let map = |c| NodeShape::Map { c, h: 1, w: 1 };
+                    (LayerKind::ConvTranspose(adjoint), map(o), map(ci * groups))
                 }
-                let (a, b) = if conv.channel_level { ([1, 1], [1, 1]) } else { (conv.in_hw, conv.out_hw) };
-                (
-                    LayerKind::Conv(conv),
-                    NodeShape::Map { c: conv.cin(), h: a[0], w: a[1] },
-                    NodeShape::Map { c: o, h: b[0], w: b[1] },
-                )
-            }
-        };
+                Dims::Conv(o, ci, kh, kw) => {
+                    let grid = match input {
+                        Some(NodeShape::Map { c, h, w }) if i == 0 && c % ci == 0 => Some((c, [h, w])),
+                        _ => None,
+                    };
+                    let (ch, hw, level) = match (grid, before) {
+                        (Some((c, hw)), _) => (c, hw, false),
+                        // One input channel per group after a layer of `c > 1`
+                        // outputs: a depthwise conv (MobileNet, EfficientNet),
+                        // not one reading a single channel of all `c`.
+                        (None, Some(c)) if ci == 1 && c > 1 && o % c == 0 => {
+                            depthwise.push(name.clone());
+                            (c, [1, 1], true)
+                        }
+                        // Its input channels divide the outputs before it: a
+                        // grouped conv (ResNeXt, RegNet) or one after a layer of
+                        // another branch (a downsample); groups 1, and said.
+                        (None, Some(c)) if ci > 1 && c > ci && c % ci == 0 => {
+                            maybe_grouped.push(name.clone());
+                            (ci, [1, 1], true)
+                        }
+                        (None, _) => (ci, [1, 1], true),
+                    };
+                    let geometry = ConvGeometry::plain(ch / ci);
+                    let conv = make_conv((o, ci, kh, kw), ch, hw, geometry, level)
+                        .or_else(|_| make_conv((o, ci, kh, kw), ci, [1, 1], ConvGeometry::plain(1), true))
+                        .map_err(|r| graph(format!("layer `{name}`: {r}")))?;
+                    if conv.channel_level {
+                        channel_level.push(name.clone());
+                    }
+                    let (a, b) = if conv.channel_level { ([1, 1], [1, 1]) } else { (conv.in_hw, conv.out_hw) };
+                    (
+                        LayerKind::Conv(conv),
+                        NodeShape::Map { c: conv.cin(), h: a[0], w: a[1] },
+                        NodeShape::Map { c: o, h: b[0], w: b[1] },
+                    )
+                }
+            };
         if let Some(b) = &e.bias {
             let shape = ck.shape(b).unwrap_or(&[]);
             if shape != [out_shape.channels()] {

@@ -148,6 +148,13 @@ pub struct ConvGeometry {
     pub groups: usize,
 }
 
+impl ConvGeometry {
+    /// Stride 1, no padding, no dilation, in `groups` groups.
+    pub fn plain(groups: usize) -> Self {
+        ConvGeometry { stride: [1, 1], padding: [0, 0], padding_after: [0, 0], dilation: [1, 1], groups }
+    }
+}
+
 /// A 2-D convolution's sizes (in canonical torch order) and geometry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Conv {
@@ -726,8 +733,8 @@ impl Network {
             _ => None,
         };
         let config_spec = from_config.as_ref().and_then(|s| s.as_ref().ok());
-        match Self::build_with(ck, opts, config_spec) {
-            Ok(mut net) if config_spec.is_some() => {
+        match (Self::build_with(ck, opts, config_spec), &from_config) {
+            (Ok(mut net), Some(Ok(_))) => {
                 net.notes.insert(
                     0,
                     "graph from the Keras model config the file keeps (its layers, their arguments and connections)"
@@ -735,18 +742,12 @@ impl Network {
                 );
                 Ok(net)
             }
-            Err(e @ Error::Graph { .. }) if config_spec.is_some() => {
-                let why = e.to_string();
-                Self::build_with(ck, opts, None).map(|net| net.with_config_note(&why))
+            // A graph the config's spec does not build: discovered instead.
+            (Err(e @ (Error::Graph { .. } | Error::Spec { .. })), Some(Ok(_))) => {
+                Self::build_with(ck, opts, None).map(|net| net.with_config_note(&e.to_string()))
             }
-            Err(e @ Error::Spec { .. }) if config_spec.is_some() => {
-                let why = e.to_string();
-                Self::build_with(ck, opts, None).map(|net| net.with_config_note(&why))
-            }
-            built => match from_config {
-                Some(Err(why)) => built.map(|net| net.with_config_note(&why)),
-                _ => built,
-            },
+            (built, Some(Err(why))) => built.map(|net| net.with_config_note(why)),
+            (built, _) => built,
         }
     }
 
@@ -1542,8 +1543,7 @@ impl<'a> Builder<'a> {
             if input.channels() != i {
                 return Err(self.err(format!("takes {i} channels per pixel but its input has {}", input.channels())));
             }
-            let geometry =
-                ConvGeometry { stride: [1, 1], padding: [0, 0], padding_after: [0, 0], dilation: [1, 1], groups: 1 };
+            let geometry = ConvGeometry::plain(1);
             return make_conv((o, i, 1, 1), i, [h, w], geometry, false).map_err(|r| self.err(r)).map(LayerKind::Conv);
         }
         match dims {
