@@ -206,7 +206,10 @@ pub(crate) fn spec(config: &str, path: &Path, input: Option<&[usize]>) -> Result
                 g.input = Some(shape);
                 Out { set: "input".into(), shape, entry: None, alone: false }
             }
-            _ if PASS_THROUGH.contains(&class) => Out { alone: one()?.alone && alone_next, ..one()? },
+            _ if PASS_THROUGH.contains(&class) => {
+                let i = one()?;
+                Out { alone: i.alone && alone_next, ..i }
+            }
             // A vector read as a 1x1 map or back: the same nodes in the same
             // order (squeeze-and-excitation's `Reshape((1, 1, C))`).
             "Reshape" => {
@@ -530,8 +533,7 @@ const SEQUENTIAL_INPUT: &str = "\0input";
 /// A sample's shape from Keras' batch shape (`[null, h, w, c]` or `[null,
 /// n]`).
 fn input_shape(batch: Option<&Value>) -> Option<Shape> {
-    let dims: Vec<usize> =
-        batch?.as_array()?.iter().skip(1).map(|d| d.as_u64().map(|d| d as usize)).collect::<Option<_>>()?;
+    let dims: Vec<usize> = dims(batch?.as_array()?).into_iter().collect::<Option<_>>()?;
     match dims[..] {
         [h, w, c] if h > 0 && w > 0 && c > 0 => Some(Shape::Map(c, h, w)),
         [n] if n > 0 => Some(Shape::Flat(n)),
