@@ -242,8 +242,9 @@ pub fn special(t: &std::fs::FileType) -> Option<&'static str> {
 
 /// File names a directory scan takes as checkpoints: safetensors files,
 /// PyTorch files (`.pt`, `.pth`, `.bin`, `.ckpt`), NumPy files (`.npz`,
-/// `.npy`), Keras files (`.h5`, `.hdf5`, `.keras`) and the extensionless `checkpoints` of Ray Tune trials. What
-/// each holds is decided by its bytes when opened.
+/// `.npy`), Keras files (`.h5`, `.hdf5`, `.keras`) and the extensionless
+/// `checkpoints` of Ray Tune trials. What each holds is decided by its
+/// bytes when opened.
 fn is_checkpoint_name(name: &str) -> bool {
     let ext = |e: &str| name.len() > e.len() && name.ends_with(e);
     ext(".safetensors")

@@ -261,8 +261,6 @@ fn run_study(
     Ok(if done.failed > 0 { 1 } else { 0 })
 }
 
-/// Prints how a scan went; its exit code (0 all good, 1 some failed, 2
-/// none analysed).
 /// This process's peak resident memory (Linux's `VmHWM`): its own, unlike
 /// `getrusage`'s `ru_maxrss`, which also counts the memory of the process
 /// that spawned it, as it was when this one started.
@@ -272,6 +270,8 @@ fn peak_memory_kb() -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Prints how a scan went; its exit code (0 all good, 1 some failed, 2
+/// none analysed).
 fn scan_outcome(summary: ScanSummary, output: &Path) -> u8 {
     report_scan(&summary, output);
     match (summary.analysed, summary.failed) {

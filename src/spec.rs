@@ -521,8 +521,8 @@ impl Spec {
         use std::io::Read;
         let err = |reason: String| Error::Spec { path: path.to_path_buf(), reason };
         let mut head = Vec::with_capacity(8);
-        let file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
-        file.take(8).read_to_end(&mut head).map_err(|e| err(e.to_string()))?;
+        let mut file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
+        (&mut file).take(8).read_to_end(&mut head).map_err(|e| err(e.to_string()))?;
         if crate::hdf5::is_hdf5(&head) || crate::zip::is_zip(&head) {
             // A checkpoint, mapped (not read whole) for the config it keeps.
             let ck = crate::checkpoint::Checkpoint::open(path).map_err(|e| err(e.to_string()))?;
@@ -533,7 +533,9 @@ impl Spec {
             return crate::keras_graph::spec(config, path, None)
                 .map_err(|e| err(format!("its Keras model config: {e}")));
         }
-        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        // A spec file: the rest of it after its first bytes.
+        file.read_to_end(&mut head).map_err(|e| err(e.to_string()))?;
+        let text = String::from_utf8(head).map_err(|_| err("stream did not contain valid UTF-8".into()))?;
         Self::parse(&text, path)
     }
 
