@@ -15,6 +15,7 @@ use memmap2::Mmap;
 use safetensors::tensor::{Dtype as StDtype, TensorInfo};
 
 use crate::error::{Error, Result};
+use crate::keras::ModelConfig;
 use crate::natsort::sort_natural_by;
 
 /// Name of the index file of a sharded Hugging Face checkpoint.
@@ -181,8 +182,8 @@ pub struct Checkpoint {
     /// The wrappers' prefix taken off every name ([`WRAPPERS`]), or "".
     wrapper: String,
     /// The model's own description of its layers, where the file keeps one
-    /// (a Keras model's config, JSON).
-    model_config: Option<String>,
+    /// (a Keras model's config).
+    model_config: Option<ModelConfig>,
 }
 
 /// Prefixes a training wrapper puts before every name of the model's
@@ -644,10 +645,10 @@ impl Checkpoint {
     }
 
     /// The model's own description of its layers, where the file keeps
-    /// one: a Keras model's config (JSON), which [`crate::keras_graph`]
-    /// reads as a spec.
-    pub fn model_config(&self) -> Option<&str> {
-        self.model_config.as_deref()
+    /// one: a Keras model's config, which [`crate::keras_graph`] reads as
+    /// a spec.
+    pub fn model_config(&self) -> Option<&ModelConfig> {
+        self.model_config.as_ref()
     }
 
     /// The merged `__metadata__` string map.

@@ -333,8 +333,11 @@ pub struct Pool {
     pub kernel: [usize; 2],
     /// Stride (unused by adaptive pools).
     pub stride: [usize; 2],
-    /// Zero padding (unused by adaptive pools).
+    /// Zero padding before the input (top, left; unused by adaptive pools).
     pub padding: [usize; 2],
+    /// Zero padding after it (bottom, right): `padding` but for
+    /// TensorFlow's "same" pools, whose odd cell goes after.
+    pub padding_after: [usize; 2],
     /// The output grid rounds up (torch's `ceil_mode`): the last window
     /// may reach past the padding, and only what it covers of the padded
     /// input counts in an average pool's divisor.
@@ -361,18 +364,24 @@ pub struct Window {
 }
 
 impl Pool {
-    /// Output length along an axis of `n` positions, as torch computes it:
-    /// rounded down, or with `ceil_mode` up, but never a window that starts
-    /// past the input and its left padding; `None` when the window is
-    /// larger than the padded input.
-    pub fn out_len(n: usize, kernel: usize, stride: usize, padding: usize, ceil_mode: bool) -> Option<usize> {
+    /// Output length along an axis of `n` positions padded by `before` and
+    /// `after`, as torch computes it: rounded down, or with `ceil_mode` up,
+    /// but never a window that starts past the input and its left padding;
+    /// `None` when the window is larger than the padded input.
+    pub fn out_len(
+        n: usize,
+        kernel: usize,
+        stride: usize,
+        [before, after]: [usize; 2],
+        ceil_mode: bool,
+    ) -> Option<usize> {
         // Sizes from a spec: checked.
-        let span = n.checked_add(padding.checked_mul(2)?)?.checked_sub(kernel)?;
+        let span = n.checked_add(before)?.checked_add(after)?.checked_sub(kernel)?;
         if !ceil_mode {
             return Some(span / stride + 1);
         }
         let out = span.div_ceil(stride) + 1;
-        Some(if (out - 1).checked_mul(stride)? >= n + padding { out - 1 } else { out })
+        Some(if (out - 1).checked_mul(stride)? >= n + before { out - 1 } else { out })
     }
 
     /// The windows of every output position along axis `a` (0: rows, 1:
@@ -406,7 +415,7 @@ impl Pool {
         let divisor = match self.op {
             // The window within the padded input (all of it unless
             // ceil_mode's last window reaches past).
-            PoolOp::Avg { count_include_pad: true } => (last.min(n as i64 + pad) - first) as usize,
+            PoolOp::Avg { count_include_pad: true } => (last.min((n + self.padding_after[a]) as i64) - first) as usize,
             _ => inside,
         };
         Window { output: o, start, end: end.max(start), weight: if inside == 0 { 0.0 } else { 1.0 / divisor as f64 } }
@@ -415,7 +424,16 @@ impl Pool {
     /// A layer that resamples the grid (an interpolation, a pad): no
     /// window geometry of its own.
     fn resampling(op: PoolOp, in_hw: [usize; 2], out_hw: [usize; 2]) -> Pool {
-        Pool { op, kernel: [1, 1], stride: [1, 1], padding: [0, 0], ceil_mode: false, in_hw, out_hw }
+        Pool {
+            op,
+            kernel: [1, 1],
+            stride: [1, 1],
+            padding: [0, 0],
+            padding_after: [0, 0],
+            ceil_mode: false,
+            in_hw,
+            out_hw,
+        }
     }
 }
 
@@ -780,6 +798,7 @@ impl Network {
         if let Some(spec) = spec {
             let mut net = Builder::new(ck, settings, input, Some(spec)).build(&spec.layers)?;
             net.source = GraphSource::Spec;
+            net.notes.extend(spec.notes.iter().cloned());
             net.notes.extend(dead_ends(&net));
             net.unused = unused_tensors(ck, &net, Vec::new());
             return Ok(net);
@@ -1399,20 +1418,22 @@ impl<'a> Builder<'a> {
         };
         let stride = e.stride.map_or(kernel, |s| s.hw());
         let padding = e.padding.map_or([0, 0], |s| s.hw());
+        let padding_after = e.padding_after.map_or(padding, |s| s.hw());
         let ceil_mode = e.ceil_mode.unwrap_or(false);
         let out_hw = match p {
             PoolName::AdaptiveAvg => e.output.expect("checked").hw(),
             PoolName::GlobalAvg => [1, 1],
             _ => {
-                if padding[0] * 2 > kernel[0] || padding[1] * 2 > kernel[1] {
+                if (0..2).any(|a| padding[a].max(padding_after[a]) * 2 > kernel[a]) {
                     return Err(self.err(format!(
-                        "padding {}x{} is more than half the {}x{} window",
-                        padding[0], padding[1], kernel[0], kernel[1]
+                        "padding {}x{} (after: {}x{}) is more than half the {}x{} window",
+                        padding[0], padding[1], padding_after[0], padding_after[1], kernel[0], kernel[1]
                     )));
                 }
-                let ho = Pool::out_len(h, kernel[0], stride[0], padding[0], ceil_mode);
-                let wo = Pool::out_len(w, kernel[1], stride[1], padding[1], ceil_mode);
-                let (Some(ho), Some(wo)) = (ho, wo) else {
+                let len = |a: usize, n: usize| {
+                    Pool::out_len(n, kernel[a], stride[a], [padding[a], padding_after[a]], ceil_mode)
+                };
+                let (Some(ho), Some(wo)) = (len(0, h), len(1, w)) else {
                     return Err(self.err(format!(
                         "the {}x{} window is larger than its padded {h}x{w} input",
                         kernel[0], kernel[1]
@@ -1421,7 +1442,7 @@ impl<'a> Builder<'a> {
                 [ho, wo]
             }
         };
-        Ok(Pool { op, kernel, stride, padding, ceil_mode, in_hw: [h, w], out_hw })
+        Ok(Pool { op, kernel, stride, padding, padding_after, ceil_mode, in_hw: [h, w], out_hw })
     }
 
     /// What an entry reads, as its `view`, `pixel_shuffle` or
@@ -1588,7 +1609,8 @@ impl<'a> Builder<'a> {
     }
 
     /// A transposed conv on `input`: its adjoint, the conv from the output
-    /// grid (`(H - 1) s - 2p + d (k - 1) + output_padding + 1` rows) back
+    /// grid (`(H - 1) s - p - p_after + d (k - 1) + output_padding + 1`
+    /// rows, `p_after` = `padding_after` or `p`) back
     /// to `input`'s, whose weight `[Cin, Cout/g, kh, kw]` it reads as its
     /// own `[Cout, Cin/g, kh, kw]`.
     fn transposed(&self, e: &LayerSpec, weight: &str, dims: Dims, input: NodeShape) -> Result<LayerKind> {
@@ -1606,26 +1628,26 @@ impl<'a> Builder<'a> {
         let geometry = ConvGeometry {
             stride: e.stride.map_or([1, 1], |p| p.hw()),
             padding,
-            padding_after: padding,
+            padding_after: e.padding_after.map_or(padding, |p| p.hw()),
             dilation: e.dilation.map_or([1, 1], |p| p.hw()),
             groups,
         };
         let extra = e.output_padding.map_or([0, 0], |p| p.hw());
         let grid = |a: usize, n: usize, k: usize| {
-            let (s, p, d) = (geometry.stride[a], geometry.padding[a], geometry.dilation[a]);
+            let (s, d) = (geometry.stride[a], geometry.dilation[a]);
             // (torch also takes `output_padding < dilation`; then the adjoint
             // conv would read one row more than this layer's input has.)
             (extra[a] < s)
                 .then(|| (n - 1).checked_mul(s)?.checked_add(d.checked_mul(k - 1)?)?.checked_add(extra[a] + 1))
                 .flatten()
-                .and_then(|len| len.checked_sub(2 * p))
+                .and_then(|len| len.checked_sub(geometry.padding[a])?.checked_sub(geometry.padding_after[a]))
                 .filter(|&len| len > 0)
         };
         let (Some(ho), Some(wo)) = (grid(0, h, kh), grid(1, w, kw)) else {
             return Err(self.err(format!(
-                "no output grid: {h}x{w} input, {kh}x{kw} kernel, stride {:?}, padding {:?}, dilation {:?}, \
-                 output_padding {extra:?} (each below its stride)",
-                geometry.stride, geometry.padding, geometry.dilation
+                "no output grid: {h}x{w} input, {kh}x{kw} kernel, stride {:?}, padding {:?} (after: {:?}), \
+                 dilation {:?}, output_padding {extra:?} (each below its stride)",
+                geometry.stride, geometry.padding, geometry.padding_after, geometry.dilation
             )));
         };
         let adjoint =

@@ -53,26 +53,57 @@ pub(crate) fn is_keras_zip(bytes: &[u8]) -> bool {
 /// `.keras` archive's `config.json`; a `.weights.h5` has none).
 pub(crate) struct KerasFile {
     pub(crate) weights: Vec<Weight>,
-    pub(crate) config: Option<String>,
+    pub(crate) config: Option<ModelConfig>,
+}
+
+/// A Keras model's config as the file keeps it.
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    /// The config (JSON): the layers, their arguments and connections.
+    pub json: String,
+    /// The backend that saved the model, where the file says (a legacy
+    /// `.h5` does: `tensorflow`, `jax`, `torch`; a `.keras` does not).
+    pub backend: Option<String>,
+    /// The Keras version that saved it (`3.15.1`), where the file says.
+    pub keras_version: Option<String>,
+}
+
+impl ModelConfig {
+    /// The saving Keras' `(major, minor)` version, where the file says.
+    pub fn version(&self) -> Option<(u32, u32)> {
+        let mut parts = self.keras_version.as_deref()?.split('.').map(|p| p.parse::<u32>().ok());
+        Some((parts.next()??, parts.next()??))
+    }
 }
 
 /// The entry of a `.keras` archive that holds the model's config.
 const CONFIG_ENTRY: &str = "config.json";
 
+/// The entry of a `.keras` archive that says which Keras saved it.
+const METADATA_ENTRY: &str = "metadata.json";
+
 /// Reads a Keras HDF5 file or `.keras` archive.
 pub(crate) fn read(bytes: &[u8]) -> Result<KerasFile, String> {
     if hdf5::is_hdf5(bytes) {
         let h5 = hdf5::File::open(bytes)?;
-        let config = h5.strings_of("", "model_config")?.and_then(|v| v.into_iter().next());
-        return Ok(KerasFile { weights: weights(&h5, 0, config.as_deref())?, config });
+        let json = h5.strings_of("", "model_config")?.and_then(|v| v.into_iter().next());
+        let weights = weights(&h5, 0, json.as_deref())?;
+        let Some(json) = json else { return Ok(KerasFile { weights, config: None }) };
+        let attribute = |name| h5.strings_of("model_weights", name).map(|v| v.and_then(|v| v.into_iter().next()));
+        let (backend, keras_version) = (attribute("backend")?, attribute("keras_version")?);
+        return Ok(KerasFile { weights, config: Some(ModelConfig { json, backend, keras_version }) });
     }
     let entries = crate::zip::entries(bytes)?;
     let (start, h5) = stored(bytes, &entries, WEIGHTS_ENTRY)?.ok_or("no `model.weights.h5` in the archive")?;
-    let config = stored(bytes, &entries, CONFIG_ENTRY)?.map(|(_, c)| String::from_utf8_lossy(c).into_owned());
+    let json = stored(bytes, &entries, CONFIG_ENTRY)?.map(|(_, c)| String::from_utf8_lossy(c).into_owned());
     let weights = hdf5::File::open(h5)
-        .and_then(|h5| weights(&h5, start, config.as_deref()))
+        .and_then(|h5| weights(&h5, start, json.as_deref()))
         .map_err(|e| format!("{WEIGHTS_ENTRY}: {e}"))?;
-    Ok(KerasFile { weights, config })
+    // `metadata.json`: `{"keras_version": "3.15.1", "date_saved": ...}`.
+    let keras_version = stored(bytes, &entries, METADATA_ENTRY)?
+        .and_then(|(_, m)| serde_json::from_slice::<serde_json::Value>(m).ok())
+        .and_then(|m| m.get("keras_version")?.as_str().map(str::to_string));
+    Ok(KerasFile { weights, config: json.map(|json| ModelConfig { json, backend: None, keras_version }) })
 }
 
 /// A stored (uncompressed) entry of a zip archive, if it has one: where it

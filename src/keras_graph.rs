@@ -29,6 +29,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
+use crate::keras::ModelConfig;
 use crate::spec::Spec;
 
 /// Layers with no weights that change no shape: no entry.
@@ -124,15 +125,15 @@ fn quoted(s: &str) -> String {
 }
 
 /// The spec of the model a Keras config describes (`path` names it in
-/// errors), or why there is none.
-pub(crate) fn spec(config: &str, path: &Path, input: Option<&[usize]>) -> Result<Spec, String> {
+/// errors), with notes on what it assumed, or why there is none.
+pub(crate) fn spec(config: &ModelConfig, path: &Path, input: Option<&[usize]>) -> Result<Spec, String> {
     // An input given on the command line (`[C, H, W]` or `[n]`), for a
     // model built for inputs of any size.
     let given = input.map(|v| match *v {
         [c, h, w] => Shape::Map(c, h, w),
         _ => Shape::Flat(v.iter().product()),
     });
-    let root: Value = serde_json::from_str(config).map_err(|e| format!("config is not JSON: {e}"))?;
+    let root: Value = serde_json::from_str(&config.json).map_err(|e| format!("config is not JSON: {e}"))?;
     let class = root.get("class_name").and_then(Value::as_str).unwrap_or("");
     let cfg = root.get("config").ok_or("config without `config`")?;
     let layers = cfg.get("layers").and_then(Value::as_array).ok_or("config without `layers`")?;
@@ -159,7 +160,14 @@ pub(crate) fn spec(config: &str, path: &Path, input: Option<&[usize]>) -> Result
         inputs.push(refs);
         previous = Some(name.to_string());
     }
-    let mut g = Graph { entries: Vec::new(), outs: HashMap::new(), input: None };
+    let mut g = Graph {
+        entries: Vec::new(),
+        outs: HashMap::new(),
+        input: None,
+        backend: config.backend.as_deref(),
+        version: config.version(),
+        notes: Vec::new(),
+    };
     // A Sequential written without an InputLayer (Keras 2's) gives the
     // input's shape to its first layer, or records the shape it was built for.
     let first = layers.first().and_then(|l| l.get("class_name")).and_then(Value::as_str);
@@ -260,6 +268,7 @@ pub(crate) fn spec(config: &str, path: &Path, input: Option<&[usize]>) -> Result
             "Conv2D" | "DepthwiseConv2D" | "SeparableConv2D" => {
                 g.conv(name, class, c, one()?, alone_next).map_err(|e| what(&e))?
             }
+            "Conv2DTranspose" => g.conv_transpose(name, c, one()?, alone_next).map_err(|e| what(&e))?,
             "Dense" => {
                 let i = one()?;
                 let Shape::Flat(_) = i.shape else { return Err(what("a Dense on a feature map's last axis")) };
@@ -353,17 +362,25 @@ pub(crate) fn spec(config: &str, path: &Path, input: Option<&[usize]>) -> Result
         }
     }
     let at = std::path::PathBuf::from(format!("{}#keras-config", path.display()));
-    Spec::parse(&text, &at).map_err(|e| format!("the spec written from it: {e}"))
+    let mut spec = Spec::parse(&text, &at).map_err(|e| format!("the spec written from it: {e}"))?;
+    spec.notes = g.notes;
+    Ok(spec)
 }
 
 /// The entries written so far and every layer's output.
-struct Graph {
+struct Graph<'a> {
     entries: Vec<Entry>,
     outs: HashMap<String, Out>,
     input: Option<Shape>,
+    /// The backend that saved the model, where the file says.
+    backend: Option<&'a str>,
+    /// The Keras `(major, minor)` that saved it, where the file says.
+    version: Option<(u32, u32)>,
+    /// What was assumed, for the user.
+    notes: Vec<String>,
 }
 
-impl Graph {
+impl Graph<'_> {
     /// Adds an entry writing a new set of `shape`, named after the entry.
     fn push(&mut self, e: Entry, shape: Shape, alone: bool) -> Out {
         let set = e.name.clone();
@@ -421,6 +438,79 @@ impl Graph {
         Ok(self.push(e, Shape::Map(cout, ho, wo), alone))
     }
 
+    /// A `Conv2DTranspose` (kernel `[kh, kw, filters, in]`): a transposed
+    /// entry whose output the backend's alignment crops ([`crop`]).
+    fn conv_transpose(&mut self, name: &str, c: &Value, i: Out, alone: bool) -> Result<Out, String> {
+        if c.get("data_format").and_then(Value::as_str).is_some_and(|f| f != "channels_last") {
+            return Err("channels first".into());
+        }
+        let Shape::Map(_, h, w) = i.shape else { return Err("a flat input".into()) };
+        let [kh, kw] = pair(c, "kernel_size").ok_or("no `kernel_size`")?;
+        let [sh, sw] = pair(c, "strides").unwrap_or([1, 1]);
+        let [dh, dw] = pair(c, "dilation_rate").unwrap_or([1, 1]);
+        let filters = uint(c, "filters").ok_or("no `filters`")?;
+        let same = padding_same(c)?;
+        // `output_padding`: null, or one number per axis.
+        let extra: [Option<usize>; 2] = match c.get("output_padding") {
+            None | Some(Value::Null) => [None, None],
+            Some(_) => pair(c, "output_padding").ok_or("an `output_padding` not [h, w]")?.map(Some),
+        };
+        let along = |n: usize, k: usize, s: usize, d: usize, op: Option<usize>| {
+            let tf = crop(k, s, d, same, op, false).ok_or("a kernel, stride or dilation out of range")?;
+            let torch = crop(k, s, d, same, op, true).ok_or("a kernel, stride or dilation out of range")?;
+            let span = (k - 1) * d + 1;
+            let len = |(before, after): (i64, i64)| {
+                let full = (n as i64 - 1).checked_mul(s as i64)?.checked_add(span as i64)?;
+                Some(full - before - after).filter(|&l| l > 0)
+            };
+            Ok::<_, String>((tf, torch, len(tf).ok_or("no output grid")?, len(torch).ok_or("no output grid")?))
+        };
+        let (tf_h, torch_h, len_tf_h, len_torch_h) = along(h, kh, sh, dh, extra[0])?;
+        let (tf_w, torch_w, len_tf_w, len_torch_w) = along(w, kw, sw, dw, extra[1])?;
+        // Keras before 3.15 on torch cropped as torch's ConvTranspose2d
+        // can (keras-team/keras#22876); since, every backend crops alike.
+        let alike = self.version.is_some_and(|v| v >= (3, 15)) || (tf_h, tf_w) == (torch_h, torch_w);
+        let torch = self.backend == Some("torch") && !alike;
+        if !alike && self.backend.is_none() {
+            self.notes.push(format!(
+                "Conv2DTranspose `{name}` ({kh}x{kw}, stride {sh}x{sw}, padding \"{}\"): its output cropped as \
+                 TensorFlow and JAX crop it ({}x{} before, {}x{} after); Keras before 3.15 on the torch backend \
+                 crops {}x{} before, {}x{} after, and the file does not say which backend trained it",
+                if same { "same" } else { "valid" },
+                tf_h.0,
+                tf_w.0,
+                tf_h.1,
+                tf_w.1,
+                torch_h.0,
+                torch_w.0,
+                torch_h.1,
+                torch_w.1
+            ));
+        }
+        let ((ch, cw), (ho, wo)) =
+            if torch { ((torch_h, torch_w), (len_torch_h, len_torch_w)) } else { ((tf_h, tf_w), (len_tf_h, len_tf_w)) };
+        // A negative crop after is torch's `output_padding`: rows added.
+        let after = [ch.1.max(0), cw.1.max(0)];
+        let added = [(-ch.1).max(0), (-cw.1).max(0)];
+        let mut e = Entry::named(name)
+            .text("weight", &format!("{name}/kernel"))
+            .text("from", &i.set)
+            .key("transposed", true)
+            .key("stride", format!("[{sh}, {sw}]"))
+            .key("padding", format!("[{}, {}]", ch.0, cw.0))
+            .key("dilation", format!("[{dh}, {dw}]"));
+        if after != [ch.0, cw.0] {
+            e = e.key("padding_after", format!("[{}, {}]", after[0], after[1]));
+        }
+        if added != [0, 0] {
+            e = e.key("output_padding", format!("[{}, {}]", added[0], added[1]));
+        }
+        if c.get("use_bias").and_then(Value::as_bool).unwrap_or(true) {
+            e = e.text("bias", &format!("{name}/bias"));
+        }
+        Ok(self.push(e, Shape::Map(filters, ho as usize, wo as usize), alone))
+    }
+
     fn batch_norm(&mut self, name: &str, c: &Value, i: Out, alone: bool) -> Result<Out, String> {
         let axis = c.get("axis").and_then(Value::as_i64).unwrap_or(-1);
         let rank = i.shape.keras().len() as i64;
@@ -457,17 +547,35 @@ impl Graph {
                 let same = padding_same(c)?;
                 let (ph, ho) = axis(h, kh, sh, 1, same).ok_or("a window larger than its input")?;
                 let (pw, wo) = axis(w, kw, sw, 1, same).ok_or("a window larger than its input")?;
-                if ph.0 != ph.1 || pw.0 != pw.1 {
-                    return Err(
-                        "\"same\" padding with one cell more after than before, which a pool entry cannot say".into()
-                    );
-                }
                 let op = if class == "MaxPooling2D" { "max" } else { "avg" };
+                let uneven = (ph.0, pw.0) != (ph.1, pw.1);
+                if op == "avg" && uneven && self.backend.is_none_or(|b| b == "torch") {
+                    // (Keras' torch backend pads such a pool by repeating
+                    // the edge cells, then averages whole windows.)
+                    self.notes.push(format!(
+                        "AveragePooling2D `{name}` ({kh}x{kw}, stride {sh}x{sw}, padding \"same\", {}x{} before, \
+                         {}x{} after): averaged over the cells inside the input, as TensorFlow and JAX average; \
+                         Keras' torch backend repeats the edge cells into the padding, so its edge cells' \
+                         strengths differ{}",
+                        ph.0,
+                        pw.0,
+                        ph.1,
+                        pw.1,
+                        match self.backend {
+                            Some(_) => ", and the torch backend saved this file",
+                            None => ", and the file does not say which backend trained it",
+                        }
+                    ));
+                }
                 let mut e = e
                     .text("pool", op)
                     .key("kernel", format!("[{kh}, {kw}]"))
                     .key("stride", format!("[{sh}, {sw}]"))
                     .key("padding", format!("[{}, {}]", ph.0, pw.0));
+                if uneven {
+                    // Keras' "same" puts the odd cell of padding after the input.
+                    e = e.key("padding_after", format!("[{}, {}]", ph.1, pw.1));
+                }
                 if op == "avg" {
                     // Keras averages over the cells inside the input.
                     e = e.key("count_include_pad", false);
@@ -605,6 +713,39 @@ fn axis(n: usize, k: usize, s: usize, d: usize, same: bool) -> Option<((usize, u
     Some(((total / 2, total - total / 2), out))
 }
 
+/// Along one axis, a transposed conv's crop of its full output (`(n - 1)
+/// s + (k - 1) d + 1` cells): `(before, after)`, a negative `after` being
+/// cells added. As Keras computes it for TensorFlow and JAX (`torch`
+/// false), or for torch's `ConvTranspose2d` (`torch` true: its `padding`
+/// before and after, less its `output_padding` after), which differ where
+/// "same" crops an odd number of cells. `op`: Keras' `output_padding`.
+fn crop(k: usize, s: usize, d: usize, same: bool, op: Option<usize>, torch: bool) -> Option<(i64, i64)> {
+    // Sizes from a file: checked.
+    if k == 0 || s == 0 || d == 0 || k > 1 << 16 || s > 1 << 16 || d > 1 << 16 || op.is_some_and(|o| o > 1 << 16) {
+        return None;
+    }
+    let (k, s, op) = (((k - 1) * d + 1) as i64, s as i64, op.map(|o| o as i64));
+    if !same {
+        // (n - 1) s + max(k, s) cells: none cropped, the rest added after.
+        return Some((0, -op.unwrap_or((s - k).max(0))));
+    }
+    if torch {
+        // keras' `_convert_conv_transpose_padding_args_from_keras_to_torch`.
+        let op = op.unwrap_or(s - k % 2);
+        let padding = (-((k % 2 - k + op).div_euclid(2))).max(0);
+        let output_padding = (2 * padding + k % 2 - k + op).min(s - 1);
+        return Some((padding, padding - output_padding));
+    }
+    // keras' `_convert_conv_transpose_padding_args_from_keras_to_jax`: the
+    // dilated input padded `left` and `right`, then a valid conv.
+    let pad = match op {
+        None => s + k - 2,
+        Some(op) => k + k % 2 - 2 + op,
+    };
+    let left = (pad / 2 + pad % 2).min(k - 1);
+    Some((k - 1 - left, k - 1 - (pad - left)))
+}
+
 /// The layers a node reads: Keras 3's `keras_history` of each tensor, or
 /// Keras 2's `[name, node, tensor, kwargs]` lists.
 fn references(v: &Value, out: &mut Vec<String>) {
@@ -659,6 +800,11 @@ fn recorded_shapes(v: &Value, out: &mut Vec<Vec<Option<usize>>>) {
 mod tests {
     use super::*;
 
+    /// A config as a file of unknown backend and version keeps it.
+    fn config(json: &str) -> ModelConfig {
+        ModelConfig { json: json.to_string(), backend: None, keras_version: None }
+    }
+
     /// Keras 2's configs: a Sequential whose first layer carries the input
     /// shape, and a functional model whose nodes are `[name, node, tensor,
     /// kwargs]` lists.
@@ -668,7 +814,7 @@ mod tests {
             {"class_name": "Dense", "config": {"name": "d1", "units": 3, "batch_input_shape": [null, 4]}},
             {"class_name": "Dropout", "config": {"name": "drop", "rate": 0.5}},
             {"class_name": "Dense", "config": {"name": "d2", "units": 2, "use_bias": false}}]}}"#;
-        let seq = spec(sequential, Path::new("m.h5"), None).unwrap();
+        let seq = spec(&config(sequential), Path::new("m.h5"), None).unwrap();
         assert_eq!(seq.input, Some(vec![4]));
         let weights: Vec<_> =
             seq.layers.iter().map(|l| (l.weight.as_deref(), l.bias.as_deref(), l.from.as_deref())).collect();
@@ -681,7 +827,7 @@ mod tests {
             {"class_name": "Conv2D", "name": "c", "config": {"name": "c", "filters": 2, "kernel_size": [3, 3], "strides": [2, 2],
              "padding": "same"}, "inbound_nodes": [[["x", 0, 0, {}]]]},
             {"class_name": "Add", "name": "sum", "config": {"name": "sum"}, "inbound_nodes": [[["c", 0, 0, {}], ["c", 0, 0, {}]]]}]}}"#;
-        let fun = spec(functional, Path::new("m.h5"), None).unwrap();
+        let fun = spec(&config(functional), Path::new("m.h5"), None).unwrap();
         assert_eq!(fun.input, Some(vec![2, 5, 5]));
         let conv = &fun.layers[0];
         assert_eq!(
@@ -704,21 +850,48 @@ mod tests {
         };
         for (layer, want) in [
             (
-                r#"{"class_name": "Conv2DTranspose", "config": {"name": "u"}}"#,
-                "layer `u` (Conv2DTranspose): a layer a spec cannot describe",
+                r#"{"class_name": "Conv3D", "config": {"name": "u"}}"#,
+                "layer `u` (Conv3D): a layer a spec cannot describe",
+            ),
+            (
+                r#"{"class_name": "Conv2DTranspose", "config": {"name": "u", "filters": 2, "kernel_size": [3, 3],
+                 "data_format": "channels_first"}}"#,
+                "layer `u` (Conv2DTranspose): channels first",
             ),
             (r#"{"class_name": "Dense", "config": {"name": "d", "units": 2}}"#, "a Dense on a feature map's last axis"),
             (
-                r#"{"class_name": "MaxPooling2D", "config": {"name": "p", "pool_size": [2, 2], "strides": [1, 1], "padding": "same"}}"#,
-                "cannot say",
+                r#"{"class_name": "MaxPooling2D", "config": {"name": "p", "pool_size": [2, 2], "padding": "full"}}"#,
+                "padding \"full\"",
             ),
             (
                 r#"{"class_name": "Conv2D", "config": {"name": "c", "filters": 2, "kernel_size": [3, 3], "strides": [0, 0]}}"#,
                 "larger than its input",
             ),
         ] {
-            let e = spec(&with(layer), Path::new("m.keras"), None).unwrap_err();
+            let e = spec(&config(&with(layer)), Path::new("m.keras"), None).unwrap_err();
             assert!(e.contains(want), "{e}");
         }
+    }
+
+    /// A transposed conv's crops as Keras computes them for TensorFlow and
+    /// JAX, and for torch before 3.15 (keras' own conversion functions,
+    /// evaluated by hand): `(kernel, stride, dilation, same, output_padding)`.
+    #[test]
+    fn transposed_crops() {
+        for (k, s, d, same, op, tf, torch) in [
+            (3, 2, 1, true, None, (0, 1), (1, 0)),
+            (4, 2, 1, true, None, (1, 1), (1, 1)),
+            (2, 2, 1, true, None, (0, 0), (0, 0)),
+            (1, 2, 1, true, None, (0, -1), (0, -1)),
+            (5, 2, 1, true, None, (1, 2), (2, 1)),
+            (3, 1, 2, true, None, (2, 2), (2, 2)),
+            (3, 2, 1, true, Some(1), (0, 1), (1, 0)),
+            (3, 2, 1, false, None, (0, 0), (0, 0)),
+            (1, 3, 1, false, None, (0, -2), (0, -2)),
+        ] {
+            assert_eq!(crop(k, s, d, same, op, false), Some(tf), "{k} {s} {d} {same} {op:?}");
+            assert_eq!(crop(k, s, d, same, op, true), Some(torch), "{k} {s} {d} {same} {op:?}");
+        }
+        assert_eq!(crop(0, 2, 1, true, None, false), None);
     }
 }

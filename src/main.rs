@@ -390,6 +390,16 @@ pub(crate) fn notes(net: &Network) -> Vec<String> {
     notes
 }
 
+/// ` (BxR after)` where a layer's padding after its input differs from
+/// the padding before it, else nothing.
+fn padded_after(before: [usize; 2], after: [usize; 2]) -> String {
+    if after == before {
+        String::new()
+    } else {
+        format!(" ({}x{} after)", after[0], after[1])
+    }
+}
+
 fn inspect(ck: &Checkpoint, net: &Network, out: &mut impl Write) -> anyhow::Result<()> {
     let path = ck.path().display();
     writeln!(out, "checkpoint: {path}")?;
@@ -438,12 +448,8 @@ fn inspect(ck: &Checkpoint, net: &Network, out: &mut impl Write) -> anyhow::Resu
             ),
             LayerKind::Conv(c) | LayerKind::ConvTranspose(c) => {
                 let g = c.geometry;
-                let after = match g.padding_after {
-                    p if p == g.padding => String::new(),
-                    [b, r] => format!(" ({b}x{r} after)"),
-                };
                 format!(
-                    "{} {}x{} stride {}x{} padding {}x{}{after} dilation {}x{} groups {}",
+                    "{} {}x{} stride {}x{} padding {}x{}{} dilation {}x{} groups {}",
                     l.kind.name(),
                     c.kh,
                     c.kw,
@@ -451,6 +457,7 @@ fn inspect(ck: &Checkpoint, net: &Network, out: &mut impl Write) -> anyhow::Resu
                     g.stride[1],
                     g.padding[0],
                     g.padding[1],
+                    padded_after(g.padding, g.padding_after),
                     g.dilation[0],
                     g.dilation[1],
                     g.groups
@@ -475,7 +482,7 @@ fn inspect(ck: &Checkpoint, net: &Network, out: &mut impl Write) -> anyhow::Resu
                     before[1]
                 ),
                 _ => format!(
-                    "{} {}x{} stride {}x{} padding {}x{}{}{}",
+                    "{} {}x{} stride {}x{} padding {}x{}{}{}{}",
                     l.kind.name(),
                     p.kernel[0],
                     p.kernel[1],
@@ -483,6 +490,7 @@ fn inspect(ck: &Checkpoint, net: &Network, out: &mut impl Write) -> anyhow::Resu
                     p.stride[1],
                     p.padding[0],
                     p.padding[1],
+                    padded_after(p.padding, p.padding_after),
                     if p.op == (PoolOp::Avg { count_include_pad: false }) { " (padding not counted)" } else { "" },
                     if p.ceil_mode { " (ceil mode)" } else { "" }
                 ),

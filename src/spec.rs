@@ -172,9 +172,11 @@ pub struct LayerSpec {
     pub stride: Option<Pair>,
     /// Convolution or pool zero padding (default 0).
     pub padding: Option<Pair>,
-    /// Convolution zero padding after the input (`[bottom, right]`) where
-    /// it differs from `padding` before it: TensorFlow's and Keras'
-    /// `padding="same"`, whose odd cell goes after (default `padding`).
+    /// Convolution or max/avg pool zero padding after the input (`[bottom,
+    /// right]`) where it differs from `padding` before it: TensorFlow's and
+    /// Keras' `padding="same"`, whose odd cell goes after (default
+    /// `padding`). A transposed convolution's: the rows and columns cropped
+    /// off its output's end (its adjoint conv's padding after).
     pub padding_after: Option<Pair>,
     /// Convolution dilation (default 1).
     pub dilation: Option<Pair>,
@@ -333,6 +335,10 @@ pub struct Spec {
     pub lines: Vec<usize>,
     /// The file (for error messages).
     pub path: PathBuf,
+    /// What the spec's writer assumed, for the user to see with the graph
+    /// (a Keras config read as a spec: which backend's alignment a layer
+    /// took); none in a spec file.
+    pub notes: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -371,6 +377,7 @@ impl Spec {
             layers,
             lines,
             path: path.to_path_buf(),
+            notes: Vec::new(),
         };
         if spec.eps.is_some_and(|e| !(e >= 0.0 && e.is_finite())) {
             return Err(err("eps must be a finite number >= 0".into()));
@@ -418,9 +425,12 @@ impl Spec {
                 ("scale", l.scale.is_some()),
                 ("groups", l.groups.is_some()),
                 ("dilation", l.dilation.is_some()),
+            ];
+            let strided = [
+                ("stride", l.stride.is_some()),
+                ("padding", l.padding.is_some()),
                 ("padding_after", l.padding_after.is_some()),
             ];
-            let strided = [("stride", l.stride.is_some()), ("padding", l.padding.is_some())];
             let pooling = [
                 ("kernel", l.kernel.is_some()),
                 ("count_include_pad", l.count_include_pad.is_some()),
@@ -435,7 +445,6 @@ impl Spec {
                 EntryKind::Weighted => (
                     vec![
                         ("output_padding", l.output_padding.is_some() && l.transposed != Some(true)),
-                        ("padding_after", l.padding_after.is_some() && l.transposed == Some(true)),
                         ("per_pixel", l.per_pixel == Some(true) && l.transposed == Some(true)),
                         ("output", l.output.is_some()),
                     ],
@@ -445,6 +454,10 @@ impl Spec {
                     vec![
                         ("norm", l.norm.is_some()),
                         ("kernel", l.kernel.is_some() && matches!(p, PoolName::AdaptiveAvg | PoolName::GlobalAvg)),
+                        (
+                            "padding_after",
+                            l.padding_after.is_some() && matches!(p, PoolName::AdaptiveAvg | PoolName::GlobalAvg),
+                        ),
                         ("output", l.output.is_some() && p != PoolName::AdaptiveAvg),
                         ("count_include_pad", l.count_include_pad.is_some() && p != PoolName::Avg),
                         ("ceil_mode", l.ceil_mode.is_some() && !matches!(p, PoolName::Max | PoolName::Avg)),

@@ -365,7 +365,7 @@ fn build(entries: &[E], input: S, layout: Layout, bn: BnMode, seed: u64) -> (Vec
                 let after = en.pad_after.unwrap_or(*p);
                 let grid = |n: usize, a: usize| match en.transposed {
                     None => (n + p[a] + after[a] - d[a] * (k[a] - 1) - 1) / s[a] + 1,
-                    Some(op) => (n - 1) * s[a] + d[a] * (k[a] - 1) + op[a] + 1 - 2 * p[a],
+                    Some(op) => (n - 1) * s[a] + d[a] * (k[a] - 1) + op[a] + 1 - p[a] - after[a],
                 };
                 let (ho, wo) = (grid(sset.h, 0), grid(sset.w, 1));
                 let (rows, cols) = if en.transposed.is_some() { (cin, cout_g) } else { (cout, cin_g) };
@@ -578,13 +578,17 @@ fn build(entries: &[E], input: S, layout: Layout, bn: BnMode, seed: u64) -> (Vec
                         if *op == "avg" {
                             entry += &format!("count_include_pad = {include_pad}\n");
                         }
+                        if let Some([b, r]) = en.pad_after {
+                            entry += &format!("padding_after = [{b}, {r}]\n");
+                        }
+                        let after = en.pad_after.unwrap_or(*p);
                         if *ceil {
                             entry += "ceil_mode = true\n";
                         }
                         // torch's output size: in ceil mode rounded up, less
                         // a last window that would start in the right padding.
-                        let len = |n: usize, k: usize, s: usize, p: usize| {
-                            let steps = (n + 2 * p - k) as f64 / s as f64;
+                        let len = |n: usize, k: usize, s: usize, p: usize, after: usize| {
+                            let steps = (n + p + after - k) as f64 / s as f64;
                             let out = if *ceil { steps.ceil() } else { steps.floor() } as usize + 1;
                             if *ceil && (out - 1) * s >= n + p {
                                 out - 1
@@ -592,7 +596,7 @@ fn build(entries: &[E], input: S, layout: Layout, bn: BnMode, seed: u64) -> (Vec
                                 out
                             }
                         };
-                        (len(sset.h, k[0], s[0], p[0]), len(sset.w, k[1], s[1], p[1]))
+                        (len(sset.h, k[0], s[0], p[0], after[0]), len(sset.w, k[1], s[1], p[1], after[1]))
                     }
                 };
                 let t = target(&mut o, &mut names, en.to, en.name, S { c: cin, h: ho, w: wo, flat: false }, en.offset);
@@ -619,11 +623,13 @@ fn build(entries: &[E], input: S, layout: Layout, bn: BnMode, seed: u64) -> (Vec
                                     let xs = inside(ox, k[1], s[1], p[1], sset.w);
                                     // Counting padding: the taps inside the padded input
                                     // (a ceil-mode window may reach past it).
-                                    let padded = |o: usize, k: usize, s: usize, p: usize, n: usize| {
-                                        (0..k).filter(|t| o * s + t < n + 2 * p).count()
+                                    let after = en.pad_after.unwrap_or(*p);
+                                    let padded = |o: usize, k: usize, s: usize, p: usize, after: usize, n: usize| {
+                                        (0..k).filter(|t| o * s + t < n + p + after).count()
                                     };
                                     let n = if *op == "avg" && *include_pad {
-                                        (padded(oy, k[0], s[0], p[0], sset.h) * padded(ox, k[1], s[1], p[1], sset.w))
+                                        (padded(oy, k[0], s[0], p[0], after[0], sset.h)
+                                            * padded(ox, k[1], s[1], p[1], after[1], sset.w))
                                             as f64
                                     } else {
                                         (ys.len() * xs.len()) as f64
@@ -1172,18 +1178,34 @@ fn pads() {
 
 /// TensorFlow's and Keras' `padding="same"`, whose odd cell of padding
 /// goes after the input (`padding_after`): a stride-2 conv, an even kernel,
-/// a dilated depthwise conv, a conv padded after only.
+/// a dilated depthwise conv, a conv padded after only; max and average
+/// pools padded so (Xception's), one counting its padding; and transposed
+/// convs cropped so (Keras' `Conv2DTranspose`), one with torch's
+/// `output_padding` besides.
 #[test]
 fn same_paddings() {
     let same = |name, cout, groups, k: [usize; 2], s: [usize; 2], p: [usize; 2], d: [usize; 2], after| E {
         pad_after: Some(after),
         ..e(name, K::Conv { cout, groups, k, s, p, d, bias: true, norm: true })
     };
+    let pool = |name, op, k, s, p, include_pad, after| E {
+        pad_after: Some(after),
+        ..e(name, K::Pool { op, k, s, p, include_pad, ceil: false, out: [0, 0] })
+    };
+    let up = |name, k: [usize; 2], s: [usize; 2], p: [usize; 2], op, after| E {
+        transposed: Some(op),
+        ..same(name, 3, 1, k, s, p, [1, 1], after)
+    };
     let entries = vec![
         same("s2", 4, 1, [3, 3], [2, 2], [0, 0], [1, 1], [1, 0]),
         same("even", 4, 1, [4, 2], [1, 1], [1, 0], [1, 1], [2, 1]),
         same("dw", 4, 4, [3, 3], [2, 1], [1, 2], [1, 2], [2, 2]),
         E { from: Some("s2"), ..same("after", 3, 1, [2, 3], [1, 2], [0, 0], [1, 1], [1, 2]) },
+        E { from: Some("s2"), ..pool("max", "max", [3, 3], [2, 2], [0, 0], false, [1, 1]) },
+        E { from: Some("s2"), ..pool("avg", "avg", [3, 2], [2, 2], [0, 1], false, [1, 0]) },
+        E { from: Some("s2"), ..pool("avg_pad", "avg", [3, 3], [2, 2], [1, 0], true, [0, 1]) },
+        E { from: Some("s2"), ..up("up", [3, 3], [2, 2], [0, 0], [0, 0], [1, 1]) },
+        up("up_op", [3, 2], [2, 2], [1, 0], [1, 1], [0, 1]),
         gap("gap"),
         e("fc", K::Dense { out: 2, bias: true, norm: false }),
     ];

@@ -97,7 +97,35 @@ fn strengths_from_the_models_config_match_keras() {
         }
         files += 1;
     }
-    assert_eq!(files, 9);
+    assert_eq!(files, 14);
+}
+
+/// Where Keras' backends compute a layer otherwise (a 3x3 stride-2
+/// "same" Conv2DTranspose before Keras 3.15, an unevenly padded "same"
+/// average pool), the graph follows what the file says saved it, and says
+/// what it assumed where the file does not say.
+#[test]
+fn backend_differences_are_read_as_the_file_says_or_noted() {
+    let notes = |f: &str| {
+        let ck = Checkpoint::open(fixtures().join("good").join(f)).unwrap();
+        let net = Network::build(&ck, &GraphOptions::default()).unwrap();
+        let kinds: Vec<String> = net.layers.iter().map(|l| format!("{} {:?}", l.name, l.kind)).collect();
+        (net.notes, kinds)
+    };
+    let noted = |notes: &[String], start: &str| notes.iter().any(|n| n.starts_with(start));
+    // Keras 3.14 on torch (the file says): torch's crop, 1 before, 0 after.
+    let (h5, kinds) = notes("backends.h5");
+    assert!(!noted(&h5, "Conv2DTranspose"), "{h5:?}");
+    assert!(kinds[0].contains("padding: [1, 1], padding_after: [0, 0]"), "{kinds:?}");
+    // Keras 3.15 (every backend alike): TensorFlow's crop, 0 before, 1 after.
+    let (new, kinds) = notes("backends.keras");
+    assert!(!noted(&new, "Conv2DTranspose"), "{new:?}");
+    assert!(kinds[0].contains("padding: [0, 0], padding_after: [1, 1]"), "{kinds:?}");
+    assert!(noted(&new, "AveragePooling2D `avg`"), "{new:?}");
+    // Keras 3.14, backend unknown: TensorFlow's crop, and a note.
+    let (old, _) = notes("backends_old.keras");
+    let note = old.iter().find(|n| n.starts_with("Conv2DTranspose `up`")).expect("a note");
+    assert!(note.contains("0x0 before, 1x1 after") && note.contains("does not say which backend"), "{note}");
 }
 
 /// A `.keras` file given as the spec gives its graph to checkpoints that
@@ -153,7 +181,7 @@ fn every_tensor_equals_its_twin() {
         }
         files += 1;
     }
-    assert_eq!(files, 18);
+    assert_eq!(files, 23);
 }
 
 /// Each BatchNorm is folded into the layer whose output it normalises (as
