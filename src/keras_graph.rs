@@ -8,10 +8,12 @@
 //! Read: `InputLayer`, `Conv2D`, `DepthwiseConv2D` and `SeparableConv2D`
 //! (its depthwise conv, then its 1x1 conv: two entries; channels last, any
 //! stride, dilation and groups, `padding="same"` as Keras computes it, its
-//! odd cell after the input: `padding_after`), `Dense` on a flat
-//! input, `BatchNormalization` (folded into the layer before it where that
-//! layer feeds it alone), `MaxPooling2D` and `AveragePooling2D` (valid, or
-//! same where it pads evenly), the global pools, `ZeroPadding2D`,
+//! odd cell after the input: `padding_after`), `Conv2DTranspose` (its
+//! output cropped as the saving backend and Keras version crop it, with a
+//! note where the file does not say and backends differ), `Dense` on a
+//! flat input, `BatchNormalization` (folded into the layer before it where
+//! that layer feeds it alone), `MaxPooling2D` and `AveragePooling2D`
+//! (valid or same, the odd cell after), the global pools, `ZeroPadding2D`,
 //! `Flatten`, `Add`, `Concatenate` on channels, a `Multiply` by a
 //! per-channel gate (squeeze-and-excitation), a `Reshape` of a vector to a
 //! 1x1 map or back, `UpSampling2D` (nearest or bilinear: an
