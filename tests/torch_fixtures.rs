@@ -15,7 +15,7 @@ use cntscope::graph::{GraphOptions, Network};
 use cntscope::spec::{BnMode, Spec};
 use common::{assert_within, engines, write_st, T};
 
-const NETWORKS: [&str; 16] = [
+const NETWORKS: [&str; 17] = [
     "resnet_tiny",
     "vgg_bn_tiny",
     "mobilenet_v2_tiny",
@@ -32,6 +32,7 @@ const NETWORKS: [&str; 16] = [
     "unet_tiny",
     "eca_tiny",
     "subpixel_tiny",
+    "tf_same_tiny",
 ];
 
 fn fixture(name: &str) -> PathBuf {

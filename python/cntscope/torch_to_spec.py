@@ -5,6 +5,9 @@ of SPEC 1 says it is:
 
 * ``Conv2d``, ``Linear``: weighted entries (stride, padding, dilation, groups);
   a conv's ``padding_mode`` other than zeros is a ``pad`` entry before it;
+  ``padding="same"`` with an even kernel, and timm's ``Conv2dSame``,
+  ``MaxPool2dSame`` and ``AvgPool2dSame`` (TensorFlow's 'SAME', computed
+  from the input's size), pad one cell more after: ``padding_after``;
 * ``F.pad`` and the padding modules (zeros, reflect, replicate, circular):
   ``pad`` entries (a pad of nothing is no entry);
 * ECA's ``Conv1d`` of one input channel across a pooled vector viewed as a
@@ -772,39 +775,32 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
                     padding = m.padding if isinstance(m.padding, str) else grow(m.padding, 0)
                     # Rows then columns: (before, after) each.
                     sides = [(p, p) for p in padding] if not isinstance(padding, str) else [(0, 0)] * 2
-                    if padding == "valid":
-                        padding = 0
-                    elif padding == "same":
+                    if padding == "same":
                         # torch pads (dilation x (kernel - 1)) in all, split evenly
                         # where it is even (an odd remainder goes after).
                         total = [d * (k - 1) for d, k in zip(dilation, kernel)]
                         sides = [(t // 2, t - t // 2) for t in total]
-                        if any(t % 2 for t in total) and m.padding_mode == "zeros":
-                            raise TraceError(f"node `{n.name}`: conv `{n.target}` padding 'same' with an even "
-                                             "kernel pads one side more: not supported")
-                        padding = tuple(t // 2 for t in total)
                     if _pads_by_input_size(m):
                         # timm's Conv2dSame: TensorFlow's 'SAME', the padding
                         # its forward computes from the input's size (the
                         # extra cell after), then the conv unpadded.
-                        sides = []
-                        for i, k, st, d in zip(_shape(n.args[0])[2:], kernel, stride, dilation):
-                            total = max((-(-i // st) - 1) * st + (k - 1) * d + 1 - i, 0)
-                            sides.append((total // 2, total - total // 2))
-                    if m.padding_mode != "zeros" or _pads_by_input_size(m):
+                        sides = _same_sides(_shape(n.args[0])[2:], kernel, stride, dilation)
+                    padding = [before for before, _ in sides]
+                    if m.padding_mode != "zeros":
                         # torch pads the input (F.pad in this mode), then
                         # convolves it unpadded: a pad entry, then the conv.
                         (top, bottom), (left, right) = sides
-                        # A conv's `padding_mode` "zeros" is F.pad's "constant".
-                        mode = "constant" if m.padding_mode == "zeros" else m.padding_mode
                         pad = _pad(n, [left, right] if len(_shape(n.args[0])) == 3 else [left, right, top, bottom],
-                                   mode)
+                                   m.padding_mode)
                         if pad is not None:
                             pad["name"] = unique(f"{n.target}.pad")
                             source(pad, inp)
                             entries.append(Entry(pad, None, inp.channels))
                             inp = Ref(pad["name"], None, inp.channels)
                         padding = 0
+                    elif any(before != after for before, after in sides):
+                        # Zeros, one cell more after than before: no nodes.
+                        fields["padding_after"] = _scalar_or_pair([after for _, after in sides])
                     rearranged = _rearranged(n.args[0], kinds, modules)
                     if rearranged:
                         # Its input's nodes, rearranged by the pixel shuffle before it.
@@ -841,6 +837,22 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
                     if m.bias is not None:
                         fields["bias"] = f"{n.target}.bias"
                     out_channels = m.out_features
+                elif _pads_by_input_size(m):
+                    # timm's MaxPool2dSame (padded with -inf: never the
+                    # maximum) or AvgPool2dSame (padded with zeros, which
+                    # count in the divisor), then pooled unpadded.
+                    what = f"pool `{n.target}`"
+                    if m.ceil_mode:
+                        raise TraceError(f"node `{n.name}`: {what} pads as TensorFlow's 'SAME' in ceil mode "
+                                         "(not supported)")
+                    kernel, stride = _pair(m.kernel_size), _pair(m.stride)
+                    dilation = _pair(getattr(m, "dilation", 1))
+                    sides = _same_sides(_shape(n.args[0])[2:], kernel, stride, dilation)
+                    pool = "max" if isinstance(m, nn.MaxPool2d) else "avg"
+                    _pool(fields, n, what, pool, kernel, stride, [before for before, _ in sides], dilation=dilation)
+                    if any(before != after for before, after in sides):
+                        fields["padding_after"] = _scalar_or_pair([after for _, after in sides])
+                    out_channels = inp.channels
                 elif isinstance(m, (nn.MaxPool1d, nn.MaxPool2d)):
                     grow = _pairs_of(m)
                     _pool(fields, n, f"pool `{n.target}`", "max", grow(m.kernel_size, 1),
@@ -976,11 +988,24 @@ WHOLE_SUBCLASSES = (nn.modules.batchnorm._BatchNorm, nn.Linear, nn.LayerNorm, nn
 
 
 def _pads_by_input_size(m: nn.Module) -> bool:
-    """timm's `Conv2dSame`: a Conv2d whose forward pads its input as
-    TensorFlow's 'SAME' does, by an amount computed from the input's size
-    (which its `padding`, 0, does not say; its tracing would compute on
-    the traced sizes). It is kept whole and read with that padding."""
-    return isinstance(m, nn.Conv2d) and type(m).__name__ == "Conv2dSame" and type(m).__module__.startswith("timm.")
+    """timm's `Conv2dSame`, `MaxPool2dSame` and `AvgPool2dSame`: a Conv2d
+    or pool whose forward pads its input as TensorFlow's 'SAME' does, by an
+    amount computed from the input's size (which its `padding`, 0, does
+    not say; its tracing would compute on the traced sizes). It is kept
+    whole and read with that padding ([`_same_sides`])."""
+    return (isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d))
+            and type(m).__name__ in ("Conv2dSame", "MaxPool2dSame", "AvgPool2dSame")
+            and type(m).__module__.startswith("timm."))
+
+
+def _same_sides(grid, kernel, stride, dilation):
+    """TensorFlow's 'SAME' padding of a `grid` (timm's `pad_same`): per
+    axis `(before, after)`, the odd cell after."""
+    sides = []
+    for i, k, s, d in zip(grid, kernel, stride, dilation):
+        total = max((-(-i // s) - 1) * s + (k - 1) * d + 1 - i, 0)
+        sides.append((total // 2, total - total // 2))
+    return sides
 
 
 class _Tracer(torch.fx.Tracer):
@@ -1211,7 +1236,7 @@ def _toml(entries, input_shape, layout, bn, notes=()) -> str:
     ]
     order = ["name", "weight", "transposed", "per_pixel", "bias", "scale", "norm", "eps", "pool", "interpolate",
              "pad", "pad_mode", "kernel", "output", "align_corners", "scale_factor", "view", "pixel_shuffle",
-             "pixel_unshuffle", "stride", "padding", "dilation", "output_padding", "groups", "count_include_pad", "ceil_mode", "identity",
+             "pixel_unshuffle", "stride", "padding", "padding_after", "dilation", "output_padding", "groups", "count_include_pad", "ceil_mode", "identity",
              "from", "from_channels", "to", "offset", "channel_step"]
     for e in entries:
         assert e.fields.keys() <= set(order), f"keys the spec writer does not know: {e.fields.keys() - set(order)}"

@@ -128,8 +128,13 @@ def test_same_padding_and_negative_cat_axes_are_read_as_torch_means_them():
             return self.fc(torch.flatten(torch.cat([self.a(x), self.b(x)], dim=-3), 1))
 
     assert entries(Net("same"), (3, 8, 8)) == entries(Net(1), (3, 8, 8))
-    with pytest.raises(TraceError, match="even kernel"):
-        spec_from_module(nn.Sequential(nn.Conv2d(3, 4, 2, padding="same")), (3, 8, 8))
+    # An even kernel: torch pads the odd cell after (no nodes: `padding_after`).
+    conv = nn.Conv2d(3, 4, (2, 5), padding="same", dilation=(1, 2))
+    [entry] = tomllib.loads(spec_from_module(nn.Sequential(conv), (3, 8, 8)))["layers"]
+    assert (entry.get("padding"), entry.get("padding_after")) == ([0, 4], [1, 4])
+    x = torch.randn(1, 3, 8, 8)
+    got = F.conv2d(F.pad(x, [4, 4, 0, 1]), conv.weight, conv.bias, dilation=(1, 2))
+    assert torch.allclose(got, conv(x), atol=1e-6)
 
 
 def test_arguments_computed_from_shapes_are_read_as_the_run_computed_them():
@@ -556,17 +561,36 @@ def test_the_command_line_points_a_model_no_spec_describes_to_discovery(capsys):
 
 
 @pytest.mark.parametrize("size", [(9, 7), (16, 15)])
-def test_timms_conv2d_same_is_its_input_padded_as_its_forward_pads_it(size):
-    timm_conv = pytest.importorskip("timm.layers.conv2d_same")
-    conv = timm_conv.Conv2dSame(3, 4, (3, 4), stride=2, dilation=(1, 2))
-    spec = tomllib.loads(spec_from_module(nn.Sequential(conv, nn.Conv2d(4, 2, 1)), (3, *size)))
-    pad, first = spec["layers"][:2]
-    assert "pad_mode" not in pad and "padding" not in first and first["stride"] == 2
-    # The spec's pad, then the conv unpadded, is timm's forward.
+def test_timms_same_convs_and_pools_pad_as_their_forwards_pad(size):
+    """timm's Conv2dSame, MaxPool2dSame and AvgPool2dSame pad as
+    TensorFlow's 'SAME' (the odd cell after), by amounts computed from the
+    input's size: `padding` and `padding_after`, no pad entry (padded cells
+    are no nodes)."""
+    conv2d_same = pytest.importorskip("timm.layers.conv2d_same")
+    pool2d_same = pytest.importorskip("timm.layers.pool2d_same")
+    conv = conv2d_same.Conv2dSame(3, 4, (3, 4), stride=2, dilation=(1, 2))
+    mp, ap = pool2d_same.MaxPool2dSame(3, 2), pool2d_same.AvgPool2dSame((2, 3), (2, 1))
+    spec = tomllib.loads(spec_from_module(nn.Sequential(conv, mp, ap, nn.Conv2d(4, 2, 1)), (3, *size)))
+    first, maxpool, avgpool = spec["layers"][:3]
+    assert first["stride"] == 2 and "pad" not in first and maxpool["pool"] == "max" and avgpool["pool"] == "avg"
+
+    def torch_pad(e):
+        """The entry's padding as F.pad's [left, right, top, bottom]."""
+        before = e.get("padding", 0)
+        before = before if isinstance(before, list) else [before, before]
+        after = e.get("padding_after", before)
+        after = after if isinstance(after, list) else [after, after]
+        return [before[1], after[1], before[0], after[0]]
+
+    # The spec's paddings, then each unpadded, are timm's forwards.
     x = torch.randn(1, 3, *size)
-    want = conv(x)
-    got = F.conv2d(F.pad(x, pad["pad"]), conv.weight, conv.bias, 2, 0, (1, 2))
-    assert torch.allclose(got, want, atol=1e-6)
+    y = F.conv2d(F.pad(x, torch_pad(first)), conv.weight, conv.bias, 2, 0, (1, 2))
+    assert torch.allclose(y, conv(x), atol=1e-6)
+    z = F.max_pool2d(F.pad(y, torch_pad(maxpool), value=-float("inf")), 3, 2)
+    assert torch.equal(z, mp(y))
+    # (AvgPool2dSame pads with zeros, which count in the divisor.)
+    assert avgpool.get("count_include_pad", True) is True
+    assert torch.allclose(F.avg_pool2d(F.pad(z, torch_pad(avgpool)), (2, 3), (2, 1)), ap(z), atol=1e-6)
 
 
 def test_ecas_conv1d_across_channels_reads_the_pooled_channels_as_a_row():
