@@ -391,13 +391,8 @@ impl Graph<'_> {
     }
 
     fn conv(&mut self, name: &str, class: &str, c: &Value, i: Out, alone: bool) -> Result<Out, String> {
-        if c.get("data_format").and_then(Value::as_str).is_some_and(|f| f != "channels_last") {
-            return Err("channels first".into());
-        }
-        let Shape::Map(ch, h, w) = i.shape else { return Err("a flat input".into()) };
-        let [kh, kw] = pair(c, "kernel_size").ok_or("no `kernel_size`")?;
-        let [sh, sw] = pair(c, "strides").unwrap_or([1, 1]);
-        let [dh, dw] = pair(c, "dilation_rate").unwrap_or([1, 1]);
+        let ConvArgs { input: [ch, h, w], kernel: [kh, kw], strides: [sh, sw], dilation: [dh, dw] } =
+            ConvArgs::of(c, &i)?;
         let multiplier = uint(c, "depth_multiplier").unwrap_or(1);
         let (cout, groups) = match class {
             "DepthwiseConv2D" | "SeparableConv2D" => (ch.checked_mul(multiplier).ok_or("channels overflow")?, ch),
@@ -443,13 +438,8 @@ impl Graph<'_> {
     /// A `Conv2DTranspose` (kernel `[kh, kw, filters, in]`): a transposed
     /// entry whose output the backend's alignment crops ([`crop`]).
     fn conv_transpose(&mut self, name: &str, c: &Value, i: Out, alone: bool) -> Result<Out, String> {
-        if c.get("data_format").and_then(Value::as_str).is_some_and(|f| f != "channels_last") {
-            return Err("channels first".into());
-        }
-        let Shape::Map(_, h, w) = i.shape else { return Err("a flat input".into()) };
-        let [kh, kw] = pair(c, "kernel_size").ok_or("no `kernel_size`")?;
-        let [sh, sw] = pair(c, "strides").unwrap_or([1, 1]);
-        let [dh, dw] = pair(c, "dilation_rate").unwrap_or([1, 1]);
+        let ConvArgs { input: [_, h, w], kernel: [kh, kw], strides: [sh, sw], dilation: [dh, dw] } =
+            ConvArgs::of(c, &i)?;
         let filters = uint(c, "filters").ok_or("no `filters`")?;
         let same = padding_same(c)?;
         // `output_padding`: null, or one number per axis.
@@ -686,6 +676,30 @@ fn pairs(v: &Value) -> Option<[[usize; 2]; 2]> {
             (x, y) => Some([[n(x)?; 2], [n(y)?; 2]]),
         },
         v => Some([[n(v)?; 2]; 2]),
+    }
+}
+
+/// What every Keras conv layer's config says: its input map `[C, H, W]`
+/// (channels last), kernel, strides and dilation.
+struct ConvArgs {
+    input: [usize; 3],
+    kernel: [usize; 2],
+    strides: [usize; 2],
+    dilation: [usize; 2],
+}
+
+impl ConvArgs {
+    fn of(c: &Value, i: &Out) -> Result<Self, String> {
+        if c.get("data_format").and_then(Value::as_str).is_some_and(|f| f != "channels_last") {
+            return Err("channels first".into());
+        }
+        let Shape::Map(ch, h, w) = i.shape else { return Err("a flat input".into()) };
+        Ok(ConvArgs {
+            input: [ch, h, w],
+            kernel: pair(c, "kernel_size").ok_or("no `kernel_size`")?,
+            strides: pair(c, "strides").unwrap_or([1, 1]),
+            dilation: pair(c, "dilation_rate").unwrap_or([1, 1]),
+        })
     }
 }
 
