@@ -183,43 +183,75 @@ fn in_layer_order(h5: &hdf5::File, mut datasets: Vec<Dataset>, model: bool) -> R
     let group = if model { "model_weights" } else { "" };
     let Some(layers) = h5.strings_of(group, "layer_names")? else { return Ok(datasets) };
     let place: HashMap<&str, usize> = layers.iter().enumerate().map(|(i, l)| (l.as_str(), i)).collect();
-    let layer_of = |d: &Dataset| place.get(legacy_parts(d).1).copied().unwrap_or(usize::MAX);
+    let layer_of = |d: &Dataset| place.get(LegacyPath::of(d).group).copied().unwrap_or(usize::MAX);
     datasets.sort_by_key(|d| (layer_of(d), d.header));
     Ok(datasets)
 }
 
 /// `model_weights/LAYER/.../NAME:0` (or without `model_weights/`, as
-/// Keras 2's `save_weights` writes): `LAYER/NAME`. A depthwise kernel
-/// (Keras 2's `depthwise_kernel`, or the `kernel` of a layer the file's
+/// Keras 2's `save_weights` writes): `LAYER/NAME`, a nested model's
+/// layer `MODEL/LAYER/NAME` ([`LegacyPath`]). A depthwise kernel (Keras
+/// 2's `depthwise_kernel`, or the `kernel` of a layer the file's
 /// `model_config` says is a `DepthwiseConv2D`) is `LAYER/kernel`.
 fn legacy_names(datasets: &[Dataset], config: &ConfigLayers) -> Vec<Named> {
+    let paths: Vec<LegacyPath> = datasets.iter().map(LegacyPath::of).collect();
     // A SeparableConv2D's depthwise kernel is one of two: it keeps its name.
-    let separable: HashSet<&str> = datasets
+    let separable: HashSet<&str> = paths.iter().filter(|p| p.var == "pointwise_kernel").map(|p| p.layer).collect();
+    paths
         .iter()
-        .map(legacy_parts)
-        .filter(|&(_, _, var)| var == "pointwise_kernel")
-        .map(|(_, layer, _)| layer)
-        .collect();
-    datasets
-        .iter()
-        .map(|d| {
-            let (bare, layer, var) = legacy_parts(d);
-            let depthwise = var == "depthwise_kernel"
-                || var == "kernel" && config.class.get(layer).is_some_and(|c| c == "DepthwiseConv2D");
-            let var = if depthwise && !separable.contains(layer) { "kernel" } else { var };
-            let name = if bare { var.to_string() } else { format!("{layer}/{var}") };
+        .map(|p| {
+            let depthwise = p.var == "depthwise_kernel"
+                || p.var == "kernel" && config.class.get(p.layer).is_some_and(|c| c == "DepthwiseConv2D");
+            let var = if depthwise && !separable.contains(p.layer) { "kernel" } else { p.var };
+            let name = if p.bare { var.to_string() } else { format!("{}/{var}", p.named(config)) };
             Named { name, depthwise }
         })
         .collect()
 }
 
-/// Of a legacy dataset's path: whether its layer is all of it (a bare
-/// dataset), its layer, and the variable's own name without `:0`.
-fn legacy_parts(d: &Dataset) -> (bool, &str, &str) {
-    let path = d.path.strip_prefix("model_weights/").unwrap_or(&d.path);
-    let layer = path.split('/').next().unwrap_or(path);
-    let var = path.rsplit('/').next().unwrap_or(path);
-    (path.len() == layer.len(), layer, var.strip_suffix(":0").unwrap_or(var))
+/// A legacy dataset's path, `model_weights/GROUP/[SCOPE/]LAYER/NAME:0`:
+/// `GROUP` a layer of the model (Keras 2 and 3 write `dense/dense/kernel`,
+/// Keras 3 a Sequential's `c1/sequential/c1/bias`), or a nested model
+/// (`backbone/stem/kernel`, a nested Sequential's `head/head/hidden/kernel`).
+struct LegacyPath<'a> {
+    /// A dataset at the top, not in a layer's group.
+    bare: bool,
+    /// The model's layer whose group holds it.
+    group: &'a str,
+    /// The groups between it and the layer.
+    scopes: Vec<&'a str>,
+    /// The layer's own name.
+    layer: &'a str,
+    /// The variable's own name, without `:0`.
+    var: &'a str,
+}
+
+impl<'a> LegacyPath<'a> {
+    fn of(d: &'a Dataset) -> Self {
+        let path = d.path.strip_prefix("model_weights/").unwrap_or(&d.path);
+        let parts: Vec<&str> = path.split('/').collect();
+        let var = parts[parts.len() - 1];
+        let (group, layer) = (parts[0], parts[parts.len().saturating_sub(2)]);
+        let scopes = parts.get(1..parts.len().saturating_sub(2)).unwrap_or_default().to_vec();
+        LegacyPath { bare: parts.len() == 1, group, scopes, layer, var: var.strip_suffix(":0").unwrap_or(var) }
+    }
+
+    /// The layer as cntscope names it: its group, or with a model config,
+    /// the nested models it is in (but the saved model itself), then its
+    /// own name, as `.keras` files name them.
+    fn named(&self, config: &ConfigLayers) -> String {
+        if config.root.is_none() {
+            return self.group.to_string();
+        }
+        let mut names: Vec<&str> = Vec::new();
+        for &p in std::iter::once(&self.group).chain(&self.scopes) {
+            if config.is_nested_model(p) && names.last() != Some(&p) && p != self.layer {
+                names.push(p);
+            }
+        }
+        names.push(self.layer);
+        names.join("/")
+    }
 }
 
 /// What a Keras model config says of its layers (nested models' too), by
@@ -230,6 +262,8 @@ fn legacy_parts(d: &Dataset) -> (bool, &str, &str) {
 struct ConfigLayers {
     class: HashMap<String, String>,
     norm_variables: HashMap<String, Vec<&'static str>>,
+    /// The saved model's own name.
+    root: Option<String>,
 }
 
 impl ConfigLayers {
@@ -237,8 +271,16 @@ impl ConfigLayers {
         let mut layers = ConfigLayers::default();
         if let Some(json) = config.and_then(|c| serde_json::from_str::<serde_json::Value>(c).ok()) {
             layers.add(&json);
+            let root = json.get("config").and_then(|c| c.get("name")).and_then(|n| n.as_str());
+            layers.root = Some(root.unwrap_or_default().to_string());
         }
         layers
+    }
+
+    /// True for a model used as a layer of the saved one.
+    fn is_nested_model(&self, name: &str) -> bool {
+        self.root.as_deref() != Some(name)
+            && self.class.get(name).is_some_and(|c| matches!(c.as_str(), "Functional" | "Sequential" | "Model"))
     }
 
     /// Every object with a `class_name` and a `config.name`, at any depth.

@@ -19,10 +19,11 @@
 //! 1x1 map or back, `UpSampling2D` (nearest or bilinear: an
 //! `interpolate` entry), and no entry for activations, dropout, input
 //! preprocessing and an `Add` or `Multiply` of one map with itself or a
-//! constant (hard-swish). A model built for inputs of any size takes the
-//! input given on the command line. Any other layer, a layer called twice, a nested
-//! model or several inputs is an error naming it; the caller then falls
-//! back to discovery and says why. Each layer's output shape is checked
+//! constant (hard-swish). A model used as a layer (a backbone) is read as
+//! its layers, named under its name as its weights are. A model built for
+//! inputs of any size takes the input given on the command line. Any other
+//! layer, a layer called twice or several inputs is an error naming it;
+//! the caller then falls back to discovery and says why. Each layer's output shape is checked
 //! against the shape Keras recorded for it where the config has one.
 
 use std::collections::HashMap;
@@ -136,213 +137,16 @@ pub(crate) fn spec(config: &ModelConfig, path: &Path, input: Option<&[usize]>) -
         _ => Shape::Flat(v.iter().product()),
     });
     let root: Value = serde_json::from_str(&config.json).map_err(|e| format!("config is not JSON: {e}"))?;
-    let class = root.get("class_name").and_then(Value::as_str).unwrap_or("");
-    let cfg = root.get("config").ok_or("config without `config`")?;
-    let layers = cfg.get("layers").and_then(Value::as_array).ok_or("config without `layers`")?;
-    let sequential = class == "Sequential";
-    if !sequential && !matches!(class, "Functional" | "Model") {
-        return Err(format!("a model of class `{class}`"));
-    }
-    // Each layer's inputs.
-    let mut inputs: Vec<Vec<String>> = Vec::with_capacity(layers.len());
-    let mut previous: Option<String> = None;
-    for l in layers {
-        let name = layer_name(l)?;
-        let nodes = l.get("inbound_nodes").and_then(Value::as_array).filter(|n| !n.is_empty());
-        let refs = match nodes {
-            Some(n) if n.len() > 1 => return Err(format!("layer `{name}` is called {} times", n.len())),
-            Some(n) => {
-                let mut refs = Vec::new();
-                references(&n[0], &mut refs);
-                refs
-            }
-            None if sequential => previous.iter().cloned().collect(),
-            None => Vec::new(),
-        };
-        inputs.push(refs);
-        previous = Some(name.to_string());
-    }
     let mut g = Graph {
         entries: Vec::new(),
         outs: HashMap::new(),
         input: None,
+        given,
         backend: config.backend.as_deref(),
         version: config.version(),
         notes: Vec::new(),
     };
-    // A Sequential written without an InputLayer (Keras 2's) gives the
-    // input's shape to its first layer, or records the shape it was built for.
-    let first = layers.first().and_then(|l| l.get("class_name")).and_then(Value::as_str);
-    if sequential && first.is_some_and(|c| c != "InputLayer") {
-        let shape = layers[0].get("config").and_then(|c| c.get("batch_input_shape")).or(cfg.get("build_input_shape"));
-        let shape =
-            given.or_else(|| input_shape(shape)).ok_or("a Sequential without an InputLayer or an input shape")?;
-        g.input = Some(shape);
-        g.outs.insert(SEQUENTIAL_INPUT.into(), Out { set: "input".into(), shape, entry: None, alone: false });
-        inputs[0] = vec![SEQUENTIAL_INPUT.into()];
-    }
-    let mut readers: HashMap<&str, usize> = HashMap::new();
-    for r in inputs.iter().flatten() {
-        *readers.entry(r.as_str()).or_default() += 1;
-    }
-    for (l, refs) in layers.iter().zip(&inputs) {
-        let name = layer_name(l)?;
-        let class = l.get("class_name").and_then(Value::as_str).unwrap_or("");
-        let c = l.get("config").ok_or_else(|| format!("layer `{name}` without a config"))?;
-        let ins: Vec<Out> = refs
-            .iter()
-            .map(|r| {
-                g.outs
-                    .get(r)
-                    .cloned()
-                    .ok_or_else(|| format!("layer `{name}` reads `{r}`, which no layer before it writes"))
-            })
-            .collect::<Result<_, _>>()?;
-        let what = |reason: &str| format!("layer `{name}` ({class}): {reason}");
-        let one = || match &ins[..] {
-            [one] => Ok(one.clone()),
-            _ => Err(what(&format!("{} inputs, not 1", ins.len()))),
-        };
-        let alone_next = readers.get(name).copied().unwrap_or(0) <= 1;
-        let out = match class {
-            "InputLayer" => {
-                let shape =
-                    given.or_else(|| input_shape(c.get("batch_shape").or(c.get("batch_input_shape")))).ok_or_else(
-                        || what("an input of unknown size (give --input C,H,W), or of neither [h, w, c] nor [n]"),
-                    )?;
-                if g.input.is_some() {
-                    return Err(what("a second input"));
-                }
-                g.input = Some(shape);
-                Out { set: "input".into(), shape, entry: None, alone: false }
-            }
-            _ if PASS_THROUGH.contains(&class) => {
-                let i = one()?;
-                Out { alone: i.alone && alone_next, ..i }
-            }
-            // A vector read as a 1x1 map or back: the same nodes in the same
-            // order (squeeze-and-excitation's `Reshape((1, 1, C))`).
-            "Reshape" => {
-                let i = one()?;
-                let target: Option<Vec<usize>> = c
-                    .get("target_shape")
-                    .and_then(Value::as_array)
-                    .and_then(|t| t.iter().map(|d| d.as_u64().map(|d| d as usize)).collect());
-                let shape = match (i.shape, target.as_deref()) {
-                    (Shape::Flat(n), Some(&[1, 1, ch])) if ch == n => Shape::Map(n, 1, 1),
-                    (Shape::Map(ch, 1, 1), Some(&[n])) if ch == n => Shape::Flat(n),
-                    _ => return Err(what("a reshape other than of a vector to a 1x1 map or back")),
-                };
-                Out { shape, alone: i.alone && alone_next, ..i }
-            }
-            // A function of one map alone, element by element (a constant
-            // added, hard-swish's `x * relu6(x + 3) / 6`): an activation.
-            "Add" | "Multiply"
-                if !ins.is_empty() && ins.iter().all(|i| i.set == ins[0].set && i.shape == ins[0].shape) =>
-            {
-                Out { alone: ins[0].alone && alone_next && ins.len() == 1, ..ins[0].clone() }
-            }
-            // A gate: a map times one factor per channel (squeeze and
-            // excitation). A product has no links: the map goes on, and the
-            // gate's branch ends in a set no layer reads (as torch_to_spec
-            // reads torch's gates).
-            "Multiply" => match &ins[..] {
-                [a, b] if a.shape.channels() == b.shape.channels() => {
-                    let is_gate = |o: &Out| matches!(o.shape, Shape::Map(_, 1, 1) | Shape::Flat(_));
-                    match (is_gate(a), is_gate(b)) {
-                        (false, true) => Out { alone: false, ..a.clone() },
-                        (true, false) => Out { alone: false, ..b.clone() },
-                        _ => return Err(what("a product other than a map by one factor per channel")),
-                    }
-                }
-                _ => return Err(what("a product other than a map by one factor per channel")),
-            },
-            "Flatten" => {
-                let i = one()?;
-                let n = i
-                    .shape
-                    .keras()
-                    .iter()
-                    .try_fold(1usize, |a, &d| a.checked_mul(d))
-                    .ok_or_else(|| what("too large"))?;
-                Out { shape: Shape::Flat(n), alone: i.alone && alone_next, ..i }
-            }
-            "Conv2D" | "DepthwiseConv2D" | "SeparableConv2D" => {
-                g.conv(name, class, c, one()?, alone_next).map_err(|e| what(&e))?
-            }
-            "Conv2DTranspose" => g.conv_transpose(name, c, one()?, alone_next).map_err(|e| what(&e))?,
-            "Dense" => {
-                let i = one()?;
-                let Shape::Flat(_) = i.shape else { return Err(what("a Dense on a feature map's last axis")) };
-                let units = uint(c, "units").ok_or_else(|| what("no `units`"))?;
-                let mut e = Entry::named(name).text("weight", &format!("{name}/kernel"));
-                if c.get("use_bias").and_then(Value::as_bool).unwrap_or(true) {
-                    e = e.text("bias", &format!("{name}/bias"));
-                }
-                g.push(e.text("from", &i.set), Shape::Flat(units), alone_next)
-            }
-            "BatchNormalization" => g.batch_norm(name, c, one()?, alone_next).map_err(|e| what(&e))?,
-            "MaxPooling2D" | "AveragePooling2D" | "GlobalAveragePooling2D" | "GlobalMaxPooling2D" => {
-                g.pool(name, class, c, one()?, alone_next).map_err(|e| what(&e))?
-            }
-            // Nearest repeats rows and columns; bilinear is half-pixel, as
-            // torch's and TensorFlow's (bicubic differs between them).
-            "UpSampling2D" => {
-                let i = one()?;
-                let Shape::Map(ch, h, w) = i.shape else { return Err(what("a flat input")) };
-                let [sh, sw] = pair(c, "size").unwrap_or([2, 2]);
-                let mode = c.get("interpolation").and_then(Value::as_str).unwrap_or("nearest");
-                if !matches!(mode, "nearest" | "bilinear") {
-                    return Err(what(&format!("interpolation \"{mode}\", whose taps differ between Keras' backends")));
-                }
-                let (Some(ho), Some(wo)) = (h.checked_mul(sh).filter(|&v| v > 0), w.checked_mul(sw).filter(|&v| v > 0))
-                else {
-                    return Err(what("a size of 0 or too large"));
-                };
-                let e = Entry::named(name)
-                    .text("from", &i.set)
-                    .text("interpolate", mode)
-                    .key("output", format!("[{ho}, {wo}]"));
-                g.push(e, Shape::Map(ch, ho, wo), alone_next)
-            }
-            "ZeroPadding2D" => {
-                let i = one()?;
-                let Shape::Map(ch, h, w) = i.shape else { return Err(what("a flat input")) };
-                let p = c.get("padding").ok_or_else(|| what("no `padding`"))?;
-                let [[t, b], [l, r]] = pairs(p).ok_or_else(|| what("a padding not ((top, bottom), (left, right))"))?;
-                let grow = |n: usize, a: usize, b: usize| n.checked_add(a)?.checked_add(b);
-                let (Some(ho), Some(wo)) = (grow(h, t, b), grow(w, l, r)) else { return Err(what("too large")) };
-                let e = Entry::named(name).text("from", &i.set).key("pad", format!("[{l}, {r}, {t}, {b}]"));
-                g.push(e, Shape::Map(ch, ho, wo), alone_next)
-            }
-            "Add" | "Concatenate" => g.merge(name, class, c, &ins, alone_next).map_err(|e| what(&e))?,
-            _ => return Err(what("a layer a spec cannot describe")),
-        };
-        g.outs.insert(name.to_string(), out);
-    }
-    // Keras' recorded input shapes against those computed.
-    for (l, refs) in layers.iter().zip(&inputs) {
-        let mut recorded = Vec::new();
-        match l.get("inbound_nodes").and_then(Value::as_array).and_then(|n| n.first()) {
-            Some(n) => recorded_shapes(n, &mut recorded),
-            // A Sequential's layers record the shape they were built for.
-            None => {
-                let shape = l.get("build_config").and_then(|b| b.get("input_shape")).and_then(Value::as_array);
-                recorded.extend(shape.map(|s| dims(s)));
-            }
-        }
-        for (r, shape) in refs.iter().zip(recorded) {
-            // (A size Keras left open, `None`, fits any.)
-            let computed = g.outs[r].shape.keras();
-            let fits =
-                shape.len() == computed.len() && shape.iter().zip(&computed).all(|(s, c)| s.is_none_or(|s| s == *c));
-            if !fits {
-                return Err(format!(
-                    "layer `{r}`: output shape {computed:?} computed, Keras recorded {shape:?} (channels last)"
-                ));
-            }
-        }
-    }
+    g.model(&root, "", None, 0)?;
     let input = g.input.ok_or("no InputLayer")?;
     let mut text = format!(
         "layout = \"keras\"\ninput = {:?}\n",
@@ -374,6 +178,8 @@ struct Graph<'a> {
     entries: Vec<Entry>,
     outs: HashMap<String, Out>,
     input: Option<Shape>,
+    /// The input given on the command line, for a model of any size.
+    given: Option<Shape>,
     /// The backend that saved the model, where the file says.
     backend: Option<&'a str>,
     /// The Keras `(major, minor)` that saved it, where the file says.
@@ -383,6 +189,271 @@ struct Graph<'a> {
 }
 
 impl Graph<'_> {
+    /// The layers of model `m` (`{"class_name": ..., "config": {"layers":
+    /// ...}}`), named under `prefix` (a nested model's `NAME/`, as its
+    /// weights are). `bound`: what a nested model's call gives its inputs
+    /// (`None` at the top, whose InputLayer is the network's input);
+    /// `out_readers`: how many layers outside read its output. Returns its
+    /// output (none from a top-level model of several outputs).
+    fn model(
+        &mut self,
+        m: &Value,
+        prefix: &str,
+        bound: Option<&[Out]>,
+        out_readers: usize,
+    ) -> Result<Option<Out>, String> {
+        let root = m;
+        let class = root.get("class_name").and_then(Value::as_str).unwrap_or("");
+        let cfg = root.get("config").ok_or("config without `config`")?;
+        let layers = cfg.get("layers").and_then(Value::as_array).ok_or("config without `layers`")?;
+        let sequential = class == "Sequential";
+        if !sequential && !is_model(class) {
+            return Err(format!("a model of class `{class}`"));
+        }
+        // Each layer's inputs.
+        let mut inputs: Vec<Vec<String>> = Vec::with_capacity(layers.len());
+        let mut previous: Option<String> = None;
+        for l in layers {
+            let name = format!("{prefix}{}", layer_name(l)?);
+            let nodes = l.get("inbound_nodes").and_then(Value::as_array).filter(|n| !n.is_empty());
+            let refs = match nodes {
+                Some(n) if n.len() > 1 => return Err(format!("layer `{name}` is called {} times", n.len())),
+                Some(n) => {
+                    let mut refs = Vec::new();
+                    references(&n[0], &mut refs);
+                    refs.into_iter().map(|r| format!("{prefix}{r}")).collect()
+                }
+                None if sequential => previous.iter().cloned().collect(),
+                None => Vec::new(),
+            };
+            inputs.push(refs);
+            previous = Some(name);
+        }
+        // A Sequential written without an InputLayer (Keras 2's) gives the
+        // input's shape to its first layer, or records the shape it was built for.
+        let first = layers.first().and_then(|l| l.get("class_name")).and_then(Value::as_str);
+        if sequential && first.is_some_and(|c| c != "InputLayer") {
+            let key = format!("{prefix}{SEQUENTIAL_INPUT}");
+            let out = match bound {
+                Some([one]) => one.clone(),
+                Some(b) => return Err(format!("a nested Sequential `{prefix}` called on {} inputs", b.len())),
+                None => {
+                    let shape = layers[0]
+                        .get("config")
+                        .and_then(|c| c.get("batch_input_shape"))
+                        .or(cfg.get("build_input_shape"));
+                    let shape = self
+                        .given
+                        .or_else(|| input_shape(shape))
+                        .ok_or("a Sequential without an InputLayer or an input shape")?;
+                    self.input = Some(shape);
+                    Out { set: "input".into(), shape, entry: None, alone: false }
+                }
+            };
+            self.outs.insert(key.clone(), out);
+            inputs[0] = vec![key];
+        }
+        // The model's outputs (a Sequential's last layer), which `out_readers`
+        // layers read outside it.
+        let outputs: Vec<String> = match cfg.get("output_layers") {
+            Some(o) if !sequential => {
+                let mut names = Vec::new();
+                references(o, &mut names);
+                names.into_iter().map(|r| format!("{prefix}{r}")).collect()
+            }
+            _ => previous.into_iter().collect(),
+        };
+        let mut readers: HashMap<&str, usize> = HashMap::new();
+        for r in inputs.iter().flatten().chain(outputs.iter().flat_map(|o| std::iter::repeat_n(o, out_readers))) {
+            *readers.entry(r.as_str()).or_default() += 1;
+        }
+        // A nested model's InputLayers take what its call gives, in order.
+        let mut bound_inputs = bound.map(|b| b.iter());
+        for (l, refs) in layers.iter().zip(&inputs) {
+            let name = &format!("{prefix}{}", layer_name(l)?);
+            let class = l.get("class_name").and_then(Value::as_str).unwrap_or("");
+            let c = l.get("config").ok_or_else(|| format!("layer `{name}` without a config"))?;
+            let ins: Vec<Out> = refs
+                .iter()
+                .map(|r| {
+                    self.outs
+                        .get(r)
+                        .cloned()
+                        .ok_or_else(|| format!("layer `{name}` reads `{r}`, which no layer before it writes"))
+                })
+                .collect::<Result<_, _>>()?;
+            let what = |reason: &str| format!("layer `{name}` ({class}): {reason}");
+            let one = || match &ins[..] {
+                [one] => Ok(one.clone()),
+                _ => Err(what(&format!("{} inputs, not 1", ins.len()))),
+            };
+            let readers_of = readers.get(name.as_str()).copied().unwrap_or(0);
+            let alone_next = readers_of <= 1;
+            let out = match class {
+                "InputLayer" if bound.is_some() => {
+                    let Some(o) = bound_inputs.as_mut().and_then(Iterator::next) else {
+                        return Err(what("an input the nested model's call does not give"));
+                    };
+                    Out { alone: o.alone && alone_next, ..o.clone() }
+                }
+                "InputLayer" => {
+                    let shape = self
+                        .given
+                        .or_else(|| input_shape(c.get("batch_shape").or(c.get("batch_input_shape"))))
+                        .ok_or_else(|| {
+                            what("an input of unknown size (give --input C,H,W), or of neither [h, w, c] nor [n]")
+                        })?;
+                    if self.input.is_some() {
+                        return Err(what("a second input"));
+                    }
+                    self.input = Some(shape);
+                    Out { set: "input".into(), shape, entry: None, alone: false }
+                }
+                _ if PASS_THROUGH.contains(&class) => {
+                    let i = one()?;
+                    Out { alone: i.alone && alone_next, ..i }
+                }
+                // A vector read as a 1x1 map or back: the same nodes in the same
+                // order (squeeze-and-excitation's `Reshape((1, 1, C))`).
+                "Reshape" => {
+                    let i = one()?;
+                    let target: Option<Vec<usize>> = c
+                        .get("target_shape")
+                        .and_then(Value::as_array)
+                        .and_then(|t| t.iter().map(|d| d.as_u64().map(|d| d as usize)).collect());
+                    let shape = match (i.shape, target.as_deref()) {
+                        (Shape::Flat(n), Some(&[1, 1, ch])) if ch == n => Shape::Map(n, 1, 1),
+                        (Shape::Map(ch, 1, 1), Some(&[n])) if ch == n => Shape::Flat(n),
+                        _ => return Err(what("a reshape other than of a vector to a 1x1 map or back")),
+                    };
+                    Out { shape, alone: i.alone && alone_next, ..i }
+                }
+                // A function of one map alone, element by element (a constant
+                // added, hard-swish's `x * relu6(x + 3) / 6`): an activation.
+                "Add" | "Multiply"
+                    if !ins.is_empty() && ins.iter().all(|i| i.set == ins[0].set && i.shape == ins[0].shape) =>
+                {
+                    Out { alone: ins[0].alone && alone_next && ins.len() == 1, ..ins[0].clone() }
+                }
+                // A gate: a map times one factor per channel (squeeze and
+                // excitation). A product has no links: the map goes on, and the
+                // gate's branch ends in a set no layer reads (as torch_to_spec
+                // reads torch's gates).
+                "Multiply" => match &ins[..] {
+                    [a, b] if a.shape.channels() == b.shape.channels() => {
+                        let is_gate = |o: &Out| matches!(o.shape, Shape::Map(_, 1, 1) | Shape::Flat(_));
+                        match (is_gate(a), is_gate(b)) {
+                            (false, true) => Out { alone: false, ..a.clone() },
+                            (true, false) => Out { alone: false, ..b.clone() },
+                            _ => return Err(what("a product other than a map by one factor per channel")),
+                        }
+                    }
+                    _ => return Err(what("a product other than a map by one factor per channel")),
+                },
+                "Flatten" => {
+                    let i = one()?;
+                    let n = i
+                        .shape
+                        .keras()
+                        .iter()
+                        .try_fold(1usize, |a, &d| a.checked_mul(d))
+                        .ok_or_else(|| what("too large"))?;
+                    Out { shape: Shape::Flat(n), alone: i.alone && alone_next, ..i }
+                }
+                "Conv2D" | "DepthwiseConv2D" | "SeparableConv2D" => {
+                    self.conv(name, class, c, one()?, alone_next).map_err(|e| what(&e))?
+                }
+                "Conv2DTranspose" => self.conv_transpose(name, c, one()?, alone_next).map_err(|e| what(&e))?,
+                "Dense" => {
+                    let i = one()?;
+                    let Shape::Flat(_) = i.shape else { return Err(what("a Dense on a feature map's last axis")) };
+                    let units = uint(c, "units").ok_or_else(|| what("no `units`"))?;
+                    let mut e = Entry::named(name).text("weight", &format!("{name}/kernel"));
+                    if c.get("use_bias").and_then(Value::as_bool).unwrap_or(true) {
+                        e = e.text("bias", &format!("{name}/bias"));
+                    }
+                    self.push(e.text("from", &i.set), Shape::Flat(units), alone_next)
+                }
+                "BatchNormalization" => self.batch_norm(name, c, one()?, alone_next).map_err(|e| what(&e))?,
+                "MaxPooling2D" | "AveragePooling2D" | "GlobalAveragePooling2D" | "GlobalMaxPooling2D" => {
+                    self.pool(name, class, c, one()?, alone_next).map_err(|e| what(&e))?
+                }
+                // Nearest repeats rows and columns; bilinear is half-pixel, as
+                // torch's and TensorFlow's (bicubic differs between them).
+                "UpSampling2D" => {
+                    let i = one()?;
+                    let Shape::Map(ch, h, w) = i.shape else { return Err(what("a flat input")) };
+                    let [sh, sw] = pair(c, "size").unwrap_or([2, 2]);
+                    let mode = c.get("interpolation").and_then(Value::as_str).unwrap_or("nearest");
+                    if !matches!(mode, "nearest" | "bilinear") {
+                        return Err(what(&format!(
+                            "interpolation \"{mode}\", whose taps differ between Keras' backends"
+                        )));
+                    }
+                    let (Some(ho), Some(wo)) =
+                        (h.checked_mul(sh).filter(|&v| v > 0), w.checked_mul(sw).filter(|&v| v > 0))
+                    else {
+                        return Err(what("a size of 0 or too large"));
+                    };
+                    let e = Entry::named(name)
+                        .text("from", &i.set)
+                        .text("interpolate", mode)
+                        .key("output", format!("[{ho}, {wo}]"));
+                    self.push(e, Shape::Map(ch, ho, wo), alone_next)
+                }
+                "ZeroPadding2D" => {
+                    let i = one()?;
+                    let Shape::Map(ch, h, w) = i.shape else { return Err(what("a flat input")) };
+                    let p = c.get("padding").ok_or_else(|| what("no `padding`"))?;
+                    let [[t, b], [l, r]] =
+                        pairs(p).ok_or_else(|| what("a padding not ((top, bottom), (left, right))"))?;
+                    let grow = |n: usize, a: usize, b: usize| n.checked_add(a)?.checked_add(b);
+                    let (Some(ho), Some(wo)) = (grow(h, t, b), grow(w, l, r)) else { return Err(what("too large")) };
+                    let e = Entry::named(name).text("from", &i.set).key("pad", format!("[{l}, {r}, {t}, {b}]"));
+                    self.push(e, Shape::Map(ch, ho, wo), alone_next)
+                }
+                "Add" | "Concatenate" => self.merge(name, class, c, &ins, alone_next).map_err(|e| what(&e))?,
+                // A model used as a layer (a keras.applications backbone in a
+                // model of one's own): its layers, named under its name.
+                _ if is_model(class) && c.get("layers").is_some() => self
+                    .model(l, &format!("{name}/"), Some(&ins), readers_of)?
+                    .ok_or_else(|| what("a nested model without an output"))?,
+                _ => return Err(what("a layer a spec cannot describe")),
+            };
+            self.outs.insert(name.to_string(), out);
+        }
+        // Keras' recorded input shapes against those computed.
+        for (l, refs) in layers.iter().zip(&inputs) {
+            let mut recorded = Vec::new();
+            match l.get("inbound_nodes").and_then(Value::as_array).and_then(|n| n.first()) {
+                Some(n) => recorded_shapes(n, &mut recorded),
+                // A Sequential's layers record the shape they were built for.
+                None => {
+                    let shape = l.get("build_config").and_then(|b| b.get("input_shape")).and_then(Value::as_array);
+                    recorded.extend(shape.map(|s| dims(s)));
+                }
+            }
+            for (r, shape) in refs.iter().zip(recorded) {
+                // (A size Keras left open, `None`, fits any.)
+                let computed = self.outs[r].shape.keras();
+                let fits = shape.len() == computed.len()
+                    && shape.iter().zip(&computed).all(|(s, c)| s.is_none_or(|s| s == *c));
+                if !fits {
+                    return Err(format!(
+                        "layer `{r}`: output shape {computed:?} computed, Keras recorded {shape:?} (channels last)"
+                    ));
+                }
+            }
+        }
+        match &outputs[..] {
+            [one] => {
+                self.outs.get(one).cloned().map(Some).ok_or_else(|| format!("output `{one}`, which no layer writes"))
+            }
+            _ if bound.is_none() => Ok(None),
+            o => Err(format!("a nested model `{prefix}` with {} outputs", o.len())),
+        }
+    }
+
     /// Adds an entry writing a new set of `shape`, named after the entry.
     fn push(&mut self, e: Entry, shape: Shape, alone: bool) -> Out {
         let set = e.name.clone();
@@ -701,6 +772,11 @@ impl ConvArgs {
             dilation: pair(c, "dilation_rate").unwrap_or([1, 1]),
         })
     }
+}
+
+/// A model class (whose config lists its layers).
+fn is_model(class: &str) -> bool {
+    matches!(class, "Functional" | "Model" | "Sequential")
 }
 
 /// True for `padding="same"`, false for `"valid"`.
