@@ -202,7 +202,13 @@ fn legacy_names(datasets: &[Dataset], config: &ConfigLayers) -> Vec<Named> {
         .map(|p| {
             let depthwise = p.var == "depthwise_kernel"
                 || p.var == "kernel" && config.class.get(p.layer).is_some_and(|c| c == "DepthwiseConv2D");
-            let var = if depthwise && !separable.contains(p.layer) { "kernel" } else { p.var };
+            let var = match () {
+                _ if depthwise && !separable.contains(p.layer) => "kernel",
+                // (A ConvNeXt layer scale's one weight, which Keras names
+                // `variable_N`: `gamma`, as in a `.keras`.)
+                _ if config.class.get(p.layer).is_some_and(|c| c == "LayerScale") => "gamma",
+                _ => p.var,
+            };
             let name = if p.bare { var.to_string() } else { format!("{}/{var}", p.named(config)) };
             Named { name, depthwise }
         })
@@ -382,6 +388,8 @@ fn variable(class: &str, count: usize, index: usize) -> Option<&'static str> {
         ("batch_normalization", 4) => &["gamma", "beta", "moving_mean", "moving_variance"],
         ("batch_normalization", 2) => &["moving_mean", "moving_variance"],
         ("layer_normalization", 2) => &["gamma", "beta"],
+        // keras.applications' ConvNeXt: its one weight, unnamed.
+        ("layer_scale", 1) => &["gamma"],
         ("embedding", 1) => &["embeddings"],
         _ => &[],
     };

@@ -5,26 +5,35 @@
 //! nothing assumed. The spec is written as spec text and read back with
 //! [`Spec::parse`], so it is checked as a user's spec is.
 //!
-//! Read: `InputLayer`, `Conv2D`, `DepthwiseConv2D` and `SeparableConv2D`
-//! (its depthwise conv, then its 1x1 conv: two entries; channels last, any
-//! stride, dilation and groups, `padding="same"` as Keras computes it, its
-//! odd cell after the input: `padding_after`), `Conv2DTranspose` (its
-//! output cropped as the saving backend and Keras version crop it, with a
-//! note where the file does not say and backends differ), `Dense` on a
-//! flat input, `BatchNormalization` (folded into the layer before it where
-//! that layer feeds it alone), `MaxPooling2D` and `AveragePooling2D`
-//! (valid or same, the odd cell after), the global pools, `ZeroPadding2D`,
-//! `Flatten`, `Add`, `Concatenate` on channels, a `Multiply` by a
-//! per-channel gate (squeeze-and-excitation), a `Reshape` of a vector to a
-//! 1x1 map or back, `UpSampling2D` (nearest or bilinear: an
-//! `interpolate` entry), and no entry for activations, dropout, input
-//! preprocessing and an `Add` or `Multiply` of one map with itself or a
-//! constant (hard-swish). A model used as a layer (a backbone) is read as
-//! its layers, named under its name as its weights are. A model built for
-//! inputs of any size takes the input given on the command line. Any other
-//! layer, a layer called twice or several inputs is an error naming it;
-//! the caller then falls back to discovery and says why. Each layer's output shape is checked
-//! against the shape Keras recorded for it where the config has one.
+//! Read:
+//! - `InputLayer`;
+//! - `Conv2D`, `DepthwiseConv2D` and `SeparableConv2D` (its depthwise conv,
+//!   then its 1x1 conv: two entries): channels last, any stride, dilation
+//!   and groups, `padding="same"` as Keras computes it, its odd cell after
+//!   the input (`padding_after`);
+//! - `Conv2DTranspose`, its output cropped as the saving backend and Keras
+//!   version crop it, with a note where the file does not say and
+//!   backends differ;
+//! - `Dense` on a flat input, or on a feature map (per pixel: a 1x1 conv),
+//!   and ConvNeXt's `LayerScale` folded into it;
+//! - `BatchNormalization`, folded into the layer before it where that
+//!   layer feeds it alone;
+//! - `MaxPooling2D` and `AveragePooling2D` (valid or same, the odd cell
+//!   after), the global pools, `ZeroPadding2D`, `Flatten`;
+//! - `Add`, `Concatenate` on channels, a `Multiply` by a per-channel gate
+//!   (squeeze-and-excitation), a `Reshape` of a vector to a 1x1 map or
+//!   back, `UpSampling2D` (nearest or bilinear: an `interpolate` entry);
+//! - no entry for activations, dropout, drop paths, input preprocessing,
+//!   `LayerNormalization` (named in a note) and an `Add` or `Multiply` of
+//!   one map with itself or a constant (hard-swish);
+//! - a model used as a layer (a backbone): its layers, named under its
+//!   name as its weights are.
+//!
+//! A model built for inputs of any size takes the input given on the
+//! command line. Any other layer, a layer called twice or several inputs
+//! is an error naming it; the caller then falls back to discovery and
+//! says why. Each layer's output shape is checked against the shape Keras
+//! recorded for it where the config has one.
 
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -56,6 +65,8 @@ const PASS_THROUGH: &[&str] = &[
     // variance are listed unused.
     "Rescaling",
     "Normalization",
+    // The identity at inference (ConvNeXt's drop path).
+    "StochasticDepth",
 ];
 
 /// What a layer's output is: the spec name that refers to it and its shape.
@@ -145,8 +156,17 @@ pub(crate) fn spec(config: &ModelConfig, path: &Path, input: Option<&[usize]>) -
         backend: config.backend.as_deref(),
         version: config.version(),
         notes: Vec::new(),
+        sample_norms: Vec::new(),
     };
     g.model(&root, "", None, 0)?;
+    if !g.sample_norms.is_empty() {
+        g.notes.push(format!(
+            "{} LayerNormalizations normalise each sample by its own statistics: not layers of the weight graph (as \
+             discovery reads them), they keep their input's nodes and their tensors are unused: {}",
+            g.sample_norms.len(),
+            g.sample_norms.join(", ")
+        ));
+    }
     let input = g.input.ok_or("no InputLayer")?;
     let mut text = format!(
         "layout = \"keras\"\ninput = {:?}\n",
@@ -186,6 +206,8 @@ struct Graph<'a> {
     version: Option<(u32, u32)>,
     /// What was assumed, for the user.
     notes: Vec<String>,
+    /// The LayerNormalizations, which keep their input's nodes.
+    sample_norms: Vec<String>,
 }
 
 impl Graph<'_> {
@@ -364,15 +386,43 @@ impl Graph<'_> {
                     self.conv(name, class, c, one()?, alone_next).map_err(|e| what(&e))?
                 }
                 "Conv2DTranspose" => self.conv_transpose(name, c, one()?, alone_next).map_err(|e| what(&e))?,
+                // On a feature map, a Dense maps each pixel's channels (its
+                // last axis): the 1x1 conv it is (ConvNeXt's pointwise convs).
                 "Dense" => {
                     let i = one()?;
-                    let Shape::Flat(_) = i.shape else { return Err(what("a Dense on a feature map's last axis")) };
                     let units = uint(c, "units").ok_or_else(|| what("no `units`"))?;
                     let mut e = Entry::named(name).text("weight", &format!("{name}/kernel"));
                     if c.get("use_bias").and_then(Value::as_bool).unwrap_or(true) {
                         e = e.text("bias", &format!("{name}/bias"));
                     }
-                    self.push(e.text("from", &i.set), Shape::Flat(units), alone_next)
+                    let shape = match i.shape {
+                        Shape::Flat(_) => Shape::Flat(units),
+                        Shape::Map(_, h, w) => {
+                            e = e.key("per_pixel", true);
+                            Shape::Map(units, h, w)
+                        }
+                    };
+                    self.push(e.text("from", &i.set), shape, alone_next)
+                }
+                // ConvNeXt's layer scale (`x * gamma`, per channel): folded
+                // into the weighted layer that feeds it alone, as a BatchNorm.
+                "LayerScale" => {
+                    let i = one()?;
+                    let Some(j) = i.entry.filter(|&j| {
+                        let e = &self.entries[j];
+                        i.alone && is_weighted(e) && e.norm.is_none() && e.keys.iter().all(|(k, _)| *k != "scale")
+                    }) else {
+                        return Err(what("a layer scale other than right after a weighted layer it alone reads"));
+                    };
+                    self.entries[j].keys.push(("scale", quoted(&format!("{name}/gamma"))));
+                    Out { alone: i.alone && alone_next, ..i }
+                }
+                // Normalised by each sample's own statistics: not links of
+                // the weight graph (as torch_to_spec reads LayerNorms).
+                "LayerNormalization" => {
+                    let i = one()?;
+                    self.sample_norms.push(name.to_string());
+                    Out { alone: i.alone && alone_next, ..i }
                 }
                 "BatchNormalization" => self.batch_norm(name, c, one()?, alone_next).map_err(|e| what(&e))?,
                 "MaxPooling2D" | "AveragePooling2D" | "GlobalAveragePooling2D" | "GlobalMaxPooling2D" => {
