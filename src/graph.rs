@@ -18,7 +18,7 @@ use std::fmt;
 use crate::checkpoint::Checkpoint;
 use crate::discover;
 use crate::error::{Error, Result};
-use crate::spec::{BnMode, EntryKind, InterpolateMode, LayerSpec, Layout, PadMode, PoolName, Spec};
+use crate::spec::{BnMode, EntryKind, InterpolateMode, LayerSpec, Layout, PadMode, PoolName, Scale, Spec};
 
 /// Default BatchNorm epsilon (torch's).
 pub const DEFAULT_EPS: f64 = 1e-5;
@@ -558,9 +558,10 @@ pub struct Layer {
     /// The BatchNorm folded into a dense or conv layer, or the BatchNorm
     /// of a [`LayerKind::Norm`] layer.
     pub norm: Option<Norm>,
-    /// A per-output-channel factor folded into a dense or conv layer's
-    /// weights and bias before its BatchNorm (ConvNeXt's layer scale).
-    pub scale: Option<String>,
+    /// A factor folded into a dense or conv layer's weights and bias
+    /// before its BatchNorm, per output channel (ConvNeXt's layer scale) or
+    /// one for all.
+    pub scale: Option<Scale>,
     /// What it computes, with sizes.
     pub kind: LayerKind,
     /// The node set it reads.
@@ -855,7 +856,9 @@ impl Network {
         for l in &self.layers {
             v.extend(l.weight.as_deref());
             v.extend(l.bias.as_deref());
-            v.extend(l.scale.as_deref());
+            if let Some(Scale::Tensor(t)) = &l.scale {
+                v.push(t.as_str());
+            }
             if let Some(n) = &l.norm {
                 v.extend([n.mean.as_str(), n.var.as_str()]);
                 v.extend(n.weight.as_deref());
@@ -1263,10 +1266,14 @@ impl<'a> Builder<'a> {
                 if let Some(b) = &layer.bias {
                     self.check_vector(b, layer.output.channels(), "bias")?;
                 }
-                if let Some(t) = &e.scale {
-                    self.check_channels(t, layer.output.channels(), "scale")?;
-                    layer.scale = Some(t.clone());
+                match &e.scale {
+                    Some(Scale::Tensor(t)) => self.check_channels(t, layer.output.channels(), "scale")?,
+                    Some(Scale::Factor(f)) if !f.is_finite() => {
+                        return Err(self.err(format!("scale {f} is not a finite number")))
+                    }
+                    _ => {}
                 }
+                layer.scale = e.scale.clone();
                 if e.norm.is_some() {
                     let norm = self.norm(e, Some(layer.output.channels()))?;
                     match self.s.bn {

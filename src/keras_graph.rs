@@ -20,7 +20,9 @@
 //!   layer feeds it alone;
 //! - `MaxPooling2D` and `AveragePooling2D` (valid or same, the odd cell
 //!   after), the global pools, `ZeroPadding2D`, `Flatten`;
-//! - `Add`, `Concatenate` on channels, a `Multiply` by a per-channel gate
+//! - `Add`, `Concatenate` on channels, Inception-ResNet's
+//!   `CustomScaleLayer` (a sum whose branch is scaled by a constant folded
+//!   into the branch's last layer), a `Multiply` by a per-channel gate
 //!   (squeeze-and-excitation), a `Reshape` of a vector to a 1x1 map or
 //!   back, `UpSampling2D` (nearest or bilinear: an `interpolate` entry);
 //! - no entry for activations, dropout, drop paths, input preprocessing,
@@ -463,6 +465,21 @@ impl Graph<'_> {
                     self.push(e, Shape::Map(ch, ho, wo), alone_next)
                 }
                 "Add" | "Concatenate" => self.merge(name, class, c, &ins, alone_next).map_err(|e| what(&e))?,
+                // Inception-ResNet's `x + r * scale`: the constant folded into
+                // the layer that writes `r` (and feeds only this), then a sum.
+                "CustomScaleLayer" => {
+                    let f = c.get("scale").and_then(Value::as_f64).ok_or_else(|| what("no numeric `scale`"))?;
+                    let Some(j) = ins.get(1).filter(|_| ins.len() == 2).and_then(|r| {
+                        r.entry.filter(|&j| {
+                            let e = &self.entries[j];
+                            r.alone && is_weighted(e) && e.norm.is_none() && e.keys.iter().all(|(k, _)| *k != "scale")
+                        })
+                    }) else {
+                        return Err(what("a scaled input other than a weighted layer that feeds only this sum"));
+                    };
+                    self.entries[j].keys.push(("scale", format!("{f:?}")));
+                    self.merge(name, "Add", c, &ins, alone_next).map_err(|e| what(&e))?
+                }
                 // A model used as a layer (a keras.applications backbone in a
                 // model of one's own): its layers, named under its name.
                 _ if is_model(class) && c.get("layers").is_some() => self
@@ -1000,7 +1017,10 @@ mod tests {
                  "data_format": "channels_first"}}"#,
                 "layer `u` (Conv2DTranspose): channels first",
             ),
-            (r#"{"class_name": "Dense", "config": {"name": "d", "units": 2}}"#, "a Dense on a feature map's last axis"),
+            (
+                r#"{"class_name": "LayerScale", "config": {"name": "s", "init_values": 1e-6, "projection_dim": 1}}"#,
+                "layer `s` (LayerScale): a layer scale other than right after a weighted layer",
+            ),
             (
                 r#"{"class_name": "MaxPooling2D", "config": {"name": "p", "pool_size": [2, 2], "padding": "full"}}"#,
                 "padding \"full\"",

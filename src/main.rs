@@ -17,6 +17,7 @@ use cntscope::engine::{select_engine, AnalysisOptions, CpuEngine, Engine, GpuCon
 use cntscope::graph::{GraphOptions, LayerKind, Network, PoolOp, Reading};
 use cntscope::output::{atomic_write, num, write_csv, NODE_VALUES_HEADER};
 use cntscope::scan::{measure, merge, scan, ScanOptions, ScanSummary};
+use cntscope::spec::Scale;
 use cntscope::study::{study, Grouping, StudyOptions};
 
 use cli::{Cli, Command};
@@ -430,8 +431,10 @@ fn inspect(ck: &Checkpoint, net: &Network, out: &mut impl Write) -> anyhow::Resu
         if let Some(b) = &l.bias {
             tensors.push(format!("+ {}", shape(b)?));
         }
-        if let Some(t) = &l.scale {
-            tensors.push(format!("folded scale {}", shape(t)?));
+        match &l.scale {
+            Some(Scale::Tensor(t)) => tensors.push(format!("folded scale {}", shape(t)?)),
+            Some(Scale::Factor(f)) => tensors.push(format!("folded scale {f}")),
+            None => {}
         }
         if let Some(n) = &l.norm {
             let how = if l.kind == LayerKind::Norm { "batchnorm" } else { "folded batchnorm" };

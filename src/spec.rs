@@ -236,9 +236,10 @@ pub struct LayerSpec {
     /// (a `Linear` on a channels-last map, as in ConvNeXt): the 1x1
     /// convolution it is.
     pub per_pixel: Option<bool>,
-    /// A per-output-channel factor of the layer's outputs (ConvNeXt's
-    /// layer scale), folded into its weights and bias before any `norm`.
-    pub scale: Option<String>,
+    /// A factor of the layer's outputs, folded into its weights and bias
+    /// before any `norm`: a tensor of one per output channel (ConvNeXt's
+    /// layer scale), or a number for all (Inception-ResNet's branch scale).
+    pub scale: Option<Scale>,
     /// A transposed convolution (`ConvTranspose2d`, weight `[Cin,
     /// Cout/g, kh, kw]`): each input pixel spreads over the output grid.
     pub transposed: Option<bool>,
@@ -314,6 +315,16 @@ impl LayerSpec {
             _ => "unnamed".into(),
         }
     }
+}
+
+/// A weighted entry's `scale`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum Scale {
+    /// A tensor of one factor per output channel.
+    Tensor(String),
+    /// One factor for every output channel.
+    Factor(f64),
 }
 
 /// A parsed spec file.

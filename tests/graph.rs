@@ -94,6 +94,9 @@ struct E {
     /// A conv's padding after its input (`padding_after`), when it differs
     /// from the padding before.
     pad_after: Option<[usize; 2]>,
+    /// A conv's or dense layer's constant `scale`, folded before its
+    /// BatchNorm (Inception-ResNet's branch scale).
+    factor: Option<f64>,
 }
 
 fn e(name: &'static str, kind: K) -> E {
@@ -110,6 +113,7 @@ fn e(name: &'static str, kind: K) -> E {
         view: None,
         shuffle: None,
         pad_after: None,
+        factor: None,
     }
 }
 
@@ -343,16 +347,21 @@ fn build(entries: &[E], input: S, layout: Layout, bn: BnMode, seed: u64) -> (Vec
         };
         // A weighted entry's BatchNorm (`norm`, tensors `NAME_bn.*`, when
         // it has one) and the `(a, c)` folded into its `n` outputs.
+        // (A constant `scale` multiplies the raw layer's outputs first.)
         let folded = |has_norm: bool, n: usize, entry: &mut String, tensors: &mut Vec<T<'static>>| {
+            let f = en.factor.unwrap_or(1.0);
+            if let Some(f) = en.factor {
+                *entry += &format!("scale = {f:?}\n");
+            }
             if !has_norm {
-                return (vec![1.0; n], vec![0.0; n]);
+                return (vec![f; n], vec![0.0; n]);
             }
             let prefix = format!("{}_bn", en.name);
             *entry += &format!("norm = \"{prefix}\"\n");
             let (a, c) = norm(&prefix, n, tensors);
             match bn {
-                BnMode::Fold => (a, c),
-                _ => (vec![1.0; n], vec![0.0; n]),
+                BnMode::Fold => (a.iter().map(|a| a * f).collect(), c),
+                _ => (vec![f; n], vec![0.0; n]),
             }
         };
         let (out_set, raw_name);
@@ -1016,6 +1025,24 @@ fn depthwise_convs() {
 /// padding whose last window reaches past the padding (its divisor counts
 /// only the padded input), one leaving padding out, whose last column
 /// window would start in the padding and is dropped; three heads summed.
+/// Inception-ResNet's blocks: a branch's last conv scaled by a constant
+/// (`scale = 0.17`) before the residual sum, one with a BatchNorm after
+/// the scale; a dense head scaled likewise (a negative factor).
+#[test]
+fn constant_scales() {
+    let scaled = |e: E, f| E { factor: Some(f), ..e };
+    let entries = vec![
+        conv("stem", 4, 3, 2, 1),
+        conv("b1", 3, 3, 1, 1),
+        E { to: Some("sum"), ..scaled(conv("up", 4, 1, 1, 0), 0.17) },
+        E { from: Some("stem"), to: Some("sum"), ..e("skip", K::Identity) },
+        scaled(conv("b2", 4, 3, 1, 1), 0.1),
+        gap("gap"),
+        scaled(e("fc", K::Dense { out: 2, bias: true, norm: true }), -1.5),
+    ];
+    check_every_mode("constant scales", &entries, map(2, 9, 7));
+}
+
 /// A ConvNeXt-like block: a depthwise 7x7 conv, two dense layers applied
 /// at every pixel (`per_pixel`), the second with a layer scale folded in
 /// (and a BatchNorm after it, in every mode), added to the block's input
@@ -1406,6 +1433,7 @@ fn misfits_are_errors_naming_the_entries() {
         ("[[layers]]\nname = \"p\"\npool = \"max\"\nkernel = 2\nscale = \"bn.weight\"\n", "`scale` does not apply"),
         ("[[layers]]\nweight = \"b.weight\"\nscale = \"bn.weight\"\n", "scale `bn.weight` has shape [5]; the layer has 4 channels"),
         ("[[layers]]\nweight = \"b.weight\"\nscale = \"b.weight\"\n", "scale `b.weight` has shape [4, 4, 3, 3]"),
+        ("[[layers]]\nweight = \"b.weight\"\nscale = nan\n", "scale NaN is not a finite number"),
         ("[[layers]]\nweight = \"b.weight\"\nchannel_step = 2\n", "`offset` and `channel_step` need a `to`"),
         ("[[layers]]\nweight = \"b.weight\"\noutput_padding = 1\n", "`output_padding` does not apply"),
         ("[[layers]]\nweight = \"b.weight\"\npadding = 1000000000\n", "grid is beyond the limit of 1048576 a side"),

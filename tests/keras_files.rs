@@ -97,7 +97,7 @@ fn strengths_from_the_models_config_match_keras() {
         }
         files += 1;
     }
-    assert_eq!(files, 18);
+    assert_eq!(files, 19);
 }
 
 /// Where Keras' backends compute a layer otherwise (a 3x3 stride-2
@@ -181,7 +181,7 @@ fn every_tensor_equals_its_twin() {
         }
         files += 1;
     }
-    assert_eq!(files, 27);
+    assert_eq!(files, 28);
 }
 
 /// Each BatchNorm is folded into the layer whose output it normalises (as

@@ -50,7 +50,9 @@ of SPEC 1 says it is:
   pixel, the 1x1 convolution it is (``per_pixel``);
 * ``x * gamma`` / ``x.mul(gamma.reshape(1, -1, 1, 1))`` with ``gamma`` a
   parameter of one factor per channel, right after a weighted layer (a
-  layer scale): folded into that layer (``scale``), as a BatchNorm is;
+  layer scale), or ``x * 0.17`` by a number there (Inception-ResNet's
+  and ESRGAN's residual branches): folded into that layer (``scale``), as
+  a BatchNorm is;
 * ShuffleNet's channel shuffle (``x.view(N, g, C // g, H, W)``,
   ``transpose(1, 2)``, ``view(N, C, H, W)``) of a set only it reads: the
   set's writers write interleaved, straight into the shuffled order
@@ -689,19 +691,25 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
             continue
         if k == "scale":
             x, p = _scaled_by(n)
-            channels = _shape(x)[-1] if last[x] else _channels(x)
-            ps = _shape(p)
-            ps = [1] * (len(_shape(x)) - len(ps)) + ps
-            axis = len(ps) - 1 if last[x] else 1
-            if len(ps) != len(_shape(x)) or ps[axis] != channels or any(d != 1 for i, d in enumerate(ps) if i != axis):
-                raise TraceError(f"node `{n.name}`: a product of {_shape(x)} with parameter `{_param(p).target}` of "
-                                 f"shape {_shape(p)}: only one factor per channel (a layer scale) is supported")
+            if isinstance(p, torch.fx.Node):
+                channels = _shape(x)[-1] if last[x] else _channels(x)
+                ps = _shape(p)
+                ps = [1] * (len(_shape(x)) - len(ps)) + ps
+                axis = len(ps) - 1 if last[x] else 1
+                if (len(ps) != len(_shape(x)) or ps[axis] != channels
+                        or any(d != 1 for i, d in enumerate(ps) if i != axis)):
+                    raise TraceError(f"node `{n.name}`: a product of {_shape(x)} with parameter "
+                                     f"`{_param(p).target}` of shape {_shape(p)}: only one factor per channel (a "
+                                     "layer scale) is supported")
+                what, scale = f"parameter `{_param(p).target}`", _param(p).target
+            else:
+                what, scale = f"constant {p}", float(p)
             e_prev = producer.get(root[x])
             folds = e_prev is not None and "weight" in e_prev.fields and consumers[root[x]] == [n]
             if not (folds and not {"to", "norm", "scale"} & e_prev.fields.keys()):
-                raise TraceError(f"node `{n.name}`: parameter `{_param(p).target}` scales a value that is not one "
-                                 "weighted layer's output alone: only a layer scale right after a layer is supported")
-            e_prev.fields["scale"] = _param(p).target
+                raise TraceError(f"node `{n.name}`: {what} scales a value that is not one weighted layer's output "
+                                 "alone: only a scale right after a layer is supported")
+            e_prev.fields["scale"] = scale
             producer[n] = e_prev
             ref[n] = ref[e_prev.node]
             e_prev.node = n
@@ -1070,15 +1078,15 @@ def _no_parameter(n, operands, kinds, root):
 
 def _scaled_by(n):
     """`(x, p)` of a product `x * p` of a value with a parameter (a layer
-    scale), else None."""
-    operands = [a for a in n.args if isinstance(a, torch.fx.Node)]
-    if len(operands) != 2 or len(n.args) != 2 or n.kwargs:
+    scale) or with a number (Inception-ResNet's and ESRGAN's branch
+    scales), else None."""
+    if len(n.args) != 2 or n.kwargs:
         return None
-    a, b = operands
-    if _param(b) is not None and _param(a) is None:
-        return a, b
-    if _param(a) is not None and _param(b) is None:
-        return b, a
+    for x, p in (n.args, n.args[::-1]):
+        number = isinstance(p, (int, float)) and not isinstance(p, bool)
+        if isinstance(x, torch.fx.Node) and _param(x) is None and (
+                number or isinstance(p, torch.fx.Node) and _param(p) is not None):
+            return x, p
     return None
 
 

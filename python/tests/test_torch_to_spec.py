@@ -217,7 +217,7 @@ def test_a_gate_from_a_sibling_branch_of_the_same_map_is_a_channel_gate():
 @pytest.mark.parametrize(
     "gate, message",
     [
-        (lambda m, x: x * 0.5, "a product with a constant"),
+        (lambda m, x: x * 0.5 + x, "constant 0.5 scales a value that is not one weighted layer's output alone"),
         (lambda m, x: x * m.fc2(m.fc1(x)), r"a product of shapes \[1, 4, 6, 5\] and \[1, 4, 6, 5\]"),
         (lambda m, x: m.fc2(m.fc1(x)) * m.fc2(F.relu(m.fc1(x))), "a product of two independent tensors"),
     ],
@@ -352,6 +352,33 @@ def test_linears_on_channels_last_maps_are_per_pixel_and_layer_scales_fold():
         ("features.1.1.block.5", True, "features.1.1.layer_scale"),
         ("classifier.2", None, None),
     ]
+
+
+def test_a_branch_scaled_by_a_number_folds_into_its_last_layer():
+    """Inception-ResNet's (timm's Block35: `out * self.scale + x`) and
+    ESRGAN's residual scales: `scale = 0.17` on the branch's last conv (an
+    activation between them is no layer, as everywhere in the graph); a
+    number scaling a value that other nodes read too is an error naming
+    the node."""
+
+    class Block(nn.Module):
+        def __init__(self, shared=False):
+            super().__init__()
+            self.branch, self.conv, self.shared = nn.Conv2d(4, 3, 3, padding=1), nn.Conv2d(3, 4, 1), shared
+
+        def forward(self, x):
+            out = self.conv(F.relu(self.branch(x)))
+            return F.relu(out * 0.17 + (out if self.shared else x))
+
+    layers = tomllib.loads(spec_from_module(Block(), (4, 6, 5)))["layers"]
+    assert [(e.get("name"), e.get("scale"), e.get("to")) for e in layers] == [
+        ("branch", None, None), ("conv", 0.17, "add"), (None, None, "add")]
+    with pytest.raises(TraceError, match="constant 0.17 scales a value that is not one weighted layer's output"):
+        spec_from_module(Block(shared=True), (4, 6, 5))
+    timm_irv2 = pytest.importorskip("timm.models.inception_resnet_v2")
+    block = timm_irv2.Block35(scale=0.17)
+    spec = tomllib.loads(spec_from_module(block, (320, 5, 5)))
+    assert [e["name"] for e in spec["layers"] if e.get("scale") == 0.17] == ["conv2d"]
 
 
 @pytest.mark.parametrize(

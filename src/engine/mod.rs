@@ -14,7 +14,7 @@ mod ordered;
 use crate::checkpoint::{Checkpoint, Tensor};
 use crate::error::Result;
 use crate::graph::{Conv, GraphSource, Layer, LayerKind, Network, NodeShape, Norm, Reading};
-use crate::spec::Layout;
+use crate::spec::{Layout, Scale};
 use crate::stats::{Histogram, Moments};
 
 pub use cpu::CpuEngine;
@@ -420,7 +420,11 @@ pub fn folded_affine(ck: &Checkpoint, layer: &Layer) -> Result<Option<(Vec<f64>,
         (LayerKind::Norm, _) | (_, None) => None,
         (_, Some(n)) => Some(norm_affine(ck, n)?),
     };
-    let scale = layer.scale.as_deref().map(|t| ck.tensor(t).map(|t| t.to_f64())).transpose()?;
+    let scale = match &layer.scale {
+        None => None,
+        Some(Scale::Tensor(t)) => Some(ck.tensor(t)?.to_f64()),
+        Some(Scale::Factor(f)) => Some(vec![*f; layer.output.channels()]),
+    };
     Ok(match (norm, scale) {
         (None, None) => None,
         (Some(ac), None) => Some(ac),
