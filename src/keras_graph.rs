@@ -213,7 +213,7 @@ struct Graph<'a> {
 }
 
 impl Graph<'_> {
-    /// The layers of model `m` (`{"class_name": ..., "config": {"layers":
+    /// The layers of model `root` (`{"class_name": ..., "config": {"layers":
     /// ...}}`), named under `prefix` (a nested model's `NAME/`, as its
     /// weights are). `bound`: what a nested model's call gives its inputs
     /// (`None` at the top, whose InputLayer is the network's input);
@@ -221,12 +221,11 @@ impl Graph<'_> {
     /// output (none from a top-level model of several outputs).
     fn model(
         &mut self,
-        m: &Value,
+        root: &Value,
         prefix: &str,
         bound: Option<&[Out]>,
         out_readers: usize,
     ) -> Result<Option<Out>, String> {
-        let root = m;
         let class = root.get("class_name").and_then(Value::as_str).unwrap_or("");
         let cfg = root.get("config").ok_or("config without `config`")?;
         let layers = cfg.get("layers").and_then(Value::as_array).ok_or("config without `layers`")?;
@@ -295,8 +294,6 @@ impl Graph<'_> {
         let mut bound_inputs = bound.map(|b| b.iter());
         for (l, refs) in layers.iter().zip(&inputs) {
             let name = &format!("{prefix}{}", layer_name(l)?);
-            let class = l.get("class_name").and_then(Value::as_str).unwrap_or("");
-            let c = l.get("config").ok_or_else(|| format!("layer `{name}` without a config"))?;
             let ins: Vec<Out> = refs
                 .iter()
                 .map(|r| {
@@ -306,191 +303,215 @@ impl Graph<'_> {
                         .ok_or_else(|| format!("layer `{name}` reads `{r}`, which no layer before it writes"))
                 })
                 .collect::<Result<_, _>>()?;
-            let what = |reason: &str| format!("layer `{name}` ({class}): {reason}");
-            let one = || match &ins[..] {
-                [one] => Ok(one.clone()),
-                _ => Err(what(&format!("{} inputs, not 1", ins.len()))),
-            };
             let readers_of = readers.get(name.as_str()).copied().unwrap_or(0);
-            let alone_next = readers_of <= 1;
-            let out = match class {
-                "InputLayer" if bound.is_some() => {
-                    let Some(o) = bound_inputs.as_mut().and_then(Iterator::next) else {
-                        return Err(what("an input the nested model's call does not give"));
-                    };
-                    Out { alone: o.alone && alone_next, ..o.clone() }
-                }
-                "InputLayer" => {
-                    let shape = self
-                        .given
-                        .or_else(|| input_shape(c.get("batch_shape").or(c.get("batch_input_shape"))))
-                        .ok_or_else(|| {
-                            what("an input of unknown size (give --input C,H,W), or of neither [h, w, c] nor [n]")
-                        })?;
-                    if self.input.is_some() {
-                        return Err(what("a second input"));
-                    }
-                    self.input = Some(shape);
-                    Out { set: "input".into(), shape, entry: None, alone: false }
-                }
-                _ if PASS_THROUGH.contains(&class) => {
-                    let i = one()?;
-                    Out { alone: i.alone && alone_next, ..i }
-                }
-                // A vector read as a 1x1 map or back: the same nodes in the same
-                // order (squeeze-and-excitation's `Reshape((1, 1, C))`).
-                "Reshape" => {
-                    let i = one()?;
-                    let target: Option<Vec<usize>> = c
-                        .get("target_shape")
-                        .and_then(Value::as_array)
-                        .and_then(|t| t.iter().map(|d| d.as_u64().map(|d| d as usize)).collect());
-                    let shape = match (i.shape, target.as_deref()) {
-                        (Shape::Flat(n), Some(&[1, 1, ch])) if ch == n => Shape::Map(n, 1, 1),
-                        (Shape::Map(ch, 1, 1), Some(&[n])) if ch == n => Shape::Flat(n),
-                        _ => return Err(what("a reshape other than of a vector to a 1x1 map or back")),
-                    };
-                    Out { shape, alone: i.alone && alone_next, ..i }
-                }
-                // A function of one map alone, element by element (a constant
-                // added, hard-swish's `x * relu6(x + 3) / 6`): an activation.
-                "Add" | "Multiply"
-                    if !ins.is_empty() && ins.iter().all(|i| i.set == ins[0].set && i.shape == ins[0].shape) =>
-                {
-                    Out { alone: ins[0].alone && alone_next && ins.len() == 1, ..ins[0].clone() }
-                }
-                // A gate: a map times one factor per channel (squeeze and
-                // excitation). A product has no links: the map goes on, and the
-                // gate's branch ends in a set no layer reads (as torch_to_spec
-                // reads torch's gates).
-                "Multiply" => match &ins[..] {
-                    [a, b] if a.shape.channels() == b.shape.channels() => {
-                        let is_gate = |o: &Out| matches!(o.shape, Shape::Map(_, 1, 1) | Shape::Flat(_));
-                        match (is_gate(a), is_gate(b)) {
-                            (false, true) => Out { alone: false, ..a.clone() },
-                            (true, false) => Out { alone: false, ..b.clone() },
-                            _ => return Err(what("a product other than a map by one factor per channel")),
-                        }
-                    }
-                    _ => return Err(what("a product other than a map by one factor per channel")),
-                },
-                "Flatten" => {
-                    let i = one()?;
-                    let n = i
-                        .shape
-                        .keras()
-                        .iter()
-                        .try_fold(1usize, |a, &d| a.checked_mul(d))
-                        .ok_or_else(|| what("too large"))?;
-                    Out { shape: Shape::Flat(n), alone: i.alone && alone_next, ..i }
-                }
-                "Conv2D" | "DepthwiseConv2D" | "SeparableConv2D" => {
-                    self.conv(name, class, c, one()?, alone_next).map_err(|e| what(&e))?
-                }
-                "Conv2DTranspose" => self.conv_transpose(name, c, one()?, alone_next).map_err(|e| what(&e))?,
-                // On a feature map, a Dense maps each pixel's channels (its
-                // last axis): the 1x1 conv it is (ConvNeXt's pointwise convs).
-                "Dense" => {
-                    let i = one()?;
-                    let units = uint(c, "units").ok_or_else(|| what("no `units`"))?;
-                    let mut e = Entry::named(name).text("weight", &format!("{name}/kernel"));
-                    if c.get("use_bias").and_then(Value::as_bool).unwrap_or(true) {
-                        e = e.text("bias", &format!("{name}/bias"));
-                    }
-                    let shape = match i.shape {
-                        Shape::Flat(_) => Shape::Flat(units),
-                        Shape::Map(_, h, w) => {
-                            e = e.key("per_pixel", true);
-                            Shape::Map(units, h, w)
-                        }
-                    };
-                    self.push(e.text("from", &i.set), shape, alone_next)
-                }
-                // ConvNeXt's layer scale (`x * gamma`, per channel): folded
-                // into the weighted layer that feeds it alone, as a BatchNorm.
-                "LayerScale" => {
-                    let i = one()?;
-                    let Some(j) = i.entry.filter(|&j| {
-                        let e = &self.entries[j];
-                        i.alone && is_weighted(e) && e.norm.is_none() && e.keys.iter().all(|(k, _)| *k != "scale")
-                    }) else {
-                        return Err(what("a layer scale other than right after a weighted layer it alone reads"));
-                    };
-                    self.entries[j].keys.push(("scale", quoted(&format!("{name}/gamma"))));
-                    Out { alone: i.alone && alone_next, ..i }
-                }
-                // Normalised by each sample's own statistics: not links of
-                // the weight graph (as torch_to_spec reads LayerNorms).
-                "LayerNormalization" => {
-                    let i = one()?;
-                    self.sample_norms.push(name.to_string());
-                    Out { alone: i.alone && alone_next, ..i }
-                }
-                "BatchNormalization" => self.batch_norm(name, c, one()?, alone_next).map_err(|e| what(&e))?,
-                "MaxPooling2D" | "AveragePooling2D" | "GlobalAveragePooling2D" | "GlobalMaxPooling2D" => {
-                    self.pool(name, class, c, one()?, alone_next).map_err(|e| what(&e))?
-                }
-                // Nearest repeats rows and columns; bilinear is half-pixel, as
-                // torch's and TensorFlow's (bicubic differs between them).
-                "UpSampling2D" => {
-                    let i = one()?;
-                    let Shape::Map(ch, h, w) = i.shape else { return Err(what("a flat input")) };
-                    let [sh, sw] = pair(c, "size").unwrap_or([2, 2]);
-                    let mode = c.get("interpolation").and_then(Value::as_str).unwrap_or("nearest");
-                    if !matches!(mode, "nearest" | "bilinear") {
-                        return Err(what(&format!(
-                            "interpolation \"{mode}\", whose taps differ between Keras' backends"
-                        )));
-                    }
-                    let (Some(ho), Some(wo)) =
-                        (h.checked_mul(sh).filter(|&v| v > 0), w.checked_mul(sw).filter(|&v| v > 0))
-                    else {
-                        return Err(what("a size of 0 or too large"));
-                    };
-                    let e = Entry::named(name)
-                        .text("from", &i.set)
-                        .text("interpolate", mode)
-                        .key("output", format!("[{ho}, {wo}]"));
-                    self.push(e, Shape::Map(ch, ho, wo), alone_next)
-                }
-                "ZeroPadding2D" => {
-                    let i = one()?;
-                    let Shape::Map(ch, h, w) = i.shape else { return Err(what("a flat input")) };
-                    let p = c.get("padding").ok_or_else(|| what("no `padding`"))?;
-                    let [[t, b], [l, r]] =
-                        pairs(p).ok_or_else(|| what("a padding not ((top, bottom), (left, right))"))?;
-                    let grow = |n: usize, a: usize, b: usize| n.checked_add(a)?.checked_add(b);
-                    let (Some(ho), Some(wo)) = (grow(h, t, b), grow(w, l, r)) else { return Err(what("too large")) };
-                    let e = Entry::named(name).text("from", &i.set).key("pad", format!("[{l}, {r}, {t}, {b}]"));
-                    self.push(e, Shape::Map(ch, ho, wo), alone_next)
-                }
-                "Add" | "Concatenate" => self.merge(name, class, c, &ins, alone_next).map_err(|e| what(&e))?,
-                // Inception-ResNet's `x + r * scale`: the constant folded into
-                // the layer that writes `r` (and feeds only this), then a sum.
-                "CustomScaleLayer" => {
-                    let f = c.get("scale").and_then(Value::as_f64).ok_or_else(|| what("no numeric `scale`"))?;
-                    let Some(j) = ins.get(1).filter(|_| ins.len() == 2).and_then(|r| {
-                        r.entry.filter(|&j| {
-                            let e = &self.entries[j];
-                            r.alone && is_weighted(e) && e.norm.is_none() && e.keys.iter().all(|(k, _)| *k != "scale")
-                        })
-                    }) else {
-                        return Err(what("a scaled input other than a weighted layer that feeds only this sum"));
-                    };
-                    self.entries[j].keys.push(("scale", format!("{f:?}")));
-                    self.merge(name, "Add", c, &ins, alone_next).map_err(|e| what(&e))?
-                }
-                // A model used as a layer (a keras.applications backbone in a
-                // model of one's own): its layers, named under its name.
-                _ if is_model(class) && c.get("layers").is_some() => self
-                    .model(l, &format!("{name}/"), Some(&ins), readers_of)?
-                    .ok_or_else(|| what("a nested model without an output"))?,
-                _ => return Err(what("a layer a spec cannot describe")),
-            };
+            let out = self.layer(l, name, ins, readers_of, bound_inputs.as_mut())?;
             self.outs.insert(name.to_string(), out);
         }
-        // Keras' recorded input shapes against those computed.
-        for (l, refs) in layers.iter().zip(&inputs) {
+        self.check_recorded_shapes(layers, &inputs)?;
+        match &outputs[..] {
+            [one] => {
+                self.outs.get(one).cloned().map(Some).ok_or_else(|| format!("output `{one}`, which no layer writes"))
+            }
+            _ if bound.is_none() => Ok(None),
+            o => Err(format!("a nested model `{prefix}` with {} outputs", o.len())),
+        }
+    }
+
+    /// Layer `l` (named `name`, as a model's layers are under its prefix)
+    /// on its inputs `ins`, read by `readers_of` layers after it; `bound`:
+    /// what a nested model's call gives its InputLayers, in order.
+    fn layer(
+        &mut self,
+        l: &Value,
+        name: &str,
+        ins: Vec<Out>,
+        readers_of: usize,
+        mut bound: Option<&mut std::slice::Iter<'_, Out>>,
+    ) -> Result<Out, String> {
+        let class = l.get("class_name").and_then(Value::as_str).unwrap_or("");
+        let c = l.get("config").ok_or_else(|| format!("layer `{name}` without a config"))?;
+        let what = |reason: &str| format!("layer `{name}` ({class}): {reason}");
+        let one = || match &ins[..] {
+            [one] => Ok(one.clone()),
+            _ => Err(what(&format!("{} inputs, not 1", ins.len()))),
+        };
+        let alone_next = readers_of <= 1;
+        Ok(match class {
+            "InputLayer" if bound.is_some() => {
+                let Some(o) = bound.as_mut().and_then(|b| b.next()) else {
+                    return Err(what("an input the nested model's call does not give"));
+                };
+                Out { alone: o.alone && alone_next, ..o.clone() }
+            }
+            "InputLayer" => {
+                let shape = self
+                    .given
+                    .or_else(|| input_shape(c.get("batch_shape").or(c.get("batch_input_shape"))))
+                    .ok_or_else(|| {
+                        what("an input of unknown size (give --input C,H,W), or of neither [h, w, c] nor [n]")
+                    })?;
+                if self.input.is_some() {
+                    return Err(what("a second input"));
+                }
+                self.input = Some(shape);
+                Out { set: "input".into(), shape, entry: None, alone: false }
+            }
+            _ if PASS_THROUGH.contains(&class) => {
+                let i = one()?;
+                Out { alone: i.alone && alone_next, ..i }
+            }
+            // A vector read as a 1x1 map or back: the same nodes in the same
+            // order (squeeze-and-excitation's `Reshape((1, 1, C))`).
+            "Reshape" => {
+                let i = one()?;
+                let target: Option<Vec<usize>> = c
+                    .get("target_shape")
+                    .and_then(Value::as_array)
+                    .and_then(|t| t.iter().map(|d| d.as_u64().map(|d| d as usize)).collect());
+                let shape = match (i.shape, target.as_deref()) {
+                    (Shape::Flat(n), Some(&[1, 1, ch])) if ch == n => Shape::Map(n, 1, 1),
+                    (Shape::Map(ch, 1, 1), Some(&[n])) if ch == n => Shape::Flat(n),
+                    _ => return Err(what("a reshape other than of a vector to a 1x1 map or back")),
+                };
+                Out { shape, alone: i.alone && alone_next, ..i }
+            }
+            // A function of one map alone, element by element (a constant
+            // added, hard-swish's `x * relu6(x + 3) / 6`): an activation.
+            "Add" | "Multiply"
+                if !ins.is_empty() && ins.iter().all(|i| i.set == ins[0].set && i.shape == ins[0].shape) =>
+            {
+                Out { alone: ins[0].alone && alone_next && ins.len() == 1, ..ins[0].clone() }
+            }
+            // A gate: a map times one factor per channel (squeeze and
+            // excitation). A product has no links: the map goes on, and the
+            // gate's branch ends in a set no layer reads (as torch_to_spec
+            // reads torch's gates).
+            "Multiply" => match &ins[..] {
+                [a, b] if a.shape.channels() == b.shape.channels() => {
+                    let is_gate = |o: &Out| matches!(o.shape, Shape::Map(_, 1, 1) | Shape::Flat(_));
+                    match (is_gate(a), is_gate(b)) {
+                        (false, true) => Out { alone: false, ..a.clone() },
+                        (true, false) => Out { alone: false, ..b.clone() },
+                        _ => return Err(what("a product other than a map by one factor per channel")),
+                    }
+                }
+                _ => return Err(what("a product other than a map by one factor per channel")),
+            },
+            "Flatten" => {
+                let i = one()?;
+                let n = i
+                    .shape
+                    .keras()
+                    .iter()
+                    .try_fold(1usize, |a, &d| a.checked_mul(d))
+                    .ok_or_else(|| what("too large"))?;
+                Out { shape: Shape::Flat(n), alone: i.alone && alone_next, ..i }
+            }
+            "Conv2D" | "DepthwiseConv2D" | "SeparableConv2D" => {
+                self.conv(name, class, c, one()?, alone_next).map_err(|e| what(&e))?
+            }
+            "Conv2DTranspose" => self.conv_transpose(name, c, one()?, alone_next).map_err(|e| what(&e))?,
+            // On a feature map, a Dense maps each pixel's channels (its
+            // last axis): the 1x1 conv it is (ConvNeXt's pointwise convs).
+            "Dense" => {
+                let i = one()?;
+                let units = uint(c, "units").ok_or_else(|| what("no `units`"))?;
+                let mut e = Entry::named(name).text("weight", &format!("{name}/kernel"));
+                if c.get("use_bias").and_then(Value::as_bool).unwrap_or(true) {
+                    e = e.text("bias", &format!("{name}/bias"));
+                }
+                let shape = match i.shape {
+                    Shape::Flat(_) => Shape::Flat(units),
+                    Shape::Map(_, h, w) => {
+                        e = e.key("per_pixel", true);
+                        Shape::Map(units, h, w)
+                    }
+                };
+                self.push(e.text("from", &i.set), shape, alone_next)
+            }
+            // ConvNeXt's layer scale (`x * gamma`, per channel): folded
+            // into the weighted layer that feeds it alone, as a BatchNorm.
+            "LayerScale" => {
+                let i = one()?;
+                let Some(j) = i.entry.filter(|&j| {
+                    let e = &self.entries[j];
+                    i.alone && is_weighted(e) && e.norm.is_none() && e.keys.iter().all(|(k, _)| *k != "scale")
+                }) else {
+                    return Err(what("a layer scale other than right after a weighted layer it alone reads"));
+                };
+                self.entries[j].keys.push(("scale", quoted(&format!("{name}/gamma"))));
+                Out { alone: i.alone && alone_next, ..i }
+            }
+            // Normalised by each sample's own statistics: not links of
+            // the weight graph (as torch_to_spec reads LayerNorms).
+            "LayerNormalization" => {
+                let i = one()?;
+                self.sample_norms.push(name.to_string());
+                Out { alone: i.alone && alone_next, ..i }
+            }
+            "BatchNormalization" => self.batch_norm(name, c, one()?, alone_next).map_err(|e| what(&e))?,
+            "MaxPooling2D" | "AveragePooling2D" | "GlobalAveragePooling2D" | "GlobalMaxPooling2D" => {
+                self.pool(name, class, c, one()?, alone_next).map_err(|e| what(&e))?
+            }
+            // Nearest repeats rows and columns; bilinear is half-pixel, as
+            // torch's and TensorFlow's (bicubic differs between them).
+            "UpSampling2D" => {
+                let i = one()?;
+                let Shape::Map(ch, h, w) = i.shape else { return Err(what("a flat input")) };
+                let [sh, sw] = pair(c, "size").unwrap_or([2, 2]);
+                let mode = c.get("interpolation").and_then(Value::as_str).unwrap_or("nearest");
+                if !matches!(mode, "nearest" | "bilinear") {
+                    return Err(what(&format!("interpolation \"{mode}\", whose taps differ between Keras' backends")));
+                }
+                let (Some(ho), Some(wo)) = (h.checked_mul(sh).filter(|&v| v > 0), w.checked_mul(sw).filter(|&v| v > 0))
+                else {
+                    return Err(what("a size of 0 or too large"));
+                };
+                let e = Entry::named(name)
+                    .text("from", &i.set)
+                    .text("interpolate", mode)
+                    .key("output", format!("[{ho}, {wo}]"));
+                self.push(e, Shape::Map(ch, ho, wo), alone_next)
+            }
+            "ZeroPadding2D" => {
+                let i = one()?;
+                let Shape::Map(ch, h, w) = i.shape else { return Err(what("a flat input")) };
+                let p = c.get("padding").ok_or_else(|| what("no `padding`"))?;
+                let [[t, b], [l, r]] = pairs(p).ok_or_else(|| what("a padding not ((top, bottom), (left, right))"))?;
+                let grow = |n: usize, a: usize, b: usize| n.checked_add(a)?.checked_add(b);
+                let (Some(ho), Some(wo)) = (grow(h, t, b), grow(w, l, r)) else { return Err(what("too large")) };
+                let e = Entry::named(name).text("from", &i.set).key("pad", format!("[{l}, {r}, {t}, {b}]"));
+                self.push(e, Shape::Map(ch, ho, wo), alone_next)
+            }
+            "Add" | "Concatenate" => self.merge(name, class, c, &ins, alone_next).map_err(|e| what(&e))?,
+            // Inception-ResNet's `x + r * scale`: the constant folded into
+            // the layer that writes `r` (and feeds only this), then a sum.
+            "CustomScaleLayer" => {
+                let f = c.get("scale").and_then(Value::as_f64).ok_or_else(|| what("no numeric `scale`"))?;
+                let Some(j) = ins.get(1).filter(|_| ins.len() == 2).and_then(|r| {
+                    r.entry.filter(|&j| {
+                        let e = &self.entries[j];
+                        r.alone && is_weighted(e) && e.norm.is_none() && e.keys.iter().all(|(k, _)| *k != "scale")
+                    })
+                }) else {
+                    return Err(what("a scaled input other than a weighted layer that feeds only this sum"));
+                };
+                self.entries[j].keys.push(("scale", format!("{f:?}")));
+                self.merge(name, "Add", c, &ins, alone_next).map_err(|e| what(&e))?
+            }
+            // A model used as a layer (a keras.applications backbone in a
+            // model of one's own): its layers, named under its name.
+            _ if is_model(class) && c.get("layers").is_some() => self
+                .model(l, &format!("{name}/"), Some(&ins), readers_of)?
+                .ok_or_else(|| what("a nested model without an output"))?,
+            _ => return Err(what("a layer a spec cannot describe")),
+        })
+    }
+
+    /// Each layer's inputs' shapes, as computed, against those Keras
+    /// recorded for them (`inputs`: what each of `layers` reads).
+    fn check_recorded_shapes(&self, layers: &[Value], inputs: &[Vec<String>]) -> Result<(), String> {
+        for (l, refs) in layers.iter().zip(inputs) {
             let mut recorded = Vec::new();
             match l.get("inbound_nodes").and_then(Value::as_array).and_then(|n| n.first()) {
                 Some(n) => recorded_shapes(n, &mut recorded),
@@ -512,13 +533,7 @@ impl Graph<'_> {
                 }
             }
         }
-        match &outputs[..] {
-            [one] => {
-                self.outs.get(one).cloned().map(Some).ok_or_else(|| format!("output `{one}`, which no layer writes"))
-            }
-            _ if bound.is_none() => Ok(None),
-            o => Err(format!("a nested model `{prefix}` with {} outputs", o.len())),
-        }
+        Ok(())
     }
 
     /// Adds an entry writing a new set of `shape`, named after the entry.

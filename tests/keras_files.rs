@@ -58,16 +58,17 @@ fn assert_same_as_twins(files: &[&str], extra: &[&str]) {
 fn keras_files_equal_their_safetensors_twins() {
     let spec = |name: &str| fixtures().join("specs").join(name).to_str().unwrap().to_string();
     assert_same_as_twins(&["cnn.keras", "cnn.weights.h5", "cnn.h5"], &["--spec", &spec("cnn.toml")]);
-    // Without a spec: a chain of 20 dense layers, and a Sequential nested
-    // in a functional model.
+    // A chain of 20 dense layers, and a Sequential nested in a functional
+    // model (discovered, and read from its config).
     assert_same_as_twins(&["deep.h5", "deep.weights.h5", "nested.keras", "tfkeras2.h5"], &["--input", "1,8,8"]);
 }
 
 /// The graph read from each model's config: every node set's strengths
 /// are those Keras itself computed (conv of an all-ones input, autograd
-/// for the out-strengths; `make_fixtures.py`), on both engines, through
-/// "same" paddings with the odd cell after, depthwise convs, pools,
-/// concatenations and residual sums.
+/// or JAX's `vjp` for the out-strengths; `make_fixtures.py`), on both
+/// engines, through "same" paddings with the odd cell after, depthwise and
+/// transposed convs, pools, concatenations, residual sums (scaled ones
+/// too), nested models and ConvNeXt's blocks.
 #[test]
 fn strengths_from_the_models_config_match_keras() {
     let engines = engines();
