@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The Keras-format benchmark of BENCHMARKS.md: keras.applications' ResNet50
 # and MobileNetV2 (random weights) saved by Keras as `.keras`,
-# `.weights.h5` and the legacy `.h5`, and 500 small dense networks as
+# `.weights.h5` and the legacy `.h5`, Xception, ConvNeXtTiny and
+# InceptionResNetV2 as `.keras`, and 500 small dense networks as
 # `.weights.h5`, scanned by cntscope (each network's whole graph, read from
 # the `.keras` file's config) against the same weights as safetensors, against `cat` of the files (the read floor), and
 # against h5py reading every dataset into numpy (reading only, no
@@ -27,12 +28,17 @@ rng = np.random.default_rng(0)
 def randomise(m):
     m.set_weights([rng.uniform(0.2, 2, w.shape).astype(np.float32) if "variance" in v.path
                    else rng.normal(0, 0.05, w.shape).astype(np.float32) for w, v in zip(m.get_weights(), m.weights)])
-for name, make in [("resnet50", keras.applications.ResNet50), ("mobilenet_v2", keras.applications.MobileNetV2)]:
+apps = keras.applications
+for name, make, every_format in [("resnet50", apps.ResNet50, True), ("mobilenet_v2", apps.MobileNetV2, True),
+                                 ("xception", apps.Xception, False), ("convnext_tiny", apps.ConvNeXtTiny, False),
+                                 ("inception_resnet_v2", apps.InceptionResNetV2, False)]:
     if os.path.exists(f"{base}/{name}.safetensors"):
         continue
     m = make(weights=None)
     randomise(m)
-    m.save(f"{base}/{name}.keras"); m.save_weights(f"{base}/{name}.weights.h5"); m.save(f"{base}/{name}.h5")
+    m.save(f"{base}/{name}.keras")
+    if every_format:
+        m.save_weights(f"{base}/{name}.weights.h5"); m.save(f"{base}/{name}.h5")
     save_file(names(m), f"{base}/{name}.safetensors")
 small, twins = f"{base}/small-h5", f"{base}/small-st"
 if not os.path.exists(twins):
@@ -64,14 +70,16 @@ row() {
     t_st=$(best "$bin" scan $st --device cpu -o OUT "$@")
     "$py" -c "import sys; r,h,c,s=map(float,sys.argv[1:5]); print(f'| $label | $mb | {r:.4f} s | {h:.4f} s | {c:.4f} s | {s:.4f} s | {c/s:.2f}x | {c/r:.1f}x | {h/c:.1f}x faster |')" "$t_read" "$t_h5" "$t_ck" "$t_st"
 }
-# Every scan of a network measures the whole graph at 3x224x224: the
+# Every scan of a network measures the whole graph at its input size
+# (3x224x224; Xception and InceptionResNetV2 3x299x299): the
 # `.keras` and `.h5` files read it from the config they keep; the
 # `.weights.h5` and the safetensors twin are given the `.keras` as spec.
-for name in resnet50 mobilenet_v2; do
+for name in resnet50 mobilenet_v2 xception convnext_tiny inception_resnet_v2; do
     keras="$dir/$name.keras"
     # h5py reads the archive's weights from a copy extracted once (not timed).
     "$py" -c "import zipfile,sys; open(sys.argv[2],'wb').write(zipfile.ZipFile(sys.argv[1]).read('model.weights.h5'))" "$keras" "$dir/$name.keras.h5"
     row "$name.keras" "$keras" "$dir/$name.keras.h5" "$keras" "$dir/$name.safetensors" --spec "$keras"
+    [ -e "$dir/$name.h5" ] || continue
     row "$name.h5" "$dir/$name.h5" "$dir/$name.h5" "$dir/$name.h5" "$dir/$name.safetensors" --spec "$keras"
     f="$dir/$name.weights.h5"
     row "$name.weights.h5" "$f" "$f" "$f" "$dir/$name.safetensors" --spec "$keras"
