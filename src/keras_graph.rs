@@ -290,8 +290,26 @@ impl Graph<'_> {
         for r in inputs.iter().flatten().chain(outputs.iter().flat_map(|o| std::iter::repeat_n(o, out_readers))) {
             *readers.entry(r.as_str()).or_default() += 1;
         }
-        // A nested model's InputLayers take what its call gives, in order.
-        let mut bound_inputs = bound.map(|b| b.iter());
+        // A nested model's InputLayers take what its call gives, in the
+        // order of its `input_layers` (a Sequential's: its first layer's).
+        let bound: Option<HashMap<String, Out>> = match bound {
+            None => None,
+            Some(given) => {
+                let mut order = Vec::new();
+                match cfg.get("input_layers") {
+                    Some(i) if !sequential => references(i, &mut order),
+                    _ => order.extend(layers.first().map(layer_name).transpose()?.map(str::to_string)),
+                }
+                if order.len() != given.len() {
+                    return Err(format!(
+                        "a nested model `{prefix}` of {} inputs called on {}",
+                        order.len(),
+                        given.len()
+                    ));
+                }
+                Some(order.into_iter().map(|n| format!("{prefix}{n}")).zip(given.iter().cloned()).collect())
+            }
+        };
         for (l, refs) in layers.iter().zip(&inputs) {
             let name = &format!("{prefix}{}", layer_name(l)?);
             let ins: Vec<Out> = refs
@@ -304,7 +322,7 @@ impl Graph<'_> {
                 })
                 .collect::<Result<_, _>>()?;
             let readers_of = readers.get(name.as_str()).copied().unwrap_or(0);
-            let out = self.layer(l, name, ins, readers_of, bound_inputs.as_mut())?;
+            let out = self.layer(l, name, ins, readers_of, bound.as_ref())?;
             self.outs.insert(name.to_string(), out);
         }
         self.check_recorded_shapes(layers, &inputs)?;
@@ -319,14 +337,14 @@ impl Graph<'_> {
 
     /// Layer `l` (named `name`, as a model's layers are under its prefix)
     /// on its inputs `ins`, read by `readers_of` layers after it; `bound`:
-    /// what a nested model's call gives its InputLayers, in order.
+    /// what a nested model's call gives its InputLayers, by name.
     fn layer(
         &mut self,
         l: &Value,
         name: &str,
         ins: Vec<Out>,
         readers_of: usize,
-        mut bound: Option<&mut std::slice::Iter<'_, Out>>,
+        bound: Option<&HashMap<String, Out>>,
     ) -> Result<Out, String> {
         let class = l.get("class_name").and_then(Value::as_str).unwrap_or("");
         let c = l.get("config").ok_or_else(|| format!("layer `{name}` without a config"))?;
@@ -338,7 +356,7 @@ impl Graph<'_> {
         let alone_next = readers_of <= 1;
         Ok(match class {
             "InputLayer" if bound.is_some() => {
-                let Some(o) = bound.as_mut().and_then(|b| b.next()) else {
+                let Some(o) = bound.and_then(|b| b.get(name)) else {
                     return Err(what("an input the nested model's call does not give"));
                 };
                 Out { alone: o.alone && alone_next, ..o.clone() }
@@ -1070,5 +1088,32 @@ mod tests {
             assert_eq!(crop(k, s, d, same, op, true), Some(torch), "{k} {s} {d} {same} {op:?}");
         }
         assert_eq!(crop(0, 2, 1, true, None, false), None);
+    }
+
+    /// A nested model of two inputs binds them in the order of its
+    /// `input_layers`, not of its layers.
+    #[test]
+    fn nested_inputs_bind_by_input_layers() {
+        let inner = r#"{"class_name": "Functional", "name": "inner", "config": {"name": "inner",
+            "input_layers": [["p", 0, 0], ["q", 0, 0]], "output_layers": [["sum", 0, 0]], "layers": [
+            {"class_name": "InputLayer", "name": "q", "config": {"name": "q", "batch_shape": [null, 6]}, "inbound_nodes": []},
+            {"class_name": "InputLayer", "name": "p", "config": {"name": "p", "batch_shape": [null, 4]}, "inbound_nodes": []},
+            {"class_name": "Dense", "name": "d1", "config": {"name": "d1", "units": 3}, "inbound_nodes": [[["p", 0, 0, {}]]]},
+            {"class_name": "Dense", "name": "d2", "config": {"name": "d2", "units": 3}, "inbound_nodes": [[["q", 0, 0, {}]]]},
+            {"class_name": "Add", "name": "sum", "config": {"name": "sum"}, "inbound_nodes": [[["d1", 0, 0, {}], ["d2", 0, 0, {}]]]}]},
+            "inbound_nodes": [[["a", 0, 0, {}], ["b", 0, 0, {}]]]}"#;
+        let outer = format!(
+            r#"{{"class_name": "Functional", "config": {{"name": "m", "layers": [
+            {{"class_name": "InputLayer", "name": "x", "config": {{"name": "x", "batch_shape": [null, 4]}}, "inbound_nodes": []}},
+            {{"class_name": "Dense", "name": "a", "config": {{"name": "a", "units": 4}}, "inbound_nodes": [[["x", 0, 0, {{}}]]]}},
+            {{"class_name": "Dense", "name": "b", "config": {{"name": "b", "units": 6}}, "inbound_nodes": [[["x", 0, 0, {{}}]]]}},
+            {inner}]}}}}"#
+        );
+        let spec = spec(&config(&outer), Path::new("m.keras"), None).unwrap();
+        let from: Vec<_> = spec.layers.iter().map(|l| (l.name.as_deref(), l.from.as_deref())).collect();
+        assert!(
+            from.contains(&(Some("inner/d1"), Some("a"))) && from.contains(&(Some("inner/d2"), Some("b"))),
+            "{from:?}"
+        );
     }
 }
