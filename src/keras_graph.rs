@@ -29,7 +29,10 @@
 //!   `LayerNormalization` (named in a note) and an `Add` or `Multiply` of
 //!   one map with itself or a constant (hard-swish);
 //! - a model used as a layer (a backbone): its layers, named under its
-//!   name as its weights are.
+//!   name as its weights are;
+//! - on a signal (`(L, C)`, a `1 x L` map): `Conv1D` ("causal" too), the
+//!   1-D pools, `UpSampling1D`, `ZeroPadding1D`, as the 2-D layers over
+//!   its grid.
 //!
 //! A model built for inputs of any size takes the input given on the
 //! command line. Any other layer, a layer called twice or several inputs
@@ -349,6 +352,10 @@ impl Graph<'_> {
         let class = l.get("class_name").and_then(Value::as_str).unwrap_or("");
         let c = l.get("config").ok_or_else(|| format!("layer `{name}` without a config"))?;
         let what = |reason: &str| format!("layer `{name}` ({class}): {reason}");
+        // A 1-D layer on an `(L, C)` signal is the 2-D layer over its
+        // `1 x L` grid (as the spec reads a 1-D conv's rank-3 kernel).
+        let lifted = lift_1d(class, c).map_err(|e| what(&e))?;
+        let (class, c) = lifted.as_ref().map_or((class, c), |(class, c)| (*class, c));
         let one = || match &ins[..] {
             [one] => Ok(one.clone()),
             _ => Err(what(&format!("{} inputs, not 1", ins.len()))),
@@ -541,7 +548,10 @@ impl Graph<'_> {
             }
             for (r, shape) in refs.iter().zip(recorded) {
                 // (A size Keras left open, `None`, fits any.)
-                let computed = self.outs[r].shape.keras();
+                let mut computed = self.outs[r].shape.keras();
+                if shape.len() == 2 && computed.len() == 3 && computed[0] == 1 {
+                    computed.remove(0); // (a signal's `1 x L` map, which Keras records as `[L, C]`)
+                }
                 let fits = shape.len() == computed.len()
                     && shape.iter().zip(&computed).all(|(s, c)| s.is_none_or(|s| s == *c));
                 if !fits {
@@ -569,9 +579,21 @@ impl Graph<'_> {
             "DepthwiseConv2D" | "SeparableConv2D" => (ch.checked_mul(multiplier).ok_or("channels overflow")?, ch),
             _ => (uint(c, "filters").ok_or("no `filters`")?, uint(c, "groups").unwrap_or(1)),
         };
-        let same = padding_same(c)?;
-        let (ph, ho) = axis(h, kh, sh, dh, same).ok_or("a kernel larger than its input")?;
-        let (pw, wo) = axis(w, kw, sw, dw, same).ok_or("a kernel larger than its input")?;
+        let causal = c.get("padding").and_then(Value::as_str) == Some("causal");
+        let ((ph, ho), (pw, wo)) = if causal && kh == 1 {
+            // Conv1D's "causal": every padded cell before the signal, the
+            // output as long as the input (WaveNet's, TCNs').
+            if kw == 0 || sw == 0 || dw == 0 {
+                return Err("a kernel, stride or dilation of 0".into());
+            }
+            let before = (kw - 1).checked_mul(dw).ok_or("a kernel too large")?;
+            let wo = (w + before - (kw - 1) * dw - 1) / sw + 1;
+            (((0, 0), h), ((before, 0), wo))
+        } else {
+            let same = padding_same(c)?;
+            let rows = axis(h, kh, sh, dh, same).ok_or("a kernel larger than its input")?;
+            (rows, axis(w, kw, sw, dw, same).ok_or("a kernel larger than its input")?)
+        };
         // A separable conv is its depthwise conv, then a 1x1 conv (with the
         // bias) on the depthwise output: two entries, a set between them.
         let (entry, kernel) = match class {
@@ -807,6 +829,8 @@ fn input_shape(batch: Option<&Value>) -> Option<Shape> {
     let dims: Vec<usize> = dims(batch?.as_array()?).into_iter().collect::<Option<_>>()?;
     match dims[..] {
         [h, w, c] if h > 0 && w > 0 && c > 0 => Some(Shape::Map(c, h, w)),
+        // A signal of `L` steps and `C` channels: a `1 x L` map.
+        [l, c] if l > 0 && c > 0 => Some(Shape::Map(c, 1, l)),
         [n] if n > 0 => Some(Shape::Flat(n)),
         _ => None,
     }
@@ -848,6 +872,49 @@ fn pairs(v: &Value) -> Option<[[usize; 2]; 2]> {
         },
         v => Some([[n(v)?; 2]; 2]),
     }
+}
+
+/// A 1-D layer's class and config as the 2-D layer's over a `1 x L` grid
+/// (kernel `[1, k]`, strides `[1, s]`, ...; "causal" padding as all before
+/// the signal), or `None` for any other layer.
+fn lift_1d(class: &str, c: &Value) -> Result<Option<(&'static str, Value)>, String> {
+    let two_d = match class {
+        "Conv1D" => "Conv2D",
+        "MaxPooling1D" => "MaxPooling2D",
+        "AveragePooling1D" => "AveragePooling2D",
+        "GlobalAveragePooling1D" => "GlobalAveragePooling2D",
+        "GlobalMaxPooling1D" => "GlobalMaxPooling2D",
+        "UpSampling1D" => "UpSampling2D",
+        "ZeroPadding1D" => "ZeroPadding2D",
+        _ => return Ok(None),
+    };
+    let mut c = c.clone();
+    let Some(o) = c.as_object_mut() else { return Err("a config that is not an object".into()) };
+    let one = |v: &Value| match v {
+        Value::Array(a) if a.len() == 1 => a[0].as_u64(),
+        v => v.as_u64(),
+    };
+    for key in ["kernel_size", "strides", "dilation_rate", "pool_size"] {
+        match o.get(key) {
+            None | Some(Value::Null) => {}
+            Some(v) => {
+                let n = one(v).ok_or_else(|| format!("a `{key}` not one number"))?;
+                o.insert(key.into(), serde_json::json!([1, n]));
+            }
+        }
+    }
+    match class {
+        "UpSampling1D" => {
+            let n = o.get("size").map_or(Some(2), one).ok_or("a `size` not one number")?;
+            o.insert("size".into(), serde_json::json!([1, n]));
+        }
+        "ZeroPadding1D" => {
+            let [a, b] = pair(&c, "padding").ok_or("a `padding` not (left, right)")?;
+            c["padding"] = serde_json::json!([[0, 0], [a, b]]);
+        }
+        _ => {}
+    }
+    Ok(Some((two_d, c)))
 }
 
 /// What every Keras conv layer's config says: its input map `[C, H, W]`
