@@ -738,7 +738,7 @@ impl Graph<'_> {
                     // (Keras' torch backend pads such a pool by repeating
                     // the edge cells, then averages whole windows.)
                     self.notes.push(format!(
-                        "AveragePooling2D `{name}` ({kh}x{kw}, stride {sh}x{sw}, padding \"same\", {}x{} before, \
+                        "average pool `{name}` ({kh}x{kw}, stride {sh}x{sw}, padding \"same\", {}x{} before, \
                          {}x{} after): averaged over the cells inside the input, as TensorFlow and JAX average; \
                          Keras' torch backend repeats the edge cells into the padding, so its edge cells' \
                          strengths differ{}",

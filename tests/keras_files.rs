@@ -122,7 +122,7 @@ fn backend_differences_are_read_as_the_file_says_or_noted() {
     let (new, kinds) = notes("backends.keras");
     assert!(!noted(&new, "Conv2DTranspose"), "{new:?}");
     assert!(kinds[0].contains("padding: [0, 0], padding_after: [1, 1]"), "{kinds:?}");
-    assert!(noted(&new, "AveragePooling2D `avg`"), "{new:?}");
+    assert!(noted(&new, "average pool `avg`"), "{new:?}");
     // Keras 3.14, backend unknown: TensorFlow's crop, and a note.
     let (old, _) = notes("backends_old.keras");
     let note = old.iter().find(|n| n.starts_with("Conv2DTranspose `up`")).expect("a note");
