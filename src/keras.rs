@@ -4,8 +4,9 @@
 //!
 //! - the HDF5 files of `model.save("m.h5")` and Keras 2's
 //!   `save_weights("w.h5")` (`model_weights/LAYER/.../kernel:0`): each
-//!   dataset is named by its layer and its own name; the optimizer's
-//!   weights are left out;
+//!   dataset is named by its layer and its own name (a nested model's
+//!   layer under the model's name, as a `.keras` names it); the
+//!   optimizer's weights are left out;
 //! - Keras 3's `.weights.h5` (`layers/GROUP/vars/I`, the layer's name an
 //!   attribute of `vars`) and the `.keras` archive that holds one
 //!   (`model.weights.h5`, a stored zip entry): the file names a variable by
@@ -16,11 +17,13 @@
 //!   BatchNormalization's four `gamma`, `beta`, `moving_mean`,
 //!   `moving_variance` (fewer without its scale or shift: a `.keras`
 //!   archive's config says which). Other variables keep their place
-//!   (`LAYER/vars/I`) and are listed unused.
+//!   (`LAYER/vars/I`) and are listed unused, but a ConvNeXt layer scale's
+//!   one, `gamma`.
 //!
 //! The model's config, where the file keeps one (`model_config`,
-//! `config.json`), comes with the weights: [`crate::keras_graph`] reads
-//! the graph from it.
+//! `config.json`), comes with the weights, with the backend and Keras
+//! version that saved it where the file says ([`ModelConfig`]):
+//! [`crate::keras_graph`] reads the graph from it.
 //!
 //! A depthwise kernel `[.., C, M]` is read as the grouped kernel it is,
 //! `[.., 1, C * M]` (the same bytes in the same order), named
