@@ -45,7 +45,7 @@ impl Classes {
     /// Positions with equal keys share a class; also returns each class's key.
     /// An axis has a handful of classes (borders, stride phases), found by
     /// comparing with the keys seen so far, the last one matched first; a
-    /// hash map takes over past [`SCAN_CLASSES`] (positions each their own
+    /// hash map takes over past 16 of them (`SCAN_CLASSES`; positions each their own
     /// class, as behind a dense layer).
     pub fn group_by<K: Eq + Hash + Clone>(keys: impl IntoIterator<Item = K>) -> (Self, Vec<K>) {
         let mut c = Classes { of: Vec::new(), sizes: Vec::new() };
