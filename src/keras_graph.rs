@@ -587,8 +587,7 @@ impl Graph<'_> {
                 return Err("a kernel, stride or dilation of 0".into());
             }
             let before = (kw - 1).checked_mul(dw).ok_or("a kernel too large")?;
-            let wo = (w + before - (kw - 1) * dw - 1) / sw + 1;
-            (((0, 0), h), ((before, 0), wo))
+            (((0, 0), h), ((before, 0), (w - 1) / sw + 1))
         } else {
             let same = padding_same(c)?;
             let rows = axis(h, kh, sh, dh, same).ok_or("a kernel larger than its input")?;
@@ -1182,5 +1181,53 @@ mod tests {
             from.contains(&(Some("inner/d1"), Some("a"))) && from.contains(&(Some("inner/d2"), Some("b"))),
             "{from:?}"
         );
+    }
+
+    /// Every number of every fixture's config replaced, one at a time, by
+    /// a hostile value: a spec or an error naming why, never a panic.
+    #[test]
+    fn hostile_numbers_in_configs_never_panic() {
+        fn numbers(v: &Value, path: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+            match v {
+                Value::Number(_) => out.push(path.clone()),
+                Value::Array(a) => a.iter().enumerate().for_each(|(i, v)| {
+                    path.push(i.to_string());
+                    numbers(v, path, out);
+                    path.pop();
+                }),
+                Value::Object(o) => o.iter().for_each(|(k, v)| {
+                    path.push(k.clone());
+                    numbers(v, path, out);
+                    path.pop();
+                }),
+                _ => {}
+            }
+        }
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/keras/good");
+        let mut tried = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let Ok(file) = crate::keras::read(&std::fs::read(&path).unwrap()) else { continue };
+            let Some(config) = file.config else { continue };
+            let root: Value = serde_json::from_str(&config.json).unwrap();
+            let mut paths = Vec::new();
+            numbers(&root, &mut Vec::new(), &mut paths);
+            for p in paths.iter().step_by(3) {
+                for hostile in
+                    [serde_json::json!(0), serde_json::json!(-1), serde_json::json!(u64::MAX), serde_json::json!(1e300)]
+                {
+                    let mut v = root.clone();
+                    let slot = p.iter().fold(&mut v, |v, k| match v {
+                        Value::Array(a) => &mut a[k.parse::<usize>().unwrap()],
+                        v => &mut v[k.as_str()],
+                    });
+                    *slot = hostile;
+                    let json = serde_json::to_string(&v).unwrap();
+                    let _ = spec(&ModelConfig { json, ..config.clone() }, &path, None);
+                    tried += 1;
+                }
+            }
+        }
+        assert!(tried > 1000, "{tried} configs tried");
     }
 }
