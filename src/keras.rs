@@ -204,7 +204,11 @@ fn legacy_names(datasets: &[Dataset], config: &ConfigLayers) -> Vec<Named> {
         .iter()
         .map(|p| {
             let depthwise = p.var == "depthwise_kernel"
-                || p.var == "kernel" && config.class.get(p.layer).is_some_and(|c| c == "DepthwiseConv2D");
+                || p.var == "kernel"
+                    && config
+                        .class
+                        .get(p.layer)
+                        .is_some_and(|c| matches!(c.as_str(), "DepthwiseConv2D" | "DepthwiseConv1D"));
             let var = match () {
                 _ if depthwise && !separable.contains(p.layer) => "kernel",
                 // (A ConvNeXt layer scale's one weight, which Keras names
@@ -361,7 +365,9 @@ fn keras3_names(h5: &hdf5::File, datasets: &[Dataset], config: &ConfigLayers) ->
             Some(vars) => index.and_then(|i| vars.get(i).copied()),
             None => index.and_then(|i| variable(class, siblings[&parent(d)], i)),
         };
-        let depthwise = matches!(class, "depthwise_conv2d" | "separable_conv2d") && index == Some(0);
+        let depthwise =
+            matches!(class, "depthwise_conv2d" | "separable_conv2d" | "depthwise_conv1d" | "separable_conv1d")
+                && index == Some(0);
         let var = var.map_or_else(|| format!("vars/{}", parts[n - 1]), str::to_string);
         let name = if owner.is_empty() { var } else { format!("{}/{var}", owner.join("/")) };
         out.push(Named { name, depthwise });
@@ -384,10 +390,10 @@ fn variable(class: &str, count: usize, index: usize) -> Option<&'static str> {
     let names: &[&str] = match (class, count) {
         (
             "dense" | "conv1d" | "conv2d" | "conv3d" | "conv1d_transpose" | "conv2d_transpose" | "conv3d_transpose"
-            | "depthwise_conv2d",
+            | "depthwise_conv2d" | "depthwise_conv1d",
             1..=2,
         ) => &["kernel", "bias"],
-        ("separable_conv2d", 2..=3) => &["depthwise_kernel", "pointwise_kernel", "bias"],
+        ("separable_conv2d" | "separable_conv1d", 2..=3) => &["depthwise_kernel", "pointwise_kernel", "bias"],
         ("batch_normalization", 4) => &["gamma", "beta", "moving_mean", "moving_variance"],
         ("batch_normalization", 2) => &["moving_mean", "moving_variance"],
         ("layer_normalization", 2) => &["gamma", "beta"],

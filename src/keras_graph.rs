@@ -30,9 +30,10 @@
 //!   one map with itself or a constant (hard-swish);
 //! - a model used as a layer (a backbone): its layers, named under its
 //!   name as its weights are;
-//! - on a signal (`(L, C)`, a `1 x L` map): `Conv1D` ("causal" too), the
-//!   1-D pools, `UpSampling1D`, `ZeroPadding1D`, as the 2-D layers over
-//!   its grid.
+//! - on a signal (`(L, C)`, a `1 x L` map): `Conv1D` ("causal" too),
+//!   `DepthwiseConv1D`, `SeparableConv1D`, `Conv1DTranspose`, the 1-D
+//!   pools, `UpSampling1D`, `ZeroPadding1D`, as the 2-D layers over its
+//!   grid.
 //!
 //! A model built for inputs of any size takes the input given on the
 //! command line. Any other layer, a layer called twice or several inputs
@@ -879,6 +880,9 @@ fn pairs(v: &Value) -> Option<[[usize; 2]; 2]> {
 fn lift_1d(class: &str, c: &Value) -> Result<Option<(&'static str, Value)>, String> {
     let two_d = match class {
         "Conv1D" => "Conv2D",
+        "DepthwiseConv1D" => "DepthwiseConv2D",
+        "SeparableConv1D" => "SeparableConv2D",
+        "Conv1DTranspose" => "Conv2DTranspose",
         "MaxPooling1D" => "MaxPooling2D",
         "AveragePooling1D" => "AveragePooling2D",
         "GlobalAveragePooling1D" => "GlobalAveragePooling2D",
@@ -893,12 +897,16 @@ fn lift_1d(class: &str, c: &Value) -> Result<Option<(&'static str, Value)>, Stri
         Value::Array(a) if a.len() == 1 => a[0].as_u64(),
         v => v.as_u64(),
     };
-    for key in ["kernel_size", "strides", "dilation_rate", "pool_size"] {
+    // (The grid's one row: a kernel, stride, dilation and pool of 1, no
+    // output padding.)
+    for (key, row) in
+        [("kernel_size", 1), ("strides", 1), ("dilation_rate", 1), ("pool_size", 1), ("output_padding", 0)]
+    {
         match o.get(key) {
             None | Some(Value::Null) => {}
             Some(v) => {
                 let n = one(v).ok_or_else(|| format!("a `{key}` not one number"))?;
-                o.insert(key.into(), serde_json::json!([1, n]));
+                o.insert(key.into(), serde_json::json!([row, n]));
             }
         }
     }
