@@ -19,7 +19,7 @@
 //! - `BatchNormalization`, folded into the layer before it where that
 //!   layer feeds it alone;
 //! - `MaxPooling2D` and `AveragePooling2D` (valid or same, the odd cell
-//!   after), the global pools, `ZeroPadding2D`, `Flatten`;
+//!   after), the global pools, `ZeroPadding2D`, `Cropping2D`, `Flatten`;
 //! - `Add`, `Concatenate` on channels, Inception-ResNet's
 //!   `CustomScaleLayer` (a sum whose branch is scaled by a constant folded
 //!   into the branch's last layer), a `Multiply` by a per-channel gate
@@ -32,8 +32,8 @@
 //!   name as its weights are;
 //! - on a signal (`(L, C)`, a `1 x L` map): `Conv1D` ("causal" too),
 //!   `DepthwiseConv1D`, `SeparableConv1D`, `Conv1DTranspose`, the 1-D
-//!   pools, `UpSampling1D`, `ZeroPadding1D`, as the 2-D layers over its
-//!   grid.
+//!   pools, `UpSampling1D`, `ZeroPadding1D`, `Cropping1D`, as the 2-D
+//!   layers over its grid.
 //!
 //! A model built for inputs of any size takes the input given on the
 //! command line. Any other layer, a layer called twice or several inputs
@@ -499,15 +499,26 @@ impl Graph<'_> {
                     .key("output", format!("[{ho}, {wo}]"));
                 self.push(e, Shape::Map(ch, ho, wo), alone_next)
             }
-            "ZeroPadding2D" => {
+            // A pad entry, by negative counts for a crop (a U-Net's skip
+            // cropped to the upsampled map's size).
+            "ZeroPadding2D" | "Cropping2D" => {
                 let i = one()?;
                 let Shape::Map(ch, h, w) = i.shape else { return Err(what("a flat input")) };
-                let p = c.get("padding").ok_or_else(|| what("no `padding`"))?;
-                let [[t, b], [l, r]] = pairs(p).ok_or_else(|| what("a padding not ((top, bottom), (left, right))"))?;
-                let grow = |n: usize, a: usize, b: usize| n.checked_add(a)?.checked_add(b);
-                let (Some(ho), Some(wo)) = (grow(h, t, b), grow(w, l, r)) else { return Err(what("too large")) };
-                let e = Entry::named(name).text("from", &i.set).key("pad", format!("[{l}, {r}, {t}, {b}]"));
-                self.push(e, Shape::Map(ch, ho, wo), alone_next)
+                let crop = class == "Cropping2D";
+                let key = if crop { "cropping" } else { "padding" };
+                let p = c.get(key).ok_or_else(|| what(&format!("no `{key}`")))?;
+                let [[t, b], [l, r]] =
+                    pairs(p).ok_or_else(|| what(&format!("a {key} not ((top, bottom), (left, right))")))?;
+                let resize = |n: usize, a: usize, b: usize| match crop {
+                    true => n.checked_sub(a)?.checked_sub(b).filter(|&m| m > 0),
+                    false => n.checked_add(a)?.checked_add(b),
+                };
+                let (Some(ho), Some(wo)) = (resize(h, t, b), resize(w, l, r)) else {
+                    return Err(what(if crop { "a crop of the whole map" } else { "too large" }));
+                };
+                let sign = if crop { "-" } else { "" };
+                let pad = format!("[{sign}{l}, {sign}{r}, {sign}{t}, {sign}{b}]");
+                self.push(Entry::named(name).text("from", &i.set).key("pad", pad), Shape::Map(ch, ho, wo), alone_next)
             }
             "Add" | "Concatenate" => self.merge(name, class, c, &ins, alone_next).map_err(|e| what(&e))?,
             // Inception-ResNet's `x + r * scale`: the constant folded into
@@ -889,6 +900,7 @@ fn lift_1d(class: &str, c: &Value) -> Result<Option<(&'static str, Value)>, Stri
         "GlobalMaxPooling1D" => "GlobalMaxPooling2D",
         "UpSampling1D" => "UpSampling2D",
         "ZeroPadding1D" => "ZeroPadding2D",
+        "Cropping1D" => "Cropping2D",
         _ => return Ok(None),
     };
     let mut c = c.clone();
@@ -915,9 +927,10 @@ fn lift_1d(class: &str, c: &Value) -> Result<Option<(&'static str, Value)>, Stri
             let n = o.get("size").map_or(Some(2), one).ok_or("a `size` not one number")?;
             o.insert("size".into(), serde_json::json!([1, n]));
         }
-        "ZeroPadding1D" => {
-            let [a, b] = pair(&c, "padding").ok_or("a `padding` not (left, right)")?;
-            c["padding"] = serde_json::json!([[0, 0], [a, b]]);
+        "ZeroPadding1D" | "Cropping1D" => {
+            let key = if class == "Cropping1D" { "cropping" } else { "padding" };
+            let [a, b] = pair(&c, key).ok_or_else(|| format!("a `{key}` not (left, right)"))?;
+            c[key] = serde_json::json!([[0, 0], [a, b]]);
         }
         _ => {}
     }
