@@ -1424,8 +1424,7 @@ impl<'a> Builder<'a> {
             PoolName::AdaptiveAvg | PoolName::GlobalAvg => (PoolOp::AdaptiveAvg, [1, 1]),
         };
         let stride = e.stride.map_or(kernel, |s| s.hw());
-        let padding = e.padding.map_or([0, 0], |s| s.hw());
-        let padding_after = e.padding_after.map_or(padding, |s| s.hw());
+        let (padding, padding_after) = e.paddings();
         let ceil_mode = e.ceil_mode.unwrap_or(false);
         let out_hw = match p {
             PoolName::AdaptiveAvg => e.output.expect("checked").hw(),
@@ -1598,11 +1597,11 @@ impl<'a> Builder<'a> {
                         )
                     }
                 };
-                let padding = e.padding.map_or([0, 0], |p| p.hw());
+                let (padding, padding_after) = e.paddings();
                 let geometry = ConvGeometry {
                     stride: e.stride.map_or([1, 1], |p| p.hw()),
                     padding,
-                    padding_after: e.padding_after.map_or(padding, |p| p.hw()),
+                    padding_after,
                     dilation: e.dilation.map_or([1, 1], |p| p.hw()),
                     groups: match e.groups {
                         Some(g) => g,
@@ -1631,11 +1630,11 @@ impl<'a> Builder<'a> {
         if c != cin || cin % groups != 0 {
             return Err(self.err(format!("takes {cin} channels in {groups} groups but its input has {c}")));
         }
-        let padding = e.padding.map_or([0, 0], |p| p.hw());
+        let (padding, padding_after) = e.paddings();
         let geometry = ConvGeometry {
             stride: e.stride.map_or([1, 1], |p| p.hw()),
             padding,
-            padding_after: e.padding_after.map_or(padding, |p| p.hw()),
+            padding_after,
             dilation: e.dilation.map_or([1, 1], |p| p.hw()),
             groups,
         };

@@ -294,6 +294,13 @@ impl LayerSpec {
         }
     }
 
+    /// Its zero padding `[h, w]` before the input and after it (`padding`,
+    /// default 0; `padding_after`, default `padding`).
+    pub fn paddings(&self) -> ([usize; 2], [usize; 2]) {
+        let before = self.padding.map_or([0, 0], |p| p.hw());
+        (before, self.padding_after.map_or(before, |p| p.hw()))
+    }
+
     /// A label for error messages: the name, else the weight, else the kind.
     pub fn label(&self) -> String {
         if let Some(n) = &self.name {
