@@ -137,6 +137,17 @@ impl Entry {
     fn text(self, k: &'static str, v: &str) -> Self {
         self.key(k, quoted(v))
     }
+
+    /// `padding` of `(before, after)` rows and columns, and `padding_after`
+    /// where they differ (Keras' "same" puts the odd cell after).
+    fn padded(self, (top, bottom): (usize, usize), (left, right): (usize, usize)) -> Self {
+        let e = self.key("padding", format!("[{top}, {left}]"));
+        if (top, left) == (bottom, right) {
+            e
+        } else {
+            e.key("padding_after", format!("[{bottom}, {right}]"))
+        }
+    }
 }
 
 /// A string as spec text (JSON's escapes are TOML's).
@@ -237,33 +248,46 @@ impl Graph<'_> {
         if !sequential && !is_model(class) {
             return Err(format!("a model of class `{class}`"));
         }
-        // Each layer's inputs.
+        // Each layer's name (under the prefix) and inputs.
+        let names: Vec<String> =
+            layers.iter().map(|l| layer_name(l).map(|n| format!("{prefix}{n}"))).collect::<Result<_, _>>()?;
         let mut inputs: Vec<Vec<String>> = Vec::with_capacity(layers.len());
-        let mut previous: Option<String> = None;
-        for l in layers {
-            let name = format!("{prefix}{}", layer_name(l)?);
+        for (k, l) in layers.iter().enumerate() {
             let nodes = l.get("inbound_nodes").and_then(Value::as_array).filter(|n| !n.is_empty());
-            let refs = match nodes {
-                Some(n) if n.len() > 1 => return Err(format!("layer `{name}` is called {} times", n.len())),
-                Some(n) => {
-                    let mut refs = Vec::new();
-                    references(&n[0], &mut refs);
-                    refs.into_iter().map(|r| format!("{prefix}{r}")).collect()
-                }
-                None if sequential => previous.iter().cloned().collect(),
+            inputs.push(match nodes {
+                Some(n) if n.len() > 1 => return Err(format!("layer `{}` is called {} times", names[k], n.len())),
+                Some(n) => prefixed_references(&n[0], prefix),
+                None if sequential => names[..k].last().cloned().into_iter().collect(),
                 None => Vec::new(),
-            };
-            inputs.push(refs);
-            previous = Some(name);
+            });
         }
+        // A nested model's InputLayers take what its call gives, in the
+        // order of its `input_layers` (a Sequential's: its first layer's).
+        let bound: Option<HashMap<String, Out>> = match bound {
+            None => None,
+            Some(given) => {
+                let order = match cfg.get("input_layers") {
+                    Some(i) if !sequential => prefixed_references(i, prefix),
+                    _ => names.first().cloned().into_iter().collect(),
+                };
+                if order.len() != given.len() {
+                    return Err(format!(
+                        "a nested model `{prefix}` of {} inputs called on {}",
+                        order.len(),
+                        given.len()
+                    ));
+                }
+                Some(order.into_iter().zip(given.iter().cloned()).collect())
+            }
+        };
         // A Sequential written without an InputLayer (Keras 2's) gives the
         // input's shape to its first layer, or records the shape it was built for.
         let first = layers.first().and_then(|l| l.get("class_name")).and_then(Value::as_str);
         if sequential && first.is_some_and(|c| c != "InputLayer") {
             let key = format!("{prefix}{SEQUENTIAL_INPUT}");
-            let out = match bound {
-                Some([one]) => one.clone(),
-                Some(b) => return Err(format!("a nested Sequential `{prefix}` called on {} inputs", b.len())),
+            let out = match &bound {
+                // (One input: its call's, as the count was checked.)
+                Some(b) => b.values().next().cloned().expect("one input"),
                 None => {
                     let shape = layers[0]
                         .get("config")
@@ -283,39 +307,14 @@ impl Graph<'_> {
         // The model's outputs (a Sequential's last layer), which `out_readers`
         // layers read outside it.
         let outputs: Vec<String> = match cfg.get("output_layers") {
-            Some(o) if !sequential => {
-                let mut names = Vec::new();
-                references(o, &mut names);
-                names.into_iter().map(|r| format!("{prefix}{r}")).collect()
-            }
-            _ => previous.into_iter().collect(),
+            Some(o) if !sequential => prefixed_references(o, prefix),
+            _ => names.last().cloned().into_iter().collect(),
         };
         let mut readers: HashMap<&str, usize> = HashMap::new();
         for r in inputs.iter().flatten().chain(outputs.iter().flat_map(|o| std::iter::repeat_n(o, out_readers))) {
             *readers.entry(r.as_str()).or_default() += 1;
         }
-        // A nested model's InputLayers take what its call gives, in the
-        // order of its `input_layers` (a Sequential's: its first layer's).
-        let bound: Option<HashMap<String, Out>> = match bound {
-            None => None,
-            Some(given) => {
-                let mut order = Vec::new();
-                match cfg.get("input_layers") {
-                    Some(i) if !sequential => references(i, &mut order),
-                    _ => order.extend(layers.first().map(layer_name).transpose()?.map(str::to_string)),
-                }
-                if order.len() != given.len() {
-                    return Err(format!(
-                        "a nested model `{prefix}` of {} inputs called on {}",
-                        order.len(),
-                        given.len()
-                    ));
-                }
-                Some(order.into_iter().map(|n| format!("{prefix}{n}")).zip(given.iter().cloned()).collect())
-            }
-        };
-        for (l, refs) in layers.iter().zip(&inputs) {
-            let name = &format!("{prefix}{}", layer_name(l)?);
+        for ((l, name), refs) in layers.iter().zip(&names).zip(&inputs) {
             let ins: Vec<Out> = refs
                 .iter()
                 .map(|r| {
@@ -459,10 +458,7 @@ impl Graph<'_> {
             // into the weighted layer that feeds it alone, as a BatchNorm.
             "LayerScale" => {
                 let i = one()?;
-                let Some(j) = i.entry.filter(|&j| {
-                    let e = &self.entries[j];
-                    i.alone && is_weighted(e) && e.norm.is_none() && e.keys.iter().all(|(k, _)| *k != "scale")
-                }) else {
+                let Some(j) = self.scalable(&i) else {
                     return Err(what("a layer scale other than right after a weighted layer it alone reads"));
                 };
                 self.entries[j].keys.push(("scale", quoted(&format!("{name}/gamma"))));
@@ -525,12 +521,7 @@ impl Graph<'_> {
             // the layer that writes `r` (and feeds only this), then a sum.
             "CustomScaleLayer" => {
                 let f = c.get("scale").and_then(Value::as_f64).ok_or_else(|| what("no numeric `scale`"))?;
-                let Some(j) = ins.get(1).filter(|_| ins.len() == 2).and_then(|r| {
-                    r.entry.filter(|&j| {
-                        let e = &self.entries[j];
-                        r.alone && is_weighted(e) && e.norm.is_none() && e.keys.iter().all(|(k, _)| *k != "scale")
-                    })
-                }) else {
+                let Some(j) = ins.get(1).filter(|_| ins.len() == 2).and_then(|r| self.scalable(r)) else {
                     return Err(what("a scaled input other than a weighted layer that feeds only this sum"));
                 };
                 self.entries[j].keys.push(("scale", format!("{f:?}")));
@@ -576,6 +567,15 @@ impl Graph<'_> {
         Ok(())
     }
 
+    /// The weighted entry that wrote `o` and feeds nothing else, with no
+    /// BatchNorm or scale folded into it yet: where a scale of `o` folds.
+    fn scalable(&self, o: &Out) -> Option<usize> {
+        o.entry.filter(|&j| {
+            let e = &self.entries[j];
+            o.alone && is_weighted(e) && e.norm.is_none() && e.keys.iter().all(|(k, _)| *k != "scale")
+        })
+    }
+
     /// Adds an entry writing a new set of `shape`, named after the entry.
     fn push(&mut self, e: Entry, shape: Shape, alone: bool) -> Out {
         let set = e.name.clone();
@@ -615,13 +615,9 @@ impl Graph<'_> {
             .text("weight", &kernel)
             .text("from", &i.set)
             .key("stride", format!("[{sh}, {sw}]"))
-            .key("padding", format!("[{}, {}]", ph.0, pw.0))
+            .padded(ph, pw)
             .key("dilation", format!("[{dh}, {dw}]"))
             .key("groups", groups);
-        if (ph.0, pw.0) != (ph.1, pw.1) {
-            // Keras' "same" puts the odd cell of padding after the input.
-            e = e.key("padding_after", format!("[{}, {}]", ph.1, pw.1));
-        }
         let bias = c.get("use_bias").and_then(Value::as_bool).unwrap_or(true);
         if class == "SeparableConv2D" {
             let depthwise = self.push(e, Shape::Map(cout, ho, wo), true);
@@ -651,60 +647,51 @@ impl Graph<'_> {
             None | Some(Value::Null) => [None, None],
             Some(_) => pair(c, "output_padding").ok_or("an `output_padding` not [h, w]")?.map(Some),
         };
-        let along = |n: usize, k: usize, s: usize, d: usize, op: Option<usize>| {
-            let tf = crop(k, s, d, same, op, false).ok_or("a kernel, stride or dilation out of range")?;
-            let torch = crop(k, s, d, same, op, true).ok_or("a kernel, stride or dilation out of range")?;
-            let span = (k - 1) * d + 1;
-            let len = |(before, after): (i64, i64)| {
-                let full = (n as i64 - 1).checked_mul(s as i64)?.checked_add(span as i64)?;
-                Some(full - before - after).filter(|&l| l > 0)
-            };
-            Ok::<_, String>((tf, torch, len(tf).ok_or("no output grid")?, len(torch).ok_or("no output grid")?))
+        // Each axis' crop as TensorFlow and JAX take it, and as torch did.
+        let crops = |torch: bool| {
+            let axis = |k, s, d, op| crop(k, s, d, same, op, torch).ok_or("a kernel, stride or dilation out of range");
+            Ok::<_, &str>([axis(kh, sh, dh, extra[0])?, axis(kw, sw, dw, extra[1])?])
         };
-        let (tf_h, torch_h, len_tf_h, len_torch_h) = along(h, kh, sh, dh, extra[0])?;
-        let (tf_w, torch_w, len_tf_w, len_torch_w) = along(w, kw, sw, dw, extra[1])?;
+        let (tf, torch) = (crops(false)?, crops(true)?);
         // Keras before 3.15 on torch cropped as torch's ConvTranspose2d
         // can (keras-team/keras#22876); since, every backend crops alike.
-        let alike = self.version.is_some_and(|v| v >= (3, 15)) || (tf_h, tf_w) == (torch_h, torch_w);
-        let torch = self.backend == Some("torch") && !alike;
+        let alike = self.version.is_some_and(|v| v >= (3, 15)) || tf == torch;
         if !alike && self.backend.is_none() {
+            let [(th, bh), (lw, rw)] = tf;
+            let [(th2, bh2), (lw2, rw2)] = torch;
             self.notes.push(format!(
                 "Conv2DTranspose `{name}` ({kh}x{kw}, stride {sh}x{sw}, padding \"{}\"): its output cropped as \
-                 TensorFlow and JAX crop it ({}x{} before, {}x{} after); Keras before 3.15 on the torch backend \
-                 crops {}x{} before, {}x{} after, and the file does not say which backend trained it",
+                 TensorFlow and JAX crop it ({th}x{lw} before, {bh}x{rw} after); Keras before 3.15 on the torch \
+                 backend crops {th2}x{lw2} before, {bh2}x{rw2} after, and the file does not say which backend \
+                 trained it",
                 if same { "same" } else { "valid" },
-                tf_h.0,
-                tf_w.0,
-                tf_h.1,
-                tf_w.1,
-                torch_h.0,
-                torch_w.0,
-                torch_h.1,
-                torch_w.1
             ));
         }
-        let ((ch, cw), (ho, wo)) =
-            if torch { ((torch_h, torch_w), (len_torch_h, len_torch_w)) } else { ((tf_h, tf_w), (len_tf_h, len_tf_w)) };
+        let [rows, cols] = if self.backend == Some("torch") && !alike { torch } else { tf };
+        // The full output, `(n - 1) s + (k - 1) d + 1` cells, less the crop.
+        let len = |n: usize, k: usize, s: usize, d: usize, (before, after): (i64, i64)| {
+            let full = (n as i64 - 1).checked_mul(s as i64)?.checked_add(((k - 1) * d + 1) as i64)?;
+            usize::try_from(full - before - after).ok().filter(|&l| l > 0)
+        };
+        let (Some(ho), Some(wo)) = (len(h, kh, sh, dh, rows), len(w, kw, sw, dw, cols)) else {
+            return Err("no output grid".into());
+        };
         // A negative crop after is torch's `output_padding`: rows added.
-        let after = [ch.1.max(0), cw.1.max(0)];
-        let added = [(-ch.1).max(0), (-cw.1).max(0)];
+        let (after, added) = (|c: i64| c.max(0) as usize, |c: i64| (-c).max(0));
         let mut e = Entry::named(name)
             .text("weight", &format!("{name}/kernel"))
             .text("from", &i.set)
             .key("transposed", true)
             .key("stride", format!("[{sh}, {sw}]"))
-            .key("padding", format!("[{}, {}]", ch.0, cw.0))
+            .padded((rows.0 as usize, after(rows.1)), (cols.0 as usize, after(cols.1)))
             .key("dilation", format!("[{dh}, {dw}]"));
-        if after != [ch.0, cw.0] {
-            e = e.key("padding_after", format!("[{}, {}]", after[0], after[1]));
-        }
-        if added != [0, 0] {
-            e = e.key("output_padding", format!("[{}, {}]", added[0], added[1]));
+        if (added(rows.1), added(cols.1)) != (0, 0) {
+            e = e.key("output_padding", format!("[{}, {}]", added(rows.1), added(cols.1)));
         }
         if c.get("use_bias").and_then(Value::as_bool).unwrap_or(true) {
             e = e.text("bias", &format!("{name}/bias"));
         }
-        Ok(self.push(e, Shape::Map(filters, ho as usize, wo as usize), alone))
+        Ok(self.push(e, Shape::Map(filters, ho, wo), alone))
     }
 
     fn batch_norm(&mut self, name: &str, c: &Value, i: Out, alone: bool) -> Result<Out, String> {
@@ -767,11 +754,7 @@ impl Graph<'_> {
                     .text("pool", op)
                     .key("kernel", format!("[{kh}, {kw}]"))
                     .key("stride", format!("[{sh}, {sw}]"))
-                    .key("padding", format!("[{}, {}]", ph.0, pw.0));
-                if uneven {
-                    // Keras' "same" puts the odd cell of padding after the input.
-                    e = e.key("padding_after", format!("[{}, {}]", ph.1, pw.1));
-                }
+                    .padded(ph, pw);
                 if op == "avg" {
                     // Keras averages over the cells inside the input.
                     e = e.key("count_include_pad", false);
@@ -1023,6 +1006,13 @@ fn crop(k: usize, s: usize, d: usize, same: bool, op: Option<usize>, torch: bool
     };
     let left = (pad / 2 + pad % 2).min(k - 1);
     Some((k - 1 - left, k - 1 - (pad - left)))
+}
+
+/// The layers a node reads ([`references`]), named under `prefix`.
+fn prefixed_references(v: &Value, prefix: &str) -> Vec<String> {
+    let mut refs = Vec::new();
+    references(v, &mut refs);
+    refs.into_iter().map(|r| format!("{prefix}{r}")).collect()
 }
 
 /// The layers a node reads: Keras 3's `keras_history` of each tensor, or
