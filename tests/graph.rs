@@ -573,6 +573,7 @@ fn build(entries: &[E], input: S, layout: Layout, bn: BnMode, seed: u64) -> (Vec
             }
             K::Pool { op, k, s, p, include_pad, ceil, out } => {
                 entry += &format!("pool = \"{op}\"\n");
+                let after = en.pad_after.unwrap_or(*p);
                 let (ho, wo) = match *op {
                     "adaptive_avg" => {
                         entry += &format!("output = [{}, {}]\n", out[0], out[1]);
@@ -590,7 +591,6 @@ fn build(entries: &[E], input: S, layout: Layout, bn: BnMode, seed: u64) -> (Vec
                         if let Some([b, r]) = en.pad_after {
                             entry += &format!("padding_after = [{b}, {r}]\n");
                         }
-                        let after = en.pad_after.unwrap_or(*p);
                         if *ceil {
                             entry += "ceil_mode = true\n";
                         }
@@ -632,7 +632,6 @@ fn build(entries: &[E], input: S, layout: Layout, bn: BnMode, seed: u64) -> (Vec
                                     let xs = inside(ox, k[1], s[1], p[1], sset.w);
                                     // Counting padding: the taps inside the padded input
                                     // (a ceil-mode window may reach past it).
-                                    let after = en.pad_after.unwrap_or(*p);
                                     let padded = |o: usize, k: usize, s: usize, p: usize, after: usize, n: usize| {
                                         (0..k).filter(|t| o * s + t < n + p + after).count()
                                     };
