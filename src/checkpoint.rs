@@ -11,11 +11,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use memmap2::Mmap;
 use safetensors::tensor::{Dtype as StDtype, TensorInfo};
 
 use crate::error::{Error, Result};
 use crate::keras::ModelConfig;
+use crate::mapped::{Map, Stamp};
 use crate::natsort::sort_natural_by;
 
 /// Name of the index file of a sharded Hugging Face checkpoint.
@@ -71,9 +71,11 @@ const POPULATE_MAX_BYTES: u64 = 1 << 30;
 enum Bytes {
     /// Shared with the thread that populates it, which may outlive the
     /// checkpoint by a little.
-    Mapped(std::sync::Arc<Mmap>),
+    Mapped(std::sync::Arc<Map>),
     Read(ReadBuf),
     Held(Box<dyn AsRef<[u8]> + Send + Sync>),
+    /// A row of a flat-matrix zoo's mapped matrix.
+    Row(crate::flat::RowBytes),
 }
 
 impl std::ops::Deref for Bytes {
@@ -83,6 +85,20 @@ impl std::ops::Deref for Bytes {
             Bytes::Mapped(m) => &m[..],
             Bytes::Read(r) => &r.buf[..r.len],
             Bytes::Held(h) => (**h).as_ref(),
+            Bytes::Row(r) => r.bytes(),
+        }
+    }
+}
+
+impl Bytes {
+    /// Whether the file under these bytes changed since they were mapped
+    /// (read bytes are checked as they are read, held ones are their
+    /// owner's).
+    fn changed(&self) -> bool {
+        match self {
+            Bytes::Mapped(m) => m.changed(),
+            Bytes::Read(_) | Bytes::Held(_) => false,
+            Bytes::Row(r) => r.zoo.changed(),
         }
     }
 }
@@ -386,13 +402,27 @@ impl Checkpoint {
             let dir = path.parent().unwrap_or(Path::new("."));
             return Self::open_sharded(dir, path);
         }
-        let io = |error| Error::Io { path: path.to_path_buf(), error };
         let bytes = match read_file(path) {
             Ok(Some(bytes)) => bytes,
             Ok(None) => return Self::open_dir(path),
             Err(_) if path.is_dir() => return Self::open_dir(path),
-            Err(error) => return Err(io(error)),
+            Err(error) if crate::mapped::is_changed(&error) => return Err(Error::Changed { path: path.to_path_buf() }),
+            Err(error) => return Err(Error::Io { path: path.to_path_buf(), error }),
         };
+        // A file cut short under its map reads as zeros: that, not what the
+        // zeros look like, is the error.
+        let mapped = match &bytes {
+            Bytes::Mapped(m) => Some(std::sync::Arc::clone(m)),
+            _ => None,
+        };
+        Self::open_bytes(path, bytes, key).map_err(|e| match mapped {
+            Some(m) if m.changed() => Error::Changed { path: path.to_path_buf() },
+            _ => e,
+        })
+    }
+
+    /// A checkpoint file's bytes, read as the format they are in.
+    fn open_bytes(path: &Path, bytes: Bytes, key: Option<&str>) -> Result<Self> {
         if crate::hdf5::is_hdf5(&bytes) || crate::keras::is_keras_zip(&bytes) {
             return Self::open_keras(path, bytes);
         }
@@ -560,7 +590,7 @@ impl Checkpoint {
                 (v.name.clone(), Entry { shard: 0, info, rank: 0 })
             })
             .collect();
-        let bytes = Bytes::Held(Box::new(crate::flat::RowBytes { zoo, row }));
+        let bytes = Bytes::Row(crate::flat::RowBytes { zoo, row });
         let shard = Shard { path: path.to_path_buf(), map: bytes, data_start: 0 };
         Ok(Checkpoint::of(path.to_path_buf(), vec![shard], tensors, metadata))
     }
@@ -682,6 +712,17 @@ impl Checkpoint {
             .is_some_and(|(_, e)| matches!(e.info.dtype, StDtype::F32 | StDtype::F16 | StDtype::BF16 | StDtype::F64))
     }
 
+    /// `result` (of reading or measuring this checkpoint), or
+    /// [`Error::Changed`] when one of its files changed since it was opened
+    /// (another process wrote or truncated it meanwhile): what was read may
+    /// mix two versions of the file, or zeros, so nothing of it is kept.
+    pub fn unless_changed<T>(&self, result: Result<T>) -> Result<T> {
+        match self.shards.iter().find(|s| s.map.changed()) {
+            Some(s) => Err(Error::Changed { path: s.path.clone() }),
+            None => result,
+        }
+    }
+
     /// Total bytes of tensor data over all shards.
     pub fn data_bytes(&self) -> u64 {
         self.shards.iter().map(|s| (s.map.len() - s.data_start) as u64).sum()
@@ -732,6 +773,36 @@ mod tests {
         assert_eq!(step_from_path(Path::new("run/ckpt_/é.safetensors")), None);
         assert_eq!(step_from_path(Path::new("zoo/mlp-he-s0-e08.safetensors")), None);
         assert_eq!(step_from_path(Path::new("checkpoints/final")), None);
+    }
+
+    /// A file written between its metadata being taken (on opening) and
+    /// its bytes being read is an error, whether read in one call, read in
+    /// two, or mapped (then when measured); untouched, it reads back.
+    #[test]
+    fn a_file_written_while_read_is_changed() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        for len in [1000, super::FIRST_READ_BYTES + 10, super::MAP_MIN_BYTES as usize + 10] {
+            for write in [false, true] {
+                std::fs::write(&path, vec![1u8; len]).unwrap();
+                let file = std::fs::File::open(&path).unwrap();
+                let meta = file.metadata().unwrap();
+                if write {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"more").unwrap();
+                }
+                let read = super::read_bytes(file, &meta);
+                let changed = match &read {
+                    Err(e) => crate::mapped::is_changed(e),
+                    Ok(bytes) => bytes.changed(),
+                };
+                assert_eq!(changed, write, "{len} bytes");
+                if let (false, Ok(bytes)) = (write, read) {
+                    assert!(bytes.len() == len && bytes.iter().all(|&b| b == 1));
+                }
+            }
+        }
     }
 }
 
@@ -799,20 +870,25 @@ fn read_file(path: &Path) -> std::io::Result<Option<Bytes>> {
     if let Some(what) = crate::collection::special(&meta.file_type()) {
         return Err(std::io::Error::other(format!("{what}, not a checkpoint file: not read")));
     }
-    read_bytes(&file, meta.len()).map(Some)
+    read_bytes(file, &meta).map(Some)
 }
 
-/// A regular file's bytes (`len` as its metadata says): read whole when
-/// small (one call for most), else mapped.
-fn read_bytes(file: &File, len: u64) -> std::io::Result<Bytes> {
-    let first = ReadBuf::read_some(file, FIRST_READ_BYTES)?;
+/// A regular file's bytes (`meta` its metadata, taken on opening): read
+/// whole when small (one call for most), else mapped ([`Map`]: a file cut
+/// short while mapped reads as zeros and is reported when measured). A
+/// file written while it is read is an error ([`crate::mapped::changed`]).
+fn read_bytes(file: File, meta: &std::fs::Metadata) -> std::io::Result<Bytes> {
+    let changed = crate::mapped::changed;
+    let first = ReadBuf::read_some(&file, FIRST_READ_BYTES)?;
     if first.len < FIRST_READ_BYTES {
-        return Ok(Bytes::Read(first));
+        return match Stamp::now(&file)? == Stamp::of(meta) {
+            true => Ok(Bytes::Read(first)),
+            false => Err(changed()),
+        };
     }
+    let len = meta.len();
     if len >= MAP_MIN_BYTES {
-        // SAFETY: the map is read-only; a file truncated by another process
-        // while mapped is outside what any reader of mapped files can guard.
-        let map = std::sync::Arc::new(unsafe { Mmap::map(file) }?);
+        let map = std::sync::Arc::new(Map::new(file, meta)?);
         // Pages read in through the map come in 2 MB folios where the file
         // system allows (ext4, xfs), which the map then holds one entry per
         // 2 MB: a tenth less time to scan vgg11_bn from disk, a fifth less
@@ -832,14 +908,18 @@ fn read_bytes(file: &File, len: u64) -> std::io::Result<Bytes> {
         return Ok(Bytes::Mapped(map));
     }
     let len = usize::try_from(len).map_err(std::io::Error::other)?;
-    Ok(Bytes::Read(first.read_to(file, len)?))
+    let read = first.read_to(&file, len)?;
+    match Stamp::now(&file)? == Stamp::of(meta) {
+        true => Ok(Bytes::Read(read)),
+        false => Err(changed()),
+    }
 }
 
 /// Whether a mapped file looks to be in the page cache: 16 of its pages,
 /// spread over it, all resident (a cached file needs no thread to read it
 /// in, which would only compete with the measuring).
 #[cfg(target_os = "linux")]
-fn in_page_cache(map: &Mmap) -> bool {
+fn in_page_cache(map: &[u8]) -> bool {
     // SAFETY: sysconf has no preconditions.
     let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096).max(1);
     let pages = map.len().div_ceil(page);

@@ -16,6 +16,14 @@ pub enum Error {
         error: std::io::Error,
     },
 
+    /// A checkpoint file changed while it was read (another process wrote
+    /// or truncated it): nothing read from it is kept.
+    #[error("{path}: the file changed while it was read (another process wrote or truncated it): not measured; scan it again once it is written")]
+    Changed {
+        /// The file that changed.
+        path: PathBuf,
+    },
+
     /// The safetensors container itself is malformed (truncated, bad header,
     /// offsets out of range or overlapping, header length beyond the file).
     #[error("{path}: malformed safetensors file: {reason}")]
@@ -189,6 +197,7 @@ impl Error {
     pub fn path(&self) -> Option<&std::path::Path> {
         match self {
             Error::Io { path, .. }
+            | Error::Changed { path }
             | Error::Malformed { path, .. }
             | Error::Torch { path, .. }
             | Error::Numpy { path, .. }
@@ -212,6 +221,7 @@ impl Error {
     pub fn kind(&self) -> &'static str {
         match self {
             Error::Io { .. } => "io",
+            Error::Changed { .. } => "changed",
             Error::Malformed { .. } => "malformed",
             Error::Torch { .. } => "torch",
             Error::Numpy { .. } => "numpy",

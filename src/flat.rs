@@ -18,10 +18,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use memmap2::Mmap;
 use safetensors::tensor::Dtype;
 
 use crate::error::{Error, Result};
+use crate::mapped::Map;
 
 /// The matrix of a flat-matrix zoo.
 pub const MATRIX: &str = "weights.npy";
@@ -97,7 +97,7 @@ pub(crate) struct Var {
 
 /// A loaded zoo: the mapped matrix, its layout and metrics.
 pub(crate) struct Zoo {
-    map: Mmap,
+    map: Map,
     pub(crate) dtype: Dtype,
     /// Byte offset of row 0.
     data: usize,
@@ -145,9 +145,8 @@ impl Zoo {
         let bad = |path: &Path, reason: String| Error::FlatZoo { path: path.to_path_buf(), reason };
         let io = |path: &Path, error| Error::Io { path: path.to_path_buf(), error };
         let file = std::fs::File::open(matrix).map_err(|e| io(matrix, e))?;
-        // SAFETY: read-only map; a file truncated by another process while
-        // mapped is outside what any reader of mapped files can guard.
-        let map = unsafe { Mmap::map(&file) }.map_err(|e| io(matrix, e))?;
+        let meta = file.metadata().map_err(|e| io(matrix, e))?;
+        let map = Map::new(file, &meta).map_err(|e| io(matrix, e))?;
         let h = crate::numpy::matrix_header(&map).map_err(|r| bad(matrix, r))?;
         let &[rows, cols] = h.shape.as_slice() else {
             return Err(bad(matrix, format!("shape {:?}: the matrix of a zoo has one row per network", h.shape)));
@@ -172,6 +171,11 @@ impl Zoo {
         let metrics =
             METRICS.iter().map(|m| dir.join(m)).find(|p| p.is_file()).map(|p| Metrics::load(&p, rows)).transpose()?;
         Ok(Zoo { map, dtype: h.dtype, data: h.data, rows, cols, layout, metrics })
+    }
+
+    /// Whether the matrix file changed since it was mapped.
+    pub(crate) fn changed(&self) -> bool {
+        self.map.changed()
     }
 
     /// Row `i`'s bytes.
@@ -208,8 +212,9 @@ pub(crate) struct RowBytes {
     pub(crate) row: usize,
 }
 
-impl AsRef<[u8]> for RowBytes {
-    fn as_ref(&self) -> &[u8] {
+impl RowBytes {
+    /// The row's bytes.
+    pub(crate) fn bytes(&self) -> &[u8] {
         self.zoo.row(self.row)
     }
 }

@@ -25,6 +25,7 @@ pub mod keras;
 pub mod keras_graph;
 pub mod layouts;
 pub mod manifest;
+mod mapped;
 pub mod natsort;
 pub mod numpy;
 pub mod output;

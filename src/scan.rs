@@ -244,9 +244,11 @@ pub struct Measured {
 /// Opens, reads as a graph and measures one checkpoint.
 pub fn measure(path: &Path, graph: &GraphOptions, engine: &dyn Engine, opts: &AnalysisOptions) -> Result<Measured> {
     let ck = Checkpoint::open_as(path, graph.key.as_deref())?;
-    let network = Network::build(&ck, graph)?;
-    let analysis = engine.analyze(&network, &ck, opts)?;
-    Ok(Measured { metadata: ck.metadata().clone(), network, analysis })
+    let measured = Network::build(&ck, graph).and_then(|network| {
+        let analysis = engine.analyze(&network, &ck, opts)?;
+        Ok(Measured { metadata: ck.metadata().clone(), network, analysis })
+    });
+    ck.unless_changed(measured)
 }
 
 /// How long a worker keeps finished records before appending them to the
@@ -368,8 +370,10 @@ fn measure_batch(
     let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let open = |path: &Path| match collection.problem(path) {
             Some(why) => Err(Error::Io { path: path.to_path_buf(), error: std::io::Error::other(why) }),
-            None => Checkpoint::open_as(path, graph.key.as_deref())
-                .and_then(|ck| Network::build(&ck, graph).map(|net| (ck, net))),
+            None => Checkpoint::open_as(path, graph.key.as_deref()).and_then(|ck| {
+                let net = ck.unless_changed(Network::build(&ck, graph))?;
+                Ok((ck, net))
+            }),
         };
         let opened: Vec<Result<(Checkpoint, Network)>> = batch.iter().map(|&i| open(&paths[i])).collect();
         for (_, net) in opened.iter().flatten() {
@@ -382,7 +386,8 @@ fn measure_batch(
             .into_iter()
             .map(|o| {
                 let (ck, _) = o.map_err(|e| failure(&e))?;
-                let analysis = results.next().expect("one result per network").map_err(|e| failure(&e))?;
+                let analysis = results.next().expect("one result per network");
+                let analysis = ck.unless_changed(analysis).map_err(|e| failure(&e))?;
                 Ok((ck, analysis))
             })
             .collect::<Vec<_>>()

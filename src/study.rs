@@ -354,7 +354,7 @@ impl Study<'_> {
                 node_sets: set_keys.iter().map(range).collect(),
                 layers: layer_keys.iter().map(range).collect(),
             };
-            let binned = self.engine.binned(&net, &ck, &ranges, FINE_BINS)?;
+            let binned = ck.unless_changed(self.engine.binned(&net, &ck, &ranges, FINE_BINS))?;
             for (key, b) in set_keys.iter().zip(&binned.node_sets).chain(layer_keys.iter().zip(&binned.layers)) {
                 if let Some(p) = pools.get_mut(key) {
                     p.add_binned(g, b);
@@ -557,7 +557,7 @@ impl Study<'_> {
         let (engine, opts) = (self.engine, self.opts);
         let ck = Checkpoint::open_as(checkpoint, opts.graph.key.as_deref())?;
         let net = Network::build(&ck, &opts.graph)?;
-        let a = engine.analyze(&net, &ck, &AnalysisOptions { keep_values: true, bins: 1 })?;
+        let a = ck.unless_changed(engine.analyze(&net, &ck, &AnalysisOptions { keep_values: true, bins: 1 }))?;
         let pools: Vec<Pool> = a
             .node_sets
             .iter()

@@ -321,3 +321,147 @@ fn a_checkpoint_out_of_the_page_cache_reads_back_whole() {
         assert!(x.len() == n && x.iter().enumerate().all(|(i, &v)| v == (i % 1000) as f64));
     }
 }
+
+/// A two-layer dense network of about 1.5 MB (mapped, not read), its
+/// values drawn from `seed`.
+fn mapped_mlp(path: &Path, seed: u64) {
+    mlp_of(path, seed, 600, 640);
+}
+
+/// A dense network `i -> h -> 10`, its values drawn from `seed`.
+fn mlp_of(path: &Path, seed: u64, i: usize, h: usize) {
+    let w1 = common::values(h * i, seed);
+    let w2 = common::values(10 * h, seed + 1);
+    write_st(path, &[T::f32("a.weight", &[h, i], w1), T::f32("b.weight", &[10, h], w2)], &[]);
+}
+
+/// A checkpoint that another process cuts short (as `torch.save` does when
+/// it overwrites a file) or rewrites in place while it is measured, on
+/// each engine: the process survives the cut (a mapped page past the new
+/// end would raise SIGBUS), and the measures are refused as
+/// `Error::Changed`, naming the file, never kept. A small file, read
+/// whole when opened, is not affected by a later rewrite.
+#[test]
+fn a_checkpoint_changed_while_measured_is_refused_not_measured() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("last.safetensors");
+    let measure = |ck: &Checkpoint, engine: &dyn Engine| {
+        let net = Network::build(ck, &GraphOptions::default())?;
+        engine.analyze(&net, ck, &AnalysisOptions::default())
+    };
+    for engine in common::engines() {
+        for cut in [true, false] {
+            mapped_mlp(&path, 3);
+            let ck = Checkpoint::open(&path).unwrap();
+            assert!(ck.unless_changed(measure(&ck, engine.as_ref())).is_ok(), "{}: unchanged", engine.name());
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            if cut {
+                let half = std::fs::metadata(&path).unwrap().len() / 2;
+                std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(half).unwrap();
+            } else {
+                use std::io::{Seek, Write};
+                let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+                f.seek(std::io::SeekFrom::Start(1 << 20)).unwrap();
+                f.write_all(&[0x7f; 4096]).unwrap();
+            }
+            let err = ck.unless_changed(measure(&ck, engine.as_ref())).map(|_| ()).unwrap_err();
+            assert_eq!(err.kind(), "changed", "{}: {err}", engine.name());
+            assert_names(&err.to_string(), &path, &["changed while it was read"]);
+        }
+    }
+    let small = dir.path().join("small.safetensors");
+    std::fs::write(&small, good_bytes()).unwrap();
+    let ck = Checkpoint::open(&small).unwrap();
+    std::fs::write(&small, b"rewritten").unwrap();
+    let a = ck.unless_changed(measure(&ck, &CpuEngine::default())).unwrap();
+    // Each input node of the 3x4 layer of 0.5s: three links of 0.5.
+    assert_eq!(a.node_sets[0].strength.mean, 1.5);
+}
+
+/// Scans of a run directory while the training script keeps overwriting
+/// its checkpoints (truncated, then written a piece at a time, as
+/// `torch.save` writes), each in turn with one of two versions (files
+/// that are mapped and files that are read): no scan
+/// dies, every row a scan keeps is one version's true measure (never a mix
+/// of two, or of one and zeros), and every checkpoint it does not measure
+/// is an `errors.csv` row: `changed` (written while read) or `malformed`
+/// (read half written).
+#[test]
+fn scans_while_checkpoints_are_overwritten_never_die_or_mix() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    let names: Vec<String> = (0..4).map(|i| format!("ckpt-{i}.safetensors")).collect();
+    // Each checkpoint's rows, by file name, without the path.
+    let rows = |out: &Path| -> Vec<(String, String)> {
+        let text = std::fs::read_to_string(out.join("nodes.csv")).unwrap();
+        text.lines()
+            .skip(1)
+            .map(|l| {
+                let (path, rest) = l.split_once(',').unwrap();
+                (Path::new(path).file_name().unwrap().to_str().unwrap().to_string(), rest.to_string())
+            })
+            .collect()
+    };
+    let mut truth = Vec::new();
+    let mut versions = Vec::new();
+    for v in 0..2u64 {
+        let version = dir.path().join(format!("version-{v}"));
+        std::fs::create_dir_all(&version).unwrap();
+        for (i, name) in names.iter().enumerate() {
+            let (inputs, hidden) = if i % 2 == 0 { (600, 640) } else { (100, 200) };
+            mlp_of(&version.join(name), 10 * v + i as u64, inputs, hidden);
+        }
+        let out = dir.path().join(format!("out-version-{v}"));
+        assert!(common::scan_paths(std::slice::from_ref(&version), &out, &[]).status.success());
+        truth.extend(rows(&out));
+        versions.push(names.iter().map(|n| std::fs::read(version.join(n)).unwrap()).collect::<Vec<_>>());
+    }
+    for (name, b) in names.iter().zip(&versions[0]) {
+        std::fs::write(run.join(name), b).unwrap();
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, run, names) = (stop.clone(), run.clone(), names.clone());
+        std::thread::spawn(move || {
+            use std::io::Write;
+            for round in 1.. {
+                for (name, b) in names.iter().zip(&versions[round % 2]) {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        return;
+                    }
+                    let mut f = std::fs::File::create(run.join(name)).unwrap();
+                    for piece in b.chunks(b.len().div_ceil(6)) {
+                        f.write_all(piece).unwrap();
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
+                    // Training between saves.
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+            }
+        })
+    };
+    let (mut kept, mut changed, mut scans) = (0, 0, 0);
+    let start = std::time::Instant::now();
+    while scans < 4 || (changed == 0 || kept == 0) && start.elapsed() < std::time::Duration::from_secs(60) {
+        let out = dir.path().join(format!("out-{scans}"));
+        let o = common::scan_paths(std::slice::from_ref(&run), &out, &[]);
+        let status = o.status;
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(matches!(status.code(), Some(0..=2)), "scan {scans} ended by {status}: {stderr}");
+        for row in rows(&out) {
+            assert!(truth.contains(&row), "scan {scans} kept a row neither version has: {row:?}");
+            kept += 1;
+        }
+        let errors = std::fs::read_to_string(out.join("errors.csv")).unwrap();
+        for line in errors.lines().skip(1) {
+            assert!(line.contains(",changed,") || line.contains(",malformed,"), "scan {scans}: {line}");
+            changed += usize::from(line.contains(",changed,"));
+        }
+        scans += 1;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    eprintln!("{scans} scans: {kept} rows kept, {changed} checkpoints seen changing");
+    assert!(changed > 0 && kept > 0, "{scans} scans: {kept} rows kept, {changed} checkpoints seen changing");
+}
