@@ -241,7 +241,8 @@ pub fn special(t: &std::fs::FileType) -> Option<&'static str> {
 }
 
 /// File names a directory scan takes as checkpoints: safetensors files,
-/// PyTorch files (`.pt`, `.pth`, `.bin`, `.ckpt`), NumPy files (`.npz`,
+/// PyTorch files (`.pt`, `.pth`, `.bin`, `.ckpt`, and `.pth.tar` as
+/// PyTorch's ImageNet example and timm name theirs), NumPy files (`.npz`,
 /// `.npy`), Keras files (`.h5`, `.hdf5`, `.keras`) and the extensionless
 /// `checkpoints` of Ray Tune trials. What each holds is decided by its
 /// bytes when opened.
@@ -252,6 +253,8 @@ fn is_checkpoint_name(name: &str) -> bool {
         || ext(".pth")
         || ext(".bin")
         || ext(".ckpt")
+        || ext(".pth.tar")
+        || ext(".pt.tar")
         || ext(".npz")
         || ext(".npy")
         || ext(".h5")

@@ -240,7 +240,16 @@ pub(crate) fn read_npy(bytes: &[u8]) -> Result<NumpyCheckpoint, String> {
     let mut out = NumpyCheckpoint { arrays: Vec::new(), gathered: Vec::new() };
     let mut layer = 0;
     for (k, item) in items.iter().enumerate() {
-        let Value::Array(arr) = item else { return Err(format!("item {k} of the weight list is not an array")) };
+        let arr = match item {
+            Value::Array(arr) => arr,
+            Value::Object(o) => {
+                return Err(format!(
+                    "item {k} of the weight list is a `{}` (read as inert data, nothing of it run), not an array",
+                    o.class
+                ))
+            }
+            _ => return Err(format!("item {k} of the weight list is not an array")),
+        };
         let arr = arr.borrow();
         let (Some(descr), Some(pickle::ArrayData::Bytes(data))) = (&arr.descr, &arr.data) else {
             return Err(format!("item {k} of the weight list is not a numeric array"));

@@ -107,6 +107,32 @@ pub enum Global {
     NdArray,
     /// `numpy.dtype`.
     NumpyDtype,
+    /// `numpy.core.multiarray.scalar` (or `numpy._core`): a numpy scalar.
+    NumpyScalar,
+    /// `torch._tensor._rebuild_from_type_v2`: a tensor of a subclass,
+    /// rebuilt by the function it names.
+    RebuildFromType,
+    /// `_codecs.encode(text, "latin1")`: bytes as protocol 2 writes them.
+    Latin1,
+}
+
+/// An object of a class this unpickler does not know (an `argparse.Namespace`
+/// of a training script's arguments, a `pathlib.Path`, a whole pickled
+/// `nn.Module`): inert data, never constructed or called. It keeps what the
+/// pickle gives it: the arguments of its creation, the state set on it
+/// (`BUILD`) and the items of a dict or list subclass.
+#[derive(Debug, Default)]
+pub struct Object {
+    /// The class (or function) that would have made it, `module.name`.
+    pub class: Rc<str>,
+    /// The arguments it would have been called with.
+    pub args: Vec<Value>,
+    /// Its state, as `BUILD` would set it (an `nn.Module`'s `__dict__`).
+    pub state: RefCell<Option<Value>>,
+    /// Items set on it as on a dict.
+    pub items: RefCell<Vec<(Value, Value)>>,
+    /// Items appended to it as to a list.
+    pub list: RefCell<Vec<Value>>,
 }
 
 /// A numpy array's contents, as its pickled state gives them.
@@ -155,6 +181,11 @@ pub enum Value {
     Dict(Rc<RefCell<Vec<(Value, Value)>>>),
     /// A known global.
     Global(Global),
+    /// Any other global (`module.name`): a class or function that is never
+    /// imported or called.
+    Class(Rc<str>),
+    /// What calling a [`Value::Class`] would have made: inert data.
+    Object(Rc<Object>),
     /// A storage.
     Storage(Rc<Storage>),
     /// A tensor.
@@ -181,6 +212,17 @@ impl Drop for Value {
             Value::Tuple(t) if Rc::strong_count(t) == 1 => {
                 if let Some(t) = Rc::get_mut(t) {
                     stack.append(t);
+                }
+            }
+            Value::Object(o) if Rc::strong_count(o) == 1 => {
+                if let Some(o) = Rc::get_mut(o) {
+                    stack.append(&mut o.args);
+                    stack.extend(o.state.get_mut().take());
+                    for (k, v) in o.items.get_mut().drain(..) {
+                        stack.push(k);
+                        stack.push(v);
+                    }
+                    stack.append(o.list.get_mut());
                 }
             }
             _ => {}
@@ -300,7 +342,7 @@ pub fn load(data: &[u8]) -> Result<Value, String> {
                 };
                 let module = line(&mut pos)?;
                 let name = line(&mut pos)?;
-                stack.push(Value::Global(global(&module, &name).map_or_else(|e| err(at, e), Ok)?));
+                stack.push(global(&module, &name).map_or_else(|e| err(at, e), Ok)?);
             }
             0x93 => {
                 let name = pop(&mut stack, at)?;
@@ -308,13 +350,35 @@ pub fn load(data: &[u8]) -> Result<Value, String> {
                 let (Value::Str(module), Value::Str(name)) = (&module, &name) else {
                     return err(at, "STACK_GLOBAL of non-strings");
                 };
-                stack.push(Value::Global(global(module, name).map_or_else(|e| err(at, e), Ok)?));
+                stack.push(global(module, name).map_or_else(|e| err(at, e), Ok)?);
             }
             b'R' | 0x81 => {
                 let args = pop(&mut stack, at)?;
                 let f = pop(&mut stack, at)?;
                 let Value::Tuple(args) = &args else { return err(at, "REDUCE with arguments that are not a tuple") };
                 stack.push(call(&f, args).map_or_else(|e| err(at, e), Ok)?);
+            }
+            0x92 => {
+                // NEWOBJ_EX: `cls.__new__(cls, *args, **kwargs)`.
+                let _kwargs = pop(&mut stack, at)?;
+                let args = pop(&mut stack, at)?;
+                let f = pop(&mut stack, at)?;
+                let Value::Tuple(args) = &args else { return err(at, "NEWOBJ_EX with arguments that are not a tuple") };
+                stack.push(call(&f, args).map_or_else(|e| err(at, e), Ok)?);
+            }
+            0x8f => stack.push(Value::List(Rc::default())), // EMPTY_SET, as a list
+            0x90 => {
+                // ADDITEMS
+                let items = pop_mark(&mut stack, &mut marks, at)?;
+                match stack.last() {
+                    Some(Value::List(l)) => l.borrow_mut().extend(items),
+                    _ => return err(at, "ADDITEMS on something that is not a set"),
+                }
+            }
+            0x91 => {
+                // FROZENSET, as a list
+                let items = pop_mark(&mut stack, &mut marks, at)?;
+                stack.push(Value::List(Rc::new(RefCell::new(items))));
             }
             b'b' => {
                 // BUILD: state set on an object (a state_dict's `_metadata`
@@ -332,6 +396,7 @@ pub fn load(data: &[u8]) -> Result<Value, String> {
                             }
                         }
                     }
+                    Some(Value::Object(o)) => *o.state.borrow_mut() = Some(state),
                     Some(_) => {}
                 }
             }
@@ -340,6 +405,7 @@ pub fn load(data: &[u8]) -> Result<Value, String> {
                 let k = pop(&mut stack, at)?;
                 match stack.last() {
                     Some(Value::Dict(d)) => d.borrow_mut().push((k, v)),
+                    Some(Value::Object(o)) => o.items.borrow_mut().push((k, v)),
                     _ => return err(at, "SETITEM on something that is not a dict"),
                 }
             }
@@ -348,14 +414,14 @@ pub fn load(data: &[u8]) -> Result<Value, String> {
                 if items.len() % 2 != 0 {
                     return err(at, "SETITEMS with an odd number of items");
                 }
+                let mut pairs = Vec::with_capacity(items.len() / 2);
+                let mut it = items.into_iter();
+                while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                    pairs.push((k, v));
+                }
                 match stack.last() {
-                    Some(Value::Dict(d)) => {
-                        let mut d = d.borrow_mut();
-                        let mut it = items.into_iter();
-                        while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                            d.push((k, v));
-                        }
-                    }
+                    Some(Value::Dict(d)) => d.borrow_mut().extend(pairs),
+                    Some(Value::Object(o)) => o.items.borrow_mut().extend(pairs),
                     _ => return err(at, "SETITEMS on something that is not a dict"),
                 }
             }
@@ -363,6 +429,7 @@ pub fn load(data: &[u8]) -> Result<Value, String> {
                 let items = if op == b'a' { vec![pop(&mut stack, at)?] } else { pop_mark(&mut stack, &mut marks, at)? };
                 match stack.last() {
                     Some(Value::List(l)) => l.borrow_mut().extend(items),
+                    Some(Value::Object(o)) => o.list.borrow_mut().extend(items),
                     _ => return err(at, "APPEND on something that is not a list"),
                 }
             }
@@ -399,23 +466,37 @@ pub fn load(data: &[u8]) -> Result<Value, String> {
     }
 }
 
-/// The known globals; any other is refused, naming it.
-fn global(module: &str, name: &str) -> Result<Global, String> {
-    match (module, name) {
-        ("collections", "OrderedDict") => Ok(Global::OrderedDict),
-        ("torch._utils", "_rebuild_tensor_v2") => Ok(Global::RebuildTensor),
-        ("torch._utils", "_rebuild_parameter" | "_rebuild_parameter_with_state") => Ok(Global::RebuildParameter),
-        ("numpy.core.multiarray" | "numpy._core.multiarray", "_reconstruct") => Ok(Global::NumpyReconstruct),
-        ("numpy", "ndarray") => Ok(Global::NdArray),
-        ("numpy", "dtype") => Ok(Global::NumpyDtype),
+/// Modules whose globals rebuild tensors and storages: one of them this
+/// unpickler does not know is refused, naming it, since the tensor it makes
+/// would otherwise be missing from the checkpoint without a word.
+const TENSOR_MODULES: [&str; 3] = ["torch._utils", "torch._tensor", "torch.storage"];
+
+/// A global: one of the known ones ([`Global`]), or the inert
+/// [`Value::Class`] of any other, except the tensor rebuilders it does not
+/// know ([`TENSOR_MODULES`]), which are refused, naming them.
+fn global(module: &str, name: &str) -> Result<Value, String> {
+    let known = match (module, name) {
+        ("collections", "OrderedDict") => Global::OrderedDict,
+        ("torch._utils", "_rebuild_tensor_v2") => Global::RebuildTensor,
+        ("torch._utils", "_rebuild_parameter" | "_rebuild_parameter_with_state") => Global::RebuildParameter,
+        ("torch._tensor", "_rebuild_from_type_v2") => Global::RebuildFromType,
+        ("numpy.core.multiarray" | "numpy._core.multiarray", "_reconstruct") => Global::NumpyReconstruct,
+        ("numpy.core.multiarray" | "numpy._core.multiarray", "scalar") => Global::NumpyScalar,
+        ("numpy", "ndarray") => Global::NdArray,
+        ("_codecs", "encode") => Global::Latin1,
+        ("numpy", "dtype") => Global::NumpyDtype,
         ("torch", s) if StorageType::from_name(s).is_some() => {
-            Ok(Global::Storage(StorageType::from_name(s).expect("checked")))
+            Global::Storage(StorageType::from_name(s).expect("checked"))
         }
-        _ => Err(format!(
-            "refused global `{module}.{name}`: only tensors, storages, OrderedDict and plain containers are read \
-             (nothing from a file is ever executed)"
-        )),
-    }
+        _ if TENSOR_MODULES.contains(&module) => {
+            return Err(format!(
+                "`{module}.{name}`: a kind of tensor or storage that is not read (tensors as \
+                 `torch._utils._rebuild_tensor_v2` rebuilds them are)"
+            ))
+        }
+        _ => return Ok(Value::Class(format!("{module}.{name}").into())),
+    };
+    Ok(Value::Global(known))
 }
 
 fn int(v: &Value, what: &str) -> Result<usize, String> {
@@ -461,9 +542,57 @@ fn call(f: &Value, args: &[Value]) -> Result<Value, String> {
             Some(Value::Str(code)) => Ok(Value::DType(Rc::new(RefCell::new((code.to_string(), "<".into()))))),
             _ => Err("numpy.dtype of something that is not a type code".into()),
         },
+        Value::Global(Global::NumpyScalar) => Ok(numpy_scalar(args)),
+        Value::Global(Global::Latin1) => match args {
+            [Value::Str(text), Value::Str(codec)] if matches!(&**codec, "latin1" | "latin-1") => {
+                let bytes: Option<Vec<u8>> = text.chars().map(|c| u8::try_from(c).ok()).collect();
+                bytes.map(|b| Value::Bytes(b.into())).ok_or_else(|| "latin1 text with a character past 255".into())
+            }
+            _ => Err("_codecs.encode of something other than latin1 text".into()),
+        },
+        Value::Global(Global::RebuildFromType) => match args {
+            [f, _type, Value::Tuple(inner), ..] => call(f, inner),
+            _ => Err("_rebuild_from_type_v2 without (function, type, arguments)".into()),
+        },
         Value::Global(g) => Err(format!("{g:?} called with arguments it does not take")),
-        _ => Err("REDUCE of something that is not a known global".into()),
+        // Never called: what the call would make, as data.
+        Value::Class(class) => {
+            Ok(Value::Object(Rc::new(Object { class: class.clone(), args: args.to_vec(), ..Object::default() })))
+        }
+        _ => Err("REDUCE of something that is neither a global nor a class".into()),
     }
+}
+
+/// A numpy scalar `scalar(dtype, bytes)` of a float or integer dtype as a
+/// number (`best_acc = np.float64(0.93)` in a checkpoint); of any other
+/// dtype, inert.
+fn numpy_scalar(args: &[Value]) -> Value {
+    if let [Value::DType(d), Value::Bytes(b)] = args {
+        let (code, order) = d.borrow().clone();
+        let little = order != ">";
+        let n = |b: &[u8]| -> Option<[u8; 8]> {
+            let mut a = [0u8; 8];
+            let src: Vec<u8> = if little { b.to_vec() } else { b.iter().rev().copied().collect() };
+            a.get_mut(..src.len())?.copy_from_slice(&src);
+            Some(a)
+        };
+        let value = match (code.as_str(), b.len()) {
+            ("f8", 8) => n(b).map(|a| Value::Float(f64::from_le_bytes(a))),
+            ("f4", 4) => n(b).map(|a| Value::Float(f64::from(f32::from_le_bytes(a[..4].try_into().expect("4"))))),
+            ("i8", 8) => n(b).map(|a| Value::Int(i64::from_le_bytes(a))),
+            ("i4", 4) => n(b).map(|a| Value::Int(i64::from(i32::from_le_bytes(a[..4].try_into().expect("4"))))),
+            ("b1", 1) => Some(Value::Bool(b[0] != 0)),
+            _ => None,
+        };
+        if let Some(v) = value {
+            return v;
+        }
+    }
+    Value::Object(Rc::new(Object {
+        class: "numpy.core.multiarray.scalar".into(),
+        args: args.to_vec(),
+        ..Object::default()
+    }))
 }
 
 /// A numpy array's state `(version, shape, dtype, is_fortran, data)`.
@@ -508,21 +637,49 @@ fn persistent(pid: &Value) -> Result<Value, String> {
 mod tests {
     use super::*;
 
+    /// A call of a global it does not know is never made: it is read as an
+    /// inert object naming the function, its arguments kept as data.
     #[test]
-    fn refuses_globals_it_does_not_know() {
+    fn unknown_globals_are_inert_data_never_called() {
         // `cos\nsystem\n(S'touch /tmp/x'\ntR.` in protocol 2 form.
         let mut p = vec![0x80, 2];
         p.extend(b"cposix\nsystem\n");
         p.extend(b"X\x0c\x00\x00\x00touch /tmp/x");
         p.extend([0x85, b'R', b'.']);
-        let e = load(&p).unwrap_err();
-        assert!(e.contains("refused global `posix.system`"), "{e}");
+        let Value::Object(ref o) = load(&p).unwrap() else { panic!("not an object") };
+        assert_eq!(&*o.class, "posix.system");
+        assert!(matches!(&o.args[..], [Value::Str(s)] if &**s == "touch /tmp/x"));
         let mut p = vec![0x80, 4, 0x8c, 8];
         p.extend(b"builtins");
         p.extend([0x8c, 4]);
         p.extend(b"eval");
         p.extend([0x93, b'.']);
-        assert!(load(&p).unwrap_err().contains("`builtins.eval`"));
+        assert!(matches!(load(&p).unwrap(), Value::Class(ref c) if &**c == "builtins.eval"));
+        // A tensor rebuilder it does not know is refused, naming it.
+        let mut p = vec![0x80, 2];
+        p.extend(b"ctorch._utils\n_rebuild_qtensor\n.");
+        assert!(load(&p).unwrap_err().contains("`torch._utils._rebuild_qtensor`: a kind of tensor"));
+    }
+
+    /// An object's state (`BUILD`) and items (`SETITEMS`, `APPENDS`) are
+    /// kept; protocol 2's bytes (`_codecs.encode(text, "latin1")`) and numpy
+    /// scalars read as the values they are.
+    #[test]
+    fn objects_keep_their_state_and_numpy_scalars_are_numbers() {
+        // An object with state {"a": 1} and items {"k": 2}, as a dict
+        // subclass pickles: GLOBAL, EMPTY_TUPLE, NEWOBJ, MARK, k, 2,
+        // SETITEMS, EMPTY_DICT, a, 1, SETITEM, BUILD.
+        let mut p = vec![0x80, 2];
+        p.extend(b"c__main__\nAttributeDict\n)\x81(X\x01\x00\x00\x00kK\x02u}X\x01\x00\x00\x00aK\x01sb.");
+        let Value::Object(ref o) = load(&p).unwrap() else { panic!("not an object") };
+        assert_eq!(&*o.class, "__main__.AttributeDict");
+        assert!(matches!(&o.items.borrow()[..], [(Value::Str(k), Value::Int(2))] if &**k == "k"));
+        assert!(matches!(&*o.state.borrow(), Some(Value::Dict(d)) if d.borrow().len() == 1));
+        // np.float64(71.25) as torch.save (protocol 2) writes it.
+        let p = b"\x80\x02cnumpy._core.multiarray\nscalar\nq\x00cnumpy\ndtype\nq\x01X\x02\x00\x00\x00f8q\x02\x89\x88\x87q\x03R\
+                  q\x04(K\x03X\x01\x00\x00\x00<q\x05NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tq\x06bc_codecs\nencode\n\
+                  q\x07X\t\x00\x00\x00\x00\x00\x00\x00\x00\xc3\x90Q@q\x08X\x06\x00\x00\x00latin1q\t\x86q\nRq\x0b\x86q\x0cRq\r.";
+        assert!(matches!(load(p), Ok(Value::Float(f)) if f == 71.25), "{:?}", load(p));
     }
 
     #[test]
@@ -532,6 +689,17 @@ mod tests {
         p.extend(std::iter::repeat_n(0x85u8, 200_000));
         p.push(b'.');
         let v = load(&p).unwrap();
+        drop(v);
+        // 200000 objects, each the state of the next (a module tree gone
+        // wrong): read, then dropped without recursion.
+        let mut p = vec![0x80, 2];
+        p.extend(b"c__main__\nM\nq\x000N");
+        for _ in 0..200_000 {
+            p.extend(b"q\x010h\x00)Rh\x01b");
+        }
+        p.push(b'.');
+        let v = load(&p).unwrap();
+        assert!(matches!(&v, Value::Object(o) if o.state.borrow().is_some()));
         drop(v);
         // Marks nested beyond the bound are refused.
         let mut p = vec![0x80, 2];

@@ -13,7 +13,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use safetensors::tensor::{Dtype, TensorInfo};
 
-use crate::pickle::{self, StorageType, TensorRef, Value};
+use std::rc::Rc;
+
+use crate::pickle::{self, Object, StorageType, TensorRef, Value};
 use crate::zip;
 
 /// Where a tensor's bytes are: in the archive, or in the gathered buffer.
@@ -146,26 +148,140 @@ type Named = Vec<(String, TensorRef)>;
 /// Keys under which wrappers keep the model's weights, in preference order.
 const STATE_KEYS: [&str; 7] = ["state_dict", "model_state_dict", "model", "module", "net", "network", "weights"];
 
-/// Tensors of a dict (nested dicts flattened with `.`), by name, and
-/// whether any value was a tensor.
-fn tensors_of(d: &Value, prefix: &str, depth: usize, out: &mut Named) {
-    let Value::Dict(d) = d else { return };
-    if depth > 8 {
-        return;
+/// Entries a search for tensors visits at most: a pickle's memo can make a
+/// dict hold itself many times over, which a walk would follow for ever.
+const MAX_VISITS: usize = 1 << 22;
+
+/// The tensors a search found, by name, and the entries it visited.
+#[derive(Default)]
+struct Search {
+    found: Named,
+    visits: usize,
+}
+
+impl Search {
+    /// Counts one entry visited; an error past [`MAX_VISITS`].
+    fn visit(&mut self) -> Result<(), String> {
+        self.visits += 1;
+        match self.visits > MAX_VISITS {
+            true => Err(format!(
+                "more than {MAX_VISITS} entries to search for tensors (a dict or module that holds itself?)"
+            )),
+            false => Ok(()),
+        }
     }
-    for (k, v) in d.borrow().iter() {
-        let key = match k {
+}
+
+/// Tensors of a dict (nested dicts flattened with `.`) or of a pickled
+/// `nn.Module` ([`module_tensors`]), by name. A value of a class from
+/// torch that is not a tensor this reader rebuilds (a sharded or
+/// distributed tensor) is an error naming it: left out, its layer would be
+/// missing without a word.
+fn tensors_of(v: &Value, prefix: &str, depth: usize, out: &mut Search) -> Result<(), String> {
+    if depth > 8 {
+        return Ok(());
+    }
+    let name = |key: &Value| -> Option<String> {
+        let key = match key {
             Value::Str(s) => s.to_string(),
             Value::Int(i) => i.to_string(),
-            _ => continue,
+            _ => return None,
         };
-        let name = if prefix.is_empty() { key } else { format!("{prefix}.{key}") };
+        Some(if prefix.is_empty() { key } else { format!("{prefix}.{key}") })
+    };
+    let entries = match v {
+        Value::Dict(d) => d.borrow().clone(),
+        Value::Object(o) if module_state(o).is_some() => return module_tensors(o, prefix, depth, out),
+        // A dict subclass (Lightning's AttributeDict).
+        Value::Object(o) => o.items.borrow().clone(),
+        _ => return Ok(()),
+    };
+    for (k, v) in &entries {
+        out.visit()?;
+        let Some(name) = name(k) else { continue };
         match v {
-            Value::Tensor(t) => out.push((name, (**t).clone())),
-            Value::Dict(_) => tensors_of(v, &name, depth + 1, out),
+            Value::Tensor(t) => out.found.push((name, (**t).clone())),
+            Value::Dict(_) | Value::Object(_) => {
+                if let Value::Object(o) = v {
+                    not_a_torch_tensor(&name, o)?;
+                }
+                tensors_of(v, &name, depth + 1, out)?
+            }
             _ => {}
         }
     }
+    Ok(())
+}
+
+/// An error when `o` is an object of torch's own that is not a module: a
+/// tensor of a kind not read, under `name`.
+fn not_a_torch_tensor(name: &str, o: &Object) -> Result<(), String> {
+    if o.class.starts_with("torch.") && !o.class.starts_with("torch.nn.") && module_state(o).is_none() {
+        return Err(format!("`{name}` is a `{}`, not a tensor this reader rebuilds", o.class));
+    }
+    Ok(())
+}
+
+/// A pickled `nn.Module`'s state (its `__dict__`, set by `BUILD`), when `o`
+/// is one: a dict with `_parameters` and `_modules`.
+fn module_state(o: &Object) -> Option<Vec<(Value, Value)>> {
+    let state = o.state.borrow();
+    let Some(Value::Dict(d)) = &*state else { return None };
+    let d = d.borrow();
+    (get(&d, "_parameters").is_some() && get(&d, "_modules").is_some()).then(|| d.clone())
+}
+
+/// A pickled `nn.Module`'s tensors as its `state_dict()` names them: its
+/// `_parameters` (those not `None`), its `_buffers` but those named in
+/// `_non_persistent_buffers_set`, then each child of `_modules` under its
+/// name, read as data (nothing of the module's code runs: a module that
+/// overrides `state_dict` is read as `nn.Module` defines it).
+fn module_tensors(o: &Object, prefix: &str, depth: usize, out: &mut Search) -> Result<(), String> {
+    let state = module_state(o).expect("a module");
+    let name = |key: &str| if prefix.is_empty() { key.to_string() } else { format!("{prefix}.{key}") };
+    let pairs = |key: &str| -> Vec<(Rc<str>, Value)> {
+        let entries = match get(&state, key) {
+            Some(Value::Dict(d)) => d.borrow().clone(),
+            Some(Value::Object(o)) => o.items.borrow().clone(),
+            _ => Vec::new(),
+        };
+        entries
+            .iter()
+            .filter_map(|(k, v)| if let Value::Str(k) = k { Some((k.clone(), v.clone())) } else { None })
+            .collect()
+    };
+    // The set is pickled as `set(list)` (protocol 2) or as a set (4).
+    let transient: Vec<Rc<str>> = match get(&state, "_non_persistent_buffers_set") {
+        Some(Value::Object(set)) => match set.args.first() {
+            Some(Value::List(l)) => {
+                l.borrow().iter().filter_map(|v| if let Value::Str(s) = v { Some(s.clone()) } else { None }).collect()
+            }
+            _ => Vec::new(),
+        },
+        Some(Value::List(l)) => {
+            l.borrow().iter().filter_map(|v| if let Value::Str(s) = v { Some(s.clone()) } else { None }).collect()
+        }
+        _ => Vec::new(),
+    };
+    for (key, v) in
+        pairs("_parameters").into_iter().chain(pairs("_buffers").into_iter().filter(|(k, _)| !transient.contains(k)))
+    {
+        out.visit()?;
+        match &v {
+            Value::Tensor(t) => out.found.push((name(&key), (**t).clone())),
+            Value::Object(o) => not_a_torch_tensor(&name(&key), o)?,
+            _ => {}
+        }
+    }
+    for (key, child) in pairs("_modules") {
+        out.visit()?;
+        if let Value::Object(c) = &child {
+            if module_state(c).is_some() && depth < 64 {
+                module_tensors(c, &name(&key), depth + 1, out)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A wrapper's scalar entries (`epoch`, `global_step`, ...), as metadata.
@@ -183,72 +299,109 @@ fn scalars(top: &[(Value, Value)], metadata: &mut BTreeMap<String, String>) {
     }
 }
 
+/// What a wrapper's entries hold that is read as inert data (for an error
+/// that finds no tensors): `; entries read as data, never run: `w` (a
+/// posix.system)`.
+fn objects_in(top: &[(Value, Value)]) -> String {
+    let found: Vec<String> = top
+        .iter()
+        .filter_map(|(k, v)| match (k, v) {
+            (Value::Str(k), Value::Object(o)) => Some(format!("`{k}` (a `{}`)", o.class)),
+            _ => None,
+        })
+        .collect();
+    match found.is_empty() {
+        true => String::new(),
+        false => format!("; entries read as inert data, nothing of them run: {}", found.join(", ")),
+    }
+}
+
 fn get<'a>(d: &'a [(Value, Value)], key: &str) -> Option<&'a Value> {
     d.iter().find(|(k, _)| matches!(k, Value::Str(s) if &**s == key)).map(|(_, v)| v)
 }
 
-/// The state_dict: the top dict when its values are tensors, else the
-/// first of [`STATE_KEYS`] holding tensors, else the only nested dict that
-/// does; with a `module.` / `model.` prefix common to every name removed.
-/// Also the wrapper's scalar entries, as metadata.
+/// The state_dict: the top dict when its values are tensors (or a whole
+/// pickled module, `torch.save(model)`), else the first of [`STATE_KEYS`]
+/// holding tensors, else the only nested entry that does; with a `model.`
+/// prefix common to every name removed. Also the wrapper's scalar entries,
+/// as metadata.
 fn state_dict(root: &Value, key: Option<&str>) -> Result<(Named, BTreeMap<String, String>), String> {
-    let Value::Dict(top) = root else { return Err("the pickle holds no dict of tensors".into()) };
-    let top = top.borrow();
-    let direct = top.iter().any(|(_, v)| matches!(v, Value::Tensor(_)));
-    let mut found = Vec::new();
-    let mut metadata = BTreeMap::new();
-    if let Some(key) = key {
-        // `--key`: the entry asked for, through the nested dicts.
-        let mut all = Vec::new();
-        tensors_of(root, "", 0, &mut all);
-        let prefix = format!("{key}.");
-        found = all.iter().filter_map(|(n, t)| Some((n.strip_prefix(&prefix)?.to_string(), t.clone()))).collect();
-        if found.is_empty() {
-            let mut tops: Vec<&str> = all.iter().map(|(n, _)| n.split('.').next().unwrap_or(n)).collect();
-            tops.dedup();
+    let module = matches!(root, Value::Object(o) if module_state(o).is_some());
+    let top = match root {
+        Value::Dict(top) => top.borrow().clone(),
+        _ if module => Vec::new(),
+        Value::Object(o) => {
             return Err(format!(
-                "--key {key}: no tensors under `{key}` (entries holding tensors: {})",
-                tops.join(", ")
-            ));
+                "the pickle holds a `{}`, neither a dict of tensors nor a module (read as data: nothing of it is run)",
+                o.class
+            ))
         }
-        scalars(&top, &mut metadata);
-    } else if direct {
-        tensors_of(root, "", 0, &mut found);
-    } else {
-        let chosen = STATE_KEYS.iter().find_map(|k| {
-            let v = get(&top, k)?;
-            let mut t = Vec::new();
-            tensors_of(v, "", 0, &mut t);
-            (!t.is_empty()).then_some(t)
-        });
-        found = match chosen {
-            Some(t) => t,
-            None => {
-                let with: Vec<(String, Named)> = top
-                    .iter()
-                    .filter_map(|(k, v)| {
-                        let Value::Str(k) = k else { return None };
-                        let mut t = Vec::new();
-                        tensors_of(v, "", 0, &mut t);
-                        (!t.is_empty()).then(|| (k.to_string(), t))
-                    })
-                    .collect();
-                match with.len() {
-                    0 => return Err("no tensors in the checkpoint".into()),
-                    1 => with.into_iter().next().expect("one").1,
-                    _ => {
-                        let keys: Vec<String> = with.iter().map(|(k, _)| format!("`{k}`")).collect();
-                        return Err(format!(
-                            "several entries hold tensors ({}) and none is named like a state_dict ({})",
-                            keys.join(", "),
-                            STATE_KEYS.join(", ")
-                        ));
+        _ => return Err("the pickle holds no dict of tensors".into()),
+    };
+    let direct = module || top.iter().any(|(_, v)| matches!(v, Value::Tensor(_)));
+    let entry_tensors = |v: &Value| -> Result<Named, String> {
+        let mut t = Search::default();
+        tensors_of(v, "", 0, &mut t)?;
+        Ok(t.found)
+    };
+    let mut metadata = BTreeMap::new();
+    scalars(&top, &mut metadata);
+    let mut found = match key {
+        Some(key) => {
+            // `--key`: the entry asked for, through the nested dicts.
+            let all = entry_tensors(root)?;
+            let prefix = format!("{key}.");
+            let found: Named =
+                all.iter().filter_map(|(n, t)| Some((n.strip_prefix(&prefix)?.to_string(), t.clone()))).collect();
+            if found.is_empty() {
+                let mut tops: Vec<&str> = all.iter().map(|(n, _)| n.split('.').next().unwrap_or(n)).collect();
+                tops.dedup();
+                return Err(format!(
+                    "--key {key}: no tensors under `{key}` (entries holding tensors: {})",
+                    tops.join(", ")
+                ));
+            }
+            found
+        }
+        None if direct => entry_tensors(root)?,
+        None => {
+            let mut chosen = None;
+            for k in STATE_KEYS {
+                if let Some(v) = get(&top, k) {
+                    let t = entry_tensors(v)?;
+                    if !t.is_empty() {
+                        chosen = Some(t);
+                        break;
                     }
                 }
             }
-        };
-        scalars(&top, &mut metadata);
-    }
+            match chosen {
+                Some(t) => t,
+                None => {
+                    let mut with: Vec<(String, Named)> = Vec::new();
+                    for (k, v) in &top {
+                        let Value::Str(k) = k else { continue };
+                        let t = entry_tensors(v)?;
+                        if !t.is_empty() {
+                            with.push((k.to_string(), t));
+                        }
+                    }
+                    match with.len() {
+                        0 => return Err(format!("no tensors in the checkpoint{}", objects_in(&top))),
+                        1 => with.into_iter().next().expect("one").1,
+                        _ => {
+                            let keys: Vec<String> = with.iter().map(|(k, _)| format!("`{k}`")).collect();
+                            return Err(format!(
+                                "several entries hold tensors ({}) and none is named like a state_dict ({})",
+                                keys.join(", "),
+                                STATE_KEYS.join(", ")
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    };
     // Lightning's `model.` (a training wrapper's `module.` or
     // `_orig_mod.` is taken off for every format, by the checkpoint).
     let p = "model.";
@@ -262,4 +415,29 @@ fn state_dict(root: &Value, key: Option<&str>) -> Result<(Named, BTreeMap<String
         return Err(format!("tensor `{n}` appears twice"));
     }
     Ok((found, metadata))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A dict that holds itself a thousand times over (through the memo)
+    /// is an error after a bounded search, not a walk of 1000^8 entries.
+    #[test]
+    fn a_dict_that_holds_itself_ends_the_search() {
+        let mut p = vec![0x80, 2, b'}', b'q', 0, b'('];
+        for i in 0..1000u32 {
+            let key = format!("k{i}");
+            p.push(b'X');
+            p.extend((key.len() as u32).to_le_bytes());
+            p.extend(key.as_bytes());
+            p.extend([b'h', 0]);
+        }
+        p.extend([b'u', b'.']);
+        let root = pickle::load(&p).unwrap();
+        let start = std::time::Instant::now();
+        let e = state_dict(&root, None).expect_err("no tensors");
+        assert!(e.contains("holds itself"), "{e}");
+        assert!(start.elapsed() < std::time::Duration::from_secs(30));
+    }
 }
