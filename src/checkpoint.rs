@@ -200,6 +200,18 @@ pub struct Checkpoint {
     /// The model's own description of its layers, where the file keeps one
     /// (a Keras model's config).
     model_config: Option<ModelConfig>,
+    /// The file's identity, for one file where the platform has one.
+    identity: Option<FileIdentity>,
+}
+
+/// A file's identity, as opening it found it (unix): the same file under
+/// two names has one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileIdentity {
+    /// Device and inode.
+    pub id: (u64, u64),
+    /// Number of hard links (names) it has.
+    pub links: u64,
 }
 
 /// Prefixes a training wrapper puts before every name of the model's
@@ -333,7 +345,16 @@ impl Checkpoint {
         tensors: HashMap<String, Entry>,
         metadata: BTreeMap<String, String>,
     ) -> Self {
-        Checkpoint { path, shards, tensors, metadata, keyed: false, wrapper: String::new(), model_config: None }
+        Checkpoint {
+            path,
+            shards,
+            tensors,
+            metadata,
+            keyed: false,
+            wrapper: String::new(),
+            model_config: None,
+            identity: None,
+        }
     }
 
     /// Opens a checkpoint, taking the weights under `key` (`--key`) when
@@ -402,8 +423,8 @@ impl Checkpoint {
             let dir = path.parent().unwrap_or(Path::new("."));
             return Self::open_sharded(dir, path);
         }
-        let bytes = match read_file(path) {
-            Ok(Some(bytes)) => bytes,
+        let (bytes, identity) = match read_file(path) {
+            Ok(Some(read)) => read,
             Ok(None) => return Self::open_dir(path),
             Err(_) if path.is_dir() => return Self::open_dir(path),
             Err(error) if crate::mapped::is_changed(&error) => return Err(Error::Changed { path: path.to_path_buf() }),
@@ -415,10 +436,12 @@ impl Checkpoint {
             Bytes::Mapped(m) => Some(std::sync::Arc::clone(m)),
             _ => None,
         };
-        Self::open_bytes(path, bytes, key).map_err(|e| match mapped {
+        let mut ck = Self::open_bytes(path, bytes, key).map_err(|e| match mapped {
             Some(m) if m.changed() => Error::Changed { path: path.to_path_buf() },
             _ => e,
-        })
+        })?;
+        ck.identity = identity;
+        Ok(ck)
     }
 
     /// A checkpoint file's bytes, read as the format they are in.
@@ -712,6 +735,11 @@ impl Checkpoint {
             .is_some_and(|(_, e)| matches!(e.info.dtype, StDtype::F32 | StDtype::F16 | StDtype::BF16 | StDtype::F64))
     }
 
+    /// The file's identity, for a checkpoint of one file (on unix).
+    pub fn identity(&self) -> Option<FileIdentity> {
+        self.identity
+    }
+
     /// `result` (of reading or measuring this checkpoint), or
     /// [`Error::Changed`] when one of its files changed since it was opened
     /// (another process wrote or truncated it meanwhile): what was read may
@@ -851,10 +879,11 @@ impl<'de> serde::Deserialize<'de> for Header {
     }
 }
 
-/// A file's bytes, `None` for a directory. The file is opened without
-/// blocking (a FIFO would wait for a writer) and a FIFO or a device is
-/// refused before any read (it could block or never end).
-fn read_file(path: &Path) -> std::io::Result<Option<Bytes>> {
+/// A file's bytes and its identity ([`Checkpoint::identity`]), `None` for
+/// a directory. The file is opened without blocking (a FIFO would wait for
+/// a writer) and a FIFO or a device is refused before any read (it could
+/// block or never end).
+fn read_file(path: &Path) -> std::io::Result<Option<(Bytes, Option<FileIdentity>)>> {
     let mut options = std::fs::OpenOptions::new();
     options.read(true);
     #[cfg(unix)]
@@ -870,7 +899,14 @@ fn read_file(path: &Path) -> std::io::Result<Option<Bytes>> {
     if let Some(what) = crate::collection::special(&meta.file_type()) {
         return Err(std::io::Error::other(format!("{what}, not a checkpoint file: not read")));
     }
-    read_bytes(file, &meta).map(Some)
+    #[cfg(unix)]
+    let identity = {
+        use std::os::unix::fs::MetadataExt;
+        Some(FileIdentity { id: (meta.dev(), meta.ino()), links: meta.nlink() })
+    };
+    #[cfg(not(unix))]
+    let identity = None;
+    read_bytes(file, &meta).map(|bytes| Some((bytes, identity)))
 }
 
 /// A regular file's bytes (`meta` its metadata, taken on opening): read

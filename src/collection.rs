@@ -21,12 +21,23 @@ pub struct Collection {
     problems: HashMap<PathBuf, String>,
     /// The paths it was collected from, as given.
     pub roots: Vec<PathBuf>,
+    /// (device, inode) of each file a symlink in a walked directory points
+    /// to: opened under another name too, it is measured twice
+    /// ([`Collection::may_be_linked`]).
+    linked: HashSet<(u64, u64)>,
 }
 
 impl Collection {
     /// A collection of exactly these paths, nothing looked at.
     pub fn of(paths: Vec<PathBuf>) -> Self {
-        Collection { roots: paths.clone(), paths, problems: HashMap::new() }
+        Collection { roots: paths.clone(), paths, ..Collection::default() }
+    }
+
+    /// Whether a file may be in the collection under another name too: a
+    /// hard link (timm's `model_best.pth.tar`), or the target of a symlink
+    /// walked (Lightning's `last.ckpt`).
+    pub fn may_be_linked(&self, file: &crate::checkpoint::FileIdentity) -> bool {
+        file.links > 1 || self.linked.contains(&file.id)
     }
 
     /// Why `path` is not read as a checkpoint, if it is not.
@@ -79,12 +90,12 @@ pub fn collect(args: &[PathBuf]) -> Result<Collection> {
             return Err(Error::Io { path: arg.clone(), error: std::io::Error::other("no such file or directory") });
         }
     }
-    let Walk { mut out, problems, .. } = walk;
+    let Walk { mut out, problems, linked, .. } = walk;
     if may_repeat {
         let mut seen = HashSet::new();
         out.retain(|p| seen.insert(p.clone()));
     }
-    Ok(Collection { paths: out, problems, roots: args.to_vec() })
+    Ok(Collection { paths: out, problems, roots: args.to_vec(), linked })
 }
 
 /// The state of a walk: what was found, and the directories entered.
@@ -94,6 +105,8 @@ struct Walk {
     problems: HashMap<PathBuf, String>,
     /// (device, inode) of each directory entered, with its path.
     entered: HashMap<(u64, u64), PathBuf>,
+    /// See [`Collection::linked`].
+    linked: HashSet<(u64, u64)>,
 }
 
 impl Walk {
@@ -179,7 +192,10 @@ impl Walk {
                     Ok(m) if m.is_dir() => self.dir(&file, &m),
                     Ok(m) if is_checkpoint_name(&text) => match special(&m.file_type()) {
                         Some(what) => self.problem(&file, format!("a symlink to {what}: not opened")),
-                        None => self.out.push(file),
+                        None => {
+                            self.linked.extend(identity(&m));
+                            self.out.push(file)
+                        }
                     },
                     Ok(_) => {}
                     Err(e) if is_checkpoint_name(&text) => self.problem(&file, format!("a broken symlink: {e}")),

@@ -204,9 +204,10 @@ pub struct ScanSummary {
     pub largest_rows: usize,
 }
 
-/// The distinct notes of the networks a scan built.
+/// The distinct notes of the networks a scan built, and the files it
+/// opened that may be linked under another name.
 #[derive(Debug, Default)]
-pub struct Notes(std::sync::Mutex<Vec<String>>);
+pub struct Notes(std::sync::Mutex<Vec<String>>, std::sync::Mutex<Vec<((u64, u64), usize)>>);
 
 impl Notes {
     /// Notes kept; later ones are counted in a last line.
@@ -226,8 +227,41 @@ impl Notes {
         }
     }
 
-    fn take(self) -> Vec<String> {
-        self.0.into_inner().expect("notes lock")
+    /// Records that checkpoint `order` of the collection is the file `id`,
+    /// which may be in it under another name too.
+    fn linked(&self, id: (u64, u64), order: usize) {
+        self.1.lock().expect("notes lock").push((id, order));
+    }
+
+    /// The notes, with one naming the checkpoints that are one file under
+    /// several names (measured under each, so a study counts them as often).
+    fn take(self, collection: &Collection) -> Vec<String> {
+        let mut notes = self.0.into_inner().expect("notes lock");
+        let mut linked = self.1.into_inner().expect("notes lock");
+        linked.sort_unstable();
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        for run in linked.chunk_by(|a, b| a.0 == b.0).filter(|run| run.len() > 1) {
+            groups.push(run.iter().map(|&(_, order)| order).collect());
+        }
+        if !groups.is_empty() {
+            groups.sort_unstable();
+            let name = |i: usize| format!("`{}`", collection.paths[i].display());
+            let shown: Vec<String> =
+                groups.iter().take(5).map(|g| g.iter().map(|&i| name(i)).collect::<Vec<_>>().join(" = ")).collect();
+            let more = groups.len().saturating_sub(5);
+            notes.push(format!(
+                "{} in the collection under more than one name (hard links or symlinks, such as timm's \
+                 `last.pth.tar` and `model_best.pth.tar` or Lightning's `last.ckpt`): {}{}; each is measured \
+                 under every name, so a study counts it once per name: leave the links out to count it once",
+                match groups.len() {
+                    1 => "1 file is".to_string(),
+                    n => format!("{n} files are"),
+                },
+                shown.join(", "),
+                if more > 0 { format!(", and {more} more") } else { String::new() }
+            ));
+        }
+        notes
     }
 }
 
@@ -376,6 +410,11 @@ fn measure_batch(
             }),
         };
         let opened: Vec<Result<(Checkpoint, Network)>> = batch.iter().map(|&i| open(&paths[i])).collect();
+        for (&i, (ck, _)) in batch.iter().zip(&opened).filter_map(|(i, o)| Some((i, o.as_ref().ok()?))) {
+            if let Some(file) = ck.identity().filter(|f| collection.may_be_linked(f)) {
+                notes.linked(file.id, i);
+            }
+        }
         for (_, net) in opened.iter().flatten() {
             notes.add(net);
         }
@@ -1017,7 +1056,7 @@ pub fn scan(collection: &Collection, out_dir: &Path, engine: &dyn Engine, opts: 
         _ => write_tables(std::slice::from_ref(&journal_path), entries, keys, out_dir)?,
     };
     mark_complete(out_dir, manifest, || file.sync_all().map_err(out_err))?;
-    notes.extend(graph_notes.take());
+    notes.extend(graph_notes.take(collection));
     Ok(ScanSummary { notes, kept, largest_rows, ..summary })
 }
 

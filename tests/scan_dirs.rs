@@ -404,6 +404,45 @@ fn odd_filesystems_scan_once_and_never_hang() {
     }
 }
 
+/// One file under several names (timm's hard-linked `last.pth.tar` and
+/// `model_best.pth.tar`, Lightning's `last.ckpt` symlink) is measured under
+/// each, and the scan says which names are one file, so a study is not
+/// silently given the same network twice; files that are only alike are
+/// not named.
+#[cfg(unix)]
+#[test]
+fn one_file_under_several_names_is_said() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = zoo(&dir.path().join("run"), 3);
+    std::fs::hard_link(data.join("m02.safetensors"), data.join("model_best.safetensors")).unwrap();
+    std::os::unix::fs::symlink("m01.safetensors", data.join("last.safetensors")).unwrap();
+    std::fs::copy(data.join("m00.safetensors"), data.join("m00_copy.safetensors")).unwrap();
+    let out = dir.path().join("out");
+    let o = ok(&["scan", s(&data), "-o", s(&out)]);
+    assert_eq!(rows(&out.join("nodes.csv")), 6 * 3, "each name measured: {}", text(&o));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let name = |f: &str| format!("`{}`", data.join(f).display());
+    let said = format!(
+        "2 files are in the collection under more than one name (hard links or symlinks, such as timm's \
+         `last.pth.tar` and `model_best.pth.tar` or Lightning's `last.ckpt`): {} = {}, {} = {};",
+        name("last.safetensors"),
+        name("m01.safetensors"),
+        name("m02.safetensors"),
+        name("model_best.safetensors")
+    );
+    assert!(stderr.contains(&said), "{stderr}");
+    assert!(!stderr.contains("m00"), "{stderr}");
+    // Nothing linked, nothing said.
+    let o = ok(&[
+        "scan",
+        s(&data.join("m00.safetensors")),
+        s(&data.join("m01.safetensors")),
+        "-o",
+        s(&dir.path().join("two")),
+    ]);
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("more than one name"), "{}", text(&o));
+}
+
 /// As root every directory is readable: the test then runs the scan as
 /// `nobody` (with `setpriv`), where it can.
 #[cfg(unix)]
