@@ -25,6 +25,13 @@ pub const SHARD_INDEX: &str = "model.safetensors.index.json";
 /// `safe_serialization=False`).
 pub const TORCH_SHARD_INDEX: &str = "pytorch_model.bin.index.json";
 
+/// The file that makes a directory a Hugging Face Trainer checkpoint
+/// (`checkpoint-500/`): the model's weights beside the Trainer's own state
+/// (`optimizer.pt`, `scheduler.pt`, `rng_state.pth`, `training_args.bin`),
+/// read as one checkpoint, the model, with this file's step and logs
+/// ([`crate::layouts::trainer_metadata`]).
+pub const TRAINER_STATE: &str = "trainer_state.json";
+
 /// The floating-point storage types the analysis reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DType {
@@ -625,15 +632,25 @@ impl Checkpoint {
                 return Self::open_sharded(path, &index);
             }
         }
-        let single = path.join("model.safetensors");
-        if single.is_file() {
-            let mut ck = Self::open(&single)?;
-            ck.path = path.to_path_buf();
-            return Ok(ck);
+        // `save_pretrained` writes one of these, unsharded.
+        for single in ["model.safetensors", "pytorch_model.bin"].map(|f| path.join(f)) {
+            if single.is_file() {
+                let mut ck = Self::open(&single)?;
+                ck.path = path.to_path_buf();
+                return Ok(ck);
+            }
         }
+        let adapter = match path.join("adapter_model.safetensors").is_file() {
+            true => {
+                " (it holds adapter_model.safetensors, a PEFT adapter's weights: scan that file to measure the adapter)"
+            }
+            false => "",
+        };
         Err(Error::Malformed {
             path: path.to_path_buf(),
-            reason: format!("directory has neither {SHARD_INDEX}, {TORCH_SHARD_INDEX} nor model.safetensors"),
+            reason: format!(
+                "directory has neither {SHARD_INDEX}, {TORCH_SHARD_INDEX}, model.safetensors nor pytorch_model.bin{adapter}"
+            ),
         })
     }
 

@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use crate::checkpoint::{SHARD_INDEX, TORCH_SHARD_INDEX};
+use crate::checkpoint::{SHARD_INDEX, TORCH_SHARD_INDEX, TRAINER_STATE};
 use crate::error::{Error, Result};
 use crate::natsort::sort_natural_by;
 
@@ -159,7 +159,9 @@ impl Walk {
             }
             self.entered.insert(key, path.to_path_buf());
         }
-        if path.join(SHARD_INDEX).is_file() || path.join(TORCH_SHARD_INDEX).is_file() {
+        // A sharded model, or a Hugging Face Trainer checkpoint (the model
+        // beside the Trainer's own state): one checkpoint.
+        if [SHARD_INDEX, TORCH_SHARD_INDEX, TRAINER_STATE].iter().any(|f| path.join(f).is_file()) {
             self.out.push(path.to_path_buf());
             return;
         }
@@ -261,22 +263,24 @@ pub fn special(t: &std::fs::FileType) -> Option<&'static str> {
 /// PyTorch's ImageNet example and timm name theirs), NumPy files (`.npz`,
 /// `.npy`), Keras files (`.h5`, `.hdf5`, `.keras`) and the extensionless
 /// `checkpoints` of Ray Tune trials. What each holds is decided by its
-/// bytes when opened.
+/// bytes when opened. The Hugging Face Trainer's `training_args.bin`
+/// (its arguments, pickled, beside the model it saves) is none.
 fn is_checkpoint_name(name: &str) -> bool {
     let ext = |e: &str| name.len() > e.len() && name.ends_with(e);
-    ext(".safetensors")
-        || ext(".pt")
-        || ext(".pth")
-        || ext(".bin")
-        || ext(".ckpt")
-        || ext(".pth.tar")
-        || ext(".pt.tar")
-        || ext(".npz")
-        || ext(".npy")
-        || ext(".h5")
-        || ext(".hdf5")
-        || ext(".keras")
-        || name == "checkpoints"
+    name != "training_args.bin"
+        && (ext(".safetensors")
+            || ext(".pt")
+            || ext(".pth")
+            || ext(".bin")
+            || ext(".ckpt")
+            || ext(".pth.tar")
+            || ext(".pt.tar")
+            || ext(".npz")
+            || ext(".npy")
+            || ext(".h5")
+            || ext(".hdf5")
+            || ext(".keras")
+            || name == "checkpoints")
 }
 
 /// A checkpoint's name in the tables (the `checkpoint` column), losslessly:

@@ -2,8 +2,9 @@
 //! them: Ray Tune trial folders (the Model Zoos' layout), where
 //! `<trial>/checkpoint_<N>/checkpoints` sits beside `<trial>/params.json`
 //! (the trial's config) and `<trial>/result.json` (one JSON object per
-//! reported iteration); and file names that hold a run's settings, read
-//! with a pattern of named groups (`--name-pattern`).
+//! reported iteration); Hugging Face Trainer checkpoints
+//! (`checkpoint-<N>/trainer_state.json`); and file names that hold a run's
+//! settings, read with a pattern of named groups (`--name-pattern`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -59,6 +60,35 @@ pub fn trial_metadata(path: &Path) -> BTreeMap<String, String> {
                 if k != "config" {
                     flatten(k, v, &mut out, 1);
                 }
+            }
+        }
+    }
+    out
+}
+
+/// A Hugging Face Trainer checkpoint's metadata (`path` a directory with
+/// `trainer_state.json`): `global_step` (also as `step`) and `epoch`, then
+/// every value the Trainer logged at that step (`loss`, `learning_rate`,
+/// `eval_loss`, `eval_accuracy`, ...: the `log_history` entries of that
+/// step, later ones winning). Empty when `path` is no such directory;
+/// an unreadable or malformed file is skipped.
+pub fn trainer_metadata(path: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let Ok(text) = std::fs::read_to_string(path.join(crate::checkpoint::TRAINER_STATE)) else { return out };
+    let Ok(state) = serde_json::from_str::<serde_json::Value>(&text) else { return out };
+    let step = state.get("global_step").and_then(|s| s.as_u64());
+    if let Some(step) = step {
+        out.insert("global_step".into(), step.to_string());
+        out.insert("step".into(), step.to_string());
+    }
+    if let Some(epoch) = state.get("epoch").filter(|e| e.is_number()) {
+        out.insert("epoch".into(), epoch.to_string());
+    }
+    let logs = state.get("log_history").and_then(|l| l.as_array()).into_iter().flatten();
+    for entry in logs.filter(|e| step.is_some() && e.get("step").and_then(|s| s.as_u64()) == step) {
+        if let serde_json::Value::Object(m) = entry {
+            for (k, v) in m.iter().filter(|(k, _)| !matches!(k.as_str(), "step" | "epoch")) {
+                flatten(k, v, &mut out, 1);
             }
         }
     }

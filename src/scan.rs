@@ -566,9 +566,13 @@ impl Pending {
                 (head.nodes, head.links, head.histograms) = (lengths.nodes, lengths.links, lengths.histograms);
                 head.bytes = ck.data_bytes();
                 head.metadata = ck.take_metadata();
-                // A Ray Tune trial's params and results, and the groups of
-                // --name-pattern, fill in what the file lacks.
-                for (k, v) in crate::layouts::trial_metadata(ck.path()).into_iter().chain(named.into_iter().flatten()) {
+                // A Ray Tune trial's params and results, a Trainer's state,
+                // and the groups of --name-pattern, fill in what the file
+                // lacks.
+                let beside = crate::layouts::trial_metadata(ck.path())
+                    .into_iter()
+                    .chain(crate::layouts::trainer_metadata(ck.path()));
+                for (k, v) in beside.chain(named.into_iter().flatten()) {
                     head.metadata.entry(k).or_insert(v);
                 }
                 if !head.metadata.contains_key("step") {

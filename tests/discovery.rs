@@ -89,6 +89,58 @@ fn transformers_are_analysed_per_layer() {
     }
 }
 
+/// A Hugging Face Trainer's output as the Trainer writes it
+/// (`tests/fixtures/hf/trainer`): each `checkpoint-N/` is one checkpoint,
+/// its model (`model.safetensors`, or Trainer 4's `pytorch_model.bin`),
+/// with the step, epoch and what was logged at that step as columns; the
+/// Trainer's own state beside it (optimizer, scheduler, RNG, pickled
+/// arguments) is no checkpoint, and neither is the `training_args.bin`
+/// that `save_model` puts beside the final model.
+#[test]
+fn trainer_checkpoints_are_their_models_with_the_trainer_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let trainer = fixture("hf", "trainer");
+    let out = dir.path().join("out");
+    let o = cntscope(&["scan", trainer.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let mut r = csv::Reader::from_path(out.join("nodes.csv")).unwrap();
+    let header: Vec<String> = r.headers().unwrap().iter().map(String::from).collect();
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap_or_else(|| panic!("no `{name}`: {header:?}"));
+    let graph = col("graph");
+    let rows: Vec<Vec<String>> = r.records().map(|r| r.unwrap().iter().map(String::from).collect()).collect();
+    let names: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect::<BTreeSet<_>>().into_iter().collect();
+    let at = |f: &str| trainer.join(f).to_str().unwrap().to_string();
+    let want = [at("checkpoint-12"), at("checkpoint-4"), at("checkpoint-8"), at("model.safetensors")];
+    assert_eq!(names, want.iter().map(String::as_str).collect::<Vec<_>>());
+    let of = |name: &str| rows.iter().find(|r| r[0] == at(name)).unwrap();
+    for (name, step, accuracy) in
+        [("checkpoint-4", "4", "0.375"), ("checkpoint-8", "8", "0.375"), ("checkpoint-12", "12", "")]
+    {
+        assert_eq!(of(name)[col("step")], step, "{name}");
+        assert_eq!(of(name)[col("global_step")], step, "{name}");
+        assert_eq!(of(name)[col("eval_accuracy")], accuracy, "{name}");
+    }
+    assert!(!of("checkpoint-4")[col("loss")].is_empty() && !of("checkpoint-4")[col("learning_rate")].is_empty());
+    // Each is its model: checkpoint-8's, the pytorch_model.bin of
+    // checkpoint-12 and the final model are the same weights, node set by
+    // node set, and checkpoint-8 reads as its model.safetensors does.
+    let measures = |name: &str| -> Vec<Vec<String>> {
+        rows.iter().filter(|r| r[0] == at(name)).map(|r| r[1..=graph].to_vec()).collect()
+    };
+    assert!(measures("checkpoint-8").len() > 10);
+    assert_eq!(measures("checkpoint-8"), measures("checkpoint-12"));
+    assert_eq!(measures("checkpoint-8"), measures("model.safetensors"));
+    assert_ne!(measures("checkpoint-8"), measures("checkpoint-4"));
+    let direct = dir.path().join("direct");
+    let model = trainer.join("checkpoint-8/model.safetensors");
+    assert!(cntscope(&["scan", model.to_str().unwrap(), "-o", direct.to_str().unwrap()]).status.success());
+    let text = std::fs::read_to_string(direct.join("nodes.csv")).unwrap();
+    let direct_rows: Vec<Vec<String>> =
+        text.lines().skip(1).map(|l| l.split(',').skip(1).take(graph).map(String::from).collect()).collect();
+    assert_eq!(measures("checkpoint-8"), direct_rows);
+    assert_eq!(std::fs::read_to_string(out.join("errors.csv")).unwrap().lines().count(), 1);
+}
+
 #[test]
 fn one_dimensional_and_maybe_grouped_convs_are_said() {
     // Conv1d weights (rank 3) are convs of 1 x k kernels; `conv3` ([8, 3, 5],
