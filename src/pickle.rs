@@ -488,6 +488,9 @@ fn global(module: &str, name: &str) -> Result<Value, String> {
         ("torch", s) if StorageType::from_name(s).is_some() => {
             Global::Storage(StorageType::from_name(s).expect("checked"))
         }
+        ("torch", s) if s.ends_with("Storage") => {
+            return Err(format!("`torch.{s}`: tensors of this dtype are not read"));
+        }
         _ if TENSOR_MODULES.contains(&module) => {
             return Err(format!(
                 "`{module}.{name}`: a kind of tensor or storage that is not read (tensors as \
@@ -659,6 +662,9 @@ mod tests {
         let mut p = vec![0x80, 2];
         p.extend(b"ctorch._utils\n_rebuild_qtensor\n.");
         assert!(load(&p).unwrap_err().contains("`torch._utils._rebuild_qtensor`: a kind of tensor"));
+        let mut p = vec![0x80, 2];
+        p.extend(b"ctorch\nComplexFloatStorage\n.");
+        assert!(load(&p).unwrap_err().contains("`torch.ComplexFloatStorage`: tensors of this dtype are not read"));
     }
 
     /// An object's state (`BUILD`) and items (`SETITEMS`, `APPENDS`) are

@@ -15,7 +15,7 @@ use safetensors::tensor::{Dtype, TensorInfo};
 
 use std::rc::Rc;
 
-use crate::pickle::{self, Object, StorageType, TensorRef, Value};
+use crate::pickle::{self, StorageType, TensorRef, Value};
 use crate::zip;
 
 /// Where a tensor's bytes are: in the archive, or in the gathered buffer.
@@ -189,9 +189,11 @@ fn tensors_of(v: &Value, prefix: &str, depth: usize, out: &mut Search) -> Result
         };
         Some(if prefix.is_empty() { key } else { format!("{prefix}.{key}") })
     };
+    if let Some(module) = module_state(v) {
+        return module_tensors(&module, prefix, depth, out);
+    }
     let entries = match v {
         Value::Dict(d) => d.borrow().clone(),
-        Value::Object(o) if module_state(o).is_some() => return module_tensors(o, prefix, depth, out),
         // A dict subclass (Lightning's AttributeDict).
         Value::Object(o) => o.items.borrow().clone(),
         _ => return Ok(()),
@@ -202,9 +204,7 @@ fn tensors_of(v: &Value, prefix: &str, depth: usize, out: &mut Search) -> Result
         match v {
             Value::Tensor(t) => out.found.push((name, (**t).clone())),
             Value::Dict(_) | Value::Object(_) => {
-                if let Value::Object(o) = v {
-                    not_a_torch_tensor(&name, o)?;
-                }
+                not_a_torch_tensor(&name, v)?;
                 tensors_of(v, &name, depth + 1, out)?
             }
             _ => {}
@@ -213,22 +213,38 @@ fn tensors_of(v: &Value, prefix: &str, depth: usize, out: &mut Search) -> Result
     Ok(())
 }
 
-/// An error when `o` is an object of torch's own that is not a module: a
+/// An error when `v` is an object of torch's own that is not a module: a
 /// tensor of a kind not read, under `name`.
-fn not_a_torch_tensor(name: &str, o: &Object) -> Result<(), String> {
-    if o.class.starts_with("torch.") && !o.class.starts_with("torch.nn.") && module_state(o).is_none() {
-        return Err(format!("`{name}` is a `{}`, not a tensor this reader rebuilds", o.class));
+fn not_a_torch_tensor(name: &str, v: &Value) -> Result<(), String> {
+    match v {
+        Value::Object(o)
+            if o.class.starts_with("torch.") && !o.class.starts_with("torch.nn.") && module_state(v).is_none() =>
+        {
+            Err(format!("`{name}` is a `{}`, not a tensor this reader rebuilds", o.class))
+        }
+        _ => Ok(()),
     }
-    Ok(())
 }
 
-/// A pickled `nn.Module`'s state (its `__dict__`, set by `BUILD`), when `o`
+/// A pickled `nn.Module`'s state (its `__dict__`, set by `BUILD`), when `v`
 /// is one: a dict with `_parameters` and `_modules`.
-fn module_state(o: &Object) -> Option<Vec<(Value, Value)>> {
+fn module_state(v: &Value) -> Option<Entries> {
+    let Value::Object(o) = v else { return None };
     let state = o.state.borrow();
     let Some(Value::Dict(d)) = &*state else { return None };
-    let d = d.borrow();
-    (get(&d, "_parameters").is_some() && get(&d, "_modules").is_some()).then(|| d.clone())
+    let is_module = {
+        let entries = d.borrow();
+        get(&entries, "_parameters").is_some() && get(&entries, "_modules").is_some()
+    };
+    is_module.then(|| d.clone())
+}
+
+/// A dict's entries, shared.
+type Entries = Rc<std::cell::RefCell<Vec<(Value, Value)>>>;
+
+/// The strings of a list (others left out).
+fn strings(list: &[Value]) -> Vec<Rc<str>> {
+    list.iter().filter_map(|v| if let Value::Str(s) = v { Some(s.clone()) } else { None }).collect()
 }
 
 /// A pickled `nn.Module`'s tensors as its `state_dict()` names them: its
@@ -236,8 +252,8 @@ fn module_state(o: &Object) -> Option<Vec<(Value, Value)>> {
 /// `_non_persistent_buffers_set`, then each child of `_modules` under its
 /// name, read as data (nothing of the module's code runs: a module that
 /// overrides `state_dict` is read as `nn.Module` defines it).
-fn module_tensors(o: &Object, prefix: &str, depth: usize, out: &mut Search) -> Result<(), String> {
-    let state = module_state(o).expect("a module");
+fn module_tensors(state: &Entries, prefix: &str, depth: usize, out: &mut Search) -> Result<(), String> {
+    let state = state.borrow();
     let name = |key: &str| if prefix.is_empty() { key.to_string() } else { format!("{prefix}.{key}") };
     let pairs = |key: &str| -> Vec<(Rc<str>, Value)> {
         let entries = match get(&state, key) {
@@ -251,16 +267,12 @@ fn module_tensors(o: &Object, prefix: &str, depth: usize, out: &mut Search) -> R
             .collect()
     };
     // The set is pickled as `set(list)` (protocol 2) or as a set (4).
-    let transient: Vec<Rc<str>> = match get(&state, "_non_persistent_buffers_set") {
+    let transient = match get(&state, "_non_persistent_buffers_set") {
         Some(Value::Object(set)) => match set.args.first() {
-            Some(Value::List(l)) => {
-                l.borrow().iter().filter_map(|v| if let Value::Str(s) = v { Some(s.clone()) } else { None }).collect()
-            }
+            Some(Value::List(l)) => strings(&l.borrow()),
             _ => Vec::new(),
         },
-        Some(Value::List(l)) => {
-            l.borrow().iter().filter_map(|v| if let Value::Str(s) = v { Some(s.clone()) } else { None }).collect()
-        }
+        Some(Value::List(l)) => strings(&l.borrow()),
         _ => Vec::new(),
     };
     for (key, v) in
@@ -269,16 +281,13 @@ fn module_tensors(o: &Object, prefix: &str, depth: usize, out: &mut Search) -> R
         out.visit()?;
         match &v {
             Value::Tensor(t) => out.found.push((name(&key), (**t).clone())),
-            Value::Object(o) => not_a_torch_tensor(&name(&key), o)?,
-            _ => {}
+            other => not_a_torch_tensor(&name(&key), other)?,
         }
     }
     for (key, child) in pairs("_modules") {
         out.visit()?;
-        if let Value::Object(c) = &child {
-            if module_state(c).is_some() && depth < 64 {
-                module_tensors(c, &name(&key), depth + 1, out)?;
-            }
+        if let Some(child) = module_state(&child).filter(|_| depth < 64) {
+            module_tensors(&child, &name(&key), depth + 1, out)?;
         }
     }
     Ok(())
@@ -326,7 +335,7 @@ fn get<'a>(d: &'a [(Value, Value)], key: &str) -> Option<&'a Value> {
 /// prefix common to every name removed. Also the wrapper's scalar entries,
 /// as metadata.
 fn state_dict(root: &Value, key: Option<&str>) -> Result<(Named, BTreeMap<String, String>), String> {
-    let module = matches!(root, Value::Object(o) if module_state(o).is_some());
+    let module = module_state(root).is_some();
     let top = match root {
         Value::Dict(top) => top.borrow().clone(),
         _ if module => Vec::new(),
