@@ -36,10 +36,15 @@ fn flatten(prefix: &str, v: &serde_json::Value, out: &mut BTreeMap<String, Strin
 }
 
 /// A Ray Tune trial's metadata for the checkpoint at `path`: its
-/// `params.json` flattened, then the `result.json` line of its iteration
-/// (by `training_iteration`, else the `N`th line), its `config` left out
-/// (it repeats the params). Empty when `path` is not in such a layout;
-/// unreadable or malformed JSON files are skipped.
+/// `params.json` flattened, then the `result.json` line of its checkpoint,
+/// its `config` left out (it repeats the params). The line is the one
+/// naming the checkpoint's folder (`checkpoint_dir_name`, as Ray 2 reports
+/// it: there `checkpoint_<N>` counts checkpoints, not iterations); in a
+/// result file without such names (Ray 1, the Model Zoos), the line of
+/// `training_iteration` N, else the `N`th line. A Ray 2 result file that
+/// names no line for the folder gives no line (never another
+/// checkpoint's). Empty when `path` is not in such a layout; unreadable
+/// or malformed JSON files are skipped.
 pub fn trial_metadata(path: &Path) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     let Some(dir) = path.parent().filter(|d| iteration(d).is_some()) else { return out };
@@ -53,8 +58,14 @@ pub fn trial_metadata(path: &Path) -> BTreeMap<String, String> {
     if let Ok(text) = std::fs::read_to_string(trial.join("result.json")) {
         let lines: Vec<serde_json::Value> =
             text.lines().filter(|l| !l.trim().is_empty()).filter_map(|l| serde_json::from_str(l).ok()).collect();
-        let by_iteration = lines.iter().find(|l| l.get("training_iteration").and_then(|i| i.as_u64()) == Some(n));
-        let line = by_iteration.or_else(|| usize::try_from(n).ok().and_then(|n| lines.get(n.checked_sub(1)?)));
+        let folder = dir.file_name().and_then(|f| f.to_str());
+        let named = |l: &serde_json::Value| l.get("checkpoint_dir_name").is_some_and(|c| !c.is_null());
+        let line = if lines.iter().any(named) {
+            lines.iter().find(|l| l.get("checkpoint_dir_name").and_then(|c| c.as_str()) == folder)
+        } else {
+            let by_iteration = lines.iter().find(|l| l.get("training_iteration").and_then(|i| i.as_u64()) == Some(n));
+            by_iteration.or_else(|| usize::try_from(n).ok().and_then(|n| lines.get(n.checked_sub(1)?)))
+        };
         if let Some(serde_json::Value::Object(m)) = line {
             for (k, v) in m {
                 if k != "config" {
@@ -138,6 +149,34 @@ impl NamePattern {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Ray 2 numbers checkpoints, not iterations, and names each
+    /// checkpoint's folder in its result line: that line is taken; Ray 1's
+    /// folders are iterations.
+    #[test]
+    fn trial_results_are_the_checkpoints_own_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let trial = |name: &str, lines: &[&str]| {
+            let t = dir.path().join(name);
+            std::fs::create_dir_all(t.join("checkpoint_000001")).unwrap();
+            std::fs::write(t.join("params.json"), r#"{"lr": 0.1, "optim": {"name": "sgd"}}"#).unwrap();
+            std::fs::write(t.join("result.json"), lines.join("\n")).unwrap();
+            trial_metadata(&t.join("checkpoint_000001/model.pt"))
+        };
+        let ray2 = [
+            r#"{"test_acc": 0.1, "training_iteration": 1, "checkpoint_dir_name": null}"#,
+            r#"{"test_acc": 0.2, "training_iteration": 2, "checkpoint_dir_name": "checkpoint_000000"}"#,
+            r#"{"test_acc": 0.3, "training_iteration": 3, "checkpoint_dir_name": "checkpoint_000001"}"#,
+        ];
+        let m = trial("ray2", &ray2);
+        assert_eq!(m.get("test_acc").map(String::as_str), Some("0.3"));
+        assert_eq!(m.get("optim.name").map(String::as_str), Some("sgd"));
+        let m = trial("ray2_unreported", &ray2[..2]);
+        assert_eq!(m.get("test_acc"), None, "{m:?}");
+        assert_eq!(m.get("lr").map(String::as_str), Some("0.1"));
+        let ray1 = [r#"{"test_acc": 0.5, "training_iteration": 1}"#, r#"{"test_acc": 0.6, "training_iteration": 2}"#];
+        assert_eq!(trial("ray1", &ray1).get("test_acc").map(String::as_str), Some("0.5"));
+    }
 
     #[test]
     fn cnt_dnns_names_become_columns() {
