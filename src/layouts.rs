@@ -43,8 +43,9 @@ fn flatten(prefix: &str, v: &serde_json::Value, out: &mut BTreeMap<String, Strin
 /// result file without such names (Ray 1, the Model Zoos), the line of
 /// `training_iteration` N, else the `N`th line. A Ray 2 result file that
 /// names no line for the folder gives no line (never another
-/// checkpoint's). Empty when `path` is not in such a layout; unreadable
-/// or malformed JSON files are skipped.
+/// checkpoint's). The line's `training_iteration` is also the `step`.
+/// Empty when `path` is not in such a layout; unreadable or malformed JSON
+/// files are skipped.
 pub fn trial_metadata(path: &Path) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     let Some(dir) = path.parent().filter(|d| iteration(d).is_some()) else { return out };
@@ -71,6 +72,11 @@ pub fn trial_metadata(path: &Path) -> BTreeMap<String, String> {
                 if k != "config" {
                     flatten(k, v, &mut out, 1);
                 }
+            }
+            // The checkpoint's step is its iteration (Ray 2's folder
+            // number counts checkpoints).
+            if let Some(it) = m.get("training_iteration").and_then(|i| i.as_u64()) {
+                out.entry("step".into()).or_insert_with(|| it.to_string());
             }
         }
     }
@@ -170,6 +176,7 @@ mod tests {
         ];
         let m = trial("ray2", &ray2);
         assert_eq!(m.get("test_acc").map(String::as_str), Some("0.3"));
+        assert_eq!(m.get("step").map(String::as_str), Some("3"));
         assert_eq!(m.get("optim.name").map(String::as_str), Some("sgd"));
         let m = trial("ray2_unreported", &ray2[..2]);
         assert_eq!(m.get("test_acc"), None, "{m:?}");

@@ -118,6 +118,34 @@ fn torch_save_files_equal_their_safetensors_twins() {
     assert_eq!(&of("checkpoint_000003/checkpoints")[col("step")], "3");
 }
 
+/// A Ray Tune 2 experiment as Tune writes it (`tests/fixtures/pt/ray2`):
+/// its `checkpoint_<N>` folders count checkpoints from 0 (one every second
+/// iteration), so each checkpoint takes the result line that names its
+/// folder (`test_acc` is `seed + 0.1 x iteration` there), and its step is
+/// that line's iteration.
+#[test]
+fn ray2_trials_give_each_checkpoint_its_own_result_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let o = scan(&fixtures().join("ray2"), &out);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut r = csv::Reader::from_path(out.join("nodes.csv")).unwrap();
+    let header: Vec<String> = r.headers().unwrap().iter().map(String::from).collect();
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap_or_else(|| panic!("no `{name}`"));
+    let rows: Vec<csv::StringRecord> = r.records().map(|r| r.unwrap()).filter(|r| &r[1] == "0").collect();
+    assert_eq!(rows.len(), 4, "two trials, two checkpoints each");
+    for row in &rows {
+        let folder = Path::new(&row[0]).parent().unwrap().file_name().unwrap().to_str().unwrap();
+        let iteration: f64 = row[col("training_iteration")].parse().unwrap();
+        let seed: f64 = row[col("seed")].parse().unwrap();
+        let index: f64 = folder.strip_prefix("checkpoint_").unwrap().parse().unwrap();
+        assert_eq!(iteration, 2.0 * index + 2.0, "{folder}: the line of its own checkpoint");
+        assert_eq!(row[col("checkpoint_dir_name")], *folder);
+        assert!((row[col("test_acc")].parse::<f64>().unwrap() - (seed + 0.1 * iteration)).abs() < 1e-9);
+        assert_eq!(row[col("step")], row[col("training_iteration")]);
+    }
+}
+
 #[test]
 fn hostile_files_are_refused_and_nothing_runs() {
     let dir = tempfile::tempdir().unwrap();
