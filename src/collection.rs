@@ -25,6 +25,9 @@ pub struct Collection {
     /// to: opened under another name too, it is measured twice
     /// ([`Collection::may_be_linked`]).
     linked: HashSet<(u64, u64)>,
+    /// Files of a training run's state met in walked directories (not
+    /// read, see [`is_training_state`]): how many, and the first few.
+    pub training_state: (usize, Vec<PathBuf>),
 }
 
 impl Collection {
@@ -90,12 +93,12 @@ pub fn collect(args: &[PathBuf]) -> Result<Collection> {
             return Err(Error::Io { path: arg.clone(), error: std::io::Error::other("no such file or directory") });
         }
     }
-    let Walk { mut out, problems, linked, .. } = walk;
+    let Walk { mut out, problems, linked, training_state, .. } = walk;
     if may_repeat {
         let mut seen = HashSet::new();
         out.retain(|p| seen.insert(p.clone()));
     }
-    Ok(Collection { paths: out, problems, roots: args.to_vec(), linked })
+    Ok(Collection { paths: out, problems, roots: args.to_vec(), linked, training_state })
 }
 
 /// The state of a walk: what was found, and the directories entered.
@@ -107,6 +110,8 @@ struct Walk {
     entered: HashMap<(u64, u64), PathBuf>,
     /// See [`Collection::linked`].
     linked: HashSet<(u64, u64)>,
+    /// See [`Collection::training_state`].
+    training_state: (usize, Vec<PathBuf>),
 }
 
 impl Walk {
@@ -203,6 +208,12 @@ impl Walk {
                     Err(e) if is_checkpoint_name(&text) => self.problem(&file, format!("a broken symlink: {e}")),
                     Err(_) => {}
                 },
+                Some(_) if is_checkpoint_name(&text) && is_training_state(&text) => {
+                    self.training_state.0 += 1;
+                    if self.training_state.1.len() < 3 {
+                        self.training_state.1.push(file);
+                    }
+                }
                 Some(t) if is_checkpoint_name(&text) => match special(&t) {
                     Some(what) => self.problem(&file, format!("{what}, not a checkpoint file: not opened")),
                     None => self.out.push(file),
@@ -263,24 +274,43 @@ pub fn special(t: &std::fs::FileType) -> Option<&'static str> {
 /// PyTorch's ImageNet example and timm name theirs), NumPy files (`.npz`,
 /// `.npy`), Keras files (`.h5`, `.hdf5`, `.keras`) and the extensionless
 /// `checkpoints` of Ray Tune trials. What each holds is decided by its
-/// bytes when opened. The Hugging Face Trainer's `training_args.bin`
-/// (its arguments, pickled, beside the model it saves) is none.
+/// bytes when opened.
 fn is_checkpoint_name(name: &str) -> bool {
     let ext = |e: &str| name.len() > e.len() && name.ends_with(e);
-    name != "training_args.bin"
-        && (ext(".safetensors")
-            || ext(".pt")
-            || ext(".pth")
-            || ext(".bin")
-            || ext(".ckpt")
-            || ext(".pth.tar")
-            || ext(".pt.tar")
-            || ext(".npz")
-            || ext(".npy")
-            || ext(".h5")
-            || ext(".hdf5")
-            || ext(".keras")
-            || name == "checkpoints")
+    ext(".safetensors")
+        || ext(".pt")
+        || ext(".pth")
+        || ext(".bin")
+        || ext(".ckpt")
+        || ext(".pth.tar")
+        || ext(".pt.tar")
+        || ext(".npz")
+        || ext(".npy")
+        || ext(".h5")
+        || ext(".hdf5")
+        || ext(".keras")
+        || name == "checkpoints"
+}
+
+/// Names that training libraries give the state they save beside a model:
+/// an optimizer's, a learning-rate scheduler's, a data sampler's, a loss
+/// scaler's or the random generators' state, and the Trainer's pickled
+/// arguments (Hugging Face's Trainer: `optimizer.pt`, `scheduler.pt`,
+/// `rng_state.pth`, `scaler.pt`, `training_args.bin`; Accelerate's
+/// `save_state`: `optimizer.bin`, `scheduler_1.bin`, `sampler.bin`;
+/// DeepSpeed's `*_optim_states.pt`). None is a network: in a walked
+/// directory they are not read, and the scan says how many it left.
+fn is_training_state(name: &str) -> bool {
+    if name == "training_args.bin" || name.ends_with("optim_states.pt") {
+        return true;
+    }
+    let Some((stem, ext)) = name.rsplit_once('.') else { return false };
+    let base = match stem.rsplit_once('_') {
+        Some((base, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => base,
+        _ => stem,
+    };
+    matches!(ext, "pt" | "bin" | "pth")
+        && matches!(base, "optimizer" | "scheduler" | "sampler" | "scaler" | "rng_state")
 }
 
 /// A checkpoint's name in the tables (the `checkpoint` column), losslessly:
@@ -319,6 +349,28 @@ mod tests {
 
     #[test]
     #[cfg(unix)]
+    fn training_state_is_told_by_its_name() {
+        for name in [
+            "optimizer.pt",
+            "optimizer.bin",
+            "optimizer_1.bin",
+            "scheduler.pt",
+            "scheduler_12.bin",
+            "sampler.bin",
+            "scaler.pt",
+            "rng_state.pth",
+            "rng_state_3.pth",
+            "training_args.bin",
+            "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+        ] {
+            assert!(is_training_state(name), "{name}");
+        }
+        for name in ["model.safetensors", "pytorch_model.bin", "optimizer_x.bin", "my_optimizer.pt", "scheduler.ckpt"] {
+            assert!(!is_training_state(name), "{name}");
+        }
+    }
+
+    #[test]
     fn ids_are_lossless_and_distinct() {
         use std::os::unix::ffi::OsStrExt;
         let id = |b: &[u8]| checkpoint_id(Path::new(std::ffi::OsStr::from_bytes(b)));

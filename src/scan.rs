@@ -246,8 +246,15 @@ impl Notes {
         if !groups.is_empty() {
             groups.sort_unstable();
             let name = |i: usize| format!("`{}`", collection.paths[i].display());
-            let shown: Vec<String> =
-                groups.iter().take(5).map(|g| g.iter().map(|&i| name(i)).collect::<Vec<_>>().join(" = ")).collect();
+            // At most five groups of three names each are shown.
+            let group = |g: &Vec<usize>| {
+                let names: Vec<String> = g.iter().take(3).map(|&i| name(i)).collect();
+                match g.len() {
+                    n @ 4.. => format!("{} = ... ({n} names)", names.join(" = ")),
+                    _ => names.join(" = "),
+                }
+            };
+            let shown: Vec<String> = groups.iter().take(5).map(group).collect();
             let more = groups.len().saturating_sub(5);
             notes.push(format!(
                 "{} in the collection under more than one name (hard links or symlinks, such as timm's \
@@ -1061,6 +1068,18 @@ pub fn scan(collection: &Collection, out_dir: &Path, engine: &dyn Engine, opts: 
     };
     mark_complete(out_dir, manifest, || file.sync_all().map_err(out_err))?;
     notes.extend(graph_notes.take(collection));
+    if let (n @ 1.., examples) = &collection.training_state {
+        let shown: Vec<String> = examples.iter().map(|p| format!("`{}`", p.display())).collect();
+        notes.push(format!(
+            "{n} file{} named as a training run's state (an optimizer's, scheduler's, sampler's, loss scaler's or \
+             random generators' state, or the Trainer's arguments: `optimizer.pt`, `scheduler.bin`, \
+             `rng_state.pth`, `training_args.bin`, ...) not read, none being a network: {}{}; name one on the \
+             command line to read it anyway",
+            if *n == 1 { "" } else { "s" },
+            shown.join(", "),
+            if *n > shown.len() { ", ..." } else { "" }
+        ));
+    }
     Ok(ScanSummary { notes, kept, largest_rows, ..summary })
 }
 

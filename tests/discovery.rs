@@ -139,6 +139,29 @@ fn trainer_checkpoints_are_their_models_with_the_trainer_state() {
         text.lines().skip(1).map(|l| l.split(',').skip(1).take(graph).map(String::from).collect()).collect();
     assert_eq!(measures("checkpoint-8"), direct_rows);
     assert_eq!(std::fs::read_to_string(out.join("errors.csv")).unwrap().lines().count(), 1);
+    let said = "1 file named as a training run's state (";
+    assert!(stderr(&o).contains(said) && stderr(&o).contains(&at("training_args.bin")), "{}", stderr(&o));
+}
+
+/// Accelerate's `save_state` folders (`tests/fixtures/hf/accelerate`): the
+/// model is measured, the optimizer's and scheduler's state beside it are
+/// not read (they are no networks) and the scan says so.
+#[test]
+fn training_state_beside_a_model_is_left_and_said() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = fixture("hf", "accelerate");
+    let out = dir.path().join("out");
+    let o = cntscope(&["scan", root.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let nodes = std::fs::read_to_string(out.join("nodes.csv")).unwrap();
+    let names: BTreeSet<&str> = nodes.lines().skip(1).map(|l| l.split(',').next().unwrap()).collect();
+    let model = |i: usize| format!("{}/checkpoints/checkpoint_{i}/model.safetensors", root.display());
+    assert_eq!(names, [model(0), model(1)].iter().map(String::as_str).collect());
+    assert!(stderr(&o).contains("4 files named as a training run's state ("), "{}", stderr(&o));
+    // Named on the command line, such a file is read (and is no network).
+    let optimizer = root.join("checkpoints/checkpoint_0/optimizer.bin");
+    let o = cntscope(&["scan", optimizer.to_str().unwrap(), "-o", dir.path().join("one").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 }
 
 #[test]

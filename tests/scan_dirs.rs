@@ -432,6 +432,20 @@ fn one_file_under_several_names_is_said() {
     );
     assert!(stderr.contains(&said), "{stderr}");
     assert!(!stderr.contains("m00"), "{stderr}");
+    // A file of many names is shown by its first three.
+    let many = dir.path().join("many");
+    std::fs::create_dir(&many).unwrap();
+    mlp(&many.join("a0.safetensors"), 1);
+    for i in 1..5 {
+        std::fs::hard_link(many.join("a0.safetensors"), many.join(format!("a{i}.safetensors"))).unwrap();
+    }
+    let o = ok(&["scan", s(&many), "-o", s(&dir.path().join("many-out"))]);
+    let names = ["a0", "a1", "a2"].map(|a| format!("`{}`", many.join(format!("{a}.safetensors")).display()));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains(&format!("{} = ... (5 names)", names.join(" = "))),
+        "{}",
+        text(&o)
+    );
     // Nothing linked, nothing said.
     let o = ok(&[
         "scan",
