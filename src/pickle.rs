@@ -114,6 +114,9 @@ pub enum Global {
     RebuildFromType,
     /// `_codecs.encode(text, "latin1")`: bytes as protocol 2 writes them.
     Latin1,
+    /// TorchScript's `torch.jit._pickle.build_intlist` (and the other
+    /// `build_*list`s) and `restore_type_tag`: their first argument.
+    JitValue,
 }
 
 /// An object of a class this unpickler does not know (an `argparse.Namespace`
@@ -484,6 +487,7 @@ fn global(module: &str, name: &str) -> Result<Value, String> {
         ("numpy.core.multiarray" | "numpy._core.multiarray", "scalar") => Global::NumpyScalar,
         ("numpy", "ndarray") => Global::NdArray,
         ("_codecs", "encode") => Global::Latin1,
+        ("torch.jit._pickle", n) if n.starts_with("build_") || n == "restore_type_tag" => Global::JitValue,
         ("numpy", "dtype") => Global::NumpyDtype,
         ("torch", s) if StorageType::from_name(s).is_some() => {
             Global::Storage(StorageType::from_name(s).expect("checked"))
@@ -553,6 +557,9 @@ fn call(f: &Value, args: &[Value]) -> Result<Value, String> {
             }
             _ => Err("_codecs.encode of something other than latin1 text".into()),
         },
+        Value::Global(Global::JitValue) => {
+            args.first().cloned().ok_or_else(|| "a TorchScript value without one".into())
+        }
         Value::Global(Global::RebuildFromType) => match args {
             [f, _type, Value::Tuple(inner), ..] => call(f, inner),
             _ => Err("_rebuild_from_type_v2 without (function, type, arguments)".into()),

@@ -56,11 +56,21 @@ fn dtype(s: StorageType) -> Dtype {
 
 /// Reads a torch zip archive.
 pub(crate) fn read(bytes: &[u8], key: Option<&str>) -> Result<TorchCheckpoint, String> {
-    let entries = zip::stored(bytes)?;
+    // Only the entries read must be stored: a TorchScript archive
+    // (`torch.jit.save`) compresses its code, which is never read.
+    let entries = zip::entries(bytes)?;
+    let stored = |e: &zip::ZipEntry| match e.method {
+        0 => Ok(()),
+        m => Err(format!(
+            "entry `{}` is compressed (method {m}): only stored entries are read, nothing is inflated",
+            e.name
+        )),
+    };
     let pkl: Vec<&zip::ZipEntry> = entries.iter().filter(|e| e.name.ends_with("data.pkl")).collect();
     let [pkl] = pkl[..] else {
         return Err(format!("a zip archive with {} `data.pkl` entries: not a torch.save checkpoint", pkl.len()));
     };
+    stored(pkl)?;
     let prefix = &pkl.name[..pkl.name.len() - "data.pkl".len()];
     let storages: HashMap<&str, &zip::ZipEntry> =
         entries.iter().filter_map(|e| Some((e.name.strip_prefix(prefix)?.strip_prefix("data/")?, e))).collect();
@@ -72,6 +82,7 @@ pub(crate) fn read(bytes: &[u8], key: Option<&str>) -> Result<TorchCheckpoint, S
         let s = &t.storage;
         let entry =
             storages.get(s.key.as_str()).ok_or_else(|| place(format!("storage `{}` is not in the archive", s.key)))?;
+        stored(entry).map_err(place)?;
         let size = s.dtype.size();
         if s.numel.checked_mul(size) != Some(entry.len) {
             return Err(place(format!(
@@ -194,6 +205,7 @@ fn tensors_of(v: &Value, prefix: &str, depth: usize, out: &mut Search) -> Result
     }
     let entries = match v {
         Value::Dict(d) => d.borrow().clone(),
+        Value::Object(_) if scripted_state(v).is_some() => scripted_state(v).expect("scripted").borrow().clone(),
         // A dict subclass (Lightning's AttributeDict).
         Value::Object(o) => o.items.borrow().clone(),
         _ => return Ok(()),
@@ -237,6 +249,18 @@ fn module_state(v: &Value) -> Option<Entries> {
         get(&entries, "_parameters").is_some() && get(&entries, "_modules").is_some()
     };
     is_module.then(|| d.clone())
+}
+
+/// A TorchScript module's attributes (`torch.jit.save`: an object of a
+/// `__torch__.` class whose state is a dict of its parameters, buffers,
+/// submodules and other attributes by name), when `v` is one.
+fn scripted_state(v: &Value) -> Option<Entries> {
+    let Value::Object(o) = v else { return None };
+    let state = o.state.borrow();
+    match &*state {
+        Some(Value::Dict(d)) if o.class.starts_with("__torch__.") => Some(d.clone()),
+        _ => None,
+    }
 }
 
 /// A dict's entries, shared.
@@ -335,7 +359,7 @@ fn get<'a>(d: &'a [(Value, Value)], key: &str) -> Option<&'a Value> {
 /// prefix common to every name removed. Also the wrapper's scalar entries,
 /// as metadata.
 fn state_dict(root: &Value, key: Option<&str>) -> Result<(Named, BTreeMap<String, String>), String> {
-    let module = module_state(root).is_some();
+    let module = module_state(root).is_some() || scripted_state(root).is_some();
     let top = match root {
         Value::Dict(top) => top.borrow().clone(),
         _ if module => Vec::new(),

@@ -1,7 +1,8 @@
 //! The part of the zip format `torch.save` writes: stored (uncompressed)
 //! entries, found through the central directory (zip64 included). Nothing
-//! is ever inflated, so a compressed entry (a zip bomb among them) is
-//! refused, never expanded. Every offset read from the file is checked
+//! is ever inflated, so a compressed entry that is to be read (a zip bomb
+//! among them) is refused, never expanded; compressed entries that are not
+//! read (a TorchScript archive's code) are listed only. Every offset read from the file is checked
 //! against the file's length with checked arithmetic.
 
 /// One entry: its name and where its bytes are in the file.
