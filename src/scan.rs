@@ -9,7 +9,7 @@
 //! and shards of one collection run anywhere and merge into exactly the
 //! tables one run would give.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
@@ -204,10 +204,38 @@ pub struct ScanSummary {
     pub largest_rows: usize,
 }
 
-/// The distinct notes of the networks a scan built, and the files it
-/// opened that may be linked under another name.
+/// What a scan has to say beyond its tables: the distinct notes of the
+/// networks it built, the files it opened that may be linked under
+/// another name, and checkpoints that measure exactly as an earlier one.
 #[derive(Debug, Default)]
-pub struct Notes(std::sync::Mutex<Vec<String>>, std::sync::Mutex<Vec<((u64, u64), usize)>>);
+pub struct Notes {
+    graph: std::sync::Mutex<Vec<String>>,
+    /// (file identity, order) of files that may have other names.
+    linked: std::sync::Mutex<Vec<((u64, u64), usize)>>,
+    copies: std::sync::Mutex<Copies>,
+}
+
+/// The fingerprints of recently measured checkpoints ([`Copies::RECENT`] of
+/// them: a copy sits in its original's folder, as `last.ckpt` beside the
+/// epoch it copies), and the checkpoints found to measure as one of them.
+#[derive(Debug, Default)]
+struct Copies {
+    /// Fingerprint -> order of its first checkpoint.
+    recent: HashMap<u64, usize>,
+    /// The fingerprints in `recent`, oldest first.
+    queue: std::collections::VecDeque<u64>,
+    /// Identities of the linked files measured: a second name of one is
+    /// said as such, never as a copy.
+    files: HashSet<(u64, u64)>,
+    /// (copy, original) orders, the first few.
+    shown: Vec<(usize, usize)>,
+    /// How many copies in all.
+    count: usize,
+}
+
+impl Copies {
+    const RECENT: usize = 4096;
+}
 
 impl Notes {
     /// Notes kept; later ones are counted in a last line.
@@ -219,7 +247,7 @@ impl Notes {
         if net.notes.is_empty() && per_layer.is_none() {
             return;
         }
-        let mut v = self.0.lock().expect("notes lock");
+        let mut v = self.graph.lock().expect("notes lock");
         for n in net.notes.iter().chain(&per_layer) {
             if v.len() < Self::MAX && !v.contains(n) {
                 v.push(n.clone());
@@ -230,14 +258,44 @@ impl Notes {
     /// Records that checkpoint `order` of the collection is the file `id`,
     /// which may be in it under another name too.
     fn linked(&self, id: (u64, u64), order: usize) {
-        self.1.lock().expect("notes lock").push((id, order));
+        self.linked.lock().expect("notes lock").push((id, order));
+    }
+
+    /// Records checkpoint `order`'s measures by their fingerprint
+    /// ([`Analysis::fingerprint`]); `file` is its identity when it may be
+    /// linked (one file under two names is said as such, not as a copy).
+    fn measured(&self, fingerprint: u64, order: usize, file: Option<(u64, u64)>) {
+        let mut c = self.copies.lock().expect("notes lock");
+        if file.is_some_and(|f| !c.files.insert(f)) {
+            return;
+        }
+        match c.recent.get(&fingerprint) {
+            Some(&first) => {
+                c.count += 1;
+                if c.shown.len() < 5 {
+                    // Checkpoints are measured side by side: the later in
+                    // the collection is the copy.
+                    c.shown.push((order.max(first), order.min(first)));
+                }
+            }
+            None => {
+                if c.queue.len() == Copies::RECENT {
+                    let old = c.queue.pop_front().expect("full");
+                    c.recent.remove(&old);
+                }
+                c.queue.push_back(fingerprint);
+                c.recent.insert(fingerprint, order);
+            }
+        }
     }
 
     /// The notes, with one naming the checkpoints that are one file under
-    /// several names (measured under each, so a study counts them as often).
+    /// several names, and one naming checkpoints that measure exactly as
+    /// another (each is measured, so a study counts them as often).
     fn take(self, collection: &Collection) -> Vec<String> {
-        let mut notes = self.0.into_inner().expect("notes lock");
-        let mut linked = self.1.into_inner().expect("notes lock");
+        let mut notes = self.graph.into_inner().expect("notes lock");
+        let name = |i: usize| format!("`{}`", collection.paths[i].display());
+        let mut linked = self.linked.into_inner().expect("notes lock");
         linked.sort_unstable();
         let mut groups: Vec<Vec<usize>> = Vec::new();
         for run in linked.chunk_by(|a, b| a.0 == b.0).filter(|run| run.len() > 1) {
@@ -245,7 +303,6 @@ impl Notes {
         }
         if !groups.is_empty() {
             groups.sort_unstable();
-            let name = |i: usize| format!("`{}`", collection.paths[i].display());
             // At most five groups of three names each are shown.
             let group = |g: &Vec<usize>| {
                 let names: Vec<String> = g.iter().take(3).map(|&i| name(i)).collect();
@@ -266,6 +323,25 @@ impl Notes {
                 },
                 shown.join(", "),
                 if more > 0 { format!(", and {more} more") } else { String::new() }
+            ));
+        }
+        let copies = self.copies.into_inner().expect("notes lock");
+        if copies.count > 0 {
+            let mut shown = copies.shown;
+            shown.sort_unstable();
+            let pairs: Vec<String> =
+                shown.iter().map(|&(copy, first)| format!("{} = {}", name(copy), name(first))).collect();
+            notes.push(format!(
+                "{} exactly as an earlier one (every node set's and layer's moments equal to the bit: the same \
+                 weights, as a copy such as Lightning's `last.ckpt` saved with `save_last=True`, or runs from one \
+                 initialisation before their first step): {}{}; each is measured, so a study counts that network \
+                 once per checkpoint",
+                match copies.count {
+                    1 => "1 checkpoint measures".to_string(),
+                    n => format!("{n} checkpoints measure"),
+                },
+                pairs.join(", "),
+                if copies.count > pairs.len() { ", ..." } else { "" }
             ));
         }
         notes
@@ -417,11 +493,15 @@ fn measure_batch(
             }),
         };
         let opened: Vec<Result<(Checkpoint, Network)>> = batch.iter().map(|&i| open(&paths[i])).collect();
-        for (&i, (ck, _)) in batch.iter().zip(&opened).filter_map(|(i, o)| Some((i, o.as_ref().ok()?))) {
-            if let Some(file) = ck.identity().filter(|f| collection.may_be_linked(f)) {
+        let linked: Vec<Option<(u64, u64)>> = batch
+            .iter()
+            .zip(&opened)
+            .map(|(&i, o)| {
+                let file = o.as_ref().ok()?.0.identity().filter(|f| collection.may_be_linked(f))?;
                 notes.linked(file.id, i);
-            }
-        }
+                Some(file.id)
+            })
+            .collect();
         for (_, net) in opened.iter().flatten() {
             notes.add(net);
         }
@@ -430,10 +510,12 @@ fn measure_batch(
         drop(items);
         opened
             .into_iter()
-            .map(|o| {
+            .zip(batch.iter().zip(linked))
+            .map(|(o, (&i, file))| {
                 let (ck, _) = o.map_err(|e| failure(&e))?;
                 let analysis = results.next().expect("one result per network");
                 let analysis = ck.unless_changed(analysis).map_err(|e| failure(&e))?;
+                notes.measured(analysis.fingerprint(), i, file);
                 Ok((ck, analysis))
             })
             .collect::<Vec<_>>()

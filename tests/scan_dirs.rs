@@ -407,8 +407,8 @@ fn odd_filesystems_scan_once_and_never_hang() {
 /// One file under several names (timm's hard-linked `last.pth.tar` and
 /// `model_best.pth.tar`, Lightning's `last.ckpt` symlink) is measured under
 /// each, and the scan says which names are one file, so a study is not
-/// silently given the same network twice; files that are only alike are
-/// not named.
+/// silently given the same network twice; a copy is said as a checkpoint
+/// that measures exactly as another.
 #[cfg(unix)]
 #[test]
 fn one_file_under_several_names_is_said() {
@@ -431,7 +431,16 @@ fn one_file_under_several_names_is_said() {
         name("model_best.safetensors")
     );
     assert!(stderr.contains(&said), "{stderr}");
-    assert!(!stderr.contains("m00"), "{stderr}");
+    // A copy (equal bytes, another file) is no link: it is said as a
+    // checkpoint that measures exactly as another; the links are not.
+    let copies = format!(
+        "1 checkpoint measures exactly as an earlier one (every node set's and layer's moments equal to the bit: \
+         the same weights, as a copy such as Lightning's `last.ckpt` saved with `save_last=True`, or runs from \
+         one initialisation before their first step): {} = {};",
+        name("m00_copy.safetensors"),
+        name("m00.safetensors")
+    );
+    assert!(stderr.contains(&copies), "{stderr}");
     // A file of many names is shown by its first three.
     let many = dir.path().join("many");
     std::fs::create_dir(&many).unwrap();

@@ -282,6 +282,34 @@ pub struct Analysis {
     pub layers: Vec<LayerResult>,
 }
 
+impl Analysis {
+    /// A digest of the measures (each node set's and layer's count, mean,
+    /// spread and range, to the bit): equal for two checkpoints of the same
+    /// weights read as the same graph, and, short of a 64-bit collision,
+    /// only for them.
+    pub fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        let moments = |m: &Moments, h: &mut std::hash::DefaultHasher| {
+            m.n.hash(h);
+            for x in [m.mean, m.m2, m.min, m.max] {
+                x.to_bits().hash(h);
+            }
+        };
+        for s in &self.node_sets {
+            moments(&s.strength, &mut h);
+            s.s_in_mean.to_bits().hash(&mut h);
+        }
+        for l in &self.layers {
+            moments(&l.weights, &mut h);
+            if let Some(b) = &l.bias {
+                moments(b, &mut h);
+            }
+        }
+        h.finish()
+    }
+}
+
 /// Measures a network with an engine's primitives: strengths per layer,
 /// summed into node sets over every layer touching them (SPEC 1.5:
 /// `strength = s_in + s_out`), with moments and histograms. NaN or
