@@ -317,18 +317,40 @@ fn module_tensors(state: &Entries, prefix: &str, depth: usize, out: &mut Search)
     Ok(())
 }
 
-/// A wrapper's scalar entries (`epoch`, `global_step`, ...), as metadata.
+/// The entry under which Lightning keeps the arguments a module saved
+/// with `save_hyperparameters()`.
+const HYPER_PARAMETERS: &str = "hyper_parameters";
+
+/// A wrapper's scalar entries (`epoch`, `global_step`, ...), as metadata,
+/// and Lightning's hyperparameters (`hyper_parameters.lr`, nested dicts
+/// joined with `.`): what a run was trained with, to group runs by.
 fn scalars(top: &[(Value, Value)], metadata: &mut BTreeMap<String, String>) {
-    for (k, v) in top.iter() {
+    scalars_under("", top, 0, metadata);
+}
+
+fn scalars_under(prefix: &str, entries: &[(Value, Value)], depth: usize, metadata: &mut BTreeMap<String, String>) {
+    for (k, v) in entries {
         let Value::Str(k) = k else { continue };
+        let key = if prefix.is_empty() { k.to_string() } else { format!("{prefix}.{k}") };
+        // Lightning's hyperparameters (a dict, or its AttributeDict), and
+        // the dicts in them.
+        let nested = depth < 4 && (depth > 0 || &**k == HYPER_PARAMETERS);
         let text = match v {
             Value::Int(i) => i.to_string(),
             Value::Float(f) => f.to_string(),
             Value::Str(s) => s.to_string(),
             Value::Bool(b) => b.to_string(),
+            Value::Dict(d) if nested => {
+                scalars_under(&key, &d.borrow(), depth + 1, metadata);
+                continue;
+            }
+            Value::Object(o) if nested => {
+                scalars_under(&key, &o.items.borrow(), depth + 1, metadata);
+                continue;
+            }
             _ => continue,
         };
-        metadata.insert(k.to_string(), text);
+        metadata.insert(key, text);
     }
 }
 

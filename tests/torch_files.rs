@@ -113,6 +113,9 @@ fn torch_save_files_equal_their_safetensors_twins() {
     assert_eq!(&of("timm_train.pth.tar")[col("metric")], "71.25");
     assert_eq!(&of("timm_train.pth.tar")[col("arch")], "mlp");
     assert_eq!(&of("lightning_hparams.ckpt")[step], "120");
+    // Lightning's hyperparameters are columns; a Path among them is data.
+    assert_eq!(&of("lightning_hparams.ckpt")[col("hyper_parameters.lr")], "0.1");
+    assert!(!header.iter().any(|h| h == "hyper_parameters.data_dir"), "{header:?}");
     assert!(!header.iter().any(|h| h == "args" || h == "hyper_parameters"), "{header:?}");
     // The Ray Tune trial's step comes from its folder name.
     assert_eq!(&of("checkpoint_000003/checkpoints")[col("step")], "3");
