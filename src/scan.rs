@@ -289,63 +289,91 @@ impl Notes {
         }
     }
 
-    /// The notes, with one naming the checkpoints that are one file under
-    /// several names, and one naming checkpoints that measure exactly as
-    /// another (each is measured, so a study counts them as often).
+    /// The notes, with those about the collection: checkpoints that are
+    /// one file under several names, checkpoints that measure exactly as
+    /// another (each is measured, so a study counts them as often), and
+    /// the training-state files left out.
     fn take(self, collection: &Collection) -> Vec<String> {
         let mut notes = self.graph.into_inner().expect("notes lock");
         let name = |i: usize| format!("`{}`", collection.paths[i].display());
-        let mut linked = self.linked.into_inner().expect("notes lock");
-        linked.sort_unstable();
-        let mut groups: Vec<Vec<usize>> = Vec::new();
-        for run in linked.chunk_by(|a, b| a.0 == b.0).filter(|run| run.len() > 1) {
-            groups.push(run.iter().map(|&(_, order)| order).collect());
-        }
-        if !groups.is_empty() {
-            groups.sort_unstable();
-            // At most five groups of three names each are shown.
-            let group = |g: &Vec<usize>| {
-                let names: Vec<String> = g.iter().take(3).map(|&i| name(i)).collect();
-                match g.len() {
-                    n @ 4.. => format!("{} = ... ({n} names)", names.join(" = ")),
-                    _ => names.join(" = "),
-                }
-            };
-            let shown: Vec<String> = groups.iter().take(5).map(group).collect();
-            let more = groups.len().saturating_sub(5);
-            notes.push(format!(
-                "{} in the collection under more than one name (hard links or symlinks, such as timm's \
-                 `last.pth.tar` and `model_best.pth.tar` or Lightning's `last.ckpt`): {}{}; each is measured \
-                 under every name, so a study counts it once per name: leave the links out to count it once",
-                match groups.len() {
-                    1 => "1 file is".to_string(),
-                    n => format!("{n} files are"),
-                },
-                shown.join(", "),
-                if more > 0 { format!(", and {more} more") } else { String::new() }
-            ));
-        }
-        let copies = self.copies.into_inner().expect("notes lock");
-        if copies.count > 0 {
-            let mut shown = copies.shown;
-            shown.sort_unstable();
-            let pairs: Vec<String> =
-                shown.iter().map(|&(copy, first)| format!("{} = {}", name(copy), name(first))).collect();
-            notes.push(format!(
-                "{} exactly as an earlier one (every node set's and layer's moments equal to the bit: the same \
-                 weights, as a copy such as Lightning's `last.ckpt` saved with `save_last=True`, or runs from one \
-                 initialisation before their first step): {}{}; each is measured, so a study counts that network \
-                 once per checkpoint",
-                match copies.count {
-                    1 => "1 checkpoint measures".to_string(),
-                    n => format!("{n} checkpoints measure"),
-                },
-                pairs.join(", "),
-                if copies.count > pairs.len() { ", ..." } else { "" }
-            ));
-        }
+        notes.extend(links_note(self.linked.into_inner().expect("notes lock"), &name));
+        notes.extend(copies_note(self.copies.into_inner().expect("notes lock"), &name));
+        notes.extend(training_state_note(collection));
         notes
     }
+}
+
+/// The note naming the files measured under several names (at most five,
+/// by three of their names), from the (identity, order) of each linked
+/// file measured.
+fn links_note(mut linked: Vec<((u64, u64), usize)>, name: &dyn Fn(usize) -> String) -> Option<String> {
+    linked.sort_unstable();
+    let mut groups: Vec<Vec<usize>> = linked
+        .chunk_by(|a, b| a.0 == b.0)
+        .filter(|run| run.len() > 1)
+        .map(|run| run.iter().map(|&(_, order)| order).collect())
+        .collect();
+    if groups.is_empty() {
+        return None;
+    }
+    groups.sort_unstable();
+    let group = |g: &Vec<usize>| {
+        let names: Vec<String> = g.iter().take(3).map(|&i| name(i)).collect();
+        match g.len() {
+            n @ 4.. => format!("{} = ... ({n} names)", names.join(" = ")),
+            _ => names.join(" = "),
+        }
+    };
+    let shown: Vec<String> = groups.iter().take(5).map(group).collect();
+    let more = groups.len().saturating_sub(5);
+    Some(format!(
+        "{} in the collection under more than one name (hard links or symlinks, such as timm's \
+         `last.pth.tar` and `model_best.pth.tar` or Lightning's `last.ckpt`): {}{}; each is measured \
+         under every name, so a study counts it once per name: leave the links out to count it once",
+        match groups.len() {
+            1 => "1 file is".to_string(),
+            n => format!("{n} files are"),
+        },
+        shown.join(", "),
+        if more > 0 { format!(", and {more} more") } else { String::new() }
+    ))
+}
+
+/// The note naming checkpoints that measure exactly as an earlier one.
+fn copies_note(copies: Copies, name: &dyn Fn(usize) -> String) -> Option<String> {
+    if copies.count == 0 {
+        return None;
+    }
+    let mut shown = copies.shown;
+    shown.sort_unstable();
+    let pairs: Vec<String> = shown.iter().map(|&(copy, first)| format!("{} = {}", name(copy), name(first))).collect();
+    Some(format!(
+        "{} exactly as an earlier one (every node set's and layer's moments equal to the bit: the same \
+         weights, as a copy such as Lightning's `last.ckpt` saved with `save_last=True`, or runs from one \
+         initialisation before their first step): {}{}; each is measured, so a study counts that network \
+         once per checkpoint",
+        match copies.count {
+            1 => "1 checkpoint measures".to_string(),
+            n => format!("{n} checkpoints measure"),
+        },
+        pairs.join(", "),
+        if copies.count > pairs.len() { ", ..." } else { "" }
+    ))
+}
+
+/// The note on the training-state files the collection left out.
+fn training_state_note(collection: &Collection) -> Option<String> {
+    let (n @ 1.., examples) = &collection.training_state else { return None };
+    let shown: Vec<String> = examples.iter().map(|p| format!("`{}`", p.display())).collect();
+    Some(format!(
+        "{n} file{} named as a training run's state (an optimizer's, scheduler's, sampler's, loss scaler's or \
+         random generators' state, or the Trainer's arguments: `optimizer.pt`, `scheduler.bin`, \
+         `rng_state.pth`, `training_args.bin`, ...) not read, none being a network: {}{}; name one on the \
+         command line to read it anyway",
+        if *n == 1 { "" } else { "s" },
+        shown.join(", "),
+        if *n > shown.len() { ", ..." } else { "" }
+    ))
 }
 
 /// A checkpoint and its measures.
@@ -1150,18 +1178,6 @@ pub fn scan(collection: &Collection, out_dir: &Path, engine: &dyn Engine, opts: 
     };
     mark_complete(out_dir, manifest, || file.sync_all().map_err(out_err))?;
     notes.extend(graph_notes.take(collection));
-    if let (n @ 1.., examples) = &collection.training_state {
-        let shown: Vec<String> = examples.iter().map(|p| format!("`{}`", p.display())).collect();
-        notes.push(format!(
-            "{n} file{} named as a training run's state (an optimizer's, scheduler's, sampler's, loss scaler's or \
-             random generators' state, or the Trainer's arguments: `optimizer.pt`, `scheduler.bin`, \
-             `rng_state.pth`, `training_args.bin`, ...) not read, none being a network: {}{}; name one on the \
-             command line to read it anyway",
-            if *n == 1 { "" } else { "s" },
-            shown.join(", "),
-            if *n > shown.len() { ", ..." } else { "" }
-        ));
-    }
     Ok(ScanSummary { notes, kept, largest_rows, ..summary })
 }
 
