@@ -27,6 +27,17 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// `cntscope scan PATH` into a fresh directory, which must succeed with
+/// nothing failed: the directory (kept while it lives), the output and
+/// the run.
+fn scanned(path: &Path) -> (tempfile::TempDir, PathBuf, Output) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let o = cntscope(&["scan", path.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    (dir, out, o)
+}
+
 /// Every tensor is either read by a layer or listed as unused with a reason.
 fn accounted(ck: &Checkpoint, net: &Network) {
     let used: BTreeSet<&str> = net.used_tensors().into_iter().collect();
@@ -98,11 +109,8 @@ fn transformers_are_analysed_per_layer() {
 /// that `save_model` puts beside the final model.
 #[test]
 fn trainer_checkpoints_are_their_models_with_the_trainer_state() {
-    let dir = tempfile::tempdir().unwrap();
     let trainer = fixture("hf", "trainer");
-    let out = dir.path().join("out");
-    let o = cntscope(&["scan", trainer.to_str().unwrap(), "-o", out.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let (dir, out, o) = scanned(&trainer);
     let mut r = csv::Reader::from_path(out.join("nodes.csv")).unwrap();
     let header: Vec<String> = r.headers().unwrap().iter().map(String::from).collect();
     let col = |name: &str| header.iter().position(|h| h == name).unwrap_or_else(|| panic!("no `{name}`: {header:?}"));
@@ -148,11 +156,8 @@ fn trainer_checkpoints_are_their_models_with_the_trainer_state() {
 /// not read (they are no networks) and the scan says so.
 #[test]
 fn training_state_beside_a_model_is_left_and_said() {
-    let dir = tempfile::tempdir().unwrap();
     let root = fixture("hf", "accelerate");
-    let out = dir.path().join("out");
-    let o = cntscope(&["scan", root.to_str().unwrap(), "-o", out.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let (dir, out, o) = scanned(&root);
     let nodes = std::fs::read_to_string(out.join("nodes.csv")).unwrap();
     let names: BTreeSet<&str> = nodes.lines().skip(1).map(|l| l.split(',').next().unwrap()).collect();
     let model = |i: usize| format!("{}/checkpoints/checkpoint_{i}/model.safetensors", root.display());
