@@ -75,7 +75,14 @@ pub(crate) fn read(bytes: &[u8], key: Option<&str>) -> Result<TorchCheckpoint, S
     let storages: HashMap<&str, &zip::ZipEntry> =
         entries.iter().filter_map(|e| Some((e.name.strip_prefix(prefix)?.strip_prefix("data/")?, e))).collect();
     let root = pickle::load(&bytes[pkl.start..pkl.start + pkl.len])?;
-    let (found, metadata) = state_dict(&root, key)?;
+    let Found { tensors: found, mut metadata, scalars } = state_dict(&root, key)?;
+    for (name, t) in scalars {
+        let value =
+            storages.get(t.storage.key.as_str()).filter(|e| e.method == 0).and_then(|e| scalar_value(bytes, e, &t));
+        if let Some(value) = value {
+            metadata.entry(name).or_insert(value);
+        }
+    }
     let mut out = TorchCheckpoint { tensors: Vec::with_capacity(found.len()), gathered: Vec::new(), metadata };
     for (name, t) in found {
         let place = |what: String| format!("tensor `{name}`: {what}");
@@ -121,6 +128,30 @@ pub(crate) fn read(bytes: &[u8], key: Option<&str>) -> Result<TorchCheckpoint, S
         }
     }
     Ok(out)
+}
+
+/// The value of a one-element tensor of a float or integer storage, as
+/// text (`71.5`), when its element lies in the storage's entry.
+fn scalar_value(bytes: &[u8], entry: &zip::ZipEntry, t: &TensorRef) -> Option<String> {
+    let size = t.storage.dtype.size();
+    let at = entry.start.checked_add(t.offset.checked_mul(size)?)?;
+    let end = at.checked_add(size)?;
+    if end > entry.start.checked_add(entry.len)? {
+        return None;
+    }
+    let b = bytes.get(at..end)?;
+    Some(match t.storage.dtype {
+        StorageType::F32 => f32::from_le_bytes(b.try_into().ok()?).to_string(),
+        StorageType::F64 => f64::from_le_bytes(b.try_into().ok()?).to_string(),
+        StorageType::F16 => half::f16::from_le_bytes(b.try_into().ok()?).to_string(),
+        StorageType::BF16 => half::bf16::from_le_bytes(b.try_into().ok()?).to_string(),
+        StorageType::I64 => i64::from_le_bytes(b.try_into().ok()?).to_string(),
+        StorageType::I32 => i32::from_le_bytes(b.try_into().ok()?).to_string(),
+        StorageType::I16 => i16::from_le_bytes(b.try_into().ok()?).to_string(),
+        StorageType::I8 => i8::from_le_bytes(b.try_into().ok()?).to_string(),
+        StorageType::U8 => b[0].to_string(),
+        StorageType::Bool => (b[0] != 0).to_string(),
+    })
 }
 
 /// Row-major with no gaps (dimensions of size 1 may have any stride).
@@ -375,12 +406,12 @@ fn get<'a>(d: &'a [(Value, Value)], key: &str) -> Option<&'a Value> {
     d.iter().find(|(k, _)| matches!(k, Value::Str(s) if &**s == key)).map(|(_, v)| v)
 }
 
-/// The state_dict: the top dict when its values are tensors (or a whole
-/// pickled module, `torch.save(model)`), else the first of [`STATE_KEYS`]
-/// holding tensors, else the only nested entry that does; with a `model.`
-/// prefix common to every name removed. Also the wrapper's scalar entries,
-/// as metadata.
-fn state_dict(root: &Value, key: Option<&str>) -> Result<(Named, BTreeMap<String, String>), String> {
+/// The state_dict: a whole pickled module's (`torch.save(model)`), else
+/// the first of [`STATE_KEYS`] holding tensors, else the top dict when its
+/// values are tensors, else the only nested entry that holds some; with a
+/// `model.` prefix common to every name removed. Also the wrapper's scalar
+/// entries, as metadata.
+fn state_dict(root: &Value, key: Option<&str>) -> Result<Found, String> {
     let module = module_state(root).is_some() || scripted_state(root).is_some();
     let top = match root {
         Value::Dict(top) => top.borrow().clone(),
@@ -393,7 +424,7 @@ fn state_dict(root: &Value, key: Option<&str>) -> Result<(Named, BTreeMap<String
         }
         _ => return Err("the pickle holds no dict of tensors".into()),
     };
-    let direct = module || top.iter().any(|(_, v)| matches!(v, Value::Tensor(_)));
+    let direct = top.iter().any(|(_, v)| matches!(v, Value::Tensor(_)));
     let entry_tensors = |v: &Value| -> Result<Named, String> {
         let mut t = Search::default();
         tensors_of(v, "", 0, &mut t)?;
@@ -401,6 +432,7 @@ fn state_dict(root: &Value, key: Option<&str>) -> Result<(Named, BTreeMap<String
     };
     let mut metadata = BTreeMap::new();
     scalars(&top, &mut metadata);
+    let mut wrapper_scalars = Vec::new();
     let mut found = match key {
         Some(key) => {
             // `--key`: the entry asked for, through the nested dicts.
@@ -418,8 +450,10 @@ fn state_dict(root: &Value, key: Option<&str>) -> Result<(Named, BTreeMap<String
             }
             found
         }
-        None if direct => entry_tensors(root)?,
+        None if module => entry_tensors(root)?,
         None => {
+            // A wrapper's state_dict entry first: a wrapper may hold tensors
+            // of its own beside it (the ImageNet example's `best_acc1`).
             let mut chosen = None;
             for k in STATE_KEYS {
                 if let Some(v) = get(&top, k) {
@@ -431,7 +465,19 @@ fn state_dict(root: &Value, key: Option<&str>) -> Result<(Named, BTreeMap<String
                 }
             }
             match chosen {
-                Some(t) => t,
+                Some(t) => {
+                    wrapper_scalars = top
+                        .iter()
+                        .filter_map(|(k, v)| match (k, v) {
+                            (Value::Str(k), Value::Tensor(t)) if t.shape.iter().product::<usize>() == 1 => {
+                                Some((k.to_string(), (**t).clone()))
+                            }
+                            _ => None,
+                        })
+                        .collect();
+                    t
+                }
+                None if direct => entry_tensors(root)?,
                 None => {
                     let mut with: Vec<(String, Named)> = Vec::new();
                     for (k, v) in &top {
@@ -469,7 +515,17 @@ fn state_dict(root: &Value, key: Option<&str>) -> Result<(Named, BTreeMap<String
     if let Some((n, _)) = found.iter().find(|(n, _)| !seen.insert(n.clone())) {
         return Err(format!("tensor `{n}` appears twice"));
     }
-    Ok((found, metadata))
+    Ok(Found { tensors: found, metadata, scalars: wrapper_scalars })
+}
+
+/// What [`state_dict`] finds: the tensors by name, the wrapper's scalar
+/// entries as metadata, and its one-element tensors (`best_acc1`), whose
+/// values become metadata once read.
+#[derive(Debug)]
+struct Found {
+    tensors: Named,
+    metadata: BTreeMap<String, String>,
+    scalars: Vec<(String, TensorRef)>,
 }
 
 #[cfg(test)]
