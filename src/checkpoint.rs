@@ -815,6 +815,8 @@ mod tests {
         assert_eq!(step_from_path(Path::new("run/checkpoint-500")), Some(500));
         assert_eq!(step_from_path(Path::new("run/ckpt12.safetensors")), Some(12));
         assert_eq!(step_from_path(Path::new("run/Epoch-3.safetensors")), Some(3));
+        assert_eq!(step_from_path(Path::new("lightning_logs/version_0/checkpoints/epoch=9-step=500.ckpt")), Some(500));
+        assert_eq!(step_from_path(Path::new("run/epoch=9-step=500-v1.ckpt")), Some(500));
         assert_eq!(step_from_path(Path::new("run/ckpt_/é.safetensors")), None);
         assert_eq!(step_from_path(Path::new("zoo/mlp-he-s0-e08.safetensors")), None);
         assert_eq!(step_from_path(Path::new("checkpoints/final")), None);
@@ -1063,10 +1065,17 @@ fn record_tensors(
 
 /// The training step in a training-run layout: the number in the last path
 /// component named like `checkpoint_000120`, `checkpoint-500`, `ckpt12`,
-/// `step_40` or `epoch-3` (file stem or folder).
+/// `step_40` or `epoch-3` (file stem or folder), or after `step=` in one
+/// (Lightning's `epoch=9-step=500.ckpt`).
 pub fn step_from_path(path: &Path) -> Option<u64> {
     path.components().rev().find_map(|c| {
         let name = Path::new(c.as_os_str()).file_stem()?.to_str()?;
+        if let Some((_, rest)) = name.split_once("step=") {
+            let digits = rest.split(|c: char| !c.is_ascii_digit()).next().unwrap_or("");
+            if let Ok(step) = digits.parse() {
+                return Some(step);
+            }
+        }
         let rest = ["checkpoint", "ckpt", "step", "epoch"]
             .iter()
             .find_map(|p| name.get(..p.len()).filter(|head| head.eq_ignore_ascii_case(p)).map(|_| &name[p.len()..]))?;

@@ -692,9 +692,13 @@ impl Pending {
                 for (k, v) in beside.chain(named.into_iter().flatten()) {
                     head.metadata.entry(k).or_insert(v);
                 }
+                // The step: a checkpoint's own `global_step` (Lightning's),
+                // else its path's.
                 if !head.metadata.contains_key("step") {
-                    if let Some(step) = crate::checkpoint::step_from_path(ck.path()) {
-                        head.metadata.insert("step".into(), step.to_string());
+                    let global = head.metadata.get("global_step").filter(|s| s.parse::<u64>().is_ok()).cloned();
+                    let step = global.or_else(|| crate::checkpoint::step_from_path(ck.path()).map(|s| s.to_string()));
+                    if let Some(step) = step {
+                        head.metadata.insert("step".into(), step);
                     }
                 }
             }

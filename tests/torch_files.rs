@@ -105,6 +105,8 @@ fn torch_save_files_equal_their_safetensors_twins() {
     let of = |file: &str| rows.iter().find(|r| r[0].ends_with(file)).unwrap();
     assert_eq!(&of("lightning.ckpt")[epoch], "3");
     assert_eq!(&of("lightning.ckpt")[step], "120");
+    // Its step is its global_step, for `dynamics --order-by step`.
+    assert_eq!(&of("lightning.ckpt")[col("step")], "120");
     assert_eq!(&of("wrapped.pth")[epoch], "3");
     // Numpy scalars are numbers; objects (a timm run's `args`, a Lightning
     // run's hyperparameters) are data, no columns.
