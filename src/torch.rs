@@ -190,6 +190,10 @@ type Named = Vec<(String, TensorRef)>;
 /// Keys under which wrappers keep the model's weights, in preference order.
 const STATE_KEYS: [&str; 7] = ["state_dict", "model_state_dict", "model", "module", "net", "network", "weights"];
 
+/// How deep a search for tensors goes into nested dicts and modules (a
+/// transformer's names are a few levels deep).
+const MAX_DEPTH: usize = 64;
+
 /// Entries a search for tensors visits at most: a pickle's memo can make a
 /// dict hold itself many times over, which a walk would follow for ever.
 const MAX_VISITS: usize = 1 << 22;
@@ -220,7 +224,7 @@ impl Search {
 /// distributed tensor) is an error naming it: left out, its layer would be
 /// missing without a word.
 fn tensors_of(v: &Value, prefix: &str, depth: usize, out: &mut Search) -> Result<(), String> {
-    if depth > 8 {
+    if depth > MAX_DEPTH {
         return Ok(());
     }
     let name = |key: &Value| -> Option<String> {
@@ -234,11 +238,11 @@ fn tensors_of(v: &Value, prefix: &str, depth: usize, out: &mut Search) -> Result
     if let Some(module) = module_state(v) {
         return module_tensors(&module, prefix, depth, out);
     }
-    let entries = match v {
-        Value::Dict(d) => d.borrow().clone(),
-        Value::Object(_) if scripted_state(v).is_some() => scripted_state(v).expect("scripted").borrow().clone(),
+    let entries = match (v, scripted_state(v)) {
+        (_, Some(attributes)) => attributes.borrow().clone(),
+        (Value::Dict(d), _) => d.borrow().clone(),
         // A dict subclass (Lightning's AttributeDict).
-        Value::Object(o) => o.items.borrow().clone(),
+        (Value::Object(o), _) => o.items.borrow().clone(),
         _ => return Ok(()),
     };
     for (k, v) in &entries {
@@ -341,7 +345,7 @@ fn module_tensors(state: &Entries, prefix: &str, depth: usize, out: &mut Search)
     }
     for (key, child) in pairs("_modules") {
         out.visit()?;
-        if let Some(child) = module_state(&child).filter(|_| depth < 64) {
+        if let Some(child) = module_state(&child).filter(|_| depth < MAX_DEPTH) {
             module_tensors(&child, &name(&key), depth + 1, out)?;
         }
     }
