@@ -112,6 +112,16 @@ pub fn trainer_metadata(path: &Path) -> BTreeMap<String, String> {
     out
 }
 
+/// What a collection keeps beside the checkpoint at `path`: a Ray Tune
+/// trial's ([`trial_metadata`]) or a Trainer's ([`trainer_metadata`]).
+pub fn beside(path: &Path) -> BTreeMap<String, String> {
+    let mut out = trial_metadata(path);
+    for (k, v) in trainer_metadata(path) {
+        out.entry(k).or_insert(v);
+    }
+    out
+}
+
 /// A pattern of named groups matched against each checkpoint's path; each
 /// group that matches becomes a metadata column.
 #[derive(Debug, Clone)]

@@ -412,8 +412,14 @@ fn inspect(ck: &Checkpoint, net: &Network, out: &mut impl Write) -> anyhow::Resu
         if net.bias { "yes" } else { "no" },
         net.bn
     )?;
-    if !ck.metadata().is_empty() {
-        let meta: Vec<String> = ck.metadata().iter().map(|(k, v)| format!("{k}={v}")).collect();
+    // The file's own, then what its collection keeps beside it (a Ray
+    // trial's results, a Trainer's state), as a scan records them.
+    let mut metadata = ck.metadata().clone();
+    for (k, v) in cntscope::layouts::beside(ck.path()) {
+        metadata.entry(k).or_insert(v);
+    }
+    if !metadata.is_empty() {
+        let meta: Vec<String> = metadata.iter().map(|(k, v)| format!("{k}={v}")).collect();
         writeln!(out, "metadata: {}", meta.join(", "))?;
     }
     writeln!(out, "node sets:")?;

@@ -686,10 +686,8 @@ impl Pending {
                 // A Ray Tune trial's params and results, a Trainer's state,
                 // and the groups of --name-pattern, fill in what the file
                 // lacks.
-                let beside = crate::layouts::trial_metadata(ck.path())
-                    .into_iter()
-                    .chain(crate::layouts::trainer_metadata(ck.path()));
-                for (k, v) in beside.chain(named.into_iter().flatten()) {
+                let beside = crate::layouts::beside(ck.path());
+                for (k, v) in beside.into_iter().chain(named.into_iter().flatten()) {
                     head.metadata.entry(k).or_insert(v);
                 }
                 // The step: a checkpoint's own `global_step` (Lightning's),

@@ -147,6 +147,9 @@ fn trainer_checkpoints_are_their_models_with_the_trainer_state() {
         text.lines().skip(1).map(|l| l.split(',').skip(1).take(graph).map(String::from).collect()).collect();
     assert_eq!(measures("checkpoint-8"), direct_rows);
     assert_eq!(std::fs::read_to_string(out.join("errors.csv")).unwrap().lines().count(), 1);
+    // `inspect` shows what the scan records.
+    let shown = cntscope(&["inspect", trainer.join("checkpoint-4").to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&shown.stdout).contains("eval_accuracy=0.375"), "{}", stderr(&shown));
     let said = "1 file named as a training run's state (";
     assert!(stderr(&o).contains(said) && stderr(&o).contains(&at("training_args.bin")), "{}", stderr(&o));
 }
