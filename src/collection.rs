@@ -25,8 +25,10 @@ pub struct Collection {
     /// to: opened under another name too, it is measured twice
     /// ([`Collection::may_be_linked`]).
     linked: HashSet<(u64, u64)>,
-    /// Files of a training run's state met in walked directories (not
-    /// read, see [`is_training_state`]): how many, and the first few.
+    /// Files of a training run's state met in walked directories (an
+    /// optimizer's, scheduler's, sampler's, loss scaler's or random
+    /// generators' state, the Trainer's arguments: named so, not read): how
+    /// many, and the first few.
     pub training_state: (usize, Vec<PathBuf>),
 }
 
