@@ -10,14 +10,9 @@
 #   pip install torch torchvision safetensors      # benchmark machine only
 #   bash benches/graph_bench.sh [DIR] [PYTHON]     # DIR: /tmp/cntscope-graph
 #   NETS="convnext_tiny shufflenet_v2_x1_0" bash benches/graph_bench.sh ...  # some networks only
-set -euo pipefail
-cd "$(dirname "$0")/.."
-dir="${1:-/tmp/cntscope-graph}"
-py="${2:-python3}"
+default_dir=/tmp/cntscope-graph
+source "$(dirname "$0")/setup.sh"
 nets="${NETS:-resnet18 vgg11_bn mobilenet_v2 convnext_tiny shufflenet_v2_x1_0}"
-mkdir -p "$dir"
-cargo build --release --quiet
-bin=target/release/cntscope
 "$py" - "$dir" $nets <<'PY'
 import os, sys, torch, torchvision
 from safetensors.torch import save_file

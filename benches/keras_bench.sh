@@ -10,13 +10,8 @@
 #
 #   pip install keras torch h5py safetensors      # benchmark machine only
 #   KERAS_BACKEND=torch bash benches/keras_bench.sh [DIR] [PYTHON]   # DIR: /tmp/cntscope-keras
-set -euo pipefail
-cd "$(dirname "$0")/.."
-dir="${1:-/tmp/cntscope-keras}"
-py="${2:-python3}"
-mkdir -p "$dir"
-cargo build --release --quiet
-bin=target/release/cntscope
+default_dir=/tmp/cntscope-keras
+source "$(dirname "$0")/setup.sh"
 "$py" - "$dir" <<'PY' 2>/dev/null
 import os, sys
 import keras, numpy as np

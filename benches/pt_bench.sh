@@ -7,11 +7,8 @@
 #
 #   pip install torch numpy safetensors           # benchmark machine only
 #   bash benches/pt_bench.sh [DIR] [PYTHON]       # DIR: /tmp/cntscope-bench
-set -euo pipefail
-cd "$(dirname "$0")/.."
-dir="${1:-/tmp/cntscope-bench}"
-py="${2:-python3}"
-cargo build --release --quiet
+default_dir=/tmp/cntscope-bench
+source "$(dirname "$0")/setup.sh"
 "$py" benches/make_collections.py "$dir" >/dev/null
 "$py" - "$dir" <<'PY'
 import os, sys, torch
@@ -27,7 +24,6 @@ for name in ["small", "large"]:
         dst.parent.mkdir(parents=True, exist_ok=True)
         torch.save(load_file(str(f)), dst)
 PY
-bin=target/release/cntscope
 best() { "$py" benches/best.py 3 "$dir" "$@"; }  # best of 3; OUT becomes a fresh directory
 echo "| collection | read .pt (cat) | torch.load script | cntscope .pt | cntscope safetensors | .pt vs safetensors | .pt vs torch |"
 echo "|---|---|---|---|---|---|---|"

@@ -10,14 +10,9 @@
 #
 #   pip install torch torchvision safetensors      # benchmark machine only
 #   bash benches/resampling_bench.sh [DIR] [PYTHON] [SIZE]   # DIR: /tmp/cntscope-resampling, SIZE: 512
-set -euo pipefail
-cd "$(dirname "$0")/.."
-dir="${1:-/tmp/cntscope-resampling}"
-py="${2:-python3}"
+default_dir=/tmp/cntscope-resampling
+source "$(dirname "$0")/setup.sh"
 size="${3:-512}"
-mkdir -p "$dir"
-cargo build --release --quiet
-bin=target/release/cntscope
 "$py" - "$dir" "$size" <<'PY'
 import os, sys, warnings
 import torch

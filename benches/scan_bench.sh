@@ -6,12 +6,9 @@
 #
 #   pip install numpy safetensors
 #   bash benches/scan_bench.sh [DIR]          # DIR defaults to /tmp/cntscope-bench
-set -euo pipefail
-cd "$(dirname "$0")/.."
-dir="${1:-/tmp/cntscope-bench}"
-cargo build --release --quiet
+default_dir=/tmp/cntscope-bench
+source "$(dirname "$0")/setup.sh"
 python3 benches/make_collections.py "$dir" >/dev/null
-bin=target/release/cntscope
 
 # Best of N wall-clock seconds of a command (files stay in the page cache:
 # every contender reads warm data). An argument OUT becomes a fresh

@@ -8,12 +8,8 @@
 #
 #   pip install torch torchvision safetensors      # benchmark machine only
 #   bash benches/torch_objects_bench.sh [DIR] [PYTHON]   # DIR: /tmp/cntscope-objects
-set -euo pipefail
-cd "$(dirname "$0")/.."
-dir="${1:-/tmp/cntscope-objects}"
-py="${2:-python3}"
-mkdir -p "$dir"
-cargo build --release --quiet
+default_dir=/tmp/cntscope-objects
+source "$(dirname "$0")/setup.sh"
 "$py" - "$dir" <<'PY' 2>/dev/null
 import argparse, os, sys, numpy as np, torch, torchvision
 from safetensors.torch import save_file
@@ -31,7 +27,6 @@ torch.save({"epoch": 9, "state_dict": sd, "args": argparse.Namespace(lr=0.1), "m
            os.path.join(d, "timm_checkpoint.pth.tar"))
 torch.jit.save(torch.jit.script(m), os.path.join(d, "torchscript.pt"))
 PY
-bin=target/release/cntscope
 best() { "$py" benches/best.py 21 "$dir" "$@"; }
 echo "| file | MB | read (cat) | cntscope cpu | vs read | vs safetensors |"
 echo "|---|---:|---:|---:|---:|---:|"
