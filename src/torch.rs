@@ -59,26 +59,21 @@ pub(crate) fn read(bytes: &[u8], key: Option<&str>) -> Result<TorchCheckpoint, S
     // Only the entries read must be stored: a TorchScript archive
     // (`torch.jit.save`) compresses its code, which is never read.
     let entries = zip::entries(bytes)?;
-    let stored = |e: &zip::ZipEntry| match e.method {
-        0 => Ok(()),
-        m => Err(format!(
-            "entry `{}` is compressed (method {m}): only stored entries are read, nothing is inflated",
-            e.name
-        )),
-    };
     let pkl: Vec<&zip::ZipEntry> = entries.iter().filter(|e| e.name.ends_with("data.pkl")).collect();
     let [pkl] = pkl[..] else {
         return Err(format!("a zip archive with {} `data.pkl` entries: not a torch.save checkpoint", pkl.len()));
     };
-    stored(pkl)?;
+    pkl.stored()?;
     let prefix = &pkl.name[..pkl.name.len() - "data.pkl".len()];
     let storages: HashMap<&str, &zip::ZipEntry> =
         entries.iter().filter_map(|e| Some((e.name.strip_prefix(prefix)?.strip_prefix("data/")?, e))).collect();
     let root = pickle::load(&bytes[pkl.start..pkl.start + pkl.len])?;
     let Found { tensors: found, mut metadata, scalars } = state_dict(&root, key)?;
     for (name, t) in scalars {
-        let value =
-            storages.get(t.storage.key.as_str()).filter(|e| e.method == 0).and_then(|e| scalar_value(bytes, e, &t));
+        let value = storages
+            .get(t.storage.key.as_str())
+            .filter(|e| e.stored().is_ok())
+            .and_then(|e| scalar_value(bytes, e, &t));
         if let Some(value) = value {
             metadata.entry(name).or_insert(value);
         }
@@ -89,7 +84,7 @@ pub(crate) fn read(bytes: &[u8], key: Option<&str>) -> Result<TorchCheckpoint, S
         let s = &t.storage;
         let entry =
             storages.get(s.key.as_str()).ok_or_else(|| place(format!("storage `{}` is not in the archive", s.key)))?;
-        stored(entry).map_err(place)?;
+        entry.stored().map_err(place)?;
         let size = s.dtype.size();
         if s.numel.checked_mul(size) != Some(entry.len) {
             return Err(place(format!(

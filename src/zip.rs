@@ -19,6 +19,20 @@ pub struct ZipEntry {
     pub len: usize,
 }
 
+impl ZipEntry {
+    /// An error unless the entry is stored (uncompressed): a compressed
+    /// entry to be read is refused, never inflated.
+    pub fn stored(&self) -> Result<(), String> {
+        match self.method {
+            0 => Ok(()),
+            m => Err(format!(
+                "entry `{}` is compressed (method {m}): only stored entries are read, nothing is inflated",
+                self.name
+            )),
+        }
+    }
+}
+
 const EOCD: u32 = 0x0605_4b50;
 const EOCD64_LOCATOR: u32 = 0x0706_4b50;
 const EOCD64: u32 = 0x0606_4b50;
@@ -48,12 +62,7 @@ pub fn is_zip(bytes: &[u8]) -> bool {
 /// a compressed one is refused, never inflated.
 pub fn stored(b: &[u8]) -> Result<Vec<ZipEntry>, String> {
     let entries = entries(b)?;
-    if let Some(e) = entries.iter().find(|e| e.method != 0) {
-        return Err(format!(
-            "entry `{}` is compressed (method {}): only stored entries are read, nothing is inflated",
-            e.name, e.method
-        ));
-    }
+    entries.iter().try_for_each(ZipEntry::stored)?;
     Ok(entries)
 }
 
