@@ -933,13 +933,9 @@ fn read_file(path: &Path) -> std::io::Result<Option<(Bytes, Option<FileIdentity>
 /// short while mapped reads as zeros and is reported when measured). A
 /// file written while it is read is an error ([`crate::mapped::changed`]).
 fn read_bytes(file: File, meta: &std::fs::Metadata) -> std::io::Result<Bytes> {
-    let changed = crate::mapped::changed;
     let first = ReadBuf::read_some(&file, FIRST_READ_BYTES)?;
     if first.len < FIRST_READ_BYTES {
-        return match Stamp::now(&file)? == Stamp::of(meta) {
-            true => Ok(Bytes::Read(first)),
-            false => Err(changed()),
-        };
+        return unless_written(&file, meta, first);
     }
     let len = meta.len();
     if len >= MAP_MIN_BYTES {
@@ -964,9 +960,15 @@ fn read_bytes(file: File, meta: &std::fs::Metadata) -> std::io::Result<Bytes> {
     }
     let len = usize::try_from(len).map_err(std::io::Error::other)?;
     let read = first.read_to(&file, len)?;
-    match Stamp::now(&file)? == Stamp::of(meta) {
+    unless_written(&file, meta, read)
+}
+
+/// Bytes read from `file`, or [`crate::mapped::changed`] when it was
+/// written since `meta` was taken (they could mix two versions).
+fn unless_written(file: &File, meta: &std::fs::Metadata, read: ReadBuf) -> std::io::Result<Bytes> {
+    match Stamp::now(file)? == Stamp::of(meta) {
         true => Ok(Bytes::Read(read)),
-        false => Err(changed()),
+        false => Err(crate::mapped::changed()),
     }
 }
 
