@@ -579,19 +579,13 @@ fn call(f: &Value, args: &[Value]) -> Result<Value, String> {
 fn numpy_scalar(args: &[Value]) -> Value {
     if let [Value::DType(d), Value::Bytes(b)] = args {
         let (code, order) = d.borrow().clone();
-        let little = order != ">";
-        let n = |b: &[u8]| -> Option<[u8; 8]> {
-            let mut a = [0u8; 8];
-            let src: Vec<u8> = if little { b.to_vec() } else { b.iter().rev().copied().collect() };
-            a.get_mut(..src.len())?.copy_from_slice(&src);
-            Some(a)
-        };
-        let value = match (code.as_str(), b.len()) {
-            ("f8", 8) => n(b).map(|a| Value::Float(f64::from_le_bytes(a))),
-            ("f4", 4) => n(b).map(|a| Value::Float(f64::from(f32::from_le_bytes(a[..4].try_into().expect("4"))))),
-            ("i8", 8) => n(b).map(|a| Value::Int(i64::from_le_bytes(a))),
-            ("i4", 4) => n(b).map(|a| Value::Int(i64::from(i32::from_le_bytes(a[..4].try_into().expect("4"))))),
-            ("b1", 1) => Some(Value::Bool(b[0] != 0)),
+        let le: Vec<u8> = if order == ">" { b.iter().rev().copied().collect() } else { b.to_vec() };
+        let value = match code.as_str() {
+            "f8" => <[u8; 8]>::try_from(&le[..]).ok().map(|a| Value::Float(f64::from_le_bytes(a))),
+            "f4" => <[u8; 4]>::try_from(&le[..]).ok().map(|a| Value::Float(f32::from_le_bytes(a).into())),
+            "i8" => <[u8; 8]>::try_from(&le[..]).ok().map(|a| Value::Int(i64::from_le_bytes(a))),
+            "i4" => <[u8; 4]>::try_from(&le[..]).ok().map(|a| Value::Int(i32::from_le_bytes(a).into())),
+            "b1" => <[u8; 1]>::try_from(&le[..]).ok().map(|[x]| Value::Bool(x != 0)),
             _ => None,
         };
         if let Some(v) = value {
