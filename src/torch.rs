@@ -424,18 +424,13 @@ fn state_dict(root: &Value, key: Option<&str>) -> Result<Found, String> {
         _ => return Err("the pickle holds no dict of tensors".into()),
     };
     let direct = top.iter().any(|(_, v)| matches!(v, Value::Tensor(_)));
-    let entry_tensors = |v: &Value| -> Result<Named, String> {
-        let mut t = Search::default();
-        tensors_of(v, "", 0, &mut t)?;
-        Ok(t.found)
-    };
     let mut metadata = BTreeMap::new();
     scalars(&top, &mut metadata);
     let mut wrapper_scalars = Vec::new();
     let mut found = match key {
         Some(key) => {
             // `--key`: the entry asked for, through the nested dicts.
-            let all = entry_tensors(root)?;
+            let all = tensors_in(root)?;
             let prefix = format!("{key}.");
             let found: Named =
                 all.iter().filter_map(|(n, t)| Some((n.strip_prefix(&prefix)?.to_string(), t.clone()))).collect();
@@ -449,58 +444,17 @@ fn state_dict(root: &Value, key: Option<&str>) -> Result<Found, String> {
             }
             found
         }
-        None if module => entry_tensors(root)?,
-        None => {
-            // A wrapper's state_dict entry first: a wrapper may hold tensors
-            // of its own beside it (the ImageNet example's `best_acc1`).
-            let mut chosen = None;
-            for k in STATE_KEYS {
-                if let Some(v) = get(&top, k) {
-                    let t = entry_tensors(v)?;
-                    if !t.is_empty() {
-                        chosen = Some(t);
-                        break;
-                    }
-                }
+        None if module => tensors_in(root)?,
+        // A wrapper's state_dict entry first: a wrapper may hold tensors of
+        // its own beside it (the ImageNet example's `best_acc1`).
+        None => match state_entry(&top)? {
+            Some(t) => {
+                wrapper_scalars = one_element_tensors(&top);
+                t
             }
-            match chosen {
-                Some(t) => {
-                    wrapper_scalars = top
-                        .iter()
-                        .filter_map(|(k, v)| match (k, v) {
-                            (Value::Str(k), Value::Tensor(t)) if t.shape.iter().product::<usize>() == 1 => {
-                                Some((k.to_string(), (**t).clone()))
-                            }
-                            _ => None,
-                        })
-                        .collect();
-                    t
-                }
-                None if direct => entry_tensors(root)?,
-                None => {
-                    let mut with: Vec<(String, Named)> = Vec::new();
-                    for (k, v) in &top {
-                        let Value::Str(k) = k else { continue };
-                        let t = entry_tensors(v)?;
-                        if !t.is_empty() {
-                            with.push((k.to_string(), t));
-                        }
-                    }
-                    match with.len() {
-                        0 => return Err(format!("no tensors in the checkpoint{}", objects_in(&top))),
-                        1 => with.into_iter().next().expect("one").1,
-                        _ => {
-                            let keys: Vec<String> = with.iter().map(|(k, _)| format!("`{k}`")).collect();
-                            return Err(format!(
-                                "several entries hold tensors ({}) and none is named like a state_dict ({})",
-                                keys.join(", "),
-                                STATE_KEYS.join(", ")
-                            ));
-                        }
-                    }
-                }
-            }
-        }
+            None if direct => tensors_in(root)?,
+            None => only_entry(&top)?,
+        },
     };
     // Lightning's `model.` (a training wrapper's `module.` or
     // `_orig_mod.` is taken off for every format, by the checkpoint).
@@ -515,6 +469,65 @@ fn state_dict(root: &Value, key: Option<&str>) -> Result<Found, String> {
         return Err(format!("tensor `{n}` appears twice"));
     }
     Ok(Found { tensors: found, metadata, scalars: wrapper_scalars })
+}
+
+/// The tensors of `v` ([`tensors_of`]), by name.
+fn tensors_in(v: &Value) -> Result<Named, String> {
+    let mut t = Search::default();
+    tensors_of(v, "", 0, &mut t)?;
+    Ok(t.found)
+}
+
+/// The tensors of a wrapper's first entry named like a state_dict
+/// ([`STATE_KEYS`]) that holds some.
+fn state_entry(top: &[(Value, Value)]) -> Result<Option<Named>, String> {
+    for k in STATE_KEYS {
+        if let Some(v) = get(top, k) {
+            let t = tensors_in(v)?;
+            if !t.is_empty() {
+                return Ok(Some(t));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// A wrapper's one-element tensors (`best_acc1`), whose values are
+/// metadata.
+fn one_element_tensors(top: &[(Value, Value)]) -> Vec<(String, TensorRef)> {
+    top.iter()
+        .filter_map(|(k, v)| match (k, v) {
+            (Value::Str(k), Value::Tensor(t)) if t.shape.iter().product::<usize>() == 1 => {
+                Some((k.to_string(), (**t).clone()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// The tensors of the only entry of a wrapper that holds any; an error
+/// when none does or several do.
+fn only_entry(top: &[(Value, Value)]) -> Result<Named, String> {
+    let mut with: Vec<(String, Named)> = Vec::new();
+    for (k, v) in top {
+        let Value::Str(k) = k else { continue };
+        let t = tensors_in(v)?;
+        if !t.is_empty() {
+            with.push((k.to_string(), t));
+        }
+    }
+    match with.len() {
+        0 => Err(format!("no tensors in the checkpoint{}", objects_in(top))),
+        1 => Ok(with.into_iter().next().expect("one").1),
+        _ => {
+            let keys: Vec<String> = with.iter().map(|(k, _)| format!("`{k}`")).collect();
+            Err(format!(
+                "several entries hold tensors ({}) and none is named like a state_dict ({})",
+                keys.join(", "),
+                STATE_KEYS.join(", ")
+            ))
+        }
+    }
 }
 
 /// What [`state_dict`] finds: the tensors by name, the wrapper's scalar
