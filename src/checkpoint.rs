@@ -140,15 +140,20 @@ impl ReadBuf {
         }
     }
 
-    /// Reads on to `len` bytes in all.
+    /// Reads on to `len` bytes in all, the file's size when it was opened:
+    /// a file that ends before (or began longer) was cut short or rewritten
+    /// meanwhile ([`crate::mapped::changed`]).
     fn read_to(mut self, mut file: &File, len: usize) -> std::io::Result<Self> {
         if len < self.len {
-            return Err(std::io::Error::other("the file shrank while it was read"));
+            return Err(crate::mapped::changed());
         }
         if self.buf.len() < len {
             self.buf.resize(len, 0);
         }
-        std::io::Read::read_exact(&mut file, &mut self.buf[self.len..len])?;
+        match std::io::Read::read_exact(&mut file, &mut self.buf[self.len..len]) {
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(crate::mapped::changed()),
+            other => other?,
+        }
         self.len = len;
         Ok(self)
     }
@@ -745,6 +750,12 @@ impl Checkpoint {
         self.entry(name).map(|(_, e)| e.info.shape.as_slice())
     }
 
+    /// The dtype a tensor is stored in, as safetensors names it (`F32`,
+    /// `I64`, `F8_E4M3`).
+    pub fn dtype_name(&self, name: &str) -> Option<String> {
+        self.entry(name).map(|(_, e)| e.info.dtype.to_string())
+    }
+
     /// True when the tensor exists and is stored in a float dtype the
     /// analysis reads (integer buffers such as `num_batches_tracked` are not).
     pub fn is_float(&self, name: &str) -> bool {
@@ -822,30 +833,34 @@ mod tests {
         assert_eq!(step_from_path(Path::new("checkpoints/final")), None);
     }
 
-    /// A file written between its metadata being taken (on opening) and
-    /// its bytes being read is an error, whether read in one call, read in
-    /// two, or mapped (then when measured); untouched, it reads back.
+    /// A file written or cut short between its metadata being taken (on
+    /// opening) and its bytes being read is an error, whether read in one
+    /// call, read in two, or mapped (then when measured); untouched, it
+    /// reads back.
     #[test]
     fn a_file_written_while_read_is_changed() {
         use std::io::Write;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         for len in [1000, super::FIRST_READ_BYTES + 10, super::MAP_MIN_BYTES as usize + 10] {
-            for write in [false, true] {
+            for change in ["none", "append", "cut"] {
                 std::fs::write(&path, vec![1u8; len]).unwrap();
                 let file = std::fs::File::open(&path).unwrap();
                 let meta = file.metadata().unwrap();
-                if write {
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                    std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"more").unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                let other = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+                match change {
+                    "append" => (&other).write_all(b"more").unwrap(),
+                    "cut" => other.set_len(len as u64 - 5).unwrap(),
+                    _ => {}
                 }
                 let read = super::read_bytes(file, &meta);
                 let changed = match &read {
                     Err(e) => crate::mapped::is_changed(e),
                     Ok(bytes) => bytes.changed(),
                 };
-                assert_eq!(changed, write, "{len} bytes");
-                if let (false, Ok(bytes)) = (write, read) {
+                assert_eq!(changed, change != "none", "{len} bytes, {change}: {:?}", read.as_ref().err());
+                if let ("none", Ok(bytes)) = (change, read) {
                     assert!(bytes.len() == len && bytes.iter().all(|&b| b == 1));
                 }
             }

@@ -179,7 +179,10 @@ pub(crate) fn discover(ck: &Checkpoint, layout: Layout) -> Discovered {
         for n in members {
             if !used.contains(&n) {
                 let why = match ck.shape(n).map(<[usize]>::len) {
-                    _ if !ck.is_float(n) => "not a float tensor (an integer buffer such as num_batches_tracked)".into(),
+                    _ if !ck.is_float(n) => format!(
+                        "a tensor of {}, not of a float dtype the analysis reads (a buffer such as num_batches_tracked)",
+                        ck.dtype_name(n).unwrap_or_default()
+                    ),
                     _ if matches!(split(n).1, "layer_scale" | "gamma") && bias.is_none() => {
                         scales.push(n);
                         "a layer scale (one factor per channel of a layer's output): folded only with a spec \

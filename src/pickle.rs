@@ -1,8 +1,8 @@
 //! A restricted unpickler: exactly what `torch.save` writes for a
 //! state_dict (protocols 2 to 5: containers, scalars, strings, the
 //! persistent ids of tensor storages, `collections.OrderedDict`,
-//! `torch._utils._rebuild_tensor_v2` and `_rebuild_parameter`, the typed
-//! storage classes). Nothing is ever called or imported: those globals are
+//! `torch._utils._rebuild_tensor_v2` and `_v3`, `_rebuild_parameter`, the
+//! typed storage classes, `UntypedStorage` and the `torch.<dtype>`s). Nothing is ever called or imported: those globals are
 //! recognised by name and rebuilt as data, and any other global is refused
 //! with an error naming it. Input size bounds the work (every opcode reads
 //! at least one byte); containers are shared, never copied, so memo
@@ -13,57 +13,57 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-/// The storage classes of `torch.save`, by element type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StorageType {
-    /// `FloatStorage`.
-    F32,
-    /// `HalfStorage`.
-    F16,
-    /// `BFloat16Storage`.
-    BF16,
-    /// `DoubleStorage`.
-    F64,
-    /// `LongStorage`.
-    I64,
-    /// `IntStorage`.
-    I32,
-    /// `ShortStorage`.
-    I16,
-    /// `CharStorage`.
-    I8,
-    /// `ByteStorage`.
-    U8,
-    /// `BoolStorage`.
-    Bool,
+use safetensors::Dtype;
+
+/// The element type of a legacy typed storage class (`FloatStorage`), as
+/// `_rebuild_tensor_v2` reads them.
+fn storage_dtype(class: &str) -> Option<Dtype> {
+    Some(match class {
+        "FloatStorage" => Dtype::F32,
+        "HalfStorage" => Dtype::F16,
+        "BFloat16Storage" => Dtype::BF16,
+        "DoubleStorage" => Dtype::F64,
+        "LongStorage" => Dtype::I64,
+        "IntStorage" => Dtype::I32,
+        "ShortStorage" => Dtype::I16,
+        "CharStorage" => Dtype::I8,
+        "ByteStorage" => Dtype::U8,
+        "BoolStorage" => Dtype::BOOL,
+        "ComplexFloatStorage" => Dtype::C64,
+        _ => return None,
+    })
 }
 
-impl StorageType {
-    fn from_name(name: &str) -> Option<Self> {
-        Some(match name {
-            "FloatStorage" => StorageType::F32,
-            "HalfStorage" => StorageType::F16,
-            "BFloat16Storage" => StorageType::BF16,
-            "DoubleStorage" => StorageType::F64,
-            "LongStorage" => StorageType::I64,
-            "IntStorage" => StorageType::I32,
-            "ShortStorage" => StorageType::I16,
-            "CharStorage" => StorageType::I8,
-            "ByteStorage" => StorageType::U8,
-            "BoolStorage" => StorageType::Bool,
-            _ => return None,
-        })
-    }
+/// A `torch.<name>` dtype (`torch.float8_e4m3fn`), as `_rebuild_tensor_v3`
+/// names the element type of a tensor on an untyped storage.
+fn torch_dtype(name: &str) -> Option<Dtype> {
+    Some(match name {
+        "float32" => Dtype::F32,
+        "float16" => Dtype::F16,
+        "bfloat16" => Dtype::BF16,
+        "float64" => Dtype::F64,
+        "int64" => Dtype::I64,
+        "int32" => Dtype::I32,
+        "int16" => Dtype::I16,
+        "int8" => Dtype::I8,
+        "uint8" => Dtype::U8,
+        "uint16" => Dtype::U16,
+        "uint32" => Dtype::U32,
+        "uint64" => Dtype::U64,
+        "bool" => Dtype::BOOL,
+        "float8_e4m3fn" => Dtype::F8_E4M3,
+        "float8_e5m2" => Dtype::F8_E5M2,
+        "float8_e4m3fnuz" => Dtype::F8_E4M3FNUZ,
+        "float8_e5m2fnuz" => Dtype::F8_E5M2FNUZ,
+        "float8_e8m0fnu" => Dtype::F8_E8M0,
+        "complex64" => Dtype::C64,
+        _ => return None,
+    })
+}
 
-    /// Bytes per element.
-    pub fn size(self) -> usize {
-        match self {
-            StorageType::F64 | StorageType::I64 => 8,
-            StorageType::F32 | StorageType::I32 => 4,
-            StorageType::F16 | StorageType::BF16 | StorageType::I16 => 2,
-            StorageType::I8 | StorageType::U8 | StorageType::Bool => 1,
-        }
-    }
+/// Bytes per element of a dtype that torch stores whole bytes of.
+pub fn dtype_size(dtype: Dtype) -> usize {
+    dtype.bitsize().div_ceil(8)
 }
 
 /// A tensor storage named by a persistent id.
@@ -71,10 +71,18 @@ impl StorageType {
 pub struct Storage {
     /// Its key: the archive entry `data/<key>`.
     pub key: String,
-    /// Element type.
-    pub dtype: StorageType,
-    /// Elements it holds.
+    /// Element type of a typed storage (`FloatStorage`); `None` for
+    /// `UntypedStorage`, whose elements are bytes.
+    pub dtype: Option<Dtype>,
+    /// Elements it holds (bytes, when untyped).
     pub numel: usize,
+}
+
+impl Storage {
+    /// Its length in bytes, `None` on overflow.
+    pub fn bytes(&self) -> Option<usize> {
+        self.numel.checked_mul(self.dtype.map_or(1, dtype_size))
+    }
 }
 
 /// A tensor: a strided view of a storage.
@@ -82,7 +90,9 @@ pub struct Storage {
 pub struct TensorRef {
     /// The storage.
     pub storage: Rc<Storage>,
-    /// First element, in elements.
+    /// Element type.
+    pub dtype: Dtype,
+    /// First element, in elements of `dtype`.
     pub offset: usize,
     /// Shape.
     pub shape: Vec<usize>,
@@ -95,12 +105,19 @@ pub struct TensorRef {
 pub enum Global {
     /// `collections.OrderedDict`.
     OrderedDict,
-    /// `torch._utils._rebuild_tensor_v2`.
+    /// `torch._utils._rebuild_tensor_v2`: a tensor of a typed storage.
     RebuildTensor,
+    /// `torch._utils._rebuild_tensor_v3`: a tensor of an untyped storage,
+    /// of the dtype its last argument names (`uint16`, `float8_*`).
+    RebuildTensorV3,
     /// `torch._utils._rebuild_parameter` (and `_with_state`).
     RebuildParameter,
-    /// A typed storage class.
-    Storage(StorageType),
+    /// A typed storage class, by element type.
+    Storage(Dtype),
+    /// `torch.storage.UntypedStorage`.
+    UntypedStorage,
+    /// A `torch.<dtype>` (`torch.uint16`).
+    TorchDtype(Dtype),
     /// `numpy.core.multiarray._reconstruct` (or `numpy._core`).
     NumpyReconstruct,
     /// `numpy.ndarray`.
@@ -489,16 +506,17 @@ fn global(module: &str, name: &str) -> Result<Value, String> {
         ("_codecs", "encode") => Global::Latin1,
         ("torch.jit._pickle", n) if n.starts_with("build_") || n == "restore_type_tag" => Global::JitValue,
         ("numpy", "dtype") => Global::NumpyDtype,
-        ("torch", s) if StorageType::from_name(s).is_some() => {
-            Global::Storage(StorageType::from_name(s).expect("checked"))
-        }
+        ("torch._utils", "_rebuild_tensor_v3") => Global::RebuildTensorV3,
+        ("torch.storage", "UntypedStorage") => Global::UntypedStorage,
+        ("torch", s) if storage_dtype(s).is_some() => Global::Storage(storage_dtype(s).expect("checked")),
+        ("torch", s) if torch_dtype(s).is_some() => Global::TorchDtype(torch_dtype(s).expect("checked")),
         ("torch", s) if s.ends_with("Storage") => {
             return Err(format!("`torch.{s}`: tensors of this dtype are not read"));
         }
         _ if TENSOR_MODULES.contains(&module) => {
             return Err(format!(
                 "`{module}.{name}`: a kind of tensor or storage that is not read (tensors as \
-                 `torch._utils._rebuild_tensor_v2` rebuilds them are)"
+                 `torch._utils._rebuild_tensor_v2` and `_v3` rebuild them are)"
             ))
         }
         _ => return Ok(Value::Class(format!("{module}.{name}").into())),
@@ -525,18 +543,23 @@ fn call(f: &Value, args: &[Value]) -> Result<Value, String> {
     match f {
         Value::Global(Global::OrderedDict) if args.is_empty() => Ok(Value::Dict(Rc::default())),
         Value::Global(Global::RebuildTensor) => {
-            let [storage, offset, shape, stride, ..] = args else {
-                return Err("_rebuild_tensor_v2 with fewer than 4 arguments".into());
+            let [Value::Storage(storage), offset, shape, stride, ..] = args else {
+                return Err("_rebuild_tensor_v2 without (storage, offset, size, stride)".into());
             };
-            let Value::Storage(storage) = storage else {
-                return Err("_rebuild_tensor_v2 of something not a storage".into());
+            let dtype = storage.dtype.ok_or("_rebuild_tensor_v2 of an untyped storage")?;
+            tensor(storage, dtype, offset, shape, stride)
+        }
+        Value::Global(Global::RebuildTensorV3) => {
+            // (storage, offset, size, stride, requires_grad, hooks, dtype[, metadata])
+            let [Value::Storage(storage), offset, shape, stride, _, _, dtype, ..] = args else {
+                return Err("_rebuild_tensor_v3 without (storage, offset, size, stride, .., dtype)".into());
             };
-            let (shape, stride) = (ints(shape, "a tensor size")?, ints(stride, "a tensor stride")?);
-            if shape.len() != stride.len() {
-                return Err(format!("a tensor of {} sizes but {} strides", shape.len(), stride.len()));
-            }
-            let offset = int(offset, "a storage offset")?;
-            Ok(Value::Tensor(Rc::new(TensorRef { storage: storage.clone(), offset, shape, stride })))
+            let dtype = match dtype {
+                Value::Global(Global::TorchDtype(d)) => *d,
+                Value::Class(name) => return Err(format!("a tensor of dtype `{name}`, which is not read")),
+                _ => return Err("_rebuild_tensor_v3 whose dtype is not a torch dtype".into()),
+            };
+            tensor(storage, dtype, offset, shape, stride)
         }
         Value::Global(Global::RebuildParameter) => match args.first() {
             Some(t @ Value::Tensor(_)) => Ok(t.clone()),
@@ -571,6 +594,16 @@ fn call(f: &Value, args: &[Value]) -> Result<Value, String> {
         }
         _ => Err("REDUCE of something that is neither a global nor a class".into()),
     }
+}
+
+/// A tensor: a view of `storage` with elements of `dtype`.
+fn tensor(storage: &Rc<Storage>, dtype: Dtype, offset: &Value, shape: &Value, stride: &Value) -> Result<Value, String> {
+    let (shape, stride) = (ints(shape, "a tensor size")?, ints(stride, "a tensor stride")?);
+    if shape.len() != stride.len() {
+        return Err(format!("a tensor of {} sizes but {} strides", shape.len(), stride.len()));
+    }
+    let offset = int(offset, "a storage offset")?;
+    Ok(Value::Tensor(Rc::new(TensorRef { storage: storage.clone(), dtype, offset, shape, stride })))
 }
 
 /// A numpy scalar `scalar(dtype, bytes)` of a float or integer dtype as a
@@ -620,21 +653,22 @@ fn build_array(a: &mut ArrayState, state: &Value) -> Result<(), String> {
     Ok(())
 }
 
-/// A storage from its persistent id `('storage', type, key, location, numel)`.
+/// A storage from its persistent id `('storage', type, key, location, numel)`,
+/// `type` a typed storage class or `UntypedStorage` (`numel` then in bytes).
 fn persistent(pid: &Value) -> Result<Value, String> {
     let Value::Tuple(t) = pid else { return Err("a persistent id that is not a tuple".into()) };
-    match &t[..] {
-        [Value::Str(tag), Value::Global(Global::Storage(dtype)), Value::Str(key), _location, numel, ..]
-            if &**tag == "storage" =>
-        {
-            Ok(Value::Storage(Rc::new(Storage {
-                key: key.to_string(),
-                dtype: *dtype,
-                numel: int(numel, "a storage size")?,
-            })))
-        }
-        _ => Err("a persistent id that is not a tensor storage".into()),
+    let [Value::Str(tag), Value::Global(class), Value::Str(key), _location, numel, ..] = &t[..] else {
+        return Err("a persistent id that is not a tensor storage".into());
+    };
+    let dtype = match class {
+        Global::Storage(dtype) => Some(*dtype),
+        Global::UntypedStorage => None,
+        _ => return Err("a persistent id that is not a tensor storage".into()),
+    };
+    if &**tag != "storage" {
+        return Err("a persistent id that is not a tensor storage".into());
     }
+    Ok(Value::Storage(Rc::new(Storage { key: key.to_string(), dtype, numel: int(numel, "a storage size")? })))
 }
 
 #[cfg(test)]
@@ -664,8 +698,8 @@ mod tests {
         p.extend(b"ctorch._utils\n_rebuild_qtensor\n.");
         assert!(load(&p).unwrap_err().contains("`torch._utils._rebuild_qtensor`: a kind of tensor"));
         let mut p = vec![0x80, 2];
-        p.extend(b"ctorch\nComplexFloatStorage\n.");
-        assert!(load(&p).unwrap_err().contains("`torch.ComplexFloatStorage`: tensors of this dtype are not read"));
+        p.extend(b"ctorch\nComplexDoubleStorage\n.");
+        assert!(load(&p).unwrap_err().contains("`torch.ComplexDoubleStorage`: tensors of this dtype are not read"));
     }
 
     /// An object's state (`BUILD`) and items (`SETITEMS`, `APPENDS`) are
@@ -719,5 +753,38 @@ mod tests {
         }
         p.push(b'.');
         assert!(load(&p).is_ok());
+    }
+
+    /// `_rebuild_tensor_v3` (a tensor on an `UntypedStorage`, whose size is
+    /// in bytes) keeps the dtype its last argument names; a dtype it does
+    /// not read is refused, naming it.
+    #[test]
+    fn untyped_storages_give_their_tensors_the_named_dtype() {
+        let v3 = |dtype: &str| {
+            let x = |p: &mut Vec<u8>, s: &str| {
+                p.push(b'X');
+                p.extend((s.len() as u32).to_le_bytes());
+                p.extend(s.as_bytes());
+            };
+            let mut p = vec![0x80, 2];
+            p.extend(b"ctorch._utils\n_rebuild_tensor_v3\n((");
+            x(&mut p, "storage");
+            p.extend(b"ctorch.storage\nUntypedStorage\n");
+            x(&mut p, "0");
+            x(&mut p, "cpu");
+            p.extend(b"K\x10tQK\x02K\x03\x85K\x01\x85\x89N");
+            p.extend(format!("ctorch\n{dtype}\n").as_bytes());
+            p.extend(b"tR.");
+            load(&p)
+        };
+        let Value::Tensor(ref t) = v3("uint16").unwrap() else { panic!("not a tensor") };
+        assert_eq!((t.dtype, t.offset, &t.shape[..], &t.stride[..]), (Dtype::U16, 2, &[3][..], &[1][..]));
+        assert_eq!((t.storage.dtype, t.storage.numel, t.storage.bytes()), (None, 16, Some(16)));
+        let Value::Tensor(ref t) = v3("float8_e4m3fn").unwrap() else { panic!("not a tensor") };
+        assert_eq!(t.dtype, Dtype::F8_E4M3);
+        assert_eq!(
+            v3("complex128").unwrap_err(),
+            "pickle byte 126: a tensor of dtype `torch.complex128`, which is not read"
+        );
     }
 }

@@ -15,7 +15,7 @@ use safetensors::tensor::{Dtype, TensorInfo};
 
 use std::rc::Rc;
 
-use crate::pickle::{self, StorageType, TensorRef, Value};
+use crate::pickle::{self, dtype_size, TensorRef, Value};
 use crate::zip;
 
 /// Where a tensor's bytes are: in the archive, or in the gathered buffer.
@@ -37,21 +37,6 @@ pub(crate) struct TorchCheckpoint {
 /// The first bytes of the legacy (torch < 1.6) format: a pickled magic number.
 pub(crate) fn is_legacy(bytes: &[u8]) -> bool {
     bytes.starts_with(&[0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8])
-}
-
-fn dtype(s: StorageType) -> Dtype {
-    match s {
-        StorageType::F32 => Dtype::F32,
-        StorageType::F16 => Dtype::F16,
-        StorageType::BF16 => Dtype::BF16,
-        StorageType::F64 => Dtype::F64,
-        StorageType::I64 => Dtype::I64,
-        StorageType::I32 => Dtype::I32,
-        StorageType::I16 => Dtype::I16,
-        StorageType::I8 => Dtype::I8,
-        StorageType::U8 => Dtype::U8,
-        StorageType::Bool => Dtype::BOOL,
-    }
 }
 
 /// Reads a torch zip archive.
@@ -85,13 +70,16 @@ pub(crate) fn read(bytes: &[u8], key: Option<&str>) -> Result<TorchCheckpoint, S
         let entry =
             storages.get(s.key.as_str()).ok_or_else(|| place(format!("storage `{}` is not in the archive", s.key)))?;
         entry.stored().map_err(place)?;
-        let size = s.dtype.size();
-        if s.numel.checked_mul(size) != Some(entry.len) {
+        if s.bytes() != Some(entry.len) {
             return Err(place(format!(
-                "storage `{}` declares {} elements of {size} bytes but holds {} bytes",
-                s.key, s.numel, entry.len
+                "storage `{}` declares {} elements of {} bytes but holds {} bytes",
+                s.key,
+                s.numel,
+                s.dtype.map_or(1, dtype_size),
+                entry.len
             )));
         }
+        let size = dtype_size(t.dtype);
         let numel =
             t.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| place("size overflows".into()))?;
         // The last element the view reaches must lie in the storage.
@@ -102,14 +90,16 @@ pub(crate) fn read(bytes: &[u8], key: Option<&str>) -> Result<TorchCheckpoint, S
                 a.checked_add((d - 1).checked_mul(st)?)
             }
         });
-        if numel > 0 && reach.is_none_or(|r| r >= s.numel) {
+        let end = reach.and_then(|r| r.checked_add(1)?.checked_mul(size));
+        if numel > 0 && end.is_none_or(|e| e > entry.len) {
             return Err(place(format!(
-                "its view (offset {}, size {:?}, stride {:?}) reaches past its storage of {} elements",
-                t.offset, t.shape, t.stride, s.numel
+                "its view (offset {}, size {:?}, stride {:?}) of {size}-byte elements reaches past its storage of \
+                 {} bytes",
+                t.offset, t.shape, t.stride, entry.len
             )));
         }
         let info = |start: usize| TensorInfo {
-            dtype: dtype(s.dtype),
+            dtype: t.dtype,
             shape: t.shape.clone(),
             data_offsets: (start, start + numel * size),
         };
@@ -128,24 +118,28 @@ pub(crate) fn read(bytes: &[u8], key: Option<&str>) -> Result<TorchCheckpoint, S
 /// The value of a one-element tensor of a float or integer storage, as
 /// text (`71.5`), when its element lies in the storage's entry.
 fn scalar_value(bytes: &[u8], entry: &zip::ZipEntry, t: &TensorRef) -> Option<String> {
-    let size = t.storage.dtype.size();
+    let size = dtype_size(t.dtype);
     let at = entry.start.checked_add(t.offset.checked_mul(size)?)?;
     let end = at.checked_add(size)?;
     if end > entry.start.checked_add(entry.len)? {
         return None;
     }
     let b = bytes.get(at..end)?;
-    Some(match t.storage.dtype {
-        StorageType::F32 => f32::from_le_bytes(b.try_into().ok()?).to_string(),
-        StorageType::F64 => f64::from_le_bytes(b.try_into().ok()?).to_string(),
-        StorageType::F16 => half::f16::from_le_bytes(b.try_into().ok()?).to_string(),
-        StorageType::BF16 => half::bf16::from_le_bytes(b.try_into().ok()?).to_string(),
-        StorageType::I64 => i64::from_le_bytes(b.try_into().ok()?).to_string(),
-        StorageType::I32 => i32::from_le_bytes(b.try_into().ok()?).to_string(),
-        StorageType::I16 => i16::from_le_bytes(b.try_into().ok()?).to_string(),
-        StorageType::I8 => i8::from_le_bytes(b.try_into().ok()?).to_string(),
-        StorageType::U8 => b[0].to_string(),
-        StorageType::Bool => (b[0] != 0).to_string(),
+    Some(match t.dtype {
+        Dtype::F32 => f32::from_le_bytes(b.try_into().ok()?).to_string(),
+        Dtype::F64 => f64::from_le_bytes(b.try_into().ok()?).to_string(),
+        Dtype::F16 => half::f16::from_le_bytes(b.try_into().ok()?).to_string(),
+        Dtype::BF16 => half::bf16::from_le_bytes(b.try_into().ok()?).to_string(),
+        Dtype::I64 => i64::from_le_bytes(b.try_into().ok()?).to_string(),
+        Dtype::I32 => i32::from_le_bytes(b.try_into().ok()?).to_string(),
+        Dtype::I16 => i16::from_le_bytes(b.try_into().ok()?).to_string(),
+        Dtype::I8 => i8::from_le_bytes(b.try_into().ok()?).to_string(),
+        Dtype::U64 => u64::from_le_bytes(b.try_into().ok()?).to_string(),
+        Dtype::U32 => u32::from_le_bytes(b.try_into().ok()?).to_string(),
+        Dtype::U16 => u16::from_le_bytes(b.try_into().ok()?).to_string(),
+        Dtype::U8 => b[0].to_string(),
+        Dtype::BOOL => (b[0] != 0).to_string(),
+        _ => return None,
     })
 }
 

@@ -246,7 +246,10 @@ fn batchnorms_fold_into_their_layers_and_unknown_grids_stay_channels() {
         assert!(folded.contains(&bn), "`{bn}` folded: {folded:?}");
     }
     assert!(net.layers.iter().all(|l| l.kind != LayerKind::Norm), "every BatchNorm found its layer");
-    assert!(net.unused.iter().any(|(t, why)| t.ends_with("num_batches_tracked") && why.contains("integer")));
+    assert!(net
+        .unused
+        .iter()
+        .any(|(t, why)| t.ends_with("num_batches_tracked") && why.contains("a tensor of I64, not of a float dtype")));
     for l in &net.layers {
         if let LayerKind::Conv(c) = l.kind {
             assert!(c.channel_level, "`{}`: no grid is invented", l.name);

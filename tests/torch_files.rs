@@ -179,11 +179,34 @@ fn hostile_files_are_refused_and_nothing_runs() {
     common::assert_error_rows(&out.join("errors.csv"), "torch", &rows);
 }
 
+/// Tensors torch 2 saves on untyped storages (`_rebuild_tensor_v3`) are
+/// read with their own dtype: uint16 and complex buffers are listed as
+/// unused (the file is measured: `good/unsigned_buffers.pt` is in the twin
+/// test above), a float8 weight is refused by name, never measured.
+#[test]
+fn tensors_of_untyped_storages_keep_their_dtype() {
+    let o = Command::new(env!("CARGO_BIN_EXE_cntscope"))
+        .args(["inspect", fixtures().join("good/unsigned_buffers.pt").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for (tensor, dtype) in [("0.codes", "U16"), ("3.ids", "U32"), ("freqs", "C64")] {
+        assert!(text.contains(&format!("{tensor}: a tensor of {dtype}, not of a float dtype")), "{text}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let o = scan(&fixtures().join("dtypes"), &out);
+    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+    let rows = [("float8_weights.pt", "tensor `0.weight` has unsupported dtype F8_E4M3")];
+    common::assert_error_rows(&out.join("errors.csv"), "unsupported_dtype", &rows);
+}
+
 #[test]
 fn random_mutations_never_panic() {
     // A state_dict, and pickles of whole objects (a module, a timm run's
     // checkpoint with its arguments and numpy scalars).
-    for file in ["plain.pt", "whole_model.pt", "timm_train.pth.tar", "scripted.pt"] {
+    for file in ["plain.pt", "whole_model.pt", "timm_train.pth.tar", "scripted.pt", "unsigned_buffers.pt"] {
         let good = std::fs::read(fixtures().join("good").join(file)).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let (ok, refused) = common::measure_mutations(&good, &dir.path().join("m.pt"), 1500);
