@@ -274,8 +274,9 @@ pub fn special(t: &std::fs::FileType) -> Option<&'static str> {
 /// File names a directory scan takes as checkpoints: safetensors files,
 /// PyTorch files (`.pt`, `.pth`, `.bin`, `.ckpt`, and `.pth.tar` as
 /// PyTorch's ImageNet example and timm name theirs), NumPy files (`.npz`,
-/// `.npy`), Keras files (`.h5`, `.hdf5`, `.keras`) and the extensionless
-/// `checkpoints` of Ray Tune trials. What each holds is decided by its
+/// `.npy`), Keras files (`.h5`, `.hdf5`, `.keras`), Flax files
+/// (`.msgpack`, `checkpoint_<step>`) and the extensionless `checkpoints` of
+/// Ray Tune trials. What each holds is decided by its
 /// bytes when opened.
 fn is_checkpoint_name(name: &str) -> bool {
     let ext = |e: &str| name.len() > e.len() && name.ends_with(e);
@@ -291,7 +292,16 @@ fn is_checkpoint_name(name: &str) -> bool {
         || ext(".h5")
         || ext(".hdf5")
         || ext(".keras")
+        || ext(".msgpack")
         || name == "checkpoints"
+        || is_flax_checkpoint_name(name)
+}
+
+/// `checkpoint_<step>`: the extensionless file of Flax's
+/// `save_checkpoint` (without Orbax). Ray Tune's folders of that name are
+/// walked into, not read.
+fn is_flax_checkpoint_name(name: &str) -> bool {
+    name.strip_prefix("checkpoint_").is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Names that training libraries give the state they save beside a model:

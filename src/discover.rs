@@ -93,11 +93,30 @@ fn vector_reason(has_bias: bool) -> &'static str {
 /// a vector and which keeps no running statistics, else `None`.
 pub(crate) fn sample_norm(ck: &Checkpoint, layout: Layout, name: &str) -> Option<&'static str> {
     let (prefix, role) = split(name);
-    let weight = find_member(ck, layout, prefix, &["weight", "gamma"])?;
-    let stats = find_member(ck, layout, prefix, &["running_mean", "moving_mean"]);
+    let weights = norm_roles(layout, "weight");
+    let weight = find_member(ck, layout, prefix, weights)?;
+    let stats = find_member(ck, layout, prefix, norm_roles(layout, "mean"));
     let vector = ck.shape(&weight).is_some_and(|s| s.len() == 1);
     let bias = find_member(ck, layout, prefix, &["bias", "beta"]).is_some();
-    (matches!(role, "weight" | "gamma" | "bias" | "beta") && vector && stats.is_none()).then_some(vector_reason(bias))
+    ((weights.contains(&role) || matches!(role, "bias" | "beta")) && vector && stats.is_none())
+        .then_some(vector_reason(bias))
+}
+
+/// The names a normalisation's tensors go by (`what`: `weight`, `mean`,
+/// `var`): torch's (`weight`, `running_mean`, `running_var`), Keras'
+/// (`gamma`, `moving_mean`, `moving_variance`) and, in Keras' layout,
+/// Flax's (`scale`, `mean`, `var`).
+pub(crate) fn norm_roles(layout: Layout, what: &str) -> &'static [&'static str] {
+    let flax = layout == Layout::Keras;
+    match (what, flax) {
+        ("weight", false) => &["weight", "gamma"],
+        ("weight", true) => &["weight", "gamma", "scale"],
+        ("mean", false) => &["running_mean", "moving_mean"],
+        ("mean", true) => &["running_mean", "moving_mean", "mean"],
+        ("var", false) => &["running_var", "moving_variance"],
+        ("var", true) => &["running_var", "moving_variance", "var"],
+        _ => unreachable!("a normalisation's tensors are its weight, mean and var"),
+    }
 }
 
 /// Finds the layers, in natural order of names.
@@ -122,15 +141,15 @@ pub(crate) fn discover(ck: &Checkpoint, layout: Layout) -> Discovered {
             None if role(&["in_proj_weight"]).is_some() => (role(&["in_proj_weight"]), role(&["in_proj_bias"])),
             w => (w, role(&["bias", "beta"])),
         };
-        let mean = role(&["running_mean", "moving_mean"]);
-        let var = role(&["running_var", "moving_variance"]);
+        let mean = role(norm_roles(layout, "mean"));
+        let var = role(norm_roles(layout, "var"));
         let rank = |n: &str| ck.shape(n).map_or(0, <[usize]>::len);
         let mut used: Vec<&str> = Vec::new();
         if let (Some(_), Some(_)) = (mean, var) {
             // A BatchNorm: placed once every weighted layer is known.
             let channels = ck.shape(mean.expect("checked")).map_or(0, |s| s.iter().product());
             norms.push((prefix, channels, out.entries.len()));
-            used.extend([mean, var, weight, bias, role(&["gamma"])].into_iter().flatten());
+            used.extend([mean, var, weight, bias, role(norm_roles(layout, "weight"))].into_iter().flatten());
         } else if let Some(w) = weight.filter(|w| matches!(rank(w), 2..=4)) {
             let shape = ck.shape(w).expect("listed");
             let mut e = LayerSpec { weight: Some(w.to_string()), ..LayerSpec::default() };
@@ -169,9 +188,11 @@ pub(crate) fn discover(ck: &Checkpoint, layout: Layout) -> Discovered {
                 used.push(b);
             }
             out.entries.push(e);
-        } else if weight.is_some_and(|w| rank(w) == 1) {
+        } else if let Some(w) = weight.or(role(&["scale"]).filter(|_| layout == Layout::Keras)).filter(|w| rank(w) == 1)
+        {
+            // (Flax's LayerNorm keeps a `scale`.)
             let why = vector_reason(bias.is_some());
-            for n in [weight, bias].into_iter().flatten() {
+            for n in [Some(w), bias].into_iter().flatten() {
                 out.unused.push((n.to_string(), why.into()));
                 used.push(n);
             }

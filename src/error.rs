@@ -45,6 +45,16 @@ pub enum Error {
         reason: String,
     },
 
+    /// A Flax msgpack file (`flax.serialization.to_bytes`) is malformed,
+    /// or holds arrays that are not read.
+    #[error("{path}: Flax checkpoint: {reason}")]
+    Flax {
+        /// The file concerned.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
     /// A NumPy file is malformed, or not a checkpoint of named weights.
     #[error("{path}: NumPy file: {reason}")]
     Numpy {
@@ -201,6 +211,7 @@ impl Error {
             | Error::Malformed { path, .. }
             | Error::Torch { path, .. }
             | Error::Numpy { path, .. }
+            | Error::Flax { path, .. }
             | Error::Keras { path, .. }
             | Error::FlatZoo { path, .. }
             | Error::BadIndex { path, .. }
@@ -225,6 +236,7 @@ impl Error {
             Error::Malformed { .. } => "malformed",
             Error::Torch { .. } => "torch",
             Error::Numpy { .. } => "numpy",
+            Error::Flax { .. } => "flax",
             Error::Keras { .. } => "keras",
             Error::FlatZoo { .. } => "flat_zoo",
             Error::BadIndex { .. } => "bad_index",

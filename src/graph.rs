@@ -717,7 +717,7 @@ fn assumed_eps(net: &Network, eps: f64) -> Option<String> {
     let norms = net.layers.iter().filter(|l| l.norm.is_some()).count();
     (norms > 0).then(|| {
         format!(
-            "BatchNorm epsilon assumed {eps:e} for {norms} BatchNorms (the layout's default; checkpoints do not \
+            "BatchNorm epsilon assumed {eps:e} for {norms} BatchNorms (the framework's default; checkpoints do not \
              store it): a model built with another (MobileNetV3 and EfficientNet use 1e-3) needs a spec with `eps`"
         )
     })
@@ -785,8 +785,13 @@ impl Network {
         let layout = opts.layout.or(spec.and_then(|s| s.layout)).unwrap_or_else(|| discover::detect_layout(ck));
         let bias = opts.bias.unwrap_or(true) && spec.and_then(|s| s.bias).unwrap_or(true);
         let bn = opts.bn.or(spec.and_then(|s| s.bn)).unwrap_or_default();
-        // Keras' BatchNormalization defaults to 1e-3, torch's to 1e-5.
-        let eps = spec.and_then(|s| s.eps).unwrap_or(if layout == Layout::Keras { KERAS_EPS } else { DEFAULT_EPS });
+        // Keras' BatchNormalization defaults to 1e-3, torch's and Flax's
+        // to 1e-5.
+        let eps = spec.and_then(|s| s.eps).or(ck.norm_eps()).unwrap_or(if layout == Layout::Keras {
+            KERAS_EPS
+        } else {
+            DEFAULT_EPS
+        });
         let input = opts.input.clone().or_else(|| spec.and_then(|s| s.input.clone()));
         let input = input.map(|v| match v[..] {
             [c, h, w] => NodeShape::Map { c, h, w },
@@ -1666,14 +1671,15 @@ impl<'a> Builder<'a> {
 }
 
 /// The BatchNorm of tensor prefix `p` (`p.running_mean`, keras'
-/// `p/moving_mean`, ... with or without `:0`), or `None` without running
+/// `p/moving_mean`, Flax's `p/mean`, ... with or without `:0`), or `None` without running
 /// statistics. Sizes are the caller's to check.
 pub(crate) fn find_norm(ck: &Checkpoint, layout: Layout, p: &str, eps: f64) -> Option<Norm> {
     let find = |suffixes: &[&str]| find_member(ck, layout, p, suffixes);
+    let roles = |what| crate::discover::norm_roles(layout, what);
     Some(Norm {
-        mean: find(&["running_mean", "moving_mean"])?,
-        var: find(&["running_var", "moving_variance"])?,
-        weight: find(&["weight", "gamma"]),
+        mean: find(roles("mean"))?,
+        var: find(roles("var"))?,
+        weight: find(roles("weight")),
         bias: find(&["bias", "beta"]),
         eps,
         prefix: p.to_string(),

@@ -19,6 +19,7 @@ pub mod discover;
 pub mod engine;
 pub mod error;
 pub mod flat;
+pub mod flax;
 pub mod graph;
 pub mod hdf5;
 pub mod keras;

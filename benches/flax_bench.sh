@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# The Flax benchmark of BENCHMARKS.md: Flax models with random weights
+# saved by `flax.serialization.to_bytes` (a model's variables: `params` and
+# `batch_stats`) and the same arrays as safetensors, scanned by cntscope
+# against `cat` of the files (the read floor) and against msgpack reading
+# every array into numpy as `flax.serialization.msgpack_restore` does (its
+# extension hook, without importing jax; reading only, no measure), in one
+# run, best of 5.
+#
+#   pip install flax safetensors msgpack      # benchmark machine only
+#   bash benches/flax_bench.sh [DIR] [PYTHON]   # DIR: /tmp/cntscope-flax
+default_dir=/tmp/cntscope-flax
+source "$(dirname "$0")/setup.sh"
+"$py" - "$dir" <<'PY' 2>/dev/null
+import os, sys
+import jax, jax.numpy as jnp, numpy as np
+import flax.linen as nn
+from flax import serialization
+from flax.traverse_util import flatten_dict
+from safetensors.numpy import save_file
+base = sys.argv[1]
+
+class VGG(nn.Module):  # a VGG-style CNN with BatchNorm, 3x64x64 inputs, 512x1x1 at the end
+    @nn.compact
+    def __call__(self, x):
+        for width in (64, 128, 256, 256, 512, 512):
+            x = nn.relu(nn.BatchNorm(use_running_average=True)(nn.Conv(width, (3, 3), padding="SAME")(x)))
+            x = nn.max_pool(x, (2, 2), (2, 2))
+        x = x.reshape((x.shape[0], -1))
+        x = nn.relu(nn.Dense(4096)(x))  # Dense_0 (modules are named as they are made)
+        return nn.Dense(10)(x)
+
+class MLP(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        for _ in range(3):
+            x = nn.relu(nn.Dense(2048)(x))
+        return nn.Dense(10)(x)
+
+def save(path, v):
+    if os.path.exists(path + ".msgpack"):
+        return
+    rng = np.random.default_rng(0)
+    v = jax.tree_util.tree_map(lambda a: rng.normal(0, 0.05, a.shape).astype(np.float32), v)
+    v["batch_stats"] = jax.tree_util.tree_map(np.abs, v.get("batch_stats", {}))
+    open(path + ".msgpack", "wb").write(serialization.to_bytes(v))
+    flat = {"/".join(k[1:]): a for k, a in flatten_dict(v).items()}
+    save_file(flat, path + ".safetensors")
+
+save(f"{base}/vgg", VGG().init(jax.random.PRNGKey(0), jnp.ones((1, 64, 64, 3))))
+save(f"{base}/mlp", MLP().init(jax.random.PRNGKey(0), jnp.ones((1, 2048))))
+small, twins = f"{base}/small-msgpack", f"{base}/small-st"
+if not os.path.exists(twins):
+    os.makedirs(small); os.makedirs(twins)
+    tiny = nn.Sequential([nn.Dense(32), nn.Dense(16), nn.Dense(10)])
+    for i in range(500):
+        v = tiny.init(jax.random.PRNGKey(i), jnp.ones((1, 64)))
+        v = jax.tree_util.tree_map(np.asarray, v)
+        open(f"{small}/mlp-{i:03}.msgpack", "wb").write(serialization.to_bytes(v))
+        save_file({"/".join(k[1:]): a for k, a in flatten_dict(v).items()}, f"{twins}/mlp-{i:03}.safetensors")
+PY
+best() { "$py" benches/best.py 5 "$dir" "$@"; }
+restore='import sys, msgpack, numpy as np
+def ext(code, data):  # flax.serialization._msgpack_ext_unpack, arrays only
+    if code == 1:
+        shape, dtype, buf = msgpack.unpackb(data)
+        return np.frombuffer(buf, dtype=dtype).reshape(shape)
+    return msgpack.ExtType(code, data)
+for p in sys.argv[1:]:
+    with open(p, "rb") as f: msgpack.unpackb(f.read(), ext_hook=ext, raw=False)'
+spec="$dir/vgg.toml"
+"$py" - "$spec" <<'PY'
+import sys
+layers, i, bn, pools = [], 0, 0, []
+for width in (64, 128, 256, 256, 512, 512):
+    layers.append(f'[[layers]]\nname = "Conv_{i}"\nweight = "Conv_{i}/kernel"\nbias = "Conv_{i}/bias"\nnorm = "BatchNorm_{i}"\npadding = 1\n')
+    layers.append(f'[[layers]]\nname = "pool{i}"\npool = "max"\nkernel = 2\n')
+    i += 1
+layers += ['[[layers]]\nname = "Dense_0"\nweight = "Dense_0/kernel"\nbias = "Dense_0/bias"\n',
+           '[[layers]]\nname = "Dense_1"\nweight = "Dense_1/kernel"\nbias = "Dense_1/bias"\n']
+open(sys.argv[1], "w").write('input = [3, 64, 64]\nlayout = "keras"\neps = 1e-5\n\n' + "\n".join(layers))
+PY
+echo "| file | MB | read (cat) | msgpack + numpy read | cntscope | cntscope safetensors | vs safetensors | vs read floor | vs msgpack |"
+echo "|---|---|---|---|---|---|---|---|---|"
+row() {
+    local label=$1 ck=$2 st=$3
+    shift 3
+    cat $ck > /dev/null
+    mb=$(du -cm $ck | tail -1 | cut -f1)
+    t_read=$(best sh -c "cat $ck > /dev/null")
+    t_mp=$(best "$py" -c "$restore" $ck)
+    t_ck=$(best "$bin" scan $ck --device cpu -o OUT "$@")
+    t_st=$(best "$bin" scan $st --device cpu -o OUT "$@")
+    "$py" -c "import sys; r,m,c,s=map(float,sys.argv[1:5]); print(f'| $label | $mb | {r:.4f} s | {m:.4f} s | {c:.4f} s | {s:.4f} s | {c/s:.2f}x | {c/r:.1f}x | {m/c:.1f}x faster |')" "$t_read" "$t_mp" "$t_ck" "$t_st"
+}
+row "vgg.msgpack (spec)" "$dir/vgg.msgpack" "$dir/vgg.safetensors" --spec "$spec"
+row "mlp.msgpack" "$dir/mlp.msgpack" "$dir/mlp.safetensors"
+row "500 small .msgpack" "$dir/small-msgpack/*.msgpack" "$dir/small-st"
