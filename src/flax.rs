@@ -178,29 +178,6 @@ enum Leaf {
     Scalar(String),
 }
 
-/// The element type of a numpy dtype name as Flax writes it.
-fn dtype(name: &str) -> Option<Dtype> {
-    Some(match name {
-        "float32" => Dtype::F32,
-        "float16" => Dtype::F16,
-        "bfloat16" => Dtype::BF16,
-        "float64" => Dtype::F64,
-        "int8" => Dtype::I8,
-        "int16" => Dtype::I16,
-        "int32" => Dtype::I32,
-        "int64" => Dtype::I64,
-        "uint8" => Dtype::U8,
-        "uint16" => Dtype::U16,
-        "uint32" => Dtype::U32,
-        "uint64" => Dtype::U64,
-        "bool" => Dtype::BOOL,
-        "float8_e4m3fn" => Dtype::F8_E4M3,
-        "float8_e5m2" => Dtype::F8_E5M2,
-        "complex64" => Dtype::C64,
-        _ => return None,
-    })
-}
-
 fn text(b: &[u8], r: &Range<usize>) -> Result<String, String> {
     std::str::from_utf8(&b[r.clone()])
         .map(String::from)
@@ -222,7 +199,7 @@ fn ndarray(b: &[u8], payload: Range<usize>, name: &str) -> Result<Leaf, String> 
         })
         .collect::<Result<_, _>>()?;
     let dt = text(b, dt)?;
-    let dtype = dtype(&dt).ok_or_else(|| what(&format!("dtype `{dt}` is not read")))?;
+    let dtype = crate::pickle::dtype_named(&dt).ok_or_else(|| what(&format!("dtype `{dt}` is not read")))?;
     let size = shape.iter().try_fold(crate::pickle::dtype_size(dtype), |a, &d| a.checked_mul(d));
     if size != Some(data.len()) {
         return Err(what(&format!("shape {shape:?} of {dt} does not fit its {} bytes", data.len())));

@@ -34,9 +34,11 @@ fn storage_dtype(class: &str) -> Option<Dtype> {
     })
 }
 
-/// A `torch.<name>` dtype (`torch.float8_e4m3fn`), as `_rebuild_tensor_v3`
-/// names the element type of a tensor on an untyped storage.
-fn torch_dtype(name: &str) -> Option<Dtype> {
+/// The element type of a dtype name as torch names it (`torch.<name>`, as
+/// `_rebuild_tensor_v3` names a tensor's on an untyped storage) and numpy
+/// does (`dtype.name`, with ml_dtypes' `bfloat16` and `float8_*`, as Flax
+/// writes them): the same names.
+pub(crate) fn dtype_named(name: &str) -> Option<Dtype> {
     Some(match name {
         "float32" => Dtype::F32,
         "float16" => Dtype::F16,
@@ -509,7 +511,7 @@ fn global(module: &str, name: &str) -> Result<Value, String> {
         ("torch._utils", "_rebuild_tensor_v3") => Global::RebuildTensorV3,
         ("torch.storage", "UntypedStorage") => Global::UntypedStorage,
         ("torch", s) if storage_dtype(s).is_some() => Global::Storage(storage_dtype(s).expect("checked")),
-        ("torch", s) if torch_dtype(s).is_some() => Global::TorchDtype(torch_dtype(s).expect("checked")),
+        ("torch", s) if dtype_named(s).is_some() => Global::TorchDtype(dtype_named(s).expect("checked")),
         ("torch", s) if s.ends_with("Storage") => {
             return Err(format!("`torch.{s}`: tensors of this dtype are not read"));
         }

@@ -11,10 +11,9 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use cntscope::checkpoint::Checkpoint;
-use cntscope::engine::AnalysisOptions;
 use cntscope::graph::{GraphOptions, Network};
 use cntscope::spec::Spec;
-use common::{assert_within, engines, scan_paths as scan};
+use common::scan_paths as scan;
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/flax")
@@ -84,18 +83,7 @@ fn strengths_match_jax() {
     let expected = Checkpoint::open(fixtures().join("expected/variables.msgpack.safetensors")).unwrap();
     let spec = Spec::load(&fixtures().join("cnn.toml")).unwrap();
     let net = Network::build(&ck, &GraphOptions { spec: Some(spec), ..GraphOptions::default() }).unwrap();
-    assert_eq!(net.node_sets.len(), expected.names().len());
-    for engine in engines() {
-        let cpu = engine.name() == "cpu";
-        let a = engine.analyze(&net, &ck, &AnalysisOptions { keep_values: true, bins: 10 }).unwrap();
-        for set in &a.node_sets {
-            let want = expected.tensor(&format!("{}/strength", set.name)).unwrap().to_f64();
-            let got = &set.values.as_ref().unwrap().strength;
-            let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-            let tol = |_| if cpu { 1e-9 * scale } else { 1e-5 * scale };
-            assert_within(&format!("{} {}", engine.name(), set.name), got, &want, tol);
-        }
-    }
+    common::assert_strengths_match("variables.msgpack", &net, &ck, &expected);
 }
 
 /// Without a spec, each BatchNorm (Flax's `scale`, `bias`, `mean`, `var`

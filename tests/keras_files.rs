@@ -15,9 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use cntscope::checkpoint::Checkpoint;
-use cntscope::engine::AnalysisOptions;
 use cntscope::graph::{GraphOptions, Network};
-use common::{assert_within, engines, scan_paths as scan};
+use common::scan_paths as scan;
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/keras")
@@ -71,7 +70,6 @@ fn keras_files_equal_their_safetensors_twins() {
 /// too), nested models and ConvNeXt's blocks.
 #[test]
 fn strengths_from_the_models_config_match_keras() {
-    let engines = engines();
     let mut files = 0;
     for entry in std::fs::read_dir(fixtures().join("expected")).unwrap() {
         let path = entry.unwrap().path();
@@ -84,18 +82,7 @@ fn strengths_from_the_models_config_match_keras() {
             "{file}: {:?}",
             net.notes
         );
-        assert_eq!(net.node_sets.len(), expected.names().len(), "{file}: node sets");
-        for engine in &engines {
-            let cpu = engine.name() == "cpu";
-            let a = engine.analyze(&net, &ck, &AnalysisOptions { keep_values: true, bins: 10 }).unwrap();
-            for set in &a.node_sets {
-                let want = expected.tensor(&format!("{}/strength", set.name)).unwrap().to_f64();
-                let got = &set.values.as_ref().unwrap().strength;
-                let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-                let tol = |_| if cpu { 1e-9 * scale } else { 1e-5 * scale };
-                assert_within(&format!("{file} {} {}", engine.name(), set.name), got, &want, tol);
-            }
-        }
+        common::assert_strengths_match(&file, &net, &ck, &expected);
         files += 1;
     }
     assert_eq!(files, 23);

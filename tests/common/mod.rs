@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
-use cntscope::checkpoint::DType;
+use cntscope::checkpoint::{Checkpoint, DType};
 use cntscope::engine::{CpuEngine, Engine, GpuContext, GpuEngine};
 use safetensors::tensor::{Dtype, TensorView};
 
@@ -156,6 +156,25 @@ pub fn assert_within(what: &str, got: &[f64], want: &[f64], tol: impl Fn(usize) 
             (got[i] - want[i]).abs(),
             tol(i)
         );
+    }
+}
+
+/// Every node set's strengths on every engine against `expected`'s
+/// `SET/strength` vectors (computed by the framework itself): the CPU
+/// within 1e-9 of each set's largest value, the GPU within 1e-5.
+pub fn assert_strengths_match(what: &str, net: &cntscope::graph::Network, ck: &Checkpoint, expected: &Checkpoint) {
+    assert_eq!(net.node_sets.len(), expected.names().len(), "{what}: node sets");
+    for engine in engines() {
+        let cpu = engine.name() == "cpu";
+        let options = cntscope::engine::AnalysisOptions { keep_values: true, bins: 10 };
+        let a = engine.analyze(net, ck, &options).unwrap();
+        for set in &a.node_sets {
+            let want = expected.tensor(&format!("{}/strength", set.name)).unwrap().to_f64();
+            let got = &set.values.as_ref().unwrap().strength;
+            let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            let tol = |_| if cpu { 1e-9 * scale } else { 1e-5 * scale };
+            assert_within(&format!("{what} {} {}", engine.name(), set.name), got, &want, tol);
+        }
     }
 }
 
