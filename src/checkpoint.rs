@@ -208,7 +208,7 @@ struct Entry {
 /// the copy itself).
 enum Aligned {
     Words(Box<[u64]>, usize),
-    Pages(memmap2::MmapMut, usize),
+    Pages(memmap2::MmapMut),
 }
 
 impl Aligned {
@@ -222,13 +222,13 @@ impl Aligned {
         #[cfg(target_os = "linux")]
         let _ = map.advise(memmap2::Advice::HugePage);
         map.copy_from_slice(bytes);
-        Ok(Aligned::Pages(map, bytes.len()))
+        Ok(Aligned::Pages(map))
     }
 
     fn bytes(&self) -> &[u8] {
         match self {
             Aligned::Words(words, len) => &bytemuck::cast_slice::<u64, u8>(words)[..*len],
-            Aligned::Pages(map, len) => &map[..*len],
+            Aligned::Pages(map) => map,
         }
     }
 }

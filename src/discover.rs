@@ -93,29 +93,37 @@ fn vector_reason(has_bias: bool) -> &'static str {
 /// a vector and which keeps no running statistics, else `None`.
 pub(crate) fn sample_norm(ck: &Checkpoint, layout: Layout, name: &str) -> Option<&'static str> {
     let (prefix, role) = split(name);
-    let weights = norm_roles(layout, "weight");
-    let weight = find_member(ck, layout, prefix, weights)?;
-    let stats = find_member(ck, layout, prefix, norm_roles(layout, "mean"));
+    let roles = norm_roles(layout);
+    let weight = find_member(ck, layout, prefix, roles.weight)?;
+    let stats = find_member(ck, layout, prefix, roles.mean);
     let vector = ck.shape(&weight).is_some_and(|s| s.len() == 1);
     let bias = find_member(ck, layout, prefix, &["bias", "beta"]).is_some();
-    ((weights.contains(&role) || matches!(role, "bias" | "beta")) && vector && stats.is_none())
+    ((roles.weight.contains(&role) || matches!(role, "bias" | "beta")) && vector && stats.is_none())
         .then_some(vector_reason(bias))
 }
 
-/// The names a normalisation's tensors go by (`what`: `weight`, `mean`,
-/// `var`): torch's (`weight`, `running_mean`, `running_var`), Keras'
+/// The names a normalisation's tensors go by, one list per role.
+pub(crate) struct NormRoles {
+    pub(crate) weight: &'static [&'static str],
+    pub(crate) mean: &'static [&'static str],
+    pub(crate) var: &'static [&'static str],
+}
+
+/// torch's names (`weight`, `running_mean`, `running_var`), Keras'
 /// (`gamma`, `moving_mean`, `moving_variance`) and, in Keras' layout,
 /// Flax's (`scale`, `mean`, `var`).
-pub(crate) fn norm_roles(layout: Layout, what: &str) -> &'static [&'static str] {
-    let flax = layout == Layout::Keras;
-    match (what, flax) {
-        ("weight", false) => &["weight", "gamma"],
-        ("weight", true) => &["weight", "gamma", "scale"],
-        ("mean", false) => &["running_mean", "moving_mean"],
-        ("mean", true) => &["running_mean", "moving_mean", "mean"],
-        ("var", false) => &["running_var", "moving_variance"],
-        ("var", true) => &["running_var", "moving_variance", "var"],
-        _ => unreachable!("a normalisation's tensors are its weight, mean and var"),
+pub(crate) fn norm_roles(layout: Layout) -> NormRoles {
+    match layout {
+        Layout::Torch => NormRoles {
+            weight: &["weight", "gamma"],
+            mean: &["running_mean", "moving_mean"],
+            var: &["running_var", "moving_variance"],
+        },
+        Layout::Keras => NormRoles {
+            weight: &["weight", "gamma", "scale"],
+            mean: &["running_mean", "moving_mean", "mean"],
+            var: &["running_var", "moving_variance", "var"],
+        },
     }
 }
 
@@ -141,15 +149,15 @@ pub(crate) fn discover(ck: &Checkpoint, layout: Layout) -> Discovered {
             None if role(&["in_proj_weight"]).is_some() => (role(&["in_proj_weight"]), role(&["in_proj_bias"])),
             w => (w, role(&["bias", "beta"])),
         };
-        let mean = role(norm_roles(layout, "mean"));
-        let var = role(norm_roles(layout, "var"));
+        let norm = norm_roles(layout);
+        let (mean, var) = (role(norm.mean), role(norm.var));
         let rank = |n: &str| ck.shape(n).map_or(0, <[usize]>::len);
         let mut used: Vec<&str> = Vec::new();
         if let (Some(_), Some(_)) = (mean, var) {
             // A BatchNorm: placed once every weighted layer is known.
             let channels = ck.shape(mean.expect("checked")).map_or(0, |s| s.iter().product());
             norms.push((prefix, channels, out.entries.len()));
-            used.extend([mean, var, weight, bias, role(norm_roles(layout, "weight"))].into_iter().flatten());
+            used.extend([mean, var, weight, bias, role(norm.weight)].into_iter().flatten());
         } else if let Some(w) = weight.filter(|w| matches!(rank(w), 2..=4)) {
             let shape = ck.shape(w).expect("listed");
             let mut e = LayerSpec { weight: Some(w.to_string()), ..LayerSpec::default() };

@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 use std::ops::Range;
 
-use safetensors::tensor::{Dtype, TensorInfo};
+use safetensors::tensor::TensorInfo;
 
 use crate::torch::Place;
 
@@ -211,15 +211,7 @@ fn ndarray(b: &[u8], payload: Range<usize>, name: &str) -> Result<Leaf, String> 
 fn npscalar(b: &[u8], payload: Range<usize>) -> Option<String> {
     let Ok(Item::Array(parts)) = decode(b, payload) else { return None };
     let [Item::Str(dt), Item::Bin(data)] = &parts[..] else { return None };
-    let v = &b[data.clone()];
-    Some(match text(b, dt).ok()?.as_str() {
-        "float64" => f64::from_le_bytes(v.try_into().ok()?).to_string(),
-        "float32" => f32::from_le_bytes(v.try_into().ok()?).to_string(),
-        "int64" => i64::from_le_bytes(v.try_into().ok()?).to_string(),
-        "int32" => i32::from_le_bytes(v.try_into().ok()?).to_string(),
-        "bool" => (v.first()? != &0).to_string(),
-        _ => return None,
-    })
+    crate::pickle::scalar_text(crate::pickle::dtype_named(&text(b, dt).ok()?)?, &b[data.clone()])
 }
 
 /// The tree's leaves by `/`-joined names, in file order.
@@ -255,19 +247,6 @@ fn leaves(b: &[u8], item: &Item, name: &str, out: &mut Vec<(String, Leaf)>) -> R
         Item::Nil | Item::Bin(_) | Item::Ext(..) => {}
     }
     Ok(())
-}
-
-/// The value of a one-element array, as text.
-fn one_value(b: &[u8], info: &TensorInfo, r: &Range<usize>) -> Option<String> {
-    let v = &b[r.clone()];
-    Some(match info.dtype {
-        Dtype::F32 => f32::from_le_bytes(v.try_into().ok()?).to_string(),
-        Dtype::F64 => f64::from_le_bytes(v.try_into().ok()?).to_string(),
-        Dtype::I32 => i32::from_le_bytes(v.try_into().ok()?).to_string(),
-        Dtype::I64 => i64::from_le_bytes(v.try_into().ok()?).to_string(),
-        Dtype::U32 => u32::from_le_bytes(v.try_into().ok()?).to_string(),
-        _ => return None,
-    })
 }
 
 /// Reads a Flax msgpack file: the model's `params` and `batch_stats` (or,
@@ -324,7 +303,7 @@ pub(crate) fn read(b: &[u8], key: Option<&str>) -> Result<FlaxCheckpoint, String
             // The step of a TrainState, an epoch, a metric: one value
             // outside the model.
             (Leaf::Tensor(info, r), None) if info.shape.iter().product::<usize>() == 1 && info.shape.len() <= 1 => {
-                if let Some(v) = one_value(b, &info, &r) {
+                if let Some(v) = crate::pickle::scalar_text(info.dtype, &b[r]) {
                     out.metadata.insert(n, v);
                 }
             }
@@ -345,6 +324,8 @@ pub(crate) fn read(b: &[u8], key: Option<&str>) -> Result<FlaxCheckpoint, String
 
 #[cfg(test)]
 mod tests {
+    use safetensors::tensor::Dtype;
+
     use super::*;
 
     /// msgpack of `{"params": {"Dense_0": {"kernel": <f32 [2, 1]>}},

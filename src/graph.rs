@@ -1409,7 +1409,7 @@ impl<'a> Builder<'a> {
         let Some(norm) = find_norm(self.ck, self.s.layout, &prefix, e.eps.unwrap_or(self.s.eps)) else {
             return Err(self.err(format!(
                 "BatchNorm `{prefix}`: no running statistics ({prefix}.running_mean / .running_var, or keras' \
-                 moving_mean / moving_variance) in the checkpoint"
+                 moving_mean / moving_variance, or Flax's mean / var) in the checkpoint"
             )));
         };
         let n = channels.unwrap_or_else(|| self.ck.shape(&norm.mean).map_or(0, |s| s.iter().product()));
@@ -1675,11 +1675,11 @@ impl<'a> Builder<'a> {
 /// statistics. Sizes are the caller's to check.
 pub(crate) fn find_norm(ck: &Checkpoint, layout: Layout, p: &str, eps: f64) -> Option<Norm> {
     let find = |suffixes: &[&str]| find_member(ck, layout, p, suffixes);
-    let roles = |what| crate::discover::norm_roles(layout, what);
+    let roles = crate::discover::norm_roles(layout);
     Some(Norm {
-        mean: find(roles("mean"))?,
-        var: find(roles("var"))?,
-        weight: find(roles("weight")),
+        mean: find(roles.mean)?,
+        var: find(roles.var)?,
+        weight: find(roles.weight),
         bias: find(&["bias", "beta"]),
         eps,
         prefix: p.to_string(),

@@ -63,6 +63,28 @@ pub(crate) fn dtype_named(name: &str) -> Option<Dtype> {
     })
 }
 
+/// The value of one element of `dtype` (little-endian bytes) as text
+/// (`71.5`), for a float, integer or bool dtype; `None` for any other, or
+/// bytes of another length.
+pub(crate) fn scalar_text(dtype: Dtype, b: &[u8]) -> Option<String> {
+    Some(match dtype {
+        Dtype::F32 => f32::from_le_bytes(b.try_into().ok()?).to_string(),
+        Dtype::F64 => f64::from_le_bytes(b.try_into().ok()?).to_string(),
+        Dtype::F16 => half::f16::from_le_bytes(b.try_into().ok()?).to_string(),
+        Dtype::BF16 => half::bf16::from_le_bytes(b.try_into().ok()?).to_string(),
+        Dtype::I64 => i64::from_le_bytes(b.try_into().ok()?).to_string(),
+        Dtype::I32 => i32::from_le_bytes(b.try_into().ok()?).to_string(),
+        Dtype::I16 => i16::from_le_bytes(b.try_into().ok()?).to_string(),
+        Dtype::I8 => i8::from_le_bytes(b.try_into().ok()?).to_string(),
+        Dtype::U64 => u64::from_le_bytes(b.try_into().ok()?).to_string(),
+        Dtype::U32 => u32::from_le_bytes(b.try_into().ok()?).to_string(),
+        Dtype::U16 => u16::from_le_bytes(b.try_into().ok()?).to_string(),
+        Dtype::U8 => u8::from_le_bytes(b.try_into().ok()?).to_string(),
+        Dtype::BOOL => (<[u8; 1]>::try_from(b).ok()?[0] != 0).to_string(),
+        _ => return None,
+    })
+}
+
 /// Bytes per element of a dtype that torch stores whole bytes of.
 pub fn dtype_size(dtype: Dtype) -> usize {
     dtype.bitsize().div_ceil(8)

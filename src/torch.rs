@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use safetensors::tensor::{Dtype, TensorInfo};
+use safetensors::tensor::TensorInfo;
 
 use std::rc::Rc;
 
@@ -124,23 +124,7 @@ fn scalar_value(bytes: &[u8], entry: &zip::ZipEntry, t: &TensorRef) -> Option<St
     if end > entry.start.checked_add(entry.len)? {
         return None;
     }
-    let b = bytes.get(at..end)?;
-    Some(match t.dtype {
-        Dtype::F32 => f32::from_le_bytes(b.try_into().ok()?).to_string(),
-        Dtype::F64 => f64::from_le_bytes(b.try_into().ok()?).to_string(),
-        Dtype::F16 => half::f16::from_le_bytes(b.try_into().ok()?).to_string(),
-        Dtype::BF16 => half::bf16::from_le_bytes(b.try_into().ok()?).to_string(),
-        Dtype::I64 => i64::from_le_bytes(b.try_into().ok()?).to_string(),
-        Dtype::I32 => i32::from_le_bytes(b.try_into().ok()?).to_string(),
-        Dtype::I16 => i16::from_le_bytes(b.try_into().ok()?).to_string(),
-        Dtype::I8 => i8::from_le_bytes(b.try_into().ok()?).to_string(),
-        Dtype::U64 => u64::from_le_bytes(b.try_into().ok()?).to_string(),
-        Dtype::U32 => u32::from_le_bytes(b.try_into().ok()?).to_string(),
-        Dtype::U16 => u16::from_le_bytes(b.try_into().ok()?).to_string(),
-        Dtype::U8 => b[0].to_string(),
-        Dtype::BOOL => (b[0] != 0).to_string(),
-        _ => return None,
-    })
+    pickle::scalar_text(t.dtype, bytes.get(at..end)?)
 }
 
 /// Row-major with no gaps (dimensions of size 1 may have any stride).
