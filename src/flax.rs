@@ -282,14 +282,17 @@ pub(crate) fn read(b: &[u8], key: Option<&str>) -> Result<FlaxCheckpoint, String
             (None, _) => Some(n.to_string()),
         }
     };
-    // The top-level entries holding arrays, for an error.
-    let mut tops: Vec<&str> = all
-        .iter()
-        .filter(|(_, leaf)| matches!(leaf, Leaf::Tensor(..)))
-        .map(|(n, _)| n.split('/').next().unwrap_or(n))
-        .collect();
-    tops.dedup();
-    let tops = tops.join(", ");
+    // The top-level entries holding arrays, for the error of a `key` that
+    // holds none.
+    let tops = key.map(|_| {
+        let mut tops: Vec<&str> = all
+            .iter()
+            .filter(|(_, leaf)| matches!(leaf, Leaf::Tensor(..)))
+            .map(|(n, _)| n.split('/').next().unwrap_or(n))
+            .collect();
+        tops.dedup();
+        tops.join(", ")
+    });
     let mut out = FlaxCheckpoint { tensors: Vec::new(), metadata: BTreeMap::new() };
     let mut names = std::collections::HashSet::new();
     for (n, leaf) in all {
@@ -314,9 +317,9 @@ pub(crate) fn read(b: &[u8], key: Option<&str>) -> Result<FlaxCheckpoint, String
         }
     }
     if out.tensors.is_empty() {
-        return Err(match key {
-            Some(k) => format!("--key {k}: no arrays under `{k}` (entries holding arrays: {tops})"),
-            None => "no arrays in the file".to_string(),
+        return Err(match (key, tops) {
+            (Some(k), Some(tops)) => format!("--key {k}: no arrays under `{k}` (entries holding arrays: {tops})"),
+            _ => "no arrays in the file".to_string(),
         });
     }
     Ok(out)
