@@ -82,16 +82,12 @@ open(sys.argv[1], "w").write('input = [3, 64, 64]\nlayout = "keras"\neps = 1e-5\
 PY
 echo "| file | MB | read (cat) | msgpack + numpy read | cntscope | cntscope safetensors | vs safetensors | vs read floor | vs msgpack |"
 echo "|---|---|---|---|---|---|---|---|---|"
+# label, the msgpack files (read by cat, msgpack and cntscope), their
+# twins, then the options of both scans (`twin_row` of setup.sh).
 row() {
-    local label=$1 ck=$2 st=$3
-    shift 3
-    cat $ck > /dev/null
-    mb=$(du -cm $ck | tail -1 | cut -f1)
-    t_read=$(best sh -c "cat $ck > /dev/null")
-    t_mp=$(best "$py" -c "$restore" $ck)
-    t_ck=$(best "$bin" scan $ck --device cpu -o OUT "$@")
-    t_st=$(best "$bin" scan $st --device cpu -o OUT "$@")
-    "$py" -c "import sys; r,m,c,s=map(float,sys.argv[1:5]); print(f'| $label | $mb | {r:.4f} s | {m:.4f} s | {c:.4f} s | {s:.4f} s | {c/s:.2f}x | {c/r:.1f}x | {m/c:.1f}x faster |')" "$t_read" "$t_mp" "$t_ck" "$t_st"
+    local label=$1 ck=$2
+    shift 2
+    twin_row "$label" "$ck" "$restore" "$ck" "$ck" "$@"
 }
 row "vgg.msgpack (spec)" "$dir/vgg.msgpack" "$dir/vgg.safetensors" --spec "$spec"
 row "mlp.msgpack" "$dir/mlp.msgpack" "$dir/mlp.safetensors"

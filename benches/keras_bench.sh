@@ -52,18 +52,12 @@ for p in sys.argv[1:]:
     with h5py.File(p) as f: f.visititems(read)'
 echo "| file | MB | read (cat) | h5py read | cntscope | cntscope safetensors | vs safetensors | vs read floor | vs h5py |"
 echo "|---|---|---|---|---|---|---|---|---|"
-# label, files to cat, files for h5py, cntscope's paths, safetensors paths,
-# then the options of both scans.
+# label, files to cat, then h5py's files, cntscope's paths, safetensors
+# paths and the options of both scans (`twin_row` of setup.sh).
 row() {
-    local label=$1 cat_files=$2 h5_files=$3 ck=$4 st=$5
-    shift 5
-    cat $cat_files > /dev/null
-    mb=$(du -cm $cat_files | tail -1 | cut -f1)
-    t_read=$(best sh -c "cat $cat_files > /dev/null")
-    t_h5=$(best "$py" -c "$h5py_read" $h5_files)
-    t_ck=$(best "$bin" scan $ck --device cpu -o OUT "$@")
-    t_st=$(best "$bin" scan $st --device cpu -o OUT "$@")
-    "$py" -c "import sys; r,h,c,s=map(float,sys.argv[1:5]); print(f'| $label | $mb | {r:.4f} s | {h:.4f} s | {c:.4f} s | {s:.4f} s | {c/s:.2f}x | {c/r:.1f}x | {h/c:.1f}x faster |')" "$t_read" "$t_h5" "$t_ck" "$t_st"
+    local label=$1 cat_files=$2
+    shift 2
+    twin_row "$label" "$cat_files" "$h5py_read" "$@"
 }
 # Every scan of a network measures the whole graph at its input size
 # (3x224x224; Xception and InceptionResNetV2 3x299x299): the
