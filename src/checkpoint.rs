@@ -532,6 +532,12 @@ impl Checkpoint {
         if crate::flax::is_msgpack(&bytes) {
             return Self::open_flax(path, bytes, key);
         }
+        // Safetensors has no magic bytes: a file that is not named as one
+        // and cannot be one is in a format not read, not a broken safetensors.
+        let named = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
+        if !named && !could_be_safetensors(&bytes) {
+            return Err(Error::UnknownFormat { path: path.to_path_buf(), what: beginning(&bytes) });
+        }
         let (shard, header) = parse_shard(path, bytes)?;
         let mut tensors = HashMap::new();
         let metadata = record_tensors(path, header, 0, &mut tensors)?;
@@ -1086,6 +1092,26 @@ fn in_page_cache(map: &[u8]) -> bool {
 /// JSON, each tensor's byte size equal to shape x dtype (checked
 /// arithmetic), data offsets contiguous from 0 to the end of the file.
 /// Returns the shard and its header, tensors in file order.
+/// Whether `bytes` could be a safetensors file (a format without magic
+/// bytes): a plausible header length, then the header's opening `{`.
+fn could_be_safetensors(bytes: &[u8]) -> bool {
+    let n = bytes.get(..8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+    n.is_some_and(|n| n <= MAX_HEADER_BYTES as u64) && bytes.get(8) == Some(&b'{')
+}
+
+/// How a file begins, for an error: `the file is empty`, or its first
+/// bytes, escaped.
+fn beginning(bytes: &[u8]) -> String {
+    const SHOWN: usize = 24;
+    match bytes.len() {
+        0 => "the file is empty".into(),
+        n => {
+            let more = if n > SHOWN { " ..." } else { "" };
+            format!("it begins with `{}`{more}", bytes[..n.min(SHOWN)].escape_ascii())
+        }
+    }
+}
+
 fn parse_shard(path: &Path, map: Bytes) -> Result<(Shard, Header)> {
     let bad = |reason: String| Error::Malformed { path: path.to_path_buf(), reason };
     let len = map.len() as u64;
@@ -1094,12 +1120,13 @@ fn parse_shard(path: &Path, map: Bytes) -> Result<(Shard, Header)> {
     }
     let n = u64::from_le_bytes(map[..8].try_into().expect("8 bytes"));
     if n > MAX_HEADER_BYTES as u64 {
-        return Err(bad(format!("declared header length {n} is too large (over 100 MB)")));
+        let begins = beginning(&map);
+        return Err(bad(format!("declared header length {n} is too large (over 100 MB); {begins}")));
     }
     let data_start = 8 + n as usize;
     let text = map
         .get(8..data_start)
-        .ok_or_else(|| bad(format!("declared header length {n} runs past the end of the file")))?;
+        .ok_or_else(|| bad(format!("declared header length {n} runs past the end of the file; {}", beginning(&map))))?;
     let text = std::str::from_utf8(text).map_err(|e| bad(format!("header is not UTF-8: {e}")))?;
     let mut header: Header = serde_json::from_str(text).map_err(|e| bad(format!("header is not valid JSON: {e}")))?;
     header.tensors.sort_by_key(|(_, info)| info.data_offsets);

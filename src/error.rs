@@ -34,6 +34,20 @@ pub enum Error {
         reason: String,
     },
 
+    /// A file in none of the formats read: no format's first bytes, and not
+    /// a safetensors file either (a header length beyond the file, or a
+    /// header that is no JSON object), nor named as one.
+    #[error(
+        "{path}: not a checkpoint in a format cntscope reads (safetensors; torch.save or TorchScript; NumPy \
+         .npy / .npz; Keras .keras / .h5; Flax msgpack): {what}"
+    )]
+    UnknownFormat {
+        /// The file concerned.
+        path: PathBuf,
+        /// What it holds instead (`the file is empty`, `it begins with ...`).
+        what: String,
+    },
+
     /// A PyTorch checkpoint is malformed, or holds what the restricted
     /// unpickler refuses (a global other than tensors, storages and plain
     /// containers: nothing is ever executed).
@@ -209,6 +223,7 @@ impl Error {
             Error::Io { path, .. }
             | Error::Changed { path }
             | Error::Malformed { path, .. }
+            | Error::UnknownFormat { path, .. }
             | Error::Torch { path, .. }
             | Error::Numpy { path, .. }
             | Error::Flax { path, .. }
@@ -234,6 +249,7 @@ impl Error {
             Error::Io { .. } => "io",
             Error::Changed { .. } => "changed",
             Error::Malformed { .. } => "malformed",
+            Error::UnknownFormat { .. } => "unknown_format",
             Error::Torch { .. } => "torch",
             Error::Numpy { .. } => "numpy",
             Error::Flax { .. } => "flax",

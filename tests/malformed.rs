@@ -84,6 +84,46 @@ fn huge_declared_header_length() {
     }
 }
 
+/// A file in no format read, named otherwise than as safetensors, is
+/// said to be that, with how it begins (safetensors has no magic bytes,
+/// so it is not a "malformed safetensors file"); named as safetensors, it
+/// is a malformed one, its beginning shown too. A scan lists each and
+/// measures the rest.
+#[test]
+fn a_file_in_no_format_read_says_so_and_how_it_begins() {
+    let dir = tempfile::tempdir().unwrap();
+    let random: Vec<u8> = (0..200u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 | 0x80).collect();
+    let cases: [(&str, &[u8], &str); 4] = [
+        ("notes.bin", b"hello, these are the notes of run 7\n", "it begins with `hello, these are the not` ..."),
+        ("config.pt", br#"{"lr": 0.1}"#, r#"it begins with `{\"lr\": 0.1}`"#),
+        ("empty.ckpt", b"", "the file is empty"),
+        ("noise.pth", &random, "it begins with `\\x"),
+    ];
+    for (name, bytes, begins) in cases {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let Err(e) = Checkpoint::open(&path) else { panic!("{name} opened") };
+        assert_eq!(e.kind(), "unknown_format", "{name}: {e}");
+        assert_names(&e.to_string(), &path, &["not a checkpoint in a format cntscope reads", begins]);
+    }
+    let named = dir.path().join("notes.safetensors");
+    std::fs::write(&named, b"hello, these are the notes of run 7\n").unwrap();
+    let Err(e) = Checkpoint::open(&named) else { panic!("notes.safetensors opened") };
+    assert_eq!(e.kind(), "malformed", "{e}");
+    assert_names(&e.to_string(), &named, &["header length", "it begins with `hello"]);
+
+    common::mlp(&dir.path().join("good.safetensors"), 1, &[]);
+    let out = dir.path().join("out");
+    let run = common::scan_paths(&[dir.path().to_path_buf()], &out, &[]);
+    assert_eq!(run.status.code(), Some(1), "{}", String::from_utf8_lossy(&run.stderr));
+    // (The CSV doubles the quotes of config.pt's beginning.)
+    let rows: Vec<(&str, &str)> =
+        cases.iter().map(|&(name, _, begins)| (name, begins.split('"').next().unwrap())).collect();
+    common::assert_error_rows(&out.join("errors.csv"), "unknown_format", &rows);
+    let nodes = std::fs::read_to_string(out.join("nodes.csv")).unwrap();
+    assert!(nodes.lines().skip(1).all(|l| l.contains("good.safetensors")) && nodes.lines().count() > 1, "{nodes}");
+}
+
 #[test]
 fn offsets_out_of_range_or_overlapping() {
     let out_of_range = r#"{"a.weight":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]},"a.bias":{"dtype":"F32","shape":[2],"data_offsets":[16,1000000]}}"#;
