@@ -711,18 +711,22 @@ impl Checkpoint {
                 return Ok(ck);
             }
         }
-        let adapter = match path.join("adapter_model.safetensors").is_file() {
-            true => {
-                " (it holds adapter_model.safetensors, a PEFT adapter's weights: scan that file to measure the adapter)"
-            }
-            false => "",
+        let what = if crate::flax::is_orbax_dir(path) {
+            crate::flax::orbax_refusal(path)
+        } else {
+            let adapter = match path.join("adapter_model.safetensors").is_file() {
+                true => {
+                    " (it holds adapter_model.safetensors, a PEFT adapter's weights: scan that file to measure the \
+                     adapter)"
+                }
+                false => "",
+            };
+            format!(
+                "a directory with neither {SHARD_INDEX}, {TORCH_SHARD_INDEX}, model.safetensors nor \
+                 pytorch_model.bin{adapter}"
+            )
         };
-        Err(Error::Malformed {
-            path: path.to_path_buf(),
-            reason: format!(
-                "directory has neither {SHARD_INDEX}, {TORCH_SHARD_INDEX}, model.safetensors nor pytorch_model.bin{adapter}"
-            ),
-        })
+        Err(Error::UnknownFormat { path: path.to_path_buf(), what })
     }
 
     fn open_sharded(dir: &Path, index_path: &Path) -> Result<Self> {

@@ -13,9 +13,14 @@
 //! collection (`Conv_0/kernel`, `BatchNorm_0/mean`), and the other
 //! collections (`opt_state`, `ema_params`, ...) are left out. A file
 //! without a `params` entry (Hugging Face's) is the parameter tree itself.
+//!
+//! Orbax's checkpoint directories (what `orbax.checkpoint` and, by
+//! default, `save_checkpoint` write: a tensorstore OCDBT database of Zarr
+//! arrays) are recognised, as one checkpoint each, and not read.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
+use std::path::Path;
 
 use safetensors::tensor::TensorInfo;
 
@@ -42,6 +47,42 @@ const CHUNKED: &str = "__msgpack_chunked_array__";
 /// safetensors file, whose first byte is its header's length, then `{`.
 pub(crate) fn is_msgpack(bytes: &[u8]) -> bool {
     matches!(bytes.first(), Some(0x81..=0x8f | 0xde | 0xdf)) && bytes.get(8) != Some(&b'{')
+}
+
+/// Whether `dir` is an Orbax checkpoint: the `_CHECKPOINT_METADATA` of a
+/// saved step, or the `_METADATA` of a tree beside its OCDBT manifest.
+pub(crate) fn is_orbax_dir(dir: &Path) -> bool {
+    dir.join("_CHECKPOINT_METADATA").is_file()
+        || (dir.join("_METADATA").is_file() && dir.join("manifest.ocdbt").is_file())
+}
+
+/// What the Orbax checkpoint `dir` is, and how to make it a file that is
+/// read, for the error that refuses it. A `CheckpointManager`'s step
+/// folder keeps each item's tree in a folder of its own (`default/`): the
+/// recipe names those.
+pub(crate) fn orbax_refusal(dir: &Path) -> String {
+    let mut items: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().join("_METADATA").is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    items.sort();
+    let tree = match (dir.join("_METADATA").is_file(), items.first()) {
+        (false, Some(first)) => format!(
+            "; this is a step of a CheckpointManager, its trees in {}: restore p = '{}'",
+            items.iter().map(|i| format!("`{i}/`")).collect::<Vec<_>>().join(", "),
+            dir.join(first).display()
+        ),
+        _ => String::new(),
+    };
+    format!(
+        "an Orbax checkpoint directory (orbax.checkpoint's, and what flax.training.checkpoints.save_checkpoint \
+         writes by default), its arrays in a tensorstore OCDBT database, which cntscope does not read; save the \
+         restored tree with flax.serialization.to_bytes (a .msgpack, read in place): `open(p + '.msgpack', \
+         'wb').write(flax.serialization.to_bytes(orbax.checkpoint.StandardCheckpointer().restore(p)))`{tree}"
+    )
 }
 
 /// A decoded msgpack value; strings, bytes and extension data as ranges of

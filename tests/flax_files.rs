@@ -4,7 +4,7 @@
 //! Face's bare parameter tree give exactly the tables of the same arrays
 //! saved as safetensors; both engines give the per-node strengths JAX
 //! itself computes, BatchNorm folded with Flax's epsilon; random byte
-//! mutations never panic.
+//! mutations never panic; Orbax's directories are refused by name.
 
 mod common;
 
@@ -112,4 +112,37 @@ fn random_mutations_never_panic() {
         let (ok, refused) = common::measure_mutations(&good, &dir.path().join("m.msgpack"), 1500);
         assert!(refused > 0 && ok + refused == 1500, "{file}: {ok} measured, {refused} refused");
     }
+}
+
+/// Orbax's checkpoint directories, as Orbax writes them (`save_checkpoint`
+/// by default, `StandardCheckpointer`, a `CheckpointManager`'s step): each
+/// is one checkpoint, never walked into, refused as a format not read
+/// with the recipe that makes it a .msgpack (naming a manager step's
+/// tree folder); the rest of the scan is measured. A folder that is no
+/// checkpoint of any kind says what it lacks.
+#[test]
+fn orbax_directories_are_named_and_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let run = scan(&[fixtures().join("orbax"), fixtures().join("good/flax_model.msgpack")], &out, &[]);
+    assert_eq!(run.status.code(), Some(1), "{}", String::from_utf8_lossy(&run.stderr));
+    let errors = std::fs::read_to_string(out.join("errors.csv")).unwrap();
+    assert_eq!(errors.lines().count(), 4, "{errors}");
+    common::assert_error_rows(
+        &out.join("errors.csv"),
+        "unknown_format",
+        &[
+            ("orbax/checkpoint_7,", "an Orbax checkpoint directory"),
+            ("orbax/standard,", "StandardCheckpointer().restore(p)"),
+            ("orbax/manager/1,", "step of a CheckpointManager, its trees in `default/`"),
+        ],
+    );
+    let nodes = std::fs::read_to_string(out.join("nodes.csv")).unwrap();
+    assert!(nodes.lines().skip(1).all(|l| l.contains("flax_model.msgpack")) && nodes.lines().count() > 1, "{nodes}");
+
+    let plain = dir.path().join("plain");
+    std::fs::create_dir(&plain).unwrap();
+    let Err(e) = Checkpoint::open(&plain) else { panic!("an empty folder opened") };
+    assert_eq!(e.kind(), "unknown_format", "{e}");
+    assert!(e.to_string().contains("a directory with neither"), "{e}");
 }
