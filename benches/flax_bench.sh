@@ -5,7 +5,11 @@
 # against `cat` of the files (the read floor) and against msgpack reading
 # every array into numpy as `flax.serialization.msgpack_restore` does (its
 # extension hook, without importing jax; reading only, no measure), in one
-# run, best of 5.
+# run, best of 5. Then the same VGG and MLP as Orbax checkpoints
+# (`StandardCheckpointer`: an OCDBT database of zstd-compressed Zarr
+# arrays), against `cat` of their files and against tensorstore reading
+# every array as Orbax's restore does (the zarr driver over the ocdbt
+# kvstore, without importing jax).
 #
 #   pip install flax safetensors msgpack      # benchmark machine only
 #   bash benches/flax_bench.sh [DIR] [PYTHON]   # DIR: /tmp/cntscope-flax
@@ -49,6 +53,12 @@ def save(path, v):
 
 save(f"{base}/vgg", VGG().init(jax.random.PRNGKey(0), jnp.ones((1, 64, 64, 3))))
 save(f"{base}/mlp", MLP().init(jax.random.PRNGKey(0), jnp.ones((1, 2048))))
+import orbax.checkpoint as ocp
+for name in ("vgg", "mlp"):
+    if not os.path.exists(f"{base}/{name}-orbax"):
+        v = serialization.msgpack_restore(open(f"{base}/{name}.msgpack", "rb").read())
+        ocp.StandardCheckpointer().save(f"{base}/{name}-orbax", v)
+        ocp.StandardCheckpointer().wait_until_finished()
 small, twins = f"{base}/small-msgpack", f"{base}/small-st"
 if not os.path.exists(twins):
     os.makedirs(small); os.makedirs(twins)
@@ -92,3 +102,19 @@ row() {
 row "vgg.msgpack (spec)" "$dir/vgg.msgpack" "$dir/vgg.safetensors" --spec "$spec"
 row "mlp.msgpack" "$dir/mlp.msgpack" "$dir/mlp.safetensors"
 row "500 small .msgpack" "$dir/small-msgpack/*.msgpack" "$dir/small-st"
+echo
+echo "| Orbax checkpoint | MB | read (cat) | tensorstore read | cntscope | cntscope safetensors | vs safetensors | vs read floor | vs tensorstore |"
+echo "|---|---|---|---|---|---|---|---|---|"
+tensorstore='import sys, tensorstore as ts
+for p in sys.argv[1:]:
+    base = {"driver": "ocdbt", "base": {"driver": "file", "path": p + "/"}}
+    for k in ts.KvStore.open(base).result().list().result():
+        if k.endswith(b"/.zarray"):
+            ts.open({"driver": "zarr", "kvstore": base, "path": k[:-8].decode()}).result().read().result()'
+orbax_row() {
+    local label=$1 ck=$2
+    shift 2
+    twin_row "$label" "$(find "$ck" -type f | tr '\n' ' ')" "$tensorstore" "$ck" "$ck" "$@"
+}
+orbax_row "vgg (spec)" "$dir/vgg-orbax" "$dir/vgg.safetensors" --spec "$spec"
+orbax_row "mlp" "$dir/mlp-orbax" "$dir/mlp.safetensors"

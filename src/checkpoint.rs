@@ -484,8 +484,8 @@ impl Checkpoint {
         }
         let (bytes, identity) = match read_file(path) {
             Ok(Some(read)) => read,
-            Ok(None) => return Self::open_dir(path),
-            Err(_) if path.is_dir() => return Self::open_dir(path),
+            Ok(None) => return Self::open_dir(path, key),
+            Err(_) if path.is_dir() => return Self::open_dir(path, key),
             Err(error) if crate::mapped::is_changed(&error) => return Err(Error::Changed { path: path.to_path_buf() }),
             Err(error) => return Err(Error::Io { path: path.to_path_buf(), error }),
         };
@@ -558,6 +558,18 @@ impl Checkpoint {
     fn open_flax(path: &Path, bytes: Bytes, key: Option<&str>) -> Result<Self> {
         let f = crate::flax::read(&bytes, key).map_err(|reason| Error::Flax { path: path.to_path_buf(), reason })?;
         let mut ck = Self::from_parts(path, bytes, f.tensors, Vec::new(), f.metadata);
+        ck.keyed = key.is_some();
+        ck.norm_eps = Some(crate::graph::DEFAULT_EPS);
+        Ok(ck)
+    }
+
+    /// An Orbax checkpoint directory: its arrays decompressed into one
+    /// buffer, read as a Flax tree (`params` and `batch_stats`, or the tree
+    /// under `key`).
+    fn open_orbax(path: &Path, key: Option<&str>) -> Result<Self> {
+        let o = crate::orbax::read(path, key).map_err(|reason| Error::Orbax { path: path.to_path_buf(), reason })?;
+        let mut ck =
+            Self::from_parts(path, Bytes::Held(Box::new(o.words)), o.tree.tensors, Vec::new(), o.tree.metadata);
         ck.keyed = key.is_some();
         ck.norm_eps = Some(crate::graph::DEFAULT_EPS);
         Ok(ck)
@@ -696,7 +708,10 @@ impl Checkpoint {
         Ok(Checkpoint::of(path.to_path_buf(), vec![shard], tensors, metadata))
     }
 
-    fn open_dir(path: &Path) -> Result<Self> {
+    fn open_dir(path: &Path, key: Option<&str>) -> Result<Self> {
+        if crate::orbax::is_orbax_dir(path) {
+            return Self::open_orbax(path, key);
+        }
         // Where both are (Hugging Face often writes both), the safetensors.
         for index in [SHARD_INDEX, TORCH_SHARD_INDEX].map(|i| path.join(i)) {
             if index.is_file() {
@@ -711,21 +726,16 @@ impl Checkpoint {
                 return Ok(ck);
             }
         }
-        let what = if crate::flax::is_orbax_dir(path) {
-            crate::flax::orbax_refusal(path)
-        } else {
-            let adapter = match path.join("adapter_model.safetensors").is_file() {
-                true => {
-                    " (it holds adapter_model.safetensors, a PEFT adapter's weights: scan that file to measure the \
-                     adapter)"
-                }
-                false => "",
-            };
-            format!(
-                "a directory with neither {SHARD_INDEX}, {TORCH_SHARD_INDEX}, model.safetensors nor \
-                 pytorch_model.bin{adapter}"
-            )
+        let adapter = match path.join("adapter_model.safetensors").is_file() {
+            true => {
+                " (it holds adapter_model.safetensors, a PEFT adapter's weights: scan that file to measure the adapter)"
+            }
+            false => "",
         };
+        let what = format!(
+            "a directory with neither {SHARD_INDEX}, {TORCH_SHARD_INDEX}, model.safetensors, pytorch_model.bin nor \
+             an Orbax checkpoint's _CHECKPOINT_METADATA{adapter}"
+        );
         Err(Error::UnknownFormat { path: path.to_path_buf(), what })
     }
 

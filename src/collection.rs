@@ -168,9 +168,9 @@ impl Walk {
         }
         // A sharded model, or a Hugging Face Trainer checkpoint (the model
         // beside the Trainer's own state): one checkpoint.
-        // An Orbax checkpoint too, which opening says is not read.
+        // An Orbax checkpoint too.
         if [SHARD_INDEX, TORCH_SHARD_INDEX, TRAINER_STATE].iter().any(|f| path.join(f).is_file())
-            || crate::flax::is_orbax_dir(path)
+            || crate::orbax::is_orbax_dir(path)
         {
             self.out.push(path.to_path_buf());
             return;

@@ -39,7 +39,7 @@ pub enum Error {
     /// header that is no JSON object), nor named as one.
     #[error(
         "{path}: not a checkpoint in a format cntscope reads (safetensors; torch.save or TorchScript; NumPy \
-         .npy / .npz; Keras .keras / .h5; Flax msgpack): {what}"
+         .npy / .npz; Keras .keras / .h5; Flax msgpack; Orbax folders): {what}"
     )]
     UnknownFormat {
         /// The file concerned.
@@ -64,6 +64,16 @@ pub enum Error {
     #[error("{path}: Flax checkpoint: {reason}")]
     Flax {
         /// The file concerned.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// An Orbax checkpoint directory (its OCDBT database, its Zarr arrays)
+    /// is malformed, or holds what is not read.
+    #[error("{path}: Orbax checkpoint: {reason}")]
+    Orbax {
+        /// The checkpoint's folder.
         path: PathBuf,
         /// What is wrong with it.
         reason: String,
@@ -227,6 +237,7 @@ impl Error {
             | Error::Torch { path, .. }
             | Error::Numpy { path, .. }
             | Error::Flax { path, .. }
+            | Error::Orbax { path, .. }
             | Error::Keras { path, .. }
             | Error::FlatZoo { path, .. }
             | Error::BadIndex { path, .. }
@@ -253,6 +264,7 @@ impl Error {
             Error::Torch { .. } => "torch",
             Error::Numpy { .. } => "numpy",
             Error::Flax { .. } => "flax",
+            Error::Orbax { .. } => "orbax",
             Error::Keras { .. } => "keras",
             Error::FlatZoo { .. } => "flat_zoo",
             Error::BadIndex { .. } => "bad_index",

@@ -15,12 +15,11 @@
 //! without a `params` entry (Hugging Face's) is the parameter tree itself.
 //!
 //! Orbax's checkpoint directories (what `orbax.checkpoint` and, by
-//! default, `save_checkpoint` write: a tensorstore OCDBT database of Zarr
-//! arrays) are recognised, as one checkpoint each, and not read.
+//! default, `save_checkpoint` write) are read by [`crate::orbax`] into the
+//! same tree.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
-use std::path::Path;
 
 use safetensors::tensor::TensorInfo;
 
@@ -47,42 +46,6 @@ const CHUNKED: &str = "__msgpack_chunked_array__";
 /// safetensors file, whose first byte is its header's length, then `{`.
 pub(crate) fn is_msgpack(bytes: &[u8]) -> bool {
     matches!(bytes.first(), Some(0x81..=0x8f | 0xde | 0xdf)) && bytes.get(8) != Some(&b'{')
-}
-
-/// Whether `dir` is an Orbax checkpoint: the `_CHECKPOINT_METADATA` of a
-/// saved step, or the `_METADATA` of a tree beside its OCDBT manifest.
-pub(crate) fn is_orbax_dir(dir: &Path) -> bool {
-    dir.join("_CHECKPOINT_METADATA").is_file()
-        || (dir.join("_METADATA").is_file() && dir.join("manifest.ocdbt").is_file())
-}
-
-/// What the Orbax checkpoint `dir` is, and how to make it a file that is
-/// read, for the error that refuses it. A `CheckpointManager`'s step
-/// folder keeps each item's tree in a folder of its own (`default/`): the
-/// recipe names those.
-pub(crate) fn orbax_refusal(dir: &Path) -> String {
-    let mut items: Vec<String> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.path().join("_METADATA").is_file())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    items.sort();
-    let tree = match (dir.join("_METADATA").is_file(), items.first()) {
-        (false, Some(first)) => format!(
-            "; this is a step of a CheckpointManager, its trees in {}: restore p = '{}'",
-            items.iter().map(|i| format!("`{i}/`")).collect::<Vec<_>>().join(", "),
-            dir.join(first).display()
-        ),
-        _ => String::new(),
-    };
-    format!(
-        "an Orbax checkpoint directory (orbax.checkpoint's, and what flax.training.checkpoints.save_checkpoint \
-         writes by default), its arrays in a tensorstore OCDBT database, which cntscope does not read; save the \
-         restored tree with flax.serialization.to_bytes (a .msgpack, read in place): `open(p + '.msgpack', \
-         'wb').write(flax.serialization.to_bytes(orbax.checkpoint.StandardCheckpointer().restore(p)))`{tree}"
-    )
 }
 
 /// A decoded msgpack value; strings, bytes and extension data as ranges of
@@ -214,8 +177,10 @@ fn decode(b: &[u8], range: Range<usize>) -> Result<Item, String> {
 }
 
 /// A leaf of the tree.
-enum Leaf {
+pub(crate) enum Leaf {
+    /// An array: its dtype and shape, and where its bytes are.
     Tensor(TensorInfo, Range<usize>),
+    /// A plain scalar, as text.
     Scalar(String),
 }
 
@@ -295,6 +260,14 @@ fn leaves(b: &[u8], item: &Item, name: &str, out: &mut Vec<(String, Leaf)>) -> R
 pub(crate) fn read(b: &[u8], key: Option<&str>) -> Result<FlaxCheckpoint, String> {
     let mut all = Vec::new();
     leaves(b, &decode(b, 0..b.len())?, "", &mut all)?;
+    model(b, all, key)
+}
+
+/// A Flax tree's leaves (`/`-joined names, arrays as ranges of `b`) as a
+/// checkpoint: the model's `params` and `batch_stats` (or, with `key`, the
+/// tree under it), the scalars outside them as metadata. Shared by the
+/// msgpack files and Orbax's directories.
+pub(crate) fn model(b: &[u8], all: Vec<(String, Leaf)>, key: Option<&str>) -> Result<FlaxCheckpoint, String> {
     // Where the model's collections are: the prefix before the first
     // `params/` (at the top, or under a wrapper's entry), or `key`.
     let root = match key {

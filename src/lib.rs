@@ -29,6 +29,7 @@ pub mod manifest;
 mod mapped;
 pub mod natsort;
 pub mod numpy;
+pub mod orbax;
 pub mod output;
 pub mod pickle;
 pub mod plot;

@@ -366,3 +366,15 @@ def test_progress_goes_to_tqdm_where_a_person_looks(monkeypatch):
     monkeypatch.setattr(sys, "stderr", open(os.devnull, "w"))
     cntscope.scan(ZOO / "mlp")
     assert len(bars) == 1
+
+
+def test_orbax_folders_are_read_by_the_same_library(tmp_path):
+    # Orbax's own folders (tests/fixtures/flax/orbax, written by Orbax):
+    # each one checkpoint, its arrays decompressed from the OCDBT database,
+    # measured as their safetensors twins are.
+    fixtures = ROOT / "tests" / "fixtures" / "flax"
+    orbax = cntscope.scan(fixtures / "orbax" / "wide")
+    twin = cntscope.scan(fixtures / "twin" / "wide.safetensors")
+    cols = ["node_layer", "nodes", "strength_mean", "fluctuation"]
+    assert orbax.nodes[cols].equals(twin.nodes[cols])
+    assert orbax.errors.empty

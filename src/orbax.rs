@@ -1,0 +1,699 @@
+//! Orbax checkpoints: the directories that `orbax.checkpoint` writes (and
+//! `flax.training.checkpoints.save_checkpoint`, by default). The tree's
+//! arrays are Zarr (v2) arrays in a tensorstore OCDBT database: a manifest
+//! (`manifest.ocdbt`) names the root of a B+tree whose keys are the arrays'
+//! `.zarray` metadata and chunks (`params.Conv_0.kernel/.zarray`,
+//! `params.Conv_0.kernel/0.0.0.0`), each value inline in a leaf or a range
+//! of a data file (`d/...`, `ocdbt.process_0/d/...`), nodes and chunks
+//! compressed with zstd. The format is tensorstore's
+//! (`kvstore/ocdbt/index.rst`), read here as data by a bounded decoder:
+//! every length and offset is checked before it is used, every manifest and
+//! node's CRC-32C verified, every decompression bounded by the size it must
+//! have; nothing is executed. The tree is then a Flax tree
+//! ([`crate::flax::model`]): `params` with `batch_stats`, scalars as
+//! metadata.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use safetensors::tensor::{Dtype, TensorInfo};
+
+use crate::flax::{FlaxCheckpoint, Leaf};
+
+/// Magic numbers of the encoded manifest and B+tree nodes.
+const MANIFEST_MAGIC: u32 = 0x0cdb_3a2a;
+const BTREE_MAGIC: u32 = 0x0cdb_20de;
+
+/// Bounds on what a manifest or node may declare. A node decompresses to
+/// at most [`MAX_NODE_BYTES`]; the arrays together to at most
+/// [`MAX_RATIO`] times their stored bytes plus [`SLACK`] (a zstd bomb
+/// stops there; a real model's weights hardly compress, and its zeros are
+/// few).
+const MAX_NODE_BYTES: usize = 64 << 20;
+const MAX_HEIGHT: u8 = 32;
+const MAX_ENTRIES: u64 = 1 << 20;
+const MAX_KEY: usize = 1 << 16;
+const MAX_RATIO: usize = 64;
+const SLACK: usize = 64 << 20;
+
+/// The arrays of an Orbax checkpoint, decompressed into one buffer, and
+/// the tree they make (its ranges are of the buffer).
+pub(crate) struct OrbaxCheckpoint {
+    pub(crate) words: Words,
+    pub(crate) tree: FlaxCheckpoint,
+}
+
+/// Bytes held as 8-byte words, so every f64 and f32 array placed at a
+/// multiple of 8 is aligned.
+pub(crate) struct Words(Vec<u64>);
+
+impl AsRef<[u8]> for Words {
+    fn as_ref(&self) -> &[u8] {
+        bytemuck::cast_slice(&self.0)
+    }
+}
+
+/// Whether `dir` is an Orbax checkpoint: the `_CHECKPOINT_METADATA` of a
+/// saved step, or the `_METADATA` of a tree beside its OCDBT manifest.
+pub(crate) fn is_orbax_dir(dir: &Path) -> bool {
+    dir.join("_CHECKPOINT_METADATA").is_file()
+        || (dir.join("_METADATA").is_file() && dir.join("manifest.ocdbt").is_file())
+}
+
+/// The folder of `dir` that holds the tree: `dir` itself, or the item
+/// folder of a `CheckpointManager` step (`default/`, or its only one).
+pub(crate) fn tree_dir(dir: &Path) -> Result<PathBuf, String> {
+    if dir.join("_METADATA").is_file() || dir.join("manifest.ocdbt").is_file() {
+        return Ok(dir.to_path_buf());
+    }
+    let mut items: Vec<String> = std::fs::read_dir(dir)
+        .map_err(|e| format!("cannot list the folder: {e}"))?
+        .flatten()
+        .filter(|e| e.path().join("manifest.ocdbt").is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    items.sort();
+    match &items[..] {
+        [only] => Ok(dir.join(only)),
+        _ if items.iter().any(|i| i == "default") => Ok(dir.join("default")),
+        [] => Err("a checkpoint step with no item folder holding an OCDBT database (manifest.ocdbt)".into()),
+        _ => Err(format!(
+            "a CheckpointManager step of several items ({}): name one, as the folder to scan",
+            items.join(", ")
+        )),
+    }
+}
+
+/// Reads the Orbax checkpoint in `dir` (or its tree folder, [`tree_dir`]):
+/// the model's `params` and `batch_stats` (or, with `key`, the tree under
+/// it), and the scalars outside them.
+pub(crate) fn read(dir: &Path, key: Option<&str>) -> Result<OrbaxCheckpoint, String> {
+    let root = tree_dir(dir)?;
+    let mut db = Db { root, files: BTreeMap::new() };
+    let (table, root_ref, height) = manifest_root(db.file("manifest.ocdbt")?)?;
+    let mut values = BTreeMap::new();
+    db.btree(&table[root_ref.file], root_ref, height, Vec::new(), &mut values, 0)?;
+    arrays(&mut db, &values, key)
+}
+
+/// A data file named by a table: its path from the database's root, and
+/// the part of it (the transitive and base paths) that the nodes read from
+/// it prefix to their own tables' paths.
+#[derive(Clone, Debug)]
+struct DataFile {
+    path: String,
+    base: usize,
+}
+
+/// Where an encoded node or value is: a file of the table, a byte range.
+#[derive(Clone, Copy, Debug)]
+struct Ref {
+    file: usize,
+    offset: u64,
+    length: u64,
+}
+
+/// A value of the B+tree: inline bytes, or a range of a data file.
+enum Value {
+    Inline(Vec<u8>),
+    Stored(DataFile, u64, u64),
+}
+
+/// The database's folder and the data files read so far.
+struct Db {
+    root: PathBuf,
+    files: BTreeMap<String, Vec<u8>>,
+}
+
+impl Db {
+    /// A data file's bytes (read once), by its path from the root; a path
+    /// leading out of the folder is refused.
+    fn file(&mut self, rel: &str) -> Result<&[u8], String> {
+        let inside = Path::new(rel).components().all(|c| matches!(c, std::path::Component::Normal(_)));
+        if !inside || rel.is_empty() {
+            return Err(format!("data file `{rel}` is not a path inside the checkpoint's folder"));
+        }
+        if !self.files.contains_key(rel) {
+            let b = std::fs::read(self.root.join(rel)).map_err(|e| format!("data file `{rel}`: {e}"))?;
+            self.files.insert(rel.to_string(), b);
+        }
+        Ok(&self.files[rel])
+    }
+
+    /// `length` bytes at `offset` of a data file.
+    fn range(&mut self, file: &DataFile, offset: u64, length: u64) -> Result<&[u8], String> {
+        let b = self.file(&file.path)?;
+        let end = offset.checked_add(length).filter(|&e| e <= b.len() as u64).ok_or_else(|| {
+            format!("bytes {offset}..+{length} of data file `{}` run past its end ({} bytes)", file.path, b.len())
+        })?;
+        Ok(&b[offset as usize..end as usize])
+    }
+
+    /// Walks the B+tree node at `at` (read from `file`), of `height`, whose
+    /// keys follow `prefix`, into `out` (full key -> value).
+    fn btree(
+        &mut self,
+        file: &DataFile,
+        at: Ref,
+        height: u8,
+        prefix: Vec<u8>,
+        out: &mut BTreeMap<Vec<u8>, Value>,
+        depth: u8,
+    ) -> Result<(), String> {
+        if depth > MAX_HEIGHT {
+            return Err("the B+tree is deeper than 32 levels".into());
+        }
+        let body = unwrap(self.range(file, at.offset, at.length)?, BTREE_MAGIC, "B+tree node")?;
+        let mut r = Reader::new(&body, "B+tree node");
+        let node_height = r.byte()?;
+        if node_height != height {
+            return Err(format!("a B+tree node of height {node_height} where its parent says {height}"));
+        }
+        let table = data_file_table(&mut r, &file.path[..file.base])?;
+        let n = r.varint()?;
+        if n == 0 || n > MAX_ENTRIES {
+            return Err(format!("a B+tree node of {n} entries"));
+        }
+        let n = n as usize;
+        let mut prefix_lens = vec![0usize; n];
+        for p in prefix_lens.iter_mut().skip(1) {
+            *p = r.len()?;
+        }
+        let suffix_lens: Vec<usize> = (0..n).map(|_| r.len()).collect::<Result<_, _>>()?;
+        let common: Vec<usize> =
+            if height > 0 { (0..n).map(|_| r.len()).collect::<Result<_, _>>()? } else { Vec::new() };
+        let mut keys: Vec<Vec<u8>> = Vec::with_capacity(n);
+        for i in 0..n {
+            let kept = prefix_lens[i];
+            let before = keys.last().map_or(&[][..], Vec::as_slice);
+            if kept > before.len() || kept + suffix_lens[i] > MAX_KEY {
+                return Err(format!("key {i} of a B+tree node: lengths that do not fit"));
+            }
+            let mut key = before[..kept].to_vec();
+            key.extend_from_slice(r.bytes(suffix_lens[i])?);
+            keys.push(key);
+        }
+        if height > 0 {
+            let refs = refs(&mut r, &table, n)?;
+            for _ in 0..3 * n {
+                r.varint()?; // the subtrees' statistics
+            }
+            for ((key, at), &c) in keys.iter().zip(refs).zip(&common) {
+                let shared = key.get(..c).ok_or("a subtree's common prefix longer than its key")?;
+                let child = [&prefix[..], shared].concat();
+                self.btree(&table[at.file], at, height - 1, child, out, depth + 1)?;
+            }
+            return Ok(());
+        }
+        let lengths: Vec<u64> = (0..n).map(|_| r.varint()).collect::<Result<_, _>>()?;
+        let kinds: Vec<u8> = (0..n).map(|_| r.byte()).collect::<Result<_, _>>()?;
+        if let Some(k) = kinds.iter().find(|&&k| k > 1) {
+            return Err(format!("a value kind {k} (0: inline, 1: in a data file)"));
+        }
+        let stored = kinds.iter().filter(|&&k| k == 1).count();
+        let files: Vec<usize> = (0..stored).map(|_| r.index(table.len())).collect::<Result<_, _>>()?;
+        let offsets: Vec<u64> = (0..stored).map(|_| r.varint()).collect::<Result<_, _>>()?;
+        let (mut files, mut offsets) = (files.into_iter(), offsets.into_iter());
+        for ((key, length), kind) in keys.into_iter().zip(lengths).zip(kinds) {
+            let value = match kind {
+                0 => Value::Inline(r.bytes(usize::try_from(length).map_err(|_| "an inline value too long")?)?.to_vec()),
+                _ => {
+                    let (f, o) = (files.next().expect("one per stored value"), offsets.next().expect("likewise"));
+                    Value::Stored(table[f].clone(), o, length)
+                }
+            };
+            out.insert([&prefix[..], &key].concat(), value);
+        }
+        Ok(())
+    }
+}
+
+/// The manifest's data file table and the latest version's B+tree root
+/// (where it is, its height).
+fn manifest_root(encoded: &[u8]) -> Result<(Vec<DataFile>, Ref, u8), String> {
+    let body = unwrap(encoded, MANIFEST_MAGIC, "manifest")?;
+    let mut r = Reader::new(&body, "manifest");
+    r.bytes(16)?; // uuid
+    let kind = r.byte()?;
+    if kind != 0 {
+        return Err("a numbered manifest (its versions in manifest.<generation> files), which is not read".into());
+    }
+    r.varint()?; // max inline value bytes
+    r.varint()?; // max decoded node bytes
+    let arity = r.byte()?;
+    if arity == 0 || arity > 16 {
+        return Err(format!("a version tree arity of 2^{arity}"));
+    }
+    match r.varint()? {
+        0 => {}
+        1 => {
+            r.bytes(4)?; // zstd level
+        }
+        c => return Err(format!("compression method {c} (0: none, 1: zstd)")),
+    }
+    let table = data_file_table(&mut r, "")?;
+    let n = r.varint()?;
+    if n == 0 || n > 1 << arity {
+        return Err(format!("{n} versions inline in the manifest"));
+    }
+    let n = n as usize;
+    for _ in 0..n {
+        r.varint()?; // generation numbers
+    }
+    let heights: Vec<u8> = (0..n).map(|_| r.byte()).collect::<Result<_, _>>()?;
+    let roots = refs(&mut r, &table, n)?;
+    // The latest version is the last.
+    let (root, height) = (roots[n - 1], heights[n - 1]);
+    if height > MAX_HEIGHT {
+        return Err(format!("a B+tree of height {height}"));
+    }
+    Ok((table, root, height))
+}
+
+/// `n` references, as three columns: data file ids, offsets, lengths.
+fn refs(r: &mut Reader<'_>, table: &[DataFile], n: usize) -> Result<Vec<Ref>, String> {
+    let files: Vec<usize> = (0..n).map(|_| r.index(table.len())).collect::<Result<_, _>>()?;
+    let offsets: Vec<u64> = (0..n).map(|_| r.varint()).collect::<Result<_, _>>()?;
+    let lengths: Vec<u64> = (0..n).map(|_| r.varint()).collect::<Result<_, _>>()?;
+    Ok(files
+        .into_iter()
+        .zip(offsets)
+        .zip(lengths)
+        .map(|((file, offset), length)| Ref { file, offset, length })
+        .collect())
+}
+
+/// A data file table: paths prefix-compressed against the one before,
+/// each split into a base path (which the nodes read from it prefix to
+/// theirs) and a relative path; `transitive` comes before all of them.
+fn data_file_table(r: &mut Reader<'_>, transitive: &str) -> Result<Vec<DataFile>, String> {
+    let n = r.varint()?;
+    if n > MAX_ENTRIES {
+        return Err(format!("a data file table of {n} files"));
+    }
+    let n = n as usize;
+    let mut prefix = vec![0usize; n];
+    for p in prefix.iter_mut().skip(1) {
+        *p = r.len()?;
+    }
+    let suffix: Vec<usize> = (0..n).map(|_| r.len()).collect::<Result<_, _>>()?;
+    let base: Vec<usize> = (0..n).map(|_| r.len()).collect::<Result<_, _>>()?;
+    let mut paths: Vec<Vec<u8>> = Vec::with_capacity(n);
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let before = paths.last().map_or(&[][..], Vec::as_slice);
+        if prefix[i] > before.len() || prefix[i] + suffix[i] > MAX_KEY || base[i] > prefix[i] + suffix[i] {
+            return Err(format!("data file {i} of a table: lengths that do not fit"));
+        }
+        let mut path = before[..prefix[i]].to_vec();
+        path.extend_from_slice(r.bytes(suffix[i])?);
+        let text = std::str::from_utf8(&path).map_err(|_| format!("data file {i}: a path that is not UTF-8"))?;
+        out.push(DataFile { path: format!("{transitive}{text}"), base: transitive.len() + base[i] });
+        paths.push(path);
+    }
+    Ok(out)
+}
+
+/// The body of an encoded manifest or node: magic (big-endian), length,
+/// version 0, compression (0: none, 1: zstd), the body, and a CRC-32C of
+/// all before it, each checked.
+fn unwrap(encoded: &[u8], magic: u32, what: &str) -> Result<Vec<u8>, String> {
+    let n = encoded.len();
+    if n < 16 {
+        return Err(format!("a {what} of {n} bytes"));
+    }
+    let found = u32::from_be_bytes(encoded[..4].try_into().expect("4 bytes"));
+    if found != magic {
+        return Err(format!("a {what} that does not start with {magic:08x} (it starts with {found:08x})"));
+    }
+    let length = u64::from_le_bytes(encoded[4..12].try_into().expect("8 bytes"));
+    if length != n as u64 {
+        return Err(format!("a {what} of {n} bytes whose header says {length}"));
+    }
+    let crc = u32::from_le_bytes(encoded[n - 4..].try_into().expect("4 bytes"));
+    if crc32c(&encoded[..n - 4]) != crc {
+        return Err(format!("a {what} whose CRC-32C does not match its bytes (damaged)"));
+    }
+    let mut r = Reader::new(&encoded[12..n - 4], what);
+    if r.varint()? != 0 {
+        return Err(format!("a {what} of a format version other than 0"));
+    }
+    let compression = r.varint()?;
+    let rest = &encoded[12 + r.at..n - 4];
+    match compression {
+        0 => Ok(rest.to_vec()),
+        1 => zstd_bounded(rest, MAX_NODE_BYTES).map_err(|e| format!("a {what}: {e}")),
+        c => Err(format!("a {what} compressed with method {c} (0: none, 1: zstd)")),
+    }
+}
+
+/// Decompresses a zstd stream of at most `limit` bytes (a node's size is
+/// not stored: the room doubles until it fits).
+fn zstd_bounded(input: &[u8], limit: usize) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(input.len().saturating_mul(4).clamp(1 << 12, limit));
+    let mut decoder = ruzstd::decoding::FrameDecoder::new();
+    loop {
+        match decoder.decode_all_to_vec(input, &mut out) {
+            Ok(()) => return Ok(out),
+            Err(ruzstd::decoding::errors::FrameDecoderError::TargetTooSmall) if out.capacity() < limit => {
+                let room = out.capacity().saturating_mul(2).min(limit);
+                out = Vec::with_capacity(room);
+            }
+            Err(e) => return Err(format!("zstd data that does not decode ({e})")),
+        }
+    }
+}
+
+/// Decompresses `input` into exactly `out` (a chunk of known size).
+fn zstd_into(input: &[u8], out: &mut [u8]) -> Result<(), String> {
+    let mut decoder = ruzstd::decoding::FrameDecoder::new();
+    match decoder.decode_all(input, out) {
+        Ok(n) if n == out.len() => Ok(()),
+        Ok(n) => Err(format!("holds {n} bytes where its array needs {}", out.len())),
+        Err(ruzstd::decoding::errors::FrameDecoderError::TargetTooSmall) => {
+            Err(format!("holds more than the {} bytes its array needs", out.len()))
+        }
+        Err(e) => Err(format!("zstd data that does not decode ({e})")),
+    }
+}
+
+/// CRC-32C (Castagnoli), as tensorstore checks its nodes.
+fn crc32c(bytes: &[u8]) -> u32 {
+    const TABLE: [u32; 256] = {
+        let mut t = [0u32; 256];
+        let mut i = 0;
+        while i < 256 {
+            let mut c = i as u32;
+            let mut k = 0;
+            while k < 8 {
+                c = if c & 1 == 1 { (c >> 1) ^ 0x82f6_3b78 } else { c >> 1 };
+                k += 1;
+            }
+            t[i] = c;
+            i += 1;
+        }
+        t
+    };
+    !bytes.iter().fold(!0u32, |c, &b| TABLE[((c ^ u32::from(b)) & 0xff) as usize] ^ (c >> 8))
+}
+
+/// A cursor over a decoded body; every read checked against its end.
+struct Reader<'a> {
+    b: &'a [u8],
+    at: usize,
+    what: &'a str,
+}
+
+impl<'a> Reader<'a> {
+    fn new(b: &'a [u8], what: &'a str) -> Self {
+        Reader { b, at: 0, what }
+    }
+
+    fn short(&self) -> String {
+        format!("a {} cut short (at byte {} of {})", self.what, self.at, self.b.len())
+    }
+
+    fn byte(&mut self) -> Result<u8, String> {
+        let v = *self.b.get(self.at).ok_or_else(|| self.short())?;
+        self.at += 1;
+        Ok(v)
+    }
+
+    fn bytes(&mut self, n: usize) -> Result<&'a [u8], String> {
+        let end = self.at.checked_add(n).filter(|&e| e <= self.b.len()).ok_or_else(|| self.short())?;
+        let v = &self.b[self.at..end];
+        self.at = end;
+        Ok(v)
+    }
+
+    /// An unsigned LEB128 varint of up to 64 bits.
+    fn varint(&mut self) -> Result<u64, String> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.byte()?;
+            let bits = u64::from(b & 0x7f);
+            if shift == 63 && bits > 1 {
+                return Err(format!("a {} with a varint past 64 bits", self.what));
+            }
+            v |= bits << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(format!("a {} with a varint past 64 bits", self.what))
+    }
+
+    /// A length (of a key or path).
+    fn len(&mut self) -> Result<usize, String> {
+        let v = self.varint()?;
+        usize::try_from(v).ok().filter(|&v| v <= MAX_KEY).ok_or_else(|| format!("a {} length of {v}", self.what))
+    }
+
+    /// An index into a table of `n` entries.
+    fn index(&mut self, n: usize) -> Result<usize, String> {
+        let v = self.varint()?;
+        usize::try_from(v).ok().filter(|&v| v < n).ok_or_else(|| format!("data file {v} of a table of {n}"))
+    }
+}
+
+/// The `.zarray` metadata of a Zarr v2 array, as tensorstore writes it.
+#[derive(serde::Deserialize)]
+struct ZArray {
+    shape: Vec<usize>,
+    chunks: Vec<usize>,
+    dtype: String,
+    compressor: Option<Compressor>,
+    #[serde(default)]
+    order: Option<String>,
+    #[serde(default)]
+    filters: Option<Vec<serde_json::Value>>,
+    #[serde(default)]
+    dimension_separator: Option<String>,
+    #[serde(default)]
+    fill_value: serde_json::Value,
+}
+
+#[derive(serde::Deserialize)]
+struct Compressor {
+    id: String,
+}
+
+/// A Zarr v2 dtype's safetensors dtype (little-endian or one byte).
+fn zarr_dtype(d: &str) -> Option<Dtype> {
+    Some(match d {
+        "<f4" => Dtype::F32,
+        "<f8" => Dtype::F64,
+        "<f2" => Dtype::F16,
+        "bfloat16" | "<bfloat16" => Dtype::BF16,
+        "<i8" => Dtype::I64,
+        "<i4" => Dtype::I32,
+        "<i2" => Dtype::I16,
+        "|i1" => Dtype::I8,
+        "|u1" => Dtype::U8,
+        "<u2" => Dtype::U16,
+        "<u4" => Dtype::U32,
+        "<u8" => Dtype::U64,
+        "|b1" => Dtype::BOOL,
+        _ => return None,
+    })
+}
+
+/// Every array of the database, decompressed into one aligned buffer, and
+/// the Flax tree of them (names `/`-joined from Orbax's `.`-joined keys).
+fn arrays(db: &mut Db, values: &BTreeMap<Vec<u8>, Value>, key: Option<&str>) -> Result<OrbaxCheckpoint, String> {
+    let mut metas = Vec::new();
+    for (k, v) in values {
+        let Some(name) = k.strip_suffix(b"/.zarray") else { continue };
+        let name = String::from_utf8(name.to_vec()).map_err(|_| "an array name that is not UTF-8".to_string())?;
+        let text = match v {
+            Value::Inline(b) => &b[..],
+            Value::Stored(f, o, l) => db.range(f, *o, *l)?,
+        };
+        let meta: ZArray = serde_json::from_slice(text).map_err(|e| format!("array `{name}`: its .zarray: {e}"))?;
+        metas.push((name, meta));
+    }
+    if metas.is_empty() {
+        let zarr3 = values.keys().any(|k| k.ends_with(b"/zarr.json"));
+        return Err(if zarr3 {
+            "arrays in Zarr v3 (Orbax's use_zarr3), which is not read; save with Zarr v2 (Orbax's default)".into()
+        } else {
+            "no arrays (no .zarray metadata) in the OCDBT database".into()
+        });
+    }
+    // Each array at an 8-byte boundary of the buffer.
+    let mut places = Vec::with_capacity(metas.len());
+    let mut total = 0usize;
+    for (name, m) in &metas {
+        let bad = |why: String| format!("array `{name}`: {why}");
+        let dtype = zarr_dtype(&m.dtype).ok_or_else(|| bad(format!("dtype {} is not read", m.dtype)))?;
+        if m.chunks.len() != m.shape.len() || m.chunks.contains(&0) {
+            return Err(bad(format!("chunks {:?} for shape {:?}", m.chunks, m.shape)));
+        }
+        if m.order.as_deref().is_some_and(|o| o != "C") {
+            return Err(bad("Fortran order, which is not read".into()));
+        }
+        if m.filters.as_ref().is_some_and(|f| !f.is_empty()) {
+            return Err(bad("filters, which are not read".into()));
+        }
+        if let Some(c) = m.compressor.as_ref().filter(|c| c.id != "zstd") {
+            return Err(bad(format!("compressor {}, which is not read (zstd is)", c.id)));
+        }
+        let len = m
+            .shape
+            .iter()
+            .try_fold(dtype.bitsize() / 8, |a, &d| a.checked_mul(d))
+            .filter(|&l| l <= isize::MAX as usize / 2)
+            .ok_or_else(|| bad(format!("shape {:?} overflows", m.shape)))?;
+        places.push((dtype, total, len));
+        total = total.checked_add(len.div_ceil(8) * 8).ok_or("arrays too large")?;
+    }
+    let stored: usize = values
+        .iter()
+        .filter(|(k, _)| !k.ends_with(b"/.zarray"))
+        .map(|(_, v)| match v {
+            Value::Inline(b) => b.len(),
+            Value::Stored(_, _, l) => usize::try_from(*l).unwrap_or(usize::MAX),
+        })
+        .fold(0usize, usize::saturating_add);
+    if total > stored.saturating_mul(MAX_RATIO).saturating_add(SLACK) {
+        return Err(format!(
+            "the arrays' shapes make {total} bytes from {stored} stored: more than {MAX_RATIO} times as many plus \
+             {} MB, refused",
+            SLACK >> 20
+        ));
+    }
+    let mut words = vec![0u64; total / 8];
+    let buf: &mut [u8] = bytemuck::cast_slice_mut(&mut words);
+    let mut all = Vec::with_capacity(metas.len());
+    for ((name, m), &(dtype, start, len)) in metas.iter().zip(&places) {
+        let out = &mut buf[start..start + len];
+        fill(db, values, name, m, dtype, out).map_err(|e| format!("array `{name}`: {e}"))?;
+        let info = TensorInfo { dtype, shape: m.shape.clone(), data_offsets: (start, start + len) };
+        all.push((name.replace('.', "/"), Leaf::Tensor(info, start..start + len)));
+    }
+    let tree = crate::flax::model(bytemuck::cast_slice(&words), all, key)?;
+    Ok(OrbaxCheckpoint { words: Words(words), tree })
+}
+
+/// Writes array `name`'s values (C order) into `out`, chunk by chunk; a
+/// chunk not stored is its fill value (zero), or an error without one.
+fn fill(
+    db: &mut Db,
+    values: &BTreeMap<Vec<u8>, Value>,
+    name: &str,
+    m: &ZArray,
+    dtype: Dtype,
+    out: &mut [u8],
+) -> Result<(), String> {
+    let item = dtype.bitsize() / 8;
+    let sep = m.dimension_separator.as_deref().unwrap_or(".");
+    let grid: Vec<usize> = m.shape.iter().zip(&m.chunks).map(|(&s, &c)| s.div_ceil(c)).collect();
+    let chunk_len = m.chunks.iter().try_fold(item, |a, &d| a.checked_mul(d)).ok_or("chunks overflow")?;
+    let count: usize = grid.iter().product();
+    let whole = grid.iter().all(|&g| g == 1) && m.chunks == m.shape;
+    let mut scratch = Vec::new();
+    for c in 0..count {
+        // The chunk's index along each axis (C order).
+        let mut at = vec![0usize; grid.len()];
+        let mut rest = c;
+        for (a, &g) in at.iter_mut().zip(&grid).rev() {
+            *a = rest % g;
+            rest /= g;
+        }
+        let key: String =
+            if at.is_empty() { "0".into() } else { at.iter().map(usize::to_string).collect::<Vec<_>>().join(sep) };
+        let stored = match values.get(format!("{name}/{key}").as_bytes()) {
+            Some(Value::Inline(b)) => Some(&b[..]),
+            Some(Value::Stored(f, o, l)) => Some(db.range(f, *o, *l)?),
+            None => None,
+        };
+        let Some(stored) = stored else {
+            if m.fill_value.is_null() {
+                return Err(format!("chunk {key} is missing and the array has no fill value"));
+            }
+            if m.fill_value.as_f64() != Some(0.0) && m.fill_value != serde_json::json!(false) {
+                return Err(format!("chunk {key} is missing and its fill value {} is not read", m.fill_value));
+            }
+            continue; // the buffer is zeros
+        };
+        let decode = |into: &mut [u8]| -> Result<(), String> {
+            match m.compressor {
+                Some(_) => zstd_into(stored, into).map_err(|e| format!("chunk {key} {e}")),
+                None if stored.len() == into.len() => {
+                    into.copy_from_slice(stored);
+                    Ok(())
+                }
+                None => Err(format!("chunk {key} holds {} bytes, not {}", stored.len(), into.len())),
+            }
+        };
+        if whole {
+            decode(out)?;
+            continue;
+        }
+        scratch.resize(chunk_len, 0);
+        decode(&mut scratch)?;
+        copy_chunk(&scratch, out, &m.shape, &m.chunks, &at, item);
+    }
+    Ok(())
+}
+
+/// Copies the part of chunk `at` (of shape `chunks`, C order) that lies
+/// inside the array (of `shape`) to its place in `out`.
+fn copy_chunk(chunk: &[u8], out: &mut [u8], shape: &[usize], chunks: &[usize], at: &[usize], item: usize) {
+    let d = shape.len();
+    let origin: Vec<usize> = at.iter().zip(chunks).map(|(&a, &c)| a * c).collect();
+    let extent: Vec<usize> = (0..d).map(|i| chunks[i].min(shape[i] - origin[i])).collect();
+    let run = extent[d - 1] * item;
+    let rows: usize = extent[..d - 1].iter().product();
+    let mut idx = vec![0usize; d - 1];
+    for _ in 0..rows {
+        let (mut src, mut dst) = (0usize, 0usize);
+        for i in 0..d {
+            let local = if i + 1 < d { idx[i] } else { 0 };
+            src = src * chunks[i] + local;
+            dst = dst * shape[i] + origin[i] + local;
+        }
+        out[dst * item..dst * item + run].copy_from_slice(&chunk[src * item..src * item + run]);
+        for i in (0..d - 1).rev() {
+            idx[i] += 1;
+            if idx[i] < extent[i] {
+                break;
+            }
+            idx[i] = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc32c_matches_the_standard_check_value() {
+        assert_eq!(crc32c(b"123456789"), 0xe306_9283);
+    }
+
+    #[test]
+    fn chunks_are_placed_in_c_order() {
+        // A 3 x 5 array in chunks of 2 x 2 (edge chunks padded).
+        let (shape, chunks) = ([3usize, 5], [2usize, 2]);
+        let mut out = vec![0u8; 15];
+        for a in 0..2 {
+            for b in 0..3 {
+                let chunk: Vec<u8> = (0..4).map(|k| ((a * 2 + k / 2) * 5 + b * 2 + k % 2) as u8).collect::<Vec<_>>();
+                copy_chunk(&chunk, &mut out, &shape, &chunks, &[a, b], 1);
+            }
+        }
+        assert_eq!(out, (0..15).collect::<Vec<u8>>());
+    }
+
+    #[test]
+    fn varints_and_bounds() {
+        let mut r = Reader::new(&[0xac, 0x02, 0x05], "test");
+        assert_eq!(r.varint(), Ok(300));
+        assert_eq!(r.varint(), Ok(5));
+        assert!(r.varint().unwrap_err().contains("cut short"));
+        let long = [0xffu8; 11];
+        assert!(Reader::new(&long, "test").varint().unwrap_err().contains("64 bits"));
+    }
+}
