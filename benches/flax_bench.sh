@@ -54,11 +54,12 @@ def save(path, v):
 save(f"{base}/vgg", VGG().init(jax.random.PRNGKey(0), jnp.ones((1, 64, 64, 3))))
 save(f"{base}/mlp", MLP().init(jax.random.PRNGKey(0), jnp.ones((1, 2048))))
 import orbax.checkpoint as ocp
+saver = ocp.StandardCheckpointer()
 for name in ("vgg", "mlp"):
     if not os.path.exists(f"{base}/{name}-orbax"):
         v = serialization.msgpack_restore(open(f"{base}/{name}.msgpack", "rb").read())
-        ocp.StandardCheckpointer().save(f"{base}/{name}-orbax", v)
-        ocp.StandardCheckpointer().wait_until_finished()
+        saver.save(f"{base}/{name}-orbax", v)
+        saver.wait_until_finished()
 small, twins = f"{base}/small-msgpack", f"{base}/small-st"
 if not os.path.exists(twins):
     os.makedirs(small); os.makedirs(twins)

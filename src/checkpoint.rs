@@ -75,7 +75,7 @@ const POPULATE_MAX_BYTES: u64 = 1 << 30;
 
 /// A file's bytes: mapped (zero-copy) or, for small files, read; or an
 /// in-memory tensor's, held by their owner (a Python array).
-enum Bytes {
+pub(crate) enum Bytes {
     /// Shared with the thread that populates it, which may outlive the
     /// checkpoint by a little.
     Mapped(std::sync::Arc<Map>),
@@ -101,7 +101,7 @@ impl Bytes {
     /// Whether the file under these bytes changed since they were mapped
     /// (read bytes are checked as they are read, held ones are their
     /// owner's).
-    fn changed(&self) -> bool {
+    pub(crate) fn changed(&self) -> bool {
         match self {
             Bytes::Mapped(m) => m.changed(),
             Bytes::Read(_) | Bytes::Held(_) => false,
@@ -118,7 +118,7 @@ thread_local! {
 /// A small file's bytes, read into its thread's spare buffer, which it
 /// gives back when dropped: a scan of thousands of small files reads them
 /// into one allocation per thread, zeroed once.
-struct ReadBuf {
+pub(crate) struct ReadBuf {
     /// At least `len` bytes, all initialised.
     buf: Vec<u8>,
     len: usize,
@@ -206,23 +206,28 @@ struct Entry {
 /// megabyte up, an anonymous map in 2 MB pages where the kernel gives them
 /// (a copy into fresh 4 KB pages costs a page fault per 4 KB, three times
 /// the copy itself).
-enum Aligned {
+pub(crate) enum Aligned {
     Words(Box<[u64]>, usize),
     Pages(memmap2::MmapMut),
 }
 
 impl Aligned {
-    fn of(bytes: &[u8]) -> std::io::Result<Self> {
-        if bytes.len() < MAP_MIN_BYTES as usize {
-            let mut words = vec![0u64; bytes.len().div_ceil(8)].into_boxed_slice();
-            bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..bytes.len()].copy_from_slice(bytes);
-            return Ok(Aligned::Words(words, bytes.len()));
+    /// `len` zero bytes, 8-byte aligned: heap words when small, else an
+    /// anonymous map advised to 2 MB pages (a fraction of the faults).
+    pub(crate) fn zeroed(len: usize) -> std::io::Result<Self> {
+        if len < MAP_MIN_BYTES as usize {
+            return Ok(Aligned::Words(vec![0u64; len.div_ceil(8)].into_boxed_slice(), len));
         }
-        let mut map = memmap2::MmapMut::map_anon(bytes.len())?;
+        let map = memmap2::MmapMut::map_anon(len)?;
         #[cfg(target_os = "linux")]
         let _ = map.advise(memmap2::Advice::HugePage);
-        map.copy_from_slice(bytes);
         Ok(Aligned::Pages(map))
+    }
+
+    fn of(bytes: &[u8]) -> std::io::Result<Self> {
+        let mut aligned = Self::zeroed(bytes.len())?;
+        aligned.bytes_mut().copy_from_slice(bytes);
+        Ok(aligned)
     }
 
     fn bytes(&self) -> &[u8] {
@@ -230,6 +235,19 @@ impl Aligned {
             Aligned::Words(words, len) => &bytemuck::cast_slice::<u64, u8>(words)[..*len],
             Aligned::Pages(map) => map,
         }
+    }
+
+    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
+        match self {
+            Aligned::Words(words, len) => &mut bytemuck::cast_slice_mut::<u64, u8>(words)[..*len],
+            Aligned::Pages(map) => map,
+        }
+    }
+}
+
+impl AsRef<[u8]> for Aligned {
+    fn as_ref(&self) -> &[u8] {
+        self.bytes()
     }
 }
 
@@ -567,9 +585,12 @@ impl Checkpoint {
     /// buffer, read as a Flax tree (`params` and `batch_stats`, or the tree
     /// under `key`).
     fn open_orbax(path: &Path, key: Option<&str>) -> Result<Self> {
-        let o = crate::orbax::read(path, key).map_err(|reason| Error::Orbax { path: path.to_path_buf(), reason })?;
+        let o = crate::orbax::read(path, key).map_err(|e| match e {
+            crate::orbax::ReadError::Format(reason) => Error::Orbax { path: path.to_path_buf(), reason },
+            crate::orbax::ReadError::Changed => Error::Changed { path: path.to_path_buf() },
+        })?;
         let mut ck =
-            Self::from_parts(path, Bytes::Held(Box::new(o.words)), o.tree.tensors, Vec::new(), o.tree.metadata);
+            Self::from_parts(path, Bytes::Held(Box::new(o.buffer)), o.tree.tensors, Vec::new(), o.tree.metadata);
         ck.keyed = key.is_some();
         ck.norm_eps = Some(crate::graph::DEFAULT_EPS);
         Ok(ck)
@@ -1014,7 +1035,7 @@ impl<'de> serde::Deserialize<'de> for Header {
 /// a directory. The file is opened without blocking (a FIFO would wait for
 /// a writer) and a FIFO or a device is refused before any read (it could
 /// block or never end).
-fn read_file(path: &Path) -> std::io::Result<Option<(Bytes, Option<FileIdentity>)>> {
+pub(crate) fn read_file(path: &Path) -> std::io::Result<Option<(Bytes, Option<FileIdentity>)>> {
     let mut options = std::fs::OpenOptions::new();
     options.read(true);
     #[cfg(unix)]

@@ -9,7 +9,7 @@
 //! (`kvstore/ocdbt/index.rst`), read here as data by a bounded decoder:
 //! every length and offset is checked before it is used, every manifest and
 //! node's CRC-32C verified, every decompression bounded by the size it must
-//! have; nothing is executed. The tree is then a Flax tree
+//! have (zstd's own library, as tensorstore uses); nothing is executed. The tree is then a Flax tree
 //! ([`crate::flax::model`]): `params` with `batch_stats`, scalars as
 //! metadata.
 
@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use safetensors::tensor::{Dtype, TensorInfo};
 
+use crate::checkpoint::{Aligned, Bytes};
 use crate::flax::{FlaxCheckpoint, Leaf};
 
 /// Magic numbers of the encoded manifest and B+tree nodes.
@@ -36,21 +37,12 @@ const MAX_KEY: usize = 1 << 16;
 const MAX_RATIO: usize = 64;
 const SLACK: usize = 64 << 20;
 
-/// The arrays of an Orbax checkpoint, decompressed into one buffer, and
-/// the tree they make (its ranges are of the buffer).
+/// The arrays of an Orbax checkpoint, decompressed into one aligned
+/// buffer (each array at a multiple of 8 bytes), and the tree they make
+/// (its ranges are of the buffer).
 pub(crate) struct OrbaxCheckpoint {
-    pub(crate) words: Words,
+    pub(crate) buffer: Aligned,
     pub(crate) tree: FlaxCheckpoint,
-}
-
-/// Bytes held as 8-byte words, so every f64 and f32 array placed at a
-/// multiple of 8 is aligned.
-pub(crate) struct Words(Vec<u64>);
-
-impl AsRef<[u8]> for Words {
-    fn as_ref(&self) -> &[u8] {
-        bytemuck::cast_slice(&self.0)
-    }
 }
 
 /// Whether `dir` is an Orbax checkpoint: the `_CHECKPOINT_METADATA` of a
@@ -84,16 +76,32 @@ pub(crate) fn tree_dir(dir: &Path) -> Result<PathBuf, String> {
     }
 }
 
+/// Why an Orbax checkpoint was not read.
+pub(crate) enum ReadError {
+    /// What in it is malformed, or not read.
+    Format(String),
+    /// A file of it changed while it was read.
+    Changed,
+}
+
 /// Reads the Orbax checkpoint in `dir` (or its tree folder, [`tree_dir`]):
 /// the model's `params` and `batch_stats` (or, with `key`, the tree under
-/// it), and the scalars outside them.
-pub(crate) fn read(dir: &Path, key: Option<&str>) -> Result<OrbaxCheckpoint, String> {
-    let root = tree_dir(dir)?;
-    let mut db = Db { root, files: BTreeMap::new() };
-    let (table, root_ref, height) = manifest_root(db.file("manifest.ocdbt")?)?;
-    let mut values = BTreeMap::new();
-    db.btree(&table[root_ref.file], root_ref, height, Vec::new(), &mut values, 0)?;
-    arrays(&mut db, &values, key)
+/// it), and the scalars outside them. Its files are mapped (large) or
+/// read (small) as checkpoint files are, and checked for changes once
+/// their arrays are decompressed.
+pub(crate) fn read(dir: &Path, key: Option<&str>) -> Result<OrbaxCheckpoint, ReadError> {
+    let root = tree_dir(dir).map_err(ReadError::Format)?;
+    let mut db = Db { root, files: BTreeMap::new(), changed: false };
+    let read = (|| {
+        let (table, root_ref, height) = manifest_root(db.file("manifest.ocdbt")?)?;
+        let mut values = BTreeMap::new();
+        db.btree(&table[root_ref.file], root_ref, height, Vec::new(), &mut values, 0)?;
+        arrays(&mut db, &values, key)
+    })();
+    if db.changed || db.files.values().any(Bytes::changed) {
+        return Err(ReadError::Changed);
+    }
+    read.map_err(ReadError::Format)
 }
 
 /// A data file named by a table: its path from the database's root, and
@@ -119,10 +127,12 @@ enum Value {
     Stored(DataFile, u64, u64),
 }
 
-/// The database's folder and the data files read so far.
+/// The database's folder, its files opened so far, and whether one was
+/// seen changing while read.
 struct Db {
     root: PathBuf,
-    files: BTreeMap<String, Vec<u8>>,
+    files: BTreeMap<String, Bytes>,
+    changed: bool,
 }
 
 impl Db {
@@ -134,7 +144,15 @@ impl Db {
             return Err(format!("data file `{rel}` is not a path inside the checkpoint's folder"));
         }
         if !self.files.contains_key(rel) {
-            let b = std::fs::read(self.root.join(rel)).map_err(|e| format!("data file `{rel}`: {e}"))?;
+            let b = match crate::checkpoint::read_file(&self.root.join(rel)) {
+                Ok(Some((b, _))) => b,
+                Ok(None) => return Err(format!("data file `{rel}` is a folder")),
+                Err(e) if crate::mapped::is_changed(&e) => {
+                    self.changed = true;
+                    return Err(format!("data file `{rel}` changed while read"));
+                }
+                Err(e) => return Err(format!("data file `{rel}`: {e}")),
+            };
             self.files.insert(rel.to_string(), b);
         }
         Ok(&self.files[rel])
@@ -347,33 +365,37 @@ fn unwrap(encoded: &[u8], magic: u32, what: &str) -> Result<Vec<u8>, String> {
     }
 }
 
-/// Decompresses a zstd stream of at most `limit` bytes (a node's size is
-/// not stored: the room doubles until it fits).
+/// Decompresses zstd data of at most `limit` bytes: as many as its frame
+/// header says, or (a streamed frame, as riegeli writes nodes, says
+/// none) in room that doubles until it fits.
 fn zstd_bounded(input: &[u8], limit: usize) -> Result<Vec<u8>, String> {
-    let mut out = Vec::with_capacity(input.len().saturating_mul(4).clamp(1 << 12, limit));
-    let mut decoder = ruzstd::decoding::FrameDecoder::new();
+    let declared = zstd_safe::get_frame_content_size(input).ok().flatten();
+    let mut room = match declared {
+        Some(n) if n > limit as u64 => return Err(format!("zstd data of {n} bytes, more than {limit}")),
+        Some(n) => n as usize,
+        None => input.len().saturating_mul(4).clamp(1 << 12, limit),
+    };
     loop {
-        match decoder.decode_all_to_vec(input, &mut out) {
-            Ok(()) => return Ok(out),
-            Err(ruzstd::decoding::errors::FrameDecoderError::TargetTooSmall) if out.capacity() < limit => {
-                let room = out.capacity().saturating_mul(2).min(limit);
-                out = Vec::with_capacity(room);
-            }
-            Err(e) => return Err(format!("zstd data that does not decode ({e})")),
+        let mut out = Vec::with_capacity(room);
+        match zstd_safe::decompress(&mut out, input) {
+            Ok(_) => return Ok(out),
+            // Too little room, or damaged: more room, up to the limit.
+            Err(_) if declared.is_none() && room < limit => room = room.saturating_mul(2).min(limit),
+            Err(code) => return Err(format!("zstd data that does not decode ({})", zstd_safe::get_error_name(code))),
         }
     }
 }
 
 /// Decompresses `input` into exactly `out` (a chunk of known size).
 fn zstd_into(input: &[u8], out: &mut [u8]) -> Result<(), String> {
-    let mut decoder = ruzstd::decoding::FrameDecoder::new();
-    match decoder.decode_all(input, out) {
+    match zstd_safe::decompress(out, input) {
         Ok(n) if n == out.len() => Ok(()),
         Ok(n) => Err(format!("holds {n} bytes where its array needs {}", out.len())),
-        Err(ruzstd::decoding::errors::FrameDecoderError::TargetTooSmall) => {
-            Err(format!("holds more than the {} bytes its array needs", out.len()))
-        }
-        Err(e) => Err(format!("zstd data that does not decode ({e})")),
+        Err(code) => Err(format!(
+            "does not decode to the {} bytes its array needs ({})",
+            out.len(),
+            zstd_safe::get_error_name(code)
+        )),
     }
 }
 
@@ -562,8 +584,8 @@ fn arrays(db: &mut Db, values: &BTreeMap<Vec<u8>, Value>, key: Option<&str>) -> 
             SLACK >> 20
         ));
     }
-    let mut words = vec![0u64; total / 8];
-    let buf: &mut [u8] = bytemuck::cast_slice_mut(&mut words);
+    let mut buffer = Aligned::zeroed(total).map_err(|e| format!("{total} bytes for the arrays: {e}"))?;
+    let buf = buffer.bytes_mut();
     let mut all = Vec::with_capacity(metas.len());
     for ((name, m), &(dtype, start, len)) in metas.iter().zip(&places) {
         let out = &mut buf[start..start + len];
@@ -571,8 +593,8 @@ fn arrays(db: &mut Db, values: &BTreeMap<Vec<u8>, Value>, key: Option<&str>) -> 
         let info = TensorInfo { dtype, shape: m.shape.clone(), data_offsets: (start, start + len) };
         all.push((name.replace('.', "/"), Leaf::Tensor(info, start..start + len)));
     }
-    let tree = crate::flax::model(bytemuck::cast_slice(&words), all, key)?;
-    Ok(OrbaxCheckpoint { words: Words(words), tree })
+    let tree = crate::flax::model(buffer.as_ref(), all, key)?;
+    Ok(OrbaxCheckpoint { buffer, tree })
 }
 
 /// Writes array `name`'s values (C order) into `out`, chunk by chunk; a
