@@ -1,8 +1,9 @@
 //! Orbax checkpoints: the directories that `orbax.checkpoint` writes (and
 //! `flax.training.checkpoints.save_checkpoint`, by default). The tree's
-//! arrays are Zarr (v2) arrays in a tensorstore OCDBT database: a manifest
+//! arrays are Zarr arrays (v2, or v3 with `use_zarr3`, its chunks shards
+//! of inner chunks) in a tensorstore OCDBT database: a manifest
 //! (`manifest.ocdbt`) names the root of a B+tree whose keys are the arrays'
-//! `.zarray` metadata and chunks (`params.Conv_0.kernel/.zarray`,
+//! metadata and chunks (`params.Conv_0.kernel/.zarray`,
 //! `params.Conv_0.kernel/0.0.0.0`), each value inline in a leaf or a range
 //! of a data file (`d/...`, `ocdbt.process_0/d/...`), nodes and chunks
 //! compressed with zstd. The format is tensorstore's
@@ -484,7 +485,7 @@ struct ZArray {
     shape: Vec<usize>,
     chunks: Vec<usize>,
     dtype: String,
-    compressor: Option<Compressor>,
+    compressor: Option<Named>,
     #[serde(default)]
     order: Option<String>,
     #[serde(default)]
@@ -495,9 +496,50 @@ struct ZArray {
     fill_value: serde_json::Value,
 }
 
+/// A Zarr v2 compressor (`id`) or v3 codec (`name`, `configuration`).
 #[derive(serde::Deserialize)]
-struct Compressor {
-    id: String,
+struct Named {
+    #[serde(alias = "id")]
+    name: String,
+    #[serde(default)]
+    configuration: serde_json::Value,
+}
+
+/// The `zarr.json` metadata of a Zarr v3 array (Orbax's `use_zarr3`).
+#[derive(serde::Deserialize)]
+struct ZarrJson {
+    shape: Vec<usize>,
+    data_type: String,
+    chunk_grid: Named,
+    #[serde(default)]
+    chunk_key_encoding: Option<Named>,
+    codecs: Vec<Named>,
+    #[serde(default)]
+    fill_value: serde_json::Value,
+}
+
+/// How an array is stored, Zarr v2 or v3 alike: its chunks (each a key,
+/// C order), how each is compressed, and (Zarr v3's sharding) the inner
+/// chunks a stored one holds, with an index of them at its end.
+struct Layout {
+    shape: Vec<usize>,
+    dtype: Dtype,
+    chunk: Vec<usize>,
+    /// Zarr v3's `c` before the indices (`c/0/1`; `c` for a scalar), or
+    /// none (v2: `0.1`; `0` for a scalar).
+    prefix: Option<&'static str>,
+    separator: String,
+    zstd: bool,
+    /// Inner chunks of each stored one: their shape, compression, and
+    /// whether the index ends with a CRC-32C.
+    inner: Option<(Vec<usize>, bool, bool)>,
+    /// Whether a chunk not stored is zeros (else it is an error).
+    zero_fill: bool,
+}
+
+/// Whether a fill value is zero (a chunk not stored is then zeros).
+fn is_zero(v: &serde_json::Value) -> bool {
+    v.as_f64() == Some(0.0) || *v == serde_json::json!(false)
 }
 
 /// A Zarr v2 dtype's safetensors dtype (little-endian or one byte).
@@ -520,58 +562,152 @@ fn zarr_dtype(d: &str) -> Option<Dtype> {
     })
 }
 
+impl Layout {
+    fn of_v2(m: ZArray) -> Result<Self, String> {
+        let dtype = zarr_dtype(&m.dtype).ok_or_else(|| format!("dtype {} is not read", m.dtype))?;
+        if m.order.as_deref().is_some_and(|o| o != "C") {
+            return Err("Fortran order, which is not read".into());
+        }
+        if m.filters.as_ref().is_some_and(|f| !f.is_empty()) {
+            return Err("filters, which are not read".into());
+        }
+        if let Some(c) = m.compressor.as_ref().filter(|c| c.name != "zstd") {
+            return Err(format!("compressor {}, which is not read (zstd is)", c.name));
+        }
+        Ok(Layout {
+            shape: m.shape,
+            dtype,
+            chunk: m.chunks,
+            prefix: None,
+            separator: m.dimension_separator.unwrap_or_else(|| ".".into()),
+            zstd: m.compressor.is_some(),
+            inner: None,
+            zero_fill: is_zero(&m.fill_value),
+        })
+    }
+
+    fn of_v3(m: ZarrJson) -> Result<Self, String> {
+        let dtype =
+            crate::pickle::dtype_named(&m.data_type).ok_or_else(|| format!("data type {} is not read", m.data_type))?;
+        if m.chunk_grid.name != "regular" {
+            return Err(format!("a {} chunk grid, which is not read", m.chunk_grid.name));
+        }
+        let chunk = shape_of(&m.chunk_grid.configuration["chunk_shape"])?;
+        let separator = match &m.chunk_key_encoding {
+            Some(e) if e.name != "default" => return Err(format!("chunk keys encoded {}, which is not read", e.name)),
+            Some(e) => e.configuration["separator"].as_str().unwrap_or("/").to_string(),
+            None => "/".into(),
+        };
+        let (zstd, inner) = match &m.codecs[..] {
+            [one] if one.name == "sharding_indexed" => {
+                let c = &one.configuration;
+                let inner = shape_of(&c["chunk_shape"])?;
+                let codecs: Vec<Named> = serde_json::from_value(c["codecs"].clone()).map_err(|e| e.to_string())?;
+                let index: Vec<Named> = serde_json::from_value(c["index_codecs"].clone()).map_err(|e| e.to_string())?;
+                let crc = match &index[..] {
+                    [b] if b.name == "bytes" => false,
+                    [b, c] if b.name == "bytes" && c.name == "crc32c" => true,
+                    _ => return Err("a shard index of codecs other than bytes and crc32c".into()),
+                };
+                if c["index_location"].as_str().is_some_and(|l| l != "end") {
+                    return Err("a shard index at its start, which is not read".into());
+                }
+                (false, Some((inner, codecs_zstd(&codecs)?, crc)))
+            }
+            codecs => (codecs_zstd(codecs)?, None),
+        };
+        Ok(Layout {
+            shape: m.shape,
+            dtype,
+            chunk,
+            prefix: Some("c"),
+            separator,
+            zstd,
+            inner,
+            zero_fill: is_zero(&m.fill_value),
+        })
+    }
+
+    /// A chunk's key after the array's name.
+    fn key(&self, at: &[usize]) -> String {
+        let indices = at.iter().map(usize::to_string).collect::<Vec<_>>().join(&self.separator);
+        match (self.prefix, at.is_empty()) {
+            (Some(c), true) => c.to_string(),
+            (Some(c), false) => format!("{c}{}{indices}", self.separator),
+            (None, true) => "0".into(),
+            (None, false) => indices,
+        }
+    }
+}
+
+/// A JSON list of sizes.
+fn shape_of(v: &serde_json::Value) -> Result<Vec<usize>, String> {
+    serde_json::from_value(v.clone()).map_err(|_| format!("a chunk shape {v} that is not a list of sizes"))
+}
+
+/// Whether Zarr v3 array codecs compress with zstd: `bytes`
+/// (little-endian), then `zstd` or nothing.
+fn codecs_zstd(codecs: &[Named]) -> Result<bool, String> {
+    let little = |c: &Named| c.name == "bytes" && c.configuration["endian"].as_str().is_none_or(|e| e == "little");
+    match codecs {
+        [b] if little(b) => Ok(false),
+        [b, z] if little(b) && z.name == "zstd" => Ok(true),
+        _ => Err(format!(
+            "codecs {}, which are not read (bytes, little-endian, then zstd are)",
+            codecs.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
+        )),
+    }
+}
+
 /// Every array of the database, decompressed into one aligned buffer, and
 /// the Flax tree of them (names `/`-joined from Orbax's `.`-joined keys).
 fn arrays(db: &mut Db, values: &BTreeMap<Vec<u8>, Value>, key: Option<&str>) -> Result<OrbaxCheckpoint, String> {
-    let mut metas = Vec::new();
+    let mut layouts = Vec::new();
     for (k, v) in values {
-        let Some(name) = k.strip_suffix(b"/.zarray") else { continue };
+        let (name, v3) = match (k.strip_suffix(b"/.zarray"), k.strip_suffix(b"/zarr.json")) {
+            (Some(n), _) => (n, false),
+            (_, Some(n)) => (n, true),
+            _ => continue,
+        };
         let name = String::from_utf8(name.to_vec()).map_err(|_| "an array name that is not UTF-8".to_string())?;
         let text = match v {
             Value::Inline(b) => &b[..],
             Value::Stored(f, o, l) => db.range(f, *o, *l)?,
         };
-        let meta: ZArray = serde_json::from_slice(text).map_err(|e| format!("array `{name}`: its .zarray: {e}"))?;
-        metas.push((name, meta));
-    }
-    if metas.is_empty() {
-        let zarr3 = values.keys().any(|k| k.ends_with(b"/zarr.json"));
-        return Err(if zarr3 {
-            "arrays in Zarr v3 (Orbax's use_zarr3), which is not read; save with Zarr v2 (Orbax's default)".into()
+        let bad = |e: String| format!("array `{name}`: {e}");
+        let layout = if v3 {
+            let m: ZarrJson = serde_json::from_slice(text).map_err(|e| bad(format!("its zarr.json: {e}")))?;
+            Layout::of_v3(m)
         } else {
-            "no arrays (no .zarray metadata) in the OCDBT database".into()
-        });
+            let m: ZArray = serde_json::from_slice(text).map_err(|e| bad(format!("its .zarray: {e}")))?;
+            Layout::of_v2(m)
+        }
+        .map_err(bad)?;
+        let inner_fits = layout.inner.as_ref().is_none_or(|(i, ..)| i.len() == layout.shape.len() && !i.contains(&0));
+        if layout.chunk.len() != layout.shape.len() || layout.chunk.contains(&0) || !inner_fits {
+            return Err(bad(format!("chunks {:?} for shape {:?}", layout.chunk, layout.shape)));
+        }
+        layouts.push((name, layout));
+    }
+    if layouts.is_empty() {
+        return Err("no arrays (no .zarray or zarr.json metadata) in the OCDBT database".into());
     }
     // Each array at an 8-byte boundary of the buffer.
-    let mut places = Vec::with_capacity(metas.len());
+    let mut places = Vec::with_capacity(layouts.len());
     let mut total = 0usize;
-    for (name, m) in &metas {
-        let bad = |why: String| format!("array `{name}`: {why}");
-        let dtype = zarr_dtype(&m.dtype).ok_or_else(|| bad(format!("dtype {} is not read", m.dtype)))?;
-        if m.chunks.len() != m.shape.len() || m.chunks.contains(&0) {
-            return Err(bad(format!("chunks {:?} for shape {:?}", m.chunks, m.shape)));
-        }
-        if m.order.as_deref().is_some_and(|o| o != "C") {
-            return Err(bad("Fortran order, which is not read".into()));
-        }
-        if m.filters.as_ref().is_some_and(|f| !f.is_empty()) {
-            return Err(bad("filters, which are not read".into()));
-        }
-        if let Some(c) = m.compressor.as_ref().filter(|c| c.id != "zstd") {
-            return Err(bad(format!("compressor {}, which is not read (zstd is)", c.id)));
-        }
-        let len = m
+    for (name, l) in &layouts {
+        let len = l
             .shape
             .iter()
-            .try_fold(dtype.bitsize() / 8, |a, &d| a.checked_mul(d))
-            .filter(|&l| l <= isize::MAX as usize / 2)
-            .ok_or_else(|| bad(format!("shape {:?} overflows", m.shape)))?;
-        places.push((dtype, total, len));
+            .try_fold(l.dtype.bitsize() / 8, |a, &d| a.checked_mul(d))
+            .filter(|&len| len <= isize::MAX as usize / 2)
+            .ok_or_else(|| format!("array `{name}`: shape {:?} overflows", l.shape))?;
+        places.push((total, len));
         total = total.checked_add(len.div_ceil(8) * 8).ok_or("arrays too large")?;
     }
     let stored: usize = values
         .iter()
-        .filter(|(k, _)| !k.ends_with(b"/.zarray"))
+        .filter(|(k, _)| !k.ends_with(b"/.zarray") && !k.ends_with(b"/zarr.json"))
         .map(|(_, v)| match v {
             Value::Inline(b) => b.len(),
             Value::Stored(_, _, l) => usize::try_from(*l).unwrap_or(usize::MAX),
@@ -586,85 +722,119 @@ fn arrays(db: &mut Db, values: &BTreeMap<Vec<u8>, Value>, key: Option<&str>) -> 
     }
     let mut buffer = Aligned::zeroed(total).map_err(|e| format!("{total} bytes for the arrays: {e}"))?;
     let buf = buffer.bytes_mut();
-    let mut all = Vec::with_capacity(metas.len());
-    for ((name, m), &(dtype, start, len)) in metas.iter().zip(&places) {
-        let out = &mut buf[start..start + len];
-        fill(db, values, name, m, dtype, out).map_err(|e| format!("array `{name}`: {e}"))?;
-        let info = TensorInfo { dtype, shape: m.shape.clone(), data_offsets: (start, start + len) };
+    let mut all = Vec::with_capacity(layouts.len());
+    for ((name, l), &(start, len)) in layouts.iter().zip(&places) {
+        fill(db, values, name, l, &mut buf[start..start + len]).map_err(|e| format!("array `{name}`: {e}"))?;
+        let info = TensorInfo { dtype: l.dtype, shape: l.shape.clone(), data_offsets: (start, start + len) };
         all.push((name.replace('.', "/"), Leaf::Tensor(info, start..start + len)));
     }
     let tree = crate::flax::model(buffer.as_ref(), all, key)?;
     Ok(OrbaxCheckpoint { buffer, tree })
 }
 
+/// The index (C order) of chunk number `c` of a grid.
+fn chunk_at(mut c: usize, grid: &[usize]) -> Vec<usize> {
+    let mut at = vec![0usize; grid.len()];
+    for (a, &g) in at.iter_mut().zip(grid).rev() {
+        *a = c % g;
+        c /= g;
+    }
+    at
+}
+
+/// Decodes a stored block (zstd, or raw) into exactly `into`.
+fn decode(stored: &[u8], zstd: bool, into: &mut [u8]) -> Result<(), String> {
+    match zstd {
+        true => zstd_into(stored, into),
+        false if stored.len() == into.len() => {
+            into.copy_from_slice(stored);
+            Ok(())
+        }
+        false => Err(format!("holds {} bytes, not {}", stored.len(), into.len())),
+    }
+}
+
 /// Writes array `name`'s values (C order) into `out`, chunk by chunk; a
-/// chunk not stored is its fill value (zero), or an error without one.
-fn fill(
-    db: &mut Db,
-    values: &BTreeMap<Vec<u8>, Value>,
-    name: &str,
-    m: &ZArray,
-    dtype: Dtype,
-    out: &mut [u8],
-) -> Result<(), String> {
-    let item = dtype.bitsize() / 8;
-    let sep = m.dimension_separator.as_deref().unwrap_or(".");
-    let grid: Vec<usize> = m.shape.iter().zip(&m.chunks).map(|(&s, &c)| s.div_ceil(c)).collect();
-    let chunk_len = m.chunks.iter().try_fold(item, |a, &d| a.checked_mul(d)).ok_or("chunks overflow")?;
-    let count: usize = grid.iter().product();
-    let whole = grid.iter().all(|&g| g == 1) && m.chunks == m.shape;
+/// chunk not stored is zeros where that is its fill value, else an error.
+fn fill(db: &mut Db, values: &BTreeMap<Vec<u8>, Value>, name: &str, l: &Layout, out: &mut [u8]) -> Result<(), String> {
+    let item = l.dtype.bitsize() / 8;
+    let grid: Vec<usize> = l.shape.iter().zip(&l.chunk).map(|(&s, &c)| s.div_ceil(c)).collect();
+    let block_len = |shape: &[usize]| shape.iter().try_fold(item, |a, &d| a.checked_mul(d)).ok_or("chunks overflow");
+    let chunk_len = block_len(&l.chunk)?;
+    let whole = l.inner.is_none() && l.chunk == l.shape;
     let mut scratch = Vec::new();
-    for c in 0..count {
-        // The chunk's index along each axis (C order).
-        let mut at = vec![0usize; grid.len()];
-        let mut rest = c;
-        for (a, &g) in at.iter_mut().zip(&grid).rev() {
-            *a = rest % g;
-            rest /= g;
-        }
-        let key: String =
-            if at.is_empty() { "0".into() } else { at.iter().map(usize::to_string).collect::<Vec<_>>().join(sep) };
+    for c in 0..grid.iter().product::<usize>() {
+        let at = chunk_at(c, &grid);
+        let key = l.key(&at);
         let stored = match values.get(format!("{name}/{key}").as_bytes()) {
-            Some(Value::Inline(b)) => Some(&b[..]),
-            Some(Value::Stored(f, o, l)) => Some(db.range(f, *o, *l)?),
-            None => None,
+            Some(Value::Inline(b)) => &b[..],
+            Some(Value::Stored(f, o, len)) => db.range(f, *o, *len)?,
+            None if l.zero_fill => continue, // the buffer is zeros
+            None => return Err(format!("chunk {key} is missing and its fill value is not zero")),
         };
-        let Some(stored) = stored else {
-            if m.fill_value.is_null() {
-                return Err(format!("chunk {key} is missing and the array has no fill value"));
+        let origin: Vec<usize> = at.iter().zip(&l.chunk).map(|(&a, &c)| a * c).collect();
+        let Some((inner, inner_zstd, crc)) = &l.inner else {
+            if whole {
+                decode(stored, l.zstd, out).map_err(|e| format!("chunk {key} {e}"))?;
+                continue;
             }
-            if m.fill_value.as_f64() != Some(0.0) && m.fill_value != serde_json::json!(false) {
-                return Err(format!("chunk {key} is missing and its fill value {} is not read", m.fill_value));
-            }
-            continue; // the buffer is zeros
-        };
-        let decode = |into: &mut [u8]| -> Result<(), String> {
-            match m.compressor {
-                Some(_) => zstd_into(stored, into).map_err(|e| format!("chunk {key} {e}")),
-                None if stored.len() == into.len() => {
-                    into.copy_from_slice(stored);
-                    Ok(())
-                }
-                None => Err(format!("chunk {key} holds {} bytes, not {}", stored.len(), into.len())),
-            }
-        };
-        if whole {
-            decode(out)?;
+            scratch.resize(chunk_len, 0);
+            decode(stored, l.zstd, &mut scratch).map_err(|e| format!("chunk {key} {e}"))?;
+            copy_block(&scratch, out, &l.shape, &l.chunk, &origin, item);
             continue;
+        };
+        // A shard: its inner chunks, then (offset, length) of each.
+        let inner_grid: Vec<usize> = l.chunk.iter().zip(inner).map(|(&s, &i)| s.div_ceil(i)).collect();
+        let n = inner_grid.iter().product::<usize>();
+        let index_len = n.checked_mul(16).and_then(|b| b.checked_add(if *crc { 4 } else { 0 }));
+        let index_at = index_len.and_then(|len| stored.len().checked_sub(len)).ok_or_else(|| {
+            format!("shard {key}: {} bytes, too few for the index of its {n} inner chunks", stored.len())
+        })?;
+        let index = &stored[index_at..index_at + 16 * n];
+        if *crc {
+            let sum = u32::from_le_bytes(stored[index_at + 16 * n..].try_into().expect("4 bytes"));
+            if crc32c(index) != sum {
+                return Err(format!("shard {key}: an index whose CRC-32C does not match (damaged)"));
+            }
         }
-        scratch.resize(chunk_len, 0);
-        decode(&mut scratch)?;
-        copy_chunk(&scratch, out, &m.shape, &m.chunks, &at, item);
+        let inner_len = block_len(inner)?;
+        for (i, entry) in index.chunks_exact(16).enumerate() {
+            let offset = u64::from_le_bytes(entry[..8].try_into().expect("8 bytes"));
+            let length = u64::from_le_bytes(entry[8..].try_into().expect("8 bytes"));
+            let inner_at = chunk_at(i, &inner_grid);
+            let origin: Vec<usize> = origin.iter().zip(&inner_at).zip(inner).map(|((&o, &a), &s)| o + a * s).collect();
+            if origin.iter().zip(&l.shape).any(|(&o, &s)| o >= s) {
+                continue; // past the array's edge
+            }
+            if (offset, length) == (u64::MAX, u64::MAX) {
+                if l.zero_fill {
+                    continue;
+                }
+                return Err(format!("shard {key}: inner chunk {i} is missing and its fill value is not zero"));
+            }
+            let bytes = offset
+                .checked_add(length)
+                .filter(|&e| e <= index_at as u64)
+                .map(|e| &stored[offset as usize..e as usize])
+                .ok_or_else(|| format!("shard {key}: inner chunk {i} at {offset}..+{length} runs past its data"))?;
+            scratch.resize(inner_len, 0);
+            decode(bytes, *inner_zstd, &mut scratch).map_err(|e| format!("shard {key}, inner chunk {i} {e}"))?;
+            copy_block(&scratch, out, &l.shape, inner, &origin, item);
+        }
     }
     Ok(())
 }
 
-/// Copies the part of chunk `at` (of shape `chunks`, C order) that lies
-/// inside the array (of `shape`) to its place in `out`.
-fn copy_chunk(chunk: &[u8], out: &mut [u8], shape: &[usize], chunks: &[usize], at: &[usize], item: usize) {
+/// Copies the part of a block (of shape `block`, C order, at `origin` of
+/// the array) that lies inside the array (of `shape`) to its place in
+/// `out`.
+fn copy_block(chunk: &[u8], out: &mut [u8], shape: &[usize], block: &[usize], origin: &[usize], item: usize) {
     let d = shape.len();
-    let origin: Vec<usize> = at.iter().zip(chunks).map(|(&a, &c)| a * c).collect();
-    let extent: Vec<usize> = (0..d).map(|i| chunks[i].min(shape[i] - origin[i])).collect();
+    if d == 0 {
+        out.copy_from_slice(&chunk[..item]);
+        return;
+    }
+    let extent: Vec<usize> = (0..d).map(|i| block[i].min(shape[i] - origin[i])).collect();
     let run = extent[d - 1] * item;
     let rows: usize = extent[..d - 1].iter().product();
     let mut idx = vec![0usize; d - 1];
@@ -672,7 +842,7 @@ fn copy_chunk(chunk: &[u8], out: &mut [u8], shape: &[usize], chunks: &[usize], a
         let (mut src, mut dst) = (0usize, 0usize);
         for i in 0..d {
             let local = if i + 1 < d { idx[i] } else { 0 };
-            src = src * chunks[i] + local;
+            src = src * block[i] + local;
             dst = dst * shape[i] + origin[i] + local;
         }
         out[dst * item..dst * item + run].copy_from_slice(&chunk[src * item..src * item + run]);
@@ -703,7 +873,7 @@ mod tests {
         for a in 0..2 {
             for b in 0..3 {
                 let chunk: Vec<u8> = (0..4).map(|k| ((a * 2 + k / 2) * 5 + b * 2 + k % 2) as u8).collect::<Vec<_>>();
-                copy_chunk(&chunk, &mut out, &shape, &chunks, &[a, b], 1);
+                copy_block(&chunk, &mut out, &shape, &chunks, &[a * 2, b * 2], 1);
             }
         }
         assert_eq!(out, (0..15).collect::<Vec<u8>>());
