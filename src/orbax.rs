@@ -8,9 +8,10 @@
 //! of a data file (`d/...`, `ocdbt.process_0/d/...`), nodes and chunks
 //! compressed with zstd. The format is tensorstore's
 //! (`kvstore/ocdbt/index.rst`), read here as data by a bounded decoder:
-//! every length and offset is checked before it is used, every manifest and
-//! node's CRC-32C verified, every decompression bounded by the size it must
-//! have (zstd's own library, as tensorstore uses); nothing is executed. The tree is then a Flax tree
+//! every length and offset is checked before it is used, every manifest,
+//! node and shard index's CRC-32C verified, every decompression (zstd's
+//! own library, as tensorstore uses) bounded by the size it must have;
+//! nothing is executed. The tree is then a Flax tree
 //! ([`crate::flax::model`]): `params` with `batch_stats`, scalars as
 //! metadata.
 
@@ -102,7 +103,58 @@ pub(crate) fn read(dir: &Path, key: Option<&str>) -> Result<OrbaxCheckpoint, Rea
     if db.changed || db.files.values().any(Bytes::changed) {
         return Err(ReadError::Changed);
     }
-    read.map_err(ReadError::Format)
+    let mut read = read.map_err(ReadError::Format)?;
+    for (k, v) in step_metadata(dir) {
+        read.tree.metadata.entry(k).or_insert(v);
+    }
+    Ok(read)
+}
+
+/// A saved step's metrics (a `CheckpointManager`'s `metrics/metrics`, and
+/// `_CHECKPOINT_METADATA`'s `metrics`) and its `custom_metadata`: the
+/// checkpoint's accuracy and the like, as columns (a nested value's key
+/// joined by `.`). Files that are not there, too large or not JSON objects
+/// add nothing.
+fn step_metadata(dir: &Path) -> BTreeMap<String, String> {
+    const MAX_JSON: u64 = 1 << 20;
+    let object = |path: PathBuf| -> Option<serde_json::Map<String, serde_json::Value>> {
+        let file = std::fs::File::open(path).ok()?;
+        let mut text = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::Read::take(file, MAX_JSON + 1), &mut text).ok()?;
+        if text.len() as u64 > MAX_JSON {
+            return None;
+        }
+        match serde_json::from_slice(&text).ok()? {
+            serde_json::Value::Object(m) => Some(m),
+            _ => None,
+        }
+    };
+    let mut out = BTreeMap::new();
+    let mut add = |m: &serde_json::Map<String, serde_json::Value>| {
+        for (k, v) in m {
+            let nested = v.as_object().map(|o| o.iter().map(|(k2, v2)| (format!("{k}.{k2}"), v2)).collect());
+            for (k, v) in nested.unwrap_or_else(|| vec![(k.clone(), v)]) {
+                let text = match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    serde_json::Value::Number(n) => n.to_string(),
+                    serde_json::Value::Bool(b) => b.to_string(),
+                    _ => continue,
+                };
+                out.entry(k).or_insert(text);
+            }
+        }
+    };
+    if let Some(m) = object(dir.join("metrics").join("metrics")) {
+        add(&m);
+    }
+    if let Some(m) = object(dir.join("_CHECKPOINT_METADATA")) {
+        for part in ["metrics", "custom_metadata"] {
+            if let Some(inner) = m.get(part).and_then(serde_json::Value::as_object) {
+                add(inner);
+            }
+        }
+    }
+    out
 }
 
 /// A data file named by a table: its path from the database's root, and

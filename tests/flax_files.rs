@@ -124,8 +124,9 @@ fn random_mutations_never_panic() {
 }
 
 /// Orbax's checkpoint directories are each one checkpoint, never walked
-/// into (their data files are not checkpoints); a folder that is no
-/// checkpoint of any kind says what it lacks.
+/// into (their data files are not checkpoints), a manager step's metrics
+/// and custom metadata its columns; a folder that is no checkpoint of any
+/// kind says what it lacks.
 #[test]
 fn orbax_directories_are_one_checkpoint_each() {
     let dir = tempfile::tempdir().unwrap();
@@ -137,6 +138,14 @@ fn orbax_directories_are_one_checkpoint_each() {
     names.dedup();
     let names: Vec<&str> = names.iter().map(|n| n.rsplit("orbax/").next().unwrap()).collect();
     assert_eq!(names, ["checkpoint_7", "manager/1", "standard", "wide", "wide_zarr3"]);
+    // A manager step's metrics and custom metadata are its columns.
+    let mut r = csv::Reader::from_path(out.join("nodes.csv")).unwrap();
+    let header: Vec<String> = r.headers().unwrap().iter().map(String::from).collect();
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap_or_else(|| panic!("no {name}: {header:?}"));
+    let step = r.records().map(|r| r.unwrap()).find(|r| r[0].ends_with("manager/1")).unwrap();
+    for (name, value) in [("accuracy", "0.875"), ("loss", "0.25"), ("seed", "2"), ("init", "lecun")] {
+        assert_eq!(&step[col(name)], value, "{name}");
+    }
 
     let plain = dir.path().join("plain");
     std::fs::create_dir(&plain).unwrap();
