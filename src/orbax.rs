@@ -110,11 +110,11 @@ pub(crate) fn read(dir: &Path, key: Option<&str>) -> Result<OrbaxCheckpoint, Rea
     Ok(read)
 }
 
-/// A saved step's metrics (a `CheckpointManager`'s `metrics/metrics`, and
-/// `_CHECKPOINT_METADATA`'s `metrics`) and its `custom_metadata`: the
-/// checkpoint's accuracy and the like, as columns (a nested value's key
-/// joined by `.`). Files that are not there, too large or not JSON objects
-/// add nothing.
+/// A saved step's number (a `CheckpointManager` names its folders by
+/// it), metrics (its `metrics/metrics`, and `_CHECKPOINT_METADATA`'s
+/// `metrics`) and `custom_metadata`: the checkpoint's accuracy and the
+/// like, as columns (a nested value's key joined by `.`). Files that are
+/// not there, too large or not JSON objects add nothing.
 fn step_metadata(dir: &Path) -> BTreeMap<String, String> {
     const MAX_JSON: u64 = 1 << 20;
     let object = |path: PathBuf| -> Option<serde_json::Map<String, serde_json::Value>> {
@@ -152,6 +152,10 @@ fn step_metadata(dir: &Path) -> BTreeMap<String, String> {
             if let Some(inner) = m.get(part).and_then(serde_json::Value::as_object) {
                 add(inner);
             }
+        }
+        let number = dir.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse::<u64>().ok());
+        if let Some(step) = number {
+            out.entry("step".into()).or_insert(step.to_string());
         }
     }
     out

@@ -124,9 +124,9 @@ fn random_mutations_never_panic() {
 }
 
 /// Orbax's checkpoint directories are each one checkpoint, never walked
-/// into (their data files are not checkpoints), a manager step's metrics
-/// and custom metadata its columns; a folder that is no checkpoint of any
-/// kind says what it lacks.
+/// into (their data files are not checkpoints), a manager step's number,
+/// metrics and custom metadata its columns; a folder that is no checkpoint
+/// of any kind says what it lacks.
 #[test]
 fn orbax_directories_are_one_checkpoint_each() {
     let dir = tempfile::tempdir().unwrap();
@@ -143,7 +143,7 @@ fn orbax_directories_are_one_checkpoint_each() {
     let header: Vec<String> = r.headers().unwrap().iter().map(String::from).collect();
     let col = |name: &str| header.iter().position(|h| h == name).unwrap_or_else(|| panic!("no {name}: {header:?}"));
     let step = r.records().map(|r| r.unwrap()).find(|r| r[0].ends_with("manager/1")).unwrap();
-    for (name, value) in [("accuracy", "0.875"), ("loss", "0.25"), ("seed", "2"), ("init", "lecun")] {
+    for (name, value) in [("accuracy", "0.875"), ("loss", "0.25"), ("seed", "2"), ("init", "lecun"), ("step", "1")] {
         assert_eq!(&step[col(name)], value, "{name}");
     }
 
