@@ -12,7 +12,7 @@
 //! node and shard index's CRC-32C verified, every decompression (zstd's
 //! own library, as tensorstore uses) bounded by the size it must have;
 //! nothing is executed. The tree is then a Flax tree
-//! ([`crate::flax::model`]): `params` with `batch_stats`, scalars as
+//! (the Flax reader's `model`): `params` with `batch_stats`, scalars as
 //! metadata.
 
 use std::collections::BTreeMap;
@@ -38,6 +38,16 @@ const MAX_ENTRIES: u64 = 1 << 20;
 const MAX_KEY: usize = 1 << 16;
 const MAX_RATIO: usize = 64;
 const SLACK: usize = 64 << 20;
+
+/// Arrays of at least this many bytes in all are decompressed on every
+/// core, an array per thread at a time (`CNTSCOPE_TEST_PARALLEL_BYTES`
+/// lowers it in tests).
+fn parallel_min_bytes() -> usize {
+    static BYTES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *BYTES.get_or_init(|| {
+        std::env::var("CNTSCOPE_TEST_PARALLEL_BYTES").ok().and_then(|v| v.parse().ok()).unwrap_or(4 << 20)
+    })
+}
 
 /// The arrays of an Orbax checkpoint, decompressed into one aligned
 /// buffer (each array at a multiple of 8 bytes), and the tree they make
@@ -215,9 +225,15 @@ impl Db {
         Ok(&self.files[rel])
     }
 
-    /// `length` bytes at `offset` of a data file.
+    /// `length` bytes at `offset` of a data file, opening it if need be.
     fn range(&mut self, file: &DataFile, offset: u64, length: u64) -> Result<&[u8], String> {
-        let b = self.file(&file.path)?;
+        self.file(&file.path)?;
+        self.opened(file, offset, length)
+    }
+
+    /// `length` bytes at `offset` of a data file already opened.
+    fn opened(&self, file: &DataFile, offset: u64, length: u64) -> Result<&[u8], String> {
+        let b = self.files.get(&file.path).ok_or_else(|| format!("data file `{}` not opened", file.path))?;
         let end = offset.checked_add(length).filter(|&e| e <= b.len() as u64).ok_or_else(|| {
             format!("bytes {offset}..+{length} of data file `{}` run past its end ({} bytes)", file.path, b.len())
         })?;
@@ -776,14 +792,52 @@ fn arrays(db: &mut Db, values: &BTreeMap<Vec<u8>, Value>, key: Option<&str>) -> 
             SLACK >> 20
         ));
     }
-    let mut buffer = Aligned::zeroed(total).map_err(|e| format!("{total} bytes for the arrays: {e}"))?;
-    let buf = buffer.bytes_mut();
-    let mut all = Vec::with_capacity(layouts.len());
-    for ((name, l), &(start, len)) in layouts.iter().zip(&places) {
-        fill(db, values, name, l, &mut buf[start..start + len]).map_err(|e| format!("array `{name}`: {e}"))?;
-        let info = TensorInfo { dtype: l.dtype, shape: l.shape.clone(), data_offsets: (start, start + len) };
-        all.push((name.replace('.', "/"), Leaf::Tensor(info, start..start + len)));
+    // Every data file opened first: the arrays are then decompressed side
+    // by side, each into its own part of the buffer.
+    for v in values.values() {
+        if let Value::Stored(f, ..) = v {
+            db.file(&f.path)?;
+        }
     }
+    let mut buffer = Aligned::zeroed(total).map_err(|e| format!("{total} bytes for the arrays: {e}"))?;
+    let mut parts = Vec::with_capacity(places.len());
+    let mut rest = buffer.bytes_mut();
+    let mut at = 0;
+    for &(start, len) in &places {
+        let (_, tail) = std::mem::take(&mut rest).split_at_mut(start - at);
+        let (part, tail) = tail.split_at_mut(len);
+        parts.push(part);
+        (rest, at) = (tail, start + len);
+    }
+    let threads =
+        if total < parallel_min_bytes() { 1 } else { std::thread::available_parallelism().map_or(1, |n| n.get()) };
+    let db = &*db;
+    let queue = std::sync::Mutex::new(layouts.iter().zip(parts).enumerate());
+    let failed = std::sync::Mutex::new(BTreeMap::new());
+    let work = || loop {
+        let Some((i, ((name, l), out))) = queue.lock().unwrap_or_else(|e| e.into_inner()).next() else { break };
+        if let Err(e) = fill(db, values, name, l, out) {
+            failed.lock().unwrap_or_else(|e| e.into_inner()).insert(i, format!("array `{name}`: {e}"));
+        }
+    };
+    std::thread::scope(|s| {
+        for _ in 1..threads.min(layouts.len()) {
+            s.spawn(work);
+        }
+        work();
+    });
+    // The first array's error, whichever thread met it.
+    if let Some((_, e)) = failed.into_inner().unwrap_or_else(|e| e.into_inner()).into_iter().next() {
+        return Err(e);
+    }
+    let all = layouts
+        .iter()
+        .zip(&places)
+        .map(|((name, l), &(start, len))| {
+            let info = TensorInfo { dtype: l.dtype, shape: l.shape.clone(), data_offsets: (start, start + len) };
+            (name.replace('.', "/"), Leaf::Tensor(info, start..start + len))
+        })
+        .collect();
     let tree = crate::flax::model(buffer.as_ref(), all, key)?;
     Ok(OrbaxCheckpoint { buffer, tree })
 }
@@ -812,7 +866,7 @@ fn decode(stored: &[u8], zstd: bool, into: &mut [u8]) -> Result<(), String> {
 
 /// Writes array `name`'s values (C order) into `out`, chunk by chunk; a
 /// chunk not stored is zeros where that is its fill value, else an error.
-fn fill(db: &mut Db, values: &BTreeMap<Vec<u8>, Value>, name: &str, l: &Layout, out: &mut [u8]) -> Result<(), String> {
+fn fill(db: &Db, values: &BTreeMap<Vec<u8>, Value>, name: &str, l: &Layout, out: &mut [u8]) -> Result<(), String> {
     let item = l.dtype.bitsize() / 8;
     let grid: Vec<usize> = l.shape.iter().zip(&l.chunk).map(|(&s, &c)| s.div_ceil(c)).collect();
     let block_len = |shape: &[usize]| shape.iter().try_fold(item, |a, &d| a.checked_mul(d)).ok_or("chunks overflow");
@@ -824,7 +878,7 @@ fn fill(db: &mut Db, values: &BTreeMap<Vec<u8>, Value>, name: &str, l: &Layout, 
         let key = l.key(&at);
         let stored = match values.get(format!("{name}/{key}").as_bytes()) {
             Some(Value::Inline(b)) => &b[..],
-            Some(Value::Stored(f, o, len)) => db.range(f, *o, *len)?,
+            Some(Value::Stored(f, o, len)) => db.opened(f, *o, *len)?,
             None if l.zero_fill => continue, // the buffer is zeros
             None => return Err(format!("chunk {key} is missing and its fill value is not zero")),
         };
