@@ -6,7 +6,8 @@
 //! metadata and chunks (`params.Conv_0.kernel/.zarray`,
 //! `params.Conv_0.kernel/0.0.0.0`), each value inline in a leaf or a range
 //! of a data file (`d/...`, `ocdbt.process_0/d/...`), nodes and chunks
-//! compressed with zstd. The format is tensorstore's
+//! compressed with zstd. Saved without OCDBT (`use_ocdbt=False`), the keys
+//! are the folder's files themselves. The format is tensorstore's
 //! (`kvstore/ocdbt/index.rst`), read here as data by a bounded decoder:
 //! every length and offset is checked before it is used, every manifest,
 //! node and shard index's CRC-32C verified, every decompression (zstd's
@@ -58,10 +59,18 @@ pub(crate) struct OrbaxCheckpoint {
 }
 
 /// Whether `dir` is an Orbax checkpoint: the `_CHECKPOINT_METADATA` of a
-/// saved step, or the `_METADATA` of a tree beside its OCDBT manifest.
+/// saved step, or the `_METADATA` of a tree beside its OCDBT manifest or
+/// its Zarr arrays' folders.
 pub(crate) fn is_orbax_dir(dir: &Path) -> bool {
-    dir.join("_CHECKPOINT_METADATA").is_file()
-        || (dir.join("_METADATA").is_file() && dir.join("manifest.ocdbt").is_file())
+    if dir.join("_CHECKPOINT_METADATA").is_file() {
+        return true;
+    }
+    dir.join("_METADATA").is_file()
+        && (dir.join("manifest.ocdbt").is_file()
+            || std::fs::read_dir(dir).into_iter().flatten().flatten().any(|e| {
+                let p = e.path();
+                p.join(".zarray").is_file() || p.join("zarr.json").is_file()
+            }))
 }
 
 /// The folder of `dir` that holds the tree: `dir` itself, or the item
@@ -73,14 +82,14 @@ pub(crate) fn tree_dir(dir: &Path) -> Result<PathBuf, String> {
     let mut items: Vec<String> = std::fs::read_dir(dir)
         .map_err(|e| format!("cannot list the folder: {e}"))?
         .flatten()
-        .filter(|e| e.path().join("manifest.ocdbt").is_file())
+        .filter(|e| e.path().join("manifest.ocdbt").is_file() || e.path().join("_METADATA").is_file())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     items.sort();
     match &items[..] {
         [only] => Ok(dir.join(only)),
         _ if items.iter().any(|i| i == "default") => Ok(dir.join("default")),
-        [] => Err("a checkpoint step with no item folder holding an OCDBT database (manifest.ocdbt)".into()),
+        [] => Err("a checkpoint step with no item folder holding a tree (_METADATA, manifest.ocdbt)".into()),
         _ => Err(format!(
             "a CheckpointManager step of several items ({}): name one, as the folder to scan",
             items.join(", ")
@@ -105,9 +114,15 @@ pub(crate) fn read(dir: &Path, key: Option<&str>) -> Result<OrbaxCheckpoint, Rea
     let root = tree_dir(dir).map_err(ReadError::Format)?;
     let mut db = Db { root, files: BTreeMap::new(), changed: false };
     let read = (|| {
-        let (table, root_ref, height) = manifest_root(db.file("manifest.ocdbt")?)?;
         let mut values = BTreeMap::new();
-        db.btree(&table[root_ref.file], root_ref, height, Vec::new(), &mut values, 0)?;
+        if db.root.join("manifest.ocdbt").is_file() {
+            let (table, root_ref, height) = manifest_root(db.file("manifest.ocdbt")?)?;
+            db.btree(&table[root_ref.file], root_ref, height, Vec::new(), &mut values, 0)?;
+        } else {
+            // Saved without OCDBT (`use_ocdbt=False`, Orbax's older
+            // default): each key a file of the folder.
+            folder_values(&db.root, &mut values)?;
+        }
         arrays(&mut db, &values, key)
     })();
     if db.changed || db.files.values().any(Bytes::changed) {
@@ -169,6 +184,36 @@ fn step_metadata(dir: &Path) -> BTreeMap<String, String> {
         }
     }
     out
+}
+
+/// The keys of a tree saved without OCDBT: every regular file below the
+/// tree's folder (an array's `.zarray` or `zarr.json` and its chunks), by
+/// its `/`-joined path, each a whole-file value. Links are not followed;
+/// the walk is bounded in depth and count.
+fn folder_values(root: &Path, out: &mut BTreeMap<Vec<u8>, Value>) -> Result<(), String> {
+    const MAX_DEPTH: usize = 8;
+    const MAX_FILES: usize = 1 << 20;
+    let mut stack = vec![(root.to_path_buf(), String::new(), 0usize)];
+    while let Some((dir, prefix, depth)) = stack.pop() {
+        let listing = std::fs::read_dir(&dir).map_err(|e| format!("folder `{prefix}` cannot be listed: {e}"))?;
+        for entry in listing {
+            let entry = entry.map_err(|e| format!("folder `{prefix}` cannot be listed: {e}"))?;
+            let Some(name) = entry.file_name().to_str().map(String::from) else { continue };
+            let key = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
+            match entry.file_type() {
+                Ok(t) if t.is_dir() && depth < MAX_DEPTH => stack.push((entry.path(), key, depth + 1)),
+                Ok(t) if t.is_file() => {
+                    let len = entry.metadata().map_err(|e| format!("file `{key}`: {e}"))?.len();
+                    out.insert(key.clone().into_bytes(), Value::Stored(DataFile { path: key, base: 0 }, 0, len));
+                    if out.len() > MAX_FILES {
+                        return Err(format!("more than {MAX_FILES} files in the checkpoint's folder"));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A data file named by a table: its path from the database's root, and

@@ -33,8 +33,8 @@ fn measures(path: &Path, last: &str) -> (Vec<String>, Vec<Vec<String>>) {
 /// discovered: node and link tables row by row, each file scanned beside
 /// its twin. Orbax's directories of the same trees (`orbax/`: their
 /// arrays decompressed from an OCDBT database, one stored out of line,
-/// one in a grid of chunks, in Zarr v2 and in Zarr v3's shards) give the
-/// same tables. The TrainState's step is
+/// one in a grid of chunks, in Zarr v2 and in Zarr v3's shards, and a
+/// folder of files per array, without OCDBT) give the same tables. The TrainState's step is
 /// a column; its optimizer's arrays are not weights.
 #[test]
 fn flax_files_equal_their_safetensors_twins() {
@@ -45,13 +45,13 @@ fn flax_files_equal_their_safetensors_twins() {
     let cnn_spec = fixtures().join("cnn.toml");
     let cnn = ["good/variables.msgpack", "good/train_state.msgpack", "good/checkpoint_7", "orbax/standard"];
     let cnn_twins = ["variables", "train_state", "checkpoint_7", "variables"];
-    let mlp = ["good/flax_model.msgpack", "orbax/manager/1", "orbax/wide", "orbax/wide_zarr3"];
+    let mlp = ["good/flax_model.msgpack", "orbax/manager/1", "orbax/wide", "orbax/wide_zarr3", "orbax/wide_files"];
     let cases = cnn
         .iter()
         .zip(cnn_twins)
         .chain([("orbax/checkpoint_7", "checkpoint_7")].iter().map(|(a, b)| (a, *b)))
         .map(|(f, t)| (*f, t, cnn_spec.to_str().unwrap()))
-        .chain(mlp.iter().zip(["flax_model", "flax_model", "wide", "wide"]).map(|(f, t)| (*f, t, "")));
+        .chain(mlp.iter().zip(["flax_model", "flax_model", "wide", "wide", "wide"]).map(|(f, t)| (*f, t, "")));
     for (i, (file, twin, spec)) in cases.enumerate() {
         let good = fixtures().join(file);
         let twin = fixtures().join("twin").join(format!("{twin}.safetensors"));
@@ -146,7 +146,7 @@ fn orbax_directories_are_one_checkpoint_each() {
     let mut names: Vec<&str> = nodes.lines().skip(1).map(|l| l.split(',').next().unwrap()).collect();
     names.dedup();
     let names: Vec<&str> = names.iter().map(|n| n.rsplit("orbax/").next().unwrap()).collect();
-    assert_eq!(names, ["checkpoint_7", "manager/1", "standard", "wide", "wide_zarr3"]);
+    assert_eq!(names, ["checkpoint_7", "manager/1", "standard", "wide", "wide_files", "wide_zarr3"]);
     // A manager step's metrics and custom metadata are its columns.
     let mut r = csv::Reader::from_path(out.join("nodes.csv")).unwrap();
     let header: Vec<String> = r.headers().unwrap().iter().map(String::from).collect();
@@ -164,12 +164,13 @@ fn orbax_directories_are_one_checkpoint_each() {
 }
 
 /// Every file of an Orbax checkpoint (its manifests, B+tree nodes and the
-/// data file of out-of-line chunks; Zarr v2 and v3) mutated in turn, 100
+/// data file of out-of-line chunks; Zarr v2 and v3; or, without OCDBT,
+/// its arrays' metadata and chunk files) mutated in turn, 100
 /// times each: the CRC-32Cs and the bounds of every length catch what they
 /// can, and nothing panics.
 #[test]
 fn orbax_mutations_never_panic() {
-    for name in ["wide", "wide_zarr3"] {
+    for name in ["wide", "wide_zarr3", "wide_files"] {
         let src = fixtures().join("orbax").join(name);
         let dir = tempfile::tempdir().unwrap();
         let copy = dir.path().join(name);
@@ -188,7 +189,8 @@ fn orbax_mutations_never_panic() {
                 }
             }
         }
-        assert!(files.iter().filter(|f| f.starts_with("ocdbt.process_0/d")).count() >= 2, "{files:?}");
+        let stored = files.iter().filter(|f| f.starts_with("ocdbt.process_0/d")).count();
+        assert!(name == "wide_files" || stored >= 2, "{files:?}");
         let mut refused = 0;
         for rel in &files {
             let good = std::fs::read(src.join(rel)).unwrap();
