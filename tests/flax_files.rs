@@ -209,3 +209,25 @@ fn orbax_mutations_never_panic() {
         assert!(Checkpoint::open(&copy).is_ok(), "{name}: the restored copy reads");
     }
 }
+
+/// A manager step whose metrics file is a FIFO (never a regular file an
+/// Orbax save writes) is read without it: opening the FIFO would hang
+/// the scan.
+#[test]
+fn an_orbax_step_with_a_fifo_for_its_metrics_never_hangs() {
+    let dir = tempfile::tempdir().unwrap();
+    let step = dir.path().join("7");
+    let copy = |from: &Path, to: &Path| {
+        let status = std::process::Command::new("cp").arg("-r").arg(from).arg(to).status().unwrap();
+        assert!(status.success());
+    };
+    copy(&fixtures().join("orbax/manager/1"), &step);
+    let metrics = step.join("metrics/metrics");
+    std::fs::remove_file(&metrics).unwrap();
+    assert!(std::process::Command::new("mkfifo").arg(&metrics).status().unwrap().success());
+    let ck = Checkpoint::open(&step).unwrap();
+    let meta = ck.metadata();
+    assert_eq!(meta.get("step").map(String::as_str), Some("7"), "{meta:?}");
+    assert_eq!(meta.get("seed").map(String::as_str), Some("2"), "{meta:?}");
+    assert!(!meta.contains_key("accuracy"), "{meta:?}");
+}
