@@ -575,10 +575,16 @@ impl Checkpoint {
     /// tree under `key`), in place.
     fn open_flax(path: &Path, bytes: Bytes, key: Option<&str>) -> Result<Self> {
         let f = crate::flax::read(&bytes, key).map_err(|reason| Error::Flax { path: path.to_path_buf(), reason })?;
-        let mut ck = Self::from_parts(path, bytes, f.tensors, Vec::new(), f.metadata);
+        Ok(Self::from_flax_tree(path, bytes, f, key))
+    }
+
+    /// A Flax tree's checkpoint (its tensors ranges of `bytes`): `key`
+    /// already taken, Flax's BatchNorm epsilon.
+    fn from_flax_tree(path: &Path, bytes: Bytes, tree: crate::flax::FlaxCheckpoint, key: Option<&str>) -> Self {
+        let mut ck = Self::from_parts(path, bytes, tree.tensors, Vec::new(), tree.metadata);
         ck.keyed = key.is_some();
         ck.norm_eps = Some(crate::graph::DEFAULT_EPS);
-        Ok(ck)
+        ck
     }
 
     /// An Orbax checkpoint directory: its arrays decompressed into one
@@ -589,11 +595,7 @@ impl Checkpoint {
             crate::orbax::ReadError::Format(reason) => Error::Orbax { path: path.to_path_buf(), reason },
             crate::orbax::ReadError::Changed => Error::Changed { path: path.to_path_buf() },
         })?;
-        let mut ck =
-            Self::from_parts(path, Bytes::Held(Box::new(o.buffer)), o.tree.tensors, Vec::new(), o.tree.metadata);
-        ck.keyed = key.is_some();
-        ck.norm_eps = Some(crate::graph::DEFAULT_EPS);
-        Ok(ck)
+        Ok(Self::from_flax_tree(path, Bytes::Held(Box::new(o.buffer)), o.tree, key))
     }
 
     /// A Keras weight file's tensors, in place, in the order Keras wrote
@@ -1123,10 +1125,6 @@ fn in_page_cache(map: &[u8]) -> bool {
     })
 }
 
-/// Validates a safetensors file's bytes: header length in range, UTF-8
-/// JSON, each tensor's byte size equal to shape x dtype (checked
-/// arithmetic), data offsets contiguous from 0 to the end of the file.
-/// Returns the shard and its header, tensors in file order.
 /// Whether `bytes` could be a safetensors file (a format without magic
 /// bytes): a plausible header length, then the header's opening `{`.
 fn could_be_safetensors(bytes: &[u8]) -> bool {
@@ -1147,6 +1145,10 @@ fn beginning(bytes: &[u8]) -> String {
     }
 }
 
+/// Validates a safetensors file's bytes: header length in range, UTF-8
+/// JSON, each tensor's byte size equal to shape x dtype (checked
+/// arithmetic), data offsets contiguous from 0 to the end of the file.
+/// Returns the shard and its header, tensors in file order.
 fn parse_shard(path: &Path, map: Bytes) -> Result<(Shard, Header)> {
     let bad = |reason: String| Error::Malformed { path: path.to_path_buf(), reason };
     let len = map.len() as u64;

@@ -126,7 +126,7 @@ fn dict_items(text: &str) -> Result<Vec<(String, String)>, String> {
 }
 
 /// A numpy dtype string as the analysis stores it.
-fn dtype(descr: &str) -> Result<Dtype, String> {
+pub(crate) fn dtype(descr: &str) -> Result<Dtype, String> {
     let (order, code) = descr.split_at(descr.len().min(1));
     if order == ">" && !code.ends_with('1') {
         return Err(format!("big-endian dtype `{descr}` is not read (save it little-endian: arr.astype('<f4'))"));

@@ -666,24 +666,17 @@ fn is_zero(v: &serde_json::Value) -> bool {
     v.as_f64() == Some(0.0) || *v == serde_json::json!(false)
 }
 
-/// A Zarr v2 dtype's safetensors dtype (little-endian or one byte).
+/// A Zarr v2 dtype's safetensors dtype: numpy's type string (`<f4`), as
+/// the NumPy reader reads it, and the two numpy does not name
+/// (`bfloat16`, and unsigned integers wider than a byte).
 fn zarr_dtype(d: &str) -> Option<Dtype> {
-    Some(match d {
-        "<f4" => Dtype::F32,
-        "<f8" => Dtype::F64,
-        "<f2" => Dtype::F16,
-        "bfloat16" | "<bfloat16" => Dtype::BF16,
-        "<i8" => Dtype::I64,
-        "<i4" => Dtype::I32,
-        "<i2" => Dtype::I16,
-        "|i1" => Dtype::I8,
-        "|u1" => Dtype::U8,
-        "<u2" => Dtype::U16,
-        "<u4" => Dtype::U32,
-        "<u8" => Dtype::U64,
-        "|b1" => Dtype::BOOL,
-        _ => return None,
-    })
+    match d {
+        "bfloat16" | "<bfloat16" => Some(Dtype::BF16),
+        "<u2" => Some(Dtype::U16),
+        "<u4" => Some(Dtype::U32),
+        "<u8" => Some(Dtype::U64),
+        _ => crate::numpy::dtype(d).ok(),
+    }
 }
 
 impl Layout {
