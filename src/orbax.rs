@@ -40,6 +40,13 @@ const MAX_KEY: usize = 1 << 16;
 const MAX_RATIO: usize = 64;
 const SLACK: usize = 64 << 20;
 
+/// What one walk of a B+tree may visit in all: entries, and node bytes
+/// decompressed. A node may be reached by several paths, so a hostile
+/// tree of a few nodes could otherwise fan out to more visits than ever
+/// end; Orbax's trees are thousands of times smaller.
+const MAX_WALK_ENTRIES: usize = 1 << 22;
+const MAX_WALK_NODE_BYTES: usize = 1 << 30;
+
 /// Arrays of at least this many bytes in all are decompressed on every
 /// core, an array per thread at a time (`CNTSCOPE_TEST_PARALLEL_BYTES`
 /// lowers it in tests).
@@ -112,7 +119,7 @@ pub(crate) enum ReadError {
 /// their arrays are decompressed.
 pub(crate) fn read(dir: &Path, key: Option<&str>) -> Result<OrbaxCheckpoint, ReadError> {
     let root = tree_dir(dir).map_err(ReadError::Format)?;
-    let mut db = Db { root, files: BTreeMap::new(), changed: false };
+    let mut db = Db::new(root);
     let read = (|| {
         let mut values = BTreeMap::new();
         if db.root.join("manifest.ocdbt").is_file() {
@@ -246,12 +253,19 @@ enum Value {
     Stored(DataFile, u64, u64),
 }
 
-/// The database's folder, its files opened so far, and whether one was
-/// seen changing while read.
+/// The database's folder, its files opened so far, whether one was seen
+/// changing while read, and what the B+tree walk may still visit.
 struct Db {
     root: PathBuf,
     files: BTreeMap<String, Bytes>,
     changed: bool,
+    walk_left: (usize, usize),
+}
+
+impl Db {
+    fn new(root: PathBuf) -> Self {
+        Db { root, files: BTreeMap::new(), changed: false, walk_left: (MAX_WALK_ENTRIES, MAX_WALK_NODE_BYTES) }
+    }
 }
 
 impl Db {
@@ -318,6 +332,17 @@ impl Db {
             return Err(format!("a B+tree node of {n} entries"));
         }
         let n = n as usize;
+        let (entries, bytes) = self.walk_left;
+        self.walk_left = match (entries.checked_sub(n), bytes.checked_sub(body.len())) {
+            (Some(e), Some(b)) => (e, b),
+            _ => {
+                return Err(format!(
+                    "a B+tree whose walk visits more than {MAX_WALK_ENTRIES} entries or {} MB of nodes (nodes \
+                     reached by many paths?)",
+                    MAX_WALK_NODE_BYTES >> 20
+                ))
+            }
+        };
         let mut prefix_lens = vec![0usize; n];
         for p in prefix_lens.iter_mut().skip(1) {
             *p = r.len()?;
@@ -1032,6 +1057,81 @@ mod tests {
             }
         }
         assert_eq!(out, (0..15).collect::<Vec<u8>>());
+    }
+
+    /// An encoded node: magic, length, version 0, uncompressed, `body`,
+    /// CRC-32C.
+    fn framed(magic: u32, body: &[u8]) -> Vec<u8> {
+        let mut out = magic.to_be_bytes().to_vec();
+        out.extend(((16 + 2 + body.len()) as u64).to_le_bytes());
+        out.extend([0, 0]);
+        out.extend(body);
+        let crc = crc32c(&out);
+        out.extend(crc.to_le_bytes());
+        out
+    }
+
+    /// A node of `height` whose `n` entries (empty keys) all point at the
+    /// node at `child` (`len` bytes) of data file `f`; a leaf of one value
+    /// when `height` is 0.
+    fn node(height: u8, n: usize, child: (usize, usize)) -> Vec<u8> {
+        let varint = |mut v: usize| {
+            let mut out = Vec::new();
+            while v >= 0x80 {
+                out.push(v as u8 | 0x80);
+                v >>= 7;
+            }
+            out.push(v as u8);
+            out
+        };
+        if height == 0 {
+            return framed(BTREE_MAGIC, &[0, 1, 1, 0, b'f', 1, 1, b'k', 1, 0, 7]);
+        }
+        let mut b = vec![height, 1, 1, 0, b'f'];
+        b.extend(varint(n));
+        b.extend(std::iter::repeat_n(0u8, (n - 1) + n + n)); // key prefix, suffix, common lengths
+        b.extend(std::iter::repeat_n(0u8, n)); // data file 0
+        for v in [child.0, child.1] {
+            (0..n).for_each(|_| b.extend(varint(v)));
+        }
+        b.extend(std::iter::repeat_n(0u8, 3 * n)); // statistics
+        framed(BTREE_MAGIC, &b)
+    }
+
+    /// Two levels of nodes that each point at the one below by 3000 paths
+    /// (nine million visits of one leaf) stop at the walk's bound, not
+    /// after the nine million.
+    #[test]
+    fn a_tree_of_shared_nodes_stops_at_the_walk_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let leaf = node(0, 1, (0, 0));
+        let middle = node(1, 3000, (0, leaf.len()));
+        let mut f = leaf.clone();
+        f.extend(&middle);
+        std::fs::write(dir.path().join("f"), &f).unwrap();
+        let file = DataFile { path: "f".into(), base: 0 };
+        let mut db = Db::new(dir.path().to_path_buf());
+        let mut out = BTreeMap::new();
+        // The middle node alone: its 3000 paths to the leaf are one key.
+        db.btree(
+            &file,
+            Ref { file: 0, offset: leaf.len() as u64, length: middle.len() as u64 },
+            1,
+            vec![],
+            &mut out,
+            0,
+        )
+        .unwrap();
+        assert_eq!(out.keys().collect::<Vec<_>>(), [b"k"]);
+        let top = node(2, 3000, (leaf.len(), middle.len()));
+        f.extend(&top);
+        std::fs::write(dir.path().join("f"), &f).unwrap();
+        let mut db = Db::new(dir.path().to_path_buf());
+        let at = Ref { file: 0, offset: (leaf.len() + middle.len()) as u64, length: top.len() as u64 };
+        let started = std::time::Instant::now();
+        let e = db.btree(&file, at, 2, vec![], &mut out, 0).unwrap_err();
+        assert!(e.contains("visits more than"), "{e}");
+        assert!(started.elapsed().as_secs() < 30, "{:?}", started.elapsed());
     }
 
     #[test]
