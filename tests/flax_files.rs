@@ -194,16 +194,7 @@ fn orbax_mutations_never_panic() {
         let mut refused = 0;
         for rel in &files {
             let good = std::fs::read(src.join(rel)).unwrap();
-            for m in common::mutations(&good, 100) {
-                std::fs::write(copy.join(rel), &m).unwrap();
-                let measured = Checkpoint::open(&copy).and_then(|ck| {
-                    let net = Network::build(&ck, &GraphOptions::default())?;
-                    let engine = cntscope::engine::CpuEngine::default();
-                    cntscope::engine::Engine::analyze(&engine, &net, &ck, &Default::default())
-                });
-                refused += usize::from(measured.is_err());
-            }
-            std::fs::write(copy.join(rel), &good).unwrap();
+            refused += common::measure_mutations_in(&good, &copy.join(rel), &copy, 100).1;
         }
         assert!(refused > 0, "{name}");
         assert!(Checkpoint::open(&copy).is_ok(), "{name}: the restored copy reads");

@@ -182,13 +182,20 @@ pub fn assert_strengths_match(what: &str, net: &cntscope::graph::Network, ck: &C
 /// opens, builds and measures each (none may panic): how many were
 /// measured and how many refused.
 pub fn measure_mutations(good: &[u8], path: &Path, n: usize) -> (usize, usize) {
+    measure_mutations_in(good, path, path, n)
+}
+
+/// [`measure_mutations`] of one file of a checkpoint that is a folder:
+/// each mutation written to `file`, the checkpoint `open`ed; `file` is
+/// left as `good` was.
+pub fn measure_mutations_in(good: &[u8], file: &Path, open: &Path, n: usize) -> (usize, usize) {
     use cntscope::checkpoint::Checkpoint;
     use cntscope::engine::AnalysisOptions;
     use cntscope::graph::{GraphOptions, Network};
     let (mut ok, mut refused) = (0, 0);
     for m in mutations(good, n) {
-        std::fs::write(path, &m).unwrap();
-        let measured = Checkpoint::open(path).and_then(|ck| {
+        std::fs::write(file, &m).unwrap();
+        let measured = Checkpoint::open(open).and_then(|ck| {
             let net = Network::build(&ck, &GraphOptions::default())?;
             CpuEngine::default().analyze(&net, &ck, &AnalysisOptions::default())
         });
@@ -197,6 +204,7 @@ pub fn measure_mutations(good: &[u8], path: &Path, n: usize) -> (usize, usize) {
             Err(_) => refused += 1,
         }
     }
+    std::fs::write(file, good).unwrap();
     (ok, refused)
 }
 
