@@ -178,6 +178,21 @@ pub fn study(scan_dir: &Path, out_dir: &Path, engine: &dyn Engine, opts: &StudyO
     let same = out_dir.canonicalize().ok() == scan_dir.canonicalize().ok();
     let _writing = if same { None } else { Some(crate::manifest::DirLock::exclusive(out_dir)?) };
     let mut study_notes = Vec::new();
+    // Training runs saved the usual ways (a Trainer's, a CheckpointManager's,
+    // Ray Tune's folders) have a step and no `epoch` or `run`: the
+    // individual analysis orders them by step and finds the runs in
+    // their paths, and says so.
+    let mut header = header;
+    let mut nodes = nodes;
+    let fallback;
+    let opts = if opts.dynamics {
+        let (opts_given, notes) = dynamics_defaults(opts, &mut header, &mut nodes);
+        study_notes.extend(notes);
+        fallback = opts_given;
+        &fallback
+    } else {
+        opts
+    };
     // A column that is not there is an error listing those that are, never
     // an empty study.
     let mut needed: Vec<(&str, &str)> = opts.required.iter().map(|(f, c)| (f.as_str(), c.as_str())).collect();
@@ -477,6 +492,7 @@ impl Study<'_> {
         let opts = self.opts;
         let runs = dynamics(nodes, opts);
         self.summary.runs = runs.len();
+        self.summary.notes.extend(dynamics_notes(nodes, &runs, opts));
         if runs.is_empty() {
             return Ok(());
         }
@@ -496,7 +512,7 @@ impl Study<'_> {
                 let set = row.get("node_set").cloned().unwrap_or_default();
                 rows.push(vec![
                     run.clone(),
-                    num(*order),
+                    row.get(&opts.order).cloned().unwrap_or_else(|| num(*order)),
                     k.to_string(),
                     set.clone(),
                     row["fluctuation"].clone(),
@@ -710,6 +726,147 @@ fn dynamics<'a>(nodes: &'a [Row], opts: &StudyOptions) -> BTreeMap<String, Vec<(
     runs
 }
 
+/// The individual analysis' columns where the defaults (`run`, `epoch`)
+/// are not in the scan and no flag named others: checkpoints ordered by
+/// `step` when the scan has it, and runs found in the checkpoints' paths
+/// ([`run_folder`]), added to every row as a `run` column. Returns the
+/// options to use and a note for each default replaced.
+fn dynamics_defaults(opts: &StudyOptions, header: &mut Vec<String>, nodes: &mut [Row]) -> (StudyOptions, Vec<String>) {
+    let mut opts = opts.clone();
+    let mut notes = Vec::new();
+    let given = |flag: &str| opts.required.iter().any(|(f, _)| f == flag);
+    let has = |header: &[String], column: &str| header.iter().any(|h| h == column);
+    if !given("--order-by") && !has(header, &opts.order) && has(header, "step") {
+        notes.push(format!(
+            "no `{}` column: checkpoints are ordered by `step` along their runs (give --order-by COLUMN)",
+            opts.order
+        ));
+        opts.order = "step".into();
+    }
+    if !given("--run-by") && !has(header, &opts.run) {
+        let folders: BTreeMap<&str, PathBuf> = nodes
+            .iter()
+            .filter_map(|r| {
+                let c = r.get("checkpoint")?;
+                let step = r.get("step").and_then(|s| s.parse().ok());
+                Some((c.as_str(), run_folder(Path::new(c), step)))
+            })
+            .collect();
+        let names = run_names(folders.values());
+        let runs: std::collections::BTreeSet<&String> = names.values().collect();
+        let shown: Vec<&str> = runs.iter().take(5).map(|s| s.as_str()).collect();
+        notes.push(format!(
+            "no `{}` column: runs are the checkpoints' folders ({} run{}: {}{}; give --run-by COLUMN)",
+            opts.run,
+            runs.len(),
+            if runs.len() == 1 { "" } else { "s" },
+            shown.join(", "),
+            if runs.len() > shown.len() { ", ..." } else { "" }
+        ));
+        let run_of: BTreeMap<String, String> =
+            folders.iter().map(|(c, folder)| (c.to_string(), names[folder].clone())).collect();
+        for row in nodes.iter_mut() {
+            if let Some(run) = row.get("checkpoint").and_then(|c| run_of.get(c)) {
+                row.insert(opts.run.clone(), run.clone());
+            }
+        }
+        header.push(opts.run.clone());
+    }
+    (opts, notes)
+}
+
+/// The folder of the training run that saved the checkpoint at `path`
+/// (at `step`, when known), found in its path: the folder holding the
+/// last component that names a step (`trial_3` for
+/// `exp/trial_3/checkpoint_000002/model.pt`, `out` for
+/// `out/checkpoint-500`, `logs/checkpoints` for
+/// `logs/checkpoints/epoch=3-step=100.ckpt`; a CheckpointManager's folder
+/// for its step folder `run/7`, a bare number equal to the step), else the
+/// folder holding the checkpoint.
+fn run_folder(path: &Path, step: Option<u64>) -> PathBuf {
+    let names_step = |name: &std::ffi::OsStr| {
+        let name = Path::new(name);
+        crate::checkpoint::step_from_path(name).is_some()
+            || name.to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()) && n.parse().ok() == step)
+    };
+    let carrier = path.ancestors().find(|a| a.file_name().is_some_and(names_step));
+    carrier.unwrap_or(path).parent().unwrap_or(Path::new("")).to_path_buf()
+}
+
+/// Short names for run folders: each one's path below the folder they all
+/// share (the last component of that folder when there is only one run).
+fn run_names<'a>(folders: impl Iterator<Item = &'a PathBuf>) -> BTreeMap<&'a PathBuf, String> {
+    let folders: Vec<&PathBuf> = folders.collect();
+    let mut common: Option<PathBuf> = None;
+    for f in &folders {
+        common = Some(match common {
+            None => f.to_path_buf(),
+            Some(c) => c.components().zip(f.components()).take_while(|(a, b)| a == b).map(|(a, _)| a).collect(),
+        });
+    }
+    let common = common.unwrap_or_default();
+    folders
+        .into_iter()
+        .map(|f| {
+            let below = f.strip_prefix(&common).unwrap_or(f);
+            let name = if below.as_os_str().is_empty() {
+                f.file_name().map_or_else(|| f.display().to_string(), |n| n.to_string_lossy().into_owned())
+            } else {
+                below.display().to_string()
+            };
+            (f, if name.is_empty() { ".".into() } else { name })
+        })
+        .collect()
+}
+
+/// What the user should know about the runs found: checkpoints with no
+/// value to order them by (left out), and runs holding several
+/// checkpoints at one point of training (likely two runs as one).
+fn dynamics_notes(nodes: &[Row], runs: &BTreeMap<String, Vec<(f64, &Row)>>, opts: &StudyOptions) -> Vec<String> {
+    let mut notes = Vec::new();
+    let mut unordered: Vec<&str> = nodes
+        .iter()
+        .filter(|r| get(r, &opts.order).is_nan())
+        .filter_map(|r| r.get("checkpoint").map(String::as_str))
+        .collect();
+    unordered.dedup();
+    if let (Some(first), true) = (unordered.first(), runs.values().any(|p| !p.is_empty())) {
+        notes.push(format!(
+            "{} checkpoint{} no `{}` value and {} left out of the dynamics (first: {first})",
+            unordered.len(),
+            if unordered.len() == 1 { " has" } else { "s have" },
+            opts.order,
+            if unordered.len() == 1 { "is" } else { "are" },
+        ));
+    }
+    for (run, points) in runs {
+        // Points are in order: checkpoints at one value are adjacent.
+        let mut same: Vec<&str> = Vec::new();
+        let mut found = None;
+        for (k, (order, row)) in points.iter().enumerate() {
+            if k > 0 && points[k - 1].0 != *order {
+                same.clear();
+            }
+            let c = row.get("checkpoint").map_or("", String::as_str);
+            if !same.contains(&c) {
+                same.push(c);
+            }
+            if same.len() > 1 {
+                found = Some((row.get(&opts.order).cloned().unwrap_or_default(), same.clone()));
+                break;
+            }
+        }
+        if let Some((order, cs)) = found {
+            notes.push(format!(
+                "run `{run}` has several checkpoints at {} {order} ({}): two runs taken as one? (give --run-by COLUMN)",
+                opts.order,
+                cs.join(", ")
+            ));
+        }
+    }
+    notes
+}
+
 /// The kinds of per-checkpoint summary the paper compares.
 const KINDS: [&str; 3] = ["link weights", "node strength", "layer fluctuation"];
 
@@ -863,17 +1020,57 @@ impl Report {
              td:nth-child(2){{text-align:left}}.figs{{display:flex;flex-wrap:wrap;gap:8px}}figure{{margin:0}}\
              </style></head><body>\n<h1>cntscope report</h1>\n<p>{} checkpoints in {} groups by <code>{}</code>; \
              {} training runs. Node strength, layer fluctuation and link weights as defined in the README; tables \
-             beside this file.</p>\n{}{}</body></html>\n",
+             beside this file.</p>\n{}{}{}</body></html>\n",
             summary.checkpoints,
             summary.groups,
             escape(by),
             summary.runs,
+            notes_html(&summary.notes),
             self.lead,
             self.body
         )
     }
 }
 
+/// The study's notes (what it assumed or could not do), as a list.
+fn notes_html(notes: &[String]) -> String {
+    if notes.is_empty() {
+        return String::new();
+    }
+    let items: String = notes.iter().map(|n| format!("<li>{}</li>", escape(n))).collect();
+    format!("<div class=\"notes\"><p>Notes:</p><ul>{items}</ul></div>\n")
+}
+
 fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_is_the_folder_above_the_step() {
+        let run = |p: &str, step: Option<u64>| run_folder(Path::new(p), step).display().to_string();
+        // Ray Tune, a Trainer, Lightning, a CheckpointManager's step folder.
+        assert_eq!(run("exp/trial_3/checkpoint_000002/model.pt", Some(7)), "exp/trial_3");
+        assert_eq!(run("out/checkpoint-500", Some(500)), "out");
+        assert_eq!(run("logs/version_1/checkpoints/epoch=3-step=100.ckpt", Some(100)), "logs/version_1/checkpoints");
+        assert_eq!(run("mgr/seed_2/7", Some(7)), "mgr/seed_2");
+        // A number that is not the step (a seed's folder) is no step folder.
+        assert_eq!(run("seeds/1/final.pt", None), "seeds/1");
+        assert_eq!(run("seeds/1/final.pt", Some(40)), "seeds/1");
+        assert_eq!(run("model.safetensors", None), "");
+    }
+
+    #[test]
+    fn runs_are_named_below_their_shared_folder() {
+        let folders: Vec<PathBuf> = ["/a/exp/t1", "/a/exp/t2", "/a/exp/t2"].iter().map(PathBuf::from).collect();
+        let names = run_names(folders.iter());
+        assert_eq!(names.values().cloned().collect::<Vec<_>>(), ["t1", "t2"]);
+        let one = [PathBuf::from("/a/exp/t1")];
+        assert_eq!(run_names(one.iter())[&one[0]], "t1");
+        let here = [PathBuf::from("")];
+        assert_eq!(run_names(here.iter())[&here[0]], ".");
+    }
 }

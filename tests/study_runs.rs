@@ -1,0 +1,117 @@
+//! The individual analysis on training runs saved the usual ways, with a
+//! step in each path and no `run` or `epoch` in the files: runs are found
+//! in the paths, checkpoints ordered by step, and every assumption is a
+//! note on stderr and in the report.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn cntscope(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cntscope")).args(args).output().expect("runs cntscope")
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// An MLP at `path` (its folders made), with an accuracy.
+fn save(path: &Path, seed: u64) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let accuracy = format!("0.{seed}");
+    common::mlp(path, seed, &[("accuracy", &accuracy)]);
+}
+
+/// `dynamics.csv` of a study in `out`: run -> its `order` values, in order.
+fn runs(out: &Path, order: &str) -> BTreeMap<String, Vec<f64>> {
+    let mut r = csv::Reader::from_path(out.join("dynamics.csv")).unwrap();
+    let header = r.headers().unwrap().clone();
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap_or_else(|| panic!("{name} in {header:?}"));
+    let (run, at, layer) = (col("run"), col(order), col("node_layer"));
+    let mut out: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for rec in r.records() {
+        let rec = rec.unwrap();
+        // One point per checkpoint: its first node set's row.
+        if &rec[layer] == "0" {
+            out.entry(rec[run].to_string()).or_default().push(rec[at].parse().unwrap());
+        }
+    }
+    out
+}
+
+#[test]
+fn runs_are_found_in_training_layouts_and_ordered_by_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("runs");
+    // Ray Tune: trial folders of checkpoint folders of files.
+    for (trial, steps) in [("trial_a", [1, 2, 3]), ("trial_b", [1, 2, 10])] {
+        for s in steps {
+            save(&root.join(format!("ray/{trial}/checkpoint_{s:06}/model.safetensors")), s);
+        }
+    }
+    // A Trainer's checkpoint folders, and Lightning's checkpoint files.
+    for s in [500, 1000] {
+        save(&root.join(format!("trainer/checkpoint-{s}/model.safetensors")), s / 500);
+        save(&root.join(format!("lightning/version_0/checkpoints/epoch={}-step={s}.safetensors", s / 500)), 3);
+    }
+    let out = dir.path().join("study");
+    let o = cntscope(&["dynamics", root.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let said = text(&o);
+    assert!(said.contains("no `epoch` column: checkpoints are ordered by `step`"), "{said}");
+    assert!(said.contains("no `run` column: runs are the checkpoints' folders (4 runs:"), "{said}");
+    assert!(said.contains("4 runs ->"), "{said}");
+    let want: BTreeMap<String, Vec<f64>> = [
+        ("lightning/version_0/checkpoints", vec![500.0, 1000.0]),
+        ("ray/trial_a", vec![1.0, 2.0, 3.0]),
+        ("ray/trial_b", vec![1.0, 2.0, 10.0]),
+        ("trainer", vec![500.0, 1000.0]),
+    ]
+    .into_iter()
+    .map(|(r, s)| (r.to_string(), s))
+    .collect();
+    assert_eq!(runs(&out, "step"), want);
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(html.contains("Notes:") && html.contains("runs are the checkpoints' folders"), "the report says it too");
+
+    // Named columns win over the paths; one that mixes runs is noticed.
+    let scan = out.join("scan");
+    let named = dir.path().join("named");
+    let o = cntscope(&[
+        "dynamics",
+        scan.to_str().unwrap(),
+        "--order-by",
+        "step",
+        "--run-by",
+        "accuracy",
+        "-o",
+        named.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(!text(&o).contains("no `run` column"), "{}", text(&o));
+    assert!(text(&o).contains("run `0.1` has several checkpoints at step 1 ("), "{}", text(&o));
+    assert!(text(&o).contains("trial_a/checkpoint_000001"), "{}", text(&o));
+}
+
+#[test]
+fn checkpoints_at_one_step_of_one_run_and_ones_without_a_step_are_noted() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("flat");
+    // Two runs saved into one folder: each step twice.
+    for s in [1, 2] {
+        save(&root.join(format!("step_{s}.safetensors")), s);
+        save(&root.join(format!("checkpoint-{s}.safetensors")), s + 2);
+    }
+    save(&root.join("final.safetensors"), 9);
+    let out = dir.path().join("study");
+    let o = cntscope(&["dynamics", root.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let said = text(&o);
+    assert!(said.contains("run `flat` has several checkpoints at step 1 ("), "{said}");
+    assert!(said.contains("two runs taken as one? (give --run-by COLUMN)"), "{said}");
+    assert!(said.contains("1 checkpoint has no `step` value and is left out of the dynamics (first: "), "{said}");
+    assert!(said.contains("final.safetensors"), "{said}");
+    assert_eq!(runs(&out, "step")["flat"].len(), 4);
+}
