@@ -250,7 +250,7 @@ fn run_study(
     let plural = |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
     let mut what = vec![plural(done.checkpoints, "checkpoint", "checkpoints")];
     if opts.ensemble {
-        what.push(format!("{} by {}", plural(done.groups, "group", "groups"), opts.grouping.column));
+        what.push(format!("{} by {}", plural(done.groups, "group", "groups"), done.by));
     }
     if opts.dynamics {
         what.push(plural(done.runs, "run", "runs"));

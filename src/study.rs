@@ -39,7 +39,11 @@ impl Grouping {
     pub fn group(&self, value: &str) -> Option<(f64, String)> {
         match (self.width, value.trim().parse::<f64>()) {
             (Some(w), Ok(v)) if v.is_finite() => {
-                let k = (v / w).floor();
+                // Edges are decimals: 0.3 / 0.1 is 2.9999999999999996 in
+                // binary, yet 0.3 belongs to [0.3, 0.4). A quotient within
+                // 1e-9 of a whole number is on that edge.
+                let q = v / w;
+                let k = if (q - q.round()).abs() <= 1e-9 * q.abs().max(1.0) { q.round() } else { q.floor() };
                 let (lo, hi) = (k * w, (k + 1.0) * w);
                 Some((lo, format!("[{}, {})", trim(lo), trim(hi))))
             }
@@ -146,6 +150,9 @@ pub struct StudySummary {
     pub checkpoints: usize,
     /// Groups of the ensemble analysis.
     pub groups: usize,
+    /// The column the ensemble analysis grouped by (the default's
+    /// replacement when the scan has no such column).
+    pub by: String,
     /// Training runs of the individual analysis.
     pub runs: usize,
     /// Checkpoints the scan could not analyse (listed in the report).
@@ -178,21 +185,17 @@ pub fn study(scan_dir: &Path, out_dir: &Path, engine: &dyn Engine, opts: &StudyO
     let same = out_dir.canonicalize().ok() == scan_dir.canonicalize().ok();
     let _writing = if same { None } else { Some(crate::manifest::DirLock::exclusive(out_dir)?) };
     let mut study_notes = Vec::new();
-    // Training runs saved the usual ways (a Trainer's, a CheckpointManager's,
-    // Ray Tune's folders) have a step and no `epoch` or `run`: the
-    // individual analysis orders them by step and finds the runs in
-    // their paths, and says so.
+    // Where the default columns are missing, what the scan has instead
+    // (an accuracy by another name; a step and the runs' folders), said
+    // in notes.
     let mut header = header;
     let mut nodes = nodes;
-    let fallback;
-    let opts = if opts.dynamics {
-        let (opts_given, notes) = dynamics_defaults(opts, &mut header, &mut nodes);
-        study_notes.extend(notes);
-        fallback = opts_given;
-        &fallback
-    } else {
-        opts
-    };
+    let mut filled = opts.clone();
+    study_notes.extend(accuracy_default(&mut filled, &header, &nodes));
+    if opts.dynamics {
+        study_notes.extend(dynamics_defaults(&mut filled, &mut header, &mut nodes));
+    }
+    let opts = &filled;
     // A column that is not there is an error listing those that are, never
     // an empty study.
     let mut needed: Vec<(&str, &str)> = opts.required.iter().map(|(f, c)| (f.as_str(), c.as_str())).collect();
@@ -224,7 +227,12 @@ pub fn study(scan_dir: &Path, out_dir: &Path, engine: &dyn Engine, opts: &StudyO
     }
     let figures = out_dir.join("figures");
     std::fs::create_dir_all(&figures).map_err(|e| Error::output(&figures, e))?;
-    let summary = StudySummary { notes: study_notes, failed: errors.len(), ..StudySummary::default() };
+    let summary = StudySummary {
+        notes: study_notes,
+        failed: errors.len(),
+        by: opts.grouping.column.clone(),
+        ..StudySummary::default()
+    };
     let mut study = Study { out_dir, figures, engine, opts, summary, html: Report::default() };
 
     // Checkpoints and their groups.
@@ -731,8 +739,7 @@ fn dynamics<'a>(nodes: &'a [Row], opts: &StudyOptions) -> BTreeMap<String, Vec<(
 /// `step` when the scan has it, and runs found in the checkpoints' paths
 /// ([`run_folder`]), added to every row as a `run` column. Returns the
 /// options to use and a note for each default replaced.
-fn dynamics_defaults(opts: &StudyOptions, header: &mut Vec<String>, nodes: &mut [Row]) -> (StudyOptions, Vec<String>) {
-    let mut opts = opts.clone();
+fn dynamics_defaults(opts: &mut StudyOptions, header: &mut Vec<String>, nodes: &mut [Row]) -> Vec<String> {
     let mut notes = Vec::new();
     let given = |flag: &str| opts.required.iter().any(|(f, _)| f == flag);
     let has = |header: &[String], column: &str| header.iter().any(|h| h == column);
@@ -772,7 +779,71 @@ fn dynamics_defaults(opts: &StudyOptions, header: &mut Vec<String>, nodes: &mut 
         }
         header.push(opts.run.clone());
     }
-    (opts, notes)
+    notes
+}
+
+/// The accuracy column where the default (`accuracy`) is not in the scan
+/// and no flag named one: the one metadata column with numbers named as
+/// training libraries name an accuracy (`eval_accuracy`, `val_acc`,
+/// `mean_accuracy`), a training accuracy only when there is no other.
+/// It becomes the separation table's accuracy and, unless `--by` was
+/// given, the ensemble's grouping. Returns what the user should know:
+/// the column taken, the candidates when there are several, values
+/// above 1 grouped 0.1 wide.
+fn accuracy_default(opts: &mut StudyOptions, header: &[String], nodes: &[Row]) -> Vec<String> {
+    let mut notes = Vec::new();
+    let given = |flag: &str| opts.required.iter().any(|(f, _)| f == flag);
+    let numeric = |c: &str| nodes.iter().any(|r| get(r, c).is_finite());
+    let default = opts.accuracy.clone();
+    if !(opts.ensemble || opts.dynamics) || given("--accuracy") || header.contains(&default) {
+        return notes;
+    }
+    let candidates: Vec<&String> = header
+        .iter()
+        .filter(|h| !crate::output::NODES_HEADER.contains(&h.as_str()))
+        .filter(|h| {
+            let h = h.to_ascii_lowercase();
+            h.contains("accuracy") || h.ends_with("acc")
+        })
+        .filter(|h| numeric(h))
+        .collect();
+    let held_out: Vec<&String> =
+        candidates.iter().copied().filter(|h| !h.to_ascii_lowercase().starts_with("train")).collect();
+    let chosen = match (&candidates[..], &held_out[..]) {
+        (_, [one]) | ([one], []) => Some((*one).clone()),
+        _ => None,
+    };
+    match chosen {
+        Some(column) => {
+            let by = !given("--by") && opts.grouping.column == default;
+            notes.push(format!(
+                "no `{default}` column: `{column}` is the accuracy{} (give --accuracy COLUMN{})",
+                if by { " and the groups" } else { "" },
+                if by { ", --by COLUMN" } else { "" }
+            ));
+            if by {
+                opts.grouping.column = column.clone();
+            }
+            opts.accuracy = column;
+        }
+        None if candidates.len() > 1 => {
+            let names: Vec<&str> = candidates.iter().map(|c| c.as_str()).collect();
+            notes.push(format!(
+                "no `{default}` column and several that could be one ({}): give --accuracy COLUMN",
+                names.join(", ")
+            ));
+        }
+        None => {}
+    }
+    let width = opts.grouping.width;
+    if opts.ensemble && width.is_some_and(|w| w < 1.0) && nodes.iter().any(|r| get(r, &opts.grouping.column) > 1.0) {
+        notes.push(format!(
+            "`{}` has values above 1 (percentages?): the groups are {} wide (give --width)",
+            opts.grouping.column,
+            num(width.unwrap_or_default())
+        ));
+    }
+    notes
 }
 
 /// The folder of the training run that saved the checkpoint at `path`
@@ -1048,6 +1119,24 @@ fn escape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn values_on_a_bin_edge_are_in_the_bin_they_start() {
+        let g = Grouping { column: "accuracy".into(), width: Some(0.1) };
+        for (v, label) in [
+            ("0.3", "[0.3, 0.4)"),
+            ("0.6", "[0.6, 0.7)"),
+            ("0.7", "[0.7, 0.8)"),
+            ("0.9000", "[0.9, 1)"),
+            ("0.29999", "[0.2, 0.3)"),
+            ("0", "[0, 0.1)"),
+            ("-0.05", "[-0.1, 0)"),
+        ] {
+            assert_eq!(g.group(v).unwrap().1, label, "{v}");
+        }
+        let g = Grouping { column: "acc".into(), width: Some(0.05) };
+        assert_eq!(g.group("0.85").unwrap().1, "[0.85, 0.9)");
+    }
 
     #[test]
     fn a_run_is_the_folder_above_the_step() {

@@ -115,3 +115,51 @@ fn checkpoints_at_one_step_of_one_run_and_ones_without_a_step_are_noted() {
     assert!(said.contains("final.safetensors"), "{said}");
     assert_eq!(runs(&out, "step")["flat"].len(), 4);
 }
+
+#[test]
+fn an_accuracy_by_another_name_is_taken_and_said() {
+    let dir = tempfile::tempdir().unwrap();
+    let zoo = dir.path().join("zoo");
+    std::fs::create_dir(&zoo).unwrap();
+    for k in 0..6u64 {
+        let (eval, train) = (format!("0.{}", 3 + k), format!("0.{}", 4 + k));
+        common::mlp(&zoo.join(format!("m{k}.safetensors")), k, &[("eval_accuracy", &eval), ("train_accuracy", &train)]);
+    }
+    let out = dir.path().join("study");
+    let o = cntscope(&["ensemble", zoo.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let said = text(&o);
+    assert!(
+        said.contains("no `accuracy` column: `eval_accuracy` is the accuracy and the groups (give --accuracy COLUMN, --by COLUMN)"),
+        "{said}"
+    );
+    assert!(said.contains("6 groups by eval_accuracy"), "{said}");
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(html.contains("`eval_accuracy` is the accuracy"), "the report says it too");
+    let separation = std::fs::read_to_string(out.join("separation.csv")).unwrap();
+    assert!(!separation.lines().nth(1).unwrap_or("").is_empty(), "a separation table: {separation}");
+
+    // Two held-out accuracies: none is chosen; percentages are noticed.
+    let zoo2 = dir.path().join("zoo2");
+    std::fs::create_dir(&zoo2).unwrap();
+    for k in 0..4u64 {
+        let (val, test) = (format!("{}", 50 + 10 * k), format!("0.{}", 5 + k));
+        common::mlp(&zoo2.join(format!("m{k}.safetensors")), k, &[("val_acc", &val), ("test_accuracy", &test)]);
+    }
+    let o = cntscope(&["ensemble", zoo2.to_str().unwrap(), "-o", dir.path().join("s2").to_str().unwrap()]);
+    let said = text(&o);
+    assert!(said.contains("several that could be one (test_accuracy, val_acc): give --accuracy COLUMN"), "{said}");
+    let o = cntscope(&[
+        "ensemble",
+        dir.path().join("s2/scan").to_str().unwrap(),
+        "--by",
+        "val_acc",
+        "-o",
+        dir.path().join("s3").to_str().unwrap(),
+    ]);
+    assert!(
+        text(&o).contains("`val_acc` has values above 1 (percentages?): the groups are 0.1 wide (give --width)"),
+        "{}",
+        text(&o)
+    );
+}
