@@ -876,12 +876,28 @@ fn run_names<'a>(folders: impl Iterator<Item = &'a PathBuf>) -> BTreeMap<&'a Pat
         });
     }
     let common = common.unwrap_or_default();
+    // A last folder every run has (Lightning's `version_0/checkpoints`)
+    // tells none apart.
+    let last = folders.first().and_then(|f| f.file_name());
+    let shared_last = last.filter(|l| {
+        folders
+            .iter()
+            .all(|f| f.file_name() == Some(l) && f.parent().is_some_and(|p| p.starts_with(&common) && p != common))
+    });
     folders
         .into_iter()
         .map(|f| {
-            let below = f.strip_prefix(&common).unwrap_or(f);
+            let shown = if shared_last.is_some() { f.parent().unwrap_or(f) } else { f.as_path() };
+            let below = shown.strip_prefix(&common).unwrap_or(shown);
             let name = if below.as_os_str().is_empty() {
-                f.file_name().map_or_else(|| f.display().to_string(), |n| n.to_string_lossy().into_owned())
+                // One run: its folder's name (the one above a `checkpoints`).
+                let named = match f.file_name() {
+                    Some(n) if n.eq_ignore_ascii_case("checkpoints") => {
+                        f.parent().and_then(|p| p.file_name()).or(Some(n))
+                    }
+                    n => n,
+                };
+                named.map_or_else(|| f.display().to_string(), |n| n.to_string_lossy().into_owned())
             } else {
                 below.display().to_string()
             };
@@ -911,22 +927,22 @@ fn dynamics_notes(nodes: &[Row], runs: &BTreeMap<String, Vec<(f64, &Row)>>, opts
         ));
     }
     for (run, points) in runs {
-        // Points are in order: checkpoints at one value are adjacent.
-        let mut same: Vec<&str> = Vec::new();
-        let mut found = None;
-        for (k, (order, row)) in points.iter().enumerate() {
-            if k > 0 && points[k - 1].0 != *order {
-                same.clear();
-            }
+        // The checkpoints at each point and their measures: copies (a
+        // Lightning `last.ckpt`) measure alike and are no sign of two runs.
+        let mut at: BTreeMap<u64, BTreeMap<&str, Vec<&str>>> = BTreeMap::new();
+        for (order, row) in points {
             let c = row.get("checkpoint").map_or("", String::as_str);
-            if !same.contains(&c) {
-                same.push(c);
-            }
-            if same.len() > 1 {
-                found = Some((row.get(&opts.order).cloned().unwrap_or_default(), same.clone()));
-                break;
-            }
+            let measures = at.entry(order.to_bits()).or_default().entry(c).or_default();
+            measures.extend(["fluctuation", "strength_mean"].iter().map(|m| row.get(*m).map_or("", String::as_str)));
         }
+        let found = at.values().find_map(|cs| {
+            let mut distinct: Vec<&Vec<&str>> = cs.values().collect();
+            distinct.dedup();
+            let (&first, _) = cs.iter().next()?;
+            let order = points.iter().find(|(_, r)| r.get("checkpoint").map(String::as_str) == Some(first))?.1;
+            (distinct.len() > 1)
+                .then(|| (order.get(&opts.order).cloned().unwrap_or_default(), cs.keys().copied().collect::<Vec<_>>()))
+        });
         if let Some((order, cs)) = found {
             notes.push(format!(
                 "run `{run}` has several checkpoints at {} {order} ({}): two runs taken as one? (give --run-by COLUMN)",
@@ -1159,6 +1175,10 @@ mod tests {
         assert_eq!(names.values().cloned().collect::<Vec<_>>(), ["t1", "t2"]);
         let one = [PathBuf::from("/a/exp/t1")];
         assert_eq!(run_names(one.iter())[&one[0]], "t1");
+        let lightning: Vec<PathBuf> =
+            ["logs/version_0/checkpoints", "logs/version_1/checkpoints"].iter().map(PathBuf::from).collect();
+        assert_eq!(run_names(lightning.iter()).values().cloned().collect::<Vec<_>>(), ["version_0", "version_1"]);
+        assert_eq!(run_names(lightning[..1].iter())[&lightning[0]], "version_0");
         let here = [PathBuf::from("")];
         assert_eq!(run_names(here.iter())[&here[0]], ".");
     }

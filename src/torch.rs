@@ -428,6 +428,7 @@ fn state_dict(root: &Value, key: Option<&str>) -> Result<Found, String> {
         None => match state_entry(&top)? {
             Some(t) => {
                 wrapper_scalars = one_element_tensors(&top);
+                wrapper_scalars.extend(monitored_scores(&top));
                 t
             }
             None if direct => tensors_in(root)?,
@@ -479,6 +480,27 @@ fn one_element_tensors(top: &[(Value, Value)]) -> Vec<(String, TensorRef)> {
                 Some((k.to_string(), (**t).clone()))
             }
             _ => None,
+        })
+        .collect()
+}
+
+/// The scores of Lightning's `ModelCheckpoint` callbacks, by the metric
+/// each monitors: its `current_score` is the metric's value when this
+/// checkpoint was saved (`val_acc` of `monitor="val_acc"`).
+fn monitored_scores(top: &[(Value, Value)]) -> Vec<(String, TensorRef)> {
+    let Some(Value::Dict(callbacks)) = get(top, "callbacks") else { return Vec::new() };
+    let callbacks = callbacks.borrow();
+    callbacks
+        .iter()
+        .filter_map(|(_, state)| {
+            let Value::Dict(state) = state else { return None };
+            let state = state.borrow();
+            match (get(&state, "monitor"), get(&state, "current_score")) {
+                (Some(Value::Str(metric)), Some(Value::Tensor(t))) if t.shape.iter().product::<usize>() == 1 => {
+                    Some((metric.to_string(), (**t).clone()))
+                }
+                _ => None,
+            }
         })
         .collect()
 }

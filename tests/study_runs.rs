@@ -17,11 +17,11 @@ fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
-/// An MLP at `path` (its folders made), with an accuracy.
-fn save(path: &Path, seed: u64) {
+/// An MLP of weights from `seed` at `path` (its folders made), with an
+/// accuracy `0.<accuracy>`.
+fn save(path: &Path, seed: u64, accuracy: u64) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    let accuracy = format!("0.{seed}");
-    common::mlp(path, seed, &[("accuracy", &accuracy)]);
+    common::mlp(path, seed, &[("accuracy", &format!("0.{accuracy}"))]);
 }
 
 /// `dynamics.csv` of a study in `out`: run -> its `order` values, in order.
@@ -46,15 +46,15 @@ fn runs_are_found_in_training_layouts_and_ordered_by_step() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("runs");
     // Ray Tune: trial folders of checkpoint folders of files.
-    for (trial, steps) in [("trial_a", [1, 2, 3]), ("trial_b", [1, 2, 10])] {
+    for (k, (trial, steps)) in [("trial_a", [1, 2, 3]), ("trial_b", [1, 2, 10])].into_iter().enumerate() {
         for s in steps {
-            save(&root.join(format!("ray/{trial}/checkpoint_{s:06}/model.safetensors")), s);
+            save(&root.join(format!("ray/{trial}/checkpoint_{s:06}/model.safetensors")), 100 * k as u64 + s, s);
         }
     }
     // A Trainer's checkpoint folders, and Lightning's checkpoint files.
     for s in [500, 1000] {
-        save(&root.join(format!("trainer/checkpoint-{s}/model.safetensors")), s / 500);
-        save(&root.join(format!("lightning/version_0/checkpoints/epoch={}-step={s}.safetensors", s / 500)), 3);
+        save(&root.join(format!("trainer/checkpoint-{s}/model.safetensors")), s, s / 500);
+        save(&root.join(format!("lightning/version_0/checkpoints/epoch={}-step={s}.safetensors", s / 500)), s + 1, 3);
     }
     let out = dir.path().join("study");
     let o = cntscope(&["dynamics", root.to_str().unwrap(), "-o", out.to_str().unwrap()]);
@@ -101,10 +101,10 @@ fn checkpoints_at_one_step_of_one_run_and_ones_without_a_step_are_noted() {
     let root = dir.path().join("flat");
     // Two runs saved into one folder: each step twice.
     for s in [1, 2] {
-        save(&root.join(format!("step_{s}.safetensors")), s);
-        save(&root.join(format!("checkpoint-{s}.safetensors")), s + 2);
+        save(&root.join(format!("step_{s}.safetensors")), s, s);
+        save(&root.join(format!("checkpoint-{s}.safetensors")), s + 2, s + 2);
     }
-    save(&root.join("final.safetensors"), 9);
+    save(&root.join("final.safetensors"), 9, 9);
     let out = dir.path().join("study");
     let o = cntscope(&["dynamics", root.to_str().unwrap(), "-o", out.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
@@ -162,4 +162,38 @@ fn an_accuracy_by_another_name_is_taken_and_said() {
         "{}",
         text(&o)
     );
+}
+
+/// Two runs as Lightning's Trainer wrote them (`make_lightning.py`): the
+/// monitored `val_acc` of each checkpoint is read from its
+/// `ModelCheckpoint` state and equals what Lightning logged in
+/// `metrics.csv` at that epoch; runs are the `version_<k>` folders.
+#[test]
+fn lightning_runs_as_lightning_wrote_them() {
+    let logs = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pt/lightning_logs");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("study");
+    let o = cntscope(&["report", logs.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let said = text(&o);
+    assert!(said.contains("`val_acc` is the accuracy and the groups"), "{said}");
+    assert!(said.contains("(2 runs: version_0, version_1;"), "{said}");
+    // `last.ckpt` is a copy of the last epoch's file: not two runs.
+    assert!(!said.contains("several checkpoints"), "{said}");
+    let mut r = csv::Reader::from_path(out.join("dynamics.csv")).unwrap();
+    let header = r.headers().unwrap().clone();
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let mut points = 0;
+    for rec in r.records() {
+        let rec = rec.unwrap();
+        let logged = std::fs::read_to_string(logs.join(&rec[col("run")]).join("metrics.csv")).unwrap();
+        let epoch = &rec[col("epoch")];
+        let line = logged.lines().find(|l| l.split(',').next() == Some(epoch)).expect("a logged epoch");
+        let want: f64 = line.split(',').nth(2).unwrap().parse().unwrap();
+        let got: f64 = rec[col("val_acc")].parse().unwrap();
+        assert!((got - want).abs() < 1e-6, "{} epoch {epoch}: {got} against Lightning's {want}", &rec[col("run")]);
+        points += 1;
+    }
+    // 2 runs x 4 checkpoints (3 epochs and last.ckpt) x 3 node sets.
+    assert_eq!(points, 2 * 4 * 3);
 }
