@@ -581,7 +581,7 @@ impl Checkpoint {
     /// A Flax tree's checkpoint (its tensors ranges of `bytes`): `key`
     /// already taken, Flax's BatchNorm epsilon.
     fn from_flax_tree(path: &Path, bytes: Bytes, tree: crate::flax::FlaxCheckpoint, key: Option<&str>) -> Self {
-        let mut ck = Self::from_parts(path, bytes, tree.tensors, Vec::new(), tree.metadata);
+        let mut ck = Self::from_parts(path, bytes, tree.tensors, tree.gathered, tree.metadata);
         ck.keyed = key.is_some();
         ck.norm_eps = Some(crate::graph::DEFAULT_EPS);
         ck

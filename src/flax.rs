@@ -28,6 +28,8 @@ use crate::torch::Place;
 /// A Flax file's tensors (name, dtype, shape, where) and its scalars.
 pub(crate) struct FlaxCheckpoint {
     pub(crate) tensors: Vec<(String, TensorInfo, Place)>,
+    /// The bytes of arrays stored in chunks, each put back together.
+    pub(crate) gathered: Vec<u8>,
     pub(crate) metadata: BTreeMap<String, String>,
 }
 
@@ -38,7 +40,8 @@ const MAX_DEPTH: usize = 64;
 const EXT_NDARRAY: i8 = 1;
 const EXT_NPSCALAR: i8 = 3;
 
-/// The key Flax gives an array it stored in chunks (over 2^30 bytes).
+/// The key of the map in which Flax stores an array in chunks (past 2^30
+/// bytes).
 const CHUNKED: &str = "__msgpack_chunked_array__";
 
 /// True when the bytes start like Flax's msgpack: a dict, not empty (an
@@ -180,6 +183,9 @@ fn decode(b: &[u8], range: Range<usize>) -> Result<Item, String> {
 pub(crate) enum Leaf {
     /// An array: its dtype and shape, and where its bytes are.
     Tensor(TensorInfo, Range<usize>),
+    /// An array Flax stored in chunks (past 2^30 bytes): its dtype and
+    /// shape, and where each chunk's bytes are, in order.
+    Chunked(TensorInfo, Vec<Range<usize>>),
     /// A plain scalar, as text.
     Scalar(String),
 }
@@ -213,6 +219,58 @@ fn ndarray(b: &[u8], payload: Range<usize>, name: &str) -> Result<Leaf, String> 
     Ok(Leaf::Tensor(TensorInfo { dtype, shape, data_offsets: (0, 0) }, data.clone()))
 }
 
+/// An array Flax stored in chunks: the map `{CHUNKED: true, "shape":
+/// {"0": d0, ...}, "chunks": {"0": <1-d array>, ...}}` that
+/// `flax.serialization` writes for an array past its `MAX_CHUNK_SIZE`,
+/// each chunk a run of the flattened array. The chunks must share one
+/// dtype and together hold exactly the shape's elements.
+fn chunked(b: &[u8], entries: &[(Item, Item)], name: &str) -> Result<Leaf, String> {
+    let what = |why: &str| format!("array `{name}` stored in chunks: {why}");
+    let entry = |key: &str| {
+        entries.iter().find(|(k, _)| matches!(k, Item::Str(r) if &b[r.clone()] == key.as_bytes())).map(|(_, v)| v)
+    };
+    // `{"0": x0, "1": x1, ...}`, in that order (as Flax writes a tuple).
+    fn numbered<'a>(b: &[u8], item: Option<&'a Item>, of: &str) -> Result<Vec<&'a Item>, String> {
+        let Some(Item::Map(m)) = item else { return Err(format!("no `{of}` map")) };
+        m.iter()
+            .enumerate()
+            .map(|(i, (k, v))| match k {
+                Item::Str(r) if b[r.clone()] == *i.to_string().as_bytes() => Ok(v),
+                _ => Err(format!("`{of}` entry {i} is not numbered {i}")),
+            })
+            .collect()
+    }
+    let shape = numbered(b, entry("shape"), "shape")
+        .map_err(|e| what(&e))?
+        .into_iter()
+        .map(|d| match d {
+            Item::Int(i) => usize::try_from(*i).map_err(|_| what(&format!("a dimension of {i}"))),
+            _ => Err(what("a dimension that is not an integer")),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut dtype = None;
+    let mut ranges = Vec::new();
+    let mut bytes = 0usize;
+    for (i, chunk) in numbered(b, entry("chunks"), "chunks").map_err(|e| what(&e))?.into_iter().enumerate() {
+        let Item::Ext(EXT_NDARRAY, r) = chunk else { return Err(what(&format!("chunk {i} is not an array"))) };
+        let Leaf::Tensor(info, range) = ndarray(b, r.clone(), &format!("{name}/chunks/{i}"))? else {
+            unreachable!("ndarray gives an array")
+        };
+        if info.shape.len() != 1 || dtype.is_some_and(|d| d != info.dtype) {
+            return Err(what(&format!("chunk {i} is not a run of the flattened array ({:?})", info.shape)));
+        }
+        dtype = Some(info.dtype);
+        bytes = bytes.checked_add(range.len()).ok_or_else(|| what("sizes overflow"))?;
+        ranges.push(range);
+    }
+    let dtype = dtype.ok_or_else(|| what("no chunks"))?;
+    let size = shape.iter().try_fold(crate::pickle::dtype_size(dtype), |a, &d| a.checked_mul(d));
+    if size != Some(bytes) {
+        return Err(what(&format!("shape {shape:?} does not fit its chunks' {bytes} bytes")));
+    }
+    Ok(Leaf::Chunked(TensorInfo { dtype, shape, data_offsets: (0, 0) }, ranges))
+}
+
 /// A numpy scalar `(dtype name, bytes)` of extension 3, as text.
 fn npscalar(b: &[u8], payload: Range<usize>) -> Option<String> {
     let Ok(Item::Array(parts)) = decode(b, payload) else { return None };
@@ -224,6 +282,11 @@ fn npscalar(b: &[u8], payload: Range<usize>) -> Option<String> {
 fn leaves(b: &[u8], item: &Item, name: &str, out: &mut Vec<(String, Leaf)>) -> Result<(), String> {
     let join = |key: &str| if name.is_empty() { key.to_string() } else { format!("{name}/{key}") };
     match item {
+        Item::Map(entries)
+            if entries.iter().any(|(k, _)| matches!(k, Item::Str(r) if &b[r.clone()] == CHUNKED.as_bytes())) =>
+        {
+            out.push((name.to_string(), chunked(b, entries, name)?));
+        }
         Item::Map(entries) => {
             for (k, v) in entries {
                 let key = match k {
@@ -231,11 +294,6 @@ fn leaves(b: &[u8], item: &Item, name: &str, out: &mut Vec<(String, Leaf)>) -> R
                     Item::Int(i) => i.to_string(),
                     _ => return Err(format!("a key of `{name}` that is not a string")),
                 };
-                if key == CHUNKED {
-                    return Err(format!(
-                        "array `{name}` is stored in chunks (Flax does so past 2^30 bytes), which is not read"
-                    ));
-                }
                 leaves(b, v, &join(&key), out)?;
             }
         }
@@ -273,7 +331,7 @@ pub(crate) fn model(b: &[u8], all: Vec<(String, Leaf)>, key: Option<&str>) -> Re
     let root = match key {
         Some(k) => Some(k.replace('.', "/")),
         None => all.iter().find_map(|(n, leaf)| {
-            let Leaf::Tensor(..) = leaf else { return None };
+            let (Leaf::Tensor(..) | Leaf::Chunked(..)) = leaf else { return None };
             let parts: Vec<&str> = n.split('/').collect();
             let i = parts.iter().take(3).position(|&p| p == "params").filter(|&i| i + 1 < parts.len())?;
             Some(parts[..i].join("/"))
@@ -301,21 +359,28 @@ pub(crate) fn model(b: &[u8], all: Vec<(String, Leaf)>, key: Option<&str>) -> Re
     let tops = key.map(|_| {
         let mut tops: Vec<&str> = all
             .iter()
-            .filter(|(_, leaf)| matches!(leaf, Leaf::Tensor(..)))
+            .filter(|(_, leaf)| matches!(leaf, Leaf::Tensor(..) | Leaf::Chunked(..)))
             .map(|(n, _)| n.split('/').next().unwrap_or(n))
             .collect();
         tops.dedup();
         tops.join(", ")
     });
-    let mut out = FlaxCheckpoint { tensors: Vec::new(), metadata: BTreeMap::new() };
+    let mut out = FlaxCheckpoint { tensors: Vec::new(), gathered: Vec::new(), metadata: BTreeMap::new() };
     let mut names = std::collections::HashSet::new();
     for (n, leaf) in all {
-        match (leaf, model(&n)) {
-            (Leaf::Tensor(info, r), Some(name)) => {
-                if !names.insert(name.clone()) {
-                    return Err(format!("`{name}` is both a parameter and a batch statistic"));
-                }
-                out.tensors.push((name, info, Place::Archive(r.start, r.end)));
+        let name = model(&n);
+        if let (Leaf::Tensor(..) | Leaf::Chunked(..), Some(name)) = (&leaf, &name) {
+            if !names.insert(name.clone()) {
+                return Err(format!("`{name}` is both a parameter and a batch statistic"));
+            }
+        }
+        match (leaf, name) {
+            (Leaf::Tensor(info, r), Some(name)) => out.tensors.push((name, info, Place::Archive(r.start, r.end))),
+            // Put back together: the one copy such an array costs.
+            (Leaf::Chunked(info, chunks), Some(name)) => {
+                let start = out.gathered.len();
+                chunks.into_iter().for_each(|r| out.gathered.extend_from_slice(&b[r]));
+                out.tensors.push((name, info, Place::Gathered(start, out.gathered.len())));
             }
             // The step of a TrainState, an epoch, a metric: one value
             // outside the model.

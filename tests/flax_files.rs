@@ -45,13 +45,24 @@ fn flax_files_equal_their_safetensors_twins() {
     let cnn_spec = fixtures().join("cnn.toml");
     let cnn = ["good/variables.msgpack", "good/train_state.msgpack", "good/checkpoint_7", "orbax/standard"];
     let cnn_twins = ["variables", "train_state", "checkpoint_7", "variables"];
-    let mlp = ["good/flax_model.msgpack", "orbax/manager/1", "orbax/wide", "orbax/wide_zarr3", "orbax/wide_files"];
+    let mlp = [
+        "good/flax_model.msgpack",
+        "good/chunked.msgpack",
+        "orbax/manager/1",
+        "orbax/wide",
+        "orbax/wide_zarr3",
+        "orbax/wide_files",
+    ];
     let cases = cnn
         .iter()
         .zip(cnn_twins)
         .chain([("orbax/checkpoint_7", "checkpoint_7")].iter().map(|(a, b)| (a, *b)))
         .map(|(f, t)| (*f, t, cnn_spec.to_str().unwrap()))
-        .chain(mlp.iter().zip(["flax_model", "flax_model", "wide", "wide", "wide"]).map(|(f, t)| (*f, t, "")));
+        .chain(
+            mlp.iter()
+                .zip(["flax_model", "flax_model", "flax_model", "wide", "wide", "wide"])
+                .map(|(f, t)| (*f, t, "")),
+        );
     for (i, (file, twin, spec)) in cases.enumerate() {
         let good = fixtures().join(file);
         let twin = fixtures().join("twin").join(format!("{twin}.safetensors"));
@@ -124,12 +135,32 @@ fn discovery_folds_flax_batchnorms() {
 
 #[test]
 fn random_mutations_never_panic() {
-    for file in ["variables.msgpack", "train_state.msgpack"] {
+    for file in ["variables.msgpack", "train_state.msgpack", "chunked.msgpack"] {
         let good = std::fs::read(fixtures().join("good").join(file)).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let (ok, refused) = common::measure_mutations(&good, &dir.path().join("m.msgpack"), 1500);
         assert!(refused > 0 && ok + refused == 1500, "{file}: {ok} measured, {refused} refused");
     }
+}
+
+/// An array Flax stored in chunks whose shape does not fit its chunks is
+/// refused, saying so, not read short or past its end.
+#[test]
+fn chunks_that_do_not_fit_their_shape_are_refused() {
+    let good = std::fs::read(fixtures().join("good/chunked.msgpack")).unwrap();
+    // fc1/kernel's shape map {"0": 4, "1": 7}, as msgpack fixstr and fixint.
+    let shape = b"\xa10\x04\xa11\x07";
+    let at = good.windows(shape.len()).position(|w| w == shape).expect("the kernel's shape");
+    let mut bad = good.clone();
+    bad[at + shape.len() - 1] = 8;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.msgpack");
+    std::fs::write(&path, &bad).unwrap();
+    let e = cntscope::checkpoint::Checkpoint::open(&path).err().expect("refused").to_string();
+    assert!(
+        e.contains("array `fc1/kernel` stored in chunks: shape [4, 8] does not fit its chunks' 112 bytes"),
+        "{e}"
+    );
 }
 
 /// Orbax's checkpoint directories are each one checkpoint, never walked
