@@ -3,7 +3,8 @@
 //! `<trial>/checkpoint_<N>/checkpoints` sits beside `<trial>/params.json`
 //! (the trial's config) and `<trial>/result.json` (one JSON object per
 //! reported iteration); Hugging Face Trainer checkpoints
-//! (`checkpoint-<N>/trainer_state.json`); and file names that hold a run's
+//! (`checkpoint-<N>/trainer_state.json`); timm runs (`summary.csv` beside
+//! `checkpoint-<epoch>.pth.tar`); and file names that hold a run's
 //! settings, read with a pattern of named groups (`--name-pattern`).
 
 use std::collections::BTreeMap;
@@ -112,11 +113,41 @@ pub fn trainer_metadata(path: &Path) -> BTreeMap<String, String> {
     out
 }
 
-/// What a collection keeps beside the checkpoint at `path`: a Ray Tune
-/// trial's ([`trial_metadata`]) or a Trainer's ([`trainer_metadata`]).
-pub fn beside(path: &Path) -> BTreeMap<String, String> {
+/// The name of the table timm's `train.py` keeps beside its checkpoints.
+const TIMM_SUMMARY: &str = "summary.csv";
+
+/// A timm training run's metadata for the checkpoint at `path` whose own
+/// `epoch` is `epoch`: the row of that epoch in the `summary.csv` beside
+/// it (`train_loss`, `eval_loss`, `eval_top1`, `eval_top5`, `lr`, as
+/// `update_summary` appends one per epoch; `checkpoint-<epoch>.pth.tar`,
+/// `last` and `model_best` each find their own epoch's). Empty without
+/// such a table (one whose first column is `epoch`) or such a row; an
+/// unreadable or malformed table is skipped.
+pub fn timm_metadata(path: &Path, epoch: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let (Some(dir), Ok(epoch)) = (path.parent(), epoch.parse::<u64>()) else { return out };
+    let Ok(mut table) = csv::Reader::from_path(dir.join(TIMM_SUMMARY)) else { return out };
+    let Ok(header) = table.headers().cloned() else { return out };
+    if header.get(0) != Some("epoch") {
+        return out;
+    }
+    // The last row of the epoch: a resumed run appends it again.
+    let row = table.records().flatten().filter(|r| r.get(0).and_then(|e| e.parse::<u64>().ok()) == Some(epoch)).last();
+    for (k, v) in header.iter().zip(row.iter().flatten()).skip(1) {
+        if !v.is_empty() {
+            out.insert(k.to_string(), v.to_string());
+        }
+    }
+    out
+}
+
+/// What a collection keeps beside the checkpoint at `path` (whose own
+/// metadata is `own`): a Ray Tune trial's ([`trial_metadata`]), a
+/// Trainer's ([`trainer_metadata`]) or a timm run's ([`timm_metadata`]).
+pub fn beside(path: &Path, own: &BTreeMap<String, String>) -> BTreeMap<String, String> {
     let mut out = trial_metadata(path);
-    for (k, v) in trainer_metadata(path) {
+    let timm = own.get("epoch").map(|e| timm_metadata(path, e)).unwrap_or_default();
+    for (k, v) in trainer_metadata(path).into_iter().chain(timm) {
         out.entry(k).or_insert(v);
     }
     out
@@ -193,6 +224,26 @@ mod tests {
         assert_eq!(m.get("lr").map(String::as_str), Some("0.1"));
         let ray1 = [r#"{"test_acc": 0.5, "training_iteration": 1}"#, r#"{"test_acc": 0.6, "training_iteration": 2}"#];
         assert_eq!(trial("ray1", &ray1).get("test_acc").map(String::as_str), Some("0.5"));
+    }
+
+    #[test]
+    fn a_timm_summary_row_is_the_checkpoints_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let ck = dir.path().join("checkpoint-1.pth.tar");
+        let table = "epoch,train_loss,eval_top1\n0,1.5,40.0\n1,1.2,55.5\n1,1.1,56.0\n2,0.9,\n";
+        std::fs::write(dir.path().join("summary.csv"), table).unwrap();
+        let m = timm_metadata(&ck, "1");
+        // A resumed run's repeated epoch: its last row.
+        assert_eq!(m.get("eval_top1").map(String::as_str), Some("56.0"));
+        assert_eq!(m.get("train_loss").map(String::as_str), Some("1.1"));
+        assert!(!m.contains_key("epoch"));
+        // An empty cell is no value; an epoch with no row, none.
+        assert!(!timm_metadata(&ck, "2").contains_key("eval_top1"));
+        assert!(timm_metadata(&ck, "7").is_empty());
+        assert!(timm_metadata(&ck, "1.5").is_empty());
+        // A table whose first column is not `epoch` is not timm's.
+        std::fs::write(dir.path().join("summary.csv"), "step,loss\n1,2\n").unwrap();
+        assert!(timm_metadata(&ck, "1").is_empty());
     }
 
     #[test]

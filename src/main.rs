@@ -413,9 +413,10 @@ fn inspect(ck: &Checkpoint, net: &Network, out: &mut impl Write) -> anyhow::Resu
         net.bn
     )?;
     // The file's own, then what its collection keeps beside it (a Ray
-    // trial's results, a Trainer's state), as a scan records them.
+    // trial's results, a Trainer's state, a timm run's summary), as a scan
+    // records them.
     let mut metadata = ck.metadata().clone();
-    for (k, v) in cntscope::layouts::beside(ck.path()) {
+    for (k, v) in cntscope::layouts::beside(ck.path(), ck.metadata()) {
         metadata.entry(k).or_insert(v);
     }
     if !metadata.is_empty() {

@@ -686,7 +686,7 @@ impl Pending {
                 // A Ray Tune trial's params and results, a Trainer's state,
                 // and the groups of --name-pattern, fill in what the file
                 // lacks.
-                let beside = crate::layouts::beside(ck.path());
+                let beside = crate::layouts::beside(ck.path(), &head.metadata);
                 for (k, v) in beside.into_iter().chain(named.into_iter().flatten()) {
                     head.metadata.entry(k).or_insert(v);
                 }

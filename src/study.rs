@@ -785,7 +785,8 @@ fn dynamics_defaults(opts: &mut StudyOptions, header: &mut Vec<String>, nodes: &
 /// The accuracy column where the default (`accuracy`) is not in the scan
 /// and no flag named one: the one metadata column with numbers named as
 /// training libraries name an accuracy (`eval_accuracy`, `val_acc`,
-/// `mean_accuracy`), a training accuracy only when there is no other.
+/// `mean_accuracy`, `eval_top1`, `acc1`; never a `best_...`), a training
+/// accuracy only when there is no other.
 /// It becomes the separation table's accuracy and, unless `--by` was
 /// given, the ensemble's grouping. Returns what the user should know:
 /// the column taken, the candidates when there are several, values
@@ -802,8 +803,10 @@ fn accuracy_default(opts: &mut StudyOptions, header: &[String], nodes: &[Row]) -
         .iter()
         .filter(|h| !crate::output::NODES_HEADER.contains(&h.as_str()))
         .filter(|h| {
+            // A best-so-far (`best_acc1`) is not this checkpoint's.
             let h = h.to_ascii_lowercase();
-            h.contains("accuracy") || h.ends_with("acc")
+            let named = h.contains("accuracy") || h.ends_with("acc") || h.ends_with("acc1") || h.ends_with("top1");
+            named && !h.starts_with("best")
         })
         .filter(|h| numeric(h))
         .collect();

@@ -157,10 +157,7 @@ fn chunks_that_do_not_fit_their_shape_are_refused() {
     let path = dir.path().join("bad.msgpack");
     std::fs::write(&path, &bad).unwrap();
     let e = cntscope::checkpoint::Checkpoint::open(&path).err().expect("refused").to_string();
-    assert!(
-        e.contains("array `fc1/kernel` stored in chunks: shape [4, 8] does not fit its chunks' 112 bytes"),
-        "{e}"
-    );
+    assert!(e.contains("array `fc1/kernel` stored in chunks: shape [4, 8] does not fit its chunks' 112 bytes"), "{e}");
 }
 
 /// Orbax's checkpoint directories are each one checkpoint, never walked

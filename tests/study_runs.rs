@@ -197,3 +197,38 @@ fn lightning_runs_as_lightning_wrote_them() {
     // 2 runs x 4 checkpoints (3 epochs and last.ckpt) x 3 node sets.
     assert_eq!(points, 2 * 4 * 3);
 }
+
+/// A run as timm's `train.py` leaves it (`make_timm.py`, by timm's own
+/// `CheckpointSaver` and `update_summary`): each checkpoint gets its
+/// epoch's row of `summary.csv`, `eval_top1` is the accuracy (in percent,
+/// which a note points out), the run is the folder, ordered by epoch.
+#[test]
+fn a_timm_run_as_timm_wrote_it() {
+    let run = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pt/timm_run");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("study");
+    let o = cntscope(&["report", run.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let said = text(&o);
+    assert!(said.contains("`eval_top1` is the accuracy and the groups"), "{said}");
+    assert!(said.contains("`eval_top1` has values above 1 (percentages?)"), "{said}");
+    assert!(said.contains("(1 run: timm_run;"), "{said}");
+    assert!(!said.contains("several checkpoints"), "last and model_best are copies: {said}");
+    let summary = std::fs::read_to_string(run.join("summary.csv")).unwrap();
+    let mut r = csv::Reader::from_path(out.join("scan/nodes.csv")).unwrap();
+    let header = r.headers().unwrap().clone();
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    for rec in r.records() {
+        let rec = rec.unwrap();
+        let epoch = &rec[col("epoch")];
+        let line = summary.lines().find(|l| l.split(',').next() == Some(epoch)).expect("the epoch's row");
+        let cells: Vec<&str> = line.split(',').collect();
+        assert_eq!(&rec[col("eval_top1")], cells[3], "{}", &rec[col("checkpoint")]);
+        assert_eq!(&rec[col("train_loss")], cells[1], "{}", &rec[col("checkpoint")]);
+        seen.insert(rec[col("checkpoint")].rsplit('/').next().unwrap().to_string());
+    }
+    let want =
+        ["checkpoint-0.pth.tar", "checkpoint-1.pth.tar", "checkpoint-2.pth.tar", "last.pth.tar", "model_best.pth.tar"];
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), want);
+}
