@@ -174,9 +174,9 @@ pub struct EnsembleArgs {
     #[arg(long, value_name = "COLUMN")]
     pub by: Option<String>,
     /// Bin width of a numeric grouping column (bins start at 0); 0 groups by
-    /// the value as text.
-    #[arg(long, default_value_t = 0.1)]
-    pub width: f64,
+    /// the value as text [default: 0.1, or 10 for an accuracy in percent].
+    #[arg(long)]
+    pub width: Option<f64>,
     /// Drop per-checkpoint values beyond M standard deviations of their
     /// group's mean (the paper's outlier rule), per measure.
     #[arg(long, value_name = "M", value_parser = parse_positive)]

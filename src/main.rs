@@ -207,7 +207,11 @@ fn run_study(
     let run = column("--run-by", d.and_then(|d| d.run_by.as_ref()), "run");
     let order = column("--order-by", d.and_then(|d| d.order_by.as_ref()), "epoch");
     let opts = StudyOptions {
-        grouping: Grouping { column: by, width: e.map_or(Some(0.1), |e| (e.width > 0.0).then_some(e.width)) },
+        grouping: Grouping {
+            column: by,
+            width: e.map_or(Some(0.1), |e| Some(e.width.unwrap_or(0.1)).filter(|&w| w > 0.0)),
+        },
+        width_given: e.is_some_and(|e| e.width.is_some()),
         accuracy,
         run,
         order,

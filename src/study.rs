@@ -64,6 +64,9 @@ fn trim(x: f64) -> String {
 pub struct StudyOptions {
     /// Groups of the ensemble analysis.
     pub grouping: Grouping,
+    /// Whether the grouping's width was given (`--width`); when not, an
+    /// accuracy in percent is grouped 10 wide instead of 0.1.
+    pub width_given: bool,
     /// The accuracy column for the separation table.
     pub accuracy: String,
     /// The column naming a training run (individual analysis).
@@ -192,6 +195,7 @@ pub fn study(scan_dir: &Path, out_dir: &Path, engine: &dyn Engine, opts: &StudyO
     let mut nodes = nodes;
     let mut filled = opts.clone();
     study_notes.extend(accuracy_default(&mut filled, &header, &nodes));
+    study_notes.extend(percent_groups(&mut filled, &nodes));
     if opts.dynamics {
         study_notes.extend(dynamics_defaults(&mut filled, &mut header, &mut nodes));
     }
@@ -789,8 +793,7 @@ fn dynamics_defaults(opts: &mut StudyOptions, header: &mut Vec<String>, nodes: &
 /// accuracy only when there is no other.
 /// It becomes the separation table's accuracy and, unless `--by` was
 /// given, the ensemble's grouping. Returns what the user should know:
-/// the column taken, the candidates when there are several, values
-/// above 1 grouped 0.1 wide.
+/// the column taken, or the candidates when there are several.
 fn accuracy_default(opts: &mut StudyOptions, header: &[String], nodes: &[Row]) -> Vec<String> {
     let mut notes = Vec::new();
     let given = |flag: &str| opts.required.iter().any(|(f, _)| f == flag);
@@ -838,13 +841,31 @@ fn accuracy_default(opts: &mut StudyOptions, header: &[String], nodes: &[Row]) -
         }
         None => {}
     }
+    notes
+}
+
+/// An accuracy in percent (timm's `eval_top1`) grouped by accuracy:
+/// groups of 10 points, as 0.1 of a fraction, unless `--width` was given;
+/// a note either way.
+fn percent_groups(opts: &mut StudyOptions, nodes: &[Row]) -> Vec<String> {
+    let mut notes = Vec::new();
+    let column = &opts.grouping.column;
+    let values: Vec<f64> = nodes.iter().map(|r| get(r, column)).filter(|v| v.is_finite()).collect();
+    let (lo, hi) = values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
     let width = opts.grouping.width;
-    if opts.ensemble && width.is_some_and(|w| w < 1.0) && nodes.iter().any(|r| get(r, &opts.grouping.column) > 1.0) {
-        notes.push(format!(
-            "`{}` has values above 1 (percentages?): the groups are {} wide (give --width)",
-            opts.grouping.column,
-            num(width.unwrap_or_default())
-        ));
+    if opts.ensemble && *column == opts.accuracy && hi > 1.0 && width.is_some_and(|w| w < 1.0) {
+        if !opts.width_given && lo >= 0.0 && hi <= 100.0 {
+            opts.grouping.width = Some(10.0);
+            notes.push(format!(
+                "`{column}` is in percent (values up to {}): its groups are 10 wide, as 0.1 of a fraction (give --width)",
+                trim(hi)
+            ));
+        } else {
+            notes.push(format!(
+                "`{column}` has values above 1 (percentages?): the groups are {} wide (give --width)",
+                num(width.unwrap_or_default())
+            ));
+        }
     }
     notes
 }

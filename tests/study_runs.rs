@@ -149,19 +149,24 @@ fn an_accuracy_by_another_name_is_taken_and_said() {
     let o = cntscope(&["ensemble", zoo2.to_str().unwrap(), "-o", dir.path().join("s2").to_str().unwrap()]);
     let said = text(&o);
     assert!(said.contains("several that could be one (test_accuracy, val_acc): give --accuracy COLUMN"), "{said}");
-    let o = cntscope(&[
-        "ensemble",
-        dir.path().join("s2/scan").to_str().unwrap(),
-        "--by",
-        "val_acc",
-        "-o",
-        dir.path().join("s3").to_str().unwrap(),
-    ]);
+    // An accuracy in percent: groups of 10 points (values 50, 60, 70, 80:
+    // four groups), or as `--width` says, noted either way.
+    let scan = dir.path().join("s2/scan");
+    let study = |extra: &[&str], out: &str| {
+        let args = [&["ensemble", scan.to_str().unwrap(), "--accuracy", "val_acc", "--by", "val_acc"], extra].concat();
+        cntscope(&[&args[..], &["-o", dir.path().join(out).to_str().unwrap()]].concat())
+    };
+    let said = text(&study(&[], "s3"));
+    assert!(said.contains("`val_acc` is in percent (values up to 80): its groups are 10 wide"), "{said}");
+    assert!(said.contains("4 groups by val_acc"), "{said}");
+    let said = text(&study(&["--width", "0.1"], "s4"));
     assert!(
-        text(&o).contains("`val_acc` has values above 1 (percentages?): the groups are 0.1 wide (give --width)"),
-        "{}",
-        text(&o)
+        said.contains("`val_acc` has values above 1 (percentages?): the groups are 0.1 wide (give --width)"),
+        "{said}"
     );
+    let said = text(&study(&["--width", "25"], "s5"));
+    assert!(!said.contains("percent"), "{said}");
+    assert!(said.contains("2 groups by val_acc"), "{said}");
 }
 
 /// Two runs as Lightning's Trainer wrote them (`make_lightning.py`): the
@@ -211,7 +216,7 @@ fn a_timm_run_as_timm_wrote_it() {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let said = text(&o);
     assert!(said.contains("`eval_top1` is the accuracy and the groups"), "{said}");
-    assert!(said.contains("`eval_top1` has values above 1 (percentages?)"), "{said}");
+    assert!(said.contains("`eval_top1` is in percent (values up to 65.625): its groups are 10 wide"), "{said}");
     assert!(said.contains("(1 run: timm_run;"), "{said}");
     assert!(!said.contains("several checkpoints"), "last and model_best are copies: {said}");
     let summary = std::fs::read_to_string(run.join("summary.csv")).unwrap();
