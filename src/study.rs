@@ -286,6 +286,11 @@ pub fn study(scan_dir: &Path, out_dir: &Path, engine: &dyn Engine, opts: &StudyO
         study.individual(&nodes)?;
     }
     study.html.failures(&errors);
+    // The notes, also as a file: for scripts and the Python package, which
+    // see no stderr of ours in a notebook. Written every time, so notes of
+    // an earlier study in the directory never linger.
+    let notes: String = study.summary.notes.iter().map(|n| format!("{n}\n")).collect();
+    study.write_text("notes.txt", &notes)?;
     let page = std::mem::take(&mut study.html).finish(&study.summary, &opts.grouping.column);
     study.write_text("report.html", &page)?;
     Ok(study.summary)
@@ -821,7 +826,7 @@ fn accuracy_default(opts: &mut StudyOptions, header: &[String], nodes: &[Row]) -
     };
     match chosen {
         Some(column) => {
-            let by = !given("--by") && opts.grouping.column == default;
+            let by = opts.ensemble && !given("--by") && opts.grouping.column == default;
             notes.push(format!(
                 "no `{default}` column: `{column}` is the accuracy{} (give --accuracy COLUMN{})",
                 if by { " and the groups" } else { "" },

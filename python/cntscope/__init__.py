@@ -184,9 +184,9 @@ def _options(options: Mapping[str, Any]) -> "_native.Options":
     return found
 
 
-def _note(notes: Iterable[str]) -> None:
+def _note(notes: Iterable[str], stacklevel: int = 3) -> None:
     for note in notes:
-        warnings.warn(note, CntscopeNote, stacklevel=3)
+        warnings.warn(note, CntscopeNote, stacklevel=stacklevel)
 
 
 # Dtypes as safetensors names them, by NumPy dtype (kind, itemsize).
@@ -406,7 +406,9 @@ def read_scan(directory: PathLike) -> Tables:
 def _study(command: str, paths, out, study: Mapping[str, Any], options: Mapping[str, Any]) -> "dict[str, Any]":
     """Scans ``paths`` into ``out/scan`` (stoppable, as :func:`scan`), then
     runs the study command on it; returns every CSV table it wrote, by
-    name, as DataFrames, and ``report`` the path of report.html."""
+    name, as DataFrames, ``report`` the path of report.html and ``notes``
+    what the study assumed or could not do (each also warned as a
+    :class:`CntscopeNote`)."""
     import pandas as pd
 
     out = os.fspath(out)
@@ -422,10 +424,15 @@ def _study(command: str, paths, out, study: Mapping[str, Any], options: Mapping[
     graph = {k: v for k, v in options.items() if k not in ("resume", "shard", "progress")}
     args = [command, scan_dir, "--output", out] + _flags(study) + _flags(graph)
     code = _native.run(args)
+    # What the study assumed or could not do (also in report.html).
+    notes_file = Path(out) / "notes.txt"
+    notes = notes_file.read_text().splitlines() if notes_file.is_file() else []
+    _note(notes, stacklevel=4)
     csvs = sorted(Path(out).glob("*.csv"))
     tables = {p.stem: pd.DataFrame(_columns(t)) for p, t in zip(csvs, _native.read_tables([str(p) for p in csvs]))}
     tables["report"] = os.path.join(out, "report.html")
     tables["exit_code"] = code
+    tables["notes"] = notes
     return tables
 
 

@@ -247,6 +247,16 @@ def test_report_returns_its_tables(tmp_path):
     assert_same_table(done["separation"], read_csv(tmp_path / "r" / "separation.csv"), "separation")
 
 
+def test_a_studys_notes_are_warnings_and_returned(tmp_path):
+    # Two runs as Lightning wrote them: no `run` or `accuracy` column.
+    logs = ROOT / "tests" / "fixtures" / "pt" / "lightning_logs"
+    with pytest.warns(cntscope.CntscopeNote, match="runs are the checkpoints' folders"):
+        done = cntscope.dynamics(logs, tmp_path / "d")
+    assert any("`val_acc` is the accuracy" in n for n in done["notes"]), done["notes"]
+    assert sorted(done["dynamics"]["run"].unique()) == ["version_0", "version_1"]
+    assert (tmp_path / "d" / "notes.txt").read_text().splitlines() == done["notes"]
+
+
 def test_the_package_command_is_the_cli():
     run = cli("--version")
     assert run.returncode == 0 and run.stdout.startswith("cntscope ")
