@@ -764,9 +764,16 @@ impl Checkpoint {
 
     fn open_sharded(dir: &Path, index_path: &Path) -> Result<Self> {
         let bad = |reason: String| Error::BadIndex { path: index_path.to_path_buf(), reason };
-        let text =
-            std::fs::read_to_string(index_path).map_err(|error| Error::Io { path: index_path.to_path_buf(), error })?;
-        let index: ShardIndex = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        // A FIFO or device in its place is refused, never waited on.
+        let meta =
+            std::fs::metadata(index_path).map_err(|error| Error::Io { path: index_path.to_path_buf(), error })?;
+        if !meta.is_file() {
+            return Err(bad("not a regular file".into()));
+        }
+        const MAX_INDEX_BYTES: u64 = 64 << 20;
+        let text = crate::layouts::sidecar(index_path, MAX_INDEX_BYTES)
+            .ok_or_else(|| bad("unreadable, or larger than 64 MB".into()))?;
+        let index: ShardIndex = serde_json::from_slice(&text).map_err(|e| bad(e.to_string()))?;
         let mut files: Vec<&String> = index.weight_map.values().collect();
         sort_natural_by(&mut files, |f| f);
         files.dedup();

@@ -10,6 +10,33 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+/// The most a file kept beside checkpoints is read of (a Ray Tune trial's
+/// `result.json` grows by a line per iteration); a larger one adds
+/// nothing.
+const MAX_SIDECAR_BYTES: u64 = 256 << 20;
+
+/// The bytes of a file kept beside checkpoints (`result.json`,
+/// `trainer_state.json`, `summary.csv`, Orbax's metadata), at most `max`:
+/// `None` when it is not there, not a regular file, larger, or
+/// unreadable. Opened without blocking, so a FIFO put in its place never
+/// hangs a scan.
+pub(crate) fn sidecar(path: &Path, max: u64) -> Option<Vec<u8>> {
+    std::fs::metadata(path).ok().filter(std::fs::Metadata::is_file)?;
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK);
+    let file = options.open(path).ok()?;
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(file, max + 1), &mut bytes).ok()?;
+    (bytes.len() as u64 <= max).then_some(bytes)
+}
+
+/// [`sidecar`] as text, at most [`MAX_SIDECAR_BYTES`].
+fn sidecar_text(path: &Path) -> Option<String> {
+    String::from_utf8(sidecar(path, MAX_SIDECAR_BYTES)?).ok()
+}
+
 /// The iteration `N` of a `checkpoint_<N>` folder.
 fn iteration(dir: &Path) -> Option<u64> {
     let name = dir.file_name()?.to_str()?;
@@ -52,12 +79,12 @@ pub fn trial_metadata(path: &Path) -> BTreeMap<String, String> {
     let Some(dir) = path.parent().filter(|d| iteration(d).is_some()) else { return out };
     let n = iteration(dir).expect("checked");
     let Some(trial) = dir.parent() else { return out };
-    if let Ok(text) = std::fs::read_to_string(trial.join("params.json")) {
+    if let Some(text) = sidecar_text(&trial.join("params.json")) {
         if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
             flatten("", &v, &mut out, 0);
         }
     }
-    if let Ok(text) = std::fs::read_to_string(trial.join("result.json")) {
+    if let Some(text) = sidecar_text(&trial.join("result.json")) {
         let lines: Vec<serde_json::Value> =
             text.lines().filter(|l| !l.trim().is_empty()).filter_map(|l| serde_json::from_str(l).ok()).collect();
         let folder = dir.file_name().and_then(|f| f.to_str());
@@ -92,7 +119,7 @@ pub fn trial_metadata(path: &Path) -> BTreeMap<String, String> {
 /// an unreadable or malformed file is skipped.
 pub fn trainer_metadata(path: &Path) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
-    let Ok(text) = std::fs::read_to_string(path.join(crate::checkpoint::TRAINER_STATE)) else { return out };
+    let Some(text) = sidecar_text(&path.join(crate::checkpoint::TRAINER_STATE)) else { return out };
     let Ok(state) = serde_json::from_str::<serde_json::Value>(&text) else { return out };
     let step = state.get("global_step").and_then(|s| s.as_u64());
     if let Some(step) = step {
@@ -126,7 +153,8 @@ const TIMM_SUMMARY: &str = "summary.csv";
 pub fn timm_metadata(path: &Path, epoch: &str) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     let (Some(dir), Ok(epoch)) = (path.parent(), epoch.parse::<u64>()) else { return out };
-    let Ok(mut table) = csv::Reader::from_path(dir.join(TIMM_SUMMARY)) else { return out };
+    let Some(text) = sidecar(&dir.join(TIMM_SUMMARY), MAX_SIDECAR_BYTES) else { return out };
+    let mut table = csv::Reader::from_reader(&text[..]);
     let Ok(header) = table.headers().cloned() else { return out };
     if header.get(0) != Some("epoch") {
         return out;

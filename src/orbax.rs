@@ -150,19 +150,8 @@ pub(crate) fn read(dir: &Path, key: Option<&str>) -> Result<OrbaxCheckpoint, Rea
 fn step_metadata(dir: &Path) -> BTreeMap<String, String> {
     const MAX_JSON: u64 = 1 << 20;
     let object = |path: PathBuf| -> Option<serde_json::Map<String, serde_json::Value>> {
-        // A regular file only, opened without blocking (a FIFO in its
-        // place never hangs the scan).
-        std::fs::metadata(&path).ok().filter(std::fs::Metadata::is_file)?;
-        let mut options = std::fs::OpenOptions::new();
-        options.read(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK);
-        let file = options.open(path).ok()?;
-        let mut text = Vec::new();
-        std::io::Read::read_to_end(&mut std::io::Read::take(file, MAX_JSON + 1), &mut text).ok()?;
-        if text.len() as u64 > MAX_JSON {
-            return None;
-        }
+        // A regular file only (a FIFO in its place never hangs the scan).
+        let text = crate::layouts::sidecar(&path, MAX_JSON)?;
         match serde_json::from_slice(&text).ok()? {
             serde_json::Value::Object(m) => Some(m),
             _ => None,

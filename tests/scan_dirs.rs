@@ -404,6 +404,62 @@ fn odd_filesystems_scan_once_and_never_hang() {
     }
 }
 
+/// Files that collections keep beside checkpoints (a Ray Tune trial's
+/// `params.json` and `result.json`, a Trainer's `trainer_state.json`,
+/// timm's `summary.csv`) and a sharded checkpoint's index, each a FIFO:
+/// the scan finishes, the checkpoints measured without those columns, and
+/// an index named directly is refused as not a regular file.
+#[cfg(unix)]
+#[test]
+fn fifos_beside_checkpoints_never_hang_a_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("runs");
+    let fifo = |p: &Path| {
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        assert!(Command::new("mkfifo").arg(p).status().unwrap().success());
+    };
+    std::fs::create_dir_all(data.join("ray/trial/checkpoint_000001")).unwrap();
+    mlp(&data.join("ray/trial/checkpoint_000001/model.safetensors"), 1);
+    fifo(&data.join("ray/trial/params.json"));
+    fifo(&data.join("ray/trial/result.json"));
+    std::fs::create_dir_all(data.join("trainer/checkpoint-5")).unwrap();
+    mlp(&data.join("trainer/checkpoint-5/model.safetensors"), 2);
+    fifo(&data.join("trainer/checkpoint-5/trainer_state.json"));
+    std::fs::create_dir_all(data.join("timm")).unwrap();
+    let w = T::f32("fc.weight", &[3, 4], values(12, 3));
+    write_st(&data.join("timm/checkpoint-1.safetensors"), &[w], &[("epoch", "1")]);
+    fifo(&data.join("timm/summary.csv"));
+    let index = dir.path().join("sharded/model.safetensors.index.json");
+    fifo(&index);
+
+    // A hang fails the test rather than the suite.
+    let run = |args: &[&str]| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cntscope"))
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if start.elapsed() > std::time::Duration::from_secs(60) {
+                child.kill().unwrap();
+                panic!("cntscope {args:?} hung on a FIFO");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        child.wait_with_output().unwrap()
+    };
+    let out = dir.path().join("out");
+    let o = run(&["scan", s(&data), "-o", s(&out)]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(rows(&out.join("nodes.csv")), 3 * 3 - 1, "three checkpoints: {}", text(&o));
+    let o = run(&["inspect", s(&index)]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("not a regular file"), "{}", text(&o));
+}
+
 /// One file under several names (timm's hard-linked `last.pth.tar` and
 /// `model_best.pth.tar`, Lightning's `last.ckpt` symlink) is measured under
 /// each, and the scan says which names are one file, so a study is not
