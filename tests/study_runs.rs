@@ -6,7 +6,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn cntscope(args: &[&str]) -> Output {
@@ -15,6 +15,13 @@ fn cntscope(args: &[&str]) -> Output {
 
 fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// `cntscope ARGS`, which must succeed: what it said.
+fn succeeds(args: &[&str]) -> String {
+    let o = cntscope(args);
+    assert_eq!(o.status.code(), Some(0), "{args:?}: {}", text(&o));
+    text(&o)
 }
 
 /// An MLP of weights from `seed` at `path` (its folders made), with an
@@ -57,9 +64,7 @@ fn runs_are_found_in_training_layouts_and_ordered_by_step() {
         save(&root.join(format!("lightning/version_0/checkpoints/epoch={}-step={s}.safetensors", s / 500)), s + 1, 3);
     }
     let out = dir.path().join("study");
-    let o = cntscope(&["dynamics", root.to_str().unwrap(), "-o", out.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    let said = text(&o);
+    let said = succeeds(&["dynamics", root.to_str().unwrap(), "-o", out.to_str().unwrap()]);
     assert!(said.contains("no `epoch` column: checkpoints are ordered by `step`"), "{said}");
     assert!(said.contains("no `run` column: runs are the checkpoints' folders (4 runs:"), "{said}");
     assert!(said.contains("4 runs ->"), "{said}");
@@ -106,9 +111,7 @@ fn checkpoints_at_one_step_of_one_run_and_ones_without_a_step_are_noted() {
     }
     save(&root.join("final.safetensors"), 9, 9);
     let out = dir.path().join("study");
-    let o = cntscope(&["dynamics", root.to_str().unwrap(), "-o", out.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    let said = text(&o);
+    let said = succeeds(&["dynamics", root.to_str().unwrap(), "-o", out.to_str().unwrap()]);
     assert!(said.contains("run `flat` has several checkpoints at step 1 ("), "{said}");
     assert!(said.contains("two runs taken as one? (give --run-by COLUMN)"), "{said}");
     assert!(said.contains("1 checkpoint has no `step` value and is left out of the dynamics (first: "), "{said}");
@@ -169,38 +172,50 @@ fn an_accuracy_by_another_name_is_taken_and_said() {
     assert!(said.contains("2 groups by val_acc"), "{said}");
 }
 
+/// `report` of the fixture folder `rel` into `dir/study`, which must
+/// succeed: the fixture's path, the study's and what was said.
+fn report_fixture(rel: &str, dir: &Path) -> (PathBuf, PathBuf, String) {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel);
+    let out = dir.join("study");
+    let said = succeeds(&["report", fixture.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    (fixture, out, said)
+}
+
+/// A CSV table's rows, each by column name.
+fn table_rows(path: &Path) -> Vec<BTreeMap<String, String>> {
+    let mut r = csv::Reader::from_path(path).unwrap();
+    let header = r.headers().unwrap().clone();
+    r.records()
+        .map(|rec| header.iter().map(String::from).zip(rec.unwrap().iter().map(String::from)).collect())
+        .collect()
+}
+
+/// The row of a CSV log (`metrics.csv`, `summary.csv`) whose first column
+/// is `epoch`, by column name.
+fn logged(log: &Path, epoch: &str) -> BTreeMap<String, String> {
+    table_rows(log).into_iter().find(|r| r.get("epoch").map(String::as_str) == Some(epoch)).expect("a logged epoch")
+}
+
 /// Two runs as Lightning's Trainer wrote them (`make_lightning.py`): the
 /// monitored `val_acc` of each checkpoint is read from its
 /// `ModelCheckpoint` state and equals what Lightning logged in
 /// `metrics.csv` at that epoch; runs are the `version_<k>` folders.
 #[test]
 fn lightning_runs_as_lightning_wrote_them() {
-    let logs = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pt/lightning_logs");
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("study");
-    let o = cntscope(&["report", logs.to_str().unwrap(), "-o", out.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    let said = text(&o);
+    let (logs, out, said) = report_fixture("pt/lightning_logs", dir.path());
     assert!(said.contains("`val_acc` is the accuracy and the groups"), "{said}");
     assert!(said.contains("(2 runs: version_0, version_1;"), "{said}");
     // `last.ckpt` is a copy of the last epoch's file: not two runs.
     assert!(!said.contains("several checkpoints"), "{said}");
-    let mut r = csv::Reader::from_path(out.join("dynamics.csv")).unwrap();
-    let header = r.headers().unwrap().clone();
-    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
-    let mut points = 0;
-    for rec in r.records() {
-        let rec = rec.unwrap();
-        let logged = std::fs::read_to_string(logs.join(&rec[col("run")]).join("metrics.csv")).unwrap();
-        let epoch = &rec[col("epoch")];
-        let line = logged.lines().find(|l| l.split(',').next() == Some(epoch)).expect("a logged epoch");
-        let want: f64 = line.split(',').nth(2).unwrap().parse().unwrap();
-        let got: f64 = rec[col("val_acc")].parse().unwrap();
-        assert!((got - want).abs() < 1e-6, "{} epoch {epoch}: {got} against Lightning's {want}", &rec[col("run")]);
-        points += 1;
+    let points = table_rows(&out.join("dynamics.csv"));
+    for p in &points {
+        let want: f64 = logged(&logs.join(&p["run"]).join("metrics.csv"), &p["epoch"])["val_acc"].parse().unwrap();
+        let got: f64 = p["val_acc"].parse().unwrap();
+        assert!((got - want).abs() < 1e-6, "{} epoch {}: {got} against Lightning's {want}", p["run"], p["epoch"]);
     }
     // 2 runs x 4 checkpoints (3 epochs and last.ckpt) x 3 node sets.
-    assert_eq!(points, 2 * 4 * 3);
+    assert_eq!(points.len(), 2 * 4 * 3);
 }
 
 /// A run as timm's `train.py` leaves it (`make_timm.py`, by timm's own
@@ -209,29 +224,19 @@ fn lightning_runs_as_lightning_wrote_them() {
 /// which a note points out), the run is the folder, ordered by epoch.
 #[test]
 fn a_timm_run_as_timm_wrote_it() {
-    let run = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pt/timm_run");
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("study");
-    let o = cntscope(&["report", run.to_str().unwrap(), "-o", out.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    let said = text(&o);
+    let (run, out, said) = report_fixture("pt/timm_run", dir.path());
     assert!(said.contains("`eval_top1` is the accuracy and the groups"), "{said}");
     assert!(said.contains("`eval_top1` is in percent (values up to 65.625): its groups are 10 wide"), "{said}");
     assert!(said.contains("(1 run: timm_run;"), "{said}");
     assert!(!said.contains("several checkpoints"), "last and model_best are copies: {said}");
-    let summary = std::fs::read_to_string(run.join("summary.csv")).unwrap();
-    let mut r = csv::Reader::from_path(out.join("scan/nodes.csv")).unwrap();
-    let header = r.headers().unwrap().clone();
-    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
     let mut seen = std::collections::BTreeSet::new();
-    for rec in r.records() {
-        let rec = rec.unwrap();
-        let epoch = &rec[col("epoch")];
-        let line = summary.lines().find(|l| l.split(',').next() == Some(epoch)).expect("the epoch's row");
-        let cells: Vec<&str> = line.split(',').collect();
-        assert_eq!(&rec[col("eval_top1")], cells[3], "{}", &rec[col("checkpoint")]);
-        assert_eq!(&rec[col("train_loss")], cells[1], "{}", &rec[col("checkpoint")]);
-        seen.insert(rec[col("checkpoint")].rsplit('/').next().unwrap().to_string());
+    for row in table_rows(&out.join("scan/nodes.csv")) {
+        let summary = logged(&run.join("summary.csv"), &row["epoch"]);
+        for column in ["eval_top1", "train_loss", "eval_loss"] {
+            assert_eq!(row[column], summary[column], "{column} of {}", row["checkpoint"]);
+        }
+        seen.insert(row["checkpoint"].rsplit('/').next().unwrap().to_string());
     }
     let want =
         ["checkpoint-0.pth.tar", "checkpoint-1.pth.tar", "checkpoint-2.pth.tar", "last.pth.tar", "model_best.pth.tar"];
