@@ -253,6 +253,21 @@ pub fn study(scan_dir: &Path, out_dir: &Path, engine: &dyn Engine, opts: &StudyO
             }
         }
     }
+    // Checkpoints with no value to group by are in no group: said, never
+    // silently left out (a Trainer logs `eval_accuracy` only at its
+    // evaluation steps). A column missing altogether has its note above.
+    if opts.ensemble && header.contains(&opts.grouping.column) {
+        let ungrouped: Vec<&String> = checkpoints.iter().filter(|c| !group.contains_key(c.as_str())).collect();
+        if let Some(first) = ungrouped.first() {
+            study.summary.notes.push(format!(
+                "{} checkpoint{} no `{}` value and {} in no group (first: {first})",
+                ungrouped.len(),
+                if ungrouped.len() == 1 { " has" } else { "s have" },
+                opts.grouping.column,
+                if ungrouped.len() == 1 { "is" } else { "are" },
+            ));
+        }
+    }
     let mut labels: Vec<(f64, String)> = group.values().cloned().collect();
     labels.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| natural_cmp(&a.1, &b.1)));
     labels.dedup_by(|a, b| a.1 == b.1);

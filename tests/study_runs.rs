@@ -242,3 +242,22 @@ fn a_timm_run_as_timm_wrote_it() {
         ["checkpoint-0.pth.tar", "checkpoint-1.pth.tar", "checkpoint-2.pth.tar", "last.pth.tar", "model_best.pth.tar"];
     assert_eq!(seen.into_iter().collect::<Vec<_>>(), want);
 }
+
+/// Checkpoints with no value in the grouping column (a Trainer logs its
+/// evaluation only every so many steps) are in no group, and a note says
+/// how many, never leaving them out silently.
+#[test]
+fn checkpoints_without_an_accuracy_are_said_to_be_in_no_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let zoo = dir.path().join("zoo");
+    std::fs::create_dir(&zoo).unwrap();
+    for k in 0..5u64 {
+        let accuracy = format!("0.{}", 5 + k);
+        let meta: &[(&str, &str)] = if k % 2 == 0 { &[("accuracy", &accuracy)] } else { &[("seed", "1")] };
+        common::mlp(&zoo.join(format!("m{k}.safetensors")), k, meta);
+    }
+    let said = succeeds(&["ensemble", zoo.to_str().unwrap(), "-o", dir.path().join("e").to_str().unwrap()]);
+    assert!(said.contains("2 checkpoints have no `accuracy` value and are in no group (first: "), "{said}");
+    assert!(said.contains("m1.safetensors"), "{said}");
+    assert!(said.contains("5 checkpoints, 3 groups by accuracy"), "{said}");
+}
