@@ -118,10 +118,13 @@ struct Trial {
 /// file: a trial's files are parsed again when theirs change.
 type Version = Option<(u64, std::time::SystemTime)>;
 
-/// The trials parsed last, with the versions of their files then (a scan
-/// meets a trial's checkpoints one after another).
-static TRIALS: std::sync::Mutex<Vec<(std::path::PathBuf, [Version; 2], std::sync::Arc<Trial>)>> =
-    std::sync::Mutex::new(Vec::new());
+/// A trial parsed: its folder, the versions of its `params.json` and
+/// `result.json` then, and what they hold.
+type Parsed = (std::path::PathBuf, [Version; 2], std::sync::Arc<Trial>);
+
+/// The trials parsed last (a scan meets a trial's checkpoints one after
+/// another).
+static TRIALS: std::sync::Mutex<Vec<Parsed>> = std::sync::Mutex::new(Vec::new());
 
 /// How many trials [`TRIALS`] keeps.
 const TRIALS_KEPT: usize = 16;
