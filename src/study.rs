@@ -761,20 +761,20 @@ fn dynamics<'a>(nodes: &'a [Row], opts: &StudyOptions) -> BTreeMap<String, Vec<(
 /// The individual analysis' columns where the defaults (`run`, `epoch`)
 /// are not in the scan and no flag named others: checkpoints ordered by
 /// `step` when the scan has it, and runs found in the checkpoints' paths
-/// ([`run_folder`]), added to every row as a `run` column. Returns the
-/// options to use and a note for each default replaced.
+/// ([`run_folder`]), added to every row as a `run` column. Sets them in
+/// `opts` and returns a note for each default replaced.
 fn dynamics_defaults(opts: &mut StudyOptions, header: &mut Vec<String>, nodes: &mut [Row]) -> Vec<String> {
     let mut notes = Vec::new();
     let given = |flag: &str| opts.required.iter().any(|(f, _)| f == flag);
-    let has = |header: &[String], column: &str| header.iter().any(|h| h == column);
-    if !given("--order-by") && !has(header, &opts.order) && has(header, "step") {
+    let step = "step".to_string();
+    if !given("--order-by") && !header.contains(&opts.order) && header.contains(&step) {
         notes.push(format!(
             "no `{}` column: checkpoints are ordered by `step` along their runs (give --order-by COLUMN)",
             opts.order
         ));
-        opts.order = "step".into();
+        opts.order = step;
     }
-    if !given("--run-by") && !has(header, &opts.run) {
+    if !given("--run-by") && !header.contains(&opts.run) {
         let folders: BTreeMap<&str, PathBuf> = nodes
             .iter()
             .filter_map(|r| {
@@ -810,10 +810,10 @@ fn dynamics_defaults(opts: &mut StudyOptions, header: &mut Vec<String>, nodes: &
 /// and no flag named one: the one metadata column with numbers named as
 /// training libraries name an accuracy (`eval_accuracy`, `val_acc`,
 /// `mean_accuracy`, `eval_top1`, `acc1`; never a `best_...`), a training
-/// accuracy only when there is no other.
-/// It becomes the separation table's accuracy and, unless `--by` was
-/// given, the ensemble's grouping. Returns what the user should know:
-/// the column taken, or the candidates when there are several.
+/// accuracy only when there is no other. It becomes the separation
+/// table's accuracy and, unless `--by` was given, the ensemble's grouping.
+/// Returns what the user should know: the column taken, or the
+/// candidates when there are several.
 fn accuracy_default(opts: &mut StudyOptions, header: &[String], nodes: &[Row]) -> Vec<String> {
     let mut notes = Vec::new();
     let given = |flag: &str| opts.required.iter().any(|(f, _)| f == flag);
@@ -869,11 +869,13 @@ fn accuracy_default(opts: &mut StudyOptions, header: &[String], nodes: &[Row]) -
 /// a note either way.
 fn percent_groups(opts: &mut StudyOptions, nodes: &[Row]) -> Vec<String> {
     let mut notes = Vec::new();
-    let column = &opts.grouping.column;
-    let values: Vec<f64> = nodes.iter().map(|r| get(r, column)).filter(|v| v.is_finite()).collect();
-    let (lo, hi) = values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
-    let width = opts.grouping.width;
-    if opts.ensemble && *column == opts.accuracy && hi > 1.0 && width.is_some_and(|w| w < 1.0) {
+    let (column, width) = (&opts.grouping.column, opts.grouping.width);
+    if !opts.ensemble || *column != opts.accuracy || !width.is_some_and(|w| w < 1.0) {
+        return notes;
+    }
+    let values = nodes.iter().map(|r| get(r, column)).filter(|v| v.is_finite());
+    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
+    if hi > 1.0 {
         if !opts.width_given && lo >= 0.0 && hi <= 100.0 {
             opts.grouping.width = Some(10.0);
             notes.push(format!(
