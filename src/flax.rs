@@ -196,8 +196,9 @@ fn text(b: &[u8], r: &Range<usize>) -> Result<String, String> {
         .map_err(|_| format!("msgpack byte {}: a string that is not UTF-8", r.start))
 }
 
-/// An array `(shape, dtype name, bytes)` of extension 1.
-fn ndarray(b: &[u8], payload: Range<usize>, name: &str) -> Result<Leaf, String> {
+/// An array `(shape, dtype name, bytes)` of extension 1: its dtype and
+/// shape, and where its bytes are.
+fn ndarray(b: &[u8], payload: Range<usize>, name: &str) -> Result<(TensorInfo, Range<usize>), String> {
     let what = |why: &str| format!("array `{name}`: {why}");
     let Item::Array(parts) = decode(b, payload)? else { return Err(what("not (shape, dtype, bytes)")) };
     let [Item::Array(dims), Item::Str(dt), Item::Bin(data)] = &parts[..] else {
@@ -216,7 +217,7 @@ fn ndarray(b: &[u8], payload: Range<usize>, name: &str) -> Result<Leaf, String> 
     if size != Some(data.len()) {
         return Err(what(&format!("shape {shape:?} of {dt} does not fit its {} bytes", data.len())));
     }
-    Ok(Leaf::Tensor(TensorInfo { dtype, shape, data_offsets: (0, 0) }, data.clone()))
+    Ok((TensorInfo { dtype, shape, data_offsets: (0, 0) }, data.clone()))
 }
 
 /// An array Flax stored in chunks: the map `{CHUNKED: true, "shape":
@@ -253,9 +254,7 @@ fn chunked(b: &[u8], entries: &[(Item, Item)], name: &str) -> Result<Leaf, Strin
     let mut bytes = 0usize;
     for (i, chunk) in numbered(b, entry("chunks"), "chunks").map_err(|e| what(&e))?.into_iter().enumerate() {
         let Item::Ext(EXT_NDARRAY, r) = chunk else { return Err(what(&format!("chunk {i} is not an array"))) };
-        let Leaf::Tensor(info, range) = ndarray(b, r.clone(), &format!("{name}/chunks/{i}"))? else {
-            unreachable!("ndarray gives an array")
-        };
+        let (info, range) = ndarray(b, r.clone(), &format!("{name}/chunks/{i}"))?;
         if info.shape.len() != 1 || dtype.is_some_and(|d| d != info.dtype) {
             return Err(what(&format!("chunk {i} is not a run of the flattened array ({:?})", info.shape)));
         }
@@ -302,7 +301,10 @@ fn leaves(b: &[u8], item: &Item, name: &str, out: &mut Vec<(String, Leaf)>) -> R
                 leaves(b, v, &join(&i.to_string()), out)?;
             }
         }
-        Item::Ext(EXT_NDARRAY, r) => out.push((name.to_string(), ndarray(b, r.clone(), name)?)),
+        Item::Ext(EXT_NDARRAY, r) => {
+            let (info, range) = ndarray(b, r.clone(), name)?;
+            out.push((name.to_string(), Leaf::Tensor(info, range)));
+        }
         Item::Ext(EXT_NPSCALAR, r) => out.extend(npscalar(b, r.clone()).map(|v| (name.to_string(), Leaf::Scalar(v)))),
         Item::Int(i) => out.push((name.to_string(), Leaf::Scalar(i.to_string()))),
         Item::Float(f) => out.push((name.to_string(), Leaf::Scalar(f.to_string()))),
