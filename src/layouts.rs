@@ -78,7 +78,8 @@ pub fn trial_metadata(path: &Path) -> BTreeMap<String, String> {
     let Some(dir) = path.parent().filter(|d| iteration(d).is_some()) else { return BTreeMap::new() };
     let n = iteration(dir).expect("checked");
     let Some(trial_dir) = dir.parent() else { return BTreeMap::new() };
-    let trial = Trial::of(trial_dir);
+    let cell = Trial::of(trial_dir);
+    let trial = cell.get_or_init(|| Trial::read(trial_dir));
     let mut out = trial.params.clone();
     let lines = &trial.lines;
     let folder = dir.file_name().and_then(|f| f.to_str());
@@ -119,8 +120,8 @@ struct Trial {
 type Version = Option<(u64, std::time::SystemTime)>;
 
 /// A trial parsed: its folder, the versions of its `params.json` and
-/// `result.json` then, and what they hold.
-type Parsed = (std::path::PathBuf, [Version; 2], std::sync::Arc<Trial>);
+/// `result.json` then, and what they hold (set once, by the first to ask).
+type Parsed = (std::path::PathBuf, [Version; 2], std::sync::Arc<std::sync::OnceLock<Trial>>);
 
 /// The trials parsed last (a scan meets a trial's checkpoints one after
 /// another).
@@ -130,18 +131,35 @@ static TRIALS: std::sync::Mutex<Vec<Parsed>> = std::sync::Mutex::new(Vec::new())
 const TRIALS_KEPT: usize = 16;
 
 impl Trial {
-    /// The trial in folder `dir`, parsed unless kept from before with its
-    /// files unchanged. Unreadable or malformed files add nothing.
-    fn of(dir: &Path) -> std::sync::Arc<Trial> {
+    /// The cell of the trial in folder `dir`: the one kept from before
+    /// when its files are unchanged, else a new one. Whoever asks first
+    /// fills it (`get_or_init` with [`Trial::read`]), outside the lock;
+    /// others asking at once wait for that, so a trial is parsed once.
+    fn of(dir: &Path) -> std::sync::Arc<std::sync::OnceLock<Trial>> {
         let version = |name: &str| -> Version {
             let meta = std::fs::metadata(dir.join(name)).ok().filter(std::fs::Metadata::is_file)?;
             Some((meta.len(), meta.modified().ok()?))
         };
         let versions = [version("params.json"), version("result.json")];
-        let kept = || TRIALS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((_, _, t)) = kept().iter().find(|(d, v, _)| d == dir && *v == versions) {
-            return std::sync::Arc::clone(t);
-        }
+        let mut kept = TRIALS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let cell = match kept.iter().find(|(d, v, _)| d == dir && *v == versions) {
+            Some((_, _, cell)) => std::sync::Arc::clone(cell),
+            None => {
+                let cell = std::sync::Arc::new(std::sync::OnceLock::new());
+                kept.retain(|(d, _, _)| d != dir);
+                if kept.len() >= TRIALS_KEPT {
+                    kept.remove(0);
+                }
+                kept.push((dir.to_path_buf(), versions, std::sync::Arc::clone(&cell)));
+                cell
+            }
+        };
+        cell
+    }
+
+    /// Parses the trial in folder `dir`. Unreadable or malformed files
+    /// add nothing.
+    fn read(dir: &Path) -> Trial {
         let mut params = BTreeMap::new();
         if let Some(v) = sidecar_text(&dir.join("params.json")).and_then(|t| serde_json::from_str(&t).ok()) {
             flatten("", &v, &mut params, 0);
@@ -151,14 +169,7 @@ impl Trial {
                 text.lines().filter(|l| !l.trim().is_empty()).filter_map(|l| serde_json::from_str(l).ok()).collect()
             })
             .unwrap_or_default();
-        let trial = std::sync::Arc::new(Trial { params, lines });
-        let mut kept = kept();
-        kept.retain(|(d, _, _)| d != dir);
-        if kept.len() >= TRIALS_KEPT {
-            kept.remove(0);
-        }
-        kept.push((dir.to_path_buf(), versions, std::sync::Arc::clone(&trial)));
-        trial
+        Trial { params, lines }
     }
 }
 
@@ -320,6 +331,12 @@ mod tests {
         assert_eq!(trial_metadata(&ck).get("acc").map(String::as_str), Some("0.75"));
         let first = Trial::of(dir.path());
         assert!(std::sync::Arc::ptr_eq(&first, &Trial::of(dir.path())), "parsed once");
+        // Workers asking at once share one parse and see the same line.
+        let seen: Vec<_> = std::thread::scope(|s| {
+            let asks: Vec<_> = (0..4).map(|_| s.spawn(|| trial_metadata(&ck))).collect();
+            asks.into_iter().map(|a| a.join().unwrap()).collect()
+        });
+        assert!(seen.iter().all(|m| m.get("acc").map(String::as_str) == Some("0.75")), "{seen:?}");
     }
 
     #[test]
