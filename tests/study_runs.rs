@@ -261,3 +261,30 @@ fn checkpoints_without_an_accuracy_are_said_to_be_in_no_group() {
     assert!(said.contains("m1.safetensors"), "{said}");
     assert!(said.contains("5 checkpoints, 3 groups by accuracy"), "{said}");
 }
+
+/// Two `CheckpointManager` runs (step folders `1`, `2`, `3` of a real
+/// Orbax step, copied): the step is each folder's number, the run the
+/// folder holding them, the accuracy the step's saved metrics.
+#[cfg(unix)]
+#[test]
+fn checkpoint_manager_runs_are_their_folders() {
+    let step = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/flax/orbax/manager/1");
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("managers");
+    for (run, steps) in [("seed_0", [1, 2, 3]), ("seed_1", [1, 2, 5])] {
+        std::fs::create_dir_all(root.join(run)).unwrap();
+        for s in steps {
+            let to = root.join(run).join(s.to_string());
+            assert!(Command::new("cp").arg("-r").arg(&step).arg(&to).status().unwrap().success());
+        }
+    }
+    let out = dir.path().join("study");
+    let said = succeeds(&["dynamics", root.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    assert!(said.contains("(2 runs: seed_0, seed_1;"), "{said}");
+    assert!(said.contains("ordered by `step`"), "{said}");
+    let want: BTreeMap<String, Vec<f64>> =
+        [("seed_0".to_string(), vec![1.0, 2.0, 3.0]), ("seed_1".to_string(), vec![1.0, 2.0, 5.0])].into();
+    assert_eq!(runs(&out, "step"), want);
+    let rows = table_rows(&out.join("dynamics.csv"));
+    assert!(rows.iter().all(|r| r["accuracy"] == "0.875"), "the steps' metrics");
+}
