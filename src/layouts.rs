@@ -142,18 +142,15 @@ impl Trial {
         };
         let versions = [version("params.json"), version("result.json")];
         let mut kept = TRIALS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let cell = match kept.iter().find(|(d, v, _)| d == dir && *v == versions) {
-            Some((_, _, cell)) => std::sync::Arc::clone(cell),
-            None => {
-                let cell = std::sync::Arc::new(std::sync::OnceLock::new());
-                kept.retain(|(d, _, _)| d != dir);
-                if kept.len() >= TRIALS_KEPT {
-                    kept.remove(0);
-                }
-                kept.push((dir.to_path_buf(), versions, std::sync::Arc::clone(&cell)));
-                cell
-            }
-        };
+        if let Some((_, _, cell)) = kept.iter().find(|(d, v, _)| d == dir && *v == versions) {
+            return std::sync::Arc::clone(cell);
+        }
+        let cell = std::sync::Arc::new(std::sync::OnceLock::new());
+        kept.retain(|(d, _, _)| d != dir);
+        if kept.len() >= TRIALS_KEPT {
+            kept.remove(0);
+        }
+        kept.push((dir.to_path_buf(), versions, std::sync::Arc::clone(&cell)));
         cell
     }
 

@@ -95,6 +95,14 @@ pub struct StudyOptions {
     pub required: Vec<(String, String)>,
 }
 
+impl StudyOptions {
+    /// Whether `flag` named its column on the command line (a default
+    /// may then be replaced, never a column the user named).
+    fn named(&self, flag: &str) -> bool {
+        self.required.iter().any(|(f, _)| f == flag)
+    }
+}
+
 /// One row of a scan table, by column name.
 type Row = BTreeMap<String, String>;
 
@@ -212,7 +220,7 @@ pub fn study(scan_dir: &Path, out_dir: &Path, engine: &dyn Engine, opts: &StudyO
         defaults.extend([("--run-by", opts.run.as_str()), ("--order-by", opts.order.as_str())]);
     }
     for (flag, column) in defaults {
-        if !header.iter().any(|h| h == column) && !needed.iter().any(|(f, _)| *f == flag) {
+        if !header.iter().any(|h| h == column) && !opts.named(flag) {
             study_notes.push(format!("no `{column}` column: the analysis that needs it is empty (give {flag} COLUMN)"));
         }
     }
@@ -257,16 +265,8 @@ pub fn study(scan_dir: &Path, out_dir: &Path, engine: &dyn Engine, opts: &StudyO
     // silently left out (a Trainer logs `eval_accuracy` only at its
     // evaluation steps). A column missing altogether has its note above.
     if opts.ensemble && header.contains(&opts.grouping.column) {
-        let ungrouped: Vec<&String> = checkpoints.iter().filter(|c| !group.contains_key(c.as_str())).collect();
-        if let Some(first) = ungrouped.first() {
-            study.summary.notes.push(format!(
-                "{} checkpoint{} no `{}` value and {} in no group (first: {first})",
-                ungrouped.len(),
-                if ungrouped.len() == 1 { " has" } else { "s have" },
-                opts.grouping.column,
-                if ungrouped.len() == 1 { "is" } else { "are" },
-            ));
-        }
+        let ungrouped: Vec<&str> = checkpoints.iter().map(String::as_str).filter(|c| !group.contains_key(c)).collect();
+        study.summary.notes.extend(without_value(&ungrouped, &opts.grouping.column, "in no group"));
     }
     let mut labels: Vec<(f64, String)> = group.values().cloned().collect();
     labels.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| natural_cmp(&a.1, &b.1)));
@@ -765,16 +765,15 @@ fn dynamics<'a>(nodes: &'a [Row], opts: &StudyOptions) -> BTreeMap<String, Vec<(
 /// `opts` and returns a note for each default replaced.
 fn dynamics_defaults(opts: &mut StudyOptions, header: &mut Vec<String>, nodes: &mut [Row]) -> Vec<String> {
     let mut notes = Vec::new();
-    let given = |flag: &str| opts.required.iter().any(|(f, _)| f == flag);
     let step = "step".to_string();
-    if !given("--order-by") && !header.contains(&opts.order) && header.contains(&step) {
+    if !opts.named("--order-by") && !header.contains(&opts.order) && header.contains(&step) {
         notes.push(format!(
             "no `{}` column: checkpoints are ordered by `step` along their runs (give --order-by COLUMN)",
             opts.order
         ));
         opts.order = step;
     }
-    if !given("--run-by") && !header.contains(&opts.run) {
+    if !opts.named("--run-by") && !header.contains(&opts.run) {
         let folders: BTreeMap<&str, PathBuf> = nodes
             .iter()
             .filter_map(|r| {
@@ -816,10 +815,9 @@ fn dynamics_defaults(opts: &mut StudyOptions, header: &mut Vec<String>, nodes: &
 /// candidates when there are several.
 fn accuracy_default(opts: &mut StudyOptions, header: &[String], nodes: &[Row]) -> Vec<String> {
     let mut notes = Vec::new();
-    let given = |flag: &str| opts.required.iter().any(|(f, _)| f == flag);
     let numeric = |c: &str| nodes.iter().any(|r| get(r, c).is_finite());
     let default = opts.accuracy.clone();
-    if !(opts.ensemble || opts.dynamics) || given("--accuracy") || header.contains(&default) {
+    if !(opts.ensemble || opts.dynamics) || opts.named("--accuracy") || header.contains(&default) {
         return notes;
     }
     let candidates: Vec<&String> = header
@@ -841,7 +839,7 @@ fn accuracy_default(opts: &mut StudyOptions, header: &[String], nodes: &[Row]) -
     };
     match chosen {
         Some(column) => {
-            let by = opts.ensemble && !given("--by") && opts.grouping.column == default;
+            let by = opts.ensemble && !opts.named("--by") && opts.grouping.column == default;
             notes.push(format!(
                 "no `{default}` column: `{column}` is the accuracy{} (give --accuracy COLUMN{})",
                 if by { " and the groups" } else { "" },
@@ -963,33 +961,28 @@ fn dynamics_notes(nodes: &[Row], runs: &BTreeMap<String, Vec<(f64, &Row)>>, opts
         .filter_map(|r| r.get("checkpoint").map(String::as_str))
         .collect();
     unordered.dedup();
-    if let (Some(first), true) = (unordered.first(), runs.values().any(|p| !p.is_empty())) {
-        notes.push(format!(
-            "{} checkpoint{} no `{}` value and {} left out of the dynamics (first: {first})",
-            unordered.len(),
-            if unordered.len() == 1 { " has" } else { "s have" },
-            opts.order,
-            if unordered.len() == 1 { "is" } else { "are" },
-        ));
+    if runs.values().any(|p| !p.is_empty()) {
+        notes.extend(without_value(&unordered, &opts.order, "left out of the dynamics"));
     }
     for (run, points) in runs {
         // The checkpoints at each point and their measures: copies (a
         // Lightning `last.ckpt`) measure alike and are no sign of two runs.
-        let mut at: BTreeMap<u64, BTreeMap<&str, Vec<&str>>> = BTreeMap::new();
+        // Each point (the order value as written) and its checkpoints'
+        // measures.
+        let mut at: BTreeMap<u64, (&str, BTreeMap<&str, Vec<&str>>)> = BTreeMap::new();
         for (order, row) in points {
-            let c = row.get("checkpoint").map_or("", String::as_str);
-            let measures = at.entry(order.to_bits()).or_default().entry(c).or_default();
-            measures.extend(["fluctuation", "strength_mean"].iter().map(|m| row.get(*m).map_or("", String::as_str)));
+            let text = |c: &str| row.get(c).map_or("", String::as_str);
+            let (_, checkpoints) = at.entry(order.to_bits()).or_insert((text(&opts.order), BTreeMap::new()));
+            let measures = checkpoints.entry(text("checkpoint")).or_default();
+            measures.extend([text("fluctuation"), text("strength_mean")]);
         }
-        let found = at.values().find_map(|cs| {
-            let mut distinct: Vec<&Vec<&str>> = cs.values().collect();
-            distinct.dedup();
-            let (&first, _) = cs.iter().next()?;
-            let order = points.iter().find(|(_, r)| r.get("checkpoint").map(String::as_str) == Some(first))?.1;
-            (distinct.len() > 1)
-                .then(|| (order.get(&opts.order).cloned().unwrap_or_default(), cs.keys().copied().collect::<Vec<_>>()))
+        let found = at.into_values().find(|(_, cs)| {
+            let mut measures = cs.values();
+            let first = measures.next();
+            measures.any(|m| Some(m) != first)
         });
         if let Some((order, cs)) = found {
+            let cs: Vec<&str> = cs.into_keys().collect();
             notes.push(format!(
                 "run `{run}` has several checkpoints at {} {order} ({}): two runs taken as one? (give --run-by COLUMN)",
                 opts.order,
@@ -998,6 +991,14 @@ fn dynamics_notes(nodes: &[Row], runs: &BTreeMap<String, Vec<(f64, &Row)>>, opts
         }
     }
     notes
+}
+
+/// The note for `checkpoints` that have no value in `column` (none when
+/// there are none): how many, what that means for them, the first.
+fn without_value(checkpoints: &[&str], column: &str, so: &str) -> Option<String> {
+    let (first, n) = (checkpoints.first()?, checkpoints.len());
+    let (has, is) = if n == 1 { (" has", "is") } else { ("s have", "are") };
+    Some(format!("{n} checkpoint{has} no `{column}` value and {is} {so} (first: {first})"))
 }
 
 /// The kinds of per-checkpoint summary the paper compares.
