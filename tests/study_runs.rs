@@ -84,20 +84,11 @@ fn runs_are_found_in_training_layouts_and_ordered_by_step() {
     // Named columns win over the paths; one that mixes runs is noticed.
     let scan = out.join("scan");
     let named = dir.path().join("named");
-    let o = cntscope(&[
-        "dynamics",
-        scan.to_str().unwrap(),
-        "--order-by",
-        "step",
-        "--run-by",
-        "accuracy",
-        "-o",
-        named.to_str().unwrap(),
-    ]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    assert!(!text(&o).contains("no `run` column"), "{}", text(&o));
-    assert!(text(&o).contains("run `0.1` has several checkpoints at step 1 ("), "{}", text(&o));
-    assert!(text(&o).contains("trial_a/checkpoint_000001"), "{}", text(&o));
+    let (scan, named) = (scan.to_str().unwrap(), named.to_str().unwrap());
+    let said = succeeds(&["dynamics", scan, "--order-by", "step", "--run-by", "accuracy", "-o", named]);
+    assert!(!said.contains("no `run` column"), "{said}");
+    assert!(said.contains("run `0.1` has several checkpoints at step 1 ("), "{said}");
+    assert!(said.contains("trial_a/checkpoint_000001"), "{said}");
 }
 
 #[test]
@@ -119,15 +110,25 @@ fn checkpoints_at_one_step_of_one_run_and_ones_without_a_step_are_noted() {
     assert_eq!(runs(&out, "step")["flat"].len(), 4);
 }
 
+/// A folder `name` under `dir` of `n` MLPs, the `k`th of weights from
+/// seed `k` with the metadata `meta(k)`.
+fn mlps(dir: &Path, name: &str, n: u64, meta: impl Fn(u64) -> Vec<(&'static str, String)>) -> PathBuf {
+    let zoo = dir.join(name);
+    std::fs::create_dir(&zoo).unwrap();
+    for k in 0..n {
+        let meta = meta(k);
+        let meta: Vec<(&str, &str)> = meta.iter().map(|(key, v)| (*key, v.as_str())).collect();
+        common::mlp(&zoo.join(format!("m{k}.safetensors")), k, &meta);
+    }
+    zoo
+}
+
 #[test]
 fn an_accuracy_by_another_name_is_taken_and_said() {
     let dir = tempfile::tempdir().unwrap();
-    let zoo = dir.path().join("zoo");
-    std::fs::create_dir(&zoo).unwrap();
-    for k in 0..6u64 {
-        let (eval, train) = (format!("0.{}", 3 + k), format!("0.{}", 4 + k));
-        common::mlp(&zoo.join(format!("m{k}.safetensors")), k, &[("eval_accuracy", &eval), ("train_accuracy", &train)]);
-    }
+    let zoo = mlps(dir.path(), "zoo", 6, |k| {
+        vec![("eval_accuracy", format!("0.{}", 3 + k)), ("train_accuracy", format!("0.{}", 4 + k))]
+    });
     let out = dir.path().join("study");
     let o = cntscope(&["ensemble", zoo.to_str().unwrap(), "-o", out.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
@@ -143,12 +144,9 @@ fn an_accuracy_by_another_name_is_taken_and_said() {
     assert!(!separation.lines().nth(1).unwrap_or("").is_empty(), "a separation table: {separation}");
 
     // Two held-out accuracies: none is chosen; percentages are noticed.
-    let zoo2 = dir.path().join("zoo2");
-    std::fs::create_dir(&zoo2).unwrap();
-    for k in 0..4u64 {
-        let (val, test) = (format!("{}", 50 + 10 * k), format!("0.{}", 5 + k));
-        common::mlp(&zoo2.join(format!("m{k}.safetensors")), k, &[("val_acc", &val), ("test_accuracy", &test)]);
-    }
+    let zoo2 = mlps(dir.path(), "zoo2", 4, |k| {
+        vec![("val_acc", format!("{}", 50 + 10 * k)), ("test_accuracy", format!("0.{}", 5 + k))]
+    });
     let o = cntscope(&["ensemble", zoo2.to_str().unwrap(), "-o", dir.path().join("s2").to_str().unwrap()]);
     let said = text(&o);
     assert!(said.contains("several that could be one (test_accuracy, val_acc): give --accuracy COLUMN"), "{said}");
@@ -249,13 +247,10 @@ fn a_timm_run_as_timm_wrote_it() {
 #[test]
 fn checkpoints_without_an_accuracy_are_said_to_be_in_no_group() {
     let dir = tempfile::tempdir().unwrap();
-    let zoo = dir.path().join("zoo");
-    std::fs::create_dir(&zoo).unwrap();
-    for k in 0..5u64 {
-        let accuracy = format!("0.{}", 5 + k);
-        let meta: &[(&str, &str)] = if k % 2 == 0 { &[("accuracy", &accuracy)] } else { &[("seed", "1")] };
-        common::mlp(&zoo.join(format!("m{k}.safetensors")), k, meta);
-    }
+    let zoo = mlps(dir.path(), "zoo", 5, |k| match k % 2 {
+        0 => vec![("accuracy", format!("0.{}", 5 + k))],
+        _ => vec![("seed", "1".to_string())],
+    });
     let said = succeeds(&["ensemble", zoo.to_str().unwrap(), "-o", dir.path().join("e").to_str().unwrap()]);
     assert!(said.contains("2 checkpoints have no `accuracy` value and are in no group (first: "), "{said}");
     assert!(said.contains("m1.safetensors"), "{said}");
