@@ -18,6 +18,7 @@ pub mod density;
 pub mod discover;
 pub mod engine;
 pub mod error;
+pub(crate) mod fill;
 pub mod flat;
 pub mod flax;
 pub mod graph;

@@ -3,7 +3,9 @@
 //! paper's own code (CNT-DNNs: `np.save` of Keras' `model.get_weights()`,
 //! an object array, pickled) read through the restricted unpickler and
 //! named as a keras-layout chain (`layer<i>/kernel`, `layer<i>/bias`).
-//! Headers are parsed as data (a small literal parser, never evaluated).
+//! Compressed archives (`np.savez_compressed`) are inflated, bounded by
+//! the sizes they declare and checked against their CRC-32s. Headers are
+//! parsed as data (a small literal parser, never evaluated).
 
 use safetensors::tensor::Dtype;
 
@@ -172,9 +174,30 @@ fn gather_fortran(data: &[u8], shape: &[usize], elem: usize, out: &mut Vec<u8>) 
     }
 }
 
-/// One numeric array whose row-major (or Fortran-ordered) bytes are
-/// `data`: in place at `base` of the file when given and row-major, else
-/// copied into `gathered` in row-major order.
+/// The dtype of array `name` with header `h`, checked against the `len`
+/// bytes that hold its data.
+fn checked_dtype(name: &str, h: &Header, len: usize) -> Result<Dtype, String> {
+    let dt = dtype(&h.descr).map_err(|e| format!("array `{name}`: {e}"))?;
+    let numel =
+        h.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or(format!("array `{name}`: size overflows"))?;
+    let bytes = numel.checked_mul(size(dt)).ok_or(format!("array `{name}`: size overflows"))?;
+    if bytes != len {
+        return Err(format!(
+            "array `{name}`: shape {:?} of {} needs {bytes} bytes, the file holds {len}",
+            h.shape, h.descr
+        ));
+    }
+    Ok(dt)
+}
+
+/// True when an array's bytes are not already in row-major order.
+fn column_major(h: &Header) -> bool {
+    h.fortran && h.shape.iter().filter(|&&d| d > 1).count() > 1
+}
+
+/// One numeric array whose bytes are `data`: in place at `base` of the
+/// file when given and row-major, else copied into `gathered` in
+/// row-major order.
 fn numeric(
     name: String,
     h: &Header,
@@ -182,24 +205,12 @@ fn numeric(
     base: Option<usize>,
     gathered: &mut Vec<u8>,
 ) -> Result<Array, String> {
-    let dt = dtype(&h.descr).map_err(|e| format!("array `{name}`: {e}"))?;
-    let numel =
-        h.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or(format!("array `{name}`: size overflows"))?;
-    let bytes = numel.checked_mul(size(dt)).ok_or(format!("array `{name}`: size overflows"))?;
-    if bytes != data.len() {
-        return Err(format!(
-            "array `{name}`: shape {:?} of {} needs {bytes} bytes, the file holds {}",
-            h.shape,
-            h.descr,
-            data.len()
-        ));
-    }
-    let fortran = h.fortran && h.shape.iter().filter(|&&d| d > 1).count() > 1;
+    let dt = checked_dtype(&name, h, data.len())?;
     let place = match base {
-        Some(at) if !fortran => crate::torch::Place::Archive(at, at + bytes),
+        Some(at) if !column_major(h) => crate::torch::Place::Archive(at, at + data.len()),
         _ => {
             let start = gathered.len();
-            if fortran {
+            if column_major(h) {
                 gather_fortran(data, &h.shape, size(dt), gathered);
             } else {
                 gathered.extend_from_slice(data);
@@ -210,14 +221,69 @@ fn numeric(
     Ok(Array { name, dtype: dt, shape: h.shape.clone(), place })
 }
 
-/// An `.npz`: every stored `.npy` entry, named without `.npy`.
+/// Inflated bytes an `.npz` may make per byte of its deflated entries,
+/// beyond [`SLACK`]: a deflate bomb stops there (a real model's weights
+/// hardly compress, and its zeros are few).
+const MAX_RATIO: usize = 64;
+/// Inflated bytes any `.npz` may make.
+const SLACK: usize = 64 << 20;
+
+/// An `.npz`: every `.npy` entry, named without `.npy`. Stored entries
+/// (`np.savez`) are read in place; deflated ones (`np.savez_compressed`)
+/// are inflated side by side into the gathered buffer, each at a multiple
+/// of 64 bytes (so its data, which numpy pads to 64 within the entry, is
+/// aligned), bounded by their declared sizes, which together may be at
+/// most [`MAX_RATIO`] times the deflated bytes plus [`SLACK`], and
+/// checked against their CRC-32s.
 pub(crate) fn read_npz(bytes: &[u8]) -> Result<NumpyCheckpoint, String> {
-    let mut out = NumpyCheckpoint { arrays: Vec::new(), gathered: Vec::new() };
-    for e in zip::stored(bytes)? {
-        let b = &bytes[e.start..e.start + e.len];
+    let entries = zip::entries(bytes)?;
+    let deflated: Vec<&zip::ZipEntry> = entries.iter().filter(|e| e.method != zip::STORED).collect();
+    let mut places = Vec::with_capacity(deflated.len());
+    let mut total = 0usize;
+    for e in &deflated {
+        if e.method != zip::DEFLATED {
+            return Err(format!(
+                "entry `{}`: compression method {} is not read (only stored and deflated)",
+                e.name, e.method
+            ));
+        }
+        places.push((total, e.size));
+        total = total.checked_add(e.size.div_ceil(64) * 64).ok_or("the entries' declared sizes overflow")?;
+    }
+    let packed = deflated.iter().fold(0usize, |a, e| a.saturating_add(e.len));
+    if total > packed.saturating_mul(MAX_RATIO).saturating_add(SLACK) {
+        return Err(format!(
+            "its deflated entries declare {total} bytes from {packed}: more than {MAX_RATIO} times as many plus {} MB, \
+             refused",
+            SLACK >> 20
+        ));
+    }
+    let mut gathered = vec![0u8; total];
+    let parts = crate::fill::split(&mut gathered, &places);
+    crate::fill::side_by_side(&deflated, parts, total, |e, out| zip::inflate_into(bytes, e, out))?;
+    let mut out = NumpyCheckpoint { arrays: Vec::with_capacity(entries.len()), gathered };
+    let mut inflated = places.into_iter();
+    for e in &entries {
         let name = e.name.trim_end_matches(".npy").to_string();
-        let h = header(b).map_err(|m| format!("array `{name}`: {m}"))?;
-        out.arrays.push(numeric(name, &h, &b[h.data..], Some(e.start + h.data), &mut out.gathered)?);
+        let array = if e.method == zip::STORED {
+            let b = &bytes[e.start..e.start + e.len];
+            let h = header(b).map_err(|m| format!("array `{name}`: {m}"))?;
+            numeric(name, &h, &b[h.data..], Some(e.start + h.data), &mut out.gathered)?
+        } else {
+            let (start, len) = inflated.next().expect("a place per deflated entry");
+            let b = &mut out.gathered[start..start + len];
+            let h = header(b).map_err(|m| format!("array `{name}`: {m}"))?;
+            let dt = checked_dtype(&name, &h, len - h.data)?;
+            let data = &mut b[h.data..];
+            if column_major(&h) {
+                let mut rows = Vec::with_capacity(data.len());
+                gather_fortran(data, &h.shape, size(dt), &mut rows);
+                data.copy_from_slice(&rows);
+            }
+            let place = crate::torch::Place::Gathered(start + h.data, start + len);
+            Array { name, dtype: dt, shape: h.shape, place }
+        };
+        out.arrays.push(array);
     }
     Ok(out)
 }

@@ -47,16 +47,6 @@ const SLACK: usize = 64 << 20;
 const MAX_WALK_ENTRIES: usize = 1 << 22;
 const MAX_WALK_NODE_BYTES: usize = 1 << 30;
 
-/// Arrays of at least this many bytes in all are decompressed on every
-/// core, an array per thread at a time (`CNTSCOPE_TEST_PARALLEL_BYTES`
-/// lowers it in tests).
-fn parallel_min_bytes() -> usize {
-    static BYTES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *BYTES.get_or_init(|| {
-        std::env::var("CNTSCOPE_TEST_PARALLEL_BYTES").ok().and_then(|v| v.parse().ok()).unwrap_or(4 << 20)
-    })
-}
-
 /// The arrays of an Orbax checkpoint, decompressed into one aligned
 /// buffer (each array at a multiple of 8 bytes), and the tree they make
 /// (its ranges are of the buffer).
@@ -859,36 +849,10 @@ fn arrays(db: &mut Db, values: &BTreeMap<Vec<u8>, Value>, key: Option<&str>) -> 
         }
     }
     let mut buffer = Aligned::zeroed(total).map_err(|e| format!("{total} bytes for the arrays: {e}"))?;
-    let mut parts = Vec::with_capacity(places.len());
-    let mut rest = buffer.bytes_mut();
-    let mut at = 0;
-    for &(start, len) in &places {
-        let (_, tail) = std::mem::take(&mut rest).split_at_mut(start - at);
-        let (part, tail) = tail.split_at_mut(len);
-        parts.push(part);
-        (rest, at) = (tail, start + len);
-    }
-    let threads =
-        if total < parallel_min_bytes() { 1 } else { std::thread::available_parallelism().map_or(1, |n| n.get()) };
-    let db = &*db;
-    let queue = std::sync::Mutex::new(layouts.iter().zip(parts).enumerate());
-    let failed = std::sync::Mutex::new(BTreeMap::new());
-    let work = || loop {
-        let Some((i, ((name, l), out))) = queue.lock().unwrap_or_else(|e| e.into_inner()).next() else { break };
-        if let Err(e) = fill(db, values, name, l, out) {
-            failed.lock().unwrap_or_else(|e| e.into_inner()).insert(i, format!("array `{name}`: {e}"));
-        }
-    };
-    std::thread::scope(|s| {
-        for _ in 1..threads.min(layouts.len()) {
-            s.spawn(work);
-        }
-        work();
-    });
-    // The first array's error, whichever thread met it.
-    if let Some((_, e)) = failed.into_inner().unwrap_or_else(|e| e.into_inner()).into_iter().next() {
-        return Err(e);
-    }
+    let (db, parts) = (&*db, crate::fill::split(buffer.bytes_mut(), &places));
+    crate::fill::side_by_side(&layouts, parts, total, |(name, l), out| {
+        fill(db, values, name, l, out).map_err(|e| format!("array `{name}`: {e}"))
+    })?;
     let all = layouts
         .iter()
         .zip(&places)

@@ -1,9 +1,11 @@
-//! The part of the zip format `torch.save` writes: stored (uncompressed)
-//! entries, found through the central directory (zip64 included). Nothing
-//! is ever inflated, so a compressed entry that is to be read (a zip bomb
-//! among them) is refused, never expanded; compressed entries that are not
-//! read (a TorchScript archive's code) are listed only. Every offset read from the file is checked
-//! against the file's length with checked arithmetic.
+//! The part of the zip format `torch.save` and `np.savez` write: stored
+//! (uncompressed) entries, read in place, found through the central
+//! directory (zip64 included), and deflated ones (`np.savez_compressed`),
+//! inflated by [`inflate_into`] into exactly the size the directory
+//! declares, so a zip bomb stops there. Readers that read in place take
+//! stored entries only ([`stored`]); compressed entries that are not read
+//! (a TorchScript archive's code) are listed only. Every offset read from
+//! the file is checked against the file's length with checked arithmetic.
 
 /// One entry: its name and where its bytes are in the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,6 +19,11 @@ pub struct ZipEntry {
     pub start: usize,
     /// Its length in bytes.
     pub len: usize,
+    /// Its length once inflated, as the directory declares it (`len` for a
+    /// stored entry).
+    pub size: usize,
+    /// The CRC-32 of its inflated bytes, as the directory records it.
+    pub crc: u32,
 }
 
 impl ZipEntry {
@@ -24,7 +31,7 @@ impl ZipEntry {
     /// entry to be read is refused, never inflated.
     pub fn stored(&self) -> Result<(), String> {
         match self.method {
-            0 => Ok(()),
+            STORED => Ok(()),
             m => Err(format!(
                 "entry `{}` is compressed (method {m}): only stored entries are read, nothing is inflated",
                 self.name
@@ -38,6 +45,10 @@ const EOCD64_LOCATOR: u32 = 0x0706_4b50;
 const EOCD64: u32 = 0x0606_4b50;
 const CENTRAL: u32 = 0x0201_4b50;
 const LOCAL: u32 = 0x0403_4b50;
+/// The compression method of stored entries.
+pub const STORED: u16 = 0;
+/// The compression method of deflated entries.
+pub const DEFLATED: u16 = 8;
 /// Entries an archive may list (a state_dict has one per tensor storage).
 const MAX_ENTRIES: usize = 1 << 20;
 
@@ -107,6 +118,7 @@ pub fn entries(b: &[u8]) -> Result<Vec<ZipEntry>, String> {
             return Err(format!("central directory entry {} is malformed", out.len()));
         }
         let method = u16_at(b, at + 10).expect("bounds checked");
+        let crc = u32_at(b, at + 16).expect("bounds checked");
         let mut csize = u64::from(u32_at(b, at + 20).expect("bounds checked"));
         let mut usize_ = u64::from(u32_at(b, at + 24).expect("bounds checked"));
         let name_len = usize::from(u16_at(b, at + 28).expect("bounds checked"));
@@ -134,7 +146,7 @@ pub fn entries(b: &[u8]) -> Result<Vec<ZipEntry>, String> {
             }
             e = e.saturating_add(4 + len);
         }
-        if method == 0 && csize != usize_ {
+        if method == STORED && csize != usize_ {
             return Err(format!("stored entry `{name}` declares {csize} stored bytes but {usize_} uncompressed"));
         }
         let local = usize::try_from(local).map_err(|_| trunc("a local header"))?;
@@ -148,38 +160,107 @@ pub fn entries(b: &[u8]) -> Result<Vec<ZipEntry>, String> {
         if start.checked_add(len).is_none_or(|end| end > b.len()) {
             return Err(format!("entry `{name}`: its {len} bytes lie past the end of the file (truncated?)"));
         }
-        out.push(ZipEntry { name, method, start, len });
+        let size = usize::try_from(usize_).map_err(|_| format!("entry `{name}` declares {usize_} bytes inflated"))?;
+        out.push(ZipEntry { name, method, start, len, size, crc });
         at = next;
     }
     Ok(out)
+}
+
+/// Inflates deflated entry `e` of archive `b` into `out`, which holds
+/// exactly the size its directory entry declares: the deflate stream must
+/// end there (nothing is written past `out`, so a bomb stops at the
+/// declared size) and the bytes must have the CRC-32 the directory
+/// records.
+pub fn inflate_into(b: &[u8], e: &ZipEntry, out: &mut [u8]) -> Result<(), String> {
+    if e.method != DEFLATED {
+        return Err(format!(
+            "entry `{}`: compression method {} is not read (only stored and deflated)",
+            e.name, e.method
+        ));
+    }
+    let input = &b[e.start..e.start + e.len];
+    let mut d = flate2::Decompress::new(false);
+    let declared = out.len();
+    let wrong_size =
+        || format!("entry `{}` does not inflate to the {declared} bytes its directory entry declares", e.name);
+    let mut status = d.decompress(input, out, flate2::FlushDecompress::Finish);
+    if matches!(status, Ok(s) if s != flate2::Status::StreamEnd) && d.total_out() == declared as u64 {
+        // The output is full: the stream may still hold its end marker.
+        let rest = &input[usize::try_from(d.total_in()).unwrap_or(input.len()).min(input.len())..];
+        status = d.decompress(rest, &mut [], flate2::FlushDecompress::Finish);
+    }
+    match status {
+        Ok(flate2::Status::StreamEnd) if d.total_out() == declared as u64 => {}
+        // A stream that ends short of `out`, or fills it and goes on.
+        Ok(_) => return Err(wrong_size()),
+        Err(_) if d.total_out() == declared as u64 => return Err(wrong_size()),
+        Err(err) => return Err(format!("entry `{}`: damaged deflate data ({err})", e.name)),
+    }
+    let mut crc = flate2::Crc::new();
+    crc.update(out);
+    if crc.sum() != e.crc {
+        return Err(format!(
+            "entry `{}`: its inflated bytes have CRC-32 {:08x}, the directory records {:08x} (a damaged file)",
+            e.name,
+            crc.sum(),
+            e.crc
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A stored archive as the zip format lays it out.
+    /// An archive as the zip format lays it out, its entries stored as
+    /// given (and declared as `method`).
     fn archive(files: &[(&str, &[u8])], method: u16) -> Vec<u8> {
+        let entries: Vec<_> = files.iter().map(|&(name, data)| (name, data.to_vec(), data.len(), 0)).collect();
+        laid_out(&entries, method)
+    }
+
+    /// An archive of deflated entries.
+    fn deflated(files: &[(&str, &[u8])]) -> Vec<u8> {
+        use std::io::Write;
+        let entries: Vec<_> = files
+            .iter()
+            .map(|&(name, data)| {
+                let mut z = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+                z.write_all(data).unwrap();
+                let mut crc = flate2::Crc::new();
+                crc.update(data);
+                (name, z.finish().unwrap(), data.len(), crc.sum())
+            })
+            .collect();
+        laid_out(&entries, DEFLATED)
+    }
+
+    /// Entries `(name, bytes as stored, size inflated, CRC-32)`.
+    fn laid_out(files: &[(&str, Vec<u8>, usize, u32)], method: u16) -> Vec<u8> {
         let mut out = Vec::new();
         let mut central = Vec::new();
-        for (name, data) in files {
+        for (name, data, size, crc) in files {
             let local = out.len() as u32;
             out.extend(LOCAL.to_le_bytes());
             out.extend([20, 0, 0, 0]);
             out.extend(method.to_le_bytes());
-            out.extend([0; 8]); // time, date, crc
+            out.extend([0; 4]); // time, date
+            out.extend(crc.to_le_bytes());
             out.extend((data.len() as u32).to_le_bytes());
-            out.extend((data.len() as u32).to_le_bytes());
+            out.extend((*size as u32).to_le_bytes());
             out.extend((name.len() as u16).to_le_bytes());
             out.extend(0u16.to_le_bytes());
             out.extend(name.as_bytes());
-            out.extend(*data);
+            out.extend(data);
             central.extend(CENTRAL.to_le_bytes());
             central.extend([20, 0, 20, 0, 0, 0]);
             central.extend(method.to_le_bytes());
-            central.extend([0; 8]);
+            central.extend([0; 4]);
+            central.extend(crc.to_le_bytes());
             central.extend((data.len() as u32).to_le_bytes());
-            central.extend((data.len() as u32).to_le_bytes());
+            central.extend((*size as u32).to_le_bytes());
             central.extend((name.len() as u16).to_le_bytes());
             central.extend([0; 12]);
             central.extend(local.to_le_bytes());
@@ -204,6 +285,29 @@ mod tests {
         assert_eq!(e.len(), 2);
         assert_eq!(&a[e[1].start..e[1].start + e[1].len], b"12345678");
         assert_eq!(e[0].name, "x/data.pkl");
+    }
+
+    #[test]
+    fn deflated_entries_inflate_to_exactly_their_declared_bytes() {
+        let data: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        let a = deflated(&[("a.npy", &data)]);
+        let e = &entries(&a).unwrap()[0];
+        assert_eq!((e.size, e.method), (data.len(), DEFLATED));
+        let mut out = vec![0; e.size];
+        inflate_into(&a, e, &mut out).unwrap();
+        assert_eq!(out, data);
+        // Room for fewer or more bytes than the stream holds.
+        for room in [e.size - 1, e.size + 1] {
+            let err = inflate_into(&a, e, &mut vec![0; room]).unwrap_err();
+            assert!(err.contains(&format!("does not inflate to the {room} bytes")), "{err}");
+        }
+        // A stream cut short, and one whose bytes are not those recorded.
+        let cut = ZipEntry { len: e.len / 2, ..e.clone() };
+        assert!(inflate_into(&a, &cut, &mut out).is_err());
+        let other = ZipEntry { crc: e.crc ^ 1, ..e.clone() };
+        assert!(inflate_into(&a, &other, &mut out).unwrap_err().contains("CRC-32"));
+        let bzip2 = ZipEntry { method: 12, ..e.clone() };
+        assert!(inflate_into(&a, &bzip2, &mut out).unwrap_err().contains("method 12 is not read"));
     }
 
     #[test]
