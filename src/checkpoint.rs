@@ -278,6 +278,9 @@ pub struct Checkpoint {
     /// format tells the framework and the layout's default would be
     /// wrong (Flax: 1e-5, in Keras' layout).
     norm_eps: Option<f64>,
+    /// The weights computed from a reparametrization's parts (weight
+    /// norm, spectral norm), each added under its module's weight name.
+    reparametrized: Vec<crate::reparam::Reparametrized>,
 }
 
 /// A file's identity, as opening it found it (unix): the same file under
@@ -294,6 +297,11 @@ pub struct FileIdentity {
 /// state_dict: DataParallel's and DistributedDataParallel's `module.`,
 /// `torch.compile`'s `_orig_mod.` (in either order when both wrap it).
 const WRAPPERS: [&str; 2] = ["module.", "_orig_mod."];
+
+/// `a`, `b` and `c` as backquoted names.
+fn list_names(names: &[String]) -> String {
+    names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+}
 
 /// A borrowed view of one tensor's bytes, with its name, dtype and shape.
 #[derive(Clone, Copy)]
@@ -431,6 +439,7 @@ impl Checkpoint {
             model_config: None,
             identity: None,
             norm_eps: None,
+            reparametrized: Vec::new(),
         }
     }
 
@@ -445,6 +454,7 @@ impl Checkpoint {
             _ => ck,
         };
         ck.unwrap_names();
+        ck.reparametrize()?;
         Ok(ck)
     }
 
@@ -699,7 +709,69 @@ impl Checkpoint {
             }
             shards.push(Shard { path: path.clone(), map: Bytes::Held(t.data), data_start: 0 });
         }
-        Ok(Checkpoint::of(path, shards, index, metadata))
+        let mut ck = Checkpoint::of(path, shards, index, metadata);
+        ck.reparametrize()?;
+        Ok(ck)
+    }
+
+    /// Computes each weight kept reparametrized ([`crate::reparam`]) from
+    /// its parts, in f64, into one buffer of its own, and adds it under
+    /// its module's weight name (`conv.weight`).
+    fn reparametrize(&mut self) -> Result<()> {
+        let found = crate::reparam::find(&self.names());
+        if found.is_empty() {
+            return Ok(());
+        }
+        let mut values: Vec<f64> = Vec::new();
+        let mut added = Vec::with_capacity(found.len());
+        for r in &found {
+            let parts = r
+                .parts
+                .iter()
+                .map(|p| self.tensor(p).map(|t| (t.to_f64(), t.shape.to_vec())))
+                .collect::<Result<Vec<_>>>()?;
+            let weight = crate::reparam::compute(r, &parts).map_err(|reason| Error::Malformed {
+                path: self.path.clone(),
+                reason: format!("`{}`, kept as its {} ({}): {reason}", r.name, r.kind.describe(), list_names(&r.parts)),
+            })?;
+            let start = values.len() * 8;
+            values.extend(weight);
+            let shape = parts[r.kind.shaped_like()].1.clone();
+            added.push((
+                r.name.clone(),
+                TensorInfo { dtype: StDtype::F64, shape, data_offsets: (start, values.len() * 8) },
+            ));
+        }
+        let mut buffer =
+            Aligned::zeroed(values.len() * 8).map_err(|error| Error::Io { path: self.path.clone(), error })?;
+        buffer.bytes_mut().copy_from_slice(bytemuck::cast_slice(&values));
+        let shard = self.shards.len();
+        self.shards.push(Shard { path: self.path.clone(), map: Bytes::Held(Box::new(buffer)), data_start: 0 });
+        for (name, info) in added {
+            self.tensors.insert(name, Entry::new(shard, info));
+        }
+        self.reparametrized = found;
+        Ok(())
+    }
+
+    /// The weight computed from tensor `name` (a reparametrization's
+    /// part), and how.
+    pub fn part_of(&self, name: &str) -> Option<(&str, &'static str)> {
+        let r = self.reparametrized.iter().find(|r| r.parts.iter().any(|p| p == name))?;
+        Some((&r.name, r.kind.describe()))
+    }
+
+    /// A note naming the weights computed from a reparametrization, if any.
+    pub fn reparametrized_note(&self) -> Option<String> {
+        let names: Vec<String> =
+            self.reparametrized.iter().map(|r| format!("`{}` ({})", r.name, r.kind.describe())).collect();
+        (!names.is_empty()).then(|| {
+            format!(
+                "weights computed from their reparametrization as torch computes them in eval mode (weight norm: g v \
+                 / ||v||; spectral norm: W / sigma, sigma = u . W v from the stored u and v): {}",
+                names.join(", ")
+            )
+        })
     }
 
     /// Row `row` of a flat-matrix zoo: its tensors in place in the mapped

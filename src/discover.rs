@@ -208,6 +208,10 @@ pub(crate) fn discover(ck: &Checkpoint, layout: Layout) -> Discovered {
         for n in members {
             if !used.contains(&n) {
                 let why = match ck.shape(n).map(<[usize]>::len) {
+                    _ if ck.part_of(n).is_some() => {
+                        let (weight, how) = ck.part_of(n).expect("checked");
+                        format!("a part of `{weight}` ({how}): the weight computed from it is read")
+                    }
                     _ if !ck.is_float(n) => format!(
                         "a tensor of {}, not of a float dtype the analysis reads (a buffer such as num_batches_tracked)",
                         ck.dtype_name(n).unwrap_or_default()

@@ -752,7 +752,7 @@ impl Network {
             _ => None,
         };
         let config_spec = from_config.as_ref().and_then(|s| s.as_ref().ok());
-        match (Self::build_with(ck, opts, config_spec), &from_config) {
+        let built = match (Self::build_with(ck, opts, config_spec), &from_config) {
             (Ok(mut net), Some(Ok(_))) => {
                 net.notes.insert(
                     0,
@@ -767,7 +767,11 @@ impl Network {
             }
             (built, Some(Err(why))) => built.map(|net| net.with_config_note(why)),
             (built, _) => built,
-        }
+        };
+        built.map(|mut net| {
+            net.notes.extend(ck.reparametrized_note());
+            net
+        })
     }
 
     /// A note, first, that the file's Keras model config could not be read

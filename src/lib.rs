@@ -34,6 +34,7 @@ pub mod orbax;
 pub mod output;
 pub mod pickle;
 pub mod plot;
+pub(crate) mod reparam;
 pub mod scan;
 pub mod separation;
 pub mod simd;

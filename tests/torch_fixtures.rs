@@ -15,7 +15,7 @@ use cntscope::graph::{GraphOptions, Network};
 use cntscope::spec::{BnMode, Spec};
 use common::{assert_within, engines, write_st, T};
 
-const NETWORKS: [&str; 17] = [
+const NETWORKS: [&str; 18] = [
     "resnet_tiny",
     "vgg_bn_tiny",
     "mobilenet_v2_tiny",
@@ -33,6 +33,7 @@ const NETWORKS: [&str; 17] = [
     "eca_tiny",
     "subpixel_tiny",
     "tf_same_tiny",
+    "reparametrized_tiny",
 ];
 
 fn fixture(name: &str) -> PathBuf {
@@ -121,4 +122,36 @@ fn a_wrapped_state_dict_reads_as_the_models_own() {
     let want = strengths(&ck, &text);
     assert_eq!(strengths(&unwrapped, &text), want);
     assert_eq!(strengths(&unwrapped, &prefixed), want);
+}
+
+/// Parts of a reparametrized weight that do not fit each other are an
+/// error naming the weight, its parts and what does not fit; mutated
+/// files of reparametrized weights never panic.
+#[test]
+fn reparametrized_parts_that_do_not_fit_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.safetensors");
+    let cases: [(&[T], &str); 2] = [
+        (
+            &[T::f32("a.weight_g", &[3, 1], vec![1.0; 3]), T::f32("a.weight_v", &[2, 3], vec![1.0; 6])],
+            "`a.weight`, kept as its weight norm (`a.weight_g`, `a.weight_v`): `g` of shape [3, 1] does not fit `v` \
+             of shape [2, 3]",
+        ),
+        (
+            &[
+                T::f32("b.weight_orig", &[2, 3], vec![1.0; 6]),
+                T::f32("b.weight_u", &[4], vec![1.0; 4]),
+                T::f32("b.weight_v", &[3], vec![1.0; 3]),
+            ],
+            "`u` of 4 and `v` of 3 values do not fit a weight of shape [2, 3]",
+        ),
+    ];
+    for (tensors, want) in cases {
+        write_st(&path, tensors, &[]);
+        let err = Checkpoint::open(&path).err().expect("refused").to_string();
+        assert!(err.contains(want), "{err}");
+    }
+    let good = std::fs::read(fixture("reparametrized_tiny.safetensors")).unwrap();
+    let (ok, refused) = common::measure_mutations(&good, &path, 800);
+    assert!(ok > 0 && refused > 0, "{ok} measured, {refused} refused");
 }

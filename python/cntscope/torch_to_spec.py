@@ -24,6 +24,10 @@ of SPEC 1 says it is:
   when that layer's output feeds nothing else, else a BatchNorm-only entry;
   a subclass of these or of ``Linear`` (timm's ``BatchNormAct2d``,
   ``Linear``) is read as the class it extends, with a note;
+* weights kept as weight norm or spectral norm (``torch.nn.utils.weight_norm``
+  / ``spectral_norm`` and their ``parametrizations`` versions): the layer's
+  ``weight`` as usual, which cntscope computes from the stored parts, with
+  a note; another parametrization is an error naming the module;
 * ``nn.Upsample`` / ``F.interpolate`` (nearest, nearest-exact, (bi)linear,
   bicubic, with ``align_corners`` and a given ``scale_factor``): fixed
   ``interpolate`` entries whose links are the interpolation's
@@ -963,10 +967,15 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
             continue
 
     notes = []
+    called = [(n.target, modules.get(n.target)) for n in nodes if n.op == "call_module"]
+    reparametrized = [f"{name} ({how})" for name, m in called if (how := _reparametrization(name, m))]
+    if reparametrized:
+        notes.append("weights kept reparametrized, which cntscope computes from their parts as torch does in eval "
+                     "mode: " + ", ".join(reparametrized))
     subclasses = sorted({f"{type(m).__name__} as {base.__name__}"
-                         for n, m in ((n, modules.get(n.target)) for n in nodes if n.op == "call_module")
+                         for name, m in called
                          for base in (nn.BatchNorm1d, nn.BatchNorm2d, nn.Linear)
-                         if isinstance(m, base) and type(m) is not base})
+                         if isinstance(m, base) and type(m) is not base and not _reparametrization(name, m)})
     if subclasses:
         notes.append("subclasses read as the class they extend, their own forward not traced (what it adds, as "
                      "BatchNormAct2d's activation, makes no links): " + ", ".join(subclasses))
@@ -993,6 +1002,27 @@ def spec_from_module(model: nn.Module, input_shape, *, layout: str = "torch", bn
 # may pad, as timm's Conv2dSame does; that one is read whole, with the
 # padding it computes.)
 WHOLE_SUBCLASSES = (nn.modules.batchnorm._BatchNorm, nn.Linear, nn.LayerNorm, nn.GroupNorm)
+
+
+def _reparametrization(name: str, m: nn.Module | None) -> str | None:
+    """How module `name`'s weight is kept reparametrized (weight norm,
+    spectral norm: both APIs), None when it is not; another
+    parametrization is a TraceError (its checkpoint holds no weight that
+    cntscope can compute)."""
+    if m is None:
+        return None
+    if hasattr(m, "weight_g") and hasattr(m, "weight_v"):
+        return "weight norm"
+    if hasattr(m, "weight_orig") and hasattr(m, "weight_u"):
+        return "spectral norm"
+    if not torch.nn.utils.parametrize.is_parametrized(m):
+        return None
+    for tensor, chain in m.parametrizations.items():
+        kinds = [type(p).__name__ for p in chain]
+        if tensor != "weight" or kinds not in (["_WeightNorm"], ["_SpectralNorm"]):
+            raise TraceError(f"module `{name}`: its `{tensor}` is parametrized by {', '.join(kinds)}; cntscope "
+                             "computes weights kept as weight norm or spectral norm only")
+    return "weight norm" if kinds == ["_WeightNorm"] else "spectral norm"
 
 
 def _pads_by_input_size(m: nn.Module) -> bool:

@@ -668,3 +668,13 @@ def test_a_pixel_shuffle_is_read_by_the_conv_after_it_and_by_nothing_else():
     assert spec["layers"][-1]["pixel_shuffle"] == 2
     with pytest.raises(TraceError, match="node `pixel_shuffle`: a pixel_shuffle read by something other than a Conv2d"):
         spec_from_module(SubPixel(nn.MaxPool2d(2)), (3, 8, 6))
+
+
+def test_parametrizations_other_than_weight_and_spectral_norm_are_errors():
+    from torch.nn.utils import parametrizations
+
+    ok = nn.Sequential(parametrizations.weight_norm(nn.Linear(4, 3)), parametrizations.spectral_norm(nn.Linear(3, 2)))
+    assert [e["weight"] for e in entries(ok, (4,))] == ["0.weight", "1.weight"]
+    bad = nn.Sequential(parametrizations.orthogonal(nn.Linear(4, 4)))
+    with pytest.raises(TraceError, match="module `0`: its `weight` is parametrized by _Orthogonal"):
+        spec_from_module(bad, (4,))
