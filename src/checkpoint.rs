@@ -510,6 +510,10 @@ impl Checkpoint {
             let dir = path.parent().unwrap_or(Path::new("."));
             return Self::open_sharded(dir, path);
         }
+        // A TensorFlow checkpoint named by its prefix (`cp-0002.ckpt`, as
+        // TensorFlow's own functions take it): its index.
+        let index = PathBuf::from(format!("{}.index", path.display()));
+        let path = if !path.exists() && index.is_file() { index.as_path() } else { path };
         let (bytes, identity) = match read_file(path) {
             Ok(Some(read)) => read,
             Ok(None) => return Self::open_dir(path, key),
@@ -560,6 +564,9 @@ impl Checkpoint {
         if crate::flax::is_msgpack(&bytes) {
             return Self::open_flax(path, bytes, key);
         }
+        if crate::tf::is_index(&bytes) && path.extension().is_some_and(|e| e == "index") {
+            return Self::open_tf(path, &bytes);
+        }
         // Safetensors has no magic bytes: a file that is not named as one
         // and cannot be one is in a format not read, not a broken safetensors.
         let named = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
@@ -579,6 +586,43 @@ impl Checkpoint {
         let mut ck = Self::from_parts(path, bytes, t.tensors, t.gathered, t.metadata);
         ck.keyed = key.is_some();
         Ok(ck)
+    }
+
+    /// A TensorFlow checkpoint: its index read, its data files mapped, the
+    /// weights read in place from them, top-level scalars as columns.
+    fn open_tf(path: &Path, index: &[u8]) -> Result<Self> {
+        let bad = |reason: String| Error::TensorFlow { path: path.to_path_buf(), reason };
+        let bundle = crate::tf::read_index(path, index).map_err(bad)?;
+        let mut shards = Vec::with_capacity(bundle.data_files.len());
+        for file in &bundle.data_files {
+            let map = match read_file(file) {
+                Ok(Some((map, _))) => map,
+                Ok(None) => return Err(bad(format!("data file `{}` is a folder", file.display()))),
+                Err(e) if crate::mapped::is_changed(&e) => return Err(Error::Changed { path: file.clone() }),
+                Err(error) => return Err(bad(format!("data file `{}`: {error}", file.display()))),
+            };
+            shards.push(Shard { path: file.clone(), map, data_start: 0 });
+        }
+        let files: Vec<&[u8]> = shards.iter().map(|s| &s.map[..]).collect();
+        if let Some(t) = bundle.tensors.iter().chain(&bundle.scalars).find(|t| t.range.1 > files[t.shard].len()) {
+            return Err(bad(format!(
+                "tensor `{}`: bytes {}..{} lie past the end of `{}` ({} bytes; cut short?)",
+                t.name,
+                t.range.0,
+                t.range.1,
+                bundle.data_files[t.shard].display(),
+                files[t.shard].len()
+            )));
+        }
+        let metadata = crate::tf::metadata(&bundle, &files);
+        let mut tensors = HashMap::with_capacity(bundle.tensors.len());
+        for t in bundle.tensors {
+            let info = TensorInfo { dtype: t.dtype, shape: t.shape, data_offsets: t.range };
+            if tensors.insert(t.name.clone(), Entry::new(t.shard, info)).is_some() {
+                return Err(bad(format!("tensor `{}` appears twice", t.name)));
+            }
+        }
+        Ok(Checkpoint::of(path.to_path_buf(), shards, tensors, metadata))
     }
 
     /// A Flax msgpack file: the model's `params` and `batch_stats` (or the
@@ -730,7 +774,7 @@ impl Checkpoint {
                 .iter()
                 .map(|p| self.tensor(p).map(|t| (t.to_f64(), t.shape.to_vec())))
                 .collect::<Result<Vec<_>>>()?;
-            let weight = crate::reparam::compute(r, &parts).map_err(|reason| Error::Malformed {
+            let weight = crate::reparam::compute(r, &parts).map_err(|reason| Error::Graph {
                 path: self.path.clone(),
                 reason: format!("`{}`, kept as its {} ({}): {reason}", r.name, r.kind.describe(), list_names(&r.parts)),
             })?;

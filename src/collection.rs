@@ -278,8 +278,9 @@ pub fn special(t: &std::fs::FileType) -> Option<&'static str> {
 /// PyTorch files (`.pt`, `.pth`, `.bin`, `.ckpt`, and `.pth.tar` as
 /// PyTorch's ImageNet example and timm name theirs), NumPy files (`.npz`,
 /// `.npy`), Keras files (`.h5`, `.hdf5`, `.keras`), Flax files
-/// (`.msgpack`, `checkpoint_<step>`) and the extensionless `checkpoints` of
-/// Ray Tune trials. What each holds is decided by its
+/// (`.msgpack`, `checkpoint_<step>`), TensorFlow checkpoints (their
+/// `.index`, beside which their data files are read) and the extensionless
+/// `checkpoints` of Ray Tune trials. What each holds is decided by its
 /// bytes when opened.
 fn is_checkpoint_name(name: &str) -> bool {
     let ext = |e: &str| name.len() > e.len() && name.ends_with(e);
@@ -296,6 +297,7 @@ fn is_checkpoint_name(name: &str) -> bool {
         || ext(".hdf5")
         || ext(".keras")
         || ext(".msgpack")
+        || ext(".index")
         || name == "checkpoints"
         || is_flax_checkpoint_name(name)
 }

@@ -39,7 +39,7 @@ pub enum Error {
     /// header that is no JSON object), nor named as one.
     #[error(
         "{path}: not a checkpoint in a format cntscope reads (safetensors; torch.save or TorchScript; NumPy \
-         .npy / .npz; Keras .keras / .h5; Flax msgpack; Orbax folders): {what}"
+         .npy / .npz; Keras .keras / .h5; Flax msgpack; Orbax folders; TensorFlow .index): {what}"
     )]
     UnknownFormat {
         /// The file concerned.
@@ -64,6 +64,16 @@ pub enum Error {
     #[error("{path}: Flax checkpoint: {reason}")]
     Flax {
         /// The file concerned.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A TensorFlow checkpoint (its `.index` table, its data files) is
+    /// malformed, or holds what is not read.
+    #[error("{path}: TensorFlow checkpoint: {reason}")]
+    TensorFlow {
+        /// The checkpoint's index file.
         path: PathBuf,
         /// What is wrong with it.
         reason: String,
@@ -238,6 +248,7 @@ impl Error {
             | Error::Numpy { path, .. }
             | Error::Flax { path, .. }
             | Error::Orbax { path, .. }
+            | Error::TensorFlow { path, .. }
             | Error::Keras { path, .. }
             | Error::FlatZoo { path, .. }
             | Error::BadIndex { path, .. }
@@ -265,6 +276,7 @@ impl Error {
             Error::Numpy { .. } => "numpy",
             Error::Flax { .. } => "flax",
             Error::Orbax { .. } => "orbax",
+            Error::TensorFlow { .. } => "tensorflow",
             Error::Keras { .. } => "keras",
             Error::FlatZoo { .. } => "flat_zoo",
             Error::BadIndex { .. } => "bad_index",

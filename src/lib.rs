@@ -14,6 +14,7 @@
 
 pub mod checkpoint;
 pub mod collection;
+pub(crate) mod cursor;
 pub mod density;
 pub mod discover;
 pub mod engine;
@@ -41,6 +42,7 @@ pub mod simd;
 pub mod spec;
 pub mod stats;
 pub mod study;
+pub(crate) mod tf;
 pub mod torch;
 pub mod zip;
 

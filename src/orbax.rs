@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use safetensors::tensor::{Dtype, TensorInfo};
 
 use crate::checkpoint::{Aligned, Bytes};
+use crate::cursor::{crc32c, Reader};
 use crate::flax::{FlaxCheckpoint, Leaf};
 
 /// Magic numbers of the encoded manifest and B+tree nodes.
@@ -324,11 +325,11 @@ impl Db {
         };
         let mut prefix_lens = vec![0usize; n];
         for p in prefix_lens.iter_mut().skip(1) {
-            *p = r.len()?;
+            *p = r.length(MAX_KEY)?;
         }
-        let suffix_lens: Vec<usize> = (0..n).map(|_| r.len()).collect::<Result<_, _>>()?;
+        let suffix_lens: Vec<usize> = (0..n).map(|_| r.length(MAX_KEY)).collect::<Result<_, _>>()?;
         let common: Vec<usize> =
-            if height > 0 { (0..n).map(|_| r.len()).collect::<Result<_, _>>()? } else { Vec::new() };
+            if height > 0 { (0..n).map(|_| r.length(MAX_KEY)).collect::<Result<_, _>>()? } else { Vec::new() };
         let mut keys: Vec<Vec<u8>> = Vec::with_capacity(n);
         for i in 0..n {
             let kept = prefix_lens[i];
@@ -441,10 +442,10 @@ fn data_file_table(r: &mut Reader<'_>, transitive: &str) -> Result<Vec<DataFile>
     let n = n as usize;
     let mut prefix = vec![0usize; n];
     for p in prefix.iter_mut().skip(1) {
-        *p = r.len()?;
+        *p = r.length(MAX_KEY)?;
     }
-    let suffix: Vec<usize> = (0..n).map(|_| r.len()).collect::<Result<_, _>>()?;
-    let base: Vec<usize> = (0..n).map(|_| r.len()).collect::<Result<_, _>>()?;
+    let suffix: Vec<usize> = (0..n).map(|_| r.length(MAX_KEY)).collect::<Result<_, _>>()?;
+    let base: Vec<usize> = (0..n).map(|_| r.length(MAX_KEY)).collect::<Result<_, _>>()?;
     let mut paths: Vec<Vec<u8>> = Vec::with_capacity(n);
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
@@ -486,7 +487,7 @@ fn unwrap(encoded: &[u8], magic: u32, what: &str) -> Result<Vec<u8>, String> {
         return Err(format!("a {what} of a format version other than 0"));
     }
     let compression = r.varint()?;
-    let rest = &encoded[12 + r.at..n - 4];
+    let rest = &encoded[12 + r.position()..n - 4];
     match compression {
         0 => Ok(rest.to_vec()),
         1 => zstd_bounded(rest, MAX_NODE_BYTES).map_err(|e| format!("a {what}: {e}")),
@@ -525,85 +526,6 @@ fn zstd_into(input: &[u8], out: &mut [u8]) -> Result<(), String> {
             out.len(),
             zstd_safe::get_error_name(code)
         )),
-    }
-}
-
-/// CRC-32C (Castagnoli), as tensorstore checks its nodes.
-fn crc32c(bytes: &[u8]) -> u32 {
-    const TABLE: [u32; 256] = {
-        let mut t = [0u32; 256];
-        let mut i = 0;
-        while i < 256 {
-            let mut c = i as u32;
-            let mut k = 0;
-            while k < 8 {
-                c = if c & 1 == 1 { (c >> 1) ^ 0x82f6_3b78 } else { c >> 1 };
-                k += 1;
-            }
-            t[i] = c;
-            i += 1;
-        }
-        t
-    };
-    !bytes.iter().fold(!0u32, |c, &b| TABLE[((c ^ u32::from(b)) & 0xff) as usize] ^ (c >> 8))
-}
-
-/// A cursor over a decoded body; every read checked against its end.
-struct Reader<'a> {
-    b: &'a [u8],
-    at: usize,
-    what: &'a str,
-}
-
-impl<'a> Reader<'a> {
-    fn new(b: &'a [u8], what: &'a str) -> Self {
-        Reader { b, at: 0, what }
-    }
-
-    fn short(&self) -> String {
-        format!("a {} cut short (at byte {} of {})", self.what, self.at, self.b.len())
-    }
-
-    fn byte(&mut self) -> Result<u8, String> {
-        let v = *self.b.get(self.at).ok_or_else(|| self.short())?;
-        self.at += 1;
-        Ok(v)
-    }
-
-    fn bytes(&mut self, n: usize) -> Result<&'a [u8], String> {
-        let end = self.at.checked_add(n).filter(|&e| e <= self.b.len()).ok_or_else(|| self.short())?;
-        let v = &self.b[self.at..end];
-        self.at = end;
-        Ok(v)
-    }
-
-    /// An unsigned LEB128 varint of up to 64 bits.
-    fn varint(&mut self) -> Result<u64, String> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let b = self.byte()?;
-            let bits = u64::from(b & 0x7f);
-            if shift == 63 && bits > 1 {
-                return Err(format!("a {} with a varint past 64 bits", self.what));
-            }
-            v |= bits << shift;
-            if b & 0x80 == 0 {
-                return Ok(v);
-            }
-        }
-        Err(format!("a {} with a varint past 64 bits", self.what))
-    }
-
-    /// A length (of a key or path).
-    fn len(&mut self) -> Result<usize, String> {
-        let v = self.varint()?;
-        usize::try_from(v).ok().filter(|&v| v <= MAX_KEY).ok_or_else(|| format!("a {} length of {v}", self.what))
-    }
-
-    /// An index into a table of `n` entries.
-    fn index(&mut self, n: usize) -> Result<usize, String> {
-        let v = self.varint()?;
-        usize::try_from(v).ok().filter(|&v| v < n).ok_or_else(|| format!("data file {v} of a table of {n}"))
     }
 }
 
@@ -994,11 +916,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn crc32c_matches_the_standard_check_value() {
-        assert_eq!(crc32c(b"123456789"), 0xe306_9283);
-    }
-
-    #[test]
     fn chunks_are_placed_in_c_order() {
         // A 3 x 5 array in chunks of 2 x 2 (edge chunks padded).
         let (shape, chunks) = ([3usize, 5], [2usize, 2]);
@@ -1085,15 +1002,5 @@ mod tests {
         let e = db.btree(&file, at, 2, vec![], &mut out, 0).unwrap_err();
         assert!(e.contains("visits more than"), "{e}");
         assert!(started.elapsed().as_secs() < 30, "{:?}", started.elapsed());
-    }
-
-    #[test]
-    fn varints_and_bounds() {
-        let mut r = Reader::new(&[0xac, 0x02, 0x05], "test");
-        assert_eq!(r.varint(), Ok(300));
-        assert_eq!(r.varint(), Ok(5));
-        assert!(r.varint().unwrap_err().contains("cut short"));
-        let long = [0xffu8; 11];
-        assert!(Reader::new(&long, "test").varint().unwrap_err().contains("64 bits"));
     }
 }

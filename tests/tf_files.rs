@@ -1,0 +1,82 @@
+//! TensorFlow checkpoints (tests/fixtures/tf, made by its make_fixtures.py
+//! with TensorFlow 2.15): Keras 2's `save_weights` in TensorFlow's format
+//! and a `tf.train.Checkpoint` of a model and its optimizer give the tables
+//! of safetensors twins holding what TensorFlow's own reader returns; the
+//! optimizer's state is left out, top-level scalars are columns; an index
+//! without its data file, a damaged index and a data file cut short are
+//! refused by name; mutated indexes never panic.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tf")
+}
+
+/// Each row of a table without its first column (the checkpoint).
+fn rows(path: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap();
+    text.lines().map(|l| l.split_once(',').unwrap().1.to_string()).collect()
+}
+
+#[test]
+fn tensorflow_checkpoints_equal_their_safetensors_twins() {
+    let dir = tempfile::tempdir().unwrap();
+    let (good, twin) = (dir.path().join("good"), dir.path().join("twin"));
+    let o = common::scan_paths(&[fixtures().join("good")], &good, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(common::scan_paths(&[fixtures().join("twin")], &twin, &[]).status.success());
+    for table in ["nodes.csv", "links.csv"] {
+        let (a, b) = (rows(&good.join(table)), rows(&twin.join(table)));
+        assert_eq!(
+            a.len(),
+            1 + 2 * 3 + usize::from(table == "nodes.csv") * 6,
+            "{table}: both checkpoints, every layer"
+        );
+        assert_eq!(a, b, "{table}");
+    }
+    let nodes = std::fs::read_to_string(good.join("nodes.csv")).unwrap();
+    // The optimizer's slots (as large as the weights) are no layers; the
+    // BatchNorm is folded into the conv; `save_counter` is a column.
+    assert!(!nodes.contains("optimizer") && nodes.contains("save_counter"), "{nodes}");
+    assert!(nodes
+        .lines()
+        .any(|l| l.starts_with(&format!("{}", fixtures().join("good/object/ckpt-1.index").display()))));
+}
+
+#[test]
+fn a_checkpoint_is_opened_by_its_prefix_as_tensorflow_names_it() {
+    use cntscope::checkpoint::Checkpoint;
+    let ck = Checkpoint::open(fixtures().join("good/run/cp-0002.ckpt")).unwrap();
+    assert!(ck.path().ends_with("cp-0002.ckpt.index"));
+    let names = ck.names();
+    assert_eq!(names.len(), 10, "{names:?}");
+    assert!(names.iter().all(|n| n.starts_with("layer_with_weights-")), "{names:?}");
+}
+
+#[test]
+fn broken_tensorflow_checkpoints_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let o = common::scan_paths(&[fixtures().join("hostile")], &out, &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+    let rows = [
+        ("no_data.index", "data file `"),
+        ("damaged.index", "the block at 0 has a CRC-32C that does not match (a damaged file)"),
+        ("cut.index", "tensor `layer_with_weights-0/bias`: bytes 432..448 lie past the end of"),
+    ];
+    common::assert_error_rows(&out.join("errors.csv"), "tensorflow", &rows);
+}
+
+#[test]
+fn random_mutations_never_panic() {
+    let run = fixtures().join("good/run");
+    let dir = tempfile::tempdir().unwrap();
+    let data = "cp-0002.ckpt.data-00000-of-00001";
+    std::fs::copy(run.join(data), dir.path().join(data)).unwrap();
+    let good = std::fs::read(run.join("cp-0002.ckpt.index")).unwrap();
+    let index = dir.path().join("cp-0002.ckpt.index");
+    let (ok, refused) = common::measure_mutations(&good, &index, 1500);
+    assert!(refused > 0 && ok + refused == 1500, "{ok} measured, {refused} refused");
+}
