@@ -268,6 +268,17 @@ pub fn study(scan_dir: &Path, out_dir: &Path, engine: &dyn Engine, opts: &StudyO
         let ungrouped: Vec<&str> = checkpoints.iter().map(String::as_str).filter(|c| !group.contains_key(c)).collect();
         study.summary.notes.extend(without_value(&ungrouped, &opts.grouping.column, "in no group"));
     }
+    // Grouped by another column, checkpoints with no accuracy are still
+    // in their groups but not in the separation table: said.
+    if opts.ensemble && opts.accuracy != opts.grouping.column && header.contains(&opts.accuracy) {
+        let mut without: Vec<&str> = nodes
+            .iter()
+            .filter(|r| get(r, &opts.accuracy).is_nan())
+            .filter_map(|r| r.get("checkpoint").map(String::as_str))
+            .collect();
+        without.dedup();
+        study.summary.notes.extend(without_value(&without, &opts.accuracy, "left out of the separation table"));
+    }
     let mut labels: Vec<(f64, String)> = group.values().cloned().collect();
     labels.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| natural_cmp(&a.1, &b.1)));
     labels.dedup_by(|a, b| a.1 == b.1);

@@ -283,3 +283,30 @@ fn checkpoint_manager_runs_are_their_folders() {
     let rows = table_rows(&out.join("dynamics.csv"));
     assert!(rows.iter().all(|r| r["accuracy"] == "0.875"), "the steps' metrics");
 }
+
+/// Grouped by another column, checkpoints without an accuracy stay in
+/// their groups and are left out of the separation table, with a note.
+#[test]
+fn checkpoints_without_an_accuracy_are_said_to_be_left_out_of_the_separation() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("zoo");
+    std::fs::create_dir_all(&root).unwrap();
+    for seed in 0..6u64 {
+        let init = if seed % 2 == 0 { "normal" } else { "uniform" };
+        let accuracy = format!("0.{}", 3 + seed);
+        let mut meta = vec![("init", init)];
+        if seed != 4 {
+            meta.push(("accuracy", &accuracy));
+        }
+        common::mlp(&root.join(format!("net{seed}.safetensors")), seed, &meta);
+    }
+    let (scan, out) = (dir.path().join("scan"), dir.path().join("study"));
+    succeeds(&["scan", root.to_str().unwrap(), "-o", scan.to_str().unwrap()]);
+    let said = succeeds(&["ensemble", scan.to_str().unwrap(), "--by", "init", "-o", out.to_str().unwrap()]);
+    let note = "1 checkpoint has no `accuracy` value and is left out of the separation table (first: ";
+    assert!(said.contains(note) && said.contains("net4.safetensors)"), "{said}");
+    assert!(std::fs::read_to_string(out.join("notes.txt")).unwrap().contains(note));
+    // Grouped by the accuracy itself, the note for the groups says it.
+    let said = succeeds(&["ensemble", scan.to_str().unwrap(), "-o", dir.path().join("by_acc").to_str().unwrap()]);
+    assert!(!said.contains("left out of the separation table") && said.contains("is in no group"), "{said}");
+}
