@@ -271,12 +271,7 @@ pub fn study(scan_dir: &Path, out_dir: &Path, engine: &dyn Engine, opts: &StudyO
     // Grouped by another column, checkpoints with no accuracy are still
     // in their groups but not in the separation table: said.
     if opts.ensemble && opts.accuracy != opts.grouping.column && header.contains(&opts.accuracy) {
-        let mut without: Vec<&str> = nodes
-            .iter()
-            .filter(|r| get(r, &opts.accuracy).is_nan())
-            .filter_map(|r| r.get("checkpoint").map(String::as_str))
-            .collect();
-        without.dedup();
+        let without = lacking(&nodes, &opts.accuracy);
         study.summary.notes.extend(without_value(&without, &opts.accuracy, "left out of the separation table"));
     }
     let mut labels: Vec<(f64, String)> = group.values().cloned().collect();
@@ -966,12 +961,7 @@ fn run_names<'a>(folders: impl Iterator<Item = &'a PathBuf>) -> BTreeMap<&'a Pat
 /// checkpoints at one point of training (likely two runs as one).
 fn dynamics_notes(nodes: &[Row], runs: &BTreeMap<String, Vec<(f64, &Row)>>, opts: &StudyOptions) -> Vec<String> {
     let mut notes = Vec::new();
-    let mut unordered: Vec<&str> = nodes
-        .iter()
-        .filter(|r| get(r, &opts.order).is_nan())
-        .filter_map(|r| r.get("checkpoint").map(String::as_str))
-        .collect();
-    unordered.dedup();
+    let unordered = lacking(nodes, &opts.order);
     if runs.values().any(|p| !p.is_empty()) {
         notes.extend(without_value(&unordered, &opts.order, "left out of the dynamics"));
     }
@@ -1002,6 +992,18 @@ fn dynamics_notes(nodes: &[Row], runs: &BTreeMap<String, Vec<(f64, &Row)>>, opts
         }
     }
     notes
+}
+
+/// The checkpoints of `nodes` (rows of a checkpoint together) with no
+/// number in `column`.
+fn lacking<'a>(nodes: &'a [Row], column: &str) -> Vec<&'a str> {
+    let mut out: Vec<&str> = nodes
+        .iter()
+        .filter(|r| get(r, column).is_nan())
+        .filter_map(|r| r.get("checkpoint").map(String::as_str))
+        .collect();
+    out.dedup();
+    out
 }
 
 /// The note for `checkpoints` that have no value in `column` (none when
