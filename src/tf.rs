@@ -10,9 +10,9 @@
 //! Keys name each variable by its object path (`layer_with_weights-0/kernel
 //! /.ATTRIBUTES/VARIABLE_VALUE`, read as `layer_with_weights-0/kernel`, the
 //! keras layout's names); the optimizer's state (`optimizer/...`, slots
-//! under `.OPTIMIZER_SLOT`), the object graph and other strings are not
-//! weights and are left out; top-level scalars (`save_counter`, a tracked
-//! `step` or `epoch`) become metadata columns.
+//! under `.OPTIMIZER_SLOT`), a SavedModel's metrics, the object graph and
+//! other strings are not weights and are left out; top-level scalars
+//! (`save_counter`, a tracked `step` or `epoch`) become metadata columns.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -103,10 +103,15 @@ pub(crate) fn read_index(path: &Path, b: &[u8]) -> Result<Bundle, String> {
 }
 
 /// The name a key's variable is read by, or None for what is not a
-/// weight: the optimizer's state, the object graph, save counters'
-/// siblings that are not variables.
+/// weight: the optimizer's state, a SavedModel's metrics
+/// (`keras_api/metrics/...`), the object graph, an object's attributes
+/// other than its value.
 fn weight_name(key: &str) -> Option<&str> {
-    if key.contains("/.OPTIMIZER_SLOT/") || key.starts_with("optimizer/") || key.starts_with('_') {
+    if key.contains("/.OPTIMIZER_SLOT/")
+        || key.starts_with("optimizer/")
+        || key.starts_with("keras_api/")
+        || key.starts_with('_')
+    {
         return None;
     }
     match key.strip_suffix(VARIABLE) {
@@ -339,6 +344,7 @@ mod tests {
             "conv/kernel/.OPTIMIZER_SLOT/optimizer/m/.ATTRIBUTES/VARIABLE_VALUE",
             "_CHECKPOINTABLE_OBJECT_GRAPH",
             "layer-0/.ATTRIBUTES/OBJECT_CONFIG_JSON",
+            "keras_api/metrics/0/count/.ATTRIBUTES/VARIABLE_VALUE",
         ] {
             assert_eq!(weight_name(key), None, "{key}");
         }
