@@ -812,7 +812,7 @@ impl Checkpoint {
         (!names.is_empty()).then(|| {
             format!(
                 "weights computed from their reparametrization as torch computes them in eval mode (weight norm: g v \
-                 / ||v||; spectral norm: W / sigma, sigma = u . W v from the stored u and v): {}",
+                 / ||v||; spectral norm: W / sigma, sigma = u . W v from the stored u and v; pruning: W * mask): {}",
                 names.join(", ")
             )
         })

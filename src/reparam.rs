@@ -7,7 +7,9 @@
 //! `torch.nn.utils.spectral_norm` as `weight_orig` / `weight_u` /
 //! `weight_v`, by `torch.nn.utils.parametrizations.spectral_norm` as
 //! `parametrizations.weight.original` / `parametrizations.weight.0._u` /
-//! `_v`). The layer's weight is computed from its parts in f64 and read
+//! `_v`), and pruning (`w = W * mask`, by `torch.nn.utils.prune` as
+//! `weight_orig` / `weight_mask`). The layer's weight is computed from its
+//! parts in f64 and read
 //! under the name the module would give it without the reparametrization
 //! (`conv.weight`), the name a spec written from the model's code uses.
 
@@ -18,7 +20,8 @@ pub(crate) struct Reparametrized {
     pub(crate) name: String,
     /// What computes it.
     pub(crate) kind: Kind,
-    /// Its parts: weight norm `[g, v]`, spectral norm `[W, u, v]`.
+    /// Its parts: weight norm `[g, v]`, spectral norm `[W, u, v]`, pruning
+    /// `[W, mask]`.
     pub(crate) parts: Vec<String>,
 }
 
@@ -29,6 +32,8 @@ pub(crate) enum Kind {
     WeightNorm,
     /// `w = W / (u . W_mat v)`.
     SpectralNorm,
+    /// `w = W * mask`.
+    Pruned,
 }
 
 impl Kind {
@@ -37,7 +42,7 @@ impl Kind {
     pub(crate) fn shaped_like(self) -> usize {
         match self {
             Kind::WeightNorm => 1,
-            Kind::SpectralNorm => 0,
+            Kind::SpectralNorm | Kind::Pruned => 0,
         }
     }
 
@@ -46,6 +51,7 @@ impl Kind {
         match self {
             Kind::WeightNorm => "weight norm",
             Kind::SpectralNorm => "spectral norm",
+            Kind::Pruned => "pruning mask",
         }
     }
 }
@@ -63,8 +69,12 @@ pub(crate) fn find(names: &[&str]) -> Vec<Reparametrized> {
             let (u, v) = (format!("{p}.parametrizations.weight.0._u"), format!("{p}.parametrizations.weight.0._v"));
             (has(&u) && has(&v)).then(|| (p, Kind::SpectralNorm, vec![n.to_string(), u, v]))
         } else if let Some(p) = n.strip_suffix(".weight_orig") {
-            let (u, v) = (format!("{p}.weight_u"), format!("{p}.weight_v"));
-            (has(&u) && has(&v)).then(|| (p, Kind::SpectralNorm, vec![n.to_string(), u, v]))
+            let (u, v, mask) = (format!("{p}.weight_u"), format!("{p}.weight_v"), format!("{p}.weight_mask"));
+            match (has(&u) && has(&v), has(&mask)) {
+                (true, false) => Some((p, Kind::SpectralNorm, vec![n.to_string(), u, v])),
+                (false, true) => Some((p, Kind::Pruned, vec![n.to_string(), mask])),
+                _ => None,
+            }
         } else if let Some(p) = n.strip_suffix(".weight_g") {
             let v = format!("{p}.weight_v");
             (has(&v) && !has(&format!("{p}.weight_orig"))).then(|| (p, Kind::WeightNorm, vec![n.to_string(), v]))
@@ -90,6 +100,12 @@ pub(crate) fn compute(r: &Reparametrized, parts: &[Values]) -> Result<Vec<f64>, 
     match (r.kind, parts) {
         (Kind::WeightNorm, [g, v]) => weight_norm(g, v),
         (Kind::SpectralNorm, [w, u, v]) => spectral_norm(w, &u.0, &v.0),
+        (Kind::Pruned, [(w, shape), (mask, mask_shape)]) if shape == mask_shape => {
+            Ok(w.iter().zip(mask).map(|(w, m)| w * m).collect())
+        }
+        (Kind::Pruned, [(_, shape), (_, mask_shape)]) => {
+            Err(format!("a mask of shape {mask_shape:?} for a weight of shape {shape:?}"))
+        }
         _ => unreachable!("find names the parts of each kind"),
     }
 }
@@ -188,6 +204,8 @@ mod tests {
             "e.weight_g",
             "e.weight_v",
             "e.weight",
+            "f.weight_orig",
+            "f.weight_mask",
         ];
         let found = find(&names);
         let got: Vec<(&str, Kind)> = found.iter().map(|r| (r.name.as_str(), r.kind)).collect();
@@ -196,6 +214,7 @@ mod tests {
             ("b.weight", Kind::WeightNorm),
             ("c.weight", Kind::SpectralNorm),
             ("d.weight", Kind::SpectralNorm),
+            ("f.weight", Kind::Pruned),
         ];
         assert_eq!(got, want);
         assert_eq!(found[2].parts, ["c.weight_orig", "c.weight_u", "c.weight_v"]);

@@ -131,7 +131,7 @@ fn a_wrapped_state_dict_reads_as_the_models_own() {
 fn reparametrized_parts_that_do_not_fit_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("r.safetensors");
-    let cases: [(&[T], &str); 2] = [
+    let cases: [(&[T], &str); 3] = [
         (
             &[T::f32("a.weight_g", &[3, 1], vec![1.0; 3]), T::f32("a.weight_v", &[2, 3], vec![1.0; 6])],
             "`a.weight`, kept as its weight norm (`a.weight_g`, `a.weight_v`): `g` of shape [3, 1] does not fit `v` \
@@ -144,6 +144,10 @@ fn reparametrized_parts_that_do_not_fit_are_refused() {
                 T::f32("b.weight_v", &[3], vec![1.0; 3]),
             ],
             "`u` of 4 and `v` of 3 values do not fit a weight of shape [2, 3]",
+        ),
+        (
+            &[T::f32("c.weight_orig", &[2, 3], vec![1.0; 6]), T::f32("c.weight_mask", &[3, 2], vec![1.0; 6])],
+            "a mask of shape [3, 2] for a weight of shape [2, 3]",
         ),
     ];
     for (tensors, want) in cases {

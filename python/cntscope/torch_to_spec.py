@@ -25,7 +25,8 @@ of SPEC 1 says it is:
   a subclass of these or of ``Linear`` (timm's ``BatchNormAct2d``,
   ``Linear``) is read as the class it extends, with a note;
 * weights kept as weight norm or spectral norm (``torch.nn.utils.weight_norm``
-  / ``spectral_norm`` and their ``parametrizations`` versions): the layer's
+  / ``spectral_norm`` and their ``parametrizations`` versions) or pruned
+  (``torch.nn.utils.prune``'s ``weight_orig`` and ``weight_mask``): the layer's
   ``weight`` as usual, which cntscope computes from the stored parts, with
   a note; another parametrization is an error naming the module;
 * ``nn.Upsample`` / ``F.interpolate`` (nearest, nearest-exact, (bi)linear,
@@ -1006,7 +1007,8 @@ WHOLE_SUBCLASSES = (nn.modules.batchnorm._BatchNorm, nn.Linear, nn.LayerNorm, nn
 
 def _reparametrization(name: str, m: nn.Module | None) -> str | None:
     """How module `name`'s weight is kept reparametrized (weight norm,
-    spectral norm: both APIs), None when it is not; another
+    spectral norm: both APIs; a ``torch.nn.utils.prune`` mask), None when
+    it is not; another
     parametrization is a TraceError (its checkpoint holds no weight that
     cntscope can compute)."""
     if m is None:
@@ -1015,6 +1017,8 @@ def _reparametrization(name: str, m: nn.Module | None) -> str | None:
         return "weight norm"
     if hasattr(m, "weight_orig") and hasattr(m, "weight_u"):
         return "spectral norm"
+    if hasattr(m, "weight_orig") and hasattr(m, "weight_mask"):
+        return "pruning mask"
     if not torch.nn.utils.parametrize.is_parametrized(m):
         return None
     for tensor, chain in m.parametrizations.items():

@@ -670,11 +670,14 @@ def test_a_pixel_shuffle_is_read_by_the_conv_after_it_and_by_nothing_else():
         spec_from_module(SubPixel(nn.MaxPool2d(2)), (3, 8, 6))
 
 
-def test_parametrizations_other_than_weight_and_spectral_norm_are_errors():
-    from torch.nn.utils import parametrizations
+def test_parametrizations_other_than_weight_norm_spectral_norm_and_pruning_are_errors():
+    from torch.nn.utils import parametrizations, prune
 
-    ok = nn.Sequential(parametrizations.weight_norm(nn.Linear(4, 3)), parametrizations.spectral_norm(nn.Linear(3, 2)))
-    assert [e["weight"] for e in entries(ok, (4,))] == ["0.weight", "1.weight"]
+    ok = nn.Sequential(parametrizations.weight_norm(nn.Linear(4, 3)), parametrizations.spectral_norm(nn.Linear(3, 2)),
+                       prune.random_unstructured(nn.Linear(2, 2), "weight", amount=0.5))
+    assert [e["weight"] for e in entries(ok, (4,))] == ["0.weight", "1.weight", "2.weight"]
+    notes = " ".join(spec_from_module(ok, (4,)).replace("#", " ").split())
+    assert "0 (weight norm), 1 (spectral norm), 2 (pruning mask)" in notes
     bad = nn.Sequential(parametrizations.orthogonal(nn.Linear(4, 4)))
     with pytest.raises(TraceError, match="module `0`: its `weight` is parametrized by _Orthogonal"):
         spec_from_module(bad, (4,))
