@@ -1074,6 +1074,9 @@ mod tests {
         assert_eq!(step_from_path(Path::new("run/ckpt_/é.safetensors")), None);
         assert_eq!(step_from_path(Path::new("zoo/mlp-he-s0-e08.safetensors")), None);
         assert_eq!(step_from_path(Path::new("checkpoints/final")), None);
+        assert_eq!(step_from_path(Path::new("training_1/cp-0002.ckpt.index")), Some(2));
+        assert_eq!(step_from_path(Path::new("tf/ckpt-300.index")), Some(300));
+        assert_eq!(step_from_path(Path::new("run/cp-0002.ckpt")), Some(2));
     }
 
     /// A file written or cut short between its metadata being taken (on
@@ -1346,18 +1349,22 @@ fn record_tensors(
 
 /// The training step in a training-run layout: the number in the last path
 /// component named like `checkpoint_000120`, `checkpoint-500`, `ckpt12`,
-/// `step_40` or `epoch-3` (file stem or folder), or after `step=` in one
-/// (Lightning's `epoch=9-step=500.ckpt`).
+/// `step_40`, `epoch-3` or `cp-0002` (file stem or folder; a TensorFlow
+/// index's stem without its `.ckpt`: TensorFlow's tutorial saves
+/// `cp-{epoch:04d}.ckpt`), or after `step=` in one (Lightning's
+/// `epoch=9-step=500.ckpt`).
 pub fn step_from_path(path: &Path) -> Option<u64> {
     path.components().rev().find_map(|c| {
         let name = Path::new(c.as_os_str()).file_stem()?.to_str()?;
+        let index = c.as_os_str().to_str().is_some_and(|n| n.ends_with(".index"));
+        let name = if index { name.strip_suffix(".ckpt").unwrap_or(name) } else { name };
         if let Some((_, rest)) = name.split_once("step=") {
             let digits = rest.split(|c: char| !c.is_ascii_digit()).next().unwrap_or("");
             if let Ok(step) = digits.parse() {
                 return Some(step);
             }
         }
-        let rest = ["checkpoint", "ckpt", "step", "epoch"]
+        let rest = ["checkpoint", "ckpt", "step", "epoch", "cp"]
             .iter()
             .find_map(|p| name.get(..p.len()).filter(|head| head.eq_ignore_ascii_case(p)).map(|_| &name[p.len()..]))?;
         let digits = rest.strip_prefix(['-', '_']).unwrap_or(rest);
