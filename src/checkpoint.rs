@@ -510,14 +510,21 @@ impl Checkpoint {
             let dir = path.parent().unwrap_or(Path::new("."));
             return Self::open_sharded(dir, path);
         }
-        // A TensorFlow checkpoint named by its prefix (`cp-0002.ckpt`, as
-        // TensorFlow's own functions take it): its index.
-        let index = PathBuf::from(format!("{}.index", path.display()));
-        let path = if !path.exists() && index.is_file() { index.as_path() } else { path };
         let (bytes, identity) = match read_file(path) {
             Ok(Some(read)) => read,
             Ok(None) => return Self::open_dir(path, key),
             Err(_) if path.is_dir() => return Self::open_dir(path, key),
+            // A TensorFlow checkpoint named by its prefix (`cp-0002.ckpt`,
+            // as TensorFlow's own functions take it): its index.
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                let mut index = path.as_os_str().to_owned();
+                index.push(".index");
+                let index = PathBuf::from(index);
+                if index.is_file() {
+                    return Self::open_file(&index, key);
+                }
+                return Err(Error::Io { path: path.to_path_buf(), error });
+            }
             Err(error) if crate::mapped::is_changed(&error) => return Err(Error::Changed { path: path.to_path_buf() }),
             Err(error) => return Err(Error::Io { path: path.to_path_buf(), error }),
         };
