@@ -769,10 +769,12 @@ impl Checkpoint {
     /// its parts, in f64, into one buffer of its own, and adds it under
     /// its module's weight name (`conv.weight`).
     fn reparametrize(&mut self) -> Result<()> {
-        let found = crate::reparam::find(&self.names());
+        // One pass over the names, in no order, then the few found sorted.
+        let mut found = crate::reparam::find(self.tensors.keys().map(String::as_str), |n| self.tensors.contains_key(n));
         if found.is_empty() {
             return Ok(());
         }
+        sort_natural_by(&mut found, |r| &r.name);
         let mut values: Vec<f64> = Vec::new();
         let mut added = Vec::with_capacity(found.len());
         for r in &found {

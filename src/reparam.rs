@@ -56,12 +56,12 @@ impl Kind {
     }
 }
 
-/// The reparametrized weights among `names` (a module that also stores
-/// its plain `weight` keeps that one).
-pub(crate) fn find(names: &[&str]) -> Vec<Reparametrized> {
-    let has = |n: &str| names.contains(&n);
+/// The reparametrized weights among `names`, `has` telling whether a name
+/// is among them (a module that also stores its plain `weight` keeps that
+/// one).
+pub(crate) fn find<'a>(names: impl IntoIterator<Item = &'a str>, has: impl Fn(&str) -> bool) -> Vec<Reparametrized> {
     let mut out = Vec::new();
-    for &n in names {
+    for n in names {
         let found = if let Some(p) = n.strip_suffix(".parametrizations.weight.original0") {
             let v = format!("{p}.parametrizations.weight.original1");
             has(&v).then(|| (p, Kind::WeightNorm, vec![n.to_string(), v]))
@@ -207,7 +207,7 @@ mod tests {
             "f.weight_orig",
             "f.weight_mask",
         ];
-        let found = find(&names);
+        let found = find(names, |n| names.contains(&n));
         let got: Vec<(&str, Kind)> = found.iter().map(|r| (r.name.as_str(), r.kind)).collect();
         let want = [
             ("a.weight", Kind::WeightNorm),
