@@ -196,6 +196,14 @@ impl Walk {
             }
         }
         sort_natural_by(&mut entries, |(text, ..)| text);
+        // A `.index` is a TensorFlow checkpoint when it has data files here
+        // or ends as TensorFlow's indexes do; any other (a FAISS index) is
+        // not a checkpoint.
+        let tf_prefixes: HashSet<String> =
+            entries.iter().filter_map(|(text, ..)| crate::tf::data_prefix(text).map(str::to_string)).collect();
+        let not_tf = |text: &str, file: &Path| {
+            text.strip_suffix(".index").is_some_and(|p| !tf_prefixes.contains(p) && !crate::tf::has_footer(file))
+        };
         for (text, name, kind) in entries {
             let file = path.join(&name);
             match kind {
@@ -204,6 +212,7 @@ impl Walk {
                     Ok(m) if m.is_dir() => self.dir(&file, &m),
                     Ok(m) if is_checkpoint_name(&text) => match special(&m.file_type()) {
                         Some(what) => self.problem(&file, format!("a symlink to {what}: not opened")),
+                        None if not_tf(&text, &file) => {}
                         None => {
                             self.linked.extend(identity(&m));
                             self.out.push(file)
@@ -221,6 +230,7 @@ impl Walk {
                 }
                 Some(t) if is_checkpoint_name(&text) => match special(&t) {
                     Some(what) => self.problem(&file, format!("{what}, not a checkpoint file: not opened")),
+                    None if not_tf(&text, &file) => {}
                     None => self.out.push(file),
                 },
                 None if is_checkpoint_name(&text) => self.out.push(file),
@@ -279,7 +289,9 @@ pub fn special(t: &std::fs::FileType) -> Option<&'static str> {
 /// PyTorch's ImageNet example and timm name theirs), NumPy files (`.npz`,
 /// `.npy`), Keras files (`.h5`, `.hdf5`, `.keras`), Flax files
 /// (`.msgpack`, `checkpoint_<step>`), TensorFlow checkpoints (their
-/// `.index`, beside which their data files are read) and the extensionless
+/// `.index`, beside which their data files are read; a `.index` with
+/// neither data files nor TensorFlow's footer, such as a FAISS index, is
+/// passed over) and the extensionless
 /// `checkpoints` of Ray Tune trials. What each holds is decided by its
 /// bytes when opened.
 fn is_checkpoint_name(name: &str) -> bool {

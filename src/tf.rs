@@ -40,6 +40,28 @@ pub(crate) fn is_index(bytes: &[u8]) -> bool {
     bytes.len() >= FOOTER && bytes[bytes.len() - 8..] == TABLE_MAGIC.to_le_bytes()
 }
 
+/// The prefix of a data file's name (`cp.ckpt` of
+/// `cp.ckpt.data-00000-of-00001`).
+pub(crate) fn data_prefix(name: &str) -> Option<&str> {
+    let (prefix, shard) = name.rsplit_once(".data-")?;
+    let (a, b) = shard.split_once("-of-")?;
+    let digits = |d: &str| !d.is_empty() && d.bytes().all(|c| c.is_ascii_digit());
+    (digits(a) && digits(b)).then_some(prefix)
+}
+
+/// True when the regular file at `path` ends with a table's footer magic
+/// (its last 8 bytes, read alone).
+pub(crate) fn has_footer(path: &Path) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else { return false };
+    let mut magic = [0u8; 8];
+    let len = f.metadata().map_or(0, |m| m.len());
+    len >= FOOTER as u64
+        && f.seek(SeekFrom::Start(len - 8)).is_ok()
+        && f.read_exact(&mut magic).is_ok()
+        && magic == TABLE_MAGIC.to_le_bytes()
+}
+
 /// One tensor of the bundle: its name as read, dtype, shape, and where its
 /// bytes are.
 #[derive(Debug, Clone, PartialEq)]
@@ -354,5 +376,8 @@ mod tests {
     fn data_files_are_named_as_tensorflow_names_them() {
         let p = data_file(Path::new("run/cp-0002.ckpt.index"), 1, 2);
         assert_eq!(p, Path::new("run/cp-0002.ckpt.data-00001-of-00002"));
+        assert_eq!(data_prefix("cp-0002.ckpt.data-00001-of-00002"), Some("cp-0002.ckpt"));
+        assert_eq!(data_prefix("cp.data-x-of-00002"), None);
+        assert_eq!(data_prefix("model.safetensors"), None);
     }
 }

@@ -69,6 +69,32 @@ fn broken_tensorflow_checkpoints_are_refused_by_name() {
     common::assert_error_rows(&out.join("errors.csv"), "tensorflow", &rows);
 }
 
+/// In a walked folder, a `.index` with neither data files nor TensorFlow's
+/// footer (a FAISS index) is no checkpoint; one with data files beside it
+/// is, and a damaged footer is then an error, never passed over.
+#[test]
+fn only_tensorflow_indexes_are_taken_from_a_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("project");
+    std::fs::create_dir(&folder).unwrap();
+    let run = fixtures().join("good/run");
+    for f in ["cp-0002.ckpt.index", "cp-0002.ckpt.data-00000-of-00001"] {
+        std::fs::copy(run.join(f), folder.join(f)).unwrap();
+    }
+    std::fs::write(folder.join("faiss.index"), vec![7u8; 4096]).unwrap();
+    let out = dir.path().join("out");
+    let o = common::scan_paths(&[folder.clone()], &out, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("1 analysed, 0 failed"));
+    // Its footer cut off, with its data file beside it: said.
+    let index = std::fs::read(run.join("cp-0002.ckpt.index")).unwrap();
+    std::fs::write(folder.join("cp-0002.ckpt.index"), &index[..index.len() - 8]).unwrap();
+    let o = common::scan_paths(&[folder], &dir.path().join("out2"), &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+    let errors = std::fs::read_to_string(dir.path().join("out2/errors.csv")).unwrap();
+    assert!(errors.contains("cp-0002.ckpt.index") && !errors.contains("faiss"), "{errors}");
+}
+
 #[test]
 fn random_mutations_never_panic() {
     let run = fixtures().join("good/run");
