@@ -83,7 +83,7 @@ fn only_tensorflow_indexes_are_taken_from_a_folder() {
     }
     std::fs::write(folder.join("faiss.index"), vec![7u8; 4096]).unwrap();
     let out = dir.path().join("out");
-    let o = common::scan_paths(&[folder.clone()], &out, &[]);
+    let o = common::scan_paths(std::slice::from_ref(&folder), &out, &[]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stderr).contains("1 analysed, 0 failed"));
     // Its footer cut off, with its data file beside it: said.
