@@ -517,13 +517,10 @@ impl Checkpoint {
             // A TensorFlow checkpoint named by its prefix (`cp-0002.ckpt`,
             // as TensorFlow's own functions take it): its index.
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                let mut index = path.as_os_str().to_owned();
-                index.push(".index");
-                let index = PathBuf::from(index);
-                if index.is_file() {
-                    return Self::open_file(&index, key);
-                }
-                return Err(Error::Io { path: path.to_path_buf(), error });
+                return match crate::tf::index_of_prefix(path) {
+                    Some(index) => Self::open_file(&index, key),
+                    None => Err(Error::Io { path: path.to_path_buf(), error }),
+                };
             }
             Err(error) if crate::mapped::is_changed(&error) => return Err(Error::Changed { path: path.to_path_buf() }),
             Err(error) => return Err(Error::Io { path: path.to_path_buf(), error }),

@@ -91,6 +91,9 @@ pub fn collect(args: &[PathBuf]) -> Result<Collection> {
         } else if crate::flat::split(arg).is_some_and(|(matrix, _)| matrix.is_file()) {
             // One row of a flat-matrix zoo, named as a scan names it.
             walk.out.push(arg.clone());
+        } else if let Some(index) = crate::tf::index_of_prefix(arg) {
+            // A TensorFlow checkpoint named by its prefix: its index.
+            walk.explicit(&index);
         } else {
             return Err(Error::Io { path: arg.clone(), error: std::io::Error::other("no such file or directory") });
         }

@@ -40,6 +40,15 @@ pub(crate) fn is_index(bytes: &[u8]) -> bool {
     bytes.len() >= FOOTER && bytes[bytes.len() - 8..] == TABLE_MAGIC.to_le_bytes()
 }
 
+/// The index of the TensorFlow checkpoint named by `prefix` (`cp.ckpt` for
+/// `cp.ckpt.index`), as TensorFlow's own functions name checkpoints, when
+/// that file exists.
+pub(crate) fn index_of_prefix(prefix: &Path) -> Option<PathBuf> {
+    let mut index = prefix.as_os_str().to_owned();
+    index.push(".index");
+    Some(PathBuf::from(index)).filter(|i| i.is_file())
+}
+
 /// The prefix of a data file's name (`cp.ckpt` of
 /// `cp.ckpt.data-00000-of-00001`).
 pub(crate) fn data_prefix(name: &str) -> Option<&str> {

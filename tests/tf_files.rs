@@ -50,6 +50,12 @@ fn a_checkpoint_is_opened_by_its_prefix_as_tensorflow_names_it() {
     use cntscope::checkpoint::Checkpoint;
     let ck = Checkpoint::open(fixtures().join("good/run/cp-0002.ckpt")).unwrap();
     assert!(ck.path().ends_with("cp-0002.ckpt.index"));
+    // A scan takes the prefix too, and names the checkpoint by its index.
+    let dir = tempfile::tempdir().unwrap();
+    let o = common::scan_paths(&[fixtures().join("good/run/cp-0002.ckpt")], &dir.path().join("out"), &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let nodes = std::fs::read_to_string(dir.path().join("out/nodes.csv")).unwrap();
+    assert!(nodes.lines().nth(1).is_some_and(|l| l.contains("cp-0002.ckpt.index,")), "{nodes}");
     let names = ck.names();
     assert_eq!(names.len(), 10, "{names:?}");
     assert!(names.iter().all(|n| n.starts_with("layer_with_weights-")), "{names:?}");

@@ -388,3 +388,18 @@ def test_orbax_folders_are_read_by_the_same_library(tmp_path):
     cols = ["node_layer", "nodes", "strength_mean", "fluctuation"]
     assert orbax.nodes[cols].equals(twin.nodes[cols])
     assert orbax.errors.empty
+
+
+def test_tensorflow_and_compressed_numpy_files_are_read_by_the_same_library():
+    # TensorFlow's own checkpoint (its index named by the prefix, as
+    # TensorFlow names it) and np.savez_compressed's archive, each measured
+    # as its safetensors twin is.
+    cols = ["node_layer", "nodes", "strength_mean", "fluctuation"]
+    fixtures = ROOT / "tests" / "fixtures"
+    for path, twin in [
+        (fixtures / "tf" / "good" / "run" / "cp-0002.ckpt", fixtures / "tf" / "twin" / "cp-0002.safetensors"),
+        (fixtures / "numpy" / "good" / "compressed.npz", fixtures / "numpy" / "twin" / "compressed.safetensors"),
+    ]:
+        got, want = cntscope.scan(path), cntscope.scan(twin)
+        assert got.errors.empty, got.errors
+        assert len(got.nodes) > 0 and got.nodes[cols].equals(want.nodes[cols])
