@@ -298,11 +298,6 @@ pub struct FileIdentity {
 /// `torch.compile`'s `_orig_mod.` (in either order when both wrap it).
 const WRAPPERS: [&str; 2] = ["module.", "_orig_mod."];
 
-/// `a`, `b` and `c` as backquoted names.
-fn list_names(names: &[String]) -> String {
-    names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
-}
-
 /// A borrowed view of one tensor's bytes, with its name, dtype and shape.
 #[derive(Clone, Copy)]
 pub struct Tensor<'a> {
@@ -782,7 +777,12 @@ impl Checkpoint {
                 .collect::<Result<Vec<_>>>()?;
             let weight = crate::reparam::compute(r, &parts).map_err(|reason| Error::Graph {
                 path: self.path.clone(),
-                reason: format!("`{}`, kept as its {} ({}): {reason}", r.name, r.kind.describe(), list_names(&r.parts)),
+                reason: format!(
+                    "`{}`, kept as its {} ({}): {reason}",
+                    r.name,
+                    r.kind.describe(),
+                    crate::graph::list(&r.parts)
+                ),
             })?;
             let start = values.len() * 8;
             values.extend(weight);

@@ -1,6 +1,21 @@
 //! Filling one buffer's parts side by side: decompressed arrays (Orbax's
 //! zstd chunks, an `.npz`'s deflated entries), each written into its own
-//! place of one buffer, on every core once there is enough to fill.
+//! place of one buffer, on every core once there is enough to fill; and
+//! the bound on how much they may decompress to.
+
+/// Decompressed bytes a checkpoint may make per byte it stores compressed,
+/// beyond [`SLACK`]: a decompression bomb stops there (a real model's
+/// weights hardly compress, and its zeros are few).
+const MAX_RATIO: usize = 64;
+/// Decompressed bytes any checkpoint may make.
+const SLACK: usize = 64 << 20;
+
+/// Why `total` decompressed bytes from `packed` stored ones are refused
+/// (more than [`MAX_RATIO`] times as many plus [`SLACK`]), or None.
+pub(crate) fn beyond_ratio(total: usize, packed: usize) -> Option<String> {
+    (total > packed.saturating_mul(MAX_RATIO).saturating_add(SLACK))
+        .then(|| format!("more than {MAX_RATIO} times as many plus {} MB, refused", SLACK >> 20))
+}
 
 /// Decompressed bytes in all from which every core takes a part
 /// (`CNTSCOPE_TEST_PARALLEL_BYTES` lowers it in tests).
@@ -59,6 +74,14 @@ pub(crate) fn side_by_side<T: Sync>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decompressed_bytes_are_bounded_by_the_stored_ones() {
+        let bound = 1000 * 64 + (64 << 20);
+        assert_eq!(beyond_ratio(bound, 1000), None);
+        assert_eq!(beyond_ratio(bound + 1, 1000).unwrap(), "more than 64 times as many plus 64 MB, refused");
+        assert!(beyond_ratio(usize::MAX, usize::MAX).is_none());
+    }
 
     #[test]
     fn every_part_is_filled_and_the_first_error_wins() {

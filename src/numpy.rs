@@ -221,42 +221,26 @@ fn numeric(
     Ok(Array { name, dtype: dt, shape: h.shape.clone(), place })
 }
 
-/// Inflated bytes an `.npz` may make per byte of its deflated entries,
-/// beyond [`SLACK`]: a deflate bomb stops there (a real model's weights
-/// hardly compress, and its zeros are few).
-const MAX_RATIO: usize = 64;
-/// Inflated bytes any `.npz` may make.
-const SLACK: usize = 64 << 20;
-
 /// An `.npz`: every `.npy` entry, named without `.npy`. Stored entries
 /// (`np.savez`) are read in place; deflated ones (`np.savez_compressed`)
 /// are inflated side by side into the gathered buffer, each at a multiple
 /// of 64 bytes (so its data, which numpy pads to 64 within the entry, is
-/// aligned), bounded by their declared sizes, which together may be at
-/// most [`MAX_RATIO`] times the deflated bytes plus [`SLACK`], and
-/// checked against their CRC-32s.
+/// aligned), bounded by their declared sizes, which together are bounded
+/// by the deflated bytes ([`crate::fill::beyond_ratio`]: a deflate bomb
+/// stops there), and checked against their CRC-32s.
 pub(crate) fn read_npz(bytes: &[u8]) -> Result<NumpyCheckpoint, String> {
     let entries = zip::entries(bytes)?;
     let deflated: Vec<&zip::ZipEntry> = entries.iter().filter(|e| e.method != zip::STORED).collect();
     let mut places = Vec::with_capacity(deflated.len());
     let mut total = 0usize;
     for e in &deflated {
-        if e.method != zip::DEFLATED {
-            return Err(format!(
-                "entry `{}`: compression method {} is not read (only stored and deflated)",
-                e.name, e.method
-            ));
-        }
+        e.deflated()?;
         places.push((total, e.size));
         total = total.checked_add(e.size.div_ceil(64) * 64).ok_or("the entries' declared sizes overflow")?;
     }
     let packed = deflated.iter().fold(0usize, |a, e| a.saturating_add(e.len));
-    if total > packed.saturating_mul(MAX_RATIO).saturating_add(SLACK) {
-        return Err(format!(
-            "its deflated entries declare {total} bytes from {packed}: more than {MAX_RATIO} times as many plus {} MB, \
-             refused",
-            SLACK >> 20
-        ));
+    if let Some(why) = crate::fill::beyond_ratio(total, packed) {
+        return Err(format!("its deflated entries declare {total} bytes from {packed}: {why}"));
     }
     let mut gathered = vec![0u8; total];
     let parts = crate::fill::split(&mut gathered, &places);

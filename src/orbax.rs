@@ -30,16 +30,12 @@ const MANIFEST_MAGIC: u32 = 0x0cdb_3a2a;
 const BTREE_MAGIC: u32 = 0x0cdb_20de;
 
 /// Bounds on what a manifest or node may declare. A node decompresses to
-/// at most [`MAX_NODE_BYTES`]; the arrays together to at most
-/// [`MAX_RATIO`] times their stored bytes plus [`SLACK`] (a zstd bomb
-/// stops there; a real model's weights hardly compress, and its zeros are
-/// few).
+/// at most [`MAX_NODE_BYTES`]; the arrays together are bounded by their
+/// stored bytes ([`crate::fill::beyond_ratio`]: a zstd bomb stops there).
 const MAX_NODE_BYTES: usize = 64 << 20;
 const MAX_HEIGHT: u8 = 32;
 const MAX_ENTRIES: u64 = 1 << 20;
 const MAX_KEY: usize = 1 << 16;
-const MAX_RATIO: usize = 64;
-const SLACK: usize = 64 << 20;
 
 /// What one walk of a B+tree may visit in all: entries, and node bytes
 /// decompressed. A node may be reached by several paths, so a hostile
@@ -756,12 +752,8 @@ fn arrays(db: &mut Db, values: &BTreeMap<Vec<u8>, Value>, key: Option<&str>) -> 
             Value::Stored(_, _, l) => usize::try_from(*l).unwrap_or(usize::MAX),
         })
         .fold(0usize, usize::saturating_add);
-    if total > stored.saturating_mul(MAX_RATIO).saturating_add(SLACK) {
-        return Err(format!(
-            "the arrays' shapes make {total} bytes from {stored} stored: more than {MAX_RATIO} times as many plus \
-             {} MB, refused",
-            SLACK >> 20
-        ));
+    if let Some(why) = crate::fill::beyond_ratio(total, stored) {
+        return Err(format!("the arrays' shapes make {total} bytes from {stored} stored: {why}"));
     }
     // Every data file opened first: the arrays are then decompressed side
     // by side, each into its own part of the buffer.

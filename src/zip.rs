@@ -27,6 +27,15 @@ pub struct ZipEntry {
 }
 
 impl ZipEntry {
+    /// An error unless the entry is deflated, the one compression read
+    /// ([`inflate_into`]).
+    pub fn deflated(&self) -> Result<(), String> {
+        match self.method {
+            DEFLATED => Ok(()),
+            m => Err(format!("entry `{}`: compression method {m} is not read (only stored and deflated)", self.name)),
+        }
+    }
+
     /// An error unless the entry is stored (uncompressed): a compressed
     /// entry to be read is refused, never inflated.
     pub fn stored(&self) -> Result<(), String> {
@@ -173,12 +182,7 @@ pub fn entries(b: &[u8]) -> Result<Vec<ZipEntry>, String> {
 /// declared size) and the bytes must have the CRC-32 the directory
 /// records.
 pub fn inflate_into(b: &[u8], e: &ZipEntry, out: &mut [u8]) -> Result<(), String> {
-    if e.method != DEFLATED {
-        return Err(format!(
-            "entry `{}`: compression method {} is not read (only stored and deflated)",
-            e.name, e.method
-        ));
-    }
+    e.deflated()?;
     let input = &b[e.start..e.start + e.len];
     let mut d = flate2::Decompress::new(false);
     let declared = out.len();
