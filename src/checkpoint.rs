@@ -377,16 +377,10 @@ impl<'a> Tensor<'a> {
         bytemuck::try_cast_slice(self.bytes).ok()
     }
 
-    /// A view of f32 values held elsewhere (a keras-layout conv kernel
-    /// copied into torch's order), named and shaped as `like`.
-    pub fn f32_like(values: &'a [f32], like: &Tensor<'a>) -> Tensor<'a> {
-        Tensor {
-            name: like.name,
-            file: like.file,
-            dtype: DType::F32,
-            shape: like.shape,
-            bytes: bytemuck::cast_slice(values),
-        }
+    /// A tensor over `bytes` for the engines' unit tests.
+    #[cfg(test)]
+    pub(crate) fn for_test(name: &'a str, dtype: DType, shape: &'a [usize], bytes: &'a [u8]) -> Tensor<'a> {
+        Tensor { name, file: Path::new("test"), dtype, shape, bytes }
     }
 
     /// A view of f64 values held elsewhere (a BatchNorm-folded copy),

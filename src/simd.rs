@@ -9,7 +9,7 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-use crate::stats::{Binning, Lanes};
+use crate::stats::{Binning, Factors, Lanes};
 
 /// How far ahead (in f32 values) the loops over weights fetch memory: the
 /// hardware prefetcher alone leaves them waiting on loads of a large tensor.
@@ -30,19 +30,41 @@ pub fn avx2() -> bool {
 }
 
 /// One sweep over a row of f32 weights whose length is a multiple of 8,
-/// each taken times `factor` (a folded BatchNorm's, or 1):
-/// adds each value to its column sum and to `lanes` (the powers 2-4 of
-/// values `4k..4k+3` of every 8 to lanes 0-3 of the first set, `4k+4..` to
-/// the second, merged at the end; the row's sum of deviations to lane 0),
-/// and returns the row's sum. Powers are fused multiply-adds; min and max
-/// are taken on the f32 values, then scaled (exact: scaling is monotone).
+/// each taken times its factor ([`Factors`]: one for the row, a torch-layout
+/// conv's output channel's folded BatchNorm or 1; or one per column, a
+/// keras-layout conv's output channels'): adds each value to its column
+/// sum and to `lanes` (the powers 2-4 of values `4k..4k+3` of every 8 to
+/// lanes 0-3 of the first set, `4k+4..` to the second, merged at the end;
+/// the row's sum of deviations to lane 0), and returns the row's sum.
+/// Powers are fused multiply-adds; with one factor, min and max are taken
+/// on the f32 values, then scaled (exact: scaling is monotone).
 ///
 /// # Safety
 /// The processor must have AVX2 and FMA ([`avx2`]).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn sweep_row(cols: &mut [f64], row: &[f32], factor: f64, lanes: &mut Lanes) -> f64 {
+pub unsafe fn sweep_row(cols: &mut [f64], row: &[f32], factors: Factors<'_>, lanes: &mut Lanes) -> f64 {
     assert!(cols.len() == row.len() && row.len().is_multiple_of(8), "whole blocks of 8 columns");
+    match factors {
+        Factors::Row(factor) => unsafe { sweep::<false>(cols, row, factor, &[], lanes) },
+        Factors::Columns(columns) => {
+            assert_eq!(columns.len(), row.len(), "a factor per column");
+            unsafe { sweep::<true>(cols, row, 1.0, columns, lanes) }
+        }
+    }
+}
+
+/// [`sweep_row`] with one `factor` or, when `COLUMNS`, `columns[j]` for
+/// column `j`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn sweep<const COLUMNS: bool>(
+    cols: &mut [f64],
+    row: &[f32],
+    factor: f64,
+    columns: &[f64],
+    lanes: &mut Lanes,
+) -> f64 {
     let load = |a: &[f64; 4]| unsafe { _mm256_loadu_pd(a.as_ptr()) };
     let store = |a: &mut [f64; 4], v: __m256d| unsafe { _mm256_storeu_pd(a.as_mut_ptr(), v) };
     let shift = _mm256_set1_pd(lanes.shift);
@@ -51,15 +73,30 @@ pub unsafe fn sweep_row(cols: &mut [f64], row: &[f32], factor: f64, lanes: &mut 
     let [_, mut p2, mut p3, mut p4] = lanes.p.each_ref().map(load);
     let [mut q2, mut q3, mut q4] = [zero; 3];
     let (mut min, mut max) = (_mm256_set1_ps(f32::INFINITY), _mm256_set1_ps(f32::NEG_INFINITY));
+    // With a factor per column, min and max of the products, in f64.
+    let (mut min_pd, mut max_pd) = (load(&lanes.min), load(&lanes.max));
     let (mut sum, mut sum_b) = (zero, zero);
-    for (c, x) in cols.chunks_exact_mut(8).zip(row.chunks_exact(8)) {
+    for (j, (c, x)) in cols.chunks_exact_mut(8).zip(row.chunks_exact(8)).enumerate() {
         // SAFETY: each chunk holds 8 values; unaligned loads and stores.
         let (x8, ca, cb) =
             unsafe { (_mm256_loadu_ps(x.as_ptr()), _mm256_loadu_pd(c.as_ptr()), _mm256_loadu_pd(c.as_ptr().add(4))) };
         // Rows lie end to end: fetch ahead across them.
         _mm_prefetch::<_MM_HINT_T0>(x.as_ptr().wrapping_add(PREFETCH).cast());
         let (xa, xb) = (_mm256_cvtps_pd(_mm256_castps256_ps128(x8)), _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(x8)));
-        let (xa, xb) = (_mm256_mul_pd(xa, f), _mm256_mul_pd(xb, f));
+        let (xa, xb) = if COLUMNS {
+            // SAFETY: `columns` is as long as the row (checked by the caller).
+            let (fa, fb) = unsafe {
+                let at = columns.as_ptr().add(8 * j);
+                (_mm256_loadu_pd(at), _mm256_loadu_pd(at.add(4)))
+            };
+            let (xa, xb) = (_mm256_mul_pd(xa, fa), _mm256_mul_pd(xb, fb));
+            // `min_pd(x, m)` is `x < m ? x : m`, as the portable loop.
+            min_pd = _mm256_min_pd(xb, _mm256_min_pd(xa, min_pd));
+            max_pd = _mm256_max_pd(xb, _mm256_max_pd(xa, max_pd));
+            (xa, xb)
+        } else {
+            (_mm256_mul_pd(xa, f), _mm256_mul_pd(xb, f))
+        };
         unsafe {
             _mm256_storeu_pd(c.as_mut_ptr(), _mm256_add_pd(ca, xa));
             _mm256_storeu_pd(c.as_mut_ptr().add(4), _mm256_add_pd(cb, xb));
@@ -74,23 +111,27 @@ pub unsafe fn sweep_row(cols: &mut [f64], row: &[f32], factor: f64, lanes: &mut 
         q3 = _mm256_fmadd_pd(db2, db, q3);
         p4 = _mm256_fmadd_pd(da2, da2, p4);
         q4 = _mm256_fmadd_pd(db2, db2, q4);
-        // `min_ps(x, m)` is `x < m ? x : m`, as the portable loop.
-        min = _mm256_min_ps(x8, min);
-        max = _mm256_max_ps(x8, max);
+        if !COLUMNS {
+            // `min_ps(x, m)` is `x < m ? x : m`, as the portable loop.
+            min = _mm256_min_ps(x8, min);
+            max = _mm256_max_ps(x8, max);
+        }
     }
     for (slot, (a, b)) in lanes.p[1..].iter_mut().zip([(p2, q2), (p3, q3), (p4, q4)]) {
         store(slot, _mm256_add_pd(a, b));
     }
-    // The eight f32 lanes folded onto the four f64 lanes (`k` and `k + 4`).
-    let halves = |v: __m256| (_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-    let ((min_a, min_b), (max_a, max_b)) = (halves(min), halves(max));
-    let (lo, hi) = (_mm256_cvtps_pd(_mm_min_ps(min_a, min_b)), _mm256_cvtps_pd(_mm_max_ps(max_a, max_b)));
-    let (lo, hi) = (_mm256_mul_pd(lo, f), _mm256_mul_pd(hi, f));
-    let (lo, hi) = if factor < 0.0 { (hi, lo) } else { (lo, hi) };
-    let min4 = _mm256_min_pd(lo, load(&lanes.min));
-    let max4 = _mm256_max_pd(hi, load(&lanes.max));
-    store(&mut lanes.min, min4);
-    store(&mut lanes.max, max4);
+    if !COLUMNS {
+        // The eight f32 lanes folded onto the four f64 lanes (`k` and `k + 4`).
+        let halves = |v: __m256| (_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let ((min_a, min_b), (max_a, max_b)) = (halves(min), halves(max));
+        let (lo, hi) = (_mm256_cvtps_pd(_mm_min_ps(min_a, min_b)), _mm256_cvtps_pd(_mm_max_ps(max_a, max_b)));
+        let (lo, hi) = (_mm256_mul_pd(lo, f), _mm256_mul_pd(hi, f));
+        let (lo, hi) = if factor < 0.0 { (hi, lo) } else { (lo, hi) };
+        min_pd = _mm256_min_pd(lo, min_pd);
+        max_pd = _mm256_max_pd(hi, max_pd);
+    }
+    store(&mut lanes.min, min_pd);
+    store(&mut lanes.max, max_pd);
     let mut s = [0.0; 4];
     store(&mut s, _mm256_add_pd(sum, sum_b));
     let total = (s[0] + s[1]) + (s[2] + s[3]);

@@ -73,6 +73,37 @@ impl Lanes {
     }
 }
 
+/// What each value of a row of weights is taken times: one factor for the
+/// row (a torch-layout conv's output channel's folded BatchNorm, or 1), or
+/// one per column (a keras-layout conv's run: its columns are the output
+/// channels).
+#[derive(Debug, Clone, Copy)]
+pub enum Factors<'a> {
+    /// One factor for every value.
+    Row(f64),
+    /// `columns[j]` for the value in column `j`.
+    Columns(&'a [f64]),
+}
+
+impl<'a> Factors<'a> {
+    /// The factors of columns `from..` of the row.
+    pub fn from(self, from: usize) -> Factors<'a> {
+        match self {
+            Factors::Row(f) => Factors::Row(f),
+            Factors::Columns(c) => Factors::Columns(&c[from..]),
+        }
+    }
+
+    /// The factor of column `j`.
+    #[inline(always)]
+    pub fn at(self, j: usize) -> f64 {
+        match self {
+            Factors::Row(f) => f,
+            Factors::Columns(c) => c[j],
+        }
+    }
+}
+
 /// Count, mean, central moment sums `M2..M4`, min and max of a sample.
 ///
 /// Built exactly from a slice by [`Moments::from_slice`] (two passes) and
@@ -476,6 +507,30 @@ impl Histogram {
         });
     }
 
+    /// Counts `f64::from(x) * factors[j]` for each value `x` of column `j`
+    /// of `xs` (rows of `factors.len()` values: a keras-layout conv's runs,
+    /// whose columns are the output channels, with their folded
+    /// BatchNorm's factors), binned four at a time where the processor has
+    /// AVX2 (exactly the portable loop's bins).
+    pub fn add_f32_columns(&mut self, xs: &[f32], factors: &[f64]) {
+        let cols = factors.len();
+        debug_assert!(xs.len().is_multiple_of(cols));
+        let binning = self.binning();
+        let mut scaled = [0.0; COUNT_BLOCK];
+        self.count(xs.len(), |start, out| {
+            let scaled = &mut scaled[..out.len()];
+            // A block may start inside a row: the factors from its column on.
+            let (mut j, mut done) = (start % cols, 0);
+            while done < scaled.len() {
+                let n = (cols - j).min(scaled.len() - done);
+                let (xs, fs) = (&xs[start + done..][..n], &factors[j..][..n]);
+                scaled[done..done + n].iter_mut().zip(xs.iter().zip(fs)).for_each(|(v, (&x, f))| *v = f64::from(x) * f);
+                (j, done) = (0, done + n);
+            }
+            bins_f64(&binning, scaled, out);
+        });
+    }
+
     /// How this histogram bins a value.
     pub fn binning(&self) -> Binning {
         let bins = u32::try_from(self.counts.len()).ok().filter(|&b| b < u32::MAX).expect("bins fit a u32");
@@ -673,6 +728,27 @@ mod tests {
             a.add_f32_rows(xs, per, &factors);
             b.add_all_portable(&products);
             assert_eq!(a.counts, b.counts, "rows of {per}");
+        }
+    }
+
+    /// Each column of a keras-layout run is binned with its own factor,
+    /// as the f64 products: rows longer and shorter than a block of bins
+    /// (so blocks start inside rows), enough values for the pair counts.
+    #[test]
+    fn columns_are_binned_with_their_own_factors() {
+        let xs: Vec<f32> = (0..20_000).map(|i| ((i * 7919) % 2003) as f32 / 1000.0 - 1.0).collect();
+        for cols in [3, 37, 300] {
+            let factors: Vec<f64> = (0..cols).map(|j| [0.5, -1.25, 2.0, 0.7][j % 4]).collect();
+            let xs = &xs[..xs.len() / cols * cols];
+            let products: Vec<f64> = xs.iter().enumerate().map(|(i, &x)| f64::from(x) * factors[i % cols]).collect();
+            let m = Moments::from_slice(&products);
+            for bins in [7, 50] {
+                let (mut a, mut b) =
+                    (Histogram::for_range(m.min, m.max, bins), Histogram::for_range(m.min, m.max, bins));
+                a.add_f32_columns(xs, &factors);
+                b.add_all_portable(&products);
+                assert_eq!(a.counts, b.counts, "rows of {cols}, {bins} bins");
+            }
         }
     }
 

@@ -1,11 +1,11 @@
 //! The CPU reference engine: f64 accumulation, one pass over each weight
 //! tensor, conv strengths in time proportional to weights + nodes.
 
-use crate::checkpoint::{DType, Tensor};
+use crate::checkpoint::Tensor;
 use crate::error::Result;
 use crate::graph::{Conv, Layer, LayerKind};
 use crate::spec::Layout;
-use crate::stats::{self, Histogram, Lanes, Moments};
+use crate::stats::{self, Factors, Histogram, Lanes, Moments};
 
 use super::field::{Classes, Field};
 use super::{dense_in_out, dense_storage, Engine, LayerMeasures};
@@ -57,13 +57,6 @@ impl Engine for CpuEngine {
         bins: usize,
     ) -> Result<LayerMeasures> {
         let (mut s_in, s_out, weights, histogram) = match layer.kind {
-            // A keras-layout f32 kernel is read in torch's order, where each
-            // output channel's values are one row of the SIMD passes.
-            LayerKind::Conv(conv) if layout == Layout::Keras && weight.dtype == DType::F32 => {
-                let rows = keras_kernel_as_torch(weight, &conv);
-                let weight = &Tensor::f32_like(&rows, weight);
-                self.conv(Layout::Torch, &Decoder { weight, scale, layout: Layout::Torch, conv }, &conv, bins)
-            }
             LayerKind::Conv(conv) => self.conv(layout, &Decoder { weight, scale, layout, conv }, &conv, bins),
             LayerKind::Dense { inputs, outputs, in_out } => {
                 // A folded BatchNorm (rare on dense layers): the scaled
@@ -135,7 +128,7 @@ fn row_col_sums(weight: &Tensor<'_>, cols: usize, r0: usize, r1: usize, shift: f
     let block = (CHUNK / cols).max(1);
     if let Some(xs) = weight.as_f32() {
         for rows in xs[r0 * cols..r1 * cols].chunks(16 * block * cols) {
-            out.add_rows(rows, shift, |c, r, l| sweep_f32(c, r, 1.0, l));
+            out.add_rows(rows, shift, |c, r, l| sweep_f32(c, r, Factors::Row(1.0), l));
         }
         return out;
     }
@@ -143,7 +136,7 @@ fn row_col_sums(weight: &Tensor<'_>, cols: usize, r0: usize, r1: usize, shift: f
     for b0 in (r0..r1).step_by(block) {
         let buf = &mut buf[..block.min(r1 - b0) * cols];
         weight.decode_into(b0 * cols, buf);
-        out.add_rows(buf, shift, |c, r, l| sweep(c, r, 1.0, l));
+        out.add_rows(buf, shift, |c, r, l| sweep(c, r, Factors::Row(1.0), l));
     }
     out
 }
@@ -162,12 +155,12 @@ impl RowColSums {
     }
 }
 
-/// One row, each value times `factor`: added to its column sum and to lane
-/// `k % 4`; returns the row's sum.
-fn sweep<T: Copy + Into<f64>>(cols: &mut [f64], row: &[T], factor: f64, lanes: &mut Lanes) -> f64 {
+/// One row, each value times its factor: added to its column sum and to
+/// lane `k % 4`; returns the row's sum.
+fn sweep<T: Copy + Into<f64>>(cols: &mut [f64], row: &[T], factors: Factors<'_>, lanes: &mut Lanes) -> f64 {
     let mut sum = [0.0; 4];
     for (k, (c, &x)) in cols.iter_mut().zip(row).enumerate() {
-        let x: f64 = x.into() * factor;
+        let x: f64 = x.into() * factors.at(k);
         *c += x;
         sum[k & 3] += x;
         lanes.add(k & 3, x);
@@ -177,16 +170,20 @@ fn sweep<T: Copy + Into<f64>>(cols: &mut [f64], row: &[T], factor: f64, lanes: &
 
 /// [`sweep`] of f32 values, whole blocks of 8 columns with AVX2 where the
 /// processor has it.
-fn sweep_f32(cols: &mut [f64], row: &[f32], factor: f64, lanes: &mut Lanes) -> f64 {
+fn sweep_f32(cols: &mut [f64], row: &[f32], factors: Factors<'_>, lanes: &mut Lanes) -> f64 {
     #[cfg(target_arch = "x86_64")]
     if crate::simd::avx2() {
         let body = row.len() / 8 * 8;
         let (head, tail) = cols.split_at_mut(body);
+        let head_factors = match factors {
+            Factors::Columns(c) => Factors::Columns(&c[..body]),
+            row => row,
+        };
         // SAFETY: the processor has AVX2.
-        let sum = unsafe { crate::simd::sweep_row(head, &row[..body], factor, lanes) };
-        return sum + sweep(tail, &row[body..], factor, lanes);
+        let sum = unsafe { crate::simd::sweep_row(head, &row[..body], head_factors, lanes) };
+        return sum + sweep(tail, &row[body..], factors.from(body), lanes);
     }
-    sweep(cols, row, factor, lanes)
+    sweep(cols, row, factors, lanes)
 }
 
 impl CpuEngine {
@@ -402,22 +399,36 @@ impl CpuEngine {
             }
             all.moments.merge(&part.moments);
         };
+        // The moments' shift, near the mean. On the stack: a fresh heap
+        // block costs two page faults with a TLB flush on every core (see
+        // `written_zeros`).
+        let shift = || {
+            let mut first = [0.0; 1024];
+            let first = d.block(0, &mut first[..len.min(1024)]);
+            if first.is_empty() {
+                0.0
+            } else {
+                stats::sum(first) / first.len() as f64
+            }
+        };
         let sums = match (layout, d.weight.as_f32()) {
             // The common case, read in place: each output channel's values
             // are one row of the dense sweep.
             (Layout::Torch, Some(xs)) => {
-                let per = conv.cin_g * taps;
-                // On the stack: a fresh heap block costs two page faults
-                // with a TLB flush on every core (see `written_zeros`).
-                let mut first = [0.0; 1024];
-                let first = d.block(0, &mut first[..len.min(1024)]);
-                let shift = if first.is_empty() { 0.0 } else { stats::sum(first) / first.len() as f64 };
+                let (per, shift) = (conv.cin_g * taps, shift());
                 let rows = |start: usize, end: usize| torch_rows(xs, d.scale, conv, start / per, end / per, shift);
                 self.split(len, per, rows, merge)
             }
             // Keras layout: each (tap, input channel)'s `cout` values are
-            // one run.
-            (Layout::Keras, _) => self.split(len, run, |start, end| keras_runs(d, conv, start / run, end / run), merge),
+            // one run, read in place when f32.
+            (Layout::Keras, Some(xs)) => {
+                let shift = shift();
+                let runs = |start: usize, end: usize| keras_rows(xs, d.scale, conv, start / run, end / run, shift);
+                self.split(len, run, runs, merge)
+            }
+            (Layout::Keras, None) => {
+                self.split(len, run, |start, end| keras_runs(d, conv, start / run, end / run), merge)
+            }
             _ => self.split(len, run, |start, end| kernel_sums(d, conv, start, end), merge),
         };
         let m = sums.moments;
@@ -432,6 +443,15 @@ impl CpuEngine {
                     hist
                 };
                 self.split(len, per, count, |all, part| all.merge(&part))
+            }
+            // Keras layout: one factor per column of each run.
+            (Some(xs), Some(a)) => {
+                let count = |start: usize, end: usize| {
+                    let mut hist = Histogram::for_range(m.min, m.max, bins);
+                    hist.add_f32_columns(&xs[start..end], a);
+                    hist
+                };
+                self.split(len, run, count, |all, part| all.merge(&part))
             }
             _ => {
                 let count = |start: usize, end: usize| {
@@ -498,7 +518,7 @@ fn torch_rows(xs: &[f32], scale: Option<&[f64]>, conv: &Conv, o0: usize, o1: usi
             let row = &xs[o * per..(o + 1) * per];
             let a = scale.map_or(1.0, |s| s[o]);
             let group = o / cout_g;
-            let sum = sweep_f32(&mut out.q_out[group * per..(group + 1) * per], row, a, &mut lanes);
+            let sum = sweep_f32(&mut out.q_out[group * per..(group + 1) * per], row, Factors::Row(a), &mut lanes);
             let k = &mut out.k_in[o * taps..(o + 1) * taps];
             if taps == 1 {
                 // A 1x1 kernel: K is the row's sum.
@@ -513,54 +533,53 @@ fn torch_rows(xs: &[f32], scale: Option<&[f64]>, conv: &Conv, o0: usize, o1: usi
     out
 }
 
-/// A keras-layout f32 conv kernel (`[kh, kw, cin_g, cout]`) copied into
-/// torch's order (`[cout, cin_g, kh, kw]`), read from its bytes (which a
-/// `.keras` archive may hold unaligned). The `[kh kw cin_g, cout]` matrix
-/// is transposed through a small tile, so that each line of the source is
-/// read whole once and the copy's rows stay in the cache while written
-/// (rows of a power-of-two length would otherwise evict each other
-/// between reuses); row `t cin_g + ci` of the matrix is column `ci taps +
-/// t` of its output channel's row. A layer's worth of f32 is held while
-/// it is measured.
-fn keras_kernel_as_torch(weight: &Tensor<'_>, conv: &Conv) -> Vec<f32> {
-    const TILE: usize = 16;
-    let &Conv { cout, cin_g, kh, kw, .. } = conv;
-    let (taps, rows) = (kh * kw, kh * kw * cin_g);
-    let src = weight.bytes();
-    let column: Vec<usize> = (0..rows).map(|r| (r % cin_g) * taps + r / cin_g).collect();
-    let mut out = vec![0.0f32; rows * cout];
-    let mut tile = [[0.0f32; TILE]; TILE];
-    for o0 in (0..cout).step_by(TILE) {
-        let no = TILE.min(cout - o0);
-        for r0 in (0..rows).step_by(TILE) {
-            let nr = TILE.min(rows - r0);
-            for (i, t) in tile.iter_mut().enumerate().take(nr) {
-                let line = &src[((r0 + i) * cout + o0) * 4..][..no * 4];
-                match <&[u8; 4 * TILE]>::try_from(line) {
-                    // A whole line of a fixed length: no call to memcpy.
-                    Ok(whole) => {
-                        for (k, v) in t.iter_mut().enumerate() {
-                            *v = f32::from_le_bytes([
-                                whole[4 * k],
-                                whole[4 * k + 1],
-                                whole[4 * k + 2],
-                                whole[4 * k + 3],
-                            ]);
-                        }
-                    }
-                    Err(_) => {
-                        for (v, b) in t.iter_mut().zip(line.chunks_exact(4)) {
-                            *v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-                        }
-                    }
+/// One pass over runs `r0..r1` of f32 weights in keras layout (`[kh, kw,
+/// cin_g, cout]`), read in place: run `t * cin_g + ci` (tap `t`, input
+/// channel `ci`) holds its `cout` values, one row of the dense sweep with a
+/// folded BatchNorm's factor per column. Its column sums go to K's row of
+/// tap `t` (summed tap-major, turned output-major at the end), each group's
+/// part of its sum to its cell of Q. A depthwise conv's runs (`cin_g` 1)
+/// are swept whole and its Q summed from K at the end, not a sweep per
+/// group of a few values. `shift` is near the mean.
+fn keras_rows(xs: &[f32], scale: Option<&[f64]>, conv: &Conv, r0: usize, r1: usize, shift: f64) -> KernelSums {
+    let &Conv { cout, cin_g, kh, kw, geometry: g, .. } = conv;
+    let (taps, cout_g) = (kh * kw, cout / g.groups);
+    let factors = scale.map_or(Factors::Row(1.0), Factors::Columns);
+    let mut by_tap = written_zeros(taps * cout);
+    let mut out = KernelSums::zeros(conv);
+    // Moments merged a block of runs at a time, so the power sums stay short.
+    let runs_per_block = (16 * CHUNK / cout).max(1);
+    for b0 in (r0..r1).step_by(runs_per_block) {
+        let b1 = (b0 + runs_per_block).min(r1);
+        let mut lanes = Lanes::new(shift);
+        for r in b0..b1 {
+            let (t, ci) = (r / cin_g, r % cin_g);
+            let (run, k) = (&xs[r * cout..][..cout], &mut by_tap[t * cout..][..cout]);
+            if g.groups == 1 || cin_g == 1 {
+                let sum = sweep_f32(k, run, factors, &mut lanes);
+                if g.groups == 1 {
+                    out.q_out[ci * taps + t] += sum;
                 }
+                continue;
             }
-            for j in 0..no {
-                let row = &mut out[(o0 + j) * rows..][..rows];
-                for (i, &c) in column[r0..r0 + nr].iter().enumerate() {
-                    row[c] = tile[i][j];
-                }
+            for (group, (k, run)) in k.chunks_exact_mut(cout_g).zip(run.chunks_exact(cout_g)).enumerate() {
+                let sum = sweep_f32(k, run, factors.from(group * cout_g), &mut lanes);
+                out.q_out[(group * cin_g + ci) * taps + t] += sum;
             }
+        }
+        out.moments.merge(&lanes.moments(((b1 - b0) * cout) as u64));
+    }
+    if g.groups > 1 && cin_g == 1 {
+        // One input channel per group: a group's Q is its outputs' K.
+        for (t, row) in by_tap.chunks_exact(cout).enumerate() {
+            for (group, part) in row.chunks_exact(cout_g).enumerate() {
+                out.q_out[group * taps + t] = stats::sum(part);
+            }
+        }
+    }
+    for (t, row) in by_tap.chunks_exact(cout).enumerate() {
+        for (o, &k) in row.iter().enumerate() {
+            out.k_in[o * taps + t] = k;
         }
     }
     out
@@ -802,20 +821,28 @@ mod tests {
 
     /// The SIMD sweep (where this processor has it) agrees with the
     /// portable one: an odd width, so both the 8-wide body and the tail
-    /// run; factors of either sign (a folded BatchNorm's).
+    /// run; one factor of either sign (a folded BatchNorm's) or one per
+    /// column.
     #[test]
     fn f32_sweep_matches_portable() {
         let cols = 1003;
         let row: Vec<f32> =
             (0..cols).map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.4 + (i as f32).sin() * 0.1).collect();
-        for factor in [1.0, 0.37, -2.5] {
+        // A factor per column too (a keras-layout conv's folded BatchNorm).
+        let columns: Vec<f64> = (0..cols).map(|j| [0.5, -1.5, 2.0][j % 3]).collect();
+        for (factor, factors) in [
+            (1.0, Factors::Row(1.0)),
+            (0.37, Factors::Row(0.37)),
+            (-2.5, Factors::Row(-2.5)),
+            (0.0, Factors::Columns(&columns)),
+        ] {
             let (mut a, mut b) = (vec![0.5; cols], vec![0.5; cols]);
             // The shift near the mean, as the engine takes it.
             let (mut la, mut lb) = (Lanes::new(0.1 * factor), Lanes::new(0.1 * factor));
             let (mut sa, mut sb) = (0.0, 0.0);
             for _ in 0..3 {
-                sa += sweep_f32(&mut a, &row, factor, &mut la);
-                sb += sweep(&mut b, &row, factor, &mut lb);
+                sa += sweep_f32(&mut a, &row, factors, &mut la);
+                sb += sweep(&mut b, &row, factors, &mut lb);
             }
             let close = |x: f64, y: f64| (x - y).abs() <= 1e-12 * x.abs().max(1.0);
             assert!(close(sa, sb), "row sums {sa} vs {sb}");
@@ -825,9 +852,48 @@ mod tests {
                 assert!(close(x, y), "moments {ma:?} vs {mb:?}");
             }
             assert_eq!((ma.min, ma.max), (mb.min, mb.max));
-            let exact = Moments::from_slice(&row.iter().map(|&x| f64::from(x) * factor).collect::<Vec<_>>());
+            let exact = Moments::from_slice(
+                &row.iter().enumerate().map(|(j, &x)| f64::from(x) * factors.at(j)).collect::<Vec<_>>(),
+            );
             assert_eq!((ma.min, ma.max), (exact.min, exact.max));
             assert!(close(ma.variance(), exact.variance()), "{} vs {}", ma.variance(), exact.variance());
+        }
+    }
+
+    /// The in-place sweep of keras-layout f32 runs gives the K, Q and
+    /// moments of the decoding path, for one group, depthwise convs (with
+    /// and without a channel multiplier) and groups of several inputs and
+    /// outputs; odd channel counts; with and without a folded BatchNorm.
+    #[test]
+    fn keras_rows_match_decoded_runs() {
+        use crate::checkpoint::DType;
+        use crate::graph::ConvGeometry;
+        // (cin, cout, groups)
+        for (cin, cout, groups) in [(5, 19, 1), (13, 13, 13), (7, 14, 7), (6, 9, 3), (4, 40, 2)] {
+            let (kh, kw) = (3, 2);
+            let cin_g = cin / groups;
+            let n = kh * kw * cin_g * cout;
+            let xs: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1013) as f32 * 1e-3 - 0.45).collect();
+            let geometry =
+                ConvGeometry { stride: [1; 2], padding: [0; 2], padding_after: [0; 2], dilation: [1; 2], groups };
+            let conv = Conv { cout, cin_g, kh, kw, in_hw: [4, 4], out_hw: [3, 3], geometry, channel_level: false };
+            let shape = [kh, kw, cin_g, cout];
+            let weight = Tensor::for_test("kernel", DType::F32, &shape, bytemuck::cast_slice(&xs));
+            let factors: Vec<f64> = (0..cout).map(|o| [0.5, -1.25, 2.0][o % 3]).collect();
+            for scale in [None, Some(&factors[..])] {
+                let d = Decoder { weight: &weight, scale, layout: Layout::Keras, conv };
+                let runs = kh * kw * cin_g;
+                let (a, b) = (keras_rows(&xs, scale, &conv, 0, runs, 0.0), keras_runs(&d, &conv, 0, runs));
+                let close = |x: f64, y: f64| (x - y).abs() <= 1e-12 * x.abs().max(1.0);
+                let what = format!("{cin}->{cout} in {groups} groups, scaled {}", scale.is_some());
+                assert!(a.k_in.iter().zip(&b.k_in).all(|(&x, &y)| close(x, y)), "K, {what}");
+                assert!(a.q_out.iter().zip(&b.q_out).all(|(&x, &y)| close(x, y)), "Q, {what}");
+                let (ma, mb) = (a.moments, b.moments);
+                assert_eq!((ma.n, ma.min, ma.max), (mb.n, mb.min, mb.max), "{what}");
+                for (x, y) in [(ma.mean, mb.mean), (ma.m2, mb.m2), (ma.m3, mb.m3), (ma.m4, mb.m4)] {
+                    assert!(close(x, y), "moments {ma:?} vs {mb:?}, {what}");
+                }
+            }
         }
     }
 }
