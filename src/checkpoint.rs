@@ -281,6 +281,9 @@ pub struct Checkpoint {
     /// The weights computed from a reparametrization's parts (weight
     /// norm, spectral norm), each added under its module's weight name.
     reparametrized: Vec<crate::reparam::Reparametrized>,
+    /// What opening the file could not read that a reader should know of
+    /// (a SavedModel's damaged Keras metadata).
+    opening_notes: Vec<String>,
 }
 
 /// A file's identity, as opening it found it (unix): the same file under
@@ -429,6 +432,7 @@ impl Checkpoint {
             identity: None,
             norm_eps: None,
             reparametrized: Vec::new(),
+            opening_notes: Vec::new(),
         }
     }
 
@@ -608,14 +612,54 @@ impl Checkpoint {
             )));
         }
         let metadata = crate::tf::metadata(&bundle, &files);
+        // A Keras 2 SavedModel's variables: Keras' names and the model's
+        // config, from the `keras_metadata.pb` beside them.
+        let mut opening_notes = Vec::new();
+        let (mut names, model_config) = match crate::saved_model::metadata_beside(path) {
+            None => (HashMap::new(), None),
+            Some(meta) => match Self::saved_model(&meta, bundle.object_graph, &files) {
+                Ok(m) => (m.names, Some(m.config)),
+                Err(why) => {
+                    opening_notes.push(format!(
+                        "`{}` was not read ({why}): the weights keep the checkpoint's object paths as names, and \
+                         the graph is discovered",
+                        meta.display()
+                    ));
+                    (HashMap::new(), None)
+                }
+            },
+        };
         let mut tensors = HashMap::with_capacity(bundle.tensors.len());
         for t in bundle.tensors {
-            let info = TensorInfo { dtype: t.dtype, shape: t.shape, data_offsets: t.range };
-            if tensors.insert(t.name.clone(), Entry::new(t.shard, info)).is_some() {
-                return Err(bad(format!("tensor `{}` appears twice", t.name)));
+            let mut shape = t.shape;
+            let name = match names.remove(&t.name) {
+                Some(k) if k.depthwise => crate::keras::as_grouped(&mut shape).map(|()| k.name).map_err(bad)?,
+                Some(k) => k.name,
+                None => t.name,
+            };
+            let info = TensorInfo { dtype: t.dtype, shape, data_offsets: t.range };
+            if tensors.contains_key(&name) {
+                return Err(bad(format!("tensor `{name}` appears twice")));
             }
+            tensors.insert(name, Entry::new(t.shard, info));
         }
-        Ok(Checkpoint::of(path.to_path_buf(), shards, tensors, metadata))
+        let mut ck = Checkpoint::of(path.to_path_buf(), shards, tensors, metadata);
+        ck.model_config = model_config;
+        ck.opening_notes = opening_notes;
+        Ok(ck)
+    }
+
+    /// The Keras metadata at `meta` read with the checkpoint's object
+    /// graph (a string tensor at `graph` in `files`).
+    fn saved_model(
+        meta: &Path,
+        graph: Option<(usize, (usize, usize))>,
+        files: &[&[u8]],
+    ) -> std::result::Result<crate::saved_model::SavedModel, String> {
+        let (shard, (start, end)) = graph.ok_or("the checkpoint keeps no object graph")?;
+        let bytes = files.get(shard).and_then(|f| f.get(start..end));
+        let graph = crate::tf::string_value(bytes.ok_or("the object graph lies past the end of its data file")?)?;
+        crate::saved_model::read(meta, graph)
     }
 
     /// A Flax msgpack file: the model's `params` and `batch_stats` (or the
@@ -805,8 +849,14 @@ impl Checkpoint {
         Some((&r.name, r.kind.describe()))
     }
 
+    /// Notes on what opening the file computed, or could not read, that a
+    /// reader of its measures should know.
+    pub fn notes(&self) -> Vec<String> {
+        self.opening_notes.iter().cloned().chain(self.reparametrized_note()).collect()
+    }
+
     /// A note naming the weights computed from a reparametrization, if any.
-    pub fn reparametrized_note(&self) -> Option<String> {
+    fn reparametrized_note(&self) -> Option<String> {
         let names: Vec<String> =
             self.reparametrized.iter().map(|r| format!("`{}` ({})", r.name, r.kind.describe())).collect();
         (!names.is_empty()).then(|| {

@@ -1,6 +1,7 @@
 //! Reading binary formats as data: a cursor whose every read is checked
-//! against the end of its bytes (LEB128 varints included), and CRC-32C,
-//! the checksum of tensorstore's OCDBT nodes and of TensorFlow's tables.
+//! against the end of its bytes (LEB128 varints included), protobuf
+//! messages' fields read with it, and CRC-32C, the checksum of
+//! tensorstore's OCDBT nodes and of TensorFlow's tables.
 
 /// CRC-32C (Castagnoli).
 pub(crate) fn crc32c(bytes: &[u8]) -> u32 {
@@ -93,6 +94,35 @@ impl<'a> Reader<'a> {
         let v = self.varint()?;
         usize::try_from(v).ok().filter(|&v| v < n).ok_or_else(|| format!("data file {v} of a table of {n}"))
     }
+}
+
+/// One protobuf field's value (fixed-width ones skipped).
+pub(crate) enum Field<'a> {
+    Varint(u64),
+    Bytes(&'a [u8]),
+    Fixed,
+}
+
+/// The fields of a protobuf message, as `(number, value)`, each bounded
+/// by the message's bytes.
+pub(crate) fn fields<'a>(b: &'a [u8], what: &'a str) -> Result<Vec<(u64, Field<'a>)>, String> {
+    let mut r = Reader::new(b, what);
+    let mut out = Vec::new();
+    while !r.done() {
+        let tag = r.varint()?;
+        let value = match tag & 7 {
+            0 => Field::Varint(r.varint()?),
+            1 => r.bytes(8).map(|_| Field::Fixed)?,
+            2 => {
+                let n = r.length(b.len())?;
+                Field::Bytes(r.bytes(n)?)
+            }
+            5 => r.bytes(4).map(|_| Field::Fixed)?,
+            w => return Err(format!("a {what} with a field of wire type {w}")),
+        };
+        out.push((tag >> 3, value));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

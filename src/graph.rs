@@ -768,8 +768,9 @@ impl Network {
             (built, Some(Err(why))) => built.map(|net| net.with_config_note(why)),
             (built, _) => built,
         };
+        // What opening the file said comes first: it explains the rest.
         built.map(|mut net| {
-            net.notes.extend(ck.reparametrized_note());
+            net.notes.splice(0..0, ck.notes());
             net
         })
     }

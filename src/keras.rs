@@ -160,16 +160,22 @@ fn weights(h5: &hdf5::File, offset: usize, config: Option<&str>) -> Result<Vec<W
             let (start, end) = (d.start.checked_add(offset), d.end.checked_add(offset));
             let (Some(start), Some(end)) = (start, end) else { return Err("offsets overflow".to_string()) };
             let mut shape = d.shape;
-            if n.depthwise && shape.len() >= 3 {
-                // [.., C, M] is the grouped kernel [.., 1, C * M], byte for byte.
-                let [c, m] = [shape[shape.len() - 2], shape[shape.len() - 1]];
-                let len = shape.len();
-                shape[len - 1] = c.checked_mul(m).ok_or("shape overflows")?;
-                shape[len - 2] = 1;
+            if n.depthwise {
+                as_grouped(&mut shape)?;
             }
             Ok(Weight { name: n.name, dtype: d.dtype, shape, start, end })
         })
         .collect()
+}
+
+/// A depthwise kernel's shape `[.., C, M]` made the grouped kernel's it
+/// is, `[.., 1, C * M]` (the same bytes in the same order).
+pub(crate) fn as_grouped(shape: &mut [usize]) -> Result<(), String> {
+    if let [.., _, c, m] = shape {
+        *m = c.checked_mul(*m).ok_or("shape overflows")?;
+        *c = 1;
+    }
+    Ok(())
 }
 
 /// A dataset's tensor name, and whether it is a depthwise kernel.

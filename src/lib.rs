@@ -36,6 +36,7 @@ pub mod output;
 pub mod pickle;
 pub mod plot;
 pub(crate) mod reparam;
+pub(crate) mod saved_model;
 pub mod scan;
 pub mod separation;
 pub mod simd;

@@ -13,13 +13,15 @@
 //! under `.OPTIMIZER_SLOT`), a SavedModel's metrics, the object graph and
 //! other strings are not weights and are left out; top-level scalars
 //! (`save_counter`, a tracked `step` or `epoch`) become metadata columns.
+//! The object graph's place is kept for a SavedModel's Keras names
+//! ([`crate::saved_model`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use safetensors::tensor::Dtype;
 
-use crate::cursor::{crc32c, Reader};
+use crate::cursor::{crc32c, fields, Field, Reader};
 
 /// The table format's magic number, at the end of its footer.
 const TABLE_MAGIC: u64 = 0xdb47_7524_8b80_fb57;
@@ -29,6 +31,9 @@ const FOOTER: usize = 48;
 const VARIABLE: &str = "/.ATTRIBUTES/VARIABLE_VALUE";
 /// A table's `(key, value)` entries.
 type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+/// The key of an object-based checkpoint's object graph (a
+/// `TrackableObjectGraph`, stored as a string tensor).
+const OBJECT_GRAPH: &str = "_CHECKPOINTABLE_OBJECT_GRAPH";
 /// Bounds on what an index may declare.
 const MAX_ENTRIES: usize = 1 << 20;
 const MAX_KEY: usize = 1 << 16;
@@ -93,6 +98,8 @@ pub(crate) struct Bundle {
     pub(crate) tensors: Vec<BundleTensor>,
     /// Top-level scalars: name and the tensor holding the value.
     pub(crate) scalars: Vec<BundleTensor>,
+    /// Where the object graph's string tensor is: its data file and bytes.
+    pub(crate) object_graph: Option<(usize, (usize, usize))>,
 }
 
 /// The data file `shard` of `count` beside index `index` (`PREFIX.index`).
@@ -105,7 +112,7 @@ fn data_file(index: &Path, shard: u64, count: u64) -> PathBuf {
 /// The bundle index at `path` (its bytes `b`).
 pub(crate) fn read_index(path: &Path, b: &[u8]) -> Result<Bundle, String> {
     let mut shards = None;
-    let mut out = Bundle { data_files: Vec::new(), tensors: Vec::new(), scalars: Vec::new() };
+    let mut out = Bundle { data_files: Vec::new(), tensors: Vec::new(), scalars: Vec::new(), object_graph: None };
     for (key, value) in table_entries(b)? {
         if key.is_empty() {
             let (count, big_endian) = header(&value)?;
@@ -116,6 +123,13 @@ pub(crate) fn read_index(path: &Path, b: &[u8]) -> Result<Bundle, String> {
             continue;
         }
         let key = String::from_utf8(key).map_err(|_| "a key that is not UTF-8".to_string())?;
+        if key == OBJECT_GRAPH {
+            let Place { code, shard, range, .. } = place(&key, &value)?;
+            if code == STRING {
+                out.object_graph = Some((shard, range));
+            }
+            continue;
+        }
         let Some(name) = weight_name(&key) else { continue };
         let Some(t) = entry(&key, name, &value)? else { continue };
         // A top-level scalar (`save_counter`, a tracked `step`) is a column.
@@ -129,6 +143,9 @@ pub(crate) fn read_index(path: &Path, b: &[u8]) -> Result<Bundle, String> {
     if let Some(t) = out.tensors.iter().chain(&out.scalars).find(|t| t.shard as u64 >= count) {
         return Err(format!("tensor `{}` is in data file {} of {count}", t.name, t.shard));
     }
+    if out.object_graph.is_some_and(|(shard, _)| shard as u64 >= count) {
+        return Err(format!("the object graph is in a data file past the {count}"));
+    }
     out.data_files = (0..count).map(|i| data_file(path, i, count)).collect();
     Ok(out)
 }
@@ -137,7 +154,7 @@ pub(crate) fn read_index(path: &Path, b: &[u8]) -> Result<Bundle, String> {
 /// weight: the optimizer's state, a SavedModel's metrics
 /// (`keras_api/metrics/...`), the object graph, an object's attributes
 /// other than its value.
-fn weight_name(key: &str) -> Option<&str> {
+pub(crate) fn weight_name(key: &str) -> Option<&str> {
     if key.contains("/.OPTIMIZER_SLOT/")
         || key.starts_with("optimizer/")
         || key.starts_with("keras_api/")
@@ -170,9 +187,20 @@ fn header(value: &[u8]) -> Result<(u64, bool), String> {
     Ok((count, big))
 }
 
-/// A `BundleEntryProto` read as the tensor named `name` (None for a
-/// string, which is no weight).
-fn entry(key: &str, name: &str, value: &[u8]) -> Result<Option<BundleTensor>, String> {
+/// TensorFlow's code for a string (`DT_STRING`).
+const STRING: u64 = 7;
+
+/// What a `BundleEntryProto` says: dtype code, shape, data file and bytes.
+struct Place {
+    code: u64,
+    shape: Vec<usize>,
+    shard: usize,
+    range: (usize, usize),
+}
+
+/// The `BundleEntryProto` of `key`: where its bytes are, the range checked
+/// for overflow (not yet against the data file).
+fn place(key: &str, value: &[u8]) -> Result<Place, String> {
     let bad = |what: String| format!("tensor `{key}`: {what}");
     let (mut code, mut shape, mut shard, mut offset, mut size) = (0, None, 0, 0, 0);
     for field in fields(value, "bundle entry").map_err(bad)? {
@@ -186,6 +214,18 @@ fn entry(key: &str, name: &str, value: &[u8]) -> Result<Option<BundleTensor>, St
             _ => {}
         }
     }
+    let start = usize::try_from(offset).ok();
+    let end = start.zip(usize::try_from(size).ok()).and_then(|(s, n)| s.checked_add(n));
+    let (Some(start), Some(end)) = (start, end) else { return Err(bad("offset or size overflows".into())) };
+    let shard = usize::try_from(shard).map_err(|_| bad(format!("data file {shard}")))?;
+    Ok(Place { code, shape: shape.unwrap_or_default(), shard, range: (start, end) })
+}
+
+/// A `BundleEntryProto` read as the tensor named `name` (None for a
+/// string, which is no weight).
+fn entry(key: &str, name: &str, value: &[u8]) -> Result<Option<BundleTensor>, String> {
+    let bad = |what: String| format!("tensor `{key}`: {what}");
+    let Place { code, shape, shard, range } = place(key, value)?;
     let dtype = match code {
         1 => Dtype::F32,
         2 => Dtype::F64,
@@ -193,7 +233,7 @@ fn entry(key: &str, name: &str, value: &[u8]) -> Result<Option<BundleTensor>, St
         4 => Dtype::U8,
         5 => Dtype::I16,
         6 => Dtype::I8,
-        7 => return Ok(None),
+        STRING => return Ok(None),
         9 => Dtype::I64,
         10 => Dtype::BOOL,
         14 => Dtype::BF16,
@@ -203,16 +243,27 @@ fn entry(key: &str, name: &str, value: &[u8]) -> Result<Option<BundleTensor>, St
         23 => Dtype::U64,
         c => return Err(bad(format!("TensorFlow dtype {c} (types.proto), which is not read"))),
     };
-    let shape = shape.unwrap_or_default();
     let bytes = shape.iter().try_fold(dtype.bitsize() / 8, |a, &d| a.checked_mul(d));
-    let start = usize::try_from(offset).ok();
-    let end = start.zip(bytes).and_then(|(s, n)| s.checked_add(n));
-    let (Some(start), Some(end)) = (start, end) else { return Err(bad("offset or size overflows".into())) };
-    if u64::try_from(end - start).ok() != Some(size) {
-        return Err(bad(format!("shape {shape:?} of {dtype} needs {} bytes, the entry says {size}", end - start)));
+    if bytes != Some(range.1 - range.0) {
+        let needs = bytes.map_or("more bytes than a usize holds".into(), |n| format!("{n} bytes"));
+        return Err(bad(format!("shape {shape:?} of {dtype} needs {needs}, the entry says {}", range.1 - range.0)));
     }
-    let shard = usize::try_from(shard).map_err(|_| bad(format!("data file {shard}")))?;
-    Ok(Some(BundleTensor { name: name.to_string(), dtype, shape, shard, range: (start, end) }))
+    Ok(Some(BundleTensor { name: name.to_string(), dtype, shape, shard, range }))
+}
+
+/// The value of a scalar string tensor in a data file (`bytes`, its
+/// range): its length as a varint, the length's CRC-32C (masked, over the
+/// length as 4 little-endian bytes, as TensorFlow writes it), the string.
+pub(crate) fn string_value(bytes: &[u8]) -> Result<&[u8], String> {
+    let mut r = Reader::new(bytes, "string tensor");
+    let n = r.length(bytes.len())?;
+    let masked = u32::from_le_bytes(r.bytes(4)?.try_into().expect("4 bytes"));
+    let crc = masked.wrapping_sub(0xa282_ead8).rotate_left(15);
+    let len = u32::try_from(n).map_err(|_| format!("a string of {n} bytes"))?;
+    if crc32c(&len.to_le_bytes()) != crc {
+        return Err("a string tensor whose length's CRC-32C does not match (a damaged file)".into());
+    }
+    r.bytes(n)
 }
 
 /// A `TensorShapeProto`'s dimensions.
@@ -238,34 +289,6 @@ fn tensor_shape(b: &[u8]) -> Result<Vec<usize>, String> {
         }
     }
     Ok(dims)
-}
-
-/// One protobuf field's value.
-enum Field<'a> {
-    Varint(u64),
-    Bytes(&'a [u8]),
-    Fixed,
-}
-
-/// The fields of a protobuf message, as `(number, value)`.
-fn fields<'a>(b: &'a [u8], what: &'a str) -> Result<Vec<(u64, Field<'a>)>, String> {
-    let mut r = Reader::new(b, what);
-    let mut out = Vec::new();
-    while !r.done() {
-        let tag = r.varint()?;
-        let value = match tag & 7 {
-            0 => Field::Varint(r.varint()?),
-            1 => r.bytes(8).map(|_| Field::Fixed)?,
-            2 => {
-                let n = r.length(b.len())?;
-                Field::Bytes(r.bytes(n)?)
-            }
-            5 => r.bytes(4).map(|_| Field::Fixed)?,
-            w => return Err(format!("a {what} with a field of wire type {w}")),
-        };
-        out.push((tag >> 3, value));
-    }
-    Ok(out)
 }
 
 /// A block handle: offset and size of a block of the table.

@@ -5,7 +5,8 @@
 //! of safetensors twins holding what TensorFlow's own reader returns; the
 //! optimizer's state is left out, top-level scalars are columns; an index
 //! without its data file, a damaged index and a data file cut short are
-//! refused by name; mutated indexes never panic.
+//! refused by name; mutated indexes never panic. A Keras 2 SavedModel's
+//! `keras_metadata.pb` names its weights and gives its graph.
 
 mod common;
 
@@ -101,6 +102,49 @@ fn only_tensorflow_indexes_are_taken_from_a_folder() {
     assert!(errors.contains("cp-0002.ckpt.index") && !errors.contains("faiss"), "{errors}");
 }
 
+/// A Keras 2 SavedModel's variables are read with the `keras_metadata.pb`
+/// beside them: Keras' names (a nested model's weights, which the
+/// checkpoint keys `variables/N`, under its name; a depthwise kernel as
+/// the layer's `kernel`) and the model's graph, so the tables are those of
+/// the same model saved as Keras 2's legacy `.h5`, and the input's
+/// strengths those TensorFlow computes. A `keras_metadata.pb` cut short is
+/// said in a note, and the weights still measured under their object paths.
+#[test]
+fn a_saved_models_keras_metadata_names_the_weights_and_gives_the_graph() {
+    let dir = tempfile::tempdir().unwrap();
+    let keras_saved = fixtures().join("keras_saved");
+    let (saved, h5) = (dir.path().join("saved"), dir.path().join("h5"));
+    let o = common::scan_paths(&[keras_saved.join("model")], &saved, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("graph from the Keras model config"));
+    assert!(common::scan_paths(&[keras_saved.join("model.h5")], &h5, &[]).status.success());
+    for table in ["nodes.csv", "links.csv"] {
+        assert_eq!(rows(&saved.join(table)), rows(&h5.join(table)), "{table}");
+    }
+    let nodes = std::fs::read_to_string(saved.join("nodes.csv")).unwrap();
+    for set in [",backbone/stem,", ",dw,", ",skip,", ",head,"] {
+        assert!(nodes.contains(set), "{set} in {nodes}");
+    }
+    // The input's strengths, as TensorFlow computes them.
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(keras_saved.join("expected.json")).unwrap()).unwrap();
+    let header: Vec<&str> = nodes.lines().next().unwrap().split(',').collect();
+    let input: Vec<&str> = nodes.lines().find(|l| l.contains(",input,")).unwrap().split(',').collect();
+    for column in ["strength_mean", "fluctuation"] {
+        let ours: f64 = input[header.iter().position(|h| *h == column).unwrap()].parse().unwrap();
+        let theirs = expected["input"][column].as_f64().unwrap();
+        assert!((ours - theirs).abs() <= 1e-12 * theirs.abs(), "{column}: {ours} vs TensorFlow's {theirs}");
+    }
+    // Its metadata cut short: said, and measured under the object paths.
+    let damaged = dir.path().join("damaged");
+    let o = common::scan_paths(&[keras_saved.join("damaged")], &damaged, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("keras_metadata.pb` was not read (damaged or cut short"), "{stderr}");
+    let nodes = std::fs::read_to_string(damaged.join("nodes.csv")).unwrap();
+    assert!(nodes.contains(",layer_with_weights-5:out,"), "{nodes}");
+}
+
 #[test]
 fn random_mutations_never_panic() {
     let run = fixtures().join("good/run");
@@ -111,4 +155,20 @@ fn random_mutations_never_panic() {
     let index = dir.path().join("cp-0002.ckpt.index");
     let (ok, refused) = common::measure_mutations(&good, &index, 1500);
     assert!(refused > 0 && ok + refused == 1500, "{ok} measured, {refused} refused");
+}
+
+/// Mutations of a SavedModel's `keras_metadata.pb` never panic: each is
+/// read, said in a note or refused.
+#[test]
+fn keras_metadata_mutations_never_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fixtures().join("keras_saved/model");
+    std::fs::create_dir_all(dir.path().join("variables")).unwrap();
+    for f in ["variables/variables.index", "variables/variables.data-00000-of-00001"] {
+        std::fs::copy(model.join(f), dir.path().join(f)).unwrap();
+    }
+    let good = std::fs::read(model.join("keras_metadata.pb")).unwrap();
+    let (meta, index) = (dir.path().join("keras_metadata.pb"), dir.path().join("variables/variables.index"));
+    let (ok, refused) = common::measure_mutations_in(&good, &meta, &index, 800);
+    assert!(ok > 0 && ok + refused == 800, "{ok} measured, {refused} refused");
 }
