@@ -279,29 +279,52 @@ impl F32Bins {
 }
 
 /// Writes the bin of `f64::from(x) * factor` for each f32 value of `xs` to
-/// `out`, four at a time, exactly as [`Binning::bin`] computes it (the
-/// values of a conv's output channel with its folded BatchNorm's factor).
+/// `out`, four at a time, exactly as [`Binning::bin`] computes it: one
+/// factor (the values of a torch-layout conv's output channel with its
+/// folded BatchNorm's factor), or one per value (a stretch of a
+/// keras-layout run, whose columns are the output channels).
 ///
 /// # Safety
 /// The processor must have AVX2 and FMA ([`avx2`]).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn bins_scaled(binning: &Binning, xs: &[f32], factor: f64, out: &mut [u32]) {
+pub unsafe fn bins_scaled(binning: &Binning, xs: &[f32], factors: Factors<'_>, out: &mut [u32]) {
     assert_eq!(xs.len(), out.len());
+    match factors {
+        Factors::Row(factor) => unsafe { bins_times::<false>(binning, xs, factor, &[], out) },
+        Factors::Columns(columns) => {
+            assert_eq!(columns.len(), xs.len(), "a factor per value");
+            unsafe { bins_times::<true>(binning, xs, 1.0, columns, out) }
+        }
+    }
+}
+
+/// [`bins_scaled`] with one `factor` or, when `COLUMNS`, `columns[i]` for
+/// value `i`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn bins_times<const COLUMNS: bool>(
+    binning: &Binning,
+    xs: &[f32],
+    factor: f64,
+    columns: &[f64],
+    out: &mut [u32],
+) {
     let (lo, hi, scale) = (_mm256_set1_pd(binning.lo), _mm256_set1_pd(binning.hi), _mm256_set1_pd(binning.scale));
     let (f, last) = (_mm256_set1_pd(factor), _mm256_set1_pd(f64::from(binning.bins - 1)));
     let discard = _mm256_set1_pd(f64::from(binning.bins));
     let body = xs.len() / 4 * 4;
-    for (chunk, o) in xs[..body].chunks_exact(4).zip(out[..body].chunks_exact_mut(4)) {
-        // SAFETY: each chunk holds 4 values.
+    for (i, (chunk, o)) in xs[..body].chunks_exact(4).zip(out[..body].chunks_exact_mut(4)).enumerate() {
+        // SAFETY: each chunk holds 4 values, and `columns` as many as `xs`.
+        let f = if COLUMNS { unsafe { _mm256_loadu_pd(columns.as_ptr().add(4 * i)) } } else { f };
         let x = _mm256_mul_pd(_mm256_cvtps_pd(unsafe { _mm_loadu_ps(chunk.as_ptr()) }), f);
         let inside = _mm256_and_pd(_mm256_cmp_pd::<_CMP_GE_OQ>(x, lo), _mm256_cmp_pd::<_CMP_LE_OQ>(x, hi));
         let t = _mm256_min_pd(_mm256_mul_pd(_mm256_sub_pd(x, lo), scale), last);
         let bin = _mm256_cvttpd_epi32(_mm256_blendv_pd(discard, t, inside));
         unsafe { _mm_storeu_si128(o.as_mut_ptr().cast(), bin) };
     }
-    for (x, o) in xs[body..].iter().zip(&mut out[body..]) {
-        *o = binning.bin(f64::from(*x) * factor);
+    for (i, (x, o)) in xs.iter().zip(out.iter_mut()).enumerate().skip(body) {
+        *o = binning.bin(f64::from(*x) * if COLUMNS { columns[i] } else { factor });
     }
 }
 

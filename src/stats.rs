@@ -363,22 +363,26 @@ fn bins_f64(binning: &Binning, xs: &[f64], out: &mut [u32]) {
     }
 }
 
-/// The bin of `f64::from(x) * factor` for each value of `xs`: in f32
-/// eight at a time where the processor has AVX2 and f32 holds the bins, in
-/// f64 four at a time where it has AVX2 only.
-fn bins_scaled(binning: &Binning, xs: &[f32], factor: f64, out: &mut [u32]) {
+/// The bin of `f64::from(x) * factor` for each value of `xs`, one factor
+/// or one per value: with one, in f32 eight at a time where the processor
+/// has AVX2 and f32 holds the bins; else in f64 four at a time where it
+/// has AVX2.
+fn bins_scaled(binning: &Binning, xs: &[f32], factors: Factors<'_>, out: &mut [u32]) {
     #[cfg(target_arch = "x86_64")]
     if crate::simd::avx2() {
         // SAFETY: the processor has AVX2 and FMA.
         return unsafe {
-            match crate::simd::F32Bins::scaled(binning, factor) {
-                Some(f32_bins) => f32_bins.bins(xs, out),
-                None => crate::simd::bins_scaled(binning, xs, factor, out),
+            match factors {
+                Factors::Row(factor) => match crate::simd::F32Bins::scaled(binning, factor) {
+                    Some(f32_bins) => f32_bins.bins(xs, out),
+                    None => crate::simd::bins_scaled(binning, xs, factors, out),
+                },
+                Factors::Columns(_) => crate::simd::bins_scaled(binning, xs, factors, out),
             }
         };
     }
-    for (o, &x) in out.iter_mut().zip(xs) {
-        *o = binning.bin(f64::from(x) * factor);
+    for (i, (o, &x)) in out.iter_mut().zip(xs).enumerate() {
+        *o = binning.bin(f64::from(x) * factors.at(i));
     }
 }
 
@@ -497,7 +501,7 @@ impl Histogram {
                 if short {
                     scaled[block].iter_mut().zip(xs).for_each(|(v, &x)| *v = f64::from(x) * factor);
                 } else {
-                    bins_scaled(&binning, xs, factor, &mut out[block]);
+                    bins_scaled(&binning, xs, Factors::Row(factor), &mut out[block]);
                 }
                 at = stop;
             }
@@ -516,18 +520,15 @@ impl Histogram {
         let cols = factors.len();
         debug_assert!(xs.len().is_multiple_of(cols));
         let binning = self.binning();
-        let mut scaled = [0.0; COUNT_BLOCK];
         self.count(xs.len(), |start, out| {
-            let scaled = &mut scaled[..out.len()];
             // A block may start inside a row: the factors from its column on.
             let (mut j, mut done) = (start % cols, 0);
-            while done < scaled.len() {
-                let n = (cols - j).min(scaled.len() - done);
-                let (xs, fs) = (&xs[start + done..][..n], &factors[j..][..n]);
-                scaled[done..done + n].iter_mut().zip(xs.iter().zip(fs)).for_each(|(v, (&x, f))| *v = f64::from(x) * f);
+            while done < out.len() {
+                let n = (cols - j).min(out.len() - done);
+                let (xs, fs) = (&xs[start + done..][..n], Factors::Columns(&factors[j..][..n]));
+                bins_scaled(&binning, xs, fs, &mut out[done..done + n]);
                 (j, done) = (0, done + n);
             }
-            bins_f64(&binning, scaled, out);
         });
     }
 
