@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::cursor::{fields, Field};
@@ -72,7 +73,9 @@ pub(crate) fn read(path: &Path, graph: &[u8]) -> Result<SavedModel, String> {
 /// [`read`] of the metadata's bytes.
 fn parse(metadata: &[u8], graph: &[u8]) -> Result<SavedModel, String> {
     let nodes = object_graph(graph)?;
-    // Each object's layer name by its path; the root's metadata.
+    // Each object's layer name by its path; the root's metadata. (Each
+    // object's JSON is read for the fields used, not as a whole tree: a
+    // large model's metadata is megabytes of layer configs.)
     let mut names: HashMap<String, String> = HashMap::new();
     let mut root = None;
     let objects = saved_objects(metadata).map_err(|e| format!("damaged or cut short: {e}"))?;
@@ -81,24 +84,20 @@ fn parse(metadata: &[u8], graph: &[u8]) -> Result<SavedModel, String> {
         if identifier == "_tf_keras_metric" {
             continue;
         }
-        let v: Value = serde_json::from_str(&text).map_err(|e| format!("object `{path}`: {e}"))?;
+        let bad = |e: serde_json::Error| format!("object `{path}`: {e}");
         if path == "root" {
-            root = Some(v);
-        } else if let Some(name) = v.get("name").and_then(Value::as_str) {
-            names.insert(path, name.to_string());
+            root = Some(serde_json::from_str::<Root>(&text).map_err(bad)?);
+        } else if let Some(name) = serde_json::from_str::<Named>(&text).map_err(bad)?.name {
+            names.insert(path, name);
         }
     }
     let root = root.ok_or("no `root` object")?;
     let config = root
-        .get("model_config")
+        .model_config
         .filter(|c| c.get("config").is_some())
         .ok_or("the model keeps no config (a subclassed model: its layers are code, not data); give a spec")?;
-    let text = |key: &str| root.get(key).and_then(Value::as_str).map(str::to_string);
-    let config = ModelConfig {
-        json: untupled(config.clone()).to_string(),
-        backend: text("backend"),
-        keras_version: text("keras_version"),
-    };
+    let config =
+        ModelConfig { json: untupled(config).to_string(), backend: root.backend, keras_version: root.keras_version };
     let mut weights = HashMap::new();
     for path in names.keys() {
         let Some(rest) = path.strip_prefix("root.") else { continue };
@@ -128,6 +127,20 @@ fn parse(metadata: &[u8], graph: &[u8]) -> Result<SavedModel, String> {
         }
     }
     Ok(SavedModel { names: weights, config })
+}
+
+/// What is read of the root object's metadata.
+#[derive(Deserialize)]
+struct Root {
+    model_config: Option<Value>,
+    backend: Option<String>,
+    keras_version: Option<String>,
+}
+
+/// What is read of a layer's metadata.
+#[derive(Deserialize)]
+struct Named {
+    name: Option<String>,
 }
 
 /// A node of the object graph: its children by local name, and the
