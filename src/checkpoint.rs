@@ -284,6 +284,10 @@ pub struct Checkpoint {
     /// What opening the file could not read that a reader should know of
     /// (a SavedModel's damaged Keras metadata).
     opening_notes: Vec<String>,
+    /// The layout the file's format fixes, whatever its names: TensorFlow
+    /// stores conv kernels `[kh, kw, in, out]` and dense ones `[in, out]`
+    /// (a TF-slim checkpoint's `conv1/weights` too).
+    native_layout: Option<crate::spec::Layout>,
 }
 
 /// A file's identity, as opening it found it (unix): the same file under
@@ -433,6 +437,7 @@ impl Checkpoint {
             norm_eps: None,
             reparametrized: Vec::new(),
             opening_notes: Vec::new(),
+            native_layout: None,
         }
     }
 
@@ -646,6 +651,7 @@ impl Checkpoint {
         let mut ck = Checkpoint::of(path.to_path_buf(), shards, tensors, metadata);
         ck.model_config = model_config;
         ck.opening_notes = opening_notes;
+        ck.native_layout = Some(crate::spec::Layout::Keras);
         Ok(ck)
     }
 
@@ -915,6 +921,12 @@ impl Checkpoint {
                 return Ok(ck);
             }
         }
+        // A TensorFlow SavedModel folder (Keras 2's `model.save("dir")`):
+        // its variables, named as a scan of the folder names them.
+        let variables = path.join("variables").join("variables.index");
+        if variables.is_file() {
+            return Self::open(&variables);
+        }
         let adapter = match path.join("adapter_model.safetensors").is_file() {
             true => {
                 " (it holds adapter_model.safetensors, a PEFT adapter's weights: scan that file to measure the adapter)"
@@ -922,8 +934,8 @@ impl Checkpoint {
             false => "",
         };
         let what = format!(
-            "a directory with neither {SHARD_INDEX}, {TORCH_SHARD_INDEX}, model.safetensors, pytorch_model.bin nor \
-             an Orbax checkpoint's _CHECKPOINT_METADATA{adapter}"
+            "a directory with neither {SHARD_INDEX}, {TORCH_SHARD_INDEX}, model.safetensors, pytorch_model.bin, a \
+             SavedModel's variables/variables.index nor an Orbax checkpoint's _CHECKPOINT_METADATA{adapter}"
         );
         Err(Error::UnknownFormat { path: path.to_path_buf(), what })
     }
@@ -1044,6 +1056,12 @@ impl Checkpoint {
     /// 1e-5 in Keras' layout).
     pub fn norm_eps(&self) -> Option<f64> {
         self.norm_eps
+    }
+
+    /// The layout the file's format fixes, whatever its tensors' names
+    /// (TensorFlow checkpoints: Keras').
+    pub fn native_layout(&self) -> Option<crate::spec::Layout> {
+        self.native_layout
     }
 
     /// The file's identity, for a checkpoint of one file (on unix).

@@ -24,8 +24,12 @@ pub(crate) struct Discovered {
     pub(crate) notes: Vec<String>,
 }
 
-/// Keras when a tensor is named like a keras kernel.
+/// The layout the file's format fixes (TensorFlow's), else Keras when a
+/// tensor is named like a keras kernel.
 pub(crate) fn detect_layout(ck: &Checkpoint) -> Layout {
+    if let Some(layout) = ck.native_layout() {
+        return layout;
+    }
     if ck.names().iter().any(|n| n.ends_with("kernel") || n.ends_with("kernel:0")) {
         Layout::Keras
     } else {
@@ -145,9 +149,14 @@ pub(crate) fn discover(ck: &Checkpoint, layout: Layout) -> Discovered {
         // silently measured without it. torch's nn.MultiheadAttention
         // (ViT's, CLIP's) keeps its query, key and value projections as one
         // `[3d, d]` dense weight, `in_proj_weight`.
-        let (weight, bias) = match role(&["weight", "kernel"]) {
+        // (TF-slim's `weights` and `biases`, in TensorFlow's files.)
+        let (weights, biases): (&[&str], &[&str]) = match layout {
+            Layout::Keras => (&["weight", "kernel", "weights"], &["bias", "beta", "biases"]),
+            Layout::Torch => (&["weight", "kernel"], &["bias", "beta"]),
+        };
+        let (weight, bias) = match role(weights) {
             None if role(&["in_proj_weight"]).is_some() => (role(&["in_proj_weight"]), role(&["in_proj_bias"])),
-            w => (w, role(&["bias", "beta"])),
+            w => (w, role(biases)),
         };
         let norm = norm_roles(layout);
         let (mean, var) = (role(norm.mean), role(norm.var));
@@ -292,6 +301,10 @@ fn place_norms(
     let digits = |s: &str| s.trim_start_matches(|c: char| !c.is_ascii_digit()).to_string();
     let sibling = |bn: &str, e: &LayerSpec| {
         let w = display_name(e.weight.as_deref().unwrap_or(""));
+        // In the layer's own scope: TF-slim's `conv1/BatchNorm` of `conv1`.
+        if parent(bn) == w && last(bn).to_ascii_lowercase().contains("norm") {
+            return true;
+        }
         if parent(&w) != parent(bn) {
             return false;
         }

@@ -1713,7 +1713,7 @@ pub fn display_name(weight: &str) -> String {
     if let Some(p) = weight.strip_suffix("_proj_weight") {
         return format!("{p}_proj"); // nn.MultiheadAttention's `in_proj_weight`
     }
-    for s in [".weight", "/kernel:0", "/kernel", ":0"] {
+    for s in [".weight", "/kernel:0", "/kernel", "/weights", ":0"] {
         if let Some(p) = weight.strip_suffix(s) {
             if !p.is_empty() {
                 return p.to_string();

@@ -121,6 +121,13 @@ fn a_saved_models_keras_metadata_names_the_weights_and_gives_the_graph() {
     for table in ["nodes.csv", "links.csv"] {
         assert_eq!(rows(&saved.join(table)), rows(&h5.join(table)), "{table}");
     }
+    // Named by its folder, as Keras saved it, it opens the same.
+    let ck = cntscope::checkpoint::Checkpoint::open(keras_saved.join("model")).unwrap();
+    assert!(ck.path().ends_with("model/variables/variables.index"));
+    let names = ck.names();
+    for name in ["backbone/stem/kernel", "backbone/stem_bn/gamma", "dw/kernel", "head/bias"] {
+        assert!(names.contains(&name), "{name} in {names:?}");
+    }
     let nodes = std::fs::read_to_string(saved.join("nodes.csv")).unwrap();
     for set in [",backbone/stem,", ",dw,", ",skip,", ",head,"] {
         assert!(nodes.contains(set), "{set} in {nodes}");
@@ -143,6 +150,37 @@ fn a_saved_models_keras_metadata_names_the_weights_and_gives_the_graph() {
     assert!(stderr.contains("keras_metadata.pb` was not read (damaged or cut short"), "{stderr}");
     let nodes = std::fs::read_to_string(damaged.join("nodes.csv")).unwrap();
     assert!(nodes.contains(",layer_with_weights-5:out,"), "{nodes}");
+}
+
+/// A TF1 `Saver` checkpoint named as TF-slim names its layers: `weights`
+/// and `biases` read in TensorFlow's layout, each `LAYER/BatchNorm` (with
+/// or without its `gamma`) folded into its layer, the global step a
+/// column; each layer's links' mean as numpy computes it from the saved
+/// arrays.
+#[test]
+fn tf_slim_checkpoints_are_read_in_tensorflows_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let slim = fixtures().join("slim");
+    let o = common::scan_paths(std::slice::from_ref(&slim), &dir.path().join("out"), &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let links = std::fs::read_to_string(dir.path().join("out/links.csv")).unwrap();
+    let header: Vec<&str> = links.lines().next().unwrap().split(',').collect();
+    let column = |row: &[&str], name: &str| row[header.iter().position(|h| *h == name).unwrap()].to_string();
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(slim.join("expected.json")).unwrap()).unwrap();
+    let rows: Vec<Vec<&str>> = links.lines().skip(1).map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), 3, "{links}");
+    for row in &rows {
+        let layer = column(row, "name");
+        let theirs = expected["link_mean"][&layer].as_f64().unwrap_or_else(|| panic!("{layer}"));
+        let ours: f64 = column(row, "mean").parse().unwrap();
+        assert!((ours - theirs).abs() <= 1e-12 * theirs.abs(), "{layer}: {ours} vs numpy's {theirs}");
+        assert_eq!(column(row, "step"), "1200");
+    }
+    // The BatchNorms are folded (their shift is the conv's bias), none unused.
+    let ck = cntscope::checkpoint::Checkpoint::open(slim.join("model.ckpt-1200")).unwrap();
+    let net = cntscope::graph::Network::build(&ck, &Default::default()).unwrap();
+    assert!(net.unused.iter().all(|(n, _)| !n.contains("BatchNorm")), "{:?}", net.unused);
 }
 
 #[test]
