@@ -14,6 +14,12 @@
 //! collections (`opt_state`, `ema_params`, ...) are left out. A file
 //! without a `params` entry (Hugging Face's) is the parameter tree itself.
 //!
+//! Flax NNX's state (`nnx.split(model)` or `nnx.state(model)`, saved as
+//! its checkpointing guide saves it) has no collections: each variable's
+//! array is its `value` (`conv1/kernel/value`), read as `conv1/kernel`;
+//! the RNG streams' state (`rngs/...`) and an optimizer's (`opt_state/...`)
+//! are left out, and a variable of one value (`step`) is a column.
+//!
 //! Orbax's checkpoint directories (what `orbax.checkpoint` and, by
 //! default, `save_checkpoint` write) are read by [`crate::orbax`] into the
 //! same tree.
@@ -345,7 +351,23 @@ pub(crate) fn model(b: &[u8], all: Vec<(String, Leaf)>, key: Option<&str>) -> Re
         }
         n.strip_prefix(r)?.strip_prefix('/').map(String::from)
     };
+    // Flax NNX's state (`nnx.split(model)`, `nnx.state(model)`, as its
+    // checkpointing guide saves it): no collections, each variable's array
+    // its `value`. Its RNG streams' state and an optimizer's are not the
+    // model's.
+    let is_array = |leaf: &Leaf| matches!(leaf, Leaf::Tensor(..) | Leaf::Chunked(..));
+    let nnx = root.is_none()
+        && key.is_none()
+        && all.iter().any(|(_, leaf)| is_array(leaf))
+        && all.iter().filter(|(_, leaf)| is_array(leaf)).all(|(n, _)| n == "value" || n.ends_with("/value"));
+    let nnx_name = |n: &str| -> Option<String> {
+        let name = n.strip_suffix("/value").unwrap_or(n);
+        (!name.split('/').any(|part| matches!(part, "rngs" | "opt_state"))).then(|| name.to_string())
+    };
     let model = |n: &str| -> Option<String> {
+        if nnx {
+            return nnx_name(n);
+        }
         match (&root, key) {
             (Some(r), Some(_)) => under(r, n),
             (Some(r), None) => {
@@ -370,7 +392,17 @@ pub(crate) fn model(b: &[u8], all: Vec<(String, Leaf)>, key: Option<&str>) -> Re
     let mut out = FlaxCheckpoint { tensors: Vec::new(), gathered: Vec::new(), metadata: BTreeMap::new() };
     let mut names = std::collections::HashSet::new();
     for (n, leaf) in all {
-        let name = model(&n);
+        let mut name = model(&n);
+        // An NNX variable of one value (a step, a count): a column.
+        let n = match (&leaf, &name) {
+            (Leaf::Tensor(info, _), Some(short)) if nnx && info.shape.is_empty() => {
+                let short = short.clone();
+                name = None;
+                short
+            }
+            (_, None) if nnx => continue,
+            _ => n,
+        };
         if let (Leaf::Tensor(..) | Leaf::Chunked(..), Some(name)) = (&leaf, &name) {
             if !names.insert(name.clone()) {
                 return Err(format!("`{name}` is both a parameter and a batch statistic"));

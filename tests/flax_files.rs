@@ -43,8 +43,9 @@ fn flax_files_equal_their_safetensors_twins() {
     let twin_spec = dir.path().join("twin.toml");
     std::fs::write(&twin_spec, format!("eps = 1e-5\n{spec}")).unwrap();
     let cnn_spec = fixtures().join("cnn.toml");
-    let cnn = ["good/variables.msgpack", "good/train_state.msgpack", "good/checkpoint_7", "orbax/standard"];
-    let cnn_twins = ["variables", "train_state", "checkpoint_7", "variables"];
+    let cnn =
+        ["good/variables.msgpack", "good/train_state.msgpack", "good/checkpoint_7", "orbax/standard", "orbax/nnx"];
+    let cnn_twins = ["variables", "train_state", "checkpoint_7", "variables", "variables"];
     let mlp = [
         "good/flax_model.msgpack",
         "good/chunked.msgpack",
@@ -174,7 +175,15 @@ fn orbax_directories_are_one_checkpoint_each() {
     let mut names: Vec<&str> = nodes.lines().skip(1).map(|l| l.split(',').next().unwrap()).collect();
     names.dedup();
     let names: Vec<&str> = names.iter().map(|n| n.rsplit("orbax/").next().unwrap()).collect();
-    assert_eq!(names, ["checkpoint_7", "manager/1", "standard", "wide", "wide_files", "wide_zarr3"]);
+    assert_eq!(names, ["checkpoint_7", "manager/1", "nnx", "standard", "wide", "wide_files", "wide_zarr3"]);
+    // Flax NNX's state: each variable by its name (not its `value`), the
+    // Dropout's RNG stream's key and count left out.
+    let nnx = Checkpoint::open(fixtures().join("orbax/nnx")).unwrap();
+    let twin = Checkpoint::open(fixtures().join("twin/variables.safetensors")).unwrap();
+    let (mut a, mut b) = (nnx.names(), twin.names());
+    (a.sort(), b.sort());
+    assert_eq!(a, b);
+    assert!(nnx.metadata().is_empty(), "{:?}", nnx.metadata());
     // A manager step's metrics and custom metadata are its columns.
     let mut r = csv::Reader::from_path(out.join("nodes.csv")).unwrap();
     let header: Vec<String> = r.headers().unwrap().iter().map(String::from).collect();
