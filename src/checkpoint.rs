@@ -695,6 +695,55 @@ impl Checkpoint {
         Ok(Self::from_flax_tree(path, Bytes::Held(Box::new(o.buffer)), o.tree, key))
     }
 
+    /// A PyTorch distributed checkpoint folder: its plan read, its data
+    /// files mapped, tensors saved whole read in place, those saved in
+    /// chunks put back together into one buffer.
+    fn open_dcp(path: &Path, key: Option<&str>) -> Result<Self> {
+        use std::io::Read;
+        let bad = |reason: String| Error::Torch {
+            path: path.to_path_buf(),
+            reason: format!("distributed checkpoint: {reason}"),
+        };
+        let meta_path = path.join(crate::dcp::METADATA);
+        let mut meta = Vec::new();
+        File::open(&meta_path)
+            .and_then(|f| f.take(crate::dcp::MAX_METADATA + 1).read_to_end(&mut meta))
+            .map_err(|e| bad(format!("`{}`: {e}", crate::dcp::METADATA)))?;
+        if meta.len() as u64 > crate::dcp::MAX_METADATA {
+            return Err(bad(format!("`{}` larger than {} bytes", crate::dcp::METADATA, crate::dcp::MAX_METADATA)));
+        }
+        let plan = crate::dcp::plan(&meta).map_err(bad)?;
+        let mut shards = Vec::with_capacity(plan.files.len() + 1);
+        for name in &plan.files {
+            let file = path.join(name);
+            let map = match read_file(&file) {
+                Ok(Some((map, _))) => map,
+                Ok(None) => return Err(bad(format!("data file `{name}` is a folder"))),
+                Err(e) if crate::mapped::is_changed(&e) => return Err(Error::Changed { path: file }),
+                Err(e) => return Err(bad(format!("data file `{name}`: {e}"))),
+            };
+            shards.push(Shard { path: file, map, data_start: 0 });
+        }
+        let files: Vec<&[u8]> = shards.iter().map(|s| &s.map[..]).collect();
+        let d = crate::dcp::read(plan, &files, key).map_err(bad)?;
+        let gathered_shard = shards.len();
+        let mut tensors = HashMap::with_capacity(d.tensors.len());
+        for (name, mut info, place) in d.tensors {
+            let (shard, range) = match place {
+                crate::dcp::DcpPlace::File(f, s, e) => (f, (s, e)),
+                crate::dcp::DcpPlace::Gathered(s, e) => (gathered_shard, (s, e)),
+            };
+            info.data_offsets = range;
+            tensors.insert(name, Entry::new(shard, info));
+        }
+        if !d.gathered.is_empty() {
+            shards.push(Shard { path: path.to_path_buf(), map: Bytes::Held(Box::new(d.gathered)), data_start: 0 });
+        }
+        let mut ck = Checkpoint::of(path.to_path_buf(), shards, tensors, d.metadata);
+        ck.keyed = key.is_some();
+        Ok(ck)
+    }
+
     /// A Keras weight file's tensors, in place, in the order Keras wrote
     /// them.
     fn open_keras(path: &Path, bytes: Bytes) -> Result<Self> {
@@ -907,6 +956,9 @@ impl Checkpoint {
         if crate::orbax::is_orbax_dir(path) {
             return Self::open_orbax(path, key);
         }
+        if crate::dcp::is_dcp_dir(path) {
+            return Self::open_dcp(path, key);
+        }
         // Where both are (Hugging Face often writes both), the safetensors.
         for index in [SHARD_INDEX, TORCH_SHARD_INDEX].map(|i| path.join(i)) {
             if index.is_file() {
@@ -935,7 +987,8 @@ impl Checkpoint {
         };
         let what = format!(
             "a directory with neither {SHARD_INDEX}, {TORCH_SHARD_INDEX}, model.safetensors, pytorch_model.bin, a \
-             SavedModel's variables/variables.index nor an Orbax checkpoint's _CHECKPOINT_METADATA{adapter}"
+             SavedModel's variables/variables.index, a distributed checkpoint's .metadata and .distcp files nor an \
+             Orbax checkpoint's _CHECKPOINT_METADATA{adapter}"
         );
         Err(Error::UnknownFormat { path: path.to_path_buf(), what })
     }

@@ -171,9 +171,10 @@ impl Walk {
         }
         // A sharded model, or a Hugging Face Trainer checkpoint (the model
         // beside the Trainer's own state): one checkpoint.
-        // An Orbax checkpoint too.
+        // An Orbax checkpoint or a PyTorch distributed checkpoint too.
         if [SHARD_INDEX, TORCH_SHARD_INDEX, TRAINER_STATE].iter().any(|f| path.join(f).is_file())
             || crate::orbax::is_orbax_dir(path)
+            || crate::dcp::is_dcp_dir(path)
         {
             self.out.push(path.to_path_buf());
             return;

@@ -15,6 +15,7 @@
 pub mod checkpoint;
 pub mod collection;
 pub(crate) mod cursor;
+pub(crate) mod dcp;
 pub mod density;
 pub mod discover;
 pub mod engine;

@@ -65,54 +65,96 @@ pub(crate) fn read(bytes: &[u8], key: Option<&str>) -> Result<TorchCheckpoint, S
     }
     let mut out = TorchCheckpoint { tensors: Vec::with_capacity(found.len()), gathered: Vec::new(), metadata };
     for (name, t) in found {
-        let place = |what: String| format!("tensor `{name}`: {what}");
-        let s = &t.storage;
-        let entry =
-            storages.get(s.key.as_str()).ok_or_else(|| place(format!("storage `{}` is not in the archive", s.key)))?;
-        entry.stored().map_err(place)?;
-        if s.bytes() != Some(entry.len) {
-            return Err(place(format!(
-                "storage `{}` declares {} elements of {} bytes but holds {} bytes",
-                s.key,
-                s.numel,
-                s.dtype.map_or(1, dtype_size),
-                entry.len
-            )));
-        }
-        let size = dtype_size(t.dtype);
-        let numel =
-            t.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| place("size overflows".into()))?;
-        // The last element the view reaches must lie in the storage.
-        let reach = t.shape.iter().zip(&t.stride).try_fold(t.offset, |a, (&d, &st)| {
-            if d == 0 {
-                Some(a)
-            } else {
-                a.checked_add((d - 1).checked_mul(st)?)
-            }
-        });
-        let end = reach.and_then(|r| r.checked_add(1)?.checked_mul(size));
-        if numel > 0 && end.is_none_or(|e| e > entry.len) {
-            return Err(place(format!(
-                "its view (offset {}, size {:?}, stride {:?}) of {size}-byte elements reaches past its storage of \
-                 {} bytes",
-                t.offset, t.shape, t.stride, entry.len
-            )));
-        }
-        let info = |start: usize| TensorInfo {
-            dtype: t.dtype,
-            shape: t.shape.clone(),
-            data_offsets: (start, start + numel * size),
-        };
-        if is_contiguous(&t) {
-            let start = entry.start + t.offset * size;
-            out.tensors.push((name, info(0), Place::Archive(start, start + numel * size)));
-        } else {
-            let start = out.gathered.len();
-            gather(&bytes[entry.start..entry.start + entry.len], &t, size, &mut out.gathered);
-            out.tensors.push((name, info(0), Place::Gathered(start, out.gathered.len())));
-        }
+        let (info, place) = place_tensor(bytes, &storages, &name, &t, &mut out.gathered)?;
+        out.tensors.push((name, info, place));
     }
     Ok(out)
+}
+
+/// What a `torch.save` archive of one object holds (a distributed
+/// checkpoint's items): a tensor, where its elements are, or another value.
+pub(crate) enum Lone {
+    /// A tensor: its dtype and shape, and its bytes (in the archive, or in
+    /// `gathered` when strided).
+    Tensor(TensorInfo, Place, Vec<u8>),
+    /// Any other value (an int, a float, a string), as data.
+    Value(Value),
+}
+
+/// Reads a `torch.save` archive of one object (`torch.save(tensor)`).
+pub(crate) fn read_lone(bytes: &[u8]) -> Result<Lone, String> {
+    let entries = zip::entries(bytes)?;
+    let pkl: Vec<&zip::ZipEntry> = entries.iter().filter(|e| e.name.ends_with("data.pkl")).collect();
+    let [pkl] = pkl[..] else {
+        return Err(format!("a zip archive with {} `data.pkl` entries: not a torch.save archive", pkl.len()));
+    };
+    pkl.stored()?;
+    let prefix = &pkl.name[..pkl.name.len() - "data.pkl".len()];
+    let storages: HashMap<&str, &zip::ZipEntry> =
+        entries.iter().filter_map(|e| Some((e.name.strip_prefix(prefix)?.strip_prefix("data/")?, e))).collect();
+    let root = pickle::load(&bytes[pkl.start..pkl.start + pkl.len])?;
+    match &root {
+        Value::Tensor(t) => {
+            let mut gathered = Vec::new();
+            let (info, place) = place_tensor(bytes, &storages, "", t, &mut gathered)?;
+            Ok(Lone::Tensor(info, place, gathered))
+        }
+        _ => Ok(Lone::Value(root.clone())),
+    }
+}
+
+/// Where tensor `t` (named `name`) of an archive (`bytes`, its storage
+/// entries) lies: in place when contiguous, else gathered into `gathered`;
+/// its storage and view checked against the archive.
+fn place_tensor(
+    bytes: &[u8],
+    storages: &HashMap<&str, &zip::ZipEntry>,
+    name: &str,
+    t: &TensorRef,
+    gathered: &mut Vec<u8>,
+) -> Result<(TensorInfo, Place), String> {
+    let place = |what: String| format!("tensor `{name}`: {what}");
+    let s = &t.storage;
+    let entry =
+        storages.get(s.key.as_str()).ok_or_else(|| place(format!("storage `{}` is not in the archive", s.key)))?;
+    entry.stored().map_err(place)?;
+    if s.bytes() != Some(entry.len) {
+        return Err(place(format!(
+            "storage `{}` declares {} elements of {} bytes but holds {} bytes",
+            s.key,
+            s.numel,
+            s.dtype.map_or(1, dtype_size),
+            entry.len
+        )));
+    }
+    let size = dtype_size(t.dtype);
+    let numel =
+        t.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| place("size overflows".into()))?;
+    // The last element the view reaches must lie in the storage.
+    let reach = t.shape.iter().zip(&t.stride).try_fold(t.offset, |a, (&d, &st)| {
+        if d == 0 {
+            Some(a)
+        } else {
+            a.checked_add((d - 1).checked_mul(st)?)
+        }
+    });
+    let end = reach.and_then(|r| r.checked_add(1)?.checked_mul(size));
+    if numel > 0 && end.is_none_or(|e| e > entry.len) {
+        return Err(place(format!(
+            "its view (offset {}, size {:?}, stride {:?}) of {size}-byte elements reaches past its storage of {} \
+             bytes",
+            t.offset, t.shape, t.stride, entry.len
+        )));
+    }
+    let info = TensorInfo { dtype: t.dtype, shape: t.shape.clone(), data_offsets: (0, numel * size) };
+    if is_contiguous(t) {
+        let start = entry.start + t.offset * size;
+        Ok((info, Place::Archive(start, start + numel * size)))
+    } else {
+        let start = gathered.len();
+        gather(&bytes[entry.start..entry.start + entry.len], t, size, gathered);
+        Ok((info, Place::Gathered(start, gathered.len())))
+    }
 }
 
 /// The value of a one-element tensor of a float or integer storage, as
@@ -158,7 +200,7 @@ fn gather(storage: &[u8], t: &TensorRef, size: usize, out: &mut Vec<u8>) {
 }
 
 /// Tensors by name.
-type Named = Vec<(String, TensorRef)>;
+pub(crate) type Named = Vec<(String, TensorRef)>;
 
 /// Keys under which wrappers keep the model's weights, in preference order.
 const STATE_KEYS: [&str; 7] = ["state_dict", "model_state_dict", "model", "module", "net", "network", "weights"];
@@ -388,7 +430,7 @@ fn get<'a>(d: &'a [(Value, Value)], key: &str) -> Option<&'a Value> {
 /// values are tensors, else the only nested entry that holds some; with a
 /// `model.` prefix common to every name removed. Also the wrapper's scalar
 /// entries, as metadata.
-fn state_dict(root: &Value, key: Option<&str>) -> Result<Found, String> {
+pub(crate) fn state_dict(root: &Value, key: Option<&str>) -> Result<Found, String> {
     let module = module_state(root).is_some() || scripted_state(root).is_some();
     let top = match root {
         Value::Dict(top) => top.borrow().clone(),
@@ -534,10 +576,10 @@ fn only_entry(top: &[(Value, Value)]) -> Result<Named, String> {
 /// entries as metadata, and its one-element tensors (`best_acc1`), whose
 /// values become metadata once read.
 #[derive(Debug)]
-struct Found {
-    tensors: Named,
-    metadata: BTreeMap<String, String>,
-    scalars: Vec<(String, TensorRef)>,
+pub(crate) struct Found {
+    pub(crate) tensors: Named,
+    pub(crate) metadata: BTreeMap<String, String>,
+    pub(crate) scalars: Vec<(String, TensorRef)>,
 }
 
 #[cfg(test)]

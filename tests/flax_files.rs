@@ -181,7 +181,8 @@ fn orbax_directories_are_one_checkpoint_each() {
     let nnx = Checkpoint::open(fixtures().join("orbax/nnx")).unwrap();
     let twin = Checkpoint::open(fixtures().join("twin/variables.safetensors")).unwrap();
     let (mut a, mut b) = (nnx.names(), twin.names());
-    (a.sort(), b.sort());
+    a.sort();
+    b.sort();
     assert_eq!(a, b);
     assert!(nnx.metadata().is_empty(), "{:?}", nnx.metadata());
     // A manager step's metrics and custom metadata are its columns.
