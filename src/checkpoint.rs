@@ -736,7 +736,7 @@ impl Checkpoint {
             info.data_offsets = range;
             tensors.insert(name, Entry::new(shard, info));
         }
-        if !d.gathered.is_empty() {
+        if !AsRef::<[u8]>::as_ref(&d.gathered).is_empty() {
             shards.push(Shard { path: path.to_path_buf(), map: Bytes::Held(Box::new(d.gathered)), data_start: 0 });
         }
         let mut ck = Checkpoint::of(path.to_path_buf(), shards, tensors, d.metadata);

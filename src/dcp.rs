@@ -19,6 +19,7 @@ use std::rc::Rc;
 
 use safetensors::tensor::TensorInfo;
 
+use crate::checkpoint::Aligned;
 use crate::pickle::{self, dtype_size, Storage, TensorRef, Value};
 use crate::torch::{Lone, Place};
 
@@ -82,7 +83,8 @@ pub(crate) struct Plan {
 /// file, or the buffer of tensors put back together) and the columns.
 pub(crate) struct DcpCheckpoint {
     pub(crate) tensors: Vec<(String, TensorInfo, DcpPlace)>,
-    pub(crate) gathered: Vec<u8>,
+    /// The tensors put back together, each 8-byte aligned.
+    pub(crate) gathered: Aligned,
     pub(crate) metadata: BTreeMap<String, String>,
 }
 
@@ -371,30 +373,56 @@ pub(crate) fn read(plan: Plan, files: &[&[u8]], key: Option<&str>) -> Result<Dcp
         insert(&root, &item.keys, leaf)?;
     }
     let found = crate::torch::state_dict(&root, key)?;
-    let mut out = DcpCheckpoint { tensors: Vec::new(), gathered: Vec::new(), metadata: found.metadata };
     let entry = |t: &TensorRef| t.storage.key.parse::<usize>().ok().and_then(|i| plan.items.get(i));
-    for (name, t) in found.scalars {
-        let Some((entry_name, item)) = entry(&t) else { continue };
-        let (_, place) = tensor(files, entry_name, item, &mut out.gathered)?;
-        let bytes = match place {
-            DcpPlace::File(f, s, e) => files.get(f).and_then(|b| b.get(s..e)),
-            DcpPlace::Gathered(s, e) => out.gathered.get(s..e),
+    // Every chunk of the tensors found, read (in place); those saved in
+    // chunks are then put back together in one buffer, sized once.
+    let wanted =
+        found.scalars.iter().map(|(n, t)| (n, t, true)).chain(found.tensors.iter().map(|(n, t)| (n, t, false)));
+    let mut read = Vec::with_capacity(found.tensors.len() + found.scalars.len());
+    let mut total = 0usize;
+    for (name, t, scalar) in wanted {
+        let Some((entry_name, item)) = entry(t) else { continue };
+        let (info, parts) = chunks(files, entry_name, item)?;
+        let place = match &parts[..] {
+            // Saved whole: read in place.
+            [(_, ChunkBytes::InFile(file, start, end, _))] => DcpPlace::File(*file, *start, *end),
+            _ => {
+                let at = total.next_multiple_of(8);
+                total = at + (info.data_offsets.1 - info.data_offsets.0);
+                DcpPlace::Gathered(at, total)
+            }
         };
-        if let Some(v) = bytes.and_then(|b| pickle::scalar_text(t.dtype, b)) {
-            out.metadata.entry(name).or_insert(v);
+        read.push((name.clone(), scalar, info, parts, place));
+    }
+    let mut gathered = Aligned::zeroed(total).map_err(|e| format!("{total} bytes for the sharded tensors: {e}"))?;
+    let mut tensors = Vec::with_capacity(found.tensors.len());
+    let mut metadata = found.metadata;
+    for (name, scalar, info, parts, place) in read {
+        if let DcpPlace::Gathered(start, end) = place {
+            assemble(&info.shape, dtype_size(info.dtype), &parts, &mut gathered.bytes_mut()[start..end]);
+        }
+        if scalar {
+            let bytes = match place {
+                DcpPlace::File(f, s, e) => files.get(f).and_then(|b| b.get(s..e)),
+                DcpPlace::Gathered(s, e) => gathered.as_ref().get(s..e),
+            };
+            if let Some(v) = bytes.and_then(|b| pickle::scalar_text(info.dtype, b)) {
+                metadata.entry(name).or_insert(v);
+            }
+        } else {
+            tensors.push((name, info, place));
         }
     }
-    for (name, t) in found.tensors {
-        let Some((entry_name, item)) = entry(&t) else { continue };
-        let (info, place) = tensor(files, entry_name, item, &mut out.gathered)?;
-        out.tensors.push((name, info, place));
-    }
-    Ok(out)
+    Ok(DcpCheckpoint { tensors, gathered, metadata })
 }
 
-/// Entry `name`'s tensor: read in place when saved whole, else its chunks
-/// put back together into `gathered`, row by row.
-fn tensor(files: &[&[u8]], name: &str, item: &Item, gathered: &mut Vec<u8>) -> Result<(TensorInfo, DcpPlace), String> {
+/// A tensor's chunks, each with its bytes.
+type Parts<'a, 'c> = Vec<(&'c Chunk, ChunkBytes<'a>)>;
+
+/// Entry `name`'s chunks, each read and checked against the plan (its
+/// shape, the entry's dtype, the chunks tiling the entry), and the
+/// entry's tensor.
+fn chunks<'a, 'c>(files: &[&'a [u8]], name: &str, item: &'c Item) -> Result<(TensorInfo, Parts<'a, 'c>), String> {
     let size = item.size.as_deref().unwrap_or_default();
     check_tiling(name, size, &item.chunks)?;
     let mut parts = Vec::with_capacity(item.chunks.len());
@@ -406,32 +434,36 @@ fn tensor(files: &[&[u8]], name: &str, item: &Item, gathered: &mut Vec<u8>) -> R
         parts.push((c, bytes));
     }
     let numel: usize = size.iter().product();
-    let width = dtype_size(item.dtype);
-    let info = TensorInfo { dtype: item.dtype, shape: size.to_vec(), data_offsets: (0, numel * width) };
-    if let [(_, ChunkBytes::InFile(file, start, end, _))] = &parts[..] {
-        return Ok((info, DcpPlace::File(*file, *start, *end)));
-    }
-    let start = gathered.len();
-    gathered.resize(start + numel * width, 0);
+    let info =
+        TensorInfo { dtype: item.dtype, shape: size.to_vec(), data_offsets: (0, numel * dtype_size(item.dtype)) };
+    Ok((info, parts))
+}
+
+/// Copies each chunk into its place in `out` (the whole tensor of `size`,
+/// row-major, elements of `width` bytes), a contiguous run at a time:
+/// past the last axis a chunk covers only in part it spans every axis
+/// whole (a shard along dim 0 is one run).
+fn assemble(size: &[usize], width: usize, parts: &[(&Chunk, ChunkBytes<'_>)], out: &mut [u8]) {
     let whole = strides(size);
-    for (c, bytes) in &parts {
+    for (c, bytes) in parts {
         let bytes = bytes.bytes();
-        let run = c.sizes.last().copied().unwrap_or(1);
+        let partial = (0..size.len()).rev().find(|&d| c.sizes[d] != size[d]).unwrap_or(0);
+        let run: usize = c.sizes.get(partial..).map_or(1, |s| s.iter().product());
         let row = run * width;
-        let rows = bytes.len().checked_div(row).unwrap_or(0);
-        let inner = strides(&c.sizes);
-        for r in 0..rows {
-            // The row's first element in the chunk, then in the whole.
-            let (mut at, mut rest) = (0, r * run);
-            for d in 0..c.sizes.len() {
-                at += (c.offsets[d] + rest / inner[d]) * whole[d];
-                rest %= inner[d];
+        let runs = bytes.len().checked_div(row).unwrap_or(0);
+        let outer = strides(c.sizes.get(..partial).unwrap_or_default());
+        for r in 0..runs {
+            // The run's first element: its index over the outer axes, then
+            // the chunk's offsets (the axes after `partial` are whole).
+            let mut at = c.offsets.get(partial).map_or(0, |o| o * whole[partial]);
+            let mut rest = r;
+            for (d, per) in outer.iter().enumerate() {
+                at += (c.offsets[d] + rest / per) * whole[d];
+                rest %= per;
             }
-            let dst = start + at * width;
-            gathered[dst..dst + row].copy_from_slice(&bytes[r * row..(r + 1) * row]);
+            out[at * width..at * width + row].copy_from_slice(&bytes[r * row..(r + 1) * row]);
         }
     }
-    Ok((info, DcpPlace::Gathered(start, gathered.len())))
 }
 
 /// Puts `leaf` into the nested dicts of `root` under `keys` (list indices
@@ -496,5 +528,42 @@ mod tests {
         let shifted = [chunk(&[0, 0], &[2, 6]), chunk(&[1, 0], &[2, 6])];
         assert!(check_tiling("w", &size, &shifted).is_err());
         assert_eq!(strides(&[4, 3, 2]), [6, 2, 1]);
+    }
+
+    /// Chunks of a 3-D tensor split along each axis (and a 2 x 2 grid over
+    /// two) are put back where they belong.
+    #[test]
+    fn chunks_are_put_back_in_place() {
+        let size = [4usize, 6, 5];
+        let whole: Vec<u8> = (0..120u8).collect();
+        let cut = |offsets: [usize; 3], sizes: [usize; 3]| {
+            let mut bytes = Vec::new();
+            for i in 0..sizes[0] {
+                for j in 0..sizes[1] {
+                    for k in 0..sizes[2] {
+                        bytes.push(whole[((offsets[0] + i) * 6 + offsets[1] + j) * 5 + offsets[2] + k]);
+                    }
+                }
+            }
+            (chunk(&offsets, &sizes), ChunkBytes::Copied(bytes))
+        };
+        let splits = [
+            vec![cut([0, 0, 0], [2, 6, 5]), cut([2, 0, 0], [2, 6, 5])],
+            vec![cut([0, 0, 0], [4, 3, 5]), cut([0, 3, 0], [4, 3, 5])],
+            vec![cut([0, 0, 0], [4, 6, 2]), cut([0, 0, 2], [4, 6, 3])],
+            vec![
+                cut([0, 0, 0], [2, 6, 2]),
+                cut([0, 0, 2], [2, 6, 3]),
+                cut([2, 0, 0], [2, 6, 2]),
+                cut([2, 0, 2], [2, 6, 3]),
+            ],
+        ];
+        for parts in &splits {
+            let parts: Vec<(&Chunk, ChunkBytes<'_>)> =
+                parts.iter().map(|(c, b)| (c, ChunkBytes::Copied(b.bytes().to_vec()))).collect();
+            let mut out = vec![0u8; 120];
+            assemble(&size, 1, &parts, &mut out);
+            assert_eq!(out, whole, "{:?}", parts.iter().map(|(c, _)| &c.offsets).collect::<Vec<_>>());
+        }
     }
 }
