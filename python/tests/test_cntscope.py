@@ -392,8 +392,8 @@ def test_orbax_folders_are_read_by_the_same_library(tmp_path):
 
 def test_tensorflow_and_compressed_numpy_files_are_read_by_the_same_library():
     # TensorFlow's own checkpoint (its index named by the prefix, as
-    # TensorFlow names it), np.savez_compressed's archive and a SavedModel,
-    # each measured as its twin is.
+    # TensorFlow names it), np.savez_compressed's archive, a SavedModel and
+    # a distributed checkpoint, each measured as its twin is.
     cols = ["node_layer", "nodes", "strength_mean", "fluctuation"]
     fixtures = ROOT / "tests" / "fixtures"
     for path, twin in [
@@ -402,6 +402,8 @@ def test_tensorflow_and_compressed_numpy_files_are_read_by_the_same_library():
         # A Keras 2 SavedModel folder: its graph from keras_metadata.pb,
         # as the same model's .h5 gives it from its config.
         (fixtures / "tf" / "keras_saved" / "model", fixtures / "tf" / "keras_saved" / "model.h5"),
+        # A PyTorch distributed checkpoint sharded over two ranks.
+        (fixtures / "dcp" / "sharded", fixtures / "dcp" / "twin.safetensors"),
     ]:
         got, want = cntscope.scan(path), cntscope.scan(twin)
         assert got.errors.empty, got.errors
