@@ -41,18 +41,7 @@ pub(crate) fn is_legacy(bytes: &[u8]) -> bool {
 
 /// Reads a torch zip archive.
 pub(crate) fn read(bytes: &[u8], key: Option<&str>) -> Result<TorchCheckpoint, String> {
-    // Only the entries read must be stored: a TorchScript archive
-    // (`torch.jit.save`) compresses its code, which is never read.
-    let entries = zip::entries(bytes)?;
-    let pkl: Vec<&zip::ZipEntry> = entries.iter().filter(|e| e.name.ends_with("data.pkl")).collect();
-    let [pkl] = pkl[..] else {
-        return Err(format!("a zip archive with {} `data.pkl` entries: not a torch.save checkpoint", pkl.len()));
-    };
-    pkl.stored()?;
-    let prefix = &pkl.name[..pkl.name.len() - "data.pkl".len()];
-    let storages: HashMap<&str, &zip::ZipEntry> =
-        entries.iter().filter_map(|e| Some((e.name.strip_prefix(prefix)?.strip_prefix("data/")?, e))).collect();
-    let root = pickle::load(&bytes[pkl.start..pkl.start + pkl.len])?;
+    let (root, storages) = archive(bytes)?;
     let Found { tensors: found, mut metadata, scalars } = state_dict(&root, key)?;
     for (name, t) in scalars {
         let value = storages
@@ -71,6 +60,23 @@ pub(crate) fn read(bytes: &[u8], key: Option<&str>) -> Result<TorchCheckpoint, S
     Ok(out)
 }
 
+/// A torch zip archive's unpickled `data.pkl` and its storage entries by
+/// key (`data/<key>`). Only the entries read must be stored: a TorchScript
+/// archive (`torch.jit.save`) compresses its code, which is never read.
+fn archive(bytes: &[u8]) -> Result<(Value, HashMap<String, zip::ZipEntry>), String> {
+    let entries = zip::entries(bytes)?;
+    let pkl: Vec<&zip::ZipEntry> = entries.iter().filter(|e| e.name.ends_with("data.pkl")).collect();
+    let [pkl] = pkl[..] else {
+        return Err(format!("a zip archive with {} `data.pkl` entries: not a torch.save checkpoint", pkl.len()));
+    };
+    pkl.stored()?;
+    let root = pickle::load(&bytes[pkl.start..pkl.start + pkl.len])?;
+    let prefix = format!("{}data/", &pkl.name[..pkl.name.len() - "data.pkl".len()]);
+    let storages =
+        entries.into_iter().filter_map(|e| Some((e.name.strip_prefix(prefix.as_str())?.to_string(), e))).collect();
+    Ok((root, storages))
+}
+
 /// What a `torch.save` archive of one object holds (a distributed
 /// checkpoint's items): a tensor, where its elements are, or another value.
 pub(crate) enum Lone {
@@ -83,16 +89,7 @@ pub(crate) enum Lone {
 
 /// Reads a `torch.save` archive of one object (`torch.save(tensor)`).
 pub(crate) fn read_lone(bytes: &[u8]) -> Result<Lone, String> {
-    let entries = zip::entries(bytes)?;
-    let pkl: Vec<&zip::ZipEntry> = entries.iter().filter(|e| e.name.ends_with("data.pkl")).collect();
-    let [pkl] = pkl[..] else {
-        return Err(format!("a zip archive with {} `data.pkl` entries: not a torch.save archive", pkl.len()));
-    };
-    pkl.stored()?;
-    let prefix = &pkl.name[..pkl.name.len() - "data.pkl".len()];
-    let storages: HashMap<&str, &zip::ZipEntry> =
-        entries.iter().filter_map(|e| Some((e.name.strip_prefix(prefix)?.strip_prefix("data/")?, e))).collect();
-    let root = pickle::load(&bytes[pkl.start..pkl.start + pkl.len])?;
+    let (root, storages) = archive(bytes)?;
     match &root {
         Value::Tensor(t) => {
             let mut gathered = Vec::new();
@@ -108,7 +105,7 @@ pub(crate) fn read_lone(bytes: &[u8]) -> Result<Lone, String> {
 /// its storage and view checked against the archive.
 fn place_tensor(
     bytes: &[u8],
-    storages: &HashMap<&str, &zip::ZipEntry>,
+    storages: &HashMap<String, zip::ZipEntry>,
     name: &str,
     t: &TensorRef,
     gathered: &mut Vec<u8>,
