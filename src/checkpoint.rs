@@ -739,8 +739,29 @@ impl Checkpoint {
         if !AsRef::<[u8]>::as_ref(&d.gathered).is_empty() {
             shards.push(Shard { path: path.to_path_buf(), map: Bytes::Held(Box::new(d.gathered)), data_start: 0 });
         }
-        let mut ck = Checkpoint::of(path.to_path_buf(), shards, tensors, d.metadata);
+        // Lightning's FSDP strategy keeps the rest of its checkpoint (epoch,
+        // global step, hyperparameters, the monitored score) in `meta.pt`.
+        let mut metadata = d.metadata;
+        let mut notes = Vec::new();
+        let meta_pt = path.join(crate::dcp::LIGHTNING_META);
+        if meta_pt.is_file() {
+            let columns = read_file(&meta_pt).map_err(|e| e.to_string()).and_then(|read| match read {
+                Some((bytes, _)) => crate::torch::columns(&bytes),
+                None => Err("a folder".into()),
+            });
+            match columns {
+                Ok(columns) => columns.into_iter().for_each(|(k, v)| {
+                    metadata.entry(k).or_insert(v);
+                }),
+                Err(why) => notes.push(format!(
+                    "`{}` was not read ({why}): the checkpoint's epoch, step and hyperparameters are not columns",
+                    meta_pt.display()
+                )),
+            }
+        }
+        let mut ck = Checkpoint::of(path.to_path_buf(), shards, tensors, metadata);
         ck.keyed = key.is_some();
+        ck.opening_notes = notes;
         Ok(ck)
     }
 

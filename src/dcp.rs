@@ -10,7 +10,9 @@
 //! its chunks are checked to tile it exactly. The nested state dict is then
 //! searched as a `torch.save` dict is ([`crate::torch::state_dict`]: its
 //! `model` entry, `--key`, scalars as columns), so an optimizer's state
-//! saved beside the model is left out.
+//! saved beside the model is left out. Lightning's FSDP strategy keeps the
+//! rest of its checkpoint in `meta.pt` beside them: its scalars (epoch,
+//! global step, hyperparameters, the monitored score) are columns.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -25,6 +27,10 @@ use crate::torch::{Lone, Place};
 
 /// The file of a distributed checkpoint that holds its plan.
 pub(crate) const METADATA: &str = ".metadata";
+
+/// The file beside a distributed checkpoint in which Lightning's FSDP
+/// strategy keeps the rest of its checkpoint (`torch.save` of a dict).
+pub(crate) const LIGHTNING_META: &str = "meta.pt";
 
 /// The largest `.metadata` read (a large model's plan is a few MB).
 pub(crate) const MAX_METADATA: u64 = 1 << 30;

@@ -43,6 +43,23 @@ pub(crate) fn is_legacy(bytes: &[u8]) -> bool {
 pub(crate) fn read(bytes: &[u8], key: Option<&str>) -> Result<TorchCheckpoint, String> {
     let (root, storages) = archive(bytes)?;
     let Found { tensors: found, mut metadata, scalars } = state_dict(&root, key)?;
+    scalar_columns(bytes, &storages, scalars, &mut metadata);
+    let mut out = TorchCheckpoint { tensors: Vec::with_capacity(found.len()), gathered: Vec::new(), metadata };
+    for (name, t) in found {
+        let (info, place) = place_tensor(bytes, &storages, &name, &t, &mut out.gathered)?;
+        out.tensors.push((name, info, place));
+    }
+    Ok(out)
+}
+
+/// The values of one-element tensors (a wrapper's `best_acc1`, a
+/// monitored score) as columns, where their storages hold them.
+fn scalar_columns(
+    bytes: &[u8],
+    storages: &HashMap<String, zip::ZipEntry>,
+    scalars: Vec<(String, TensorRef)>,
+    metadata: &mut BTreeMap<String, String>,
+) {
     for (name, t) in scalars {
         let value = storages
             .get(t.storage.key.as_str())
@@ -52,12 +69,23 @@ pub(crate) fn read(bytes: &[u8], key: Option<&str>) -> Result<TorchCheckpoint, S
             metadata.entry(name).or_insert(value);
         }
     }
-    let mut out = TorchCheckpoint { tensors: Vec::with_capacity(found.len()), gathered: Vec::new(), metadata };
-    for (name, t) in found {
-        let (info, place) = place_tensor(bytes, &storages, &name, &t, &mut out.gathered)?;
-        out.tensors.push((name, info, place));
+}
+
+/// The columns of a `torch.save` archive of a checkpoint's state other
+/// than its tensors (Lightning's FSDP `meta.pt`: `epoch`, `global_step`,
+/// `hyper_parameters`, the monitored score), read as a wrapper's scalars
+/// are.
+pub(crate) fn columns(bytes: &[u8]) -> Result<BTreeMap<String, String>, String> {
+    let (root, storages) = archive(bytes)?;
+    let mut metadata = BTreeMap::new();
+    if let Value::Dict(top) = &root {
+        let top = top.borrow();
+        scalars(&top, &mut metadata);
+        let mut tensors = monitored_scores(&top);
+        tensors.extend(one_element_tensors(&top));
+        scalar_columns(bytes, &storages, tensors, &mut metadata);
     }
-    Ok(out)
+    Ok(metadata)
 }
 
 /// A torch zip archive's unpickled `data.pkl` and its storage entries by

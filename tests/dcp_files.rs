@@ -4,7 +4,8 @@
 //! and a conv along dim 1; replicated entries stored once) with an
 //! optimizer's state beside it, and a bare state dict saved by one
 //! process, give the tables of the same weights as safetensors; each
-//! folder is one checkpoint; cut-short files are refused by name; random
+//! folder is one checkpoint; Lightning's FSDP checkpoints keep their
+//! columns from `meta.pt`; cut-short files are refused by name; random
 //! mutations never panic.
 
 mod common;
@@ -52,6 +53,39 @@ fn distributed_checkpoints_equal_their_safetensors_twin() {
     // `--key optim` reads the optimizer's state instead.
     let optim = Checkpoint::open_as(fixtures().join("sharded"), Some("optim")).unwrap();
     assert!(optim.names().iter().any(|n| n.ends_with("exp_avg")), "{:?}", optim.names());
+}
+
+/// Lightning's FSDP strategy (sharded state dict): the model from the
+/// distributed checkpoint (its `model.` prefix off, the optimizer's state
+/// left out), its epoch, global step, hyperparameters and monitored score
+/// from the `meta.pt` beside it.
+#[test]
+fn lightning_fsdp_checkpoints_keep_their_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = fixtures().join("lightning/epoch=1-step=4.ckpt");
+    let (out, twin) = (dir.path().join("out"), dir.path().join("twin"));
+    let o = common::scan_paths(std::slice::from_ref(&folder), &out, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(common::scan_paths(&[fixtures().join("lightning/twin.safetensors")], &twin, &[]).status.success());
+    for (table, last) in [("nodes.csv", "graph"), ("links.csv", "non_finite")] {
+        assert_eq!(measures(&out.join(table), last), measures(&twin.join(table), last), "{table}");
+    }
+    let ck = Checkpoint::open(&folder).unwrap();
+    let m = ck.metadata();
+    for (column, value) in [("epoch", "2"), ("global_step", "4"), ("hyper_parameters.lr", "0.05"), ("val_acc", "1")] {
+        assert_eq!(m.get(column).map(String::as_str), Some(value), "{column} in {m:?}");
+    }
+    assert!(ck.names().iter().all(|n| !n.starts_with("model.") && !n.contains("optimizer")), "{:?}", ck.names());
+    // A `meta.pt` that cannot be read: said, and the model still measured.
+    let copy = dir.path().join("copy.ckpt");
+    std::fs::create_dir(&copy).unwrap();
+    for f in [".metadata", "__0_0.distcp"] {
+        std::fs::copy(folder.join(f), copy.join(f)).unwrap();
+    }
+    std::fs::write(copy.join("meta.pt"), b"not an archive").unwrap();
+    let ck = Checkpoint::open(&copy).unwrap();
+    assert!(ck.metadata().get("epoch").is_none());
+    assert!(ck.notes().iter().any(|n| n.contains("meta.pt` was not read")), "{:?}", ck.notes());
 }
 
 #[test]
