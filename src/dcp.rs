@@ -308,6 +308,9 @@ fn check_tiling(name: &str, size: &[usize], chunks: &[Chunk]) -> Result<(), Stri
 /// A chunk's tensor: dtype, shape and its row-major bytes.
 fn chunk_tensor<'a>(files: &[&'a [u8]], name: &str, c: &Chunk) -> Result<(TensorInfo, ChunkBytes<'a>), String> {
     let archive = bytes_of(files, c.stored, name)?;
+    if !archive.starts_with(b"PK") {
+        return safetensors_chunk(files, name, c);
+    }
     match crate::torch::read_lone(archive).map_err(|e| format!("`{name}`: {e}"))? {
         Lone::Tensor(info, place, gathered) => {
             if info.shape != c.sizes {
@@ -323,6 +326,24 @@ fn chunk_tensor<'a>(files: &[&'a [u8]], name: &str, c: &Chunk) -> Result<(Tensor
         }
         Lone::Value(_) => Err(format!("`{name}`: a chunk that holds no tensor")),
     }
+}
+
+/// A chunk saved with `serialization_format=SAFETENSORS`: each rank's
+/// tensors are one safetensors file appended to its data file, where the
+/// plan's offset points; the chunk is its tensor named as the entry.
+fn safetensors_chunk<'a>(files: &[&'a [u8]], name: &str, c: &Chunk) -> Result<(TensorInfo, ChunkBytes<'a>), String> {
+    let file = files.get(c.stored.file).copied().unwrap_or_default();
+    let blob = file.get(c.stored.start..).unwrap_or_default();
+    let (n, header) = safetensors::SafeTensors::read_metadata(blob)
+        .map_err(|e| format!("`{name}`: neither a torch.save archive nor a safetensors file ({e:?})"))?;
+    let info = header.info(name).ok_or_else(|| format!("`{name}`: not in the safetensors file of its data file"))?;
+    let data = c.stored.start + 8 + n;
+    let (start, end) = (data + info.data_offsets.0, data + info.data_offsets.1);
+    let bytes = file.get(start..end).ok_or_else(|| format!("`{name}`: its bytes lie past the end of its data file"))?;
+    if info.shape != c.sizes || bytes.len() != c.sizes.iter().product::<usize>() * dtype_size(info.dtype) {
+        return Err(format!("`{name}`: a chunk of shape {:?} where the plan says {:?}", info.shape, c.sizes));
+    }
+    Ok((info.clone(), ChunkBytes::InFile(c.stored.file, start, end, bytes)))
 }
 
 /// A chunk's bytes: in place in a data file (its index and range), or a

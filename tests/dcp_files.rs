@@ -2,11 +2,12 @@
 //! make_fixtures.py with torch's own `torch.distributed.checkpoint.save`):
 //! a state dict sharded over two ranks as FSDP2 shards it (along dim 0,
 //! and a conv along dim 1; replicated entries stored once) with an
-//! optimizer's state beside it, and a bare state dict saved by one
-//! process, give the tables of the same weights as safetensors; each
-//! folder is one checkpoint; Lightning's FSDP checkpoints keep their
-//! columns from `meta.pt`; cut-short files are refused by name; random
-//! mutations never panic.
+//! optimizer's state beside it, the same saved with each rank's tensors
+//! as one safetensors file (`serialization_format=SAFETENSORS`), and a bare
+//! state dict saved by one process, give the tables of the same weights as
+//! safetensors; each folder is one checkpoint; Lightning's FSDP
+//! checkpoints keep their columns from `meta.pt`; cut-short files are
+//! refused by name; random mutations never panic.
 
 mod common;
 
@@ -31,7 +32,7 @@ fn distributed_checkpoints_equal_their_safetensors_twin() {
     let dir = tempfile::tempdir().unwrap();
     let twin = dir.path().join("twin");
     assert!(common::scan_paths(&[fixtures().join("twin.safetensors")], &twin, &[]).status.success());
-    for folder in ["sharded", "whole"] {
+    for folder in ["sharded", "whole", "sharded_safetensors"] {
         let out = dir.path().join(folder);
         let o = common::scan_paths(&[fixtures().join(folder)], &out, &[]);
         assert!(o.status.success(), "{folder}: {}", String::from_utf8_lossy(&o.stderr));
