@@ -104,13 +104,15 @@ fn cut_short_distributed_checkpoints_are_refused_by_name() {
 
 #[test]
 fn random_mutations_never_panic() {
-    for file in [".metadata", "__1_0.distcp"] {
+    for (folder, file) in
+        [("sharded", ".metadata"), ("sharded", "__1_0.distcp"), ("sharded_safetensors", "__1_0.distcp")]
+    {
         let dir = tempfile::tempdir().unwrap();
         for f in [".metadata", "__0_0.distcp", "__1_0.distcp"] {
-            std::fs::copy(fixtures().join("sharded").join(f), dir.path().join(f)).unwrap();
+            std::fs::copy(fixtures().join(folder).join(f), dir.path().join(f)).unwrap();
         }
-        let good = std::fs::read(fixtures().join("sharded").join(file)).unwrap();
+        let good = std::fs::read(fixtures().join(folder).join(file)).unwrap();
         let (ok, refused) = common::measure_mutations_in(&good, &dir.path().join(file), dir.path(), 600);
-        assert!(ok + refused == 600 && refused > 0, "{file}: {ok} measured, {refused} refused");
+        assert!(ok + refused == 600 && refused > 0, "{folder}/{file}: {ok} measured, {refused} refused");
     }
 }
