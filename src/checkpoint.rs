@@ -597,12 +597,7 @@ impl Checkpoint {
         let bundle = crate::tf::read_index(path, index).map_err(bad)?;
         let mut shards = Vec::with_capacity(bundle.data_files.len());
         for file in &bundle.data_files {
-            let map = match read_file(file) {
-                Ok(Some((map, _))) => map,
-                Ok(None) => return Err(bad(format!("data file `{}` is a folder", file.display()))),
-                Err(e) if crate::mapped::is_changed(&e) => return Err(Error::Changed { path: file.clone() }),
-                Err(error) => return Err(bad(format!("data file `{}`: {error}", file.display()))),
-            };
+            let map = data_file(file, &file.display().to_string(), bad)?;
             shards.push(Shard { path: file.clone(), map, data_start: 0 });
         }
         let files: Vec<&[u8]> = shards.iter().map(|s| &s.map[..]).collect();
@@ -699,29 +694,17 @@ impl Checkpoint {
     /// files mapped, tensors saved whole read in place, those saved in
     /// chunks put back together into one buffer.
     fn open_dcp(path: &Path, key: Option<&str>) -> Result<Self> {
-        use std::io::Read;
         let bad = |reason: String| Error::Torch {
             path: path.to_path_buf(),
             reason: format!("distributed checkpoint: {reason}"),
         };
-        let meta_path = path.join(crate::dcp::METADATA);
-        let mut meta = Vec::new();
-        File::open(&meta_path)
-            .and_then(|f| f.take(crate::dcp::MAX_METADATA + 1).read_to_end(&mut meta))
+        let meta = read_whole(&path.join(crate::dcp::METADATA), crate::dcp::MAX_METADATA)
             .map_err(|e| bad(format!("`{}`: {e}", crate::dcp::METADATA)))?;
-        if meta.len() as u64 > crate::dcp::MAX_METADATA {
-            return Err(bad(format!("`{}` larger than {} bytes", crate::dcp::METADATA, crate::dcp::MAX_METADATA)));
-        }
         let plan = crate::dcp::plan(&meta).map_err(bad)?;
         let mut shards = Vec::with_capacity(plan.files.len() + 1);
         for name in &plan.files {
             let file = path.join(name);
-            let map = match read_file(&file) {
-                Ok(Some((map, _))) => map,
-                Ok(None) => return Err(bad(format!("data file `{name}` is a folder"))),
-                Err(e) if crate::mapped::is_changed(&e) => return Err(Error::Changed { path: file }),
-                Err(e) => return Err(bad(format!("data file `{name}`: {e}"))),
-            };
+            let map = data_file(&file, name, bad)?;
             shards.push(Shard { path: file, map, data_start: 0 });
         }
         let files: Vec<&[u8]> = shards.iter().map(|s| &s.map[..]).collect();
@@ -1299,6 +1282,32 @@ impl<'de> serde::Deserialize<'de> for Header {
         }
         d.deserialize_map(Visit)
     }
+}
+
+/// A data file that a checkpoint's index or plan names (`shown` as its
+/// errors name it: TensorFlow's data files, a distributed checkpoint's
+/// `.distcp`s), mapped: a folder or a file that cannot be read is `bad`'s
+/// error, a file changed while read [`Error::Changed`].
+fn data_file(file: &Path, shown: &str, bad: impl Fn(String) -> Error) -> Result<Bytes> {
+    match read_file(file) {
+        Ok(Some((map, _))) => Ok(map),
+        Ok(None) => Err(bad(format!("data file `{shown}` is a folder"))),
+        Err(e) if crate::mapped::is_changed(&e) => Err(Error::Changed { path: file.to_path_buf() }),
+        Err(e) => Err(bad(format!("data file `{shown}`: {e}"))),
+    }
+}
+
+/// A small file beside a checkpoint read whole (a distributed
+/// checkpoint's plan, a SavedModel's Keras metadata), refused past `max`
+/// bytes.
+pub(crate) fn read_whole(path: &Path, max: u64) -> std::result::Result<Vec<u8>, String> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    File::open(path).and_then(|f| f.take(max + 1).read_to_end(&mut bytes)).map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > max {
+        return Err(format!("larger than {max} bytes"));
+    }
+    Ok(bytes)
 }
 
 /// A file's bytes and its identity ([`Checkpoint::identity`]), `None` for

@@ -22,7 +22,7 @@ use std::rc::Rc;
 use safetensors::tensor::TensorInfo;
 
 use crate::checkpoint::Aligned;
-use crate::pickle::{self, dtype_size, Storage, TensorRef, Value};
+use crate::pickle::{self, dtype_size, get, Storage, TensorRef, Value};
 use crate::torch::{Lone, Place};
 
 /// The file of a distributed checkpoint that holds its plan.
@@ -112,22 +112,13 @@ fn state(v: &Value) -> Option<Vec<(Value, Value)>> {
     }
 }
 
-/// Field `name` of a dataclass's state.
-fn field<'a>(state: &'a [(Value, Value)], name: &str) -> Option<&'a Value> {
-    state.iter().find(|(k, _)| matches!(k, Value::Str(s) if &**s == name)).map(|(_, v)| v)
-}
-
 /// A `torch.Size` (or a tuple) of sizes.
 fn sizes(v: &Value) -> Option<Vec<usize>> {
     let tuple = match v {
-        Value::Object(o) if &*o.class == "torch.Size" => match o.args.first()? {
-            Value::Tuple(t) => t.clone(),
-            _ => return None,
-        },
-        Value::Tuple(t) => t.clone(),
-        _ => return None,
+        Value::Object(o) if &*o.class == "torch.Size" => o.args.first()?,
+        _ => v,
     };
-    tuple.iter().map(|d| if let Value::Int(i) = d { usize::try_from(*i).ok() } else { None }).collect()
+    pickle::ints(tuple, "sizes").ok()
 }
 
 fn text(v: Option<&Value>) -> Option<String> {
@@ -138,25 +129,22 @@ fn text(v: Option<&Value>) -> Option<String> {
 }
 
 fn int(v: Option<&Value>) -> Option<usize> {
-    match v? {
-        Value::Int(i) => usize::try_from(*i).ok(),
-        _ => None,
-    }
+    pickle::int(v?, "an offset or length").ok()
 }
 
 /// Reads the plan (`.metadata`'s bytes).
 pub(crate) fn plan(meta: &[u8]) -> Result<Plan, String> {
     let root = pickle::load(meta)?;
     let top = state(&root).ok_or("`.metadata` holds no checkpoint plan")?;
-    let entries = match field(&top, "state_dict_metadata") {
+    let entries = match get(&top, "state_dict_metadata") {
         Some(Value::Dict(d)) => d.borrow().clone(),
         _ => return Err("`.metadata` has no `state_dict_metadata`".into()),
     };
-    let storage = match field(&top, "storage_data") {
+    let storage = match get(&top, "storage_data") {
         Some(Value::Dict(d)) => d.borrow().clone(),
         _ => return Err("`.metadata` has no `storage_data` (written by another storage writer)".into()),
     };
-    let keys_of: HashMap<String, Vec<Value>> = match field(&top, "planner_data") {
+    let keys_of: HashMap<String, Vec<Value>> = match get(&top, "planner_data") {
         Some(Value::Dict(d)) => d
             .borrow()
             .iter()
@@ -174,16 +162,16 @@ pub(crate) fn plan(meta: &[u8]) -> Result<Plan, String> {
         let (Some(index), Some(info)) = (state(index), state(info)) else {
             return Err("a `storage_data` entry that is not a (MetadataIndex, _StorageInfo) pair".into());
         };
-        let fqn = text(field(&index, "fqn")).ok_or("a stored item without its name")?;
-        let offsets = field(&index, "offset").and_then(sizes);
-        let path = text(field(&info, "relative_path")).ok_or_else(|| format!("`{fqn}`: no data file"))?;
+        let fqn = text(get(&index, "fqn")).ok_or("a stored item without its name")?;
+        let offsets = get(&index, "offset").and_then(sizes);
+        let path = text(get(&info, "relative_path")).ok_or_else(|| format!("`{fqn}`: no data file"))?;
         if path.is_empty() || path.contains(['/', '\\']) || path == "." || path == ".." {
             return Err(format!("`{fqn}`: data file `{path}` is not a file of the folder"));
         }
-        if matches!(field(&info, "transform_descriptors"), Some(Value::List(l)) if !l.borrow().is_empty()) {
+        if matches!(get(&info, "transform_descriptors"), Some(Value::List(l)) if !l.borrow().is_empty()) {
             return Err(format!("`{fqn}`: stored transformed (compressed), which is not read"));
         }
-        let (Some(start), Some(len)) = (int(field(&info, "offset")), int(field(&info, "length"))) else {
+        let (Some(start), Some(len)) = (int(get(&info, "offset")), int(get(&info, "length"))) else {
             return Err(format!("`{fqn}`: no offset and length in `{path}`"));
         };
         let end = start.checked_add(len).ok_or_else(|| format!("`{fqn}`: offset and length overflow"))?;
@@ -207,8 +195,8 @@ pub(crate) fn plan(meta: &[u8]) -> Result<Plan, String> {
         };
         let item = if class.ends_with("TensorStorageMetadata") {
             let s = state(meta).ok_or_else(|| format!("`{name}`: no tensor metadata"))?;
-            let size = field(&s, "size").and_then(sizes).ok_or_else(|| format!("`{name}`: no size"))?;
-            let list = match field(&s, "chunks") {
+            let size = get(&s, "size").and_then(sizes).ok_or_else(|| format!("`{name}`: no size"))?;
+            let list = match get(&s, "chunks") {
                 Some(Value::List(l)) => l.borrow().clone(),
                 _ => return Err(format!("`{name}`: no chunks")),
             };
@@ -219,7 +207,7 @@ pub(crate) fn plan(meta: &[u8]) -> Result<Plan, String> {
             for c in &list {
                 let c = state(c).ok_or_else(|| format!("`{name}`: a chunk without its offsets and sizes"))?;
                 let (Some(offsets), Some(sizes)) =
-                    (field(&c, "offsets").and_then(sizes), field(&c, "sizes").and_then(sizes))
+                    (get(&c, "offsets").and_then(sizes), get(&c, "sizes").and_then(sizes))
                 else {
                     return Err(format!("`{name}`: a chunk without its offsets and sizes"));
                 };
@@ -230,7 +218,7 @@ pub(crate) fn plan(meta: &[u8]) -> Result<Plan, String> {
                 chunks.push(Chunk { offsets, sizes, stored: at });
             }
             // `TensorProperties`' state: (dtype, layout, ...).
-            let properties = field(&s, "properties").and_then(|p| match p {
+            let properties = get(&s, "properties").and_then(|p| match p {
                 Value::Object(o) => o.state.borrow().clone(),
                 _ => None,
             });
@@ -496,36 +484,29 @@ fn assemble(size: &[usize], width: usize, parts: &[(&Chunk, ChunkBytes<'_>)], ou
 /// Puts `leaf` into the nested dicts of `root` under `keys` (list indices
 /// as text keys, as torch's state dict search names them).
 fn insert(root: &Value, keys: &[Value], leaf: Value) -> Result<(), String> {
-    let key = |k: &Value| match k {
-        Value::Str(s) => Ok(Value::Str(s.clone())),
-        Value::Int(i) => Ok(Value::Str(i.to_string().into())),
-        _ => Err("a state dict key that is neither text nor a number".to_string()),
+    let key = |k: &Value| -> Result<Rc<str>, String> {
+        match k {
+            Value::Str(s) => Ok(s.clone()),
+            Value::Int(i) => Ok(i.to_string().into()),
+            _ => Err("a state dict key that is neither text nor a number".to_string()),
+        }
     };
     let Some((last, path)) = keys.split_last() else { return Err("an entry without keys".into()) };
     let mut at = root.clone();
     for k in path {
         let k = key(k)?;
-        let next = {
-            let Value::Dict(d) = &at else { return Err("an entry under a value".into()) };
-            let mut d = d.borrow_mut();
-            match d.iter().find(|(dk, _)| same_key(dk, &k)) {
-                Some((_, v)) => v.clone(),
-                None => {
-                    let v = Value::Dict(Rc::new(RefCell::new(Vec::new())));
-                    d.push((k, v.clone()));
-                    v
-                }
-            }
-        };
+        let Value::Dict(d) = &at else { return Err("an entry under a value".into()) };
+        let found = get(&d.borrow(), &k).cloned();
+        let next = found.unwrap_or_else(|| {
+            let v = Value::Dict(Rc::new(RefCell::new(Vec::new())));
+            d.borrow_mut().push((Value::Str(k), v.clone()));
+            v
+        });
         at = next;
     }
     let Value::Dict(d) = &at else { return Err("an entry under a value".into()) };
-    d.borrow_mut().push((key(last)?, leaf));
+    d.borrow_mut().push((Value::Str(key(last)?), leaf));
     Ok(())
-}
-
-fn same_key(a: &Value, b: &Value) -> bool {
-    matches!((a, b), (Value::Str(x), Value::Str(y)) if x == y)
 }
 
 #[cfg(test)]

@@ -365,9 +365,6 @@ pub(crate) fn model(b: &[u8], all: Vec<(String, Leaf)>, key: Option<&str>) -> Re
         (!name.split('/').any(|part| matches!(part, "rngs" | "opt_state"))).then(|| name.to_string())
     };
     let model = |n: &str| -> Option<String> {
-        if nnx {
-            return nnx_name(n);
-        }
         match (&root, key) {
             (Some(r), Some(_)) => under(r, n),
             (Some(r), None) => {
@@ -381,27 +378,25 @@ pub(crate) fn model(b: &[u8], all: Vec<(String, Leaf)>, key: Option<&str>) -> Re
     // The top-level entries holding arrays, for the error of a `key` that
     // holds none.
     let tops = key.map(|_| {
-        let mut tops: Vec<&str> = all
-            .iter()
-            .filter(|(_, leaf)| matches!(leaf, Leaf::Tensor(..) | Leaf::Chunked(..)))
-            .map(|(n, _)| n.split('/').next().unwrap_or(n))
-            .collect();
+        let mut tops: Vec<&str> =
+            all.iter().filter(|(_, leaf)| is_array(leaf)).map(|(n, _)| n.split('/').next().unwrap_or(n)).collect();
         tops.dedup();
         tops.join(", ")
     });
     let mut out = FlaxCheckpoint { tensors: Vec::new(), gathered: Vec::new(), metadata: BTreeMap::new() };
     let mut names = std::collections::HashSet::new();
     for (n, leaf) in all {
-        let mut name = model(&n);
-        // An NNX variable of one value (a step, a count): a column.
-        let n = match (&leaf, &name) {
-            (Leaf::Tensor(info, _), Some(short)) if nnx && info.shape.is_empty() => {
-                let short = short.clone();
-                name = None;
-                short
+        // An NNX variable of one value (a step, a count) is a column; RNG
+        // and optimizer state is nothing.
+        let (n, name) = if nnx {
+            match (nnx_name(&n), &leaf) {
+                (None, _) => continue,
+                (Some(short), Leaf::Tensor(info, _)) if info.shape.is_empty() => (short, None),
+                (short, _) => (n, short),
             }
-            (_, None) if nnx => continue,
-            _ => n,
+        } else {
+            let name = model(&n);
+            (n, name)
         };
         if let (Leaf::Tensor(..) | Leaf::Chunked(..), Some(name)) = (&leaf, &name) {
             if !names.insert(name.clone()) {

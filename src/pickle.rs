@@ -548,14 +548,21 @@ fn global(module: &str, name: &str) -> Result<Value, String> {
     Ok(Value::Global(known))
 }
 
-fn int(v: &Value, what: &str) -> Result<usize, String> {
+/// The value of `key` in a dict's entries (text keys).
+pub(crate) fn get<'a>(d: &'a [(Value, Value)], key: &str) -> Option<&'a Value> {
+    d.iter().find(|(k, _)| matches!(k, Value::Str(s) if &**s == key)).map(|(_, v)| v)
+}
+
+/// An integer that fits a `usize` (`what` names it in the error).
+pub(crate) fn int(v: &Value, what: &str) -> Result<usize, String> {
     match v {
         Value::Int(i) => usize::try_from(*i).map_err(|_| format!("{what} is negative: {i}")),
         _ => Err(format!("{what} is not an integer")),
     }
 }
 
-fn ints(v: &Value, what: &str) -> Result<Vec<usize>, String> {
+/// A tuple of [`int`]s.
+pub(crate) fn ints(v: &Value, what: &str) -> Result<Vec<usize>, String> {
     match v {
         Value::Tuple(t) => t.iter().map(|x| int(x, what)).collect(),
         _ => Err(format!("{what} is not a tuple")),

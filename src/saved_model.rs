@@ -60,14 +60,7 @@ pub(crate) fn metadata_beside(index: &Path) -> Option<PathBuf> {
 /// Reads the metadata file at `path` (size-bounded) with the checkpoint's
 /// object graph (`graph`, a `TrackableObjectGraph`).
 pub(crate) fn read(path: &Path, graph: &[u8]) -> Result<SavedModel, String> {
-    use std::io::Read;
-    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
-    let mut bytes = Vec::new();
-    file.take(MAX_METADATA + 1).read_to_end(&mut bytes).map_err(|e| e.to_string())?;
-    if bytes.len() as u64 > MAX_METADATA {
-        return Err(format!("larger than {MAX_METADATA} bytes"));
-    }
-    parse(&bytes, graph)
+    parse(&crate::checkpoint::read_whole(path, MAX_METADATA)?, graph)
 }
 
 /// [`read`] of the metadata's bytes.
@@ -154,7 +147,6 @@ struct Node {
 /// The nodes of a `TrackableObjectGraph` (node 0 is the root), every
 /// child's id checked.
 fn object_graph(b: &[u8]) -> Result<Vec<Node>, String> {
-    let utf8 = |s: &[u8]| String::from_utf8(s.to_vec()).map_err(|_| "a name that is not UTF-8".to_string());
     let mut nodes = Vec::new();
     for (number, field) in fields(b, "object graph")? {
         let (1, Field::Bytes(object)) = (number, field) else { continue };
@@ -207,7 +199,6 @@ fn object_graph(b: &[u8]) -> Result<Vec<Node>, String> {
 /// The `(node_path, identifier, metadata)` of each `SavedObject` of a
 /// `SavedMetadata`.
 fn saved_objects(b: &[u8]) -> Result<Vec<(String, String, String)>, String> {
-    let utf8 = |s: &[u8]| String::from_utf8(s.to_vec()).map_err(|_| "text that is not UTF-8".to_string());
     let mut out = Vec::new();
     for (number, field) in fields(b, METADATA)? {
         let (1, Field::Bytes(object)) = (number, field) else { continue };
@@ -223,6 +214,11 @@ fn saved_objects(b: &[u8]) -> Result<Vec<(String, String, String)>, String> {
         out.push((path, identifier, metadata));
     }
     Ok(out)
+}
+
+/// A protobuf string field's text.
+fn utf8(s: &[u8]) -> Result<String, String> {
+    String::from_utf8(s.to_vec()).map_err(|_| "text that is not UTF-8".to_string())
 }
 
 /// Keras 2's SavedModel writes tuples as `{"class_name": "__tuple__",

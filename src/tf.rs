@@ -251,6 +251,11 @@ fn entry(key: &str, name: &str, value: &[u8]) -> Result<Option<BundleTensor>, St
     Ok(Some(BundleTensor { name: name.to_string(), dtype, shape, shard, range }))
 }
 
+/// A CRC-32C as LevelDB and TensorFlow store it, unmasked.
+fn unmask(masked: u32) -> u32 {
+    masked.wrapping_sub(0xa282_ead8).rotate_left(15)
+}
+
 /// The value of a scalar string tensor in a data file (`bytes`, its
 /// range): its length as a varint, the length's CRC-32C (masked, over the
 /// length as 4 little-endian bytes, as TensorFlow writes it), the string.
@@ -258,7 +263,7 @@ pub(crate) fn string_value(bytes: &[u8]) -> Result<&[u8], String> {
     let mut r = Reader::new(bytes, "string tensor");
     let n = r.length(bytes.len())?;
     let masked = u32::from_le_bytes(r.bytes(4)?.try_into().expect("4 bytes"));
-    let crc = masked.wrapping_sub(0xa282_ead8).rotate_left(15);
+    let crc = unmask(masked);
     let len = u32::try_from(n).map_err(|_| format!("a string of {n} bytes"))?;
     if crc32c(&len.to_le_bytes()) != crc {
         return Err("a string tensor whose length's CRC-32C does not match (a damaged file)".into());
@@ -311,7 +316,7 @@ fn block(b: &[u8], (offset, size): (usize, usize)) -> Result<&[u8], String> {
         return Err(format!("a block compressed with method {} (TensorFlow writes none): not read", trailer[0]));
     }
     let masked = u32::from_le_bytes(trailer[1..5].try_into().expect("4 bytes"));
-    let crc = masked.wrapping_sub(0xa282_ead8).rotate_left(15);
+    let crc = unmask(masked);
     if crc32c(&b[offset..end - 4]) != crc {
         return Err(format!("the block at {offset} has a CRC-32C that does not match (a damaged file)"));
     }

@@ -15,7 +15,7 @@ use safetensors::tensor::TensorInfo;
 
 use std::rc::Rc;
 
-use crate::pickle::{self, dtype_size, TensorRef, Value};
+use crate::pickle::{self, dtype_size, get, TensorRef, Value};
 use crate::zip;
 
 /// Where a tensor's bytes are: in the archive, or in the gathered buffer.
@@ -444,10 +444,6 @@ fn objects_in(top: &[(Value, Value)]) -> String {
         true => String::new(),
         false => format!("; entries read as inert data, nothing of them run: {}", found.join(", ")),
     }
-}
-
-fn get<'a>(d: &'a [(Value, Value)], key: &str) -> Option<&'a Value> {
-    d.iter().find(|(k, _)| matches!(k, Value::Str(s) if &**s == key)).map(|(_, v)| v)
 }
 
 /// The state_dict: a whole pickled module's (`torch.save(model)`), else
